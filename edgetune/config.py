@@ -1,0 +1,447 @@
+"""Recipes: typed dataclasses, YAML loading and `--set section.key=value` overrides.
+
+Precedence: dataclass defaults < recipe YAML < --set overrides. Every problem (unknown key, wrong
+type, bad value) is collected with its key path and reported at once in one ConfigError.
+Relative paths in a recipe file resolve against the recipe's directory; paths given with --set
+resolve against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from edgetune.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "demo"
+
+
+@dataclass
+class ModelConfig:
+    base: str = "smollm2-135m-instruct"  # built-in alias, local HF directory, or hub id
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    valid: str | None = None
+    test: str | None = None
+    format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
+    template: Literal["auto", "chat", "plain"] = "auto"  # auto: the chat template when the model has one
+    system_prompt: str | None = None  # added to examples that have no system message
+    max_seq_len: int = 1024
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 1234
+    dedupe: bool = True
+    drop_overlap: bool = True  # drop train examples that also appear in valid/test
+    truncation: Literal["drop", "truncate"] = "drop"
+    skip_bad_rows: bool = False
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.train:
+            problems.append("data.train: required (a .jsonl, .csv or .parquet file)")
+        if self.max_seq_len < 16:
+            problems.append(f"data.max_seq_len: must be >= 16, got {self.max_seq_len}")
+        for name in ("valid_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 0.5:
+                problems.append(f"data.{name}: must be in [0, 0.5), got {value}")
+        return problems
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    rslora: bool = False
+    dora: bool = False
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.r < 1:
+            problems.append(f"train.lora.r: must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"train.lora.dropout: must be in [0, 1), got {self.dropout}")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["auto", "lora", "qlora"] = "auto"
+    lr: float = 2e-4
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    eval_steps: int = 20
+    save_steps: int = 20
+    early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
+    packing: bool = False
+    threads: int | None = None
+    tensorboard: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0.0 < self.lr < 1.0:
+            problems.append(f"train.lr: must be in (0, 1), got {self.lr}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            problems.append("train.epochs: must be > 0 unless train.max_steps is set")
+        for name in ("batch_size", "grad_accum", "eval_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.early_stopping_patience < 0:
+            problems.append("train.early_stopping_patience: must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"train.threads: must be >= 1, got {self.threads}")
+        return problems + self.lora.validate()
+
+
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q4_0", "iq4_xs")
+ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
+
+
+@dataclass
+class GGUFExportConfig:
+    quants: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
+    imatrix: bool = True
+
+    def validate(self) -> list[str]:
+        return [
+            f"export.gguf.quants: unknown quant {q!r}; supported: {', '.join(GGUF_QUANTS)}"
+            for q in self.quants
+            if q.lower() not in GGUF_QUANTS
+        ]
+
+
+@dataclass
+class OnnxExportConfig:
+    quants: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
+    int4_block_size: int = 32
+    int4_accuracy_level: int = 4
+
+    def validate(self) -> list[str]:
+        problems = [
+            f"export.onnx.quants: unknown quant {q!r}; supported: {', '.join(ONNX_QUANTS)}"
+            for q in self.quants
+            if q.lower() not in ONNX_QUANTS
+        ]
+        if self.int4_block_size not in (16, 32, 64, 128, 256):
+            problems.append(
+                f"export.onnx.int4_block_size: must be 16..256, a power of 2, got {self.int4_block_size}"
+            )
+        if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
+            problems.append(f"export.onnx.int4_accuracy_level: must be 0..4, got {self.int4_accuracy_level}")
+        return problems
+
+
+@dataclass
+class ExportConfig:
+    formats: list[Literal["gguf", "onnx"]] = field(default_factory=lambda: ["gguf", "onnx"])
+    gguf: GGUFExportConfig = field(default_factory=GGUFExportConfig)
+    onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
+
+    def validate(self) -> list[str]:
+        return self.gguf.validate() + self.onnx.validate()
+
+
+@dataclass
+class GatesConfig:
+    min_retention: dict[str, float] = field(default_factory=dict)  # quant name (or "*") -> minimum
+    max_kl: float | None = None
+    min_decode_tok_s: float | None = None
+    max_size_mb: float | None = None
+
+
+@dataclass
+class BenchConfig:
+    metric: Literal["exact", "normalized", "json_fields", "rouge_l", "choice"] = "exact"
+    devices: list[Literal["cpu", "cuda"]] = field(default_factory=lambda: ["cpu"])
+    max_examples: int = 100
+    max_new_tokens: int = 128
+    few_shot_k: int = 3
+    gates: GatesConfig = field(default_factory=GatesConfig)
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    def validate(self) -> list[str]:
+        return self.data.validate() + self.train.validate() + self.export.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source", None)
+        return out
+
+    def digest(self) -> str:
+        """A stable hash of the resolved recipe, recorded in manifests."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# ---------------------------------------------------------------- typed conversion of plain data
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:  # first alternative that converts without problems wins
+            trial: list[str] = []
+            result = _convert(value, arg, path, trial)
+            if not trial:
+                return result
+        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    if origin is Literal:
+        choices = get_args(tp)
+        if isinstance(value, str) and value.lower() in choices:
+            return value.lower()
+        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    if origin is list:
+        if isinstance(value, str) and "," in value:  # --set export.formats=gguf,onnx
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif not isinstance(value, list):
+            value = [value]
+        return [_convert(v, get_args(tp)[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {value!r}")
+            return {}
+        _, vt = get_args(tp)
+        return {str(k): _convert(v, vt, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{path}: expected true/false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        problems.append(f"{path}: expected an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{path}: expected a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{path}: expected a string, got {value!r}")
+        return None
+    if tp is type(None):
+        if value is None:
+            return None
+        problems.append(f"{path}: expected null, got {value!r}")
+        return None
+    raise TypeError(f"unsupported recipe field type {tp!r} at {path}")
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{path or 'recipe'}: expected a mapping, got {raw!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            known = ", ".join(fields)
+            problems.append(f"{key_path}: unknown key (known here: {known})")
+            continue
+        kwargs[key] = _convert(value, hints[key], key_path, problems)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or _allows_none(hints[k])}
+    return cls(**kwargs)
+
+
+def _allows_none(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+# ---------------------------------------------------------------- overrides, files, bundled recipes
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 1e-4). The value is read as a YAML scalar."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text}: expected KEY=VALUE, e.g. train.lr=1e-4"])
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError([f"--set {text}: bad key {key!r}"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def bundled_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str | None) -> Path:
+    """A recipe argument is a YAML path or the name of a bundled recipe; None means the demo."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_RECIPE
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError([f"recipe file not found: {path}"])
+        return path
+    bundled = bundled_recipes()
+    if name_or_path in bundled:
+        return bundled[name_or_path]
+    raise ConfigError(
+        [f"no recipe file or bundled recipe named {name_or_path!r}; bundled: {', '.join(bundled)}"]
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"invalid YAML: {getattr(exc, 'problem', exc)}"], source=where) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read recipe: {exc.strerror}"], source=str(path)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], source=str(path))
+    return raw
+
+
+_PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"))
+
+
+def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
+    """Make the recipe's relative data paths absolute against base_dir (in place)."""
+    for section, key in _PATH_KEYS:
+        node = raw.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str) and node[key]:
+            p = Path(node[key]).expanduser()
+            node[key] = str(p if p.is_absolute() else (base_dir / p).resolve())
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("base"), str):
+        candidate = Path(model["base"]).expanduser()
+        if not candidate.is_absolute() and model["base"].startswith((".", "/", "~")):
+            model["base"] = str((base_dir / candidate).resolve())
+
+
+def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Load, override and validate a recipe; raise one ConfigError listing every problem."""
+    path = find_recipe(name_or_path)
+    raw = _read_yaml(path)
+    _resolve_paths(raw, path.resolve().parent)
+    over_raw: dict[str, Any] = {}
+    apply_overrides(over_raw, overrides or [])
+    _resolve_paths(over_raw, Path.cwd())
+    _deep_merge(raw, over_raw)
+    problems: list[str] = []
+    recipe = _build(Recipe, raw, "", problems)
+    problems += recipe.validate()  # fields that failed conversion kept their defaults
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    recipe.source = str(path)
+    return recipe
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    problems: list[str] = []
+    recipe = _build(Recipe, raw, "", problems)
+    problems += recipe.validate()
+    if problems:
+        raise ConfigError(problems)
+    return recipe
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

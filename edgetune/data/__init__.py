@@ -1,0 +1,1 @@
+"""Datasets: row formats, loading, splits, chat-template rendering and loss masking."""

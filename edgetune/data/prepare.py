@@ -1,0 +1,105 @@
+"""Splits -> encoded ids and labels, with the statistics `edgetune data check` prints.
+
+Nothing is dropped silently: every truncated or dropped example is counted, and the first few
+are named by file:line.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgetune.config import DataConfig
+from edgetune.data.render import Encoded, Renderer
+from edgetune.data.rows import Example
+from edgetune.data.split import Splits, make_splits
+
+
+@dataclass
+class LengthStats:
+    count: int
+    min: int
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+    @staticmethod
+    def of(lengths: list[int]) -> LengthStats:
+        if not lengths:
+            return LengthStats(0, 0, 0.0, 0, 0, 0)
+        s = sorted(lengths)
+        pct = lambda q: s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]  # noqa: E731 (nearest rank)
+        return LengthStats(len(s), s[0], round(statistics.fmean(s), 1), pct(0.5), pct(0.95), s[-1])
+
+
+@dataclass
+class SplitEncoding:
+    examples: list[Encoded]  # usable ones only
+    lengths: LengthStats
+    supervised_tokens: int
+    truncated: int
+    dropped: int
+    dropped_examples: list[str] = field(default_factory=list)  # "file:line: reason", first few
+    missing_eos: int = 0  # usable examples whose labels never supervise the EOS token
+
+
+@dataclass
+class PreparedData:
+    splits: Splits
+    renderer: Renderer
+    encoded: dict[str, SplitEncoding]
+
+    @property
+    def template(self) -> str:
+        return self.renderer.template_source  # "model" or "fallback"
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (also recorded in run manifests)."""
+        return {
+            "format": self.splits.format,
+            "files": self.splits.files,
+            "counts": self.splits.counts(),
+            "skipped_bad_rows": len(self.splits.skipped_rows),
+            "duplicates_removed": self.splits.duplicates_removed,
+            "overlap": self.splits.overlap,
+            "template": self.template,
+            "splits": {
+                name: {k: v for k, v in asdict(enc).items() if k != "examples"}
+                for name, enc in self.encoded.items()
+            },
+        }
+
+
+def encode_split(renderer: Renderer, examples: list[Example], keep_reasons: int = 5) -> SplitEncoding:
+    usable, lengths, reasons = [], [], []
+    truncated = dropped = missing_eos = 0
+    for ex in examples:
+        enc = renderer.encode(ex)
+        lengths.append(enc.length)
+        if enc.dropped:
+            dropped += 1
+            if len(reasons) < keep_reasons:
+                reasons.append(f"{enc.source}: {enc.dropped}")
+            continue
+        truncated += enc.truncated
+        if renderer.eos_id is not None and renderer.eos_id not in enc.labels:
+            missing_eos += 1
+        usable.append(enc)
+    return SplitEncoding(
+        usable,
+        LengthStats.of(lengths),
+        sum(e.n_supervised for e in usable),
+        truncated,
+        dropped,
+        reasons,
+        missing_eos,
+    )
+
+
+def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) -> PreparedData:
+    splits = make_splits(cfg, skip_bad_rows)
+    renderer = Renderer(tokenizer, cfg.template, cfg.system_prompt, cfg.max_seq_len, cfg.truncation)
+    encoded = {name: encode_split(renderer, getattr(splits, name)) for name in ("train", "valid", "test")}
+    return PreparedData(splits, renderer, encoded)

@@ -1,0 +1,167 @@
+"""Rendering examples into token ids and loss labels.
+
+The text is rendered once through the model's chat template (or our stated fallback), tokenised
+once with character offsets, and a token is supervised when it starts inside an assistant turn's
+character span. Rendering once and masking by offsets means the ids we train on are exactly the
+ids inference will see for the same conversation, with no boundary effects between pieces.
+
+Labels are built here, not by a collator that masks pad tokens, so the EOS token stays
+supervised even for models whose pad token is their EOS token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgetune.data.rows import Example
+from edgetune.errors import DataError, ModelError
+
+IGNORE = -100
+
+# For base models without a chat template. Plain-text markers, so no new tokens are needed; the
+# template is saved with the adapter and the merged model, and exported with them.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### User:\n{{ message['content'] }}\n\n"
+    "{% else %}### Assistant:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    source: str
+    length: int = 0  # tokens before any truncation
+    truncated: bool = False
+    dropped: str | None = None  # why this example cannot be trained on, if it cannot
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+class Renderer:
+    """Turns Examples into Encoded ids + labels for one tokenizer and one data config."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: str = "auto",
+        system_prompt: str | None = None,
+        max_seq_len: int = 1024,
+        truncation: str = "drop",
+    ):
+        if not getattr(tokenizer, "is_fast", False):
+            raise ModelError(
+                "edgetune needs a fast (Rust) tokenizer for offset-based label masking; "
+                "this model only ships a slow one"
+            )
+        self.tokenizer = tokenizer
+        self.template_source = "model"
+        if not tokenizer.chat_template:
+            self.template_source = "fallback"
+            if template == "chat" or template == "auto":
+                tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        self.template = template
+        self.system_prompt = system_prompt
+        self.max_seq_len = max_seq_len
+        self.truncation = truncation
+        self.eos_id = tokenizer.eos_token_id
+        self.bos_id = tokenizer.bos_token_id
+        # Does the tokenizer put BOS in front by itself? Then the text must not carry it as well.
+        probe = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.adds_bos = self.bos_id is not None and len(probe) > 0 and probe[0] == self.bos_id
+
+    # ------------------------------------------------------------------ text
+
+    def uses_chat(self, ex: Example) -> bool:
+        if ex.format == "messages":
+            return True
+        if ex.format == "text":
+            return False
+        return self.template == "chat" or (self.template == "auto" and self.template_source == "model")
+
+    def conversation(self, ex: Example) -> list[dict[str, str]]:
+        msgs = ex.as_messages()
+        if self.system_prompt and msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return msgs
+
+    def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def prompt_text(self, ex: Example) -> str:
+        """What inference is given for this example: everything up to the reply it must produce."""
+        if ex.format == "text":
+            return ""
+        if not self.uses_chat(ex):
+            return ex.prompt
+        msgs = self.conversation(ex)
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return self.chat_text(msgs[:last], add_generation_prompt=True)
+
+    def spans(self, ex: Example) -> tuple[str, list[tuple[int, int]]]:
+        """The full text and the character spans whose tokens carry loss."""
+        eos = self.tokenizer.eos_token or ""
+        if ex.format == "text":
+            return ex.text + eos, [(0, len(ex.text) + len(eos))]
+        if not self.uses_chat(ex):
+            full = ex.prompt + ex.completion + eos
+            return full, [(len(ex.prompt), len(full))]
+        msgs = self.conversation(ex)
+        full = self.chat_text(msgs, add_generation_prompt=False)
+        spans = []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            before = self.chat_text(msgs[:i], add_generation_prompt=True)
+            through = self.chat_text(msgs[: i + 1], add_generation_prompt=False)
+            if not full.startswith(before) or not full.startswith(through):
+                raise DataError(
+                    f"{ex.source}: the chat template renders earlier turns differently once later "
+                    "turns follow, so assistant turns cannot be located; use one assistant turn per row"
+                )
+            spans.append((len(before), len(through)))
+        return full, spans
+
+    # ------------------------------------------------------------------ ids
+
+    def ids_for_text(self, text: str) -> list[int]:
+        """Token ids for inference on `text`, with exactly one BOS where the model wants one."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.adds_bos and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids
+        return ids
+
+    def encode(self, ex: Example) -> Encoded:
+        """Ids and labels; `dropped` says why an example cannot be used (too long, nothing to learn)."""
+        text, spans = self.spans(ex)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        labels = [IGNORE] * len(ids)
+        for t, (start, end) in enumerate(enc["offset_mapping"]):
+            if end > start and any(s <= start < e for s, e in spans):
+                labels[t] = ids[t]
+        if self.adds_bos and (not ids or ids[0] != self.bos_id):
+            ids.insert(0, self.bos_id)
+            labels.insert(0, IGNORE)
+        out = Encoded(ids, labels, ex.source, length=len(ids))
+        if len(ids) > self.max_seq_len:
+            if self.truncation == "drop":
+                out.dropped = f"longer than data.max_seq_len ({len(ids)} > {self.max_seq_len} tokens)"
+                return out
+            out.input_ids, out.labels, out.truncated = (
+                ids[: self.max_seq_len],
+                labels[: self.max_seq_len],
+                True,
+            )
+        if not out.n_supervised:
+            out.dropped = "no tokens left to learn from after truncation"
+        return out

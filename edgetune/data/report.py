@@ -1,0 +1,125 @@
+"""`edgetune data check`: validate a dataset against a recipe and describe what was found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgetune.config import load_recipe
+
+
+def check_dataset(
+    recipe_name: str | None,
+    overrides: list[str],
+    files: dict[str, Path | None],
+    fmt: str | None = None,
+    skip_bad_rows: bool = False,
+    tokens: bool = True,
+) -> dict[str, Any]:
+    recipe = load_recipe(recipe_name, overrides)
+    cfg = recipe.data
+    for name, path in files.items():
+        setattr(cfg, name, str(path) if path else None)
+    if fmt:
+        cfg.format = fmt
+    report: dict[str, Any] = {
+        "recipe": recipe.name,
+        "model": recipe.model.base,
+        "max_seq_len": cfg.max_seq_len,
+    }
+    if not tokens:
+        from edgetune.data.split import make_splits
+
+        splits = make_splits(cfg, skip_bad_rows)
+        report.update(
+            format=splits.format,
+            files=splits.files,
+            counts=splits.counts(),
+            skipped_bad_rows=len(splits.skipped_rows),
+            duplicates_removed=splits.duplicates_removed,
+            overlap=splits.overlap,
+        )
+        report["skipped_examples"] = splits.skipped_rows[:5]
+        return report
+    from edgetune.data.prepare import prepare
+    from edgetune.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(
+        resolve_model(recipe.model.base, recipe.model.revision), recipe.model.trust_remote_code
+    )
+    prepared = prepare(cfg, tokenizer, skip_bad_rows)
+    report.update(prepared.summary())
+    report["skipped_examples"] = prepared.splits.skipped_rows[:5]
+    first = prepared.splits.train[0]
+    text, spans = prepared.renderer.spans(first)
+    report["sample"] = {"source": first.source, "rendered": text, "supervised_spans": spans}
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from edgetune.console import out
+
+    out.print(
+        f"[bold]format[/]: {report['format']}    [bold]model[/]: {report['model']}    "
+        f"[bold]max_seq_len[/]: {report['max_seq_len']}"
+    )
+    for name, where in report["files"].items():
+        out.print(f"  {name:<5} {where}")
+    skipped = report["skipped_bad_rows"]
+    out.print(
+        f"bad rows skipped: {skipped}" + (f" (first: {report['skipped_examples'][0]})" if skipped else "")
+    )
+    dup = report["duplicates_removed"]
+    out.print(
+        "exact duplicates removed: " + ", ".join(f"{k} {v}" for k, v in dup.items())
+        if dup
+        else "exact duplicates removed: not checked (data.dedupe is off)"
+    )
+    ov = report["overlap"]
+    out.print(
+        f"train/held-out overlap: {ov['exact']} exact, {ov['same_input']} same input; "
+        f"{ov['dropped_from_train']} dropped from train"
+    )
+    table = Table(title="splits" if "splits" not in report else "splits (tokens per example)")
+    table.add_column("split")
+    table.add_column("rows", justify="right")
+    if "splits" in report:
+        for col in ("min", "mean", "p50", "p95", "max", "loss tok", "trunc", "drop", "no EOS"):
+            table.add_column(col, justify="right")
+        for name, count in report["counts"].items():
+            s = report["splits"][name]
+            ln = s["lengths"]
+            table.add_row(
+                name,
+                str(count),
+                str(ln["min"]),
+                str(ln["mean"]),
+                str(ln["p50"]),
+                str(ln["p95"]),
+                str(ln["max"]),
+                str(s["supervised_tokens"]),
+                str(s["truncated"]),
+                str(s["dropped"]),
+                str(s["missing_eos"]),
+            )
+    else:
+        for name, count in report["counts"].items():
+            table.add_row(name, str(count))
+    out.print(table)
+    if "splits" in report:
+        for name, s in report["splits"].items():
+            for reason in s["dropped_examples"]:
+                out.print(f"[yellow]dropped[/] ({name}) {reason}")
+        template = report["template"]
+        out.print(
+            f"chat template: {'the model' + chr(39) + 's own' if template == 'model' else 'edgetune fallback (the model has none)'}"
+        )
+        sample = report["sample"]
+        text = Text(sample["rendered"])
+        for start, end in sample["supervised_spans"]:
+            text.stylize("bold green", start, end)
+        out.print(f"[dim]sample ({sample['source']}; the tokens that carry loss in green):[/]")
+        out.print(text, soft_wrap=True)

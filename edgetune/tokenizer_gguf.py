@@ -1,0 +1,109 @@
+"""A Hugging Face fast tokenizer rebuilt from a GGUF file's tokenizer metadata.
+
+transformers can load a tokenizer from GGUF, but for SmolLM2's GGUF (tokenizer.ggml.model "gpt2",
+pre "smollm") it gets the EOS token wrong (<|im_start|> instead of <|im_end|>) and adds a BOS the
+model never saw (add_bos_token is false in the file). We rebuild it from the metadata instead:
+the byte-level BPE vocabulary and merges, llama.cpp's pre-tokenizer for the declared `pre` type,
+the special tokens by their token type, and the special ids and chat template as written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import ModelError
+
+TOKEN_TYPE_CONTROL = 3  # gguf.TokenType.CONTROL
+TOKEN_TYPE_USER_DEFINED = 4
+
+# llama.cpp pre-tokenizer types that are "split digits one by one, then GPT-2 byte-level regex"
+_DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact"}
+_GPT2 = {"gpt-2", "gpt2", "default"}
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def tokenizer_from_gguf(path: Path):
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable GGUF file ({exc})") from None
+    kind = _field(reader, "tokenizer.ggml.model")
+    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    if kind != "gpt2":
+        raise ModelError(
+            f"{path}: tokenizer model {kind!r} is not supported for GGUF import (only byte-level BPE)"
+        )
+    if pre in _DIGITS_THEN_GPT2:
+        pre_tok = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+    elif pre in _GPT2:
+        pre_tok = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        raise ModelError(f"{path}: pre-tokenizer {pre!r} is not supported for GGUF import")
+
+    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
+    types: list[int] = _field(reader, "tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tk.pre_tokenizer = pre_tok
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    specials = [
+        AddedToken(tokens[i], special=True, normalized=False)
+        for i, t in enumerate(types)
+        if t == TOKEN_TYPE_CONTROL
+    ]
+    user_defined = [
+        AddedToken(tokens[i], special=False, normalized=False)
+        for i, t in enumerate(types)
+        if t == TOKEN_TYPE_USER_DEFINED
+    ]
+    tk.add_special_tokens(specials)
+    if user_defined:
+        tk.add_tokens(user_defined)
+
+    def tok_for(key: str) -> str | None:
+        idx = _field(reader, f"tokenizer.ggml.{key}")
+        return tokens[idx] if idx is not None and 0 <= idx < len(tokens) else None
+
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token=tok_for("bos_token_id"),
+        eos_token=tok_for("eos_token_id"),
+        unk_token=tok_for("unknown_token_id"),
+        pad_token=tok_for("padding_token_id") or tok_for("eos_token_id"),
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(
+            _field(reader, f"{_field(reader, 'general.architecture')}.context_length", 2048)
+        ),
+    )
+    hf.chat_template = _field(reader, "tokenizer.chat_template")
+    if _field(reader, "tokenizer.ggml.add_bos_token", False):
+        # byte-level BPE adds nothing by itself; a BOS the model expects goes in through a template
+        hf._tokenizer.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=False),
+                processors.TemplateProcessing(
+                    single=f"{hf.bos_token} $A",
+                    pair=f"{hf.bos_token} $A $B",
+                    special_tokens=[(hf.bos_token, hf.bos_token_id)],
+                ),
+            ]
+        )
+    return hf

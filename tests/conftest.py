@@ -1,0 +1,138 @@
+"""Fixtures: an isolated user environment, and tiny random models built here (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "The router in the lobby lost its uplink again, error code E1042.",
+    "battery health 40% below threshold on inverter pv-inv-roof-02",
+    '{"device": "router", "component": "network", "severity": "error", "code": null, "action": "check_network"}',
+    "What is the capital of France? Paris is the capital of France.",
+    "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ !\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """One private model cache for the whole session (the built-in model converts once per session;
+    EDGETUNE_TEST_CACHE reuses a cache across sessions), set before any other fixture runs."""
+    given = os.environ.get("EDGETUNE_TEST_CACHE")
+    cache = Path(given) if given else tmp_path_factory.mktemp("edgetune-cache")
+    saved = {k: os.environ.get(k) for k in ("EDGETUNE_CACHE", "HF_HUB_OFFLINE")}
+    os.environ["EDGETUNE_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield cache
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch, session_cache):
+    """Every test runs in its own empty directory (so runs/ lands there) with the private cache."""
+    monkeypatch.setenv("EDGETUNE_CACHE", str(session_cache))
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def build_tokenizer(chat_template: str | None = CHATML, add_bos: bool = False, vocab_size: int = 400):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(CORPUS * 20, trainer)
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))]
+        )
+    else:
+        tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        bos_token="<s>" if add_bos else None,
+    )
+    tok.chat_template = chat_template
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """ChatML tokenizer, pad == eos, no BOS: the SmolLM2 situation in miniature."""
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def base_tokenizer():
+    """A base-model tokenizer: adds BOS by itself and has no chat template."""
+    return build_tokenizer(chat_template=None, add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A 2-layer random Llama with the tiny tokenizer, saved as an HF directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+    return path
+
+
+def chat_row(user: str, answer: str, system: str | None = None) -> dict:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": answer},
+    ]
+    return {"messages": msgs}
+
+
+@pytest.fixture
+def chat_rows() -> list[dict]:
+    return [chat_row(f"log line number {i}: link down on eth{i % 4}", f'{{"n": {i}}}') for i in range(50)]

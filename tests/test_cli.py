@@ -1,0 +1,95 @@
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgetune.cli import COMMANDS, main
+
+HEAVY = ("torch", "transformers", "peft", "onnxruntime", "llama_cpp")
+
+
+@pytest.mark.parametrize("argv", [[]] + [[name] for name in COMMANDS] + [["data", "check"]])
+def test_help_imports_no_heavy_library(argv):
+    code = (
+        "import sys\n"
+        "from edgetune.cli import main\n"
+        f"try:\n    main({argv + ['--help']!r})\n"
+        "except SystemExit as e:\n    assert e.code == 0, e.code\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    assert "HEAVY []" in result.stdout
+
+
+def test_every_contract_command_is_listed():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in ("tune", "merge", "export", "bench", "run", "data", "chat", "recipes", "doctor"):
+        assert name in result.output
+
+
+@pytest.mark.parametrize(
+    "argv, issue", [(["merge"], 4), (["export"], 4), (["bench"], 6), (["chat", "x.gguf"], 7)]
+)
+def test_unbuilt_commands_say_so_and_exit_1(argv, issue):
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "not built yet" in lines[0] and f"#{issue}" in lines[0]
+
+
+def test_unknown_recipe_key_fails_naming_it():
+    result = CliRunner().invoke(main, ["tune", "--set", "train.nope=1"])
+    assert result.exit_code == 2
+    assert "train.nope" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_all_recipe_problems_reported_at_once():
+    result = CliRunner().invoke(
+        main, ["run", "--set", "train.lr=abc", "--set", "data.max_seq_len=x", "--set", "bogus.k=1"]
+    )
+    assert result.exit_code == 2
+    for key in ("train.lr", "data.max_seq_len", "bogus"):
+        assert key in result.output
+
+
+def test_recipes_lists_every_bundled_recipe():
+    from edgetune.config import bundled_recipes
+
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == len(bundled_recipes()) >= 5
+    assert any(line.startswith("demo ") for line in lines)
+
+
+def test_doctor_reports_the_stack():
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for name in ("python", "torch", "cuda", "bitsandbytes", "llama.cpp", "smollm2-135m-instruct"):
+        assert name in result.output
+
+
+def test_internal_errors_are_one_line(monkeypatch):
+    def boom():
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr("edgetune.config.bundled_recipes", boom)
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        == "edgetune: error: internal error: RuntimeError: kaput (set EDGETUNE_DEBUG=1 for the traceback)"
+    )
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "edgetune", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "edgetune" in result.stdout

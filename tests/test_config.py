@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import pytest
+
+from edgetune.config import (
+    Recipe,
+    bundled_recipes,
+    find_recipe,
+    load_recipe,
+    parse_override,
+    recipe_from_dict,
+)
+from edgetune.errors import ConfigError
+
+
+@pytest.mark.parametrize("name", sorted(bundled_recipes()))
+def test_every_bundled_recipe_loads_and_validates(name):
+    path = bundled_recipes()[name]
+    recipe = load_recipe(name)
+    assert recipe.validate() == []
+    assert recipe.name == name
+    assert recipe.description
+    assert Path(recipe.data.train).is_file(), recipe.data.train
+    header = path.read_text().splitlines()[0]
+    assert header.startswith("# edgetune "), f"{path.name} must open with the command that runs it"
+
+
+def test_no_argument_means_demo():
+    assert find_recipe(None) == bundled_recipes()["demo"]
+    assert load_recipe().model.base == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("train.lr=1e-4", 1e-4),
+        ("train.lr=0.001", 0.001),
+        ("train.max_steps=40", 40),
+        ("train.packing=true", True),
+        ("train.threads=null", None),
+        ("model.base=org/some-model", "org/some-model"),
+        ("train.lora.r=8", 8),
+    ],
+)
+def test_overrides_are_coerced_to_the_field_type(text, value):
+    keys, _ = parse_override(text)
+    recipe = load_recipe("demo", [text])
+    node = recipe
+    for key in keys:
+        node = getattr(node, key)
+    assert node == value and type(node) is type(value)
+
+
+def test_list_override_accepts_commas():
+    recipe = load_recipe("demo", ["export.formats=gguf", "export.gguf.quants=Q8_0,q4_k_m"])
+    assert recipe.export.formats == ["gguf"]
+    assert recipe.export.gguf.quants == ["Q8_0", "q4_k_m"]
+
+
+def test_every_problem_is_reported_with_its_key_path():
+    with pytest.raises(ConfigError) as info:
+        load_recipe(
+            "demo",
+            [
+                "train.nope=1",
+                "train.lr=fast",
+                "train.method=magic",
+                "train.lora.r=0",
+                "data.valid_fraction=0.9",
+                "export.gguf.quants=q3_magic",
+                "extra=1",
+            ],
+        )
+    text = str(info.value)
+    for key in (
+        "train.nope",
+        "train.lr",
+        "train.method",
+        "train.lora.r",
+        "data.valid_fraction",
+        "export.gguf.quants",
+        "extra: unknown key",
+    ):
+        assert key in text, key
+    assert len(info.value.problems) == 7
+
+
+def test_type_errors_in_yaml_name_the_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  train: x.jsonl\n  max_seq_len: many\ntrain:\n  lora: 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(path))
+    assert "data.max_seq_len: expected an integer, got 'many'" in str(info.value)
+    assert "train.lora: expected a mapping" in str(info.value)
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  train: x.jsonl\n  format: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(path))
+    assert f"{path}:" in str(info.value)
+
+
+def test_missing_recipe_file_and_unknown_name():
+    with pytest.raises(ConfigError, match="not found"):
+        load_recipe("nowhere.yaml")
+    with pytest.raises(ConfigError, match="bundled: "):
+        load_recipe("no-such-recipe")
+
+
+def test_recipe_paths_are_relative_to_the_recipe_and_set_paths_to_cwd(tmp_path):
+    sub = tmp_path / "project"
+    sub.mkdir()
+    (sub / "r.yaml").write_text("data:\n  train: data/train.jsonl\n")
+    recipe = load_recipe(str(sub / "r.yaml"))
+    assert recipe.data.train == str(sub / "data" / "train.jsonl")
+    recipe = load_recipe(str(sub / "r.yaml"), ["data.valid=v.jsonl"])
+    assert recipe.data.valid == str(Path.cwd() / "v.jsonl")
+
+
+def test_digest_changes_with_content():
+    a = recipe_from_dict({"data": {"train": "a.jsonl"}})
+    b = recipe_from_dict({"data": {"train": "a.jsonl"}, "train": {"lr": 1e-4}})
+    assert a.digest() != b.digest()
+    assert a.digest() == recipe_from_dict({"data": {"train": "a.jsonl"}}).digest()
+    assert isinstance(a, Recipe)

@@ -1,0 +1,104 @@
+import pytest
+from conftest import build_tokenizer
+
+from edgetune.data.render import FALLBACK_CHAT_TEMPLATE, IGNORE, Renderer
+from edgetune.data.rows import Example
+
+
+def msgs(*turns):
+    return Example("messages", messages=tuple(turns), source="t.jsonl:1")
+
+
+def supervised_text(tok, enc):
+    return tok.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
+
+
+def test_only_assistant_turns_carry_loss_and_eos_is_supervised(tiny_tokenizer):
+    assert tiny_tokenizer.pad_token_id == tiny_tokenizer.eos_token_id  # the SmolLM2 situation
+    r = Renderer(tiny_tokenizer)
+    ex = msgs(("system", "Be brief."), ("user", "Where is Paris?"), ("assistant", "In France."))
+    enc = r.encode(ex)
+    assert enc.dropped is None
+    assert supervised_text(tiny_tokenizer, enc) == "In France.<|im_end|>\n"
+    assert tiny_tokenizer.eos_token_id in [
+        t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE
+    ]
+    assert enc.labels[0] == IGNORE
+
+
+def test_every_assistant_turn_of_a_multi_turn_chat_is_supervised(tiny_tokenizer):
+    r = Renderer(tiny_tokenizer)
+    ex = msgs(("user", "one"), ("assistant", "first answer"), ("user", "two"), ("assistant", "second answer"))
+    assert (
+        supervised_text(tiny_tokenizer, r.encode(ex)) == "first answer<|im_end|>\nsecond answer<|im_end|>\n"
+    )
+
+
+def test_training_ids_begin_with_the_inference_prompt_ids(tiny_tokenizer, base_tokenizer):
+    ex = msgs(("user", "What is the capital of France?"), ("assistant", "Paris"))
+    for tok in (tiny_tokenizer, base_tokenizer):
+        r = Renderer(tok)
+        prompt_ids = r.ids_for_text(r.prompt_text(ex))
+        enc = r.encode(ex)
+        assert enc.input_ids[: len(prompt_ids)] == prompt_ids
+        assert all(label == IGNORE for label in enc.labels[: len(prompt_ids)])
+        assert enc.labels[len(prompt_ids)] != IGNORE
+
+
+def test_base_model_gets_the_fallback_template_and_exactly_one_bos():
+    tok = build_tokenizer(chat_template=None, add_bos=True)
+    r = Renderer(tok)
+    assert r.template_source == "fallback" and tok.chat_template == FALLBACK_CHAT_TEMPLATE
+    enc = r.encode(msgs(("user", "hi"), ("assistant", "hello")))
+    assert enc.input_ids[0] == tok.bos_token_id
+    assert enc.input_ids.count(tok.bos_token_id) == 1
+    assert supervised_text(tok, enc) == "hello<|im_end|>\n\n"
+
+
+def test_prompt_completion_uses_chat_template_or_plain_concatenation(tiny_tokenizer):
+    ex = Example("prompt_completion", prompt="Q: 2+2?\nA:", completion=" 4", source="x:1")
+    chat = Renderer(tiny_tokenizer, template="auto")
+    assert "<|im_start|>assistant" in chat.spans(ex)[0]
+    plain = Renderer(tiny_tokenizer, template="plain")
+    text, spans = plain.spans(ex)
+    assert text == "Q: 2+2?\nA: 4<|im_end|>"
+    assert supervised_text(tiny_tokenizer, plain.encode(ex)) == " 4<|im_end|>"
+
+
+def test_text_rows_are_supervised_everywhere_and_end_with_eos(tiny_tokenizer):
+    enc = Renderer(tiny_tokenizer).encode(Example("text", text="battery health low", source="x:1"))
+    assert all(label != IGNORE for label in enc.labels)
+    assert enc.input_ids[-1] == tiny_tokenizer.eos_token_id
+
+
+def test_system_prompt_added_only_where_missing(tiny_tokenizer):
+    r = Renderer(tiny_tokenizer, system_prompt="SYS")
+    assert "<|im_start|>system\nSYS" in r.spans(msgs(("user", "a"), ("assistant", "b")))[0]
+    text = r.spans(msgs(("system", "own"), ("user", "a"), ("assistant", "b")))[0]
+    assert "SYS" not in text and "own" in text
+
+
+@pytest.mark.parametrize("policy", ["drop", "truncate"])
+def test_long_examples_are_dropped_or_truncated_never_silently(tiny_tokenizer, policy):
+    r = Renderer(tiny_tokenizer, max_seq_len=24, truncation=policy)
+    short = msgs(("user", "hi"), ("assistant", "ok"))
+    long_answer = msgs(("user", "hi"), ("assistant", "router battery " * 20))
+    long_prompt = msgs(("user", "router battery " * 20), ("assistant", "ok"))
+    assert r.encode(short).dropped is None
+    enc = r.encode(long_answer)
+    assert enc.length > 24
+    if policy == "drop":
+        assert "longer than data.max_seq_len" in enc.dropped
+    else:
+        assert enc.dropped is None and enc.truncated and len(enc.input_ids) == 24
+    assert r.encode(long_prompt).dropped  # nothing left to learn from in either policy
+
+
+def test_slow_tokenizers_are_refused():
+    from edgetune.errors import ModelError
+
+    class Slow:
+        is_fast = False
+
+    with pytest.raises(ModelError, match="fast"):
+        Renderer(Slow())
