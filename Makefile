@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 # the demo recipe through every stage built so far
 demo: install
 	$(VENV)/bin/edgetune data check edgetune/datasets/device_logs.jsonl --recipe demo
+	$(VENV)/bin/edgetune tune
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

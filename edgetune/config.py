@@ -67,7 +67,9 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
+    target_modules: str | list[str] = (
+        "all-linear"  # "all-linear", or names: [q_proj, v_proj] / "q_proj,v_proj"
+    )
     rslora: bool = False
     dora: bool = False
 
@@ -83,6 +85,7 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     method: Literal["auto", "lora", "qlora"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the hardware runs it natively
     lr: float = 2e-4
     epochs: float = 3.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -110,6 +113,11 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_steps", "save_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.eval_steps >= 1 and self.save_steps % self.eval_steps:
+            problems.append(
+                f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}) so the "
+                f"best checkpoint by validation loss is saved, got {self.save_steps}"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.early_stopping_patience < 0:

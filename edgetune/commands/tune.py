@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import not_built, set_option
+from edgetune.commands.common import set_option
 
 
 @click.command()
@@ -18,7 +18,11 @@ from edgetune.commands.common import not_built, set_option
 )
 def tune(recipe, overrides, run_dir, resume) -> None:
     """Fine-tune with LoRA (CPU) or QLoRA (CUDA). RECIPE is a YAML file or a bundled recipe name (default: demo)."""
-    from edgetune.config import load_recipe
+    from edgetune.console import err, out
+    from edgetune.tune.run import is_main_process
+    from edgetune.tune.run import tune as run_tune
+    from edgetune.tune.summary import print_summary
 
-    load_recipe(recipe, list(overrides))  # validate before saying anything else
-    not_built("tune", 3)
+    result = run_tune(recipe, list(overrides), run_dir, resume, console=err)
+    if is_main_process():
+        print_summary(result, out)

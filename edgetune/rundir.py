@@ -1,0 +1,161 @@
+"""Run directories: layout, the runs/latest pointer, manifests, hashing and atomic writes.
+
+A run directory holds recipe.yaml (resolved), manifest.json, adapter/, checkpoints/, merged/,
+export/ and bench/. Every file a later stage or tool reads is written atomically (temporary file
+in the same directory, fsync, rename), so a crash leaves the previous version, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import InputError
+
+RUNS_DIR = Path("runs")
+LATEST = "latest"
+MANIFEST = "manifest.json"
+RECIPE_FILE = "recipe.yaml"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a staging directory beside `target`; on success it replaces `target` in one rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield staging
+        fsync_tree(staging)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def clean_stale_temporaries(root: Path) -> list[Path]:
+    """Remove leftovers of interrupted atomic writes (".name.*.tmp" files and directories)."""
+    removed = []
+    if not root.is_dir():
+        return removed
+    for path in root.rglob(".*.tmp"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_tree(
+    root: Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.model", "*.jinja")
+) -> str:
+    """A hash over a model directory's files (names and contents), stable across machines."""
+    h = hashlib.sha256()
+    files = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+    for path in files:
+        h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def new_run_dir(name: str, runs_dir: Path = RUNS_DIR) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = runs_dir / f"{name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = runs_dir / f"{name}-{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def point_latest(run_dir: Path) -> None:
+    """runs/latest -> run_dir (a relative symlink, replaced atomically)."""
+    link = run_dir.parent / LATEST
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(run_dir.name, tmp)
+    os.replace(tmp, link)
+
+
+def resolve_run_dir(run_dir: Path | None) -> Path:
+    """A RUN_DIR argument, or runs/latest when none is given."""
+    if run_dir is None:
+        latest = RUNS_DIR / LATEST
+        if not latest.exists():
+            raise InputError(
+                f"no run given and {latest} does not exist: run `edgetune tune` first or name a run directory"
+            )
+        return latest.resolve()
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: run directory not found")
+    return run_dir.resolve()
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: corrupt manifest ({exc.msg} at line {exc.lineno})") from None
+
+
+def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:
+    manifest = read_manifest(run_dir)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+            manifest[key].update(value)
+        else:
+            manifest[key] = value
+    atomic_write_json(run_dir / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,175 @@
+"""Trainer callbacks: committed checkpoints, metrics.jsonl, a live progress display, an overfit watch."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from edgetune.rundir import atomic_write_json, fsync_tree
+
+COMPLETE = "edgetune-complete.json"
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Checkpoints whose write finished, oldest first. One without the marker was interrupted."""
+    found = []
+    for path in checkpoints.glob("checkpoint-*"):
+        if (path / COMPLETE).is_file() and path.name.split("-")[-1].isdigit():
+            found.append(path)
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+class CommitCheckpoints(TrainerCallback):
+    """After the Trainer writes checkpoint-N: fsync it, then mark it complete (the commit point).
+
+    A crash while the Trainer writes leaves a checkpoint without the marker; resume ignores it
+    and the next start removes it, so the previous checkpoint is the one chosen.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                fsync_tree(ckpt)
+                atomic_write_json(ckpt / COMPLETE, {"step": state.global_step, "time": time.time()})
+        return control
+
+
+class MetricsLog(TrainerCallback):
+    """Every log event as one JSON line: step, epoch, loss or eval_loss, lr, tokens seen, tok/s."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = time.time()
+        self.last = (self.start, 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+        self.last = (self.start, state.num_input_tokens_seen)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        tokens = state.num_input_tokens_seen
+        record: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"})
+        if "loss" in logs:
+            dt = now - self.last[0]
+            record["tokens_seen"] = tokens
+            record["tok_s"] = round((tokens - self.last[1]) / dt, 1) if dt > 0 else None
+            self.last = (now, tokens)
+        record["elapsed_s"] = round(now - self.start, 2)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def truncate_metrics(path: Path, after_step: int) -> None:
+    """On resume: forget what was logged after the checkpoint, since those steps run again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= after_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the crash
+    from edgetune.rundir import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class OverfitWatch(TrainerCallback):
+    """Warn once when validation loss rises twice in a row while training loss keeps falling."""
+
+    def __init__(self, warn):
+        self.warn = warn
+        self.evals: list[tuple[int, float]] = []
+        self.train_losses: list[float] = []
+        self.train_at_eval: list[float] = []
+        self.warned = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.train_losses.append(float(logs["loss"]))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or "eval_loss" not in metrics:
+            return
+        recent = self.train_losses[-max(1, args.eval_steps) :]
+        self.evals.append((state.global_step, float(metrics["eval_loss"])))
+        self.train_at_eval.append(sum(recent) / len(recent) if recent else float("nan"))
+        if self.warned or len(self.evals) < 3:
+            return
+        (_, v0), (_, v1), (_, v2) = self.evals[-3:]
+        t0, t1, t2 = self.train_at_eval[-3:]
+        if v2 > v1 > v0 and t2 < t1 < t0:
+            best_step = min(self.evals, key=lambda e: e[1])[0]
+            self.warned = True
+            self.warn(
+                f"validation loss is rising ({v0:.4f} -> {v2:.4f}) while training loss falls "
+                f"({t0:.4f} -> {t2:.4f}): the model is overfitting. The best adapter (step {best_step}) "
+                "is the one kept; consider fewer epochs, a lower train.lr or more data."
+            )
+
+
+class Progress(TrainerCallback):
+    """A live line: step/total, loss, validation loss, tokens/s, ETA (rich, on stderr)."""
+
+    def __init__(self, console):
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.fields = {"loss": "-", "val": "-", "tok_s": "-"}
+        self.tokens = (time.time(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]tune[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}  {task.fields[tok_s]} tok/s"),
+            TimeRemainingColumn(compact=True),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "tune", total=state.max_steps, completed=state.global_step, **self.fields
+        )
+        self.tokens = (time.time(), state.num_input_tokens_seen)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            now = time.time()
+            dt = now - self.tokens[0]
+            if dt >= 2.0:
+                self.fields["tok_s"] = f"{(state.num_input_tokens_seen - self.tokens[1]) / dt:.0f}"
+                self.tokens = (now, state.num_input_tokens_seen)
+            self.progress.update(self.task, completed=state.global_step, **self.fields)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs:
+            if "loss" in logs:
+                self.fields["loss"] = f"{logs['loss']:.4f}"
+            if "eval_loss" in logs:
+                self.fields["val"] = f"{logs['eval_loss']:.4f}"
+            self.progress.update(self.task, **self.fields)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step, **self.fields)
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,120 @@
+"""Loading a base model for training: LoRA in full precision, or QLoRA on a 4-bit NF4 base."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from edgetune.config import LoraConfig as LoraSettings
+from edgetune.errors import InputError, ModelError
+from edgetune.models import ResolvedModel
+
+log = logging.getLogger("edgetune")
+
+
+@dataclass
+class TrainSetup:
+    method: str  # "lora" | "qlora"
+    device: str  # "cpu" | "cuda"
+    dtype: str  # weights of the frozen base: "float32" | "bfloat16" | "nf4"
+    bf16: bool  # autocast / compute in bf16
+    optim: str
+    warnings: list[str]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: bf16 matmuls are native, so autocast pays off on this CPU."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_setup(method: str, precision: str = "auto") -> TrainSetup:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    warnings: list[str] = []
+    if method == "auto":
+        method = "qlora" if cuda and has_bnb else "lora"
+    if method == "qlora":
+        if not has_bnb:
+            raise InputError("train.method=qlora needs bitsandbytes: pip install bitsandbytes")
+        if not cuda:
+            warnings.append(
+                "QLoRA on a CPU runs, but bitsandbytes' 4-bit kernels are about 30x slower there "
+                "than fp32 LoRA; train.method=lora is the CPU path"
+            )
+        bf16 = cuda and torch.cuda.is_bf16_supported() and precision != "fp32"
+        return TrainSetup(
+            "qlora",
+            "cuda" if cuda else "cpu",
+            "nf4",
+            bf16,
+            "paged_adamw_8bit" if cuda else "adamw_torch",
+            warnings,
+        )
+    if cuda:
+        bf16 = torch.cuda.is_bf16_supported() and precision != "fp32"
+        return TrainSetup("lora", "cuda", "bfloat16" if bf16 else "float32", bf16, "adamw_torch", warnings)
+    bf16 = {"auto": cpu_has_fast_bf16(), "bf16": True, "fp32": False}[precision]
+    return TrainSetup("lora", "cpu", "float32", bf16, "adamw_torch", warnings)
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    targets = settings.target_modules
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        use_rslora=settings.rslora,
+        use_dora=settings.dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_for_training(
+    model: ResolvedModel, setup: TrainSetup, settings: LoraSettings, trust_remote_code: bool = False
+) -> Any:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if setup.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if setup.bf16 else torch.float32,
+        )
+        kwargs["device_map"] = {"": 0} if setup.device == "cuda" else {"": "cpu"}
+        kwargs["dtype"] = torch.bfloat16 if setup.bf16 else torch.float32
+    else:
+        kwargs["dtype"] = getattr(torch, setup.dtype)
+    try:
+        base = AutoModelForCausalLM.from_pretrained(str(model.path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"{model.path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    base.config.use_cache = False  # the KV cache is useless in training and costs memory
+    if setup.method == "qlora":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=setup.device == "cuda")
+    try:
+        peft_model = get_peft_model(base, lora_config(settings))
+    except ValueError as exc:  # e.g. target modules not found
+        raise InputError(f"train.lora: {exc}") from None
+    return peft_model

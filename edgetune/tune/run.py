@@ -1,0 +1,391 @@
+"""`edgetune tune`: prepare data, load the model, train with the transformers Trainer, keep the best adapter."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import time
+import warnings as warnings_module
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune import __version__
+from edgetune.config import Recipe, dump_recipe, load_recipe
+from edgetune.errors import InputError
+from edgetune.rundir import (
+    MANIFEST,
+    RECIPE_FILE,
+    atomic_dir,
+    atomic_write_text,
+    clean_stale_temporaries,
+    new_run_dir,
+    point_latest,
+    resolve_run_dir,
+    sha256_file,
+    sha256_tree,
+    update_manifest,
+)
+
+log = logging.getLogger("edgetune")
+
+
+@dataclass
+class TuneResult:
+    run_dir: Path
+    method: str
+    device: str
+    bf16: bool
+    train_examples: int
+    train_tokens: int
+    steps: int
+    max_steps: int
+    epochs: float
+    initial_eval_loss: float | None
+    best_eval_loss: float | None
+    best_step: int | None
+    final_train_loss: float | None
+    stopped_early: bool
+    wall_s: float
+    tokens_per_s: float
+    resumed_from: int | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "edgetune": __version__}
+    for dist in ("torch", "transformers", "peft", "accelerate", "bitsandbytes"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _data_hashes(recipe: Recipe) -> dict[str, str]:
+    return {
+        name: sha256_file(Path(p)) for name in ("train", "valid", "test") if (p := getattr(recipe.data, name))
+    }
+
+
+def _start_run(
+    recipe_arg: str | None, overrides: list[str], run_dir: Path | None, resume: bool
+) -> tuple[Recipe, Path]:
+    if resume:
+        if recipe_arg or overrides:
+            raise InputError("--resume continues a run with the recipe saved in it; drop RECIPE and --set")
+        run_dir = resolve_run_dir(run_dir)
+        saved = run_dir / RECIPE_FILE
+        if not saved.is_file():
+            raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
+        return load_recipe(str(saved)), run_dir
+    recipe = load_recipe(recipe_arg, overrides)
+    if run_dir is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError("several processes need one shared run directory: pass --run-dir")
+        run_dir = new_run_dir(recipe.name)
+    elif (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
+        raise InputError(f"{run_dir}: already holds a run; use --resume to continue it or another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        atomic_write_text(
+            run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
+        )
+    return recipe, run_dir.resolve()
+
+
+def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool):
+    from transformers import TrainingArguments
+
+    t = recipe.train
+    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        lr_scheduler_type=t.scheduler,
+        warmup_ratio=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=setup.optim,
+        bf16=setup.bf16,
+        use_cpu=setup.device == "cpu",
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy="steps" if has_valid else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=has_valid,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=1,
+        logging_dir=str(run_dir / "tensorboard"),
+        report_to=["tensorboard"] if t.tensorboard else [],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        save_safetensors=True,
+        ddp_find_unused_parameters=False,
+        prediction_loss_only=True,
+    )
+
+
+def build_trainer(
+    recipe: Recipe,
+    run_dir: Path,
+    setup,
+    model,
+    tokenizer,
+    train_examples,
+    valid_examples,
+    callbacks: list[Any],
+):
+    """The Trainer exactly as `edgetune tune` runs it (the throughput benchmark uses this too)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    from edgetune.tune.batches import EncodedDataset, make_collator
+    from edgetune.tune.trainer import SupervisedLogitsTrainer
+
+    trainer = SupervisedLogitsTrainer(
+        model=model,
+        args=_training_args(recipe, run_dir, setup, bool(valid_examples)),
+        train_dataset=EncodedDataset(train_examples),
+        eval_dataset=EncodedDataset(valid_examples) if valid_examples else None,
+        data_collator=make_collator(tokenizer.pad_token_id, recipe.train.packing),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our Progress and MetricsLog replace it
+    return trainer
+
+
+def tune(
+    recipe_arg: str | None = None,
+    overrides: list[str] | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    console=None,
+) -> TuneResult:
+    import torch
+    import transformers
+    from transformers import EarlyStoppingCallback
+
+    from edgetune.data.prepare import prepare
+    from edgetune.models import load_tokenizer, resolve_model
+    from edgetune.tune.callbacks import (
+        CommitCheckpoints,
+        MetricsLog,
+        OverfitWatch,
+        Progress,
+        complete_checkpoints,
+        truncate_metrics,
+    )
+    from edgetune.tune.model import choose_setup, load_for_training
+
+    started = time.time()
+    recipe, run_dir = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
+    main = is_main_process()
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if console is not None and main:
+            console.print(f"[yellow]warning:[/] {message}")
+
+    checkpoints = run_dir / "checkpoints"
+    resume_from = None
+    if main:
+        clean_stale_temporaries(run_dir)
+        done = complete_checkpoints(checkpoints)
+        for partial in set(checkpoints.glob("checkpoint-*")) - set(done):
+            shutil.rmtree(partial, ignore_errors=True)  # interrupted while being written
+    if resume:
+        done = complete_checkpoints(checkpoints)
+        if not done:
+            raise InputError(f"{run_dir}: no complete checkpoint to resume from; start the run again")
+        resume_from = done[-1]
+        if main:
+            truncate_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
+            point_latest(run_dir)
+    elif main:
+        point_latest(run_dir)
+
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    transformers.logging.set_verbosity_error()
+    # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
+    warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
+    transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
+
+    model_ref = resolve_model(recipe.model.base, recipe.model.revision, quiet=not main)
+    tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+    data = prepare(recipe.data, tokenizer)
+    train_enc, valid_enc = data.encoded["train"], data.encoded["valid"]
+    if not train_enc.examples:
+        raise InputError(
+            f"{recipe.data.train}: every training example was dropped (see `edgetune data check`)"
+        )
+    for name, enc in data.encoded.items():
+        if enc.dropped:
+            warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
+    if len(train_enc.examples) < 100:
+        warn(
+            f"only {len(train_enc.examples)} training examples: expect overfitting; 500+ clean examples work best"
+        )
+    if recipe.train.lr > 1e-3:
+        warn(
+            f"train.lr={recipe.train.lr:g} is high for LoRA fine-tuning and risks catastrophic forgetting; "
+            "1e-4..1e-3 is the usual range"
+        )
+    has_valid = bool(valid_enc.examples)
+    if not has_valid:
+        warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
+
+    setup = choose_setup(recipe.train.method, recipe.train.precision)
+    for message in setup.warnings:
+        warn(message)
+    model = load_for_training(model_ref, setup, recipe.train.lora, recipe.model.trust_remote_code)
+    callbacks: list[Any] = [CommitCheckpoints(), MetricsLog(run_dir / "metrics.jsonl"), OverfitWatch(warn)]
+    if console is not None and main:
+        callbacks.append(Progress(console))
+    if has_valid and recipe.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    trainer = build_trainer(
+        recipe, run_dir, setup, model, tokenizer, train_enc.examples, valid_enc.examples, callbacks
+    )
+
+    manifest_tune: dict[str, Any] = {}
+    if main:
+        prior = _read_tune_section(run_dir)
+        manifest_tune = {"initial_eval_loss": prior.get("initial_eval_loss")}
+        update_manifest(
+            run_dir,
+            edgetune_version=__version__,
+            created=prior.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            versions=_versions(),
+            device={
+                "kind": setup.device,
+                "cpu": _cpu_name(),
+                "torch_threads": torch.get_num_threads(),
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+                "cuda": torch.cuda.get_device_name(0) if setup.device == "cuda" else None,
+            },
+            recipe={"name": recipe.name, "source": recipe.source, "sha256": recipe.digest()},
+            base_model={
+                "name": model_ref.name,
+                "kind": model_ref.kind,
+                "path": str(model_ref.path),
+                "sha256": sha256_tree(model_ref.path),
+            },
+            data={"sha256": _data_hashes(recipe), **data.summary()},
+        )
+    if has_valid and resume_from is None:
+        initial = trainer.evaluate()["eval_loss"]
+        manifest_tune["initial_eval_loss"] = initial
+        if main:
+            update_manifest(run_dir, stages={"tune": {"status": "running", "initial_eval_loss": initial}})
+        if console is not None and main:
+            console.print(f"validation loss before training: {initial:.4f}")
+
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        raise InputError(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
+
+    state = trainer.state
+    best_eval = state.best_metric if has_valid else None
+    best_step = (
+        int(state.best_model_checkpoint.rsplit("-", 1)[-1])
+        if has_valid and state.best_model_checkpoint
+        else None
+    )
+    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+    stopped_early = state.global_step < state.max_steps
+    wall = time.time() - started
+    train_runtime = next(
+        (h["train_runtime"] for h in reversed(state.log_history) if "train_runtime" in h), wall
+    )
+    tokens = state.num_input_tokens_seen
+    result = TuneResult(
+        run_dir=run_dir,
+        method=setup.method,
+        device=setup.device,
+        bf16=setup.bf16,
+        train_examples=len(train_enc.examples),
+        train_tokens=sum(len(e.input_ids) for e in train_enc.examples),
+        steps=state.global_step,
+        max_steps=state.max_steps,
+        epochs=round(state.epoch or 0.0, 3),
+        initial_eval_loss=manifest_tune.get("initial_eval_loss"),
+        best_eval_loss=best_eval,
+        best_step=best_step,
+        final_train_loss=train_losses[-1] if train_losses else None,
+        stopped_early=stopped_early,
+        wall_s=round(wall, 1),
+        tokens_per_s=round(tokens / train_runtime, 1) if train_runtime else 0.0,
+        resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
+        warnings=warnings,
+    )
+    if main:
+        with atomic_dir(run_dir / "adapter") as staging:
+            trainer.model.save_pretrained(str(staging), safe_serialization=True)
+            tokenizer.save_pretrained(str(staging))  # the chat template (or our fallback) travels with it
+        update_manifest(
+            run_dir,
+            stages={
+                "tune": {
+                    "status": "done",
+                    "method": setup.method,
+                    "device": setup.device,
+                    "bf16": setup.bf16,
+                    "dtype": setup.dtype,
+                    "optim": setup.optim,
+                    **{
+                        k: v
+                        for k, v in asdict(result).items()
+                        if k not in ("run_dir", "warnings", "method", "device", "bf16")
+                    },
+                    "warnings": warnings,
+                    "adapter": "adapter",
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            },
+        )
+    return result
+
+
+def _read_tune_section(run_dir: Path) -> dict[str, Any]:
+    from edgetune.rundir import read_manifest
+
+    manifest = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else {}
+    out = dict(manifest.get("stages", {}).get("tune", {}))
+    if "created" in manifest:
+        out["created"] = manifest["created"]
+    return out

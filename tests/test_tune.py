@@ -1,0 +1,273 @@
+"""edgetune tune on the tiny random model: run directory contract, best adapter, resume, packing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import chat_row, write_jsonl
+
+from edgetune.cli import main
+from edgetune.rundir import sha256_file
+from edgetune.tune.run import tune
+
+
+def make_recipe(tmp_path: Path, model_dir: Path, **train) -> Path:
+    rows = [
+        chat_row(
+            f"log {i}: link down on eth{i % 4} at site {i % 7}", json.dumps({"port": i % 4, "site": i % 7})
+        )
+        for i in range(120)
+    ]
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    settings = {
+        "lr": 1e-3,
+        "max_steps": 12,
+        "batch_size": 4,
+        "eval_steps": 4,
+        "save_steps": 4,
+        "threads": 1,
+        "precision": "fp32",
+        "warmup_ratio": 0.0,
+        **train,
+    }
+    text = (
+        f"name: tiny\nmodel:\n  base: {model_dir}\ndata:\n  train: data.jsonl\n  max_seq_len: 128\n"
+        "train:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings.items())
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def test_tune_writes_the_run_directory_contract(tmp_path, tiny_model_dir):
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    result = tune(str(recipe))
+    run = result.run_dir
+    assert (tmp_path / "runs" / "latest").resolve() == run
+    for name in (
+        "recipe.yaml",
+        "manifest.json",
+        "metrics.jsonl",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/tokenizer.json",
+    ):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest) >= {"versions", "device", "recipe", "base_model", "data", "stages"}
+    assert manifest["data"]["sha256"]["train"] == sha256_file(tmp_path / "data.jsonl")
+    assert len(manifest["base_model"]["sha256"]) == 64 and len(manifest["recipe"]["sha256"]) == 64
+    stage = manifest["stages"]["tune"]
+    assert stage["status"] == "done" and stage["method"] == "lora" and stage["steps"] == 12
+    assert stage["best_eval_loss"] < stage["initial_eval_loss"]
+    assert len(train_losses(run)) == 12
+    # the adapter kept is the best checkpoint by validation loss
+    best = run / "checkpoints" / f"checkpoint-{result.best_step}" / "adapter_model.safetensors"
+    assert sha256_file(best) == sha256_file(run / "adapter" / "adapter_model.safetensors")
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    assert min(e["eval_loss"] for e in evals[1:]) == pytest.approx(result.best_eval_loss)
+
+
+def test_same_seed_same_losses_and_adapter_other_seed_differs(tmp_path, tiny_model_dir):
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=6, eval_steps=3, save_steps=3)
+    runs = [tune(str(recipe), overrides=[f"train.seed={s}"]).run_dir for s in (1, 1, 2)]
+    hashes = [sha256_file(r / "adapter" / "adapter_model.safetensors") for r in runs]
+    assert train_losses(runs[0]) == train_losses(runs[1]) and hashes[0] == hashes[1]
+    assert train_losses(runs[0]) != train_losses(runs[2]) and hashes[0] != hashes[2]
+
+
+def test_resume_after_kill_9_continues_the_same_loss_curve(tmp_path, tiny_model_dir):
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, max_steps=60, eval_steps=5, save_steps=5, lora={"dropout": 0.1}
+    )
+    reference = tune(str(recipe), run_dir=tmp_path / "reference").run_dir
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetune", "tune", str(recipe), "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    marker = run_dir / "checkpoints" / "checkpoint-15" / "edgetune-complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never reached checkpoint 15"
+    assert not (run_dir / "adapter").exists(), "the run finished before it was killed; make it longer"
+
+    result = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "resumed from step" in result.output
+    got, want = train_losses(run_dir), train_losses(reference)
+    assert sorted(got) == list(range(1, 61))
+    for step in range(1, 61):
+        assert got[step] == pytest.approx(want[step], abs=1e-5), step
+    assert sha256_file(run_dir / "adapter" / "adapter_model.safetensors") == sha256_file(
+        reference / "adapter" / "adapter_model.safetensors"
+    )
+
+
+def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir):
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=8)
+    run = tune(str(recipe)).run_dir
+    ckpts = run / "checkpoints"
+    # simulate a crash while checkpoint-12 was being written, plus a stale atomic-write temporary
+    (ckpts / "checkpoint-12").mkdir()
+    (ckpts / "checkpoint-12" / "adapter_model.safetensors").write_bytes(b"partial")
+    (run / ".manifest.json.123.tmp").write_text("{")
+    result = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "resumed from step 8" in result.output
+    assert not (ckpts / "checkpoint-12").exists() and not (run / ".manifest.json.123.tmp").exists()
+
+
+def test_packed_batches_match_unpacked_logits(tiny_model_dir, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.tune.batches import make_collator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    r = Renderer(tiny_tokenizer)
+    encoded = [
+        r.encode(Example("messages", messages=(("user", u), ("assistant", a))))
+        for u, a in [
+            ("short one", "ok"),
+            ("a much longer question about the router battery", "replace it"),
+            ("hi", "hello"),
+        ]
+    ]
+    features = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    packed = make_collator(tiny_tokenizer.pad_token_id, packing=True)(features)
+    padded = make_collator(tiny_tokenizer.pad_token_id, packing=False)(features)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        p = model(
+            input_ids=packed["input_ids"],
+            position_ids=packed["position_ids"],
+            labels=packed["labels"],
+            use_cache=False,
+        )
+        u = model(**padded)
+    offset = 0
+    for i, e in enumerate(encoded):
+        n = len(e.input_ids)
+        torch.testing.assert_close(p.logits[0, offset : offset + n], u.logits[i, :n], atol=1e-4, rtol=1e-4)
+        offset += n
+    torch.testing.assert_close(p.loss, u.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_resume_without_a_run_is_a_clear_error():
+    result = CliRunner().invoke(main, ["tune", "--resume"])
+    assert result.exit_code == 2
+    assert "runs/latest does not exist" in result.output
+
+
+def test_overfit_watch_warns_once():
+    from types import SimpleNamespace
+
+    from edgetune.tune.callbacks import OverfitWatch
+
+    seen = []
+    watch = OverfitWatch(seen.append)
+    args = SimpleNamespace(eval_steps=1)
+    for step, (train, val) in enumerate([(3.0, 2.0), (2.0, 2.1), (1.0, 2.2), (0.5, 2.3)], start=1):
+        watch.on_log(args, None, None, logs={"loss": train})
+        watch.on_evaluate(args, SimpleNamespace(global_step=step), None, metrics={"eval_loss": val})
+    assert len(seen) == 1 and "overfitting" in seen[0] and "step 1" in seen[0]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_tokenizer, packing):
+    import torch
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.tune.batches import make_collator
+    from edgetune.tune.trainer import SupervisedLogitsTrainer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    r = Renderer(tiny_tokenizer)
+    feats = [
+        r.encode(
+            Example("messages", messages=(("user", f"question {i} " * (i + 1)), ("assistant", f"answer {i}")))
+        )
+        for i in range(4)
+    ]
+    batch = make_collator(tiny_tokenizer.pad_token_id, packing)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in feats]
+    )
+    trainer = SupervisedLogitsTrainer(
+        model=model, args=TrainingArguments(output_dir="out", report_to=[], use_cpu=True)
+    )
+    n_items = (batch["labels"] != -100).sum()
+    for num_items in (None, n_items):
+        model.zero_grad()
+        ours = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+        ours.backward()
+        ours_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+        model.zero_grad()
+        reference = model(**batch, use_cache=False).loss
+        reference.backward()
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ours_grad, model.model.layers[0].mlp.up_proj.weight.grad, atol=1e-6, rtol=1e-4
+        )
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(tmp_path, tiny_model_dir):
+    import socket
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "edgetune",
+        "tune",
+        str(recipe),
+        "--run-dir",
+        str(run_dir),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["device"]["world_size"] == 2
+    assert manifest["stages"]["tune"]["steps"] == 4
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.stdout.count("edgetune tune") == 1  # one summary, from rank 0
