@@ -44,5 +44,11 @@ class NotBuiltError(EdgetuneError):
     """A command that exists in the CLI contract but is not implemented yet."""
 
 
+class Interrupted(EdgetuneError):
+    """Ctrl-C: the message says how to continue."""
+
+    exit_code = 130
+
+
 class GateFailed(EdgetuneError):
     exit_code = EXIT_GATE

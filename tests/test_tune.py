@@ -238,7 +238,8 @@ def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_
 
 
 @pytest.mark.slow
-def test_two_processes_under_torchrun(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_under_a_launcher(tmp_path, tiny_model_dir, launcher):
     import socket
 
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
@@ -271,3 +272,14 @@ def test_two_processes_under_torchrun(tmp_path, tiny_model_dir):
     assert manifest["stages"]["tune"]["steps"] == 4
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert result.stdout.count("edgetune tune") == 1  # one summary, from rank 0
+
+
+@pytest.mark.slow
+def test_qlora_runs_on_cpu_with_a_warning(tmp_path, tiny_model_dir):
+    recipe = make_recipe(tmp_path, tiny_model_dir, method="qlora", max_steps=2, eval_steps=2, save_steps=2)
+    result = tune(str(recipe))
+    assert result.method == "qlora" and result.device == "cpu"
+    assert any("30x slower" in w for w in result.warnings)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["tune"]["dtype"] == "nf4"
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -15,7 +15,7 @@ from typing import Any
 
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
-from edgetune.errors import InputError
+from edgetune.errors import InputError, Interrupted
 from edgetune.rundir import (
     MANIFEST,
     RECIPE_FILE,
@@ -317,7 +317,7 @@ def tune(
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
-        raise InputError(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
+        raise Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
 
     state = trainer.state
     best_eval = state.best_metric if has_valid else None
