@@ -33,7 +33,7 @@ def test_every_contract_command_is_listed():
 
 
 @pytest.mark.parametrize(
-    "argv, issue", [(["merge"], 4), (["export"], 4), (["bench"], 6), (["chat", "x.gguf"], 7)]
+    "argv, issue", [(["export"], 4), (["bench"], 6), (["chat", "x.gguf"], 7)]
 )
 def test_unbuilt_commands_say_so_and_exit_1(argv, issue):
     result = CliRunner().invoke(main, argv)

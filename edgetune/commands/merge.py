@@ -4,11 +4,16 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import not_built
-
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 def merge(run_dir) -> None:
     """Merge RUN_DIR's adapter into its base model, writing RUN_DIR/merged (default: runs/latest)."""
-    not_built("merge", 4)
+    from edgetune.console import err, out
+    from edgetune.merge import merge as run_merge
+
+    r = run_merge(run_dir, console=err)
+    for name, c in r.candidates.items():
+        mark = "*" if name == r.chosen else " "
+        out.print(f"{mark} {name:<16} validation loss {c['valid_loss']:.4f}   KL to adapter {c['kl_to_adapter']:.2e}")
+    out.print(f"merged model: {r.merged_dir} ({r.wall_s:.0f} s)")

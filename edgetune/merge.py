@@ -1,0 +1,167 @@
+"""`edgetune merge`: fold a run's adapter into its base model, writing RUN_DIR/merged (safetensors).
+
+LoRA runs merge into the base weights they were trained on. QLoRA runs are never merged into NF4
+weights (rounding the merged sum back to 4 bits destroys the update). Instead the adapter is
+merged twice, into the full-precision base and into the dequantised NF4 base (the weights it
+was actually trained against), both are scored on the validation split, and the one with the
+lower loss is kept; both losses and each one's KL to the adapter-on-4-bit model are recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetune.config import load_recipe
+from edgetune.errors import EdgetuneError, InputError
+from edgetune.rundir import RECIPE_FILE, atomic_dir, read_manifest, resolve_run_dir, update_manifest
+
+
+@dataclass
+class MergeResult:
+    run_dir: Path
+    merged_dir: Path
+    method: str
+    chosen: str  # "full_precision" | "dequantized_nf4" | "base"
+    candidates: dict[str, dict[str, float]]  # name -> {"valid_loss", "kl_to_adapter"}
+    kl_to_adapter: float
+    wall_s: float
+
+
+def _batches(examples, pad_id: int, batch_size: int = 8):
+    from edgetune.tune.batches import PadCollator
+
+    collate = PadCollator(pad_id)
+    for i in range(0, len(examples), batch_size):
+        yield collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples[i:i + batch_size]])
+
+
+def score(model, examples, pad_id: int, reference_logprobs: list | None = None) -> tuple[float, float, list]:
+    """Mean validation loss over supervised tokens, mean KL(reference || model) on the same tokens,
+    and this model's log-probabilities there (to serve as a reference)."""
+    import torch
+    import torch.nn.functional as F
+
+    total_loss, total_kl, n_tokens, logprobs = 0.0, 0.0, 0, []
+    model.eval()
+    with torch.no_grad():
+        for b, batch in enumerate(_batches(examples, pad_id)):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            mask = labels != -100
+            lp = F.log_softmax(logits[:, :-1], dim=-1)[mask]  # [tokens, vocab]
+            total_loss += -lp.gather(1, labels[mask].unsqueeze(1)).sum().item()
+            n_tokens += int(mask.sum())
+            if reference_logprobs is not None:
+                ref = reference_logprobs[b]
+                total_kl += (ref.exp() * (ref - lp)).sum().item()
+            logprobs.append(lp)
+    n = max(n_tokens, 1)
+    return total_loss / n, total_kl / n, logprobs
+
+
+def check_finite(model) -> None:
+    import torch
+
+    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise EdgetuneError(f"the merged model has NaN or Inf weights in {len(bad)} tensors (first: {bad[0]}); "
+                            "the adapter is broken (learning rate too high?) and was not merged")
+
+
+def _load_base(path: Path, trust_remote_code: bool, nf4: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
+    if nf4:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_use_double_quant=True,
+                                                           bnb_4bit_compute_dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def _dequantized_nf4_base(path: Path, trust_remote_code: bool):
+    """The base as the QLoRA adapter saw it: every quantised linear replaced by its dequantised weight."""
+    import torch
+
+    quantized = _load_base(path, trust_remote_code, nf4=True)
+    model = _load_base(path, trust_remote_code)
+    from bitsandbytes.functional import dequantize_4bit
+
+    q_modules = dict(quantized.named_modules())
+    for name, module in model.named_modules():
+        q = q_modules.get(name)
+        weight = getattr(q, "weight", None)
+        if weight is not None and getattr(weight, "quant_state", None) is not None:
+            module.weight.data = dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+    return model, quantized
+
+
+def merge(run_dir: Path | None = None, console=None) -> MergeResult:
+    import transformers
+    from peft import PeftModel
+
+    from edgetune.data.prepare import prepare
+    from edgetune.models import load_tokenizer, resolve_model
+
+    started = time.time()
+    run_dir = resolve_run_dir(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise InputError(f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)")
+    recipe = load_recipe(str(run_dir / RECIPE_FILE))
+    method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
+    transformers.logging.set_verbosity_error()
+    model_ref = resolve_model(recipe.model.base, recipe.model.revision, quiet=True)
+    tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+    data = prepare(recipe.data, tokenizer)
+    valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
+    pad = tokenizer.pad_token_id
+
+    def say(message: str) -> None:
+        if console is not None:
+            console.print(message)
+
+    candidates: dict[str, dict[str, float]] = {}
+    if method == "qlora":
+        say("QLoRA run: scoring a merge into the full-precision base and one into the dequantised NF4 base")
+        dequant, quantized = _dequantized_nf4_base(model_ref.path, recipe.model.trust_remote_code)
+        on_4bit = PeftModel.from_pretrained(quantized, str(adapter))
+        _, _, reference = score(on_4bit, valid, pad)
+        del on_4bit, quantized
+        merged_by_name = {
+            "full_precision": PeftModel.from_pretrained(_load_base(model_ref.path, recipe.model.trust_remote_code),
+                                                        str(adapter)).merge_and_unload(),
+            "dequantized_nf4": PeftModel.from_pretrained(dequant, str(adapter)).merge_and_unload(),
+        }
+        for name, m in merged_by_name.items():
+            loss, kl, _ = score(m, valid, pad, reference)
+            candidates[name] = {"valid_loss": loss, "kl_to_adapter": kl}
+        chosen = min(candidates, key=lambda k: candidates[k]["valid_loss"])
+        merged = merged_by_name[chosen]
+    else:
+        unmerged = PeftModel.from_pretrained(_load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter))
+        _, _, reference = score(unmerged, valid, pad)
+        merged = unmerged.merge_and_unload()
+        loss, kl, _ = score(merged, valid, pad, reference)
+        chosen = "full_precision"
+        candidates[chosen] = {"valid_loss": loss, "kl_to_adapter": kl}
+    check_finite(merged)
+    merged.config.use_cache = True
+    target = run_dir / "merged"
+    with atomic_dir(target) as staging:
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))  # with the chat template used in training
+    result = MergeResult(run_dir, target, method, chosen, candidates, candidates[chosen]["kl_to_adapter"],
+                         round(time.time() - started, 1))
+    update_manifest(run_dir, stages={"merge": {
+        "status": "done", "method": method, "chosen": chosen, "candidates": candidates,
+        "kl_to_adapter": result.kl_to_adapter, "valid_examples": len(valid), "merged": "merged",
+        "wall_s": result.wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }})
+    return result

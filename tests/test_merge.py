@@ -1,0 +1,73 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+from test_tune import make_recipe
+
+from edgetune.cli import main
+from edgetune.merge import merge
+from edgetune.tune.run import tune
+
+
+@pytest.fixture
+def tuned_run(tmp_path, tiny_model_dir):
+    return tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=6, eval_steps=3, save_steps=3))).run_dir
+
+
+def test_merged_logits_match_the_adapter_model(tuned_run):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = merge(tuned_run)
+    assert result.chosen == "full_precision" and result.kl_to_adapter <= 1e-5
+    merged = AutoModelForCausalLM.from_pretrained(tuned_run / "merged").eval()
+    manifest = json.loads((tuned_run / "manifest.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(manifest["base_model"]["path"]).eval()
+    adapted = AutoModelForCausalLM.from_pretrained(manifest["base_model"]["path"])
+    unmerged = PeftModel.from_pretrained(adapted, str(tuned_run / "adapter")).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
+    with torch.no_grad():
+        a = torch.log_softmax(merged(ids).logits, -1)
+        b = torch.log_softmax(unmerged(ids).logits, -1)
+        delta = (merged(ids).logits - base(ids).logits).abs().max()
+    kl = (b.exp() * (b - a)).sum(-1).mean().item()
+    assert kl <= 1e-5
+    assert delta > 1e-4, "the merge changed nothing: the adapter was not applied"
+    assert (tuned_run / "merged" / "model.safetensors").is_file()
+    assert (tuned_run / "merged" / "tokenizer_config.json").is_file()
+    assert manifest["stages"]["merge"]["chosen"] == "full_precision"
+
+
+def test_merge_refuses_nan_weights(tuned_run):
+    from safetensors.torch import load_file, save_file
+
+    path = tuned_run / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    first = next(iter(tensors))
+    tensors[first][0, 0] = float("nan")
+    save_file(tensors, path)
+    result = CliRunner().invoke(main, ["merge", str(tuned_run)])
+    assert result.exit_code == 1
+    assert "NaN or Inf" in result.output
+    assert not (tuned_run / "merged").exists()
+
+
+def test_merge_without_adapter_is_a_clear_error(tmp_path):
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(main, ["merge", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "no adapter/" in result.output
+
+
+@pytest.mark.slow
+def test_qlora_merge_scores_both_candidates(tmp_path, tiny_model_dir):
+    run = tune(str(make_recipe(tmp_path, tiny_model_dir, method="qlora", max_steps=2, eval_steps=2,
+                               save_steps=2))).run_dir
+    result = merge(run)
+    assert set(result.candidates) == {"full_precision", "dequantized_nf4"}
+    best = min(result.candidates, key=lambda k: result.candidates[k]["valid_loss"])
+    assert result.chosen == best
+    # the adapter was trained against the NF4 weights: the dequantised merge reproduces it closely
+    assert result.candidates["dequantized_nf4"]["kl_to_adapter"] < 1e-3
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["merge"]
+    assert stage["candidates"] == result.candidates
