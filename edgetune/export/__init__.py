@@ -1,0 +1,1 @@
+"""Exporters: GGUF (our converter + llama.cpp's quantiser) and ONNX."""

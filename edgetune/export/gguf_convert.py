@@ -1,0 +1,164 @@
+"""Our HF -> GGUF converter (F32, F16, BF16), on the `gguf` package's writer and name maps.
+
+Quantised types are made from the F16/F32 file by llama.cpp's own quantiser, never here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from edgetune import __version__
+from edgetune.errors import InputError
+from edgetune.export.gguf_arch import arch_for, permute_rope
+from edgetune.export.gguf_vocab import read_vocab
+
+OUTTYPES = {
+    "f32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
+    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, gguf.GGMLQuantizationType.BF16),
+}
+
+
+def _tensor_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / n for n in names]
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise InputError(f"{model_dir}: no model.safetensors (edgetune exports safetensors checkpoints only)")
+    return [single]
+
+
+def _iter_tensors(model_dir: Path):
+    from safetensors import safe_open
+
+    for path in _tensor_files(model_dir):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
+
+
+def _write_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
+    n_head = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(getattr(config, "rope_theta", 10000.0))
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_vocab_size(config.vocab_size)
+    scaling = getattr(config, "rope_scaling", None)
+    if scaling:
+        kind = scaling.get("rope_type") or scaling.get("type")
+        if kind == "linear":
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(float(scaling["factor"]))
+        elif kind != "default":
+            raise InputError(f"rope scaling {kind!r} is not supported for GGUF export yet")
+
+
+def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any) -> None:
+    from transformers import AutoTokenizer
+
+    vocab = read_vocab(model_dir, config.vocab_size)
+    writer.add_tokenizer_model(vocab.model)
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.types)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
+    special = gguf.SpecialVocab(model_dir, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
+    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/unk/pad ids, chat template
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    probe = tok("a", add_special_tokens=True)["input_ids"]
+    # what the tokenizer really does, rather than what a config flag claims
+    if "add_bos_token" not in special.add_special_token:
+        writer.add_add_bos_token(bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None)
+    if "add_eos_token" not in special.add_special_token:
+        writer.add_add_eos_token(bool(probe) and probe[-1] == tok.eos_token_id and len(probe) > 1)
+    if special.chat_template is None and tok.chat_template:
+        writer.add_chat_template(tok.chat_template)
+
+
+def convert(model_dir: Path, out: Path, outtype: str = "f16", provenance: dict[str, str] | None = None,
+            progress: bool = False) -> Path:
+    """Write model_dir (an HF model directory) as a GGUF file at `out`, atomically."""
+    import torch
+    from transformers import AutoConfig
+
+    if outtype not in OUTTYPES:
+        raise InputError(f"GGUF output type {outtype!r} is written by the quantiser, not the converter; "
+                         f"the converter writes {', '.join(OUTTYPES)}")
+    file_type, matrix_type = OUTTYPES[outtype]
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{model_dir}/config.json: cannot read the model config ({exc})") from None
+    _, spec = arch_for(config)
+    n_head = config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    names = gguf.get_tensor_name_map(spec.gguf_arch, config.num_hidden_layers)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[spec.gguf_arch])
+    try:
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(getattr(config, "_name_or_path", "") or model_dir.name)
+        writer.add_file_type(file_type)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _write_hparams(writer, config)
+        spec.extra(config, writer)
+        _write_tokenizer(writer, model_dir, config)
+        writer.add_string("edgetune.version", __version__)
+        for key, value in (provenance or {}).items():
+            writer.add_string(f"edgetune.{key}", str(value))
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        for hf_name, tensor in _iter_tensors(model_dir):
+            if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+                continue
+            data = tensor.to(torch.float32).numpy()
+            if spec.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
+                data = permute_rope(data, n_head)
+            elif spec.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
+                data = permute_rope(data, n_kv)
+            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if name is None:
+                raise InputError(f"{model_dir}: tensor {hf_name!r} has no GGUF name for {spec.gguf_arch.name}")
+            if data.ndim <= 1 or matrix_type == gguf.GGMLQuantizationType.F32:
+                writer.add_tensor(name, data.astype(np.float32))  # norms and biases stay F32, as in llama.cpp
+            elif matrix_type == gguf.GGMLQuantizationType.F16:
+                writer.add_tensor(name, data.astype(np.float16))
+            else:
+                writer.add_tensor(name, gguf.quants.quantize(data, matrix_type), raw_dtype=matrix_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=progress)
+        writer.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return out

@@ -1,0 +1,49 @@
+"""Loading GGUF files into llama.cpp (llama-cpp-python) the way edgetune runs them.
+
+Weight repacking ("extra buffer types") is off: in llama-cpp-python 0.3.36 on this project's
+Xeon (AVX512 + AMX), evaluating any quantised GGUF with repacked weights segfaults, even llama.cpp's
+own Q4_1 file of SmolLM2; with repacking off the same files evaluate correctly. Set
+EDGETUNE_LLAMA_REPACK=1 to turn it back on where it works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from edgetune.errors import InputError
+
+
+@contextlib.contextmanager
+def _model_params_without_repack():
+    import llama_cpp.llama_cpp as bindings  # the module llama_cpp.Llama reads its defaults from
+
+    original = bindings.llama_model_default_params
+
+    def params():
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    bindings.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = original
+
+
+def load_llama(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kwargs: Any):
+    from llama_cpp import Llama
+
+    if not path.is_file():
+        raise InputError(f"{path}: GGUF file not found")
+    repack = os.environ.get("EDGETUNE_LLAMA_REPACK") == "1"
+    context = contextlib.nullcontext() if repack else _model_params_without_repack()
+    with context:
+        try:
+            return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                         n_threads=n_threads or os.cpu_count(), **kwargs)
+        except ValueError as exc:  # llama-cpp-python's message for files llama.cpp refuses
+            raise InputError(f"{path}: llama.cpp cannot load this file ({exc})") from None
