@@ -35,7 +35,7 @@ def _batches(examples, pad_id: int, batch_size: int = 8):
 
     collate = PadCollator(pad_id)
     for i in range(0, len(examples), batch_size):
-        yield collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples[i:i + batch_size]])
+        yield collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples[i : i + batch_size]])
 
 
 def score(model, examples, pad_id: int, reference_logprobs: list | None = None) -> tuple[float, float, list]:
@@ -48,7 +48,9 @@ def score(model, examples, pad_id: int, reference_logprobs: list | None = None) 
     model.eval()
     with torch.no_grad():
         for b, batch in enumerate(_batches(examples, pad_id)):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits.float()
             labels = batch["labels"][:, 1:]
             mask = labels != -100
             lp = F.log_softmax(logits[:, :-1], dim=-1)[mask]  # [tokens, vocab]
@@ -65,10 +67,16 @@ def score(model, examples, pad_id: int, reference_logprobs: list | None = None) 
 def check_finite(model) -> None:
     import torch
 
-    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+    bad = [
+        name
+        for name, p in model.state_dict().items()
+        if p.is_floating_point() and not torch.isfinite(p).all()
+    ]
     if bad:
-        raise EdgetuneError(f"the merged model has NaN or Inf weights in {len(bad)} tensors (first: {bad[0]}); "
-                            "the adapter is broken (learning rate too high?) and was not merged")
+        raise EdgetuneError(
+            f"the merged model has NaN or Inf weights in {len(bad)} tensors (first: {bad[0]}); "
+            "the adapter is broken (learning rate too high?) and was not merged"
+        )
 
 
 def _load_base(path: Path, trust_remote_code: bool, nf4: bool = False):
@@ -79,9 +87,12 @@ def _load_base(path: Path, trust_remote_code: bool, nf4: bool = False):
     if nf4:
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_use_double_quant=True,
-                                                           bnb_4bit_compute_dtype=torch.float32)
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 
@@ -113,7 +124,9 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     run_dir = resolve_run_dir(run_dir)
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        raise InputError(f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)")
+        raise InputError(
+            f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)"
+        )
     recipe = load_recipe(str(run_dir / RECIPE_FILE))
     method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
     transformers.logging.set_verbosity_error()
@@ -135,8 +148,9 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         _, _, reference = score(on_4bit, valid, pad)
         del on_4bit, quantized
         merged_by_name = {
-            "full_precision": PeftModel.from_pretrained(_load_base(model_ref.path, recipe.model.trust_remote_code),
-                                                        str(adapter)).merge_and_unload(),
+            "full_precision": PeftModel.from_pretrained(
+                _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
+            ).merge_and_unload(),
             "dequantized_nf4": PeftModel.from_pretrained(dequant, str(adapter)).merge_and_unload(),
         }
         for name, m in merged_by_name.items():
@@ -145,7 +159,9 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         chosen = min(candidates, key=lambda k: candidates[k]["valid_loss"])
         merged = merged_by_name[chosen]
     else:
-        unmerged = PeftModel.from_pretrained(_load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter))
+        unmerged = PeftModel.from_pretrained(
+            _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
+        )
         _, _, reference = score(unmerged, valid, pad)
         merged = unmerged.merge_and_unload()
         loss, kl, _ = score(merged, valid, pad, reference)
@@ -157,11 +173,29 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     with atomic_dir(target) as staging:
         merged.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))  # with the chat template used in training
-    result = MergeResult(run_dir, target, method, chosen, candidates, candidates[chosen]["kl_to_adapter"],
-                         round(time.time() - started, 1))
-    update_manifest(run_dir, stages={"merge": {
-        "status": "done", "method": method, "chosen": chosen, "candidates": candidates,
-        "kl_to_adapter": result.kl_to_adapter, "valid_examples": len(valid), "merged": "merged",
-        "wall_s": result.wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }})
+    result = MergeResult(
+        run_dir,
+        target,
+        method,
+        chosen,
+        candidates,
+        candidates[chosen]["kl_to_adapter"],
+        round(time.time() - started, 1),
+    )
+    update_manifest(
+        run_dir,
+        stages={
+            "merge": {
+                "status": "done",
+                "method": method,
+                "chosen": chosen,
+                "candidates": candidates,
+                "kl_to_adapter": result.kl_to_adapter,
+                "valid_examples": len(valid),
+                "merged": "merged",
+                "wall_s": result.wall_s,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        },
+    )
     return result

@@ -36,8 +36,10 @@ def parity(model_dir, gguf_path, texts):
     return float(np.mean(kls)), float(np.mean(top1))
 
 
-TEXTS = ["<|im_start|>user\nThe router in the lobby lost its uplink, error E1042.<|im_end|>\n<|im_start|>assistant\n",
-         "battery health 40% below threshold on inverter pv-inv-roof-02 0123456789"]
+TEXTS = [
+    "<|im_start|>user\nThe router in the lobby lost its uplink, error E1042.<|im_end|>\n<|im_start|>assistant\n",
+    "battery health 40% below threshold on inverter pv-inv-roof-02 0123456789",
+]
 
 
 @pytest.mark.parametrize("outtype, max_kl", [("f32", 1e-6), ("f16", 5e-4), ("bf16", 5e-3)])
@@ -58,7 +60,10 @@ def test_unsupported_architecture_names_the_supported_ones(tmp_path, tiny_model_
     config = json.loads((bad / "config.json").read_text())
     config["architectures"] = ["GPTNeoXForCausalLM"]
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="architecture GPTNeoXForCausalLM is not supported.*LlamaForCausalLM.*Qwen3ForCausalLM"):
+    with pytest.raises(
+        InputError,
+        match="architecture GPTNeoXForCausalLM is not supported.*LlamaForCausalLM.*Qwen3ForCausalLM",
+    ):
         convert(bad, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 
@@ -80,7 +85,9 @@ def test_smollm2_gguf_matches_llama_cpps_own_file_and_quantises(tmp_path):
     reference = GGUFReader(str(builtin_gguf_path(BUILTINS["smollm2-135m-instruct"])))  # made by llama.cpp
     mine = GGUFReader(str(ours))
     keys = [k for k in reference.fields if k.startswith(("tokenizer.", "llama."))]
-    keys.remove("tokenizer.ggml.add_space_prefix")  # older converters wrote it; llama.cpp's default is the same
+    keys.remove(
+        "tokenizer.ggml.add_space_prefix"
+    )  # older converters wrote it; llama.cpp's default is the same
     assert len(keys) >= 20
     for key in keys:
         assert mine.fields[key].contents() == reference.fields[key].contents(), key
@@ -96,10 +103,77 @@ def test_smollm2_gguf_matches_llama_cpps_own_file_and_quantises(tmp_path):
     from edgetune.data.split import make_splits
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    texts = [tok.apply_chat_template(ex.as_messages(), tokenize=False) for ex in make_splits(load_recipe("demo").data).test[:8]]
+    texts = [
+        tok.apply_chat_template(ex.as_messages(), tokenize=False)
+        for ex in make_splits(load_recipe("demo").data).test[:8]
+    ]
     kl, top1 = parity(model_dir, ours, texts)
     assert kl <= 5e-4 and top1 >= 0.995
     q8 = quantize(ours, tmp_path / "smol-q8_0.gguf", "Q8_0")
     kl8, _ = parity(model_dir, q8, texts)
     assert kl8 <= 0.005
     assert q8.stat().st_size < 0.6 * ours.stat().st_size
+
+
+def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir):
+    import json
+
+    from click.testing import CliRunner
+    from test_tune import make_recipe
+
+    from edgetune.cli import main
+    from edgetune.tune.run import tune
+
+    run = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2))).run_dir
+    result = CliRunner().invoke(main, ["export", "--to", "gguf", "--quant", "f16,q8_0"])
+    assert result.exit_code == 0, result.output
+    assert (run / "merged" / "model.safetensors").is_file()
+    files = sorted(p.name for p in (run / "export" / "gguf").iterdir())
+    # the F32 quantiser input is not left behind; the importance matrix is kept beside the files
+    assert files == ["imatrix.safetensors", "imatrix.txt", "model-f16.gguf", "model-q8_0.gguf"]
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(run / "export" / "gguf" / "model-q8_0.gguf")).fields
+    assert (
+        fields["quantize.imatrix.entries_count"].contents() == 15
+    )  # 7 linears x 2 blocks + the tied output head
+    assert (
+        fields["edgetune.data_sha256"].contents()
+        == json.loads((run / "manifest.json").read_text())["data"]["sha256"]["train"]
+    )
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert [a["quant"] for a in stage["gguf"]] == ["f16", "q8_0"] and stage[
+        "imatrix"
+    ] == "export/gguf/imatrix.safetensors"
+    assert all(len(a["sha256"]) == 64 for a in stage["gguf"])
+    kl, _ = parity(run / "merged", run / "export" / "gguf" / "model-f16.gguf", TEXTS)
+    assert kl <= 5e-4
+    onnx_only = CliRunner().invoke(main, ["export", "--to", "onnx"])
+    assert onnx_only.exit_code == 1 and "issue #5" in onnx_only.output
+
+
+@pytest.mark.slow
+def test_task_imatrix_lowers_q4_k_m_kl_on_smollm2(tmp_path):
+    from transformers import AutoTokenizer
+
+    from edgetune.config import load_recipe
+    from edgetune.data.prepare import prepare
+    from edgetune.export.gguf_quantize import quantize
+    from edgetune.export.imatrix import compute_imatrix, save_imatrix
+    from edgetune.models import load_tokenizer, resolve_model
+
+    ref = resolve_model("smollm2-135m-instruct", quiet=True)
+    prepared = prepare(load_recipe("demo").data, load_tokenizer(ref))
+    matrix = compute_imatrix(
+        ref.path, [e.input_ids for e in prepared.encoded["train"].examples], max_tokens=16384
+    )
+    path = save_imatrix(matrix, tmp_path / "imatrix.safetensors", "demo", 16384, 100)
+    f32 = convert(ref.path, tmp_path / "f32.gguf", "f32")
+    plain = quantize(f32, tmp_path / "plain.gguf", "q4_k_m")
+    guided = quantize(f32, tmp_path / "guided.gguf", "q4_k_m", imatrix=path)
+    tok = AutoTokenizer.from_pretrained(ref.path)
+    texts = [tok.apply_chat_template(ex.as_messages(), tokenize=False) for ex in prepared.splits.test[:6]]
+    kl_plain, _ = parity(ref.path, plain, texts)
+    kl_guided, _ = parity(ref.path, guided, texts)
+    assert kl_plain <= 0.08
+    assert kl_guided <= 0.9 * kl_plain

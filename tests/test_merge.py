@@ -61,8 +61,9 @@ def test_merge_without_adapter_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_qlora_merge_scores_both_candidates(tmp_path, tiny_model_dir):
-    run = tune(str(make_recipe(tmp_path, tiny_model_dir, method="qlora", max_steps=2, eval_steps=2,
-                               save_steps=2))).run_dir
+    run = tune(
+        str(make_recipe(tmp_path, tiny_model_dir, method="qlora", max_steps=2, eval_steps=2, save_steps=2))
+    ).run_dir
     result = merge(run)
     assert set(result.candidates) == {"full_precision", "dequantized_nf4"}
     best = min(result.candidates, key=lambda k: result.candidates[k]["valid_loss"])

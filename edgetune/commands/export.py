@@ -4,7 +4,9 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import not_built
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 @click.command()
@@ -12,12 +14,27 @@ from edgetune.commands.common import not_built
 @click.option(
     "--to", "formats", default=None, help="Comma-separated formats: gguf,onnx (default: the recipe's)."
 )
-@click.option("--quant", "quants", default=None, help="Comma-separated quant types, e.g. q8_0,q4_k_m,int4.")
+@click.option("--quant", "quants", default=None, help="Comma-separated GGUF types, e.g. f16,q8_0,q4_k_m.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: RUN_DIR/export).")
 @click.option(
-    "--imatrix", type=click.Choice(["on", "off"]), default="on", help="Importance matrix for GGUF quants."
+    "--imatrix", type=click.Choice(["on", "off"]), default=None, help="Importance matrix for GGUF quants."
 )
-@click.option("--check", is_flag=True, help="Only run the parity check on existing exports.")
-def export(source, formats, quants, out, imatrix, check) -> None:
-    """Export a run (default: runs/latest) or a plain HF model directory to GGUF and ONNX."""
-    not_built("export", 4)
+def export(source, formats, quants, out, imatrix) -> None:
+    """Export a run (default: runs/latest; merged first if needed) or an HF model directory to GGUF."""
+    from edgetune.console import err
+    from edgetune.console import out as stdout
+    from edgetune.export.run import export as run_export
+
+    results = run_export(
+        source,
+        _split(formats),
+        _split(quants),
+        out,
+        None if imatrix is None else imatrix == "on",
+        console=err,
+    )
+    for fmt, result in results.items():
+        for warning in result.warnings:
+            err.print(f"[yellow]warning:[/] {warning}")
+        for a in result.artifacts:
+            stdout.print(f"{fmt} {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}")

@@ -15,5 +15,7 @@ def merge(run_dir) -> None:
     r = run_merge(run_dir, console=err)
     for name, c in r.candidates.items():
         mark = "*" if name == r.chosen else " "
-        out.print(f"{mark} {name:<16} validation loss {c['valid_loss']:.4f}   KL to adapter {c['kl_to_adapter']:.2e}")
+        out.print(
+            f"{mark} {name:<16} validation loss {c['valid_loss']:.4f}   KL to adapter {c['kl_to_adapter']:.2e}"
+        )
     out.print(f"merged model: {r.merged_dir} ({r.wall_s:.0f} s)")

@@ -48,5 +48,8 @@ def arch_for(config: Any) -> tuple[str, ArchSpec]:
 def permute_rope(weights, n_head: int):
     """HF stores each head's rotary dims as two halves; llama.cpp expects them interleaved in pairs."""
     rows = weights.shape[0]
-    return (weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
+    return (
+        weights.reshape(n_head, 2, rows // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )

@@ -91,22 +91,31 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any) -> N
     probe = tok("a", add_special_tokens=True)["input_ids"]
     # what the tokenizer really does, rather than what a config flag claims
     if "add_bos_token" not in special.add_special_token:
-        writer.add_add_bos_token(bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None)
+        writer.add_add_bos_token(
+            bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None
+        )
     if "add_eos_token" not in special.add_special_token:
         writer.add_add_eos_token(bool(probe) and probe[-1] == tok.eos_token_id and len(probe) > 1)
     if special.chat_template is None and tok.chat_template:
         writer.add_chat_template(tok.chat_template)
 
 
-def convert(model_dir: Path, out: Path, outtype: str = "f16", provenance: dict[str, str] | None = None,
-            progress: bool = False) -> Path:
+def convert(
+    model_dir: Path,
+    out: Path,
+    outtype: str = "f16",
+    provenance: dict[str, str] | None = None,
+    progress: bool = False,
+) -> Path:
     """Write model_dir (an HF model directory) as a GGUF file at `out`, atomically."""
     import torch
     from transformers import AutoConfig
 
     if outtype not in OUTTYPES:
-        raise InputError(f"GGUF output type {outtype!r} is written by the quantiser, not the converter; "
-                         f"the converter writes {', '.join(OUTTYPES)}")
+        raise InputError(
+            f"GGUF output type {outtype!r} is written by the quantiser, not the converter; "
+            f"the converter writes {', '.join(OUTTYPES)}"
+        )
     file_type, matrix_type = OUTTYPES[outtype]
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
@@ -141,7 +150,9 @@ def convert(model_dir: Path, out: Path, outtype: str = "f16", provenance: dict[s
                 data = permute_rope(data, n_kv)
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if name is None:
-                raise InputError(f"{model_dir}: tensor {hf_name!r} has no GGUF name for {spec.gguf_arch.name}")
+                raise InputError(
+                    f"{model_dir}: tensor {hf_name!r} has no GGUF name for {spec.gguf_arch.name}"
+                )
             if data.ndim <= 1 or matrix_type == gguf.GGMLQuantizationType.F32:
                 writer.add_tensor(name, data.astype(np.float32))  # norms and biases stay F32, as in llama.cpp
             elif matrix_type == gguf.GGMLQuantizationType.F16:

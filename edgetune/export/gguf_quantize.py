@@ -27,8 +27,11 @@ QUANTS = {
 }
 
 
-def quantize(source: Path, out: Path, quant: str, threads: int | None = None) -> Path:
-    """Write `out` (atomically) as `quant` made from an F32/F16/BF16 GGUF file."""
+def quantize(
+    source: Path, out: Path, quant: str, threads: int | None = None, imatrix: Path | None = None
+) -> Path:
+    """Write `out` (atomically) as `quant` made from an F32/F16/BF16 GGUF file, guided by an
+    importance matrix (edgetune's safetensors file, see imatrix.py) when one is given."""
     key = quant.lower()
     if key not in QUANTS:
         raise InputError(f"unknown GGUF quant {quant!r}; supported: {', '.join(QUANTS)}")
@@ -37,12 +40,24 @@ def quantize(source: Path, out: Path, quant: str, threads: int | None = None) ->
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "edgetune.export.gguf_quantize", str(source), str(tmp), key, str(threads or 0)],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "edgetune.export.gguf_quantize",
+                str(source),
+                str(tmp),
+                key,
+                str(threads or 0),
+                str(imatrix or ""),
+            ],
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0 or not tmp.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgetuneError(f"llama.cpp failed to quantise {source} to {key} (exit {proc.returncode}: {last})")
+            raise EdgetuneError(
+                f"llama.cpp failed to quantise {source} to {key} (exit {proc.returncode}: {last})"
+            )
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -52,7 +67,46 @@ def quantize(source: Path, out: Path, quant: str, threads: int | None = None) ->
     return out
 
 
-def _child(source: str, out: str, key: str, threads: int) -> int:
+def _imatrix_array(path: str):
+    """The matrix as llama.cpp's C array of {name, data, size}, ended by a NULL name, plus the
+    GGUF metadata llama-quantize records for it (as kv overrides)."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from edgetune.export.imatrix import load_imatrix
+
+    matrix, meta = load_imatrix(Path(path))
+    keep = []  # the arrays must outlive the call
+    entries = (llama_cpp.llama_model_imatrix_data * (len(matrix) + 1))()
+    for i, (name, values) in enumerate(sorted(matrix.items())):
+        arr = np.ascontiguousarray(values, dtype=np.float32)
+        keep.append(arr)
+        entries[i].name = name.encode()
+        entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = arr.size
+    entries[len(matrix)].name = None
+    kv = [
+        ("quantize.imatrix.file", Path(path).name),
+        ("quantize.imatrix.dataset", meta.get("dataset", "")),
+        ("quantize.imatrix.entries_count", len(matrix)),
+        ("quantize.imatrix.chunks_count", int(meta.get("sequences", 0))),
+    ]
+    overrides = (llama_cpp.llama_model_kv_override * (len(kv) + 1))()
+    for i, (k, v) in enumerate(kv):
+        overrides[i].key = k.encode()
+        if isinstance(v, int):
+            overrides[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            overrides[i].value.val_i64 = v
+        else:
+            overrides[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            overrides[i].value.val_str = v.encode()[:127]
+    overrides[len(kv)].key = b""
+    return entries, overrides, keep
+
+
+def _child(source: str, out: str, key: str, threads: int, imatrix: str) -> int:
     import ctypes
 
     import llama_cpp
@@ -61,8 +115,16 @@ def _child(source: str, out: str, key: str, threads: int) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[key])
     params.nthread = threads or os.cpu_count() or 1
+    if imatrix:
+        entries, overrides, _keep = _imatrix_array(imatrix)
+        params.imatrix = entries
+        params.kv_overrides = overrides
     return llama_cpp.llama_model_quantize(source.encode(), out.encode(), ctypes.byref(params))
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    sys.exit(
+        _child(
+            sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else ""
+        )
+    )

@@ -19,10 +19,14 @@ import gguf
 from edgetune.errors import InputError
 
 # llama.cpp's split regexes, as tokenizer.json stores them, and the `pre` names llama.cpp gives them
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SPLIT_REGEX_PRE = {LLAMA3_REGEX: "llama-bpe", QWEN2_REGEX: "qwen2"}
 
 
@@ -49,14 +53,20 @@ def detect_pre(tokenizer_json: dict[str, Any], source: Path) -> str:
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
-    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits") and parts[1].get("use_regex", True):
+    if (
+        kinds == ["Digits", "ByteLevel"]
+        and parts[0].get("individual_digits")
+        and parts[1].get("use_regex", True)
+    ):
         return "smollm"  # one digit per token, then GPT-2's regex (llama.cpp: smollm == starcoder)
     if kinds and kinds[0] == "Split" and kinds[-1] == "ByteLevel":
         regex = (parts[0].get("pattern") or {}).get("Regex")
         if regex in SPLIT_REGEX_PRE:
             return SPLIT_REGEX_PRE[regex]
-    raise InputError(f"{source}: pre-tokenizer {json.dumps(tokenizer_json.get('pre_tokenizer'))[:200]} is not "
-                     "recognised; exporting it would tokenise differently in llama.cpp")
+    raise InputError(
+        f"{source}: pre-tokenizer {json.dumps(tokenizer_json.get('pre_tokenizer'))[:200]} is not "
+        "recognised; exporting it would tokenise differently in llama.cpp"
+    )
 
 
 def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
@@ -71,8 +81,10 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
         return _byte_level_bpe(model_dir, tj, vocab_size, AutoTokenizer.from_pretrained(str(model_dir)))
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         return _sentencepiece_like(model_dir, vocab_size)
-    raise InputError(f"{path}: tokenizer model {model.get('type')!r} is not supported for GGUF export "
-                     "(supported: byte-level BPE, SentencePiece-style BPE with byte fallback)")
+    raise InputError(
+        f"{path}: tokenizer model {model.get('type')!r} is not supported for GGUF export "
+        "(supported: byte-level BPE, SentencePiece-style BPE with byte fallback)"
+    )
 
 
 def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -> GGUFVocab:

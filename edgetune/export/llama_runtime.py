@@ -34,7 +34,9 @@ def _model_params_without_repack():
         bindings.llama_model_default_params = original
 
 
-def load_llama(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kwargs: Any):
+def load_llama(
+    path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kwargs: Any
+):
     from llama_cpp import Llama
 
     if not path.is_file():
@@ -43,7 +45,13 @@ def load_llama(path: Path, n_ctx: int = 2048, logits_all: bool = False, n_thread
     context = contextlib.nullcontext() if repack else _model_params_without_repack()
     with context:
         try:
-            return Llama(model_path=str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
-                         n_threads=n_threads or os.cpu_count(), **kwargs)
+            return Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                logits_all=logits_all,
+                verbose=False,
+                n_threads=n_threads or os.cpu_count(),
+                **kwargs,
+            )
         except ValueError as exc:  # llama-cpp-python's message for files llama.cpp refuses
             raise InputError(f"{path}: llama.cpp cannot load this file ({exc})") from None

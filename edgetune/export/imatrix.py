@@ -1,0 +1,96 @@
+"""An importance matrix for llama.cpp's quantiser, computed by edgetune from the fine-tuning data.
+
+For every linear layer the quantiser wants, per input column, the mean of the squared input
+activation over calibration tokens (llama.cpp's imatrix definition): columns that carry large
+activations get more precision. We run the merged torch model over the training split rendered
+with the training template, so the quantiser protects what the tuned task uses, and store the
+result as safetensors (keyed by GGUF tensor name) beside the exports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.errors import InputError
+
+
+def compute_imatrix(
+    model_dir: Path, sequences: list[list[int]], max_tokens: int = 32768, progress=None
+) -> dict[str, np.ndarray]:
+    """{GGUF tensor name: mean squared input per column (float32)} over up to max_tokens tokens."""
+    import gguf
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgetune.export.gguf_arch import arch_for
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    _, spec = arch_for(config)
+    names = gguf.get_tensor_name_map(spec.gguf_arch, config.num_hidden_layers)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for hf_name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if hf_name == "lm_head" and tied:
+            target = names.get_name(
+                "model.embed_tokens.weight", try_suffixes=(".weight",)
+            )  # one matrix, two uses
+        else:
+            target = names.get_name(f"{hf_name}.weight", try_suffixes=(".weight",))
+        if target is None:
+            continue
+
+        def hook(mod, inputs, output, key=target):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            sums[key] = sums.get(key, 0) + (x * x).sum(0)
+            counts[key] = counts.get(key, 0) + x.shape[0]
+
+        hooks.append(module.register_forward_hook(hook))
+    used = 0
+    try:
+        with torch.no_grad():
+            for ids in sequences:
+                if used >= max_tokens:
+                    break
+                model(input_ids=torch.tensor([ids]), use_cache=False)
+                used += len(ids)
+                if progress is not None:
+                    progress(min(used, max_tokens), max_tokens)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not used:
+        raise InputError("no calibration tokens for the importance matrix")
+    return {k: (sums[k] / counts[k]).float().numpy() for k in sums}
+
+
+def save_imatrix(
+    matrix: dict[str, np.ndarray], path: Path, dataset: str, tokens: int, sequences: int
+) -> Path:
+    from safetensors.numpy import save_file
+
+    from edgetune.rundir import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        matrix, str(tmp), metadata={"dataset": dataset, "tokens": str(tokens), "sequences": str(sequences)}
+    )
+    tmp.replace(path)
+    atomic_write_text(
+        path.with_suffix(".txt"), f"dataset: {dataset}\ntokens: {tokens}\nentries: {len(matrix)}\n"
+    )
+    return path
+
+
+def load_imatrix(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
