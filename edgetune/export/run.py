@@ -5,11 +5,21 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError, NotBuiltError
-from edgetune.export.gguf_export import GGUFExport, export_gguf
-from edgetune.rundir import RECIPE_FILE, RUNS_DIR, read_manifest, resolve_run_dir, update_manifest
+from edgetune.export.gguf_export import export_gguf
+from edgetune.export.modelfile import shared_system_prompt, write_modelfile
+from edgetune.export.parity import check_gguf, rows_as_dicts
+from edgetune.rundir import (
+    RECIPE_FILE,
+    RUNS_DIR,
+    atomic_write_json,
+    read_manifest,
+    resolve_run_dir,
+    update_manifest,
+)
 
 
 def _source(source: Path | None) -> tuple[Path | None, Path]:
@@ -24,13 +34,19 @@ def _source(source: Path | None) -> tuple[Path | None, Path]:
     return run_dir, run_dir / "merged"
 
 
-def _calibration(recipe: Recipe, model_dir: Path) -> list[list[int]]:
-    """The training split rendered with the training template: what the quantiser should protect."""
+def _prepared(recipe: Recipe, model_dir: Path):
+    """The recipe's data rendered with the merged model's tokenizer and chat template (the training ones)."""
     from edgetune.data.prepare import prepare
     from edgetune.models import ResolvedModel, load_tokenizer
 
-    tokenizer = load_tokenizer(ResolvedModel(str(model_dir), model_dir, "local"))
-    return [e.input_ids for e in prepare(recipe.data, tokenizer).encoded["train"].examples]
+    return prepare(recipe.data, load_tokenizer(ResolvedModel(str(model_dir), model_dir, "local")))
+
+
+def _existing_gguf(gguf_dir: Path) -> list[tuple[str, Path]]:
+    found = sorted(gguf_dir.glob("*.gguf")) if gguf_dir.is_dir() else []
+    if not found:
+        raise InputError(f"{gguf_dir}: no GGUF files to check; run `edgetune export` first")
+    return [(p.stem.rsplit("-", 1)[-1].lower(), p) for p in found]
 
 
 def _relative(path: Path, run_dir: Path) -> str:
@@ -43,8 +59,9 @@ def export(
     quants: list[str] | None = None,
     out: Path | None = None,
     imatrix: bool | None = None,
+    check_only: bool = False,
     console=None,
-) -> dict[str, GGUFExport]:
+) -> dict[str, Any]:
     run_dir, model_dir = _source(source)
     recipe = load_recipe(str(run_dir / RECIPE_FILE)) if run_dir else load_recipe("demo")
     formats = [f.lower() for f in (formats or recipe.export.formats)]
@@ -72,10 +89,23 @@ def export(
         "recipe_sha256": manifest.get("recipe", {}).get("sha256", ""),
         "data_sha256": manifest.get("data", {}).get("sha256", {}).get("train", ""),
     }
+    prepared = _prepared(recipe, model_dir)
+    held_out = prepared.splits.test or prepared.splits.valid
+    gguf_dir = base_out / "gguf"
+    if check_only:
+        rows = check_gguf(
+            model_dir,
+            _existing_gguf(gguf_dir),
+            prepared.renderer,
+            held_out[: recipe.export.parity_examples],
+            console=console,
+        )
+        _record_parity(run_dir, gguf_dir, rows)
+        return {"parity": rows}
     use_imatrix = recipe.export.gguf.imatrix if imatrix is None else imatrix
     calibration = None
     if use_imatrix and run_dir is not None:
-        calibration = _calibration(recipe, model_dir)
+        calibration = [e.input_ids for e in prepared.encoded["train"].examples]
     elif use_imatrix and console is not None:
         console.print(
             "[yellow]warning:[/] a plain model directory has no training data for an importance matrix; "
@@ -83,12 +113,15 @@ def export(
         )
     result = export_gguf(
         model_dir,
-        base_out / "gguf",
+        gguf_dir,
         quants or recipe.export.gguf.quants,
         calibration,
         provenance,
         console=console,
     )
+    system = shared_system_prompt(prepared.splits.train)
+    for artifact in result.artifacts:
+        write_modelfile(artifact.path, prepared.renderer.tokenizer, system)
     if run_dir:
         update_manifest(
             run_dir,
@@ -102,4 +135,21 @@ def export(
                 }
             },
         )
-    return {"gguf": result}
+    rows = check_gguf(
+        model_dir,
+        [(a.quant, a.path) for a in result.artifacts],
+        prepared.renderer,
+        held_out[: recipe.export.parity_examples],
+        console=console,
+    )
+    _record_parity(run_dir, gguf_dir, rows)
+    return {"gguf": result, "parity": rows}
+
+
+def _record_parity(run_dir: Path | None, gguf_dir: Path, rows) -> None:
+    atomic_write_json(gguf_dir / "parity.json", rows_as_dicts(rows))
+    if run_dir:
+        update_manifest(
+            run_dir,
+            stages={"export": {"parity": rows_as_dicts(rows), "parity_passed": all(r.passed for r in rows)}},
+        )

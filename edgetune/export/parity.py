@@ -1,0 +1,197 @@
+"""The parity check: does each GGUF file compute what the merged torch model computes?
+
+On held-out examples rendered with the training template, for every artifact: the prompt token
+ids llama.cpp produces (BOS included as the file says) must equal ours; KL(torch || llama.cpp) and
+top-1 agreement over every position of prompt + reference answer; the greedy continuation of the
+prompt, token by token; and whether generation stops at EOS where torch stops. Goals per type are
+the ones edgetune promises; a type without a goal is reported, not judged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetune.errors import GateFailed
+
+GOALS: dict[str, dict[str, float]] = {
+    "f32": {"top1": 1.0, "greedy": 1.0},
+    "f16": {"kl": 5e-4, "top1": 0.995},
+    "bf16": {"kl": 5e-3},
+    "q8_0": {"kl": 0.005},
+    "q4_k_m": {"kl": 0.08},
+}
+
+
+@dataclass
+class ParityRow:
+    artifact: str
+    quant: str
+    examples: int
+    ids_equal: bool
+    kl: float
+    top1: float
+    greedy: float  # share of examples whose greedy continuation equals torch's
+    eos: float  # share of examples where both stop at EOS at the same step (or neither does)
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@dataclass
+class _Reference:
+    prompt_text: str
+    prompt_ids: list[int]
+    full_ids: list[int]
+    logprobs: np.ndarray  # [len(full_ids), vocab]
+    greedy: list[int]
+    stopped: bool
+
+
+def torch_reference(model_dir: Path, renderer, examples, max_new_tokens: int) -> list[_Reference]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    eos = set(_eos_ids(model, renderer.tokenizer))
+    refs = []
+    with torch.no_grad():
+        for ex in examples:
+            prompt_text = renderer.prompt_text(ex)
+            prompt_ids = renderer.ids_for_text(prompt_text)
+            full_ids = renderer.encode(ex).input_ids
+            logits = model(torch.tensor([full_ids])).logits[0].double().numpy()
+            out = model.generate(
+                torch.tensor([prompt_ids]),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=sorted(eos),
+                pad_token_id=renderer.tokenizer.pad_token_id,
+            )
+            new = out[0, len(prompt_ids) :].tolist()
+            stopped = bool(new) and new[-1] in eos
+            refs.append(_Reference(prompt_text, prompt_ids, full_ids, _log_softmax(logits), new, stopped))
+    return refs
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted(set(ids))
+
+
+def check_artifact(path: Path, quant: str, refs: list[_Reference], eos_ids: list[int]) -> ParityRow:
+    from edgetune.export.llama_runtime import load_llama
+
+    n_ctx = max(len(r.full_ids) for r in refs) + max(len(r.greedy) for r in refs) + 16
+    llm = load_llama(path, n_ctx=max(n_ctx, 256), logits_all=True)
+    ids_equal, kls, top1s, greedy, eos = True, [], [], [], []
+    for r in refs:
+        ids = llm.tokenize(r.prompt_text.encode(), add_bos=True, special=True)
+        ids_equal &= ids == r.prompt_ids
+        llm.reset()
+        llm.eval(r.full_ids)
+        b = _log_softmax(np.array(llm.scores[: len(r.full_ids)], dtype=np.float64))
+        a = r.logprobs
+        kls.append(float((np.exp(a) * (a - b)).sum(-1).mean()))
+        top1s.append(float((a.argmax(-1) == b.argmax(-1)).mean()))
+        llm.reset()
+        got: list[int] = []
+        for token in llm.generate(r.prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+            got.append(token)
+            if token in eos_ids or len(got) >= len(r.greedy) + 1 or len(got) >= 256:
+                break
+        stopped = bool(got) and got[-1] in eos_ids
+        greedy.append(got[: len(r.greedy)] == r.greedy and stopped == r.stopped)
+        eos.append(stopped == r.stopped and (not stopped or len(got) == len(r.greedy)))
+    del llm
+    row = ParityRow(
+        path.name,
+        quant,
+        len(refs),
+        ids_equal,
+        float(np.mean(kls)),
+        float(np.mean(top1s)),
+        float(np.mean(greedy)),
+        float(np.mean(eos)),
+        True,
+    )
+    goal = GOALS.get(quant, {})
+    if not ids_equal:
+        row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
+    if "kl" in goal and row.kl > goal["kl"]:
+        row.failures.append(f"KL {row.kl:.2e} > {goal['kl']:.0e} ({row.kl / goal['kl']:.1f}x the goal)")
+    if "top1" in goal and row.top1 < goal["top1"]:
+        row.failures.append(f"top-1 {row.top1:.2%} < {goal['top1']:.1%}")
+    if "greedy" in goal and row.greedy < goal["greedy"]:
+        row.failures.append(f"greedy continuations match {row.greedy:.0%} < {goal['greedy']:.0%}")
+    row.passed = not row.failures
+    return row
+
+
+def check_gguf(
+    model_dir: Path,
+    artifacts: list[tuple[str, Path]],
+    renderer,
+    examples,
+    max_new_tokens: int = 48,
+    console=None,
+) -> list[ParityRow]:
+    refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
+    from transformers import GenerationConfig
+
+    try:
+        gen_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+    except OSError:
+        gen_eos = None
+    eos_ids = sorted(
+        {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), renderer.tokenizer.eos_token_id}
+        - {None}
+    )
+    rows = []
+    for quant, path in artifacts:
+        if console is not None:
+            console.print(f"parity: {path.name}")
+        rows.append(check_artifact(path, quant, refs, eos_ids))
+    return rows
+
+
+def raise_on_failure(rows: list[ParityRow]) -> None:
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        raise GateFailed(
+            "parity check failed: " + "; ".join(f"{r.artifact}: {', '.join(r.failures)}" for r in failed)
+        )
+
+
+def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def print_table(rows: list[ParityRow], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="parity against the merged torch model")
+    for col in ("artifact", "ids", "KL", "top-1", "greedy", "EOS", ""):
+        table.add_column(col, justify="right" if col not in ("artifact", "") else "left")
+    for r in rows:
+        table.add_row(
+            r.artifact,
+            "same" if r.ids_equal else "DIFF",
+            f"{r.kl:.2e}",
+            f"{r.top1:.1%}",
+            f"{r.greedy:.0%}",
+            f"{r.eos:.0%}",
+            "[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}",
+        )
+    console.print(table)
