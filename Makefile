@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/edgetune data check edgetune/datasets/device_logs.jsonl --recipe demo
 	$(VENV)/bin/edgetune tune
+	$(VENV)/bin/edgetune export
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

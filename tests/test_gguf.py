@@ -95,6 +95,7 @@ def test_smollm2_gguf_matches_llama_cpps_own_file_and_quantises(tmp_path):
     assert {t.name: list(t.shape) for t in mine.tensors} == shapes
     types = {t.name: t.tensor_type.name for t in mine.tensors}
     assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
+    assert [line for line in llama_cpp_load_log(ours).splitlines() if "warn" in line.lower()] == []
 
     # the issue's yardstick: held-out demo examples rendered with the training template
     from transformers import AutoTokenizer
@@ -269,3 +270,80 @@ def test_corrupt_gguf_gives_a_clear_error(tmp_path, tiny_model_dir, damage):
     path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"GGUF" + b"\xff" * 64)
     with pytest.raises(InputError, match="m.gguf"):
         load_llama(path)
+
+
+def llama_cpp_load_log(path) -> str:
+    """Everything llama.cpp prints while loading `path` (it writes to the C stderr, so a child process)."""
+    import subprocess
+    import sys
+
+    code = f"from llama_cpp import Llama\nLlama(model_path={str(path)!r}, verbose=True, n_ctx=256)\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stderr
+
+
+def test_llama_cpp_loads_our_file_without_warnings(tmp_path, tiny_model_dir):
+    log = llama_cpp_load_log(convert(tiny_model_dir, tmp_path / "tiny.gguf", "f16"))
+    assert "llama_model_loader" in log  # we really captured the loader's output
+    assert [line for line in log.splitlines() if "warn" in line.lower()] == []
+
+
+def test_sentencepiece_llama_tokenizer_and_logits_match(tmp_path):
+    """The Llama 2 / TinyLlama path: a SentencePiece BPE model with byte fallback, BOS added."""
+    import sentencepiece as spm
+    import torch
+    from conftest import CORPUS
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 50),
+        model_prefix=str(tmp_path / "tokenizer"),
+        vocab_size=420,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+        split_digits=True,
+    )
+    model_dir = tmp_path / "spm-llama"
+    tok = LlamaTokenizerFast(vocab_file=str(tmp_path / "tokenizer.model"), legacy=False, add_bos_token=True)
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + '\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+    tok.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    ).save_pretrained(model_dir)
+    out = convert(model_dir, tmp_path / "spm.gguf", "f32")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    llm = load_llama(out, n_ctx=256)
+    texts = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": "The router lost its uplink, E1042. 12345"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        ),
+        "battery  health\n\nlow 40% ünïcode",
+    ]
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
+    del llm
+    # parity() tokenises without special tokens; the first position has no BOS there, which is fine for logits
+    kl, top1 = parity(model_dir, out, texts)
+    assert kl <= 1e-5 and top1 == 1.0

@@ -44,6 +44,6 @@ def export(source, formats, quants, out, imatrix, check_only) -> None:
     )
     if "gguf" in results:
         for a in results["gguf"].artifacts:
-            stdout.print(f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}")
+            stdout.print(f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}", soft_wrap=True)
     print_table(results["parity"], stdout)
     raise_on_failure(results["parity"])

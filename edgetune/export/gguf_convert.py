@@ -90,12 +90,15 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any) -> N
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     probe = tok("a", add_special_tokens=True)["input_ids"]
     # what the tokenizer really does, rather than what a config flag claims
-    if "add_bos_token" not in special.add_special_token:
+    if "bos" not in special.add_special_token:
         writer.add_add_bos_token(
             bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None
         )
-    if "add_eos_token" not in special.add_special_token:
+    if "eos" not in special.add_special_token:
         writer.add_add_eos_token(bool(probe) and probe[-1] == tok.eos_token_id and len(probe) > 1)
+    if vocab.model == "llama":
+        # llama.cpp prepends "▁" to SentencePiece input unless told not to; do what the HF tokenizer does
+        writer.add_add_space_prefix(tok.tokenize("a")[:1] == ["▁a"] or tok.tokenize("a")[:1] == ["▁"])
     if special.chat_template is None and tok.chat_template:
         writer.add_chat_template(tok.chat_template)
 

@@ -106,9 +106,11 @@ def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -
 
 
 def _sentencepiece_like(model_dir: Path, vocab_size: int) -> GGUFVocab:
-    from gguf.vocab import LlamaHfVocab
+    from gguf.vocab import LlamaHfVocab, SentencePieceVocab
 
-    vocab = LlamaHfVocab(model_dir)  # gguf-py's reader for HF Llama/SentencePiece tokenizers
+    # the SentencePiece model carries the merge scores llama.cpp's tokenizer ranks by; tokenizer.json alone does not
+    spm = (model_dir / "tokenizer.model").is_file()
+    vocab = SentencePieceVocab(model_dir) if spm else LlamaHfVocab(model_dir)
     tokens, scores, types = [], [], []
     for text, score, kind in vocab.all_tokens():
         tokens.append(text.decode("utf-8") if isinstance(text, bytes) else text)

@@ -35,7 +35,7 @@ class ParityRow:
     kl: float
     top1: float
     greedy: float  # share of examples whose greedy continuation equals torch's
-    eos: float  # share of examples where both stop at EOS at the same step (or neither does)
+    eos: float  # share of examples where both end with EOS within the token budget, or neither does
     passed: bool
     failures: list[str] = field(default_factory=list)
 
@@ -90,7 +90,9 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def check_artifact(path: Path, quant: str, refs: list[_Reference], eos_ids: list[int]) -> ParityRow:
+def check_artifact(
+    path: Path, quant: str, refs: list[_Reference], eos_ids: list[int], max_new_tokens: int
+) -> ParityRow:
     from edgetune.export.llama_runtime import load_llama
 
     n_ctx = max(len(r.full_ids) for r in refs) + max(len(r.greedy) for r in refs) + 16
@@ -109,11 +111,11 @@ def check_artifact(path: Path, quant: str, refs: list[_Reference], eos_ids: list
         got: list[int] = []
         for token in llm.generate(r.prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
             got.append(token)
-            if token in eos_ids or len(got) >= len(r.greedy) + 1 or len(got) >= 256:
+            if token in eos_ids or len(got) >= max_new_tokens:  # the budget torch had
                 break
         stopped = bool(got) and got[-1] in eos_ids
-        greedy.append(got[: len(r.greedy)] == r.greedy and stopped == r.stopped)
-        eos.append(stopped == r.stopped and (not stopped or len(got) == len(r.greedy)))
+        greedy.append(got == r.greedy)
+        eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
     del llm
     row = ParityRow(
         path.name,
@@ -162,7 +164,7 @@ def check_gguf(
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
-        rows.append(check_artifact(path, quant, refs, eos_ids))
+        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens))
     return rows
 
 

@@ -98,6 +98,7 @@ def export(
             _existing_gguf(gguf_dir),
             prepared.renderer,
             held_out[: recipe.export.parity_examples],
+            max_new_tokens=recipe.bench.max_new_tokens,
             console=console,
         )
         _record_parity(run_dir, gguf_dir, rows)
@@ -140,6 +141,7 @@ def export(
         [(a.quant, a.path) for a in result.artifacts],
         prepared.renderer,
         held_out[: recipe.export.parity_examples],
+        max_new_tokens=recipe.bench.max_new_tokens,
         console=console,
     )
     _record_parity(run_dir, gguf_dir, rows)
