@@ -347,3 +347,25 @@ def test_sentencepiece_llama_tokenizer_and_logits_match(tmp_path):
     # parity() tokenises without special tokens; the first position has no BOS there, which is fine for logits
     kl, top1 = parity(model_dir, out, texts)
     assert kl <= 1e-5 and top1 == 1.0
+
+
+def test_llama3_rope_scaling_matches_torch(tmp_path, tiny_tokenizer):
+    """Llama 3.x checkpoints scale rotary frequencies by wavelength; llama.cpp needs them as rope_freqs."""
+    import json
+
+    model_dir = _tiny(tmp_path, tiny_tokenizer, "LlamaForCausalLM")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["rope_scaling"] = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
+    (model_dir / "config.json").write_text(json.dumps(config))
+    out = convert(model_dir, tmp_path / "llama3.gguf", "f32")
+    kl, top1 = parity(model_dir, out, TEXTS)
+    assert kl <= 1e-5 and top1 == 1.0, kl
+    plain = convert(_tiny(tmp_path / "b", tiny_tokenizer, "LlamaForCausalLM"), tmp_path / "plain.gguf", "f32")
+    kl_without, _ = parity(model_dir, plain, TEXTS)  # the same weights without the scaling: must differ
+    assert kl_without > 100 * max(kl, 1e-9)

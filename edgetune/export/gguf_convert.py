@@ -71,8 +71,27 @@ def _write_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
         if kind == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(scaling["factor"]))
+        elif kind == "llama3":
+            # llama.cpp takes Llama 3's frequency-dependent scaling as a per-dimension divisor tensor
+            writer.add_tensor(
+                gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                llama3_rope_factors(scaling, getattr(config, "rope_theta", 10000.0), head_dim),
+            )
         elif kind != "default":
             raise InputError(f"rope scaling {kind!r} is not supported for GGUF export yet")
+
+
+def llama3_rope_factors(scaling: dict[str, Any], theta: float, head_dim: int) -> np.ndarray:
+    """Per rotary pair, the divisor of its frequency: 1 for short wavelengths (kept), `factor` for
+    wavelengths longer than the original context / low_freq_factor, and a smooth blend between."""
+    factor = float(scaling.get("factor", 8.0))
+    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
+    original = float(scaling.get("original_max_position_embeddings", 8192))
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / inv_freq
+    smooth = np.clip((original / wavelen - low) / (high - low), 0.0, 1.0)
+    divisor = 1.0 / ((1.0 - smooth) / factor + smooth)  # smooth = 1 -> 1, smooth = 0 -> factor
+    return divisor.astype(np.float32)
 
 
 def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any) -> None:
