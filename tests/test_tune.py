@@ -283,3 +283,14 @@ def test_qlora_runs_on_cpu_with_a_warning(tmp_path, tiny_model_dir):
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["stages"]["tune"]["dtype"] == "nf4"
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    recipe = make_recipe(tmp_path, tiny_model_dir, tensorboard=True)
+    result = CliRunner().invoke(main, ["tune", str(recipe)])
+    assert result.exit_code == 2
+    assert "pip install tensorboard" in result.output
