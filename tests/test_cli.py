@@ -93,13 +93,16 @@ def test_python_dash_m_entry_point():
     assert result.returncode == 0 and "edgetune" in result.stdout
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["tune", "missing.yaml"], "recipe file not found: missing.yaml"),
-    (["data", "check", "missing.jsonl", "--no-tokens"], "missing.jsonl: file not found"),
-    (["export"], "runs/latest does not exist"),
-    (["merge"], "runs/latest does not exist"),
-    (["export", "--check"], "runs/latest does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["tune", "missing.yaml"], "recipe file not found: missing.yaml"),
+        (["data", "check", "missing.jsonl", "--no-tokens"], "missing.jsonl: file not found"),
+        (["export"], "runs/latest does not exist"),
+        (["merge"], "runs/latest does not exist"),
+        (["export", "--check"], "runs/latest does not exist"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message):
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2, result.output
