@@ -120,7 +120,8 @@ def export(
         provenance,
         console=console,
     )
-    system = shared_system_prompt(prepared.splits.train)
+    # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
+    system = shared_system_prompt(prepared.splits.train) if run_dir else None
     for artifact in result.artifacts:
         write_modelfile(artifact.path, prepared.renderer.tokenizer, system)
     if run_dir:
