@@ -99,6 +99,8 @@ def _start_run(
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
         return load_recipe(str(saved)), run_dir
     recipe = load_recipe(recipe_arg, overrides)
+    if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
     if run_dir is None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
@@ -117,8 +119,6 @@ def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool):
     from transformers import TrainingArguments
 
     t = recipe.train
-    if t.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size,
@@ -195,18 +195,9 @@ def tune(
 ) -> TuneResult:
     import torch
     import transformers
-    from transformers import EarlyStoppingCallback
 
     from edgetune.data.prepare import prepare
     from edgetune.models import load_tokenizer, resolve_model
-    from edgetune.tune.callbacks import (
-        CommitCheckpoints,
-        MetricsLog,
-        OverfitWatch,
-        Progress,
-        complete_checkpoints,
-        truncate_metrics,
-    )
     from edgetune.tune.model import choose_setup, load_for_training
 
     started = time.time()
@@ -219,24 +210,7 @@ def tune(
         if console is not None and main:
             console.print(f"[yellow]warning:[/] {message}")
 
-    checkpoints = run_dir / "checkpoints"
-    resume_from = None
-    if main:
-        clean_stale_temporaries(run_dir)
-        done = complete_checkpoints(checkpoints)
-        for partial in set(checkpoints.glob("checkpoint-*")) - set(done):
-            shutil.rmtree(partial, ignore_errors=True)  # interrupted while being written
-    if resume:
-        done = complete_checkpoints(checkpoints)
-        if not done:
-            raise InputError(f"{run_dir}: no complete checkpoint to resume from; start the run again")
-        resume_from = done[-1]
-        if main:
-            truncate_metrics(run_dir / "metrics.jsonl", int(resume_from.name.split("-")[-1]))
-            point_latest(run_dir)
-    elif main:
-        point_latest(run_dir)
-
+    resume_from = _prepare_checkpoints(run_dir, resume, main)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     transformers.logging.set_verbosity_error()
@@ -247,131 +221,60 @@ def tune(
     model_ref = resolve_model(recipe.model.base, recipe.model.revision, quiet=not main)
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     data = prepare(recipe.data, tokenizer)
-    train_enc, valid_enc = data.encoded["train"], data.encoded["valid"]
-    if not train_enc.examples:
-        raise InputError(
-            f"{recipe.data.train}: every training example was dropped (see `edgetune data check`)"
-        )
-    for name, enc in data.encoded.items():
-        if enc.dropped:
-            warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
-    if len(train_enc.examples) < 100:
-        warn(
-            f"only {len(train_enc.examples)} training examples: expect overfitting; 500+ clean examples work best"
-        )
-    if recipe.train.lr > 1e-3:
-        warn(
-            f"train.lr={recipe.train.lr:g} is high for LoRA fine-tuning and risks catastrophic forgetting; "
-            "1e-4..1e-3 is the usual range"
-        )
-    has_valid = bool(valid_enc.examples)
-    if not has_valid:
-        warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
-
+    train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
+    _warn_about_data(recipe, data, warn)
     setup = choose_setup(recipe.train.method, recipe.train.precision)
     for message in setup.warnings:
         warn(message)
     model = load_for_training(model_ref, setup, recipe.train.lora, recipe.model.trust_remote_code)
-    callbacks: list[Any] = [CommitCheckpoints(), MetricsLog(run_dir / "metrics.jsonl"), OverfitWatch(warn)]
-    if console is not None and main:
-        callbacks.append(Progress(console))
-    if has_valid and recipe.train.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
     trainer = build_trainer(
-        recipe, run_dir, setup, model, tokenizer, train_enc.examples, valid_enc.examples, callbacks
+        recipe,
+        run_dir,
+        setup,
+        model,
+        tokenizer,
+        train_examples,
+        valid_examples,
+        _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
     )
-
-    manifest_tune: dict[str, Any] = {}
-    if main:
-        prior = _read_tune_section(run_dir)
-        manifest_tune = {"initial_eval_loss": prior.get("initial_eval_loss")}
-        update_manifest(
-            run_dir,
-            edgetune_version=__version__,
-            created=prior.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            versions=_versions(),
-            device={
-                "kind": setup.device,
-                "cpu": _cpu_name(),
-                "torch_threads": torch.get_num_threads(),
-                "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-                "cuda": torch.cuda.get_device_name(0) if setup.device == "cuda" else None,
-            },
-            recipe={"name": recipe.name, "source": recipe.source, "sha256": recipe.digest()},
-            base_model={
-                "name": model_ref.name,
-                "kind": model_ref.kind,
-                "path": str(model_ref.path),
-                "sha256": sha256_tree(model_ref.path),
-            },
-            data={"sha256": _data_hashes(recipe), **data.summary()},
-        )
-    if has_valid and resume_from is None:
-        initial = trainer.evaluate()["eval_loss"]
-        manifest_tune["initial_eval_loss"] = initial
+    initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
+    if valid_examples and resume_from is None:
+        initial_eval = trainer.evaluate()["eval_loss"]
         if main:
-            update_manifest(run_dir, stages={"tune": {"status": "running", "initial_eval_loss": initial}})
-        if console is not None and main:
-            console.print(f"validation loss before training: {initial:.4f}")
-
+            update_manifest(
+                run_dir, stages={"tune": {"status": "running", "initial_eval_loss": initial_eval}}
+            )
+            if console is not None:
+                console.print(f"validation loss before training: {initial_eval:.4f}")
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
 
-    state = trainer.state
-    best_eval = state.best_metric if has_valid else None
-    best_step = (
-        int(state.best_model_checkpoint.rsplit("-", 1)[-1])
-        if has_valid and state.best_model_checkpoint
-        else None
-    )
-    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
-    stopped_early = state.global_step < state.max_steps
-    wall = time.time() - started
-    train_runtime = next(
-        (h["train_runtime"] for h in reversed(state.log_history) if "train_runtime" in h), wall
-    )
-    tokens = state.num_input_tokens_seen
-    result = TuneResult(
-        run_dir=run_dir,
-        method=setup.method,
-        device=setup.device,
-        bf16=setup.bf16,
-        train_examples=len(train_enc.examples),
-        train_tokens=sum(len(e.input_ids) for e in train_enc.examples),
-        steps=state.global_step,
-        max_steps=state.max_steps,
-        epochs=round(state.epoch or 0.0, 3),
-        initial_eval_loss=manifest_tune.get("initial_eval_loss"),
-        best_eval_loss=best_eval,
-        best_step=best_step,
-        final_train_loss=train_losses[-1] if train_losses else None,
-        stopped_early=stopped_early,
-        wall_s=round(wall, 1),
-        tokens_per_s=round(tokens / train_runtime, 1) if train_runtime else 0.0,
-        resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
-        warnings=warnings,
+    result = _result(
+        trainer.state,
+        run_dir,
+        setup,
+        train_examples,
+        bool(valid_examples),
+        initial_eval,
+        resume_from,
+        started,
+        warnings,
     )
     if main:
         with atomic_dir(run_dir / "adapter") as staging:
             trainer.model.save_pretrained(str(staging), safe_serialization=True)
             tokenizer.save_pretrained(str(staging))  # the chat template (or our fallback) travels with it
+        fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
         update_manifest(
             run_dir,
             stages={
                 "tune": {
+                    **fields,
                     "status": "done",
-                    "method": setup.method,
-                    "device": setup.device,
-                    "bf16": setup.bf16,
                     "dtype": setup.dtype,
                     "optim": setup.optim,
-                    **{
-                        k: v
-                        for k, v in asdict(result).items()
-                        if k not in ("run_dir", "warnings", "method", "device", "bf16")
-                    },
                     "warnings": warnings,
                     "adapter": "adapter",
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -379,6 +282,128 @@ def tune(
             },
         )
     return result
+
+
+def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None:
+    """Clean what an interrupted run left; return the checkpoint to resume from (or None)."""
+    from edgetune.tune.callbacks import complete_checkpoints, truncate_metrics
+
+    checkpoints = run_dir / "checkpoints"
+    if main:
+        clean_stale_temporaries(run_dir)
+        done = complete_checkpoints(checkpoints)
+        for partial in set(checkpoints.glob("checkpoint-*")) - set(done):
+            shutil.rmtree(partial, ignore_errors=True)  # interrupted while being written
+        point_latest(run_dir)
+    if not resume:
+        return None
+    done = complete_checkpoints(checkpoints)
+    if not done:
+        raise InputError(f"{run_dir}: no complete checkpoint to resume from; start the run again")
+    if main:
+        truncate_metrics(run_dir / "metrics.jsonl", int(done[-1].name.split("-")[-1]))
+    return done[-1]
+
+
+def _warn_about_data(recipe: Recipe, data, warn) -> None:
+    train = data.encoded["train"].examples
+    if not train:
+        raise InputError(
+            f"{recipe.data.train}: every training example was dropped (see `edgetune data check`)"
+        )
+    for name, enc in data.encoded.items():
+        if enc.dropped:
+            warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
+    if len(train) < 100:
+        warn(f"only {len(train)} training examples: expect overfitting; 500+ clean examples work best")
+    if recipe.train.lr > 1e-3:
+        warn(
+            f"train.lr={recipe.train.lr:g} is high for LoRA fine-tuning and risks catastrophic forgetting; "
+            "1e-4..1e-3 is the usual range"
+        )
+    if not data.encoded["valid"].examples:
+        warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
+
+
+def _callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
+    from edgetune.tune.callbacks import CommitCheckpoints, MetricsLog, OverfitWatch, Progress
+
+    callbacks: list[Any] = [CommitCheckpoints(), MetricsLog(run_dir / "metrics.jsonl"), OverfitWatch(warn)]
+    if console is not None:
+        callbacks.append(Progress(console))
+    if has_valid and recipe.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
+    return callbacks
+
+
+def _write_start_manifest(run_dir: Path, recipe: Recipe, setup, model_ref, data) -> float | None:
+    """What this run starts from; returns the validation loss before training if an earlier start measured it."""
+    import torch
+
+    prior = _read_tune_section(run_dir)
+    update_manifest(
+        run_dir,
+        edgetune_version=__version__,
+        created=prior.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        versions=_versions(),
+        device={
+            "kind": setup.device,
+            "cpu": _cpu_name(),
+            "torch_threads": torch.get_num_threads(),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "cuda": torch.cuda.get_device_name(0) if setup.device == "cuda" else None,
+        },
+        recipe={"name": recipe.name, "source": recipe.source, "sha256": recipe.digest()},
+        base_model={
+            "name": model_ref.name,
+            "kind": model_ref.kind,
+            "path": str(model_ref.path),
+            "sha256": sha256_tree(model_ref.path),
+        },
+        data={"sha256": _data_hashes(recipe), **data.summary()},
+    )
+    return prior.get("initial_eval_loss")
+
+
+def _result(
+    state,
+    run_dir: Path,
+    setup,
+    train_examples,
+    has_valid: bool,
+    initial_eval: float | None,
+    resume_from: Path | None,
+    started: float,
+    warnings: list[str],
+) -> TuneResult:
+    best_step = None
+    if has_valid and state.best_model_checkpoint:
+        best_step = int(state.best_model_checkpoint.rsplit("-", 1)[-1])
+    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+    wall = time.time() - started
+    runtime = next((h["train_runtime"] for h in reversed(state.log_history) if "train_runtime" in h), wall)
+    return TuneResult(
+        run_dir=run_dir,
+        method=setup.method,
+        device=setup.device,
+        bf16=setup.bf16,
+        train_examples=len(train_examples),
+        train_tokens=sum(len(e.input_ids) for e in train_examples),
+        steps=state.global_step,
+        max_steps=state.max_steps,
+        epochs=round(state.epoch or 0.0, 3),
+        initial_eval_loss=initial_eval,
+        best_eval_loss=state.best_metric if has_valid else None,
+        best_step=best_step,
+        final_train_loss=train_losses[-1] if train_losses else None,
+        stopped_early=state.global_step < state.max_steps,
+        wall_s=round(wall, 1),
+        tokens_per_s=round(state.num_input_tokens_seen / runtime, 1) if runtime else 0.0,
+        resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
+        warnings=warnings,
+    )
 
 
 def _read_tune_section(run_dir: Path) -> dict[str, Any]:
