@@ -3,6 +3,7 @@ own converter writes (checked against the llama.cpp-made GGUF shipped in llm-smo
 
 import numpy as np
 import pytest
+from conftest import TINY_SHAPE
 
 from edgetune.errors import InputError
 from edgetune.export.gguf_convert import convert
@@ -225,13 +226,8 @@ def _tiny(tmp_path, tokenizer, arch: str):
     config = AutoConfig.for_model(
         kinds[arch],
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY_SHAPE,
         head_dim=16,
-        max_position_embeddings=512,
         tie_word_embeddings=arch != "MistralForCausalLM",
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -321,11 +317,7 @@ def test_sentencepiece_llama_tokenizer_and_logits_match(tmp_path):
     LlamaForCausalLM(
         LlamaConfig(
             vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            **TINY_SHAPE,
             bos_token_id=1,
             eos_token_id=2,
         )
