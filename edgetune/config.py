@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from edgetune.errors import ConfigError
+from edgetune.export.gguf_quantize import QUANTS
 from edgetune.typed import build
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -126,7 +127,8 @@ class TrainConfig:
         return problems + self.lora.validate()
 
 
-GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q4_k_m", "q4_k_s", "q4_0", "iq4_xs")
+# written directly by the converter, then everything llama.cpp's quantiser makes for us
+GGUF_QUANTS = ("f32", "f16", "bf16", *QUANTS)
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 
 

@@ -2,13 +2,12 @@
 
 Each entry says which llama.cpp architecture it becomes, whether Q and K projections need
 llama.cpp's rotary permutation (Llama-style "rotate half" checkpoints, run by llama.cpp with
-interleaved pairs), and which extra hyperparameters it carries. Adding a model family is one entry.
+interleaved pairs). Adding a model family is one entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gguf
@@ -20,12 +19,6 @@ from edgetune.errors import InputError
 class ArchSpec:
     gguf_arch: gguf.MODEL_ARCH
     permute_qk: bool  # HF Llama layout -> llama.cpp's interleaved rope layout
-    extra: Callable[[Any, gguf.GGUFWriter], None] = field(default=lambda config, writer: None)
-
-
-def _sliding_window(config: Any, writer: gguf.GGUFWriter) -> None:
-    if getattr(config, "sliding_window", None):
-        writer.add_sliding_window(int(config.sliding_window))
 
 
 REGISTRY: dict[str, ArchSpec] = {

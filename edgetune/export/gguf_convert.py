@@ -156,7 +156,6 @@ def convert(
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _write_hparams(writer, config)
-        spec.extra(config, writer)
         _write_tokenizer(writer, model_dir, config)
         writer.add_string("edgetune.version", __version__)
         for key, value in (provenance or {}).items():

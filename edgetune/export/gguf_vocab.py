@@ -36,8 +36,7 @@ class GGUFVocab:
     pre: str
     tokens: list[str]
     scores: list[float] | None
-    types: list[int]
-    merges: list[str]
+    types: list[int]  # merges are written by gguf.SpecialVocab from tokenizer.json
 
 
 def _flatten(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -101,8 +100,7 @@ def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -
         else:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges", [])]
-    return GGUFVocab("gpt2", detect_pre(tj, model_dir / "tokenizer.json"), tokens, None, types, merges)
+    return GGUFVocab("gpt2", detect_pre(tj, model_dir / "tokenizer.json"), tokens, None, types)
 
 
 def _sentencepiece_like(model_dir: Path, vocab_size: int) -> GGUFVocab:
@@ -120,4 +118,4 @@ def _sentencepiece_like(model_dir: Path, vocab_size: int) -> GGUFVocab:
         tokens.append(f"[PAD{i}]")
         scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
-    return GGUFVocab("llama", "default", tokens, scores, types, [])
+    return GGUFVocab("llama", "default", tokens, scores, types)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from edgetune.config import LoraConfig as LoraSettings
 from edgetune.errors import InputError, ModelError
 from edgetune.models import ResolvedModel
-
-log = logging.getLogger("edgetune")
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import platform
 import shutil
@@ -17,20 +16,18 @@ from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
 from edgetune.rundir import (
-    MANIFEST,
     RECIPE_FILE,
     atomic_dir,
     atomic_write_text,
     clean_stale_temporaries,
     new_run_dir,
     point_latest,
+    read_manifest,
     resolve_run_dir,
     sha256_file,
     sha256_tree,
     update_manifest,
 )
-
-log = logging.getLogger("edgetune")
 
 
 @dataclass
@@ -407,9 +404,7 @@ def _result(
 
 
 def _read_tune_section(run_dir: Path) -> dict[str, Any]:
-    from edgetune.rundir import read_manifest
-
-    manifest = read_manifest(run_dir) if (run_dir / MANIFEST).is_file() else {}
+    manifest = read_manifest(run_dir)
     out = dict(manifest.get("stages", {}).get("tune", {}))
     if "created" in manifest:
         out["created"] = manifest["created"]
