@@ -14,7 +14,13 @@ def _split(value: str | None) -> list[str] | None:
 @click.option(
     "--to", "formats", default=None, help="Comma-separated formats: gguf,onnx (default: the recipe's)."
 )
-@click.option("--quant", "quants", default=None, help="Comma-separated GGUF types, e.g. f16,q8_0,q4_k_m.")
+@click.option(
+    "--quant",
+    "quants",
+    default=None,
+    help="Comma-separated types: GGUF (f16,q8_0,q4_k_m,...) and/or ONNX (fp32,fp16,int8,int4); "
+    "a format not named keeps the recipe's list.",
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: RUN_DIR/export).")
 @click.option(
     "--imatrix",
@@ -26,8 +32,8 @@ def _split(value: str | None) -> list[str] | None:
     "--check", "check_only", is_flag=True, help="Only run the parity check on the existing exports."
 )
 def export(source, formats, quants, out, imatrix, check_only) -> None:
-    """Export a run (default: runs/latest; merged first if needed) or an HF model directory to GGUF,
-    then check every file against the merged torch model (exit 3 when a file misses its goal)."""
+    """Export a run (default: runs/latest; merged first if needed) or an HF model directory to GGUF
+    and ONNX, then check every file against the merged torch model (exit 3 when a file misses its goal)."""
     from edgetune.console import err
     from edgetune.console import out as stdout
     from edgetune.export.parity import print_table, raise_on_failure
@@ -45,5 +51,8 @@ def export(source, formats, quants, out, imatrix, check_only) -> None:
     if "gguf" in results:
         for a in results["gguf"].artifacts:
             stdout.print(f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}", soft_wrap=True)
+    if "onnx" in results:
+        for a in results["onnx"].artifacts:
+            stdout.print(f"onnx {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}/", soft_wrap=True)
     print_table(results["parity"], stdout)
     raise_on_failure(results["parity"])

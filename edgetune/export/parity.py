@@ -1,7 +1,8 @@
-"""The parity check: does each GGUF file compute what the merged torch model computes?
+"""The parity check: does each exported file compute what the merged torch model computes?
 
 On held-out examples rendered with the training template, for every artifact: the prompt token
-ids llama.cpp produces (BOS included as the file says) must equal ours; KL(torch || llama.cpp) and
+ids the runtime produces (BOS included as the file says; for ONNX, the directory's own tokenizer
+and chat template) must equal ours; KL(torch || llama.cpp) and
 top-1 agreement over every position of prompt + reference answer; the greedy continuation of the
 prompt, token by token; and whether generation stops at EOS where torch stops. Goals per type are
 the ones edgetune promises; a type without a goal is reported, not judged.
@@ -23,6 +24,11 @@ GOALS: dict[str, dict[str, float]] = {
     "bf16": {"kl": 5e-3},
     "q8_0": {"kl": 0.005},
     "q4_k_m": {"kl": 0.08},
+    # ONNX: fp32 is the same arithmetic as torch; the KV-cache path must equal the uncached one
+    "fp32": {"kl": 1e-5, "top1": 1.0, "greedy": 1.0, "kv_cache": 1.0},
+    "fp16": {"kl": 5e-4},
+    "int8": {"kl": 0.01},
+    "int4": {"kl": 0.15},
 }
 
 
@@ -38,6 +44,7 @@ class ParityRow:
     eos: float  # share of examples where both end with EOS within the token budget, or neither does
     passed: bool
     failures: list[str] = field(default_factory=list)
+    kv_cache: float | None = None  # ONNX: share of greedy outputs equal with and without the KV cache
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -103,10 +110,11 @@ def check_artifact(
         ids_equal &= ids == r.prompt_ids
         llm.reset()
         llm.eval(r.full_ids)
-        b = _log_softmax(np.array(llm.scores[: len(r.full_ids)], dtype=np.float64))
-        a = r.logprobs
-        kls.append(float((np.exp(a) * (a - b)).sum(-1).mean()))
-        top1s.append(float((a.argmax(-1) == b.argmax(-1)).mean()))
+        kl, top1 = _compare(
+            r.logprobs, _log_softmax(np.array(llm.scores[: len(r.full_ids)], dtype=np.float64))
+        )
+        kls.append(kl)
+        top1s.append(top1)
         llm.reset()
         got: list[int] = []
         for token in llm.generate(r.prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
@@ -128,15 +136,26 @@ def check_artifact(
         float(np.mean(eos)),
         True,
     )
-    goal = GOALS.get(quant, {})
-    if not ids_equal:
+    return judge(row)
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean KL(a || b) and top-1 agreement of two [positions, vocab] log-probability arrays."""
+    return float((np.exp(a) * (a - b)).sum(-1).mean()), float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+def judge(row: ParityRow) -> ParityRow:
+    goal = GOALS.get(row.quant, {})
+    if not row.ids_equal:
         row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
     if "kl" in goal and row.kl > goal["kl"]:
-        row.failures.append(f"KL {row.kl:.2e} > {goal['kl']:.0e} ({row.kl / goal['kl']:.1f}x the goal)")
+        row.failures.append(f"KL {row.kl:.2e} > {goal['kl']:.2g} ({row.kl / goal['kl']:.1f}x the goal)")
     if "top1" in goal and row.top1 < goal["top1"]:
         row.failures.append(f"top-1 {row.top1:.2%} < {goal['top1']:.1%}")
     if "greedy" in goal and row.greedy < goal["greedy"]:
         row.failures.append(f"greedy continuations match {row.greedy:.0%} < {goal['greedy']:.0%}")
+    if "kv_cache" in goal and row.kv_cache is not None and row.kv_cache < goal["kv_cache"]:
+        row.failures.append(f"greedy with the KV cache equals greedy without it on only {row.kv_cache:.0%}")
     row.passed = not row.failures
     return row
 
@@ -150,21 +169,88 @@ def check_gguf(
     console=None,
 ) -> list[ParityRow]:
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
+    eos_ids = stop_ids(model_dir, renderer.tokenizer)
+    rows = []
+    for quant, path in artifacts:
+        if console is not None:
+            console.print(f"parity: {path.name}")
+        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens))
+    return rows
+
+
+def stop_ids(model_dir: Path, tokenizer) -> list[int]:
+    """The ids generation stops at: generation_config's EOS ids and the tokenizer's EOS."""
     from transformers import GenerationConfig
 
     try:
         gen_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
     except OSError:
         gen_eos = None
-    eos_ids = sorted(
-        {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), renderer.tokenizer.eos_token_id}
-        - {None}
+    return sorted(
+        {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), tokenizer.eos_token_id} - {None}
     )
+
+
+def check_onnx_variant(
+    directory: Path, quant: str, renderer, examples, refs: list[_Reference], max_new_tokens: int
+) -> ParityRow:
+    """One ONNX directory against the torch reference. The prompt ids come from the directory's own
+    tokenizer and chat template (a lost template or a changed tokenizer shows here); fp32 also
+    decodes without the KV cache, which must give the same tokens as with it."""
+    from transformers import AutoTokenizer
+
+    from edgetune.data.render import Renderer
+    from edgetune.export.onnx_runtime import OnnxDecoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    shipped = Renderer(tokenizer, renderer.template, renderer.system_prompt, renderer.max_seq_len)
+    ids_equal = tokenizer.chat_template == renderer.tokenizer.chat_template
+    eos_ids = stop_ids(directory, tokenizer)
+    decoder = OnnxDecoder(directory)
+    kls, top1s, greedy, eos, cached = [], [], [], [], []
+    for ex, r in zip(examples, refs):
+        ids_equal &= shipped.ids_for_text(shipped.prompt_text(ex)) == r.prompt_ids
+        kl, top1 = _compare(r.logprobs, _log_softmax(decoder.logits(r.full_ids)))
+        kls.append(kl)
+        top1s.append(top1)
+        got = list(decoder.generate(r.prompt_ids, eos_ids, max_new_tokens))
+        greedy.append(got == r.greedy)
+        eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
+        if quant == "fp32":
+            cached.append(
+                got == list(decoder.generate(r.prompt_ids, eos_ids, max_new_tokens, use_cache=False))
+            )
+    row = ParityRow(
+        directory.name,
+        quant,
+        len(refs),
+        ids_equal,
+        float(np.mean(kls)),
+        float(np.mean(top1s)),
+        float(np.mean(greedy)),
+        float(np.mean(eos)),
+        True,
+        kv_cache=float(np.mean(cached)) if cached else None,
+    )
+    return judge(row)
+
+
+def check_onnx(
+    model_dir: Path,
+    variants: list[tuple[str, Path]],
+    renderer,
+    examples,
+    max_new_tokens: int = 48,
+    console=None,
+) -> list[ParityRow]:
+    refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
     rows = []
-    for quant, path in artifacts:
+    for quant, directory in variants:
         if console is not None:
-            console.print(f"parity: {path.name}")
-        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens))
+            console.print(f"parity: onnx/{directory.name}")
+        row = check_onnx_variant(directory, quant, renderer, examples, refs, max_new_tokens)
+        row.artifact = f"onnx/{directory.name}"
+        rows.append(row)
     return rows
 
 
@@ -184,7 +270,7 @@ def print_table(rows: list[ParityRow], console) -> None:
     from rich.table import Table
 
     table = Table(title="parity against the merged torch model")
-    for col in ("artifact", "ids", "KL", "top-1", "greedy", "EOS", ""):
+    for col in ("artifact", "ids", "KL", "top-1", "greedy", "EOS", "KV cache", ""):
         table.add_column(col, justify="right" if col not in ("artifact", "") else "left")
     for r in rows:
         table.add_row(
@@ -194,6 +280,7 @@ def print_table(rows: list[ParityRow], console) -> None:
             f"{r.top1:.1%}",
             f"{r.greedy:.0%}",
             f"{r.eos:.0%}",
+            "-" if r.kv_cache is None else f"{r.kv_cache:.0%} same",
             "[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}",
         )
     console.print(table)

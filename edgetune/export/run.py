@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import Recipe, load_recipe
-from edgetune.errors import InputError, NotBuiltError
+from edgetune.errors import InputError
 from edgetune.export.gguf_export import export_gguf
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
-from edgetune.export.parity import check_gguf, rows_as_dicts
+from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -53,6 +53,30 @@ def _relative(path: Path, run_dir: Path) -> str:
     return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
+def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], list[str]]:
+    """--quant names -> (GGUF types, ONNX variants); a format the names do not mention keeps the recipe's."""
+    from edgetune.config import GGUF_QUANTS, ONNX_QUANTS
+
+    if not quants:
+        return recipe.export.gguf.quants, recipe.export.onnx.quants
+    names = [q.lower() for q in quants]
+    unknown = [q for q in names if q not in GGUF_QUANTS and q not in ONNX_QUANTS]
+    if unknown:
+        raise InputError(
+            f"--quant: unknown {', '.join(unknown)}; GGUF: {', '.join(GGUF_QUANTS)}; ONNX: {', '.join(ONNX_QUANTS)}"
+        )
+    gguf = [q for q in names if q in GGUF_QUANTS] or recipe.export.gguf.quants
+    onnx = [q for q in names if q in ONNX_QUANTS] or recipe.export.onnx.quants
+    return gguf, onnx
+
+
+def _existing_onnx(onnx_dir: Path) -> list[tuple[str, Path]]:
+    found = sorted(p.parent for p in onnx_dir.glob("*/model.onnx")) if onnx_dir.is_dir() else []
+    if not found:
+        raise InputError(f"{onnx_dir}: no ONNX exports to check; run `edgetune export --to onnx` first")
+    return [(p.name, p) for p in found]
+
+
 def export(
     source: Path | None = None,
     formats: list[str] | None = None,
@@ -62,17 +86,49 @@ def export(
     check_only: bool = False,
     console=None,
 ) -> dict[str, Any]:
+    from edgetune.export.parity import check_gguf, check_onnx
+
     run_dir, model_dir = _source(source)
     recipe = load_recipe(str(run_dir / RECIPE_FILE)) if run_dir else load_recipe("demo")
+    base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
+    gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
+    if check_only and not formats:  # check what is there
+        formats = [f for f, d in (("gguf", gguf_dir), ("onnx", onnx_dir)) if d.is_dir()] or ["gguf"]
     formats = [f.lower() for f in (formats or recipe.export.formats)]
     unknown = sorted(set(formats) - {"gguf", "onnx"})
     if unknown:
         raise InputError(f"--to: unknown format {', '.join(unknown)}; supported: gguf, onnx")
+    gguf_quants, onnx_quants = split_quants(quants, recipe)
+    if not check_only:
+        _merge_if_needed(run_dir, model_dir, console)
+    prepared = _prepared(recipe, model_dir)
+    held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
+    budget = recipe.bench.max_new_tokens
+    results: dict[str, Any] = {"parity": []}
+    if "gguf" in formats:
+        if check_only:
+            artifacts = _existing_gguf(gguf_dir)
+        else:
+            results["gguf"] = _export_gguf(
+                recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
+            )
+            artifacts = [(a.quant, a.path) for a in results["gguf"].artifacts]
+        rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
+        _record_parity(run_dir, gguf_dir, "gguf", rows)
+        results["parity"] += rows
     if "onnx" in formats:
-        if formats == ["onnx"]:
-            raise NotBuiltError("ONNX export is not built yet (tracked in issue #5)")
-        if console is not None:
-            console.print("[yellow]warning:[/] ONNX export is not built yet (issue #5); exporting GGUF only")
+        if check_only:
+            variants = _existing_onnx(onnx_dir)
+        else:
+            results["onnx"] = _export_onnx(recipe, run_dir, model_dir, onnx_dir, onnx_quants, console)
+            variants = [(a.quant, a.path) for a in results["onnx"].artifacts]
+        rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
+        _record_parity(run_dir, onnx_dir, "onnx", rows)
+        results["parity"] += rows
+    return results
+
+
+def _merge_if_needed(run_dir: Path | None, model_dir: Path, console) -> None:
     has_weights = (model_dir / "model.safetensors").exists() or (
         model_dir / "model.safetensors.index.json"
     ).exists()
@@ -82,27 +138,15 @@ def export(
         if console is not None:
             console.print("merging the adapter first (edgetune merge)")
         merge(run_dir, console=console)
-    base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
+
+
+def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, console):
     manifest = read_manifest(run_dir) if run_dir else {}
     provenance = {
         "base_model": manifest.get("base_model", {}).get("name", str(model_dir)),
         "recipe_sha256": manifest.get("recipe", {}).get("sha256", ""),
         "data_sha256": manifest.get("data", {}).get("sha256", {}).get("train", ""),
     }
-    prepared = _prepared(recipe, model_dir)
-    held_out = prepared.splits.test or prepared.splits.valid
-    gguf_dir = base_out / "gguf"
-    if check_only:
-        rows = check_gguf(
-            model_dir,
-            _existing_gguf(gguf_dir),
-            prepared.renderer,
-            held_out[: recipe.export.parity_examples],
-            max_new_tokens=recipe.bench.max_new_tokens,
-            console=console,
-        )
-        _record_parity(run_dir, gguf_dir, rows)
-        return {"parity": rows}
     use_imatrix = recipe.export.gguf.imatrix if imatrix is None else imatrix
     calibration = None
     if use_imatrix and run_dir is not None:
@@ -112,47 +156,54 @@ def export(
             "[yellow]warning:[/] a plain model directory has no training data for an importance matrix; "
             "quantising without one"
         )
-    result = export_gguf(
-        model_dir,
-        gguf_dir,
-        quants or recipe.export.gguf.quants,
-        calibration,
-        provenance,
-        console=console,
-    )
+    result = export_gguf(model_dir, gguf_dir, quants, calibration, provenance, console=console)
     # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
     system = shared_system_prompt(prepared.splits.train) if run_dir else None
     for artifact in result.artifacts:
         write_modelfile(artifact.path, prepared.renderer.tokenizer, system)
+    _record_stage(
+        run_dir,
+        "gguf",
+        result,
+        {"imatrix": _relative(result.imatrix, run_dir) if run_dir and result.imatrix else None},
+    )
+    return result
+
+
+def _export_onnx(recipe, run_dir, model_dir, onnx_dir, quants, console):
+    from edgetune.export.onnx_export import export_onnx
+
+    result = export_onnx(model_dir, onnx_dir, quants, recipe.export.onnx, console=console)
+    _record_stage(run_dir, "onnx", result, {})
+    return result
+
+
+def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any]) -> None:
+    if not run_dir:
+        return
+    update_manifest(
+        run_dir,
+        stages={
+            "export": {
+                "status": "done",
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                f"{fmt}_wall_s": result.wall_s,
+                fmt: [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts],
+                **extra,
+            }
+        },
+    )
+
+
+def _record_parity(run_dir: Path | None, out_dir: Path, fmt: str, rows) -> None:
+    atomic_write_json(out_dir / "parity.json", rows_as_dicts(rows))
     if run_dir:
         update_manifest(
             run_dir,
             stages={
                 "export": {
-                    "status": "done",
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "wall_s": result.wall_s,
-                    "gguf": [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts],
-                    "imatrix": _relative(result.imatrix, run_dir) if result.imatrix else None,
+                    f"{fmt}_parity": rows_as_dicts(rows),
+                    f"{fmt}_parity_passed": all(r.passed for r in rows),
                 }
             },
-        )
-    rows = check_gguf(
-        model_dir,
-        [(a.quant, a.path) for a in result.artifacts],
-        prepared.renderer,
-        held_out[: recipe.export.parity_examples],
-        max_new_tokens=recipe.bench.max_new_tokens,
-        console=console,
-    )
-    _record_parity(run_dir, gguf_dir, rows)
-    return {"gguf": result, "parity": rows}
-
-
-def _record_parity(run_dir: Path | None, gguf_dir: Path, rows) -> None:
-    atomic_write_json(gguf_dir / "parity.json", rows_as_dicts(rows))
-    if run_dir:
-        update_manifest(
-            run_dir,
-            stages={"export": {"parity": rows_as_dicts(rows), "parity_passed": all(r.passed for r in rows)}},
         )

@@ -1,0 +1,102 @@
+"""ONNX CPU decode speed of edgetune's variants, side by side in one run, with onnxruntime's dynamic
+int8 (MatMulInteger) as the configuration we chose not to ship.
+
+    python bench/onnx_variants.py [ONNX_EXPORT_DIR]
+
+Without a directory it uses runs/latest/export/onnx when there is one, else it exports the built-in
+SmolLM2-135M-Instruct (fp32, int8, int4) to a temporary directory first.
+
+Every variant decodes the same prompt greedily with its KV cache; rounds alternate between the
+variants so machine noise hits them alike. Prints median decode tokens/s and the ratio to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgetune.export.onnx_runtime import OnnxDecoder  # noqa: E402
+
+PROMPT_TOKENS = 96
+DECODE_TOKENS = 48
+ROUNDS = 3
+
+
+def dynamic_int8(fp32_dir: Path, out: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    shutil.copytree(fp32_dir, out, ignore=shutil.ignore_patterns("model.onnx*"))
+    quantize_dynamic(
+        str(fp32_dir / "model.onnx"),
+        str(out / "model.onnx"),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
+    return out
+
+
+def export_builtin(out: Path) -> Path:
+    from edgetune.config import OnnxExportConfig
+    from edgetune.export.onnx_export import export_onnx
+    from edgetune.models import resolve_model
+
+    model = resolve_model("smollm2-135m-instruct")
+    export_onnx(model.path, out, ["fp32", "int8", "int4"], OnnxExportConfig())
+    return out
+
+
+def decode_rate(decoder: OnnxDecoder, prompt: list[int]) -> float:
+    logits, past = decoder.forward(prompt, None, 0)
+    times = []
+    n = len(prompt)
+    for _ in range(DECODE_TOKENS):
+        token = int(np.argmax(logits[-1]))
+        started = time.perf_counter()
+        logits, past = decoder.forward([token], past, n)
+        times.append(time.perf_counter() - started)
+        n += 1
+    return 1.0 / statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("export_dir", nargs="?", type=Path)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_dir = args.export_dir or Path("runs/latest/export/onnx")
+        if args.export_dir is None and not (export_dir / "fp32").is_dir():
+            export_dir = export_builtin(Path(tmp) / "export")
+        variants = {p.name: p for p in sorted(export_dir.glob("*/")) if (p / "model.onnx").is_file()}
+        if "fp32" not in variants:
+            sys.exit(f"{export_dir}: no fp32 variant; run `edgetune export --to onnx` first")
+        variants["int8-dynamic"] = dynamic_int8(variants["fp32"], Path(tmp) / "int8-dynamic")
+        decoders = {name: OnnxDecoder(path, threads=args.threads) for name, path in variants.items()}
+        prompt = list(np.random.default_rng(0).integers(100, 20000, PROMPT_TOKENS))
+        rates: dict[str, list[float]] = {name: [] for name in decoders}
+        for decoder in decoders.values():  # warm-up
+            decode_rate(decoder, prompt[:16])
+        for _ in range(ROUNDS):
+            for name, decoder in decoders.items():
+                rates[name].append(decode_rate(decoder, prompt))
+    base = statistics.median(rates["fp32"])
+    print(f"onnxruntime CPU decode, {PROMPT_TOKENS}-token prompt, {DECODE_TOKENS} tokens, {ROUNDS} rounds")
+    print(f"{'variant':<14}{'tok/s':>8}{'vs fp32':>9}")
+    for name, values in rates.items():
+        rate = statistics.median(values)
+        print(f"{name:<14}{rate:8.1f}{rate / base:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""`edgetune export --to onnx`: the merged model -> one directory per variant (fp32, fp16, int8, int4).
+
+optimum-onnx traces the KV-cache decoder (task text-generation-with-past) once, in fp32; the other
+variants are rewritten from that graph. Each variant directory holds model.onnx (+ model.onnx_data
+when large), config.json, generation_config.json and the tokenizer with its chat template, so that
+`ORTModelForCausalLM.from_pretrained(dir)` and `edgetune chat dir` both work on it alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgetune.config import OnnxExportConfig
+from edgetune.errors import ModelError
+from edgetune.export.onnx_graph import EXTERNAL_DATA_NAME, load_model, save_model
+from edgetune.export.onnx_runtime import MODEL_FILE, model_files
+from edgetune.rundir import atomic_dir, sha256_file
+
+TASK = "text-generation-with-past"
+INFO_FILE = "edgetune-onnx.json"
+
+
+@dataclass
+class OnnxArtifact:
+    quant: str
+    path: Path  # the variant's directory
+    size_bytes: int
+    sha256: str  # of model.onnx (the graph; external data is hashed into `files`)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OnnxExport:
+    artifacts: list[OnnxArtifact]
+    wall_s: float = 0.0
+
+
+def trace_fp32(model_dir: Path, out: Path) -> None:
+    """optimum's exporter, quiet: its tracer warnings are about Python branches it cannot record,
+    which the parity check then verifies numerically rather than trusting."""
+    from optimum.exporters.onnx import main_export
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            main_export(
+                str(model_dir),
+                str(out),
+                task=TASK,
+                device="cpu",
+                do_validation=False,  # its max-diff check is not ours: parity runs after export
+                local_files_only=True,
+                trust_remote_code=False,
+                library_name="transformers",
+            )
+    except Exception as e:
+        raise ModelError(f"{model_dir}: optimum could not export it to ONNX ({type(e).__name__}: {e})") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, force_external: bool) -> None:
+    from edgetune.export.onnx_quantize import int4_plan, int8_plan, quantize_nbits, to_fp16
+
+    for item in fp32.iterdir():
+        if item.name not in (MODEL_FILE, EXTERNAL_DATA_NAME) and item.is_file():
+            shutil.copy2(item, staging / item.name)
+    model = load_model(fp32 / MODEL_FILE)
+    if quant == "int8":
+        model = quantize_nbits(model, int8_plan(config.int8_block_size, config.int4_accuracy_level))
+    elif quant == "int4":
+        plan = int4_plan(
+            config.int4_block_size,
+            config.int4_accuracy_level,
+            config.int4_8bit_layers,
+            config.int4_embeddings,
+        )
+        model = quantize_nbits(model, plan)
+    elif quant == "fp16":
+        model = to_fp16(model)
+    save_model(model, staging / MODEL_FILE, force_external=force_external)
+    (staging / INFO_FILE).write_text(
+        json.dumps({"quant": quant, "config": asdict(config), "task": TASK}, indent=2) + "\n"
+    )
+
+
+def export_onnx(
+    model_dir: Path,
+    out_dir: Path,
+    quants: list[str],
+    config: OnnxExportConfig,
+    console=None,
+    force_external: bool = False,
+) -> OnnxExport:
+    """Trace once, then write each requested variant atomically to out_dir/<quant>/."""
+    started = time.time()
+    wanted = [q.lower() for q in quants]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status = console.status if console is not None else (lambda _: contextlib.nullcontext())
+    artifacts = []
+    trace_dir = Path(tempfile.mkdtemp(prefix=".onnx-trace.", suffix=".tmp", dir=out_dir))
+    try:
+        with status("onnx: tracing the fp32 decoder with optimum (text-generation-with-past)"):
+            trace_fp32(model_dir, trace_dir)
+        for quant in wanted:
+            with status(f"onnx: writing {quant}"), atomic_dir(out_dir / quant) as staging:
+                _variant(trace_dir, quant, config, staging, force_external)
+            artifacts.append(_artifact(quant, out_dir / quant))
+            if console is not None:
+                console.print(f"onnx: {quant} written")
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+    return OnnxExport(artifacts, round(time.time() - started, 1))
+
+
+def _artifact(quant: str, directory: Path) -> OnnxArtifact:
+    files = {p.name: sha256_file(p) for p in model_files(directory)}
+    size = sum(p.stat().st_size for p in model_files(directory))
+    return OnnxArtifact(quant, directory, size, files[MODEL_FILE], files)

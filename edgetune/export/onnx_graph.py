@@ -1,0 +1,118 @@
+"""ONNX model files: safe external data, saving large models, and graph rewrites the quantiser needs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgetune.errors import InputError, ModelError
+
+# protobuf cannot serialise a message above 2 GiB: bigger models keep their tensors in a side file
+PROTOBUF_LIMIT = 2**31 - 2**26  # with headroom for the graph itself
+EXTERNAL_DATA_NAME = "model.onnx_data"
+
+
+def external_data_files(model_path: Path) -> list[Path]:
+    """The side files a model's tensors point to, each checked to lie inside the model's directory.
+
+    Raises InputError (naming the file and tensor) for an absolute path, `..`, a symlink leading
+    outside, a missing file, or an offset/length past the end of the file."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise InputError(f"{model_path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    root = model_path.parent.resolve()
+    files: dict[Path, int] = {}
+    for tensor in _all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        where = f"{model_path}: tensor {tensor.name!r} stores its data at {location!r}"
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise InputError(f"{where}: external data must be a plain path inside {root}")
+        target = (root / location).resolve()
+        if not target.is_relative_to(root):
+            raise InputError(f"{where}, which resolves outside {root}")
+        if not target.is_file():
+            raise InputError(f"{where}, which does not exist")
+        end = int(info.get("offset", 0) or 0) + int(info.get("length", 0) or 0)
+        size = files.setdefault(target, target.stat().st_size)
+        if end > size:
+            raise InputError(f"{where}: bytes up to {end} requested, the file has {size}")
+    return sorted(files)
+
+
+def _all_tensors(model):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+
+
+def save_model(model, path: Path, force_external: bool = False) -> list[Path]:
+    """Write `model` to `path` (model.onnx), with its tensors in one side file when it is too big
+    for protobuf (or when asked). Returns every file written."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = force_external or model.ByteSize() > PROTOBUF_LIMIT
+    if not external:
+        onnx.save_model(model, str(path))
+        return [path]
+    data = path.parent / EXTERNAL_DATA_NAME
+    data.unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA_NAME,
+        size_threshold=1024,
+    )
+    return [path, data]
+
+
+def load_model(path: Path):
+    """Load an ONNX model with its external data, after checking that data stays inside the directory."""
+    import onnx
+
+    external_data_files(path)
+    try:
+        return onnx.load(str(path))
+    except Exception as e:
+        raise ModelError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e})") from e
+
+
+def materialize_transposed_weights(model) -> int:
+    """Replace `MatMul(x, Transpose(W))` on a constant W with `MatMul(x, W_t)`, W_t stored transposed.
+
+    optimum's exporter shares a tied embedding with the LM head through a Transpose node; the
+    weight-only quantisers only see MatMuls whose weight is an initializer, so without this the LM
+    head (the biggest matrix of a small model) stays fp32. Returns how many were rewritten."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    rewritten = []
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in initializers:
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "MatMul" or u.input[1] != node.output[0] for u in users):
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(initializers[node.input[0]])
+        transposed = np.ascontiguousarray(weight.transpose(perm) if perm else weight.T)
+        model.graph.initializer.append(numpy_helper.from_array(transposed, node.output[0]))
+        rewritten.append(node)
+    for node in rewritten:
+        model.graph.node.remove(node)
+    return len(rewritten)

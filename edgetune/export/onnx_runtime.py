@@ -1,0 +1,128 @@
+"""A decoder exported by optimum (text-generation-with-past) driven directly through onnxruntime.
+
+Used by the parity check (logits, greedy decoding with and without the KV cache), by bench and by
+chat. The same directory also loads with optimum's ORTModelForCausalLM; this class exists so that
+each step is explicit and timed, and so that external data is checked before onnxruntime opens it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.errors import InputError, ModelError
+
+MODEL_FILE = "model.onnx"
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only: no "initializer appears in graph inputs" chatter
+    return options
+
+
+class OnnxDecoder:
+    def __init__(self, model_dir: Path, threads: int | None = None, device: str = "cpu"):
+        import onnxruntime as ort
+
+        from edgetune.export.onnx_graph import external_data_files
+
+        self.dir = Path(model_dir)
+        path = self.dir / MODEL_FILE
+        if not path.is_file():
+            raise InputError(f"{self.dir}: no {MODEL_FILE}; not an ONNX export directory")
+        external_data_files(path)
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelError(
+                    "onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+                )
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        except Exception as e:
+            raise ModelError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
+        self._kv_shape = self._kv_dims()
+
+    def _kv_dims(self) -> tuple[int, int]:
+        """(kv heads, head dim) from config.json; the ONNX shapes of past_key_values are symbolic."""
+        try:
+            config = json.loads((self.dir / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{self.dir / 'config.json'}: cannot read it ({e})") from e
+        heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        return int(heads), int(head_dim)
+
+    def _past_dtype(self, name: str):
+        kind = next(i.type for i in self._past_inputs if i.name == name)
+        return np.float16 if "float16" in kind else np.float32
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        heads, dim = self._kv_shape
+        return {i.name: np.zeros((1, heads, 0, dim), self._past_dtype(i.name)) for i in self._past_inputs}
+
+    def forward(
+        self, ids: list[int], past: dict[str, np.ndarray] | None, start: int
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [len(ids), vocab] for `ids` placed after `start` cached tokens, and the new cache."""
+        n = len(ids)
+        feeds = {
+            "input_ids": np.array([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, start + n), dtype=np.int64),
+            "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
+            **(past if past is not None else self.empty_past()),
+        }
+        outputs = self.session.run(
+            self.output_names, {k: v for k, v in feeds.items() if k in self.input_names}
+        )
+        named = dict(zip(self.output_names, outputs))
+        present = {
+            k.replace("present", "past_key_values", 1): v for k, v in named.items() if k.startswith("present")
+        }
+        return named["logits"][0], present
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        return self.forward(ids, None, 0)[0].astype(np.float64)
+
+    def generate(
+        self, prompt_ids: list[int], eos_ids: list[int], max_new_tokens: int, use_cache: bool = True
+    ) -> Iterator[int]:
+        """Greedy tokens one by one; stops after an EOS id or the budget. Without the cache every
+        step recomputes the whole sequence (the reference the cached path must equal)."""
+        logits, past = self.forward(prompt_ids, None, 0)
+        sequence = list(prompt_ids)
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[-1]))
+            yield token
+            if token in eos_ids:
+                return
+            sequence.append(token)
+            if use_cache:
+                logits, past = self.forward([token], past, len(sequence) - 1)
+            else:
+                logits, _ = self.forward(sequence, None, 0)
+
+
+def model_files(model_dir: Path) -> list[Path]:
+    path = Path(model_dir) / MODEL_FILE
+    from edgetune.export.onnx_graph import external_data_files
+
+    return [path, *external_data_files(path)]
+
+
+def directory_size(model_dir: Path) -> int:
+    return sum(os.path.getsize(p) for p in model_files(model_dir))

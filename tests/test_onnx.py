@@ -1,0 +1,196 @@
+"""ONNX export: the optimum-traced decoder must compute what torch computes, with and without its KV
+cache; quantised variants must stay close, load in optimum's ORTModelForCausalLM, and keep their
+external data inside their directory."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from edgetune.config import OnnxExportConfig
+from edgetune.errors import InputError
+from edgetune.export.onnx_export import export_onnx
+from edgetune.export.onnx_runtime import OnnxDecoder
+
+PROMPTS = [
+    "<|im_start|>user\nThe router in the lobby lost its uplink, error E1042.<|im_end|>\n<|im_start|>assistant\n",
+    "battery health 40% below threshold on inverter pv-inv-roof-02",
+]
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def torch_logprobs(model_dir, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return log_softmax(model(torch.tensor([ids])).logits[0].double().numpy())
+
+
+def kl_top1(a, b):
+    return float((np.exp(a) * (a - b)).sum(-1).mean()), float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    result = export_onnx(tiny_model_dir, out, ["fp32", "int8", "int4"], OnnxExportConfig())
+    return tiny_model_dir, out, result
+
+
+def test_fp32_logits_match_torch_and_cache_changes_nothing(exported, tiny_tokenizer):
+    model_dir, out, _ = exported
+    decoder = OnnxDecoder(out / "fp32")
+    for text in PROMPTS:
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        kl, top1 = kl_top1(torch_logprobs(model_dir, ids), log_softmax(decoder.logits(ids)))
+        assert kl <= 1e-5 and top1 == 1.0
+        cached = list(decoder.generate(ids, [], 24))
+        assert cached == list(decoder.generate(ids, [], 24, use_cache=False))
+        assert len(cached) == 24
+
+
+def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
+    import onnx
+
+    _, out, result = exported
+    assert [a.quant for a in result.artifacts] == ["fp32", "int8", "int4"]
+    sizes = {a.quant: a.size_bytes for a in result.artifacts}
+    assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
+    for a in result.artifacts:
+        names = {p.name for p in a.path.iterdir()}
+        assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json"} <= names
+        assert (
+            json.loads((a.path / "tokenizer_config.json").read_text()).get("chat_template")
+            or (a.path / "chat_template.jinja").is_file()
+        )
+        assert len(a.sha256) == 64
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or trace left
+    ops = {n.op_type for n in onnx.load(str(out / "int4" / "model.onnx")).graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
+    # the tied LM head is quantised too (it was a Transpose of the embedding in optimum's graph)
+    head = [n for n in onnx.load(str(out / "int8" / "model.onnx")).graph.node if "lm_head" in n.name]
+    assert [n.op_type for n in head] == ["MatMulNBits"]
+
+
+@pytest.mark.parametrize("quant, max_kl", [("int8", 0.01), ("int4", 0.2)])
+def test_quantised_variants_stay_close(exported, tiny_tokenizer, quant, max_kl):
+    model_dir, out, _ = exported
+    decoder = OnnxDecoder(out / quant)
+    ids = tiny_tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    kl, top1 = kl_top1(torch_logprobs(model_dir, ids), log_softmax(decoder.logits(ids)))
+    assert 0 < kl <= max_kl and top1 >= 0.8
+
+
+def test_optimum_loads_every_variant_and_generates_the_same_tokens(exported, tiny_tokenizer):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    _, out, result = exported
+    ids = tiny_tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    for a in result.artifacts:
+        model = ORTModelForCausalLM.from_pretrained(a.path)
+        got = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=12,
+            min_new_tokens=12,
+            do_sample=False,
+        )[0, len(ids) :].tolist()
+        ours = list(OnnxDecoder(a.path).generate(ids, [], 12))
+        assert got == ours, a.quant
+
+
+def test_external_data_is_written_loaded_and_confined(tiny_model_dir, tmp_path, tiny_tokenizer):
+    import onnx
+
+    out = tmp_path / "onnx"
+    export_onnx(tiny_model_dir, out, ["fp32"], OnnxExportConfig(), force_external=True)
+    variant = out / "fp32"
+    assert (variant / "model.onnx_data").stat().st_size > (variant / "model.onnx").stat().st_size
+    ids = tiny_tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
+    kl, _ = kl_top1(torch_logprobs(tiny_model_dir, ids), log_softmax(OnnxDecoder(variant).logits(ids)))
+    assert kl <= 1e-5
+
+    def tampered(location):
+        bad = tmp_path / f"bad{abs(hash(location))}"
+        shutil.copytree(variant, bad)
+        model = onnx.load(str(bad / "model.onnx"), load_external_data=False)
+        for t in model.graph.initializer:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save_model(model, str(bad / "model.onnx"))
+        return bad
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(os.urandom(1 << 20))
+    for location in ["../secret.bin", str(secret), "missing.bin"]:
+        with pytest.raises(InputError, match="model.onnx: tensor"):
+            OnnxDecoder(tampered(location))
+    link = tampered("link.bin")
+    (link / "link.bin").symlink_to(secret)
+    with pytest.raises(InputError, match="resolves outside"):
+        OnnxDecoder(link)
+    short = tampered("model.onnx_data")
+    with open(short / "model.onnx_data", "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(InputError, match="requested, the file has 1000"):
+        OnnxDecoder(short)
+
+
+def test_export_after_tune_writes_variants_and_parity(tmp_path, tiny_model_dir):
+    from click.testing import CliRunner
+    from test_tune import make_recipe
+
+    from edgetune.cli import main
+    from edgetune.tune.run import tune
+
+    run = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2))).run_dir
+    result = CliRunner().invoke(main, ["export", "--to", "onnx", "--quant", "fp32,int8"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (run / "export" / "onnx").iterdir()) == ["fp32", "int8", "parity.json"]
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    rows = {r["quant"]: r for r in stage["onnx_parity"]}
+    assert stage["onnx_parity_passed"] and rows["fp32"]["kl"] <= 1e-5
+    assert rows["fp32"]["kv_cache"] == 1.0 and rows["fp32"]["greedy"] == 1.0 and rows["fp32"]["ids_equal"]
+    assert rows["int8"]["kv_cache"] is None
+    assert "onnx/fp32" in result.output and "KV cache" in result.output
+
+    # a lost chat template is caught by the check, exit 3
+    config = json.loads((run / "export" / "onnx" / "int8" / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (run / "export" / "onnx" / "int8" / "tokenizer_config.json").write_text(json.dumps(config))
+    (run / "export" / "onnx" / "int8" / "chat_template.jinja").unlink(missing_ok=True)
+    checked = CliRunner().invoke(main, ["export", "--check", "--to", "onnx"])
+    assert checked.exit_code == 3, checked.output
+    assert "onnx/int8: prompt token ids differ" in checked.output
+
+
+def test_demo_recipe_exports_three_onnx_variants():
+    from edgetune.config import load_recipe
+
+    export = load_recipe("demo").export
+    assert "onnx" in export.formats and export.onnx.quants == ["fp32", "int8", "int4"]
+
+
+@pytest.mark.slow
+def test_smollm2_onnx_export_passes_parity(tmp_path):
+    from edgetune.export.run import export
+    from edgetune.models import resolve_model
+
+    model = resolve_model("smollm2-135m-instruct")
+    result = export(model.path, ["onnx"], ["fp32", "int4"], out=tmp_path / "out")
+    rows = {r.quant: r for r in result["parity"]}
+    assert rows["fp32"].passed and rows["fp32"].kl <= 1e-5 and rows["fp32"].kv_cache == 1.0
+    assert rows["fp32"].greedy == 1.0 and rows["fp32"].ids_equal
+    assert rows["int4"].ids_equal and rows["int4"].kl <= 0.15
+    sizes = {a.quant: a.size_bytes for a in result["onnx"].artifacts}
+    assert sizes["int4"] < 0.3 * sizes["fp32"]
