@@ -41,7 +41,7 @@ def kl_top1(a, b):
 @pytest.fixture(scope="module")
 def exported(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
-    result = export_onnx(tiny_model_dir, out, ["fp32", "int8", "int4"], OnnxExportConfig())
+    result = export_onnx(tiny_model_dir, out, ["fp32", "fp16", "int8", "int4"], OnnxExportConfig())
     return tiny_model_dir, out, result
 
 
@@ -61,9 +61,9 @@ def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
     import onnx
 
     _, out, result = exported
-    assert [a.quant for a in result.artifacts] == ["fp32", "int8", "int4"]
+    assert [a.quant for a in result.artifacts] == ["fp32", "fp16", "int8", "int4"]
     sizes = {a.quant: a.size_bytes for a in result.artifacts}
-    assert sizes["int4"] < sizes["int8"] < sizes["fp32"]
+    assert sizes["int4"] < sizes["int8"] < sizes["fp32"] and sizes["fp16"] < 0.6 * sizes["fp32"]
     for a in result.artifacts:
         names = {p.name for p in a.path.iterdir()}
         assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json"} <= names
@@ -80,7 +80,7 @@ def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
     assert [n.op_type for n in head] == ["MatMulNBits"]
 
 
-@pytest.mark.parametrize("quant, max_kl", [("int8", 0.01), ("int4", 0.2)])
+@pytest.mark.parametrize("quant, max_kl", [("fp16", 5e-4), ("int8", 0.01), ("int4", 0.2)])
 def test_quantised_variants_stay_close(exported, tiny_tokenizer, quant, max_kl):
     model_dir, out, _ = exported
     decoder = OnnxDecoder(out / quant)
