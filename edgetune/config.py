@@ -195,7 +195,17 @@ class BenchConfig:
     devices: list[Literal["cpu", "cuda"]] = field(default_factory=lambda: ["cpu"])
     max_examples: int = 100
     max_new_tokens: int = 128
-    few_shot_k: int = 3
+    few_shot_k: int = 3  # 0: no few-shot baseline
+    kl_examples: int = 16  # held-out examples whose full distributions are compared with the reference
+    baselines: bool = True  # zero-shot and few-shot prompting of the base model
+    adapter_target: bool = True  # also run base + unmerged adapter in torch
+    forgetting: bool = True
+    forgetting_kl_warn: float = 0.5
+    forgetting_ppl_ratio_warn: float = 1.25
+    latency: bool = True
+    latency_decode_tokens: int = 64
+    latency_repeats: int = 3
+    threads: int | None = None  # default: every core this process may use
     gates: GatesConfig = field(default_factory=GatesConfig)
 
 

@@ -4,14 +4,34 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import not_built
-
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--device", "devices", default="cpu", help="Comma-separated: cpu,cuda.")
-@click.option("--gate", is_flag=True, help="Exit 3 when any gate in the recipe fails.")
-@click.option("--pick", is_flag=True, help="Print the path of the smallest artifact that passes every gate.")
+@click.option("--device", "devices", default=None, help="Comma-separated: cpu,cuda (default: the recipe's).")
+@click.option("--gate", is_flag=True, help="Exit 3 listing every gate in the recipe that fails.")
+@click.option(
+    "--pick",
+    is_flag=True,
+    help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
+)
 def bench(run_dir, devices, gate, pick) -> None:
-    """Accuracy retention and latency of a run's exports (default: runs/latest)."""
-    not_built("bench", 6)
+    """Accuracy retention, prompting baselines, forgetting and latency of a run's exports
+    (default: runs/latest) -> RUN_DIR/bench/report.{json,md,png}."""
+    from edgetune.bench.gates import pick as pick_target
+    from edgetune.bench.gates import raise_on_failed_gates
+    from edgetune.bench.report import print_table
+    from edgetune.bench.run import bench as run_bench
+    from edgetune.console import err, out
+
+    report = run_bench(run_dir, [d.strip() for d in devices.split(",")] if devices else None, console=err)
+    if pick:
+        click.echo(pick_target(report)["path"])
+        return
+    print_table(report, out)
+    for name, b in report["baselines"].items():
+        out.print(f"baseline {name}: {b['task_metric']['value']}")
+    for warning in report["forgetting"].get("warnings", []):
+        err.print(f"[yellow]warning:[/] forgetting: {warning}")
+    out.print(f"report: {report['paths']['md']}", soft_wrap=True)
+    if gate:
+        raise_on_failed_gates(report)

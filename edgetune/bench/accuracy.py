@@ -1,0 +1,120 @@
+"""Accuracy of one runner on the held-out split: the task metric by greedy generation, perplexity
+on the reference answers, and KL / top-1 agreement against the merged model's distributions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgetune.bench.metrics import METRICS
+from edgetune.bench.runners import Runner, greedy
+from edgetune.data.render import IGNORE
+
+
+def reference_answer(example) -> str | None:
+    """What the model should have said: the last assistant turn, or the completion."""
+    if example.format == "text":
+        return None
+    if example.format == "prompt_completion":
+        return example.completion
+    return [c for r, c in example.messages if r == "assistant"][-1]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@dataclass
+class Case:
+    """One held-out example as every target sees it."""
+
+    prompt_ids: list[int]
+    full_ids: list[int]
+    labels: list[int]
+    reference: str | None
+
+
+@dataclass
+class Accuracy:
+    metric: str
+    value: float | None  # mean task metric over generated answers
+    ppl: float | None
+    kld_mean: float | None = None
+    top1_agreement: float | None = None
+    eos_rate: float = 0.0
+    mean_output_tokens: float = 0.0
+    examples: int = 0
+    outputs: list[str] = field(default_factory=list)
+
+
+def build_cases(renderer, examples) -> list[Case]:
+    cases = []
+    for ex in examples:
+        encoded = renderer.encode(ex)
+        if encoded.dropped:
+            continue
+        prompt = renderer.ids_for_text(renderer.prompt_text(ex)) if ex.format != "text" else []
+        cases.append(Case(prompt, encoded.input_ids, encoded.labels, reference_answer(ex)))
+    return cases
+
+
+def reference_logprobs(runner: Runner, cases: list[Case]) -> list[np.ndarray]:
+    """float32 log-probabilities of the reference model, kept for the KL of every other target."""
+    return [log_softmax(runner.logits(c.full_ids)).astype(np.float32) for c in cases]
+
+
+def evaluate(
+    runner: Runner,
+    cases: list[Case],
+    metric: str,
+    decode: Callable[[list[int]], str],
+    eos_ids: list[int],
+    max_new_tokens: int,
+    reference: list[np.ndarray] | None = None,
+    progress: Callable[[], None] | None = None,
+    perplexity: bool = True,
+) -> Accuracy:
+    score = METRICS[metric]
+    values, nll, counted, eos, lengths, outputs = [], 0.0, 0, 0, [], []
+    kls, top1s = [], []
+    for i, case in enumerate(cases):
+        logprobs = log_softmax(runner.logits(case.full_ids)) if perplexity else None
+        for pos, label in _supervised(case.labels) if perplexity else ():
+            nll -= logprobs[pos - 1, label]
+            counted += 1
+        if perplexity and reference is not None and i < len(reference):
+            a = reference[i].astype(np.float64)
+            kls.append(float((np.exp(a) * (a - logprobs)).sum(-1).mean()))
+            top1s.append(float((a.argmax(-1) == logprobs.argmax(-1)).mean()))
+        if case.reference is not None and case.prompt_ids:
+            tokens = greedy(runner, case.prompt_ids, eos_ids, max_new_tokens)
+            stopped = bool(tokens) and tokens[-1] in eos_ids
+            eos += stopped
+            lengths.append(len(tokens))
+            text = decode(tokens[:-1] if stopped else tokens)
+            outputs.append(text)
+            values.append(score(text, case.reference))
+        if progress is not None:
+            progress()
+    return Accuracy(
+        metric,
+        float(np.mean(values)) if values else None,
+        float(np.exp(nll / counted)) if counted else None,
+        float(np.mean(kls)) if kls else None,
+        float(np.mean(top1s)) if top1s else None,
+        eos / len(lengths) if lengths else 0.0,
+        float(np.mean(lengths)) if lengths else 0.0,
+        len(cases),
+        outputs,
+    )
+
+
+def _supervised(labels: list[int]) -> Iterator[tuple[int, int]]:
+    """(position, token) of every supervised token after the first position."""
+    for pos, label in enumerate(labels):
+        if label != IGNORE and pos > 0:
+            yield pos, label

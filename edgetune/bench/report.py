@@ -1,0 +1,160 @@
+"""bench/report.json (the contract in DESIGN.md), report.md (one table) and report.png."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from edgetune.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+COLUMNS = ("target", "device", "size", "metric", "retention", "KL", "top-1", "TTFT", "decode", "RSS", "gate")
+
+
+def _fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def row_cells(t: dict[str, Any]) -> list[str]:
+    metric = t["task_metric"]["value"]
+    gate = t.get("gate", "-")
+    if gate == "fail":
+        gate = "FAIL: " + ", ".join(t.get("gate_failures", []))
+    return [
+        t["name"],
+        t["device"],
+        f"{t['size_bytes'] / 1e6:.0f} MB",
+        _fmt(metric, ".3f"),
+        _fmt(t.get("retention"), ".1%"),
+        _fmt(t.get("kld_mean"), ".2e"),
+        _fmt(t.get("top1_agreement"), ".1%"),
+        _fmt(t.get("ttft_ms"), ".0f", " ms"),
+        _fmt(t.get("decode_tok_s"), ".1f", " tok/s"),
+        _fmt(t.get("peak_rss_mb"), ".0f", " MB"),
+        gate,
+    ]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    ref = report["reference"]
+    lines = [
+        f"# edgetune bench: {report['run']}",
+        "",
+        f"Task metric `{ref['metric']}` on {ref['examples']} held-out examples, greedy, at most "
+        f"{report['settings']['max_new_tokens']} new tokens; KL and top-1 against `{ref['name']}` on the "
+        f"first {report['settings']['kl_examples']}. Latency: {report['settings']['prompt_tokens']}-token "
+        f"prompt, {report['settings']['decode_tokens']} decoded tokens, median of "
+        f"{report['settings']['repeats']} runs after a warm-up, {report['machine']['threads']} threads, "
+        "each target in its own process.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(row_cells(t)) + " |" for t in report["targets"]]
+    lines += ["", "## Fine-tuning against prompting the base model", ""]
+    for name, b in report["baselines"].items():
+        extra = (
+            f", +{b['extra_prompt_tokens']:.0f} prompt tokens per request"
+            if "extra_prompt_tokens" in b
+            else ""
+        )
+        lines.append(f"- {name}: {ref['metric']} {_fmt(b['task_metric']['value'], '.3f')}{extra}")
+    lines.append(f"- tuned (torch/merged): {ref['metric']} {_fmt(ref['value'], '.3f')}")
+    verdict = report.get("tuning_beats_prompting")
+    if verdict is not None:
+        lines.append(f"- fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task")
+    f = report.get("forgetting")
+    if f:
+        lines += [
+            "",
+            "## Forgetting",
+            "",
+            f"- KL(base || tuned) on the base model's answers to {f['prompts']} general prompts: "
+            f"{f['kl_base_tuned']:.3f} (warning above {f['kl_warn']:g})",
+            f"- perplexity on {f['passages']} general passages: base {f['ppl_base']:.2f}, tuned "
+            f"{f['ppl_tuned']:.2f} ({f['ppl_ratio']:.2f}x; warning above {f['ppl_ratio_warn']:g}x)",
+        ]
+        lines += [f"- **warning**: {w}" for w in f.get("warnings", [])]
+    m = report["machine"]
+    lines += [
+        "",
+        "## Decode against the memory bandwidth",
+        "",
+        f"Measured read bandwidth in this run: {m['bandwidth_gb_s']:.1f} GB/s ({m['threads']} threads). "
+        "Decoding reads every weight once per token, so size x decode tok/s is the bandwidth a target uses.",
+        "",
+        "| target | weights read per token | uses | of measured bandwidth |",
+        "|---|---|---|---|",
+    ]
+    for t in report["targets"]:
+        if t.get("decode_tok_s"):
+            lines.append(
+                f"| {t['name']} ({t['device']}) | <= {t['bytes_per_token'] / 1e6:.0f} MB | "
+                f"{t['bandwidth_gb_s']:.2f} GB/s | {t['bandwidth_share']:.0%} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in report["targets"] if t.get("retention") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in (
+        (axes[0], "size_bytes", "file size (MB)"),
+        (axes[1], "decode_tok_s", "decode tokens/s (CPU unless marked)"),
+    ):
+        for t in targets:
+            x = t.get(key)
+            if x is None:
+                continue
+            x = x / 1e6 if key == "size_bytes" else x
+            ax.scatter(x, t["retention"], s=40)
+            ax.annotate(
+                f"{t['name']}" + ("" if t["device"] == "cpu" else f" ({t['device']})"),
+                (x, t["retention"]),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"retention of {report['reference']['metric']}")
+        ax.grid(alpha=0.3)
+    axes[0].set_xscale("log")
+    fig.suptitle(f"edgetune bench: quality against size and speed ({report['run']})", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], markdown(report))
+    atomic_write_bytes(paths["png"], plot(report))
+    return paths
+
+
+def print_table(report: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"edgetune bench ({report['reference']['metric']} on {report['reference']['examples']} held-out examples)"
+    )
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col in ("target", "device", "gate") else "right")
+    for t in report["targets"]:
+        cells = row_cells(t)
+        gate = t.get("gate")
+        cells[-1] = (
+            f"[green]{cells[-1]}[/]"
+            if gate == "pass"
+            else (f"[red]{cells[-1]}[/]" if gate == "fail" else cells[-1])
+        )
+        table.add_row(*cells)
+    console.print(table)

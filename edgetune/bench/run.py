@@ -1,0 +1,301 @@
+"""`edgetune bench`: every target of a run on the same held-out prompts -> bench/report.{json,md,png}."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, reference_logprobs
+from edgetune.bench.gates import apply_gates
+from edgetune.bench.report import write_report
+from edgetune.bench.runners import Target, default_threads, open_runner
+from edgetune.config import Recipe, load_recipe
+from edgetune.errors import InputError, ModelError
+from edgetune.rundir import RECIPE_FILE, resolve_run_dir, update_manifest
+
+
+def discover_targets(run_dir: Path, devices: list[str], recipe: Recipe) -> list[Target]:
+    """torch/merged (the reference), torch/adapter, then every ONNX variant and GGUF file exported."""
+    from edgetune.export.onnx_runtime import directory_size
+
+    merged = run_dir / "merged"
+    if not (merged / "config.json").is_file():
+        raise InputError(f"{run_dir}: no merged model; run `edgetune export` (or `edgetune merge`) first")
+    targets = []
+    for device in devices:
+        size = sum(p.stat().st_size for p in merged.glob("*.safetensors"))
+        targets.append(Target("torch/merged", "torch", "fp32", "torch", device, merged, size_bytes=size))
+        if recipe.bench.adapter_target and (run_dir / "adapter").is_dir():
+            from edgetune.models import resolve_model
+
+            base = resolve_model(recipe.model.base, quiet=True).path
+            targets.append(
+                Target("torch/adapter", "torch", "adapter", "torch", device, base, run_dir / "adapter", size)
+            )
+        for d in sorted((run_dir / "export" / "onnx").glob("*/model.onnx")):
+            targets.append(
+                Target(
+                    f"onnx/{d.parent.name}",
+                    "onnx",
+                    d.parent.name,
+                    "onnxruntime",
+                    device,
+                    d.parent,
+                    size_bytes=directory_size(d.parent),
+                )
+            )
+        for f in sorted((run_dir / "export" / "gguf").glob("*.gguf")):
+            quant = f.stem.rsplit("-", 1)[-1].lower()
+            targets.append(
+                Target(f"gguf/{quant}", "gguf", quant, "llama.cpp", device, f, size_bytes=f.stat().st_size)
+            )
+    return targets
+
+
+def _check_devices(devices: list[str]) -> None:
+    unknown = sorted(set(devices) - {"cpu", "cuda"})
+    if unknown:
+        raise InputError(f"--device: unknown {', '.join(unknown)}; supported: cpu, cuda")
+    if "cuda" in devices:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelError(
+                "--device cuda: torch sees no CUDA device on this machine (see `edgetune doctor`)"
+            )
+
+
+class _Progress:
+    """One rich progress bar per stage on stderr; silent without a console."""
+
+    def __init__(self, console):
+        self.console = console
+        self.progress = None
+
+    @contextlib.contextmanager
+    def stage(self, label: str, total: int):
+        if self.console is None:
+            yield lambda: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda: progress.advance(task)
+
+
+def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) -> dict[str, Any]:
+    retention = None
+    if acc.value is not None and reference_value:
+        retention = acc.value / reference_value
+    return {
+        "name": target.name,
+        "format": target.format,
+        "quant": target.quant,
+        "runtime": target.runtime,
+        "device": target.device,
+        "path": str(target.path),
+        "size_bytes": target.size_bytes,
+        "task_metric": {"name": acc.metric, "value": acc.value},
+        "retention": retention,
+        "ppl": acc.ppl,
+        "kld_mean": acc.kld_mean,
+        "top1_agreement": acc.top1_agreement,
+        "eos_rate": acc.eos_rate,
+        "mean_output_tokens": acc.mean_output_tokens,
+        "examples": acc.examples,
+        "sample_outputs": acc.outputs[:3],
+    }
+
+
+def bench(run_dir: Path | None = None, devices: list[str] | None = None, console=None) -> dict[str, Any]:
+    from edgetune.data.prepare import prepare
+    from edgetune.export.parity import stop_ids
+    from edgetune.models import ResolvedModel, load_tokenizer
+
+    started = time.time()
+    run_dir = resolve_run_dir(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
+    recipe = load_recipe(str(run_dir / RECIPE_FILE))
+    cfg = recipe.bench
+    devices = devices or cfg.devices
+    _check_devices(devices)
+    targets = discover_targets(run_dir, devices, recipe)
+    merged = run_dir / "merged"
+    tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
+    prepared = prepare(recipe.data, tokenizer)
+    held_out = prepared.splits.test or prepared.splits.valid
+    if not held_out:
+        raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
+    examples = held_out[: cfg.max_examples]
+    renderer = prepared.renderer
+    cases = build_cases(renderer, examples)
+    eos_ids = stop_ids(merged, tokenizer)
+    threads = cfg.threads or default_threads()
+    progress = _Progress(console)
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    def run_accuracy(target: Target, reference=None, target_cases=None, perplexity=True, runner=None):
+        target_cases = target_cases if target_cases is not None else cases
+        runner = runner or open_runner(target, threads)
+        with progress.stage(f"accuracy {target.name}", len(target_cases)) as tick:
+            acc = evaluate(
+                runner,
+                target_cases,
+                cfg.metric,
+                decode,
+                eos_ids,
+                cfg.max_new_tokens,
+                reference,
+                tick,
+                perplexity,
+            )
+        return acc, runner
+
+    reference_target = targets[0]
+    ref_acc, ref_runner = run_accuracy(reference_target)
+    reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
+    ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
+    entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
+    for target in targets[1:]:
+        acc, _ = run_accuracy(target, reference)
+        entries.append(_target_entry(target, acc, ref_acc.value))
+    del reference
+
+    report: dict[str, Any] = {
+        "run": run_dir.name,
+        "reference": {
+            "name": reference_target.name,
+            "metric": cfg.metric,
+            "value": ref_acc.value,
+            "examples": len(cases),
+        },
+        "targets": entries,
+        "baselines": {},
+        "forgetting": {},
+    }
+    base_runner = None
+    if cfg.baselines or cfg.forgetting:
+        from edgetune.models import resolve_model
+
+        base = Target(
+            "torch/base", "torch", "base", "torch", "cpu", resolve_model(recipe.model.base, quiet=True).path
+        )
+        base_runner = open_runner(base, threads)
+    if cfg.baselines:
+        report["baselines"] = _baselines(base, base_runner, prepared, examples, cases, cfg, run_accuracy)
+        best = max((b["task_metric"]["value"] or 0.0) for b in report["baselines"].values())
+        report["tuning_beats_prompting"] = ref_acc.value is not None and ref_acc.value > best
+    if cfg.forgetting:
+        from edgetune.bench.forgetting import measure_forgetting
+
+        with progress.stage("forgetting probes", 1) as tick:
+            f = measure_forgetting(base_runner, ref_runner, renderer, eos_ids)
+            tick()
+        warnings = []
+        if f.kl_base_tuned > cfg.forgetting_kl_warn:
+            warnings.append(
+                f"KL(base || tuned) {f.kl_base_tuned:.3f} on general prompts > {cfg.forgetting_kl_warn:g}"
+            )
+        if f.ppl_ratio > cfg.forgetting_ppl_ratio_warn:
+            warnings.append(
+                f"general perplexity rose {f.ppl_ratio:.2f}x > {cfg.forgetting_ppl_ratio_warn:g}x"
+            )
+        report["forgetting"] = {
+            "kl_base_tuned": f.kl_base_tuned,
+            "ppl_base": f.ppl_base,
+            "ppl_tuned": f.ppl_tuned,
+            "ppl_ratio": f.ppl_ratio,
+            "prompts": f.prompts,
+            "passages": f.passages,
+            "kl_warn": cfg.forgetting_kl_warn,
+            "ppl_ratio_warn": cfg.forgetting_ppl_ratio_warn,
+            "warnings": warnings,
+        }
+    del ref_runner, base_runner
+    report["machine"], report["settings"] = _latency(targets, entries, cases, cfg, threads, progress)
+    report["settings"].update(
+        {"max_new_tokens": cfg.max_new_tokens, "kl_examples": min(cfg.kl_examples, len(cases))}
+    )
+    apply_gates(report, cfg.gates)
+    report["wall_s"] = round(time.time() - started, 1)
+    paths = write_report(report, run_dir / "bench")
+    update_manifest(
+        run_dir,
+        stages={
+            "bench": {
+                "status": "done",
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "wall_s": report["wall_s"],
+                "report": str(paths["json"].relative_to(run_dir)),
+            }
+        },
+    )
+    report["paths"] = {k: str(v) for k, v in paths.items()}
+    return report
+
+
+def _baselines(base, base_runner, prepared, examples, cases, cfg, run_accuracy) -> dict[str, Any]:
+    from edgetune.bench.prompting import few_shot_cases
+
+    out = {}
+    zero, _ = run_accuracy(base, runner=base_runner)
+    out["zero_shot"] = {
+        "task_metric": {"name": cfg.metric, "value": zero.value},
+        "ppl": zero.ppl,
+        "eos_rate": zero.eos_rate,
+        "sample_outputs": zero.outputs[:3],
+    }
+    shots = [ex for ex in prepared.splits.train if ex.format != "text"][: cfg.few_shot_k]
+    if shots:
+        shot_cases = few_shot_cases(prepared.renderer, shots, examples, cases)
+        few, _ = run_accuracy(base, target_cases=shot_cases, perplexity=False, runner=base_runner)
+        extra = statistics.mean(
+            len(s.prompt_ids) - len(c.prompt_ids)
+            for s, c in zip(shot_cases, [c for c in cases if c.reference is not None and c.prompt_ids])
+        )
+        out[f"few_shot_{len(shots)}"] = {
+            "task_metric": {"name": cfg.metric, "value": few.value},
+            "extra_prompt_tokens": extra,
+            "eos_rate": few.eos_rate,
+            "sample_outputs": few.outputs[:3],
+        }
+    return out
+
+
+def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str, Any], dict[str, Any]]:
+    from edgetune.bench.latency import measure, memory_bandwidth
+
+    prompt = next((c.prompt_ids for c in cases if c.prompt_ids), cases[0].full_ids[:64])
+    bandwidth = memory_bandwidth(threads)
+    settings = {
+        "prompt_tokens": len(prompt),
+        "decode_tokens": cfg.latency_decode_tokens,
+        "repeats": cfg.latency_repeats,
+    }
+    machine = {"threads": threads, "bandwidth_gb_s": round(bandwidth, 2)}
+    if not cfg.latency:
+        return machine, settings
+    with progress.stage("latency (one process each)", len(targets)) as tick:
+        for target, entry in zip(targets, entries):
+            entry.update(measure(target, prompt, cfg.latency_decode_tokens, cfg.latency_repeats, threads))
+            entry["threads"] = threads
+            # decoding reads every weight once per token (upper bound: the embedding table is only indexed)
+            entry["bytes_per_token"] = target.size_bytes
+            entry["bandwidth_gb_s"] = round(target.size_bytes * entry["decode_tok_s"] / 1e9, 3)
+            entry["bandwidth_share"] = round(entry["bandwidth_gb_s"] / bandwidth, 3)
+            tick()
+    return machine, settings

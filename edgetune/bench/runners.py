@@ -1,0 +1,160 @@
+"""One interface over the three runtimes bench compares: torch, onnxruntime and llama.cpp.
+
+A runner evaluates token ids, nothing else: every target gets the same ids from the same
+renderer, and the same greedy loop (`greedy`) drives them all, so differences in the report are
+differences in the model files and runtimes, not in prompting or decoding settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.errors import ModelError
+
+
+@dataclass
+class Target:
+    name: str  # e.g. "gguf/q4_k_m" or "torch/merged"
+    format: str  # torch | onnx | gguf
+    quant: str  # fp32, adapter, q8_0, int4, ...
+    runtime: str  # torch | onnxruntime | llama.cpp
+    device: str  # cpu | cuda
+    path: Path  # model directory, ONNX directory or .gguf file
+    adapter: Path | None = None  # torch/adapter: base model + unmerged LoRA adapter
+    size_bytes: int = 0
+
+
+class Runner:
+    """prefill(ids) -> logits of the last position; step(token) -> logits of the next position;
+    logits(ids) -> [len(ids), vocab] for one fresh sequence. Logits are numpy float arrays."""
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def step(self, token: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def greedy(runner: Runner, prompt_ids: list[int], eos_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy decoding; the EOS token is included when the model emits it."""
+    logits = runner.prefill(prompt_ids)
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        token = int(np.argmax(logits))
+        out.append(token)
+        if token in eos_ids or len(out) == max_new_tokens:
+            break
+        logits = runner.step(token)
+    return out
+
+
+class TorchRunner(Runner):
+    def __init__(self, target: Target, threads: int | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(target.device)
+        model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=torch.float32)
+        if target.adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(target.adapter))
+        self.model = model.to(self.device).eval()
+        self.past = None
+
+    def _run(self, ids: list[int], past):
+        with self.torch.no_grad():
+            out = self.model(
+                input_ids=self.torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True
+            )
+        return out.logits[0].float().cpu().numpy(), out.past_key_values
+
+    def prefill(self, ids):
+        logits, self.past = self._run(ids, None)
+        return logits[-1]
+
+    def step(self, token):
+        logits, self.past = self._run([token], self.past)
+        return logits[-1]
+
+    def logits(self, ids):
+        return self._run(ids, None)[0]
+
+
+class OnnxRunner(Runner):
+    def __init__(self, target: Target, threads: int | None = None):
+        from edgetune.export.onnx_runtime import OnnxDecoder
+
+        self.decoder = OnnxDecoder(target.path, threads=threads, device=target.device)
+        self.past, self.length = None, 0
+
+    def prefill(self, ids):
+        logits, self.past = self.decoder.forward(ids, None, 0)
+        self.length = len(ids)
+        return logits[-1]
+
+    def step(self, token):
+        logits, self.past = self.decoder.forward([token], self.past, self.length)
+        self.length += 1
+        return logits[-1]
+
+    def logits(self, ids):
+        return self.decoder.logits(ids)
+
+
+class LlamaRunner(Runner):
+    def __init__(
+        self, target: Target, threads: int | None = None, n_ctx: int = 2048, logits_all: bool = True
+    ):
+        from edgetune.export.llama_runtime import load_llama
+
+        gpu_layers = -1 if target.device == "cuda" else 0
+        self.llm = load_llama(
+            target.path, n_ctx=n_ctx, logits_all=logits_all, n_threads=threads, n_gpu_layers=gpu_layers
+        )
+        self.logits_all = logits_all
+
+    def _last(self) -> np.ndarray:
+        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+
+    def prefill(self, ids):
+        self.llm.reset()
+        self.llm.eval(ids)
+        return self._last()
+
+    def step(self, token):
+        self.llm.eval([token])
+        return self._last()
+
+    def logits(self, ids):
+        if not self.logits_all:
+            raise ModelError("this llama.cpp runner was loaded without logits for every position")
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+
+RUNNERS = {"torch": TorchRunner, "onnx": OnnxRunner, "gguf": LlamaRunner}
+
+
+def open_runner(target: Target, threads: int | None = None, **kwargs) -> Runner:
+    if target.device == "cuda" and target.format == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelError("torch here has no CUDA device")
+    return RUNNERS[target.format](target, threads, **kwargs)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,92 @@
+"""edgetune bench on a tiny tuned run: every runtime behind one interface, the report contract,
+gates that Make can trust."""
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgetune.cli import main
+
+SMALL_BENCH = {
+    "metric": "json_fields",
+    "max_examples": 4,
+    "max_new_tokens": 6,
+    "kl_examples": 2,
+    "few_shot_k": 1,
+    "latency_decode_tokens": 4,
+    "latency_repeats": 1,
+    "threads": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def benched(tiny_model_dir, tmp_path_factory):
+    import os
+
+    from test_tune import make_recipe
+
+    from edgetune.export.run import export
+    from edgetune.tune.run import tune
+
+    tmp = tmp_path_factory.mktemp("bench")
+    os.chdir(tmp)
+    run = tune(str(make_recipe(tmp, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["bench"].update(SMALL_BENCH)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    export(run, ["gguf", "onnx"], ["q8_0", "fp32", "int8"])
+    result = CliRunner().invoke(main, ["bench", str(run)])
+    return run, result
+
+
+def test_report_follows_the_contract(benched):
+    run, result = benched
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "bench" / "report.json").read_text())
+    assert {"reference", "targets", "baselines", "forgetting"} <= set(report)
+    names = [t["name"] for t in report["targets"]]
+    assert names == ["torch/merged", "torch/adapter", "onnx/fp32", "onnx/int8", "gguf/q8_0"]
+    keys = {"name", "format", "quant", "runtime", "device", "size_bytes", "task_metric", "retention", "ppl",
+            "kld_mean", "top1_agreement", "load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "gate"}
+    for t in report["targets"]:
+        assert keys <= set(t), keys - set(t)
+        assert t["decode_tok_s"] > 0 and t["peak_rss_mb"] > 0 and t["ttft_ms"] > 0
+        assert t["task_metric"]["name"] == "json_fields"
+    by = {t["name"]: t for t in report["targets"]}
+    # the same model through different runtimes gives the same numbers
+    assert by["torch/merged"]["kld_mean"] == 0.0
+    assert by["onnx/fp32"]["kld_mean"] < 1e-6 and by["onnx/fp32"]["top1_agreement"] == 1.0
+    assert by["torch/adapter"]["kld_mean"] < 1e-6
+    assert by["onnx/fp32"]["ppl"] == pytest.approx(by["torch/merged"]["ppl"], rel=1e-4)
+    assert by["gguf/q8_0"]["ppl"] == pytest.approx(by["torch/merged"]["ppl"], rel=0.05)
+    assert by["onnx/fp32"]["task_metric"]["value"] == by["torch/merged"]["task_metric"]["value"]
+    assert {"zero_shot", "few_shot_1"} == set(report["baselines"])
+    assert report["baselines"]["few_shot_1"]["extra_prompt_tokens"] > 0
+    assert report["forgetting"]["ppl_base"] > 0 and report["forgetting"]["kl_base_tuned"] >= 0
+    assert report["machine"]["bandwidth_gb_s"] > 0
+    md = (run / "bench" / "report.md").read_text()
+    assert "| gguf/q8_0 | cpu |" in md and "few_shot_1" in md
+    assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((run / "manifest.json").read_text())["stages"]["bench"]["status"] == "done"
+
+
+def test_gates_fail_with_exit_3_and_pick_prints_the_smallest_passing_file(benched):
+    run, _ = benched
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["bench"].update({"baselines": False, "forgetting": False, "adapter_target": False})
+    recipe["bench"]["gates"] = {"min_decode_tok_s": 1e9}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    failed = CliRunner().invoke(main, ["bench", str(run), "--gate"])
+    assert failed.exit_code == 3
+    for name in ("onnx/fp32", "onnx/int8", "gguf/q8_0"):
+        assert f"{name} (cpu): decode" in failed.output
+    recipe["bench"]["gates"] = {"max_kl": 1.0}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    picked = CliRunner().invoke(main, ["bench", str(run), "--pick"])
+    assert picked.exit_code == 0, picked.output
+    report = json.loads((run / "bench" / "report.json").read_text())
+    smallest = min((t for t in report["targets"] if t["format"] != "torch"), key=lambda t: t["size_bytes"])
+    assert picked.output.strip().splitlines()[-1] == smallest["path"]
+    assert all(t["gate"] == "pass" for t in report["targets"] if t["format"] != "torch")
