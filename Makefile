@@ -33,7 +33,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not gpu"
 
-bench: install
+# the demo's bench report (the committed one is bench/baselines/demo-cpu/), then every micro-benchmark
+bench: demo
+	$(VENV)/bin/edgetune bench
 	$(PY) bench/run_all.py
 
 lint: install

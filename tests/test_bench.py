@@ -48,8 +48,25 @@ def test_report_follows_the_contract(benched):
     assert {"reference", "targets", "baselines", "forgetting"} <= set(report)
     names = [t["name"] for t in report["targets"]]
     assert names == ["torch/merged", "torch/adapter", "onnx/fp32", "onnx/int8", "gguf/q8_0"]
-    keys = {"name", "format", "quant", "runtime", "device", "size_bytes", "task_metric", "retention", "ppl",
-            "kld_mean", "top1_agreement", "load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb", "gate"}
+    keys = {
+        "name",
+        "format",
+        "quant",
+        "runtime",
+        "device",
+        "size_bytes",
+        "task_metric",
+        "retention",
+        "ppl",
+        "kld_mean",
+        "top1_agreement",
+        "load_s",
+        "ttft_ms",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "peak_rss_mb",
+        "gate",
+    }
     for t in report["targets"]:
         assert keys <= set(t), keys - set(t)
         assert t["decode_tok_s"] > 0 and t["peak_rss_mb"] > 0 and t["ttft_ms"] > 0
@@ -90,3 +107,30 @@ def test_gates_fail_with_exit_3_and_pick_prints_the_smallest_passing_file(benche
     smallest = min((t for t in report["targets"] if t["format"] != "torch"), key=lambda t: t["size_bytes"])
     assert picked.output.strip().splitlines()[-1] == smallest["path"]
     assert all(t["gate"] == "pass" for t in report["targets"] if t["format"] != "torch")
+
+
+def test_runners_agree_on_the_next_token_logits(benched):
+    import numpy as np
+
+    from edgetune.bench.runners import LlamaRunner, OnnxRunner, Target, TorchRunner, greedy
+
+    run, _ = benched
+    ids = [5, 17, 33, 80, 12, 9]
+    merged = Target("torch/merged", "torch", "fp32", "torch", "cpu", run / "merged")
+    onnx = Target("onnx/fp32", "onnx", "fp32", "onnxruntime", "cpu", run / "export" / "onnx" / "fp32")
+    gguf = Target(
+        "gguf/q8_0", "gguf", "q8_0", "llama.cpp", "cpu", run / "export" / "gguf" / "model-q8_0.gguf"
+    )
+    torch_runner = TorchRunner(merged)
+    full = torch_runner.logits(ids)
+    np.testing.assert_allclose(torch_runner.prefill(ids), full[-1], atol=1e-4)
+    np.testing.assert_allclose(OnnxRunner(onnx).prefill(ids), full[-1], atol=1e-4)
+    # llama.cpp without logits_all (how latency and chat load it) must still give the last logits
+    lean, rich = LlamaRunner(gguf, logits_all=False), LlamaRunner(gguf, logits_all=True)
+    np.testing.assert_allclose(lean.prefill(ids), rich.logits(ids)[-1], atol=1e-5)
+    assert np.corrcoef(lean.prefill(ids), full[-1])[0, 1] > 0.99
+    assert greedy(lean, ids, [], 8) == greedy(rich, ids, [], 8)
+    # stepping with the cache equals recomputing the whole sequence
+    step = torch_runner.prefill(ids)
+    nxt = int(np.argmax(step))
+    np.testing.assert_allclose(torch_runner.step(nxt), torch_runner.logits(ids + [nxt])[-1], atol=1e-4)

@@ -125,7 +125,12 @@ class LlamaRunner(Runner):
         self.logits_all = logits_all
 
     def _last(self) -> np.ndarray:
-        return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        if self.logits_all:
+            return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
+        # without logits_all llama-cpp-python does not copy logits into `scores`: read llama.cpp's
+        # buffer for the last position of the batch just evaluated
+        pointer = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float32)
 
     def prefill(self, ids):
         self.llm.reset()

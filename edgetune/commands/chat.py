@@ -4,12 +4,41 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import not_built
-
 
 @click.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--prompt", default=None, help="Answer one prompt and exit.")
-def chat(artifact, prompt) -> None:
-    """Talk to a run's merged model, a GGUF file or an ONNX directory."""
-    not_built("chat", 7)
+@click.option("--system", default=None, help="System prompt (default: the one the run was trained with).")
+@click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, 8192))
+@click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
+def chat(artifact, prompt, system, max_new_tokens, device) -> None:
+    """Talk to a run (its merged model), a GGUF file or an ONNX directory, with the training chat
+    template, greedy, stopping at EOS. Interactive unless --prompt is given; /reset clears the
+    conversation, /exit or Ctrl-D leaves."""
+    from edgetune.chat import open_chat
+    from edgetune.console import err
+
+    session = open_chat(artifact, system, device=device)
+
+    def show(piece: str) -> None:
+        click.echo(piece, nl=False)
+
+    if prompt is not None:
+        session.reply(prompt, max_new_tokens, show)
+        click.echo()
+        return
+    err.print(f"chatting with {artifact} (/reset, /exit)")
+    while True:
+        try:
+            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.Abort):
+            click.echo()
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            session.history.clear()
+            continue
+        if line.strip():
+            session.reply(line, max_new_tokens, show)
+            click.echo()

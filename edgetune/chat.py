@@ -1,0 +1,131 @@
+"""`edgetune chat`: talk to a run's merged model, a GGUF file or an ONNX directory.
+
+Every artifact is driven by the same greedy loop as bench (edgetune.bench.runners), with the
+training chat template and stopping at the model's EOS ids, so what chat shows is what bench scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.bench.runners import Runner, Target, open_runner
+from edgetune.errors import InputError
+from edgetune.rundir import RECIPE_FILE
+
+
+@dataclass
+class ChatSession:
+    runner: Runner
+    tokenizer: object
+    eos_ids: list[int]
+    system: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        tok = self.tokenizer
+        if tok.chat_template:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n".join(m["content"] for m in messages) + "\n"
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        probe = tok("a", add_special_tokens=True)["input_ids"]
+        bos = tok.bos_token_id
+        if bos is not None and probe and probe[0] == bos and (not ids or ids[0] != bos):
+            ids = [bos] + ids  # the model wants one BOS; the template may already have put it there
+        return ids
+
+    def tokens(self, user: str, max_new_tokens: int) -> Iterator[int]:
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        messages = messages + [{"role": "user", "content": user}]
+        logits = self.runner.prefill(self.prompt_ids(messages))
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits))
+            if token in self.eos_ids:
+                return
+            yield token
+            logits = self.runner.step(token)
+
+    def reply(
+        self, user: str, max_new_tokens: int = 256, on_text: Callable[[str], None] | None = None
+    ) -> str:
+        """Answer `user`, streaming text pieces to on_text; the turn is kept in the history."""
+        ids: list[int] = []
+        shown = ""
+        for token in self.tokens(user, max_new_tokens):
+            ids.append(token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if on_text is not None and not text.endswith("\ufffd"):  # wait for whole UTF-8 characters
+                on_text(text[len(shown) :])
+                shown = text
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if on_text is not None and len(text) > len(shown):
+            on_text(text[len(shown) :])
+        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": text}]
+        return text
+
+
+def _run_of(path: Path) -> Path | None:
+    for parent in [path, *path.parents]:
+        if (parent / RECIPE_FILE).is_file():
+            return parent
+    return None
+
+
+def training_system_prompt(run: Path) -> str | None:
+    """The recipe's system prompt, or the one every training chat shares (the demo's)."""
+    from edgetune.config import load_recipe
+    from edgetune.data.split import make_splits
+    from edgetune.export.modelfile import shared_system_prompt
+
+    recipe = load_recipe(str(run / RECIPE_FILE))
+    if recipe.data.system_prompt:
+        return recipe.data.system_prompt
+    try:
+        return shared_system_prompt(make_splits(recipe.data, skip_bad_rows=True).train)
+    except Exception:  # the data moved or changed since training: chat without one
+        return None
+
+
+def open_chat(
+    artifact: Path, system: str | None = None, threads: int | None = None, device: str = "cpu"
+) -> ChatSession:
+    from transformers import AutoTokenizer
+
+    from edgetune.export.parity import stop_ids
+
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise InputError(f"{artifact}: no such file or directory")
+    run = _run_of(artifact.resolve())
+    if artifact.is_dir() and (artifact / RECIPE_FILE).is_file():
+        artifact = artifact / "merged"
+        if not (artifact / "config.json").is_file():
+            raise InputError(f"{artifact.parent}: no merged model yet; run `edgetune merge` first")
+    if artifact.is_file() and artifact.suffix == ".gguf":
+        target = Target(artifact.name, "gguf", "", "llama.cpp", device, artifact)
+        if run is not None and (run / "merged" / "tokenizer.json").is_file():
+            tokenizer_dir = run / "merged"  # the training tokenizer itself
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        else:
+            from edgetune.tokenizer_gguf import tokenizer_from_gguf
+
+            tokenizer_dir, tokenizer = None, tokenizer_from_gguf(artifact)
+    elif artifact.is_dir() and (artifact / "model.onnx").is_file():
+        target = Target(artifact.name, "onnx", "", "onnxruntime", device, artifact)
+        tokenizer_dir, tokenizer = artifact, AutoTokenizer.from_pretrained(str(artifact))
+    elif artifact.is_dir() and (artifact / "config.json").is_file():
+        target = Target(artifact.name, "torch", "", "torch", device, artifact)
+        tokenizer_dir, tokenizer = artifact, AutoTokenizer.from_pretrained(str(artifact))
+    else:
+        raise InputError(
+            f"{artifact}: not a run directory, a .gguf file, an ONNX directory or an HF model directory"
+        )
+    eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else [tokenizer.eos_token_id]
+    if system is None and run is not None:
+        system = training_system_prompt(run)
+    kwargs = {"logits_all": False} if target.format == "gguf" else {}
+    return ChatSession(open_runner(target, threads, **kwargs), tokenizer, eos_ids, system)

@@ -1,0 +1,57 @@
+"""edgetune chat: the same answer from the merged model, its GGUF file and its ONNX directory."""
+
+import pytest
+from click.testing import CliRunner
+
+from edgetune.cli import main
+
+
+@pytest.fixture(scope="module")
+def exported_run(tiny_model_dir, tmp_path_factory):
+    import os
+
+    from test_tune import make_recipe
+
+    from edgetune.export.run import export
+    from edgetune.tune.run import tune
+
+    tmp = tmp_path_factory.mktemp("chat")
+    os.chdir(tmp)
+    run = tune(str(make_recipe(tmp, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    export(run, ["gguf", "onnx"], ["f32", "fp32"])
+    return run
+
+
+def test_one_shot_answers_agree_across_artifacts(exported_run):
+    run = exported_run
+    answers = {}
+    for artifact in (run, run / "export" / "gguf" / "model-f32.gguf", run / "export" / "onnx" / "fp32"):
+        result = CliRunner().invoke(
+            main, ["chat", str(artifact), "--prompt", "log 3: link down", "--max-new-tokens", "12"]
+        )
+        assert result.exit_code == 0, result.output
+        answers[artifact.name] = result.stdout
+    assert len(set(answers.values())) == 1, repr(answers)
+    assert len(answers[run.name]) > 1  # greedy tokens were printed, not only the final newline
+
+
+def test_session_keeps_history_and_uses_the_template(exported_run):
+    from edgetune.chat import open_chat
+
+    session = open_chat(exported_run / "export" / "onnx" / "fp32", system="be brief")
+    first = session.reply("hello", max_new_tokens=5)
+    assert session.history == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first}]
+    ids = session.prompt_ids(
+        [{"role": "system", "content": "be brief"}, *session.history, {"role": "user", "content": "again"}]
+    )
+    text = session.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nbe brief<|im_end|>") and text.endswith(
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_bad_artifact_is_one_clear_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    result = CliRunner().invoke(main, ["chat", str(tmp_path / "notes.txt"), "--prompt", "hi"])
+    assert result.exit_code == 2
+    assert "not a run directory, a .gguf file, an ONNX directory or an HF model directory" in result.output
