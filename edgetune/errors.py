@@ -40,10 +40,6 @@ class ModelError(InputError):
     """A base model cannot be resolved or loaded."""
 
 
-class NotBuiltError(EdgetuneError):
-    """A command that exists in the CLI contract but is not implemented yet."""
-
-
 class Interrupted(EdgetuneError):
     """Ctrl-C: the message says how to continue."""
 

@@ -32,14 +32,6 @@ def test_every_contract_command_is_listed():
         assert name in result.output
 
 
-@pytest.mark.parametrize("argv, issue", [(["run"], 7)])
-def test_unbuilt_commands_say_so_and_exit_1(argv, issue):
-    result = CliRunner().invoke(main, argv)
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "not built yet" in lines[0] and f"#{issue}" in lines[0]
-
-
 def test_unknown_recipe_key_fails_naming_it():
     result = CliRunner().invoke(main, ["tune", "--set", "train.nope=1"])
     assert result.exit_code == 2

@@ -1,16 +1,35 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from edgetune.commands.common import not_built, set_option
+from edgetune.commands.common import set_option
 
 
 @click.command()
 @click.argument("recipe", required=False)
 @set_option
-def run(recipe, overrides) -> None:
-    """Tune, merge, export and bench RECIPE; stages that are up to date are skipped."""
-    from edgetune.config import load_recipe
+@click.option(
+    "--run-dir", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe name>)."
+)
+@click.option("--gate/--no-gate", default=True, show_default=True, help="Exit 3 when a bench gate fails.")
+def run(recipe, overrides, run_dir, gate) -> None:
+    """Data check, tune, merge, export and bench RECIPE (default: the demo) in one run directory;
+    stages whose inputs are unchanged since they last finished are skipped."""
+    from edgetune.bench.gates import raise_on_failed_gates
+    from edgetune.bench.report import print_table
+    from edgetune.console import err, out
+    from edgetune.pipeline import run_pipeline
 
-    load_recipe(recipe, list(overrides))
-    not_built("run", 7)
+    result = run_pipeline(recipe, list(overrides), run_dir, console=err)
+    if result.report is not None:
+        print_table(result.report, out)
+    ran = ", ".join(result.ran) or "nothing"
+    skipped = ", ".join(result.skipped) or "nothing"
+    out.print(
+        f"{result.run_dir}: ran {ran}; skipped {skipped} (up to date) in {result.wall_s:.0f} s",
+        soft_wrap=True,
+    )
+    if gate and result.report is not None:
+        raise_on_failed_gates(result.report)

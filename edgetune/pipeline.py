@@ -1,0 +1,206 @@
+"""`edgetune run RECIPE`: data check, tune, merge, export and bench in one run directory, each stage
+skipped when the inputs it was last run on are unchanged.
+
+A stage's fingerprint is a hash of exactly what it reads: tune the model, data and train sections
+and the data files' bytes; merge the adapter's files; export the merged weights, the export
+section and the data (importance matrix, parity prompts); bench the exported files and the bench
+section. Fingerprints are recorded in manifest.json under "pipeline" only after a stage finishes, so
+an interrupted stage runs again (tune resumes from its last committed checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetune.config import Recipe, dump_recipe, load_recipe
+from edgetune.rundir import (
+    RECIPE_FILE,
+    RUNS_DIR,
+    atomic_write_json,
+    atomic_write_text,
+    point_latest,
+    read_manifest,
+    sha256_file,
+    sha256_tree,
+)
+
+STAGES = ("data", "tune", "merge", "export", "bench")
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+    wall_s: float = 0.0
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _data_fingerprint(recipe: Recipe) -> str:
+    files = {k: sha256_file(Path(p)) for k in ("train", "valid", "test") if (p := getattr(recipe.data, k))}
+    return _digest(asdict(recipe.data), files)
+
+
+def _files_fingerprint(paths: list[Path]) -> str:
+    return _digest({str(p.name): sha256_file(p) for p in paths})
+
+
+def _export_files(run_dir: Path) -> list[Path]:
+    export = run_dir / "export"
+    gguf = sorted((export / "gguf").glob("*.gguf"))
+    onnx = sorted(p for p in (export / "onnx").glob("*/model.onnx*"))
+    return gguf + onnx
+
+
+def fingerprints(recipe: Recipe, run_dir: Path) -> dict[str, Callable[[], str]]:
+    """Lazily computed, since later ones hash files earlier stages write."""
+    data = _data_fingerprint(recipe)
+    tune = _digest(data, asdict(recipe.model), asdict(recipe.train))
+    return {
+        "data": lambda: data,
+        "tune": lambda: tune,
+        "merge": lambda: _digest(tune, sha256_tree(run_dir / "adapter")),
+        "export": lambda: _digest(
+            sha256_tree(run_dir / "merged"), asdict(recipe.export), data, recipe.bench.max_new_tokens
+        ),
+        "bench": lambda: _digest(_files_fingerprint(_export_files(run_dir)), asdict(recipe.bench)),
+    }
+
+
+def _outputs_present(stage: str, run_dir: Path) -> bool:
+    return {
+        "data": True,
+        "tune": (run_dir / "adapter").is_dir(),
+        "merge": (run_dir / "merged" / "config.json").is_file(),
+        "export": bool(_export_files(run_dir)),
+        "bench": (run_dir / "bench" / "report.json").is_file(),
+    }[stage]
+
+
+def _set_aside(run_dir: Path, console) -> None:
+    """A previous run with other tune inputs moves to <run>.previous instead of being overwritten."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    previous = run_dir.with_name(run_dir.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    run_dir.rename(previous)
+    if console is not None:
+        console.print(f"tune inputs changed: the previous run is kept in {previous}")
+
+
+def run_pipeline(
+    recipe_arg: str | None = None,
+    overrides: list[str] | None = None,
+    run_dir: Path | None = None,
+    console=None,
+) -> PipelineResult:
+    started = time.time()
+    recipe = load_recipe(recipe_arg, list(overrides or []))
+    run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
+    result = PipelineResult(run_dir)
+    done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
+    prints = fingerprints(recipe, run_dir)
+
+    def say(message: str) -> None:
+        if console is not None:
+            console.print(message)
+
+    def up_to_date(stage: str) -> bool:
+        return done.get(stage) == prints[stage]() and _outputs_present(stage, run_dir)
+
+    def record(stage: str) -> None:
+        done[stage] = prints[stage]()
+        _save(run_dir, done)
+
+    for stage in STAGES:
+        if up_to_date(stage):
+            result.skipped.append(stage)
+            say(f"[dim]{stage}: up to date, skipped[/]")
+            continue
+        say(f"[bold]{stage}[/]")
+        _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result)
+        result.ran.append(stage)
+        # everything after a stage that ran is stale, whatever its fingerprint said
+        for later in STAGES[STAGES.index(stage) + 1 :]:
+            done.pop(later, None)
+        record(stage)
+    point_latest(run_dir)
+    if "bench" in result.skipped:
+        result.report = json.loads((run_dir / "bench" / "report.json").read_text())
+    result.wall_s = round(time.time() - started, 1)
+    return result
+
+
+def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result) -> None:
+    if stage == "data":
+        from edgetune.data.report import check_dataset, print_report
+
+        files = {k: Path(p) if (p := getattr(recipe.data, k)) else None for k in ("train", "valid", "test")}
+        report = check_dataset(recipe_arg, list(overrides or []), files)
+        if console is not None:
+            print_report(report)
+    elif stage == "tune":
+        from edgetune.tune.run import tune
+
+        resume = (run_dir / "checkpoints").is_dir() and done.get("tune_started") == _tune_key(recipe)
+        if not resume:
+            _set_aside(run_dir, console)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            done["tune_started"] = _tune_key(recipe)
+            _save(run_dir, done)
+        tune(
+            None if resume else recipe_arg,
+            None if resume else overrides,
+            run_dir,
+            resume=resume,
+            console=console,
+        )
+    elif stage == "merge":
+        from edgetune.merge import merge
+
+        _refresh_recipe(recipe, run_dir)
+        merge(run_dir, console=console)
+    elif stage == "export":
+        from edgetune.export.parity import print_table
+        from edgetune.export.run import export
+
+        _refresh_recipe(recipe, run_dir)
+        shutil.rmtree(run_dir / "export", ignore_errors=True)  # files of quants no longer asked for go too
+        parity = export(run_dir, console=console)["parity"]
+        if console is not None:
+            print_table(parity, console)
+    elif stage == "bench":
+        from edgetune.bench.run import bench
+
+        _refresh_recipe(recipe, run_dir)
+        result.report = bench(run_dir, console=console)
+
+
+def _save(run_dir: Path, done: dict[str, str]) -> None:
+    """Replace (not merge) the manifest's pipeline record."""
+    manifest = read_manifest(run_dir)
+    manifest["pipeline"] = dict(done)
+    atomic_write_json(run_dir / "manifest.json", manifest)
+
+
+def _tune_key(recipe: Recipe) -> str:
+    return _digest(_data_fingerprint(recipe), asdict(recipe.model), asdict(recipe.train))
+
+
+def _refresh_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """Later stages read the run's recipe.yaml: give them this invocation's export and bench settings
+    (tune's sections are the same, or tune would have run)."""
+    atomic_write_text(
+        run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
+    )

@@ -1,0 +1,84 @@
+"""edgetune run: every stage once, then only what changed."""
+
+import json
+
+import yaml
+from click.testing import CliRunner
+
+from edgetune.cli import main
+
+BENCH = {
+    "metric": "json_fields",
+    "max_examples": 3,
+    "max_new_tokens": 4,
+    "kl_examples": 2,
+    "few_shot_k": 1,
+    "latency_decode_tokens": 3,
+    "latency_repeats": 1,
+    "threads": 1,
+    "adapter_target": False,
+    "forgetting": False,
+    "gates": {"max_kl": 5.0},
+}
+
+
+def pipeline_recipe(tmp_path, model_dir):
+    from test_tune import make_recipe
+
+    path = make_recipe(tmp_path, model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    recipe = yaml.safe_load(path.read_text())
+    recipe["export"] = {
+        "formats": ["gguf", "onnx"],
+        "parity_examples": 2,
+        "gguf": {"quants": ["q8_0"]},
+        "onnx": {"quants": ["fp32"]},
+    }
+    recipe["bench"] = BENCH
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, ["run", *map(str, args)])
+    return result, result.output
+
+
+def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and_bench(
+    tmp_path, tiny_model_dir
+):
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    first, out = invoke(recipe)
+    assert first.exit_code == 0, out
+    run = tmp_path / "runs" / "tiny"
+    assert "ran data, tune, merge, export, bench; skipped nothing" in out
+    assert (run / "bench" / "report.json").is_file() and (
+        run / "export" / "gguf" / "model-q8_0.gguf"
+    ).is_file()
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    second, out = invoke(recipe)
+    assert second.exit_code == 0, out
+    assert "ran nothing; skipped data, tune, merge, export, bench" in out
+    assert "edgetune bench" in out  # the report of the skipped bench is still shown
+
+    third, out = invoke(recipe, "--set", "export.gguf.quants=f16")
+    assert third.exit_code == 0, out
+    assert "ran export, bench; skipped data, tune, merge" in out
+    assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-f16.gguf"]
+    report = json.loads((run / "bench" / "report.json").read_text())
+    assert [t["name"] for t in report["targets"]] == ["torch/merged", "onnx/fp32", "gguf/f16"]
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+
+    fourth, out = invoke(recipe, "--set", "export.gguf.quants=f16", "--set", "train.lr=5e-4")
+    assert fourth.exit_code == 0, out
+    assert "ran tune, merge, export, bench; skipped data" in out
+    assert (tmp_path / "runs" / "tiny.previous" / "adapter").is_dir()  # the earlier run is kept
+
+
+def test_a_failed_gate_stops_make_with_exit_3(tmp_path, tiny_model_dir):
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    result, out = invoke(recipe, "--set", "bench.gates.max_size_mb=0.001")
+    assert result.exit_code == 3, out
+    assert "bench gates failed: onnx/fp32 (cpu): size" in out and "gguf/q8_0 (cpu): size" in out
+    again, out = invoke(recipe, "--set", "bench.gates.max_size_mb=0.001")
+    assert again.exit_code == 3 and "skipped data, tune, merge, export, bench" in out
