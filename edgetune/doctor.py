@@ -62,6 +62,9 @@ def run_checks() -> list[Check]:
     for dist in ("transformers", "peft", "accelerate", "gguf"):
         checks.append(_package(dist, "make install"))
     checks.append(_package("bitsandbytes", "pip install bitsandbytes   (needed for QLoRA)"))
+    checks.append(_package("optimum-onnx", 'pip install "optimum-onnx[onnxruntime]==0.1.0"   (ONNX export)'))
+    checks.append(_package("onnx-ir", "pip install onnx-ir   (onnxruntime's int4/int8 quantiser)"))
+    checks.append(_package("matplotlib", "pip install matplotlib   (bench/report.png)"))
     try:
         ort = importlib.import_module("onnxruntime")
         checks.append(
@@ -69,6 +72,9 @@ def run_checks() -> list[Check]:
                 "onnxruntime",
                 True,
                 f"{ort.__version__}; providers: {', '.join(ort.get_available_providers())}",
+                ""
+                if "CUDAExecutionProvider" in ort.get_available_providers()
+                else "for CUDA targets in bench: pip install onnxruntime-gpu (instead of onnxruntime)",
             )
         )
     except ImportError:
@@ -83,6 +89,10 @@ def run_checks() -> list[Check]:
                 "llama.cpp",
                 True,
                 f"llama-cpp-python {llama_cpp.__version__}, {'GPU offload' if gpu else 'CPU only'} build",
+                ""
+                if gpu
+                else 'for CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall '
+                "--no-cache-dir llama-cpp-python==0.3.36",
             )
         )
     except ImportError:

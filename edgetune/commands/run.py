@@ -14,7 +14,12 @@ from edgetune.commands.common import set_option
     "--run-dir", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe name>)."
 )
 @click.option("--gate/--no-gate", default=True, show_default=True, help="Exit 3 when a bench gate fails.")
-def run(recipe, overrides, run_dir, gate) -> None:
+@click.option(
+    "--pick",
+    is_flag=True,
+    help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
+)
+def run(recipe, overrides, run_dir, gate, pick) -> None:
     """Data check, tune, merge, export and bench RECIPE (default: the demo) in one run directory;
     stages whose inputs are unchanged since they last finished are skipped."""
     from edgetune.bench.gates import raise_on_failed_gates
@@ -23,6 +28,11 @@ def run(recipe, overrides, run_dir, gate) -> None:
     from edgetune.pipeline import run_pipeline
 
     result = run_pipeline(recipe, list(overrides), run_dir, console=err)
+    if pick:
+        from edgetune.bench.gates import pick as pick_target
+
+        click.echo(pick_target(result.report)["path"])
+        return
     if result.report is not None:
         print_table(result.report, out)
     ran = ", ".join(result.ran) or "nothing"
