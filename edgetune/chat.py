@@ -28,7 +28,9 @@ class ChatSession:
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         tok = self.tokenizer
         if tok.chat_template:
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            from edgetune.templating import apply_chat_template
+
+            text = apply_chat_template(tok, messages, add_generation_prompt=True)
         else:
             text = "\n".join(m["content"] for m in messages) + "\n"
         ids = tok(text, add_special_tokens=False)["input_ids"]

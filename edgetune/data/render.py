@@ -93,9 +93,9 @@ class Renderer:
         return msgs
 
     def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        from edgetune.templating import apply_chat_template
+
+        return apply_chat_template(self.tokenizer, messages, add_generation_prompt)
 
     def prompt_text(self, ex: Example) -> str:
         """What inference is given for this example: everything up to the reply it must produce."""

@@ -1,0 +1,221 @@
+"""Chat templates come with model files, so they are untrusted code: render them in a sandbox with
+limits on time, output size and the size of any value a template builds.
+
+The environment matches what transformers gives templates (trim_blocks, lstrip_blocks, loop
+controls, `tojson` without HTML escaping, `raise_exception`, `strftime_now`), so output is
+identical for real templates; jinja2's immutable sandbox already refuses attribute escapes
+(`__class__`, `__globals__`, mutating methods) and caps `range` at 100,000 items.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from edgetune.errors import InputError
+
+MAX_OUTPUT_CHARS = 2_000_000
+MAX_VALUE_CHARS = 2_000_000  # a string or list a template builds with * or +
+MAX_SECONDS = 5.0
+
+
+def _too_big(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple, dict)) and len(value) > MAX_VALUE_CHARS
+
+
+def _guard_call(args: tuple, kwargs: dict) -> None:
+    """Refuse calls whose int arguments would size a huge result (center, ljust, zfill, indent...)."""
+    from jinja2.sandbox import SecurityError
+
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_VALUE_CHARS:
+            raise SecurityError(f"argument {value} too large")
+        if _too_big(value):
+            raise SecurityError("argument too large")
+
+
+def _guard_format(text: str) -> None:
+    """A format string with a huge width or precision ('{:>999999999}', '%999999999d')."""
+    from jinja2.sandbox import SecurityError
+
+    if re.search(r"\d{7,}", text):
+        raise SecurityError("format width too large")
+
+
+def _limited_filter(function):
+    def limited(*args, **kwargs):
+        from jinja2.sandbox import SecurityError
+
+        _guard_call(args[1:], kwargs)
+        result = function(*args, **kwargs)
+        if _too_big(result):
+            raise SecurityError("filter result too large")
+        return result
+
+    for marker in ("jinja_pass_arg",):  # keep pass_context / pass_environment behaviour
+        if hasattr(function, marker):
+            setattr(limited, marker, getattr(function, marker))
+    return limited
+
+
+def _env():
+    import jinja2
+    from jinja2.compiler import CodeGenerator
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    class LimitedCodeGenerator(CodeGenerator):
+        def visit_Concat(self, node, frame):
+            # `a ~ b` compiles to a join jinja2 does not route through the sandbox: route it
+            self.write("environment.limited_concat((")
+            for arg in node.nodes:
+                self.visit(arg, frame)
+                self.write(", ")
+            self.write("))")
+
+    class LimitedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+        code_generator_class = LimitedCodeGenerator
+
+        def limited_concat(self, values):
+            text = "".join(map(str, values))
+            if len(text) > MAX_VALUE_CHARS:
+                raise SecurityError("concatenation result too large")
+            return text
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja2's signature)
+            _guard_call(args, kwargs)
+            method = getattr(__obj, "__wrapped__", __obj)  # jinja2 wraps str.format in its own formatter
+            owner = getattr(method, "__self__", None)
+            if isinstance(owner, str) and getattr(method, "__name__", "") in ("format", "format_map"):
+                _guard_format(owner)
+            result = super().call(__context, __obj, *args, **kwargs)
+            if _too_big(result):
+                raise SecurityError("call result too large")
+            return result
+
+        def unsafe_undefined(self, obj, attribute):
+            # jinja2 renders a refused attribute as an empty Undefined; a template that reaches for
+            # one is hostile, so stop it outright
+            raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__} is not allowed")
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 128:
+                raise SecurityError("exponent too large")
+            if operator == "*":
+                sized, count = (left, right) if isinstance(left, (str, list, tuple)) else (right, left)
+                if isinstance(sized, (str, list, tuple)) and isinstance(count, int):
+                    if len(sized) * max(count, 0) > MAX_VALUE_CHARS:
+                        raise SecurityError("repetition result too large")
+            if operator == "%" and isinstance(left, str):
+                _guard_format(left)
+            if (
+                operator == "+"
+                and isinstance(left, (str, list, tuple))
+                and isinstance(right, (str, list, tuple))
+            ):
+                if len(left) + len(right) > MAX_VALUE_CHARS:
+                    raise SecurityError("concatenation result too large")
+            return super().call_binop(context, operator, left, right)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.filters = {name: _limited_filter(f) for name, f in env.filters.items()}
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+@lru_cache(maxsize=16)
+def _compile(source: str):
+    import jinja2
+
+    try:
+        return _env().from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise InputError(f"chat template: syntax error at line {e.lineno}: {e.message}") from None
+
+
+class _Timeout(Exception):
+    pass
+
+
+@contextmanager
+def _deadline(seconds: float):
+    """SIGALRM-based deadline in the main thread (a template loop that yields no output is stopped
+    too); elsewhere only the per-chunk clock in render_template applies."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def render_template(source: str, **variables: Any) -> str:
+    """Render a chat template in the sandbox; one InputError for anything it refuses or that fails."""
+    import jinja2
+    from jinja2.sandbox import SecurityError
+
+    template = _compile(source)
+    pieces: list[str] = []
+    size = 0
+    started = time.monotonic()
+    try:
+        with _deadline(MAX_SECONDS):
+            for chunk in template.generate(**variables):
+                size += len(chunk)
+                if size > MAX_OUTPUT_CHARS:
+                    raise InputError(
+                        f"chat template: output longer than {MAX_OUTPUT_CHARS:,} characters; refused"
+                    )
+                if time.monotonic() - started > MAX_SECONDS:
+                    raise _Timeout()
+                pieces.append(chunk)
+    except _Timeout:
+        raise InputError(f"chat template: rendering took longer than {MAX_SECONDS:g} s; refused") from None
+    except SecurityError as e:
+        raise InputError(f"chat template: refused by the sandbox ({e})") from None
+    except (OverflowError, MemoryError, RecursionError) as e:
+        raise InputError(f"chat template: refused ({type(e).__name__})") from None
+    except jinja2.TemplateError as e:
+        raise InputError(f"chat template: {e}") from None
+    except InputError:
+        raise
+    except Exception as e:  # a template that fails on its own terms (TypeError, ValueError...)
+        raise InputError(f"chat template: {type(e).__name__}: {e}") from None
+    return "".join(pieces)
+
+
+def apply_chat_template(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """tokenizer.apply_chat_template(..., tokenize=False), rendered in the sandbox above."""
+    source = tokenizer.chat_template
+    if isinstance(source, dict):  # named templates: the default one is the chat template
+        source = source.get("default")
+    if not isinstance(source, str) or not source:
+        raise InputError("the tokenizer has no chat template")
+    specials = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return render_template(source, messages=messages, add_generation_prompt=add_generation_prompt, **specials)

@@ -1,0 +1,110 @@
+"""Chat templates are untrusted: the sandbox renders real templates exactly as transformers does,
+and refuses escapes and resource exhaustion with one clear error."""
+
+import time
+
+import pytest
+
+from edgetune.errors import InputError
+from edgetune.templating import apply_chat_template, render_template
+
+MESSAGES = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "hi <there> & 'you'"},
+    {"role": "assistant", "content": '{"a": 1}'},
+]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_same_text_as_transformers(tiny_tokenizer, add_generation_prompt):
+    ours = apply_chat_template(tiny_tokenizer, MESSAGES, add_generation_prompt)
+    theirs = tiny_tokenizer.apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert ours == theirs
+
+
+def test_template_features_real_models_use():
+    source = (
+        "{% for m in messages %}{% if loop.first and m.role != 'system' %}{{ raise_exception('no system') }}"
+        "{% endif %}{{ m.content | tojson }}{% if loop.index > 5 %}{% break %}{% endif %}{% endfor %}"
+        "{{ bos_token }}{{ strftime_now('%Y') | length }}"
+    )
+    assert (
+        render_template(source, messages=MESSAGES, bos_token="<s>")
+        == '"be brief""hi <there> & \'you\'""{\\"a\\": 1}"<s>4'
+    )
+    with pytest.raises(InputError, match="chat template: no system"):
+        render_template(source, messages=MESSAGES[1:], bos_token="<s>")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ messages.__class__.__mro__[1].__subclasses__() }}",
+        "{{ ''.__class__.__base__.__subclasses__() }}",
+        "{{ raise_exception.__globals__ }}",
+        "{{ cycler.__init__.__globals__.os.system('echo pwned') }}",
+        "{% set x = messages.append(1) %}",
+        "{{ self._TemplateReference__context }}",
+    ],
+)
+def test_attribute_escapes_are_refused(payload):
+    with pytest.raises(InputError, match="chat template"):
+        render_template(payload, messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ("{{ 'a' * 10**9 }}", "refused"),
+        ("{{ 2 ** 100000000 }}", "refused"),
+        ("{% for i in range(10**9) %}x{% endfor %}", "refused"),
+        ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "longer than"),
+        ("{% for i in range(99999) %}{{ 'y' * 1000 }}{% endfor %}", "output longer than"),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+            "refused",
+        ),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "refused",
+        ),
+        ("{{ 'x' | center(10**10) }}", "refused"),
+        ("{{ 'x'.ljust(10**10) }}", "refused"),
+        ("{{ '{:>9999999999}'.format(1) }}", "refused"),
+        ("{{ '%9999999999d' % 1 }}", "refused"),
+        ("{{ (['ab'] * 10**8) | join }}", "refused"),
+        ("{{ 10**8 | join }}", "chat template: TypeError"),
+        ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "refused"),
+        ("{% for m in messages %", "syntax error at line 1"),
+    ],
+)
+def test_exhaustion_is_refused_quickly(payload, reason):
+    started = time.monotonic()
+    with pytest.raises(InputError, match=reason):
+        render_template(payload, messages=[{"role": "user", "content": "x"}])
+    assert time.monotonic() - started < 8
+
+
+def test_a_hostile_template_in_a_model_dir_stops_data_check_with_exit_2(tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+    from conftest import chat_row, write_jsonl
+
+    from edgetune.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
+    result = CliRunner().invoke(
+        main, ["data", "check", str(tmp_path / "d.jsonl"), "--set", f"model.base={model}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "chat template: refused by the sandbox" in result.output
