@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +30,8 @@ DEFAULT_RECIPE = "demo"
 class ModelConfig:
     base: str = "smollm2-135m-instruct"  # built-in alias, local HF directory, or hub id
     revision: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # runs Python shipped with the model: only when turned on here
+    allow_pickle: bool = False  # .bin/.pt weights (pickles) are refused unless turned on
 
 
 @dataclass
@@ -221,7 +223,13 @@ class Recipe:
     source: str | None = field(default=None, metadata={"internal": True})
 
     def validate(self) -> list[str]:
-        return self.data.validate() + self.train.validate() + self.export.validate()
+        problems = []
+        # the name becomes a directory under runs/: no separators, no "..", no hidden names
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name) or ".." in self.name:
+            problems.append(
+                f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)"
+            )
+        return problems + self.data.validate() + self.train.validate() + self.export.validate()
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

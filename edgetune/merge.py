@@ -130,7 +130,9 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     recipe = load_recipe(str(run_dir / RECIPE_FILE))
     method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
     transformers.logging.set_verbosity_error()
-    model_ref = resolve_model(recipe.model.base, recipe.model.revision, quiet=True)
+    model_ref = resolve_model(
+        recipe.model.base, recipe.model.revision, quiet=True, allow_pickle=recipe.model.allow_pickle
+    )
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     data = prepare(recipe.data, tokenizer)
     valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]

@@ -50,7 +50,26 @@ class ResolvedModel:
     kind: str  # "builtin" | "local" | "hub"
 
 
-def resolve_model(name: str, revision: str | None = None, quiet: bool = False) -> ResolvedModel:
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def refuse_pickle(path: Path, allow_pickle: bool = False) -> None:
+    """Weights stored as pickles run code when loaded: a directory without safetensors weights is
+    refused unless the user allows pickles explicitly (they are then loaded with weights_only=True)."""
+    if allow_pickle or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelError(
+            f"{path}: weights only as pickle files ({', '.join(pickles[:3])}), which can run code when "
+            "loaded; convert them to safetensors, or pass --allow-pickle (model.allow_pickle: true) "
+            "if you trust this directory"
+        )
+
+
+def resolve_model(
+    name: str, revision: str | None = None, quiet: bool = False, allow_pickle: bool = False
+) -> ResolvedModel:
     if name in BUILTINS:
         return ResolvedModel(name, builtin_model_dir(BUILTINS[name], quiet=quiet), "builtin")
     path = Path(name).expanduser()
@@ -59,6 +78,7 @@ def resolve_model(name: str, revision: str | None = None, quiet: bool = False) -
             raise ModelError(f"{path}: a base model must be a Hugging Face model directory, not a file")
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
+        refuse_pickle(path, allow_pickle)
         return ResolvedModel(name, path.resolve(), "local")
     if HUB_ID.match(name) and not name.startswith((".", "/")):
         return ResolvedModel(name, _download(name, revision), "hub")

@@ -125,3 +125,12 @@ def test_digest_changes_with_content():
     assert a.digest() != b.digest()
     assert a.digest() == recipe_from_dict({"data": {"train": "a.jsonl"}}).digest()
     assert isinstance(a, Recipe)
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", ".hidden", "x..y", ""])
+def test_recipe_names_cannot_escape_the_runs_directory(name):
+    from edgetune.config import load_recipe
+    from edgetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="name: .* names the run directory"):
+        load_recipe("demo", [f"name={name}"])

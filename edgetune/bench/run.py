@@ -31,7 +31,7 @@ def discover_targets(run_dir: Path, devices: list[str], recipe: Recipe) -> list[
         if recipe.bench.adapter_target and (run_dir / "adapter").is_dir():
             from edgetune.models import resolve_model
 
-            base = resolve_model(recipe.model.base, quiet=True).path
+            base = resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path
             targets.append(
                 Target("torch/adapter", "torch", "adapter", "torch", device, base, run_dir / "adapter", size)
             )
@@ -192,7 +192,12 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         from edgetune.models import resolve_model
 
         base = Target(
-            "torch/base", "torch", "base", "torch", "cpu", resolve_model(recipe.model.base, quiet=True).path
+            "torch/base",
+            "torch",
+            "base",
+            "torch",
+            "cpu",
+            resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path,
         )
         base_runner = open_runner(base, threads)
     if cfg.baselines:

@@ -11,3 +11,14 @@ set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a recipe value, e.g. --set train.lr=1e-4 (repeatable).",
 )
+
+
+allow_pickle_option = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Accept .bin/.pt (pickle) weights for a local base model; they can run code when loaded.",
+)
+
+
+def with_allow_pickle(overrides: tuple[str, ...] | list[str], allow_pickle: bool) -> list[str]:
+    return [*overrides, "model.allow_pickle=true"] if allow_pickle else list(overrides)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import set_option
+from edgetune.commands.common import allow_pickle_option, set_option, with_allow_pickle
 
 
 @click.command()
@@ -19,7 +19,8 @@ from edgetune.commands.common import set_option
     is_flag=True,
     help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
 )
-def run(recipe, overrides, run_dir, gate, pick) -> None:
+@allow_pickle_option
+def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
     """Data check, tune, merge, export and bench RECIPE (default: the demo) in one run directory;
     stages whose inputs are unchanged since they last finished are skipped."""
     from edgetune.bench.gates import raise_on_failed_gates
@@ -27,7 +28,7 @@ def run(recipe, overrides, run_dir, gate, pick) -> None:
     from edgetune.console import err, out
     from edgetune.pipeline import run_pipeline
 
-    result = run_pipeline(recipe, list(overrides), run_dir, console=err)
+    result = run_pipeline(recipe, with_allow_pickle(overrides, allow_pickle), run_dir, console=err)
     if pick:
         from edgetune.bench.gates import pick as pick_target
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import set_option
+from edgetune.commands.common import allow_pickle_option, set_option, with_allow_pickle
 
 
 @click.command()
@@ -16,13 +16,14 @@ from edgetune.commands.common import set_option
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --run-dir (or runs/latest) from its last checkpoint."
 )
-def tune(recipe, overrides, run_dir, resume) -> None:
+@allow_pickle_option
+def tune(recipe, overrides, run_dir, resume, allow_pickle) -> None:
     """Fine-tune with LoRA (CPU) or QLoRA (CUDA). RECIPE is a YAML file or a bundled recipe name (default: demo)."""
     from edgetune.console import err, out
     from edgetune.tune.run import is_main_process
     from edgetune.tune.run import tune as run_tune
     from edgetune.tune.summary import print_summary
 
-    result = run_tune(recipe, list(overrides), run_dir, resume, console=err)
+    result = run_tune(recipe, with_allow_pickle(overrides, allow_pickle), run_dir, resume, console=err)
     if is_main_process():
         print_summary(result, out)

@@ -45,7 +45,8 @@ def check_dataset(
     from edgetune.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(
-        resolve_model(recipe.model.base, recipe.model.revision), recipe.model.trust_remote_code
+        resolve_model(recipe.model.base, recipe.model.revision, allow_pickle=recipe.model.allow_pickle),
+        recipe.model.trust_remote_code,
     )
     prepared = prepare(cfg, tokenizer, skip_bad_rows)
     report.update(prepared.summary())

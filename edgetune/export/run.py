@@ -25,6 +25,9 @@ from edgetune.rundir import (
 def _source(source: Path | None) -> tuple[Path | None, Path]:
     """(run_dir or None, HF model dir)."""
     if source is not None and (source / "config.json").is_file():
+        from edgetune.models import refuse_pickle
+
+        refuse_pickle(source)
         return None, source.resolve()
     run_dir = resolve_run_dir(source)
     if not (run_dir / RECIPE_FILE).is_file():

@@ -215,7 +215,9 @@ def tune(
     warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
     transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
 
-    model_ref = resolve_model(recipe.model.base, recipe.model.revision, quiet=not main)
+    model_ref = resolve_model(
+        recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
+    )
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     data = prepare(recipe.data, tokenizer)
     train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
