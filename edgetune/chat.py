@@ -107,6 +107,10 @@ def open_chat(
         artifact = artifact / "merged"
         if not (artifact / "config.json").is_file():
             raise InputError(f"{artifact.parent}: no merged model yet; run `edgetune merge` first")
+    if artifact.is_dir():
+        from edgetune.validate import check_model_dir
+
+        check_model_dir(artifact)
     if artifact.is_file() and artifact.suffix == ".gguf":
         target = Target(artifact.name, "gguf", "", "llama.cpp", device, artifact)
         if run is not None and (run / "merged" / "tokenizer.json").is_file():

@@ -79,6 +79,9 @@ def resolve_model(
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
         refuse_pickle(path, allow_pickle)
+        from edgetune.validate import check_model_dir
+
+        check_model_dir(path)
         return ResolvedModel(name, path.resolve(), "local")
     if HUB_ID.match(name) and not name.startswith((".", "/")):
         return ResolvedModel(name, _download(name, revision), "hub")

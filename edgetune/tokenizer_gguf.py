@@ -34,6 +34,9 @@ def tokenizer_from_gguf(path: Path):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    from edgetune.validate import check_gguf
+
+    check_gguf(path)
     try:
         reader = GGUFReader(str(path))
     except Exception as exc:

@@ -84,3 +84,70 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_model_dir):
     assert adapter_hash(runs[0]) == adapter_hash(runs[1])
     assert train_losses(runs[0]) != train_losses(runs[2])
     assert adapter_hash(runs[0]) != adapter_hash(runs[2])
+
+
+def _truncate(path, keep):
+    data = path.read_bytes()
+    path.write_bytes(data[: keep if keep >= 0 else len(data) + keep])
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_model_dir, tmp_path_factory):
+    """A tiny model directory, its F16 GGUF and its fp32 ONNX directory, pristine."""
+    from edgetune.config import OnnxExportConfig
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("pristine")
+    gguf = convert(tiny_model_dir, out / "tiny.gguf", "f16")
+    export_onnx(tiny_model_dir, out / "onnx", ["fp32"], OnnxExportConfig())
+    return {"hf": tiny_model_dir, "gguf": gguf, "onnx": out / "onnx" / "fp32"}
+
+
+CORRUPTIONS = [
+    ("hf", "model.safetensors", lambda p: _truncate(p, -100), "model.safetensors: tensor"),
+    ("hf", "model.safetensors", lambda p: _truncate(p, 5), "model.safetensors: truncated safetensors"),
+    ("hf", "model.safetensors", lambda p: _flip(p, 7), "model.safetensors: corrupt safetensors header"),
+    ("hf", "model.safetensors", lambda p: _flip(p, 12), "model.safetensors: corrupt safetensors header"),
+    ("hf", "config.json", lambda p: p.write_text('{"model_type": "llama",'), "config.json:1:"),
+    ("hf", "config.json", lambda p: p.write_text("[1, 2]"), "config.json: expected a JSON object"),
+    ("hf", "tokenizer.json", lambda p: _truncate(p, 300), "tokenizer.json:"),
+    (
+        "hf",
+        "tokenizer_config.json",
+        lambda p: p.write_bytes(b"\xff\xfe{"),
+        "tokenizer_config.json: not UTF-8",
+    ),
+    ("gguf", "", lambda p: _truncate(p, -1000), "tiny.gguf: tensor"),
+    ("gguf", "", lambda p: _truncate(p, 50), "tiny.gguf: truncated or corrupt GGUF"),
+    ("gguf", "", lambda p: _flip(p, 0), "tiny.gguf: not a GGUF file"),
+    ("gguf", "", lambda p: _flip(p, 20), "tiny.gguf:"),
+    ("onnx", "model.onnx", lambda p: _truncate(p, -5000), "model.onnx"),
+    ("onnx", "model.onnx", lambda p: _truncate(p, 100), "model.onnx"),
+    ("onnx", "config.json", lambda p: p.write_text("{"), "config.json:1:2: invalid JSON"),
+]
+
+
+@pytest.mark.parametrize("kind, name, corrupt, expected", CORRUPTIONS)
+def test_corrupt_files_give_one_line_naming_the_file_and_exit_2(
+    tmp_path, artifacts, kind, name, corrupt, expected
+):
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    source = artifacts[kind]
+    target = tmp_path / source.name
+    (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+    corrupt(target / name if name else target)
+    result = CliRunner().invoke(main, ["chat", str(target), "--prompt", "hi", "--max-new-tokens", "2"])
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("edgetune: error")]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and expected in lines[0], result.output
+    assert "Traceback" not in result.output

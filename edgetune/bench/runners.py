@@ -60,6 +60,11 @@ class TorchRunner(Runner):
         import torch
         from transformers import AutoModelForCausalLM
 
+        from edgetune.validate import check_model_dir
+
+        check_model_dir(target.path)
+        if target.adapter is not None:
+            check_model_dir(target.adapter)
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch

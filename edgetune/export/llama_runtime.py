@@ -41,6 +41,9 @@ def load_llama(
 
     if not path.is_file():
         raise InputError(f"{path}: GGUF file not found")
+    from edgetune.validate import check_gguf
+
+    check_gguf(path)
     repack = os.environ.get("EDGETUNE_LLAMA_REPACK") == "1"
     context = contextlib.nullcontext() if repack else _model_params_without_repack()
     with context:

@@ -40,6 +40,9 @@ class OnnxDecoder:
         path = self.dir / MODEL_FILE
         if not path.is_file():
             raise InputError(f"{self.dir}: no {MODEL_FILE}; not an ONNX export directory")
+        from edgetune.validate import check_model_dir
+
+        check_model_dir(self.dir)
         external_data_files(path)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":

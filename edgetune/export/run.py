@@ -26,8 +26,10 @@ def _source(source: Path | None) -> tuple[Path | None, Path]:
     """(run_dir or None, HF model dir)."""
     if source is not None and (source / "config.json").is_file():
         from edgetune.models import refuse_pickle
+        from edgetune.validate import check_model_dir
 
         refuse_pickle(source)
+        check_model_dir(source)
         return None, source.resolve()
     run_dir = resolve_run_dir(source)
     if not (run_dir / RECIPE_FILE).is_file():
