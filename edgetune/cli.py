@@ -14,7 +14,7 @@ import sys
 import click
 
 from edgetune import __version__
-from edgetune.errors import EXIT_INTERNAL, EdgetuneError
+from edgetune.errors import EXIT_INTERNAL, EdgetuneError, is_disk_full
 
 # name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -59,6 +59,12 @@ class LazyGroup(click.Group):
         except Exception as exc:  # the last line of defence: never a raw traceback
             if os.environ.get("EDGETUNE_DEBUG"):
                 raise
+            if is_disk_full(exc):
+                where = getattr(exc, "filename", None)
+                _fail(
+                    f"{where + ': ' if where else ''}disk full (or file size limit reached): {exc}",
+                    EXIT_INTERNAL,
+                )
             _fail(
                 f"internal error: {type(exc).__name__}: {exc} (set EDGETUNE_DEBUG=1 for the traceback)",
                 EXIT_INTERNAL,

@@ -48,3 +48,44 @@ class Interrupted(EdgetuneError):
 
 class GateFailed(EdgetuneError):
     exit_code = EXIT_GATE
+
+
+class DiskFull(EdgetuneError):
+    """Writing failed for lack of space (or a file-size limit); earlier outputs are untouched."""
+
+
+DISK_FULL_ERRNOS = {28, 27, 122}  # ENOSPC, EFBIG, EDQUOT
+DISK_FULL_TEXT = (
+    "No space left on device",
+    "File too large",
+    "Disk quota exceeded",
+    "os error 28",
+    "os error 27",
+)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """OSErrors by errno; libraries that wrap them (safetensors, torch) by their message."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    if isinstance(exc, OSError) and " requested and " in str(exc) and str(exc).endswith(" written"):
+        return True  # numpy's tofile on a short write (the gguf writer uses it)
+    return any(text in str(exc) for text in DISK_FULL_TEXT)
+
+
+class writing:  # noqa: N801 (used as a context manager: `with writing(path):`)
+    """Turn a disk-full error while writing `path` into one DiskFull line naming it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and not isinstance(exc, EdgetuneError) and is_disk_full(exc):
+            raise DiskFull(
+                f"{self.path}: disk full (or file size limit reached) while writing it; "
+                "earlier outputs are intact, free some space and run the command again"
+            ) from None
+        return False

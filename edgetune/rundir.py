@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import deep_merge
-from edgetune.errors import InputError
+from edgetune.errors import InputError, writing
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
@@ -35,7 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with writing(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -56,8 +56,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield staging
-        fsync_tree(staging)
+        with writing(target):
+            yield staging
+            fsync_tree(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -161,3 +162,18 @@ def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:
     deep_merge(manifest, sections)
     atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest
+
+
+def weights_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+
+
+def low_space_warning(directory: Path, needed: int, work: str) -> str | None:
+    """A warning when `directory`'s file system has less free space than `work` will need."""
+    probe = Path(directory)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free >= needed:
+        return None
+    return f"{probe}: {free / 1e9:.1f} GB free, {work} needs about {needed / 1e9:.1f} GB; it may fail for lack of space"

@@ -1,7 +1,11 @@
-"""Hardening: untrusted model files never run code; the same seed gives the same run."""
+"""Hardening: untrusted model files never run code; corrupt files give one clear error.
+
+The crash-safety tests (kill -9 during training and during a checkpoint write, stale temporaries)
+and the same-seed test live in test_tune.py; path confinement of ONNX external data in test_onnx.py."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -60,30 +64,6 @@ def test_remote_code_in_a_model_dir_never_runs(tmp_path, tiny_model_dir):
     except ModelError:
         pass  # refusing is fine too; running the file is not
     assert not marker.exists()
-
-
-def adapter_hash(run):
-    from edgetune.rundir import sha256_file
-
-    return sha256_file(run / "adapter" / "adapter_model.safetensors")
-
-
-def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_model_dir):
-    from test_tune import make_recipe, train_losses
-
-    from edgetune.tune.run import tune
-
-    runs = []
-    for i, seed in enumerate([7, 7, 8]):
-        (tmp_path / str(i)).mkdir()
-        recipe = make_recipe(
-            tmp_path / str(i), tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2, seed=seed
-        )
-        runs.append(tune(str(recipe)).run_dir)
-    assert train_losses(runs[0]) == train_losses(runs[1])
-    assert adapter_hash(runs[0]) == adapter_hash(runs[1])
-    assert train_losses(runs[0]) != train_losses(runs[2])
-    assert adapter_hash(runs[0]) != adapter_hash(runs[2])
 
 
 def _truncate(path, keep):
@@ -151,3 +131,48 @@ def test_corrupt_files_give_one_line_naming_the_file_and_exit_2(
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and expected in lines[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_disk_full_while_exporting_names_the_path_and_keeps_earlier_files(tmp_path, tiny_model_dir):
+    """RLIMIT_FSIZE makes every write past the limit fail with EFBIG, as a full disk would."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    (out / "gguf").mkdir(parents=True)
+    earlier = out / "gguf" / "model-q8_0.gguf"
+    earlier.write_bytes(b"an earlier export")
+    limit = 64 * 1024  # far below the tiny model's F32 GGUF
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgetune",
+        "export",
+        str(tiny_model_dir),
+        "--to",
+        "gguf",
+        "--quant",
+        "f32",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap, timeout=300, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert lines[-1].startswith("edgetune: error: ") and "model-f32.gguf: disk full" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert earlier.read_bytes() == b"an earlier export"
+    assert not list((out / "gguf").glob("*f32*")) and not list((out / "gguf").glob(".*tmp"))
+
+
+def test_low_space_warning():
+    from edgetune.rundir import low_space_warning
+
+    assert low_space_warning(Path("."), 1, "x") is None
+    warning = low_space_warning(Path("does/not/exist/yet"), 10**18, "this export")
+    assert "GB free, this export needs about 1000000000.0 GB" in warning

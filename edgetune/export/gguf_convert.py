@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 
 from edgetune import __version__
-from edgetune.errors import InputError
+from edgetune.errors import InputError, writing
 from edgetune.export.gguf_arch import arch_for, permute_rope
 from edgetune.export.gguf_vocab import read_vocab
 
@@ -180,12 +180,13 @@ def convert(
                 writer.add_tensor(name, data.astype(np.float16))
             else:
                 writer.add_tensor(name, gguf.quants.quantize(data, matrix_type), raw_dtype=matrix_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
-        writer.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with writing(out):
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+            writer.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(Exception):

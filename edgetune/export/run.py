@@ -106,6 +106,13 @@ def export(
     gguf_quants, onnx_quants = split_quants(quants, recipe)
     if not check_only:
         _merge_if_needed(run_dir, model_dir, console)
+        from edgetune.rundir import low_space_warning, weights_bytes
+
+        # GGUF: an F32 quantiser input plus the files; ONNX: the fp32 trace plus each variant
+        needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
+        warning = low_space_warning(base_out, needed, "this export")
+        if warning and console is not None:
+            console.print(f"[yellow]warning:[/] {warning}")
     prepared = _prepared(recipe, model_dir)
     held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
     budget = recipe.bench.max_new_tokens

@@ -14,7 +14,7 @@ from typing import Any
 
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
-from edgetune.errors import InputError, Interrupted
+from edgetune.errors import InputError, Interrupted, writing
 from edgetune.rundir import (
     RECIPE_FILE,
     atomic_dir,
@@ -219,6 +219,12 @@ def tune(
         recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
     )
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+    from edgetune.rundir import low_space_warning, weights_bytes
+
+    # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
+    space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
+    if space:
+        warn(space)
     data = prepare(recipe.data, tokenizer)
     train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
     _warn_about_data(recipe, data, warn)
@@ -246,7 +252,8 @@ def tune(
             if console is not None:
                 console.print(f"validation loss before training: {initial_eval:.4f}")
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with writing(run_dir / "checkpoints"):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
 
