@@ -17,8 +17,29 @@ from edgetune.errors import InputError, ModelError
 from edgetune.rundir import RECIPE_FILE, resolve_run_dir, update_manifest
 
 
-def discover_targets(run_dir: Path, devices: list[str], recipe: Recipe) -> list[Target]:
-    """torch/merged (the reference), torch/adapter, then every ONNX variant and GGUF file exported."""
+def cuda_runtimes() -> dict[str, str | None]:
+    """Which runtimes can run on CUDA here: None when one can, else why not."""
+    import onnxruntime as ort
+
+    try:
+        import llama_cpp
+
+        gguf = None if llama_cpp.llama_supports_gpu_offload() else "llama-cpp-python is a CPU-only build"
+    except ImportError:
+        gguf = "llama-cpp-python is not installed"
+    onnx = (
+        None
+        if "CUDAExecutionProvider" in ort.get_available_providers()
+        else "onnxruntime has no CUDA provider"
+    )
+    return {"torch": None, "onnx": onnx, "gguf": gguf}
+
+
+def discover_targets(
+    run_dir: Path, devices: list[str], recipe: Recipe, skipped: list[dict] | None = None
+) -> list[Target]:
+    """torch/merged (the reference), torch/adapter, then every ONNX variant and GGUF file exported.
+    CUDA targets whose runtime has no CUDA support here are left out and listed in `skipped`."""
     from edgetune.export.onnx_runtime import directory_size
 
     merged = run_dir / "merged"
@@ -52,6 +73,12 @@ def discover_targets(run_dir: Path, devices: list[str], recipe: Recipe) -> list[
             targets.append(
                 Target(f"gguf/{quant}", "gguf", quant, "llama.cpp", device, f, size_bytes=f.stat().st_size)
             )
+    if "cuda" in devices:
+        why = cuda_runtimes()
+        for t in [t for t in targets if t.device == "cuda" and why[t.format]]:
+            targets.remove(t)
+            if skipped is not None:
+                skipped.append({"name": t.name, "device": "cuda", "reason": why[t.format]})
     return targets
 
 
@@ -131,7 +158,8 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
     cfg = recipe.bench
     devices = devices or cfg.devices
     _check_devices(devices)
-    targets = discover_targets(run_dir, devices, recipe)
+    skipped: list[dict] = []
+    targets = discover_targets(run_dir, devices, recipe, skipped)
     merged = run_dir / "merged"
     tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
     prepared = prepare(recipe.data, tokenizer)
@@ -186,6 +214,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         "targets": entries,
         "baselines": {},
         "forgetting": {},
+        "skipped_targets": skipped,
     }
     base_runner = None
     if cfg.baselines or cfg.forgetting:

@@ -49,6 +49,7 @@ class TuneResult:
     wall_s: float
     tokens_per_s: float
     resumed_from: int | None
+    peak_vram_bytes: int | None = None  # CUDA: torch's peak allocated memory during the run
     warnings: list[str] = field(default_factory=list)
 
 
@@ -409,7 +410,14 @@ def _result(
         tokens_per_s=round(state.num_input_tokens_seen / runtime, 1) if runtime else 0.0,
         resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
         warnings=warnings,
+        peak_vram_bytes=_peak_vram(setup.device),
     )
+
+
+def _peak_vram(device: str) -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if device == "cuda" and torch.cuda.is_available() else None
 
 
 def _read_tune_section(run_dir: Path) -> dict[str, Any]:
