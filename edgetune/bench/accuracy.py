@@ -3,6 +3,7 @@ on the reference answers, and KL / top-1 agreement against the merged model's di
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -49,6 +50,7 @@ class Accuracy:
     mean_output_tokens: float = 0.0
     examples: int = 0
     outputs: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
 
 
 def build_cases(renderer, examples) -> list[Case]:
@@ -81,6 +83,7 @@ def evaluate(
     score = METRICS[metric]
     values, nll, counted, eos, lengths, outputs = [], 0.0, 0, 0, [], []
     kls, top1s = [], []
+    started = time.perf_counter()
     for i, case in enumerate(cases):
         logprobs = log_softmax(runner.logits(case.full_ids)) if perplexity else None
         for pos, label in _supervised(case.labels) if perplexity else ():
@@ -110,6 +113,7 @@ def evaluate(
         float(np.mean(lengths)) if lengths else 0.0,
         len(cases),
         outputs,
+        round(time.perf_counter() - started, 1),
     )
 
 

@@ -142,6 +142,7 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
         "mean_output_tokens": acc.mean_output_tokens,
         "examples": acc.examples,
         "sample_outputs": acc.outputs[:3],
+        "accuracy_wall_s": acc.wall_s,
     }
 
 
@@ -291,6 +292,7 @@ def _baselines(base, base_runner, prepared, examples, cases, cfg, run_accuracy) 
         "task_metric": {"name": cfg.metric, "value": zero.value},
         "ppl": zero.ppl,
         "eos_rate": zero.eos_rate,
+        "wall_s": zero.wall_s,
         "sample_outputs": zero.outputs[:3],
     }
     shots = [ex for ex in prepared.splits.train if ex.format != "text"][: cfg.few_shot_k]
@@ -305,6 +307,7 @@ def _baselines(base, base_runner, prepared, examples, cases, cfg, run_accuracy) 
             "task_metric": {"name": cfg.metric, "value": few.value},
             "extra_prompt_tokens": extra,
             "eos_rate": few.eos_rate,
+            "wall_s": few.wall_s,
             "sample_outputs": few.outputs[:3],
         }
     return out
