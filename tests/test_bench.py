@@ -15,6 +15,7 @@ SMALL_BENCH = {
     "max_new_tokens": 6,
     "kl_examples": 2,
     "few_shot_k": 1,
+    "baseline_examples": 2,
     "latency_decode_tokens": 4,
     "latency_repeats": 1,
     "threads": 1,
@@ -81,10 +82,13 @@ def test_report_follows_the_contract(benched):
     assert by["onnx/fp32"]["task_metric"]["value"] == by["torch/merged"]["task_metric"]["value"]
     assert {"zero_shot", "few_shot_1"} == set(report["baselines"])
     assert report["baselines"]["few_shot_1"]["extra_prompt_tokens"] > 0
+    zero = report["baselines"]["zero_shot"]
+    assert zero["examples"] == 2 and zero["tuned_on_these"] is not None
+    assert isinstance(report["tuning_beats_prompting"], bool)
     assert report["forgetting"]["ppl_base"] > 0 and report["forgetting"]["kl_base_tuned"] >= 0
     assert report["machine"]["bandwidth_gb_s"] > 0
     md = (run / "bench" / "report.md").read_text()
-    assert "| gguf/q8_0 | cpu |" in md and "few_shot_1" in md
+    assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md
     assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "manifest.json").read_text())["stages"]["bench"]["status"] == "done"
 

@@ -51,6 +51,7 @@ class Accuracy:
     examples: int = 0
     outputs: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    scores: list[float] = field(default_factory=list)  # per generated answer, in case order
 
 
 def build_cases(renderer, examples) -> list[Case]:
@@ -114,6 +115,7 @@ def evaluate(
         len(cases),
         outputs,
         round(time.perf_counter() - started, 1),
+        values,
     )
 
 

@@ -58,8 +58,11 @@ def markdown(report: dict[str, Any]) -> str:
             if "extra_prompt_tokens" in b
             else ""
         )
-        lines.append(f"- {name}: {ref['metric']} {_fmt(b['task_metric']['value'], '.3f')}{extra}")
-    lines.append(f"- tuned (torch/merged): {ref['metric']} {_fmt(ref['value'], '.3f')}")
+        lines.append(
+            f"- base model {name.replace('_', ' ')}: {ref['metric']} {_fmt(b['task_metric']['value'], '.3f')} "
+            f"against {_fmt(b.get('tuned_on_these'), '.3f')} for the tuned model on the same "
+            f"{b.get('examples', '?')} examples{extra}"
+        )
     verdict = report.get("tuning_beats_prompting")
     if verdict is not None:
         lines.append(f"- fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,11 @@ def lora_config(settings: LoraSettings):
     )
 
 
+def under_fsdp() -> bool:
+    """Launched by `accelerate launch` with an FSDP config (see examples/accelerate/)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def load_for_training(
     model: ResolvedModel, setup: TrainSetup, settings: LoraSettings, trust_remote_code: bool = False
 ) -> Any:
@@ -96,8 +102,12 @@ def load_for_training(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if setup.bf16 else torch.float32,
+            # FSDP can only shard the 4-bit weights when they are stored in a float type
+            bnb_4bit_quant_storage=torch.bfloat16 if under_fsdp() else torch.uint8,
         )
-        kwargs["device_map"] = {"": 0} if setup.device == "cuda" else {"": "cpu"}
+        if not under_fsdp():  # FSDP places the shards itself
+            local = int(os.environ.get("LOCAL_RANK", "0"))  # one GPU per process under DDP
+            kwargs["device_map"] = {"": local} if setup.device == "cuda" else {"": "cpu"}
         kwargs["dtype"] = torch.bfloat16 if setup.bf16 else torch.float32
     else:
         kwargs["dtype"] = getattr(torch, setup.dtype)
