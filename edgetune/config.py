@@ -138,12 +138,19 @@ ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 class GGUFExportConfig:
     quants: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
     imatrix: bool = True
+    # quants whose token embedding and output head stay F16: on small models the tied head is a
+    # fifth of the weights and the most sensitive (demo Q8_0: retention 98.6% -> 99.1%, 145 -> 171 MB)
+    f16_output: list[str] = field(default_factory=list)
 
     def validate(self) -> list[str]:
         return [
             f"export.gguf.quants: unknown quant {q!r}; supported: {', '.join(GGUF_QUANTS)}"
             for q in self.quants
             if q.lower() not in GGUF_QUANTS
+        ] + [
+            f"export.gguf.f16_output: {q!r} is not a quantised type ({', '.join(QUANTS)})"
+            for q in self.f16_output
+            if q.lower() not in QUANTS
         ]
 
 

@@ -75,6 +75,8 @@ def test_report_follows_the_contract(benched):
     by = {t["name"]: t for t in report["targets"]}
     # the same model through different runtimes gives the same numbers
     assert by["torch/merged"]["kld_mean"] == 0.0
+    # each target's own process: llama.cpp does not carry torch's memory (nor the parent's)
+    assert by["gguf/q8_0"]["peak_rss_mb"] < by["torch/merged"]["peak_rss_mb"]
     assert by["onnx/fp32"]["kld_mean"] < 1e-6 and by["onnx/fp32"]["top1_agreement"] == 1.0
     assert by["torch/adapter"]["kld_mean"] < 1e-6
     assert by["onnx/fp32"]["ppl"] == pytest.approx(by["torch/merged"]["ppl"], rel=1e-4)

@@ -359,3 +359,17 @@ def test_llama3_rope_scaling_matches_torch(tmp_path, tiny_tokenizer):
     plain = convert(_tiny(tmp_path / "b", tiny_tokenizer, "LlamaForCausalLM"), tmp_path / "plain.gguf", "f32")
     kl_without, _ = parity(model_dir, plain, TEXTS)  # the same weights without the scaling: must differ
     assert kl_without > 100 * max(kl, 1e-9)
+
+
+def test_f16_output_keeps_the_head_and_embedding_in_f16(tmp_path, tiny_model_dir):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from edgetune.export.gguf_export import export_gguf
+
+    result = export_gguf(tiny_model_dir, tmp_path, ["q8_0"], None, {}, f16_output=("q8_0",))
+    types = {t.name: t.tensor_type for t in GGUFReader(str(result.artifacts[0].path)).tensors}
+    assert types["token_embd.weight"] == GGMLQuantizationType.F16
+    assert types["blk.0.attn_q.weight"] == GGMLQuantizationType.Q8_0
+    plain = export_gguf(tiny_model_dir, tmp_path / "plain", ["q8_0"], None, {})
+    plain_types = {t.name: t.tensor_type for t in GGUFReader(str(plain.artifacts[0].path)).tensors}
+    assert plain_types["token_embd.weight"] == GGMLQuantizationType.Q8_0

@@ -57,8 +57,20 @@ def _child(request: dict) -> dict:
         "prefill_tok_s": round(statistics.median(prefill_rate), 1),
         "decode_tok_s": round(statistics.median(decode_rate), 2),
         "decode_tok_s_runs": [round(r, 2) for r in decode_rate],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. VmHWM belongs to the address space that execve created;
+    getrusage's ru_maxrss would include the parent's peak, which a child inherits on Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(

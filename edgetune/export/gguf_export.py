@@ -39,6 +39,7 @@ def export_gguf(
     provenance: dict[str, str],
     stem: str = "model",
     console=None,
+    f16_output: tuple[str, ...] = (),
 ) -> GGUFExport:
     """Convert and quantise. `calibration` (token ids of the training data, rendered with the
     training template) enables the importance matrix; None quantises without one."""
@@ -76,7 +77,10 @@ def export_gguf(
         convert(model_dir, source, "f32", provenance)
         for q in to_quantise:
             note(f"gguf: quantising to {q}" + (" with the importance matrix" if imatrix_path else ""))
-            record(q, quantize(source, out_dir / f"{stem}-{q}.gguf", q, imatrix=imatrix_path))
+            keep = q in f16_output
+            record(
+                q, quantize(source, out_dir / f"{stem}-{q}.gguf", q, imatrix=imatrix_path, f16_output=keep)
+            )
     finally:
         with contextlib.suppress(FileNotFoundError):
             source.unlink()

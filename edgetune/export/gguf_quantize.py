@@ -27,8 +27,16 @@ QUANTS = {
 }
 
 
+GGML_TYPE_F16 = 1
+
+
 def quantize(
-    source: Path, out: Path, quant: str, threads: int | None = None, imatrix: Path | None = None
+    source: Path,
+    out: Path,
+    quant: str,
+    threads: int | None = None,
+    imatrix: Path | None = None,
+    f16_output: bool = False,
 ) -> Path:
     """Write `out` (atomically) as `quant` made from an F32/F16/BF16 GGUF file, guided by an
     importance matrix (edgetune's safetensors file, see imatrix.py) when one is given."""
@@ -49,6 +57,7 @@ def quantize(
                 key,
                 str(threads or 0),
                 str(imatrix or ""),
+                "f16-output" if f16_output else "",
             ],
             capture_output=True,
             text=True,
@@ -106,7 +115,7 @@ def _imatrix_array(path: str):
     return entries, overrides, keep
 
 
-def _child(source: str, out: str, key: str, threads: int, imatrix: str) -> int:
+def _child(source: str, out: str, key: str, threads: int, imatrix: str, f16_output: bool = False) -> int:
     import ctypes
 
     import llama_cpp
@@ -115,6 +124,9 @@ def _child(source: str, out: str, key: str, threads: int, imatrix: str) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[key])
     params.nthread = threads or os.cpu_count() or 1
+    if f16_output:  # the token embedding and the output head (one tensor when tied) stay F16
+        params.output_tensor_type = GGML_TYPE_F16
+        params.token_embedding_type = GGML_TYPE_F16
     if imatrix:
         entries, overrides, _keep = _imatrix_array(imatrix)
         params.imatrix = entries
@@ -125,6 +137,11 @@ def _child(source: str, out: str, key: str, threads: int, imatrix: str) -> int:
 if __name__ == "__main__":
     sys.exit(
         _child(
-            sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else ""
+            sys.argv[1],
+            sys.argv[2],
+            sys.argv[3],
+            int(sys.argv[4]),
+            sys.argv[5] if len(sys.argv) > 5 else "",
+            len(sys.argv) > 6 and sys.argv[6] == "f16-output",
         )
     )

@@ -168,7 +168,15 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
             "[yellow]warning:[/] a plain model directory has no training data for an importance matrix; "
             "quantising without one"
         )
-    result = export_gguf(model_dir, gguf_dir, quants, calibration, provenance, console=console)
+    result = export_gguf(
+        model_dir,
+        gguf_dir,
+        quants,
+        calibration,
+        provenance,
+        console=console,
+        f16_output=tuple(q.lower() for q in recipe.export.gguf.f16_output),
+    )
     # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
     system = shared_system_prompt(prepared.splits.train) if run_dir else None
     for artifact in result.artifacts:
