@@ -90,8 +90,9 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
 
 def _set_aside(run_dir: Path, console) -> None:
     """A previous run with other tune inputs moves to <run>.previous instead of being overwritten."""
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return
+    products = ("adapter", "checkpoints", "merged", "export", "bench")
+    if not any((run_dir / name).exists() for name in products):
+        return  # nothing but this run's own pipeline record yet
     previous = run_dir.with_name(run_dir.name + ".previous")
     shutil.rmtree(previous, ignore_errors=True)
     run_dir.rename(previous)

@@ -51,6 +51,7 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert first.exit_code == 0, out
     run = tmp_path / "runs" / "tiny"
     assert "ran data, tune, merge, export, bench; skipped nothing" in out
+    assert "previous run" not in out and not (tmp_path / "runs" / "tiny.previous").exists()
     assert (run / "bench" / "report.json").is_file() and (
         run / "export" / "gguf" / "model-q8_0.gguf"
     ).is_file()
