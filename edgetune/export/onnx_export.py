@@ -46,10 +46,12 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
     """optimum's exporter, quiet: its tracer warnings are about Python branches it cannot record,
     which the parity check then verifies numerically rather than trusting."""
     from optimum.exporters.onnx import main_export
+    from optimum.utils import logging as optimum_logging
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, optimum_verbosity = hf_logging.get_verbosity(), optimum_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    optimum_logging.set_verbosity_error()  # e.g. its note on the tied embedding we untie ourselves
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -67,6 +69,7 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
         raise ModelError(f"{model_dir}: optimum could not export it to ONNX ({type(e).__name__}: {e})") from e
     finally:
         hf_logging.set_verbosity(verbosity)
+        optimum_logging.set_verbosity(optimum_verbosity)
 
 
 def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, force_external: bool) -> None:
