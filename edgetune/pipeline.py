@@ -177,8 +177,9 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, res
         from edgetune.export.run import export
 
         _refresh_recipe(recipe, run_dir)
-        shutil.rmtree(run_dir / "export", ignore_errors=True)  # files of quants no longer asked for go too
-        parity = export(run_dir, console=console)["parity"]
+        results = export(run_dir, console=console)
+        _drop_unrequested(run_dir, results)  # only after the new files are in place
+        parity = results["parity"]
         if console is not None:
             print_table(parity, console)
     elif stage == "bench":
@@ -186,6 +187,23 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, res
 
         _refresh_recipe(recipe, run_dir)
         result.report = bench(run_dir, console=console)
+
+
+def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
+    """Remove exports of quants the recipe no longer asks for, so bench measures only current ones."""
+    keep = {a.path.resolve() for fmt in ("gguf", "onnx") if fmt in results for a in results[fmt].artifacts}
+    gguf = run_dir / "export" / "gguf"
+    for path in sorted(gguf.glob("*.gguf")):
+        if path.resolve() not in keep:
+            path.unlink()
+            path.with_suffix(".Modelfile").unlink(missing_ok=True)
+    for path in sorted((run_dir / "export" / "onnx").glob("*/")):
+        if (path / "model.onnx").is_file() and path.resolve() not in keep:
+            shutil.rmtree(path)
+    if "onnx" not in results:
+        shutil.rmtree(run_dir / "export" / "onnx", ignore_errors=True)
+    if "gguf" not in results:
+        shutil.rmtree(gguf, ignore_errors=True)
 
 
 def _save(run_dir: Path, done: dict[str, str]) -> None:
