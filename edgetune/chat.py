@@ -10,9 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from edgetune.bench.runners import Runner, Target, open_runner
+from edgetune.bench.runners import Runner, Target, iter_greedy, open_runner
 from edgetune.errors import InputError
 from edgetune.rundir import RECIPE_FILE
 
@@ -26,30 +24,20 @@ class ChatSession:
     history: list[dict[str, str]] = field(default_factory=list)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        tok = self.tokenizer
-        if tok.chat_template:
-            from edgetune.templating import apply_chat_template
+        """Rendered as in training: the same template (edgetune's fallback for a model without one)
+        and exactly one BOS where the model wants one."""
+        from edgetune.data.render import Renderer
 
-            text = apply_chat_template(tok, messages, add_generation_prompt=True)
-        else:
-            text = "\n".join(m["content"] for m in messages) + "\n"
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        probe = tok("a", add_special_tokens=True)["input_ids"]
-        bos = tok.bos_token_id
-        if bos is not None and probe and probe[0] == bos and (not ids or ids[0] != bos):
-            ids = [bos] + ids  # the model wants one BOS; the template may already have put it there
-        return ids
+        renderer = Renderer(self.tokenizer)
+        return renderer.ids_for_text(renderer.chat_text(messages, add_generation_prompt=True))
 
     def tokens(self, user: str, max_new_tokens: int) -> Iterator[int]:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
         messages = messages + [{"role": "user", "content": user}]
-        logits = self.runner.prefill(self.prompt_ids(messages))
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(logits))
+        for token in iter_greedy(self.runner, self.prompt_ids(messages), self.eos_ids, max_new_tokens):
             if token in self.eos_ids:
                 return
             yield token
-            logits = self.runner.step(token)
 
     def reply(
         self, user: str, max_new_tokens: int = 256, on_text: Callable[[str], None] | None = None

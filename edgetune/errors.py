@@ -5,6 +5,9 @@ Exit codes (a contract for Makefiles): 0 ok, 1 internal failure, 2 bad input, 3 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_GATE = 3
@@ -73,19 +76,17 @@ def is_disk_full(exc: BaseException) -> bool:
     return any(text in str(exc) for text in DISK_FULL_TEXT)
 
 
-class writing:  # noqa: N801 (used as a context manager: `with writing(path):`)
+@contextmanager
+def writing(path) -> Iterator[None]:
     """Turn a disk-full error while writing `path` into one DiskFull line naming it."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is not None and not isinstance(exc, EdgetuneError) and is_disk_full(exc):
-            raise DiskFull(
-                f"{self.path}: disk full (or file size limit reached) while writing it; "
-                "earlier outputs are intact, free some space and run the command again"
-            ) from None
-        return False
+    try:
+        yield
+    except EdgetuneError:
+        raise
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFull(
+            f"{path}: disk full (or file size limit reached) while writing it; "
+            "earlier outputs are intact, free some space and run the command again"
+        ) from None

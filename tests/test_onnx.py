@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
 from edgetune.config import OnnxExportConfig
 from edgetune.errors import InputError
 from edgetune.export.onnx_export import export_onnx
@@ -52,8 +53,9 @@ def test_fp32_logits_match_torch_and_cache_changes_nothing(exported, tiny_tokeni
         ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
         kl, top1 = kl_top1(torch_logprobs(model_dir, ids), log_softmax(decoder.logits(ids)))
         assert kl <= 1e-5 and top1 == 1.0
-        cached = list(decoder.generate(ids, [], 24))
-        assert cached == list(decoder.generate(ids, [], 24, use_cache=False))
+        runner = OnnxRunner(Target("fp32", "onnx", "fp32", "onnxruntime", "cpu", out / "fp32"))
+        cached = greedy(runner, ids, [], 24)
+        assert cached == greedy(Uncached(runner), ids, [], 24)
         assert len(cached) == 24
 
 
@@ -104,7 +106,7 @@ def test_optimum_loads_every_variant_and_generates_the_same_tokens(exported, tin
             min_new_tokens=12,
             do_sample=False,
         )[0, len(ids) :].tolist()
-        ours = list(OnnxDecoder(a.path).generate(ids, [], 12))
+        ours = greedy(OnnxRunner(Target(a.quant, "onnx", a.quant, "onnxruntime", "cpu", a.path)), ids, [], 12)
         assert got == ours, a.quant
 
 

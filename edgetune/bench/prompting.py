@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from edgetune.bench.accuracy import Case
+from edgetune.bench.accuracy import Case, reference_answer
 
 
 def few_shot_cases(renderer, shots, examples, cases: list[Case]) -> list[Case]:
@@ -27,13 +27,7 @@ def few_shot_cases(renderer, shots, examples, cases: list[Case]) -> list[Case]:
             turns = [m for shot in shots for m in shot.as_messages() if m["role"] != "system"]
             text = renderer.chat_text(head + turns + body[:last], add_generation_prompt=True)
         else:
-            blocks = [renderer.prompt_text(s) + _answer(s) for s in shots]
+            blocks = [renderer.prompt_text(s) + (reference_answer(s) or "") for s in shots]
             text = "\n\n".join([*blocks, renderer.prompt_text(ex)])
         out.append(replace(case, prompt_ids=renderer.ids_for_text(text)))
     return out
-
-
-def _answer(example) -> str:
-    from edgetune.bench.accuracy import reference_answer
-
-    return reference_answer(example) or ""

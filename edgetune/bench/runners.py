@@ -8,6 +8,7 @@ differences in the model files and runtimes, not in prompting or decoding settin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,17 +43,40 @@ class Runner:
         raise NotImplementedError
 
 
-def greedy(runner: Runner, prompt_ids: list[int], eos_ids: list[int], max_new_tokens: int) -> list[int]:
-    """Greedy decoding; the EOS token is included when the model emits it."""
+def iter_greedy(
+    runner: Runner, prompt_ids: list[int], eos_ids: list[int], max_new_tokens: int
+) -> Iterator[int]:
+    """Greedy tokens one by one (chat streams them); the EOS token is yielded when the model emits it."""
     logits = runner.prefill(prompt_ids)
-    out: list[int] = []
-    while len(out) < max_new_tokens:
+    for produced in range(1, max_new_tokens + 1):
         token = int(np.argmax(logits))
-        out.append(token)
-        if token in eos_ids or len(out) == max_new_tokens:
-            break
+        yield token
+        if token in eos_ids or produced == max_new_tokens:
+            return
         logits = runner.step(token)
-    return out
+
+
+def greedy(runner: Runner, prompt_ids: list[int], eos_ids: list[int], max_new_tokens: int) -> list[int]:
+    return list(iter_greedy(runner, prompt_ids, eos_ids, max_new_tokens))
+
+
+class Uncached(Runner):
+    """A runner's model without its KV cache: every step recomputes the whole sequence. The
+    reference the cached path must equal (ONNX parity checks this)."""
+
+    def __init__(self, runner: Runner):
+        self.runner, self.sequence = runner, []
+
+    def prefill(self, ids):
+        self.sequence = list(ids)
+        return self.runner.logits(self.sequence)[-1]
+
+    def step(self, token):
+        self.sequence.append(token)
+        return self.runner.logits(self.sequence)[-1]
+
+    def logits(self, ids):
+        return self.runner.logits(ids)
 
 
 class TorchRunner(Runner):

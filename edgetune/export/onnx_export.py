@@ -127,6 +127,6 @@ def export_onnx(
 
 
 def _artifact(quant: str, directory: Path) -> OnnxArtifact:
-    files = {p.name: sha256_file(p) for p in model_files(directory)}
-    size = sum(p.stat().st_size for p in model_files(directory))
-    return OnnxArtifact(quant, directory, size, files[MODEL_FILE], files)
+    paths = model_files(directory)
+    files = {p.name: sha256_file(p) for p in paths}
+    return OnnxArtifact(quant, directory, sum(p.stat().st_size for p in paths), files[MODEL_FILE], files)

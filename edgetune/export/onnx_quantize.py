@@ -50,35 +50,20 @@ def _is_eight_bit(node_name: str, parts: list[str]) -> bool:
 
 
 def _quantize(model, bits: int, plan: NBitsPlan, exclude: list[str], ops: tuple[str, ...]):
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-    )
+    import numpy as np
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    axes = (("MatMul", 0), ("Gather", 1))
-    # 4-bit blocks keep a zero point (asymmetric: KL 0.10 vs 0.12 symmetric here); 8-bit needs none
-    symmetric = bits == 8
-    config = DefaultWeightOnlyQuantConfig(
-        block_size=plan.block_size,
-        is_symmetric=symmetric,
-        accuracy_level=plan.accuracy_level,
-        bits=bits,
-        op_types_to_quantize=ops,
-        quant_axes=axes,
-    )
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=bits,
         block_size=plan.block_size,
-        is_symmetric=symmetric,
+        # 4-bit blocks keep a zero point (asymmetric: KL 0.10 vs 0.12 symmetric here); 8-bit needs none
+        is_symmetric=bits == 8,
         accuracy_level=plan.accuracy_level,
         nodes_to_exclude=exclude,
         op_types_to_quantize=ops,
-        quant_axes=axes,
-        algo_config=config,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
-    import numpy as np
-
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks (a zeroed pad embedding)
         quantizer.process()
     return quantizer.model.model

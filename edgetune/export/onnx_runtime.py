@@ -1,7 +1,6 @@
 """A decoder exported by optimum (text-generation-with-past) driven directly through onnxruntime.
 
-Used by the parity check (logits, greedy decoding with and without the KV cache), by bench and by
-chat. The same directory also loads with optimum's ORTModelForCausalLM; this class exists so that
+Used through edgetune.bench.runners.OnnxRunner by the parity check, bench and chat. The same directory also loads with optimum's ORTModelForCausalLM; this class exists so that
 each step is explicit and timed, and so that external data is checked before onnxruntime opens it.
 """
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,24 +98,6 @@ class OnnxDecoder:
 
     def logits(self, ids: list[int]) -> np.ndarray:
         return self.forward(ids, None, 0)[0].astype(np.float64)
-
-    def generate(
-        self, prompt_ids: list[int], eos_ids: list[int], max_new_tokens: int, use_cache: bool = True
-    ) -> Iterator[int]:
-        """Greedy tokens one by one; stops after an EOS id or the budget. Without the cache every
-        step recomputes the whole sequence (the reference the cached path must equal)."""
-        logits, past = self.forward(prompt_ids, None, 0)
-        sequence = list(prompt_ids)
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(logits[-1]))
-            yield token
-            if token in eos_ids:
-                return
-            sequence.append(token)
-            if use_cache:
-                logits, past = self.forward([token], past, len(sequence) - 1)
-            else:
-                logits, _ = self.forward(sequence, None, 0)
 
 
 def model_files(model_dir: Path) -> list[Path]:

@@ -125,18 +125,7 @@ def check_artifact(
         greedy.append(got == r.greedy)
         eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
     del llm
-    row = ParityRow(
-        path.name,
-        quant,
-        len(refs),
-        ids_equal,
-        float(np.mean(kls)),
-        float(np.mean(top1s)),
-        float(np.mean(greedy)),
-        float(np.mean(eos)),
-        True,
-    )
-    return judge(row)
+    return _row(path.name, quant, ids_equal, kls, top1s, greedy, eos)
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -199,31 +188,34 @@ def check_onnx_variant(
     decodes without the KV cache, which must give the same tokens as with it."""
     from transformers import AutoTokenizer
 
+    from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
     from edgetune.data.render import Renderer
-    from edgetune.export.onnx_runtime import OnnxDecoder
 
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     shipped = Renderer(tokenizer, renderer.template, renderer.system_prompt, renderer.max_seq_len)
     ids_equal = tokenizer.chat_template == renderer.tokenizer.chat_template
     eos_ids = stop_ids(directory, tokenizer)
-    decoder = OnnxDecoder(directory)
-    kls, top1s, greedy, eos, cached = [], [], [], [], []
+    runner = OnnxRunner(Target(directory.name, "onnx", quant, "onnxruntime", "cpu", directory))
+    kls, top1s, same, eos, cached = [], [], [], [], []
     for ex, r in zip(examples, refs):
         ids_equal &= shipped.ids_for_text(shipped.prompt_text(ex)) == r.prompt_ids
-        kl, top1 = _compare(r.logprobs, _log_softmax(decoder.logits(r.full_ids)))
+        kl, top1 = _compare(r.logprobs, _log_softmax(runner.logits(r.full_ids).astype(np.float64)))
         kls.append(kl)
         top1s.append(top1)
-        got = list(decoder.generate(r.prompt_ids, eos_ids, max_new_tokens))
-        greedy.append(got == r.greedy)
+        got = greedy(runner, r.prompt_ids, eos_ids, max_new_tokens)
+        same.append(got == r.greedy)
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
-            cached.append(
-                got == list(decoder.generate(r.prompt_ids, eos_ids, max_new_tokens, use_cache=False))
-            )
+            cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
+    return _row(directory.name, quant, ids_equal, kls, top1s, same, eos, cached or None)
+
+
+def _row(artifact, quant, ids_equal, kls, top1s, greedy, eos, cached=None) -> ParityRow:
+    """Mean the per-example measurements into one row and judge it against its goals."""
     row = ParityRow(
-        directory.name,
+        artifact,
         quant,
-        len(refs),
+        len(kls),
         ids_equal,
         float(np.mean(kls)),
         float(np.mean(top1s)),
