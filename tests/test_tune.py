@@ -239,39 +239,46 @@ def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_two_processes_under_a_launcher(tmp_path, tiny_model_dir, launcher):
+def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_model_dir, launcher):
+    """Both ranks hold the same weights after every step (DDP really wraps the model: a validation
+    pass before train() once left it bare, and each rank trained alone), one summary, one adapter."""
     import socket
+
+    from safetensors.torch import load_file
 
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run_dir = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        "-m",
-        "edgetune",
-        "tune",
-        str(recipe),
-        "--run-dir",
-        str(run_dir),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    probe = Path(__file__).with_name("rank_probe.py")
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    else:
+        # the shipped DDP config, with two processes and no mixed precision on this CPU
+        config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp.yaml"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        cmd += ["--num_processes", "2", "--mixed_precision", "no"]
+        cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+    cmd += [str(probe), "tune", str(recipe), "--run-dir", str(run_dir)]
+    digests = tmp_path / "digests"
+    digests.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK_PROBE_DIR": str(digests)}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["device"]["world_size"] == 2
     assert manifest["stages"]["tune"]["steps"] == 4
-    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert manifest["stages"]["tune"]["initial_eval_loss"] > 0
+    rank0 = json.loads((digests / "rank0.json").read_text())["steps"]
+    rank1 = json.loads((digests / "rank1.json").read_text())["steps"]
+    assert len(rank0) == 4 and len(set(rank0)) == 4  # the weights change every step
+    assert rank0 == rank1
+    adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(t.numel() > 0 for t in adapter.values())
     assert result.stdout.count("edgetune tune") == 1  # one summary, from rank 0
+    assert result.stderr.count("validation loss before training") == 1
 
 
 @pytest.mark.slow

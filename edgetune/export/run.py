@@ -112,7 +112,7 @@ def export(
         needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
         warning = low_space_warning(base_out, needed, "this export")
         if warning and console is not None:
-            console.print(f"[yellow]warning:[/] {warning}")
+            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     prepared = _prepared(recipe, model_dir)
     held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
     budget = recipe.bench.max_new_tokens

@@ -1,4 +1,5 @@
-"""Trainer callbacks: committed checkpoints, metrics.jsonl, a live progress display, an overfit watch."""
+"""Trainer callbacks: committed checkpoints, metrics.jsonl, a live progress display, the loss before
+training, an overfit watch."""
 
 from __future__ import annotations
 
@@ -85,6 +86,19 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     from edgetune.rundir import atomic_write_text
 
     atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+class InitialEval(TrainerCallback):
+    """Hands the step-0 validation loss (TrainingArguments.eval_on_start) to `record`, once."""
+
+    def __init__(self, record):
+        self.record = record
+        self.done = False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self.done and state.global_step == 0 and metrics and "eval_loss" in metrics:
+            self.done = True
+            self.record(float(metrics["eval_loss"]))
 
 
 class OverfitWatch(TrainerCallback):

@@ -113,7 +113,7 @@ def _start_run(
     return recipe, run_dir.resolve()
 
 
-def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool):
+def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool, eval_first: bool):
     from transformers import TrainingArguments
 
     t = recipe.train
@@ -135,6 +135,10 @@ def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool):
         seed=t.seed,
         data_seed=t.seed,
         eval_strategy="steps" if has_valid else "no",
+        # the loss before training is measured inside train(), on the model as the launcher wrapped it:
+        # a Trainer.evaluate() before train() marks the bare model prepared, and accelerate then never
+        # wraps it in DDP/FSDP (every rank would train alone, gradients never averaged)
+        eval_on_start=eval_first,
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
@@ -164,8 +168,11 @@ def build_trainer(
     train_examples,
     valid_examples,
     callbacks: list[Any],
+    eval_first: bool = False,
 ):
-    """The Trainer exactly as `edgetune tune` runs it (the throughput benchmark uses this too)."""
+    """The Trainer exactly as `edgetune tune` runs it (the throughput benchmark uses this too).
+
+    eval_first: measure the validation loss at step 0, before the first update."""
     from transformers.trainer_callback import PrinterCallback
 
     from edgetune.tune.batches import EncodedDataset, make_collator
@@ -173,7 +180,9 @@ def build_trainer(
 
     trainer = SupervisedLogitsTrainer(
         model=model,
-        args=_training_args(recipe, run_dir, setup, bool(valid_examples)),
+        args=_training_args(
+            recipe, run_dir, setup, bool(valid_examples), eval_first and bool(valid_examples)
+        ),
         train_dataset=EncodedDataset(train_examples),
         eval_dataset=EncodedDataset(valid_examples) if valid_examples else None,
         data_collator=make_collator(tokenizer.pad_token_id, recipe.train.packing),
@@ -206,7 +215,7 @@ def tune(
     def warn(message: str) -> None:
         warnings.append(message)
         if console is not None and main:
-            console.print(f"[yellow]warning:[/] {message}")
+            console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
     resume_from = _prepare_checkpoints(run_dir, resume, main)
     if recipe.train.threads:
@@ -242,16 +251,21 @@ def tune(
         train_examples,
         valid_examples,
         _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
+        eval_first=resume_from is None,
     )
     initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
     if valid_examples and resume_from is None:
-        initial_eval = trainer.evaluate()["eval_loss"]
-        if main:
-            update_manifest(
-                run_dir, stages={"tune": {"status": "running", "initial_eval_loss": initial_eval}}
-            )
-            if console is not None:
-                console.print(f"validation loss before training: {initial_eval:.4f}")
+        from edgetune.tune.callbacks import InitialEval
+
+        def record_initial_eval(loss: float) -> None:
+            nonlocal initial_eval
+            initial_eval = loss
+            if main:
+                update_manifest(run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}})
+                if console is not None:
+                    console.print(f"validation loss before training: {loss:.4f}")
+
+        trainer.add_callback(InitialEval(record_initial_eval))
     try:
         with writing(run_dir / "checkpoints"):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
