@@ -292,6 +292,44 @@ def test_qlora_runs_on_cpu_with_a_warning(tmp_path, tiny_model_dir):
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_qlora_gradients_on_cpu_survive_a_validation_pass(tiny_model_dir):
+    """bitsandbytes repacks 4-bit weights for a backward-less CPU kernel on the first eval-mode forward
+    (CPUs with AVX512-BF16); the validation loss before training must not change the gradients after."""
+    import warnings
+
+    import torch
+
+    from edgetune.config import LoraConfig
+    from edgetune.models import resolve_model
+    from edgetune.tune.model import choose_setup, load_for_training
+
+    ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(0))
+
+    def lora_grads(validate_first: bool) -> dict:
+        torch.manual_seed(0)
+        model = load_for_training(
+            resolve_model(str(tiny_model_dir)), choose_setup("qlora", "fp32"), LoraConfig()
+        )
+        if validate_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+        model.train()
+        with torch.no_grad():  # lora_B starts at zero; make the gradient reach lora_A and the layers below
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(0.01)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*autograd kernel was not registered")
+            model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, after_eval = lora_grads(False), lora_grads(True)
+    assert plain.keys() == after_eval.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(after_eval[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir):
     import importlib.util
 
