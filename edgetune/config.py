@@ -102,6 +102,8 @@ class TrainConfig:
     save_steps: int = 20
     early_stopping_patience: int = 3  # evaluations without improvement; 0 disables
     packing: bool = False
+    # recompute activations in the backward pass: less memory, ~30% more compute
+    gradient_checkpointing: bool | None = None  # None: on for QLoRA on a GPU
     threads: int | None = None
     tensorboard: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)

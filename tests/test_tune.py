@@ -237,8 +237,21 @@ def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_
         )
 
 
+def test_gradient_checkpointing_changes_memory_not_the_numbers(tmp_path, tiny_model_dir):
+    plain = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=3)), run_dir=tmp_path / "plain")
+    recomputed = tune(
+        str(make_recipe(tmp_path, tiny_model_dir, max_steps=3, gradient_checkpointing=True)),
+        run_dir=tmp_path / "recomputed",
+    )
+    stages = [
+        json.loads((r.run_dir / "manifest.json").read_text())["stages"]["tune"] for r in (plain, recomputed)
+    ]
+    assert [s["gradient_checkpointing"] for s in stages] == [False, True]
+    assert train_losses(recomputed.run_dir) == pytest.approx(train_losses(plain.run_dir), rel=1e-5)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate", "torchrun+checkpointing"])
 def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_model_dir, launcher):
     """Both ranks hold the same weights after every step (DDP really wraps the model: a validation
     pass before train() once left it bare, and each rank trained alone), one summary, one adapter."""
@@ -246,13 +259,14 @@ def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_m
 
     from safetensors.torch import load_file
 
-    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
+    extra = {"gradient_checkpointing": True} if "checkpointing" in launcher else {}
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2, **extra)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run_dir = tmp_path / "ddp"
     probe = Path(__file__).with_name("rank_probe.py")
-    if launcher == "torchrun":
+    if launcher.startswith("torchrun"):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
     else:

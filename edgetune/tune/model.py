@@ -103,8 +103,16 @@ def keep_4bit_weights_trainable(model) -> int:
 
 
 def load_for_training(
-    model: ResolvedModel, setup: TrainSetup, settings: LoraSettings, trust_remote_code: bool = False
+    model: ResolvedModel,
+    setup: TrainSetup,
+    settings: LoraSettings,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool | None = None,
 ) -> Any:
+    """The frozen base (4-bit for QLoRA) with fresh LoRA adapters, ready for the Trainer.
+
+    gradient_checkpointing: None turns it on for QLoRA on a GPU (where memory is the point). It is
+    the non-reentrant kind, which DDP and FSDP handle without extra flags."""
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
@@ -134,9 +142,18 @@ def load_for_training(
             f"{model.path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         ) from None
     base.config.use_cache = False  # the KV cache is useless in training and costs memory
+    if gradient_checkpointing is None:
+        gradient_checkpointing = setup.method == "qlora" and setup.device == "cuda"
+    checkpointing = {"use_reentrant": False}
     if setup.method == "qlora":
         keep_4bit_weights_trainable(base)
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=setup.device == "cuda")
+        base = prepare_model_for_kbit_training(
+            base,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     try:
         peft_model = get_peft_model(base, lora_config(settings))
     except ValueError as exc:  # e.g. target modules not found

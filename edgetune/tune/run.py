@@ -241,7 +241,13 @@ def tune(
     setup = choose_setup(recipe.train.method, recipe.train.precision)
     for message in setup.warnings:
         warn(message)
-    model = load_for_training(model_ref, setup, recipe.train.lora, recipe.model.trust_remote_code)
+    model = load_for_training(
+        model_ref,
+        setup,
+        recipe.train.lora,
+        recipe.model.trust_remote_code,
+        recipe.train.gradient_checkpointing,
+    )
     trainer = build_trainer(
         recipe,
         run_dir,
@@ -296,6 +302,9 @@ def tune(
                     "status": "done",
                     "dtype": setup.dtype,
                     "optim": setup.optim,
+                    "gradient_checkpointing": bool(
+                        getattr(trainer.model, "is_gradient_checkpointing", False)
+                    ),
                     "warnings": warnings,
                     "adapter": "adapter",
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
