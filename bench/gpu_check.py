@@ -91,13 +91,16 @@ def compare_lora_qlora(work: Path, model_dir: Path, steps: int, dry: bool) -> di
     for method in ("lora", "qlora"):
         run = work / f"run-{method}"
         precision = "fp32" if dry else "bf16"
+        # the same settings for both (QLoRA would otherwise turn gradient checkpointing on by itself,
+        # and the ratios would measure recomputation, not 4-bit weights)
         edgetune("tune", str(recipe), "--run-dir", str(run), "--set", f"train.method={method}",
-                 "--set", f"train.precision={precision}")  # fmt: skip
+                 "--set", f"train.precision={precision}", "--set", "train.gradient_checkpointing=false")  # fmt: skip
         tune = json.loads((run / "manifest.json").read_text())["stages"]["tune"]
         rows[method] = {
             "tokens_per_s": tune.get("tokens_per_s"),
             "peak_vram_bytes": tune.get("peak_vram_bytes"),
             "wall_s": tune.get("wall_s"),
+            "gradient_checkpointing": tune.get("gradient_checkpointing"),
         }
     lora, qlora = rows["lora"], rows["qlora"]
     result = {"steps": steps, "batch_size": 8, "methods": rows}

@@ -20,6 +20,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["memory"]["methods"]) == {"lora", "qlora"}
+    assert [m["gradient_checkpointing"] for m in report["memory"]["methods"].values()] == [False, False]
     assert report["memory"]["throughput_ratio"] > 0
     names = [t["name"] for t in report["pipeline"]["report"]["targets"]]
     assert names == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
