@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,36 +251,40 @@ def test_gradient_checkpointing_changes_memory_not_the_numbers(tmp_path, tiny_mo
     assert train_losses(recomputed.run_dir) == pytest.approx(train_losses(plain.run_dir), rel=1e-5)
 
 
+def launch_two(launcher: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """Two CPU processes (gloo) under torchrun or under accelerate launch with the shipped ddp.yaml."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    else:  # two processes and no mixed precision on this CPU
+        config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp.yaml"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        cmd += ["--num_processes", "2", "--mixed_precision", "no"]
+        cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, env=full_env)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate", "torchrun+checkpointing"])
 def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_model_dir, launcher):
     """Both ranks hold the same weights after every step (DDP really wraps the model: a validation
     pass before train() once left it bare, and each rank trained alone), one summary, one adapter."""
-    import socket
-
     from safetensors.torch import load_file
 
     extra = {"gradient_checkpointing": True} if "checkpointing" in launcher else {}
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2, **extra)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run_dir = tmp_path / "ddp"
-    probe = Path(__file__).with_name("rank_probe.py")
-    if launcher.startswith("torchrun"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
-    else:
-        # the shipped DDP config, with two processes and no mixed precision on this CPU
-        config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp.yaml"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-        cmd += ["--num_processes", "2", "--mixed_precision", "no"]
-        cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
-    cmd += [str(probe), "tune", str(recipe), "--run-dir", str(run_dir)]
     digests = tmp_path / "digests"
     digests.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK_PROBE_DIR": str(digests)}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    probe = Path(__file__).with_name("rank_probe.py")
+    result = launch_two(launcher.split("+")[0], [str(probe), "tune", str(recipe), "--run-dir", str(run_dir)],
+                        RANK_PROBE_DIR=str(digests))  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["device"]["world_size"] == 2
@@ -293,6 +298,28 @@ def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_m
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     assert result.stdout.count("edgetune tune") == 1  # one summary, from rank 0
     assert result.stderr.count("validation loss before training") == 1
+
+
+@pytest.mark.slow
+def test_two_processes_resume_to_the_same_adapter(tmp_path, tiny_model_dir):
+    """A crash after checkpoint 4 (simulated: the later checkpoint and the adapter removed); resuming
+    under the launcher reloads optimizer, scheduler, both ranks' RNG and data position."""
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, max_steps=8, eval_steps=4, save_steps=4, lora={"dropout": 0.1}
+    )
+    run_dir = tmp_path / "ddp"
+    first = launch_two("torchrun", ["-m", "edgetune", "tune", str(recipe), "--run-dir", str(run_dir)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    want_losses = train_losses(run_dir)
+    want_adapter = sha256_file(run_dir / "adapter" / "adapter_model.safetensors")
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-8")
+    shutil.rmtree(run_dir / "adapter")
+
+    resumed = launch_two("torchrun", ["-m", "edgetune", "tune", "--resume", "--run-dir", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step 4" in resumed.stdout
+    assert train_losses(run_dir) == pytest.approx(want_losses, abs=1e-6)
+    assert sha256_file(run_dir / "adapter" / "adapter_model.safetensors") == want_adapter
 
 
 @pytest.mark.slow

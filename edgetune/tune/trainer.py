@@ -10,6 +10,7 @@ indices) and compute the same token-mean loss ourselves. Measured on SmolLM2-135
 from __future__ import annotations
 
 import inspect
+import os
 
 import torch
 import torch.nn.functional as F
@@ -46,3 +47,17 @@ class SupervisedLogitsTrainer(Trainer):
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # with several processes transformers maps the optimizer state to args.device, which on a CPU
+        # is "cpu:0": torch.load cannot restore to that name, so a multi-process CPU run could not resume
+        if checkpoint is None or self.args.world_size == 1 or self.args.device.type != "cpu":
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME
+
+        optimizer = os.path.join(checkpoint, OPTIMIZER_NAME)
+        if os.path.isfile(optimizer):
+            self.optimizer.load_state_dict(torch.load(optimizer, map_location="cpu", weights_only=True))
+            self.lr_scheduler.load_state_dict(
+                torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True)
+            )
