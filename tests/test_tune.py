@@ -371,6 +371,39 @@ def test_qlora_gradients_on_cpu_survive_a_validation_pass(tiny_model_dir):
         torch.testing.assert_close(after_eval[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_sharded_runs_save_the_gathered_adapter(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """Under FSDP/ZeRO-3 the adapter written is the one gathered from all ranks (accelerate's full
+    state dict, keys as the unsharded model's), not the main rank's local shard."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedType
+    from safetensors.torch import load_file
+
+    from edgetune.config import LoraConfig
+    from edgetune.models import resolve_model
+    from edgetune.tune.model import choose_setup, load_for_training
+    from edgetune.tune.run import _save_adapter
+
+    model = load_for_training(resolve_model(str(tiny_model_dir)), choose_setup("lora", "fp32"), LoraConfig())
+    gathered = {k: (v + 1.0 if "lora_" in k else v) for k, v in model.state_dict().items()}
+    calls = []
+    accelerator = SimpleNamespace(
+        distributed_type=DistributedType.FSDP,
+        get_state_dict=lambda wrapped: calls.append(wrapped) or gathered,
+        unwrap_model=lambda m: m,
+    )
+    trainer = SimpleNamespace(accelerator=accelerator, model=model, model_wrapped="the FSDP module")
+    _save_adapter(trainer, tiny_tokenizer, tmp_path / "adapter", main=False)
+    assert calls == ["the FSDP module"] and not (tmp_path / "adapter").exists()  # gathered on every rank
+    _save_adapter(trainer, tiny_tokenizer, tmp_path / "adapter", main=True)
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    want = gathered["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]
+    torch.testing.assert_close(saved[name], want)
+    assert (tmp_path / "adapter" / "tokenizer.json").is_file()
+
+
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir):
     import importlib.util
 

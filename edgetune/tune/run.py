@@ -289,10 +289,8 @@ def tune(
         started,
         warnings,
     )
+    _save_adapter(trainer, tokenizer, run_dir / "adapter", main)
     if main:
-        with atomic_dir(run_dir / "adapter") as staging:
-            trainer.model.save_pretrained(str(staging), safe_serialization=True)
-            tokenizer.save_pretrained(str(staging))  # the chat template (or our fallback) travels with it
         fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
         update_manifest(
             run_dir,
@@ -312,6 +310,22 @@ def tune(
             },
         )
     return result
+
+
+def _save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
+    """The kept adapter and the tokenizer (whose chat template travels with it), written atomically."""
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    # under FSDP or DeepSpeed ZeRO-3 each rank holds a shard: gathering them is collective, so every
+    # rank takes part, and only the main one writes
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state = accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if main:
+        model = accelerator.unwrap_model(trainer.model)
+        with atomic_dir(out) as staging:
+            model.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(str(staging))
 
 
 def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None:
