@@ -8,9 +8,11 @@
    its own process. The model has TinyLlama-1.1B's shape with random weights (memory and speed do not
    depend on the values; no download is possible on the device machine).
    Goal: QLoRA peak VRAM <= 0.55x LoRA's at >= 0.75x its throughput.
-2. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
+2. The shipped accelerate configs (FSDP LoRA, FSDP QLoRA; one process on one GPU, which still wraps,
+   shards and gathers) on a tiny model, each against a plain run: exit status, final loss, adapter shapes.
+3. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
    (runtimes without CUDA support here are listed as skipped, with the reason).
-3. DIR/report.json and DIR/report.md with both.
+4. DIR/report.json and DIR/report.md, rewritten after every step (a cut-short run keeps its results).
 """
 
 from __future__ import annotations
@@ -115,6 +117,70 @@ def compare_lora_qlora(work: Path, model_dir: Path, steps: int, dry: bool) -> di
     return result
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def final_train_loss(run: Path) -> float | None:
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in losses if "loss" in r]
+    return losses[-1] if losses else None
+
+
+def adapter_shapes(run: Path) -> dict[str, list[int]]:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
+    """The shipped accelerate configs on this machine, each against a plain run of the same method:
+    exit status, final training loss side by side, and an adapter with the plain run's tensor shapes
+    (a rank's local shard would be empty or flat). One GPU runs FSDP with one process, which still
+    wraps, shards (trivially) and gathers; on the CPU (dry run) only DDP with two processes exists."""
+    recipe = work / "sharded.yaml"
+    recipe.write_text(
+        "name: gpu-check-sharded\n"
+        f"model:\n  base: {model_dir}\n"
+        f"data:\n  train: {DEMO_DATA}\n  max_seq_len: 256\n"
+        "train:\n  lr: 1.0e-3\n  max_steps: 4\n  batch_size: 4\n  eval_steps: 4\n  save_steps: 4\n"
+        "  warmup_ratio: 0.0\n  precision: " + ("fp32" if dry else "bf16") + "\n"
+    )
+    cases = [("ddp.yaml", "lora", 2)] if dry else [("fsdp.yaml", "lora", 1), ("fsdp_qlora.yaml", "qlora", 1)]
+    rows = []
+    for config, method, processes in cases:
+        plain = work / f"plain-{method}"
+        if not plain.exists():
+            edgetune("tune", str(recipe), "--run-dir", str(plain), "--set", f"train.method={method}")
+        run = work / f"launched-{config.removesuffix('.yaml')}"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "examples" / "accelerate" / config), "--num_processes", str(processes),
+               "--main_process_port", str(free_port()), "-m", "edgetune", "tune", str(recipe), "--run-dir", str(run),
+               "--set", f"train.method={method}"]  # fmt: skip
+        if dry:
+            cmd[5:5] = ["--mixed_precision", "no"]
+        print(f"$ accelerate launch --config_file examples/accelerate/{config} ... ({method})", flush=True)
+        started = time.time()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        row = {"config": config, "method": method, "processes": processes, "exit": proc.returncode,
+               "wall_s": round(time.time() - started, 1)}  # fmt: skip
+        if proc.returncode != 0:
+            row["error"] = [line for line in proc.stderr.splitlines() if line.strip()][-8:]
+        else:
+            row["final_loss"] = final_train_loss(run)
+            row["plain_final_loss"] = final_train_loss(plain)
+            row["same_adapter_shapes"] = adapter_shapes(run) == adapter_shapes(plain)
+            row["world_size"] = json.loads((run / "manifest.json").read_text())["device"]["world_size"]
+        rows.append(row)
+    return rows
+
+
 def pipeline(work: Path, model_dir: Path | None, dry: bool) -> dict:
     run = work / "demo"
     args = ["run", "recipes/demo.yaml", "--run-dir", str(run), "--no-gate",
@@ -152,10 +218,33 @@ def markdown(result: dict) -> str:
             f"throughput {m.get('throughput_ratio', 0):.2f}x (goal >= {GOALS['throughput_ratio_min']}): "
             f"{'met' if m.get('meets_goal') else 'NOT met'}"
         )
-    skipped = result["pipeline"]["report"].get("skipped_targets", [])
-    lines += ["", "## Demo pipeline with CUDA targets", "", result["pipeline"]["report_md"]]
-    lines += [f"- skipped {s['name']} on {s['device']}: {s['reason']}" for s in skipped]
+    if "sharded" in result:
+        lines += ["", "## Launcher configs (examples/accelerate)", ""]
+        lines += ["| config | method | processes | exit | final loss | plain run | adapter shapes |"]
+        lines += ["|---|---|---|---|---|---|---|"]
+        for r in result["sharded"]:
+            shapes = {True: "same", False: "DIFFER"}.get(r.get("same_adapter_shapes"), "-")
+            lines.append(
+                f"| {r['config']} | {r['method']} | {r['processes']} | {r['exit']} | "
+                f"{r.get('final_loss', '-')} | {r.get('plain_final_loss', '-')} | {shapes} |"
+            )
+        lines += [
+            f"\n{r['config']} failed:\n```\n" + "\n".join(r["error"]) + "\n```"
+            for r in result["sharded"]
+            if "error" in r
+        ]
+    if "pipeline" in result:
+        skipped = result["pipeline"]["report"].get("skipped_targets", [])
+        lines += ["", "## Demo pipeline with CUDA targets", "", result["pipeline"]["report_md"]]
+        lines += [f"- skipped {s['name']} on {s['device']}: {s['reason']}" for s in skipped]
     return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, result: dict) -> None:
+    """After every step, so a check cut short by its time limit still leaves what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / "report.md").write_text(markdown(result))
 
 
 def main() -> int:
@@ -178,14 +267,14 @@ def main() -> int:
             "device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0),
             "date": time.strftime("%Y-%m-%d"),
             "memory": compare_lora_qlora(work, model_dir, 2 if args.dry_run else args.steps, args.dry_run),
-            "pipeline": pipeline(work, model_dir, args.dry_run),
         }
+        write_report(args.out, result)
+        tiny = model_dir if args.dry_run else random_model(work / "tiny", TINY_SHAPE, "bfloat16")
+        result["sharded"] = sharded_launch(work, tiny, args.dry_run)
+        write_report(args.out, result)
+        result["pipeline"] = pipeline(work, model_dir, args.dry_run)
     result["wall_s"] = round(time.time() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(
-        json.dumps({k: v for k, v in result.items()}, indent=2, default=str) + "\n"
-    )
-    (args.out / "report.md").write_text(markdown(result))
+    write_report(args.out, result)
     print(markdown(result))
     print(f"gpu_check: {result['wall_s']:.0f} s; report in {args.out}", flush=True)
     return 0

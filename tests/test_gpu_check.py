@@ -5,6 +5,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +24,9 @@ def test_gpu_check_dry_run(tmp_path):
     assert set(report["memory"]["methods"]) == {"lora", "qlora"}
     assert [m["gradient_checkpointing"] for m in report["memory"]["methods"].values()] == [False, False]
     assert report["memory"]["throughput_ratio"] > 0
+    (ddp,) = report["sharded"]
+    assert ddp["exit"] == 0 and ddp["world_size"] == 2 and ddp["same_adapter_shapes"], ddp
+    assert ddp["final_loss"] == pytest.approx(ddp["plain_final_loss"], rel=0.05)
     names = [t["name"] for t in report["pipeline"]["report"]["targets"]]
     assert names == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
     md = (tmp_path / "out" / "report.md").read_text()
