@@ -289,6 +289,9 @@ def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_m
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["device"]["world_size"] == 2
     assert manifest["stages"]["tune"]["steps"] == 4
+    assert manifest["stages"]["tune"]["processes"] == 2
+    assert manifest["stages"]["tune"]["examples_per_step"] == 8  # batch_size 4 on each of two ranks
+    assert "8 examples per step (4 x 2 processes)" in result.stdout
     assert manifest["stages"]["tune"]["initial_eval_loss"] > 0
     rank0 = json.loads((digests / "rank0.json").read_text())["steps"]
     rank1 = json.loads((digests / "rank1.json").read_text())["steps"]

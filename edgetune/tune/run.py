@@ -50,6 +50,8 @@ class TuneResult:
     tokens_per_s: float
     resumed_from: int | None
     peak_vram_bytes: int | None = None  # CUDA: torch's peak allocated memory during the run
+    processes: int = 1  # data-parallel ranks (launched by torchrun or accelerate)
+    examples_per_step: int = 0  # batch_size x grad_accum x processes: what one optimizer step sees
     warnings: list[str] = field(default_factory=list)
 
 
@@ -279,6 +281,7 @@ def tune(
         raise Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
 
     result = _result(
+        trainer.args,
         trainer.state,
         run_dir,
         setup,
@@ -412,6 +415,7 @@ def _write_start_manifest(run_dir: Path, recipe: Recipe, setup, model_ref, data)
 
 
 def _result(
+    args,
     state,
     run_dir: Path,
     setup,
@@ -448,6 +452,10 @@ def _result(
         resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
         warnings=warnings,
         peak_vram_bytes=_peak_vram(setup.device),
+        processes=args.world_size,
+        examples_per_step=args.per_device_train_batch_size
+        * args.gradient_accumulation_steps
+        * args.world_size,
     )
 
 

@@ -24,6 +24,11 @@ def print_summary(r: TuneResult, console) -> None:
     stop = " (stopped early: validation loss stopped improving)" if r.stopped_early else ""
     resumed = f", resumed from step {r.resumed_from}" if r.resumed_from is not None else ""
     table.add_row("steps", f"{r.steps}/{r.max_steps} ({r.epochs:g} epochs){stop}{resumed}")
+    if r.processes > 1:
+        per_rank = r.examples_per_step // r.processes
+        table.add_row(
+            "batch", f"{r.examples_per_step} examples per step ({per_rank} x {r.processes} processes)"
+        )
     if r.best_eval_loss is not None:
         change = ""
         if r.initial_eval_loss:
