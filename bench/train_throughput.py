@@ -63,7 +63,7 @@ def run_edgetune(recipe, model_ref, tok, examples, steps, warmup, packing: bool)
     from transformers import TrainerCallback
 
     from edgetune.tune.model import choose_setup, load_for_training
-    from edgetune.tune.run import build_trainer
+    from edgetune.tune.run import build_trainer, training_args
 
     recipe.train.packing = packing
     recipe.train.max_steps = steps
@@ -82,7 +82,8 @@ def run_edgetune(recipe, model_ref, tok, examples, steps, warmup, packing: bool)
 
     with tempfile.TemporaryDirectory() as tmp:
         recipe.train.save_steps = recipe.train.eval_steps = 10 * steps
-        trainer = build_trainer(recipe, Path(tmp), setup, model, tok, examples, [], [Mark()])
+        args = training_args(recipe, Path(tmp), setup, has_valid=False)
+        trainer = build_trainer(recipe, args, model, tok, examples, [], [Mark()])
         trainer.args.shuffle = False
         sampler_order = list(range(steps * recipe.train.batch_size))
         trainer._get_train_sampler = lambda *a, **k: sampler_order  # same rows, same order as the plain loop

@@ -374,6 +374,41 @@ def test_qlora_gradients_on_cpu_survive_a_validation_pass(tiny_model_dir):
         torch.testing.assert_close(after_eval[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_qlora_under_fsdp_wraps_with_uniform_dtypes(tiny_model_dir, monkeypatch):
+    """FSDP flattens each unit's parameters into one tensor: under an FSDP launch the 4-bit weights
+    are stored as bf16 and nothing (no peft k-bit preparation) casts the norms back to fp32."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    from peft.utils.other import fsdp_auto_wrap_policy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from edgetune.config import LoraConfig
+    from edgetune.models import resolve_model
+    from edgetune.tune.model import TrainSetup, load_for_training
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(ACCELERATE_USE_FSDP="true", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0")
+    for key, value in {**env, "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    setup = TrainSetup("qlora", "cpu", "nf4", False, "adamw_torch", [])  # fp32 asked: FSDP needs bf16
+    model = load_for_training(
+        resolve_model(str(tiny_model_dir)), setup, LoraConfig(), gradient_checkpointing=True
+    )
+    layer = model.base_model.model.model.layers[0]
+    assert {p.dtype for n, p in layer.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    assert model.base_model.model.is_gradient_checkpointing
+    dist.init_process_group("gloo")
+    try:
+        wrapped = FSDP(model, auto_wrap_policy=fsdp_auto_wrap_policy(model), device_id=torch.device("cpu"))
+        assert len(FSDP.fsdp_modules(wrapped)) > 1
+    finally:
+        dist.destroy_process_group()
+
+
 def test_sharded_runs_save_the_gathered_adapter(tmp_path, tiny_model_dir, tiny_tokenizer):
     """Under FSDP/ZeRO-3 the adapter written is the one gathered from all ranks (accelerate's full
     state dict, keys as the unsharded model's), not the main rank's local shard."""

@@ -132,7 +132,8 @@ def load_for_training(
         if not under_fsdp():  # FSDP places the shards itself
             local = int(os.environ.get("LOCAL_RANK", "0"))  # one GPU per process under DDP
             kwargs["device_map"] = {"": local} if setup.device == "cuda" else {"": "cpu"}
-        kwargs["dtype"] = torch.bfloat16 if setup.bf16 else torch.float32
+        # under FSDP every parameter of a wrapped unit needs one dtype: that of the bf16-stored 4-bit weights
+        kwargs["dtype"] = torch.bfloat16 if setup.bf16 or under_fsdp() else torch.float32
     else:
         kwargs["dtype"] = getattr(torch, setup.dtype)
     try:
@@ -147,6 +148,9 @@ def load_for_training(
     checkpointing = {"use_reentrant": False}
     if setup.method == "qlora":
         keep_4bit_weights_trainable(base)
+    # peft's k-bit preparation casts the norms to fp32, and FSDP refuses a unit that mixes them with
+    # the bf16-stored 4-bit weights: under FSDP only gradient checkpointing is set up
+    if setup.method == "qlora" and not under_fsdp():
         base = prepare_model_for_kbit_training(
             base,
             use_gradient_checkpointing=gradient_checkpointing,

@@ -115,7 +115,11 @@ def _start_run(
     return recipe, run_dir.resolve()
 
 
-def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool, eval_first: bool):
+def training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool, eval_first: bool = False):
+    """The Trainer's arguments. Make them before loading the model: creating them starts the
+    launcher's process group and picks this rank's GPU, which loading reads (bitsandbytes places
+    4-bit weights on the current GPU, FSDP loads real weights on rank 0 only, DeepSpeed ZeRO-3
+    partitions while loading). eval_first: the validation loss at step 0, before the first update."""
     from transformers import TrainingArguments
 
     t = recipe.train
@@ -140,7 +144,7 @@ def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool, eval_f
         # the loss before training is measured inside train(), on the model as the launcher wrapped it:
         # a Trainer.evaluate() before train() marks the bare model prepared, and accelerate then never
         # wraps it in DDP/FSDP (every rank would train alone, gradients never averaged)
-        eval_on_start=eval_first,
+        eval_on_start=eval_first and has_valid,
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
@@ -163,18 +167,16 @@ def _training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool, eval_f
 
 def build_trainer(
     recipe: Recipe,
-    run_dir: Path,
-    setup,
+    args,
     model,
     tokenizer,
     train_examples,
     valid_examples,
     callbacks: list[Any],
-    eval_first: bool = False,
 ):
     """The Trainer exactly as `edgetune tune` runs it (the throughput benchmark uses this too).
 
-    eval_first: measure the validation loss at step 0, before the first update."""
+    args: from `training_args`, made before the model was loaded."""
     from transformers.trainer_callback import PrinterCallback
 
     from edgetune.tune.batches import EncodedDataset, make_collator
@@ -182,9 +184,7 @@ def build_trainer(
 
     trainer = SupervisedLogitsTrainer(
         model=model,
-        args=_training_args(
-            recipe, run_dir, setup, bool(valid_examples), eval_first and bool(valid_examples)
-        ),
+        args=args,
         train_dataset=EncodedDataset(train_examples),
         eval_dataset=EncodedDataset(valid_examples) if valid_examples else None,
         data_collator=make_collator(tokenizer.pad_token_id, recipe.train.packing),
@@ -243,6 +243,7 @@ def tune(
     setup = choose_setup(recipe.train.method, recipe.train.precision)
     for message in setup.warnings:
         warn(message)
+    args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
     model = load_for_training(
         model_ref,
         setup,
@@ -252,14 +253,12 @@ def tune(
     )
     trainer = build_trainer(
         recipe,
-        run_dir,
-        setup,
+        args,
         model,
         tokenizer,
         train_examples,
         valid_examples,
         _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
-        eval_first=resume_from is None,
     )
     initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
     if valid_examples and resume_from is None:
