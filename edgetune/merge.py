@@ -45,9 +45,11 @@ def score(model, examples, pad_id: int, reference_logprobs: list | None = None) 
     import torch.nn.functional as F
 
     total_loss, total_kl, n_tokens, logprobs = 0.0, 0.0, 0, []
+    device = next(model.parameters()).device  # a 4-bit model sits on the GPU it was quantised on
     model.eval()
     with torch.no_grad():
         for b, batch in enumerate(_batches(examples, pad_id)):
+            batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits.float()
@@ -57,9 +59,9 @@ def score(model, examples, pad_id: int, reference_logprobs: list | None = None) 
             total_loss += -lp.gather(1, labels[mask].unsqueeze(1)).sum().item()
             n_tokens += int(mask.sum())
             if reference_logprobs is not None:
-                ref = reference_logprobs[b]
+                ref = reference_logprobs[b].to(device)
                 total_kl += (ref.exp() * (ref - lp)).sum().item()
-            logprobs.append(lp)
+            logprobs.append(lp.cpu())
     n = max(n_tokens, 1)
     return total_loss / n, total_kl / n, logprobs
 
@@ -109,7 +111,7 @@ def _dequantized_nf4_base(path: Path, trust_remote_code: bool):
         q = q_modules.get(name)
         weight = getattr(q, "weight", None)
         if weight is not None and getattr(weight, "quant_state", None) is not None:
-            module.weight.data = dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+            module.weight.data = dequantize_4bit(weight.data, weight.quant_state).to("cpu", torch.float32)
     return model, quantized
 
 
