@@ -442,6 +442,16 @@ def test_sharded_runs_save_the_gathered_adapter(tmp_path, tiny_model_dir, tiny_t
     assert (tmp_path / "adapter" / "tokenizer.json").is_file()
 
 
+def test_deepspeed_launch_trains_lora_and_refuses_qlora(monkeypatch):
+    from edgetune.errors import InputError
+    from edgetune.tune.model import choose_setup
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert choose_setup("auto").method == "lora"
+    with pytest.raises(InputError, match="fsdp_qlora.yaml"):
+        choose_setup("qlora")
+
+
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, tiny_model_dir):
     import importlib.util
 

@@ -38,8 +38,14 @@ def choose_setup(method: str, precision: str = "auto") -> TrainSetup:
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     warnings: list[str] = []
     if method == "auto":
-        method = "qlora" if cuda and has_bnb else "lora"
+        method = "qlora" if cuda and has_bnb and not under_deepspeed() else "lora"
     if method == "qlora":
+        if under_deepspeed():
+            raise InputError(
+                "train.method=qlora is not supported under DeepSpeed here (ZeRO-3 would have to partition "
+                "4-bit weights); use train.method=lora, or examples/accelerate/fsdp_qlora.yaml for a "
+                "sharded 4-bit base"
+            )
         if not has_bnb:
             raise InputError("train.method=qlora needs bitsandbytes: pip install bitsandbytes")
         if not cuda:
@@ -84,6 +90,11 @@ def lora_config(settings: LoraSettings):
 def under_fsdp() -> bool:
     """Launched by `accelerate launch` with an FSDP config (see examples/accelerate/)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def under_deepspeed() -> bool:
+    """Launched by `accelerate launch` with a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
 def keep_4bit_weights_trainable(model) -> int:
