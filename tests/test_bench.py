@@ -140,3 +140,28 @@ def test_runners_agree_on_the_next_token_logits(benched):
     step = torch_runner.prefill(ids)
     nxt = int(np.argmax(step))
     np.testing.assert_allclose(torch_runner.step(nxt), torch_runner.logits(ids + [nxt])[-1], atol=1e-4)
+
+
+def test_cuda_targets_whose_runtime_cannot_use_cuda_are_listed_as_skipped(benched):
+    """On this CPU machine: onnxruntime has no CUDA provider (and the probe that catches a provider
+    listed but unable to start says so too), llama-cpp-python is a CPU build."""
+    import warnings
+
+    from edgetune.bench import run as bench_run
+    from edgetune.config import load_recipe
+
+    run, _ = benched
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Specified provider 'CUDAExecutionProvider' is not available"
+        assert "did not start" in bench_run._ort_cuda_problem()
+    skipped: list[dict] = []
+    recipe = load_recipe(str(run / "recipe.yaml"))
+    targets = bench_run.discover_targets(run, ["cpu", "cuda"], recipe, skipped)
+    on_cuda = [t.name for t in targets if t.device == "cuda"]
+    assert on_cuda == ["torch/merged", "torch/adapter"]
+    assert {(s["name"], s["device"]) for s in skipped} == {
+        ("onnx/fp32", "cuda"),
+        ("onnx/int8", "cuda"),
+        ("gguf/q8_0", "cuda"),
+    }
+    assert all(s["reason"] for s in skipped)

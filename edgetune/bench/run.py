@@ -28,11 +28,37 @@ def cuda_runtimes() -> dict[str, str | None]:
     except ImportError:
         gguf = "llama-cpp-python is not installed"
     onnx = (
-        None
+        _ort_cuda_problem()
         if "CUDAExecutionProvider" in ort.get_available_providers()
-        else "onnxruntime has no CUDA provider"
+        else ("onnxruntime has no CUDA provider")
     )
     return {"torch": None, "onnx": onnx, "gguf": gguf}
+
+
+def _ort_cuda_problem() -> str | None:
+    """onnxruntime lists its CUDA provider even when CUDA or cuDNN libraries are missing, then runs
+    sessions on the CPU: start a one-node session to see where it really runs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(),
+            options,
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        )
+    except Exception as e:  # noqa: BLE001 - any failure means no CUDA here
+        return f"onnxruntime's CUDA provider cannot start ({type(e).__name__})"
+    if session.get_providers()[0] != "CUDAExecutionProvider":
+        return "onnxruntime's CUDA provider did not start (CUDA/cuDNN libraries missing?)"
+    return None
 
 
 def discover_targets(

@@ -53,6 +53,13 @@ class OnnxDecoder:
             self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
         except Exception as e:
             raise ModelError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {e})") from e
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            # onnxruntime falls back to the CPU by itself when the CUDA provider cannot start (missing
+            # CUDA or cuDNN libraries): numbers measured now would be CPU numbers labelled cuda
+            raise ModelError(
+                f"{path}: onnxruntime's CUDA provider did not start (CUDA/cuDNN libraries missing or "
+                f"mismatched?); the session runs on {self.session.get_providers()[0]}"
+            )
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
