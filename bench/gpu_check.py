@@ -8,8 +8,8 @@
    its own process. The model has TinyLlama-1.1B's shape with random weights (memory and speed do not
    depend on the values; no download is possible on the device machine).
    Goal: QLoRA peak VRAM <= 0.55x LoRA's at >= 0.75x its throughput.
-2. The shipped accelerate configs (FSDP LoRA, FSDP QLoRA; one process on one GPU, which still wraps,
-   shards and gathers) on a tiny model, each against a plain run: exit status, final loss, adapter shapes.
+2. The shipped accelerate configs (DDP QLoRA, FSDP LoRA, FSDP QLoRA; two processes, so two GPUs) on a
+   tiny model, each against a plain run: exit status, final loss, adapter shapes.
 3. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
    (runtimes without CUDA support here are listed as skipped, with the reason).
 4. DIR/report.json and DIR/report.md, rewritten after every step (a cut-short run keeps its results).
@@ -139,10 +139,13 @@ def adapter_shapes(run: Path) -> dict[str, list[int]]:
 
 
 def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
-    """The shipped accelerate configs on this machine, each against a plain run of the same method:
-    exit status, final training loss side by side, and an adapter with the plain run's tensor shapes
-    (a rank's local shard would be empty or flat). One GPU runs FSDP with one process, which still
-    wraps, shards (trivially) and gathers; on the CPU (dry run) only DDP with two processes exists."""
+    """The shipped accelerate configs with two processes, each against a plain run of the same
+    method: exit status, final training loss side by side, and an adapter with the plain run's
+    tensor shapes (a rank's local shard would be empty or flat). FSDP and FSDP-QLoRA need two GPUs
+    (one process shards nothing, and NCCL refuses two ranks on one GPU); with fewer the row says so.
+    On the CPU (dry run) DDP over gloo stands in."""
+    import torch
+
     recipe = work / "sharded.yaml"
     recipe.write_text(
         "name: gpu-check-sharded\n"
@@ -151,7 +154,16 @@ def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
         "train:\n  lr: 1.0e-3\n  max_steps: 4\n  batch_size: 4\n  eval_steps: 4\n  save_steps: 4\n"
         "  warmup_ratio: 0.0\n  precision: " + ("fp32" if dry else "bf16") + "\n"
     )
-    cases = [("ddp.yaml", "lora", 2)] if dry else [("fsdp.yaml", "lora", 1), ("fsdp_qlora.yaml", "qlora", 1)]
+    configs = (("ddp.yaml", "qlora"), ("fsdp.yaml", "lora"), ("fsdp_qlora.yaml", "qlora"))
+    if dry:
+        cases = [("ddp.yaml", "lora", 2)]
+    elif torch.cuda.device_count() >= 2:
+        cases = [(config, method, 2) for config, method in configs]
+    else:
+        reason = f"{torch.cuda.device_count()} GPU here; these configs need two (CPU tests cover DDP and FSDP wrapping)"
+        return [
+            {"config": c, "method": m, "processes": 2, "exit": None, "skipped": reason} for c, m in configs
+        ]
     rows = []
     for config, method, processes in cases:
         plain = work / f"plain-{method}"
@@ -233,6 +245,7 @@ def markdown(result: dict) -> str:
             for r in result["sharded"]
             if "error" in r
         ]
+        lines += [f"- {r['config']} not run: {r['skipped']}" for r in result["sharded"] if "skipped" in r]
     if "pipeline" in result:
         skipped = result["pipeline"]["report"].get("skipped_targets", [])
         lines += ["", "## Demo pipeline with CUDA targets", "", result["pipeline"]["report_md"]]

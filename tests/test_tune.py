@@ -326,6 +326,41 @@ def test_two_processes_resume_to_the_same_adapter(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("config,method", [("fsdp.yaml", "lora"), ("fsdp_qlora.yaml", "qlora")])
+def test_fsdp_on_two_ranks_trains_and_saves_the_whole_adapter(tmp_path, tiny_model_dir, config, method):
+    """The shipped FSDP configs' settings on two CPU ranks: the model (4-bit stored as bf16 for
+    QLoRA) wraps under full sharding, trains a step, and the adapter written is gathered from both
+    ranks: every tensor with the unsharded shape, lora_B moved off zero (peft's own selection wrote
+    an empty adapter here: it cannot see through nested FSDP module names)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from edgetune.config import LoraConfig
+    from edgetune.models import resolve_model
+    from edgetune.tune.model import choose_setup, load_for_training
+
+    config_path = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / config
+    probe = Path(__file__).with_name("fsdp_probe.py")
+    out = tmp_path / "adapter"
+    result = launch_two("torchrun", [str(probe), str(tiny_model_dir), str(config_path), method, str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = load_file(out / "adapter_model.safetensors")
+    plain = load_for_training(resolve_model(str(tiny_model_dir)), choose_setup("lora", "fp32"), LoraConfig())
+    plain.save_pretrained(tmp_path / "plain")
+    want = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in want.items()}
+    assert all(saved[k].abs().sum() > 0 for k in saved if "lora_B" in k)
+    # peft reads it back as written (key names and adapter_config.json in its format)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    params = dict(loaded.named_parameters())
+    for key, tensor in saved.items():
+        torch.testing.assert_close(params[key.replace(".weight", ".default.weight")].float(), tensor.float())
+
+
+@pytest.mark.slow
 def test_qlora_runs_on_cpu_with_a_warning(tmp_path, tiny_model_dir):
     recipe = make_recipe(tmp_path, tiny_model_dir, method="qlora", max_steps=2, eval_steps=2, save_steps=2)
     result = tune(str(recipe))
@@ -440,6 +475,14 @@ def test_sharded_runs_save_the_gathered_adapter(tmp_path, tiny_model_dir, tiny_t
     want = gathered["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]
     torch.testing.assert_close(saved[name], want)
     assert (tmp_path / "adapter" / "tokenizer.json").is_file()
+
+
+def test_fsdp_with_one_process_is_refused_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    result = CliRunner().invoke(main, ["tune", str(make_recipe(tmp_path, tiny_model_dir)), "--run-dir", "r"])
+    assert result.exit_code == 2 and "FSDP with one process shards nothing" in result.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_deepspeed_launch_trains_lora_and_refuses_qlora(monkeypatch):

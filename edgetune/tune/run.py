@@ -101,6 +101,15 @@ def _start_run(
     recipe = load_recipe(recipe_arg, overrides)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
+    from edgetune.tune.model import under_fsdp
+
+    if under_fsdp() and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        # torch then falls back to NO_SHARD, whose full state dict drops the frozen base weights a
+        # LoRA unit holds: saving the adapter fails at the end of the run
+        raise InputError(
+            "FSDP with one process shards nothing: run `edgetune tune` without the launcher on one GPU, "
+            "or launch two or more processes"
+        )
     if run_dir is None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
@@ -326,7 +335,12 @@ def _save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
     if main:
         model = accelerator.unwrap_model(trainer.model)
         with atomic_dir(out) as staging:
-            model.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
+            if sharded:
+                from edgetune.tune.sharded import write_adapter
+
+                write_adapter(model, state, staging)
+            else:
+                model.save_pretrained(str(staging), safe_serialization=True)
             tokenizer.save_pretrained(str(staging))
 
 
