@@ -53,6 +53,15 @@ def full_state_dict(module):
         return module.state_dict()
 
 
+# what accelerate's save_fsdp_model(adapter_only=True) stores in a checkpoint (shipped state dict type)
+from accelerate.utils.fsdp_utils import _get_model_state_dict  # noqa: E402
+
+with FSDP.state_dict_type(wrapped, StateDictType[fsdp["fsdp_state_dict_type"]]):
+    checkpoint_keys = sorted(_get_model_state_dict(wrapped, adapter_only=True))
+if dist.get_rank() == 0:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / "checkpoint_keys.txt").write_text("\n".join(checkpoint_keys))
+
 accelerator = SimpleNamespace(
     distributed_type=DistributedType.FSDP, get_state_dict=full_state_dict, unwrap_model=lambda m: m
 )

@@ -350,6 +350,9 @@ def test_fsdp_on_two_ranks_trains_and_saves_the_whole_adapter(tmp_path, tiny_mod
     want = load_file(tmp_path / "plain" / "adapter_model.safetensors")
     assert {k: tuple(v.shape) for k, v in saved.items()} == {k: tuple(v.shape) for k, v in want.items()}
     assert all(saved[k].abs().sum() > 0 for k in saved if "lora_B" in k)
+    # a training checkpoint (accelerate's adapter-only FSDP state dict) holds the same adapter keys
+    in_checkpoint = (tmp_path / "checkpoint_keys.txt").read_text().split()
+    assert sorted(k.replace(".default", "") for k in in_checkpoint) == sorted(saved)
     # peft reads it back as written (key names and adapter_config.json in its format)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -169,6 +169,10 @@ def load_for_training(
         )
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+    if under_fsdp():
+        from edgetune.tune.sharded import see_through_fsdp
+
+        see_through_fsdp()  # else checkpoints and the adapter are written empty (see sharded.py)
     try:
         peft_model = get_peft_model(base, lora_config(settings))
     except ValueError as exc:  # e.g. target modules not found

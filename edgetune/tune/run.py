@@ -335,12 +335,7 @@ def _save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
     if main:
         model = accelerator.unwrap_model(trainer.model)
         with atomic_dir(out) as staging:
-            if sharded:
-                from edgetune.tune.sharded import write_adapter
-
-                write_adapter(model, state, staging)
-            else:
-                model.save_pretrained(str(staging), safe_serialization=True)
+            model.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(str(staging))
 
 

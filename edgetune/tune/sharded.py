@@ -1,57 +1,35 @@
-"""Writing the adapter of a run whose weights were sharded across ranks (FSDP, DeepSpeed ZeRO-3).
+"""LoRA adapters under FSDP.
 
-Every rank takes part in gathering the full state dict; its keys are the unwrapped model's. peft's
-own adapter selection walks the live module tree, whose names under nested FSDP units read
-`layers.0._fsdp_wrapped_module.self_attn...`, matches none of them and writes an empty adapter
-(peft 0.21). So the adapter's tensors are picked here, by the LoRA layers' clean names, and written
-in peft's format (keys without the adapter name; adapter_config.json for inference).
+peft (0.21) picks an adapter's tensors out of a state dict by key prefixes it builds from the live
+module tree, stripping a leading `_fsdp_wrapped_module.` only. FSDP's state dicts use the clean
+names, but nested FSDP units (each decoder layer and each LoRA matrix is one under peft's wrap
+policy) put that segment in the middle of a name (`layers.0._fsdp_wrapped_module.self_attn...`), so
+no prefix matches: every checkpoint and the final adapter come out empty, and loading one back
+maps nothing. `see_through_fsdp` cleans every such segment from those prefixes; without FSDP
+wrappers it changes nothing.
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from typing import Any
-
 FSDP_SEGMENT = "_fsdp_wrapped_module."
 
 
-def adapter_tensors(model, state: dict[str, Any], adapter: str = "default") -> dict[str, Any]:
-    """The adapter's tensors in `state` (a full, gathered state dict), keyed as peft saves them."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+def see_through_fsdp() -> bool:
+    """Make peft's adapter-key prefixes FSDP-clean (once per process). False where this peft builds
+    no such prefixes (older versions select adapter keys by name and never had the problem)."""
+    try:
+        from peft.tuners import tuners_utils
+    except ImportError:
+        return False
+    original = getattr(tuners_utils, "_get_tuner_state_dict_key_prefixes", None)
+    if original is None:
+        return False
+    if getattr(original, "sees_through_fsdp", False):
+        return True
 
-    layers = [
-        name.replace(FSDP_SEGMENT, "") + "."
-        for name, module in model.named_modules()
-        if isinstance(module, BaseTunerLayer)
-    ]
-    out = {}
-    for key, tensor in state.items():
-        layer = next((p for p in layers if key.startswith(p)), None)
-        if layer is None or key[len(layer) :].startswith("base_layer."):
-            continue
-        parts = key[len(layer) :].split(".")
-        if adapter not in parts:
-            continue  # another adapter's weights
-        parts.remove(adapter)
-        if parts == ["lora_magnitude_vector", "weight"]:
-            parts = ["lora_magnitude_vector"]  # DoRA: peft saves the vector without ".weight"
-        out[layer + ".".join(parts)] = tensor.detach().to("cpu").contiguous()
-    return out
+    def clean_prefixes(model, adapter_name=None):
+        return {p.replace(FSDP_SEGMENT, "") for p in original(model, adapter_name=adapter_name)}
 
-
-def write_adapter(model, state: dict[str, Any], directory: Path, adapter: str = "default") -> int:
-    """adapter_model.safetensors and adapter_config.json from a gathered state dict; returns the
-    number of tensors written (never zero: an empty adapter is an error, not a file)."""
-    from safetensors.torch import save_file
-
-    from edgetune.errors import EdgetuneError
-
-    tensors = adapter_tensors(model, state, adapter)
-    if not tensors:
-        raise EdgetuneError("the gathered state dict holds no adapter weights; nothing was written")
-    save_file(tensors, str(Path(directory) / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = copy.deepcopy(model.peft_config[adapter])
-    config.inference_mode = True
-    config.save_pretrained(str(directory))
-    return len(tensors)
+    clean_prefixes.sees_through_fsdp = True
+    tuners_utils._get_tuner_state_dict_key_prefixes = clean_prefixes
+    return True
