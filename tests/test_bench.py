@@ -165,3 +165,25 @@ def test_cuda_targets_whose_runtime_cannot_use_cuda_are_listed_as_skipped(benche
         ("gguf/q8_0", "cuda"),
     }
     assert all(s["reason"] for s in skipped)
+
+
+def test_few_shot_prompts_stay_with_their_own_answers_when_an_example_is_dropped(tiny_tokenizer):
+    """build_cases drops examples too long for max_seq_len; every few-shot prompt must still be
+    scored against the answer of the example it was built from."""
+    from edgetune.bench.accuracy import build_cases
+    from edgetune.bench.prompting import few_shot_cases
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+
+    def chat(user, answer):
+        return Example("messages", messages=(("user", user), ("assistant", answer)), source="t.jsonl:1")
+
+    renderer = Renderer(tiny_tokenizer, max_seq_len=64)
+    examples = [chat("router " * 80, "dropped"), chat("first", "A1"), chat("second", "A2")]
+    cases = build_cases(renderer, examples)
+    assert [c.reference for c in cases] == ["A1", "A2"]
+    shots = few_shot_cases(renderer, [chat("shot", "S")], cases)
+    for shot, case in zip(shots, cases):
+        prompt = tiny_tokenizer.decode(shot.prompt_ids)
+        assert shot.reference == case.reference
+        assert prompt.endswith(tiny_tokenizer.decode(case.prompt_ids)) and "shot" in prompt

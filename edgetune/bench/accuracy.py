@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ class Case:
     full_ids: list[int]
     labels: list[int]
     reference: str | None
+    example: Any = field(default=None, compare=False, repr=False)  # the held-out example it came from
 
 
 @dataclass
@@ -61,7 +63,7 @@ def build_cases(renderer, examples) -> list[Case]:
         if encoded.dropped:
             continue
         prompt = renderer.ids_for_text(renderer.prompt_text(ex)) if ex.format != "text" else []
-        cases.append(Case(prompt, encoded.input_ids, encoded.labels, reference_answer(ex)))
+        cases.append(Case(prompt, encoded.input_ids, encoded.labels, reference_answer(ex), example=ex))
     return cases
 
 

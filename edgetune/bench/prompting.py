@@ -13,12 +13,14 @@ from dataclasses import replace
 from edgetune.bench.accuracy import Case, reference_answer
 
 
-def few_shot_cases(renderer, shots, examples, cases: list[Case]) -> list[Case]:
-    """`cases` (built from `examples`) with the shots' turns prepended to every prompt."""
+def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:
+    """`cases` with the shots' turns prepended to every prompt (each case carries its example: a
+    pairing by position would shift once build_cases has dropped one)."""
     out = []
-    for ex, case in zip(examples, cases):
+    for case in cases:
         if case.reference is None or not case.prompt_ids:
             continue
+        ex = case.example
         if renderer.uses_chat(ex):
             messages = renderer.conversation(ex)
             head = messages[:1] if messages[0]["role"] == "system" else []

@@ -257,9 +257,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         )
         base_runner = open_runner(base, threads)
     if cfg.baselines:
-        report["baselines"] = _baselines(
-            base, base_runner, prepared, examples, cases, cfg, run_accuracy, ref_acc
-        )
+        report["baselines"] = _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc)
         report["tuning_beats_prompting"] = all(
             b["tuned_on_these"] is not None and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
             for b in report["baselines"].values()
@@ -313,13 +311,13 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
     return report
 
 
-def _baselines(base, base_runner, prepared, examples, cases, cfg, run_accuracy, tuned) -> dict[str, Any]:
+def _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, tuned) -> dict[str, Any]:
     """Zero- and few-shot prompting of the base model on the first `baseline_examples` held-out
     examples, with the tuned model's score on exactly those examples beside them."""
     from edgetune.bench.prompting import few_shot_cases
 
     n = cfg.baseline_examples or len(cases)
-    examples, cases = examples[:n], cases[:n]
+    cases = cases[:n]
     answered = sum(1 for c in cases if c.reference is not None and c.prompt_ids)
     same = tuned.scores[:answered]
     common = {"examples": answered, "tuned_on_these": float(statistics.mean(same)) if same else None}
@@ -334,7 +332,7 @@ def _baselines(base, base_runner, prepared, examples, cases, cfg, run_accuracy, 
     }
     shots = [ex for ex in prepared.splits.train if ex.format != "text"][: cfg.few_shot_k]
     if shots:
-        shot_cases = few_shot_cases(prepared.renderer, shots, examples, cases)
+        shot_cases = few_shot_cases(prepared.renderer, shots, cases)
         few, _ = run_accuracy(base, target_cases=shot_cases, perplexity=False, runner=base_runner)
         extra = statistics.mean(
             len(s.prompt_ids) - len(c.prompt_ids)
