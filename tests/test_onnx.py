@@ -196,3 +196,37 @@ def test_smollm2_onnx_export_passes_parity(tmp_path):
     assert rows["int4"].ids_equal and rows["int4"].kl <= 0.15
     sizes = {a.quant: a.size_bytes for a in result["onnx"].artifacts}
     assert sizes["int4"] < 0.3 * sizes["fp32"]
+
+
+def test_torch_reference_is_plain_greedy_whatever_the_generation_config(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    """Every runtime decodes by argmax; the reference must too, even when the model's
+    generation_config.json asks generate() for a repetition penalty."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.export.parity import torch_reference
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "generation_config.json").write_text(json.dumps({"repetition_penalty": 10.0}))
+    renderer = Renderer(tiny_tokenizer)
+    ex = Example("messages", messages=(("user", "router lost uplink"), ("assistant", "ok")), source="t:1")
+    (ref,) = torch_reference(model_dir, renderer, [ex], max_new_tokens=16)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids, want = list(ref.prompt_ids), []
+    with torch.no_grad():
+        for _ in range(16):
+            token = int(model(torch.tensor([ids])).logits[0, -1].argmax())
+            want.append(token)
+            ids.append(token)
+            if token == tiny_tokenizer.eos_token_id:
+                break
+    assert ref.greedy == want
+    assert len(set(want)) < len(want)  # the plain answer repeats tokens: a penalty would have changed it

@@ -63,38 +63,23 @@ class _Reference:
 
 
 def torch_reference(model_dir: Path, renderer, examples, max_new_tokens: int) -> list[_Reference]:
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The merged model's log-probabilities and plain greedy answers (argmax every step, as every
+    runtime decodes here: HF generate would apply the model's generation_config, e.g. a
+    repetition_penalty, and parity would measure decoding settings instead of the files)."""
+    from edgetune.bench.runners import Target, TorchRunner, greedy
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    eos = set(_eos_ids(model, renderer.tokenizer))
+    runner = TorchRunner(Target("torch/merged", "torch", "fp32", "torch", "cpu", Path(model_dir)))
+    eos = stop_ids(Path(model_dir), renderer.tokenizer)
     refs = []
-    with torch.no_grad():
-        for ex in examples:
-            prompt_text = renderer.prompt_text(ex)
-            prompt_ids = renderer.ids_for_text(prompt_text)
-            full_ids = renderer.encode(ex).input_ids
-            logits = model(torch.tensor([full_ids])).logits[0].double().numpy()
-            out = model.generate(
-                torch.tensor([prompt_ids]),
-                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=sorted(eos),
-                pad_token_id=renderer.tokenizer.pad_token_id,
-            )
-            new = out[0, len(prompt_ids) :].tolist()
-            stopped = bool(new) and new[-1] in eos
-            refs.append(_Reference(prompt_text, prompt_ids, full_ids, _log_softmax(logits), new, stopped))
+    for ex in examples:
+        prompt_text = renderer.prompt_text(ex)
+        prompt_ids = renderer.ids_for_text(prompt_text)
+        full_ids = renderer.encode(ex).input_ids
+        logits = runner.logits(full_ids).astype(np.float64)
+        new = greedy(runner, prompt_ids, eos, max_new_tokens)
+        stopped = bool(new) and new[-1] in eos
+        refs.append(_Reference(prompt_text, prompt_ids, full_ids, _log_softmax(logits), new, stopped))
     return refs
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return sorted(set(ids))
 
 
 def check_artifact(
