@@ -23,6 +23,7 @@ def parity(model_dir, gguf_path, texts):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     llm = load_llama(gguf_path, n_ctx=1024, logits_all=True, n_threads=2)
+    assert (llm.n_threads, llm.n_threads_batch) == (2, 2)  # prompt processing too: bench reports one count
     kls, top1 = [], []
     for text in texts:
         ids = tok(text, add_special_tokens=False)["input_ids"]

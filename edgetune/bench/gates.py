@@ -17,12 +17,15 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     retention = target.get("retention")
     if minimum is not None:
         if retention is None:
-            failures.append("retention unknown (no task metric)")
+            failures.append("retention unknown (no task metric, or the reference scored 0)")
         elif retention < minimum:
             failures.append(f"retention {retention:.1%} < {minimum:.0%}")
     kl = target.get("kld_mean")
-    if gates.max_kl is not None and kl is not None and kl > gates.max_kl:
-        failures.append(f"KL {kl:.3g} > {gates.max_kl:g}")
+    if gates.max_kl is not None:
+        if kl is None:
+            failures.append("KL not measured (bench.kl_examples is 0?)")
+        elif kl > gates.max_kl:
+            failures.append(f"KL {kl:.3g} > {gates.max_kl:g}")
     rate = target.get("decode_tok_s")
     if gates.min_decode_tok_s is not None:
         if rate is None:

@@ -100,20 +100,31 @@ class TorchRunner(Runner):
             model = PeftModel.from_pretrained(model, str(target.adapter))
         self.model = model.to(self.device).eval()
         self.past = None
+        import inspect
 
-    def _run(self, ids: list[int], past):
+        forward = (model.get_base_model() if target.adapter is not None else model).forward
+        # prefill and step need the last position only (as llama.cpp computes it): no LM head over
+        # the whole prompt in the time to first token
+        self.last_only = (
+            {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(forward).parameters else {}
+        )
+
+    def _run(self, ids: list[int], past, **kwargs):
         with self.torch.no_grad():
             out = self.model(
-                input_ids=self.torch.tensor([ids], device=self.device), past_key_values=past, use_cache=True
+                input_ids=self.torch.tensor([ids], device=self.device),
+                past_key_values=past,
+                use_cache=True,
+                **kwargs,
             )
         return out.logits[0].float().cpu().numpy(), out.past_key_values
 
     def prefill(self, ids):
-        logits, self.past = self._run(ids, None)
+        logits, self.past = self._run(ids, None, **self.last_only)
         return logits[-1]
 
     def step(self, token):
-        logits, self.past = self._run([token], self.past)
+        logits, self.past = self._run([token], self.past, **self.last_only)
         return logits[-1]
 
     def logits(self, ids):

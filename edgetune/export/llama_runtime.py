@@ -54,6 +54,9 @@ def load_llama(
                 logits_all=logits_all,
                 verbose=False,
                 n_threads=n_threads or os.cpu_count(),
+                # prompt processing has its own thread count (default: every core); the same number
+                # as decode, so bench compares runtimes at the thread count it reports
+                n_threads_batch=n_threads or os.cpu_count(),
                 **kwargs,
             )
         except ValueError as exc:  # llama-cpp-python's message for files llama.cpp refuses
