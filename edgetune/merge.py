@@ -138,6 +138,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     data = prepare(recipe.data, tokenizer)
     valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
+    scored_on = "valid" if data.encoded["valid"].examples else "train[:64] (no validation split)"
     pad = tokenizer.pad_token_id
 
     def say(message: str) -> None:
@@ -196,6 +197,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
                 "candidates": candidates,
                 "kl_to_adapter": result.kl_to_adapter,
                 "valid_examples": len(valid),
+                "scored_on": scored_on,
                 "merged": "merged",
                 "wall_s": result.wall_s,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

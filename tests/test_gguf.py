@@ -374,3 +374,14 @@ def test_f16_output_keeps_the_head_and_embedding_in_f16(tmp_path, tiny_model_dir
     plain = export_gguf(tiny_model_dir, tmp_path / "plain", ["q8_0"], None, {})
     plain_types = {t.name: t.tensor_type for t in GGUFReader(str(plain.artifacts[0].path)).tensors}
     assert plain_types["token_embd.weight"] == GGMLQuantizationType.Q8_0
+
+
+def test_a_file_that_stops_where_the_merged_model_does_not_fails_parity():
+    from edgetune.export.parity import ParityRow, judge
+
+    def row(eos):
+        return judge(ParityRow("m.gguf", "q4_k_m", 8, True, 0.01, 0.97, 0.6, eos, False))
+
+    assert row(1.0).passed and row(0.75).passed
+    failed = row(0.5)
+    assert not failed.passed and "EOS" in failed.failures[0]

@@ -100,7 +100,7 @@ def evaluate(
             tokens = greedy(runner, case.prompt_ids, eos_ids, max_new_tokens)
             stopped = bool(tokens) and tokens[-1] in eos_ids
             eos += stopped
-            lengths.append(len(tokens))
+            lengths.append(len(tokens) - stopped)  # the answer's tokens; the EOS is counted by eos_rate
             text = decode(tokens[:-1] if stopped else tokens)
             outputs.append(text)
             values.append(score(text, case.reference))

@@ -42,7 +42,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Task metric `{ref['metric']}` on {ref['examples']} held-out examples, greedy, at most "
         f"{report['settings']['max_new_tokens']} new tokens; KL and top-1 against `{ref['name']}` on the "
-        f"first {report['settings']['kl_examples']}. Latency: {report['settings']['prompt_tokens']}-token "
+        f"first {report['settings']['kl_examples']} (mean over every position of each chat, prompt and "
+        f"answer). Latency: {report['settings']['prompt_tokens']}-token "
         f"prompt, {report['settings']['decode_tokens']} decoded tokens, median of "
         f"{report['settings']['repeats']} runs after a warm-up, {report['machine']['threads']} threads, "
         "each target in its own process.",
@@ -93,7 +94,8 @@ def markdown(report: dict[str, Any]) -> str:
         if t.get("decode_tok_s"):
             lines.append(
                 f"| {t['name']} ({t['device']}) | <= {t['bytes_per_token'] / 1e6:.0f} MB | "
-                f"{t['bandwidth_gb_s']:.2f} GB/s | {t['bandwidth_share']:.0%} |"
+                f"{t['bandwidth_gb_s']:.2f} GB/s | "
+                + (f"{t['bandwidth_share']:.0%} |" if t.get("bandwidth_share") is not None else "- (GPU) |")
             )
     return "\n".join(lines) + "\n"
 

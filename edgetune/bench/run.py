@@ -79,8 +79,15 @@ def discover_targets(
             from edgetune.models import resolve_model
 
             base = resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path
+            # what this target loads: the base weights and the adapter beside them
+            loaded = sum(
+                p.stat().st_size
+                for p in [*base.glob("*.safetensors"), *(run_dir / "adapter").glob("*.safetensors")]
+            )
             targets.append(
-                Target("torch/adapter", "torch", "adapter", "torch", device, base, run_dir / "adapter", size)
+                Target(
+                    "torch/adapter", "torch", "adapter", "torch", device, base, run_dir / "adapter", loaded
+                )
             )
         for d in sorted((run_dir / "export" / "onnx").glob("*/model.onnx")):
             targets.append(
@@ -370,6 +377,9 @@ def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str,
             # decoding reads every weight once per token (upper bound: the embedding table is only indexed)
             entry["bytes_per_token"] = target.size_bytes
             entry["bandwidth_gb_s"] = round(target.size_bytes * entry["decode_tok_s"] / 1e9, 3)
-            entry["bandwidth_share"] = round(entry["bandwidth_gb_s"] / bandwidth, 3)
+            # the measured bandwidth is host RAM's: a share for GPU targets would compare unlike things
+            entry["bandwidth_share"] = (
+                round(entry["bandwidth_gb_s"] / bandwidth, 3) if target.device == "cpu" else None
+            )
             tick()
     return machine, settings

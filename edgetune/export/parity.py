@@ -30,6 +30,8 @@ GOALS: dict[str, dict[str, float]] = {
     "int8": {"kl": 0.01},
     "int4": {"kl": 0.15},
 }
+# every type: stop where the merged model stops (a file that never stops lost its EOS or template)
+EOS_GOAL = 0.75
 
 
 @dataclass
@@ -128,6 +130,10 @@ def judge(row: ParityRow) -> ParityRow:
         row.failures.append(f"top-1 {row.top1:.2%} < {goal['top1']:.1%}")
     if "greedy" in goal and row.greedy < goal["greedy"]:
         row.failures.append(f"greedy continuations match {row.greedy:.0%} < {goal['greedy']:.0%}")
+    if row.eos < EOS_GOAL:
+        row.failures.append(
+            f"ends with EOS where the merged model does on {row.eos:.0%} < {EOS_GOAL:.0%} (EOS or chat template lost?)"
+        )
     if "kv_cache" in goal and row.kv_cache is not None and row.kv_cache < goal["kv_cache"]:
         row.failures.append(f"greedy with the KV cache equals greedy without it on only {row.kv_cache:.0%}")
     row.passed = not row.failures
