@@ -320,7 +320,19 @@ def tune(
                 }
             },
         )
+    _leave_process_group()
     return result
+
+
+def _leave_process_group() -> None:
+    """Under a launcher, the ranks leave together: the others wait until the main one has written the
+    adapter and manifest, then the communicator shuts down before the interpreter does (a rank that
+    exited with live gloo threads was seen to abort: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
