@@ -146,14 +146,6 @@ def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
     On the CPU (dry run) DDP over gloo stands in."""
     import torch
 
-    recipe = work / "sharded.yaml"
-    recipe.write_text(
-        "name: gpu-check-sharded\n"
-        f"model:\n  base: {model_dir}\n"
-        f"data:\n  train: {DEMO_DATA}\n  max_seq_len: 256\n"
-        "train:\n  lr: 1.0e-3\n  max_steps: 4\n  batch_size: 4\n  eval_steps: 4\n  save_steps: 4\n"
-        "  warmup_ratio: 0.0\n  precision: " + ("fp32" if dry else "bf16") + "\n"
-    )
     configs = (("ddp.yaml", "qlora"), ("fsdp.yaml", "lora"), ("fsdp_qlora.yaml", "qlora"))
     if dry:
         cases = [("ddp.yaml", "lora", 2)]
@@ -164,6 +156,16 @@ def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
         return [
             {"config": c, "method": m, "processes": 2, "exit": None, "skipped": reason} for c, m in configs
         ]
+    if not dry:  # a tiny model: the launchers are under test here, not speed
+        model_dir = random_model(work / "tiny", TINY_SHAPE, "bfloat16")
+    recipe = work / "sharded.yaml"
+    recipe.write_text(
+        "name: gpu-check-sharded\n"
+        f"model:\n  base: {model_dir}\n"
+        f"data:\n  train: {DEMO_DATA}\n  max_seq_len: 256\n"
+        "train:\n  lr: 1.0e-3\n  max_steps: 4\n  batch_size: 4\n  eval_steps: 4\n  save_steps: 4\n"
+        "  warmup_ratio: 0.0\n  precision: " + ("fp32" if dry else "bf16") + "\n"
+    )
     rows = []
     for config, method, processes in cases:
         plain = work / f"plain-{method}"
@@ -282,8 +284,7 @@ def main() -> int:
             "memory": compare_lora_qlora(work, model_dir, 2 if args.dry_run else args.steps, args.dry_run),
         }
         write_report(args.out, result)
-        tiny = model_dir if args.dry_run else random_model(work / "tiny", TINY_SHAPE, "bfloat16")
-        result["sharded"] = sharded_launch(work, tiny, args.dry_run)
+        result["sharded"] = sharded_launch(work, model_dir, args.dry_run)
         write_report(args.out, result)
         result["pipeline"] = pipeline(work, model_dir, args.dry_run)
     result["wall_s"] = round(time.time() - started, 1)

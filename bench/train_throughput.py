@@ -63,7 +63,7 @@ def run_edgetune(recipe, model_ref, tok, examples, steps, warmup, packing: bool)
     from transformers import TrainerCallback
 
     from edgetune.tune.model import choose_setup, load_for_training
-    from edgetune.tune.run import build_trainer, training_args
+    from edgetune.tune.trainer import build_trainer, training_args
 
     recipe.train.packing = packing
     recipe.train.max_steps = steps

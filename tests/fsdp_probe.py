@@ -1,6 +1,6 @@
 """One FSDP training step on two CPU ranks (gloo), as the shipped FSDP configs set it up: our model
 loading under an FSDP launch, peft's wrap policy, full sharding, then the adapter gathered and saved
-by `_save_adapter` with a full state dict gathered from both ranks. accelerate itself runs FSDP
+by `save_adapter` with a full state dict gathered from both ranks. accelerate itself runs FSDP
 only on accelerators, so the Trainer is left out; everything else is the real code.
 
     torchrun --nproc_per_node 2 tests/fsdp_probe.py MODEL_DIR CONFIG_YAML METHOD OUT_DIR
@@ -21,8 +21,8 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
 from edgetune.config import LoraConfig
 from edgetune.models import load_tokenizer, resolve_model
+from edgetune.tune.distributed import save_adapter
 from edgetune.tune.model import TrainSetup, load_for_training
-from edgetune.tune.run import _save_adapter
 
 model_dir, config_path, method, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 fsdp = yaml.safe_load(config_path.read_text())["fsdp_config"]
@@ -66,6 +66,6 @@ accelerator = SimpleNamespace(
     distributed_type=DistributedType.FSDP, get_state_dict=full_state_dict, unwrap_model=lambda m: m
 )
 trainer = SimpleNamespace(accelerator=accelerator, model=model, model_wrapped=wrapped)
-_save_adapter(trainer, load_tokenizer(ref), out, main=dist.get_rank() == 0)
+save_adapter(trainer, load_tokenizer(ref), out, main=dist.get_rank() == 0)
 dist.barrier()
 dist.destroy_process_group()

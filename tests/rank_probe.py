@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-import edgetune.tune.run as tune_run
+import edgetune.tune.trainer as tune_trainer
 from edgetune.cli import main
 
 
@@ -29,7 +29,7 @@ class WeightDigests(TrainerCallback):
         out.write_text(json.dumps({"steps": self.digests}))
 
 
-_build = tune_run.build_trainer
+_build = tune_trainer.build_trainer
 
 
 def build_with_probe(*args, **kwargs):
@@ -38,5 +38,5 @@ def build_with_probe(*args, **kwargs):
     return trainer
 
 
-tune_run.build_trainer = build_with_probe
+tune_trainer.build_trainer = build_with_probe  # tune() imports it when it runs
 main(sys.argv[1:])  # click exits with the command's status

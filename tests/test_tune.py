@@ -458,8 +458,8 @@ def test_sharded_runs_save_the_gathered_adapter(tmp_path, tiny_model_dir, tiny_t
 
     from edgetune.config import LoraConfig
     from edgetune.models import resolve_model
+    from edgetune.tune.distributed import save_adapter
     from edgetune.tune.model import choose_setup, load_for_training
-    from edgetune.tune.run import _save_adapter
 
     model = load_for_training(resolve_model(str(tiny_model_dir)), choose_setup("lora", "fp32"), LoraConfig())
     gathered = {k: (v + 1.0 if "lora_" in k else v) for k, v in model.state_dict().items()}
@@ -470,9 +470,9 @@ def test_sharded_runs_save_the_gathered_adapter(tmp_path, tiny_model_dir, tiny_t
         unwrap_model=lambda m: m,
     )
     trainer = SimpleNamespace(accelerator=accelerator, model=model, model_wrapped="the FSDP module")
-    _save_adapter(trainer, tiny_tokenizer, tmp_path / "adapter", main=False)
+    save_adapter(trainer, tiny_tokenizer, tmp_path / "adapter", main=False)
     assert calls == ["the FSDP module"] and not (tmp_path / "adapter").exists()  # gathered on every rank
-    _save_adapter(trainer, tiny_tokenizer, tmp_path / "adapter", main=True)
+    save_adapter(trainer, tiny_tokenizer, tmp_path / "adapter", main=True)
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     want = gathered["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]

@@ -20,7 +20,7 @@ from edgetune.commands.common import allow_pickle_option, set_option, with_allow
 def tune(recipe, overrides, run_dir, resume, allow_pickle) -> None:
     """Fine-tune with LoRA (CPU) or QLoRA (CUDA). RECIPE is a YAML file or a bundled recipe name (default: demo)."""
     from edgetune.console import err, out
-    from edgetune.tune.run import is_main_process
+    from edgetune.tune.distributed import is_main_process
     from edgetune.tune.run import tune as run_tune
     from edgetune.tune.summary import print_summary
 

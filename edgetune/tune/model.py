@@ -10,6 +10,7 @@ from typing import Any
 from edgetune.config import LoraConfig as LoraSettings
 from edgetune.errors import InputError, ModelError
 from edgetune.models import ResolvedModel
+from edgetune.tune.distributed import under_deepspeed, under_fsdp
 
 
 @dataclass
@@ -87,30 +88,17 @@ def lora_config(settings: LoraSettings):
     )
 
 
-def under_fsdp() -> bool:
-    """Launched by `accelerate launch` with an FSDP config (see examples/accelerate/)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-
-
-def under_deepspeed() -> bool:
-    """Launched by `accelerate launch` with a DeepSpeed config."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
-
-
-def keep_4bit_weights_trainable(model) -> int:
+def keep_4bit_weights_trainable(model) -> None:
     """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
 
     On CPUs with AVX512-BF16, the first forward pass in eval mode (our validation loss before
     training) converts each Linear4bit weight in place to a layout whose kernel has no backward:
     every training step after it silently loses the gradient through the frozen base weights
-    (measured on the tiny model: LoRA gradients off by 139%). Returns how many layers were changed.
+    (measured on the tiny model: LoRA gradients off by 139%).
     """
-    changed = 0
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
 
 
 def load_for_training(
@@ -170,9 +158,9 @@ def load_for_training(
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     if under_fsdp():
-        from edgetune.tune.sharded import see_through_fsdp
+        from edgetune.tune.distributed import see_through_fsdp
 
-        see_through_fsdp()  # else checkpoints and the adapter are written empty (see sharded.py)
+        see_through_fsdp()  # else checkpoints and the adapter are written empty
     try:
         peft_model = get_peft_model(base, lora_config(settings))
     except ValueError as exc:  # e.g. target modules not found

@@ -17,7 +17,6 @@ from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted, writing
 from edgetune.rundir import (
     RECIPE_FILE,
-    atomic_dir,
     atomic_write_text,
     clean_stale_temporaries,
     new_run_dir,
@@ -53,10 +52,6 @@ class TuneResult:
     processes: int = 1  # data-parallel ranks (launched by torchrun or accelerate)
     examples_per_step: int = 0  # batch_size x grad_accum x processes: what one optimizer step sees
     warnings: list[str] = field(default_factory=list)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _versions() -> dict[str, str]:
@@ -101,7 +96,7 @@ def _start_run(
     recipe = load_recipe(recipe_arg, overrides)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
-    from edgetune.tune.model import under_fsdp
+    from edgetune.tune.distributed import is_main_process, under_fsdp
 
     if under_fsdp() and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         # torch then falls back to NO_SHARD, whose full state dict drops the frozen base weights a
@@ -124,86 +119,6 @@ def _start_run(
     return recipe, run_dir.resolve()
 
 
-def training_args(recipe: Recipe, run_dir: Path, setup, has_valid: bool, eval_first: bool = False):
-    """The Trainer's arguments. Make them before loading the model: creating them starts the
-    launcher's process group and picks this rank's GPU, which loading reads (bitsandbytes places
-    4-bit weights on the current GPU, FSDP loads real weights on rank 0 only, DeepSpeed ZeRO-3
-    partitions while loading). eval_first: the validation loss at step 0, before the first update."""
-    from transformers import TrainingArguments
-
-    t = recipe.train
-    return TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps > 0 else -1,
-        lr_scheduler_type=t.scheduler,
-        warmup_ratio=t.warmup_ratio,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=setup.optim,
-        bf16=setup.bf16,
-        use_cpu=setup.device == "cpu",
-        seed=t.seed,
-        data_seed=t.seed,
-        eval_strategy="steps" if has_valid else "no",
-        # the loss before training is measured inside train(), on the model as the launcher wrapped it:
-        # a Trainer.evaluate() before train() marks the bare model prepared, and accelerate then never
-        # wraps it in DDP/FSDP (every rank would train alone, gradients never averaged)
-        eval_on_start=eval_first and has_valid,
-        eval_steps=t.eval_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=2,
-        load_best_model_at_end=has_valid,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=1,
-        logging_dir=str(run_dir / "tensorboard"),
-        report_to=["tensorboard"] if t.tensorboard else [],
-        disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        save_safetensors=True,
-        ddp_find_unused_parameters=False,
-        prediction_loss_only=True,
-    )
-
-
-def build_trainer(
-    recipe: Recipe,
-    args,
-    model,
-    tokenizer,
-    train_examples,
-    valid_examples,
-    callbacks: list[Any],
-):
-    """The Trainer exactly as `edgetune tune` runs it (the throughput benchmark uses this too).
-
-    args: from `training_args`, made before the model was loaded."""
-    from transformers.trainer_callback import PrinterCallback
-
-    from edgetune.tune.batches import EncodedDataset, make_collator
-    from edgetune.tune.trainer import SupervisedLogitsTrainer
-
-    trainer = SupervisedLogitsTrainer(
-        model=model,
-        args=args,
-        train_dataset=EncodedDataset(train_examples),
-        eval_dataset=EncodedDataset(valid_examples) if valid_examples else None,
-        data_collator=make_collator(tokenizer.pad_token_id, recipe.train.packing),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # our Progress and MetricsLog replace it
-    return trainer
-
-
 def tune(
     recipe_arg: str | None = None,
     overrides: list[str] | None = None,
@@ -216,7 +131,9 @@ def tune(
 
     from edgetune.data.prepare import prepare
     from edgetune.models import load_tokenizer, resolve_model
+    from edgetune.tune.distributed import is_main_process, leave_process_group, save_adapter
     from edgetune.tune.model import choose_setup, load_for_training
+    from edgetune.tune.trainer import build_trainer, training_args
 
     started = time.time()
     recipe, run_dir = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
@@ -300,7 +217,7 @@ def tune(
         started,
         warnings,
     )
-    _save_adapter(trainer, tokenizer, run_dir / "adapter", main)
+    save_adapter(trainer, tokenizer, run_dir / "adapter", main)
     if main:
         fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
         update_manifest(
@@ -320,35 +237,8 @@ def tune(
                 }
             },
         )
-    _leave_process_group()
+    leave_process_group()
     return result
-
-
-def _leave_process_group() -> None:
-    """Under a launcher, the ranks leave together: the others wait until the main one has written the
-    adapter and manifest, then the communicator shuts down before the interpreter does (a rank that
-    exited with live gloo threads was seen to abort: "terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def _save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
-    """The kept adapter and the tokenizer (whose chat template travels with it), written atomically."""
-    from accelerate.utils import DistributedType
-
-    accelerator = trainer.accelerator
-    # under FSDP or DeepSpeed ZeRO-3 each rank holds a shard: gathering them is collective, so every
-    # rank takes part, and only the main one writes
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    state = accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
-    if main:
-        model = accelerator.unwrap_model(trainer.model)
-        with atomic_dir(out) as staging:
-            model.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(str(staging))
 
 
 def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,3 +62,82 @@ class SupervisedLogitsTrainer(Trainer):
             self.lr_scheduler.load_state_dict(
                 torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True)
             )
+
+
+def training_args(recipe, run_dir, setup, has_valid: bool, eval_first: bool = False):
+    """The Trainer's arguments. Make them before loading the model: creating them starts the
+    launcher's process group and picks this rank's GPU, which loading reads (bitsandbytes places
+    4-bit weights on the current GPU, FSDP loads real weights on rank 0 only, DeepSpeed ZeRO-3
+    partitions while loading). eval_first: the validation loss at step 0, before the first update."""
+    from transformers import TrainingArguments
+
+    t = recipe.train
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        lr_scheduler_type=t.scheduler,
+        warmup_ratio=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=setup.optim,
+        bf16=setup.bf16,
+        use_cpu=setup.device == "cpu",
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy="steps" if has_valid else "no",
+        # the loss before training is measured inside train(), on the model as the launcher wrapped it:
+        # a Trainer.evaluate() before train() marks the bare model prepared, and accelerate then never
+        # wraps it in DDP/FSDP (every rank would train alone, gradients never averaged)
+        eval_on_start=eval_first and has_valid,
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=has_valid,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=1,
+        logging_dir=str(run_dir / "tensorboard"),
+        report_to=["tensorboard"] if t.tensorboard else [],
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        save_safetensors=True,
+        ddp_find_unused_parameters=False,
+        prediction_loss_only=True,
+    )
+
+
+def build_trainer(
+    recipe,
+    args,
+    model,
+    tokenizer,
+    train_examples,
+    valid_examples,
+    callbacks: list[Any],
+):
+    """The Trainer exactly as `edgetune tune` runs it (the throughput benchmark uses this too).
+
+    args: from `training_args`, made before the model was loaded."""
+    from transformers.trainer_callback import PrinterCallback
+
+    from edgetune.tune.batches import EncodedDataset, make_collator
+
+    trainer = SupervisedLogitsTrainer(
+        model=model,
+        args=args,
+        train_dataset=EncodedDataset(train_examples),
+        eval_dataset=EncodedDataset(valid_examples) if valid_examples else None,
+        data_collator=make_collator(tokenizer.pad_token_id, recipe.train.packing),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our Progress and MetricsLog replace it
+    return trainer

@@ -1,0 +1,83 @@
+"""Running under a launcher (torchrun, accelerate launch): which one, which rank, and what data
+parallelism and sharding (DDP, FSDP, DeepSpeed ZeRO-3) need from `edgetune tune`.
+
+peft (0.21) picks an adapter's tensors out of a state dict by key prefixes it builds from the live
+module tree, stripping a leading `_fsdp_wrapped_module.` only. FSDP's state dicts use the clean
+names, but nested FSDP units (each decoder layer and each LoRA matrix is one under peft's wrap
+policy) put that segment in the middle of a name (`layers.0._fsdp_wrapped_module.self_attn...`), so
+no prefix matches: every checkpoint and the final adapter come out empty, and loading one back
+maps nothing. `see_through_fsdp` cleans every such segment from those prefixes; without FSDP
+wrappers it changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def under_fsdp() -> bool:
+    """Launched by `accelerate launch` with an FSDP config (see examples/accelerate/)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def under_deepspeed() -> bool:
+    """Launched by `accelerate launch` with a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+
+
+FSDP_SEGMENT = "_fsdp_wrapped_module."
+
+
+def see_through_fsdp() -> bool:
+    """Make peft's adapter-key prefixes FSDP-clean (once per process). False where this peft builds
+    no such prefixes (older versions select adapter keys by name and never had the problem)."""
+    try:
+        from peft.tuners import tuners_utils
+    except ImportError:
+        return False
+    original = getattr(tuners_utils, "_get_tuner_state_dict_key_prefixes", None)
+    if original is None:
+        return False
+    if getattr(original, "sees_through_fsdp", False):
+        return True
+
+    def clean_prefixes(model, adapter_name=None):
+        return {p.replace(FSDP_SEGMENT, "") for p in original(model, adapter_name=adapter_name)}
+
+    clean_prefixes.sees_through_fsdp = True
+    tuners_utils._get_tuner_state_dict_key_prefixes = clean_prefixes
+    return True
+
+
+def leave_process_group() -> None:
+    """Under a launcher, the ranks leave together: the others wait until the main one has written the
+    adapter and manifest, then the communicator shuts down before the interpreter does (a rank that
+    exited with live gloo threads was seen to abort: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
+    """The kept adapter and the tokenizer (whose chat template travels with it), written atomically."""
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    # under FSDP or DeepSpeed ZeRO-3 each rank holds a shard: gathering them is collective, so every
+    # rank takes part, and only the main one writes
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state = accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if main:
+        from edgetune.rundir import atomic_dir
+
+        model = accelerator.unwrap_model(trainer.model)
+        with atomic_dir(out) as staging:
+            model.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(str(staging))
