@@ -238,7 +238,7 @@ def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_
         )
 
 
-def test_gradient_checkpointing_changes_memory_not_the_numbers(tmp_path, tiny_model_dir):
+def test_gradient_checkpointing_is_recorded_and_keeps_the_losses(tmp_path, tiny_model_dir):
     plain = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=3)), run_dir=tmp_path / "plain")
     recomputed = tune(
         str(make_recipe(tmp_path, tiny_model_dir, max_steps=3, gradient_checkpointing=True)),
