@@ -72,6 +72,7 @@ def test_report_follows_the_contract(benched):
         assert keys <= set(t), keys - set(t)
         assert t["decode_tok_s"] > 0 and t["peak_rss_mb"] > 0 and t["ttft_ms"] > 0
         assert t["task_metric"]["name"] == "json_fields"
+        assert t["peak_vram_mb"] is None  # CPU targets hold no GPU memory
     by = {t["name"]: t for t in report["targets"]}
     # the same model through different runtimes gives the same numbers
     assert by["torch/merged"]["kld_mean"] == 0.0
@@ -90,7 +91,7 @@ def test_report_follows_the_contract(benched):
     assert report["forgetting"]["ppl_base"] > 0 and report["forgetting"]["kl_base_tuned"] >= 0
     assert report["machine"]["bandwidth_gb_s"] > 0
     md = (run / "bench" / "report.md").read_text()
-    assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md
+    assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md and "VRAM" not in md
     assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "manifest.json").read_text())["stages"]["bench"]["status"] == "done"
 
@@ -196,3 +197,91 @@ def test_a_gate_on_a_metric_that_was_not_measured_fails():
     gates = GatesConfig(min_retention={"q8_0": 0.99}, max_kl=0.05, min_decode_tok_s=10.0)
     failures = gate_failures(target, gates)
     assert len(failures) == 3 and any("KL not measured" in f for f in failures)
+
+
+class FakeNvml:
+    """NVML's calls as edgetune uses them, over numbers the test sets (no GPU here)."""
+
+    def __init__(self, used, processes=(), per_process_fails=False):
+        self.used, self.processes, self.per_process_fails = used, list(processes), per_process_fails
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return type("Memory", (), {"used": self.used})()
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        if self.per_process_fails:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return [type("Proc", (), {"pid": pid, "usedGpuMemory": used})() for pid, used in self.processes]
+
+
+def test_gpu_memory_is_the_process_own_count_else_the_growth_since_start():
+    import os
+
+    from edgetune.bench.vram import VramProbe
+
+    nvml = FakeNvml(used=1000, processes=[(os.getpid() + 1, 50)])
+    probe = VramProbe(nvml)
+    nvml.used = 1800  # our pid is not among the driver's processes (a container): growth since start
+    probe.sample()
+    nvml.used = 1500
+    probe.sample()
+    assert probe.peak_bytes == 800  # the peak of the samples, not the last one
+    nvml.processes.append((os.getpid(), 640))
+    assert probe.held_bytes() == 640  # the driver's own count for this process wins
+    nvml.per_process_fails = True
+    assert probe.held_bytes() == 500
+
+    class NoDriver(FakeNvml):
+        def nvmlInit(self):
+            raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    nothing = VramProbe(NoDriver(used=0))
+    nothing.sample()
+    assert nothing.peak_bytes is None and nothing.held_bytes() is None
+
+
+def test_the_table_gets_a_vram_column_when_a_target_ran_on_cuda():
+    from edgetune.bench.report import columns, row_cells
+
+    def target(device, vram):
+        return {"name": "gguf/q8_0", "device": device, "size_bytes": 10**6, "task_metric": {"value": 0.5},
+                "peak_rss_mb": 300.0, "peak_vram_mb": vram, "gate": "pass"}  # fmt: skip
+
+    cpu, cuda = target("cpu", None), target("cuda", 412.4)
+    assert "VRAM" not in columns({"targets": [cpu]})
+    cols = columns({"targets": [cpu, cuda]})
+    assert cols.index("VRAM") == cols.index("RSS") + 1
+    assert len(row_cells(cuda, vram=True)) == len(cols)
+    assert row_cells(cuda, vram=True)[cols.index("VRAM")] == "412 MB"
+    assert row_cells(cpu, vram=True)[cols.index("VRAM")] == "-"
+
+
+def test_a_cuda_target_that_fails_here_is_listed_as_skipped_and_the_rest_stands(benched):
+    """On this CPU machine a torch CUDA target fails for real when it opens; bench keeps every other
+    row and says why. The same failure on the CPU stops bench."""
+    from edgetune.bench.latency import measure
+    from edgetune.bench.run import measure_each
+    from edgetune.bench.runners import Target, open_runner
+
+    run, _ = benched
+    merged = run / "merged"
+    cpu = Target("torch/merged", "torch", "fp32", "torch", "cpu", merged)
+    cuda = Target("torch/merged", "torch", "fp32", "torch", "cuda", merged)
+    skipped: list[dict] = []
+    done = measure_each([cuda, cpu], lambda t: open_runner(t, 1), skipped)
+    assert [t.device for t, _ in done] == ["cpu"]
+    assert skipped == [{"name": "torch/merged", "device": "cuda",
+                        "reason": "failed on this machine: ModelError: torch here has no CUDA device"}]  # fmt: skip
+    # the latency child fails the same way, in its own process
+    failed: list[dict] = []
+    assert measure_each([cuda], lambda t: measure(t, [1, 2, 3], 2, 1, 1), failed) == []
+    assert "no CUDA device" in failed[0]["reason"]
+    broken = Target("torch/merged", "torch", "fp32", "torch", "cpu", run / "no-such-dir")
+    with pytest.raises(Exception):  # noqa: B017 - on the CPU any failure stops bench
+        measure_each([broken], lambda t: open_runner(t, 1), [])

@@ -34,9 +34,16 @@ def _child(request: dict) -> dict:
     if target.adapter:
         target.adapter = Path(target.adapter)
     kwargs = {"logits_all": False} if target.format == "gguf" else {}
+    vram = None
+    if target.device == "cuda":
+        from edgetune.bench.vram import VramProbe
+
+        vram = VramProbe()  # before anything touches the GPU: its baseline is what others hold
     started = time.perf_counter()
     runner = open_runner(target, request["threads"], **kwargs)
     load_s = time.perf_counter() - started
+    if vram:
+        vram.sample()
     prompt, n_decode = request["prompt_ids"], request["decode_tokens"]
     ttft, prefill_rate, decode_rate = [], [], []
     for repeat in range(request["repeats"] + 1):  # the first is the warm-up
@@ -47,6 +54,8 @@ def _child(request: dict) -> dict:
         for _ in range(n_decode):
             token = int(np.argmax(runner.step(token)))  # EOS or not: every target decodes the same count
         decode_s = time.perf_counter() - started
+        if vram:
+            vram.sample()
         if repeat:
             ttft.append(prefill_s * 1000)
             prefill_rate.append(len(prompt) / prefill_s)
@@ -58,6 +67,8 @@ def _child(request: dict) -> dict:
         "decode_tok_s": round(statistics.median(decode_rate), 2),
         "decode_tok_s_runs": [round(r, 2) for r in decode_rate],
         "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+        # GPU memory held by this target (CUDA context included); None on the CPU or without NVML
+        "peak_vram_mb": round(vram.peak_bytes / 2**20, 1) if vram and vram.peak_bytes is not None else None,
     }
 
 

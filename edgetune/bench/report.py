@@ -15,7 +15,15 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-def row_cells(t: dict[str, Any]) -> list[str]:
+def columns(report: dict[str, Any]) -> list[str]:
+    """The table's columns; GPU memory only where a target ran on CUDA."""
+    cols = list(COLUMNS)
+    if any(t["device"] == "cuda" for t in report["targets"]):
+        cols.insert(cols.index("RSS") + 1, "VRAM")
+    return cols
+
+
+def row_cells(t: dict[str, Any], vram: bool = False) -> list[str]:
     metric = t["task_metric"]["value"]
     gate = t.get("gate", "-")
     if gate == "fail":
@@ -31,6 +39,7 @@ def row_cells(t: dict[str, Any]) -> list[str]:
         _fmt(t.get("ttft_ms"), ".0f", " ms"),
         _fmt(t.get("decode_tok_s"), ".1f", " tok/s"),
         _fmt(t.get("peak_rss_mb"), ".0f", " MB"),
+        *([_fmt(t.get("peak_vram_mb"), ".0f", " MB")] if vram else []),
         gate,
     ]
 
@@ -48,11 +57,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['settings']['repeats']} runs after a warm-up, {report['machine']['threads']} threads, "
         "each target in its own process.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(columns(report)) + " |",
+        "|" + "---|" * len(columns(report)),
     ]
-    lines += ["| " + " | ".join(row_cells(t)) + " |" for t in report["targets"]]
-    lines += ["", "## Fine-tuning against prompting the base model", ""]
+    vram = "VRAM" in columns(report)
+    lines += ["| " + " | ".join(row_cells(t, vram)) + " |" for t in report["targets"]]
+    if report["baselines"]:  # bench.baselines: false leaves no section
+        lines += ["", "## Fine-tuning against prompting the base model", ""]
     for name, b in report["baselines"].items():
         extra = (
             f", +{b['extra_prompt_tokens']:.0f} prompt tokens per request"
@@ -151,10 +162,11 @@ def print_table(report: dict[str, Any], console) -> None:
     table = Table(
         title=f"edgetune bench ({report['reference']['metric']} on {report['reference']['examples']} held-out examples)"
     )
-    for col in COLUMNS:
+    cols = columns(report)
+    for col in cols:
         table.add_column(col, justify="left" if col in ("target", "device", "gate") else "right")
     for t in report["targets"]:
-        cells = row_cells(t)
+        cells = row_cells(t, "VRAM" in cols)
         gate = t.get("gate")
         cells[-1] = (
             f"[green]{cells[-1]}[/]"

@@ -115,6 +115,22 @@ def discover_targets(
     return targets
 
 
+def measure_each(targets: list[Target], measure, skipped: list[dict]) -> list[tuple[Target, Any]]:
+    """measure(target) for each target. A CUDA target that fails (a runtime whose CUDA path cannot
+    run this file on this machine: a missing kernel, library or driver feature) is listed in
+    `skipped` with the error and the rest of the report stands; on the CPU a failure stops bench."""
+    done = []
+    for target in targets:
+        try:
+            done.append((target, measure(target)))
+        except Exception as e:
+            if target.device != "cuda":
+                raise
+            reason = f"failed on this machine: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+            skipped.append({"name": target.name, "device": "cuda", "reason": reason})
+    return done
+
+
 def _check_devices(devices: list[str]) -> None:
     unknown = sorted(set(devices) - {"cpu", "cuda"})
     if unknown:
@@ -232,10 +248,12 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
     reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
     ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
     entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
-    for target in targets[1:]:
-        acc, _ = run_accuracy(target, reference)
-        entries.append(_target_entry(target, acc, ref_acc.value))
-    del reference
+    measured = measure_each(
+        targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
+    )
+    targets = [reference_target, *(t for t, _ in measured)]
+    entries += [entry for _, entry in measured]
+    reference = None  # the reference distributions are large: free them before the latency runs
 
     report: dict[str, Any] = {
         "run": run_dir.name,
@@ -372,7 +390,17 @@ def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str,
         return machine, settings
     with progress.stage("latency (one process each)", len(targets)) as tick:
         for target, entry in zip(targets, entries):
-            entry.update(measure(target, prompt, cfg.latency_decode_tokens, cfg.latency_repeats, threads))
+            failed: list[dict] = []
+            latency = measure_each(
+                [target],
+                lambda t: measure(t, prompt, cfg.latency_decode_tokens, cfg.latency_repeats, threads),
+                failed,
+            )
+            if failed:  # a CUDA target whose timing process failed: its accuracy row stays
+                entry["latency_error"] = failed[0]["reason"]
+                tick()
+                continue
+            entry.update(latency[0][1])
             entry["threads"] = threads
             # decoding reads every weight once per token (upper bound: the embedding table is only indexed)
             entry["bytes_per_token"] = target.size_bytes

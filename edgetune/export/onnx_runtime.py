@@ -44,6 +44,10 @@ class OnnxDecoder:
         external_data_files(path)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
+            # the CUDA provider links against CUDA and cuDNN libraries by name; importing torch first
+            # loads the ones its wheels ship (onnxruntime's own advice, where the CUDA majors match)
+            import torch  # noqa: F401
+
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ModelError(
                     "onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
