@@ -7,7 +7,9 @@ Without a directory it uses runs/latest/export/onnx when there is one, else it e
 SmolLM2-135M-Instruct (fp32, int8, int4) to a temporary directory first.
 
 Every variant decodes the same prompt greedily with its KV cache; rounds alternate between the
-variants so machine noise hits them alike. Prints median decode tokens/s and the ratio to fp32.
+variants so machine noise hits them alike. Prints median decode tokens/s and the ratio to fp32,
+then the time to first token with the LM head over every prompt position (optimum's graph) and
+over the last one only (edgetune's `logits_from` input), and their ratio.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def decode_rate(decoder: OnnxDecoder, prompt: list[int]) -> float:
     return 1.0 / statistics.median(times)
 
 
+def prefill_ms(decoder: OnnxDecoder, prompt: list[int], last_only: bool) -> float:
+    started = time.perf_counter()
+    decoder.forward(prompt, None, 0, last_only=last_only)
+    return (time.perf_counter() - started) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("export_dir", nargs="?", type=Path)
@@ -87,15 +95,23 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in decoders}
         for decoder in decoders.values():  # warm-up
             decode_rate(decoder, prompt[:16])
+        prefill: dict[str, dict[bool, list[float]]] = {name: {False: [], True: []} for name in decoders}
         for _ in range(ROUNDS):
             for name, decoder in decoders.items():
                 rates[name].append(decode_rate(decoder, prompt))
+                for last_only in (False, True, False, True):
+                    prefill[name][last_only].append(prefill_ms(decoder, prompt, last_only))
     base = statistics.median(rates["fp32"])
     print(f"onnxruntime CPU decode, {PROMPT_TOKENS}-token prompt, {DECODE_TOKENS} tokens, {ROUNDS} rounds")
     print(f"{'variant':<14}{'tok/s':>8}{'vs fp32':>9}")
     for name, values in rates.items():
         rate = statistics.median(values)
         print(f"{name:<14}{rate:8.1f}{rate / base:8.2f}x")
+    print(f"\ntime to first token, {PROMPT_TOKENS}-token prompt (median of {2 * ROUNDS}), LM head over:")
+    print(f"{'variant':<14}{'every':>9}{'last':>9}{'speedup':>9}")
+    for name, runs in prefill.items():
+        every, last = statistics.median(runs[False]), statistics.median(runs[True])
+        print(f"{name:<14}{every:7.1f}ms{last:7.1f}ms{every / last:8.2f}x")
 
 
 if __name__ == "__main__":

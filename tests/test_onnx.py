@@ -82,6 +82,37 @@ def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
     assert [n.op_type for n in head] == ["MatMulNBits"]
 
 
+@pytest.mark.parametrize("quant", ["fp32", "fp16", "int8", "int4"])
+def test_prefill_computes_the_last_position_only_and_the_same_numbers(exported, tiny_tokenizer, quant):
+    """The LM head runs on the last prompt position only (the time to first token no longer
+    carries it over the whole prompt); by default every position, as optimum's graph had."""
+    _, out, _ = exported
+    decoder = OnnxDecoder(out / quant)
+    assert "logits_from" in decoder.input_names
+    ids = tiny_tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    every, _ = decoder.forward(ids, None, 0)
+    last, past = decoder.forward(ids, None, 0, last_only=True)
+    assert every.shape[0] == len(ids) and last.shape == (1, every.shape[1])
+    np.testing.assert_allclose(last[0], every[-1], rtol=1e-4, atol=1e-4)
+    # the cache is the whole prompt's either way: the next step sees the same context
+    step_after_last, _ = decoder.forward([ids[-1]], past, len(ids))
+    step_after_every, _ = decoder.forward([ids[-1]], decoder.forward(ids, None, 0)[1], len(ids))
+    np.testing.assert_allclose(step_after_last, step_after_every, rtol=1e-4, atol=1e-4)
+
+
+def test_an_export_without_the_input_still_decodes(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from edgetune.export.onnx_export import trace_fp32
+
+    trace_fp32(tiny_model_dir, tmp_path / "old")  # optimum's graph as is: what earlier exports hold
+    decoder = OnnxDecoder(tmp_path / "old")
+    ids = tiny_tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
+    assert "logits_from" not in decoder.input_names
+    logits, _ = decoder.forward(ids, None, 0, last_only=True)
+    assert logits.shape[0] == len(ids)  # every row, as before
+    runner = OnnxRunner(Target("old", "onnx", "fp32", "onnxruntime", "cpu", tmp_path / "old"))
+    assert greedy(runner, ids, [], 8) == greedy(Uncached(runner), ids, [], 8)
+
+
 @pytest.mark.parametrize("quant, max_kl", [("fp16", 5e-4), ("int8", 0.01), ("int4", 0.2)])
 def test_quantised_variants_stay_close(exported, tiny_tokenizer, quant, max_kl):
     model_dir, out, _ = exported

@@ -139,7 +139,8 @@ class OnnxRunner(Runner):
         self.past, self.length = None, 0
 
     def prefill(self, ids):
-        logits, self.past = self.decoder.forward(ids, None, 0)
+        # the last position's logits only, as torch (logits_to_keep) and llama.cpp compute them
+        logits, self.past = self.decoder.forward(ids, None, 0, last_only=True)
         self.length = len(ids)
         return logits[-1]
 

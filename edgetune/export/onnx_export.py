@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgetune.config import OnnxExportConfig
 from edgetune.errors import ModelError
-from edgetune.export.onnx_graph import EXTERNAL_DATA_NAME, load_model, save_model
+from edgetune.export.onnx_graph import EXTERNAL_DATA_NAME, add_logits_from_input, load_model, save_model
 from edgetune.export.onnx_runtime import MODEL_FILE, model_files
 from edgetune.rundir import atomic_dir, sha256_file
 
@@ -79,6 +79,7 @@ def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, fo
         if item.name not in (MODEL_FILE, EXTERNAL_DATA_NAME) and item.is_file():
             shutil.copy2(item, staging / item.name)
     model = load_model(fp32 / MODEL_FILE)
+    add_logits_from_input(model)  # before quantising: the LM head's MatMul keeps its weight
     if quant == "int8":
         model = quantize_nbits(model, int8_plan(config.int8_block_size, config.int4_accuracy_level))
     elif quant == "int4":

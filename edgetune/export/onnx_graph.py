@@ -116,3 +116,45 @@ def materialize_transposed_weights(model) -> int:
     for node in rewritten:
         model.graph.node.remove(node)
     return len(rewritten)
+
+
+LOGITS_FROM = "logits_from"
+
+
+def add_logits_from_input(model) -> bool:
+    """Give the decoder an optional int64 input `logits_from` (shape [1], default 0): the LM head
+    then runs on positions logits_from.. only, as transformers' logits_to_keep and llama.cpp do.
+
+    optimum's graph computes logits for every position, so the time to first token carried an LM
+    head over the whole prompt (vocab x hidden per position: for SmolLM2 about as much as three of
+    its layers). The default keeps every position, so parity checks and optimum's
+    ORTModelForCausalLM (which does not feed the input) see the graph they saw before. An input
+    with an initializer of its name is optional in ONNX. Returns False when the LM head is not a
+    MatMul on the hidden states (the graph is left as it is)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    if any(i.name == LOGITS_FROM for i in graph.input):
+        return True
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None or head.op_type != "MatMul":
+        return False
+    hidden = head.input[0]
+    sliced = f"{hidden}/{LOGITS_FROM}"
+    ends = f"{LOGITS_FROM}/ends"
+    axes = f"{LOGITS_FROM}/axes"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros(1, np.int64), LOGITS_FROM),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), ends),
+            numpy_helper.from_array(np.ones(1, np.int64), axes),  # the sequence axis of [batch, seq, hidden]
+        ]
+    )
+    graph.input.append(helper.make_tensor_value_info(LOGITS_FROM, TensorProto.INT64, [1]))
+    slice_node = helper.make_node(
+        "Slice", [hidden, LOGITS_FROM, ends, axes], [sliced], name=f"/{LOGITS_FROM}/Slice"
+    )
+    graph.node.insert(list(graph.node).index(head), slice_node)
+    head.input[0] = sliced
+    return True

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetune.errors import InputError, ModelError
+from edgetune.export.onnx_graph import LOGITS_FROM
 
 MODEL_FILE = "model.onnx"
 
@@ -64,7 +65,10 @@ class OnnxDecoder:
                 f"{path}: onnxruntime's CUDA provider did not start (CUDA/cuDNN libraries missing or "
                 f"mismatched?); the session runs on {self.session.get_providers()[0]}"
             )
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        # an optional input (one with a default, like logits_from) is an overridable initializer
+        self.input_names = {i.name for i in self.session.get_inputs()} | {
+            i.name for i in self.session.get_overridable_initializers()
+        }
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
         self._kv_shape = self._kv_dims()
@@ -88,9 +92,11 @@ class OnnxDecoder:
         return {i.name: np.zeros((1, heads, 0, dim), self._past_dtype(i.name)) for i in self._past_inputs}
 
     def forward(
-        self, ids: list[int], past: dict[str, np.ndarray] | None, start: int
+        self, ids: list[int], past: dict[str, np.ndarray] | None, start: int, last_only: bool = False
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits [len(ids), vocab] for `ids` placed after `start` cached tokens, and the new cache."""
+        """Logits [len(ids), vocab] for `ids` placed after `start` cached tokens, and the new cache;
+        with `last_only`, logits of the last position only ([1, vocab]) where the graph has the
+        `logits_from` input (edgetune's exports since it was added; older ones compute every row)."""
         n = len(ids)
         feeds = {
             "input_ids": np.array([ids], dtype=np.int64),
@@ -98,6 +104,8 @@ class OnnxDecoder:
             "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
             **(past if past is not None else self.empty_past()),
         }
+        if last_only:
+            feeds[LOGITS_FROM] = np.array([n - 1], dtype=np.int64)
         outputs = self.session.run(
             self.output_names, {k: v for k, v in feeds.items() if k in self.input_names}
         )
