@@ -126,8 +126,8 @@ def add_logits_from_input(model) -> bool:
     then runs on positions logits_from.. only, as transformers' logits_to_keep and llama.cpp do.
 
     optimum's graph computes logits for every position, so the time to first token carried an LM
-    head over the whole prompt (vocab x hidden per position: for SmolLM2 about as much as three of
-    its layers). The default keeps every position, so parity checks and optimum's
+    head over the whole prompt (vocab x hidden per position: for SmolLM2, 49152 x 576 = 28M
+    multiply-adds, as many as 8 of its 30 layers). The default keeps every position, so parity checks and optimum's
     ORTModelForCausalLM (which does not feed the input) see the graph they saw before. An input
     with an initializer of its name is optional in ONNX. Returns False when the LM head is not a
     MatMul on the hidden states (the graph is left as it is)."""
