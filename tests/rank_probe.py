@@ -1,14 +1,18 @@
 """Run `edgetune tune` under a launcher and record, on every rank, a digest of the trainable weights
 after each optimizer step (in $RANK_PROBE_DIR/rank<N>.json). Ranks that average their gradients hold
-identical weights after every step; ranks that train alone drift apart from step 1."""
+identical weights after every step; ranks that train alone drift apart from step 1.
+
+Rank 1 also writes its share of each checkpoint (its RNG state) late, so a checkpoint marked complete
+before every rank finished writing it shows up as a marker older than that file."""
 
 import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 import edgetune.tune.trainer as tune_trainer
 from edgetune.cli import main
@@ -29,6 +33,16 @@ class WeightDigests(TrainerCallback):
         out.write_text(json.dumps({"steps": self.digests}))
 
 
+_save_rng_state = Trainer._save_rng_state
+
+
+def late_rng_state(self, output_dir):
+    if os.environ.get("RANK") == "1":
+        time.sleep(1.5)
+    _save_rng_state(self, output_dir)
+
+
+Trainer._save_rng_state = late_rng_state
 _build = tune_trainer.build_trainer
 
 

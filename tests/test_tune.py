@@ -15,6 +15,7 @@ from conftest import chat_row, write_jsonl
 
 from edgetune.cli import main
 from edgetune.rundir import sha256_file
+from edgetune.tune.callbacks import COMPLETE
 from edgetune.tune.run import tune
 
 
@@ -251,6 +252,26 @@ def test_gradient_checkpointing_is_recorded_and_keeps_the_losses(tmp_path, tiny_
     assert train_losses(recomputed.run_dir) == pytest.approx(train_losses(plain.run_dir), rel=1e-5)
 
 
+LAUNCH_TIMEOUT_S = 300  # a 2-rank run of the tiny model takes 20-60 s on 2 cores
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first (from /proc: Linux)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def launch_two(launcher: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
     """Two CPU processes (gloo) under torchrun or under accelerate launch with the shipped ddp.yaml."""
     import socket
@@ -267,14 +288,49 @@ def launch_two(launcher: str, args: list[str], **env: str) -> subprocess.Complet
         cmd += ["--num_processes", "2", "--mixed_precision", "no"]
         cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run(cmd + args, capture_output=True, text=True, timeout=600, env=full_env)
+    process = subprocess.Popen(
+        cmd + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        # a run that hangs says where before it is stopped whole (torchrun starts each rank in a
+        # session of its own, so the launcher's process group does not hold them)
+        ranks = descendants(process.pid)
+        tree = subprocess.run(
+            [
+                "ps",
+                "-o",
+                "pid,ppid,stat,wchan:32,etime,args",
+                "-p",
+                ",".join(map(str, [process.pid, *ranks])),
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout
+        for (
+            pid
+        ) in ranks:  # each edgetune process prints its threads' stacks (one at a time: they share stderr)
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(1.5)
+        for pid in [process.pid, *ranks]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = process.communicate()
+        pytest.fail(
+            f"{launcher} still running after {LAUNCH_TIMEOUT_S} s\n{tree}\nstderr:\n{stderr[-12000:]}"
+        )
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate", "torchrun+checkpointing"])
 def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_model_dir, launcher):
     """Both ranks hold the same weights after every step (DDP really wraps the model: a validation
-    pass before train() once left it bare, and each rank trained alone), one summary, one adapter."""
+    pass before train() once left it bare, and each rank trained alone), one summary, one adapter,
+    and checkpoints committed after every rank wrote its part."""
     from safetensors.torch import load_file
 
     extra = {"gradient_checkpointing": True} if "checkpointing" in launcher else {}
@@ -301,6 +357,11 @@ def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_m
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     assert result.stdout.count("edgetune tune") == 1  # one summary, from rank 0
     assert result.stderr.count("validation loss before training") == 1
+    # a checkpoint is marked complete only once every rank's share is written (rank 1 writes late)
+    for step in (2, 4):
+        checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}"
+        marked = json.loads((checkpoint / COMPLETE).read_text())["time"]
+        assert marked >= (checkpoint / "rng_state_1.pth").stat().st_mtime
 
 
 @pytest.mark.slow

@@ -29,10 +29,16 @@ class CommitCheckpoints(TrainerCallback):
     """After the Trainer writes checkpoint-N: fsync it, then mark it complete (the commit point).
 
     A crash while the Trainer writes leaves a checkpoint without the marker; resume ignores it
-    and the next start removes it, so the previous checkpoint is the one chosen.
+    and the next start removes it, so the previous checkpoint is the one chosen. Under a launcher
+    every rank writes its own RNG state into the checkpoint after the main rank wrote the rest, so
+    the marker waits for all of them: one written earlier committed a checkpoint that a crash could
+    leave without a rank's RNG file, or with half of one.
     """
 
     def on_save(self, args, state, control, **kwargs):
+        from edgetune.tune.distributed import wait_for_every_rank
+
+        wait_for_every_rank()
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():

@@ -54,6 +54,14 @@ def see_through_fsdp() -> bool:
     return True
 
 
+def wait_for_every_rank() -> None:
+    """A barrier across the launched ranks; nothing in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 def leave_process_group() -> None:
     """Under a launcher, the ranks leave together: the others wait until the main one has written the
     adapter and manifest, then the communicator shuts down before the interpreter does (a rank that
