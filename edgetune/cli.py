@@ -48,6 +48,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        _stacks_on_sigusr1()
         try:
             return super().invoke(ctx)
         except EdgetuneError as exc:
@@ -69,6 +70,20 @@ class LazyGroup(click.Group):
                 f"internal error: {type(exc).__name__}: {exc} (set EDGETUNE_DEBUG=1 for the traceback)",
                 EXIT_INTERNAL,
             )
+
+
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` makes edgetune print every thread's stack to stderr and carry on: what a run
+    that seems stuck (a rank waiting on the others, a slow save) is doing at that moment."""
+    import faulthandler
+    import signal
+
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    except (AttributeError, OSError, ValueError):  # no real stderr (embedded, pythonw)
+        pass
 
 
 def _fail(message: str, code: int) -> None:

@@ -1,5 +1,7 @@
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -100,3 +102,25 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this platform")
+def test_sigusr1_prints_every_threads_stack_and_the_command_carries_on(tiny_model_dir):
+    """What a command that seems stuck is doing: `chat` waiting for input, signalled there."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgetune", "chat", str(tiny_model_dir), "--max-new-tokens", "4"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stderr.readline()  # "chatting with ...": the model is loaded, input comes next
+    assert "chatting with" in first, first + process.stderr.read()
+    time.sleep(0.5)
+    process.send_signal(signal.SIGUSR1)
+    time.sleep(1)
+    stdout, stderr = process.communicate("hello\n/exit\n", timeout=120)
+    assert process.returncode == 0, stderr
+    assert "most recent call first" in stderr
+    assert "edgetune/commands/chat.py" in stderr.split("most recent call first")[1]
+    assert stdout.count("you> ") == 2  # it answered the line sent after the signal and asked again
