@@ -89,6 +89,9 @@ def _stacks_on_sigusr1() -> None:
 def _fail(message: str, code: int) -> None:
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
     click.echo(f"edgetune: error: {first_line}", err=True)
+    from edgetune.tune.distributed import end_launched_process
+
+    end_launched_process(code)  # a launched rank keeps its exit code (see there)
     sys.exit(code)
 
 

@@ -20,10 +20,11 @@ from edgetune.commands.common import allow_pickle_option, set_option, with_allow
 def tune(recipe, overrides, run_dir, resume, allow_pickle) -> None:
     """Fine-tune with LoRA (CPU) or QLoRA (CUDA). RECIPE is a YAML file or a bundled recipe name (default: demo)."""
     from edgetune.console import err, out
-    from edgetune.tune.distributed import is_main_process
+    from edgetune.tune.distributed import end_launched_process, is_main_process
     from edgetune.tune.run import tune as run_tune
     from edgetune.tune.summary import print_summary
 
     result = run_tune(recipe, with_allow_pickle(overrides, allow_pickle), run_dir, resume, console=err)
     if is_main_process():
         print_summary(result, out)
+    end_launched_process()

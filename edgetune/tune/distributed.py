@@ -62,15 +62,27 @@ def wait_for_every_rank() -> None:
         dist.barrier()
 
 
-def leave_process_group() -> None:
-    """Under a launcher, the ranks leave together: the others wait until the main one has written the
-    adapter and manifest, then the communicator shuts down before the interpreter does (a rank that
-    exited with live gloo threads was seen to abort: "terminate called without an active exception")."""
-    import torch.distributed as dist
+def end_launched_process(code: int = 0) -> None:
+    """End a launched rank's process now that its part is written and printed; nothing outside a
+    process group. torch.distributed's teardown is left out: destroy_process_group hung once after a
+    2-rank run had finished (the main rank never printed its summary; an intermittent hang known
+    upstream, pytorch/pytorch#75097), and without it gloo's live threads abort the interpreter's
+    exit ("terminate called without an active exception", which replaces the exit code). Leaving
+    through os._exit skips both: every file edgetune writes is already fsynced and renamed, and
+    stdio and logging are flushed here. The launcher sees the exit code as given."""
+    import logging
+    import sys
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or gone: nothing left to lose
+            pass
+    os._exit(code)
 
 
 def save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:

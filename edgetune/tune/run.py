@@ -131,7 +131,7 @@ def tune(
 
     from edgetune.data.prepare import prepare
     from edgetune.models import load_tokenizer, resolve_model
-    from edgetune.tune.distributed import is_main_process, leave_process_group, save_adapter
+    from edgetune.tune.distributed import is_main_process, save_adapter, wait_for_every_rank
     from edgetune.tune.model import choose_setup, load_for_training
     from edgetune.tune.trainer import build_trainer, training_args
 
@@ -237,7 +237,7 @@ def tune(
                 }
             },
         )
-    leave_process_group()
+    wait_for_every_rank()  # the ranks leave together, once the main one wrote adapter and manifest
     return result
 
 
