@@ -124,3 +124,14 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_carries_on(tiny_mode
     assert "most recent call first" in stderr
     assert "edgetune/commands/chat.py" in stderr.split("most recent call first")[1]
     assert stdout.count("you> ") == 2  # it answered the line sent after the signal and asked again
+
+
+@pytest.mark.parametrize("argv", [["run"], ["merge"], ["export"], ["bench"]])
+def test_commands_that_write_a_run_refuse_several_launched_processes(argv, monkeypatch, tmp_path):
+    """Under torchrun every rank would write the same run directory at once; only tune runs there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert f"`edgetune {argv[0]}` runs in one process, and a launcher started 2" in result.output
+    assert not (tmp_path / "runs").exists()

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from edgetune.commands.common import one_process
+
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
@@ -17,6 +19,7 @@ import click
 def bench(run_dir, devices, gate, pick) -> None:
     """Accuracy retention, prompting baselines, forgetting and latency of a run's exports
     (default: runs/latest) -> RUN_DIR/bench/report.{json,md,png}."""
+    one_process("bench")
     from edgetune.bench.gates import pick as pick_target
     from edgetune.bench.gates import raise_on_failed_gates
     from edgetune.bench.report import print_table

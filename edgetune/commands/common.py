@@ -22,3 +22,18 @@ allow_pickle_option = click.option(
 
 def with_allow_pickle(overrides: tuple[str, ...] | list[str], allow_pickle: bool) -> list[str]:
     return [*overrides, "model.allow_pickle=true"] if allow_pickle else list(overrides)
+
+
+def one_process(command: str) -> None:
+    """Refuse a command that writes into a run directory when a launcher started it on several
+    processes: each would write the same files at once. Only `edgetune tune` runs that way."""
+    import os
+
+    from edgetune.errors import InputError
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or "1")
+    if world > 1:
+        raise InputError(
+            f"`edgetune {command}` runs in one process, and a launcher started {world}: launch only "
+            f"`edgetune tune` that way, then run `edgetune {command}` without the launcher"
+        )

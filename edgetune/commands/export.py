@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from edgetune.commands.common import one_process
+
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -34,6 +36,7 @@ def _split(value: str | None) -> list[str] | None:
 def export(source, formats, quants, out, imatrix, check_only) -> None:
     """Export a run (default: runs/latest; merged first if needed) or an HF model directory to GGUF
     and ONNX, then check every file against the merged torch model (exit 3 when a file misses its goal)."""
+    one_process("export")
     from edgetune.console import err
     from edgetune.console import out as stdout
     from edgetune.export.parity import print_table, raise_on_failure

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import click
 
+from edgetune.commands.common import one_process
+
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 def merge(run_dir) -> None:
     """Merge RUN_DIR's adapter into its base model, writing RUN_DIR/merged (default: runs/latest)."""
+    one_process("merge")
     from edgetune.console import err, out
     from edgetune.merge import merge as run_merge
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import allow_pickle_option, set_option, with_allow_pickle
+from edgetune.commands.common import allow_pickle_option, one_process, set_option, with_allow_pickle
 
 
 @click.command()
@@ -23,6 +23,7 @@ from edgetune.commands.common import allow_pickle_option, set_option, with_allow
 def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
     """Data check, tune, merge, export and bench RECIPE (default: the demo) in one run directory;
     stages whose inputs are unchanged since they last finished are skipped."""
+    one_process("run")
     from edgetune.bench.gates import raise_on_failed_gates
     from edgetune.bench.report import print_table
     from edgetune.console import err, out
