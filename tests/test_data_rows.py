@@ -99,6 +99,18 @@ def test_unknown_extension_and_missing_file(tmp_path):
         load_examples(tmp_path / "missing.jsonl")
 
 
+def test_a_directory_or_pipe_is_not_a_dataset(tmp_path):
+    import os
+
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(DataError, match=r"dir.jsonl: not a regular file"):
+        load_examples(tmp_path / "dir.jsonl")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.jsonl")
+        with pytest.raises(DataError, match=r"pipe.jsonl: not a regular file"):
+            load_examples(tmp_path / "pipe.jsonl")
+
+
 def test_cli_names_line_7_and_exits_2(tmp_path):
     rows = [chat_row(f"q{i}", f"a{i}") for i in range(6)] + ['{"messages": [}'] + [chat_row("q", "a")]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)

@@ -183,6 +183,9 @@ def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .csv or .parquet")
+    if path.exists() and not path.is_file():
+        # fingerprints hash it and preparation reads it again: a pipe would be empty the second time
+        raise DataError(f"{path}: not a regular file (a directory, pipe or device); a dataset must be a file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
