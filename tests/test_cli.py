@@ -114,8 +114,13 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_carries_on(tiny_mode
         stderr=subprocess.PIPE,
         text=True,
     )
-    first = process.stderr.readline()  # "chatting with ...": the model is loaded, input comes next
-    assert "chatting with" in first, first + process.stderr.read()
+    seen = []
+    while not seen or "chatting with" not in seen[-1]:  # the model is loaded, input comes next
+        line = process.stderr.readline()
+        if not line:  # it ended before asking for input
+            process.kill()
+            pytest.fail("".join(seen) + process.communicate(timeout=60)[1])
+        seen.append(line)
     time.sleep(0.5)
     process.send_signal(signal.SIGUSR1)
     time.sleep(1)
@@ -131,7 +136,18 @@ def test_commands_that_write_a_run_refuse_several_launched_processes(argv, monke
     """Under torchrun every rank would write the same run directory at once; only tune runs there."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2, result.output
     assert f"`edgetune {argv[0]}` runs in one process, and a launcher started 2" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_world_size_alone_is_not_a_launcher(monkeypatch, tmp_path):
+    """A cluster may export WORLD_SIZE to every machine; without LOCAL_RANK nothing launched edgetune."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    result = CliRunner().invoke(main, ["merge"])
+    assert "runs in one process" not in result.output
+    assert "edgetune: error:" in result.output  # there is no run to merge here

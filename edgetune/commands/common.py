@@ -31,8 +31,13 @@ def one_process(command: str) -> None:
 
     from edgetune.errors import InputError
 
-    world = int(os.environ.get("WORLD_SIZE", "1") or "1")
-    if world > 1:
+    try:
+        world = int(os.environ.get("WORLD_SIZE") or "1")
+    except ValueError:
+        world = 1
+    # torchrun, accelerate and deepspeed set LOCAL_RANK; a cluster that exports WORLD_SIZE to every
+    # machine without launching edgetune is not refused
+    if world > 1 and "LOCAL_RANK" in os.environ:
         raise InputError(
             f"`edgetune {command}` runs in one process, and a launcher started {world}: launch only "
             f"`edgetune tune` that way, then run `edgetune {command}` without the launcher"

@@ -63,8 +63,8 @@ def wait_for_every_rank() -> None:
 
 
 def end_launched_process(code: int = 0) -> None:
-    """End a launched rank's process now that its part is written and printed; nothing outside a
-    process group. torch.distributed's teardown is left out: destroy_process_group hung once after a
+    """End a launched rank's process now that its part is written and printed; nothing in a single
+    process (a process group of one included). torch.distributed's teardown is left out: destroy_process_group hung once after a
     2-rank run had finished (the main rank never printed its summary; an intermittent hang known
     upstream, pytorch/pytorch#75097), and without it gloo's live threads abort the interpreter's
     exit ("terminate called without an active exception", which replaces the exit code). Leaving
@@ -74,7 +74,7 @@ def end_launched_process(code: int = 0) -> None:
     import sys
 
     dist = sys.modules.get("torch.distributed")
-    if dist is None or not dist.is_available() or not dist.is_initialized():
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
         return
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
