@@ -30,11 +30,9 @@ def one_process(command: str) -> None:
     import os
 
     from edgetune.errors import InputError
+    from edgetune.tune.distributed import world_size
 
-    try:
-        world = int(os.environ.get("WORLD_SIZE") or "1")
-    except ValueError:
-        world = 1
+    world = world_size()
     # torchrun, accelerate and deepspeed set LOCAL_RANK; a cluster that exports WORLD_SIZE to every
     # machine without launching edgetune is not refused
     if world > 1 and "LOCAL_RANK" in os.environ:

@@ -12,6 +12,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from edgetune.rundir import atomic_write_json, fsync_tree
+from edgetune.tune.distributed import wait_for_every_rank
 
 COMPLETE = "edgetune-complete.json"
 
@@ -36,8 +37,6 @@ class CommitCheckpoints(TrainerCallback):
     """
 
     def on_save(self, args, state, control, **kwargs):
-        from edgetune.tune.distributed import wait_for_every_rank
-
         wait_for_every_rank()
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"

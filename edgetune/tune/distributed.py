@@ -16,6 +16,14 @@ import os
 from pathlib import Path
 
 
+def world_size() -> int:
+    """How many processes the launcher started (1 without one; a malformed value reads as 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE") or "1")
+    except ValueError:
+        return 1
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import platform
 import shutil
 import time
@@ -27,6 +26,7 @@ from edgetune.rundir import (
     sha256_tree,
     update_manifest,
 )
+from edgetune.tune.distributed import world_size
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _start_run(
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
     from edgetune.tune.distributed import is_main_process, under_fsdp
 
-    if under_fsdp() and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if under_fsdp() and world_size() < 2:
         # torch then falls back to NO_SHARD, whose full state dict drops the frozen base weights a
         # LoRA unit holds: saving the adapter fails at the end of the run
         raise InputError(
@@ -106,7 +106,7 @@ def _start_run(
             "or launch two or more processes"
         )
     if run_dir is None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
         run_dir = new_run_dir(recipe.name)
     elif (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
@@ -309,7 +309,7 @@ def _write_start_manifest(run_dir: Path, recipe: Recipe, setup, model_ref, data)
             "kind": setup.device,
             "cpu": _cpu_name(),
             "torch_threads": torch.get_num_threads(),
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "world_size": world_size(),
             "cuda": torch.cuda.get_device_name(0) if setup.device == "cuda" else None,
         },
         recipe={"name": recipe.name, "source": recipe.source, "sha256": recipe.digest()},
