@@ -122,6 +122,59 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return out
 
 
+# Gemma 3's own parts, small enough to matter in a short text: a 4-token sliding window on the first
+# layer (TEXTS are longer), its rope base far from the global one, and the query scale llama.cpp uses
+GEMMA3 = dict(
+    sliding_window=4,
+    layer_types=["sliding_attention", "full_attention"],
+    rope_local_base_freq=500.0,
+    query_pre_attn_scalar=16,
+)
+
+
+def build_tiny_model(tmp_path: Path, tokenizer, arch: str, **overrides) -> Path:
+    """A 2-layer random model of `arch` in tmp_path/arch, with random biases and norm weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kinds = {
+        "MistralForCausalLM": "mistral",
+        "Qwen2ForCausalLM": "qwen2",
+        "Qwen3ForCausalLM": "qwen3",
+        "LlamaForCausalLM": "llama",
+        "Gemma3ForCausalLM": "gemma3_text",
+    }
+    config = AutoConfig.for_model(
+        kinds[arch],
+        vocab_size=len(tokenizer),
+        **TINY_SHAPE,
+        head_dim=16,
+        tie_word_embeddings=arch != "MistralForCausalLM",
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=[arch],
+        rope_theta=10000.0,
+        **(GEMMA3 if arch == "Gemma3ForCausalLM" else {}),
+        **overrides,
+    )
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random biases and norm weights, so a wrong mapping shows in the logits
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "norm.weight")):
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("norm.weight") else 0.0))
+    out = tmp_path / arch
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A 2-layer random Gemma 3 (one sliding-window layer, one global) with the tiny tokenizer."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), tiny_tokenizer, "Gemma3ForCausalLM")
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text(
         "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"

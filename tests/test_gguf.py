@@ -3,7 +3,7 @@ own converter writes (checked against the llama.cpp-made GGUF shipped in llm-smo
 
 import numpy as np
 import pytest
-from conftest import TINY_SHAPE
+from conftest import TINY_SHAPE, build_tiny_model
 
 from edgetune.errors import InputError
 from edgetune.export.gguf_convert import convert
@@ -170,7 +170,7 @@ def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir
     import shutil
 
     impostor = convert(
-        _tiny(tmp_path, load_tokenizer_of(run), "Qwen2ForCausalLM"), tmp_path / "other.gguf", "f16"
+        build_tiny_model(tmp_path, load_tokenizer_of(run), "Qwen2ForCausalLM"), tmp_path / "other.gguf", "f16"
     )
     shutil.copy(impostor, run / "export" / "gguf" / "model-f16.gguf")
     checked = CliRunner().invoke(main, ["export", "--check"])
@@ -212,50 +212,49 @@ def load_tokenizer_of(run):
     return AutoTokenizer.from_pretrained(run / "merged")
 
 
-def _tiny(tmp_path, tokenizer, arch: str):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    kinds = {
-        "MistralForCausalLM": "mistral",
-        "Qwen2ForCausalLM": "qwen2",
-        "Qwen3ForCausalLM": "qwen3",
-        "LlamaForCausalLM": "llama",
-    }
-    config = AutoConfig.for_model(
-        kinds[arch],
-        vocab_size=len(tokenizer),
-        **TINY_SHAPE,
-        head_dim=16,
-        tie_word_embeddings=arch != "MistralForCausalLM",
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        architectures=[arch],
-        rope_theta=10000.0,
-    )
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():  # random biases and norm weights, so a wrong mapping shows in the logits
-        for name, p in model.named_parameters():
-            if name.endswith(("bias", "norm.weight")):
-                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("norm.weight") else 0.0))
-    out = tmp_path / arch
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize(
-    "arch", ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+    "arch",
+    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"],
 )
 def test_every_registered_architecture_matches_torch_in_llama_cpp(tmp_path, tiny_tokenizer, arch):
     from edgetune.export.gguf_arch import REGISTRY
 
     assert arch in REGISTRY
-    model_dir = _tiny(tmp_path, tiny_tokenizer, arch)
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, arch)
     out = convert(model_dir, tmp_path / f"{arch}.gguf", "f32")
     kl, top1 = parity(model_dir, out, TEXTS)
     assert kl <= 1e-5 and top1 == 1.0, (kl, top1)
+
+
+def test_gemma3_final_softcap_is_carried(tmp_path, tiny_tokenizer):
+    """A cap of 2 squashes every logit: a file without it disagrees with torch at once."""
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "Gemma3ForCausalLM", final_logit_softcapping=2.0)
+    kl, top1 = parity(model_dir, convert(model_dir, tmp_path / "capped.gguf", "f32"), TEXTS)
+    assert kl <= 1e-5 and top1 == 1.0, (kl, top1)
+
+
+@pytest.mark.parametrize(
+    "field, value, says",
+    [
+        ("query_pre_attn_scalar", 32, "query_pre_attn_scalar 32 (llama.cpp uses 16)"),
+        ("attn_logit_softcapping", 50.0, "attn_logit_softcapping is set"),
+        ("hidden_activation", "gelu", "hidden_activation 'gelu'"),
+    ],
+)
+def test_gemma3_that_llama_cpp_would_compute_differently_is_refused(
+    tmp_path, tiny_gemma3_dir, field, value, says
+):
+    import json
+    import shutil
+
+    model_dir = shutil.copytree(tiny_gemma3_dir, tmp_path / "gemma")
+    config = json.loads((model_dir / "config.json").read_text())
+    config[field] = value
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="config.json: not exportable to GGUF as Gemma 3") as e:
+        convert(model_dir, tmp_path / "out.gguf", "f32")
+    assert says in str(e.value)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -344,7 +343,7 @@ def test_llama3_rope_scaling_matches_torch(tmp_path, tiny_tokenizer):
     """Llama 3.x checkpoints scale rotary frequencies by wavelength; llama.cpp needs them as rope_freqs."""
     import json
 
-    model_dir = _tiny(tmp_path, tiny_tokenizer, "LlamaForCausalLM")
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM")
     config = json.loads((model_dir / "config.json").read_text())
     config["rope_scaling"] = {
         "rope_type": "llama3",
@@ -357,7 +356,9 @@ def test_llama3_rope_scaling_matches_torch(tmp_path, tiny_tokenizer):
     out = convert(model_dir, tmp_path / "llama3.gguf", "f32")
     kl, top1 = parity(model_dir, out, TEXTS)
     assert kl <= 1e-5 and top1 == 1.0, kl
-    plain = convert(_tiny(tmp_path / "b", tiny_tokenizer, "LlamaForCausalLM"), tmp_path / "plain.gguf", "f32")
+    plain = convert(
+        build_tiny_model(tmp_path / "b", tiny_tokenizer, "LlamaForCausalLM"), tmp_path / "plain.gguf", "f32"
+    )
     kl_without, _ = parity(model_dir, plain, TEXTS)  # the same weights without the scaling: must differ
     assert kl_without > 100 * max(kl, 1e-9)
 

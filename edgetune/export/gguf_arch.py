@@ -1,16 +1,20 @@
 """Architectures the GGUF converter supports, keyed by the HF `architectures` name.
 
-Each entry says which llama.cpp architecture it becomes, whether Q and K projections need
+Each entry says which llama.cpp architecture it becomes and whether Q and K projections need
 llama.cpp's rotary permutation (Llama-style "rotate half" checkpoints, run by llama.cpp with
-interleaved pairs). Adding a model family is one entry.
+interleaved pairs). A family whose checkpoint differs from llama.cpp's graph in more than names has
+two override points: `hparams` writes (or refuses) its own keys, `tensor` rewrites a tensor's
+values. Adding a model family is one entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gguf
+import numpy as np
 
 from edgetune.errors import InputError
 
@@ -19,6 +23,41 @@ from edgetune.errors import InputError
 class ArchSpec:
     gguf_arch: gguf.MODEL_ARCH
     permute_qk: bool  # HF Llama layout -> llama.cpp's interleaved rope layout
+    hparams: Callable[[gguf.GGUFWriter, Any], None] | None = None  # after the common keys
+    tensor: Callable[[str, np.ndarray], np.ndarray] | None = None  # (HF name, data) -> data
+
+
+def gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
+    """Gemma 3's sliding-window layers, their own rope base, and the checks that llama.cpp's Gemma 3
+    graph computes what this checkpoint does (it hard-codes the activation and the query scale)."""
+    where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+    head_dim = config.head_dim
+    # llama.cpp scales queries by 1/sqrt(head_dim), except for the 62-layer (27B) model
+    expected = config.hidden_size / config.num_attention_heads if config.num_hidden_layers == 62 else head_dim
+    problems = []
+    if float(config.query_pre_attn_scalar) != float(expected):
+        problems.append(f"query_pre_attn_scalar {config.query_pre_attn_scalar} (llama.cpp uses {expected:g})")
+    if getattr(config, "attn_logit_softcapping", None):
+        problems.append("attn_logit_softcapping is set (llama.cpp's Gemma 3 graph has none)")
+    if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        problems.append(f"hidden_activation {config.hidden_activation!r} (llama.cpp uses gelu_pytorch_tanh)")
+    if getattr(config, "use_bidirectional_attention", False):
+        problems.append("use_bidirectional_attention (an embedding model, not a causal LM)")
+    if problems:
+        raise InputError(f"{where}: not exportable to GGUF as Gemma 3: {'; '.join(problems)}")
+    if getattr(config, "final_logit_softcapping", None):
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+    layer_types = list(getattr(config, "layer_types", None) or [])
+    if config.sliding_window and "sliding_attention" in layer_types:
+        writer.add_sliding_window(int(config.sliding_window))
+        # per layer, as the checkpoint says (llama.cpp would otherwise assume every 6th is global)
+        writer.add_sliding_window_pattern([t == "sliding_attention" for t in layer_types])
+        writer.add_rope_freq_base_swa(float(config.rope_local_base_freq))
+
+
+def gemma_norm(name: str, data: np.ndarray) -> np.ndarray:
+    """Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's multiplies by the stored weight."""
+    return data + 1.0 if name.endswith("norm.weight") else data
 
 
 REGISTRY: dict[str, ArchSpec] = {
@@ -26,6 +65,8 @@ REGISTRY: dict[str, ArchSpec] = {
     "MistralForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp runs Mistral as llama
     "Qwen2ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
     "Qwen3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+    # the text-only Gemma 3 checkpoints (270M, 1B); the larger ones are vision models
+    "Gemma3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.GEMMA3, False, gemma3_hparams, gemma_norm),
 }
 
 

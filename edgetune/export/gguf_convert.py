@@ -156,6 +156,8 @@ def convert(
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _write_hparams(writer, config)
+        if spec.hparams:
+            spec.hparams(writer, config)
         _write_tokenizer(writer, model_dir, config)
         writer.add_string("edgetune.version", __version__)
         for key, value in (provenance or {}).items():
@@ -169,6 +171,8 @@ def convert(
                 data = permute_rope(data, n_head)
             elif spec.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
                 data = permute_rope(data, n_kv)
+            if spec.tensor:
+                data = spec.tensor(hf_name, data)
             name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if name is None:
                 raise InputError(
