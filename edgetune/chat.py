@@ -85,7 +85,7 @@ def open_chat(
 ) -> ChatSession:
     from transformers import AutoTokenizer
 
-    from edgetune.export.parity import stop_ids
+    from edgetune.data.render import stop_ids
 
     artifact = Path(artifact)
     if not artifact.exists():

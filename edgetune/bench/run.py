@@ -197,7 +197,7 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
 
 def bench(run_dir: Path | None = None, devices: list[str] | None = None, console=None) -> dict[str, Any]:
     from edgetune.data.prepare import prepare
-    from edgetune.export.parity import stop_ids
+    from edgetune.data.render import stop_ids
     from edgetune.models import ResolvedModel, load_tokenizer
 
     started = time.time()

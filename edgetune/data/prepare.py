@@ -42,7 +42,7 @@ class SplitEncoding:
     truncated: int
     dropped: int
     dropped_examples: list[str] = field(default_factory=list)  # "file:line: reason", first few
-    missing_eos: int = 0  # usable examples whose labels never supervise the EOS token
+    missing_eos: int = 0  # usable examples whose labels never supervise a stop token (EOS)
 
 
 @dataclass
@@ -84,7 +84,7 @@ def encode_split(renderer: Renderer, examples: list[Example], keep_reasons: int 
                 reasons.append(f"{enc.source}: {enc.dropped}")
             continue
         truncated += enc.truncated
-        if renderer.eos_id is not None and renderer.eos_id not in enc.labels:
+        if renderer.stop_ids and renderer.stop_ids.isdisjoint(enc.labels):
             missing_eos += 1
         usable.append(enc)
     return SplitEncoding(

@@ -12,6 +12,7 @@ supervised even for models whose pad token is their EOS token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgetune.data.rows import Example
@@ -29,6 +30,21 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
+
+
+def stop_ids(model_dir: Path, tokenizer) -> list[int]:
+    """The ids a reply ends with: generation_config's EOS ids and the tokenizer's EOS. They differ
+    for chat models whose turns end in their own token: Gemma's end in <end_of_turn>, its
+    tokenizer's EOS is <eos>."""
+    from transformers import GenerationConfig
+
+    try:
+        gen_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+    except OSError:
+        gen_eos = None
+    return sorted(
+        {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), tokenizer.eos_token_id} - {None}
+    )
 
 
 @dataclass
@@ -72,6 +88,9 @@ class Renderer:
         self.max_seq_len = max_seq_len
         self.truncation = truncation
         self.eos_id = tokenizer.eos_token_id
+        source = Path(getattr(tokenizer, "name_or_path", "") or "")
+        # what counts as a trained stop: a chat template ends turns in its own token where it has one
+        self.stop_ids = set(stop_ids(source, tokenizer) if source.is_dir() else [self.eos_id]) - {None}
         self.bos_id = tokenizer.bos_token_id
         # Does the tokenizer put BOS in front by itself? Then the text must not carry it as well.
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]

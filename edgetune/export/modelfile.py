@@ -42,8 +42,12 @@ def template_family(chat_template: str | None) -> str | None:
     return None
 
 
-def stop_tokens(tokenizer) -> list[str]:
-    stops = [tokenizer.eos_token] if tokenizer.eos_token else []
+def stop_tokens(tokenizer, stop_ids=()) -> list[str]:
+    """The model's own stop ids (generation_config's, e.g. Gemma's <end_of_turn>), its EOS, and the
+    end-of-turn tokens of the common chat formats that its vocabulary has."""
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in sorted(stop_ids)]
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.append(tokenizer.eos_token)
     for candidate in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
         if candidate in tokenizer.get_vocab() and candidate not in stops:
             stops.append(candidate)
@@ -57,7 +61,7 @@ def shared_system_prompt(examples) -> str | None:
     return prompts.pop() if len(prompts) == 1 and None not in prompts else None
 
 
-def write_modelfile(gguf_path: Path, tokenizer, system: str | None) -> Path:
+def write_modelfile(gguf_path: Path, tokenizer, system: str | None, stop_ids=()) -> Path:
     family = template_family(tokenizer.chat_template)
     lines = [
         f"# Ollama Modelfile written by edgetune for {gguf_path.name}",
@@ -80,7 +84,7 @@ def write_modelfile(gguf_path: Path, tokenizer, system: str | None) -> Path:
         ]
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
-    lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer)]
+    lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer, stop_ids)]
     lines += ["PARAMETER temperature 0", ""]
     path = gguf_path.with_suffix(".Modelfile")
     atomic_write_text(path, "\n".join(lines))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
 
 GOALS: dict[str, dict[str, float]] = {
@@ -156,19 +157,6 @@ def check_gguf(
             console.print(f"parity: {path.name}")
         rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens))
     return rows
-
-
-def stop_ids(model_dir: Path, tokenizer) -> list[int]:
-    """The ids generation stops at: generation_config's EOS ids and the tokenizer's EOS."""
-    from transformers import GenerationConfig
-
-    try:
-        gen_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
-    except OSError:
-        gen_eos = None
-    return sorted(
-        {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), tokenizer.eos_token_id} - {None}
-    )
 
 
 def check_onnx_variant(
