@@ -141,7 +141,10 @@ def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir
     assert not (ckpts / "checkpoint-12").exists() and not (run / ".manifest.json.123.tmp").exists()
 
 
-def test_packed_batches_match_unpacked_logits(tiny_model_dir, tiny_tokenizer):
+@pytest.mark.parametrize(
+    "model_fixture", ["tiny_model_dir", "tiny_gemma3_dir"]
+)  # Gemma 3: sliding window too
+def test_packed_batches_match_unpacked_logits(request, model_fixture, tiny_tokenizer):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -149,7 +152,8 @@ def test_packed_batches_match_unpacked_logits(tiny_model_dir, tiny_tokenizer):
     from edgetune.data.rows import Example
     from edgetune.tune.batches import make_collator
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    model_dir = request.getfixturevalue(model_fixture)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa").eval()
     r = Renderer(tiny_tokenizer)
     encoded = [
         r.encode(Example("messages", messages=(("user", u), ("assistant", a))))
