@@ -16,7 +16,7 @@ from typing import Any
 
 from edgetune.config import load_recipe
 from edgetune.errors import EdgetuneError, InputError
-from edgetune.rundir import RECIPE_FILE, atomic_dir, read_manifest, resolve_run_dir, update_manifest
+from edgetune.rundir import RECIPE_FILE, atomic_dir, read_manifest, resolve_run_dir, run_lock, update_manifest
 
 
 @dataclass
@@ -124,84 +124,87 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise InputError(
-            f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)"
+    with run_lock(run_dir, "merge"):
+        adapter = run_dir / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise InputError(
+                f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)"
+            )
+        recipe = load_recipe(str(run_dir / RECIPE_FILE))
+        method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
+        transformers.logging.set_verbosity_error()
+        model_ref = resolve_model(
+            recipe.model.base, recipe.model.revision, quiet=True, allow_pickle=recipe.model.allow_pickle
         )
-    recipe = load_recipe(str(run_dir / RECIPE_FILE))
-    method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
-    transformers.logging.set_verbosity_error()
-    model_ref = resolve_model(
-        recipe.model.base, recipe.model.revision, quiet=True, allow_pickle=recipe.model.allow_pickle
-    )
-    tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
-    data = prepare(recipe.data, tokenizer)
-    valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
-    scored_on = "valid" if data.encoded["valid"].examples else "train[:64] (no validation split)"
-    pad = tokenizer.pad_token_id
+        tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+        data = prepare(recipe.data, tokenizer)
+        valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
+        scored_on = "valid" if data.encoded["valid"].examples else "train[:64] (no validation split)"
+        pad = tokenizer.pad_token_id
 
-    def say(message: str) -> None:
-        if console is not None:
-            console.print(message)
+        def say(message: str) -> None:
+            if console is not None:
+                console.print(message)
 
-    candidates: dict[str, dict[str, float]] = {}
-    if method == "qlora":
-        say("QLoRA run: scoring a merge into the full-precision base and one into the dequantised NF4 base")
-        dequant, quantized = _dequantized_nf4_base(model_ref.path, recipe.model.trust_remote_code)
-        on_4bit = PeftModel.from_pretrained(quantized, str(adapter))
-        _, _, reference = score(on_4bit, valid, pad)
-        del on_4bit, quantized
-        merged_by_name = {
-            "full_precision": PeftModel.from_pretrained(
-                _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
-            ).merge_and_unload(),
-            "dequantized_nf4": PeftModel.from_pretrained(dequant, str(adapter)).merge_and_unload(),
-        }
-        for name, m in merged_by_name.items():
-            loss, kl, _ = score(m, valid, pad, reference)
-            candidates[name] = {"valid_loss": loss, "kl_to_adapter": kl}
-        chosen = min(candidates, key=lambda k: candidates[k]["valid_loss"])
-        merged = merged_by_name[chosen]
-    else:
-        unmerged = PeftModel.from_pretrained(
-            _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
-        )
-        _, _, reference = score(unmerged, valid, pad)
-        merged = unmerged.merge_and_unload()
-        loss, kl, _ = score(merged, valid, pad, reference)
-        chosen = "full_precision"
-        candidates[chosen] = {"valid_loss": loss, "kl_to_adapter": kl}
-    check_finite(merged)
-    merged.config.use_cache = True
-    target = run_dir / "merged"
-    with atomic_dir(target) as staging:
-        merged.save_pretrained(str(staging), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging))  # with the chat template used in training
-    result = MergeResult(
-        run_dir,
-        target,
-        method,
-        chosen,
-        candidates,
-        candidates[chosen]["kl_to_adapter"],
-        round(time.time() - started, 1),
-    )
-    update_manifest(
-        run_dir,
-        stages={
-            "merge": {
-                "status": "done",
-                "method": method,
-                "chosen": chosen,
-                "candidates": candidates,
-                "kl_to_adapter": result.kl_to_adapter,
-                "valid_examples": len(valid),
-                "scored_on": scored_on,
-                "merged": "merged",
-                "wall_s": result.wall_s,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        candidates: dict[str, dict[str, float]] = {}
+        if method == "qlora":
+            say(
+                "QLoRA run: scoring a merge into the full-precision base and one into the dequantised NF4 base"
+            )
+            dequant, quantized = _dequantized_nf4_base(model_ref.path, recipe.model.trust_remote_code)
+            on_4bit = PeftModel.from_pretrained(quantized, str(adapter))
+            _, _, reference = score(on_4bit, valid, pad)
+            del on_4bit, quantized
+            merged_by_name = {
+                "full_precision": PeftModel.from_pretrained(
+                    _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
+                ).merge_and_unload(),
+                "dequantized_nf4": PeftModel.from_pretrained(dequant, str(adapter)).merge_and_unload(),
             }
-        },
-    )
-    return result
+            for name, m in merged_by_name.items():
+                loss, kl, _ = score(m, valid, pad, reference)
+                candidates[name] = {"valid_loss": loss, "kl_to_adapter": kl}
+            chosen = min(candidates, key=lambda k: candidates[k]["valid_loss"])
+            merged = merged_by_name[chosen]
+        else:
+            unmerged = PeftModel.from_pretrained(
+                _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
+            )
+            _, _, reference = score(unmerged, valid, pad)
+            merged = unmerged.merge_and_unload()
+            loss, kl, _ = score(merged, valid, pad, reference)
+            chosen = "full_precision"
+            candidates[chosen] = {"valid_loss": loss, "kl_to_adapter": kl}
+        check_finite(merged)
+        merged.config.use_cache = True
+        target = run_dir / "merged"
+        with atomic_dir(target) as staging:
+            merged.save_pretrained(str(staging), safe_serialization=True)
+            tokenizer.save_pretrained(str(staging))  # with the chat template used in training
+        result = MergeResult(
+            run_dir,
+            target,
+            method,
+            chosen,
+            candidates,
+            candidates[chosen]["kl_to_adapter"],
+            round(time.time() - started, 1),
+        )
+        update_manifest(
+            run_dir,
+            stages={
+                "merge": {
+                    "status": "done",
+                    "method": method,
+                    "chosen": chosen,
+                    "candidates": candidates,
+                    "kl_to_adapter": result.kl_to_adapter,
+                    "valid_examples": len(valid),
+                    "scored_on": scored_on,
+                    "merged": "merged",
+                    "wall_s": result.wall_s,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            },
+        )
+        return result

@@ -27,6 +27,7 @@ from edgetune.rundir import (
     atomic_write_text,
     point_latest,
     read_manifest,
+    run_lock,
     sha256_file,
     sha256_tree,
 )
@@ -109,38 +110,39 @@ def run_pipeline(
     started = time.time()
     recipe = load_recipe(recipe_arg, list(overrides or []))
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
-    result = PipelineResult(run_dir)
-    done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
-    prints = fingerprints(recipe, run_dir)
+    with run_lock(run_dir, "run"):
+        result = PipelineResult(run_dir)
+        done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
+        prints = fingerprints(recipe, run_dir)
 
-    def say(message: str) -> None:
-        if console is not None:
-            console.print(message)
+        def say(message: str) -> None:
+            if console is not None:
+                console.print(message)
 
-    def up_to_date(stage: str) -> bool:
-        return done.get(stage) == prints[stage]() and _outputs_present(stage, run_dir)
+        def up_to_date(stage: str) -> bool:
+            return done.get(stage) == prints[stage]() and _outputs_present(stage, run_dir)
 
-    def record(stage: str) -> None:
-        done[stage] = prints[stage]()
-        _save(run_dir, done)
+        def record(stage: str) -> None:
+            done[stage] = prints[stage]()
+            _save(run_dir, done)
 
-    for stage in STAGES:
-        if up_to_date(stage):
-            result.skipped.append(stage)
-            say(f"[dim]{stage}: up to date, skipped[/]")
-            continue
-        say(f"[bold]{stage}[/]")
-        _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result)
-        result.ran.append(stage)
-        # everything after a stage that ran is stale, whatever its fingerprint said
-        for later in STAGES[STAGES.index(stage) + 1 :]:
-            done.pop(later, None)
-        record(stage)
-    point_latest(run_dir)
-    if "bench" in result.skipped:
-        result.report = json.loads((run_dir / "bench" / "report.json").read_text())
-    result.wall_s = round(time.time() - started, 1)
-    return result
+        for stage in STAGES:
+            if up_to_date(stage):
+                result.skipped.append(stage)
+                say(f"[dim]{stage}: up to date, skipped[/]")
+                continue
+            say(f"[bold]{stage}[/]")
+            _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result)
+            result.ran.append(stage)
+            # everything after a stage that ran is stale, whatever its fingerprint said
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                done.pop(later, None)
+            record(stage)
+        point_latest(run_dir)
+        if "bench" in result.skipped:
+            result.report = json.loads((run_dir / "bench" / "report.json").read_text())
+        result.wall_s = round(time.time() - started, 1)
+        return result
 
 
 def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result) -> None:

@@ -27,6 +27,48 @@ MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.yaml"
 
 
+_held_locks: dict[Path, int] = {}  # lock file -> fd: a process re-enters the locks it holds
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, command: str) -> Iterator[None]:
+    """One edgetune process at a time works in a run directory: a second `make demo`, or an
+    `edgetune bench` started while `edgetune export` still writes, is refused, where it would race
+    the first over the same files. The lock is an flock on a file beside the directory (it stays
+    when `run` sets an old run aside by renaming it), and the kernel drops it when the process
+    ends, kill -9 included, so a crash never leaves a stale lock. Re-entrant within a process:
+    `edgetune run` holds it while its stages take it again."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    run_dir = Path(run_dir).resolve()
+    path = run_dir.parent / f".{run_dir.name}.lock"
+    if path in _held_locks:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise InputError(
+            f"{run_dir}: busy: {holder} is working in this run directory; wait for it to finish "
+            "or use another run directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"`edgetune {command}` (pid {os.getpid()})".encode(), 0)
+    _held_locks[path] = fd
+    try:
+        yield
+    finally:
+        del _held_locks[path]
+        os.close(fd)  # the file stays: removing it would let a waiting process lock a deleted file
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

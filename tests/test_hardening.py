@@ -176,3 +176,61 @@ def test_low_space_warning():
     assert low_space_warning(Path("."), 1, "x") is None
     warning = low_space_warning(Path("does/not/exist/yet"), 10**18, "this export")
     assert "GB free, this export needs about 1000000000.0 GB" in warning
+
+
+def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(tmp_path, tiny_model_dir):
+    """Two `make demo`s, or `edgetune bench` while `edgetune export` writes: the second is refused
+    with the first one named, before it writes anything; a holder killed with -9 frees the lock."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+    from test_tune import make_recipe
+
+    from edgetune.cli import main
+    from edgetune.rundir import run_lock
+
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    busy, fresh = tmp_path / "runs" / "busy", tmp_path / "runs" / "fresh"
+    busy.mkdir(parents=True)
+    fresh.mkdir()
+    (busy / "recipe.yaml").write_text(recipe.read_text().replace("data.jsonl", str(tmp_path / "data.jsonl")))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom edgetune.rundir import run_lock\n"
+            "with run_lock(sys.argv[1], 'export'), run_lock(sys.argv[2], 'export'):\n"
+            "    print('locked', flush=True)\n    time.sleep(600)\n",
+            str(busy),
+            str(fresh),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in busy.iterdir())
+        for args in (
+            ["merge", str(busy)],
+            ["export", str(busy)],
+            ["bench", str(busy)],
+            ["tune", "--resume", "--run-dir", str(busy)],
+            ["run", str(recipe), "--run-dir", str(busy)],
+            ["tune", str(recipe), "--run-dir", str(fresh)],
+        ):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 2, (args, result.output)
+            assert (
+                f"busy: `edgetune export` (pid {holder.pid}) is working in this run directory"
+                in result.output
+            )
+            assert len(result.output.strip().splitlines()) == 1, result.output
+        assert sorted(p.name for p in busy.iterdir()) == before and not list(fresh.iterdir())
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    with run_lock(busy, "bench"), run_lock(busy, "merge"):  # free again, and re-entrant in one process
+        pass

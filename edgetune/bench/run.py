@@ -14,7 +14,7 @@ from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError, ModelError
-from edgetune.rundir import RECIPE_FILE, resolve_run_dir, update_manifest
+from edgetune.rundir import RECIPE_FILE, resolve_run_dir, run_lock, update_manifest
 
 
 def cuda_runtimes() -> dict[str, str | None]:
@@ -202,138 +202,139 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
-    if not (run_dir / RECIPE_FILE).is_file():
-        raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
-    recipe = load_recipe(str(run_dir / RECIPE_FILE))
-    cfg = recipe.bench
-    devices = devices or cfg.devices
-    _check_devices(devices)
-    skipped: list[dict] = []
-    targets = discover_targets(run_dir, devices, recipe, skipped)
-    merged = run_dir / "merged"
-    tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
-    prepared = prepare(recipe.data, tokenizer)
-    held_out = prepared.splits.test or prepared.splits.valid
-    if not held_out:
-        raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
-    examples = held_out[: cfg.max_examples]
-    renderer = prepared.renderer
-    cases = build_cases(renderer, examples)
-    eos_ids = stop_ids(merged, tokenizer)
-    threads = cfg.threads or default_threads()
-    progress = _Progress(console)
+    with run_lock(run_dir, "bench"):
+        if not (run_dir / RECIPE_FILE).is_file():
+            raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
+        recipe = load_recipe(str(run_dir / RECIPE_FILE))
+        cfg = recipe.bench
+        devices = devices or cfg.devices
+        _check_devices(devices)
+        skipped: list[dict] = []
+        targets = discover_targets(run_dir, devices, recipe, skipped)
+        merged = run_dir / "merged"
+        tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
+        prepared = prepare(recipe.data, tokenizer)
+        held_out = prepared.splits.test or prepared.splits.valid
+        if not held_out:
+            raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
+        examples = held_out[: cfg.max_examples]
+        renderer = prepared.renderer
+        cases = build_cases(renderer, examples)
+        eos_ids = stop_ids(merged, tokenizer)
+        threads = cfg.threads or default_threads()
+        progress = _Progress(console)
 
-    def decode(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
+        def decode(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True)
 
-    def run_accuracy(target: Target, reference=None, target_cases=None, perplexity=True, runner=None):
-        target_cases = target_cases if target_cases is not None else cases
-        runner = runner or open_runner(target, threads)
-        with progress.stage(f"accuracy {target.name}", len(target_cases)) as tick:
-            acc = evaluate(
-                runner,
-                target_cases,
-                cfg.metric,
-                decode,
-                eos_ids,
-                cfg.max_new_tokens,
-                reference,
-                tick,
-                perplexity,
-            )
-        return acc, runner
+        def run_accuracy(target: Target, reference=None, target_cases=None, perplexity=True, runner=None):
+            target_cases = target_cases if target_cases is not None else cases
+            runner = runner or open_runner(target, threads)
+            with progress.stage(f"accuracy {target.name}", len(target_cases)) as tick:
+                acc = evaluate(
+                    runner,
+                    target_cases,
+                    cfg.metric,
+                    decode,
+                    eos_ids,
+                    cfg.max_new_tokens,
+                    reference,
+                    tick,
+                    perplexity,
+                )
+            return acc, runner
 
-    reference_target = targets[0]
-    ref_acc, ref_runner = run_accuracy(reference_target)
-    reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
-    ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
-    entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
-    measured = measure_each(
-        targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
-    )
-    targets = [reference_target, *(t for t, _ in measured)]
-    entries += [entry for _, entry in measured]
-    reference = None  # the reference distributions are large: free them before the latency runs
-
-    report: dict[str, Any] = {
-        "run": run_dir.name,
-        "reference": {
-            "name": reference_target.name,
-            "metric": cfg.metric,
-            "value": ref_acc.value,
-            "examples": len(cases),
-        },
-        "targets": entries,
-        "baselines": {},
-        "forgetting": {},
-        "skipped_targets": skipped,
-    }
-    base_runner = None
-    if cfg.baselines or cfg.forgetting:
-        from edgetune.models import resolve_model
-
-        base = Target(
-            "torch/base",
-            "torch",
-            "base",
-            "torch",
-            "cpu",
-            resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path,
+        reference_target = targets[0]
+        ref_acc, ref_runner = run_accuracy(reference_target)
+        reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
+        ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
+        entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
+        measured = measure_each(
+            targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
         )
-        base_runner = open_runner(base, threads)
-    if cfg.baselines:
-        report["baselines"] = _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc)
-        report["tuning_beats_prompting"] = all(
-            b["tuned_on_these"] is not None and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
-            for b in report["baselines"].values()
-        )
-    if cfg.forgetting:
-        from edgetune.bench.forgetting import measure_forgetting
+        targets = [reference_target, *(t for t, _ in measured)]
+        entries += [entry for _, entry in measured]
+        reference = None  # the reference distributions are large: free them before the latency runs
 
-        with progress.stage("forgetting probes", 1) as tick:
-            f = measure_forgetting(base_runner, ref_runner, renderer, eos_ids)
-            tick()
-        warnings = []
-        if f.kl_base_tuned > cfg.forgetting_kl_warn:
-            warnings.append(
-                f"KL(base || tuned) {f.kl_base_tuned:.3f} on general prompts > {cfg.forgetting_kl_warn:g}"
-            )
-        if f.ppl_ratio > cfg.forgetting_ppl_ratio_warn:
-            warnings.append(
-                f"general perplexity rose {f.ppl_ratio:.2f}x > {cfg.forgetting_ppl_ratio_warn:g}x"
-            )
-        report["forgetting"] = {
-            "kl_base_tuned": f.kl_base_tuned,
-            "ppl_base": f.ppl_base,
-            "ppl_tuned": f.ppl_tuned,
-            "ppl_ratio": f.ppl_ratio,
-            "prompts": f.prompts,
-            "passages": f.passages,
-            "kl_warn": cfg.forgetting_kl_warn,
-            "ppl_ratio_warn": cfg.forgetting_ppl_ratio_warn,
-            "warnings": warnings,
+        report: dict[str, Any] = {
+            "run": run_dir.name,
+            "reference": {
+                "name": reference_target.name,
+                "metric": cfg.metric,
+                "value": ref_acc.value,
+                "examples": len(cases),
+            },
+            "targets": entries,
+            "baselines": {},
+            "forgetting": {},
+            "skipped_targets": skipped,
         }
-    del ref_runner, base_runner
-    report["machine"], report["settings"] = _latency(targets, entries, cases, cfg, threads, progress)
-    report["settings"].update(
-        {"max_new_tokens": cfg.max_new_tokens, "kl_examples": min(cfg.kl_examples, len(cases))}
-    )
-    apply_gates(report, cfg.gates)
-    report["wall_s"] = round(time.time() - started, 1)
-    paths = write_report(report, run_dir / "bench")
-    update_manifest(
-        run_dir,
-        stages={
-            "bench": {
-                "status": "done",
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "wall_s": report["wall_s"],
-                "report": str(paths["json"].relative_to(run_dir)),
+        base_runner = None
+        if cfg.baselines or cfg.forgetting:
+            from edgetune.models import resolve_model
+
+            base = Target(
+                "torch/base",
+                "torch",
+                "base",
+                "torch",
+                "cpu",
+                resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path,
+            )
+            base_runner = open_runner(base, threads)
+        if cfg.baselines:
+            report["baselines"] = _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc)
+            report["tuning_beats_prompting"] = all(
+                b["tuned_on_these"] is not None and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
+                for b in report["baselines"].values()
+            )
+        if cfg.forgetting:
+            from edgetune.bench.forgetting import measure_forgetting
+
+            with progress.stage("forgetting probes", 1) as tick:
+                f = measure_forgetting(base_runner, ref_runner, renderer, eos_ids)
+                tick()
+            warnings = []
+            if f.kl_base_tuned > cfg.forgetting_kl_warn:
+                warnings.append(
+                    f"KL(base || tuned) {f.kl_base_tuned:.3f} on general prompts > {cfg.forgetting_kl_warn:g}"
+                )
+            if f.ppl_ratio > cfg.forgetting_ppl_ratio_warn:
+                warnings.append(
+                    f"general perplexity rose {f.ppl_ratio:.2f}x > {cfg.forgetting_ppl_ratio_warn:g}x"
+                )
+            report["forgetting"] = {
+                "kl_base_tuned": f.kl_base_tuned,
+                "ppl_base": f.ppl_base,
+                "ppl_tuned": f.ppl_tuned,
+                "ppl_ratio": f.ppl_ratio,
+                "prompts": f.prompts,
+                "passages": f.passages,
+                "kl_warn": cfg.forgetting_kl_warn,
+                "ppl_ratio_warn": cfg.forgetting_ppl_ratio_warn,
+                "warnings": warnings,
             }
-        },
-    )
-    report["paths"] = {k: str(v) for k, v in paths.items()}
-    return report
+        del ref_runner, base_runner
+        report["machine"], report["settings"] = _latency(targets, entries, cases, cfg, threads, progress)
+        report["settings"].update(
+            {"max_new_tokens": cfg.max_new_tokens, "kl_examples": min(cfg.kl_examples, len(cases))}
+        )
+        apply_gates(report, cfg.gates)
+        report["wall_s"] = round(time.time() - started, 1)
+        paths = write_report(report, run_dir / "bench")
+        update_manifest(
+            run_dir,
+            stages={
+                "bench": {
+                    "status": "done",
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "wall_s": report["wall_s"],
+                    "report": str(paths["json"].relative_to(run_dir)),
+                }
+            },
+        )
+        report["paths"] = {k: str(v) for k, v in paths.items()}
+        return report
 
 
 def _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, tuned) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from edgetune.rundir import (
     atomic_write_json,
     read_manifest,
     resolve_run_dir,
+    run_lock,
     update_manifest,
 )
 
@@ -96,48 +97,49 @@ def export(
     run_dir, model_dir = _source(source)
     recipe = load_recipe(str(run_dir / RECIPE_FILE)) if run_dir else load_recipe("demo")
     base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
-    gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
-    if check_only and not formats:  # check what is there
-        formats = [f for f, d in (("gguf", gguf_dir), ("onnx", onnx_dir)) if d.is_dir()] or ["gguf"]
-    formats = [f.lower() for f in (formats or recipe.export.formats)]
-    unknown = sorted(set(formats) - {"gguf", "onnx"})
-    if unknown:
-        raise InputError(f"--to: unknown format {', '.join(unknown)}; supported: gguf, onnx")
-    gguf_quants, onnx_quants = split_quants(quants, recipe)
-    if not check_only:
-        _merge_if_needed(run_dir, model_dir, console)
-        from edgetune.rundir import low_space_warning, weights_bytes
+    with run_lock(run_dir or base_out, "export"):
+        gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
+        if check_only and not formats:  # check what is there
+            formats = [f for f, d in (("gguf", gguf_dir), ("onnx", onnx_dir)) if d.is_dir()] or ["gguf"]
+        formats = [f.lower() for f in (formats or recipe.export.formats)]
+        unknown = sorted(set(formats) - {"gguf", "onnx"})
+        if unknown:
+            raise InputError(f"--to: unknown format {', '.join(unknown)}; supported: gguf, onnx")
+        gguf_quants, onnx_quants = split_quants(quants, recipe)
+        if not check_only:
+            _merge_if_needed(run_dir, model_dir, console)
+            from edgetune.rundir import low_space_warning, weights_bytes
 
-        # GGUF: an F32 quantiser input plus the files; ONNX: the fp32 trace plus each variant
-        needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
-        warning = low_space_warning(base_out, needed, "this export")
-        if warning and console is not None:
-            console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
-    prepared = _prepared(recipe, model_dir)
-    held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
-    budget = recipe.bench.max_new_tokens
-    results: dict[str, Any] = {"parity": []}
-    if "gguf" in formats:
-        if check_only:
-            artifacts = _existing_gguf(gguf_dir)
-        else:
-            results["gguf"] = _export_gguf(
-                recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
-            )
-            artifacts = [(a.quant, a.path) for a in results["gguf"].artifacts]
-        rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
-        _record_parity(run_dir, gguf_dir, "gguf", rows)
-        results["parity"] += rows
-    if "onnx" in formats:
-        if check_only:
-            variants = _existing_onnx(onnx_dir)
-        else:
-            results["onnx"] = _export_onnx(recipe, run_dir, model_dir, onnx_dir, onnx_quants, console)
-            variants = [(a.quant, a.path) for a in results["onnx"].artifacts]
-        rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
-        _record_parity(run_dir, onnx_dir, "onnx", rows)
-        results["parity"] += rows
-    return results
+            # GGUF: an F32 quantiser input plus the files; ONNX: the fp32 trace plus each variant
+            needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
+            warning = low_space_warning(base_out, needed, "this export")
+            if warning and console is not None:
+                console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        prepared = _prepared(recipe, model_dir)
+        held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
+        budget = recipe.bench.max_new_tokens
+        results: dict[str, Any] = {"parity": []}
+        if "gguf" in formats:
+            if check_only:
+                artifacts = _existing_gguf(gguf_dir)
+            else:
+                results["gguf"] = _export_gguf(
+                    recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
+                )
+                artifacts = [(a.quant, a.path) for a in results["gguf"].artifacts]
+            rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
+            _record_parity(run_dir, gguf_dir, "gguf", rows)
+            results["parity"] += rows
+        if "onnx" in formats:
+            if check_only:
+                variants = _existing_onnx(onnx_dir)
+            else:
+                results["onnx"] = _export_onnx(recipe, run_dir, model_dir, onnx_dir, onnx_quants, console)
+                variants = [(a.quant, a.path) for a in results["onnx"].artifacts]
+            rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
+            _record_parity(run_dir, onnx_dir, "onnx", rows)
+            results["parity"] += rows
+        return results
 
 
 def _merge_if_needed(run_dir: Path | None, model_dir: Path, console) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import platform
 import shutil
@@ -22,6 +23,7 @@ from edgetune.rundir import (
     point_latest,
     read_manifest,
     resolve_run_dir,
+    run_lock,
     sha256_file,
     sha256_tree,
     update_manifest,
@@ -96,7 +98,7 @@ def _start_run(
     recipe = load_recipe(recipe_arg, overrides)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
-    from edgetune.tune.distributed import is_main_process, under_fsdp
+    from edgetune.tune.distributed import under_fsdp
 
     if under_fsdp() and world_size() < 2:
         # torch then falls back to NO_SHARD, whose full state dict drops the frozen base weights a
@@ -112,10 +114,6 @@ def _start_run(
     elif (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
         raise InputError(f"{run_dir}: already holds a run; use --resume to continue it or another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        atomic_write_text(
-            run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
-        )
     return recipe, run_dir.resolve()
 
 
@@ -137,108 +135,119 @@ def tune(
 
     started = time.time()
     recipe, run_dir = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
-    main = is_main_process()
-    warnings: list[str] = []
+    with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext():
+        if not resume and is_main_process():  # under the lock: a refused second run must not write it
+            atomic_write_text(
+                run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
+            )
+        main = is_main_process()
+        warnings: list[str] = []
 
-    def warn(message: str) -> None:
-        warnings.append(message)
-        if console is not None and main:
-            console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+        def warn(message: str) -> None:
+            warnings.append(message)
+            if console is not None and main:
+                console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-    resume_from = _prepare_checkpoints(run_dir, resume, main)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
-    transformers.logging.set_verbosity_error()
-    # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
-    warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
-    transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
+        resume_from = _prepare_checkpoints(run_dir, resume, main)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        transformers.logging.set_verbosity_error()
+        # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
+        warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
+        transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
 
-    model_ref = resolve_model(
-        recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
-    )
-    tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
-    from edgetune.rundir import low_space_warning, weights_bytes
-
-    # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
-    space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
-    if space:
-        warn(space)
-    data = prepare(recipe.data, tokenizer)
-    train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
-    _warn_about_data(recipe, data, warn)
-    setup = choose_setup(recipe.train.method, recipe.train.precision)
-    for message in setup.warnings:
-        warn(message)
-    args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
-    model = load_for_training(
-        model_ref,
-        setup,
-        recipe.train.lora,
-        recipe.model.trust_remote_code,
-        recipe.train.gradient_checkpointing,
-    )
-    trainer = build_trainer(
-        recipe,
-        args,
-        model,
-        tokenizer,
-        train_examples,
-        valid_examples,
-        _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
-    )
-    initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
-    if valid_examples and resume_from is None:
-        from edgetune.tune.callbacks import InitialEval
-
-        def record_initial_eval(loss: float) -> None:
-            nonlocal initial_eval
-            initial_eval = loss
-            if main:
-                update_manifest(run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}})
-                if console is not None:
-                    console.print(f"validation loss before training: {loss:.4f}")
-
-        trainer.add_callback(InitialEval(record_initial_eval))
-    try:
-        with writing(run_dir / "checkpoints"):
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}") from None
-
-    result = _result(
-        trainer.args,
-        trainer.state,
-        run_dir,
-        setup,
-        train_examples,
-        bool(valid_examples),
-        initial_eval,
-        resume_from,
-        started,
-        warnings,
-    )
-    save_adapter(trainer, tokenizer, run_dir / "adapter", main)
-    if main:
-        fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
-        update_manifest(
-            run_dir,
-            stages={
-                "tune": {
-                    **fields,
-                    "status": "done",
-                    "dtype": setup.dtype,
-                    "optim": setup.optim,
-                    "gradient_checkpointing": bool(
-                        getattr(trainer.model, "is_gradient_checkpointing", False)
-                    ),
-                    "warnings": warnings,
-                    "adapter": "adapter",
-                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                }
-            },
+        model_ref = resolve_model(
+            recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
         )
-    wait_for_every_rank()  # the ranks leave together, once the main one wrote adapter and manifest
-    return result
+        tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+        from edgetune.rundir import low_space_warning, weights_bytes
+
+        # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
+        space = low_space_warning(
+            run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)"
+        )
+        if space:
+            warn(space)
+        data = prepare(recipe.data, tokenizer)
+        train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
+        _warn_about_data(recipe, data, warn)
+        setup = choose_setup(recipe.train.method, recipe.train.precision)
+        for message in setup.warnings:
+            warn(message)
+        args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
+        model = load_for_training(
+            model_ref,
+            setup,
+            recipe.train.lora,
+            recipe.model.trust_remote_code,
+            recipe.train.gradient_checkpointing,
+        )
+        trainer = build_trainer(
+            recipe,
+            args,
+            model,
+            tokenizer,
+            train_examples,
+            valid_examples,
+            _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
+        )
+        initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
+        if valid_examples and resume_from is None:
+            from edgetune.tune.callbacks import InitialEval
+
+            def record_initial_eval(loss: float) -> None:
+                nonlocal initial_eval
+                initial_eval = loss
+                if main:
+                    update_manifest(
+                        run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}}
+                    )
+                    if console is not None:
+                        console.print(f"validation loss before training: {loss:.4f}")
+
+            trainer.add_callback(InitialEval(record_initial_eval))
+        try:
+            with writing(run_dir / "checkpoints"):
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}"
+            ) from None
+
+        result = _result(
+            trainer.args,
+            trainer.state,
+            run_dir,
+            setup,
+            train_examples,
+            bool(valid_examples),
+            initial_eval,
+            resume_from,
+            started,
+            warnings,
+        )
+        save_adapter(trainer, tokenizer, run_dir / "adapter", main)
+        if main:
+            fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
+            update_manifest(
+                run_dir,
+                stages={
+                    "tune": {
+                        **fields,
+                        "status": "done",
+                        "dtype": setup.dtype,
+                        "optim": setup.optim,
+                        "gradient_checkpointing": bool(
+                            getattr(trainer.model, "is_gradient_checkpointing", False)
+                        ),
+                        "warnings": warnings,
+                        "adapter": "adapter",
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    }
+                },
+            )
+        wait_for_every_rank()  # the ranks leave together, once the main one wrote adapter and manifest
+        return result
 
 
 def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None:
