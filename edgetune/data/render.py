@@ -88,9 +88,10 @@ class Renderer:
         self.max_seq_len = max_seq_len
         self.truncation = truncation
         self.eos_id = tokenizer.eos_token_id
-        source = Path(getattr(tokenizer, "name_or_path", "") or "")
+        source = getattr(tokenizer, "name_or_path", "")  # "" for a tokenizer built in memory, not "."
         # what counts as a trained stop: a chat template ends turns in its own token where it has one
-        self.stop_ids = set(stop_ids(source, tokenizer) if source.is_dir() else [self.eos_id]) - {None}
+        local = bool(source) and Path(source).is_dir()
+        self.stop_ids = set(stop_ids(Path(source), tokenizer) if local else [self.eos_id]) - {None}
         self.bos_id = tokenizer.bos_token_id
         # Does the tokenizer put BOS in front by itself? Then the text must not carry it as well.
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
