@@ -38,35 +38,45 @@ def run_lock(run_dir: Path, command: str) -> Iterator[None]:
     when `run` sets an old run aside by renaming it), and the kernel drops it when the process
     ends, kill -9 included, so a crash never leaves a stale lock. Re-entrant within a process:
     `edgetune run` holds it while its stages take it again."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
-        yield
-        return
     run_dir = Path(run_dir).resolve()
     path = run_dir.parent / f".{run_dir.name}.lock"
-    if path in _held_locks:
+    fd = None if path in _held_locks else _take_lock(path, run_dir, command)
+    if fd is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        raise InputError(
-            f"{run_dir}: busy: {holder} is working in this run directory; wait for it to finish "
-            "or use another run directory"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"`edgetune {command}` (pid {os.getpid()})".encode(), 0)
     _held_locks[path] = fd
     try:
         yield
     finally:
         del _held_locks[path]
         os.close(fd)  # the file stays: removing it would let a waiting process lock a deleted file
+
+
+def _take_lock(path: Path, run_dir: Path, command: str) -> int | None:
+    """The locked file's descriptor; None where this system or directory cannot lock (no lock, as
+    before: the stage reports its own error if it cannot write there either)."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise InputError(
+            f"{run_dir}: busy: {holder} is working in this run directory; wait for it to finish "
+            "or use another run directory"
+        ) from None
+    except OSError:  # a filesystem without flock
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"`edgetune {command}` (pid {os.getpid()})".encode(), 0)
+    return fd
 
 
 def atomic_write_text(path: Path, text: str) -> None:
