@@ -197,7 +197,6 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
 
 def bench(run_dir: Path | None = None, devices: list[str] | None = None, console=None) -> dict[str, Any]:
     from edgetune.data.prepare import prepare
-    from edgetune.data.render import stop_ids
     from edgetune.models import ResolvedModel, load_tokenizer
 
     started = time.time()
@@ -220,7 +219,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         examples = held_out[: cfg.max_examples]
         renderer = prepared.renderer
         cases = build_cases(renderer, examples)
-        eos_ids = stop_ids(merged, tokenizer)
+        eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
         progress = _Progress(console)
 

@@ -72,7 +72,7 @@ def torch_reference(model_dir: Path, renderer, examples, max_new_tokens: int) ->
     from edgetune.bench.runners import Target, TorchRunner, greedy
 
     runner = TorchRunner(Target("torch/merged", "torch", "fp32", "torch", "cpu", Path(model_dir)))
-    eos = stop_ids(Path(model_dir), renderer.tokenizer)
+    eos = sorted(renderer.stop_ids)  # the training tokenizer's, which is model_dir's
     refs = []
     for ex in examples:
         prompt_text = renderer.prompt_text(ex)
@@ -150,7 +150,7 @@ def check_gguf(
     console=None,
 ) -> list[ParityRow]:
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
-    eos_ids = stop_ids(model_dir, renderer.tokenizer)
+    eos_ids = sorted(renderer.stop_ids)
     rows = []
     for quant, path in artifacts:
         if console is not None:
