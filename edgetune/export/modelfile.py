@@ -1,33 +1,55 @@
 """An Ollama Modelfile beside each GGUF: the training chat format, its stop tokens, greedy defaults.
 
 Ollama's TEMPLATE is a Go template, and a Jinja chat template cannot be translated in general, so
-we write the Go form of the template families we recognise (ChatML, Llama 3, edgetune's fallback)
-and say so in a comment otherwise (Ollama then falls back to its own detection from the GGUF). When
-every training example carries the same system message, it becomes the SYSTEM line: the tuned
-model answers in the format it learned only with the prompt it learned it under.
+we write the Go form of the template families we recognise (ChatML, Llama 3, Gemma, edgetune's
+fallback) and say so in a comment otherwise (Ollama then falls back to its own detection from the
+GGUF). When every training conversation carries the same system message, it becomes the SYSTEM
+line: the tuned model answers in the format it learned only with the prompt it learned it under.
+tests/ollama/render.go renders these templates the way Ollama does and checks the ids against
+training's.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from edgetune.rundir import atomic_write_text
 
+# Ollama hands a template every message, the system one included (its SYSTEM line becomes the first
+# message when a request has none), and also the joined system text as .System: a template must
+# print one of the two, never both. BOS is not in them: llama.cpp adds it when the GGUF says to,
+# and `_bos_prefix` puts it in front where the training format has one that the tokenizer does not
+# add itself.
 CHATML = (
-    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
     "<|im_start|>assistant\n"
 )
 LLAMA3 = (
-    "<|begin_of_text|>{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
     "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
-FALLBACK = (
-    "{{- if .System }}{{ .System }}\n\n{{ end }}"
-    '{{- range .Messages }}{{ if eq .Role "user" }}### User:\n{{ .Content }}\n\n'
-    '{{ else }}### Assistant:\n{{ .Content }}{{ "{eos}" }}\n\n{{ end }}{{ end }}### Assistant:\n'
+# Gemma has no system turn: the system text opens the first user turn (message 1, after the system one)
+GEMMA = (
+    "{{- range $i, $m := .Messages }}"
+    '{{- if eq .Role "user" }}<start_of_turn>user\n{{ if and $.System (eq $i 1) }}{{ $.System }}\n\n{{ end }}'
+    "{{ .Content }}<end_of_turn>\n"
+    '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}'
+    "{{- end }}<start_of_turn>model\n"
 )
+FALLBACK = (
+    '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n'
+    '{{ else if eq .Role "user" }}### User:\n{{ .Content }}\n\n'
+    '{{ else if eq .Role "assistant" }}### Assistant:\n{{ .Content }}{{ "{eos}" }}\n\n{{ end }}{{ end }}'
+    "### Assistant:\n"
+)
+# the system turn of a rendered conversation, where a template adds one or adds to it
+SYSTEM_TURN = {
+    "chatml": re.compile(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n<\|im_start\|>user\n", re.S),
+    "llama3": re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),
+}
+PROBE = "edgetune-probe"
+TURN_OPENER = {"chatml": "<|im_start|>", "llama3": "<|start_header_id|>", "gemma": "<start_of_turn>"}
 
 
 def template_family(chat_template: str | None) -> str | None:
@@ -37,6 +59,8 @@ def template_family(chat_template: str | None) -> str | None:
         return "chatml"
     if "<|start_header_id|>" in chat_template:
         return "llama3"
+    if "<start_of_turn>" in chat_template:
+        return "gemma"
     if "### Assistant:" in chat_template:
         return "edgetune-fallback"
     return None
@@ -54,15 +78,60 @@ def stop_tokens(tokenizer, stop_ids=()) -> list[str]:
     return stops
 
 
-def shared_system_prompt(examples) -> str | None:
-    prompts = {
-        next((c for r, c in ex.messages if r == "system"), None) for ex in examples if ex.format == "messages"
-    }
+def shared_system_prompt(examples, renderer=None) -> str | None:
+    """The system message every training conversation had: its own or, given the renderer, the
+    recipe's system_prompt that the renderer puts in front of conversations without one."""
+
+    def system_of(ex):
+        messages = renderer.conversation(ex) if renderer else ex.as_messages()
+        return next((m["content"] for m in messages if m["role"] == "system"), None)
+
+    chats = [ex for ex in examples if (renderer.uses_chat(ex) if renderer else ex.format == "messages")]
+    prompts = {system_of(ex) for ex in chats}
     return prompts.pop() if len(prompts) == 1 and None not in prompts else None
 
 
-def write_modelfile(gguf_path: Path, tokenizer, system: str | None, stop_ids=()) -> Path:
+def system_block(renderer, family: str | None, system: str | None) -> str | None:
+    """What the chat template puts in the system turn for `system`: where the template adds text of
+    its own (Llama 3.1's knowledge date) or a default when there is none (SmolLM2, Qwen2.5), a model
+    trained through it saw that in every example, so Ollama's SYSTEM must carry it too."""
+    pattern = SYSTEM_TURN.get(family or "")
+    if pattern is None:
+        return system
+    messages = [{"role": "system", "content": system}] * bool(system) + [{"role": "user", "content": PROBE}]
+    found = pattern.search(renderer.chat_text(messages, True))
+    return found.group(1) if found else system
+
+
+def _bos_prefix(renderer, family: str) -> str:
+    """BOS as text where the chat format starts with it and llama.cpp will not add it (the GGUF's
+    add_bos_token is what the tokenizer does by itself, so the two agree). SmolLM2's BOS is
+    <|im_start|>, which its template writes as the opener of the first turn, not as a BOS."""
+    bos = renderer.tokenizer.bos_token
+    text = renderer.chat_text([{"role": "user", "content": PROBE}], True)
+    opener = TURN_OPENER.get(family)
+    if not bos or renderer.adds_bos or not text.startswith(bos) or (opener and text.startswith(opener)):
+        return ""
+    return bos
+
+
+def ollama_template(renderer) -> str | None:
+    """The Go form of the training chat format, or None where it is not one we know."""
+    tokenizer = renderer.tokenizer
     family = template_family(tokenizer.chat_template)
+    template = {
+        "chatml": CHATML,
+        "llama3": LLAMA3,
+        "gemma": GEMMA,
+        "edgetune-fallback": FALLBACK.replace("{eos}", tokenizer.eos_token or ""),
+    }.get(family or "")
+    return _bos_prefix(renderer, family) + template if template else None
+
+
+def write_modelfile(gguf_path: Path, renderer, system: str | None) -> Path:
+    """`system`: the system prompt the model was trained under, or None; SYSTEM is what the chat
+    template made of it (see system_block)."""
+    tokenizer = renderer.tokenizer
     lines = [
         f"# Ollama Modelfile written by edgetune for {gguf_path.name}",
         f"# ollama create my-model -f {gguf_path.stem}.Modelfile && ollama run my-model",
@@ -70,13 +139,10 @@ def write_modelfile(gguf_path: Path, tokenizer, system: str | None, stop_ids=())
         f"FROM ./{gguf_path.name}",
         "",
     ]
-    template = {
-        "chatml": CHATML,
-        "llama3": LLAMA3,
-        "edgetune-fallback": FALLBACK.replace("{eos}", tokenizer.eos_token or ""),
-    }.get(family or "")
+    template = ollama_template(renderer)
     if template:
         lines += [f'TEMPLATE """{template}"""', ""]
+        system = system_block(renderer, template_family(tokenizer.chat_template), system)
     else:
         lines += [
             "# The training chat template has no known Go form; Ollama reads it from the GGUF metadata.",
@@ -84,7 +150,7 @@ def write_modelfile(gguf_path: Path, tokenizer, system: str | None, stop_ids=())
         ]
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
-    lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer, stop_ids)]
+    lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer, renderer.stop_ids)]
     lines += ["PARAMETER temperature 0", ""]
     path = gguf_path.with_suffix(".Modelfile")
     atomic_write_text(path, "\n".join(lines))

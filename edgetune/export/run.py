@@ -180,9 +180,9 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
         f16_output=tuple(q.lower() for q in recipe.export.gguf.f16_output),
     )
     # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
-    system = shared_system_prompt(prepared.splits.train) if run_dir else None
+    system = shared_system_prompt(prepared.splits.train, prepared.renderer) if run_dir else None
     for artifact in result.artifacts:
-        write_modelfile(artifact.path, prepared.renderer.tokenizer, system, prepared.renderer.stop_ids)
+        write_modelfile(artifact.path, prepared.renderer, system)
     _record_stage(
         run_dir,
         "gguf",

