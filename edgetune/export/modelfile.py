@@ -18,9 +18,8 @@ from edgetune.rundir import atomic_write_text
 
 # Ollama hands a template every message, the system one included (its SYSTEM line becomes the first
 # message when a request has none), and also the joined system text as .System: a template must
-# print one of the two, never both. BOS is not in them: llama.cpp adds it when the GGUF says to,
-# and `_bos_prefix` puts it in front where the training format has one that the tokenizer does not
-# add itself.
+# print one of the two, never both. What comes before the first turn (a BOS) is not in them:
+# `_head` puts in front what the training format has there and llama.cpp will not add.
 CHATML = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
     "<|im_start|>assistant\n"
@@ -103,16 +102,15 @@ def system_block(renderer, family: str | None, system: str | None) -> str | None
     return found.group(1) if found else system
 
 
-def _bos_prefix(renderer, family: str) -> str:
-    """BOS as text where the chat format starts with it and llama.cpp will not add it (the GGUF's
-    add_bos_token is what the tokenizer does by itself, so the two agree). SmolLM2's BOS is
-    <|im_start|>, which its template writes as the opener of the first turn, not as a BOS."""
-    bos = renderer.tokenizer.bos_token
-    text = renderer.chat_text([{"role": "user", "content": PROBE}], True)
+def _head(renderer, family: str) -> str:
+    """What the chat template writes before the first turn (Llama 3's <|begin_of_text|>, Gemma's
+    <bos>), less the BOS that llama.cpp adds itself where the GGUF's add_bos_token says so (the
+    converter writes what the tokenizer does, so the two agree)."""
     opener = TURN_OPENER.get(family)
-    if not bos or renderer.adds_bos or not text.startswith(bos) or (opener and text.startswith(opener)):
-        return ""
-    return bos
+    text = renderer.chat_text([{"role": "user", "content": PROBE}], True)
+    head = text[: text.find(opener)] if opener and opener in text else ""
+    bos = renderer.tokenizer.bos_token
+    return head[len(bos) :] if bos and renderer.adds_bos and head.startswith(bos) else head
 
 
 def ollama_template(renderer) -> str | None:
@@ -125,7 +123,7 @@ def ollama_template(renderer) -> str | None:
         "gemma": GEMMA,
         "edgetune-fallback": FALLBACK.replace("{eos}", tokenizer.eos_token or ""),
     }.get(family or "")
-    return _bos_prefix(renderer, family) + template if template else None
+    return _head(renderer, family) + template if template else None
 
 
 def write_modelfile(gguf_path: Path, renderer, system: str | None) -> Path:
