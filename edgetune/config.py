@@ -198,6 +198,23 @@ class GatesConfig:
     max_kl: float | None = None
     min_decode_tok_s: float | None = None
     max_size_mb: float | None = None
+    # how a target's retention meets its minimum: "measured", the point figure; "significant", fail
+    # only when the whole confidence interval lies below (the shortfall is more than this sample's
+    # noise); "proven", pass only when the whole interval lies at or above
+    retention_evidence: Literal["measured", "significant", "proven"] = "measured"
+    confidence: float = 0.95  # the interval's level (a paired bootstrap over the held-out examples)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not 0.5 <= self.confidence < 1:
+            problems.append(f"bench.gates.confidence: must be in [0.5, 1), got {self.confidence}")
+        for quant, minimum in self.min_retention.items():
+            if not 0 < minimum <= 1:
+                problems.append(
+                    f"bench.gates.min_retention.{quant}: a fraction of the reference's score "
+                    f"(like 0.98), got {minimum}"
+                )
+        return problems
 
 
 @dataclass
@@ -220,6 +237,9 @@ class BenchConfig:
     threads: int | None = None  # default: every core this process may use
     gates: GatesConfig = field(default_factory=GatesConfig)
 
+    def validate(self) -> list[str]:
+        return self.gates.validate()
+
 
 @dataclass
 class Recipe:
@@ -239,7 +259,13 @@ class Recipe:
             problems.append(
                 f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)"
             )
-        return problems + self.data.validate() + self.train.validate() + self.export.validate()
+        return (
+            problems
+            + self.data.validate()
+            + self.train.validate()
+            + self.export.validate()
+            + self.bench.validate()
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -74,6 +74,16 @@ def test_report_follows_the_contract(benched):
         assert t["task_metric"]["name"] == "json_fields"
         assert t["peak_vram_mb"] is None  # CPU targets hold no GPU memory
     by = {t["name"]: t for t in report["targets"]}
+    answered = len(by["torch/merged"]["scores"])
+    assert answered > 0 and all(len(t["scores"]) == answered for t in report["targets"])
+    for t in report["targets"]:  # paired with the reference's scores, example by example
+        if t["retention"] is None:
+            assert t["retention_interval"] is None
+        else:
+            low, high = t["retention_interval"]
+            assert low <= t["retention"] <= high and t["retention_confidence"] == 0.95
+    assert by["onnx/fp32"]["scores"] == by["torch/merged"]["scores"]  # the same answers, example by example
+    assert report["gate_rule"] == {"retention_evidence": "measured", "confidence": 0.95}
     # the same model through different runtimes gives the same numbers
     assert by["torch/merged"]["kld_mean"] == 0.0
     # each target's own process: llama.cpp does not carry torch's memory (nor the parent's)
@@ -114,6 +124,33 @@ def test_gates_fail_with_exit_3_and_pick_prints_the_smallest_passing_file(benche
     smallest = min((t for t in report["targets"] if t["format"] != "torch"), key=lambda t: t["size_bytes"])
     assert picked.output.strip().splitlines()[-1] == smallest["path"]
     assert all(t["gate"] == "pass" for t in report["targets"] if t["format"] != "torch")
+
+
+def test_regate_applies_the_recipe_gates_to_the_measured_report_in_seconds(benched):
+    run, _ = benched
+    report_path = run / "bench" / "report.json"
+    measured = json.loads(report_path.read_text())
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["bench"]["gates"] = {"max_size_mb": 0.001}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    failed = CliRunner().invoke(main, ["bench", str(run), "--regate", "--gate"])
+    assert failed.exit_code == 3 and "gguf/q8_0 (cpu): size" in failed.output
+    regated = json.loads(report_path.read_text())
+    assert {t["gate"] for t in regated["targets"] if t["format"] != "torch"} == {"fail"}
+    for before, after in zip(measured["targets"], regated["targets"]):  # nothing was measured again
+        assert (after["decode_tok_s"], after["scores"]) == (before["decode_tok_s"], before["scores"])
+    recipe["bench"]["gates"] = {"retention_evidence": "significant", "min_retention": {"*": 0.5}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    again = CliRunner().invoke(main, ["bench", str(run), "--regate", "--gate"])
+    # the tiny model scores 0 on json_fields: retention is unknown, and a retention gate says so
+    assert again.exit_code == 3 and "retention unknown" in again.output
+    del recipe["bench"]["gates"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert CliRunner().invoke(main, ["bench", str(run), "--regate", "--gate"]).exit_code == 0
+    (run / "bench" / "report.json").write_text('{"targets": [')
+    broken = CliRunner().invoke(main, ["bench", str(run), "--regate"])
+    assert broken.exit_code == 2 and "report.json: line 1: not JSON" in broken.output
+    report_path.write_text(json.dumps(measured))
 
 
 def test_runners_agree_on_the_next_token_logits(benched):
@@ -246,6 +283,24 @@ def test_gpu_memory_is_the_process_own_count_else_the_growth_since_start():
     assert nothing.peak_bytes is None and nothing.held_bytes() is None
 
 
+def test_a_target_entry_carries_the_paired_interval_of_its_scores():
+    from edgetune.bench.accuracy import Accuracy
+    from edgetune.bench.confidence import retention_interval
+    from edgetune.bench.run import _target_entry
+    from edgetune.bench.runners import Target
+
+    ref_scores, scores = [1.0, 0.8, 0.6, 1.0] * 10, [1.0, 0.6, 0.6, 1.0] * 10
+    ref = Accuracy("json_fields", sum(ref_scores) / 40, None, scores=ref_scores)
+    acc = Accuracy("json_fields", sum(scores) / 40, None, scores=scores)
+    entry = _target_entry(Target("gguf/q8_0", "gguf", "q8_0", "llama.cpp", "cpu", "m.gguf"), acc, ref, 0.9)
+    assert entry["retention"] == pytest.approx(3.2 / 3.4)
+    assert entry["retention_interval"] == list(retention_interval(ref_scores, scores, 0.9))
+    assert entry["retention_confidence"] == 0.9 and entry["scores"] == scores
+    assert _target_entry(Target("t", "gguf", "q8_0", "llama.cpp", "cpu", "m.gguf"), acc, acc, 0.9)[
+        "retention_interval"
+    ] == [1.0, 1.0]
+
+
 def test_the_table_gets_a_vram_column_when_a_target_ran_on_cuda():
     from edgetune.bench.report import columns, row_cells
 
@@ -257,9 +312,15 @@ def test_the_table_gets_a_vram_column_when_a_target_ran_on_cuda():
     assert "VRAM" not in columns({"targets": [cpu]})
     cols = columns({"targets": [cpu, cuda]})
     assert cols.index("VRAM") == cols.index("RSS") + 1
-    assert len(row_cells(cuda, vram=True)) == len(cols)
-    assert row_cells(cuda, vram=True)[cols.index("VRAM")] == "412 MB"
-    assert row_cells(cpu, vram=True)[cols.index("VRAM")] == "-"
+    assert len(row_cells(cuda, cols)) == len(cols)
+    assert row_cells(cuda, cols)[cols.index("VRAM")] == "412 MB"
+    assert row_cells(cpu, cols)[cols.index("VRAM")] == "-"
+    assert "interval" not in cols
+    cpu.update(retention=0.985, retention_interval=[0.9612, 1.0])
+    cols = columns({"targets": [cpu, cuda]})
+    assert cols.index("interval") == cols.index("retention") + 1
+    assert row_cells(cpu, cols)[cols.index("interval")] == "96.1%-100.0%"
+    assert row_cells(cuda, cols)[cols.index("interval")] == "-"
 
 
 def test_a_cuda_target_that_fails_here_is_listed_as_skipped_and_the_rest_stands(benched):

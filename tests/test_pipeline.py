@@ -83,3 +83,14 @@ def test_a_failed_gate_stops_make_with_exit_3(tmp_path, tiny_model_dir):
     assert "bench gates failed: onnx/fp32 (cpu): size" in out and "gguf/q8_0 (cpu): size" in out
     again, out = invoke(recipe, "--set", "bench.gates.max_size_mb=0.001")
     assert again.exit_code == 3 and "skipped data, tune, merge, export, bench" in out
+    assert "re-applied" not in out
+    # a gate is no measurement: dropping it re-gates the report instead of re-running the bench
+    report = tmp_path / "runs" / "tiny" / "bench" / "report.json"
+    measured = json.loads(report.read_text())
+    relaxed, out = invoke(recipe)
+    assert relaxed.exit_code == 0, out
+    assert "skipped data, tune, merge, export, bench" in out and "gates changed: re-applied" in out
+    regated = json.loads(report.read_text())
+    assert [t["gate"] for t in regated["targets"]] == ["reference", "pass", "pass"]
+    assert [t["decode_tok_s"] for t in regated["targets"]] == [t["decode_tok_s"] for t in measured["targets"]]
+    assert "FAIL" not in (report.parent / "report.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgetune.bench.confidence import retention_interval
 from edgetune.config import GatesConfig
 from edgetune.errors import GateFailed
 
@@ -13,13 +14,11 @@ EXPORTED = ("onnx", "gguf")
 def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     """Why `target` (a report.json target) fails the gates; empty when it passes."""
     failures = []
-    minimum = gates.min_retention.get(target["quant"], gates.min_retention.get("*"))
-    retention = target.get("retention")
+    minimum = minimum_retention(target, gates)
     if minimum is not None:
-        if retention is None:
-            failures.append("retention unknown (no task metric, or the reference scored 0)")
-        elif retention < minimum:
-            failures.append(f"retention {retention:.1%} < {minimum:.0%}")
+        failure = retention_failure(target, minimum, gates)
+        if failure:
+            failures.append(failure)
     kl = target.get("kld_mean")
     if gates.max_kl is not None:
         if kl is None:
@@ -38,13 +37,87 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     return failures
 
 
+def minimum_retention(target: dict[str, Any], gates: GatesConfig) -> float | None:
+    return gates.min_retention.get(target["quant"], gates.min_retention.get("*"))
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1%}".replace(".0%", "%")
+
+
+def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig) -> str | None:
+    """Why the target's retention misses `minimum` under gates.retention_evidence; None when it passes."""
+    retention = target.get("retention")
+    if retention is None:
+        return "retention unknown (no task metric, or the reference scored 0)"
+    interval = target.get("retention_interval")
+    want = _percent(minimum)
+    if gates.retention_evidence == "measured":
+        if retention >= minimum:
+            return None
+        if interval is None:
+            return f"retention {retention:.1%} < {want}"
+        return f"retention {retention:.1%} < {want} ({interval_text(target)})"
+    if interval is None:
+        return f"retention {retention:.1%}: no confidence interval for gates.retention_evidence"
+    low, high = interval
+    if gates.retention_evidence == "significant" and high < minimum:
+        return f"retention {retention:.1%} < {want} beyond noise ({interval_text(target)})"
+    if gates.retention_evidence == "proven" and low < minimum:
+        return f"retention {retention:.1%} not proven >= {want} ({interval_text(target)})"
+    return None
+
+
+def interval_text(target: dict[str, Any]) -> str:
+    low, high = target["retention_interval"]
+    return f"{target['retention_confidence']:.0%} interval {low:.1%}-{high:.1%}"
+
+
+def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
+    """A verdict the sample cannot back: the minimum lies inside the interval and the verdict rests
+    on the point figure (the measured rule), or on the benefit of the doubt (significant)."""
+    minimum = minimum_retention(target, gates)
+    interval = target.get("retention_interval")
+    if minimum is None or not interval or not interval[0] < minimum <= interval[1]:
+        return None
+    retention, want = target["retention"], _percent(minimum)
+    if gates.retention_evidence == "measured":
+        verdict = "passes" if retention >= minimum else "fails"
+        return (
+            f"{verdict} {want} on retention {retention:.1%}, but {want} lies inside the "
+            f"{interval_text(target)}: more held-out examples (bench.max_examples) would settle it"
+        )
+    if gates.retention_evidence == "significant" and retention < minimum:
+        return f"passes although retention {retention:.1%} < {want}: {want} lies inside the {interval_text(target)}"
+    return None
+
+
 def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
+    report["gate_rule"] = {"retention_evidence": gates.retention_evidence, "confidence": gates.confidence}
     for target in report["targets"]:
         if target["format"] not in EXPORTED:
             target["gate"], target["gate_failures"] = "reference" if target["quant"] == "fp32" else "-", []
             continue
         failures = gate_failures(target, gates)
         target["gate"], target["gate_failures"] = ("fail" if failures else "pass"), failures
+        note = noise_note(target, gates)
+        target["gate_notes"] = [note] if note else []
+
+
+def regate(report: dict[str, Any], gates: GatesConfig) -> bool:
+    """Apply `gates` to a report's existing measurements (each interval recomputed at
+    gates.confidence from the stored per-example scores); True when a verdict or interval changed."""
+    before = [(t.get("gate"), t.get("gate_failures"), t.get("retention_interval")) for t in report["targets"]]
+    rule = report.get("gate_rule")
+    reference = next(t for t in report["targets"] if t["name"] == report["reference"]["name"])
+    for target in report["targets"]:
+        if target.get("retention") is not None and "scores" in target and "scores" in reference:
+            interval = retention_interval(reference["scores"], target["scores"], gates.confidence)
+            target["retention_interval"] = list(interval) if interval else None
+            target["retention_confidence"] = gates.confidence
+    apply_gates(report, gates)
+    after = [(t.get("gate"), t.get("gate_failures"), t.get("retention_interval")) for t in report["targets"]]
+    return before != after or rule != report["gate_rule"]
 
 
 def raise_on_failed_gates(report: dict[str, Any]) -> None:

@@ -16,32 +16,41 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def columns(report: dict[str, Any]) -> list[str]:
-    """The table's columns; GPU memory only where a target ran on CUDA."""
+    """The table's columns; the retention interval where one was measured, GPU memory only where a
+    target ran on CUDA."""
     cols = list(COLUMNS)
+    if any(t.get("retention_interval") for t in report["targets"]):
+        cols.insert(cols.index("retention") + 1, "interval")
     if any(t["device"] == "cuda" for t in report["targets"]):
         cols.insert(cols.index("RSS") + 1, "VRAM")
     return cols
 
 
-def row_cells(t: dict[str, Any], vram: bool = False) -> list[str]:
-    metric = t["task_metric"]["value"]
+def _interval(t: dict[str, Any]) -> str:
+    interval = t.get("retention_interval")
+    return "-" if not interval else f"{interval[0]:.1%}-{interval[1]:.1%}"
+
+
+def row_cells(t: dict[str, Any], cols: list[str]) -> list[str]:
     gate = t.get("gate", "-")
     if gate == "fail":
         gate = "FAIL: " + ", ".join(t.get("gate_failures", []))
-    return [
-        t["name"],
-        t["device"],
-        f"{t['size_bytes'] / 1e6:.0f} MB",
-        _fmt(metric, ".3f"),
-        _fmt(t.get("retention"), ".1%"),
-        _fmt(t.get("kld_mean"), ".2e"),
-        _fmt(t.get("top1_agreement"), ".1%"),
-        _fmt(t.get("ttft_ms"), ".0f", " ms"),
-        _fmt(t.get("decode_tok_s"), ".1f", " tok/s"),
-        _fmt(t.get("peak_rss_mb"), ".0f", " MB"),
-        *([_fmt(t.get("peak_vram_mb"), ".0f", " MB")] if vram else []),
-        gate,
-    ]
+    cells = {
+        "target": t["name"],
+        "device": t["device"],
+        "size": f"{t['size_bytes'] / 1e6:.0f} MB",
+        "metric": _fmt(t["task_metric"]["value"], ".3f"),
+        "retention": _fmt(t.get("retention"), ".1%"),
+        "interval": _interval(t),
+        "KL": _fmt(t.get("kld_mean"), ".2e"),
+        "top-1": _fmt(t.get("top1_agreement"), ".1%"),
+        "TTFT": _fmt(t.get("ttft_ms"), ".0f", " ms"),
+        "decode": _fmt(t.get("decode_tok_s"), ".1f", " tok/s"),
+        "RSS": _fmt(t.get("peak_rss_mb"), ".0f", " MB"),
+        "VRAM": _fmt(t.get("peak_vram_mb"), ".0f", " MB"),
+        "gate": gate,
+    }
+    return [cells[c] for c in cols]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -60,8 +69,9 @@ def markdown(report: dict[str, Any]) -> str:
         "| " + " | ".join(columns(report)) + " |",
         "|" + "---|" * len(columns(report)),
     ]
-    vram = "VRAM" in columns(report)
-    lines += ["| " + " | ".join(row_cells(t, vram)) + " |" for t in report["targets"]]
+    cols = columns(report)
+    lines += ["| " + " | ".join(row_cells(t, cols)) + " |" for t in report["targets"]]
+    lines += _interval_lines(report)
     if report["baselines"]:  # bench.baselines: false leaves no section
         lines += ["", "## Fine-tuning against prompting the base model", ""]
     for name, b in report["baselines"].items():
@@ -111,6 +121,26 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _interval_lines(report: dict[str, Any]) -> list[str]:
+    """What the retention intervals are, and which gate verdicts they say are the sample's noise."""
+    measured = [t for t in report["targets"] if t.get("retention_interval")]
+    if not measured:
+        return []
+    rule = report.get("gate_rule", {})
+    lines = [
+        "",
+        f"interval: the retention's {measured[0]['retention_confidence']:.0%} interval, a paired bootstrap "
+        f"over the {report['reference']['examples']} examples (each resample keeps an example's reference "
+        "and target scores together)."
+        + (f" Retention gates use `{rule['retention_evidence']}`." if rule else ""),
+    ]
+    noisy = [t for t in report["targets"] if t.get("gate_notes")]
+    if noisy:
+        lines += ["", "Gate verdicts within the sample's noise:", ""]
+        lines += [f"- {t['name']} ({t['device']}): {'; '.join(t['gate_notes'])}" for t in noisy]
+    return lines
+
+
 def plot(report: dict[str, Any]) -> bytes:
     import matplotlib
 
@@ -128,7 +158,14 @@ def plot(report: dict[str, Any]) -> bytes:
             if x is None:
                 continue
             x = x / 1e6 if key == "size_bytes" else x
-            ax.scatter(x, t["retention"], s=40)
+            interval = t.get("retention_interval")
+            if interval:
+                below, above = t["retention"] - interval[0], interval[1] - t["retention"]
+                ax.errorbar(
+                    x, t["retention"], yerr=[[max(below, 0)], [max(above, 0)]], fmt="o", ms=6, capsize=3
+                )
+            else:
+                ax.scatter(x, t["retention"], s=40)
             ax.annotate(
                 f"{t['name']}" + ("" if t["device"] == "cpu" else f" ({t['device']})"),
                 (x, t["retention"]),
@@ -166,7 +203,7 @@ def print_table(report: dict[str, Any], console) -> None:
     for col in cols:
         table.add_column(col, justify="left" if col in ("target", "device", "gate") else "right")
     for t in report["targets"]:
-        cells = row_cells(t, "VRAM" in cols)
+        cells = row_cells(t, cols)
         gate = t.get("gate")
         cells[-1] = (
             f"[green]{cells[-1]}[/]"
@@ -175,3 +212,8 @@ def print_table(report: dict[str, Any], console) -> None:
         )
         table.add_row(*cells)
     console.print(table)
+    for t in report["targets"]:
+        for note in t.get("gate_notes", []):
+            console.print(
+                f"[yellow]gate within noise:[/] {t['name']} ({t['device']}): {note}", soft_wrap=True
+            )

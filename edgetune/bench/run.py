@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, reference_logprobs
+from edgetune.bench.confidence import retention_interval
 from edgetune.bench.gates import apply_gates
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
@@ -170,10 +171,11 @@ class _Progress:
             yield lambda: progress.advance(task)
 
 
-def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) -> dict[str, Any]:
-    retention = None
-    if acc.value is not None and reference_value:
-        retention = acc.value / reference_value
+def _target_entry(target: Target, acc: Accuracy, reference: Accuracy, confidence: float) -> dict[str, Any]:
+    retention = interval = None
+    if acc.value is not None and reference.value:
+        retention = acc.value / reference.value
+        interval = retention_interval(reference.scores, acc.scores, confidence)
     return {
         "name": target.name,
         "format": target.format,
@@ -184,6 +186,8 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
         "size_bytes": target.size_bytes,
         "task_metric": {"name": acc.metric, "value": acc.value},
         "retention": retention,
+        "retention_interval": list(interval) if interval else None,
+        "retention_confidence": confidence,
         "ppl": acc.ppl,
         "kld_mean": acc.kld_mean,
         "top1_agreement": acc.top1_agreement,
@@ -191,6 +195,7 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
         "mean_output_tokens": acc.mean_output_tokens,
         "examples": acc.examples,
         "sample_outputs": acc.outputs[:3],
+        "scores": [round(x, 4) for x in acc.scores],  # per held-out example, in order: the interval's input
         "accuracy_wall_s": acc.wall_s,
     }
 
@@ -247,9 +252,10 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         ref_acc, ref_runner = run_accuracy(reference_target)
         reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
         ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
-        entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
+        level = cfg.gates.confidence
+        entries = [_target_entry(reference_target, ref_acc, ref_acc, level)]
         measured = measure_each(
-            targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
+            targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc, level), skipped
         )
         targets = [reference_target, *(t for t, _ in measured)]
         entries += [entry for _, entry in measured]

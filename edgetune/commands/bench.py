@@ -16,7 +16,12 @@ from edgetune.commands.common import one_process
     is_flag=True,
     help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
 )
-def bench(run_dir, devices, gate, pick) -> None:
+@click.option(
+    "--regate",
+    is_flag=True,
+    help="Measure nothing: re-apply the run's recipe's gates to its existing report (seconds).",
+)
+def bench(run_dir, devices, gate, pick, regate) -> None:
     """Accuracy retention, prompting baselines, forgetting and latency of a run's exports
     (default: runs/latest) -> RUN_DIR/bench/report.{json,md,png}."""
     one_process("bench")
@@ -26,7 +31,12 @@ def bench(run_dir, devices, gate, pick) -> None:
     from edgetune.bench.run import bench as run_bench
     from edgetune.console import err, out
 
-    report = run_bench(run_dir, [d.strip() for d in devices.split(",")] if devices else None, console=err)
+    if regate:
+        from edgetune.bench.regate import regate_run
+
+        report, _ = regate_run(run_dir)
+    else:
+        report = run_bench(run_dir, [d.strip() for d in devices.split(",")] if devices else None, console=err)
     if pick:
         click.echo(pick_target(report)["path"])
         return

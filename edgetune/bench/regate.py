@@ -1,0 +1,36 @@
+"""Gates re-applied to a run's existing bench report: a changed threshold costs seconds, not a bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgetune.bench.gates import regate
+from edgetune.bench.report import write_report
+from edgetune.config import GatesConfig, load_recipe
+from edgetune.errors import InputError
+from edgetune.rundir import RECIPE_FILE, resolve_run_dir, run_lock
+
+
+def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) -> tuple[dict[str, Any], bool]:
+    """(the report under `gates`, default the run's recipe's; whether a verdict changed). The
+    report files are rewritten only when one did."""
+    run_dir = resolve_run_dir(run_dir)
+    with run_lock(run_dir, "bench"):
+        path = run_dir / "bench" / "report.json"
+        if not path.is_file():
+            raise InputError(f"{path}: no bench report to re-gate; run `edgetune bench` first")
+        try:
+            report = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
+        if gates is None:
+            gates = load_recipe(str(run_dir / RECIPE_FILE)).bench.gates
+        changed = regate(report, gates)
+        if changed:
+            paths = write_report(report, run_dir / "bench")
+        else:
+            paths = {k: run_dir / "bench" / f"report.{k}" for k in ("json", "md", "png")}
+        report["paths"] = {k: str(v) for k, v in paths.items()}
+        return report, changed

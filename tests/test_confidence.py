@@ -1,0 +1,118 @@
+"""Retention intervals and the gate rules that use them: the interval covers the true retention as
+often as it says, narrows with more examples, and the gates read it as documented."""
+
+import numpy as np
+import pytest
+
+from edgetune.bench.confidence import retention_interval
+from edgetune.bench.gates import apply_gates, gate_failures
+from edgetune.config import GatesConfig, load_recipe
+
+
+def test_identical_answers_give_a_zero_width_interval_at_the_point():
+    scores = [1.0, 0.6, 0.0, 0.8] * 20
+    assert retention_interval(scores, scores) == (1.0, 1.0)
+
+
+def test_the_interval_holds_the_point_and_narrows_as_examples_grow():
+    rng = np.random.default_rng(1)
+    ref = rng.integers(0, 6, 90) / 5  # five-field scores, as json_fields gives
+    tgt = np.where(rng.random(90) < 0.1, np.maximum(ref - 0.2, 0), ref)
+    low, high = retention_interval(ref, tgt)
+    point = tgt.mean() / ref.mean()
+    assert low < point < high <= 1.0
+    wide = high - low
+    low4, high4 = retention_interval(np.tile(ref, 4), np.tile(tgt, 4))
+    # the same data four times over: about half the width (1 / sqrt(4))
+    assert 0.4 < (high4 - low4) / wide < 0.6
+    assert retention_interval(ref, tgt) == (low, high)  # seeded: one report, one interval
+
+
+def test_the_interval_covers_the_true_retention_about_as_often_as_it_claims():
+    """Draw many held-out sets from a known population (each example keeps or loses one of five
+    fields); the 90% interval must hold the population's retention in close to 90% of them."""
+    rng = np.random.default_rng(7)
+    population_ref = rng.integers(1, 6, 100_000) / 5
+    damaged = rng.random(population_ref.size) < 0.15
+    population_tgt = np.where(damaged, population_ref - 0.2, population_ref)
+    truth = population_tgt.mean() / population_ref.mean()
+    covered, trials = 0, 200
+    for _ in range(trials):
+        picks = rng.integers(0, population_ref.size, 90)
+        low, high = retention_interval(population_ref[picks], population_tgt[picks], level=0.90)
+        covered += low <= truth <= high
+    assert 0.82 <= covered / trials <= 0.97, covered
+
+
+def test_no_interval_where_retention_is_undefined():
+    assert retention_interval([], []) is None
+    assert retention_interval([0.0] * 10, [1.0] * 10) is None
+    assert retention_interval([1.0] + [0.0] * 89, [1.0] * 90) is None  # the reference mean is 0 in ~37%
+    with pytest.raises(ValueError, match="differ in length"):
+        retention_interval([1.0], [1.0, 1.0])
+
+
+def target(retention, interval, quant="q8_0"):
+    return {
+        "name": f"gguf/{quant}",
+        "device": "cpu",
+        "format": "gguf",
+        "quant": quant,
+        "retention": retention,
+        "retention_interval": interval,
+        "retention_confidence": 0.95,
+        "size_bytes": 10**6,
+    }
+
+
+@pytest.mark.parametrize(
+    "rule, retention, interval, fails",
+    [
+        ("measured", 0.975, [0.95, 0.995], True),  # below the minimum: fails, inside the noise or not
+        ("measured", 0.985, [0.96, 1.0], False),
+        ("significant", 0.975, [0.95, 0.995], False),  # the shortfall is within the noise
+        ("significant", 0.95, [0.92, 0.975], True),  # the whole interval is below 98%
+        ("proven", 0.985, [0.96, 1.0], True),  # 98% is not shown: the interval reaches below it
+        ("proven", 0.995, [0.985, 1.0], False),
+    ],
+)
+def test_each_retention_rule_reads_the_interval_as_documented(rule, retention, interval, fails):
+    gates = GatesConfig(min_retention={"q8_0": 0.98}, retention_evidence=rule)
+    failures = gate_failures(target(retention, interval), gates)
+    assert bool(failures) == fails, failures
+    if fails:
+        assert "95% interval" in failures[0] and "98%" in failures[0]
+
+
+def test_a_rule_that_needs_an_interval_fails_without_one():
+    gates = GatesConfig(min_retention={"*": 0.9}, retention_evidence="significant")
+    (failure,) = gate_failures(target(0.99, None), gates)
+    assert "no confidence interval" in failure
+
+
+def test_verdicts_inside_the_noise_get_a_note():
+    report = {
+        "targets": [
+            target(0.985, [0.96, 1.0]),  # passes 98%, but 98% is inside its interval
+            target(0.99, [0.97, 1.0], quant="q4_k_m"),  # 95% is below the whole interval: settled
+        ]
+    }
+    apply_gates(report, GatesConfig(min_retention={"q8_0": 0.98, "q4_k_m": 0.95}))
+    q8, q4 = report["targets"]
+    assert q8["gate"] == "pass" and "inside the 95% interval 96.0%-100.0%" in q8["gate_notes"][0]
+    assert q4["gate"] == "pass" and q4["gate_notes"] == []
+    assert report["gate_rule"] == {"retention_evidence": "measured", "confidence": 0.95}
+    apply_gates(report, GatesConfig(min_retention={"q8_0": 0.99}, retention_evidence="significant"))
+    assert q8["gate"] == "pass" and "passes although retention 98.5% < 99%" in q8["gate_notes"][0]
+
+
+def test_bad_gate_settings_are_named(tmp_path):
+    from edgetune.errors import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "data: {train: d.jsonl}\nbench:\n  gates:\n    min_retention: {q8_0: 98}\n    confidence: 1.0\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_recipe(str(recipe))
+    assert "bench.gates.confidence" in str(err.value) and "bench.gates.min_retention.q8_0" in str(err.value)
