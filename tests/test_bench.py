@@ -98,10 +98,16 @@ def test_report_follows_the_contract(benched):
     zero = report["baselines"]["zero_shot"]
     assert zero["examples"] == 2 and zero["tuned_on_these"] is not None
     assert isinstance(report["tuning_beats_prompting"], bool)
+    assert isinstance(report["tuning_beats_prompting_shown"], bool)
+    difference = zero["tuned_minus_baseline"]
+    low, high = difference["interval"]
+    assert low <= difference["mean"] <= high and difference["confidence"] == 0.95
+    assert difference["mean"] == pytest.approx(zero["tuned_on_these"] - zero["task_metric"]["value"])
     assert report["forgetting"]["ppl_base"] > 0 and report["forgetting"]["kl_base_tuned"] >= 0
     assert report["machine"]["bandwidth_gb_s"] > 0
     md = (run / "bench" / "report.md").read_text()
     assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md and "VRAM" not in md
+    assert f"(difference {difference['mean']:+.3f}, 95% interval {low:+.3f} to {high:+.3f})" in md
     assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "manifest.json").read_text())["stages"]["bench"]["status"] == "done"
 

@@ -4,7 +4,7 @@ often as it says, narrows with more examples, and the gates read it as documente
 import numpy as np
 import pytest
 
-from edgetune.bench.confidence import retention_interval
+from edgetune.bench.confidence import difference_interval, retention_interval
 from edgetune.bench.gates import apply_gates, gate_failures
 from edgetune.config import GatesConfig, load_recipe
 
@@ -50,6 +50,18 @@ def test_no_interval_where_retention_is_undefined():
     assert retention_interval([1.0] + [0.0] * 89, [1.0] * 90) is None  # the reference mean is 0 in ~37%
     with pytest.raises(ValueError, match="differ in length"):
         retention_interval([1.0], [1.0, 1.0])
+
+
+def test_a_gain_on_few_examples_is_shown_only_when_its_interval_clears_zero():
+    tuned = [1.0, 0.8, 0.6, 0.8, 1.0, 0.4] * 5  # 30 examples, as the demo's baselines use
+    small = [s - 0.2 if i % 6 == 0 else s for i, s in enumerate(tuned)]  # 0.2 lower on 5 of 30
+    low, high = difference_interval(tuned, small)
+    assert 0 < low < 1 / 30 < high  # mean gain 0.033; every resample favours the tuned model
+    mixed = [s - 0.2 if i % 6 == 0 else s + 0.2 if i % 6 == 2 else s for i, s in enumerate(tuned)]
+    low, high = difference_interval(tuned, mixed)
+    assert low < 0 < high  # as many examples better as worse: no gain shown
+    assert difference_interval(tuned, tuned) == (0.0, 0.0)
+    assert difference_interval([], []) is None
 
 
 def target(retention, interval, quant="q8_0"):

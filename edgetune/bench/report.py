@@ -80,14 +80,31 @@ def markdown(report: dict[str, Any]) -> str:
             if "extra_prompt_tokens" in b
             else ""
         )
+        difference = b.get("tuned_minus_baseline", {})
+        spread = (
+            f" (difference {difference['mean']:+.3f}, {difference['confidence']:.0%} interval "
+            f"{difference['interval'][0]:+.3f} to {difference['interval'][1]:+.3f})"
+            if difference.get("interval")
+            else ""
+        )
         lines.append(
             f"- base model {name.replace('_', ' ')}: {ref['metric']} {_fmt(b['task_metric']['value'], '.3f')} "
             f"against {_fmt(b.get('tuned_on_these'), '.3f')} for the tuned model on the same "
-            f"{b.get('examples', '?')} examples{extra}"
+            f"{b.get('examples', '?')} examples{spread}{extra}"
         )
     verdict = report.get("tuning_beats_prompting")
     if verdict is not None:
-        lines.append(f"- fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task")
+        shown = report.get("tuning_beats_prompting_shown")
+        lines.append(
+            f"- fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task"
+            + (
+                ""
+                if shown is None or not verdict
+                else "; beyond these examples' noise"
+                if shown
+                else "; but within these examples' noise (an interval reaches 0 or below): a good prompt may do"
+            )
+        )
     f = report.get("forgetting")
     if f:
         lines += [

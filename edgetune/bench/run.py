@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, reference_logprobs
 from edgetune.bench.confidence import retention_interval
 from edgetune.bench.gates import apply_gates
+from edgetune.bench.prompting import prompting_baselines
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
@@ -288,9 +288,17 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
             )
             base_runner = open_runner(base, threads)
         if cfg.baselines:
-            report["baselines"] = _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc)
+            report["baselines"] = prompting_baselines(
+                base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc
+            )
             report["tuning_beats_prompting"] = all(
                 b["tuned_on_these"] is not None and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
+                for b in report["baselines"].values()
+            )
+            # beyond the noise of these examples: every difference's interval lies above 0
+            report["tuning_beats_prompting_shown"] = all(
+                b["tuned_minus_baseline"]["interval"] is not None
+                and b["tuned_minus_baseline"]["interval"][0] > 0
                 for b in report["baselines"].values()
             )
         if cfg.forgetting:
@@ -340,45 +348,6 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         )
         report["paths"] = {k: str(v) for k, v in paths.items()}
         return report
-
-
-def _baselines(base, base_runner, prepared, cases, cfg, run_accuracy, tuned) -> dict[str, Any]:
-    """Zero- and few-shot prompting of the base model on the first `baseline_examples` held-out
-    examples, with the tuned model's score on exactly those examples beside them."""
-    from edgetune.bench.prompting import few_shot_cases
-
-    n = cfg.baseline_examples or len(cases)
-    cases = cases[:n]
-    answered = sum(1 for c in cases if c.reference is not None and c.prompt_ids)
-    same = tuned.scores[:answered]
-    common = {"examples": answered, "tuned_on_these": float(statistics.mean(same)) if same else None}
-    out: dict[str, Any] = {}
-    zero, _ = run_accuracy(base, target_cases=cases, runner=base_runner)
-    out["zero_shot"] = {
-        "task_metric": {"name": cfg.metric, "value": zero.value},
-        "ppl": zero.ppl,
-        "eos_rate": zero.eos_rate,
-        "wall_s": zero.wall_s,
-        "sample_outputs": zero.outputs[:3],
-    }
-    shots = [ex for ex in prepared.splits.train if ex.format != "text"][: cfg.few_shot_k]
-    if shots:
-        shot_cases = few_shot_cases(prepared.renderer, shots, cases)
-        few, _ = run_accuracy(base, target_cases=shot_cases, perplexity=False, runner=base_runner)
-        extra = statistics.mean(
-            len(s.prompt_ids) - len(c.prompt_ids)
-            for s, c in zip(shot_cases, [c for c in cases if c.reference is not None and c.prompt_ids])
-        )
-        out[f"few_shot_{len(shots)}"] = {
-            "task_metric": {"name": cfg.metric, "value": few.value},
-            "extra_prompt_tokens": extra,
-            "eos_rate": few.eos_rate,
-            "wall_s": few.wall_s,
-            "sample_outputs": few.outputs[:3],
-        }
-    for entry in out.values():
-        entry.update(common)
-    return out
 
 
 def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str, Any], dict[str, Any]]:
