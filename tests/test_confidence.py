@@ -128,3 +128,18 @@ def test_bad_gate_settings_are_named(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_recipe(str(recipe))
     assert "bench.gates.confidence" in str(err.value) and "bench.gates.min_retention.q8_0" in str(err.value)
+
+
+def test_the_printed_table_shows_the_interval_and_the_noise_note():
+    from rich.console import Console
+
+    from edgetune.bench.report import print_table
+
+    q8 = target(0.985, [0.96, 1.0])
+    q8.update(task_metric={"value": 0.75}, gate="pass", gate_notes=["passes 98% on retention 98.5%, but ..."])
+    report = {"reference": {"metric": "json_fields", "examples": 90}, "targets": [q8]}
+    console = Console(record=True, width=200)
+    print_table(report, console)
+    text = console.export_text()
+    assert "interval" in text and "96.0%-100.0%" in text
+    assert "gate within noise: gguf/q8_0 (cpu): passes 98% on retention 98.5%" in text
