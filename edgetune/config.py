@@ -209,7 +209,7 @@ class GatesConfig:
         if not 0.5 <= self.confidence < 1:
             problems.append(f"bench.gates.confidence: must be in [0.5, 1), got {self.confidence}")
         for quant, minimum in self.min_retention.items():
-            if not 0 < minimum <= 1:
+            if not 0 <= minimum <= 1:  # 0: only that retention is known
                 problems.append(
                     f"bench.gates.min_retention.{quant}: a fraction of the reference's score "
                     f"(like 0.98), got {minimum}"

@@ -157,7 +157,7 @@ def _regated_report(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -
     from edgetune.bench.regate import regate_run
 
     report, changed = regate_run(run_dir, recipe.bench.gates)
-    if changed:
+    if changed:  # the gates differ from the report's own (its gate_rule): so do the run recipe's
         _refresh_recipe(recipe, run_dir)
         say("bench: the gates changed: re-applied to the report's measurements")
     return report

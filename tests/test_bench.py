@@ -83,7 +83,9 @@ def test_report_follows_the_contract(benched):
             low, high = t["retention_interval"]
             assert low <= t["retention"] <= high and t["retention_confidence"] == 0.95
     assert by["onnx/fp32"]["scores"] == by["torch/merged"]["scores"]  # the same answers, example by example
-    assert report["gate_rule"] == {"retention_evidence": "measured", "confidence": 0.95}
+    assert (
+        report["gate_rule"]["retention_evidence"] == "measured" and report["gate_rule"]["confidence"] == 0.95
+    )
     # the same model through different runtimes gives the same numbers
     assert by["torch/merged"]["kld_mean"] == 0.0
     # each target's own process: llama.cpp does not carry torch's memory (nor the parent's)
@@ -154,9 +156,60 @@ def test_regate_applies_the_recipe_gates_to_the_measured_report_in_seconds(bench
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert CliRunner().invoke(main, ["bench", str(run), "--regate", "--gate"]).exit_code == 0
     (run / "bench" / "report.json").write_text('{"targets": [')
+    both = CliRunner().invoke(main, ["bench", str(run), "--regate", "--device", "cuda"])
+    assert both.exit_code == 2 and "--regate measures nothing" in both.output
     broken = CliRunner().invoke(main, ["bench", str(run), "--regate"])
     assert broken.exit_code == 2 and "report.json: line 1: not JSON" in broken.output
     report_path.write_text(json.dumps(measured))
+
+
+def test_regate_recomputes_every_interval_from_the_stored_scores(benched):
+    """The tiny model scores 0 on json_fields, so the measured report has no intervals to speak of:
+    give its targets and baselines known per-example scores and re-gate."""
+    import random
+
+    from edgetune.bench.confidence import difference_interval, retention_interval
+    from edgetune.bench.regate import regate_run
+    from edgetune.config import GatesConfig
+
+    run, _ = benched
+    report_path = run / "bench" / "report.json"
+    measured = report_path.read_text()
+    report = json.loads(measured)
+    n = len(report["targets"][0]["scores"])
+    rng = random.Random(3)
+    ref = [rng.choice([0.6, 0.8, 1.0]) for _ in range(n)]
+    for i, t in enumerate(report["targets"]):
+        t["scores"] = ref if i == 0 else [s - 0.2 * (j % (i + 1) == 0) for j, s in enumerate(ref)]
+        t["retention"] = sum(t["scores"]) / sum(ref)
+    k = n // 2  # a zero-shot baseline that scores 0 on the first half (an earlier test benched without)
+    report["baselines"] = {
+        "zero_shot": {
+            "task_metric": {"name": "json_fields", "value": 0.0},
+            "examples": k,
+            "scores": [0.0] * k,
+        }
+    }
+    report["baselines"]["zero_shot"]["tuned_on_these"] = sum(ref[:k]) / k
+    report_path.write_text(json.dumps(report))
+    try:
+        regated, changed = regate_run(run, GatesConfig(min_retention={"*": 0.5}, confidence=0.9))
+        assert changed
+        for t in regated["targets"][1:]:
+            assert t["retention_interval"] == list(retention_interval(ref, t["scores"], 0.9))
+            assert t["retention_confidence"] == 0.9 and t["gate"] in ("pass", "-")
+        zero = regated["baselines"]["zero_shot"]
+        want = difference_interval(ref[: zero["examples"]], zero["scores"], 0.9)
+        assert zero["tuned_minus_baseline"]["interval"] == list(want) and want[0] > 0
+        assert regated["tuning_beats_prompting_shown"] is True
+        on_disk = json.loads(report_path.read_text())
+        assert on_disk["gate_rule"]["confidence"] == 0.9 and on_disk["gate_rule"]["min_retention"] == {
+            "*": 0.5
+        }
+        # the same gates again: nothing to change, nothing rewritten
+        assert regate_run(run, GatesConfig(min_retention={"*": 0.5}, confidence=0.9))[1] is False
+    finally:
+        report_path.write_text(measured)
 
 
 def test_runners_agree_on_the_next_token_logits(benched):

@@ -99,7 +99,9 @@ def test_each_retention_rule_reads_the_interval_as_documented(rule, retention, i
 def test_a_rule_that_needs_an_interval_fails_without_one():
     gates = GatesConfig(min_retention={"*": 0.9}, retention_evidence="significant")
     (failure,) = gate_failures(target(0.99, None), gates)
-    assert "no confidence interval" in failure
+    assert "no confidence interval" in failure and "no per-example scores" in failure  # an older report
+    (failure,) = gate_failures({**target(0.99, None), "scores": [1.0]}, gates)
+    assert "reference scores 0 on too many resamples" in failure
 
 
 def test_verdicts_inside_the_noise_get_a_note():
@@ -113,7 +115,9 @@ def test_verdicts_inside_the_noise_get_a_note():
     q8, q4 = report["targets"]
     assert q8["gate"] == "pass" and "inside the 95% interval 96.0%-100.0%" in q8["gate_notes"][0]
     assert q4["gate"] == "pass" and q4["gate_notes"] == []
-    assert report["gate_rule"] == {"retention_evidence": "measured", "confidence": 0.95}
+    assert (
+        report["gate_rule"]["retention_evidence"] == "measured" and report["gate_rule"]["confidence"] == 0.95
+    )
     apply_gates(report, GatesConfig(min_retention={"q8_0": 0.99}, retention_evidence="significant"))
     assert q8["gate"] == "pass" and "passes although retention 98.5% < 99%" in q8["gate_notes"][0]
 
@@ -128,6 +132,8 @@ def test_bad_gate_settings_are_named(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_recipe(str(recipe))
     assert "bench.gates.confidence" in str(err.value) and "bench.gates.min_retention.q8_0" in str(err.value)
+    recipe.write_text("data: {train: d.jsonl}\nbench: {gates: {min_retention: {'*': 0}}}\n")
+    assert load_recipe(str(recipe)).bench.gates.min_retention == {"*": 0}  # 0: retention must be known
 
 
 def test_the_printed_table_shows_the_interval_and_the_noise_note():

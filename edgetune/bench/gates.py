@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
-from edgetune.bench.confidence import retention_interval
 from edgetune.config import GatesConfig
 from edgetune.errors import GateFailed
 
@@ -59,7 +59,12 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
             return f"retention {retention:.1%} < {want}"
         return f"retention {retention:.1%} < {want} ({interval_text(target)})"
     if interval is None:
-        return f"retention {retention:.1%}: no confidence interval for gates.retention_evidence"
+        why = (
+            "the report has no per-example scores (benched before edgetune kept them): run `edgetune bench`"
+            if "scores" not in target
+            else "the reference scores 0 on too many resamples"
+        )
+        return f"retention {retention:.1%}: no confidence interval for gates.retention_evidence ({why})"
     low, high = interval
     if gates.retention_evidence == "significant" and high < minimum:
         return f"retention {retention:.1%} < {want} beyond noise ({interval_text(target)})"
@@ -85,7 +90,7 @@ def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
         verdict = "passes" if retention >= minimum else "fails"
         return (
             f"{verdict} {want} on retention {retention:.1%}, but {want} lies inside the "
-            f"{interval_text(target)}: more held-out examples (bench.max_examples) would settle it"
+            f"{interval_text(target)}: more held-out examples (bench.max_examples) may settle it"
         )
     if gates.retention_evidence == "significant" and retention < minimum:
         return f"passes although retention {retention:.1%} < {want}: {want} lies inside the {interval_text(target)}"
@@ -93,7 +98,7 @@ def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
 
 
 def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
-    report["gate_rule"] = {"retention_evidence": gates.retention_evidence, "confidence": gates.confidence}
+    report["gate_rule"] = asdict(gates)  # the gates these verdicts are under
     for target in report["targets"]:
         if target["format"] not in EXPORTED:
             target["gate"], target["gate_failures"] = "reference" if target["quant"] == "fp32" else "-", []
@@ -102,22 +107,6 @@ def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
         target["gate"], target["gate_failures"] = ("fail" if failures else "pass"), failures
         note = noise_note(target, gates)
         target["gate_notes"] = [note] if note else []
-
-
-def regate(report: dict[str, Any], gates: GatesConfig) -> bool:
-    """Apply `gates` to a report's existing measurements (each interval recomputed at
-    gates.confidence from the stored per-example scores); True when a verdict or interval changed."""
-    before = [(t.get("gate"), t.get("gate_failures"), t.get("retention_interval")) for t in report["targets"]]
-    rule = report.get("gate_rule")
-    reference = next(t for t in report["targets"] if t["name"] == report["reference"]["name"])
-    for target in report["targets"]:
-        if target.get("retention") is not None and "scores" in target and "scores" in reference:
-            interval = retention_interval(reference["scores"], target["scores"], gates.confidence)
-            target["retention_interval"] = list(interval) if interval else None
-            target["retention_confidence"] = gates.confidence
-    apply_gates(report, gates)
-    after = [(t.get("gate"), t.get("gate_failures"), t.get("retention_interval")) for t in report["targets"]]
-    return before != after or rule != report["gate_rule"]
 
 
 def raise_on_failed_gates(report: dict[str, Any]) -> None:

@@ -71,13 +71,26 @@ def prompting_baselines(base, base_runner, prepared, cases, cfg, run_accuracy, t
             "wall_s": few.wall_s,
             "sample_outputs": few.outputs[:3],
         }
-    level = cfg.gates.confidence
     for entry, baseline in zip(out.values(), (zero, *([few] if shots else []))):
         entry.update(common)
-        interval = difference_interval(same, baseline.scores, level)
-        entry["tuned_minus_baseline"] = {
-            "mean": float(statistics.mean(same)) - float(statistics.mean(baseline.scores)) if same else None,
-            "interval": list(interval) if interval else None,
-            "confidence": level,
-        }
+        entry["scores"] = baseline.scores  # per example, paired with the tuned model's first ones
+        entry["tuned_minus_baseline"] = gain(same, baseline.scores, cfg.gates.confidence)
     return out
+
+
+def gain(tuned: list[float], baseline: list[float], level: float) -> dict[str, Any]:
+    """The tuned model's mean gain over a baseline on the same examples, with its paired interval."""
+    interval = difference_interval(tuned, baseline, level)
+    return {
+        "mean": float(statistics.mean(tuned)) - float(statistics.mean(baseline)) if tuned else None,
+        "interval": list(interval) if interval else None,
+        "confidence": level,
+    }
+
+
+def gain_shown(baselines: dict[str, Any]) -> bool:
+    """Fine-tuning beats every baseline beyond the examples' noise: each gain's interval lies above 0."""
+    return all(
+        b["tuned_minus_baseline"]["interval"] is not None and b["tuned_minus_baseline"]["interval"][0] > 0
+        for b in baselines.values()
+    )

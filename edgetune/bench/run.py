@@ -10,7 +10,7 @@ from typing import Any
 from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, reference_logprobs
 from edgetune.bench.confidence import retention_interval
 from edgetune.bench.gates import apply_gates
-from edgetune.bench.prompting import prompting_baselines
+from edgetune.bench.prompting import gain_shown, prompting_baselines
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
@@ -195,7 +195,7 @@ def _target_entry(target: Target, acc: Accuracy, reference: Accuracy, confidence
         "mean_output_tokens": acc.mean_output_tokens,
         "examples": acc.examples,
         "sample_outputs": acc.outputs[:3],
-        "scores": [round(x, 4) for x in acc.scores],  # per held-out example, in order: the interval's input
+        "scores": acc.scores,  # per held-out example, in order: the interval's input
         "accuracy_wall_s": acc.wall_s,
     }
 
@@ -296,11 +296,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
                 for b in report["baselines"].values()
             )
             # beyond the noise of these examples: every difference's interval lies above 0
-            report["tuning_beats_prompting_shown"] = all(
-                b["tuned_minus_baseline"]["interval"] is not None
-                and b["tuned_minus_baseline"]["interval"][0] > 0
-                for b in report["baselines"].values()
-            )
+            report["tuning_beats_prompting_shown"] = gain_shown(report["baselines"])
         if cfg.forgetting:
             from edgetune.bench.forgetting import measure_forgetting
 
