@@ -76,12 +76,9 @@ def test_report_follows_the_contract(benched):
     by = {t["name"]: t for t in report["targets"]}
     answered = len(by["torch/merged"]["scores"])
     assert answered > 0 and all(len(t["scores"]) == answered for t in report["targets"])
-    for t in report["targets"]:  # paired with the reference's scores, example by example
-        if t["retention"] is None:
-            assert t["retention_interval"] is None
-        else:
-            low, high = t["retention_interval"]
-            assert low <= t["retention"] <= high and t["retention_confidence"] == 0.95
+    # an interval exactly where retention is defined (the tiny model scores 0 here, so none: the
+    # intervals themselves are checked on known scores in test_attach_intervals_pairs_each_target...)
+    assert all((t["retention"] is None) == (t["retention_interval"] is None) for t in report["targets"])
     assert by["onnx/fp32"]["scores"] == by["torch/merged"]["scores"]  # the same answers, example by example
     assert (
         report["gate_rule"]["retention_evidence"] == "measured" and report["gate_rule"]["confidence"] == 0.95
@@ -342,22 +339,30 @@ def test_gpu_memory_is_the_process_own_count_else_the_growth_since_start():
     assert nothing.peak_bytes is None and nothing.held_bytes() is None
 
 
-def test_a_target_entry_carries_the_paired_interval_of_its_scores():
-    from edgetune.bench.accuracy import Accuracy
-    from edgetune.bench.confidence import retention_interval
-    from edgetune.bench.run import _target_entry
-    from edgetune.bench.runners import Target
+def test_attach_intervals_pairs_each_target_and_baseline_with_the_reference():
+    from edgetune.bench.confidence import attach_intervals, difference_interval, retention_interval
 
-    ref_scores, scores = [1.0, 0.8, 0.6, 1.0] * 10, [1.0, 0.6, 0.6, 1.0] * 10
-    ref = Accuracy("json_fields", sum(ref_scores) / 40, None, scores=ref_scores)
-    acc = Accuracy("json_fields", sum(scores) / 40, None, scores=scores)
-    entry = _target_entry(Target("gguf/q8_0", "gguf", "q8_0", "llama.cpp", "cpu", "m.gguf"), acc, ref, 0.9)
-    assert entry["retention"] == pytest.approx(3.2 / 3.4)
-    assert entry["retention_interval"] == list(retention_interval(ref_scores, scores, 0.9))
-    assert entry["retention_confidence"] == 0.9 and entry["scores"] == scores
-    assert _target_entry(Target("t", "gguf", "q8_0", "llama.cpp", "cpu", "m.gguf"), acc, acc, 0.9)[
-        "retention_interval"
-    ] == [1.0, 1.0]
+    ref, q8 = [1.0, 0.8, 0.6, 1.0] * 10, [1.0, 0.6, 0.6, 1.0] * 10
+    report = {
+        "reference": {"name": "torch/merged"},
+        "targets": [
+            {"name": "torch/merged", "retention": 1.0, "scores": ref},
+            {"name": "gguf/q8_0", "retention": 32 / 34, "scores": q8},
+            {"name": "gguf/old", "retention": 0.9},  # benched before scores were kept: left alone
+        ],
+        "baselines": {"zero_shot": {"examples": 8, "scores": [0.0] * 8}},
+    }
+    attach_intervals(report, 0.9)
+    merged, q8_entry, old = report["targets"]
+    assert merged["retention_interval"] == [1.0, 1.0]
+    assert q8_entry["retention_interval"] == list(retention_interval(ref, q8, 0.9))
+    assert q8_entry["retention_confidence"] == 0.9 and "retention_interval" not in old
+    gain = report["baselines"]["zero_shot"]["tuned_minus_baseline"]
+    assert gain["interval"] == list(difference_interval(ref[:8], [0.0] * 8, 0.9))
+    assert gain["mean"] == pytest.approx(sum(ref[:8]) / 8) and report["tuning_beats_prompting_shown"] is True
+    report["reference"]["name"] = "torch/missing"
+    with pytest.raises(ValueError, match="not among"):
+        attach_intervals(report, 0.9)
 
 
 def test_the_table_gets_a_vram_column_when_a_target_ran_on_cuda():

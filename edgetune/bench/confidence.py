@@ -2,14 +2,16 @@
 
 Retention is mean(target scores) / mean(reference scores) over the same examples. Both models
 answer the same prompts, so the scores are paired: resampling examples (not each model's scores
-on their own) keeps an example's two scores together, and examples both models answer alike add
-no width. On 90 examples one field of one example moves the demo's retention by 0.3%, so an
+on their own) keeps an example's two scores together, so the spread between easy and hard
+examples, which both models share, does not widen the interval. On 90 examples one field of one example moves the demo's retention by 0.3%, so an
 interval is what says whether a gate's verdict is the model or the sample.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,3 +63,39 @@ def difference_interval(
         return None
     sums_a, sums_b = _resampled_sums(a, b)
     return _central((sums_a - sums_b) / a.size, level)
+
+
+def attach_intervals(report: dict[str, Any], level: float) -> None:
+    """Every interval of a bench report, from its stored per-example scores: each target's
+    retention interval against the reference, each prompting baseline's gain with its interval, and
+    whether every gain clears 0. Reports without scores (benched by older versions) keep theirs."""
+    name = report["reference"]["name"]
+    reference = next((t for t in report["targets"] if t["name"] == name), None)
+    if reference is None:
+        raise ValueError(f"the reference {name!r} is not among the report's targets")
+    if "scores" not in reference:
+        return
+    for target in report["targets"]:
+        if target.get("retention") is not None and "scores" in target:
+            interval = retention_interval(reference["scores"], target["scores"], level)
+            target["retention_interval"] = list(interval) if interval else None
+            target["retention_confidence"] = level
+    baselines = report.get("baselines") or {}
+    for b in baselines.values():
+        if "scores" in b:  # paired with the tuned model's first answers (the baselines' examples)
+            b["tuned_minus_baseline"] = _gain(reference["scores"][: b["examples"]], b["scores"], level)
+    if baselines and all("tuned_minus_baseline" in b for b in baselines.values()):
+        report["tuning_beats_prompting_shown"] = all(
+            b["tuned_minus_baseline"]["interval"] is not None and b["tuned_minus_baseline"]["interval"][0] > 0
+            for b in baselines.values()
+        )
+
+
+def _gain(tuned: Sequence[float], baseline: Sequence[float], level: float) -> dict[str, Any]:
+    """The tuned model's mean gain over a baseline on the same examples, with its paired interval."""
+    interval = difference_interval(tuned, baseline, level)
+    return {
+        "mean": float(statistics.mean(tuned)) - float(statistics.mean(baseline)) if len(tuned) else None,
+        "interval": list(interval) if interval else None,
+        "confidence": level,
+    }

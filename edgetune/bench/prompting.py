@@ -4,7 +4,7 @@ Zero-shot: the base model on exactly the prompts the tuned model gets. Few-shot:
 training examples put in front of each test prompt as earlier turns of the same conversation (or
 as plain prompt+answer blocks for models without a chat template), so the report can weigh the
 tuned model's gain against what few-shot prompting costs in tokens on every request. The gain
-comes with a paired interval: on 30 examples a few points of difference can be the sample's.
+gets a paired interval (bench/confidence.py): on 30 examples a few points can be the sample's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import Any
 
 from edgetune.bench.accuracy import Case, reference_answer
-from edgetune.bench.confidence import difference_interval
 
 
 def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:
@@ -74,23 +73,4 @@ def prompting_baselines(base, base_runner, prepared, cases, cfg, run_accuracy, t
     for entry, baseline in zip(out.values(), (zero, *([few] if shots else []))):
         entry.update(common)
         entry["scores"] = baseline.scores  # per example, paired with the tuned model's first ones
-        entry["tuned_minus_baseline"] = gain(same, baseline.scores, cfg.gates.confidence)
     return out
-
-
-def gain(tuned: list[float], baseline: list[float], level: float) -> dict[str, Any]:
-    """The tuned model's mean gain over a baseline on the same examples, with its paired interval."""
-    interval = difference_interval(tuned, baseline, level)
-    return {
-        "mean": float(statistics.mean(tuned)) - float(statistics.mean(baseline)) if tuned else None,
-        "interval": list(interval) if interval else None,
-        "confidence": level,
-    }
-
-
-def gain_shown(baselines: dict[str, Any]) -> bool:
-    """Fine-tuning beats every baseline beyond the examples' noise: each gain's interval lies above 0."""
-    return all(
-        b["tuned_minus_baseline"]["interval"] is not None and b["tuned_minus_baseline"]["interval"][0] > 0
-        for b in baselines.values()
-    )

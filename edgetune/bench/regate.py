@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgetune.bench.confidence import retention_interval
+from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates
-from edgetune.bench.prompting import gain, gain_shown
 from edgetune.bench.report import write_report
 from edgetune.config import GatesConfig, load_recipe
 from edgetune.errors import InputError
@@ -19,24 +18,10 @@ def regate(report: dict[str, Any], gates: GatesConfig) -> bool:
     """Apply `gates` to a report's existing measurements, every interval recomputed at
     gates.confidence from the stored per-example scores; True when anything in the report changed."""
     before = json.dumps(report, sort_keys=True)
-    name = report["reference"]["name"]
-    reference = next((t for t in report["targets"] if t["name"] == name), None)
-    if reference is None:
-        raise InputError(f"bench report: its reference {name!r} is not among its targets")
-    if "scores" in reference:
-        for target in report["targets"]:
-            if target.get("retention") is not None and "scores" in target:
-                interval = retention_interval(reference["scores"], target["scores"], gates.confidence)
-                target["retention_interval"] = list(interval) if interval else None
-                target["retention_confidence"] = gates.confidence
-        baselines = report.get("baselines") or {}
-        for b in baselines.values():
-            if "scores" in b:
-                b["tuned_minus_baseline"] = gain(
-                    reference["scores"][: b["examples"]], b["scores"], gates.confidence
-                )
-        if baselines and all("scores" in b for b in baselines.values()):
-            report["tuning_beats_prompting_shown"] = gain_shown(baselines)
+    try:
+        attach_intervals(report, gates.confidence)
+    except ValueError as e:
+        raise InputError(f"bench report: {e}") from None
     apply_gates(report, gates)
     return json.dumps(report, sort_keys=True) != before
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, reference_logprobs
-from edgetune.bench.confidence import retention_interval
+from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates
-from edgetune.bench.prompting import gain_shown, prompting_baselines
+from edgetune.bench.prompting import prompting_baselines
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
@@ -171,11 +171,10 @@ class _Progress:
             yield lambda: progress.advance(task)
 
 
-def _target_entry(target: Target, acc: Accuracy, reference: Accuracy, confidence: float) -> dict[str, Any]:
-    retention = interval = None
-    if acc.value is not None and reference.value:
-        retention = acc.value / reference.value
-        interval = retention_interval(reference.scores, acc.scores, confidence)
+def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) -> dict[str, Any]:
+    retention = None
+    if acc.value is not None and reference_value:
+        retention = acc.value / reference_value
     return {
         "name": target.name,
         "format": target.format,
@@ -186,8 +185,8 @@ def _target_entry(target: Target, acc: Accuracy, reference: Accuracy, confidence
         "size_bytes": target.size_bytes,
         "task_metric": {"name": acc.metric, "value": acc.value},
         "retention": retention,
-        "retention_interval": list(interval) if interval else None,
-        "retention_confidence": confidence,
+        "retention_interval": None,  # attach_intervals, from the scores below
+        "retention_confidence": None,
         "ppl": acc.ppl,
         "kld_mean": acc.kld_mean,
         "top1_agreement": acc.top1_agreement,
@@ -252,10 +251,9 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         ref_acc, ref_runner = run_accuracy(reference_target)
         reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
         ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
-        level = cfg.gates.confidence
-        entries = [_target_entry(reference_target, ref_acc, ref_acc, level)]
+        entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
         measured = measure_each(
-            targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc, level), skipped
+            targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
         )
         targets = [reference_target, *(t for t, _ in measured)]
         entries += [entry for _, entry in measured]
@@ -295,8 +293,6 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
                 b["tuned_on_these"] is not None and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
                 for b in report["baselines"].values()
             )
-            # beyond the noise of these examples: every difference's interval lies above 0
-            report["tuning_beats_prompting_shown"] = gain_shown(report["baselines"])
         if cfg.forgetting:
             from edgetune.bench.forgetting import measure_forgetting
 
@@ -328,6 +324,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         report["settings"].update(
             {"max_new_tokens": cfg.max_new_tokens, "kl_examples": min(cfg.kl_examples, len(cases))}
         )
+        attach_intervals(report, cfg.gates.confidence)
         apply_gates(report, cfg.gates)
         report["wall_s"] = round(time.time() - started, 1)
         paths = write_report(report, run_dir / "bench")

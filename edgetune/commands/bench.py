@@ -36,7 +36,6 @@ def bench(run_dir, devices, gate, pick, regate) -> None:
 
         if devices:
             raise click.UsageError("--regate measures nothing: it takes no --device")
-
         report, _ = regate_run(run_dir)
     else:
         report = run_bench(run_dir, [d.strip() for d in devices.split(",")] if devices else None, console=err)
