@@ -1,8 +1,80 @@
-"""Shared terminal output: one rich console on stderr for progress, stdout for results."""
+"""Shared terminal output: one rich console on stderr for progress, stdout for results.
+
+Results printed to a file or a pipe (a Makefile's log, CI) are not cut to rich's 80-column default:
+they get LOG_WIDTH unless COLUMNS says otherwise. A table wider than its console, as on a narrow
+terminal, is printed as one block per row instead, so every value stays whole.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterable, Sequence
+
 from rich.console import Console
 
-out = Console(highlight=False)
+LOG_WIDTH = 160
+
+
+def _result_width() -> int | None:
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return None
+    return LOG_WIDTH
+
+
+out = Console(highlight=False, width=_result_width())
 err = Console(stderr=True, highlight=False)
+
+
+def _plain_len(markup: str) -> int:
+    from rich.text import Text
+
+    return Text.from_markup(markup).cell_len
+
+
+def _packed(items: Iterable[str], width: int, indent: str = "  ", gap: str = "   ") -> list[str]:
+    """Items joined into lines no wider than `width` where they fit; an item is never split."""
+    lines: list[str] = []
+    line, used = "", 0
+    for item in items:
+        size = _plain_len(item)
+        if line and used + len(gap) + size > width:
+            lines.append(line)
+            line, used = "", 0
+        line, used = (
+            (line + gap + item, used + len(gap) + size) if line else (indent + item, len(indent) + size)
+        )
+    if line:
+        lines.append(line)
+    return lines
+
+
+def print_rows(
+    console: Console,
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    left: Iterable[str] = (),
+) -> None:
+    """Rows (cells may hold rich markup) as a table when it fits `console`; otherwise as blocks: the
+    first cell in bold, then `header value` pairs packed into lines (a cell under an empty header
+    alone)."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    left = set(left) | {headers[0]}
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header in left else "right")
+    for row in rows:
+        table.add_row(*row)
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+        console.print(table)
+        return
+    console.print(f"[bold]{title}[/]")
+    for row in rows:
+        console.print(f"[bold]{row[0]}[/]", soft_wrap=True)
+        items = [f"{h} {c}" if h else c for h, c in zip(headers[1:], row[1:]) if c != ""]
+        for line in _packed(items, console.width):
+            console.print(line, soft_wrap=True)

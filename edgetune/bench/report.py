@@ -211,24 +211,19 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
 
 
 def print_table(report: dict[str, Any], console) -> None:
-    from rich.table import Table
+    from edgetune.console import print_rows
 
-    table = Table(
-        title=f"edgetune bench ({report['reference']['metric']} on {report['reference']['examples']} held-out examples)"
-    )
+    ref = report["reference"]
     cols = columns(report)
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("target", "device", "gate") else "right")
+    rows = []
     for t in report["targets"]:
         cells = row_cells(t, cols)
-        gate = t.get("gate")
-        cells[-1] = (
-            f"[green]{cells[-1]}[/]"
-            if gate == "pass"
-            else (f"[red]{cells[-1]}[/]" if gate == "fail" else cells[-1])
-        )
-        table.add_row(*cells)
-    console.print(table)
+        colour = {"pass": "green", "fail": "red"}.get(t.get("gate"))
+        if colour:
+            cells[-1] = f"[{colour}]{cells[-1]}[/]"
+        rows.append(cells)
+    title = f"edgetune bench ({ref['metric']} on {ref['examples']} held-out examples)"
+    print_rows(console, title, cols, rows, left=("device", "gate"))
     for t in report["targets"]:
         for note in t.get("gate_notes", []):
             console.print(

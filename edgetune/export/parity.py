@@ -238,13 +238,11 @@ def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[ParityRow], console) -> None:
-    from rich.table import Table
+    from edgetune.console import print_rows
 
-    table = Table(title="parity against the merged torch model")
-    for col in ("artifact", "ids", "KL", "top-1", "greedy", "EOS", "KV cache", ""):
-        table.add_column(col, justify="right" if col not in ("artifact", "") else "left")
-    for r in rows:
-        table.add_row(
+    headers = ("artifact", "ids", "KL", "top-1", "greedy", "EOS", "KV cache", "")
+    cells = [
+        [
             r.artifact,
             "same" if r.ids_equal else "DIFF",
             f"{r.kl:.2e}",
@@ -253,5 +251,7 @@ def print_table(rows: list[ParityRow], console) -> None:
             f"{r.eos:.0%}",
             "-" if r.kv_cache is None else f"{r.kv_cache:.0%} same",
             "[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}",
-        )
-    console.print(table)
+        ]
+        for r in rows
+    ]
+    print_rows(console, "parity against the merged torch model", headers, cells, left=("",))

@@ -1,0 +1,78 @@
+"""Printed tables keep every value whole: a table where it fits, one block per row where it does not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from edgetune import console as console_mod
+from edgetune.console import print_rows
+
+HEADERS = ["target", "size", "retention", "interval", "gate"]
+ROWS = [
+    ["gguf/q4_k_m", "105 MB", "95.9%", "91.8%-100.3%", "[green]pass[/]"],
+    ["onnx/int4", "156 MB", "92.1%", "88.4%-95.8%", "[red]FAIL: retention 92.1% < 95%[/]"],
+]
+
+
+def _render(width: int, headers=HEADERS, rows=ROWS) -> str:
+    console = Console(record=True, width=width, force_terminal=False)
+    print_rows(console, "bench", headers, rows, left=("gate",))
+    return console.export_text()
+
+
+def test_a_table_that_fits_is_a_table():
+    text = _render(120)
+    assert "┃ target" in text and "retention" in text
+    assert "91.8%-100.3%" in text and "FAIL: retention 92.1% < 95%" in text
+    assert "…" not in text
+
+
+def test_a_table_wider_than_the_console_becomes_blocks_with_every_value_whole():
+    text = _render(40)
+    lines = text.splitlines()
+    assert "┃" not in text and "…" not in text
+    assert lines[0] == "bench"
+    assert "gguf/q4_k_m" in lines and "onnx/int4" in lines
+    for header, value in zip(HEADERS[1:], ROWS[0][1:4]):
+        assert f"{header} {value}" in text
+    assert "gate FAIL: retention 92.1% < 95%" in text
+    # items are packed into lines no wider than the console and never split
+    assert all(len(line) <= 40 for line in lines)
+    assert "  size 105 MB   retention 95.9%" in lines
+
+
+def test_a_cell_under_an_empty_header_is_shown_without_a_label():
+    text = _render(20, headers=["artifact", "KL", ""], rows=[["model.gguf", "1.2e-03", "ok"]])
+    assert text.splitlines() == ["bench", "model.gguf", "  KL 1.2e-03   ok"]
+
+
+def test_the_demo_bench_report_on_an_80_column_console_shows_every_interval():
+    from edgetune.bench.report import print_table
+
+    path = Path(__file__).parents[1] / "bench/baselines/demo-cpu-epyc/report.json"
+    report = json.loads(path.read_text())
+    console = Console(record=True, width=80, force_terminal=False)
+    print_table(report, console)
+    text = console.export_text()
+    assert "…" not in text
+    for target in report["targets"]:
+        low, high = target["retention_interval"]
+        assert f"interval {low:.1%}-{high:.1%}" in text
+        assert target["name"] in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("columns", "tty", "width"),
+    [(None, False, console_mod.LOG_WIDTH), ("70", False, None), (None, True, None)],
+)
+def test_results_to_a_pipe_are_not_cut_to_80_columns(monkeypatch, columns, tty, width):
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setattr(console_mod.sys.stdout, "isatty", lambda: tty)
+    assert console_mod._result_width() == width
