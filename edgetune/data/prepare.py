@@ -64,6 +64,7 @@ class PreparedData:
             "skipped_bad_rows": len(self.splits.skipped_rows),
             "duplicates_removed": self.splits.duplicates_removed,
             "overlap": self.splits.overlap,
+            "quality": asdict(self.splits.quality),
             "template": self.template,
             "splits": {
                 name: {k: v for k, v in asdict(enc).items() if k != "examples"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def check_dataset(
             skipped_bad_rows=len(splits.skipped_rows),
             duplicates_removed=splits.duplicates_removed,
             overlap=splits.overlap,
+            quality=asdict(splits.quality),
         )
         report["skipped_examples"] = splits.skipped_rows[:5]
         return report
@@ -58,10 +60,9 @@ def check_dataset(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from rich.table import Table
     from rich.text import Text
 
-    from edgetune.console import out
+    from edgetune.console import out, print_rows
 
     out.print(
         f"[bold]format[/]: {report['format']}    [bold]model[/]: {report['model']}    "
@@ -84,32 +85,20 @@ def print_report(report: dict[str, Any]) -> None:
         f"train/held-out overlap: {ov['exact']} exact, {ov['same_input']} same input; "
         f"{ov['dropped_from_train']} dropped from train"
     )
-    table = Table(title="splits" if "splits" not in report else "splits (tokens per example)")
-    table.add_column("split")
-    table.add_column("rows", justify="right")
+    _print_quality(report["quality"], out)
+    headers = ["split", "rows"]
+    rows = []
     if "splits" in report:
-        for col in ("min", "mean", "p50", "p95", "max", "loss tok", "trunc", "drop", "no EOS"):
-            table.add_column(col, justify="right")
+        headers += ["min", "mean", "p50", "p95", "max", "loss tok", "trunc", "drop", "no EOS"]
         for name, count in report["counts"].items():
             s = report["splits"][name]
             ln = s["lengths"]
-            table.add_row(
-                name,
-                str(count),
-                str(ln["min"]),
-                str(ln["mean"]),
-                str(ln["p50"]),
-                str(ln["p95"]),
-                str(ln["max"]),
-                str(s["supervised_tokens"]),
-                str(s["truncated"]),
-                str(s["dropped"]),
-                str(s["missing_eos"]),
-            )
+            stats = [ln["min"], ln["mean"], ln["p50"], ln["p95"], ln["max"], s["supervised_tokens"]]
+            stats += [s["truncated"], s["dropped"], s["missing_eos"]]
+            rows.append([name, str(count), *map(str, stats)])
     else:
-        for name, count in report["counts"].items():
-            table.add_row(name, str(count))
-    out.print(table)
+        rows = [[name, str(count)] for name, count in report["counts"].items()]
+    print_rows(out, "splits" if "splits" not in report else "splits (tokens per example)", headers, rows)
     if "splits" in report:
         for name, s in report["splits"].items():
             for reason in s["dropped_examples"]:
@@ -124,3 +113,24 @@ def print_report(report: dict[str, Any]) -> None:
             text.stylize("bold green", start, end)
         out.print(f"[dim]sample ({sample['source']}; the tokens that carry loss in green):[/]")
         out.print(text, soft_wrap=True)
+
+
+def _print_quality(q: dict[str, Any], out) -> None:
+    from edgetune.data.quality import counted
+
+    if q["conflicting_inputs"]:
+        out.print(
+            f"[yellow]conflicting answers[/] (train): {counted(q['conflicting_inputs'], 'input')} with more "
+            f"than one answer, {q['conflicting_examples']} examples; e.g. " + "; ".join(q["conflicts"]),
+            soft_wrap=True,
+        )
+    else:
+        out.print("conflicting answers (train): none")
+    if q["near_duplicates"]:
+        out.print(
+            f"[yellow]near duplicates[/] (train, case and whitespace only): {q['near_duplicates']} kept; e.g. "
+            + "; ".join(q["near_duplicate_pairs"]),
+            soft_wrap=True,
+        )
+    else:
+        out.print("near duplicates (train, case and whitespace only): none")

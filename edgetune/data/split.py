@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.config import DataConfig
+from edgetune.data.quality import Quality, assess
 from edgetune.data.rows import Example, load_examples
 from edgetune.errors import DataError
 
@@ -21,6 +22,7 @@ class Splits:
     skipped_rows: list[str] = field(default_factory=list)
     duplicates_removed: dict[str, int] = field(default_factory=dict)
     overlap: dict[str, int] = field(default_factory=dict)  # exact / same-input counts against train
+    quality: Quality = field(default_factory=Quality)  # conflicting answers and near duplicates in train
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
@@ -100,4 +102,14 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         overlap["dropped_from_train"] = len(leaked)
     if not train:
         raise DataError(f"{cfg.train}: no training examples left after splitting and removing overlap")
-    return Splits(train, held.get("valid", []), held.get("test", []), fmt, files, skipped, removed, overlap)
+    return Splits(
+        train,
+        held.get("valid", []),
+        held.get("test", []),
+        fmt,
+        files,
+        skipped,
+        removed,
+        overlap,
+        assess(train),
+    )

@@ -280,6 +280,8 @@ def _warn_about_data(recipe: Recipe, data, warn) -> None:
     for name, enc in data.encoded.items():
         if enc.dropped:
             warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
+    for warning in data.splits.quality.warnings():
+        warn(warning)
     if len(train) < 100:
         warn(f"only {len(train)} training examples: expect overfitting; 500+ clean examples work best")
     if recipe.train.lr > 1e-3:

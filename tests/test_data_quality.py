@@ -1,0 +1,126 @@
+"""Conflicting answers and near duplicates in the training split: counted, named, warned about."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from conftest import chat_row, write_jsonl
+
+from edgetune.cli import main
+from edgetune.config import DataConfig
+from edgetune.data.quality import assess
+from edgetune.data.rows import load_examples
+from edgetune.data.split import make_splits
+
+
+def _examples(tmp_path, rows, name="d.jsonl"):
+    return load_examples(write_jsonl(tmp_path / name, rows)).examples
+
+
+def test_clean_data_has_no_findings(tmp_path, chat_rows):
+    q = assess(_examples(tmp_path, chat_rows))
+    assert (q.conflicting_inputs, q.conflicting_examples, q.near_duplicates) == (0, 0, 0)
+    assert q.warnings() == []
+
+
+def test_one_input_with_two_answers_is_a_conflict_named_by_line(tmp_path, chat_rows):
+    rows = [*chat_rows[:5], chat_row("log line number 1: link down on eth1", '{"n": 999}')]
+    q = assess(_examples(tmp_path, rows))
+    path = tmp_path / "d.jsonl"
+    assert (q.conflicting_inputs, q.conflicting_examples) == (1, 2)
+    assert q.conflicts == [f"{path}:2, {path}:6"]
+    assert q.near_duplicates == 0
+    [warning] = q.warnings()
+    assert warning.startswith("1 train input with more than one answer (2 examples")
+
+
+def test_case_and_whitespace_fold_the_input_but_a_different_system_prompt_does_not(tmp_path):
+    rows = [
+        chat_row("Reboot the  router", "yes"),
+        chat_row("reboot the router ", "no"),  # same input once folded: conflict
+        chat_row("reboot the router", "maybe", system="be brief"),  # another input: no conflict
+    ]
+    q = assess(_examples(tmp_path, rows))
+    assert (q.conflicting_inputs, q.conflicting_examples) == (1, 2)
+
+
+def test_a_case_or_whitespace_only_repeat_is_a_near_duplicate_not_a_conflict(tmp_path):
+    rows = [
+        {"prompt": "Status?", "completion": "OK"},
+        {"prompt": "status? ", "completion": "ok"},
+        {"prompt": "status?", "completion": "ok"},
+        {"prompt": "other", "completion": "x"},
+    ]
+    q = assess(_examples(tmp_path, rows))
+    path = tmp_path / "d.jsonl"
+    assert q.conflicting_inputs == 0
+    assert q.near_duplicates == 2
+    assert q.near_duplicate_pairs == [f"{path}:2 repeats {path}:1", f"{path}:3 repeats {path}:1"]
+    assert "count twice in training" in q.warnings()[0]
+
+
+def test_exact_repeats_are_left_to_dedupe_and_text_rows_have_no_answers(tmp_path):
+    exact = [{"prompt": "a", "completion": "b"}] * 3
+    assert assess(_examples(tmp_path, exact)).near_duplicates == 0
+    texts = [{"text": "Hello world"}, {"text": "hello   WORLD"}, {"text": "other"}]
+    q = assess(_examples(tmp_path, texts, "t.jsonl"))
+    assert (q.conflicting_inputs, q.near_duplicates) == (0, 1)
+
+
+def test_splits_assess_the_final_training_rows(tmp_path, chat_rows):
+    train = write_jsonl(
+        tmp_path / "d.jsonl", [*chat_rows, chat_row(chat_rows[3]["messages"][0]["content"], "x")]
+    )
+    held = write_jsonl(tmp_path / "held.jsonl", [chat_row("fresh question", "fresh answer")])
+    leaked = write_jsonl(tmp_path / "leak.jsonl", [chat_rows[3]])
+    kept = make_splits(DataConfig(train=str(train), valid=str(held), test=str(held)))
+    assert kept.quality.conflicting_inputs == 1
+    # the conflicting input also sits in the test file: both training rows are dropped as overlap
+    dropped = make_splits(DataConfig(train=str(train), valid=str(held), test=str(leaked)))
+    assert dropped.overlap["dropped_from_train"] == 2
+    assert dropped.quality.conflicting_inputs == 0
+
+
+def test_data_check_reports_both_findings(tmp_path, chat_rows):
+    rows = [
+        *chat_rows,
+        chat_row("log line number 2: link down on eth2", '{"n": -1}'),
+        chat_row("LOG line number 4: link down on eth0", '{"n": 4}'),
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    args = [
+        "data",
+        "check",
+        str(path),
+        "--no-tokens",
+        "--set",
+        "data.valid_fraction=0",
+        "--set",
+        "data.test_fraction=0",
+    ]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    quality = json.loads(result.output)["quality"]
+    assert (quality["conflicting_inputs"], quality["near_duplicates"]) == (1, 1)
+    assert quality["conflicts"] == [f"{path}:3, {path}:51"]
+    printed = CliRunner().invoke(main, args).output
+    assert "conflicting answers (train): 1 input with more than one answer, 2 examples" in printed
+    assert f"{path}:52 repeats {path}:5" in printed
+
+
+def test_tune_warns_about_conflicting_answers_and_records_the_findings(tmp_path, tiny_model_dir):
+    from test_tune import make_recipe
+
+    from edgetune.tune.run import tune
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=1, eval_steps=1, save_steps=1)
+    data = tmp_path / "data.jsonl"
+    first = json.loads(data.read_text().splitlines()[0])
+    with data.open("a") as f:
+        f.write(json.dumps(chat_row(first["messages"][0]["content"], '{"port": 9}')) + "\n")
+    held = write_jsonl(tmp_path / "held.jsonl", [chat_row(f"fresh question {i}", "fresh") for i in range(4)])
+    result = tune(str(recipe), overrides=[f"data.valid={held}", f"data.test={held}"])
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["data"]["quality"]["conflicting_inputs"] == 1
+    assert any("1 train input with more than one answer" in w for w in result.warnings)
