@@ -202,6 +202,9 @@ class GatesConfig:
     # only when the whole confidence interval lies below (the shortfall is more than this sample's
     # noise); "proven", pass only when the whole interval lies at or above
     retention_evidence: Literal["measured", "significant", "proven"] = "measured"
+    # the same three readings of max_kl against the interval of the mean KL ("significant": fail only
+    # when the whole interval lies above max_kl; "proven": pass only when it lies at or below)
+    kl_evidence: Literal["measured", "significant", "proven"] = "measured"
     confidence: float = 0.95  # the interval's level (a paired bootstrap over the held-out examples)
 
     def validate(self) -> list[str]:

@@ -84,7 +84,11 @@ def test_report_follows_the_contract(benched):
         report["gate_rule"]["retention_evidence"] == "measured" and report["gate_rule"]["confidence"] == 0.95
     )
     # the same model through different runtimes gives the same numbers
-    assert by["torch/merged"]["kld_mean"] == 0.0
+    assert by["torch/merged"]["kld_mean"] == 0.0 and by["torch/merged"]["kl_interval"] is None
+    for t in report["targets"][1:]:  # the mean KL is the mean of the per-example KL, inside its interval
+        assert len(t["kl_scores"]) == 2 and t["kld_mean"] == pytest.approx(sum(t["kl_scores"]) / 2)
+        low, high = t["kl_interval"]
+        assert low <= t["kld_mean"] <= high and t["kl_confidence"] == 0.95
     # each target's own process: llama.cpp does not carry torch's memory (nor the parent's)
     assert by["gguf/q8_0"]["peak_rss_mb"] < by["torch/merged"]["peak_rss_mb"]
     assert by["onnx/fp32"]["kld_mean"] < 1e-6 and by["onnx/fp32"]["top1_agreement"] == 1.0
@@ -106,6 +110,7 @@ def test_report_follows_the_contract(benched):
     assert report["machine"]["bandwidth_gb_s"] > 0
     md = (run / "bench" / "report.md").read_text()
     assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md and "VRAM" not in md
+    assert "KL's 95% interval: a bootstrap of the mean over the per-example KL of the first 2 examples" in md
     assert f"(difference {difference['mean']:+.3f}, 95% interval {low:+.3f} to {high:+.3f})" in md
     assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "manifest.json").read_text())["stages"]["bench"]["status"] == "done"

@@ -1,10 +1,12 @@
 """Retention intervals and the gate rules that use them: the interval covers the true retention as
 often as it says, narrows with more examples, and the gates read it as documented."""
 
+import statistics
+
 import numpy as np
 import pytest
 
-from edgetune.bench.confidence import difference_interval, retention_interval
+from edgetune.bench.confidence import attach_intervals, difference_interval, mean_interval, retention_interval
 from edgetune.bench.gates import apply_gates, gate_failures
 from edgetune.config import GatesConfig, load_recipe
 
@@ -149,3 +151,62 @@ def test_the_printed_table_shows_the_interval_and_the_noise_note():
     text = console.export_text()
     assert "interval" in text and "96.0%-100.0%" in text
     assert "gate within noise: gguf/q8_0 (cpu): passes 98% on retention 98.5%" in text
+
+
+def test_the_mean_kl_interval_holds_the_mean_and_one_bad_example_widens_it():
+    steady = [0.01 + 0.001 * (i % 5) for i in range(16)]
+    low, high = mean_interval(steady)
+    assert low <= statistics.mean(steady) <= high and high - low < 0.003
+    assert mean_interval([0.02] * 8) == (0.02, 0.02)
+    assert mean_interval([]) is None
+    spiked = steady[:-1] + [0.5]  # one example the quantisation broke
+    low, high = mean_interval(spiked)
+    assert low < statistics.mean(spiked) < high and high - low > 0.05
+
+
+def kl_target(kl, interval):
+    return {**target(1.0, [1.0, 1.0]), "kld_mean": kl, "kl_interval": interval, "kl_confidence": 0.95}
+
+
+@pytest.mark.parametrize(
+    "rule, kl, interval, fails",
+    [
+        ("measured", 0.012, [0.008, 0.02], True),  # above the limit: fails, inside the noise or not
+        ("measured", 0.009, [0.006, 0.013], False),
+        ("significant", 0.012, [0.008, 0.02], False),  # the excess is within the noise
+        ("significant", 0.03, [0.02, 0.05], True),  # the whole interval is above 0.01
+        ("proven", 0.009, [0.006, 0.013], True),  # <= 0.01 is not shown: the interval reaches above
+        ("proven", 0.005, [0.004, 0.008], False),
+    ],
+)
+def test_each_kl_rule_reads_the_interval_as_documented(rule, kl, interval, fails):
+    gates = GatesConfig(max_kl=0.01, kl_evidence=rule)
+    failures = gate_failures(kl_target(kl, interval), gates)
+    assert bool(failures) == fails, failures
+    if fails:
+        assert "95% interval" in failures[0] and "0.01" in failures[0]
+
+
+def test_kl_rules_that_need_an_interval_fail_without_one_and_noise_gets_a_note():
+    (failure,) = gate_failures(kl_target(0.001, None), GatesConfig(max_kl=0.01, kl_evidence="proven"))
+    assert "no confidence interval for gates.kl_evidence" in failure
+    report = {"targets": [kl_target(0.009, [0.006, 0.013]), kl_target(0.012, [0.008, 0.02])]}
+    apply_gates(report, GatesConfig(max_kl=0.01))
+    inside, above = report["targets"]
+    assert (
+        inside["gate"] == "pass"
+        and "passes max_kl 0.01 on KL 0.009, but 0.01 lies inside" in inside["gate_notes"][0]
+    )
+    assert above["gate"] == "fail" and "fails max_kl 0.01" in above["gate_notes"][0]
+    apply_gates(report, GatesConfig(max_kl=0.01, kl_evidence="significant"))
+    assert above["gate"] == "pass" and "passes although KL 0.012 > 0.01" in above["gate_notes"][0]
+
+
+def test_attach_intervals_gives_each_target_with_kl_scores_its_kl_interval():
+    reference = {**target(1.0, None), "name": "torch/merged", "format": "torch", "scores": [1.0, 0.5, 1.0]}
+    quant = {**target(0.8, None), "scores": [1.0, 0.5, 0.9], "kld_mean": 0.02, "kl_scores": [0.01, 0.03]}
+    report = {"reference": {"name": "torch/merged"}, "targets": [reference, quant]}
+    attach_intervals(report, 0.9)
+    assert "kl_interval" not in reference
+    low, high = quant["kl_interval"]
+    assert 0.01 <= low <= 0.02 <= high <= 0.03 and quant["kl_confidence"] == 0.9

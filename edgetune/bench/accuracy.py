@@ -54,6 +54,7 @@ class Accuracy:
     outputs: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     scores: list[float] = field(default_factory=list)  # per generated answer, in case order
+    kl_scores: list[float] = field(default_factory=list)  # per example's mean KL, the first kl_examples
 
 
 def build_cases(renderer, examples) -> list[Case]:
@@ -118,6 +119,7 @@ def evaluate(
         outputs,
         round(time.perf_counter() - started, 1),
         values,
+        kls,
     )
 
 

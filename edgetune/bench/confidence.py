@@ -65,9 +65,19 @@ def difference_interval(
     return _central((sums_a - sums_b) / a.size, level)
 
 
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """The central `level` bootstrap interval of mean(values); None without values. For a measure
+    that is already a comparison per example, like the KL of a target against the reference."""
+    a, _ = _paired(values, values)
+    if a.size == 0:
+        return None
+    sums, _ = _resampled_sums(a, a)
+    return _central(sums / a.size, level)
+
+
 def attach_intervals(report: dict[str, Any], level: float) -> None:
     """Every interval of a bench report, from its stored per-example scores: each target's
-    retention interval against the reference, each prompting baseline's gain with its interval, and
+    retention interval against the reference and the interval of its mean KL, each prompting baseline's gain with its interval, and
     whether every gain clears 0. Reports without scores (benched by older versions) keep theirs."""
     name = report["reference"]["name"]
     reference = next((t for t in report["targets"] if t["name"] == name), None)
@@ -80,6 +90,9 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
             interval = retention_interval(reference["scores"], target["scores"], level)
             target["retention_interval"] = list(interval) if interval else None
             target["retention_confidence"] = level
+        if target.get("kl_scores"):
+            interval = mean_interval(target["kl_scores"], level)
+            target["kl_interval"], target["kl_confidence"] = list(interval), level
     baselines = report.get("baselines") or {}
     for b in baselines.values():
         if "scores" in b:  # paired with the tuned model's first answers (the baselines' examples)

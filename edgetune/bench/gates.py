@@ -19,12 +19,10 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
         failure = retention_failure(target, minimum, gates)
         if failure:
             failures.append(failure)
-    kl = target.get("kld_mean")
     if gates.max_kl is not None:
-        if kl is None:
-            failures.append("KL not measured (bench.kl_examples is 0?)")
-        elif kl > gates.max_kl:
-            failures.append(f"KL {kl:.3g} > {gates.max_kl:g}")
+        failure = kl_failure(target, gates.max_kl, gates)
+        if failure:
+            failures.append(failure)
     rate = target.get("decode_tok_s")
     if gates.min_decode_tok_s is not None:
         if rate is None:
@@ -73,6 +71,54 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
     return None
 
 
+def kl_failure(target: dict[str, Any], limit: float, gates: GatesConfig) -> str | None:
+    """Why the target's mean KL exceeds `limit` under gates.kl_evidence; None when it passes."""
+    kl = target.get("kld_mean")
+    if kl is None:
+        return "KL not measured (bench.kl_examples is 0?)"
+    interval = target.get("kl_interval")
+    if gates.kl_evidence == "measured":
+        if kl <= limit:
+            return None
+        return f"KL {kl:.3g} > {limit:g}" + (f" ({kl_interval_text(target)})" if interval else "")
+    if interval is None:
+        return (
+            f"KL {kl:.3g}: no confidence interval for gates.kl_evidence (the report has no per-example "
+            "KL, kl_scores: run `edgetune bench`)"
+        )
+    low, high = interval
+    if gates.kl_evidence == "significant" and low > limit:
+        return f"KL {kl:.3g} > {limit:g} beyond noise ({kl_interval_text(target)})"
+    if gates.kl_evidence == "proven" and high > limit:
+        return f"KL {kl:.3g} not proven <= {limit:g} ({kl_interval_text(target)})"
+    return None
+
+
+def kl_interval_text(target: dict[str, Any]) -> str:
+    low, high = target["kl_interval"]
+    return f"{target['kl_confidence']:.0%} interval {low:.3g}-{high:.3g}"
+
+
+def kl_noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
+    """As noise_note, for max_kl: the limit lies inside the KL interval and the verdict rests on the
+    point figure, or on the benefit of the doubt."""
+    limit, interval = gates.max_kl, target.get("kl_interval")
+    if limit is None or not interval or not interval[0] <= limit < interval[1]:
+        return None
+    kl = target["kld_mean"]
+    if gates.kl_evidence == "measured":
+        verdict = "passes" if kl <= limit else "fails"
+        return (
+            f"{verdict} max_kl {limit:g} on KL {kl:.3g}, but {limit:g} lies inside the "
+            f"{kl_interval_text(target)}: more bench.kl_examples may settle it"
+        )
+    if gates.kl_evidence == "significant" and kl > limit:
+        return (
+            f"passes although KL {kl:.3g} > {limit:g}: {limit:g} lies inside the {kl_interval_text(target)}"
+        )
+    return None
+
+
 def interval_text(target: dict[str, Any]) -> str:
     low, high = target["retention_interval"]
     return f"{target['retention_confidence']:.0%} interval {low:.1%}-{high:.1%}"
@@ -105,8 +151,7 @@ def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
             continue
         failures = gate_failures(target, gates)
         target["gate"], target["gate_failures"] = ("fail" if failures else "pass"), failures
-        note = noise_note(target, gates)
-        target["gate_notes"] = [note] if note else []
+        target["gate_notes"] = [n for n in (noise_note(target, gates), kl_noise_note(target, gates)) if n]
 
 
 def raise_on_failed_gates(report: dict[str, Any]) -> None:

@@ -139,18 +139,33 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _interval_lines(report: dict[str, Any]) -> list[str]:
-    """What the retention intervals are, and which gate verdicts they say are the sample's noise."""
-    measured = [t for t in report["targets"] if t.get("retention_interval")]
-    if not measured:
-        return []
+    """What the retention and KL intervals are, and which gate verdicts they say are the sample's noise."""
     rule = report.get("gate_rule", {})
-    lines = [
-        "",
-        f"interval: the retention's {measured[0]['retention_confidence']:.0%} interval, a paired bootstrap "
-        f"over the {report['reference']['examples']} examples (each resample keeps an example's reference "
-        "and target scores together)."
-        + (f" Retention gates use `{rule['retention_evidence']}`." if rule else ""),
-    ]
+    lines = []
+    measured = [t for t in report["targets"] if t.get("retention_interval")]
+    if measured:
+        lines += [
+            "",
+            f"interval: the retention's {measured[0]['retention_confidence']:.0%} interval, a paired bootstrap "
+            f"over the {report['reference']['examples']} examples (each resample keeps an example's reference "
+            "and target scores together)."
+            + (f" Retention gates use `{rule['retention_evidence']}`." if rule else ""),
+        ]
+    with_kl = [t for t in report["targets"] if t.get("kl_interval")]
+    if with_kl:
+        kl_gate = rule.get("max_kl")
+        lines += [
+            "",
+            f"KL's {with_kl[0]['kl_confidence']:.0%} interval: a bootstrap of the mean over the per-example "
+            f"KL of the first {len(with_kl[0]['kl_scores'])} examples: "
+            + ", ".join(f"{t['name']} {t['kl_interval'][0]:.2e}-{t['kl_interval'][1]:.2e}" for t in with_kl)
+            + "."
+            + (
+                f" KL gates (max_kl {kl_gate:g}) use `{rule.get('kl_evidence', 'measured')}`."
+                if kl_gate
+                else ""
+            ),
+        ]
     noisy = [t for t in report["targets"] if t.get("gate_notes")]
     if noisy:
         lines += ["", "Gate verdicts within the sample's noise:", ""]

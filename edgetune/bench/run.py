@@ -189,6 +189,8 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
         "retention_confidence": None,
         "ppl": acc.ppl,
         "kld_mean": acc.kld_mean,
+        "kl_interval": None,  # attach_intervals, from kl_scores
+        "kl_scores": acc.kl_scores,  # per example: the mean over its positions of KL(reference || target)
         "top1_agreement": acc.top1_agreement,
         "eos_rate": acc.eos_rate,
         "mean_output_tokens": acc.mean_output_tokens,
