@@ -36,11 +36,13 @@ def test_exact_duplicates_are_removed_and_counted(tmp_path, chat_rows):
 def test_separate_files_and_overlap_with_train_is_counted_and_dropped(tmp_path, chat_rows):
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows)
     test_rows = chat_rows[:3] + [chat_row(chat_rows[3]["messages"][0]["content"], "a different answer")]
+    # the same input as a training row once case and whitespace are folded: leaked as well
+    test_rows.append(chat_row("  " + chat_rows[4]["messages"][0]["content"].upper().replace(" ", "\t"), "x"))
     test = write_jsonl(tmp_path / "test.jsonl", test_rows)
     valid = write_jsonl(tmp_path / "valid.jsonl", [chat_row("fresh question", "fresh answer")])
     splits = make_splits(cfg(train, valid=str(valid), test=str(test)))
-    assert splits.overlap == {"exact": 3, "same_input": 1, "dropped_from_train": 4}
-    assert splits.counts() == {"train": 46, "valid": 1, "test": 4}
+    assert splits.overlap == {"exact": 3, "same_input": 1, "near": 1, "dropped_from_train": 5}
+    assert splits.counts() == {"train": 45, "valid": 1, "test": 5}
     kept = make_splits(cfg(train, valid=str(valid), test=str(test), drop_overlap=False))
     assert kept.counts()["train"] == 50 and kept.overlap["exact"] == 3
 

@@ -29,6 +29,13 @@ def _fold(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+def folded_input(ex: Example) -> str:
+    """The input side with case and whitespace folded (a text row's whole text): what leakage into
+    a held-out split is matched on."""
+    key = _input(ex)
+    return _fold(ex.text) if key is None else key
+
+
 def _input(ex: Example) -> str | None:
     """The folded input side; None for text rows, which have no separate answer."""
     if ex.format == "messages":

@@ -82,7 +82,8 @@ def print_report(report: dict[str, Any]) -> None:
     )
     ov = report["overlap"]
     out.print(
-        f"train/held-out overlap: {ov['exact']} exact, {ov['same_input']} same input; "
+        f"train/held-out overlap: {ov['exact']} exact, {ov['same_input']} same input, "
+        f"{ov.get('near', 0)} same input up to case and whitespace; "
         f"{ov['dropped_from_train']} dropped from train"
     )
     _print_quality(report["quality"], out)
