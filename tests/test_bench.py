@@ -76,6 +76,8 @@ def test_report_follows_the_contract(benched):
     by = {t["name"]: t for t in report["targets"]}
     answered = len(by["torch/merged"]["scores"])
     assert answered > 0 and all(len(t["scores"]) == answered for t in report["targets"])
+    ids = report["reference"]["example_ids"]  # which example each score is, for --compare
+    assert len(ids) == answered == len(set(ids)) and all(len(i) == 16 for i in ids)
     # an interval exactly where retention is defined (the tiny model scores 0 here, so none: the
     # intervals themselves are checked on known scores in test_attach_intervals_pairs_each_target...)
     assert all((t["retention"] is None) == (t["retention_interval"] is None) for t in report["targets"])
@@ -212,6 +214,16 @@ def test_regate_recomputes_every_interval_from_the_stored_scores(benched):
         assert regate_run(run, GatesConfig(min_retention={"*": 0.5}, confidence=0.9))[1] is False
     finally:
         report_path.write_text(measured)
+
+
+def test_a_run_compared_with_itself_changes_nowhere(benched):
+    run, _ = benched
+    result = CliRunner().invoke(main, ["bench", str(run), "--compare", str(run), "--gate"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "bench" / "report.json").read_text())
+    scored = sum(bool(t.get("scores")) for t in report["targets"])  # tests above may take some away
+    assert scored >= 4 and result.output.count("within noise") == scored and "+0.000" in result.output
+    assert "better" not in result.output and "worse" not in result.output
 
 
 def test_runners_agree_on_the_next_token_logits(benched):

@@ -3,6 +3,7 @@ on the reference answers, and KL / top-1 agreement against the merged model's di
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ def reference_answer(example) -> str | None:
     if example.format == "prompt_completion":
         return example.completion
     return [c for r, c in example.messages if r == "assistant"][-1]
+
+
+def example_id(example) -> str:
+    """A short, stable id of a held-out example's content: two reports pair scores on it."""
+    return hashlib.sha256(example.key().encode("utf-8")).hexdigest()[:16]
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

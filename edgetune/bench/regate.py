@@ -8,7 +8,7 @@ from typing import Any
 
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates
-from edgetune.bench.report import write_report
+from edgetune.bench.report import read_report, write_report
 from edgetune.config import GatesConfig, load_recipe
 from edgetune.errors import InputError
 from edgetune.rundir import RECIPE_FILE, resolve_run_dir, run_lock
@@ -32,12 +32,7 @@ def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) ->
     run_dir = resolve_run_dir(run_dir)
     with run_lock(run_dir, "bench"):
         path = run_dir / "bench" / "report.json"
-        if not path.is_file():
-            raise InputError(f"{path}: no bench report to re-gate; run `edgetune bench` first")
-        try:
-            report = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
+        report = read_report(run_dir)
         if gates is None:
             gates = load_recipe(str(run_dir / RECIPE_FILE)).bench.gates
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,26 @@ def plot(report: dict[str, Any]) -> bytes:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """RUN_DIR/bench/report.json, or an InputError saying what is wrong with it."""
+    from edgetune.errors import InputError
+
+    path = run_dir / "bench" / "report.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no bench report; run `edgetune bench {run_dir}` first")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
+    if (
+        not isinstance(report, dict)
+        or not isinstance(report.get("targets"), list)
+        or "reference" not in report
+    ):
+        raise InputError(f"{path}: not an edgetune bench report (no reference or targets)")
+    return report
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:

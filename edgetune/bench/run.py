@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, reference_logprobs
+from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id, reference_logprobs
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates
 from edgetune.bench.prompting import prompting_baselines
@@ -268,6 +268,10 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
                 "metric": cfg.metric,
                 "value": ref_acc.value,
                 "examples": len(cases),
+                # which held-out example each score is (in `scores` order): what --compare pairs on
+                "example_ids": [
+                    example_id(c.example) for c in cases if c.reference is not None and c.prompt_ids
+                ],
             },
             "targets": entries,
             "baselines": {},

@@ -21,10 +21,19 @@ from edgetune.commands.common import one_process
     is_flag=True,
     help="Measure nothing: re-apply the run's recipe's gates to its existing report (seconds).",
 )
-def bench(run_dir, devices, gate, pick, regate) -> None:
+@click.option(
+    "--compare",
+    "other",
+    type=click.Path(path_type=Path),
+    help="Measure nothing: compare the run's report with OTHER run's, paired on their shared held-out "
+    "examples; with --gate, exit 3 when a target is worse beyond noise.",
+)
+def bench(run_dir, devices, gate, pick, regate, other) -> None:
     """Accuracy retention, prompting baselines, forgetting and latency of a run's exports
     (default: runs/latest) -> RUN_DIR/bench/report.{json,md,png}."""
     one_process("bench")
+    if other is not None:
+        return _compare(run_dir, other, gate, devices or pick or regate)
     from edgetune.bench.gates import pick as pick_target
     from edgetune.bench.gates import raise_on_failed_gates
     from edgetune.bench.report import print_table
@@ -50,3 +59,19 @@ def bench(run_dir, devices, gate, pick, regate) -> None:
     out.print(f"report: {report['paths']['md']}", soft_wrap=True)
     if gate:
         raise_on_failed_gates(report)
+
+
+def _compare(run_dir, other, gate, other_flags) -> None:
+    from edgetune.bench.compare import compare_runs, print_changes, raise_on_worse
+    from edgetune.console import out
+    from edgetune.errors import InputError
+    from edgetune.rundir import resolve_run_dir
+
+    if other_flags:
+        raise click.UsageError("--compare measures nothing: it takes no --device, --pick or --regate")
+    if not other.is_dir():
+        raise InputError(f"{other}: run directory not found")
+    changes, before, after, level = compare_runs(other, resolve_run_dir(run_dir))
+    print_changes(changes, before, after, level, out)
+    if gate:
+        raise_on_worse(changes)
