@@ -1,6 +1,6 @@
 """Shared terminal output: one rich console on stderr for progress, stdout for results.
 
-Results printed to a file or a pipe (a Makefile's log, CI) are not cut to rich's 80-column default:
+Output to a file or a pipe (a Makefile's log, CI) is not cut to rich's 80-column default:
 they get LOG_WIDTH unless COLUMNS says otherwise. A table wider than its console, as on a narrow
 terminal, is printed as one block per row instead, so every value stays whole.
 """
@@ -16,14 +16,15 @@ from rich.console import Console
 LOG_WIDTH = 160
 
 
-def _result_width() -> int | None:
-    if "COLUMNS" in os.environ or sys.stdout.isatty():
+def _log_width(stream) -> int | None:
+    """LOG_WIDTH for a stream that is not a terminal, unless COLUMNS is set; None: rich decides."""
+    if "COLUMNS" in os.environ or stream.isatty():
         return None
     return LOG_WIDTH
 
 
-out = Console(highlight=False, width=_result_width())
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, width=_log_width(sys.stdout))
+err = Console(stderr=True, highlight=False, width=_log_width(sys.stderr))  # `edgetune run` prints stages here
 
 
 def _plain_len(markup: str) -> int:

@@ -69,10 +69,14 @@ def test_the_demo_bench_report_on_an_80_column_console_shows_every_interval():
     ("columns", "tty", "width"),
     [(None, False, console_mod.LOG_WIDTH), ("70", False, None), (None, True, None)],
 )
-def test_results_to_a_pipe_are_not_cut_to_80_columns(monkeypatch, columns, tty, width):
+def test_output_to_a_pipe_is_not_cut_to_80_columns(monkeypatch, columns, tty, width):
     if columns is None:
         monkeypatch.delenv("COLUMNS", raising=False)
     else:
         monkeypatch.setenv("COLUMNS", columns)
-    monkeypatch.setattr(console_mod.sys.stdout, "isatty", lambda: tty)
-    assert console_mod._result_width() == width
+
+    class Stream:
+        def isatty(self):
+            return tty
+
+    assert console_mod._log_width(Stream()) == width
