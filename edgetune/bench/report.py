@@ -159,7 +159,9 @@ def _interval_lines(report: dict[str, Any]) -> list[str]:
             "",
             f"KL's {with_kl[0]['kl_confidence']:.0%} interval: a bootstrap of the mean over the per-example "
             f"KL of the first {len(with_kl[0]['kl_scores'])} examples: "
-            + ", ".join(f"{t['name']} {t['kl_interval'][0]:.2e}-{t['kl_interval'][1]:.2e}" for t in with_kl)
+            + ", ".join(
+                f"{t['name']} {t['kl_interval'][0]:.2e} to {t['kl_interval'][1]:.2e}" for t in with_kl
+            )
             + "."
             + (
                 f" KL gates (max_kl {kl_gate:g}) use `{rule.get('kl_evidence', 'measured')}`."
