@@ -96,7 +96,7 @@ def kl_failure(target: dict[str, Any], limit: float, gates: GatesConfig) -> str 
 
 def kl_interval_text(target: dict[str, Any]) -> str:
     low, high = target["kl_interval"]
-    return f"{target['kl_confidence']:.0%} interval {low:.3g}-{high:.3g}"
+    return f"{target['kl_confidence']:.0%} interval {low:.3g} to {high:.3g}"
 
 
 def kl_noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
