@@ -46,6 +46,11 @@ class Case:
     reference: str | None
     example: Any = field(default=None, compare=False, repr=False)  # the held-out example it came from
 
+    @property
+    def answered(self) -> bool:
+        """Generated and scored: it has a prompt and a reference answer (a text row has neither)."""
+        return self.reference is not None and bool(self.prompt_ids)
+
 
 @dataclass
 class Accuracy:
@@ -103,7 +108,7 @@ def evaluate(
             a = reference[i].astype(np.float64)
             kls.append(float((np.exp(a) * (a - logprobs)).sum(-1).mean()))
             top1s.append(float((a.argmax(-1) == logprobs.argmax(-1)).mean()))
-        if case.reference is not None and case.prompt_ids:
+        if case.answered:
             tokens = greedy(runner, case.prompt_ids, eos_ids, max_new_tokens)
             stopped = bool(tokens) and tokens[-1] in eos_ids
             eos += stopped

@@ -26,10 +26,10 @@ def _paired(first: Sequence[float], second: Sequence[float]) -> tuple[np.ndarray
     return a, b
 
 
-def _resampled_sums(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _resampled_sums(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     """Each array's sum over the same RESAMPLES draws of example indices (with replacement)."""
-    picks = np.random.default_rng(SEED).integers(0, first.size, size=(RESAMPLES, first.size))
-    return first[picks].sum(1), second[picks].sum(1)
+    picks = np.random.default_rng(SEED).integers(0, arrays[0].size, size=(RESAMPLES, arrays[0].size))
+    return tuple(a[picks].sum(1) for a in arrays)
 
 
 def _central(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -68,10 +68,10 @@ def difference_interval(
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
     """The central `level` bootstrap interval of mean(values); None without values. For a measure
     that is already a comparison per example, like the KL of a target against the reference."""
-    a, _ = _paired(values, values)
-    if a.size == 0:
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0:
         return None
-    sums, _ = _resampled_sums(a, a)
+    (sums,) = _resampled_sums(a)
     return _central(sums / a.size, level)
 
 

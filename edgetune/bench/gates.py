@@ -20,7 +20,7 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
         if failure:
             failures.append(failure)
     if gates.max_kl is not None:
-        failure = kl_failure(target, gates.max_kl, gates)
+        failure = kl_failure(target, gates)
         if failure:
             failures.append(failure)
     rate = target.get("decode_tok_s")
@@ -71,9 +71,9 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
     return None
 
 
-def kl_failure(target: dict[str, Any], limit: float, gates: GatesConfig) -> str | None:
-    """Why the target's mean KL exceeds `limit` under gates.kl_evidence; None when it passes."""
-    kl = target.get("kld_mean")
+def kl_failure(target: dict[str, Any], gates: GatesConfig) -> str | None:
+    """Why the target's mean KL exceeds gates.max_kl under gates.kl_evidence; None when it passes."""
+    kl, limit = target.get("kld_mean"), gates.max_kl
     if kl is None:
         return "KL not measured (bench.kl_examples is 0?)"
     interval = target.get("kl_interval")

@@ -43,7 +43,7 @@ def prompting_baselines(base, base_runner, prepared, cases, cfg, run_accuracy, t
     examples, with the tuned model's score on exactly those examples beside them."""
     n = cfg.baseline_examples or len(cases)
     cases = cases[:n]
-    answered = sum(1 for c in cases if c.reference is not None and c.prompt_ids)
+    answered = sum(1 for c in cases if c.answered)
     same = tuned.scores[:answered]
     common = {"examples": answered, "tuned_on_these": float(statistics.mean(same)) if same else None}
     out: dict[str, Any] = {}
@@ -61,7 +61,7 @@ def prompting_baselines(base, base_runner, prepared, cases, cfg, run_accuracy, t
         few, _ = run_accuracy(base, target_cases=shot_cases, perplexity=False, runner=base_runner)
         extra = statistics.mean(
             len(s.prompt_ids) - len(c.prompt_ids)
-            for s, c in zip(shot_cases, [c for c in cases if c.reference is not None and c.prompt_ids])
+            for s, c in zip(shot_cases, [c for c in cases if c.answered])
         )
         out[f"few_shot_{len(shots)}"] = {
             "task_metric": {"name": cfg.metric, "value": few.value},

@@ -269,9 +269,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
                 "value": ref_acc.value,
                 "examples": len(cases),
                 # which held-out example each score is (in `scores` order): what --compare pairs on
-                "example_ids": [
-                    example_id(c.example) for c in cases if c.reference is not None and c.prompt_ids
-                ],
+                "example_ids": [example_id(c.example) for c in cases if c.answered],
             },
             "targets": entries,
             "baselines": {},

@@ -38,12 +38,8 @@ def folded_input(ex: Example) -> str:
 
 def _input(ex: Example) -> str | None:
     """The folded input side; None for text rows, which have no separate answer."""
-    if ex.format == "messages":
-        last = max(i for i, (role, _) in enumerate(ex.messages) if role == "assistant")
-        return json.dumps([[role, _fold(content)] for role, content in ex.messages[:last]])
-    if ex.format == "prompt_completion":
-        return _fold(ex.prompt)
-    return None
+    turns = ex.input_turns()
+    return None if turns is None else json.dumps([ex.format, [[r, _fold(c)] for r, c in turns]])
 
 
 def _folded(ex: Example) -> str:

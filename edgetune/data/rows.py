@@ -43,14 +43,20 @@ class Example:
         """Identity for exact-duplicate detection."""
         return json.dumps([self.format, self.messages, self.prompt, self.completion, self.text])
 
-    def prompt_key(self) -> str:
-        """Identity of the input side only: a test example whose input is in train has leaked."""
+    def input_turns(self) -> tuple[tuple[str, str], ...] | None:
+        """The input side, as (role, content) turns: those before the last assistant turn, or the
+        prompt; None for a text row, which has no separate answer."""
         if self.format == "messages":
             last = max(i for i, (role, _) in enumerate(self.messages) if role == "assistant")
-            return json.dumps(["m", self.messages[:last]])
+            return self.messages[:last]
         if self.format == "prompt_completion":
-            return json.dumps(["p", self.prompt])
-        return json.dumps(["t", self.text])
+            return (("user", self.prompt),)
+        return None
+
+    def prompt_key(self) -> str:
+        """Identity of the input side only: a test example whose input is in train has leaked."""
+        turns = self.input_turns()
+        return json.dumps(["text", self.text] if turns is None else [self.format, turns])
 
     def as_messages(self) -> list[dict[str, str]]:
         if self.format == "messages":
