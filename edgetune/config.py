@@ -39,7 +39,7 @@ class DataConfig:
     train: str = ""
     valid: str | None = None
     test: str | None = None
-    format: Literal["auto", "messages", "prompt_completion", "text"] = "auto"
+    format: Literal["auto", "messages", "prompt_completion", "text", "alpaca", "sharegpt"] = "auto"
     template: Literal["auto", "chat", "plain"] = "auto"  # auto: the chat template when the model has one
     system_prompt: str | None = None  # added to examples that have no system message
     max_seq_len: int = 1024

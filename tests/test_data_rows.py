@@ -130,3 +130,179 @@ def test_cli_skip_bad_rows_reports_count(tmp_path):
     report = json.loads(result.output)
     assert report["skipped_bad_rows"] == 1
     assert report["counts"] == {"train": 16, "valid": 2, "test": 2}
+
+
+# --------------------------------------------------------------- layouts from other tools
+
+ALPACA = [
+    {"instruction": "Classify the log line.", "input": "eth0 link down", "output": '{"c": "network"}'},
+    {"instruction": "Say hello.", "input": "", "output": "Hello!", "system": "Be brief."},
+    {
+        "instruction": "And now?",
+        "output": "Still fine.",
+        "history": [["How is the fleet?", "Fine."]],
+    },
+]
+ALPACA_AS_MESSAGES = [
+    chat_row("Classify the log line.\n\neth0 link down", '{"c": "network"}'),
+    chat_row("Say hello.", "Hello!", system="Be brief."),
+    {
+        "messages": [
+            {"role": "user", "content": "How is the fleet?"},
+            {"role": "assistant", "content": "Fine."},
+            {"role": "user", "content": "And now?"},
+            {"role": "assistant", "content": "Still fine."},
+        ]
+    },
+]
+SHAREGPT = [
+    {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
+    {
+        "system": "sys",
+        "conversations": [{"from": "Human", "value": "q"}, {"from": "gpt", "value": "a"}],
+    },
+    {"conversations": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]},
+]
+SHAREGPT_AS_MESSAGES = [chat_row("hi", "hello"), chat_row("q", "a", system="sys"), chat_row("u", "v")]
+TRL_CONVERSATIONAL = [
+    {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]}
+]
+
+
+@pytest.mark.parametrize(
+    "fmt, rows, same_as",
+    [
+        ("alpaca", ALPACA, ALPACA_AS_MESSAGES),
+        ("sharegpt", SHAREGPT, SHAREGPT_AS_MESSAGES),
+        ("prompt_completion", TRL_CONVERSATIONAL, [chat_row("hi", "hello")]),
+    ],
+)
+def test_other_tools_layouts_read_as_the_same_conversations(tmp_path, fmt, rows, same_as):
+    got = load_examples(write_jsonl(tmp_path / "d.jsonl", rows))
+    expected = load_examples(write_jsonl(tmp_path / "m.jsonl", same_as)).examples
+    assert got.format == fmt
+    assert got.examples == expected
+    assert [ex.source for ex in got.examples] == [
+        f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, len(rows) + 1)
+    ]
+
+
+def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "a.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["instruction", "input", "output"])
+        w.writerow(["Say hello.", "", "Hello!"])  # an empty CSV cell: no input
+        w.writerow(["Classify the log line.", "eth0 link down", '{"c": "network"}'])
+    got = load_examples(path)
+    assert got.format == "alpaca"
+    assert [ex.messages[0][1] for ex in got.examples] == [
+        "Say hello.",
+        "Classify the log line.\n\neth0 link down",
+    ]
+
+    table = pa.Table.from_pylist(
+        [
+            {"system": None, "conversations": json.dumps(SHAREGPT[0]["conversations"])},
+            {"system": "sys", "conversations": json.dumps(SHAREGPT[1]["conversations"])},
+        ]
+    )
+    pq.write_table(table, tmp_path / "s.parquet")
+    assert (
+        load_examples(tmp_path / "s.parquet").examples
+        == load_examples(write_jsonl(tmp_path / "m.jsonl", SHAREGPT_AS_MESSAGES[:2])).examples
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"instruction": "", "input": " ", "output": "x"}, "instruction: is empty, and so is input"),
+        ({"instruction": "q", "output": ""}, "output: is empty"),
+        ({"instruction": "q", "output": 3}, "output: expected a string, got int"),
+        ({"instruction": "q", "output": "a", "history": [["only one"]]}, "history[0]: expected an"),
+        ({"instruction": "q", "output": "a", "history": [["", "a"]]}, "history[0][0]: is empty"),
+        ({"instruction": 5, "output": "a"}, "instruction: expected a string, got int"),
+        ({"conversations": []}, "conversations: expected a non-empty list"),
+        ({"conversations": "[oops"}, "conversations: invalid JSON"),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f()"}]},
+            "conversations[1].from: unknown speaker 'function_call'",
+        ),
+        ({"conversations": [{"from": "human", "value": "q"}]}, "conversations: has no assistant turn"),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": None}]},
+            "conversations[1].value: expected a string, got NoneType",
+        ),
+        (
+            {
+                "system": "a",
+                "conversations": [{"from": "system", "value": "b"}, {"from": "gpt", "value": "c"}],
+            },
+            "system: given twice",
+        ),
+        (
+            {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "bot", "content": "a"}]},
+            "completion[0].role: unknown role 'bot'",
+        ),
+    ],
+)
+def test_bad_rows_of_other_layouts_name_their_field(tmp_path, bad, field):
+    first = {"alpaca": ALPACA[0], "sharegpt": SHAREGPT[0]}
+    fmt = "sharegpt" if "conversations" in bad else "alpaca" if "output" in bad else "prompt_completion"
+    lead = first.get(fmt, TRL_CONVERSATIONAL[0])
+    path = write_jsonl(tmp_path / "d.jsonl", [lead, bad])
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert f"{path}:2: {field}" in str(info.value)
+
+
+def test_preference_data_is_refused_with_a_reason(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}])
+    with pytest.raises(DataError, match=r"d.jsonl:1: this is preference data \(chosen/rejected"):
+        load_examples(path)
+
+
+def test_data_check_of_an_alpaca_file_equals_its_messages_twin(tmp_path, tiny_model_dir):
+    rows = [
+        {
+            "instruction": f"Classify log line {i}.",
+            "input": f"eth{i % 4} link down",
+            "output": f'{{"n": {i}}}',
+        }
+        for i in range(30)
+    ]
+    twin = [chat_row(f"Classify log line {i}.\n\neth{i % 4} link down", f'{{"n": {i}}}') for i in range(30)]
+    reports = {}
+    for name, content in (("alpaca", rows), ("messages", twin)):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", content)
+        result = CliRunner().invoke(
+            main, ["data", "check", str(path), "--json", "--set", f"model.base={tiny_model_dir}"]
+        )
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads(result.output)
+    assert reports["alpaca"].pop("format") == "alpaca"
+    assert reports["messages"].pop("format") == "messages"
+    for report in reports.values():
+        report.pop("files")
+        report.pop("sample", None)
+        for row in report.get("skipped_examples", []):
+            row.pop("source", None)
+    assert reports["alpaca"]["splits"]["train"]["supervised_tokens"] > 0
+    assert reports["alpaca"] == reports["messages"]
+
+
+def test_a_forced_format_names_the_layout_the_row_is_in(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ALPACA)
+    with pytest.raises(
+        DataError,
+        match=r"d.jsonl:1: messages: missing; the row looks like 'alpaca', but it is read as 'messages'",
+    ):
+        load_examples(path, "messages")
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(10)])
+    result = CliRunner().invoke(main, ["data", "check", str(train), "--valid", str(path), "--no-tokens"])
+    assert result.exit_code == 2
+    assert "d.jsonl:1: messages: missing; the row looks like 'alpaca'" in result.output

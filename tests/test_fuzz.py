@@ -21,12 +21,28 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-ROLES = st.sampled_from(["system", "user", "assistant", "tool", "", 3, None])
+ROLES = st.sampled_from(["system", "user", "assistant", "tool", "", 3, None, "human", "gpt", "GPT"])
 MESSAGE = st.fixed_dictionaries({"role": ROLES, "content": JSON | st.text(max_size=30)})
 ROW = (
     st.fixed_dictionaries({"messages": st.lists(MESSAGE, max_size=4) | JSON})
     | st.fixed_dictionaries({"prompt": JSON, "completion": JSON})
     | st.fixed_dictionaries({"text": JSON})
+    | st.fixed_dictionaries(
+        {"instruction": JSON, "output": JSON}, optional={"input": JSON, "system": JSON, "history": JSON}
+    )
+    | st.fixed_dictionaries(
+        {
+            "conversations": st.lists(
+                st.fixed_dictionaries({"from": ROLES | JSON, "value": JSON}), max_size=4
+            )
+            | JSON
+        },
+        optional={"system": JSON},
+    )
+    | st.fixed_dictionaries(
+        {"prompt": st.lists(MESSAGE, max_size=2), "completion": st.lists(MESSAGE, max_size=2)}
+    )
+    | st.fixed_dictionaries({"prompt": JSON, "chosen": JSON, "rejected": JSON})
     | JSON
 )
 LINE = st.one_of(

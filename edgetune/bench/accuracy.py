@@ -18,11 +18,7 @@ from edgetune.data.render import IGNORE
 
 def reference_answer(example) -> str | None:
     """What the model should have said: the last assistant turn, or the completion."""
-    if example.format == "text":
-        return None
-    if example.format == "prompt_completion":
-        return example.completion
-    return [c for r, c in example.messages if r == "assistant"][-1]
+    return None if example.format == "text" else example.reference()
 
 
 def example_id(example) -> str:

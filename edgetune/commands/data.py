@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edgetune.commands.common import set_option
+from edgetune.data.rows import FORMATS
 
 
 @click.group()
@@ -22,7 +23,11 @@ def data() -> None:
 @click.option("--valid", type=click.Path(path_type=Path), help="Separate validation file.")
 @click.option("--test", type=click.Path(path_type=Path), help="Separate test file.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["auto", "messages", "prompt_completion", "text"]), default=None
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default=None,
+    help="Row layout (default: detected from the first row).",
 )
 @click.option(
     "--skip-bad-rows", is_flag=True, help="Skip invalid rows and report how many, instead of failing."

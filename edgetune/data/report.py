@@ -64,8 +64,11 @@ def print_report(report: dict[str, Any]) -> None:
 
     from edgetune.console import out, print_rows
 
+    fmt = report["format"] + (
+        " (read as conversations)" if report["format"] in ("alpaca", "sharegpt") else ""
+    )
     out.print(
-        f"[bold]format[/]: {report['format']}    [bold]model[/]: {report['model']}    "
+        f"[bold]format[/]: {fmt}    [bold]model[/]: {report['model']}    "
         f"[bold]max_seq_len[/]: {report['max_seq_len']}"
     )
     for name, where in report["files"].items():

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgetune.data.dialects import alpaca_turns, json_list, sharegpt_turns
+from edgetune.data.fields import ROLES, BadRow, checked_turns, nonempty_str
 from edgetune.errors import DataError
 
-FORMATS = ("messages", "prompt_completion", "text")
-ROLES = ("system", "user", "assistant")
+# the row layouts a file may be in; alpaca and sharegpt rows are read as messages examples
+FORMATS = ("messages", "prompt_completion", "text", "alpaca", "sharegpt")
 SUFFIXES = {
     ".jsonl": "jsonl",
     ".json": "jsonl",
@@ -30,7 +32,7 @@ SUFFIXES = {
 
 @dataclass(frozen=True)
 class Example:
-    """One validated training example in one of the three row formats."""
+    """One validated training example: a conversation, a prompt and completion, or plain text."""
 
     format: str
     messages: tuple[tuple[str, str], ...] = ()  # (role, content), for "messages"
@@ -83,70 +85,68 @@ class LoadResult:
     skipped: list[str] = field(default_factory=list)  # "file:line: reason" of each skipped bad row
 
 
-class _BadRow(Exception):
-    def __init__(self, field_path: str, reason: str):
-        super().__init__(f"{field_path}: {reason}" if field_path else reason)
-
-
 def detect_format(row: dict[str, Any]) -> str | None:
     if "messages" in row:
         return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "output" in row and ("instruction" in row or "input" in row):
+        return "alpaca"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
     if "text" in row:
         return "text"
+    if "chosen" in row and "rejected" in row:
+        raise BadRow(
+            "",
+            "this is preference data (chosen/rejected, for DPO-style training); edgetune learns from "
+            "demonstrations: keep the chosen reply as the assistant turn of a messages row",
+        )
     return None
 
 
-def _nonempty_str(value: Any, field_path: str) -> str:
-    if not isinstance(value, str):
-        raise _BadRow(field_path, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise _BadRow(field_path, "is empty")
-    return value
+def _messages(row: dict[str, Any], key: str = "messages", check: bool = True) -> tuple[tuple[str, str], ...]:
+    msgs = json_list(row.get("messages"), key)
+    if msgs is None:
+        raise BadRow(key, "missing")
+    if not isinstance(msgs, list) or not msgs:
+        raise BadRow(key, "expected a non-empty list of {role, content} objects")
+    turns = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise BadRow(f"{key}[{i}]", f"expected an object, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise BadRow(f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        turns.append((role, nonempty_str(m.get("content"), f"{key}[{i}].content")))
+    return checked_turns(turns, key) if check else tuple(turns)
+
+
+CONVERSATIONS = {"messages": _messages, "alpaca": alpaca_turns, "sharegpt": sharegpt_turns}
 
 
 def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
-        raise _BadRow("", f"expected a JSON object, got {type(row).__name__}")
-    if fmt == "messages":
-        msgs = row.get("messages")
-        if isinstance(msgs, str):  # CSV and Parquet carry the list as a JSON string
-            try:
-                msgs = json.loads(msgs)
-            except json.JSONDecodeError as exc:
-                raise _BadRow("messages", f"invalid JSON ({exc.msg})") from None
-        if msgs is None:
-            raise _BadRow("messages", "missing")
-        if not isinstance(msgs, list) or not msgs:
-            raise _BadRow("messages", "expected a non-empty list of {role, content} objects")
-        turns = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict):
-                raise _BadRow(f"messages[{i}]", f"expected an object, got {type(m).__name__}")
-            role = m.get("role")
-            if role not in ROLES:
-                raise _BadRow(
-                    f"messages[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
-                )
-            turns.append((role, _nonempty_str(m.get("content"), f"messages[{i}].content")))
-        if not any(r == "assistant" for r, _ in turns):
-            raise _BadRow("messages", "has no assistant turn to learn from")
-        if any(r == "system" for r, _ in turns[1:]):
-            raise _BadRow("messages", "a system message is only allowed first")
-        return Example("messages", messages=tuple(turns))
+        raise BadRow("", f"expected a JSON object, got {type(row).__name__}")
+    if fmt in CONVERSATIONS:
+        return Example("messages", messages=CONVERSATIONS[fmt](row))
     if fmt == "prompt_completion":
         for key in ("prompt", "completion"):
             if key not in row:
-                raise _BadRow(key, "missing")
+                raise BadRow(key, "missing")
+        if isinstance(row["prompt"], list) and isinstance(row["completion"], list):
+            # TRL's conversational form: the prompt turns, then the completion turns
+            turns = _messages({"messages": row["prompt"]}, "prompt", check=False)
+            turns += _messages({"messages": row["completion"]}, "completion", check=False)
+            return Example("messages", messages=checked_turns(list(turns), "completion"))
         return Example(
             fmt,
-            prompt=_nonempty_str(row["prompt"], "prompt"),
-            completion=_nonempty_str(row["completion"], "completion"),
+            prompt=nonempty_str(row["prompt"], "prompt"),
+            completion=nonempty_str(row["completion"], "completion"),
         )
     if "text" not in row:
-        raise _BadRow("text", "missing")
-    return Example("text", text=_nonempty_str(row["text"], "text"))
+        raise BadRow("text", "missing")
+    return Example("text", text=nonempty_str(row["text"], "text"))
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
@@ -159,7 +159,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 try:
                     yield line_no, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield line_no, _BadRow("", f"invalid JSON ({exc.msg} at column {exc.colno})")
+                    yield line_no, BadRow("", f"invalid JSON ({exc.msg} at column {exc.colno})")
         except UnicodeDecodeError:
             raise DataError(f"{path}:{line_no + 1}: not valid UTF-8 text") from None
 
@@ -197,6 +197,17 @@ def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
     return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
 
 
+def _layout_hint(row: dict[str, Any], fmt: str) -> str:
+    """Why a forced format fails on a row that is fine in another layout."""
+    try:
+        looks = detect_format(row)
+    except BadRow:
+        return ""
+    if looks in (None, fmt):
+        return ""
+    return f"; the row looks like {looks!r}, but it is read as {fmt!r} (data.format, or the train file's)"
+
+
 def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = False) -> LoadResult:
     """Read and validate every row; the format is forced, or detected from the first good row."""
     path = Path(path)
@@ -206,19 +217,22 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
     for line_no, row in iter_raw_rows(path):
         where = f"{path}:{line_no}"
         try:
-            if isinstance(row, _BadRow):
+            if isinstance(row, BadRow):
                 raise row
             if detected is None:
                 detected = detect_format(row) if isinstance(row, dict) else None
                 if detected is None:
                     keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
-                    raise _BadRow(
+                    raise BadRow(
                         "",
-                        f"cannot tell the row format from its fields ({keys}); expected "
-                        "'messages', 'prompt'+'completion', or 'text'",
+                        f"cannot tell the row format from its fields ({keys}); expected 'messages', "
+                        "'conversations' (ShareGPT), 'instruction'+'output' (Alpaca), "
+                        "'prompt'+'completion', or 'text'",
                     )
             ex = parse_row(row, detected)
-        except _BadRow as exc:
+        except BadRow as exc:
+            if fmt != "auto" and isinstance(row, dict):
+                exc = BadRow("", f"{exc}{_layout_hint(row, fmt)}")
             if not skip_bad_rows:
                 raise DataError(
                     f"{where}: {exc} (data.skip_bad_rows or --skip-bad-rows skips bad rows)"

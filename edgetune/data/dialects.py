@@ -1,0 +1,101 @@
+"""Row layouts that other fine-tuning tools popularised, read as conversations.
+
+- alpaca: `{"instruction", "input", "output"}`, with optional `system` and `history` (a list of
+  earlier `[instruction, answer]` pairs). The user turn is the instruction, then a blank line and
+  the input when there is one; the output is the assistant turn that carries the loss.
+- sharegpt: `{"conversations": [{"from": "human|gpt|system", "value": ...}]}`, with an optional
+  top-level `system`. Turns written as `{"role", "content"}` are read too.
+
+Both become edgetune's messages examples, so they are rendered with the model's chat template and
+the loss falls on the assistant turns, exactly as for a messages file.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from edgetune.data.fields import BadRow, checked_turns, nonempty_str
+
+SPEAKERS = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+}
+
+
+def json_list(value: Any, field_path: str) -> Any:
+    """A list field; CSV and Parquet carry it as a JSON string."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise BadRow(field_path, f"invalid JSON ({exc.msg})") from None
+    return value
+
+
+def _optional_str(row: dict[str, Any], key: str) -> str:
+    """A field that may be absent, null (Parquet) or empty (an empty CSV cell)."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRow(key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _with_system(row: dict[str, Any], turns: list[tuple[str, str]], field_path: str) -> list[tuple[str, str]]:
+    system = _optional_str(row, "system")
+    if not system.strip():
+        return turns
+    if turns and turns[0][0] == "system":
+        raise BadRow("system", f"given twice: here and as the first turn of {field_path}")
+    return [("system", system), *turns]
+
+
+def alpaca_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    instruction, extra = _optional_str(row, "instruction"), _optional_str(row, "input")
+    user = "\n\n".join(part for part in (instruction, extra) if part.strip())
+    if not user:
+        raise BadRow("instruction", "is empty, and so is input: there is no request to answer")
+    history = json_list(row.get("history") or [], "history")
+    if not isinstance(history, list):
+        raise BadRow("history", "expected a list of [instruction, answer] pairs")
+    turns: list[tuple[str, str]] = []
+    for i, pair in enumerate(history):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise BadRow(f"history[{i}]", "expected an [instruction, answer] pair")
+        turns += [
+            ("user", nonempty_str(pair[0], f"history[{i}][0]")),
+            ("assistant", nonempty_str(pair[1], f"history[{i}][1]")),
+        ]
+    if "output" not in row:
+        raise BadRow("output", "missing")
+    turns += [("user", user), ("assistant", nonempty_str(row["output"], "output"))]
+    return checked_turns(_with_system(row, turns, "history"), "output")
+
+
+def sharegpt_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    convo = json_list(row.get("conversations"), "conversations")
+    if not isinstance(convo, list) or not convo:
+        raise BadRow("conversations", "expected a non-empty list of {from, value} objects")
+    turns = []
+    for i, turn in enumerate(convo):
+        where = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise BadRow(where, f"expected an object, got {type(turn).__name__}")
+        who_key, text_key = ("from", "value") if "from" in turn or "role" not in turn else ("role", "content")
+        who = turn.get(who_key)
+        role = SPEAKERS.get(who.lower()) if isinstance(who, str) else None
+        if role is None:
+            raise BadRow(
+                f"{where}.{who_key}",
+                f"unknown speaker {who!r}; expected one of {', '.join(SPEAKERS)} "
+                "(tool and function turns are not supported)",
+            )
+        turns.append((role, nonempty_str(turn.get(text_key), f"{where}.{text_key}")))
+    return checked_turns(_with_system(row, turns, "conversations"), "conversations")

@@ -1,0 +1,31 @@
+"""Field checks shared by every row layout: one bad field becomes one `BadRow` naming its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+
+
+class BadRow(Exception):
+    """A row that cannot be used; the loader adds file:line in front of the field path."""
+
+    def __init__(self, field_path: str, reason: str):
+        super().__init__(f"{field_path}: {reason}" if field_path else reason)
+
+
+def nonempty_str(value: Any, field_path: str) -> str:
+    if not isinstance(value, str):
+        raise BadRow(field_path, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise BadRow(field_path, "is empty")
+    return value
+
+
+def checked_turns(turns: list[tuple[str, str]], field_path: str) -> tuple[tuple[str, str], ...]:
+    """A conversation edgetune can learn from: at least one assistant turn, a system turn only first."""
+    if not any(r == "assistant" for r, _ in turns):
+        raise BadRow(field_path, "has no assistant turn to learn from")
+    if any(r == "system" for r, _ in turns[1:]):
+        raise BadRow(field_path, "a system message is only allowed first")
+    return tuple(turns)
