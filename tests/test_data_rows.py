@@ -262,8 +262,13 @@ def test_bad_rows_of_other_layouts_name_their_field(tmp_path, bad, field):
 
 def test_preference_data_is_refused_with_a_reason(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}])
-    with pytest.raises(DataError, match=r"d.jsonl:1: this is preference data \(chosen/rejected"):
+    with pytest.raises(DataError, match=r"d.jsonl:1: this is preference data \(chosen/rejected") as info:
         load_examples(path)
+    # skipping bad rows would skip every row of such a file: it is not offered
+    assert "skip_bad_rows" not in str(info.value)
+    with pytest.raises(DataError, match=r"d.jsonl:1: messages: missing; this is preference data") as info:
+        load_examples(path, "messages")
+    assert "skip_bad_rows" not in str(info.value)
 
 
 def test_data_check_of_an_alpaca_file_equals_its_messages_twin(tmp_path, tiny_model_dir):
@@ -302,6 +307,17 @@ def test_a_forced_format_names_the_layout_the_row_is_in(tmp_path):
         match=r"d.jsonl:1: messages: missing; the row looks like 'alpaca', but it is read as 'messages'",
     ):
         load_examples(path, "messages")
+    with pytest.raises(DataError) as info:
+        load_examples(path, "messages")
+    assert "skip_bad_rows" not in str(info.value)
+    # a stray row in a file whose format was detected is one bad row: the hint, and skipping is offered
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [chat_row("q", "a"), ALPACA[0]])
+    with pytest.raises(DataError) as info:
+        load_examples(mixed)
+    message = str(info.value)
+    assert "mixed.jsonl:2: messages: missing; the row looks like 'alpaca'" in message
+    assert "detected from the file's first row" in message and "skip_bad_rows" in message
+    assert len(load_examples(mixed, skip_bad_rows=True).examples) == 1
     train = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(10)])
     result = CliRunner().invoke(main, ["data", "check", str(train), "--valid", str(path), "--no-tokens"])
     assert result.exit_code == 2

@@ -8,10 +8,15 @@ ROLES = ("system", "user", "assistant")
 
 
 class BadRow(Exception):
-    """A row that cannot be used; the loader adds file:line in front of the field path."""
+    """A row that cannot be used; the loader adds file:line in front of the field path.
 
-    def __init__(self, field_path: str, reason: str):
+    `layout` marks a problem with the file's layout rather than with this row (preference data, a
+    forced format that does not fit): skipping bad rows would skip them all, so it is not offered.
+    """
+
+    def __init__(self, field_path: str, reason: str, layout: bool = False):
         super().__init__(f"{field_path}: {reason}" if field_path else reason)
+        self.layout = layout
 
 
 def nonempty_str(value: Any, field_path: str) -> str:

@@ -101,6 +101,7 @@ def detect_format(row: dict[str, Any]) -> str | None:
             "",
             "this is preference data (chosen/rejected, for DPO-style training); edgetune learns from "
             "demonstrations: keep the chosen reply as the assistant turn of a messages row",
+            layout=True,
         )
     return None
 
@@ -197,15 +198,16 @@ def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
     return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
 
 
-def _layout_hint(row: dict[str, Any], fmt: str) -> str:
-    """Why a forced format fails on a row that is fine in another layout."""
+def _layout_hint(row: dict[str, Any], fmt: str, forced: bool) -> str:
+    """Why a row fails the file's format when it is fine in another layout."""
     try:
         looks = detect_format(row)
-    except BadRow:
-        return ""
+    except BadRow as exc:
+        return f"; {exc}" if exc.layout else ""
     if looks in (None, fmt):
         return ""
-    return f"; the row looks like {looks!r}, but it is read as {fmt!r} (data.format, or the train file's)"
+    why = "data.format, or the train file's" if forced else "detected from the file's first row"
+    return f"; the row looks like {looks!r}, but it is read as {fmt!r} ({why})"
 
 
 def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = False) -> LoadResult:
@@ -231,12 +233,14 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                     )
             ex = parse_row(row, detected)
         except BadRow as exc:
-            if fmt != "auto" and isinstance(row, dict):
-                exc = BadRow("", f"{exc}{_layout_hint(row, fmt)}")
+            forced = fmt != "auto"
+            if detected and isinstance(row, dict) and (hint := _layout_hint(row, detected, forced)):
+                # a forced format that does not fit fails every row alike; a stray row in a file whose
+                # format was detected is one bad row, and skipping it is the right advice
+                exc = BadRow("", f"{exc}{hint}", layout=forced or exc.layout)
             if not skip_bad_rows:
-                raise DataError(
-                    f"{where}: {exc} (data.skip_bad_rows or --skip-bad-rows skips bad rows)"
-                ) from None
+                advice = "" if exc.layout else " (data.skip_bad_rows or --skip-bad-rows skips bad rows)"
+                raise DataError(f"{where}: {exc}{advice}") from None
             skipped.append(f"{where}: {exc}")
             continue
         examples.append(Example(ex.format, ex.messages, ex.prompt, ex.completion, ex.text, source=where))
