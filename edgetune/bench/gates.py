@@ -99,24 +99,35 @@ def kl_interval_text(target: dict[str, Any]) -> str:
     return f"{target['kl_confidence']:.0%} interval {low:.3g} to {high:.3g}"
 
 
+def _noise_note(
+    evidence: str, passes: bool, rule: str, stat: str, op: str, limit: str, interval: str, advice: str
+) -> str | None:
+    """The note for a limit inside the interval: the verdict rests on the point figure (the measured
+    rule), or on the benefit of the doubt (significant); `proven` already fails such a target."""
+    if evidence == "measured":
+        verdict = "passes" if passes else "fails"
+        return f"{verdict} {rule} on {stat}, but {limit} lies inside the {interval}: {advice}"
+    if evidence == "significant" and not passes:
+        return f"passes although {stat} {op} {limit}: {limit} lies inside the {interval}"
+    return None
+
+
 def kl_noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
-    """As noise_note, for max_kl: the limit lies inside the KL interval and the verdict rests on the
-    point figure, or on the benefit of the doubt."""
+    """A max_kl verdict the sample cannot back: the limit lies inside the KL interval."""
     limit, interval = gates.max_kl, target.get("kl_interval")
     if limit is None or not interval or not interval[0] <= limit < interval[1]:
         return None
     kl = target["kld_mean"]
-    if gates.kl_evidence == "measured":
-        verdict = "passes" if kl <= limit else "fails"
-        return (
-            f"{verdict} max_kl {limit:g} on KL {kl:.3g}, but {limit:g} lies inside the "
-            f"{kl_interval_text(target)}: more bench.kl_examples may settle it"
-        )
-    if gates.kl_evidence == "significant" and kl > limit:
-        return (
-            f"passes although KL {kl:.3g} > {limit:g}: {limit:g} lies inside the {kl_interval_text(target)}"
-        )
-    return None
+    return _noise_note(
+        gates.kl_evidence,
+        kl <= limit,
+        f"max_kl {limit:g}",
+        f"KL {kl:.3g}",
+        ">",
+        f"{limit:g}",
+        kl_interval_text(target),
+        "more bench.kl_examples may settle it",
+    )
 
 
 def interval_text(target: dict[str, Any]) -> str:
@@ -125,22 +136,22 @@ def interval_text(target: dict[str, Any]) -> str:
 
 
 def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
-    """A verdict the sample cannot back: the minimum lies inside the interval and the verdict rests
-    on the point figure (the measured rule), or on the benefit of the doubt (significant)."""
+    """A retention verdict the sample cannot back: the minimum lies inside the retention interval."""
     minimum = minimum_retention(target, gates)
     interval = target.get("retention_interval")
     if minimum is None or not interval or not interval[0] < minimum <= interval[1]:
         return None
     retention, want = target["retention"], _percent(minimum)
-    if gates.retention_evidence == "measured":
-        verdict = "passes" if retention >= minimum else "fails"
-        return (
-            f"{verdict} {want} on retention {retention:.1%}, but {want} lies inside the "
-            f"{interval_text(target)}: more held-out examples (bench.max_examples) may settle it"
-        )
-    if gates.retention_evidence == "significant" and retention < minimum:
-        return f"passes although retention {retention:.1%} < {want}: {want} lies inside the {interval_text(target)}"
-    return None
+    return _noise_note(
+        gates.retention_evidence,
+        retention >= minimum,
+        want,
+        f"retention {retention:.1%}",
+        "<",
+        want,
+        interval_text(target),
+        "more held-out examples (bench.max_examples) may settle it",
+    )
 
 
 def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
