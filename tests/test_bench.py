@@ -91,6 +91,10 @@ def test_report_follows_the_contract(benched):
         assert len(t["kl_scores"]) == 2 and t["kld_mean"] == pytest.approx(sum(t["kl_scores"]) / 2)
         low, high = t["kl_interval"]
         assert low <= t["kld_mean"] <= high and t["kl_confidence"] == 0.95
+    # which example each KL is, for --compare: the first kl_examples cases
+    assert len(report["reference"]["kl_example_ids"]) == 2 and set(
+        report["reference"]["kl_example_ids"]
+    ) <= set(ids)
     # each target's own process: llama.cpp does not carry torch's memory (nor the parent's)
     assert by["gguf/q8_0"]["peak_rss_mb"] < by["torch/merged"]["peak_rss_mb"]
     assert by["onnx/fp32"]["kld_mean"] < 1e-6 and by["onnx/fp32"]["top1_agreement"] == 1.0
@@ -222,8 +226,10 @@ def test_a_run_compared_with_itself_changes_nowhere(benched):
     assert result.exit_code == 0, result.output
     report = json.loads((run / "bench" / "report.json").read_text())
     scored = sum(bool(t.get("scores")) for t in report["targets"])  # tests above may take some away
-    assert scored >= 4 and result.output.count("within noise") == scored and "+0.000" in result.output
-    assert "better" not in result.output and "worse" not in result.output
+    with_kl = sum(bool(t.get("kl_scores")) for t in report["targets"][1:])  # the KL table's rows
+    assert scored >= 4 and with_kl >= 3 and "KL to its run's merged model" in result.output
+    assert result.output.count("within noise") == scored + with_kl and "+0.000" in result.output
+    assert "│ better" not in result.output and "│ worse" not in result.output  # no verdict but noise
 
 
 def test_runners_agree_on_the_next_token_logits(benched):

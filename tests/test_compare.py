@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edgetune.bench.compare import BETTER, NOISE, WORSE, compare_reports
+from edgetune.bench.compare import BETTER, NOISE, WORSE, compare_kl, compare_reports
 from edgetune.bench.confidence import difference_interval
 from edgetune.cli import main
 from edgetune.errors import InputError
@@ -112,3 +112,62 @@ def test_cli_prints_the_comparison_and_gate_exits_3_only_when_worse(tmp_path):
     assert result.exit_code == 2 and "report.json: line 1: not JSON" in result.output
     result = CliRunner().invoke(main, ["bench", str(v2), "--compare", str(v1), "--regate"])
     assert result.exit_code == 2 and "--compare measures nothing" in result.output
+
+
+def with_kl(rep, kl_ids, **kl_scores):
+    """`rep` with kl_example_ids and each named target's per-example KL."""
+    rep["reference"]["kl_example_ids"] = kl_ids
+    for t in rep["targets"]:
+        if t["name"] in kl_scores:
+            t["kl_scores"] = kl_scores[t["name"]]
+    return rep
+
+
+KL = [0.01 + 0.001 * (i % 4) for i in range(16)]
+
+
+def test_kl_is_compared_per_exported_target_lower_being_better_and_paired_on_the_kl_examples():
+    # the later run's KL examples are the earlier run's last 12 and 4 others, in another order
+    later_ids = list(reversed(IDS[4:16])) + ["n1", "n2", "n3", "n4"]
+    later_q4 = [KL[int(e[1:])] * 2 for e in later_ids[:12]] + [9.0] * 4  # the unshared ones do not count
+    before = with_kl(
+        report("v1", IDS, BASE, **{"gguf/q4_k_m": BASE, "gguf/q8_0": BASE}),
+        IDS[:16],
+        **{"torch/merged": [0.0] * 16, "gguf/q4_k_m": KL, "gguf/q8_0": KL},
+    )
+    after = with_kl(
+        report("v2", IDS, BASE, **{"gguf/q4_k_m": BASE, "gguf/q8_0": BASE}),
+        later_ids,
+        **{"torch/merged": [0.0] * 16, "gguf/q4_k_m": later_q4, "gguf/q8_0": [k / 2 for k in later_q4]},
+    )
+    q4, q8 = compare_kl(before, after)
+    assert [q4.target, q8.target] == ["gguf/q4_k_m", "gguf/q8_0"]  # the reference's KL is 0 by definition
+    shared = [KL[int(e[1:])] for e in later_ids[:12]]
+    assert q4.examples == 12 and q4.before == pytest.approx(sum(shared) / 12)
+    assert q4.after == pytest.approx(2 * q4.before) and q4.verdict == WORSE and q4.interval[0] > 0
+    assert q8.difference == pytest.approx(0) and q8.verdict == NOISE
+    (back,) = compare_kl(after, with_kl(report("v3", IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16],
+                                        **{"gguf/q4_k_m": KL}))  # fmt: skip
+    assert back.verdict == BETTER and back.interval[1] < 0
+    # an fp32 export's KL is float rounding: a change in it is no verdict
+    rounding = with_kl(report("v4", IDS, BASE, **{"onnx/fp32": BASE}), IDS[:16], **{"onnx/fp32": [3e-9] * 16})
+    exact = with_kl(report("v5", IDS, BASE, **{"onnx/fp32": BASE}), IDS[:16], **{"onnx/fp32": [-4e-10] * 16})
+    (fp32,) = compare_kl(rounding, exact)
+    assert fp32.interval[1] < 0 and fp32.verdict == NOISE
+    # a report from before kl_example_ids: its KL examples are its first example ids where every
+    # case was answered (reference.examples counts the cases), and unknown otherwise
+    del before["reference"]["kl_example_ids"]
+    assert [c.examples for c in compare_kl(before, after)] == [12, 12]
+    before["reference"]["examples"] = 41  # one case (a text row) was not answered: ids and cases differ
+    assert compare_kl(before, after) == [] and len(compare_reports(before, after)) == 3
+
+
+def test_cli_prints_the_kl_table_and_gate_reads_the_scores_only(tmp_path):
+    v1 = _run(tmp_path, "v1", with_kl(report("v1", IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16],
+                                      **{"gguf/q4_k_m": KL}))  # fmt: skip
+    v2 = _run(tmp_path, "v2", with_kl(report("v2", IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16],
+                                      **{"gguf/q4_k_m": [k * 3 for k in KL]}))  # fmt: skip
+    result = CliRunner().invoke(main, ["bench", str(v2), "--compare", str(v1), "--gate"])
+    assert result.exit_code == 0, result.output
+    assert "KL to its run's merged model" in result.output and "worse" in result.output
+    assert "0.0115" in result.output and "0.0345" in result.output  # the means, to 3 significant figures

@@ -18,6 +18,8 @@ from edgetune.bench.confidence import difference_interval
 from edgetune.errors import GateFailed, InputError
 
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
+# a KL change this small is float rounding (an fp32 export measures about 1e-9 nats), not a change
+KL_NEGLIGIBLE = 1e-4
 
 
 @dataclass
@@ -35,17 +37,60 @@ class Change:
         return self.after - self.before
 
 
-def _indexed(report: dict[str, Any], where: str) -> dict[str, int]:
-    ids = report["reference"].get("example_ids")
-    if ids is None:
-        raise InputError(
-            f"{where}: the report has no example ids (benched before edgetune kept them): "
-            f"run `edgetune bench` on it again to compare"
-        )
+def _indexed(ids: list[str]) -> dict[str, int]:
     index: dict[str, int] = {}
     for i, example in enumerate(ids):
         index.setdefault(example, i)
     return index
+
+
+def _ids(report: dict[str, Any], ids_key: str) -> list[str]:
+    reference = report["reference"]
+    ids = reference.get(ids_key)
+    if ids is None and ids_key == "kl_example_ids" and reference.get("example_ids") is not None:
+        # a report from before kl_example_ids: where every case was answered (a chat or prompt-completion
+        # split), the KL examples, the first cases, are the first example ids
+        if len(reference["example_ids"]) == reference.get("examples"):
+            return reference["example_ids"]
+    return ids or []
+
+
+def _verdict(interval: tuple[float, float] | None, lower_is_better: bool, negligible: float) -> str:
+    if interval is None or interval[0] <= 0 <= interval[1] or max(map(abs, interval)) < negligible:
+        return NOISE
+    return BETTER if (interval[1] < 0) == lower_is_better else WORSE
+
+
+def _paired_changes(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    key: str,
+    ids_key: str,
+    level: float,
+    lower_is_better: bool,
+    negligible: float = 0.0,
+) -> list[Change]:
+    """One Change per target whose per-example `key` both reports have, paired on `ids_key`."""
+    first, second = _indexed(_ids(before, ids_key)), _indexed(_ids(after, ids_key))
+    earlier = {(t["name"], t["device"]): t for t in before["targets"] if t.get(key)}
+    changes = []
+    for t in after["targets"]:
+        old = earlier.get((t["name"], t["device"]))
+        if old is None or not t.get(key):
+            continue
+        pairs = [
+            (old[key][first[e]], t[key][i])
+            for e, i in second.items()
+            if e in first and first[e] < len(old[key]) and i < len(t[key])
+        ]
+        if not pairs:
+            continue
+        a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+        interval = difference_interval(b, a, level)
+        mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+        verdict = _verdict(interval, lower_is_better, negligible)
+        changes.append(Change(t["name"], t["device"], len(pairs), mean_a, mean_b, interval, verdict))
+    return changes
 
 
 def compare_reports(
@@ -60,62 +105,64 @@ def compare_reports(
         raise InputError(
             f"{where[0]} scores {metrics[0]!r} and {where[1]} {metrics[1]!r}: compare runs benched with one bench.metric"
         )
-    first, second = _indexed(before, where[0]), _indexed(after, where[1])
-    shared = [example for example in second if example in first]
-    if not shared:
+    for report, name in zip((before, after), where):
+        if report["reference"].get("example_ids") is None:
+            raise InputError(
+                f"{name}: the report has no example ids (benched before edgetune kept them): "
+                f"run `edgetune bench` on it again to compare"
+            )
+    if not set(before["reference"]["example_ids"]) & set(after["reference"]["example_ids"]):
         raise InputError(
             f"{where[0]} and {where[1]} share no held-out example: compare runs benched on the same test data"
         )
-    earlier = {(t["name"], t["device"]): t for t in before["targets"] if t.get("scores")}
-    changes = []
-    for t in after["targets"]:
-        old = earlier.get((t["name"], t["device"]))
-        if old is None or not t.get("scores"):
-            continue
-        a = [old["scores"][first[e]] for e in shared]
-        b = [t["scores"][second[e]] for e in shared]
-        interval = difference_interval(b, a, level)
-        verdict = (
-            NOISE if interval is None else BETTER if interval[0] > 0 else WORSE if interval[1] < 0 else NOISE
-        )
-        changes.append(
-            Change(t["name"], t["device"], len(shared), sum(a) / len(a), sum(b) / len(b), interval, verdict)
-        )
+    changes = _paired_changes(before, after, "scores", "example_ids", level, lower_is_better=False)
     if not changes:
         raise InputError(f"{where[0]} and {where[1]} have no target with per-example scores in common")
     return changes
 
 
-def compare_runs(before_dir: Path, after_dir: Path) -> tuple[list[Change], dict, dict, float]:
-    """(the changes, the earlier report, the later report, the level) of two run directories' bench
-    reports, at the later report's bench.gates.confidence."""
+def compare_kl(before: dict[str, Any], after: dict[str, Any], level: float = 0.95) -> list[Change]:
+    """Each exported target's KL to its own run's merged model, paired like the scores: whether
+    quantisation costs one run's model more than the other's, apart from what tuning changed. Empty
+    when the reports share no KL example."""
+    changes = _paired_changes(
+        before, after, "kl_scores", "kl_example_ids", level, lower_is_better=True, negligible=KL_NEGLIGIBLE
+    )
+    return [c for c in changes if c.target != before["reference"]["name"]]
+
+
+def compare_runs(before_dir: Path, after_dir: Path) -> tuple[list[Change], list[Change], dict, dict, float]:
+    """(the score changes, the KL changes, the earlier report, the later report, the level) of two
+    run directories' bench reports, at the later report's bench.gates.confidence."""
     from edgetune.bench.report import read_report
 
     before, after = read_report(before_dir), read_report(after_dir)
     level = after.get("gate_rule", {}).get("confidence", 0.95)
     changes = compare_reports(before, after, level, (str(before_dir), str(after_dir)))
-    return changes, before, after, level
+    return changes, compare_kl(before, after, level), before, after, level
 
 
-def print_changes(changes: list[Change], before: dict, after: dict, level: float, console) -> None:
+def print_changes(changes: list[Change], title: str, level: float, console, digits: str = ".3f") -> None:
     from edgetune.console import print_rows
 
     colour = {BETTER: "green", WORSE: "red"}
+
+    def signed(x: float) -> str:
+        return format(x, "+" + digits)
+
     rows = [
         [
             c.target,
             c.device,
             str(c.examples),
-            f"{c.before:.3f}",
-            f"{c.after:.3f}",
-            f"{c.difference:+.3f}",
-            "-" if c.interval is None else f"{c.interval[0]:+.3f} to {c.interval[1]:+.3f}",
+            format(c.before, digits),
+            format(c.after, digits),
+            signed(c.difference),
+            "-" if c.interval is None else f"{signed(c.interval[0])} to {signed(c.interval[1])}",
             f"[{colour[c.verdict]}]{c.verdict}[/]" if c.verdict in colour else c.verdict,
         ]
         for c in changes
     ]
-    metric = after["reference"]["metric"]
-    title = f"{metric}: {after.get('run', 'after')} against {before.get('run', 'before')}"
     headers = [
         "target",
         "device",
@@ -127,6 +174,16 @@ def print_changes(changes: list[Change], before: dict, after: dict, level: float
         "verdict",
     ]
     print_rows(console, title, headers, rows, left=("device", "verdict"))
+
+
+def print_comparison(
+    changes: list[Change], kl: list[Change], before: dict, after: dict, level: float, console
+):
+    runs = f"{after.get('run', 'after')} against {before.get('run', 'before')}"
+    print_changes(changes, f"{after['reference']['metric']}: {runs}", level, console)
+    if kl:
+        title = f"KL to its run's merged model, lower is better (not gated): {runs}"
+        print_changes(kl, title, level, console, ".3g")
 
 
 def raise_on_worse(changes: list[Change]) -> None:

@@ -270,6 +270,8 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
                 "examples": len(cases),
                 # which held-out example each score is (in `scores` order): what --compare pairs on
                 "example_ids": [example_id(c.example) for c in cases if c.answered],
+                # which example each target's kl_scores entry is: the first kl_examples cases
+                "kl_example_ids": [example_id(c.example) for c in cases[: cfg.kl_examples]],
             },
             "targets": entries,
             "baselines": {},

@@ -62,13 +62,13 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
 
 
 def _compare(run_dir, other, gate, other_flags) -> None:
-    from edgetune.bench.compare import compare_runs, print_changes, raise_on_worse
+    from edgetune.bench.compare import compare_runs, print_comparison, raise_on_worse
     from edgetune.console import out
     from edgetune.rundir import resolve_run_dir
 
     if other_flags:
         raise click.UsageError("--compare measures nothing: it takes no --device, --pick or --regate")
-    changes, before, after, level = compare_runs(resolve_run_dir(other), resolve_run_dir(run_dir))
-    print_changes(changes, before, after, level, out)
+    changes, kl, before, after, level = compare_runs(resolve_run_dir(other), resolve_run_dir(run_dir))
+    print_comparison(changes, kl, before, after, level, out)
     if gate:
         raise_on_worse(changes)
