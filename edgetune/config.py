@@ -211,12 +211,21 @@ class GatesConfig:
         problems = []
         if not 0.5 <= self.confidence < 1:
             problems.append(f"bench.gates.confidence: must be in [0.5, 1), got {self.confidence}")
+        known = ("*", *GGUF_QUANTS, *ONNX_QUANTS)
         for quant, minimum in self.min_retention.items():
+            if quant.lower() not in known:  # an unknown key would gate nothing, and the gate would pass
+                problems.append(
+                    f"bench.gates.min_retention.{quant}: names no export quant; use one of {', '.join(known)}"
+                )
             if not 0 <= minimum <= 1:  # 0: only that retention is known
                 problems.append(
                     f"bench.gates.min_retention.{quant}: a fraction of the reference's score "
                     f"(like 0.98), got {minimum}"
                 )
+        for name in ("max_kl", "max_size_mb", "min_decode_tok_s"):
+            limit = getattr(self, name)
+            if limit is not None and not limit > 0:
+                problems.append(f"bench.gates.{name}: must be > 0 (or null for no gate), got {limit}")
         return problems
 
 

@@ -136,6 +136,16 @@ def test_bad_gate_settings_are_named(tmp_path):
     assert "bench.gates.confidence" in str(err.value) and "bench.gates.min_retention.q8_0" in str(err.value)
     recipe.write_text("data: {train: d.jsonl}\nbench: {gates: {min_retention: {'*': 0}}}\n")
     assert load_recipe(str(recipe)).bench.gates.min_retention == {"*": 0}  # 0: retention must be known
+    # a key that names no quant would gate nothing and pass: refused; a quant's case does not matter
+    recipe.write_text("data: {train: d.jsonl}\nbench: {gates: {min_retention: {q8-0: 0.9}, max_kl: 0}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(str(recipe))
+    assert "bench.gates.min_retention.q8-0: names no export quant" in str(err.value)
+    assert "bench.gates.max_kl: must be > 0" in str(err.value)
+    gates = GatesConfig(min_retention={"Q8_0": 1.0})
+    assert gate_failures({"quant": "q8_0", "retention": 0.99, "size_bytes": 1}, gates) == [
+        "retention 99.0% < 100%"
+    ]
 
 
 def test_the_printed_table_shows_the_interval_and_the_noise_note():

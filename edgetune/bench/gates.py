@@ -36,7 +36,8 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
 
 
 def minimum_retention(target: dict[str, Any], gates: GatesConfig) -> float | None:
-    return gates.min_retention.get(target["quant"], gates.min_retention.get("*"))
+    by_quant = {quant.lower(): minimum for quant, minimum in gates.min_retention.items()}
+    return by_quant.get(target["quant"].lower(), by_quant.get("*"))
 
 
 def _percent(value: float) -> str:
