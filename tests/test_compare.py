@@ -126,6 +126,11 @@ def with_kl(rep, kl_ids, **kl_scores):
 KL = [0.01 + 0.001 * (i % 4) for i in range(16)]
 
 
+def q4_run(run, kl):
+    """A report of the merged model and a Q4_K_M with `kl` on the first 16 examples."""
+    return with_kl(report(run, IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16], **{"gguf/q4_k_m": kl})
+
+
 def test_kl_is_compared_per_exported_target_lower_being_better_and_paired_on_the_kl_examples():
     # the later run's KL examples are the earlier run's last 12 and 4 others, in another order
     later_ids = list(reversed(IDS[4:16])) + ["n1", "n2", "n3", "n4"]
@@ -146,8 +151,7 @@ def test_kl_is_compared_per_exported_target_lower_being_better_and_paired_on_the
     assert q4.examples == 12 and q4.before == pytest.approx(sum(shared) / 12)
     assert q4.after == pytest.approx(2 * q4.before) and q4.verdict == WORSE and q4.interval[0] > 0
     assert q8.difference == pytest.approx(0) and q8.verdict == NOISE
-    (back,) = compare_kl(after, with_kl(report("v3", IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16],
-                                        **{"gguf/q4_k_m": KL}))  # fmt: skip
+    (back,) = compare_kl(after, q4_run("v3", KL))
     assert back.verdict == BETTER and back.interval[1] < 0
     # an fp32 export's KL is float rounding: a change in it is no verdict
     rounding = with_kl(report("v4", IDS, BASE, **{"onnx/fp32": BASE}), IDS[:16], **{"onnx/fp32": [3e-9] * 16})
@@ -163,10 +167,8 @@ def test_kl_is_compared_per_exported_target_lower_being_better_and_paired_on_the
 
 
 def test_cli_prints_the_kl_table_and_gate_reads_the_scores_only(tmp_path):
-    v1 = _run(tmp_path, "v1", with_kl(report("v1", IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16],
-                                      **{"gguf/q4_k_m": KL}))  # fmt: skip
-    v2 = _run(tmp_path, "v2", with_kl(report("v2", IDS, BASE, **{"gguf/q4_k_m": BASE}), IDS[:16],
-                                      **{"gguf/q4_k_m": [k * 3 for k in KL]}))  # fmt: skip
+    v1 = _run(tmp_path, "v1", q4_run("v1", KL))
+    v2 = _run(tmp_path, "v2", q4_run("v2", [k * 3 for k in KL]))
     result = CliRunner().invoke(main, ["bench", str(v2), "--compare", str(v1), "--gate"])
     assert result.exit_code == 0, result.output
     assert "KL to its run's merged model" in result.output and "worse" in result.output

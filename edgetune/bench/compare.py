@@ -44,17 +44,6 @@ def _indexed(ids: list[str]) -> dict[str, int]:
     return index
 
 
-def _ids(report: dict[str, Any], ids_key: str) -> list[str]:
-    reference = report["reference"]
-    ids = reference.get(ids_key)
-    if ids is None and ids_key == "kl_example_ids" and reference.get("example_ids") is not None:
-        # a report from before kl_example_ids: where every case was answered (a chat or prompt-completion
-        # split), the KL examples, the first cases, are the first example ids
-        if len(reference["example_ids"]) == reference.get("examples"):
-            return reference["example_ids"]
-    return ids or []
-
-
 def _verdict(interval: tuple[float, float] | None, lower_is_better: bool, negligible: float) -> str:
     if interval is None or interval[0] <= 0 <= interval[1] or max(map(abs, interval)) < negligible:
         return NOISE
@@ -65,13 +54,14 @@ def _paired_changes(
     before: dict[str, Any],
     after: dict[str, Any],
     key: str,
-    ids_key: str,
+    ids: tuple[list[str], list[str]],
     level: float,
     lower_is_better: bool,
     negligible: float = 0.0,
 ) -> list[Change]:
-    """One Change per target whose per-example `key` both reports have, paired on `ids_key`."""
-    first, second = _indexed(_ids(before, ids_key)), _indexed(_ids(after, ids_key))
+    """One Change per target whose per-example `key` both reports have, paired on the two reports'
+    `ids` (which example each entry of `key` is)."""
+    first, second = _indexed(ids[0]), _indexed(ids[1])
     earlier = {(t["name"], t["device"]): t for t in before["targets"] if t.get(key)}
     changes = []
     for t in after["targets"]:
@@ -115,18 +105,30 @@ def compare_reports(
         raise InputError(
             f"{where[0]} and {where[1]} share no held-out example: compare runs benched on the same test data"
         )
-    changes = _paired_changes(before, after, "scores", "example_ids", level, lower_is_better=False)
+    ids = before["reference"]["example_ids"], after["reference"]["example_ids"]
+    changes = _paired_changes(before, after, "scores", ids, level, lower_is_better=False)
     if not changes:
         raise InputError(f"{where[0]} and {where[1]} have no target with per-example scores in common")
     return changes
+
+
+def _kl_ids(report: dict[str, Any]) -> list[str]:
+    """Which example each kl_scores entry is: the first cases. A report from before kl_example_ids
+    tells only where every case was answered (a chat or prompt-completion split), as its example ids."""
+    reference = report["reference"]
+    if "kl_example_ids" in reference:
+        return reference["kl_example_ids"]
+    ids = reference.get("example_ids") or []
+    return ids if len(ids) == reference.get("examples") else []
 
 
 def compare_kl(before: dict[str, Any], after: dict[str, Any], level: float = 0.95) -> list[Change]:
     """Each exported target's KL to its own run's merged model, paired like the scores: whether
     quantisation costs one run's model more than the other's, apart from what tuning changed. Empty
     when the reports share no KL example."""
+    ids = _kl_ids(before), _kl_ids(after)
     changes = _paired_changes(
-        before, after, "kl_scores", "kl_example_ids", level, lower_is_better=True, negligible=KL_NEGLIGIBLE
+        before, after, "kl_scores", ids, level, lower_is_better=True, negligible=KL_NEGLIGIBLE
     )
     return [c for c in changes if c.target != before["reference"]["name"]]
 
@@ -178,7 +180,7 @@ def print_changes(changes: list[Change], title: str, level: float, console, digi
 
 def print_comparison(
     changes: list[Change], kl: list[Change], before: dict, after: dict, level: float, console
-):
+) -> None:
     runs = f"{after.get('run', 'after')} against {before.get('run', 'before')}"
     print_changes(changes, f"{after['reference']['metric']}: {runs}", level, console)
     if kl:

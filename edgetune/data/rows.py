@@ -106,8 +106,9 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _messages(row: dict[str, Any], key: str = "messages", check: bool = True) -> tuple[tuple[str, str], ...]:
-    msgs = json_list(row.get("messages"), key)
+def _turns(value: Any, key: str, check: bool = True) -> tuple[tuple[str, str], ...]:
+    """A list of {role, content} messages at field `key` (a JSON string from CSV or Parquet)."""
+    msgs = json_list(value, key)
     if msgs is None:
         raise BadRow(key, "missing")
     if not isinstance(msgs, list) or not msgs:
@@ -123,7 +124,11 @@ def _messages(row: dict[str, Any], key: str = "messages", check: bool = True) ->
     return checked_turns(turns, key) if check else tuple(turns)
 
 
-CONVERSATIONS = {"messages": _messages, "alpaca": alpaca_turns, "sharegpt": sharegpt_turns}
+CONVERSATIONS = {
+    "messages": lambda row: _turns(row.get("messages"), "messages"),
+    "alpaca": alpaca_turns,
+    "sharegpt": sharegpt_turns,
+}
 
 
 def parse_row(row: Any, fmt: str) -> Example:
@@ -137,8 +142,9 @@ def parse_row(row: Any, fmt: str) -> Example:
                 raise BadRow(key, "missing")
         if isinstance(row["prompt"], list) and isinstance(row["completion"], list):
             # TRL's conversational form: the prompt turns, then the completion turns
-            turns = _messages({"messages": row["prompt"]}, "prompt", check=False)
-            turns += _messages({"messages": row["completion"]}, "completion", check=False)
+            turns = _turns(row["prompt"], "prompt", check=False) + _turns(
+                row["completion"], "completion", False
+            )
             return Example("messages", messages=checked_turns(list(turns), "completion"))
         return Example(
             fmt,
