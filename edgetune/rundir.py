@@ -174,6 +174,21 @@ def new_run_dir(name: str, runs_dir: Path = RUNS_DIR) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
+    """A run directory this command just made goes again if the command fails before it holds
+    anything worth keeping (data that does not parse, a model that does not load): no empty run
+    litters runs/, and runs/latest keeps naming the last real one."""
+    try:
+        yield
+    except BaseException:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # nobody waits on a lock: a second taker is refused
+                (run_dir.parent / f".{run_dir.name}.lock").unlink()
+        raise
+
+
 def point_latest(run_dir: Path) -> None:
     """runs/latest -> run_dir (a relative symlink, replaced atomically)."""
     link = run_dir.parent / LATEST

@@ -234,3 +234,38 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(
         holder.wait(timeout=30)
     with run_lock(busy, "bench"), run_lock(busy, "merge"):  # free again, and re-entrant in one process
         pass
+
+
+def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_path, tiny_model_dir):
+    """Missing data, a bad row, a model that is not there: the run directory tune made for it goes
+    again, and runs/latest still names the last real run (what `edgetune export` would pick)."""
+    from click.testing import CliRunner
+    from test_tune import make_recipe
+
+    from edgetune.cli import main
+    from edgetune.rundir import point_latest
+
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    good = tmp_path / "runs" / "tiny-good"
+    good.mkdir(parents=True)
+    point_latest(good)
+    (tmp_path / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{"text": 1}\n')
+    for override, named in (
+        ("data.train=missing.jsonl", "missing.jsonl"),
+        ("data.train=bad.jsonl", "bad.jsonl"),
+        (f"model.base={tmp_path / 'no-model'}", "no-model"),
+    ):
+        for extra in ([], ["--run-dir", str(tmp_path / "runs" / "named")]):
+            result = CliRunner().invoke(main, ["tune", str(recipe), "--set", override, *extra])
+            assert result.exit_code == 2 and named in result.output, (override, result.output)
+            assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["latest", "tiny-good"]
+            assert (tmp_path / "runs" / "latest").resolve() == good.resolve()
+    kept = tmp_path / "runs" / "kept"  # a directory the user made stays, whatever it holds
+    (kept / "notes").mkdir(parents=True)
+    result = CliRunner().invoke(
+        main, ["tune", str(recipe), "--set", "data.train=bad.jsonl", "--run-dir", str(kept)]
+    )
+    assert result.exit_code == 2 and (kept / "notes").is_dir()
+    (tmp_path / "runs" / "file").write_text("x")
+    result = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(tmp_path / "runs" / "file")])
+    assert result.exit_code == 2 and "not a directory" in result.output, result.output

@@ -19,6 +19,7 @@ from edgetune.rundir import (
     RECIPE_FILE,
     atomic_write_text,
     clean_stale_temporaries,
+    discarded_on_failure,
     new_run_dir,
     point_latest,
     read_manifest,
@@ -86,7 +87,8 @@ def _data_hashes(recipe: Recipe) -> dict[str, str]:
 
 def _start_run(
     recipe_arg: str | None, overrides: list[str], run_dir: Path | None, resume: bool
-) -> tuple[Recipe, Path]:
+) -> tuple[Recipe, Path, bool]:
+    """The recipe and the run directory, and whether this call made the directory."""
     if resume:
         if recipe_arg or overrides:
             raise InputError("--resume continues a run with the recipe saved in it; drop RECIPE and --set")
@@ -94,7 +96,7 @@ def _start_run(
         saved = run_dir / RECIPE_FILE
         if not saved.is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
-        return load_recipe(str(saved)), run_dir
+        return load_recipe(str(saved)), run_dir, False
     recipe = load_recipe(recipe_arg, overrides)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
@@ -110,11 +112,17 @@ def _start_run(
     if run_dir is None:
         if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
-        run_dir = new_run_dir(recipe.name)
-    elif (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
+        return recipe, new_run_dir(recipe.name).resolve(), True
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
+    if (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
         raise InputError(f"{run_dir}: already holds a run; use --resume to continue it or another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return recipe, run_dir.resolve()
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+    return recipe, run_dir.resolve(), created
 
 
 def tune(
@@ -134,78 +142,84 @@ def tune(
     from edgetune.tune.trainer import build_trainer, training_args
 
     started = time.time()
-    recipe, run_dir = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
+    recipe, run_dir, created = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
     with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext():
-        if not resume and is_main_process():  # under the lock: a refused second run must not write it
-            atomic_write_text(
-                run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
-            )
         main = is_main_process()
-        warnings: list[str] = []
+        with discarded_on_failure(run_dir, created and main):
+            if not resume and is_main_process():  # under the lock: a refused second run must not write it
+                atomic_write_text(
+                    run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
+                )
+            warnings: list[str] = []
 
-        def warn(message: str) -> None:
-            warnings.append(message)
-            if console is not None and main:
-                console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+            def warn(message: str) -> None:
+                warnings.append(message)
+                if console is not None and main:
+                    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
 
-        resume_from = _prepare_checkpoints(run_dir, resume, main)
-        if recipe.train.threads:
-            torch.set_num_threads(recipe.train.threads)
-        transformers.logging.set_verbosity_error()
-        # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
-        warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
-        transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
+            resume_from = _prepare_checkpoints(run_dir, resume, main)
+            if recipe.train.threads:
+                torch.set_num_threads(recipe.train.threads)
+            transformers.logging.set_verbosity_error()
+            # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
+            warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
+            transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
 
-        model_ref = resolve_model(
-            recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
-        )
-        tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
-        from edgetune.rundir import low_space_warning, weights_bytes
+            model_ref = resolve_model(
+                recipe.model.base,
+                recipe.model.revision,
+                quiet=not main,
+                allow_pickle=recipe.model.allow_pickle,
+            )
+            tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+            from edgetune.rundir import low_space_warning, weights_bytes
 
-        # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
-        space = low_space_warning(
-            run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)"
-        )
-        if space:
-            warn(space)
-        data = prepare(recipe.data, tokenizer)
-        train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
-        _warn_about_data(recipe, data, warn)
-        setup = choose_setup(recipe.train.method, recipe.train.precision)
-        for message in setup.warnings:
-            warn(message)
-        args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
-        model = load_for_training(
-            model_ref,
-            setup,
-            recipe.train.lora,
-            recipe.model.trust_remote_code,
-            recipe.train.gradient_checkpointing,
-        )
-        trainer = build_trainer(
-            recipe,
-            args,
-            model,
-            tokenizer,
-            train_examples,
-            valid_examples,
-            _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
-        )
-        initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
-        if valid_examples and resume_from is None:
-            from edgetune.tune.callbacks import InitialEval
+            # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
+            space = low_space_warning(
+                run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)"
+            )
+            if space:
+                warn(space)
+            data = prepare(recipe.data, tokenizer)
+            train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
+            _warn_about_data(recipe, data, warn)
+            setup = choose_setup(recipe.train.method, recipe.train.precision)
+            for message in setup.warnings:
+                warn(message)
+            args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
+            model = load_for_training(
+                model_ref,
+                setup,
+                recipe.train.lora,
+                recipe.model.trust_remote_code,
+                recipe.train.gradient_checkpointing,
+            )
+            trainer = build_trainer(
+                recipe,
+                args,
+                model,
+                tokenizer,
+                train_examples,
+                valid_examples,
+                _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
+            )
+            initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
+            if valid_examples and resume_from is None:
+                from edgetune.tune.callbacks import InitialEval
 
-            def record_initial_eval(loss: float) -> None:
-                nonlocal initial_eval
-                initial_eval = loss
-                if main:
-                    update_manifest(
-                        run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}}
-                    )
-                    if console is not None:
-                        console.print(f"validation loss before training: {loss:.4f}")
+                def record_initial_eval(loss: float) -> None:
+                    nonlocal initial_eval
+                    initial_eval = loss
+                    if main:
+                        update_manifest(
+                            run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}}
+                        )
+                        if console is not None:
+                            console.print(f"validation loss before training: {loss:.4f}")
 
-            trainer.add_callback(InitialEval(record_initial_eval))
+                trainer.add_callback(InitialEval(record_initial_eval))
+        if main:  # the run is real now: `tune --resume` and `export` find it by default
+            point_latest(run_dir)
         try:
             with writing(run_dir / "checkpoints"):
                 trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -260,7 +274,6 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
         done = complete_checkpoints(checkpoints)
         for partial in set(checkpoints.glob("checkpoint-*")) - set(done):
             shutil.rmtree(partial, ignore_errors=True)  # interrupted while being written
-        point_latest(run_dir)
     if not resume:
         return None
     done = complete_checkpoints(checkpoints)
