@@ -168,6 +168,17 @@ def test_regate_applies_the_recipe_gates_to_the_measured_report_in_seconds(bench
     assert both.exit_code == 2 and "--regate measures nothing" in both.output
     broken = CliRunner().invoke(main, ["bench", str(run), "--regate"])
     assert broken.exit_code == 2 and "report.json: line 1: not JSON" in broken.output
+    files = {name: (run / "bench" / name).read_bytes() for name in ("report.md", "report.png")}
+    incomplete = {k: v for k, v in measured.items() if k != "machine"}
+    incomplete["gate_rule"] = {}  # a changed verdict: the files would be rewritten
+    report_path.write_text(json.dumps(incomplete))
+    broken = CliRunner().invoke(main, ["bench", str(run), "--regate"])
+    assert (
+        broken.exit_code == 2
+        and "not an edgetune bench report (missing or malformed 'machine')" in broken.output
+    )
+    assert json.loads(report_path.read_text()) == incomplete  # nothing half-written
+    assert files == {name: (run / "bench" / name).read_bytes() for name in files}
     report_path.write_text(json.dumps(measured))
 
 

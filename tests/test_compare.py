@@ -114,6 +114,44 @@ def test_cli_prints_the_comparison_and_gate_exits_3_only_when_worse(tmp_path):
     assert result.exit_code == 2 and "--compare measures nothing" in result.output
 
 
+def _broken(edit):
+    rep = report("v1", list(IDS), list(BASE))  # copies: the edit must not reach the shared lists
+    edit(rep)
+    return rep
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda r: r["targets"][0]["scores"].__setitem__(3, float("nan")),
+            "targets[0].scores is not a list of finite numbers (entry 3 is nan)",
+        ),
+        (
+            lambda r: r["targets"][0].__setitem__("scores", "0.5"),
+            "targets[0].scores is not a list of numbers",
+        ),
+        (lambda r: r.__setitem__("targets", {"a": 1}), "targets is missing or not a list"),
+        (lambda r: r["targets"].append("gguf"), "targets[1] is not a mapping"),
+        (lambda r: r["targets"][0].pop("device"), "targets[0].device is missing"),
+        (lambda r: r.__setitem__("reference", []), "reference is not a mapping"),
+        (
+            lambda r: r["reference"].__setitem__("example_ids", [1, 2]),
+            "reference.example_ids is not a list of strings",
+        ),
+        (lambda r: r["reference"].pop("metric"), "reference.metric is missing"),
+    ],
+)
+def test_a_malformed_report_is_refused_naming_the_field(tmp_path, edit, message):
+    """A hand-edited report: a NaN score would compare false with everything and read as a verdict."""
+    v1 = _run(tmp_path, "v1", _broken(edit))
+    v2 = _run(tmp_path, "v2", report("v2", IDS, BASE))
+    for args in (["bench", str(v2), "--compare", str(v1)], ["bench", str(v1), "--compare", str(v2)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert f"v1/bench/report.json: not an edgetune bench report ({message}" in result.output
+
+
 def with_kl(rep, kl_ids, **kl_scores):
     """`rep` with kl_example_ids and each named target's per-example KL."""
     rep["reference"]["kl_example_ids"] = kl_ids

@@ -37,11 +37,11 @@ def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) ->
             gates = load_recipe(str(run_dir / RECIPE_FILE)).bench.gates
         try:
             changed = regate(report, gates)
-        except (KeyError, TypeError) as e:
+            if changed:
+                paths = write_report(report, run_dir / "bench")
+        except (KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{path}: not an edgetune bench report (missing or malformed {e})") from None
-        if changed:
-            paths = write_report(report, run_dir / "bench")
-        else:
+        if not changed:
             paths = {k: run_dir / "bench" / f"report.{k}" for k in ("json", "md", "png")}
         report["paths"] = {k: str(v) for k, v in paths.items()}
         return report, changed

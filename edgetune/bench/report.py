@@ -231,20 +231,21 @@ def read_report(run_dir: Path) -> dict[str, Any]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
-    if (
-        not isinstance(report, dict)
-        or not isinstance(report.get("targets"), list)
-        or "reference" not in report
-    ):
-        raise InputError(f"{path}: not an edgetune bench report (no reference or targets)")
+    from edgetune.bench.report_shape import report_problem
+
+    if problem := report_problem(report):
+        raise InputError(f"{path}: not an edgetune bench report ({problem})")
     return report
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """The report's three files, each built before any is written: a report that cannot be shown
+    leaves the old three as they were, agreeing with each other."""
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
-    atomic_write_json(paths["json"], report)
-    atomic_write_text(paths["md"], markdown(report))
-    atomic_write_bytes(paths["png"], plot(report))
+    text, image = markdown(report), plot(report)
+    atomic_write_text(paths["md"], text)
+    atomic_write_bytes(paths["png"], image)
+    atomic_write_json(paths["json"], report)  # last: the JSON is what the next command reads
     return paths
 
 
