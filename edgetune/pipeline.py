@@ -49,7 +49,10 @@ def _digest(*parts: Any) -> str:
 
 
 def _data_fingerprint(recipe: Recipe) -> str:
-    files = {k: sha256_file(Path(p)) for k in ("train", "valid", "test") if (p := getattr(recipe.data, k))}
+    from edgetune.data.files import dataset_kind
+
+    paths = {k: Path(p) for k in ("train", "valid", "test") if (p := getattr(recipe.data, k))}
+    files = {k: sha256_file(p) for k, p in paths.items() if dataset_kind(p)}
     return _digest(asdict(recipe.data), files)
 
 

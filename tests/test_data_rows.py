@@ -222,10 +222,10 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
     [
         ({"instruction": "", "input": " ", "output": "x"}, "instruction: is empty, and so is input"),
         ({"instruction": "q", "output": ""}, "output: is empty"),
-        ({"instruction": "q", "output": 3}, "output: expected a string, got int"),
+        ({"instruction": "q", "output": 3}, "output: expected a string, got a number"),
         ({"instruction": "q", "output": "a", "history": [["only one"]]}, "history[0]: expected an"),
         ({"instruction": "q", "output": "a", "history": [["", "a"]]}, "history[0][0]: is empty"),
-        ({"instruction": 5, "output": "a"}, "instruction: expected a string, got int"),
+        ({"instruction": 5, "output": "a"}, "instruction: expected a string, got a number"),
         ({"conversations": []}, "conversations: expected a non-empty list"),
         ({"conversations": "[oops"}, "conversations: invalid JSON"),
         (
@@ -235,7 +235,7 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         ({"conversations": [{"from": "human", "value": "q"}]}, "conversations: has no assistant turn"),
         (
             {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": None}]},
-            "conversations[1].value: expected a string, got NoneType",
+            "conversations[1].value: expected a string, got null",
         ),
         (
             {

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgetune.data.fields import BadRow, checked_turns, nonempty_str
+from edgetune.data.fields import BadRow, checked_turns, kind_of, nonempty_str
 
 SPEAKERS = {
     "system": "system",
@@ -44,7 +44,7 @@ def _optional_str(row: dict[str, Any], key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise BadRow(key, f"expected a string, got {type(value).__name__}")
+        raise BadRow(key, f"expected a string, got {kind_of(value)}")
     return value
 
 
@@ -87,7 +87,7 @@ def sharegpt_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     for i, turn in enumerate(convo):
         where = f"conversations[{i}]"
         if not isinstance(turn, dict):
-            raise BadRow(where, f"expected an object, got {type(turn).__name__}")
+            raise BadRow(where, f"expected an object, got {kind_of(turn)}")
         who_key, text_key = ("from", "value") if "from" in turn or "role" not in turn else ("role", "content")
         who = turn.get(who_key)
         role = SPEAKERS.get(who.lower()) if isinstance(who, str) else None

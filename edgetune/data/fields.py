@@ -19,9 +19,18 @@ class BadRow(Exception):
         self.layout = layout
 
 
+JSON_KINDS = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string"}
+JSON_KINDS |= {list: "a list", dict: "an object"}
+
+
+def kind_of(value: Any) -> str:
+    """What a value is, in the file's own terms: JSON says null and object, not NoneType and dict."""
+    return JSON_KINDS.get(type(value), type(value).__name__)
+
+
 def nonempty_str(value: Any, field_path: str) -> str:
     if not isinstance(value, str):
-        raise BadRow(field_path, f"expected a string, got {type(value).__name__}")
+        raise BadRow(field_path, f"expected a string, got {kind_of(value)}")
     if not value.strip():
         raise BadRow(field_path, "is empty")
     return value

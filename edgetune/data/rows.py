@@ -1,4 +1,4 @@
-"""Reading dataset files (JSONL, CSV, Parquet) into validated examples.
+"""Dataset rows (read from their files by data/files.py) into validated examples.
 
 Every example remembers where it came from (file and line), so any later complaint names it. A bad
 row raises DataError naming file:line and the field, unless skip_bad_rows is on, in which case it
@@ -7,27 +7,18 @@ is counted and reported.
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetune.data.dialects import alpaca_turns, json_list, sharegpt_turns
-from edgetune.data.fields import ROLES, BadRow, checked_turns, nonempty_str
+from edgetune.data.fields import ROLES, BadRow, checked_turns, kind_of, nonempty_str
+from edgetune.data.files import iter_raw_rows
 from edgetune.errors import DataError
 
 # the row layouts a file may be in; alpaca and sharegpt rows are read as messages examples
 FORMATS = ("messages", "prompt_completion", "text", "alpaca", "sharegpt")
-SUFFIXES = {
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 
 
 @dataclass(frozen=True)
@@ -116,7 +107,7 @@ def _turns(value: Any, key: str, check: bool = True) -> tuple[tuple[str, str], .
     turns = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
-            raise BadRow(f"{key}[{i}]", f"expected an object, got {type(m).__name__}")
+            raise BadRow(f"{key}[{i}]", f"expected an object, got {kind_of(m)}")
         role = m.get("role")
         if role not in ROLES:
             raise BadRow(f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
@@ -133,7 +124,7 @@ CONVERSATIONS = {
 
 def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
-        raise BadRow("", f"expected a JSON object, got {type(row).__name__}")
+        raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
     if fmt in CONVERSATIONS:
         return Example("messages", messages=CONVERSATIONS[fmt](row))
     if fmt == "prompt_completion":
@@ -154,54 +145,6 @@ def parse_row(row: Any, fmt: str) -> Example:
     if "text" not in row:
         raise BadRow("text", "missing")
     return Example("text", text=nonempty_str(row["text"], "text"))
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("r", encoding="utf-8", errors="strict") as f:
-        line_no = 0
-        try:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield line_no, BadRow("", f"invalid JSON ({exc.msg} at column {exc.colno})")
-        except UnicodeDecodeError:
-            raise DataError(f"{path}:{line_no + 1}: not valid UTF-8 text") from None
-
-
-def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("r", encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise DataError(f"{path}:1: empty CSV file (expected a header row)")
-        for row in reader:
-            # a record may span lines; line_num is the line where it ends, which is where it is visible
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None}
-
-
-def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    # Parquet has no lines: "line" is the 1-based row number
-    yield from enumerate(table.to_pylist(), start=1)
-
-
-def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .csv or .parquet")
-    if path.exists() and not path.is_file():
-        # fingerprints hash it and preparation reads it again: a pipe would be empty the second time
-        raise DataError(f"{path}: not a regular file (a directory, pipe or device); a dataset must be a file")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    return {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
 
 
 def _layout_hint(row: dict[str, Any], fmt: str, forced: bool) -> str:
@@ -230,7 +173,7 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
             if detected is None:
                 detected = detect_format(row) if isinstance(row, dict) else None
                 if detected is None:
-                    keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+                    keys = ", ".join(sorted(row)) if isinstance(row, dict) else kind_of(row)
                     raise BadRow(
                         "",
                         f"cannot tell the row format from its fields ({keys}); expected 'messages', "

@@ -1,0 +1,203 @@
+"""Dataset files to raw rows: JSONL, a JSON array, CSV and Parquet, each row with its line.
+
+Rows come out as they are in the file (dicts, or a BadRow for a line that is not a row); rows.py
+validates them. Problems with the file itself (not UTF-8, an unterminated CSV quote, a header that
+repeats a column) are a DataError naming file:line. Line numbers are those an editor shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgetune.data.fields import BadRow
+from edgetune.errors import DataError
+
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+BOM = "\ufeff"
+JSON_SPACE = re.compile(r"[ \t\n\r]*")
+# csv's default cell limit is 128 KiB; a long document in one cell is a valid row
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+def dataset_kind(path: Path) -> str:
+    """The type (jsonl, json, csv or parquet) of a dataset file that is there, or a DataError."""
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet"
+        )
+    if path.exists() and not path.is_file():
+        # fingerprints hash it and preparation reads it again: a pipe would be empty the second time
+        raise DataError(f"{path}: not a regular file (a directory, pipe or device); a dataset must be a file")
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return kind
+
+
+def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    readers = {"jsonl": _iter_jsonl, "json": _iter_json, "csv": _iter_csv, "parquet": _iter_parquet}
+    return readers[dataset_kind(path)](path)
+
+
+def _utf8(path: Path, data: bytes, first_line: int = 1) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + data.count(b"\n", 0, exc.start)
+        raise DataError(f"{path}:{line}: not valid UTF-8 text (byte {data[exc.start]:#04x})") from None
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """JSON may escape half of a UTF-16 pair (\\ud800) on its own: Python reads it, but it is no
+    character, and the tokenizer fails on it much later."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _checked(value: Any, text: str) -> Any:
+    try:
+        lone = "\\u" in text and _has_lone_surrogate(value)
+    except RecursionError:
+        return BadRow("", "JSON nested too deeply to be a dataset row")
+    return (
+        BadRow("", "a \\u escape names half a UTF-16 surrogate pair, which is no character")
+        if lone
+        else value
+    )
+
+
+def _row(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRow("", f"invalid JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return BadRow("", "JSON nested too deeply to be a dataset row")
+    return _checked(value, text)
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            line = _utf8(path, raw, line_no)
+            if line_no == 1:
+                line = line.removeprefix(BOM)
+            if line.strip():
+                yield line_no, _row(line)
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
+    """A .json file: one JSON array of rows (how Alpaca and most hubs ship data), or JSONL."""
+    text = _utf8(path, path.read_bytes()).removeprefix(BOM)
+    start = len(text) - len(text.lstrip())
+    if text[start : start + 1] != "[":
+        yield from _iter_jsonl(path)
+        return
+    decoder, pos, line = json.JSONDecoder(), start + 1, 1 + text.count("\n", 0, start)
+
+    def skip_space(at: int) -> int:
+        nonlocal line
+        end = JSON_SPACE.match(text, at).end()
+        line += text.count("\n", at, end)
+        return end
+
+    pos = skip_space(pos)
+    if text[pos : pos + 1] == "]":
+        return
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}:{exc.lineno}: invalid JSON in the array ({exc.msg} at column {exc.colno})"
+            ) from None
+        except RecursionError:
+            raise DataError(f"{path}:{line}: JSON nested too deeply to be a dataset row") from None
+        yield line, _checked(value, text[pos:end])
+        line += text.count("\n", pos, end)
+        pos = skip_space(end)
+        after = text[pos : pos + 1]
+        if after == "]":
+            if text[pos + 1 :].strip():
+                raise DataError(f"{path}:{line}: text after the closing ] of the array")
+            return
+        if after != ",":
+            found = repr(after) if after else "the end of the file"
+            raise DataError(f"{path}:{line}: expected , or ] between rows of the array, found {found}")
+        pos = skip_space(pos + 1)
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    text = _utf8(path, path.read_bytes()).removeprefix(BOM)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header: list[str] = []
+    try:
+        for cells in reader:
+            if not header:
+                if not any(c.strip() for c in cells):
+                    continue  # blank lines before the header
+                header = [c.strip() for c in cells]
+                repeated = sorted({c for c in header if c and header.count(c) > 1})
+                if repeated:
+                    names = ", ".join(repr(c) for c in repeated)
+                    raise DataError(
+                        f"{path}:{reader.line_num}: the header names column {names} more than once"
+                    )
+                continue
+            if not cells or (len(cells) == 1 and not cells[0].strip() and len(header) > 1):
+                continue  # a blank line between records
+            while len(cells) > len(header) and not cells[-1].strip():
+                cells.pop()  # trailing empty cells (a spreadsheet's "a,b,,"): nothing is lost
+            if len(cells) != len(header):
+                # a record may span lines; line_num is the line where it ends, which is where it is visible
+                what = "more" if len(cells) > len(header) else "fewer"
+                yield (
+                    reader.line_num,
+                    BadRow(
+                        "",
+                        f"{len(cells)} cells, {what} than the header's {len(header)} columns "
+                        "(a comma in a value needs the value in double quotes)",
+                    ),
+                )
+                continue
+            yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}
+    except csv.Error as exc:
+        raise DataError(
+            f"{path}:{reader.line_num}: unreadable CSV ({exc}; an unclosed double quote?)"
+        ) from None
+    if not header:
+        raise DataError(f"{path}:1: empty CSV file (expected a header row)")
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    # Parquet has no lines: "line" is the 1-based row number
+    yield from enumerate(table.to_pylist(), start=1)

@@ -1,0 +1,116 @@
+"""Dataset files as people really have them: a JSON array, a BOM, stray bytes, spreadsheet CSV.
+
+Each problem is one DataError naming the file and the line an editor shows, or a bad row at that
+line; nothing reaches the tokenizer that it would fail on later."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import chat_row
+
+from edgetune.cli import main
+from edgetune.data.rows import load_examples
+from edgetune.errors import DataError
+
+ROWS = [chat_row(f"question {i}", f"answer {i}") for i in range(4)]
+
+
+def jsonl_bytes(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_a_stray_byte_far_into_a_jsonl_file_names_its_own_line(tmp_path):
+    """Decoding line by line: a chunked decoder reports the line its chunk began on."""
+    path = tmp_path / "d.jsonl"
+    body = jsonl_bytes([chat_row(f"q{i} " + "x" * 200, "a") for i in range(1500)])
+    path.write_bytes(body + b'{"text": "caf\xe9"}\n' + jsonl_bytes(ROWS))
+    with pytest.raises(DataError, match=rf"{path}:1501: not valid UTF-8 text \(byte 0xe9\)"):
+        load_examples(path)
+
+
+def test_a_bom_is_read_past_in_jsonl_json_and_csv(tmp_path):
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + jsonl_bytes(ROWS))
+    (tmp_path / "d.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS).encode())
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbfprompt,completion\r\n2+2=,4\r\n3+3=,6\r\n")
+    for name in ("d.jsonl", "d.json"):
+        assert len(load_examples(tmp_path / name).examples) == 4
+    assert [e.completion for e in load_examples(tmp_path / "d.csv").examples] == ["4", "6"]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"text": "half a pair \\ud83d here"}', "half a UTF-16 surrogate pair"),
+        ('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ],
+)
+def test_json_python_reads_but_no_tokenizer_can_is_a_bad_row(tmp_path, line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(jsonl_bytes(ROWS[:2]) + line.encode() + b"\n" + jsonl_bytes(ROWS[2:]))
+    with pytest.raises(DataError, match=rf"{path}:3: .*{message}"):
+        load_examples(path)
+    assert len(load_examples(path, skip_bad_rows=True).examples) == 4
+    paired = tmp_path / "pair.jsonl"  # a whole pair is an emoji, and fine
+    paired.write_text('{"text": "an emoji \\ud83d\\ude00"}\n')
+    assert load_examples(paired).examples[0].text == "an emoji \U0001f600"
+
+
+def test_a_json_array_file_reads_like_jsonl_and_names_the_line_each_row_starts_on(tmp_path):
+    alpaca = [{"instruction": f"say {i}", "input": "", "output": f"{i}"} for i in range(3)]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(alpaca, indent=2))
+    result = load_examples(path)
+    assert result.format == "alpaca" and len(result.examples) == 3
+    starts = [n + 1 for n, text in enumerate(path.read_text().splitlines()) if text.strip() == "{"]
+    assert [e.source for e in result.examples] == [f"{path}:{n}" for n in starts]
+    alpaca[1]["output"] = 7
+    path.write_text(json.dumps(alpaca, indent=2))
+    with pytest.raises(DataError, match=rf"{path}:{starts[1]}: output: expected a string"):
+        load_examples(path)
+    lines = json.dumps(ROWS, indent=1).splitlines()
+    lines[5] = lines[5] + " oops"
+    path.write_text("\n".join(lines))
+    with pytest.raises(DataError, match=rf"{path}:6: invalid JSON in the array"):
+        load_examples(path)
+    whole = json.dumps(ROWS)
+    for text, message in ((whole[:-1], "expected , or \\] between rows"), (whole + " []", "text after the")):
+        path.write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_examples(path)
+    path.write_text("[]")
+    with pytest.raises(DataError, match="no usable examples"):
+        load_examples(path)
+    path.write_bytes(jsonl_bytes(ROWS))  # one row per line, named .json
+    assert len(load_examples(path).examples) == 4
+
+
+def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(tmp_path):
+    path = tmp_path / "d.csv"
+    long = "word " * 60_000  # 300 KB in one cell: over csv's default 128 KB limit
+    path.write_text(f'\n\ntext,,\nshort one,,\n\n"{long}",,\n', newline="")
+    texts = [e.text for e in load_examples(path).examples]
+    assert texts == ["short one", long]
+
+
+@pytest.mark.parametrize(
+    "content, where, message",
+    [
+        (b"prompt,completion\n2+2=,4\n3+3=,6,extra\n", ":3: 3 cells, more than the header's 2", "row"),
+        (b"prompt,completion\n2+2=,4\n3+3=\n", ":3: 1 cells, fewer than the header's 2", "row"),
+        (b"prompt,prompt,completion\na,b,c\n", ":1: the header names column 'prompt' more than once", ""),
+        (b'prompt,completion\n2+2=,4\n"3+3=,6\n4+4=,8\n', ":4: unreadable CSV", ""),
+        (b"prompt,completion\n2+2=,4\n3+3=,\xff\n", ":3: not valid UTF-8 text (byte 0xff)", ""),
+    ],
+)
+def test_csv_problems_name_their_line(tmp_path, content, where, message):
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert f"{path}{where}" in str(info.value)
+    if message == "row":  # one bad row: skipping it helps
+        assert "skip_bad_rows" in str(info.value)
+        assert len(load_examples(path, skip_bad_rows=True).examples) == 1
+    result = CliRunner().invoke(main, ["data", "check", str(path), "--no-tokens"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
