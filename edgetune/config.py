@@ -20,7 +20,8 @@ import yaml
 
 from edgetune.errors import ConfigError
 from edgetune.export.gguf_quantize import QUANTS
-from edgetune.typed import build
+from edgetune.recipe_yaml import read_recipe_yaml
+from edgetune.typed import at_least, build, not_empty
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "demo"
@@ -76,9 +77,8 @@ class LoraConfig:
     dora: bool = False
 
     def validate(self) -> list[str]:
-        problems = []
-        if self.r < 1:
-            problems.append(f"train.lora.r: must be >= 1, got {self.r}")
+        problems = at_least("train.lora", self, 1, "r", "alpha")
+        problems += not_empty("train.lora", self, "target_modules")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"train.lora.dropout: must be in [0, 1), got {self.dropout}")
         return problems
@@ -114,9 +114,10 @@ class TrainConfig:
             problems.append(f"train.lr: must be in (0, 1), got {self.lr}")
         if self.epochs <= 0 and self.max_steps <= 0:
             problems.append("train.epochs: must be > 0 unless train.max_steps is set")
-        for name in ("batch_size", "grad_accum", "eval_steps", "save_steps"):
-            if getattr(self, name) < 1:
-                problems.append(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        problems += at_least(
+            "train", self, 1, "batch_size", "grad_accum", "eval_steps", "save_steps", "threads"
+        )
+        problems += at_least("train", self, 0, "weight_decay", "max_grad_norm", "early_stopping_patience")
         if self.eval_steps >= 1 and self.save_steps % self.eval_steps:
             problems.append(
                 f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}) so the "
@@ -124,10 +125,6 @@ class TrainConfig:
             )
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.early_stopping_patience < 0:
-            problems.append("train.early_stopping_patience: must be >= 0")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"train.threads: must be >= 1, got {self.threads}")
         return problems + self.lora.validate()
 
 
@@ -189,7 +186,8 @@ class ExportConfig:
     onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
 
     def validate(self) -> list[str]:
-        return self.gguf.validate() + self.onnx.validate()
+        problems = not_empty("export", self, "formats") + at_least("export", self, 1, "parity_examples")
+        return problems + self.gguf.validate() + self.onnx.validate()
 
 
 @dataclass
@@ -250,7 +248,14 @@ class BenchConfig:
     gates: GatesConfig = field(default_factory=GatesConfig)
 
     def validate(self) -> list[str]:
-        return self.gates.validate()
+        counts = ("max_examples", "max_new_tokens", "baseline_examples", "latency_decode_tokens")
+        problems = not_empty("bench", self, "devices") + at_least("bench", self, 1, *counts)
+        problems += at_least("bench", self, 1, "latency_repeats", "threads")
+        problems += at_least("bench", self, 0, "few_shot_k", "kl_examples")
+        for name in ("forgetting_kl_warn", "forgetting_ppl_ratio_warn"):
+            if not getattr(self, name) > 0:
+                problems.append(f"bench.{name}: must be > 0, got {getattr(self, name)}")
+        return problems + self.gates.validate()
 
 
 @dataclass
@@ -331,32 +336,20 @@ def find_recipe(name_or_path: str | None) -> Path:
     if name_or_path is None:
         name_or_path = DEFAULT_RECIPE
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    bundled = bundled_recipes()
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if path.is_dir():
+            raise ConfigError([f"{path} is a directory; give the recipe's YAML file"])
         if not path.is_file():
             raise ConfigError([f"recipe file not found: {path}"])
         return path
-    bundled = bundled_recipes()
-    if name_or_path in bundled:
+    if name_or_path in bundled:  # a directory named like a bundled recipe (runs/demo's parent) is not one
         return bundled[name_or_path]
+    if path.is_dir():
+        raise ConfigError([f"{path} is a directory; give the recipe's YAML file"])
     raise ConfigError(
         [f"no recipe file or bundled recipe named {name_or_path!r}; bundled: {', '.join(bundled)}"]
     )
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"invalid YAML: {getattr(exc, 'problem', exc)}"], source=where) from None
-    except OSError as exc:
-        raise ConfigError([f"cannot read recipe: {exc.strerror}"], source=str(path)) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(["the top level must be a mapping of sections"], source=str(path))
-    return raw
 
 
 _PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"))
@@ -379,7 +372,7 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
 def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Load, override and validate a recipe; raise one ConfigError listing every problem."""
     path = find_recipe(name_or_path)
-    raw = _read_yaml(path)
+    raw = read_recipe_yaml(path)
     _resolve_paths(raw, path.resolve().parent)
     over_raw: dict[str, Any] = {}
     apply_overrides(over_raw, overrides or [])

@@ -119,3 +119,17 @@ def build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
 
 def _allows_none(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def at_least(section: str, obj: Any, minimum: float, *names: str) -> list[str]:
+    """`section.name: must be >= minimum` for each named field below it (None is unset, not low)."""
+    return [
+        f"{section}.{name}: must be >= {minimum}, got {value}"
+        for name in names
+        if (value := getattr(obj, name)) is not None and value < minimum
+    ]
+
+
+def not_empty(section: str, obj: Any, *names: str) -> list[str]:
+    """`section.name: must not be empty` for each named list or string field that is."""
+    return [f"{section}.{name}: must not be empty" for name in names if not getattr(obj, name)]

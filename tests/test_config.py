@@ -134,3 +134,44 @@ def test_recipe_names_cannot_escape_the_runs_directory(name):
 
     with pytest.raises(ConfigError, match="name: .* names the run directory"):
         load_recipe("demo", [f"name={name}"])
+
+
+def test_a_key_given_twice_non_utf8_bytes_and_a_directory_are_refused_by_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ntrain:\n  lr: 1.0e-4\n  batch_size: 2\n  lr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=rf"{path}:5: .*'lr' is given twice in one section"):
+        load_recipe(str(path))
+    path.write_text("defaults: &d\n  lr: 1.0e-4\n  batch_size: 2\ntrain:\n  <<: *d\n  lr: 2.0e-4\n")
+    with pytest.raises(ConfigError, match="defaults: unknown key"):  # a merge key may be overridden
+        load_recipe(str(path))
+    path.write_bytes(b"name: x\ntrain:\n  lr: \xff\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: .*not UTF-8 text"):
+        load_recipe(str(path))
+    (tmp_path / "recipes").mkdir()
+    with pytest.raises(ConfigError, match="recipes is a directory; give the recipe's YAML file"):
+        load_recipe(str(tmp_path / "recipes"))
+    (tmp_path / "demo").mkdir()  # a directory named like a bundled recipe does not hide it
+    assert load_recipe("demo").name == "demo"
+
+
+def test_counts_and_limits_out_of_range_are_refused_with_their_key():
+    bad = {
+        "train.weight_decay": -0.1,
+        "train.max_grad_norm": -1,
+        "train.lora.alpha": 0,
+        "train.lora.target_modules": "[]",
+        "export.formats": "[]",
+        "export.parity_examples": 0,
+        "bench.devices": "[]",
+        "bench.max_examples": 0,
+        "bench.max_new_tokens": 0,
+        "bench.few_shot_k": -1,
+        "bench.kl_examples": -1,
+        "bench.latency_repeats": 0,
+        "bench.baseline_examples": 0,
+        "bench.forgetting_kl_warn": 0,
+    }
+    with pytest.raises(ConfigError) as info:
+        load_recipe("demo", [f"{key}={value}" for key, value in bad.items()])
+    assert sorted(p.split(":")[0] for p in info.value.problems) == sorted(bad)
+    load_recipe("demo", ["bench.few_shot_k=0", "bench.kl_examples=0", "train.max_grad_norm=0"])

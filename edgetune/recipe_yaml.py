@@ -1,0 +1,53 @@
+"""A recipe file's YAML: safe_load, with a repeated key and bytes that are not UTF-8 refused by line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgetune.errors import ConfigError
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error: plain YAML keeps the last, so
+    a second `lr:` further down would silently win over the one the user is looking at."""
+
+
+def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[str] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults`: keys it brings in may be overridden, that is what it is for
+        key = loader.construct_object(key_node)
+        if not isinstance(key, str):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{key!r} is given twice in one section", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def read_recipe_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_RecipeLoader)  # noqa: S506 (safe)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"not UTF-8 text (byte {exc.start})"], source=f"{path}:{line}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError([f"invalid YAML: {getattr(exc, 'problem', exc)}"], source=where) from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read recipe: {exc.strerror}"], source=str(path)) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], source=str(path))
+    return raw
