@@ -225,6 +225,7 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         ({"instruction": "q", "output": 3}, "output: expected a string, got a number"),
         ({"instruction": "q", "output": "a", "history": [["only one"]]}, "history[0]: expected an"),
         ({"instruction": "q", "output": "a", "history": [["", "a"]]}, "history[0][0]: is empty"),
+        ({"instruction": "q", "output": "a", "history": 0}, "history: expected a list"),
         ({"instruction": 5, "output": "a"}, "instruction: expected a string, got a number"),
         ({"conversations": []}, "conversations: expected a non-empty list"),
         ({"conversations": "[oops"}, "conversations: invalid JSON"),
@@ -247,6 +248,10 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         (
             {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "bot", "content": "a"}]},
             "completion[0].role: unknown role 'bot'",
+        ),
+        (
+            {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "tool", "content": "a"}]},
+            "completion[0].role: unknown role 'tool'; expected one of system, user, assistant (tool and",
         ),
     ],
 )
@@ -319,6 +324,8 @@ def test_a_forced_format_names_the_layout_the_row_is_in(tmp_path):
     assert "detected from the file's first row" in message and "skip_bad_rows" in message
     assert len(load_examples(mixed, skip_bad_rows=True).examples) == 1
     train = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(10)])
-    result = CliRunner().invoke(main, ["data", "check", str(train), "--valid", str(path), "--no-tokens"])
+    args = ["data", "check", str(train), "--valid", str(path), "--no-tokens"]
+    assert CliRunner().invoke(main, args).exit_code == 0  # Alpaca held-out rows are conversations too
+    result = CliRunner().invoke(main, [*args, "--format", "messages"])
     assert result.exit_code == 2
     assert "d.jsonl:1: messages: missing; the row looks like 'alpaca'" in result.output

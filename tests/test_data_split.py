@@ -70,3 +70,43 @@ def test_length_stats_nearest_rank():
     s = LengthStats.of(list(range(1, 101)))
     assert (s.min, s.p50, s.p95, s.max, s.mean) == (1, 51, 95, 100, 50.5)
     assert LengthStats.of([]).count == 0
+
+
+def test_held_out_files_may_use_another_conversation_layout_but_not_another_kind(tmp_path):
+    alpaca = [{"instruction": f"say {i}", "output": f"{i}"} for i in range(20)]
+    train = write_jsonl(tmp_path / "train.jsonl", alpaca)
+    valid = write_jsonl(tmp_path / "valid.jsonl", [chat_row("fresh", "answer")])
+    assert make_splits(cfg(train, valid=str(valid))).counts()["valid"] == 1
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": "plain words"}])
+    with pytest.raises(DataError, match=rf"{text}: its rows are text examples, but {train}'s are messages"):
+        make_splits(cfg(train, valid=str(valid), test=str(text)))
+    few = write_jsonl(tmp_path / "few.jsonl", alpaca[:2])
+    with pytest.raises(DataError, match=rf"{few}: only 2 examples: too few to split"):
+        make_splits(cfg(few))
+
+
+def test_data_check_checks_the_splits_the_recipe_gives_tune(tmp_path):
+    """DATA_FILE being the recipe's own train file, its valid and test files are checked too;
+    `--set data.valid=` (or another DATA_FILE) leaves them out."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    write_jsonl(tmp_path / "train.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(30)])
+    write_jsonl(tmp_path / "valid.jsonl", [chat_row(f"v{i}", "a") for i in range(3)])
+    write_jsonl(tmp_path / "other.jsonl", [chat_row(f"o{i}", "a") for i in range(30)])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\ndata:\n  train: train.jsonl\n  valid: valid.jsonl\n")
+
+    def counts(*args):
+        result = CliRunner().invoke(
+            main, ["data", "check", *args, "--recipe", str(recipe), "--no-tokens", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["counts"]
+
+    assert counts(str(tmp_path / "train.jsonl")) == {"train": 27, "valid": 3, "test": 3}
+    assert counts("train.jsonl", "--set", "data.valid=") == {"train": 24, "valid": 3, "test": 3}
+    assert counts(str(tmp_path / "other.jsonl"))["train"] == 24  # another dataset: its own splits

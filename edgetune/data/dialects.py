@@ -62,7 +62,8 @@ def alpaca_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     user = "\n\n".join(part for part in (instruction, extra) if part.strip())
     if not user:
         raise BadRow("instruction", "is empty, and so is input: there is no request to answer")
-    history = json_list(row.get("history") or [], "history")
+    given = row.get("history")
+    history = [] if given is None or given == "" else json_list(given, "history")  # 0 or false is no list
     if not isinstance(history, list):
         raise BadRow("history", "expected a list of [instruction, answer] pairs")
     turns: list[tuple[str, str]] = []

@@ -19,8 +19,12 @@ def check_dataset(
 ) -> dict[str, Any]:
     recipe = load_recipe(recipe_name, overrides)
     cfg = recipe.data
+    own_train = bool(cfg.train) and files.get("train") is not None and _same_file(files["train"], cfg.train)
     for name, path in files.items():
-        setattr(cfg, name, str(path) if path else None)
+        if path:
+            setattr(cfg, name, str(path))
+        elif not own_train:  # another dataset: the recipe's valid and test files are not its splits
+            setattr(cfg, name, None)
     if fmt:
         cfg.format = fmt
     report: dict[str, Any] = {
@@ -57,6 +61,10 @@ def check_dataset(
     text, spans = prepared.renderer.spans(first)
     report["sample"] = {"source": first.source, "rendered": text, "supervised_spans": spans}
     return report
+
+
+def _same_file(a: Path | str, b: Path | str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def print_report(report: dict[str, Any]) -> None:

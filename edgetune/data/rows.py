@@ -18,6 +18,7 @@ from edgetune.data.files import iter_raw_rows
 from edgetune.errors import DataError
 
 # the row layouts a file may be in; alpaca and sharegpt rows are read as messages examples
+TOOL_ROLES = ("tool", "function", "ipython")
 FORMATS = ("messages", "prompt_completion", "text", "alpaca", "sharegpt")
 
 
@@ -110,7 +111,10 @@ def _turns(value: Any, key: str, check: bool = True) -> tuple[tuple[str, str], .
             raise BadRow(f"{key}[{i}]", f"expected an object, got {kind_of(m)}")
         role = m.get("role")
         if role not in ROLES:
-            raise BadRow(f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            unsupported = " (tool and function turns are not supported)" if role in TOOL_ROLES else ""
+            raise BadRow(
+                f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}{unsupported}"
+            )
         turns.append((role, nonempty_str(m.get("content"), f"{key}[{i}].content")))
     return checked_turns(turns, key) if check else tuple(turns)
 

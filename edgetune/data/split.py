@@ -39,13 +39,14 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
     return kept, len(examples) - len(kept)
 
 
-def _split_counts(n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+def _split_counts(path: str, n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
     # at least one example in each requested held-out split, and never the whole of train
     n_valid = max(1, round(n * valid_fraction)) if valid_fraction > 0 else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_valid - n_test < 1:
         raise DataError(
-            f"only {n} examples: too few to split into train/valid/test; add data or separate files"
+            f"{path}: only {n} examples: too few to split into train/valid/test; add data or give "
+            "data.valid and data.test files"
         )
     return n_valid, n_test
 
@@ -64,9 +65,14 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
     for name in ("valid", "test"):
         path = getattr(cfg, name)
         if path:
-            other = load_examples(path, fmt, skip)
-            if other.format != fmt:
-                raise DataError(f"{path}: rows are in {other.format!r} format but {cfg.train} is {fmt!r}")
+            # a layout of its own is fine (Alpaca train, messages valid): both are conversations
+            other = load_examples(path, cfg.format, skip)
+            kinds, theirs = {e.format for e in train}, {e.format for e in other.examples}
+            if theirs - kinds:
+                raise DataError(
+                    f"{path}: its rows are {' and '.join(sorted(theirs))} examples, but {cfg.train}'s are "
+                    f"{' and '.join(sorted(kinds))}: held-out rows must be the kind the model trains on"
+                )
             skipped += other.skipped
             rows = other.examples
             if cfg.dedupe:
@@ -78,6 +84,7 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         order = list(range(len(train)))
         random.Random(cfg.split_seed).shuffle(order)
         n_valid, n_test = _split_counts(
+            cfg.train,
             len(train),
             cfg.valid_fraction if "valid" in carve else 0.0,
             cfg.test_fraction if "test" in carve else 0.0,
