@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import Recipe, dump_recipe, load_recipe
+from edgetune.errors import InputError
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -120,6 +121,8 @@ def run_pipeline(
     started = time.time()
     recipe = load_recipe(recipe_arg, list(overrides or []))
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}

@@ -104,6 +104,37 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "r.yaml", "--set", "data.train=nope.jsonl"], "nope.jsonl: file not found"),
+        (["run", "r.yaml", "--set", "data.train=folder.jsonl"], "folder.jsonl: not a regular file"),
+        (["run", "r.yaml", "--run-dir", "afile"], "afile: not a directory"),
+        (["tune", "r.yaml", "--run-dir", "afile"], "afile: not a directory"),
+        (["tune", "latin1.yaml"], "latin1.yaml:2: invalid recipe: not UTF-8 text"),
+        (["export", "runs/x", "--check"], "export/gguf: no GGUF files to check"),
+        (["export", "runs/x", "--check", "--to", "onnx"], "export/onnx: no ONNX exports to check"),
+        (["data", "check", "latin1.csv", "--no-tokens"], "latin1.csv:2: not valid UTF-8 text"),
+    ],
+)
+def test_bad_files_and_directories_are_one_line_and_exit_2(tmp_path, argv, message):
+    from conftest import chat_row, write_jsonl
+
+    write_jsonl(tmp_path / "ok.jsonl", [chat_row(f"q{i}", "a") for i in range(30)])
+    (tmp_path / "r.yaml").write_text("name: r\ndata:\n  train: ok.jsonl\n")
+    (tmp_path / "latin1.yaml").write_bytes(b"name: r\ndescription: caf\xe9\n")
+    (tmp_path / "latin1.csv").write_bytes(b"text\ncaf\xe9\n")
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "recipe.yaml").write_text((tmp_path / "r.yaml").read_text())
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "runs" / "r").exists() and (tmp_path / "afile").read_text() == ""
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this platform")
 def test_sigusr1_prints_every_threads_stack_and_the_command_carries_on(tiny_model_dir):
     """What a command that seems stuck is doing: `chat` waiting for input, signalled there."""

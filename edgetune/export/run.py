@@ -106,7 +106,15 @@ def export(
         if unknown:
             raise InputError(f"--to: unknown format {', '.join(unknown)}; supported: gguf, onnx")
         gguf_quants, onnx_quants = split_quants(quants, recipe)
-        if not check_only:
+        if check_only:  # before any model loads: nothing exported is the error to report
+            found = {
+                f: _existing_gguf(gguf_dir) if f == "gguf" else _existing_onnx(onnx_dir) for f in formats
+            }
+            if not (model_dir / "config.json").is_file():
+                raise InputError(
+                    f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"
+                )
+        else:
             _merge_if_needed(run_dir, model_dir, console)
             from edgetune.rundir import low_space_warning, weights_bytes
 
@@ -121,7 +129,7 @@ def export(
         results: dict[str, Any] = {"parity": []}
         if "gguf" in formats:
             if check_only:
-                artifacts = _existing_gguf(gguf_dir)
+                artifacts = found["gguf"]
             else:
                 results["gguf"] = _export_gguf(
                     recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
@@ -132,7 +140,7 @@ def export(
             results["parity"] += rows
         if "onnx" in formats:
             if check_only:
-                variants = _existing_onnx(onnx_dir)
+                variants = found["onnx"]
             else:
                 results["onnx"] = _export_onnx(recipe, run_dir, model_dir, onnx_dir, onnx_quants, console)
                 variants = [(a.quant, a.path) for a in results["onnx"].artifacts]
