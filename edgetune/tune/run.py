@@ -194,15 +194,8 @@ def tune(
                 recipe.model.trust_remote_code,
                 recipe.train.gradient_checkpointing,
             )
-            trainer = build_trainer(
-                recipe,
-                args,
-                model,
-                tokenizer,
-                train_examples,
-                valid_examples,
-                _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None),
-            )
+            callbacks = _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None)
+            trainer = build_trainer(recipe, args, model, tokenizer, train_examples, valid_examples, callbacks)
             initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
             if valid_examples and resume_from is None:
                 from edgetune.tune.callbacks import InitialEval
