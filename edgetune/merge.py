@@ -83,7 +83,8 @@ def check_finite(model) -> None:
 
 def _load_base(path: Path, trust_remote_code: bool, nf4: bool = False):
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from edgetune.models import load_causal_lm
 
     kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": trust_remote_code}
     if nf4:
@@ -95,7 +96,7 @@ def _load_base(path: Path, trust_remote_code: bool, nf4: bool = False):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.float32,
         )
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    return load_causal_lm(path, **kwargs)
 
 
 def _dequantized_nf4_base(path: Path, trust_remote_code: bool):
@@ -121,6 +122,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
 
     from edgetune.data.prepare import prepare
     from edgetune.models import load_tokenizer, resolve_model
+    from edgetune.validate import check_adapter_dir
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
@@ -130,6 +132,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             raise InputError(
                 f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)"
             )
+        check_adapter_dir(adapter)
         recipe = load_recipe(str(run_dir / RECIPE_FILE))
         method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
         transformers.logging.set_verbosity_error()

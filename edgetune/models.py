@@ -40,7 +40,14 @@ BUILTINS = {
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune").expanduser()
+    path = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune").expanduser()
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "EDGETUNE_CACHE" if os.environ.get("EDGETUNE_CACHE") else "the model cache"
+                raise ModelError(f"{folder}: not a directory, so {where} ({path}) cannot be made there")
+            break
+    return path
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,11 @@ def refuse_pickle(path: Path, allow_pickle: bool = False) -> None:
 def resolve_model(
     name: str, revision: str | None = None, quiet: bool = False, allow_pickle: bool = False
 ) -> ResolvedModel:
+    if not name.strip():
+        raise ModelError("model.base: empty; name a built-in alias, a model directory or a hub id")
+    local = name in BUILTINS or Path(name).expanduser().exists()
+    if revision and local:  # it would be ignored: the files are the ones on disk
+        raise ModelError(f"model.revision {revision!r}: only a hub model has revisions, and {name} is local")
     if name in BUILTINS:
         return ResolvedModel(name, builtin_model_dir(BUILTINS[name], quiet=quiet), "builtin")
     path = Path(name).expanduser()
@@ -128,6 +140,12 @@ def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
     marker = target / "edgetune-source.sha256"
     if marker.is_file():
         return target
+    if (
+        target.exists() and not marker.is_file()
+    ):  # not ours, or a copy cut short: converting would not replace it
+        raise ModelError(
+            f"{target}: in the model cache but not a finished conversion (no {marker.name}); remove it to convert again"
+        )
     if not quiet:
         print(
             f"edgetune: converting the built-in model {model.alias} to a Hugging Face directory "
@@ -186,3 +204,23 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # labels are masked by position, so pad == eos costs nothing
     return tok
+
+
+def load_causal_lm(path: Path, **kwargs):
+    """AutoModelForCausalLM.from_pretrained, with what a damaged or mismatched model directory
+    raises (a config whose sizes do not fit the weights, an unknown architecture, a missing file)
+    as one ModelError naming the directory. Running out of memory stays what it is."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        if "out of memory" in str(exc).lower():
+            raise
+        raise ModelError(f"{path}: cannot load the model ({short_reason(exc)})") from None
+
+
+def short_reason(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line: a state-dict mismatch lists every tensor on lines of its own."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"

@@ -26,8 +26,10 @@ from edgetune.rundir import (
     RUNS_DIR,
     atomic_write_json,
     atomic_write_text,
+    is_run_dir,
     point_latest,
     read_manifest,
+    refuse_foreign_dir,
     run_lock,
     sha256_file,
     sha256_tree,
@@ -106,6 +108,11 @@ def _set_aside(run_dir: Path, console) -> None:
     if not any((run_dir / name).exists() for name in products):
         return  # nothing but this run's own pipeline record yet
     previous = run_dir.with_name(run_dir.name + ".previous")
+    if previous.exists() and not is_run_dir(previous):  # only ever replace an earlier set-aside run
+        raise InputError(
+            f"{previous}: holds files but no edgetune run, and the previous run would be kept there; "
+            "move it, or use another --run-dir"
+        )
     shutil.rmtree(previous, ignore_errors=True)
     run_dir.rename(previous)
     if console is not None:
@@ -121,8 +128,7 @@ def run_pipeline(
     started = time.time()
     recipe = load_recipe(recipe_arg, list(overrides or []))
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
+    refuse_foreign_dir(run_dir)
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}

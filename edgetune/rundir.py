@@ -189,6 +189,25 @@ def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
         raise
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether a directory holds an edgetune run (its recipe or manifest), not somebody's files."""
+    return (path / RECIPE_FILE).is_file() or (path / MANIFEST).is_file()
+
+
+def refuse_foreign_dir(run_dir: Path) -> None:
+    """A --run-dir that exists must be empty or an edgetune run: a run writes, renames and
+    replaces what it finds there, and a project folder given by mistake must not be touched."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
+    if any(run_dir.iterdir()) and not is_run_dir(run_dir):
+        raise InputError(
+            f"{run_dir}: holds files but no edgetune run ({RECIPE_FILE} or {MANIFEST}); "
+            "give a new or empty directory as --run-dir"
+        )
+
+
 def point_latest(run_dir: Path) -> None:
     """runs/latest -> run_dir (a relative symlink, replaced atomically)."""
     link = run_dir.parent / LATEST
@@ -218,9 +237,33 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: corrupt manifest (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: corrupt manifest ({exc.msg} at line {exc.lineno})") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise InputError(
+            f"{path}: corrupt manifest ({problem}); move it aside to start the run's record afresh"
+        )
+    return manifest
+
+
+# the sections every reader looks into: each a mapping, and each stage's record a mapping too
+MANIFEST_MAPPINGS = ("pipeline", "stages", "versions", "device", "recipe", "base_model", "data")
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return "the top level is not an object"
+    for key in MANIFEST_MAPPINGS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            return f"{key} is not an object"
+    for name, stage in manifest.get("stages", {}).items():
+        if not isinstance(stage, dict):
+            return f"stages.{name} is not an object"
+    return None
 
 
 def update_manifest(run_dir: Path, **sections: Any) -> dict[str, Any]:

@@ -81,6 +81,19 @@ def check_model_dir(path: Path) -> None:
         check_safetensors(weights)
 
 
+def check_adapter_dir(path: Path) -> None:
+    """A LoRA adapter (adapter_config.json + adapter_model.safetensors) that peft can open."""
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        raise InputError(f"{path}: no adapter_config.json: not a LoRA adapter directory")
+    if "peft_type" not in check_json(config):
+        raise InputError(f"{config}: no peft_type: not a peft adapter config")
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{path}: no adapter_model.safetensors (the adapter's weights) beside its config")
+    check_safetensors(weights)
+
+
 # GGUF value types: 0 u8, 1 i8, 2 u16, 3 i16, 4 u32, 5 i32, 6 f32, 7 bool, 8 string, 9 array,
 # 10 u64, 11 i64, 12 f64
 _GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}

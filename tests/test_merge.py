@@ -72,3 +72,61 @@ def test_qlora_merge_scores_both_candidates(tmp_path, tiny_model_dir):
     assert result.candidates["dequantized_nf4"]["kl_to_adapter"] < 1e-3
     stage = json.loads((run / "manifest.json").read_text())["stages"]["merge"]
     assert stage["candidates"] == result.candidates
+
+
+def _truncate(path, keep=100):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+CORRUPT_RUNS = [
+    (["merge"], "manifest.json", lambda p: p.write_text("[1, 2]"), "corrupt manifest (the top level is not"),
+    (["merge"], "manifest.json", lambda p: p.write_text('{"stages": "x"}'), "(stages is not an object)"),
+    (["merge"], "manifest.json", lambda p: p.write_bytes(b"\xff\xfe{}"), "corrupt manifest (not UTF-8"),
+    (["merge"], "adapter/adapter_config.json", lambda p: p.write_text('{"r": 16,'), "invalid JSON"),
+    (["merge"], "adapter/adapter_config.json", lambda p: p.write_text("{}"), "no peft_type"),
+    (["merge"], "adapter/adapter_model.safetensors", _truncate, "adapter_model.safetensors: corrupt"),
+    (["merge"], "adapter/adapter_model.safetensors", lambda p: p.unlink(), "no adapter_model.safetensors"),
+    (
+        ["tune", "--resume", "--run-dir"],
+        "LAST/trainer_state.json",
+        lambda p: p.write_text("{"),
+        "invalid JSON",
+    ),
+    (
+        ["tune", "--resume", "--run-dir"],
+        "LAST/trainer_state.json",
+        lambda p: p.write_text("{}"),
+        "global_step",
+    ),
+    (["tune", "--resume", "--run-dir"], "LAST/adapter_model.safetensors", _truncate, "corrupt safetensors"),
+]
+
+
+def test_a_damaged_run_is_named_file_by_file_with_exit_2(tuned_run):
+    """Hand edits, a full disk, a copy cut short: each damaged file is one line naming it, before
+    any model loads, and the run is left as it was."""
+    import shutil
+
+    last = sorted((tuned_run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[
+        -1
+    ]
+    for i, (command, name, damage, message) in enumerate(CORRUPT_RUNS):
+        run = tuned_run.with_name(f"damaged-{i}")
+        shutil.copytree(tuned_run, run)
+        target = run / name.replace("LAST", f"checkpoints/{last.name}")
+        damage(target)
+        before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+        result = CliRunner().invoke(main, [*command, str(run)])
+        assert result.exit_code == 2, (name, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, (
+            name,
+            result.output,
+        )
+        assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    (tuned_run / "metrics.jsonl").open("a").write('[1]\n"x"\n{"step": "nine"}\n')
+    from edgetune.tune.callbacks import truncate_metrics
+
+    truncate_metrics(tuned_run / "metrics.jsonl", 3)  # records of no shape of ours are dropped, no crash
+    assert all(
+        json.loads(line)["step"] <= 3 for line in (tuned_run / "metrics.jsonl").read_text().splitlines()
+    )

@@ -94,3 +94,25 @@ def test_a_failed_gate_stops_make_with_exit_3(tmp_path, tiny_model_dir):
     assert [t["gate"] for t in regated["targets"]] == ["reference", "pass", "pass"]
     assert [t["decode_tok_s"] for t in regated["targets"]] == [t["decode_tok_s"] for t in measured["targets"]]
     assert "FAIL" not in (report.parent / "report.md").read_text()
+
+
+def test_a_run_dir_that_holds_someone_elses_files_is_never_moved_or_replaced(tmp_path, tiny_model_dir):
+    """`--run-dir .` in a project, or a <run>.previous the user keeps files in: refused, untouched."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    project = tmp_path / "proj"
+    (project / "bench").mkdir(parents=True)
+    (project / "notes.txt").write_text("mine")
+    for command in ("run", "tune"):
+        result = CliRunner().invoke(main, [command, str(recipe), "--run-dir", str(project)])
+        assert result.exit_code == 2 and "holds files but no edgetune run" in result.output, result.output
+    assert sorted(p.name for p in project.iterdir()) == ["bench", "notes.txt"]
+    # a real run whose tune inputs changed is set aside as <run>.previous: never over a stranger
+    run = tmp_path / "runs" / "r"
+    (run / "bench").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"pipeline": {}}))
+    previous = tmp_path / "runs" / "r.previous"
+    previous.mkdir()
+    (previous / "important.txt").write_text("keep")
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run)])
+    assert result.exit_code == 2 and "r.previous: holds files but no edgetune run" in result.output
+    assert (previous / "important.txt").read_text() == "keep" and (run / "bench").is_dir()

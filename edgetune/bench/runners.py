@@ -82,18 +82,18 @@ class Uncached(Runner):
 class TorchRunner(Runner):
     def __init__(self, target: Target, threads: int | None = None):
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from edgetune.validate import check_model_dir
+        from edgetune.models import load_causal_lm
+        from edgetune.validate import check_adapter_dir, check_model_dir
 
         check_model_dir(target.path)
         if target.adapter is not None:
-            check_model_dir(target.adapter)
+            check_adapter_dir(target.adapter)
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = torch.device(target.device)
-        model = AutoModelForCausalLM.from_pretrained(str(target.path), dtype=torch.float32)
+        model = load_causal_lm(target.path, dtype=torch.float32)
         if target.adapter is not None:
             from peft import PeftModel
 

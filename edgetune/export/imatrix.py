@@ -22,15 +22,16 @@ def compute_imatrix(
     """{GGUF tensor name: mean squared input per column (float32)} over up to max_tokens tokens."""
     import gguf
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from edgetune.export.gguf_arch import arch_for
+    from edgetune.models import load_causal_lm
 
     config = AutoConfig.from_pretrained(str(model_dir))
     _, spec = arch_for(config)
     names = gguf.get_tensor_name_map(spec.gguf_arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    model = load_causal_lm(model_dir, dtype=torch.float32).eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []

@@ -82,12 +82,14 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= after_step:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by the crash
+        step = record.get("step", 0) if isinstance(record, dict) else None
+        if isinstance(step, (int, float)) and step <= after_step:
+            kept.append(line)  # anything else is no record of ours: dropped with the replayed steps
     from edgetune.rundir import atomic_write_text
 
     atomic_write_text(path, "".join(line + "\n" for line in kept))

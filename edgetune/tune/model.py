@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetune.config import LoraConfig as LoraSettings
-from edgetune.errors import InputError, ModelError
-from edgetune.models import ResolvedModel
+from edgetune.errors import InputError
+from edgetune.models import ResolvedModel, load_causal_lm
 from edgetune.tune.distributed import under_deepspeed, under_fsdp
 
 
@@ -114,7 +114,6 @@ def load_for_training(
     the non-reentrant kind, which DDP and FSDP handle without extra flags."""
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if setup.method == "qlora":
@@ -135,12 +134,7 @@ def load_for_training(
         kwargs["dtype"] = torch.bfloat16 if setup.bf16 or under_fsdp() else torch.float32
     else:
         kwargs["dtype"] = getattr(torch, setup.dtype)
-    try:
-        base = AutoModelForCausalLM.from_pretrained(str(model.path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"{model.path}: cannot load the model ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-        ) from None
+    base = load_causal_lm(model.path, **kwargs)
     base.config.use_cache = False  # the KV cache is useless in training and costs memory
     if gradient_checkpointing is None:
         gradient_checkpointing = setup.method == "qlora" and setup.device == "cuda"

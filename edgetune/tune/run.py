@@ -23,6 +23,7 @@ from edgetune.rundir import (
     new_run_dir,
     point_latest,
     read_manifest,
+    refuse_foreign_dir,
     resolve_run_dir,
     run_lock,
     sha256_file,
@@ -113,8 +114,7 @@ def _start_run(
         if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
         return recipe, new_run_dir(recipe.name).resolve(), True
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
+    refuse_foreign_dir(run_dir)
     if (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
         raise InputError(f"{run_dir}: already holds a run; use --resume to continue it or another --run-dir")
     created = not run_dir.exists()
@@ -272,9 +272,29 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
     done = complete_checkpoints(checkpoints)
     if not done:
         raise InputError(f"{run_dir}: no complete checkpoint to resume from; start the run again")
+    _check_checkpoint(done[-1])
     if main:
         truncate_metrics(run_dir / "metrics.jsonl", int(done[-1].name.split("-")[-1]))
     return done[-1]
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    """The checkpoint resume starts from, opened as the Trainer will open it: a damaged one is named
+    before the model loads (removing it resumes from the one before)."""
+    from edgetune.validate import check_adapter_dir, check_json
+
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        raise InputError(
+            f"{checkpoint}: no trainer_state.json; remove this checkpoint to resume from the one before"
+        )
+    step = check_json(state).get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise InputError(
+            f"{state}: global_step is {step!r}, not a step count; remove {checkpoint.name} to resume"
+        )
+    if (checkpoint / "adapter_config.json").is_file():  # FSDP's sharded state is checked by torch
+        check_adapter_dir(checkpoint)
 
 
 def _warn_about_data(recipe: Recipe, data, warn) -> None:
