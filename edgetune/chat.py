@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.bench.runners import Runner, Target, iter_greedy, open_runner
-from edgetune.errors import InputError
+from edgetune.errors import EdgetuneError, InputError, ModelError
+from edgetune.models import short_reason
 from edgetune.rundir import RECIPE_FILE
 
 
@@ -80,13 +81,28 @@ def training_system_prompt(run: Path) -> str | None:
         return None
 
 
-def open_chat(
-    artifact: Path, system: str | None = None, threads: int | None = None, device: str = "cpu"
-) -> ChatSession:
+def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # tokenizers and transformers raise many types for one broken file
+        raise ModelError(f"{path}: cannot load the tokenizer ({short_reason(exc)})") from None
+
+
+def open_chat(
+    artifact: Path,
+    system: str | None = None,
+    threads: int | None = None,
+    device: str = "cpu",
+    allow_pickle: bool = False,
+) -> ChatSession:
     from edgetune.data.render import stop_ids
 
+    if not str(artifact).strip():
+        raise InputError(
+            "chat: name a run directory, a .gguf file, an ONNX directory or an HF model directory"
+        )
     artifact = Path(artifact)
     if not artifact.exists():
         raise InputError(f"{artifact}: no such file or directory")
@@ -96,30 +112,45 @@ def open_chat(
         if not (artifact / "config.json").is_file():
             raise InputError(f"{artifact.parent}: no merged model yet; run `edgetune merge` first")
     if artifact.is_dir():
+        from edgetune.models import refuse_pickle
         from edgetune.validate import check_model_dir
 
         check_model_dir(artifact)
+        refuse_pickle(artifact, allow_pickle)
     if artifact.is_file() and artifact.suffix == ".gguf":
         target = Target(artifact.name, "gguf", "", "llama.cpp", device, artifact)
         if run is not None and (run / "merged" / "tokenizer.json").is_file():
             tokenizer_dir = run / "merged"  # the training tokenizer itself
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+            tokenizer = _tokenizer(tokenizer_dir)
         else:
             from edgetune.tokenizer_gguf import tokenizer_from_gguf
 
             tokenizer_dir, tokenizer = None, tokenizer_from_gguf(artifact)
     elif artifact.is_dir() and (artifact / "model.onnx").is_file():
         target = Target(artifact.name, "onnx", "", "onnxruntime", device, artifact)
-        tokenizer_dir, tokenizer = artifact, AutoTokenizer.from_pretrained(str(artifact))
+        tokenizer_dir, tokenizer = artifact, _tokenizer(artifact)
     elif artifact.is_dir() and (artifact / "config.json").is_file():
         target = Target(artifact.name, "torch", "", "torch", device, artifact)
-        tokenizer_dir, tokenizer = artifact, AutoTokenizer.from_pretrained(str(artifact))
+        tokenizer_dir, tokenizer = artifact, _tokenizer(artifact)
     else:
         raise InputError(
             f"{artifact}: not a run directory, a .gguf file, an ONNX directory or an HF model directory"
         )
+    if (
+        device == "cuda" and target.format != "torch"
+    ):  # llama.cpp and onnxruntime fall back to the CPU unasked
+        from edgetune.bench.run import cuda_runtimes
+
+        if problem := cuda_runtimes()[target.format]:
+            raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")
     eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else [tokenizer.eos_token_id]
     if system is None and run is not None:
         system = training_system_prompt(run)
     kwargs = {"logits_all": False} if target.format == "gguf" else {}
-    return ChatSession(open_runner(target, threads, **kwargs), tokenizer, eos_ids, system)
+    try:
+        runner = open_runner(target, threads, **kwargs)
+    except EdgetuneError:
+        raise
+    except Exception as exc:  # a config that does not fit its weights, a graph onnxruntime refuses
+        raise ModelError(f"{artifact}: cannot load the model ({short_reason(exc)})") from None
+    return ChatSession(runner, tokenizer, eos_ids, system)

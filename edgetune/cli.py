@@ -45,6 +45,12 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # `edgetune --bogus`: the same one line as a subcommand's
+            _usage_error(exc)
+
     def invoke(self, ctx: click.Context):
         # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -55,6 +61,8 @@ class LazyGroup(click.Group):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except click.UsageError as exc:
+            _usage_error(exc)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # the last line of defence: never a raw traceback
@@ -84,6 +92,12 @@ def _stacks_on_sigusr1() -> None:
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     except (AttributeError, OSError, ValueError):  # no real stderr (embedded, pythonw)
         pass
+
+
+def _usage_error(exc: click.UsageError) -> None:
+    """A bad option is bad input like any other: one line, exit 2, pointing at the help."""
+    command = exc.ctx.command_path if exc.ctx else "edgetune"
+    _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
 
 
 def _fail(message: str, code: int) -> None:

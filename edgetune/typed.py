@@ -7,6 +7,7 @@ int, float, str. A value that fails to convert is reported and left at the field
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -55,13 +56,17 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif not isinstance(value, list):
             value = [value]
-        return [_convert(v, get_args(tp)[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        items = [(v, _checked(v, get_args(tp)[0], f"{path}[{i}]", problems)) for i, v in enumerate(value)]
+        return [converted for _, (converted, ok) in items if ok]
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")
             return {}
         _, vt = get_args(tp)
-        return {str(k): _convert(v, vt, f"{path}.{k}", problems) for k, v in value.items()}
+        entries = {str(k): _checked(v, vt, f"{path}.{k}", problems) for k, v in value.items()}
+        return {
+            k: converted for k, (converted, ok) in entries.items() if ok
+        }  # a bad entry is reported, not kept
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -75,14 +80,18 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         problems.append(f"{path}: expected an integer, got {value!r}")
         return None
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(f"{path}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        what = "a finite number" if number is not None else "a number"  # nan or .inf passes every < test
+        problems.append(f"{path}: expected {what}, got {value!r}")
         return None
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -95,6 +104,13 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         problems.append(f"{path}: expected null, got {value!r}")
         return None
     raise TypeError(f"unsupported recipe field type {tp!r} at {path}")
+
+
+def _checked(value: Any, tp: Any, path: str, problems: list[str]) -> tuple[Any, bool]:
+    """(converted value, whether it converted without a problem)."""
+    before = len(problems)
+    converted = _convert(value, tp, path, problems)
+    return converted, len(problems) == before
 
 
 def build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:

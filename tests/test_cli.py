@@ -115,6 +115,23 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
         (["export", "runs/x", "--check"], "export/gguf: no GGUF files to check"),
         (["export", "runs/x", "--check", "--to", "onnx"], "export/onnx: no ONNX exports to check"),
         (["data", "check", "latin1.csv", "--no-tokens"], "latin1.csv:2: not valid UTF-8 text"),
+        (["export", "runs/x", "--out", "afile"], "afile: not a directory; --out names the folder"),
+        (
+            ["export", "runs/x", "--to", "gguf", "--quant", "int8"],
+            "--quant int8: a ONNX type, but ONNX is not",
+        ),
+        (["export", "runs/x", "--to", ","], "--to: names nothing"),
+        (["export", "runs/x", "--quant", ""], "--quant: names nothing"),
+        (["bench", "runs/x", "--device", ","], "--device names nothing"),
+        (["bench", "runs/x", "--compare", "runs/x"], "that is the run itself"),
+        (["bench", "runs/x", "--regate", "--device", "cpu"], "--regate measures nothing"),
+        (["chat", "", "--prompt", "hi"], "ARTIFACT is empty"),
+        (["chat", "ok.jsonl", "--max-new-tokens", "0"], "Invalid value for '--max-new-tokens'"),
+        (["tune", "--bogus"], "No such option '--bogus'. (see `edgetune tune --help`)"),
+        (["--bogus"], "No such option '--bogus'. (see `edgetune --help`)"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["data", "check", "ok.jsonl", "--set", "model.base="], "model.base: empty"),
+        (["data", "check", "ok.jsonl", "--set", "model.revision=v9"], "only a hub model has revisions"),
     ],
 )
 def test_bad_files_and_directories_are_one_line_and_exit_2(tmp_path, argv, message):
@@ -128,7 +145,7 @@ def test_bad_files_and_directories_are_one_line_and_exit_2(tmp_path, argv, messa
     (tmp_path / "afile").write_text("")
     (tmp_path / "runs" / "x").mkdir(parents=True)
     (tmp_path / "runs" / "x" / "recipe.yaml").write_text((tmp_path / "r.yaml").read_text())
-    result = CliRunner().invoke(main, argv)
+    result = CliRunner().invoke(main, argv, prog_name="edgetune")
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output

@@ -175,3 +175,25 @@ def test_counts_and_limits_out_of_range_are_refused_with_their_key():
         load_recipe("demo", [f"{key}={value}" for key, value in bad.items()])
     assert sorted(p.split(":")[0] for p in info.value.problems) == sorted(bad)
     load_recipe("demo", ["bench.few_shot_k=0", "bench.kl_examples=0", "train.max_grad_norm=0"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=nan", "train.epochs: expected a finite number, got 'nan'"),
+        ("train.epochs=.inf", "train.epochs: expected a finite number, got inf"),
+        ("train.max_grad_norm=nan", "train.max_grad_norm: expected a finite number"),
+        ("bench.gates.max_kl=.nan", "bench.gates.max_kl: expected a number or null"),
+        (
+            "bench.gates.min_retention.q8_0=high",
+            "bench.gates.min_retention.q8_0: expected a number, got 'high'",
+        ),
+        ("bench.gates.min_retention={q8_0: null}", "min_retention.q8_0: expected a number, got None"),
+    ],
+)
+def test_nan_infinity_and_bad_entries_are_refused_not_kept(override, message):
+    """NaN passes every range test (all its comparisons are false); a bad mapping entry is reported
+    once, not kept as null for a later comparison to trip on."""
+    with pytest.raises(ConfigError) as info:
+        load_recipe("demo", [override])
+    assert message in str(info.value) and len(info.value.problems) == 1, info.value.problems

@@ -42,6 +42,57 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_model_dir):
     assert result.exit_code == 2 and "can run code when loaded" in result.output
     exported = CliRunner().invoke(main, ["export", str(model)])
     assert exported.exit_code == 2 and "pickle" in exported.output
+    chatted = CliRunner().invoke(main, ["chat", str(model), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert chatted.exit_code == 2 and "can run code when loaded" in chatted.output
+
+
+def _edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda d: _edit_json(d / "config.json", hidden_size=96),
+            "cannot load the model (RuntimeError: Error(s)",
+        ),
+        (lambda d: (d / "config.json").write_text("{}"), "cannot load the model"),
+        (lambda d: (d / "tokenizer.json").write_text("{}"), "cannot load the tokenizer"),
+        (lambda d: (d / "model.safetensors").unlink(), "cannot load the model"),
+    ],
+)
+def test_a_model_directory_that_does_not_load_is_one_line_in_chat(tmp_path, tiny_model_dir, damage, message):
+    """Files that pass the structural checks but do not fit together (a config whose sizes are not
+    the weights', no weights at all): one line naming the directory, exit 2."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model)
+    result = CliRunner().invoke(main, ["chat", str(model), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 2, result.output
+    assert f"{model}: {message}" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_model_cache_that_is_a_file_or_holds_a_stranger_is_named(tmp_path, monkeypatch):
+    from edgetune.models import BUILTINS, builtin_model_dir, cache_dir
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(ModelError, match="afile: not a directory, so EDGETUNE_CACHE"):
+        cache_dir()
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    model = next(iter(BUILTINS.values()))
+    from edgetune.models import builtin_gguf_path
+
+    stranger = tmp_path / "cache" / "models" / f"{model.alias}-{builtin_gguf_path(model).stat().st_size:x}"
+    stranger.parent.mkdir(parents=True)
+    stranger.write_text("not a model")
+    with pytest.raises(ModelError, match="not a finished conversion"):
+        builtin_model_dir(model, quiet=True)
 
 
 def test_remote_code_in_a_model_dir_never_runs(tmp_path, tiny_model_dir):
@@ -260,8 +311,9 @@ def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_pa
             assert result.exit_code == 2 and named in result.output, (override, result.output)
             assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["latest", "tiny-good"]
             assert (tmp_path / "runs" / "latest").resolve() == good.resolve()
-    kept = tmp_path / "runs" / "kept"  # a directory the user made stays, whatever it holds
+    kept = tmp_path / "runs" / "kept"  # an earlier attempt's directory stays, whatever it holds
     (kept / "notes").mkdir(parents=True)
+    (kept / "recipe.yaml").write_text(recipe.read_text())
     result = CliRunner().invoke(
         main, ["tune", str(recipe), "--set", "data.train=bad.jsonl", "--run-dir", str(kept)]
     )

@@ -76,9 +76,24 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def choice(prediction: str, reference: str) -> float:
-    """Multiple choice: the first word of the prediction names the reference option."""
-    words = _normalise(prediction).split()
-    return float(bool(words) and words[0] == _normalise(reference))
+    """Multiple choice: the prediction's first word is the reference's (its option label: "B" of
+    "B) Paris", or the answer itself when the reference is one word)."""
+    words, option = _normalise(prediction).split(), _normalise(reference).split()
+    return float(bool(words) and bool(option) and words[0] == option[0])
+
+
+def unscorable(metric: str, reference: str) -> str | None:
+    """Why `metric` cannot score answers against this reference (None when it can)."""
+    if metric == "json_fields":
+        try:
+            value = json.loads(reference)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict) or not value:
+            return "json_fields compares the fields of a JSON object, and this answer is not one"
+    if metric == "choice" and not _normalise(reference):
+        return "choice compares the option label the answer starts with, and this answer has none"
+    return None
 
 
 METRICS: dict[str, Callable[[str, str], float]] = {

@@ -18,6 +18,19 @@ from edgetune.errors import InputError, ModelError
 from edgetune.rundir import RECIPE_FILE, resolve_run_dir, run_lock, update_manifest
 
 
+def _refuse_unscorable(metric: str, cases) -> None:
+    """Before any model runs: a metric that cannot read the held-out answers would fail on the
+    first one, or score every target 0 and make every gate meaningless."""
+    from edgetune.bench.metrics import unscorable
+
+    for case in cases:
+        if case.reference is not None and (why := unscorable(metric, case.reference)):
+            shown = " ".join(case.reference.split())[:60]
+            raise InputError(
+                f"{case.example.source}: bench.metric {why} ({shown!r}); pick another bench.metric"
+            )
+
+
 def cuda_runtimes() -> dict[str, str | None]:
     """Which runtimes can run on CUDA here: None when one can, else why not."""
     import onnxruntime as ort
@@ -225,6 +238,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         examples = held_out[: cfg.max_examples]
         renderer = prepared.renderer
         cases = build_cases(renderer, examples)
+        _refuse_unscorable(cfg.metric, cases)
         eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
         progress = _Progress(console)

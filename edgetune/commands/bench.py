@@ -32,6 +32,10 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
     """Accuracy retention, prompting baselines, forgetting and latency of a run's exports
     (default: runs/latest) -> RUN_DIR/bench/report.{json,md,png}."""
     one_process("bench")
+    if devices is not None:
+        devices = [d.strip() for d in devices.split(",") if d.strip()]
+        if not devices:  # `--device ""` must not quietly mean the recipe's list
+            raise click.UsageError("--device names nothing; give cpu, cuda or cpu,cuda, or leave it out")
     if other is not None:
         return _compare(run_dir, other, gate, devices or pick or regate)
     from edgetune.bench.gates import pick as pick_target
@@ -47,7 +51,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
             raise click.UsageError("--regate measures nothing: it takes no --device")
         report, _ = regate_run(run_dir)
     else:
-        report = run_bench(run_dir, [d.strip() for d in devices.split(",")] if devices else None, console=err)
+        report = run_bench(run_dir, devices, console=err)
     if pick:
         click.echo(pick_target(report)["path"])
         return
@@ -68,7 +72,10 @@ def _compare(run_dir, other, gate, other_flags) -> None:
 
     if other_flags:
         raise click.UsageError("--compare measures nothing: it takes no --device, --pick or --regate")
-    changes, kl, before, after, level = compare_runs(resolve_run_dir(other), resolve_run_dir(run_dir))
+    before_dir, after_dir = resolve_run_dir(other), resolve_run_dir(run_dir)
+    if before_dir == after_dir:
+        raise click.UsageError(f"--compare {other}: that is the run itself; compare two different runs")
+    changes, kl, before, after, level = compare_runs(before_dir, after_dir)
     print_comparison(changes, kl, before, after, level, out)
     if gate:
         raise_on_worse(changes)

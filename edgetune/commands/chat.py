@@ -4,21 +4,28 @@ from pathlib import Path
 
 import click
 
+from edgetune.commands.common import allow_pickle_option
+
 
 @click.command()
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifact")
 @click.option("--prompt", default=None, help="Answer one prompt and exit.")
 @click.option("--system", default=None, help="System prompt (default: the one the run was trained with).")
 @click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(1, 8192))
 @click.option("--device", default="cpu", type=click.Choice(["cpu", "cuda"]), show_default=True)
-def chat(artifact, prompt, system, max_new_tokens, device) -> None:
+@allow_pickle_option
+def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None:
     """Talk to a run (its merged model), a GGUF file or an ONNX directory, with the training chat
     template, greedy, stopping at EOS. Interactive unless --prompt is given; /reset clears the
     conversation, /exit or Ctrl-D leaves."""
     from edgetune.chat import open_chat
     from edgetune.console import err
 
-    session = open_chat(artifact, system, device=device)
+    if not artifact.strip():  # "" would be the current directory
+        raise click.UsageError(
+            "ARTIFACT is empty: name a run, a .gguf file, an ONNX or an HF model directory"
+        )
+    session = open_chat(Path(artifact), system, device=device, allow_pickle=allow_pickle)
 
     def show(piece: str) -> None:
         click.echo(piece, nl=False)

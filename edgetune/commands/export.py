@@ -7,8 +7,15 @@ import click
 from edgetune.commands.common import one_process
 
 
-def _split(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _split(value: str | None, option: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:  # `--to ""` must not quietly mean the recipe's whole list
+        from edgetune.errors import InputError
+
+        raise InputError(f"{option}: names nothing; give comma-separated names, or leave the option out")
+    return names
 
 
 @click.command()
@@ -44,8 +51,8 @@ def export(source, formats, quants, out, imatrix, check_only) -> None:
 
     results = run_export(
         source,
-        _split(formats),
-        _split(quants),
+        _split(formats, "--to"),
+        _split(quants, "--quant"),
         out,
         None if imatrix is None else imatrix == "on",
         check_only=check_only,

@@ -65,7 +65,7 @@ def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], l
 
     if not quants:
         return recipe.export.gguf.quants, recipe.export.onnx.quants
-    names = [q.lower() for q in quants]
+    names = list(dict.fromkeys(q.lower() for q in quants))  # f32,F32 is one file
     unknown = [q for q in names if q not in GGUF_QUANTS and q not in ONNX_QUANTS]
     if unknown:
         raise InputError(
@@ -74,6 +74,18 @@ def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], l
     gguf = [q for q in names if q in GGUF_QUANTS] or recipe.export.gguf.quants
     onnx = [q for q in names if q in ONNX_QUANTS] or recipe.export.onnx.quants
     return gguf, onnx
+
+
+def _refuse_unexported_quants(quants: list[str] | None, formats: list[str]) -> None:
+    """--quant int8 --to gguf would export the recipe's GGUF types and ignore the one named."""
+    from edgetune.config import ONNX_QUANTS
+
+    for q in quants or []:
+        fmt = "onnx" if q.lower() in ONNX_QUANTS else "gguf"
+        if fmt not in formats:
+            raise InputError(
+                f"--quant {q}: a {fmt.upper()} type, but {fmt.upper()} is not exported (--to {','.join(formats)})"
+            )
 
 
 def _existing_onnx(onnx_dir: Path) -> list[tuple[str, Path]]:
@@ -97,6 +109,11 @@ def export(
     run_dir, model_dir = _source(source)
     recipe = load_recipe(str(run_dir / RECIPE_FILE)) if run_dir else load_recipe("demo")
     base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
+    for folder in (base_out, *base_out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"{folder}: not a directory; --out names the folder the exports go in")
+            break
     with run_lock(run_dir or base_out, "export"):
         gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
         if check_only and not formats:  # check what is there
@@ -106,10 +123,16 @@ def export(
         if unknown:
             raise InputError(f"--to: unknown format {', '.join(unknown)}; supported: gguf, onnx")
         gguf_quants, onnx_quants = split_quants(quants, recipe)
+        _refuse_unexported_quants(quants, formats)
         if check_only:  # before any model loads: nothing exported is the error to report
             found = {
                 f: _existing_gguf(gguf_dir) if f == "gguf" else _existing_onnx(onnx_dir) for f in formats
             }
+            if quants:  # --check --quant q4_k_m: only those files
+                named = {"gguf": gguf_quants, "onnx": onnx_quants}
+                found = {f: [(q, p) for q, p in files if q in named[f]] for f, files in found.items()}
+                if not any(found.values()):
+                    raise InputError(f"--quant {','.join(quants)}: no such export in {base_out} to check")
             if not (model_dir / "config.json").is_file():
                 raise InputError(
                     f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"

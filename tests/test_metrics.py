@@ -1,0 +1,37 @@
+"""Task metrics: each scores [0, 1], and a held-out answer a metric cannot read is refused up front."""
+
+import pytest
+
+from edgetune.bench.metrics import choice, exact, json_fields, normalized, rouge_l, unscorable
+
+
+def test_each_metric_on_a_hit_a_miss_and_partial_credit():
+    assert exact(" Paris\n", "Paris") == 1.0 and exact("paris", "Paris") == 0.0
+    assert normalized("  PARIS!", "paris") == 1.0
+    ref = '{"device": "router", "severity": "error"}'
+    assert json_fields('```json\n{"device": "router", "severity": "error"}\n```', ref) == 1.0
+    assert json_fields('Sure: {"device": "router", "severity": "warn"} done', ref) == 0.5
+    assert json_fields("no json here", ref) == 0.0
+    assert rouge_l("the cat sat", "the cat sat") == 1.0 and 0 < rouge_l("the cat", "the cat sat") < 1
+
+
+@pytest.mark.parametrize(
+    "prediction, reference, score",
+    [
+        ("B) Paris", "B) Paris", 1.0),  # the option label is what is compared
+        ("b. because it is the capital", "B) Paris", 1.0),
+        ("C) Lyon", "B) Paris", 0.0),
+        ("Paris, of course", "Paris", 1.0),
+        ("", "B", 0.0),
+    ],
+)
+def test_choice_compares_the_option_label(prediction, reference, score):
+    assert choice(prediction, reference) == score
+
+
+def test_answers_a_metric_cannot_read_are_named():
+    assert unscorable("json_fields", '{"a": 1}') is None
+    for answer in ("plain words", "[1, 2]", "{}"):
+        assert "not one" in unscorable("json_fields", answer)
+    assert "has none" in unscorable("choice", "?!")
+    assert unscorable("exact", "anything") is None
