@@ -184,9 +184,11 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, res
         if console is not None:
             print_report(report)
     elif stage == "tune":
+        from edgetune.tune.callbacks import complete_checkpoints
         from edgetune.tune.run import tune
 
-        resume = (run_dir / "checkpoints").is_dir() and done.get("tune_started") == _tune_key(recipe)
+        saved = bool(complete_checkpoints(run_dir / "checkpoints"))
+        resume = saved and done.get("tune_started") == _tune_key(recipe)
         if not resume:
             _set_aside(run_dir, console)
             run_dir.mkdir(parents=True, exist_ok=True)

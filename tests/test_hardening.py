@@ -314,10 +314,11 @@ def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_pa
     kept = tmp_path / "runs" / "kept"  # an earlier attempt's directory stays, whatever it holds
     (kept / "notes").mkdir(parents=True)
     (kept / "recipe.yaml").write_text(recipe.read_text())
+    (kept / "checkpoints").mkdir()  # a start that failed before its first save holds no run
     result = CliRunner().invoke(
         main, ["tune", str(recipe), "--set", "data.train=bad.jsonl", "--run-dir", str(kept)]
     )
-    assert result.exit_code == 2 and (kept / "notes").is_dir()
+    assert result.exit_code == 2 and "bad.jsonl" in result.output and (kept / "notes").is_dir()
     (tmp_path / "runs" / "file").write_text("x")
     result = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(tmp_path / "runs" / "file")])
     assert result.exit_code == 2 and "not a directory" in result.output, result.output

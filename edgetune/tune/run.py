@@ -115,7 +115,10 @@ def _start_run(
             raise InputError("several processes need one shared run directory: pass --run-dir")
         return recipe, new_run_dir(recipe.name).resolve(), True
     refuse_foreign_dir(run_dir)
-    if (run_dir / "adapter").exists() or (run_dir / "checkpoints").exists():
+    from edgetune.tune.callbacks import complete_checkpoints
+
+    # an empty checkpoints/ is a start that failed before its first save: nothing to keep or resume
+    if (run_dir / "adapter").exists() or complete_checkpoints(run_dir / "checkpoints"):
         raise InputError(f"{run_dir}: already holds a run; use --resume to continue it or another --run-dir")
     created = not run_dir.exists()
     try:
