@@ -119,6 +119,20 @@ def _set_aside(run_dir: Path, console) -> None:
         console.print(f"tune inputs changed: the previous run is kept in {previous}")
 
 
+def _refuse_a_bench_that_cannot_run(recipe: Recipe) -> None:
+    """What would stop the last stage, found before the first: no minutes of tuning and export
+    spent on a run whose bench fails at once."""
+    data = recipe.data
+    if not (data.test or data.valid or data.test_fraction > 0 or data.valid_fraction > 0):
+        raise InputError(
+            "edgetune run benches on held-out data, and the recipe holds none out: set "
+            "data.test_fraction (or data.test), or run tune and export without bench"
+        )
+    from edgetune.bench.run import check_devices
+
+    check_devices(recipe.bench.devices, "bench.devices")
+
+
 def run_pipeline(
     recipe_arg: str | None = None,
     overrides: list[str] | None = None,
@@ -129,6 +143,7 @@ def run_pipeline(
     recipe = load_recipe(recipe_arg, list(overrides or []))
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)
+    _refuse_a_bench_that_cannot_run(recipe)
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
@@ -234,10 +249,16 @@ def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
     for path in sorted((run_dir / "export" / "onnx").glob("*/")):
         if (path / "model.onnx").is_file() and path.resolve() not in keep:
             shutil.rmtree(path)
-    if "onnx" not in results:
-        shutil.rmtree(run_dir / "export" / "onnx", ignore_errors=True)
-    if "gguf" not in results:
-        shutil.rmtree(gguf, ignore_errors=True)
+    dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in results]
+    for fmt in dropped:
+        shutil.rmtree(run_dir / "export" / fmt, ignore_errors=True)
+    manifest = read_manifest(run_dir)
+    record = manifest.get("stages", {}).get("export", {})
+    stale = [key for key in record if key.split("_")[0] in dropped]  # gguf, gguf_parity, gguf_wall_s, ...
+    if stale:  # the manifest lists what is on disk, not what a past recipe exported
+        for key in stale:
+            del record[key]
+        atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def _save(run_dir: Path, done: dict[str, str]) -> None:

@@ -231,9 +231,15 @@ def test_regate_recomputes_every_interval_from_the_stored_scores(benched):
         report_path.write_text(measured)
 
 
-def test_a_run_compared_with_itself_changes_nowhere(benched):
+def test_a_run_compared_with_its_twin_changes_nowhere(benched, tmp_path):
+    import shutil
+
     run, _ = benched
-    result = CliRunner().invoke(main, ["bench", str(run), "--compare", str(run), "--gate"])
+    itself = CliRunner().invoke(main, ["bench", str(run), "--compare", str(run)])
+    assert itself.exit_code == 2 and "that is the run itself" in itself.output  # a slip, not a comparison
+    twin = tmp_path / "twin"
+    shutil.copytree(run / "bench", twin / "bench")
+    result = CliRunner().invoke(main, ["bench", str(run), "--compare", str(twin), "--gate"])
     assert result.exit_code == 0, result.output
     report = json.loads((run / "bench" / "report.json").read_text())
     scored = sum(bool(t.get("scores")) for t in report["targets"])  # tests above may take some away
@@ -444,3 +450,53 @@ def test_a_cuda_target_that_fails_here_is_listed_as_skipped_and_the_rest_stands(
     broken = Target("torch/merged", "torch", "fp32", "torch", "cpu", run / "no-such-dir")
     with pytest.raises(Exception):  # noqa: B017 - on the CPU any failure stops bench
         measure_each([broken], lambda t: open_runner(t, 1), [])
+
+
+def test_held_out_examples_that_are_all_too_long_are_refused_before_any_target_runs(benched, tmp_path):
+    import shutil
+
+    from conftest import chat_row, write_jsonl
+
+    run, _ = benched
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("bench"))
+    long = write_jsonl(tmp_path / "long.jsonl", [chat_row("word " * 300 + str(i), "{}") for i in range(5)])
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    recipe["data"]["test"] = str(long)
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["bench", str(copy)])
+    assert result.exit_code == 2 and "every held-out example bench would use is longer" in result.output
+    assert not (copy / "bench").exists()
+
+
+def test_gates_that_checked_nothing_fail_instead_of_passing():
+    from edgetune.bench.gates import pick, raise_on_failed_gates
+    from edgetune.errors import GateFailed
+
+    merged = {
+        "name": "torch/merged",
+        "format": "torch",
+        "quant": "fp32",
+        "device": "cpu",
+        "gate": "reference",
+    }
+    q8 = {
+        "name": "gguf/q8_0",
+        "format": "gguf",
+        "quant": "q8_0",
+        "device": "cpu",
+        "gate": "pass",
+        "size_bytes": 9,
+    }
+    no_exports = {"targets": [merged], "gate_rule": {"min_retention": {"*": 0.99}}}
+    for check in (raise_on_failed_gates, pick):
+        with pytest.raises(GateFailed, match="no exported target to gate"):
+            check(no_exports)
+    other_quant = {"targets": [merged, q8], "gate_rule": {"min_retention": {"Q4_K_M": 0.99}}}
+    with pytest.raises(GateFailed, match="min_retention.Q4_K_M: no Q4_K_M target was benched"):
+        raise_on_failed_gates(other_quant)
+    with pytest.raises(GateFailed, match="nothing to pick"):
+        pick(other_quant)
+    fine = {"targets": [merged, q8], "gate_rule": {"min_retention": {"q8_0": 0.99, "*": 0.9}}}
+    raise_on_failed_gates(fine)
+    assert pick(fine) is q8

@@ -80,6 +80,8 @@ def test_held_out_files_may_use_another_conversation_layout_but_not_another_kind
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "plain words"}])
     with pytest.raises(DataError, match=rf"{text}: its rows are text examples, but {train}'s are messages"):
         make_splits(cfg(train, valid=str(valid), test=str(text)))
+    with pytest.raises(DataError, match="data.valid and data.test name the same file"):
+        make_splits(cfg(train, valid=str(valid), test=str(tmp_path / "." / "valid.jsonl")))
     few = write_jsonl(tmp_path / "few.jsonl", alpaca[:2])
     with pytest.raises(DataError, match=rf"{few}: only 2 examples: too few to split"):
         make_splits(cfg(few))
@@ -110,3 +112,15 @@ def test_data_check_checks_the_splits_the_recipe_gives_tune(tmp_path):
     assert counts(str(tmp_path / "train.jsonl")) == {"train": 27, "valid": 3, "test": 3}
     assert counts("train.jsonl", "--set", "data.valid=") == {"train": 24, "valid": 3, "test": 3}
     assert counts(str(tmp_path / "other.jsonl"))["train"] == 24  # another dataset: its own splits
+
+
+def test_data_check_refuses_what_tune_would_refuse_with_the_reason(tmp_path):
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"question number {i} " * 8, "a") for i in range(20)])
+    result = CliRunner().invoke(main, ["data", "check", str(path), "--set", "data.max_seq_len=16"])
+    assert result.exit_code == 2, result.output
+    assert f"{path}: every training example was dropped, e.g. {path}:" in result.output
+    assert "longer than data.max_seq_len" in result.output and "data.truncation: truncate" in result.output

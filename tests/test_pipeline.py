@@ -69,6 +69,10 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     report = json.loads((run / "bench" / "report.json").read_text())
     assert [t["name"] for t in report["targets"]] == ["torch/merged", "onnx/fp32", "gguf/f16"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    only_gguf, out = invoke(recipe, "--set", "export.gguf.quants=f16", "--set", "export.formats=[gguf]")
+    assert only_gguf.exit_code == 0 and not (run / "export" / "onnx").exists(), out
+    record = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert "gguf" in record and not [k for k in record if k.startswith("onnx")]  # it lists what is there
 
     fourth, out = invoke(recipe, "--set", "export.gguf.quants=f16", "--set", "train.lr=5e-4")
     assert fourth.exit_code == 0, out
@@ -116,3 +120,34 @@ def test_a_run_dir_that_holds_someone_elses_files_is_never_moved_or_replaced(tmp
     result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run)])
     assert result.exit_code == 2 and "r.previous: holds files but no edgetune run" in result.output
     assert (previous / "important.txt").read_text() == "keep" and (run / "bench").is_dir()
+
+
+def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, tiny_model_dir):
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    for overrides, message in (
+        (["data.valid_fraction=0", "data.test_fraction=0"], "the recipe holds none out"),
+        (["bench.devices=[cuda]"], "bench.devices: cuda, but torch sees no CUDA device"),
+    ):
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        result = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r")])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_text_dataset_exports_with_parity_on_its_opening_words(tmp_path, tiny_model_dir):
+    """A text row has no prompt: parity continues its first words in torch and in each file (an
+    empty prompt crashed greedy decoding before)."""
+    from conftest import write_jsonl
+    from test_tune import make_recipe
+
+    from edgetune.export.run import export
+    from edgetune.tune.run import tune
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    write_jsonl(
+        tmp_path / "text.jsonl", [{"text": f"router {i} lost its uplink at site {i % 7}"} for i in range(60)]
+    )
+    run = tune(str(recipe), ["data.train=text.jsonl", "export.parity_examples=2"]).run_dir
+    results = export(run, ["gguf", "onnx"], ["f32", "fp32"])
+    assert {row.quant for row in results["parity"]} == {"f32", "fp32"}
+    assert all(row.passed for row in results["parity"]), results["parity"]

@@ -166,17 +166,34 @@ def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
         target["gate_notes"] = [n for n in (noise_note(target, gates), kl_noise_note(target, gates)) if n]
 
 
+def unchecked_gates(report: dict[str, Any]) -> list[str]:
+    """Gates that would pass having checked nothing: no exported target at all, or a retention
+    minimum for a quant that was not benched (a q4_k_m gate on a run that exported only q8_0)."""
+    exported = [t for t in report["targets"] if t.get("format") in EXPORTED]
+    if not exported:
+        return ["the report has no exported target to gate (run `edgetune export`, then bench again)"]
+    quants = {t["quant"].lower() for t in exported}
+    named = report.get("gate_rule", {}).get("min_retention", {})
+    return [
+        f"bench.gates.min_retention.{quant}: no {quant} target was benched"
+        for quant in named
+        if quant != "*" and quant.lower() not in quants
+    ]
+
+
 def raise_on_failed_gates(report: dict[str, Any]) -> None:
     failed = [t for t in report["targets"] if t.get("gate") == "fail"]
-    if failed:
-        raise GateFailed(
-            "bench gates failed: "
-            + "; ".join(f"{t['name']} ({t['device']}): {', '.join(t['gate_failures'])}" for t in failed)
-        )
+    problems = [f"{t['name']} ({t['device']}): {', '.join(t['gate_failures'])}" for t in failed]
+    problems += unchecked_gates(report)
+    if problems:
+        raise GateFailed("bench gates failed: " + "; ".join(problems))
 
 
 def pick(report: dict[str, Any]) -> dict[str, Any]:
     """The smallest exported artifact that passes every gate."""
+    unchecked = unchecked_gates(report)
+    if unchecked:
+        raise GateFailed("nothing to pick: " + "; ".join(unchecked))
     passing = [t for t in report["targets"] if t.get("gate") == "pass"]
     if not passing:
         raise GateFailed("no exported artifact passes every gate; see the bench report")

@@ -59,7 +59,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgetune bench: {report['run']}",
         "",
-        f"Task metric `{ref['metric']}` on {ref['examples']} held-out examples, greedy, at most "
+        f"Task metric `{ref['metric']}` on {ref['examples']} held-out examples"
+        + (
+            " (the validation split, which chose the checkpoint: no test split)"
+            if ref.get("split") == "valid"
+            else ""
+        )
+        + ", greedy, at most "
         f"{report['settings']['max_new_tokens']} new tokens; KL and top-1 against `{ref['name']}` on the "
         f"first {report['settings']['kl_examples']} (mean over every position of each chat, prompt and "
         f"answer). Latency: {report['settings']['prompt_tokens']}-token "

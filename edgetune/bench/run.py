@@ -145,16 +145,17 @@ def measure_each(targets: list[Target], measure, skipped: list[dict]) -> list[tu
     return done
 
 
-def _check_devices(devices: list[str]) -> None:
+def check_devices(devices: list[str], given: str = "--device") -> None:
+    """`given` names where the devices came from: the option, or the recipe's bench.devices."""
     unknown = sorted(set(devices) - {"cpu", "cuda"})
     if unknown:
-        raise InputError(f"--device: unknown {', '.join(unknown)}; supported: cpu, cuda")
+        raise InputError(f"{given}: unknown {', '.join(unknown)}; supported: cpu, cuda")
     if "cuda" in devices:
         import torch
 
         if not torch.cuda.is_available():
             raise ModelError(
-                "--device cuda: torch sees no CUDA device on this machine (see `edgetune doctor`)"
+                f"{given}: cuda, but torch sees no CUDA device on this machine (see `edgetune doctor`)"
             )
 
 
@@ -225,8 +226,8 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
         recipe = load_recipe(str(run_dir / RECIPE_FILE))
         cfg = recipe.bench
+        check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = devices or cfg.devices
-        _check_devices(devices)
         skipped: list[dict] = []
         targets = discover_targets(run_dir, devices, recipe, skipped)
         merged = run_dir / "merged"
@@ -235,10 +236,26 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         held_out = prepared.splits.test or prepared.splits.valid
         if not held_out:
             raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
+        split = "test" if prepared.splits.test else "valid"
+        if split == "valid" and console is not None:  # it chose the best checkpoint: scores lean high
+            console.print(
+                "[yellow]warning:[/] no test split: benching on the validation split, which picked the "
+                "checkpoint (set data.test_fraction or data.test for an unbiased score)"
+            )
         examples = held_out[: cfg.max_examples]
         renderer = prepared.renderer
         cases = build_cases(renderer, examples)
+        if not cases:
+            raise InputError(
+                f"{run_dir}: every held-out example bench would use is longer than data.max_seq_len "
+                f"({recipe.data.max_seq_len} tokens); raise it, or hold out shorter examples"
+            )
         _refuse_unscorable(cfg.metric, cases)
+        if console is not None and not any(c.answered for c in cases):
+            console.print(
+                f"[yellow]warning:[/] the held-out rows are text, with no answer to score: bench.metric "
+                f"{cfg.metric} scores nothing, and only KL, perplexity and latency are measured"
+            )
         eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
         progress = _Progress(console)
@@ -282,6 +299,7 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
                 "metric": cfg.metric,
                 "value": ref_acc.value,
                 "examples": len(cases),
+                "split": split,  # "valid" when there is no test split: the one that chose the checkpoint
                 # which held-out example each score is (in `scores` order): what --compare pairs on
                 "example_ids": [example_id(c.example) for c in cases if c.answered],
                 # which example each target's kl_scores entry is: the first kl_examples cases

@@ -14,6 +14,7 @@ from edgetune.config import DataConfig
 from edgetune.data.render import Encoded, Renderer
 from edgetune.data.rows import Example
 from edgetune.data.split import Splits, make_splits
+from edgetune.errors import DataError
 
 
 @dataclass
@@ -103,4 +104,11 @@ def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) 
     splits = make_splits(cfg, skip_bad_rows)
     renderer = Renderer(tokenizer, cfg.template, cfg.system_prompt, cfg.max_seq_len, cfg.truncation)
     encoded = {name: encode_split(renderer, getattr(splits, name)) for name in ("train", "valid", "test")}
+    train = encoded["train"]
+    if not train.examples:  # data check, tune and every later stage agree that there is nothing to train on
+        first = train.dropped_examples[0] if train.dropped_examples else "no training examples"
+        raise DataError(
+            f"{cfg.train}: every training example was dropped, e.g. {first}; raise data.max_seq_len, "
+            "or set data.truncation: truncate"
+        )
     return PreparedData(splits, renderer, encoded)

@@ -60,6 +60,11 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
     removed = {}
     if cfg.dedupe:
         train, removed["train"] = dedupe(train)
+    if cfg.valid and cfg.test and Path(cfg.valid).resolve() == Path(cfg.test).resolve():
+        raise DataError(
+            f"{cfg.test}: data.valid and data.test name the same file: the test score would be on the "
+            "examples that chose the checkpoint; give a separate test file, or drop data.test"
+        )
     files = {"train": str(Path(cfg.train))}
     held: dict[str, list[Example]] = {}
     for name in ("valid", "test"):

@@ -67,6 +67,11 @@ def choose_setup(method: str, precision: str = "auto") -> TrainSetup:
         bf16 = torch.cuda.is_bf16_supported() and precision != "fp32"
         return TrainSetup("lora", "cuda", "bfloat16" if bf16 else "float32", bf16, "adamw_torch", warnings)
     bf16 = {"auto": cpu_has_fast_bf16(), "bf16": True, "fp32": False}[precision]
+    if precision == "bf16" and not cpu_has_fast_bf16():
+        warnings.append(
+            "train.precision=bf16 on a CPU without native bf16 (AVX512-BF16 or AMX): autocast emulates "
+            "it, typically slower than fp32; precision auto picks fp32 here"
+        )
     return TrainSetup("lora", "cpu", "float32", bf16, "adamw_torch", warnings)
 
 

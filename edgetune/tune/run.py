@@ -30,6 +30,7 @@ from edgetune.rundir import (
     sha256_tree,
     update_manifest,
 )
+from edgetune.tune.checks import check_checkpoint, warn_about_data
 from edgetune.tune.distributed import world_size
 
 
@@ -185,7 +186,7 @@ def tune(
                 warn(space)
             data = prepare(recipe.data, tokenizer)
             train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
-            _warn_about_data(recipe, data, warn)
+            warn_about_data(recipe, data, warn)
             setup = choose_setup(recipe.train.method, recipe.train.precision)
             for message in setup.warnings:
                 warn(message)
@@ -275,51 +276,10 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
     done = complete_checkpoints(checkpoints)
     if not done:
         raise InputError(f"{run_dir}: no complete checkpoint to resume from; start the run again")
-    _check_checkpoint(done[-1])
+    check_checkpoint(done[-1])
     if main:
         truncate_metrics(run_dir / "metrics.jsonl", int(done[-1].name.split("-")[-1]))
     return done[-1]
-
-
-def _check_checkpoint(checkpoint: Path) -> None:
-    """The checkpoint resume starts from, opened as the Trainer will open it: a damaged one is named
-    before the model loads (removing it resumes from the one before)."""
-    from edgetune.validate import check_adapter_dir, check_json
-
-    state = checkpoint / "trainer_state.json"
-    if not state.is_file():
-        raise InputError(
-            f"{checkpoint}: no trainer_state.json; remove this checkpoint to resume from the one before"
-        )
-    step = check_json(state).get("global_step")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise InputError(
-            f"{state}: global_step is {step!r}, not a step count; remove {checkpoint.name} to resume"
-        )
-    if (checkpoint / "adapter_config.json").is_file():  # FSDP's sharded state is checked by torch
-        check_adapter_dir(checkpoint)
-
-
-def _warn_about_data(recipe: Recipe, data, warn) -> None:
-    train = data.encoded["train"].examples
-    if not train:
-        raise InputError(
-            f"{recipe.data.train}: every training example was dropped (see `edgetune data check`)"
-        )
-    for name, enc in data.encoded.items():
-        if enc.dropped:
-            warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
-    for warning in data.splits.quality.warnings():
-        warn(warning)
-    if len(train) < 100:
-        warn(f"only {len(train)} training examples: expect overfitting; 500+ clean examples work best")
-    if recipe.train.lr > 1e-3:
-        warn(
-            f"train.lr={recipe.train.lr:g} is high for LoRA fine-tuning and risks catastrophic forgetting; "
-            "1e-4..1e-3 is the usual range"
-        )
-    if not data.encoded["valid"].examples:
-        warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
 
 
 def _callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console) -> list[Any]:

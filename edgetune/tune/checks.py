@@ -1,0 +1,69 @@
+"""What tune checks before it trains: the checkpoint a resume starts from, and the data it got
+(problems that stop it, and doubts it warns about but trains through)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgetune.config import Recipe
+from edgetune.errors import InputError
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """The checkpoint resume starts from, opened as the Trainer will open it: a damaged one is named
+    before the model loads (removing it resumes from the one before)."""
+    from edgetune.validate import check_adapter_dir, check_json
+
+    state = checkpoint / "trainer_state.json"
+    if not state.is_file():
+        raise InputError(
+            f"{checkpoint}: no trainer_state.json; remove this checkpoint to resume from the one before"
+        )
+    step = check_json(state).get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise InputError(
+            f"{state}: global_step is {step!r}, not a step count; remove {checkpoint.name} to resume"
+        )
+    if (checkpoint / "adapter_config.json").is_file():  # FSDP's sharded state is checked by torch
+        check_adapter_dir(checkpoint)
+
+
+def warn_about_data(recipe: Recipe, data, warn) -> None:
+    train = data.encoded["train"].examples
+    for name, enc in data.encoded.items():
+        if enc.dropped:
+            warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
+    missing_eos = data.encoded["train"].missing_eos
+    if missing_eos:  # truncation cut the stop token off: the model learns not to stop
+        warn(
+            f"{missing_eos} of {len(train)} training examples never supervise EOS (truncated at "
+            f"data.max_seq_len {recipe.data.max_seq_len}?): the model may not learn to stop"
+        )
+    t = recipe.train
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if t.threads and cores and t.threads > cores:
+        warn(
+            f"train.threads {t.threads} is more than the {cores} cores this process may use: threads contend"
+        )
+    if t.batch_size * t.grad_accum > len(train):
+        warn(
+            f"train.batch_size x train.grad_accum = {t.batch_size * t.grad_accum} is more than the "
+            f"{len(train)} training examples: every step repeats examples"
+        )
+    if data.encoded["valid"].examples and 0 < t.max_steps < t.eval_steps:
+        warn(
+            f"train.eval_steps {t.eval_steps} > train.max_steps {t.max_steps}: no evaluation after the "
+            "start, so no early stopping and no best checkpoint"
+        )
+    for warning in data.splits.quality.warnings():
+        warn(warning)
+    if len(train) < 100:
+        warn(f"only {len(train)} training examples: expect overfitting; 500+ clean examples work best")
+    if recipe.train.lr > 1e-3:
+        warn(
+            f"train.lr={recipe.train.lr:g} is high for LoRA fine-tuning and risks catastrophic forgetting; "
+            "1e-4..1e-3 is the usual range"
+        )
+    if not data.encoded["valid"].examples:
+        warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
