@@ -124,3 +124,9 @@ def test_data_check_refuses_what_tune_would_refuse_with_the_reason(tmp_path):
     assert result.exit_code == 2, result.output
     assert f"{path}: every training example was dropped, e.g. {path}:" in result.output
     assert "longer than data.max_seq_len" in result.output and "data.truncation: truncate" in result.output
+
+
+def test_a_plain_template_on_conversations_is_refused_not_ignored(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
+    with pytest.raises(DataError, match="data.template plain joins prompt and completion"):
+        prepare(cfg(path, template="plain"), tiny_tokenizer)

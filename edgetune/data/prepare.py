@@ -102,6 +102,11 @@ def encode_split(renderer: Renderer, examples: list[Example], keep_reasons: int 
 
 def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) -> PreparedData:
     splits = make_splits(cfg, skip_bad_rows)
+    if cfg.template == "plain" and any(ex.format == "messages" for ex in splits.train):
+        raise DataError(
+            f"{cfg.train}: data.template plain joins prompt and completion as they are; these rows are "
+            "conversations, which need a chat template: use data.template auto or chat"
+        )
     renderer = Renderer(tokenizer, cfg.template, cfg.system_prompt, cfg.max_seq_len, cfg.truncation)
     encoded = {name: encode_split(renderer, getattr(splits, name)) for name in ("train", "valid", "test")}
     train = encoded["train"]
