@@ -99,10 +99,6 @@ def open_chat(
 ) -> ChatSession:
     from edgetune.data.render import stop_ids
 
-    if not str(artifact).strip():
-        raise InputError(
-            "chat: name a run directory, a .gguf file, an ONNX directory or an HF model directory"
-        )
     artifact = Path(artifact)
     if not artifact.exists():
         raise InputError(f"{artifact}: no such file or directory")

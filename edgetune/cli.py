@@ -48,6 +48,8 @@ class LazyGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.UsageError as exc:  # `edgetune --bogus`: the same one line as a subcommand's
             _usage_error(exc)
 
@@ -61,6 +63,8 @@ class LazyGroup(click.Group):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # `edgetune data` alone: Click prints the help, as it should
         except click.UsageError as exc:
             _usage_error(exc)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):

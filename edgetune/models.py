@@ -140,9 +140,7 @@ def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
     marker = target / "edgetune-source.sha256"
     if marker.is_file():
         return target
-    if (
-        target.exists() and not marker.is_file()
-    ):  # not ours, or a copy cut short: converting would not replace it
+    if target.exists():  # not ours, or a copy cut short: a conversion would not replace it
         raise ModelError(
             f"{target}: in the model cache but not a finished conversion (no {marker.name}); remove it to convert again"
         )

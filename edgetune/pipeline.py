@@ -55,7 +55,9 @@ def _data_fingerprint(recipe: Recipe) -> str:
     from edgetune.data.files import dataset_kind
 
     paths = {k: Path(p) for k in ("train", "valid", "test") if (p := getattr(recipe.data, k))}
-    files = {k: sha256_file(p) for k, p in paths.items() if dataset_kind(p)}
+    for path in paths.values():
+        dataset_kind(path)  # a missing file or a directory is a DataError naming it, not a hashing crash
+    files = {k: sha256_file(p) for k, p in paths.items()}
     return _digest(asdict(recipe.data), files)
 
 
@@ -104,8 +106,13 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
 
 def _set_aside(run_dir: Path, console) -> None:
     """A previous run with other tune inputs moves to <run>.previous instead of being overwritten."""
-    products = ("adapter", "checkpoints", "merged", "export", "bench")
-    if not any((run_dir / name).exists() for name in products):
+    from edgetune.tune.callbacks import complete_checkpoints
+
+    products = ("adapter", "merged", "export", "bench")
+    # an empty checkpoints/ is a start that failed before its first save: nothing worth keeping
+    if not any((run_dir / name).exists() for name in products) and not complete_checkpoints(
+        run_dir / "checkpoints"
+    ):
         return  # nothing but this run's own pipeline record yet
     previous = run_dir.with_name(run_dir.name + ".previous")
     if previous.exists() and not is_run_dir(previous):  # only ever replace an earlier set-aside run
@@ -119,7 +126,7 @@ def _set_aside(run_dir: Path, console) -> None:
         console.print(f"tune inputs changed: the previous run is kept in {previous}")
 
 
-def _refuse_a_bench_that_cannot_run(recipe: Recipe) -> None:
+def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path) -> None:
     """What would stop the last stage, found before the first: no minutes of tuning and export
     spent on a run whose bench fails at once."""
     data = recipe.data
@@ -128,6 +135,8 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe) -> None:
             "edgetune run benches on held-out data, and the recipe holds none out: set "
             "data.test_fraction (or data.test), or run tune and export without bench"
         )
+    if (run_dir / "bench" / "report.json").is_file():
+        return  # benched before (perhaps on another machine): bench itself says so if it must run again
     from edgetune.bench.run import check_devices
 
     check_devices(recipe.bench.devices, "bench.devices")
@@ -143,7 +152,7 @@ def run_pipeline(
     recipe = load_recipe(recipe_arg, list(overrides or []))
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)
-    _refuse_a_bench_that_cannot_run(recipe)
+    _refuse_a_bench_that_cannot_run(recipe, run_dir)
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
@@ -254,7 +263,10 @@ def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
         shutil.rmtree(run_dir / "export" / fmt, ignore_errors=True)
     manifest = read_manifest(run_dir)
     record = manifest.get("stages", {}).get("export", {})
-    stale = [key for key in record if key.split("_")[0] in dropped]  # gguf, gguf_parity, gguf_wall_s, ...
+    # gguf, gguf_parity, gguf_wall_s, ..., and the importance matrix that lived in export/gguf
+    stale = [
+        key for key in record if key.split("_")[0] in dropped or (key == "imatrix" and "gguf" in dropped)
+    ]
     if stale:  # the manifest lists what is on disk, not what a past recipe exported
         for key in stale:
             del record[key]

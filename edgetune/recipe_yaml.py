@@ -36,10 +36,13 @@ _RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _u
 
 def read_recipe_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_RecipeLoader)  # noqa: S506 (safe)
+        data = path.read_bytes()
+        raw = yaml.load(data.decode("utf-8"), Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise ConfigError([f"not UTF-8 text (byte {exc.start})"], source=f"{path}:{line}") from None
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            [f"not UTF-8 text (byte {data[exc.start]:#04x})"], source=f"{path}:{line}"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -182,10 +182,8 @@ def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if fresh:
+        if fresh:  # the lock file beside it stays: see run_lock
             shutil.rmtree(run_dir, ignore_errors=True)
-            with contextlib.suppress(OSError):  # nobody waits on a lock: a second taker is refused
-                (run_dir.parent / f".{run_dir.name}.lock").unlink()
         raise
 
 
@@ -201,7 +199,8 @@ def refuse_foreign_dir(run_dir: Path) -> None:
         return
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
-    if any(run_dir.iterdir()) and not is_run_dir(run_dir):
+    # dotfiles (.DS_Store, a temporary edgetune is writing) say nothing about whose folder it is
+    if any(not p.name.startswith(".") for p in run_dir.iterdir()) and not is_run_dir(run_dir):
         raise InputError(
             f"{run_dir}: holds files but no edgetune run ({RECIPE_FILE} or {MANIFEST}); "
             "give a new or empty directory as --run-dir"

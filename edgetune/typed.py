@@ -56,8 +56,8 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         elif not isinstance(value, list):
             value = [value]
-        items = [(v, _checked(v, get_args(tp)[0], f"{path}[{i}]", problems)) for i, v in enumerate(value)]
-        return [converted for _, (converted, ok) in items if ok]
+        items = [_checked(v, get_args(tp)[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return [converted for converted, ok in items if ok]  # a bad entry is reported, not kept
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")

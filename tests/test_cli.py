@@ -104,6 +104,12 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_a_group_without_a_command_shows_its_help():
+    for argv in ([], ["data"]):
+        result = CliRunner().invoke(main, argv, prog_name="edgetune")
+        assert "Usage: edgetune" in result.output and "Commands:" in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -118,10 +124,10 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
         (["export", "runs/x", "--out", "afile"], "afile: not a directory; --out names the folder"),
         (
             ["export", "runs/x", "--to", "gguf", "--quant", "int8"],
-            "--quant int8: a ONNX type, but ONNX is not",
+            "--quant int8: a ONNX type, but this export covers only gguf",
         ),
-        (["export", "runs/x", "--to", ","], "--to: names nothing"),
-        (["export", "runs/x", "--quant", ""], "--quant: names nothing"),
+        (["export", "runs/x", "--to", ","], "--to names nothing"),
+        (["export", "runs/x", "--quant", ""], "--quant names nothing"),
         (["bench", "runs/x", "--device", ","], "--device names nothing"),
         (["bench", "runs/x", "--compare", "runs/x"], "that is the run itself"),
         (["bench", "runs/x", "--regate", "--device", "cpu"], "--regate measures nothing"),

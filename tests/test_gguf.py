@@ -177,6 +177,11 @@ def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir
     assert checked.exit_code == 3, checked.output
     assert "parity check failed: model-f16.gguf: KL" in checked.output
     assert "x the goal" in checked.output
+    # --check --quant re-checks only the file named, and keeps the other files' rows
+    one = CliRunner().invoke(main, ["export", "--check", "--quant", "Q8_0"])
+    assert one.exit_code == 0 and "model-f16.gguf" not in one.output, one.output
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert [r["quant"] for r in stage["gguf_parity"]] == ["f16", "q8_0"] and not stage["gguf_parity_passed"]
 
 
 @pytest.mark.slow

@@ -309,7 +309,10 @@ def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_pa
         for extra in ([], ["--run-dir", str(tmp_path / "runs" / "named")]):
             result = CliRunner().invoke(main, ["tune", str(recipe), "--set", override, *extra])
             assert result.exit_code == 2 and named in result.output, (override, result.output)
-            assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["latest", "tiny-good"]
+            assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == [
+                "latest",
+                "tiny-good",
+            ]
             assert (tmp_path / "runs" / "latest").resolve() == good.resolve()
     kept = tmp_path / "runs" / "kept"  # an earlier attempt's directory stays, whatever it holds
     (kept / "notes").mkdir(parents=True)

@@ -23,6 +23,8 @@ def test_each_metric_on_a_hit_a_miss_and_partial_credit():
         ("C) Lyon", "B) Paris", 0.0),
         ("Paris, of course", "Paris", 1.0),
         ("", "B", 0.0),
+        ("New Jersey", "New York", 0.0),  # no label: the whole answer must lead the prediction
+        ("new york city, of course", "New York", 1.0),
     ],
 )
 def test_choice_compares_the_option_label(prediction, reference, score):

@@ -151,3 +151,17 @@ def test_a_text_dataset_exports_with_parity_on_its_opening_words(tmp_path, tiny_
     results = export(run, ["gguf", "onnx"], ["f32", "fp32"])
     assert {row.quant for row in results["parity"]} == {"f32", "fp32"}
     assert all(row.passed for row in results["parity"]), results["parity"]
+
+
+def test_a_start_that_failed_before_its_first_save_is_not_set_aside_over_a_real_run(tmp_path):
+    """The Trainer makes checkpoints/ when it starts: a failed first attempt must neither count as
+    a run to keep nor replace <run>.previous."""
+    from edgetune.pipeline import _set_aside
+
+    run, previous = tmp_path / "r", tmp_path / "r.previous"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    (previous / "adapter").mkdir(parents=True)
+    (previous / "manifest.json").write_text("{}")
+    _set_aside(run, None)
+    assert (run / "checkpoints").is_dir() and (previous / "adapter").is_dir()

@@ -10,6 +10,7 @@ lies above 0, below it, or across it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ def _paired_changes(
             for e, i in second.items()
             if e in first and first[e] < len(old[key]) and i < len(t[key])
         ]
+        pairs = [
+            (a, b) for a, b in pairs if math.isfinite(a) and math.isfinite(b)
+        ]  # an overflowed KL: no verdict
         if not pairs:
             continue
         a, b = [p[0] for p in pairs], [p[1] for p in pairs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -77,6 +78,8 @@ def kl_failure(target: dict[str, Any], gates: GatesConfig) -> str | None:
     kl, limit = target.get("kld_mean"), gates.max_kl
     if kl is None:
         return "KL not measured (bench.kl_examples is 0?)"
+    if not math.isfinite(kl):  # every comparison with NaN is false: it would pass the readings below
+        return f"KL {kl} (not finite: the target's distributions overflow)"
     interval = target.get("kl_interval")
     if gates.kl_evidence == "measured":
         if kl <= limit:

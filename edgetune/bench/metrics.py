@@ -76,10 +76,15 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def choice(prediction: str, reference: str) -> float:
-    """Multiple choice: the prediction's first word is the reference's (its option label: "B" of
-    "B) Paris", or the answer itself when the reference is one word)."""
+    """Multiple choice: the prediction names the reference's option. A reference that starts with a
+    label ("B) Paris", "3. red") is matched on the label; otherwise the prediction must start with
+    the whole answer ("New York" does not match "New Jersey")."""
     words, option = _normalise(prediction).split(), _normalise(reference).split()
-    return float(bool(words) and bool(option) and words[0] == option[0])
+    if not words or not option:
+        return 0.0
+    if len(option[0]) == 1:  # an option label: one letter or digit
+        return float(words[0] == option[0])
+    return float(words[: len(option)] == option)
 
 
 def unscorable(metric: str, reference: str) -> str | None:

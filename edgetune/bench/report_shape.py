@@ -34,10 +34,18 @@ def _numbers(value: Any) -> Problem:
     return None if bad is None else f"a list of finite numbers (entry {bad} is {value[bad]!r})"
 
 
+def _measurements(value: Any) -> Problem:
+    """Numbers that may be non-finite: a broken export's KL overflows, and that is its measurement."""
+    ok = isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
+    return None if ok else "a list of numbers"
+
+
 REFERENCE = {"name": (_text, True), "metric": (_text, True), "examples": (_count, True)}
 REFERENCE |= {"example_ids": (_texts, False), "kl_example_ids": (_texts, False), "scores": (_numbers, False)}
 TARGET = {"name": (_text, True), "device": (_text, True), "scores": (_numbers, False)}
-TARGET |= {"kl_scores": (_numbers, False)}
+TARGET |= {"kl_scores": (_measurements, False)}
 BASELINE = {"examples": (_count, False), "scores": (_numbers, False)}
 
 

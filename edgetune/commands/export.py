@@ -12,9 +12,7 @@ def _split(value: str | None, option: str) -> list[str] | None:
         return None
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:  # `--to ""` must not quietly mean the recipe's whole list
-        from edgetune.errors import InputError
-
-        raise InputError(f"{option}: names nothing; give comma-separated names, or leave the option out")
+        raise click.UsageError(f"{option} names nothing; give comma-separated names, or leave it out")
     return names
 
 

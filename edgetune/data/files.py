@@ -186,7 +186,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
             yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}
     except csv.Error as exc:
         raise DataError(
-            f"{path}:{reader.line_num}: unreadable CSV ({exc}; an unclosed double quote?)"
+            f"{path}:{reader.line_num}: unreadable CSV ({exc}; a quoted value must close its quote, and only a comma may follow it)"
         ) from None
     if not header:
         raise DataError(f"{path}:1: empty CSV file (expected a header row)")

@@ -111,9 +111,9 @@ def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) 
     encoded = {name: encode_split(renderer, getattr(splits, name)) for name in ("train", "valid", "test")}
     train = encoded["train"]
     if not train.examples:  # data check, tune and every later stage agree that there is nothing to train on
-        first = train.dropped_examples[0] if train.dropped_examples else "no training examples"
+        why = f", e.g. {train.dropped_examples[0]}" if train.dropped_examples else ""
         raise DataError(
-            f"{cfg.train}: every training example was dropped, e.g. {first}; raise data.max_seq_len, "
+            f"{cfg.train}: every training example was dropped{why}; raise data.max_seq_len, "
             "or set data.truncation: truncate"
         )
     return PreparedData(splits, renderer, encoded)

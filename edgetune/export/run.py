@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -84,7 +85,7 @@ def _refuse_unexported_quants(quants: list[str] | None, formats: list[str]) -> N
         fmt = "onnx" if q.lower() in ONNX_QUANTS else "gguf"
         if fmt not in formats:
             raise InputError(
-                f"--quant {q}: a {fmt.upper()} type, but {fmt.upper()} is not exported (--to {','.join(formats)})"
+                f"--quant {q}: a {fmt.upper()} type, but this export covers only {', '.join(formats)}"
             )
 
 
@@ -128,10 +129,11 @@ def export(
             found = {
                 f: _existing_gguf(gguf_dir) if f == "gguf" else _existing_onnx(onnx_dir) for f in formats
             }
-            if quants:  # --check --quant q4_k_m: only those files
-                named = {"gguf": gguf_quants, "onnx": onnx_quants}
-                found = {f: [(q, p) for q, p in files if q in named[f]] for f, files in found.items()}
-                if not any(found.values()):
+            if quants:  # --check --quant q4_k_m: only the files named, not the recipe's other types
+                named = {q.lower() for q in quants}
+                found = {f: [(q, p) for q, p in files if q in named] for f, files in found.items()}
+                formats = [f for f in formats if found[f]]
+                if not formats:
                     raise InputError(f"--quant {','.join(quants)}: no such export in {base_out} to check")
             if not (model_dir / "config.json").is_file():
                 raise InputError(
@@ -165,7 +167,7 @@ def export(
                 )
                 artifacts = [(a.quant, a.path) for a in results["gguf"].artifacts]
             rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
-            _record_parity(run_dir, gguf_dir, "gguf", rows)
+            _record_parity(run_dir, gguf_dir, "gguf", rows, partial=check_only and bool(quants))
             results["parity"] += rows
         if "onnx" in formats:
             if check_only:
@@ -174,7 +176,7 @@ def export(
                 results["onnx"] = _export_onnx(recipe, run_dir, model_dir, onnx_dir, onnx_quants, console)
                 variants = [(a.quant, a.path) for a in results["onnx"].artifacts]
             rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
-            _record_parity(run_dir, onnx_dir, "onnx", rows)
+            _record_parity(run_dir, onnx_dir, "onnx", rows, partial=check_only and bool(quants))
             results["parity"] += rows
         return results
 
@@ -254,15 +256,21 @@ def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any])
     )
 
 
-def _record_parity(run_dir: Path | None, out_dir: Path, fmt: str, rows) -> None:
-    atomic_write_json(out_dir / "parity.json", rows_as_dicts(rows))
+def _record_parity(run_dir: Path | None, out_dir: Path, fmt: str, rows, partial: bool = False) -> None:
+    """parity.json and the manifest's record; a partial check (--check --quant) replaces only the
+    rows of the files it checked."""
+    records = rows_as_dicts(rows)
+    if partial and (out_dir / "parity.json").is_file():
+        checked = {r["quant"] for r in records}
+        try:
+            earlier = json.loads((out_dir / "parity.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            earlier = []  # a damaged record is replaced by what was just measured
+        kept = [r for r in earlier if isinstance(r, dict) and r.get("quant") not in checked]
+        records = kept + records
+    atomic_write_json(out_dir / "parity.json", records)
     if run_dir:
+        passed = all(r.get("passed") for r in records)
         update_manifest(
-            run_dir,
-            stages={
-                "export": {
-                    f"{fmt}_parity": rows_as_dicts(rows),
-                    f"{fmt}_parity_passed": all(r.passed for r in rows),
-                }
-            },
+            run_dir, stages={"export": {f"{fmt}_parity": records, f"{fmt}_parity_passed": passed}}
         )

@@ -115,8 +115,11 @@ def _start_run(
         if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
         return recipe, new_run_dir(recipe.name).resolve(), True
-    refuse_foreign_dir(run_dir)
     from edgetune.tune.callbacks import complete_checkpoints
+    from edgetune.tune.distributed import is_main_process
+
+    if is_main_process():  # the other ranks may look while rank 0 already writes there
+        refuse_foreign_dir(run_dir)
 
     # an empty checkpoints/ is a start that failed before its first save: nothing to keep or resume
     if (run_dir / "adapter").exists() or complete_checkpoints(run_dir / "checkpoints"):
@@ -272,6 +275,8 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
         for partial in set(checkpoints.glob("checkpoint-*")) - set(done):
             shutil.rmtree(partial, ignore_errors=True)  # interrupted while being written
     if not resume:
+        if main:  # a start that failed before its first save may have logged its step-0 evaluation
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         return None
     done = complete_checkpoints(checkpoints)
     if not done:
