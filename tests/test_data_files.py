@@ -83,6 +83,9 @@ def test_a_json_array_file_reads_like_jsonl_and_names_the_line_each_row_starts_o
         load_examples(path)
     path.write_bytes(jsonl_bytes(ROWS))  # one row per line, named .json
     assert len(load_examples(path).examples) == 4
+    path.write_text(json.dumps({"version": 2, "data": ROWS}, indent=2))  # a hub export's wrapper object
+    with pytest.raises(DataError, match=r"one JSON object, not rows.*its rows may be the 'data' list"):
+        load_examples(path)
 
 
 def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(tmp_path):

@@ -114,6 +114,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
     text = _utf8(path, path.read_bytes()).removeprefix(BOM)
     start = len(text) - len(text.lstrip())
     if text[start : start + 1] != "[":
+        _refuse_one_object(path, text)
         yield from _iter_jsonl(path)
         return
     decoder, pos, line = json.JSONDecoder(), start + 1, 1 + text.count("\n", 0, start)
@@ -148,6 +149,23 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
             found = repr(after) if after else "the end of the file"
             raise DataError(f"{path}:{line}: expected , or ] between rows of the array, found {found}")
         pos = skip_space(pos + 1)
+
+
+def _refuse_one_object(path: Path, text: str) -> None:
+    """A .json file holding one object over several lines ({"data": [...]}) is no list of rows;
+    read as JSONL it would fail on its first line with a message about a missing brace."""
+    if text.count("\n", 0, len(text.rstrip())) == 0:
+        return  # one line: one row, as JSONL reads it
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return  # JSONL after all, or broken: the line-by-line reader names the line
+    if isinstance(value, dict):
+        lists = [k for k, v in value.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        hint = f"; its rows may be the {lists[0]!r} list: save that list alone" if lists else ""
+        raise DataError(
+            f"{path}: one JSON object, not rows: a .json dataset is an array of rows or one row per line{hint}"
+        )
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
