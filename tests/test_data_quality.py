@@ -73,8 +73,9 @@ def test_splits_assess_the_final_training_rows(tmp_path, chat_rows):
         tmp_path / "d.jsonl", [*chat_rows, chat_row(chat_rows[3]["messages"][0]["content"], "x")]
     )
     held = write_jsonl(tmp_path / "held.jsonl", [chat_row("fresh question", "fresh answer")])
+    test = write_jsonl(tmp_path / "test.jsonl", [chat_row("another question", "another answer")])
     leaked = write_jsonl(tmp_path / "leak.jsonl", [chat_rows[3]])
-    kept = make_splits(DataConfig(train=str(train), valid=str(held), test=str(held)))
+    kept = make_splits(DataConfig(train=str(train), valid=str(held), test=str(test)))
     assert kept.quality.conflicting_inputs == 1
     # the conflicting input also sits in the test file: both training rows are dropped as overlap
     dropped = make_splits(DataConfig(train=str(train), valid=str(held), test=str(leaked)))
@@ -120,7 +121,8 @@ def test_tune_warns_about_conflicting_answers_and_records_the_findings(tmp_path,
     with data.open("a") as f:
         f.write(json.dumps(chat_row(first["messages"][0]["content"], '{"port": 9}')) + "\n")
     held = write_jsonl(tmp_path / "held.jsonl", [chat_row(f"fresh question {i}", "fresh") for i in range(4)])
-    result = tune(str(recipe), overrides=[f"data.valid={held}", f"data.test={held}"])
+    test = write_jsonl(tmp_path / "test.jsonl", [chat_row(f"test question {i}", "fresh") for i in range(4)])
+    result = tune(str(recipe), overrides=[f"data.valid={held}", f"data.test={test}"])
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["data"]["quality"]["conflicting_inputs"] == 1
     assert any("1 train input with more than one answer" in w for w in result.warnings)
