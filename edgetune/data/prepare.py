@@ -112,8 +112,8 @@ def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) 
     train = encoded["train"]
     if not train.examples:  # data check, tune and every later stage agree that there is nothing to train on
         why = f", e.g. {train.dropped_examples[0]}" if train.dropped_examples else ""
-        raise DataError(
-            f"{cfg.train}: every training example was dropped{why}; raise data.max_seq_len, "
-            "or set data.truncation: truncate"
+        fix = "raise data.max_seq_len" + (
+            ", or set data.truncation: truncate" if cfg.truncation == "drop" else ""
         )
+        raise DataError(f"{cfg.train}: every training example was dropped{why}; {fix}")
     return PreparedData(splits, renderer, encoded)
