@@ -82,12 +82,9 @@ def training_system_prompt(run: Path) -> str | None:
 
 
 def _tokenizer(path: Path):
-    from transformers import AutoTokenizer
+    from edgetune.models import ResolvedModel, load_tokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except Exception as exc:  # tokenizers and transformers raise many types for one broken file
-        raise ModelError(f"{path}: cannot load the tokenizer ({short_reason(exc)})") from None
+    return load_tokenizer(ResolvedModel(str(path), path, "local"))
 
 
 def open_chat(

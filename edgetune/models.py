@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune.errors import ModelError
-from edgetune.rundir import sha256_file
+from edgetune.rundir import file_in_the_way, sha256_file
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -41,12 +41,9 @@ BUILTINS = {
 
 def cache_dir() -> Path:
     path = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune").expanduser()
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "EDGETUNE_CACHE" if os.environ.get("EDGETUNE_CACHE") else "the model cache"
-                raise ModelError(f"{folder}: not a directory, so {where} ({path}) cannot be made there")
-            break
+    if blocked := file_in_the_way(path):
+        where = "EDGETUNE_CACHE" if os.environ.get("EDGETUNE_CACHE") else "the model cache"
+        raise ModelError(f"{blocked}: not a directory, so {where} ({path}) cannot be made there")
     return path
 
 
@@ -198,7 +195,7 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise ModelError(f"{model.path}: cannot load the tokenizer ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"{model.path}: cannot load the tokenizer ({short_reason(exc)})") from None
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token  # labels are masked by position, so pad == eos costs nothing
     return tok

@@ -187,6 +187,13 @@ def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
         raise
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing path at or above `path` when it is a file, not a directory: making
+    `path` (mkdir with parents) would fail there, after whatever work came first."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def is_run_dir(path: Path) -> bool:
     """Whether a directory holds an edgetune run (its recipe or manifest), not somebody's files."""
     return (path / RECIPE_FILE).is_file() or (path / MANIFEST).is_file()
@@ -195,10 +202,10 @@ def is_run_dir(path: Path) -> bool:
 def refuse_foreign_dir(run_dir: Path) -> None:
     """A --run-dir that exists must be empty or an edgetune run: a run writes, renames and
     replaces what it finds there, and a project folder given by mistake must not be touched."""
+    if blocked := file_in_the_way(run_dir):
+        raise InputError(f"{blocked}: not a directory; --run-dir names the run's directory")
     if not run_dir.exists():
         return
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: not a directory; --run-dir names the run's directory")
     # dotfiles (.DS_Store, a temporary edgetune is writing) say nothing about whose folder it is
     if any(not p.name.startswith(".") for p in run_dir.iterdir()) and not is_run_dir(run_dir):
         raise InputError(

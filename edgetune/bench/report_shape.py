@@ -27,19 +27,18 @@ def _texts(value: Any) -> Problem:
     return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of strings"
 
 
-def _numbers(value: Any) -> Problem:
-    if not isinstance(value, list):
+def _numbers(value: Any, finite: bool = True) -> Problem:
+    if not isinstance(value, list) or any(
+        not isinstance(v, (int, float)) or isinstance(v, bool) for v in value
+    ):
         return "a list of numbers"
-    bad = next((i for i, v in enumerate(value) if not _finite(v)), None)
+    bad = next((i for i, v in enumerate(value) if not _finite(v)), None) if finite else None
     return None if bad is None else f"a list of finite numbers (entry {bad} is {value[bad]!r})"
 
 
 def _measurements(value: Any) -> Problem:
     """Numbers that may be non-finite: a broken export's KL overflows, and that is its measurement."""
-    ok = isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    )
-    return None if ok else "a list of numbers"
+    return _numbers(value, finite=False)
 
 
 REFERENCE = {"name": (_text, True), "metric": (_text, True), "examples": (_count, True)}

@@ -17,6 +17,7 @@ from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
     atomic_write_json,
+    file_in_the_way,
     read_manifest,
     resolve_run_dir,
     run_lock,
@@ -110,11 +111,8 @@ def export(
     run_dir, model_dir = _source(source)
     recipe = load_recipe(str(run_dir / RECIPE_FILE)) if run_dir else load_recipe("demo")
     base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
-    for folder in (base_out, *base_out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise InputError(f"{folder}: not a directory; --out names the folder the exports go in")
-            break
+    if blocked := file_in_the_way(base_out):
+        raise InputError(f"{blocked}: not a directory; --out names the folder the exports go in")
     with run_lock(run_dir or base_out, "export"):
         gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
         if check_only and not formats:  # check what is there

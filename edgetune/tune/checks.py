@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from edgetune.bench.runners import default_threads
 from edgetune.config import Recipe
 from edgetune.errors import InputError
 
@@ -47,8 +47,8 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
             f"data.max_seq_len {recipe.data.max_seq_len}?): the model may not learn to stop"
         )
     t = recipe.train
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if t.threads and cores and t.threads > cores:
+    cores = default_threads()
+    if t.threads and t.threads > cores:
         warn(
             f"train.threads {t.threads} is more than the {cores} cores this process may use: threads contend"
         )

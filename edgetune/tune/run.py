@@ -153,7 +153,7 @@ def tune(
     with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext():
         main = is_main_process()
         with discarded_on_failure(run_dir, created and main):
-            if not resume and is_main_process():  # under the lock: a refused second run must not write it
+            if not resume and main:  # under the lock: a refused second run must not write it
                 atomic_write_text(
                     run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
                 )
