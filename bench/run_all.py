@@ -13,8 +13,8 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     failed = []
     for script in sorted(HERE.glob("*.py")):
-        # gpu_check needs CUDA (bench/gpu_check.sh); gpu_wheels packs for the device machine
-        if script.name in (Path(__file__).name, "gpu_check.py", "gpu_wheels.py"):
+        # the gpu_* scripts need CUDA or pack for the device machine (bench/gpu_check.sh)
+        if script.name == Path(__file__).name or script.name.startswith("gpu_"):
             continue
         print(f"== {script.name}", flush=True)
         if subprocess.run([sys.executable, str(script)]).returncode != 0:

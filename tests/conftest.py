@@ -143,9 +143,9 @@ def build_tiny_model(tmp_path: Path, tokenizer, arch: str, **overrides) -> Path:
         "Qwen3ForCausalLM": "qwen3",
         "LlamaForCausalLM": "llama",
         "Gemma3ForCausalLM": "gemma3_text",
+        "Phi3ForCausalLM": "phi3",
     }
-    config = AutoConfig.for_model(
-        kinds[arch],
+    settings = dict(
         vocab_size=len(tokenizer),
         **TINY_SHAPE,
         head_dim=16,
@@ -155,8 +155,8 @@ def build_tiny_model(tmp_path: Path, tokenizer, arch: str, **overrides) -> Path:
         architectures=[arch],
         rope_theta=10000.0,
         **(GEMMA3 if arch == "Gemma3ForCausalLM" else {}),
-        **overrides,
     )
+    config = AutoConfig.for_model(kinds[arch], **{**settings, **overrides})
     torch.manual_seed(1)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # random biases and norm weights, so a wrong mapping shows in the logits

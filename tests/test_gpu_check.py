@@ -37,17 +37,17 @@ def test_gpu_check_dry_run(tmp_path):
     assert "Fine-tuning against prompting" not in report["pipeline"]["report_md"]
 
 
-def load_gpu_check():
+def load_bench_script(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_preflight_names_what_this_python_lacks():
-    gpu_check = load_gpu_check()
+    gpu_check = load_bench_script("gpu_check")
     assert gpu_check.preflight() == {}  # make test installed everything pyproject.toml asks for
     problems = gpu_check.preflight(["click>=999", "no-such-package-edgetune>=1"])
     assert "edgetune needs >=999" in problems["click"]
@@ -55,16 +55,16 @@ def test_preflight_names_what_this_python_lacks():
 
 
 def test_cuda_rows_sit_beside_the_same_target_on_the_cpu():
-    gpu_check = load_gpu_check()
+    gpu_report = load_bench_script("gpu_report")
 
     def t(name, device, decode, vram=None):
         return {"name": name, "device": device, "decode_tok_s": decode, "ttft_ms": 5.0, "peak_vram_mb": vram}
 
     report = {"targets": [t("torch/merged", "cpu", 30.0), t("gguf/q8_0", "cpu", 80.0),
                           t("torch/merged", "cuda", 150.0, 900.0)]}  # fmt: skip
-    (row,) = gpu_check.latency_rows(report)
+    (row,) = gpu_report.latency_rows(report)
     assert row["name"] == "torch/merged" and row["decode_ratio"] == 5.0 and row["cuda_peak_vram_mb"] == 900.0
-    md = gpu_check.markdown(
+    md = gpu_report.markdown(
         {
             "device": "H200",
             "date": "d",
@@ -77,6 +77,6 @@ def test_cuda_rows_sit_beside_the_same_target_on_the_cpu():
     )
     assert "| torch/merged | 5.0 ms | 150.0 tok/s | 30.0 tok/s | 5.00x | 900 MB |" in md
     # a check cut short before its first step, or with a failed step, still writes a readable report
-    early = gpu_check.markdown({"device": "H200", "date": "d", "preflight": {"gguf": "not installed"},
+    early = gpu_report.markdown({"device": "H200", "date": "d", "preflight": {"gguf": "not installed"},
                                 "failed": {"memory": "StepFailed: `edgetune tune` exited 1: CUDA error"}})  # fmt: skip
     assert "gguf: not installed" in early and "Step memory FAILED: StepFailed" in early

@@ -9,6 +9,7 @@ values. Adding a model family is one entry.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ class ArchSpec:
     permute_qk: bool  # HF Llama layout -> llama.cpp's interleaved rope layout
     hparams: Callable[[gguf.GGUFWriter, Any], None] | None = None  # after the common keys
     tensor: Callable[[str, np.ndarray], np.ndarray] | None = None  # (HF name, data) -> data
+    rope_scaling: tuple[str, ...] = ()  # rope_scaling kinds beyond the common ones that `hparams` writes
 
 
 def gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
@@ -55,6 +57,47 @@ def gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
         writer.add_rope_freq_base_swa(float(config.rope_local_base_freq))
 
 
+def phi3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
+    """Phi-3's original context and sliding window, and the long-context (longrope) rotary factors
+    of Phi-3.5 and Phi-4-mini: llama.cpp takes them as two tensors, the short factors while its
+    context fits the original one and the long ones beyond, with one attention factor for both."""
+    where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise InputError(f"{where}: hidden_act {config.hidden_act!r} (llama.cpp's Phi-3 graph uses silu)")
+    original = int(
+        getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
+    )
+    writer.add_rope_scaling_orig_ctx_len(original)
+    # llama.cpp's Phi-3 graph attends to the whole context (it turns the window off with a warning)
+    writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
+    scaling = getattr(config, "rope_scaling", None) or {}
+    if (scaling.get("rope_type") or scaling.get("type")) != "longrope":
+        return
+    long, short = scaling.get("long_factor"), scaling.get("short_factor")
+    pairs = rope_dims(config) // 2
+    if not (isinstance(long, list) and isinstance(short, list) and len(long) == len(short) == pairs):
+        raise InputError(f"{where}: rope_scaling needs long_factor and short_factor lists of {pairs} values")
+    factor = config.max_position_embeddings / original
+    attention = scaling.get("attention_factor")
+    if attention is None:  # what transformers computes where the checkpoint gives none
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    writer.add_rope_scaling_attn_factors(float(attention))
+    for kind, factors in (
+        (gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, long),
+        (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, short),
+    ):
+        writer.add_tensor(gguf.TENSOR_NAMES[kind] + ".weight", np.asarray(factors, dtype=np.float32))
+
+
+def attention_head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def rope_dims(config: Any) -> int:
+    """How many of each head's dimensions the rotary embedding turns (Phi-4-mini: three quarters)."""
+    return int(attention_head_dim(config) * float(getattr(config, "partial_rotary_factor", None) or 1.0))
+
+
 def gemma_norm(name: str, data: np.ndarray) -> np.ndarray:
     """Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's multiplies by the stored weight."""
     return data + 1.0 if name.endswith("norm.weight") else data
@@ -67,6 +110,8 @@ REGISTRY: dict[str, ArchSpec] = {
     "Qwen3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
     # the text-only Gemma 3 checkpoints (270M, 1B); the larger ones are vision models
     "Gemma3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.GEMMA3, False, gemma3_hparams, gemma_norm),
+    # Phi-3, Phi-3.5 and Phi-4-mini: fused qkv_proj and gate_up_proj, which llama.cpp takes fused too
+    "Phi3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.PHI3, False, phi3_hparams, rope_scaling=("longrope",)),
 }
 
 

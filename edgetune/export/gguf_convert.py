@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from edgetune import __version__
 from edgetune.errors import InputError, writing
-from edgetune.export.gguf_arch import arch_for, permute_rope
+from edgetune.export.gguf_arch import ArchSpec, arch_for, attention_head_dim, permute_rope, rope_dims
 from edgetune.export.gguf_vocab import read_vocab
 
 OUTTYPES = {
@@ -49,9 +50,9 @@ def _iter_tensors(model_dir: Path):
             raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
 
 
-def _write_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
+def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None:
     n_head = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    head_dim = attention_head_dim(config)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -60,7 +61,7 @@ def _write_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(getattr(config, "rope_theta", 10000.0))
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(rope_dims(config))
     if head_dim != config.hidden_size // n_head:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -77,7 +78,7 @@ def _write_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
                 gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
                 llama3_rope_factors(scaling, getattr(config, "rope_theta", 10000.0), head_dim),
             )
-        elif kind != "default":
+        elif kind != "default" and kind not in spec.rope_scaling:
             raise InputError(f"rope scaling {kind!r} is not supported for GGUF export yet")
 
 
@@ -94,7 +95,27 @@ def llama3_rope_factors(scaling: dict[str, Any], theta: float, head_dim: int) ->
     return divisor.astype(np.float32)
 
 
-def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any) -> None:
+# llama.cpp strips the whitespace after every special token of a model whose general.name holds
+# "phi3" or "phi-3" (what Phi-3's own tokenizer does), whatever its architecture, and cannot load
+# such a model whose vocabulary lacks a token that rule names: the name has to say what the
+# tokenizer really does
+PHI3_NAME = re.compile(r"(phi)-?3", re.I)
+PHI3_RULE_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+
+
+def name_for_llama_cpp(name: str, tok) -> str:
+    """`name`, with llama.cpp's Phi-3 tokenizer rule switched on exactly where the tokenizer strips
+    the whitespace after its special tokens (and the rule's tokens exist)."""
+    vocab = tok.get_vocab()
+    rstrips = any(t.special and t.rstrip for t in tok.added_tokens_decoder.values())
+    wanted = rstrips and all(t in vocab for t in PHI3_RULE_TOKENS)
+    if wanted and not PHI3_NAME.search(name):
+        return f"{name} (phi3 tokenizer)"
+    return name if wanted else PHI3_NAME.sub(r"\1 3", name)
+
+
+def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
+    """The vocabulary and its special tokens; returns the HF tokenizer they came from."""
     from transformers import AutoTokenizer
 
     vocab = read_vocab(model_dir, config.vocab_size)
@@ -120,6 +141,7 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any) -> N
         writer.add_add_space_prefix(tok.tokenize("a")[:1] == ["▁a"] or tok.tokenize("a")[:1] == ["▁"])
     if special.chat_template is None and tok.chat_template:
         writer.add_chat_template(tok.chat_template)
+    return tok
 
 
 def convert(
@@ -128,8 +150,10 @@ def convert(
     outtype: str = "f16",
     provenance: dict[str, str] | None = None,
     progress: bool = False,
+    name: str | None = None,
 ) -> Path:
-    """Write model_dir (an HF model directory) as a GGUF file at `out`, atomically."""
+    """Write model_dir (an HF model directory) as a GGUF file at `out`, atomically. `name` is the
+    file's general.name (default: the directory's name)."""
     import torch
     from transformers import AutoConfig
 
@@ -152,13 +176,13 @@ def convert(
     writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[spec.gguf_arch])
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(getattr(config, "_name_or_path", "") or model_dir.name)
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_hparams(writer, config)
+        _write_hparams(writer, config, spec)
         if spec.hparams:
             spec.hparams(writer, config)
-        _write_tokenizer(writer, model_dir, config)
+        tok = _write_tokenizer(writer, model_dir, config)
+        writer.add_name(name_for_llama_cpp(name or model_dir.resolve().name, tok))
         writer.add_string("edgetune.version", __version__)
         for key, value in (provenance or {}).items():
             writer.add_string(f"edgetune.{key}", str(value))

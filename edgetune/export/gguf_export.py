@@ -40,9 +40,11 @@ def export_gguf(
     stem: str = "model",
     console=None,
     f16_output: tuple[str, ...] = (),
+    name: str | None = None,
 ) -> GGUFExport:
     """Convert and quantise. `calibration` (token ids of the training data, rendered with the
-    training template) enables the importance matrix; None quantises without one."""
+    training template) enables the importance matrix; None quantises without one. `name` is the
+    files' general.name."""
     started = time.time()
     wanted = [q.lower() for q in quants]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def export_gguf(
 
     for q in [q for q in wanted if q in OUTTYPES]:
         note(f"gguf: converting to {q}")
-        record(q, convert(model_dir, out_dir / f"{stem}-{q}.gguf", q, provenance))
+        record(q, convert(model_dir, out_dir / f"{stem}-{q}.gguf", q, provenance, name=name))
     to_quantise = [q for q in wanted if q in QUANTS]
     if not to_quantise:
         return GGUFExport(artifacts, [], round(time.time() - started, 1))
@@ -74,7 +76,7 @@ def export_gguf(
     source = out_dir / f".{stem}-f32-source.gguf.tmp"
     try:
         note("gguf: converting to f32 (the quantiser's input)")
-        convert(model_dir, source, "f32", provenance)
+        convert(model_dir, source, "f32", provenance, name=name)
         for q in to_quantise:
             note(f"gguf: quantising to {q}" + (" with the importance matrix" if imatrix_path else ""))
             keep = q in f16_output

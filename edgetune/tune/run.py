@@ -139,129 +139,146 @@ def tune(
     resume: bool = False,
     console=None,
 ) -> TuneResult:
-    import torch
-    import transformers
-
-    from edgetune.data.prepare import prepare
-    from edgetune.models import load_tokenizer, resolve_model
     from edgetune.tune.distributed import is_main_process, save_adapter, wait_for_every_rank
-    from edgetune.tune.model import choose_setup, load_for_training
-    from edgetune.tune.trainer import build_trainer, training_args
 
     started = time.time()
     recipe, run_dir, created = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
     with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext():
         main = is_main_process()
+        warnings: list[str] = []
+
+        def warn(message: str) -> None:
+            warnings.append(message)
+            if console is not None and main:
+                console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
         with discarded_on_failure(run_dir, created and main):
             if not resume and main:  # under the lock: a refused second run must not write it
                 atomic_write_text(
                     run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
                 )
-            warnings: list[str] = []
-
-            def warn(message: str) -> None:
-                warnings.append(message)
-                if console is not None and main:
-                    console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
-
             resume_from = _prepare_checkpoints(run_dir, resume, main)
-            if recipe.train.threads:
-                torch.set_num_threads(recipe.train.threads)
-            transformers.logging.set_verbosity_error()
-            # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
-            warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
-            transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
-
-            model_ref = resolve_model(
-                recipe.model.base,
-                recipe.model.revision,
-                quiet=not main,
-                allow_pickle=recipe.model.allow_pickle,
-            )
-            tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
-            from edgetune.rundir import low_space_warning, weights_bytes
-
-            # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
-            space = low_space_warning(
-                run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)"
-            )
-            if space:
-                warn(space)
-            data = prepare(recipe.data, tokenizer)
-            train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
-            warn_about_data(recipe, data, warn)
-            setup = choose_setup(recipe.train.method, recipe.train.precision)
-            for message in setup.warnings:
-                warn(message)
-            args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
-            model = load_for_training(
-                model_ref,
-                setup,
-                recipe.train.lora,
-                recipe.model.trust_remote_code,
-                recipe.train.gradient_checkpointing,
-            )
-            callbacks = _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None)
-            trainer = build_trainer(recipe, args, model, tokenizer, train_examples, valid_examples, callbacks)
-            initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data) if main else None
-            if valid_examples and resume_from is None:
-                from edgetune.tune.callbacks import InitialEval
-
-                def record_initial_eval(loss: float) -> None:
-                    nonlocal initial_eval
-                    initial_eval = loss
-                    if main:
-                        update_manifest(
-                            run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}}
-                        )
-                        if console is not None:
-                            console.print(f"validation loss before training: {loss:.4f}")
-
-                trainer.add_callback(InitialEval(record_initial_eval))
+            run = _prepare_training(recipe, run_dir, resume_from, main, warn, console)
         if main:  # the run is real now: `tune --resume` and `export` find it by default
             point_latest(run_dir)
         try:
             with writing(run_dir / "checkpoints"):
-                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}"
             ) from None
 
+        trainer = run.trainer
         result = _result(
             trainer.args,
             trainer.state,
             run_dir,
-            setup,
-            train_examples,
-            bool(valid_examples),
-            initial_eval,
+            run.setup,
+            run.train_examples,
+            bool(run.valid_examples),
+            run.initial_eval,
             resume_from,
             started,
             warnings,
         )
-        save_adapter(trainer, tokenizer, run_dir / "adapter", main)
+        save_adapter(trainer, run.tokenizer, run_dir / "adapter", main)
         if main:
-            fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
-            update_manifest(
-                run_dir,
-                stages={
-                    "tune": {
-                        **fields,
-                        "status": "done",
-                        "dtype": setup.dtype,
-                        "optim": setup.optim,
-                        "gradient_checkpointing": bool(
-                            getattr(trainer.model, "is_gradient_checkpointing", False)
-                        ),
-                        "warnings": warnings,
-                        "adapter": "adapter",
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    }
-                },
-            )
+            _record_done(run_dir, result, run.setup, trainer)
         wait_for_every_rank()  # the ranks leave together, once the main one wrote adapter and manifest
         return result
+
+
+@dataclass
+class _Training:
+    """What one tune trains with, set up before the first step."""
+
+    trainer: Any
+    tokenizer: Any
+    setup: Any
+    train_examples: list
+    valid_examples: list
+    initial_eval: float | None = None  # the validation loss before training, once measured
+
+
+def _prepare_training(
+    recipe: Recipe, run_dir: Path, resume_from: Path | None, main: bool, warn, console
+) -> _Training:
+    """Model, tokenizer, data and Trainer, with the start of the run recorded in its manifest."""
+    import torch
+    import transformers
+
+    from edgetune.data.prepare import prepare
+    from edgetune.models import load_tokenizer, resolve_model
+    from edgetune.rundir import low_space_warning, weights_bytes
+    from edgetune.tune.model import choose_setup, load_for_training
+    from edgetune.tune.trainer import build_trainer, training_args
+
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    transformers.logging.set_verbosity_error()
+    # the Trainer's own UserWarnings (tensor copies, mtime fallbacks) say nothing a user can act on
+    warnings_module.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
+    transformers.set_seed(recipe.train.seed)  # before the adapter is created: LoRA init is random
+
+    model_ref = resolve_model(
+        recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
+    )
+    tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
+    # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
+    space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
+    if space:
+        warn(space)
+    data = prepare(recipe.data, tokenizer)
+    train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
+    warn_about_data(recipe, data, warn)
+    setup = choose_setup(recipe.train.method, recipe.train.precision)
+    for message in setup.warnings:
+        warn(message)
+    args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
+    model = load_for_training(
+        model_ref,
+        setup,
+        recipe.train.lora,
+        recipe.model.trust_remote_code,
+        recipe.train.gradient_checkpointing,
+    )
+    callbacks = _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None)
+    trainer = build_trainer(recipe, args, model, tokenizer, train_examples, valid_examples, callbacks)
+    run = _Training(trainer, tokenizer, setup, train_examples, valid_examples)
+    if main:
+        run.initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data)
+    if valid_examples and resume_from is None:
+        from edgetune.tune.callbacks import InitialEval
+
+        def record_initial_eval(loss: float) -> None:
+            run.initial_eval = loss
+            if main:
+                update_manifest(run_dir, stages={"tune": {"status": "running", "initial_eval_loss": loss}})
+                if console is not None:
+                    console.print(f"validation loss before training: {loss:.4f}")
+
+        trainer.add_callback(InitialEval(record_initial_eval))
+    return run
+
+
+def _record_done(run_dir: Path, result: TuneResult, setup, trainer) -> None:
+    fields = {k: v for k, v in asdict(result).items() if k not in ("run_dir", "warnings")}
+    update_manifest(
+        run_dir,
+        stages={
+            "tune": {
+                **fields,
+                "status": "done",
+                "dtype": setup.dtype,
+                "optim": setup.optim,
+                "gradient_checkpointing": bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+                "warnings": result.warnings,
+                "adapter": "adapter",
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        },
+    )
 
 
 def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None:
