@@ -56,8 +56,17 @@ def isolated_env(tmp_path, monkeypatch, session_cache):
     return tmp_path
 
 
-def build_tokenizer(chat_template: str | None = CHATML, add_bos: bool = False, vocab_size: int = 400):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def build_tokenizer(
+    chat_template: str | None = CHATML,
+    add_bos: bool = False,
+    vocab_size: int = 400,
+    split_regex: str | None = None,
+    corpus: list[str] = CORPUS,
+):
+    """A byte-level BPE tokenizer trained on `corpus` with GPT-2's pre-tokenizer; with `split_regex`,
+    it then splits by that regex before byte-level (the Llama 3, Qwen2 and GPT-4o way), so its
+    merges cross the regex's boundaries and a wrong split shows in the ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
@@ -70,7 +79,14 @@ def build_tokenizer(chat_template: str | None = CHATML, add_bos: bool = False, v
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tk.train_from_iterator(CORPUS * 20, trainer)
+    tk.train_from_iterator(corpus * 20, trainer)
+    if split_regex:
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split_regex), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     if add_bos:
         tk.post_processor = processors.TemplateProcessing(
             single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))]

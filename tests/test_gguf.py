@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_SHAPE, build_tiny_model, build_tokenizer
+from conftest import CORPUS, TINY_SHAPE, build_tiny_model, build_tokenizer
 
 from edgetune.errors import InputError
 from edgetune.export.gguf_convert import convert
+from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
 from edgetune.export.llama_runtime import load_llama
 
 
@@ -415,17 +416,15 @@ PHI3_TEMPLATE = (
 )
 
 
-def phi3_tokenizer():
-    """A Phi-3-like vocabulary: its turn markers strip the whitespace after them (rstrip)."""
+def phi3_tokenizer(rstrip: bool = True):
+    """A Phi-3-like vocabulary: its turn markers strip the whitespace after them (rstrip), as
+    Phi-3-mini's do."""
     from tokenizers import AddedToken
 
     tok = build_tokenizer(chat_template=PHI3_TEMPLATE)
+    markers = ("<|user|>", "<|end|>", "<|assistant|>", "<|system|>")
     tok.add_special_tokens(
-        {
-            "additional_special_tokens": [
-                AddedToken(t, rstrip=True, special=True) for t in ("<|user|>", "<|end|>", "<|assistant|>")
-            ]
-        }
+        {"additional_special_tokens": [AddedToken(t, rstrip=rstrip, special=True) for t in markers]}
     )
     tok.add_tokens([AddedToken(t, special=True) for t in ("</s>", "<unk>")], special_tokens=True)
     return tok
@@ -481,6 +480,29 @@ def test_a_name_that_would_switch_on_llama_cpps_phi3_rule_wrongly_is_changed(tmp
     assert GGUFReader(str(out)).get_field("general.name").contents() == "Phi 3 style helpdesk bot"
     kl, top1 = parity(tiny_model_dir, out, TEXTS)  # loads, and keeps the whitespace after its specials
     assert kl <= 1e-6 and top1 == 1.0
+
+
+# contractions in any case, digit runs, camel case, marks, scripts without case, slashes after newlines
+TRICKY = [
+    "I'm sure you'RE right: HelloWorld's JSONParser read 1234567 rows, then 89.",
+    "path/to//file\n/next\r\n\n  spaced   out\t\ttabs\u00a0nbsp",
+    "caf\u00e9 cafe\u0301 na\u00efve \u00c5ngstr\u00f6m \u0663\u0664\u0665 \u65e5\u672c\u8a9e\u30c6\u30ad\u30b9\u30c8 \U0001f600!!",
+]
+
+
+@pytest.mark.parametrize("regex, pre", list(SPLIT_REGEX_PRE.items()), ids=list(SPLIT_REGEX_PRE.values()))
+def test_split_regex_tokenizers_tokenise_in_llama_cpp_as_in_transformers(tmp_path, regex, pre):
+    """The pre-tokenizer is named from tokenizer.json's split regex; the name must make llama.cpp
+    split text exactly as that regex does."""
+    from gguf import GGUFReader
+    from llama_cpp import Llama
+
+    tok = build_tokenizer(split_regex=regex, corpus=CORPUS + TRICKY, vocab_size=600)
+    out = convert(build_tiny_model(tmp_path, tok, "LlamaForCausalLM"), tmp_path / f"{pre}.gguf", "f32")
+    assert GGUFReader(str(out)).get_field("tokenizer.ggml.pre").contents() == pre
+    llm = Llama(model_path=str(out), vocab_only=True, verbose=False)
+    for text in TRICKY + TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"], text
 
 
 def test_f16_output_keeps_the_head_and_embedding_in_f16(tmp_path, tiny_model_dir):

@@ -106,6 +106,22 @@ def gemma_tokenizer():
     return tok
 
 
+# Phi-4-mini's format: Phi-3's without the newlines
+PHI4_TEMPLATE = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+
+def phi_tokenizer(template: str | None = None, rstrip: bool = True):
+    from test_gguf import phi3_tokenizer
+
+    tok = phi3_tokenizer(rstrip)
+    if template:
+        tok.chat_template = template
+    return tok
+
+
 def tokenizers():
     from conftest import build_tokenizer
 
@@ -115,6 +131,9 @@ def tokenizers():
         "llama3, template carries BOS": lambda: llama3_tokenizer(add_bos=False),
         "llama3.1, template adds to the system turn": lambda: llama3_tokenizer(True, LLAMA31_TEMPLATE),
         "gemma": gemma_tokenizer,
+        "phi-3": phi_tokenizer,
+        "phi-3, markers keep the newline after them": lambda: phi_tokenizer(rstrip=False),
+        "phi-4": lambda: phi_tokenizer(PHI4_TEMPLATE, rstrip=False),
         "fallback": lambda: build_tokenizer(chat_template=None, add_bos=True),
     }
 

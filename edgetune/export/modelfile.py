@@ -1,8 +1,8 @@
 """An Ollama Modelfile beside each GGUF: the training chat format, its stop tokens, greedy defaults.
 
 Ollama's TEMPLATE is a Go template, and a Jinja chat template cannot be translated in general, so
-we write the Go form of the template families we recognise (ChatML, Llama 3, Gemma, edgetune's
-fallback) and say so in a comment otherwise (Ollama then falls back to its own detection from the
+we write the Go form of the template families we recognise (ChatML, Llama 3, Gemma, Phi-3 and
+Phi-4, edgetune's fallback) and say so in a comment otherwise (Ollama then falls back to its own detection from the
 GGUF). When every training conversation carries the same system message, it becomes the SYSTEM
 line: the tuned model answers in the format it learned only with the prompt it learned it under.
 tests/ollama/render.go renders these templates the way Ollama does and checks the ids against
@@ -36,6 +36,8 @@ GEMMA = (
     '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}'
     "{{- end }}<start_of_turn>model\n"
 )
+# Phi-3 and Phi-3.5 put a newline after each role marker and each <|end|>; Phi-4-mini puts none
+PHI = "{{- range .Messages }}<|{{ .Role }}|>{nl}{{ .Content }}<|end|>{nl}{{ end }}<|assistant|>{nl}"
 FALLBACK = (
     '{{- range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n\n'
     '{{ else if eq .Role "user" }}### User:\n{{ .Content }}\n\n'
@@ -48,7 +50,12 @@ SYSTEM_TURN = {
     "llama3": re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),
 }
 PROBE = "edgetune-probe"
-TURN_OPENER = {"chatml": "<|im_start|>", "llama3": "<|start_header_id|>", "gemma": "<start_of_turn>"}
+TURN_OPENER = {
+    "chatml": "<|im_start|>",
+    "llama3": "<|start_header_id|>",
+    "gemma": "<start_of_turn>",
+    "phi": "<|user|>",
+}
 
 
 def template_family(chat_template: str | None) -> str | None:
@@ -60,6 +67,8 @@ def template_family(chat_template: str | None) -> str | None:
         return "llama3"
     if "<start_of_turn>" in chat_template:
         return "gemma"
+    if "<|end|>" in chat_template and "<|assistant|>" in chat_template:
+        return "phi"
     if "### Assistant:" in chat_template:
         return "edgetune-fallback"
     return None
@@ -71,7 +80,7 @@ def stop_tokens(tokenizer, stop_ids=()) -> list[str]:
     stops = [tokenizer.convert_ids_to_tokens(i) for i in sorted(stop_ids)]
     if tokenizer.eos_token and tokenizer.eos_token not in stops:
         stops.append(tokenizer.eos_token)
-    for candidate in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
+    for candidate in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "<|endoftext|>"):
         if candidate in tokenizer.get_vocab() and candidate not in stops:
             stops.append(candidate)
     return stops
@@ -113,6 +122,12 @@ def _head(renderer, family: str) -> str:
     return head[len(bos) :] if bos and renderer.adds_bos and head.startswith(bos) else head
 
 
+def _phi_newline(renderer) -> str:
+    """Phi-3's turns end their markers with a newline, Phi-4-mini's do not."""
+    text = renderer.chat_text([{"role": "user", "content": PROBE}], True)
+    return "\n" if f"<|user|>\n{PROBE}" in text else ""
+
+
 def ollama_template(renderer) -> str | None:
     """The Go form of the training chat format, or None where it is not one we know."""
     tokenizer = renderer.tokenizer
@@ -121,6 +136,7 @@ def ollama_template(renderer) -> str | None:
         "chatml": CHATML,
         "llama3": LLAMA3,
         "gemma": GEMMA,
+        "phi": PHI.replace("{nl}", _phi_newline(renderer)),
         "edgetune-fallback": FALLBACK.replace("{eos}", tokenizer.eos_token or ""),
     }.get(family or "")
     return _head(renderer, family) + template if template else None
