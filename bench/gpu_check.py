@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_report beside it
+if str(Path(__file__).resolve().parent) not in sys.path:  # gpu_report, beside it
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_report import GOALS, markdown, write_report  # noqa: E402
 

@@ -62,6 +62,8 @@ def build_tokenizer(
     vocab_size: int = 400,
     split_regex: str | None = None,
     corpus: list[str] = CORPUS,
+    specials: tuple = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"),
+    eos_token: str = "<|im_end|>",
 ):
     """A byte-level BPE tokenizer trained on `corpus` with GPT-2's pre-tokenizer; with `split_regex`,
     it then splits by that regex before byte-level (the Llama 3, Qwen2 and GPT-4o way), so its
@@ -69,13 +71,12 @@ def build_tokenizer(
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>"]
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=specials,
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -95,8 +96,8 @@ def build_tokenizer(
         tk.post_processor = processors.ByteLevel(trim_offsets=False)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
+        eos_token=eos_token,
+        pad_token=eos_token,
         unk_token="<|endoftext|>",
         bos_token="<s>" if add_bos else None,
     )

@@ -400,8 +400,15 @@ def test_phi3_long_context_rope_matches_torch(tmp_path, tiny_tokenizer, original
         partial_rotary_factor=partial,
         rope_scaling=scaling,
     )
-    kl, top1 = parity(model_dir, convert(model_dir, tmp_path / "longrope.gguf", "f32"), TEXTS)
-    assert kl <= 1e-5 and top1 == 1.0, kl
+    out = convert(model_dir, tmp_path / "longrope.gguf", "f32")
+    kl, top1 = parity(model_dir, out, TEXTS)
+    assert kl <= 1e-8 and top1 == 1.0, kl  # a right conversion measures ~4e-10
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    scaling = AutoModelForCausalLM.from_pretrained(model_dir).model.rotary_emb.attention_scaling
+    written = GGUFReader(str(out)).get_field("phi3.rope.scaling.attn_factor").contents()
+    assert written == pytest.approx(scaling, rel=1e-6) and written > 1.05
     plain = build_tiny_model(
         tmp_path / "b", tiny_tokenizer, "Phi3ForCausalLM", **settings, partial_rotary_factor=partial
     )
@@ -416,18 +423,42 @@ PHI3_TEMPLATE = (
 )
 
 
-def phi3_tokenizer(rstrip: bool = True):
-    """A Phi-3-like vocabulary: its turn markers strip the whitespace after them (rstrip), as
-    Phi-3-mini's do."""
+def test_a_phi3_sliding_window_becomes_the_files_context(tmp_path, tiny_tokenizer):
+    """llama.cpp's Phi-3 graph attends to the whole context: within the window that is what the
+    checkpoint computes, beyond it not, so the file says the window is its context."""
+    from gguf import GGUFReader
+
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "Phi3ForCausalLM", sliding_window=16)
+    out = convert(model_dir, tmp_path / "window.gguf", "f32")
+    assert GGUFReader(str(out)).get_field("phi3.context_length").contents() == 16
+    short = ["battery health 40%", "error E1042 on the router"]
+    assert all(len(tiny_tokenizer(t)["input_ids"]) <= 16 for t in short)
+    kl, top1 = parity(model_dir, out, short)
+    assert kl <= 1e-8 and top1 == 1.0
+    kl_beyond, _ = parity(model_dir, out, TEXTS)  # 36 tokens: the checkpoint's window is felt
+    assert kl_beyond > 100 * max(kl, 1e-10)
+
+
+def test_a_phi3_whose_heads_do_not_fill_hidden_size_is_refused(tmp_path, tiny_tokenizer):
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "Phi3ForCausalLM", head_dim=8)
+    with pytest.raises(InputError, match=r"config.json: head_dim 8 x 4 heads is not hidden_size 64"):
+        convert(model_dir, tmp_path / "x.gguf", "f32")
+
+
+def phi3_tokenizer(rstrip: bool = True, others: tuple = ()):
+    """A Phi-3-like vocabulary: the whitespace after its markers and </s> is stripped (rstrip), not
+    after <unk>, <s> and <|endoftext|>, as in Phi-3-mini's tokenizer; `others` are further special
+    tokens that keep it."""
     from tokenizers import AddedToken
 
-    tok = build_tokenizer(chat_template=PHI3_TEMPLATE)
-    markers = ("<|user|>", "<|end|>", "<|assistant|>", "<|system|>")
-    tok.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, rstrip=rstrip, special=True) for t in markers]}
+    stripped = ("</s>", "<|user|>", "<|end|>", "<|assistant|>", "<|system|>")
+    specials = (
+        "<unk>",
+        "<s>",
+        "<|endoftext|>",
+        *(AddedToken(t, rstrip=rstrip, special=True) for t in stripped),
     )
-    tok.add_tokens([AddedToken(t, special=True) for t in ("</s>", "<unk>")], special_tokens=True)
-    return tok
+    return build_tokenizer(chat_template=PHI3_TEMPLATE, specials=specials + others, eos_token="<|end|>")
 
 
 def test_a_tokenizer_that_strips_after_its_markers_is_named_so_llama_cpp_strips_too(tmp_path):
@@ -441,8 +472,31 @@ def test_a_tokenizer_that_strips_after_its_markers_is_named_so_llama_cpp_strips_
     out = convert(model_dir, tmp_path / "phi.gguf", "f32", name="helpdesk")
     name = GGUFReader(str(out)).get_field("general.name").contents()
     assert name == "helpdesk (phi3 tokenizer)"
-    kl, top1 = parity(model_dir, out, [chat, TEXTS[1]])  # parity asserts llama.cpp's ids equal HF's
-    assert kl <= 1e-5 and top1 == 1.0
+    kl, top1 = parity(model_dir, out, [chat, *TEXTS])  # parity asserts llama.cpp's ids equal HF's
+    assert kl <= 1e-8 and top1 == 1.0
+
+
+@pytest.mark.parametrize(
+    "others, says",
+    [
+        (("<|tool|>",), "they differ on <|tool|>"),  # a special token the tokenizer keeps whitespace after
+        ((), "that rule needs </s>"),
+    ],
+    ids=["one marker keeps its whitespace", "no </s>"],
+)
+def test_a_tokenizer_llama_cpp_cannot_strip_alike_is_refused(tmp_path, others, says):
+    tok = phi3_tokenizer(others=others)
+    if not others:  # the same stripping, but no </s> for llama.cpp's rule to name
+        tok = build_tokenizer(
+            chat_template=PHI3_TEMPLATE,
+            specials=tuple(t for t in tok.added_tokens_decoder.values() if t.content != "</s>"),
+            eos_token="<|end|>",
+        )
+    model_dir = build_tiny_model(tmp_path, tok, "Phi3ForCausalLM")
+    with pytest.raises(InputError, match="tokenizer.json: the tokenizer strips the whitespace after") as e:
+        convert(model_dir, tmp_path / "phi.gguf", "f32")
+    assert says in str(e.value) and "would tokenise prompts differently" in str(e.value)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_a_tuned_phi3_exports_to_gguf_and_onnx_and_passes_parity(tmp_path):

@@ -192,3 +192,8 @@ def test_an_unknown_chat_format_gets_no_template_and_says_so(tmp_path):
     assert ollama_template(renderer) is None
     template, _, text = modelfile_parts(tmp_path, renderer, None)
     assert template is None and "no known Go form" in text
+    # Phi-4 (14B) has ChatML's markers with its own separator: not ChatML
+    phi4 = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}<|im_end|>{% endfor %}"
+    )
+    assert ollama_template(Renderer(build_tokenizer(chat_template=phi4))) is None

@@ -27,6 +27,7 @@ class ArchSpec:
     hparams: Callable[[gguf.GGUFWriter, Any], None] | None = None  # after the common keys
     tensor: Callable[[str, np.ndarray], np.ndarray] | None = None  # (HF name, data) -> data
     rope_scaling: tuple[str, ...] = ()  # rope_scaling kinds beyond the common ones that `hparams` writes
+    full_attention: bool = False  # llama.cpp's graph ignores the checkpoint's sliding window
 
 
 def gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
@@ -64,11 +65,17 @@ def phi3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
     where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
     if getattr(config, "hidden_act", "silu") != "silu":
         raise InputError(f"{where}: hidden_act {config.hidden_act!r} (llama.cpp's Phi-3 graph uses silu)")
+    if attention_head_dim(config) * config.num_attention_heads != config.hidden_size:
+        raise InputError(
+            f"{where}: head_dim {attention_head_dim(config)} x {config.num_attention_heads} heads is not "
+            f"hidden_size {config.hidden_size} (llama.cpp's Phi-3 graph needs them equal)"
+        )
     original = int(
         getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
     )
     writer.add_rope_scaling_orig_ctx_len(original)
-    # llama.cpp's Phi-3 graph attends to the whole context (it turns the window off with a warning)
+    # llama.cpp's Phi-3 graph attends to the whole context (it turns the window off with a warning):
+    # the file's context is the window then (see gguf_convert.context_length)
     writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
     scaling = getattr(config, "rope_scaling", None) or {}
     if (scaling.get("rope_type") or scaling.get("type")) != "longrope":
@@ -111,7 +118,9 @@ REGISTRY: dict[str, ArchSpec] = {
     # the text-only Gemma 3 checkpoints (270M, 1B); the larger ones are vision models
     "Gemma3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.GEMMA3, False, gemma3_hparams, gemma_norm),
     # Phi-3, Phi-3.5 and Phi-4-mini: fused qkv_proj and gate_up_proj, which llama.cpp takes fused too
-    "Phi3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.PHI3, False, phi3_hparams, rope_scaling=("longrope",)),
+    "Phi3ForCausalLM": ArchSpec(
+        gguf.MODEL_ARCH.PHI3, False, phi3_hparams, rope_scaling=("longrope",), full_attention=True
+    ),
 }
 
 

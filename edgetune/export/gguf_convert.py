@@ -53,7 +53,7 @@ def _iter_tensors(model_dir: Path):
 def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None:
     n_head = config.num_attention_heads
     head_dim = attention_head_dim(config)
-    writer.add_context_length(config.max_position_embeddings)
+    writer.add_context_length(context_length(config, spec))
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
@@ -82,6 +82,14 @@ def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None
             raise InputError(f"rope scaling {kind!r} is not supported for GGUF export yet")
 
 
+def context_length(config: Any, spec: ArchSpec) -> int:
+    """The checkpoint's context, or its sliding window where llama.cpp's graph attends to the whole
+    context instead (Phi-3-mini-4k's 2047 of 4096): within the window the two compute the same."""
+    context = int(config.max_position_embeddings)
+    window = getattr(config, "sliding_window", None) if spec.full_attention else None
+    return min(context, int(window)) if window else context
+
+
 def llama3_rope_factors(scaling: dict[str, Any], theta: float, head_dim: int) -> np.ndarray:
     """Per rotary pair, the divisor of its frequency: 1 for short wavelengths (kept), `factor` for
     wavelengths longer than the original context / low_freq_factor, and a smooth blend between."""
@@ -95,23 +103,38 @@ def llama3_rope_factors(scaling: dict[str, Any], theta: float, head_dim: int) ->
     return divisor.astype(np.float32)
 
 
-# llama.cpp strips the whitespace after every special token of a model whose general.name holds
-# "phi3" or "phi-3" (what Phi-3's own tokenizer does), whatever its architecture, and cannot load
-# such a model whose vocabulary lacks a token that rule names: the name has to say what the
-# tokenizer really does
-PHI3_NAME = re.compile(r"(phi)-?3", re.I)
-PHI3_RULE_TOKENS = ("</s>", "<unk>", "<s>", "<|endoftext|>")
+# llama.cpp keys one tokenizer rule on general.name, whatever the architecture: a model whose name
+# holds "phi3" or "phi-3" (ASCII, any case) strips the whitespace after every special token but
+# <unk>, <s> and <|endoftext|>, and after </s> (Phi-3's tokenizer, written down as a rule); such a
+# model without those four tokens does not load. So the name has to say what the tokenizer does.
+PHI3_NAME = re.compile(r"(phi)-?3", re.I | re.A)
+PHI3_RULE_KEEPS = ("<unk>", "<s>", "<|endoftext|>")
+PHI3_RULE_TOKENS = ("</s>", *PHI3_RULE_KEEPS)
 
 
-def name_for_llama_cpp(name: str, tok) -> str:
-    """`name`, with llama.cpp's Phi-3 tokenizer rule switched on exactly where the tokenizer strips
-    the whitespace after its special tokens (and the rule's tokens exist)."""
+def name_for_llama_cpp(name: str, tok, where: Path) -> str:
+    """`name`, with llama.cpp's Phi-3 rule switched on exactly where the tokenizer strips the
+    whitespace after the tokens that rule strips after; a tokenizer that strips after others, which
+    no GGUF can say, is refused."""
+    added = {t.content: t for t in tok.added_tokens_decoder.values()}
+    strips = {content for content, t in added.items() if t.rstrip}
+    if not strips:
+        return PHI3_NAME.sub(r"\1 3", name)
     vocab = tok.get_vocab()
-    rstrips = any(t.special and t.rstrip for t in tok.added_tokens_decoder.values())
-    wanted = rstrips and all(t in vocab for t in PHI3_RULE_TOKENS)
-    if wanted and not PHI3_NAME.search(name):
-        return f"{name} (phi3 tokenizer)"
-    return name if wanted else PHI3_NAME.sub(r"\1 3", name)
+    rule = ({*added, "</s>"} - set(PHI3_RULE_KEEPS)) & set(vocab)
+    missing = [t for t in PHI3_RULE_TOKENS if t not in vocab]
+    if strips != rule or missing:
+        differ = sorted(strips ^ rule)
+        raise InputError(
+            f"{where}: the tokenizer strips the whitespace after {', '.join(sorted(strips)[:6])}; llama.cpp "
+            "strips after none or, by its Phi-3 rule, after every special token but <unk>, <s> and "
+            "<|endoftext|>"
+            + (f" (they differ on {', '.join(differ[:6])})" if differ else "")
+            + (f", and that rule needs {', '.join(missing)} in the vocabulary" if missing else "")
+            + ": the GGUF would tokenise prompts differently. Make the rstrip settings in tokenizer.json "
+            "match one of the two, or export to ONNX only"
+        )
+    return name if PHI3_NAME.search(name) else f"{name} (phi3 tokenizer)"
 
 
 def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
@@ -182,7 +205,9 @@ def convert(
         if spec.hparams:
             spec.hparams(writer, config)
         tok = _write_tokenizer(writer, model_dir, config)
-        writer.add_name(name_for_llama_cpp(name or model_dir.resolve().name, tok))
+        writer.add_name(
+            name_for_llama_cpp(name or model_dir.resolve().name, tok, model_dir / "tokenizer.json")
+        )
         writer.add_string("edgetune.version", __version__)
         for key, value in (provenance or {}).items():
             writer.add_string(f"edgetune.{key}", str(value))
@@ -197,17 +222,19 @@ def convert(
                 data = permute_rope(data, n_kv)
             if spec.tensor:
                 data = spec.tensor(hf_name, data)
-            name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if name is None:
+            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
                 raise InputError(
                     f"{model_dir}: tensor {hf_name!r} has no GGUF name for {spec.gguf_arch.name}"
                 )
             if data.ndim <= 1 or matrix_type == gguf.GGMLQuantizationType.F32:
-                writer.add_tensor(name, data.astype(np.float32))  # norms and biases stay F32, as in llama.cpp
+                writer.add_tensor(
+                    gguf_name, data.astype(np.float32)
+                )  # norms and biases stay F32, as in llama.cpp
             elif matrix_type == gguf.GGMLQuantizationType.F16:
-                writer.add_tensor(name, data.astype(np.float16))
+                writer.add_tensor(gguf_name, data.astype(np.float16))
             else:
-                writer.add_tensor(name, gguf.quants.quantize(data, matrix_type), raw_dtype=matrix_type)
+                writer.add_tensor(gguf_name, gguf.quants.quantize(data, matrix_type), raw_dtype=matrix_type)
         with writing(out):
             writer.write_header_to_file()
             writer.write_kv_data_to_file()

@@ -61,6 +61,8 @@ TURN_OPENER = {
 def template_family(chat_template: str | None) -> str | None:
     if not chat_template:
         return None
+    if "<|im_sep|>" in chat_template:
+        return None  # Phi-4 (14B): ChatML's markers, another separator
     if "<|im_start|>" in chat_template:
         return "chatml"
     if "<|start_header_id|>" in chat_template:
