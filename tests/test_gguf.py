@@ -147,7 +147,7 @@ def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir
     ]
     modelfile = (run / "export" / "gguf" / "model-q8_0.Modelfile").read_text()
     assert "FROM ./model-q8_0.gguf" in modelfile and "<|im_start|>{{ .Role }}" in modelfile
-    assert 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile and "num_ctx" not in modelfile  # no longrope here
     assert "parity against the merged torch model" in result.output
     from gguf import GGUFReader
 
@@ -409,6 +409,14 @@ def test_phi3_long_context_rope_matches_torch(tmp_path, tiny_tokenizer, original
     scaling = AutoModelForCausalLM.from_pretrained(model_dir).model.rotary_emb.attention_scaling
     written = GGUFReader(str(out)).get_field("phi3.rope.scaling.attn_factor").contents()
     assert written == pytest.approx(scaling, rel=1e-6) and written > 1.05
+    if original == 1024:  # Ollama is held to the original context, where llama.cpp keeps the short factors
+        from edgetune.data.render import Renderer
+        from edgetune.export.gguf_arch import faithful_context
+        from edgetune.export.modelfile import write_modelfile
+
+        config = AutoModelForCausalLM.from_pretrained(model_dir).config
+        modelfile = write_modelfile(out, Renderer(tiny_tokenizer), None, faithful_context(config)).read_text()
+        assert "PARAMETER num_ctx 1024\n" in modelfile
     plain = build_tiny_model(
         tmp_path / "b", tiny_tokenizer, "Phi3ForCausalLM", **settings, partial_rotary_factor=partial
     )

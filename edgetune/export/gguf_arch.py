@@ -96,6 +96,16 @@ def phi3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
         writer.add_tensor(gguf.TENSOR_NAMES[kind] + ".weight", np.asarray(factors, dtype=np.float32))
 
 
+def faithful_context(config: Any) -> int | None:
+    """Where llama.cpp's context size itself changes what it computes: past a longrope model's
+    original context it takes the long factors for every position, whatever the prompt's length
+    (transformers takes them only for sequences that long). None where no such limit exists."""
+    scaling = getattr(config, "rope_scaling", None) or {}
+    if (scaling.get("rope_type") or scaling.get("type")) != "longrope":
+        return None
+    return int(getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
+
+
 def attention_head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 

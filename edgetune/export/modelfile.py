@@ -144,9 +144,10 @@ def ollama_template(renderer) -> str | None:
     return _head(renderer, family) + template if template else None
 
 
-def write_modelfile(gguf_path: Path, renderer, system: str | None) -> Path:
+def write_modelfile(gguf_path: Path, renderer, system: str | None, num_ctx: int | None = None) -> Path:
     """`system`: the system prompt the model was trained under, or None; SYSTEM is what the chat
-    template made of it (see system_block)."""
+    template made of it (see system_block). `num_ctx`: a context to hold Ollama to, where a larger
+    one makes llama.cpp compute otherwise than the model was trained (see gguf_arch.faithful_context)."""
     tokenizer = renderer.tokenizer
     lines = [
         f"# Ollama Modelfile written by edgetune for {gguf_path.name}",
@@ -167,6 +168,9 @@ def write_modelfile(gguf_path: Path, renderer, system: str | None) -> Path:
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
     lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer, renderer.stop_ids)]
+    if num_ctx:
+        lines += [f"# beyond {num_ctx} tokens llama.cpp switches to the long-context rotary factors"]
+        lines += [f"PARAMETER num_ctx {num_ctx}"]
     lines += ["PARAMETER temperature 0", ""]
     path = gguf_path.with_suffix(".Modelfile")
     atomic_write_text(path, "\n".join(lines))

@@ -229,8 +229,13 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
     )
     # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
     system = shared_system_prompt(prepared.splits.train, prepared.renderer) if run_dir else None
+    from transformers import AutoConfig
+
+    from edgetune.export.gguf_arch import faithful_context
+
+    num_ctx = faithful_context(AutoConfig.from_pretrained(str(model_dir)))
     for artifact in result.artifacts:
-        write_modelfile(artifact.path, prepared.renderer, system)
+        write_modelfile(artifact.path, prepared.renderer, system, num_ctx)
     _record_stage(
         run_dir,
         "gguf",
