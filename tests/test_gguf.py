@@ -451,6 +451,20 @@ def test_a_phi3_whose_heads_do_not_fill_hidden_size_is_refused(tmp_path, tiny_to
     model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "Phi3ForCausalLM", head_dim=8)
     with pytest.raises(InputError, match=r"config.json: head_dim 8 x 4 heads is not hidden_size 64"):
         convert(model_dir, tmp_path / "x.gguf", "f32")
+    # longrope factors that do not fit the rotary dimensions: transformers' own check, as one line
+    import json
+
+    model_dir = build_tiny_model(tmp_path / "b", tiny_tokenizer, "Phi3ForCausalLM")
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(
+        original_max_position_embeddings=128,
+        rope_scaling={"type": "longrope", "long_factor": [1.0] * 3, "short_factor": [1.0] * 3},
+    )
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        InputError, match=r"config.json: cannot read the model config .*short_factor field must have length 8"
+    ):
+        convert(model_dir, tmp_path / "y.gguf", "f32")
 
 
 def phi3_tokenizer(rstrip: bool = True, others: tuple = ()):

@@ -9,7 +9,6 @@ values. Adding a model family is one entry.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -70,40 +69,41 @@ def phi3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
             f"{where}: head_dim {attention_head_dim(config)} x {config.num_attention_heads} heads is not "
             f"hidden_size {config.hidden_size} (llama.cpp's Phi-3 graph needs them equal)"
         )
-    original = int(
-        getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings
-    )
-    writer.add_rope_scaling_orig_ctx_len(original)
+    writer.add_rope_scaling_orig_ctx_len(original_context(config))
     # llama.cpp's Phi-3 graph attends to the whole context (it turns the window off with a warning):
     # the file's context is the window then (see gguf_convert.context_length)
     writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
-    scaling = getattr(config, "rope_scaling", None) or {}
-    if (scaling.get("rope_type") or scaling.get("type")) != "longrope":
+    scaling = longrope(config)
+    if scaling is None:
         return
-    long, short = scaling.get("long_factor"), scaling.get("short_factor")
-    pairs = rope_dims(config) // 2
-    if not (isinstance(long, list) and isinstance(short, list) and len(long) == len(short) == pairs):
-        raise InputError(f"{where}: rope_scaling needs long_factor and short_factor lists of {pairs} values")
-    factor = config.max_position_embeddings / original
-    attention = scaling.get("attention_factor")
-    if attention is None:  # what transformers computes where the checkpoint gives none
-        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    # transformers checked the factor lists against the rotary dimensions when it read the config,
+    # and computes the attention factor (given, or from the context ratio) as the model applies it
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    _, attention = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu")
     writer.add_rope_scaling_attn_factors(float(attention))
     for kind, factors in (
-        (gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, long),
-        (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, short),
+        (gguf.MODEL_TENSOR.ROPE_FACTORS_LONG, scaling["long_factor"]),
+        (gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT, scaling["short_factor"]),
     ):
         writer.add_tensor(gguf.TENSOR_NAMES[kind] + ".weight", np.asarray(factors, dtype=np.float32))
+
+
+def longrope(config: Any) -> dict | None:
+    """The rope_scaling of a longrope (Phi-3.5, Phi-4-mini) checkpoint, None for any other."""
+    scaling = getattr(config, "rope_scaling", None) or {}
+    return scaling if (scaling.get("rope_type") or scaling.get("type")) == "longrope" else None
+
+
+def original_context(config: Any) -> int:
+    return int(getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
 
 
 def faithful_context(config: Any) -> int | None:
     """Where llama.cpp's context size itself changes what it computes: past a longrope model's
     original context it takes the long factors for every position, whatever the prompt's length
     (transformers takes them only for sequences that long). None where no such limit exists."""
-    scaling = getattr(config, "rope_scaling", None) or {}
-    if (scaling.get("rope_type") or scaling.get("type")) != "longrope":
-        return None
-    return int(getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
+    return original_context(config) if longrope(config) else None
 
 
 def attention_head_dim(config: Any) -> int:

@@ -191,9 +191,9 @@ def _merge_if_needed(run_dir: Path | None, model_dir: Path, console) -> None:
         merge(run_dir, console=console)
 
 
-def _gguf_name(recipe, manifest: dict, model_dir: Path) -> str:
-    """What runtimes list the model as: the recipe and the model it tuned, without a local path."""
-    base = manifest.get("base_model", {})
+def _gguf_name(recipe, base: dict, model_dir: Path) -> str:
+    """What runtimes list the model as: the recipe and the model it tuned (the manifest's
+    base_model), without a local path."""
     if not base.get("name"):
         return model_dir.resolve().name
     tuned = Path(base["name"]).name if base.get("kind") == "local" else base["name"]
@@ -202,9 +202,9 @@ def _gguf_name(recipe, manifest: dict, model_dir: Path) -> str:
 
 def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, console):
     manifest = read_manifest(run_dir) if run_dir else {}
-    base = manifest.get("base_model", {}).get("name")
+    base = manifest.get("base_model", {})
     provenance = {
-        "base_model": base or str(model_dir),
+        "base_model": base.get("name") or str(model_dir),
         "recipe_sha256": manifest.get("recipe", {}).get("sha256", ""),
         "data_sha256": manifest.get("data", {}).get("sha256", {}).get("train", ""),
     }
@@ -225,7 +225,7 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
         provenance,
         console=console,
         f16_output=tuple(q.lower() for q in recipe.export.gguf.f16_output),
-        name=_gguf_name(recipe, manifest, model_dir),
+        name=_gguf_name(recipe, base, model_dir),
     )
     # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
     system = shared_system_prompt(prepared.splits.train, prepared.renderer) if run_dir else None
