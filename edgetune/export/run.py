@@ -191,23 +191,31 @@ def _merge_if_needed(run_dir: Path | None, model_dir: Path, console) -> None:
         merge(run_dir, console=console)
 
 
-def _gguf_name(recipe, base: dict, model_dir: Path) -> str:
-    """What runtimes list the model as: the recipe and the model it tuned (the manifest's
-    base_model), without a local path."""
+def _base_name(base: dict, model_dir: Path) -> str:
+    """The model a file was made from, as shipped files name it: a hub id or built-in name, or the
+    directory's name for a local one (a shipped file holds no local path)."""
     if not base.get("name"):
         return model_dir.resolve().name
-    tuned = Path(base["name"]).name if base.get("kind") == "local" else base["name"]
-    return f"{recipe.name} (tuned from {tuned})"
+    return Path(base["name"]).name if base.get("kind") == "local" else base["name"]
+
+
+def _gguf_name(recipe, base: dict, model_dir: Path) -> str:
+    """What runtimes list the model as: the recipe and the model it tuned (the manifest's base_model)."""
+    if not base.get("name"):
+        return _base_name(base, model_dir)
+    return f"{recipe.name} (tuned from {_base_name(base, model_dir)})"
 
 
 def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, console):
     manifest = read_manifest(run_dir) if run_dir else {}
     base = manifest.get("base_model", {})
     provenance = {
-        "base_model": base.get("name") or str(model_dir),
+        "base_model": _base_name(base, model_dir),
+        "base_model_sha256": base.get("sha256", ""),
         "recipe_sha256": manifest.get("recipe", {}).get("sha256", ""),
         "data_sha256": manifest.get("data", {}).get("sha256", {}).get("train", ""),
     }
+    provenance = {key: value for key, value in provenance.items() if value}
     use_imatrix = recipe.export.gguf.imatrix if imatrix is None else imatrix
     calibration = None
     if use_imatrix and run_dir is not None:
