@@ -500,3 +500,24 @@ def test_gates_that_checked_nothing_fail_instead_of_passing():
     fine = {"targets": [merged, q8], "gate_rule": {"min_retention": {"q8_0": 0.99, "*": 0.9}}}
     raise_on_failed_gates(fine)
     assert pick(fine) is q8
+
+
+def test_pick_takes_only_a_file_whose_answers_a_gate_checked():
+    """A size or speed gate passes a file however damaged: the smallest such file must not be picked."""
+    from edgetune.bench.gates import pick, raise_on_failed_gates
+    from edgetune.errors import GateFailed
+
+    def target(quant, size):
+        return {"name": f"gguf/{quant}", "format": "gguf", "quant": quant, "gate": "pass", "size_bytes": size}
+
+    q8, q4 = target("q8_0", 9), target("q4_0", 5)
+    size_only = {"targets": [q8, q4], "gate_rule": {"min_retention": {}, "max_size_mb": 100.0}}
+    raise_on_failed_gates(size_only)  # every gate set passed
+    with pytest.raises(GateFailed, match=r"no gate checked what gguf/q8_0, gguf/q4_0 answer.*min_retention"):
+        pick(size_only)
+    only_q8 = {"targets": [q8, q4], "gate_rule": {"min_retention": {"Q8_0": 0.98}}}
+    assert pick(only_q8) is q8  # q4_0 is smaller, but nothing checked its answers
+    every = {"targets": [q8, q4], "gate_rule": {"min_retention": {"*": 0.9}}}
+    assert pick(every) is q4
+    by_kl = {"targets": [q8, q4], "gate_rule": {"min_retention": {}, "max_kl": 0.1}}
+    assert pick(by_kl) is q4

@@ -15,7 +15,7 @@ EXPORTED = ("onnx", "gguf")
 def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     """Why `target` (a report.json target) fails the gates; empty when it passes."""
     failures = []
-    minimum = minimum_retention(target, gates)
+    minimum = minimum_retention(target, gates.min_retention)
     if minimum is not None:
         failure = retention_failure(target, minimum, gates)
         if failure:
@@ -36,8 +36,9 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     return failures
 
 
-def minimum_retention(target: dict[str, Any], gates: GatesConfig) -> float | None:
-    by_quant = {quant.lower(): minimum for quant, minimum in gates.min_retention.items()}
+def minimum_retention(target: dict[str, Any], min_retention: dict[str, float]) -> float | None:
+    """bench.gates.min_retention's minimum for the target's quant (its own key, else "*"), or None."""
+    by_quant = {quant.lower(): minimum for quant, minimum in min_retention.items()}
     return by_quant.get(target["quant"].lower(), by_quant.get("*"))
 
 
@@ -141,7 +142,7 @@ def interval_text(target: dict[str, Any]) -> str:
 
 def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
     """A retention verdict the sample cannot back: the minimum lies inside the retention interval."""
-    minimum = minimum_retention(target, gates)
+    minimum = minimum_retention(target, gates.min_retention)
     interval = target.get("retention_interval")
     if minimum is None or not interval or not interval[0] < minimum <= interval[1]:
         return None
@@ -192,12 +193,29 @@ def raise_on_failed_gates(report: dict[str, Any]) -> None:
         raise GateFailed("bench gates failed: " + "; ".join(problems))
 
 
+def answer_gated(target: dict[str, Any], rule: dict[str, Any]) -> bool:
+    """Whether a gate on what the file answers checked `target` (a retention minimum for its quant,
+    or max_kl): size and speed gates alone pass a file however damaged it is."""
+    return (
+        rule.get("max_kl") is not None or minimum_retention(target, rule.get("min_retention", {})) is not None
+    )
+
+
 def pick(report: dict[str, Any]) -> dict[str, Any]:
-    """The smallest exported artifact that passes every gate."""
+    """The smallest exported artifact that passes every gate, among those a gate on their answers
+    checked: with no such gate the smallest file would win unchecked (often the most damaged)."""
     unchecked = unchecked_gates(report)
     if unchecked:
         raise GateFailed("nothing to pick: " + "; ".join(unchecked))
+    rule = report.get("gate_rule", {})
     passing = [t for t in report["targets"] if t.get("gate") == "pass"]
     if not passing:
         raise GateFailed("no exported artifact passes every gate; see the bench report")
-    return min(passing, key=lambda t: t["size_bytes"])
+    checked = [t for t in passing if answer_gated(t, rule)]
+    if not checked:
+        names = ", ".join(t["name"] for t in passing)
+        raise GateFailed(
+            f"nothing to pick: no gate checked what {names} answer; set bench.gates.min_retention "
+            '(a quant, or "*" for all) or bench.gates.max_kl in the recipe, then `edgetune bench --regate --pick`'
+        )
+    return min(checked, key=lambda t: t["size_bytes"])
