@@ -131,6 +131,12 @@ def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=8)
     run = tune(str(recipe)).run_dir
     ckpts = run / "checkpoints"
+    # a finished run has nothing to resume: training on would pass max_steps and rotate checkpoints
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    finished = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run)])
+    assert finished.exit_code == 2 and "finished at step 8 of 8; nothing to resume" in finished.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    shutil.rmtree(run / "adapter")  # killed after its last checkpoint, before the adapter was saved
     # simulate a crash while checkpoint-12 was being written, plus a stale atomic-write temporary
     (ckpts / "checkpoint-12").mkdir()
     (ckpts / "checkpoint-12" / "adapter_model.safetensors").write_bytes(b"partial")

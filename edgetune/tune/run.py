@@ -98,6 +98,7 @@ def _start_run(
         saved = run_dir / RECIPE_FILE
         if not saved.is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
+        _refuse_finished(run_dir)
         return load_recipe(str(saved)), run_dir, False
     recipe = load_recipe(recipe_arg, overrides)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -278,6 +279,19 @@ def _record_done(run_dir: Path, result: TuneResult, setup, trainer) -> None:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         },
+    )
+
+
+def _refuse_finished(run_dir: Path) -> None:
+    """A finished run has nothing to resume: training on from its last checkpoint would step past
+    max_steps (or past an early stop) and rotate the best checkpoint away."""
+    done = _read_tune_section(run_dir)
+    if done.get("status") != "done" or not (run_dir / "adapter").is_dir():
+        return
+    why = " (stopped early: validation loss stopped improving)" if done.get("stopped_early") else ""
+    raise InputError(
+        f"{run_dir}: the run finished at step {done.get('steps')} of {done.get('max_steps')}{why}; "
+        "nothing to resume. Export it (edgetune export), or start a new run to train longer"
     )
 
 
