@@ -521,3 +521,93 @@ def test_pick_takes_only_a_file_whose_answers_a_gate_checked():
     assert pick(every) is q4
     by_kl = {"targets": [q8, q4], "gate_rule": {"min_retention": {}, "max_kl": 0.1}}
     assert pick(by_kl) is q4
+
+
+def test_gating_under_no_gates_passes_and_says_it_checked_nothing():
+    from dataclasses import asdict
+
+    from rich.console import Console
+
+    from edgetune.bench.gates import raise_on_failed_gates
+    from edgetune.config import GatesConfig
+
+    q8 = {"name": "gguf/q8_0", "format": "gguf", "quant": "q8_0", "gate": "pass", "size_bytes": 9}
+    for rule, warned in ((asdict(GatesConfig()), True), (asdict(GatesConfig(max_size_mb=10.0)), False)):
+        console = Console(record=True, width=200)
+        raise_on_failed_gates({"targets": [q8], "gate_rule": rule}, console)
+        assert ("sets no bench.gates: the gates checked nothing" in console.export_text()) == warned
+
+
+def test_bench_refuses_what_the_run_already_shows_before_measuring(benched, tmp_path):
+    """--pick under gates that check no file's answers, and a corrupt manifest: known before the
+    first measurement, refused then, and no report written."""
+    import shutil
+
+    run, _ = benched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "bench")
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    recipe["bench"]["gates"] = {"max_size_mb": 1000}
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    picked = CliRunner().invoke(main, ["bench", str(copy), "--pick"])
+    assert picked.exit_code == 3 and "gates check no file's answers" in picked.output
+    (copy / "manifest.json").write_text("{")
+    corrupt = CliRunner().invoke(main, ["bench", str(copy)])
+    assert corrupt.exit_code == 2 and "manifest.json: corrupt manifest" in corrupt.output
+    assert not (copy / "bench").exists() and "accuracy" not in picked.output + corrupt.output
+
+
+def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(
+    benched, tmp_path, monkeypatch
+):
+    import shutil
+
+    import edgetune.export.parity
+    from edgetune.export.parity import unchecked_exports
+
+    run, _ = benched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+
+    def record():
+        return json.loads((copy / "manifest.json").read_text())["stages"]["export"]
+
+    before = record()
+    assert before["status"] == "done" and not unchecked_exports(
+        {"stages": {"export": before}}, [("gguf", "q8_0")]
+    )
+    elsewhere = tmp_path / "elsewhere"
+    args = [
+        "export",
+        str(copy),
+        "--to",
+        "gguf",
+        "--quant",
+        "f16",
+        "--imatrix",
+        "off",
+        "--out",
+        str(elsewhere),
+    ]
+    sent = CliRunner().invoke(main, args)
+    assert sent.exit_code == 0, sent.output
+    assert (elsewhere / "gguf" / "model-f16.gguf").is_file() and record() == before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgetune.export.parity, "check_gguf", interrupted)
+    cut = CliRunner().invoke(
+        main, ["export", str(copy), "--to", "gguf", "--quant", "q8_0", "--imatrix", "off"]
+    )
+    assert cut.exit_code == 130, cut.output
+    after = record()
+    assert after["status"] == "running" and after["gguf_parity"] == [] and after["onnx_parity"]
+    assert not (copy / "export" / "gguf" / "parity.json").exists()
+    problems = unchecked_exports({"stages": {"export": after}}, [("gguf", "q8_0"), ("onnx", "int8")])
+    assert problems == ["gguf/q8_0: its export parity was never checked (run `edgetune export --check`)"]
+    monkeypatch.undo()
+    checked = CliRunner().invoke(main, ["export", str(copy), "--check", "--to", "gguf"])
+    assert checked.exit_code == 0, checked.output
+    assert record()["status"] == "done" and record()["gguf_parity_passed"]

@@ -184,8 +184,14 @@ def test_corrupt_files_give_one_line_naming_the_file_and_exit_2(
     assert "Traceback" not in result.output
 
 
-def test_disk_full_while_exporting_names_the_path_and_keeps_earlier_files(tmp_path, tiny_model_dir):
-    """RLIMIT_FSIZE makes every write past the limit fail with EFBIG, as a full disk would."""
+@pytest.mark.parametrize(
+    "fmt, quant, named", [("gguf", "f32", "model-f32.gguf"), ("onnx", "fp32", "onnx")]
+)
+def test_disk_full_while_exporting_names_the_path_and_keeps_earlier_files(
+    tmp_path, tiny_model_dir, fmt, quant, named
+):
+    """RLIMIT_FSIZE makes every write past the limit fail with EFBIG, as a full disk would: the disk
+    is blamed (exit 1), not the model (exit 2)."""
     import resource
     import subprocess
     import sys
@@ -206,19 +212,20 @@ def test_disk_full_while_exporting_names_the_path_and_keeps_earlier_files(tmp_pa
         "export",
         str(tiny_model_dir),
         "--to",
-        "gguf",
+        fmt,
         "--quant",
-        "f32",
+        quant,
         "--out",
         str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=cap, timeout=300, cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
-    assert lines[-1].startswith("edgetune: error: ") and "model-f32.gguf: disk full" in lines[-1], proc.stderr
+    assert lines[-1].startswith("edgetune: error: ") and f"{named}: disk full" in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert earlier.read_bytes() == b"an earlier export"
     assert not list((out / "gguf").glob("*f32*")) and not list((out / "gguf").glob(".*tmp"))
+    assert not (out / "onnx" / "fp32").exists()
 
 
 def test_low_space_warning():

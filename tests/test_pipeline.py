@@ -132,6 +132,11 @@ def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, t
         result = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r")])
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "r").exists()
+    # --pick under gates that check no file's answers would pick the smallest file unchecked
+    sets = ["--set", "bench.gates.min_retention={}", "--set", "bench.gates.max_kl=null"]
+    picked = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r"), "--pick"])
+    assert picked.exit_code == 3 and "gates check no file's answers" in picked.output, picked.output
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_text_dataset_exports_with_parity_on_its_opening_words(tmp_path, tiny_model_dir):

@@ -185,7 +185,13 @@ def unchecked_gates(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def raise_on_failed_gates(report: dict[str, Any]) -> None:
+def raise_on_failed_gates(report: dict[str, Any], console=None) -> None:
+    """GateFailed listing every failed or unchecked gate; a warning on `console` when the recipe
+    sets no gate at all (its files pass, checked for nothing)."""
+    rule = report.get("gate_rule", {})
+    limits = ("max_kl", "min_decode_tok_s", "max_size_mb")
+    if console is not None and not rule.get("min_retention") and all(rule.get(k) is None for k in limits):
+        console.print("[yellow]warning:[/] the recipe sets no bench.gates: the gates checked nothing")
     failed = [t for t in report["targets"] if t.get("gate") == "fail"]
     problems = [f"{t['name']} ({t['device']}): {', '.join(t['gate_failures'])}" for t in failed]
     problems += unchecked_gates(report)
@@ -213,9 +219,21 @@ def pick(report: dict[str, Any]) -> dict[str, Any]:
         raise GateFailed("no exported artifact passes every gate; see the bench report")
     checked = [t for t in passing if answer_gated(t, rule)]
     if not checked:
-        names = ", ".join(t["name"] for t in passing)
         raise GateFailed(
-            f"nothing to pick: no gate checked what {names} answer; set bench.gates.min_retention "
-            '(a quant, or "*" for all) or bench.gates.max_kl in the recipe, then `edgetune bench --regate --pick`'
+            f"nothing to pick: no gate checked what {', '.join(t['name'] for t in passing)} answer; {SET_AN_ANSWER_GATE}"
         )
     return min(checked, key=lambda t: t["size_bytes"])
+
+
+SET_AN_ANSWER_GATE = (
+    'set bench.gates.min_retention (a quant, or "*" for all) or bench.gates.max_kl in the recipe, '
+    "then `edgetune bench --regate --pick`"
+)
+
+
+def refuse_blind_pick(gates: GatesConfig) -> None:
+    """--pick under gates that check no file's answers, refused before anything is measured."""
+    if gates.max_kl is None and not gates.min_retention:
+        raise GateFailed(
+            f"nothing to pick: the recipe's bench.gates check no file's answers; {SET_AN_ANSWER_GATE}"
+        )

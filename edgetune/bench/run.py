@@ -15,7 +15,7 @@ from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError, ModelError
-from edgetune.rundir import RECIPE_FILE, resolve_run_dir, run_lock, update_manifest
+from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
 
 
 def _refuse_unscorable(metric: str, cases) -> None:
@@ -228,8 +228,14 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         cfg = recipe.bench
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = devices or cfg.devices
+        from edgetune.export.parity import unchecked_exports
+
+        manifest = read_manifest(run_dir)  # a corrupt one fails now, not after the measurements
         skipped: list[dict] = []
         targets = discover_targets(run_dir, devices, recipe, skipped)
+        exported = sorted({(t.format, t.quant) for t in targets if t.format in ("gguf", "onnx")})
+        for problem in unchecked_exports(manifest, exported) if console is not None else []:
+            console.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
         merged = run_dir / "merged"
         tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
         prepared = prepare(recipe.data, tokenizer)

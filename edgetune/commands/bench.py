@@ -44,6 +44,14 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
     from edgetune.bench.run import bench as run_bench
     from edgetune.console import err, out
 
+    if pick and not regate:  # known from the recipe alone: before the minutes of measuring
+        from edgetune.bench.gates import refuse_blind_pick
+        from edgetune.config import load_recipe
+        from edgetune.rundir import RECIPE_FILE, resolve_run_dir
+
+        saved = resolve_run_dir(run_dir) / RECIPE_FILE
+        if saved.is_file():  # else bench says what is missing
+            refuse_blind_pick(load_recipe(str(saved)).bench.gates)
     if regate:
         from edgetune.bench.regate import regate_run
 
@@ -62,7 +70,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
         err.print(f"[yellow]warning:[/] forgetting: {warning}")
     out.print(f"report: {report['paths']['md']}", soft_wrap=True)
     if gate:
-        raise_on_failed_gates(report)
+        raise_on_failed_gates(report, err)
 
 
 def _compare(run_dir, other, gate, other_flags) -> None:

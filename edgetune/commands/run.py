@@ -29,7 +29,13 @@ def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
     from edgetune.console import err, out
     from edgetune.pipeline import run_pipeline
 
-    result = run_pipeline(recipe, with_allow_pickle(overrides, allow_pickle), run_dir, console=err)
+    overrides = with_allow_pickle(overrides, allow_pickle)
+    if pick:  # known from the recipe alone: before the hour of tuning and measuring
+        from edgetune.bench.gates import refuse_blind_pick
+        from edgetune.config import load_recipe
+
+        refuse_blind_pick(load_recipe(recipe, list(overrides or [])).bench.gates)
+    result = run_pipeline(recipe, overrides, run_dir, console=err)
     if pick:
         from edgetune.bench.gates import pick as pick_target
 
@@ -44,4 +50,4 @@ def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
         soft_wrap=True,
     )
     if gate and result.report is not None:
-        raise_on_failed_gates(result.report)
+        raise_on_failed_gates(result.report, err)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgetune.config import OnnxExportConfig
-from edgetune.errors import ModelError
+from edgetune.errors import ModelError, is_disk_full, writing
 from edgetune.export.onnx_graph import EXTERNAL_DATA_NAME, add_logits_from_input, load_model, save_model
 from edgetune.export.onnx_runtime import MODEL_FILE, model_files
 from edgetune.rundir import atomic_dir, sha256_file
@@ -66,6 +66,8 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
                 library_name="transformers",
             )
     except Exception as e:
+        if is_disk_full(e):  # the disk's fault, not the model's: the caller names where it wrote
+            raise
         raise ModelError(f"{model_dir}: optimum could not export it to ONNX ({type(e).__name__}: {e})") from e
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -114,14 +116,15 @@ def export_onnx(
     artifacts = []
     trace_dir = Path(tempfile.mkdtemp(prefix=".onnx-trace.", suffix=".tmp", dir=out_dir))
     try:
-        with status("onnx: tracing the fp32 decoder with optimum (text-generation-with-past)"):
-            trace_fp32(model_dir, trace_dir)
-        for quant in wanted:
-            with status(f"onnx: writing {quant}"), atomic_dir(out_dir / quant) as staging:
-                _variant(trace_dir, quant, config, staging, force_external)
-            artifacts.append(_artifact(quant, out_dir / quant))
-            if console is not None:
-                console.print(f"onnx: {quant} written")
+        with writing(out_dir):
+            with status("onnx: tracing the fp32 decoder with optimum (text-generation-with-past)"):
+                trace_fp32(model_dir, trace_dir)
+            for quant in wanted:
+                with status(f"onnx: writing {quant}"), atomic_dir(out_dir / quant) as staging:
+                    _variant(trace_dir, quant, config, staging, force_external)
+                artifacts.append(_artifact(quant, out_dir / quant))
+                if console is not None:
+                    console.print(f"onnx: {quant} written")
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     return OnnxExport(artifacts, round(time.time() - started, 1))

@@ -113,6 +113,10 @@ def export(
     base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
     if blocked := file_in_the_way(base_out):
         raise InputError(f"{blocked}: not a directory; --out names the folder the exports go in")
+    # the run's manifest records its own export/ only: files sent elsewhere (--out) are not the run's
+    record_dir = run_dir if run_dir and base_out.resolve() == (run_dir / "export").resolve() else None
+    if run_dir and not record_dir and console is not None:
+        console.print(f"note: {base_out} is outside the run: its manifest does not record these files")
     with run_lock(run_dir or base_out, "export"):
         gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
         if check_only and not formats:  # check what is there
@@ -160,22 +164,30 @@ def export(
             if check_only:
                 artifacts = found["gguf"]
             else:
-                results["gguf"] = _export_gguf(
+                gguf = _export_gguf(
                     recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
                 )
-                artifacts = [(a.quant, a.path) for a in results["gguf"].artifacts]
+                imatrix_path = _relative(gguf.imatrix, run_dir) if record_dir and gguf.imatrix else None
+                _record_stage(record_dir, gguf_dir, "gguf", gguf, {"imatrix": imatrix_path})
+                results["gguf"], artifacts = gguf, [(a.quant, a.path) for a in gguf.artifacts]
             rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
-            _record_parity(run_dir, gguf_dir, "gguf", rows, partial=check_only and bool(quants))
+            _record_parity(record_dir, gguf_dir, "gguf", rows, partial=check_only and bool(quants))
             results["parity"] += rows
         if "onnx" in formats:
             if check_only:
                 variants = found["onnx"]
             else:
-                results["onnx"] = _export_onnx(recipe, run_dir, model_dir, onnx_dir, onnx_quants, console)
-                variants = [(a.quant, a.path) for a in results["onnx"].artifacts]
+                from edgetune.export.onnx_export import export_onnx
+
+                onnx = export_onnx(model_dir, onnx_dir, onnx_quants, recipe.export.onnx, console=console)
+                _record_stage(record_dir, onnx_dir, "onnx", onnx, {})
+                results["onnx"], variants = onnx, [(a.quant, a.path) for a in onnx.artifacts]
             rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
-            _record_parity(run_dir, onnx_dir, "onnx", rows, partial=check_only and bool(quants))
+            _record_parity(record_dir, onnx_dir, "onnx", rows, partial=check_only and bool(quants))
             results["parity"] += rows
+        if record_dir:  # only now: an export interrupted before its parity checks is not done
+            finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            update_manifest(record_dir, stages={"export": {"status": "done", "finished": finished}})
         return results
 
 
@@ -244,34 +256,23 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
     num_ctx = faithful_context(AutoConfig.from_pretrained(str(model_dir)))
     for artifact in result.artifacts:
         write_modelfile(artifact.path, prepared.renderer, system, num_ctx)
-    _record_stage(
-        run_dir,
-        "gguf",
-        result,
-        {"imatrix": _relative(result.imatrix, run_dir) if run_dir and result.imatrix else None},
-    )
     return result
 
 
-def _export_onnx(recipe, run_dir, model_dir, onnx_dir, quants, console):
-    from edgetune.export.onnx_export import export_onnx
-
-    result = export_onnx(model_dir, onnx_dir, quants, recipe.export.onnx, console=console)
-    _record_stage(run_dir, "onnx", result, {})
-    return result
-
-
-def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any]) -> None:
+def _record_stage(run_dir: Path | None, out_dir: Path, fmt: str, result, extra: dict[str, Any]) -> None:
+    """The files just written, with no parity yet: earlier checks were of the files they replaced."""
+    (out_dir / "parity.json").unlink(missing_ok=True)
     if not run_dir:
         return
     update_manifest(
         run_dir,
         stages={
             "export": {
-                "status": "done",
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "status": "running",  # until every parity check of this export is recorded
                 f"{fmt}_wall_s": result.wall_s,
                 fmt: [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts],
+                f"{fmt}_parity": [],
+                f"{fmt}_parity_passed": False,
                 **extra,
             }
         },
