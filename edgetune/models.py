@@ -57,17 +57,18 @@ class ResolvedModel:
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-def refuse_pickle(path: Path, allow_pickle: bool = False) -> None:
+def refuse_pickle(path: Path, allow_pickle: bool = False, can_allow: bool = True) -> None:
     """Weights stored as pickles run code when loaded: a directory without safetensors weights is
-    refused unless the user allows pickles explicitly (they are then loaded with weights_only=True)."""
+    refused unless the user allows pickles explicitly (they are then loaded with weights_only=True).
+    `can_allow` is False where nothing reads pickles (the exporters read safetensors only)."""
     if allow_pickle or any(path.glob("*.safetensors")):
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
+        allow = " or pass --allow-pickle (model.allow_pickle: true) if you trust this directory"
         raise ModelError(
             f"{path}: weights only as pickle files ({', '.join(pickles[:3])}), which can run code when "
-            "loaded; convert them to safetensors, or pass --allow-pickle (model.allow_pickle: true) "
-            "if you trust this directory"
+            f"loaded; convert them to safetensors{allow if can_allow else ' (the exporters read only safetensors)'}"
         )
 
 

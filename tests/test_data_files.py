@@ -104,6 +104,11 @@ def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(
         (b"prompt,prompt,completion\na,b,c\n", ":1: the header names column 'prompt' more than once", ""),
         (b'prompt,completion\n2+2=,4\n"3+3=,6\n4+4=,8\n', ":4: unreadable CSV", ""),
         (b"prompt,completion\n2+2=,4\n3+3=,\xff\n", ":3: not valid UTF-8 text (byte 0xff)", ""),
+        (  # a messages cell is JSON: nested past Python's recursion limit, it is one bad row
+            b'messages\n"' + b"[" * 5000 + b"]" * 5000 + b'"\n',
+            ":2: messages: JSON nested too deeply to be a dataset field",
+            "",
+        ),
     ],
 )
 def test_csv_problems_name_their_line(tmp_path, content, where, message):

@@ -35,6 +35,8 @@ def json_list(value: Any, field_path: str) -> Any:
             return json.loads(value)
         except json.JSONDecodeError as exc:
             raise BadRow(field_path, f"invalid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise BadRow(field_path, "JSON nested too deeply to be a dataset field") from None
     return value
 
 

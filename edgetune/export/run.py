@@ -31,7 +31,7 @@ def _source(source: Path | None) -> tuple[Path | None, Path]:
         from edgetune.models import refuse_pickle
         from edgetune.validate import check_model_dir
 
-        refuse_pickle(source)
+        refuse_pickle(source, can_allow=False)
         check_model_dir(source)
         return None, source.resolve()
     run_dir = resolve_run_dir(source)
