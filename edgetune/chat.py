@@ -23,6 +23,7 @@ class ChatSession:
     eos_ids: list[int]
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
+    dropped_turns: int = 0  # earlier exchanges left out of the prompt to fit the context
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Rendered as in training: the same template (edgetune's fallback for a model without one)
@@ -32,10 +33,26 @@ class ChatSession:
         renderer = Renderer(self.tokenizer)
         return renderer.ids_for_text(renderer.chat_text(messages, add_generation_prompt=True))
 
+    def fitted_prompt(self, user: str, max_new_tokens: int) -> tuple[list[int], int]:
+        """The prompt ids and the answer's token budget within the runner's context: the oldest
+        turns are dropped (counted in `dropped_turns`) until the prompt and the answer fit."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        while True:
+            ids = self.prompt_ids(system + self.history + [{"role": "user", "content": user}])
+            context = self.runner.context
+            if not context or len(ids) + max_new_tokens <= context or not self.history:
+                break
+            self.history, self.dropped_turns = self.history[2:], self.dropped_turns + 1
+        if context and len(ids) >= context:
+            raise InputError(
+                f"the prompt is {len(ids)} tokens with the system prompt, and the model's context is "
+                f"{context}: shorten it"
+            )
+        return ids, min(max_new_tokens, context - len(ids)) if context else max_new_tokens
+
     def tokens(self, user: str, max_new_tokens: int) -> Iterator[int]:
-        messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
-        messages = messages + [{"role": "user", "content": user}]
-        for token in iter_greedy(self.runner, self.prompt_ids(messages), self.eos_ids, max_new_tokens):
+        prompt, budget = self.fitted_prompt(user, max_new_tokens)
+        for token in iter_greedy(self.runner, prompt, self.eos_ids, budget):
             if token in self.eos_ids:
                 return
             yield token

@@ -14,7 +14,7 @@ import sys
 import click
 
 from edgetune import __version__
-from edgetune.errors import EXIT_INTERNAL, EdgetuneError, is_disk_full
+from edgetune.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EdgetuneError, is_disk_full
 
 # name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -72,6 +72,8 @@ class LazyGroup(click.Group):
         except Exception as exc:  # the last line of defence: never a raw traceback
             if os.environ.get("EDGETUNE_DEBUG"):
                 raise
+            if isinstance(exc, PermissionError) and exc.filename:  # a file this user may not read or write
+                _fail(f"{exc.filename}: permission denied", EXIT_BAD_INPUT)
             if is_disk_full(exc):
                 where = getattr(exc, "filename", None)
                 _fail(

@@ -55,3 +55,35 @@ def test_bad_artifact_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(main, ["chat", str(tmp_path / "notes.txt"), "--prompt", "hi"])
     assert result.exit_code == 2
     assert "not a run directory, a .gguf file, an ONNX directory or an HF model directory" in result.output
+
+
+@pytest.mark.parametrize("artifact", ["gguf/model-f32.gguf", "onnx/fp32", "merged"])
+def test_a_conversation_past_the_context_drops_its_oldest_turns_and_a_long_prompt_is_one_line(
+    exported_run, artifact
+):
+    """The tiny model holds 512 positions: llama.cpp crashed past its n_ctx, torch and ONNX ran past
+    what the model learned."""
+    from edgetune.chat import open_chat
+    from edgetune.errors import InputError
+
+    path = exported_run / artifact if artifact == "merged" else exported_run / "export" / artifact
+    session = open_chat(path)
+    assert session.runner.context == 512
+    words = "link down on eth0 at the north site " * 4  # about 100 tokens
+    turns = [session.reply(f"{i}: {words}", max_new_tokens=4) for i in range(6)]
+    assert session.dropped_turns >= 1 and len(session.history) < 2 * len(turns)
+    assert session.history[-1] == {"role": "assistant", "content": turns[-1]}
+    prompt, budget = session.fitted_prompt("next", 4)
+    assert len(prompt) + budget <= 512
+    _, capped = open_chat(path).fitted_prompt(words * 3, 256)  # no history left to drop
+    assert 0 < capped < 256
+    with pytest.raises(InputError, match=r"the prompt is \d+ tokens .* the model's context is 512"):
+        session.fitted_prompt(words * 6, 4)  # about 600
+
+
+def test_a_one_shot_prompt_past_the_context_exits_2(exported_run):
+    gguf = exported_run / "export" / "gguf" / "model-f32.gguf"
+    result = CliRunner().invoke(
+        main, ["chat", str(gguf), "--prompt", "word " * 3000, "--max-new-tokens", "3"]
+    )
+    assert result.exit_code == 2 and "the model's context is 512" in result.output, result.output

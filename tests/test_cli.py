@@ -80,6 +80,18 @@ def test_internal_errors_are_one_line(monkeypatch):
     )
 
 
+def test_a_file_this_user_may_not_read_is_bad_input_naming_it(monkeypatch):
+    """Run files are written 0600: another user's chat on them met a PermissionError deep in a library."""
+
+    def denied():
+        raise PermissionError(13, "Permission denied", "/runs/demo/merged/tokenizer.json")
+
+    monkeypatch.setattr("edgetune.config.bundled_recipes", denied)
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "edgetune: error: /runs/demo/merged/tokenizer.json: permission denied"
+
+
 def test_python_dash_m_entry_point():
     result = subprocess.run(
         [sys.executable, "-m", "edgetune", "--version"], capture_output=True, text=True, timeout=60

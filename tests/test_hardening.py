@@ -185,9 +185,7 @@ def test_corrupt_files_give_one_line_naming_the_file_and_exit_2(
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize(
-    "fmt, quant, named", [("gguf", "f32", "model-f32.gguf"), ("onnx", "fp32", "onnx")]
-)
+@pytest.mark.parametrize("fmt, quant, named", [("gguf", "f32", "model-f32.gguf"), ("onnx", "fp32", "onnx")])
 def test_disk_full_while_exporting_names_the_path_and_keeps_earlier_files(
     tmp_path, tiny_model_dir, fmt, quant, named
 ):

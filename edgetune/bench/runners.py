@@ -31,7 +31,10 @@ class Target:
 
 class Runner:
     """prefill(ids) -> logits of the last position; step(token) -> logits of the next position;
-    logits(ids) -> [len(ids), vocab] for one fresh sequence. Logits are numpy float arrays."""
+    logits(ids) -> [len(ids), vocab] for one fresh sequence. Logits are numpy float arrays.
+    `context`: the most positions one sequence may hold, where the runtime or the model has a limit."""
+
+    context: int | None = None
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         raise NotImplementedError
@@ -99,6 +102,7 @@ class TorchRunner(Runner):
 
             model = PeftModel.from_pretrained(model, str(target.adapter))
         self.model = model.to(self.device).eval()
+        self.context = getattr(model.config, "max_position_embeddings", None)
         self.past = None
         import inspect
 
@@ -136,6 +140,7 @@ class OnnxRunner(Runner):
         from edgetune.export.onnx_runtime import OnnxDecoder
 
         self.decoder = OnnxDecoder(target.path, threads=threads, device=target.device)
+        self.context = self.decoder.max_positions
         self.past, self.length = None, 0
 
     def prefill(self, ids):
@@ -164,6 +169,9 @@ class LlamaRunner(Runner):
             target.path, n_ctx=n_ctx, logits_all=logits_all, n_threads=threads, n_gpu_layers=gpu_layers
         )
         self.logits_all = logits_all
+        # past n_ctx llama.cpp finds no memory slot for the batch; past the trained context the model
+        # is outside what it learned (torch's limit, max_position_embeddings, is the same number)
+        self.context = min(self.llm.n_ctx(), self.llm._model.n_ctx_train())
 
     def _last(self) -> np.ndarray:
         if self.logits_all:

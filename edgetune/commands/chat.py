@@ -20,6 +20,7 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
     conversation, /exit or Ctrl-D leaves."""
     from edgetune.chat import open_chat
     from edgetune.console import err
+    from edgetune.errors import InputError
 
     if not artifact.strip():  # "" would be the current directory
         raise click.UsageError(
@@ -45,7 +46,17 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
             return
         if line.strip() == "/reset":
             session.history.clear()
+            err.print("conversation cleared")
             continue
         if line.strip():
-            session.reply(line, max_new_tokens, show)
+            dropped = session.dropped_turns
+            try:
+                session.reply(line, max_new_tokens, show)
+            except InputError as exc:  # a prompt past the context: say so, keep the session
+                err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+                continue
             click.echo()
+            if session.dropped_turns > dropped:
+                err.print(
+                    f"(the oldest {session.dropped_turns - dropped} exchange(s) left out to fit the context)"
+                )

@@ -74,13 +74,15 @@ class OnnxDecoder:
         self._kv_shape = self._kv_dims()
 
     def _kv_dims(self) -> tuple[int, int]:
-        """(kv heads, head dim) from config.json; the ONNX shapes of past_key_values are symbolic."""
+        """(kv heads, head dim) from config.json, where the ONNX shapes of past_key_values are
+        symbolic; it also keeps the config's max_position_embeddings."""
         try:
             config = json.loads((self.dir / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{self.dir / 'config.json'}: cannot read it ({e})") from e
         heads = config.get("num_key_value_heads") or config["num_attention_heads"]
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        self.max_positions = config.get("max_position_embeddings")
         return int(heads), int(head_dim)
 
     def _past_dtype(self, name: str):
