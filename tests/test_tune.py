@@ -592,3 +592,25 @@ def test_settings_that_train_but_defeat_themselves_are_warned_about(tmp_path, ti
     assert "training examples never supervise EOS" in text
     assert "train.batch_size x train.grad_accum = 128 is more than the" in text
     assert "train.eval_steps 4 > train.max_steps 2" in text
+
+
+def test_examples_longer_than_the_models_positions_are_warned_about_in_data_check_and_tune(
+    tmp_path, tiny_model_dir
+):
+    """The tiny model holds 512 positions: a max_seq_len of 2048 let 700-token examples train silently."""
+    from conftest import chat_row, write_jsonl
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=1, eval_steps=1, save_steps=1)
+    rows = [chat_row(f"log {i}: " + "link down on eth0 " * 60, "{}") for i in range(10)]
+    write_jsonl(tmp_path / "long.jsonl", rows + [chat_row(f"q{i}", "a") for i in range(30)])
+    sets = ["--set", "data.max_seq_len=2048", "--set", f"data.train={tmp_path / 'long.jsonl'}"]
+    checked = CliRunner().invoke(
+        main, ["data", "check", "--recipe", str(recipe), *sets, str(tmp_path / "long.jsonl")]
+    )
+    assert checked.exit_code == 0, checked.output
+    warning = "longer than the model's 512 positions (max_position_embeddings): set data.max_seq_len to 512"
+    assert warning in " ".join(checked.output.split()), checked.output
+    tuned = CliRunner().invoke(main, ["tune", str(recipe), *sets])
+    assert tuned.exit_code == 0 and warning in " ".join(tuned.output.split()), tuned.output
+    fits = CliRunner().invoke(main, ["data", "check", "--recipe", str(recipe), str(tmp_path / "data.jsonl")])
+    assert fits.exit_code == 0 and "max_position_embeddings" not in fits.output

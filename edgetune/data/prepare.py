@@ -117,3 +117,22 @@ def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) 
         )
         raise DataError(f"{cfg.train}: every training example was dropped{why}; {fix}")
     return PreparedData(splits, renderer, encoded)
+
+
+def past_the_context(prepared: PreparedData, model_dir, trust_remote_code: bool = False) -> str | None:
+    """A warning when encoded examples are longer than the model's positions: it would train (and,
+    shipped, answer) where it learned nothing, and llama.cpp warns about it at every load."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # loading the model says what is wrong with its config
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    longest = max((len(e.input_ids) for enc in prepared.encoded.values() for e in enc.examples), default=0)
+    if not positions or longest <= positions:
+        return None
+    return (
+        f"examples of up to {longest} tokens are longer than the model's {positions} positions "
+        f"(max_position_embeddings): set data.max_seq_len to {positions} or less"
+    )

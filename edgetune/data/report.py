@@ -47,15 +47,15 @@ def check_dataset(
         )
         report["skipped_examples"] = splits.skipped_rows[:5]
         return report
-    from edgetune.data.prepare import prepare
+    from edgetune.data.prepare import past_the_context, prepare
     from edgetune.models import load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(
-        resolve_model(recipe.model.base, recipe.model.revision, allow_pickle=recipe.model.allow_pickle),
-        recipe.model.trust_remote_code,
-    )
+    model = resolve_model(recipe.model.base, recipe.model.revision, allow_pickle=recipe.model.allow_pickle)
+    tokenizer = load_tokenizer(model, recipe.model.trust_remote_code)
     prepared = prepare(cfg, tokenizer, skip_bad_rows)
     report.update(prepared.summary())
+    context = past_the_context(prepared, model.path, recipe.model.trust_remote_code)
+    report["warnings"] = [context] if context else []
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
     first = prepared.splits.train[0]
     text, spans = prepared.renderer.spans(first)
@@ -119,6 +119,8 @@ def print_report(report: dict[str, Any]) -> None:
         out.print(
             f"chat template: {'the model' + chr(39) + 's own' if template == 'model' else 'edgetune fallback (the model has none)'}"
         )
+        for warning in report.get("warnings", []):
+            out.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
         sample = report["sample"]
         text = Text(sample["rendered"])
         for start, end in sample["supervised_spans"]:

@@ -209,7 +209,7 @@ def _prepare_training(
     import torch
     import transformers
 
-    from edgetune.data.prepare import prepare
+    from edgetune.data.prepare import past_the_context, prepare
     from edgetune.models import load_tokenizer, resolve_model
     from edgetune.rundir import low_space_warning, weights_bytes
     from edgetune.tune.model import choose_setup, load_for_training
@@ -233,6 +233,8 @@ def _prepare_training(
     data = prepare(recipe.data, tokenizer)
     train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
     warn_about_data(recipe, data, warn)
+    if context := past_the_context(data, model_ref.path, recipe.model.trust_remote_code):
+        warn(context)
     setup = choose_setup(recipe.train.method, recipe.train.precision)
     for message in setup.warnings:
         warn(message)
