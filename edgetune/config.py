@@ -382,9 +382,19 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     recipe = build(Recipe, raw, "", problems)
     problems += recipe.validate()  # fields that failed conversion kept their defaults
     if problems:
-        raise ConfigError(problems, source=str(path))
+        raise ConfigError(_blame_overrides(problems, overrides or []), source=str(path))
     recipe.source = str(path)
     return recipe
+
+
+def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:
+    """A problem in a key some --set gave says so: the recipe file does not hold it."""
+    keys = [".".join(parse_override(text)[0]) for text in overrides]
+
+    def related(a: str, b: str) -> bool:  # the same key, or one holds the other
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    return [p + (" (from --set)" if any(related(p.split(":")[0], k) for k in keys) else "") for p in problems]
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:

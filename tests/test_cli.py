@@ -37,7 +37,7 @@ def test_every_contract_command_is_listed():
 def test_unknown_recipe_key_fails_naming_it():
     result = CliRunner().invoke(main, ["tune", "--set", "train.nope=1"])
     assert result.exit_code == 2
-    assert "train.nope" in result.output
+    assert "train.nope: unknown key" in result.output and "(from --set)" in result.output
     assert "Traceback" not in result.output
 
 
@@ -48,6 +48,7 @@ def test_all_recipe_problems_reported_at_once():
     assert result.exit_code == 2
     for key in ("train.lr", "data.max_seq_len", "bogus"):
         assert key in result.output
+    assert " ".join(result.output.split()).count("(from --set)") == 3
 
 
 def test_recipes_lists_every_bundled_recipe():
