@@ -228,11 +228,17 @@ def resolve_run_dir(run_dir: Path | None) -> Path:
     """A RUN_DIR argument, or runs/latest when none is given."""
     if run_dir is None:
         latest = RUNS_DIR / LATEST
+        if latest.is_symlink() and not latest.exists():
+            raise InputError(
+                f"no run given and {latest} points to {os.readlink(latest)}, which is gone: name a run directory"
+            )
         if not latest.exists():
             raise InputError(
                 f"no run given and {latest} does not exist: run `edgetune tune` first or name a run directory"
             )
         return latest.resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run directory not found")
     return run_dir.resolve()
@@ -292,4 +298,8 @@ def low_space_warning(directory: Path, needed: int, work: str) -> str | None:
     free = shutil.disk_usage(probe).free
     if free >= needed:
         return None
-    return f"{probe}: {free / 1e9:.1f} GB free, {work} needs about {needed / 1e9:.1f} GB; it may fail for lack of space"
+    return f"{probe}: {_size(free)} free, {work} needs about {_size(needed)}; it may fail for lack of space"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"

@@ -151,6 +151,8 @@ def test_a_group_without_a_command_shows_its_help():
         (["nosuch"], "No such command 'nosuch'"),
         (["data", "check", "ok.jsonl", "--set", "model.base="], "model.base: empty"),
         (["data", "check", "ok.jsonl", "--set", "model.revision=v9"], "only a hub model has revisions"),
+        (["bench", "afile"], "afile: a file, not a run directory"),
+        (["tune", "--resume", "--run-dir", "afile"], "afile: a file, not a run directory"),
     ],
 )
 def test_bad_files_and_directories_are_one_line_and_exit_2(tmp_path, argv, message):

@@ -233,6 +233,9 @@ def test_low_space_warning():
     assert low_space_warning(Path("."), 1, "x") is None
     warning = low_space_warning(Path("does/not/exist/yet"), 10**18, "this export")
     assert "GB free, this export needs about 1000000000.0 GB" in warning
+    from edgetune.rundir import _size
+
+    assert (_size(2_500_000), _size(3_200_000_000)) == ("2.5 MB", "3.2 GB")  # not "0.0 GB" for small runs
 
 
 def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(tmp_path, tiny_model_dir):

@@ -189,10 +189,14 @@ def test_packed_batches_match_unpacked_logits(request, model_fixture, tiny_token
     torch.testing.assert_close(p.loss, u.loss, atol=1e-5, rtol=1e-5)
 
 
-def test_resume_without_a_run_is_a_clear_error():
+def test_resume_without_a_run_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["tune", "--resume"])
     assert result.exit_code == 2
     assert "runs/latest does not exist" in result.output
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to("demo")  # the run was deleted, the link left
+    result = CliRunner().invoke(main, ["tune", "--resume"])
+    assert result.exit_code == 2 and "runs/latest points to demo, which is gone" in result.output
 
 
 def test_overfit_watch_warns_once():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgetune.bench.runners import default_threads
 from edgetune.config import Recipe
+from edgetune.data.quality import counted
 from edgetune.errors import InputError
 
 
@@ -65,7 +66,9 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
     for warning in data.splits.quality.warnings():
         warn(warning)
     if len(train) < 100:
-        warn(f"only {len(train)} training examples: expect overfitting; 500+ clean examples work best")
+        warn(
+            f"only {counted(len(train), 'training example')}: expect overfitting; 500+ clean examples work best"
+        )
     if recipe.train.lr > 1e-3:
         warn(
             f"train.lr={recipe.train.lr:g} is high for LoRA fine-tuning and risks catastrophic forgetting; "
