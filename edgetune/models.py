@@ -190,9 +190,19 @@ def _convert_gguf_to_hf(gguf_path: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+# what a local tokenizer is read from: tokenizer.json, or a slow tokenizer's vocabulary
+# (tokenizer.model, vocab.json, vocab.txt, spiece.model, sentencepiece.bpe.model, *.tiktoken)
+TOKENIZER_GLOBS = ("tokenizer*", "vocab*", "*.model", "*.tiktoken")
+
+
 def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    if model.path.is_dir() and not any(next(model.path.glob(g), None) for g in TOKENIZER_GLOBS):
+        raise ModelError(  # transformers would guess a tokenizer class and fail inside it
+            f"{model.path}: no tokenizer files (tokenizer.json, tokenizer.model, vocab.json, ...); "
+            "copy the model's tokenizer beside its weights"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
     except Exception as exc:

@@ -334,3 +334,18 @@ def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_pa
     (tmp_path / "runs" / "file").write_text("x")
     result = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(tmp_path / "runs" / "file")])
     assert result.exit_code == 2 and "not a directory" in result.output, result.output
+
+
+def test_a_model_directory_without_tokenizer_files_is_one_line_naming_it(tmp_path, tiny_model_dir):
+    """transformers guessed a tokenizer class and failed inside it (a sentencepiece ValueError)."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, bare / name)
+    result = CliRunner().invoke(main, ["chat", str(bare), "--prompt", "hi"])
+    assert result.exit_code == 2 and f"{bare}: no tokenizer files" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
