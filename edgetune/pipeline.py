@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import Recipe, dump_recipe, load_recipe
-from edgetune.errors import InputError
+from edgetune.errors import InputError, Interrupted
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -175,7 +175,12 @@ def run_pipeline(
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 continue
             say(f"[bold]{stage}[/]")
-            _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result)
+            try:
+                _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted in {stage}; the same `edgetune run` continues: the stages before it are kept"
+                ) from None
             result.ran.append(stage)
             # everything after a stage that ran is stale, whatever its fingerprint said
             for later in STAGES[STAGES.index(stage) + 1 :]:

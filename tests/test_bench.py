@@ -601,7 +601,9 @@ def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_
     cut = CliRunner().invoke(
         main, ["export", str(copy), "--to", "gguf", "--quant", "q8_0", "--imatrix", "off"]
     )
-    assert cut.exit_code == 130, cut.output
+    assert cut.exit_code == 130 and "not all were checked: run the same export again" in cut.output, (
+        cut.output
+    )
     after = record()
     assert after["status"] == "running" and after["gguf_parity"] == [] and after["onnx_parity"]
     assert not (copy / "export" / "gguf" / "parity.json").exists()

@@ -170,3 +170,16 @@ def test_a_start_that_failed_before_its_first_save_is_not_set_aside_over_a_real_
     (previous / "manifest.json").write_text("{}")
     _set_aside(run, None)
     assert (run / "checkpoints").is_dir() and (previous / "adapter").is_dir()
+
+
+def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir, monkeypatch):
+    import edgetune.pipeline
+
+    def interrupted(stage, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgetune.pipeline, "_run_stage", interrupted)
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 130
+    assert "interrupted in data; the same `edgetune run` continues" in result.output, result.output

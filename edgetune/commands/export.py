@@ -44,18 +44,25 @@ def export(source, formats, quants, out, imatrix, check_only) -> None:
     one_process("export")
     from edgetune.console import err
     from edgetune.console import out as stdout
+    from edgetune.errors import Interrupted
     from edgetune.export.parity import print_table, raise_on_failure
     from edgetune.export.run import export as run_export
 
-    results = run_export(
-        source,
-        _split(formats, "--to"),
-        _split(quants, "--quant"),
-        out,
-        None if imatrix is None else imatrix == "on",
-        check_only=check_only,
-        console=err,
-    )
+    try:
+        results = run_export(
+            source,
+            _split(formats, "--to"),
+            _split(quants, "--quant"),
+            out,
+            None if imatrix is None else imatrix == "on",
+            check_only=check_only,
+            console=err,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "interrupted; the files already written are whole (each is written atomically) but not all "
+            "were checked: run the same export again"
+        ) from None
     if "gguf" in results:
         for a in results["gguf"].artifacts:
             stdout.print(f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}", soft_wrap=True)
