@@ -538,24 +538,32 @@ def test_gating_under_no_gates_passes_and_says_it_checked_nothing():
         assert ("sets no bench.gates: the gates checked nothing" in console.export_text()) == warned
 
 
-def test_bench_refuses_what_the_run_already_shows_before_measuring(benched, tmp_path):
-    """--pick under gates that check no file's answers, and a corrupt manifest: known before the
-    first measurement, refused then, and no report written."""
+def test_bench_refuses_what_the_run_already_shows_before_measuring(benched, tmp_path, monkeypatch):
+    """--pick under gates that check no file's answers, a truncated GGUF and a corrupt manifest:
+    known before the first measurement, refused then, and no report written."""
     import shutil
 
     run, _ = benched
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     shutil.rmtree(copy / "bench")
+    opened = []
+    monkeypatch.setattr("edgetune.bench.run.open_runner", lambda target, *a, **k: opened.append(target))
     recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
     recipe["bench"]["gates"] = {"max_size_mb": 1000}
     (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     picked = CliRunner().invoke(main, ["bench", str(copy), "--pick"])
     assert picked.exit_code == 3 and "gates check no file's answers" in picked.output
+    gguf = copy / "export" / "gguf" / "model-q8_0.gguf"
+    gguf.write_bytes(gguf.read_bytes()[:-1000])
+    truncated = CliRunner().invoke(main, ["bench", str(copy)])
+    assert truncated.exit_code == 2 and "model-q8_0.gguf: tensor" in truncated.output, truncated.output
     (copy / "manifest.json").write_text("{")
     corrupt = CliRunner().invoke(main, ["bench", str(copy)])
     assert corrupt.exit_code == 2 and "manifest.json: corrupt manifest" in corrupt.output
-    assert not (copy / "bench").exists() and "accuracy" not in picked.output + corrupt.output
+    assert (
+        not (copy / "bench").exists() and "accuracy" not in picked.output + truncated.output + corrupt.output
+    )
 
 
 def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(

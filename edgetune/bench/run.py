@@ -229,10 +229,15 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = devices or cfg.devices
         from edgetune.export.parity import unchecked_exports
+        from edgetune.validate import check_gguf
 
         manifest = read_manifest(run_dir)  # a corrupt one fails now, not after the measurements
         skipped: list[dict] = []
         targets = discover_targets(run_dir, devices, recipe, skipped)
+        for gguf in {
+            t.path for t in targets if t.format == "gguf"
+        }:  # a damaged file, named before the minutes of torch targets
+            check_gguf(gguf)
         exported = sorted({(t.format, t.quant) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
             console.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
