@@ -40,7 +40,10 @@ def test_detects_each_row_format(tmp_path):
             "messages[0].role: unknown role 'robot'",
         ),
         ({"messages": [{"role": "user", "content": "hi"}]}, "messages: has no assistant turn"),
-        ({"messages": "nope"}, "messages: invalid JSON"),
+        (
+            {"messages": "nope"},
+            "messages: expected a list, or that list as JSON text; got a string that is invalid JSON",
+        ),
         ({"prompt": "only a prompt"}, "messages: missing"),
         ([1, 2], "expected a JSON object"),
     ],
@@ -97,6 +100,9 @@ def test_unknown_extension_and_missing_file(tmp_path):
         load_examples(tmp_path / "d.txt")
     with pytest.raises(DataError, match="file not found"):
         load_examples(tmp_path / "missing.jsonl")
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match="data: a directory; name the dataset file in it"):
+        load_examples(tmp_path / "data")
 
 
 def test_a_directory_or_pipe_is_not_a_dataset(tmp_path):
@@ -221,6 +227,7 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
     "bad, field",
     [
         ({"instruction": "", "input": " ", "output": "x"}, "instruction: is empty, and so is input"),
+        ({"input": "", "output": "x"}, "instruction: is missing, and so is input"),
         ({"instruction": "q", "output": ""}, "output: is empty"),
         ({"instruction": "q", "output": 3}, "output: expected a string, got a number"),
         ({"instruction": "q", "output": "a", "history": [["only one"]]}, "history[0]: expected an"),
@@ -228,7 +235,7 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         ({"instruction": "q", "output": "a", "history": 0}, "history: expected a list"),
         ({"instruction": 5, "output": "a"}, "instruction: expected a string, got a number"),
         ({"conversations": []}, "conversations: expected a non-empty list"),
-        ({"conversations": "[oops"}, "conversations: invalid JSON"),
+        ({"conversations": "[oops"}, "conversations: expected a list, or that list as JSON text"),
         (
             {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f()"}]},
             "conversations[1].from: unknown speaker 'function_call'",

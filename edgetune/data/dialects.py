@@ -34,7 +34,10 @@ def json_list(value: Any, field_path: str) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise BadRow(field_path, f"invalid JSON ({exc.msg})") from None
+            raise BadRow(
+                field_path,
+                f"expected a list, or that list as JSON text; got a string that is invalid JSON ({exc.msg})",
+            ) from None
         except RecursionError:
             raise BadRow(field_path, "JSON nested too deeply to be a dataset field") from None
     return value
@@ -63,7 +66,8 @@ def alpaca_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     instruction, extra = _optional_str(row, "instruction"), _optional_str(row, "input")
     user = "\n\n".join(part for part in (instruction, extra) if part.strip())
     if not user:
-        raise BadRow("instruction", "is empty, and so is input: there is no request to answer")
+        said = "missing" if "instruction" not in row else "empty"
+        raise BadRow("instruction", f"is {said}, and so is input: there is no request to answer")
     given = row.get("history")
     history = [] if given is None or given == "" else json_list(given, "history")  # 0 or false is no list
     if not isinstance(history, list):

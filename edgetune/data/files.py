@@ -36,6 +36,8 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 def dataset_kind(path: Path) -> str:
     """The type (jsonl, json, csv or parquet) of a dataset file that is there, or a DataError."""
     kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None and path.is_dir():
+        raise DataError(f"{path}: a directory; name the dataset file in it (.jsonl, .json, .csv or .parquet)")
     if kind is None:
         raise DataError(
             f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet"
