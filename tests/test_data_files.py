@@ -29,6 +29,18 @@ def test_a_stray_byte_far_into_a_jsonl_file_names_its_own_line(tmp_path):
         load_examples(path)
 
 
+def test_jsonl_lines_may_end_in_a_lone_cr_as_old_mac_files_do(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps(r) for r in ROWS]
+    path.write_bytes("\r".join(lines).encode() + b"\r")
+    assert [e.source for e in load_examples(path).examples] == [f"{path}:{n}" for n in range(1, 5)]
+    path.write_bytes("\r".join(lines[:2] + ['{"text": 3}'] + lines[2:]).encode())
+    with pytest.raises(DataError, match=rf"{path}:3: messages: missing"):
+        load_examples(path)
+    path.write_bytes("\r\n".join(lines).encode())  # CRLF stays one line end
+    assert [e.source for e in load_examples(path).examples] == [f"{path}:{n}" for n in range(1, 5)]
+
+
 def test_a_bom_is_read_past_in_jsonl_json_and_csv(tmp_path):
     (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + jsonl_bytes(ROWS))
     (tmp_path / "d.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS).encode())

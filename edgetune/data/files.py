@@ -102,13 +102,19 @@ def _row(text: str) -> Any:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """Lines end in LF, CRLF or a lone CR (old Mac files), as editors count them: JSON text holds
+    no raw CR but between tokens, where no JSONL writer puts one."""
+    line_no = 0
     with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            line = _utf8(path, raw, line_no)
-            if line_no == 1:
-                line = line.removeprefix(BOM)
-            if line.strip():
-                yield line_no, _row(line)
+        for chunk in f:
+            body = chunk.removesuffix(b"\n").removesuffix(b"\r")
+            for raw in body.split(b"\r") if b"\r" in body else [body]:
+                line_no += 1
+                line = _utf8(path, raw, line_no)
+                if line_no == 1:
+                    line = line.removeprefix(BOM)
+                if line.strip():
+                    yield line_no, _row(line)
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
