@@ -107,6 +107,9 @@ def test_cli_prints_the_comparison_and_gate_exits_3_only_when_worse(tmp_path):
     assert CliRunner().invoke(main, ["bench", str(v1), "--compare", str(v2), "--gate"]).exit_code == 0
     result = CliRunner().invoke(main, ["bench", str(v2), "--compare", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "nope: run directory not found" in result.output
+    (tmp_path / "notes").mkdir()
+    result = CliRunner().invoke(main, ["bench", str(v2), "--compare", str(tmp_path / "notes")])
+    assert result.exit_code == 2 and "notes: not a run directory (no recipe.yaml)" in result.output
     (v1 / "bench" / "report.json").write_text("{")
     result = CliRunner().invoke(main, ["bench", str(v2), "--compare", str(v1)])
     assert result.exit_code == 2 and "report.json: line 1: not JSON" in result.output

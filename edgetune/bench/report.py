@@ -231,6 +231,8 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     from edgetune.errors import InputError
 
     path = run_dir / "bench" / "report.json"
+    if not path.is_file() and not (run_dir / "recipe.yaml").is_file():
+        raise InputError(f"{run_dir}: not a run directory (no recipe.yaml), so no bench report")
     if not path.is_file():
         raise InputError(f"{path}: no bench report; run `edgetune bench {run_dir}` first")
     try:
