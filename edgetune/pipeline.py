@@ -214,10 +214,12 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, res
             print_report(report)
     elif stage == "tune":
         from edgetune.tune.callbacks import complete_checkpoints
-        from edgetune.tune.run import tune
+        from edgetune.tune.run import finished_tune, tune
 
         saved = bool(complete_checkpoints(run_dir / "checkpoints"))
         resume = saved and done.get("tune_started") == _tune_key(recipe)
+        if resume and finished_tune(run_dir):  # it finished, then the run stopped before recording it
+            return
         if not resume:
             _set_aside(run_dir, console)
             run_dir.mkdir(parents=True, exist_ok=True)

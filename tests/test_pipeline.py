@@ -183,3 +183,40 @@ def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir
     result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 130
     assert "interrupted in data; the same `edgetune run` continues" in result.output, result.output
+
+
+def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Stopped between tune's end and the pipeline's record of it: the next `edgetune run` must not
+    resume a finished run (refused now: it trained past max_steps) nor train it again."""
+    import edgetune.pipeline
+    from edgetune.config import load_recipe
+    from edgetune.rundir import sha256_file
+    from edgetune.tune.run import tune
+
+    path = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "r"
+    recipe = load_recipe(str(path))
+    tune(str(path), run_dir=run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["pipeline"] = {
+        "data": manifest.get("pipeline", {}).get("data", ""),
+        "tune_started": edgetune.pipeline._tune_key(recipe),
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    adapter = sha256_file(run / "adapter" / "adapter_model.safetensors")
+    stages = []
+    real = edgetune.pipeline._run_stage
+
+    def only_to_tune(stage, *args):
+        stages.append(stage)
+        if stage in ("data", "tune"):
+            real(stage, *args)
+
+    monkeypatch.setattr(edgetune.pipeline, "_run_stage", only_to_tune)
+    result = CliRunner().invoke(main, ["run", str(path), "--run-dir", str(run), "--no-gate"])
+    assert result.exit_code == 0, result.output
+    assert "tune" in stages and "nothing to resume" not in result.output
+    assert sha256_file(run / "adapter" / "adapter_model.safetensors") == adapter
+    assert json.loads((run / "manifest.json").read_text())["stages"]["tune"]["steps"] == 2

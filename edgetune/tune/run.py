@@ -284,11 +284,17 @@ def _record_done(run_dir: Path, result: TuneResult, setup, trainer) -> None:
     )
 
 
+def finished_tune(run_dir: Path) -> dict[str, Any] | None:
+    """The manifest's record of a tune that finished (its adapter saved), or None."""
+    done = _read_tune_section(run_dir)
+    return done if done.get("status") == "done" and (run_dir / "adapter").is_dir() else None
+
+
 def _refuse_finished(run_dir: Path) -> None:
     """A finished run has nothing to resume: training on from its last checkpoint would step past
     max_steps (or past an early stop) and rotate the best checkpoint away."""
-    done = _read_tune_section(run_dir)
-    if done.get("status") != "done" or not (run_dir / "adapter").is_dir():
+    done = finished_tune(run_dir)
+    if done is None:
         return
     why = " (stopped early: validation loss stopped improving)" if done.get("stopped_early") else ""
     raise InputError(
