@@ -35,19 +35,24 @@ class ChatSession:
 
     def fitted_prompt(self, user: str, max_new_tokens: int) -> tuple[list[int], int]:
         """The prompt ids and the answer's token budget within the runner's context: the oldest
-        turns are dropped (counted in `dropped_turns`) until the prompt and the answer fit."""
+        exchanges are dropped (counted in `dropped_turns`) until the prompt leaves room for the
+        answer (at most a quarter of the context is held back for it, so that a large
+        --max-new-tokens does not cost the whole conversation). Nothing is dropped when the prompt
+        alone is too long."""
         system = [{"role": "system", "content": self.system}] if self.system else []
+        context, history, dropped = self.runner.context, list(self.history), 0
+        room = min(max_new_tokens, context // 4) if context else 0
         while True:
-            ids = self.prompt_ids(system + self.history + [{"role": "user", "content": user}])
-            context = self.runner.context
-            if not context or len(ids) + max_new_tokens <= context or not self.history:
+            ids = self.prompt_ids(system + history + [{"role": "user", "content": user}])
+            if not context or len(ids) + room <= context or not history:
                 break
-            self.history, self.dropped_turns = self.history[2:], self.dropped_turns + 1
+            history, dropped = history[2:], dropped + 1
         if context and len(ids) >= context:
             raise InputError(
                 f"the prompt is {len(ids)} tokens with the system prompt, and the model's context is "
                 f"{context}: shorten it"
             )
+        self.history, self.dropped_turns = history, self.dropped_turns + dropped
         return ids, min(max_new_tokens, context - len(ids)) if context else max_new_tokens
 
     def tokens(self, user: str, max_new_tokens: int) -> Iterator[int]:

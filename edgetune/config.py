@@ -8,6 +8,7 @@ resolve against the current directory.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -374,6 +375,7 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     path = find_recipe(name_or_path)
     raw = read_recipe_yaml(path)
     _resolve_paths(raw, path.resolve().parent)
+    in_file = copy.deepcopy(raw)
     over_raw: dict[str, Any] = {}
     apply_overrides(over_raw, overrides or [])
     _resolve_paths(over_raw, Path.cwd())
@@ -382,19 +384,35 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     recipe = build(Recipe, raw, "", problems)
     problems += recipe.validate()  # fields that failed conversion kept their defaults
     if problems:
-        raise ConfigError(_blame_overrides(problems, overrides or []), source=str(path))
+        raise ConfigError(_blame_overrides(problems, overrides or [], in_file), source=str(path))
     recipe.source = str(path)
     return recipe
 
 
-def _blame_overrides(problems: list[str], overrides: list[str]) -> list[str]:
-    """A problem in a key some --set gave says so: the recipe file does not hold it."""
+def _blame_overrides(problems: list[str], overrides: list[str], in_file: dict[str, Any]) -> list[str]:
+    """A problem in a key some --set gave says so: the recipe file named in front of it is not to
+    blame. A problem's key is the --set key, one inside it, or (an unknown section a --set made)
+    one that holds it and that the file does not have."""
     keys = [".".join(parse_override(text)[0]) for text in overrides]
 
-    def related(a: str, b: str) -> bool:  # the same key, or one holds the other
-        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+    def in_the_file(key: str) -> bool:
+        node: Any = in_file
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
 
-    return [p + (" (from --set)" if any(related(p.split(":")[0], k) for k in keys) else "") for p in problems]
+    def from_set(key: str, given: str) -> bool:
+        return (
+            key == given
+            or key.startswith(given + ".")
+            or (given.startswith(key + ".") and not in_the_file(key))
+        )
+
+    return [
+        p + (" (from --set)" if any(from_set(p.split(":")[0], k) for k in keys) else "") for p in problems
+    ]
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:

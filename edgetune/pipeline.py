@@ -99,7 +99,9 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
         "data": True,
         "tune": (run_dir / "adapter").is_dir(),
         "merge": (run_dir / "merged" / "config.json").is_file(),
-        "export": bool(_export_files(run_dir)),
+        # an export stopped before its parity checks (a manual one, interrupted) is not a finished one
+        "export": bool(_export_files(run_dir))
+        and read_manifest(run_dir).get("stages", {}).get("export", {}).get("status") == "done",
         "bench": (run_dir / "bench" / "report.json").is_file(),
     }[stage]
 
@@ -268,6 +270,9 @@ def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
     dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in results]
     for fmt in dropped:
         shutil.rmtree(run_dir / "export" / fmt, ignore_errors=True)
+    from edgetune.export.parity_record import settle
+
+    settle(run_dir, run_dir / "export")  # no parity rows for the files removed
     manifest = read_manifest(run_dir)
     record = manifest.get("stages", {}).get("export", {})
     # gguf, gguf_parity, gguf_wall_s, ..., and the importance matrix that lived in export/gguf

@@ -77,8 +77,12 @@ def test_a_conversation_past_the_context_drops_its_oldest_turns_and_a_long_promp
     assert len(prompt) + budget <= 512
     _, capped = open_chat(path).fitted_prompt(words * 3, 256)  # no history left to drop
     assert 0 < capped < 256
+    kept = list(session.history)
     with pytest.raises(InputError, match=r"the prompt is \d+ tokens .* the model's context is 512"):
         session.fitted_prompt(words * 6, 4)  # about 600
+    assert session.history == kept  # a refused prompt costs the conversation nothing
+    session.reply("short", max_new_tokens=8192)  # a quarter of the context is held back, not 8192
+    assert len(session.history) > 2
 
 
 def test_a_one_shot_prompt_past_the_context_exits_2(exported_run):

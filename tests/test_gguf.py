@@ -565,7 +565,7 @@ def assert_no_local_path(export_dir: Path, local: Path) -> None:
             provenance = reader.get_field("edgetune.base_model").contents()
             assert "/" not in provenance, provenance
             assert len(reader.get_field("edgetune.base_model_sha256").contents()) == 64
-        elif path.is_file() and path.suffix in {".json", ".txt", ".jinja", ""}:
+        elif path.is_file() and path.suffix in {".json", ".txt", ".jinja", ".Modelfile", ""}:
             texts[str(path)] = path.read_text(errors="replace")
     leaks = [where for where, text in texts.items() if str(local) in text]
     assert not leaks, leaks

@@ -73,6 +73,13 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert only_gguf.exit_code == 0 and not (run / "export" / "onnx").exists(), out
     record = json.loads((run / "manifest.json").read_text())["stages"]["export"]
     assert "gguf" in record and not [k for k in record if k.startswith("onnx")]  # it lists what is there
+    assert [r["quant"] for r in record["gguf_parity"]] == ["f16"] and record["status"] == "done"
+    # a manual export stopped before its checks: the files are not a finished export stage
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["export"]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    again, out = invoke(recipe, "--set", "export.gguf.quants=f16", "--set", "export.formats=[gguf]")
+    assert again.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
 
     fourth, out = invoke(recipe, "--set", "export.gguf.quants=f16", "--set", "train.lr=5e-4")
     assert fourth.exit_code == 0, out
@@ -218,5 +225,6 @@ def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
     result = CliRunner().invoke(main, ["run", str(path), "--run-dir", str(run), "--no-gate"])
     assert result.exit_code == 0, result.output
     assert "tune" in stages and "nothing to resume" not in result.output
+    assert not (tmp_path / "r.previous").exists()  # not set aside and trained again either
     assert sha256_file(run / "adapter" / "adapter_model.safetensors") == adapter
     assert json.loads((run / "manifest.json").read_text())["stages"]["tune"]["steps"] == 2

@@ -171,7 +171,8 @@ class LlamaRunner(Runner):
         self.logits_all = logits_all
         # past n_ctx llama.cpp finds no memory slot for the batch; past the trained context the model
         # is outside what it learned (torch's limit, max_position_embeddings, is the same number)
-        self.context = min(self.llm.n_ctx(), self.llm._model.n_ctx_train())
+        trained = getattr(getattr(self.llm, "_model", None), "n_ctx_train", None)  # not public API
+        self.context = min(self.llm.n_ctx(), trained()) if trained else self.llm.n_ctx()
 
     def _last(self) -> np.ndarray:
         if self.logits_all:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError
+from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
-    atomic_write_json,
     file_in_the_way,
     read_manifest,
     resolve_run_dir,
@@ -164,14 +162,15 @@ def export(
             if check_only:
                 artifacts = found["gguf"]
             else:
+                parity_record.forget(record_dir, gguf_dir, "gguf", gguf_quants)
                 gguf = _export_gguf(
                     recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
                 )
                 imatrix_path = _relative(gguf.imatrix, run_dir) if record_dir and gguf.imatrix else None
-                _record_stage(record_dir, gguf_dir, "gguf", gguf, {"imatrix": imatrix_path})
+                _record_stage(record_dir, "gguf", gguf, {"imatrix": imatrix_path})
                 results["gguf"], artifacts = gguf, [(a.quant, a.path) for a in gguf.artifacts]
             rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
-            _record_parity(record_dir, gguf_dir, "gguf", rows, partial=check_only and bool(quants))
+            parity_record.record(record_dir, gguf_dir, "gguf", rows_as_dicts(rows))
             results["parity"] += rows
         if "onnx" in formats:
             if check_only:
@@ -179,15 +178,14 @@ def export(
             else:
                 from edgetune.export.onnx_export import export_onnx
 
+                parity_record.forget(record_dir, onnx_dir, "onnx", onnx_quants)
                 onnx = export_onnx(model_dir, onnx_dir, onnx_quants, recipe.export.onnx, console=console)
-                _record_stage(record_dir, onnx_dir, "onnx", onnx, {})
+                _record_stage(record_dir, "onnx", onnx, {})
                 results["onnx"], variants = onnx, [(a.quant, a.path) for a in onnx.artifacts]
             rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
-            _record_parity(record_dir, onnx_dir, "onnx", rows, partial=check_only and bool(quants))
+            parity_record.record(record_dir, onnx_dir, "onnx", rows_as_dicts(rows))
             results["parity"] += rows
-        if record_dir:  # only now: an export interrupted before its parity checks is not done
-            finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            update_manifest(record_dir, stages={"export": {"status": "done", "finished": finished}})
+        parity_record.settle(record_dir, base_out)
         return results
 
 
@@ -259,41 +257,16 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
     return result
 
 
-def _record_stage(run_dir: Path | None, out_dir: Path, fmt: str, result, extra: dict[str, Any]) -> None:
-    """The files just written, with no parity yet: earlier checks were of the files they replaced."""
-    (out_dir / "parity.json").unlink(missing_ok=True)
+def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any]) -> None:
     if not run_dir:
         return
     update_manifest(
         run_dir,
         stages={
             "export": {
-                "status": "running",  # until every parity check of this export is recorded
                 f"{fmt}_wall_s": result.wall_s,
                 fmt: [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts],
-                f"{fmt}_parity": [],
-                f"{fmt}_parity_passed": False,
                 **extra,
             }
         },
     )
-
-
-def _record_parity(run_dir: Path | None, out_dir: Path, fmt: str, rows, partial: bool = False) -> None:
-    """parity.json and the manifest's record; a partial check (--check --quant) replaces only the
-    rows of the files it checked."""
-    records = rows_as_dicts(rows)
-    if partial and (out_dir / "parity.json").is_file():
-        checked = {r["quant"] for r in records}
-        try:
-            earlier = json.loads((out_dir / "parity.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            earlier = []  # a damaged record is replaced by what was just measured
-        kept = [r for r in earlier if isinstance(r, dict) and r.get("quant") not in checked]
-        records = kept + records
-    atomic_write_json(out_dir / "parity.json", records)
-    if run_dir:
-        passed = all(r.get("passed") for r in records)
-        update_manifest(
-            run_dir, stages={"export": {f"{fmt}_parity": records, f"{fmt}_parity_passed": passed}}
-        )

@@ -1,0 +1,77 @@
+"""The record of which exported files passed their parity check: `parity.json` beside the files,
+and the run's manifest. A row is kept only while its file is on disk and unreplaced: an export
+forgets the rows of the files it is about to write before it writes them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgetune.rundir import atomic_write_json, update_manifest
+
+PARITY_FILE = "parity.json"
+
+
+def on_disk(out_dir: Path, fmt: str) -> set[str]:
+    """The quants of the files there: model-<quant>.gguf, or <quant>/model.onnx."""
+    if fmt == "gguf":
+        return {p.stem.rsplit("-", 1)[-1].lower() for p in out_dir.glob("*.gguf")}
+    return {p.parent.name.lower() for p in out_dir.glob("*/model.onnx")}
+
+
+def _rows(out_dir: Path) -> list[dict[str, Any]]:
+    try:
+        rows = json.loads((out_dir / PARITY_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return []  # none yet, or damaged: what is measured next replaces it
+    return (
+        [r for r in rows if isinstance(r, dict) and isinstance(r.get("quant"), str)]
+        if isinstance(rows, list)
+        else []
+    )
+
+
+def _save(
+    record_dir: Path | None, out_dir: Path, fmt: str, rows: list[dict[str, Any]], **section: Any
+) -> None:
+    atomic_write_json(out_dir / PARITY_FILE, rows)
+    if record_dir:
+        checked = {r["quant"].lower() for r in rows}
+        passed = bool(rows) and all(r.get("passed") for r in rows) and on_disk(out_dir, fmt) <= checked
+        section.update({f"{fmt}_parity": rows, f"{fmt}_parity_passed": passed})
+        update_manifest(record_dir, stages={"export": section})
+
+
+def forget(record_dir: Path | None, out_dir: Path, fmt: str, quants: list[str]) -> None:
+    """Before files are (re)written: their rows describe the files they replace. The export is
+    `running` until its checks are recorded."""
+    replaced = {q.lower() for q in quants}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kept = [r for r in _rows(out_dir) if r["quant"].lower() not in replaced]
+    _save(record_dir, out_dir, fmt, kept, status="running")
+
+
+def record(record_dir: Path | None, out_dir: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
+    """The rows just measured, with the earlier rows of the other files still on disk."""
+    measured = {r["quant"].lower() for r in rows}
+    there = on_disk(out_dir, fmt)
+    kept = [r for r in _rows(out_dir) if r["quant"].lower() not in measured and r["quant"].lower() in there]
+    _save(record_dir, out_dir, fmt, kept + rows)
+
+
+def settle(record_dir: Path | None, export_dir: Path) -> None:
+    """After an export (or files removed from one): drop the rows of files no longer there, and
+    mark the export `done` when every file on disk has its check recorded (not after an
+    interrupted export, nor after a --check of some of the files)."""
+    import time
+
+    checked = True
+    for fmt in ("gguf", "onnx"):
+        out_dir = export_dir / fmt
+        if out_dir.is_dir():
+            record(record_dir, out_dir, fmt, [])
+            checked &= on_disk(out_dir, fmt) <= {r["quant"].lower() for r in _rows(out_dir)}
+    if record_dir and checked:
+        finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        update_manifest(record_dir, stages={"export": {"status": "done", "finished": finished}})
