@@ -149,9 +149,15 @@ def run_pipeline(
     overrides: list[str] | None = None,
     run_dir: Path | None = None,
     console=None,
+    pick: bool = False,
 ) -> PipelineResult:
+    """`pick`: the run ends in --pick, which the recipe's gates must allow before anything runs."""
     started = time.time()
     recipe = load_recipe(recipe_arg, list(overrides or []))
+    if pick:
+        from edgetune.bench.gates import refuse_blind_pick
+
+        refuse_blind_pick(recipe.bench.gates)
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)
     _refuse_a_bench_that_cannot_run(recipe, run_dir)

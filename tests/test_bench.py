@@ -572,7 +572,7 @@ def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_
     import shutil
 
     import edgetune.export.parity
-    from edgetune.export.parity import unchecked_exports
+    from edgetune.export.parity_record import unchecked_exports
 
     run, _ = benched
     copy = tmp_path / "run"

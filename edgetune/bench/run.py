@@ -9,7 +9,7 @@ from typing import Any
 
 from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id, reference_logprobs
 from edgetune.bench.confidence import attach_intervals
-from edgetune.bench.gates import apply_gates
+from edgetune.bench.gates import apply_gates, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
@@ -215,7 +215,10 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
     }
 
 
-def bench(run_dir: Path | None = None, devices: list[str] | None = None, console=None) -> dict[str, Any]:
+def bench(
+    run_dir: Path | None = None, devices: list[str] | None = None, console=None, pick: bool = False
+) -> dict[str, Any]:
+    """`pick`: the report is for --pick, which the recipe's gates must allow before anything is measured."""
     from edgetune.data.prepare import prepare
     from edgetune.models import ResolvedModel, load_tokenizer
 
@@ -226,17 +229,18 @@ def bench(run_dir: Path | None = None, devices: list[str] | None = None, console
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
         recipe = load_recipe(str(run_dir / RECIPE_FILE))
         cfg = recipe.bench
+        if pick:
+            refuse_blind_pick(cfg.gates)
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = devices or cfg.devices
-        from edgetune.export.parity import unchecked_exports
+        from edgetune.export.parity_record import unchecked_exports
         from edgetune.validate import check_gguf
 
         manifest = read_manifest(run_dir)  # a corrupt one fails now, not after the measurements
         skipped: list[dict] = []
         targets = discover_targets(run_dir, devices, recipe, skipped)
-        for gguf in {
-            t.path for t in targets if t.format == "gguf"
-        }:  # a damaged file, named before the minutes of torch targets
+        # a damaged file is named now, not after the minutes the torch targets take
+        for gguf in sorted({t.path for t in targets if t.format == "gguf"}):
             check_gguf(gguf)
         exported = sorted({(t.format, t.quant) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:

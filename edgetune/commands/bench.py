@@ -44,14 +44,6 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
     from edgetune.bench.run import bench as run_bench
     from edgetune.console import err, out
 
-    if pick and not regate:  # known from the recipe alone: before the minutes of measuring
-        from edgetune.bench.gates import refuse_blind_pick
-        from edgetune.config import load_recipe
-        from edgetune.rundir import RECIPE_FILE, resolve_run_dir
-
-        saved = resolve_run_dir(run_dir) / RECIPE_FILE
-        if saved.is_file():  # else bench says what is missing
-            refuse_blind_pick(load_recipe(str(saved)).bench.gates)
     if regate:
         from edgetune.bench.regate import regate_run
 
@@ -59,7 +51,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
             raise click.UsageError("--regate measures nothing: it takes no --device")
         report, _ = regate_run(run_dir)
     else:
-        report = run_bench(run_dir, devices, console=err)
+        report = run_bench(run_dir, devices, console=err, pick=pick)
     if pick:
         click.echo(pick_target(report)["path"])
         return

@@ -29,13 +29,7 @@ def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
     from edgetune.console import err, out
     from edgetune.pipeline import run_pipeline
 
-    overrides = with_allow_pickle(overrides, allow_pickle)
-    if pick:  # known from the recipe alone: before the hour of tuning and measuring
-        from edgetune.bench.gates import refuse_blind_pick
-        from edgetune.config import load_recipe
-
-        refuse_blind_pick(load_recipe(recipe, list(overrides or [])).bench.gates)
-    result = run_pipeline(recipe, overrides, run_dir, console=err)
+    result = run_pipeline(recipe, with_allow_pickle(overrides, allow_pickle), run_dir, console=err, pick=pick)
     if pick:
         from edgetune.bench.gates import pick as pick_target
 

@@ -71,18 +71,21 @@ class OnnxDecoder:
         }
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
-        self._kv_shape = self._kv_dims()
+        config = self._config()
+        self._kv_shape = self._kv_dims(config)
+        self.max_positions = config.get("max_position_embeddings")
 
-    def _kv_dims(self) -> tuple[int, int]:
-        """(kv heads, head dim) from config.json, where the ONNX shapes of past_key_values are
-        symbolic; it also keeps the config's max_position_embeddings."""
+    def _config(self) -> dict:
         try:
-            config = json.loads((self.dir / "config.json").read_text())
+            return json.loads((self.dir / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{self.dir / 'config.json'}: cannot read it ({e})") from e
+
+    @staticmethod
+    def _kv_dims(config: dict) -> tuple[int, int]:
+        """(kv heads, head dim) from config.json: the ONNX shapes of past_key_values are symbolic."""
         heads = config.get("num_key_value_heads") or config["num_attention_heads"]
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-        self.max_positions = config.get("max_position_embeddings")
         return int(heads), int(head_dim)
 
     def _past_dtype(self, name: str):

@@ -239,23 +239,6 @@ def raise_on_failure(rows: list[ParityRow]) -> None:
         )
 
 
-def unchecked_exports(manifest: dict[str, Any], exported: list[tuple[str, str]]) -> list[str]:
-    """Why each exported (format, quant) is shipped unverified: its export's parity check never ran
-    (an interrupted export) or it failed. `manifest` is the run's."""
-    record = manifest.get("stages", {}).get("export", {})
-    problems = []
-    for fmt, quant in exported:
-        rows = [r for r in record.get(f"{fmt}_parity", []) if isinstance(r, dict) and r.get("quant") == quant]
-        if not rows:
-            problems.append(
-                f"{fmt}/{quant}: its export parity was never checked (run `edgetune export --check`)"
-            )
-        elif not rows[-1].get("passed"):
-            failures = ", ".join(rows[-1].get("failures") or []) or "see export/" + fmt + "/parity.json"
-            problems.append(f"{fmt}/{quant}: failed its export parity check ({failures})")
-    return problems
-
-
 def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 

@@ -5,6 +5,7 @@ forgets the rows of the files it is about to write before it writes them."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,6 @@ def settle(record_dir: Path | None, export_dir: Path) -> None:
     """After an export (or files removed from one): drop the rows of files no longer there, and
     mark the export `done` when every file on disk has its check recorded (not after an
     interrupted export, nor after a --check of some of the files)."""
-    import time
-
     checked = True
     for fmt in ("gguf", "onnx"):
         out_dir = export_dir / fmt
@@ -75,3 +74,21 @@ def settle(record_dir: Path | None, export_dir: Path) -> None:
     if record_dir and checked:
         finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         update_manifest(record_dir, stages={"export": {"status": "done", "finished": finished}})
+
+
+def unchecked_exports(manifest: dict[str, Any], exported: list[tuple[str, str]]) -> list[str]:
+    """Why each exported (format, quant) in the run's `manifest` ships unverified: its parity check
+    never ran (an interrupted export) or it failed."""
+    record = manifest.get("stages", {}).get("export", {})
+    problems = []
+    for fmt, quant in exported:
+        rows = [r for r in record.get(f"{fmt}_parity", []) if isinstance(r, dict)]  # a hand-edited one
+        row = next((r for r in rows if r.get("quant") == quant), None)
+        if row is None:
+            problems.append(
+                f"{fmt}/{quant}: its export parity was never checked (run `edgetune export --check`)"
+            )
+        elif not row.get("passed"):
+            failures = ", ".join(row.get("failures") or []) or f"see export/{fmt}/{PARITY_FILE}"
+            problems.append(f"{fmt}/{quant}: failed its export parity check ({failures})")
+    return problems
