@@ -56,7 +56,7 @@ class DataConfig:
     def validate(self) -> list[str]:
         problems = []
         if not self.train:
-            problems.append("data.train: required (a .jsonl, .csv or .parquet file)")
+            problems.append("data.train: required (a .jsonl, .json, .csv or .parquet file)")
         if self.max_seq_len < 16:
             problems.append(f"data.max_seq_len: must be >= 16, got {self.max_seq_len}")
         for name in ("valid_fraction", "test_fraction"):

@@ -646,3 +646,19 @@ def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_
     )
     assert more.exit_code == 0, more.output
     assert quants("gguf") == ["f16", "q8_0"] and record()["status"] == "done"
+
+
+def test_a_target_whose_latency_was_not_measured_still_has_every_contract_field():
+    """report.json's contract names the latency fields for every target: with `bench.latency: false`
+    or a failed timing process they are null, not missing."""
+    from pathlib import Path
+
+    from edgetune.bench.accuracy import Accuracy
+    from edgetune.bench.run import _target_entry
+    from edgetune.bench.runners import Target
+
+    target = Target("gguf/q8_0", "gguf", "q8_0", "llama.cpp", "cpu", Path("model-q8_0.gguf"))
+    entry = _target_entry(target, Accuracy("exact", 0.5, 2.0, 0.01, 0.9, 1.0, 3.0, 4), 0.5)
+    for key in ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"):
+        assert key in entry and entry[key] is None
+    assert entry["retention"] == 1.0

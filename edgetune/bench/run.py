@@ -212,6 +212,8 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
         "sample_outputs": acc.outputs[:3],
         "scores": acc.scores,  # per held-out example, in order: the interval's input
         "accuracy_wall_s": acc.wall_s,
+        # the latency step's, in the target's own process; null where it did not run or failed
+        **dict.fromkeys(("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb")),
     }
 
 

@@ -25,6 +25,7 @@ from edgetune.commands.common import one_process
     "--compare",
     "other",
     type=click.Path(path_type=Path),
+    metavar="OTHER",
     help="Measure nothing: compare the run's report with OTHER run's, paired on their shared held-out "
     "examples; with --gate, exit 3 when a target is worse beyond noise.",
 )

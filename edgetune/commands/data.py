@@ -37,7 +37,7 @@ def data() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def check(data_file, recipe_name, overrides, valid, test, fmt, skip_bad_rows, no_tokens, as_json) -> None:
-    """Validate DATA_FILE (JSONL, CSV or Parquet) and describe it: format, counts, splits, lengths.
+    """Validate DATA_FILE (JSONL, a .json array, CSV or Parquet) and describe it: format, counts, splits, lengths.
 
     Exit code 2 names the file, line and field of the first bad row.
     """

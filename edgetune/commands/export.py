@@ -28,12 +28,16 @@ def _split(value: str | None, option: str) -> list[str] | None:
     help="Comma-separated types: GGUF (f16,q8_0,q4_k_m,...) and/or ONNX (fp32,fp16,int8,int4); "
     "a format not named keeps the recipe's list.",
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: RUN_DIR/export).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Output directory (default: RUN_DIR/export; runs/export/NAME for a model directory).",
+)
 @click.option(
     "--imatrix",
     type=click.Choice(["on", "off"]),
     default=None,
-    help="Importance matrix from the training data for GGUF quants.",
+    help="Importance matrix from the training data for GGUF quants (default: the recipe's export.gguf.imatrix, on).",
 )
 @click.option(
     "--check", "check_only", is_flag=True, help="Only run the parity check on the existing exports."
