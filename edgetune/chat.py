@@ -24,13 +24,18 @@ class ChatSession:
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
     dropped_turns: int = 0  # earlier exchanges left out of the prompt to fit the context
+    # trained on plain prompts (see Renderer.plain_prompts): each message goes to the model as it
+    # is, alone, with no template, system prompt or history, as training and bench gave them
+    plain: bool = False
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Rendered as in training: the same template (edgetune's fallback for a model without one)
         and exactly one BOS where the model wants one."""
         from edgetune.data.render import Renderer
 
-        renderer = Renderer(self.tokenizer)
+        renderer = Renderer(self.tokenizer, template="plain" if self.plain else "auto")
+        if self.plain:
+            return renderer.ids_for_text(messages[-1]["content"])
         return renderer.ids_for_text(renderer.chat_text(messages, add_generation_prompt=True))
 
     def fitted_prompt(self, user: str, max_new_tokens: int) -> tuple[list[int], int]:
@@ -39,8 +44,8 @@ class ChatSession:
         answer (at most a quarter of the context is held back for it, so that a large
         --max-new-tokens does not cost the whole conversation). Nothing is dropped when the prompt
         alone is too long."""
-        system = [{"role": "system", "content": self.system}] if self.system else []
-        context, history, dropped = self.runner.context, list(self.history), 0
+        system = [{"role": "system", "content": self.system}] if self.system and not self.plain else []
+        context, history, dropped = self.runner.context, [] if self.plain else list(self.history), 0
         room = min(max_new_tokens, context // 4) if context else 0
         while True:
             ids = self.prompt_ids(system + history + [{"role": "user", "content": user}])
@@ -77,7 +82,8 @@ class ChatSession:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown) :])
-        self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": text}]
+        if not self.plain:
+            self.history += [{"role": "user", "content": user}, {"role": "assistant", "content": text}]
         return text
 
 
@@ -101,6 +107,20 @@ def training_system_prompt(run: Path) -> str | None:
         return shared_system_prompt(make_splits(recipe.data, skip_bad_rows=True).train)
     except Exception:  # the data moved or changed since training: chat without one
         return None
+
+
+def trained_on_plain_prompts(run: Path, tokenizer) -> bool:
+    """Whether the run's training gave its prompts to the model with no chat template (its recipe's
+    data.template and the data format its manifest recorded)."""
+    from edgetune.config import load_recipe
+    from edgetune.data.render import Renderer
+    from edgetune.rundir import read_manifest
+
+    data_format = (read_manifest(run).get("data") or {}).get("format")
+    if not data_format:
+        return False
+    template = load_recipe(str(run / RECIPE_FILE)).data.template
+    return Renderer(tokenizer, template=template).plain_prompts(data_format)
 
 
 def _tokenizer(path: Path):
@@ -159,7 +179,8 @@ def open_chat(
         if problem := cuda_runtimes()[target.format]:
             raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")
     eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else [tokenizer.eos_token_id]
-    if system is None and run is not None:
+    plain = run is not None and trained_on_plain_prompts(run, tokenizer)
+    if system is None and run is not None and not plain:
         system = training_system_prompt(run)
     kwargs = {"logits_all": False} if target.format == "gguf" else {}
     try:
@@ -168,4 +189,4 @@ def open_chat(
         raise
     except Exception as exc:  # a config that does not fit its weights, a graph onnxruntime refuses
         raise ModelError(f"{artifact}: cannot load the model ({short_reason(exc)})") from None
-    return ChatSession(runner, tokenizer, eos_ids, system)
+    return ChatSession(runner, tokenizer, eos_ids, system, plain=plain)

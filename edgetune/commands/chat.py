@@ -27,6 +27,12 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
             "ARTIFACT is empty: name a run, a .gguf file, an ONNX or an HF model directory"
         )
     session = open_chat(Path(artifact), system, device=device, allow_pickle=allow_pickle)
+    if session.plain:
+        ignored = " (--system is ignored)" if system else ""
+        err.print(
+            "this run trained on plain prompts: each message goes to the model as it is, alone, "
+            f"with no chat template, system prompt or history{ignored}"
+        )
 
     def show(piece: str) -> None:
         click.echo(piece, nl=False)

@@ -79,7 +79,9 @@ class Renderer:
             )
         self.tokenizer = tokenizer
         self.template_source = "model"
-        if not tokenizer.chat_template:
+        # the fallback saved with a run's adapter and merged model is still the fallback there: a
+        # prompt-completion row trained plainly is then benched and checked plainly too
+        if not tokenizer.chat_template or tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE:
             self.template_source = "fallback"
             if template == "chat" or template == "auto":
                 tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
@@ -100,11 +102,17 @@ class Renderer:
     # ------------------------------------------------------------------ text
 
     def uses_chat(self, ex: Example) -> bool:
-        if ex.format == "messages":
-            return True
-        if ex.format == "text":
+        return not self.plain_prompts(ex.format)
+
+    def plain_prompts(self, data_format: str) -> bool:
+        """Does a row of this format reach the model as its own text, with no chat template? Text
+        rows do; prompt-completion rows under `data.template: plain`, or under `auto` for a model
+        with no template of its own. A model trained so must be prompted so (chat, Modelfile)."""
+        if data_format in ("messages", "alpaca", "sharegpt"):
             return False
-        return self.template == "chat" or (self.template == "auto" and self.template_source == "model")
+        if data_format == "text":
+            return True
+        return not (self.template == "chat" or (self.template == "auto" and self.template_source == "model"))
 
     def conversation(self, ex: Example) -> list[dict[str, str]]:
         msgs = ex.as_messages()

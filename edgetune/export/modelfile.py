@@ -144,10 +144,14 @@ def ollama_template(renderer) -> str | None:
     return _head(renderer, family) + template if template else None
 
 
-def write_modelfile(gguf_path: Path, renderer, system: str | None, num_ctx: int | None = None) -> Path:
+def write_modelfile(
+    gguf_path: Path, renderer, system: str | None, num_ctx: int | None = None, plain: bool = False
+) -> Path:
     """`system`: the system prompt the model was trained under, or None; SYSTEM is what the chat
     template made of it (see system_block). `num_ctx`: a context to hold Ollama to, where a larger
-    one makes llama.cpp compute otherwise than the model was trained (see gguf_arch.faithful_context)."""
+    one makes llama.cpp compute otherwise than the model was trained (see gguf_arch.faithful_context).
+    `plain`: the model was trained on plain prompts (Renderer.plain_prompts), so Ollama must pass
+    each prompt as it is."""
     tokenizer = renderer.tokenizer
     lines = [
         f"# Ollama Modelfile written by edgetune for {gguf_path.name}",
@@ -156,8 +160,12 @@ def write_modelfile(gguf_path: Path, renderer, system: str | None, num_ctx: int 
         f"FROM ./{gguf_path.name}",
         "",
     ]
-    template = ollama_template(renderer)
-    if template:
+    template = "{{ .Prompt }}" if plain else ollama_template(renderer)
+    if plain:
+        lines += ["# trained on plain prompts, with no chat template: each prompt goes to the model as it is"]
+        lines += [f'TEMPLATE """{template}"""', ""]
+        system = None
+    elif template:
         lines += [f'TEMPLATE """{template}"""', ""]
         system = system_block(renderer, template_family(tokenizer.chat_template), system)
     else:

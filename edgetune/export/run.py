@@ -252,8 +252,9 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
     from edgetune.export.gguf_arch import faithful_context
 
     num_ctx = faithful_context(AutoConfig.from_pretrained(str(model_dir)))
+    plain = bool(run_dir) and prepared.renderer.plain_prompts(prepared.splits.format)
     for artifact in result.artifacts:
-        write_modelfile(artifact.path, prepared.renderer, system, num_ctx)
+        write_modelfile(artifact.path, prepared.renderer, system, num_ctx, plain=plain)
     return result
 
 
