@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import load_recipe
-from edgetune.errors import EdgetuneError, InputError
+from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.rundir import RECIPE_FILE, atomic_dir, read_manifest, resolve_run_dir, run_lock, update_manifest
 
 
@@ -116,6 +116,17 @@ def _dequantized_nf4_base(path: Path, trust_remote_code: bool):
     return model, quantized
 
 
+def _refuse_tied(peft_model, adapter: Path) -> None:
+    from edgetune.tune.model import tied_adapter_targets
+
+    if tied := tied_adapter_targets(peft_model):
+        raise ModelError(
+            f"{adapter}: the adapter changes {', '.join(tied)}, whose weight the base model ties to its "
+            "input embedding; merged, it would change the embedding too, so the merged model would not be "
+            "the tuned one (train again without it in train.lora.target_modules)"
+        )
+
+
 def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     import transformers
     from peft import PeftModel
@@ -156,6 +167,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             )
             dequant, quantized = _dequantized_nf4_base(model_ref.path, recipe.model.trust_remote_code)
             on_4bit = PeftModel.from_pretrained(quantized, str(adapter))
+            _refuse_tied(on_4bit, adapter)
             _, _, reference = score(on_4bit, valid, pad)
             del on_4bit, quantized
             merged_by_name = {
@@ -173,6 +185,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             unmerged = PeftModel.from_pretrained(
                 _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
             )
+            _refuse_tied(unmerged, adapter)
             _, _, reference = score(unmerged, valid, pad)
             merged = unmerged.merge_and_unload()
             loss, kl, _ = score(merged, valid, pad, reference)

@@ -132,3 +132,38 @@ def test_a_damaged_run_is_named_file_by_file_with_exit_2(tuned_run):
     assert all(
         json.loads(line)["step"] <= 3 for line in (tuned_run / "metrics.jsonl").read_text().splitlines()
     )
+
+
+def test_an_adapter_on_a_tied_lm_head_is_refused_by_tune_and_by_merge(tuned_run, tmp_path, tiny_model_dir):
+    """The tiny model ties its LM head to its input embedding (as SmolLM2 does): merged into the
+    shared weight, a LoRA on lm_head would change the embedding too (top-1 agreement with the
+    adapter model fell to 4% in a real 30-step run), so neither stage lets it through."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    result = CliRunner().invoke(
+        main,
+        [
+            "tune",
+            str(make_recipe(tmp_path, tiny_model_dir, max_steps=2)),
+            "--set",
+            "train.lora.target_modules=q_proj,lm_head",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "train.lora.target_modules: lm_head shares its weight with the tied input embedding" in result.output
+    )
+    # an adapter made elsewhere, in place of the run's own
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(
+        r=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
+    get_peft_model(base, config).save_pretrained(str(tuned_run / "adapter"))
+    result = CliRunner().invoke(main, ["merge", str(tuned_run)])
+    assert result.exit_code == 2, result.output
+    assert (
+        "the adapter changes lm_head, whose weight the base model ties to its input embedding"
+        in result.output
+    )
+    assert not (tuned_run / "merged").exists()

@@ -164,4 +164,33 @@ def load_for_training(
         peft_model = get_peft_model(base, lora_config(settings))
     except ValueError as exc:  # e.g. target modules not found
         raise InputError(f"train.lora: {exc}") from None
+    if tied := tied_adapter_targets(peft_model):
+        raise InputError(
+            f"train.lora.target_modules: {', '.join(tied)} shares its weight with the tied input "
+            "embedding, so merging the adapter would change the embedding too and the merged model would "
+            "not be the tuned one; leave it out"
+        )
     return peft_model
+
+
+def tied_adapter_targets(peft_model) -> list[str]:
+    """Adapted modules whose base weight is the one a tied model's input embedding and LM head share
+    (SmolLM2, Gemma 3, Qwen2.5-0.5B). Trained, the adapter changes one of the two; merged into the
+    shared weight, it changes both."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    def unwrapped(module):
+        return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+    model = peft_model.get_base_model()
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None:
+        return []
+    shared = unwrapped(inputs).weight
+    if unwrapped(outputs).weight is not shared:
+        return []
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and getattr(module.get_base_layer(), "weight", None) is shared
+    ]
