@@ -178,15 +178,32 @@ def open_chat(
 
         if problem := cuda_runtimes()[target.format]:
             raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")
-    eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else [tokenizer.eos_token_id]
+    eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else None
     plain = run is not None and trained_on_plain_prompts(run, tokenizer)
     if system is None and run is not None and not plain:
         system = training_system_prompt(run)
-    kwargs = {"logits_all": False} if target.format == "gguf" else {}
+    # llama.cpp reserves its KV cache up front: the file's trained context, up to CHAT_CONTEXT
+    kwargs = {"logits_all": False, "n_ctx": _gguf_context(artifact)} if target.format == "gguf" else {}
     try:
         runner = open_runner(target, threads, **kwargs)
     except EdgetuneError:
         raise
     except Exception as exc:  # a config that does not fit its weights, a graph onnxruntime refuses
         raise ModelError(f"{artifact}: cannot load the model ({short_reason(exc)})") from None
+    if eos_ids is None:  # a GGUF on its own: stop where llama.cpp and its front-ends stop
+        from edgetune.export.llama_runtime import end_of_generation_ids
+
+        eos_ids = sorted(end_of_generation_ids(runner.llm))
     return ChatSession(runner, tokenizer, eos_ids, system, plain=plain)
+
+
+CHAT_CONTEXT = 8192
+
+
+def _gguf_context(path: Path) -> int:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    field = next((f for name, f in reader.fields.items() if name.endswith(".context_length")), None)
+    trained = int(field.contents()) if field is not None else 2048
+    return min(trained, CHAT_CONTEXT)

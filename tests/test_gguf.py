@@ -627,3 +627,74 @@ def test_a_file_that_stops_where_the_merged_model_does_not_fails_parity():
     assert row(1.0).passed and row(0.75).passed
     failed = row(0.5)
     assert not failed.passed and "EOS" in failed.failures[0]
+
+
+def test_every_stop_id_of_the_model_ends_generation_in_llama_cpp_and_in_chat(tmp_path, monkeypatch):
+    """generation_config stops at <|turn_end|> (a name llama.cpp does not know) and at the EOS: the
+    file carries it as its end-of-turn id, so llama.cpp and `edgetune chat` on the file alone stop
+    there too. A file without it fails the parity check, naming the id."""
+    import shutil
+
+    from transformers import GenerationConfig
+
+    import edgetune.export.gguf_convert as gguf_convert
+    from edgetune.chat import open_chat
+    from edgetune.export.llama_runtime import end_of_generation_ids
+    from edgetune.export.run import export
+
+    tok = build_tokenizer(
+        specials=("<|endoftext|>", "<|im_start|>", "<|turn_end|>", "<s>"), eos_token="<|endoftext|>"
+    )
+    model = build_tiny_model(tmp_path, tok, "LlamaForCausalLM")
+    turn_end, eos = tok.convert_tokens_to_ids("<|turn_end|>"), tok.eos_token_id
+    GenerationConfig(eos_token_id=[turn_end, eos]).save_pretrained(model)
+    path = convert(model, tmp_path / "model-f16.gguf", "f16")
+    llm = load_llama(path, n_ctx=64)
+    assert llm.metadata["tokenizer.ggml.eot_token_id"] == str(turn_end)
+    assert {turn_end, eos} <= end_of_generation_ids(llm)
+    del llm
+    alone = tmp_path / "shipped" / path.name
+    alone.parent.mkdir()
+    shutil.copy(path, alone)
+    assert {turn_end, eos} <= set(open_chat(alone, threads=1).eos_ids)
+
+    monkeypatch.setattr(gguf_convert, "_end_of_turn_ids", lambda *a: None)  # the converter before
+    rows = export(model, ["gguf"], ["f16"], out=tmp_path / "without")["parity"]
+    assert not rows[0].passed
+    assert f"llama.cpp does not end generation at token ids [{turn_end}]" in rows[0].failures[0]
+
+
+def test_the_file_carries_the_template_transformers_applies_and_named_ones(tmp_path, tiny_tokenizer):
+    """A directory with one template in tokenizer_config.json and another in chat_template.jinja:
+    transformers applies the .jinja one, so the file must carry that; named templates go too."""
+    from transformers import AutoTokenizer
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ 'stale' }}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").write_text(tiny_tokenizer.chat_template)
+    applied = AutoTokenizer.from_pretrained(model).chat_template
+    assert applied == tiny_tokenizer.chat_template
+    llm = load_llama(convert(model, tmp_path / "a.gguf", "f16"), n_ctx=64)
+    assert llm.metadata["tokenizer.chat_template"] == applied
+    del llm
+    (model / "additional_chat_templates").mkdir()
+    (model / "additional_chat_templates" / "tool_use.jinja").write_text("{{ 'tools' }}")
+    llm = load_llama(convert(model, tmp_path / "b.gguf", "f16"), n_ctx=64)
+    assert llm.metadata["tokenizer.chat_template"] == applied
+    assert llm.metadata["tokenizer.chat_template.tool_use"] == "{{ 'tools' }}"
+
+
+def test_add_bos_is_what_the_tokenizer_does_not_what_its_config_flag_says(tmp_path, base_tokenizer):
+    from transformers import AutoTokenizer
+
+    model = build_tiny_model(tmp_path, base_tokenizer, "LlamaForCausalLM")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["add_bos_token"] = False  # a stale flag: the tokenizer's post-processor still adds <s>
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    hf = AutoTokenizer.from_pretrained(model)("error E1042 on the router")["input_ids"]
+    assert hf[0] == base_tokenizer.bos_token_id
+    llm = load_llama(convert(model, tmp_path / "m.gguf", "f16"), n_ctx=64)
+    assert llm.metadata["tokenizer.ggml.add_bos_token"] == "true"
+    assert llm.tokenize(b"error E1042 on the router", add_bos=True, special=True) == hf

@@ -261,3 +261,23 @@ def test_torch_reference_is_plain_greedy_whatever_the_generation_config(
                 break
     assert ref.greedy == want
     assert len(set(want)) < len(want)  # the plain answer repeats tokens: a penalty would have changed it
+
+
+def test_named_chat_templates_reach_the_onnx_directory_and_the_modelfile(tmp_path, tiny_tokenizer):
+    """A model with a default and a tool_use template (as Hermes-2-Pro ships): the ONNX directory
+    keeps both, so its own tokenizer prompts as the merged model does and parity passes; the
+    Modelfile gets the default one's Go form."""
+    from conftest import build_tiny_model
+    from transformers import AutoTokenizer
+
+    from edgetune.export.run import export
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM")
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = {"default": tiny_tokenizer.chat_template, "tool_use": "{{ 'tools' }}"}
+    tok.save_pretrained(model)
+    result = export(model, ["gguf", "onnx"], ["f16", "fp32"], out=tmp_path / "out")
+    assert all(row.passed for row in result["parity"]), [row.failures for row in result["parity"]]
+    shipped = AutoTokenizer.from_pretrained(tmp_path / "out" / "onnx" / "fp32").chat_template
+    assert shipped == {"default": tiny_tokenizer.chat_template, "tool_use": "{{ 'tools' }}"}
+    assert "<|im_start|>{{ .Role }}" in (tmp_path / "out" / "gguf" / "model-f16.Modelfile").read_text()

@@ -149,22 +149,43 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
     special = gguf.SpecialVocab(model_dir, load_merges=vocab.model == "gpt2", n_vocab=len(vocab.tokens))
-    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/unk/pad ids, chat template
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     probe = tok("a", add_special_tokens=True)["input_ids"]
     # what the tokenizer really does, rather than what a config flag claims
-    if "bos" not in special.add_special_token:
-        writer.add_add_bos_token(
-            bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None
-        )
-    if "eos" not in special.add_special_token:
-        writer.add_add_eos_token(bool(probe) and probe[-1] == tok.eos_token_id and len(probe) > 1)
+    special.add_special_token["bos"] = (
+        bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None
+    )
+    special.add_special_token["eos"] = bool(probe) and probe[-1] == tok.eos_token_id and len(probe) > 1
+    # the template transformers applies: where a directory has two (tokenizer_config.json and
+    # chat_template.jinja), SpecialVocab and transformers would pick different ones
+    special.chat_template = _named_templates(tok.chat_template)
+    _end_of_turn_ids(special, model_dir, tok)
+    special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/eot/eom/unk/pad ids, chat template
     if vocab.model == "llama":
         # llama.cpp prepends "▁" to SentencePiece input unless told not to; do what the HF tokenizer does
         writer.add_add_space_prefix(tok.tokenize("a")[:1] == ["▁a"] or tok.tokenize("a")[:1] == ["▁"])
-    if special.chat_template is None and tok.chat_template:
-        writer.add_chat_template(tok.chat_template)
     return tok
+
+
+def _named_templates(template):
+    """A tokenizer's chat template in the form GGUFWriter takes: one string, or named ones."""
+    if isinstance(template, dict):
+        return [{"name": name, "template": text} for name, text in template.items()]
+    return template or None
+
+
+def _end_of_turn_ids(special, model_dir: Path, tok) -> None:
+    """generation_config's stop ids beyond the EOS (Qwen's <|im_end|> beside <|endoftext|>, Llama
+    3's <|eot_id|> and <|eom_id|>) as the file's end-of-turn and end-of-message ids: llama.cpp
+    stops at those, and at tokens it knows by name, and nowhere else. The parity check verifies
+    that it stops at every one of them."""
+    from edgetune.data.render import stop_ids
+
+    ids = special.special_token_ids
+    extra = [i for i in stop_ids(model_dir, tok) if i not in {ids.get("eos"), ids.get("eot"), ids.get("eom")}]
+    for kind in ("eot", "eom"):
+        if extra and kind not in ids:
+            ids[kind] = extra.pop(0)
 
 
 def convert(

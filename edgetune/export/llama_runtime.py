@@ -61,3 +61,23 @@ def load_llama(
             )
         except ValueError as exc:  # llama-cpp-python's message for files llama.cpp refuses
             raise InputError(f"{path}: llama.cpp cannot load this file ({exc})") from None
+
+
+def end_of_generation_ids(llm) -> set[int]:
+    """Every token llama.cpp ends generation at: the file's EOS, EOT and EOM ids and the tokens it
+    knows by name. What llama-server and the other llama.cpp front-ends stop on."""
+    import llama_cpp
+
+    vocab = llm._model.vocab  # not public API (llama-cpp-python 0.3)
+    return {i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+
+
+def file_chat_template(llm) -> str | dict[str, str] | None:
+    """The chat template a GGUF carries, as transformers holds it: one string, or named ones."""
+    meta = llm.metadata
+    prefix = "tokenizer.chat_template."
+    named = {key[len(prefix) :]: value for key, value in meta.items() if key.startswith(prefix)}
+    default = meta.get("tokenizer.chat_template")
+    if named:
+        return {"default": default, **named} if default is not None else named
+    return default

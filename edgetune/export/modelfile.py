@@ -58,7 +58,9 @@ TURN_OPENER = {
 }
 
 
-def template_family(chat_template: str | None) -> str | None:
+def template_family(chat_template: str | dict[str, str] | None) -> str | None:
+    if isinstance(chat_template, dict):  # named templates: chat uses the default one
+        chat_template = chat_template.get("default")
     if not chat_template:
         return None
     if "<|im_sep|>" in chat_template:

@@ -77,9 +77,11 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
 def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, force_external: bool) -> None:
     from edgetune.export.onnx_quantize import int4_plan, int8_plan, quantize_nbits, to_fp16
 
-    for item in fp32.iterdir():
+    for item in fp32.iterdir():  # the tokenizer and configs, named chat templates' folder included
         if item.name not in (MODEL_FILE, EXTERNAL_DATA_NAME) and item.is_file():
             shutil.copy2(item, staging / item.name)
+        elif item.is_dir():
+            shutil.copytree(item, staging / item.name)
     model = load_model(fp32 / MODEL_FILE)
     add_logits_from_input(model)  # before quantising: the LM head's MatMul keeps its weight
     if quant == "int8":

@@ -48,6 +48,9 @@ class ParityRow:
     passed: bool
     failures: list[str] = field(default_factory=list)
     kv_cache: float | None = None  # ONNX: share of greedy outputs equal with and without the KV cache
+    # what the file tells the runtimes that use it and that our own loop cannot see: where to stop,
+    # which chat template to apply
+    file_problems: list[str] = field(default_factory=list)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -92,12 +95,28 @@ def _opening(text: str) -> str:
 
 
 def check_artifact(
-    path: Path, quant: str, refs: list[_Reference], eos_ids: list[int], max_new_tokens: int
+    path: Path,
+    quant: str,
+    refs: list[_Reference],
+    eos_ids: list[int],
+    max_new_tokens: int,
+    template: str | dict | None = None,
 ) -> ParityRow:
-    from edgetune.export.llama_runtime import load_llama
+    """`template`: the chat template the file should carry (the model directory's own)."""
+    from edgetune.export.llama_runtime import end_of_generation_ids, file_chat_template, load_llama
 
     n_ctx = max(len(r.full_ids) for r in refs) + max(len(r.greedy) for r in refs) + 16
     llm = load_llama(path, n_ctx=max(n_ctx, 256), logits_all=True)
+    problems = []
+    if missing := sorted(set(eos_ids) - end_of_generation_ids(llm)):
+        problems.append(
+            f"llama.cpp does not end generation at token ids {missing}, where the merged model stops "
+            "(llama.cpp front-ends would run past the end of a turn)"
+        )
+    if file_chat_template(llm) != template:
+        problems.append(
+            "the file's chat template is not the model's (llama.cpp front-ends would prompt otherwise)"
+        )
     ids_equal, kls, top1s, greedy, eos = True, [], [], [], []
     for r in refs:
         ids = llm.tokenize(r.prompt_text.encode(), add_bos=True, special=True)
@@ -119,7 +138,9 @@ def check_artifact(
         greedy.append(got == r.greedy)
         eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
     del llm
-    return _row(path.name, quant, ids_equal, kls, top1s, greedy, eos)
+    row = _row(path.name, quant, ids_equal, kls, top1s, greedy, eos)
+    row.file_problems = problems
+    return judge(row)
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -129,6 +150,7 @@ def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def judge(row: ParityRow) -> ParityRow:
     goal = GOALS.get(row.quant, {})
+    row.failures = list(row.file_problems)
     if not row.ids_equal:
         row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
     if "kl" in goal and row.kl > goal["kl"]:
@@ -155,13 +177,16 @@ def check_gguf(
     max_new_tokens: int = 48,
     console=None,
 ) -> list[ParityRow]:
+    from transformers import AutoTokenizer
+
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
     eos_ids = sorted(renderer.stop_ids)
+    template = AutoTokenizer.from_pretrained(str(model_dir)).chat_template  # what the converter writes
     rows = []
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
-        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens))
+        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens, template))
     return rows
 
 
