@@ -254,14 +254,18 @@ def sharded_launch(work: Path, model_dir: Path, dry: bool) -> list[dict]:
     return rows
 
 
-def llama_cuda_build() -> tuple[dict, dict | None]:
+def llama_cuda_build(wait_s: float = 0) -> tuple[dict, dict | None]:
     """The llama.cpp CUDA build that gpu_check.sh started in the background: a row for the report,
-    and the environment that puts it first for the pipeline (None: the carried CPU build is used).
-    A build still compiling is stopped here, so that it does not share the CPU with the latency rows."""
+    and the environment that puts it first for the bench (None: the carried CPU build is used).
+    A build still compiling after `wait_s` seconds more is stopped, so that it does not share the
+    CPU with the latency rows."""
     where = os.environ.get("GPU_LLAMA_CUDA")
     if not where:
         return {"status": "not attempted (no nvcc here, or the source did not arrive)"}, None
     build = Path(where)
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not (build / "rc").is_file():
+        time.sleep(2)
     elapsed = round(time.time() - float((build / "started").read_text()))
     wheels = sorted(build.glob("llama_cpp_python-*.whl"))
     if wheels:
@@ -282,10 +286,16 @@ def llama_cuda_build() -> tuple[dict, dict | None]:
     return {"status": f"still compiling after {elapsed} s: stopped, llama.cpp CUDA targets not run"}, None
 
 
+# what the demo's bench needs on the device, kept for it when waiting for the llama.cpp CUDA build
+BENCH_RESERVE_S = 210
+
+
 def pipeline(work: Path, model_dir: Path | None, dry: bool, timeout: float = 1500) -> dict:
-    """`edgetune run` on the demo recipe; past `timeout` seconds it is stopped and the failure says
-    which stages had finished (their results are in the run's manifest)."""
-    build, env = ({"status": "dry run"}, None) if dry else llama_cuda_build()
+    """`edgetune run` on the demo recipe up to its exports, then its bench, with the llama.cpp CUDA
+    build if it is ready by then (it compiles while the steps before it train and export); past
+    `timeout` seconds it is stopped and the failure says which stages had finished (their results
+    are in the run's manifest)."""
+    started = time.time()
     run = work / "demo"
     args = ["run", "recipes/demo.yaml", "--run-dir", str(run), "--no-gate",
             # CUDA rows are what this step is for: the base model's prompting baselines and forgetting
@@ -299,8 +309,18 @@ def pipeline(work: Path, model_dir: Path | None, dry: bool, timeout: float = 150
                  "--set", "bench.max_new_tokens=4", "--set", "bench.latency_decode_tokens=4",
                  "--set", "bench.latency_repeats=1", "--set", "export.parity_examples=2",
                  "--set", "data.max_seq_len=512"]  # fmt: skip
+
+    def left() -> int:
+        return max(30, int(timeout - (time.time() - started)))
+
     try:
-        edgetune(*args, timeout=max(30, int(timeout)), env=env)
+        edgetune(*args, "--until", "export", timeout=left())
+        build, env = (
+            ({"status": "dry run"}, None)
+            if dry
+            else llama_cuda_build(wait_s=min(90, left() - BENCH_RESERVE_S))
+        )
+        edgetune(*args, timeout=left(), env=env)
     except subprocess.TimeoutExpired:
         manifest = (
             json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}

@@ -14,8 +14,31 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# llama.cpp with CUDA, built in the background (in its own session, so that it outlives the call
+# that started it and gpu_check.py can stop it whole): started by the first call whose folder holds
+# its source, so that it compiles through the calls that follow; the bench uses it if it is ready
+start_llama_cuda_build() {
+  local src="$1" build=/tmp/llama-cuda nvcc
+  nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+  [ -n "$src" ] && [ -n "$nvcc" ] || return 0
+  export GPU_LLAMA_CUDA="$build"
+  [ -f "$build/started" ] && return 0  # an earlier call started it
+  mkdir -p "$build"
+  cp "$src" "$build/"
+  date +%s >"$build/started"
+  CUDACXX="$nvcc" PATH="$(dirname "$nvcc"):$PATH" \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native" \
+    CMAKE_BUILD_PARALLEL_LEVEL=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 )) \
+    setsid bash -c 'nice -n 19 "$0" -m pip wheel --no-deps --no-build-isolation --no-index -w "$1" "$2" \
+      >"$1/build.log" 2>&1; echo $? >"$1/rc"' "$PY" "$build" "$build/$(basename "$src")" \
+    </dev/null >/dev/null 2>&1 &
+  echo $! >"$build/pid"
+  echo "gpu_check: building llama.cpp with CUDA in the background ($build/build.log)"
+}
 if [ "${1:-}" = "--receive" ]; then
-  exec "$PY" bench/gpu_wheels.py receive
+  "$PY" bench/gpu_wheels.py receive
+  start_llama_cuda_build "$(ls .gpu/*/llama_cpp_python-*.tar.gz 2>/dev/null | head -n 1 || true)"
+  exit 0
 fi
 if [ -d .gpu ] && { [ "${1:-}" != "--dry-run" ] || [ -n "${GPU_WHEELS:-}" ]; }; then
   site="${GPU_SITE:-/tmp/site}"
@@ -25,24 +48,13 @@ if [ -d .gpu ] && { [ "${1:-}" != "--dry-run" ] || [ -n "${GPU_WHEELS:-}" ]; }; 
     tar xzf "$site-src/smollm2-tokenizer.tar.gz" -C "$site-src"
     export GPU_CHECK_TOKENIZER="$site-src/smollm2-tokenizer"
   fi
-  src=$(ls "$site-src"/llama_cpp_python-*.tar.gz 2>/dev/null | head -n 1 || true)
-  nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
-  if [ "${1:-}" != "--dry-run" ] && [ -n "$src" ] && [ -n "$nvcc" ]; then
-    export CUDACXX="$nvcc" PATH="$(dirname "$nvcc"):$PATH"
-    # llama.cpp with CUDA, built while the first step trains (in its own session, so that
-    # gpu_check.py can stop it whole); the demo pipeline uses it if it is ready by then
-    build=/tmp/llama-cuda
-    mkdir -p "$build"
-    date +%s >"$build/started"
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native" \
-      CMAKE_BUILD_PARALLEL_LEVEL=$(( $(nproc) > 4 ? $(nproc) - 2 : 2 )) \
-      setsid bash -c 'nice -n 19 "$0" -m pip wheel --no-deps --no-build-isolation --no-index -w "$1" "$2" \
-        >"$1/build.log" 2>&1; echo $? >"$1/rc"' "$PY" "$build" "$src" &
-    echo $! >"$build/pid"
-    export GPU_LLAMA_CUDA="$build"
+  if [ "${1:-}" != "--dry-run" ]; then
+    start_llama_cuda_build "$(ls "$site-src"/llama_cpp_python-*.tar.gz 2>/dev/null | head -n 1 || true)"
   fi
 fi
 if [ "${1:-}" = "--dry-run" ]; then
   exec "$PY" bench/gpu_check.py --dry-run --out "${OUT:-$(mktemp -d)}"
 fi
-exec timeout 480 "$PY" bench/gpu_check.py --out "${OUT:-bench/gpu_check}"
+# GPU_CHECK_TIMEOUT: the seconds the whole check may take (the device call's limit, less the start)
+limit="${GPU_CHECK_TIMEOUT:-480}"
+exec timeout "$limit" "$PY" bench/gpu_check.py --budget-s $((limit - 10)) --out "${OUT:-bench/gpu_check}"

@@ -161,9 +161,13 @@ def find_python312(given: str | None) -> str:
     raise SystemExit("gpu_wheels: no Python 3.12 here to build llama-cpp-python for the device (--python312)")
 
 
-def pack_bins(files: list[Path], essential: set[str], capacity: int, out: Path) -> list[dict]:
+def pack_bins(
+    files: list[Path], essential: set[str], capacity: int, out: Path, optional: frozenset[str] = frozenset()
+) -> list[dict]:
     """First-fit decreasing into folders 1..N of `capacity` bytes; the essential wheels go into the
-    last folder (the one carried with the check itself). A file larger than a folder is split."""
+    last folder (the one carried with the check itself), the optional ones into folders of their own
+    just before it (calls that can be left out when device time is short). A file larger than a
+    folder is split."""
     pieces = []  # (name, part index or None, offset, size)
     for f in files:
         size = f.stat().st_size
@@ -173,7 +177,8 @@ def pack_bins(files: list[Path], essential: set[str], capacity: int, out: Path) 
             for i, offset in enumerate(range(0, size, capacity)):
                 pieces.append((f, i, offset, min(capacity, size - offset)))
     last = [p for p in pieces if p[0].name in essential]
-    rest = sorted((p for p in pieces if p[0].name not in essential), key=lambda p: -p[3])
+    extra = [p for p in pieces if p[0].name in optional]
+    rest = sorted((p for p in pieces if p[0].name not in essential | optional), key=lambda p: -p[3])
     bins: list[list] = [[]]
     room = [capacity - sum(p[3] for p in last)]
     if room[0] < 0:
@@ -188,7 +193,13 @@ def pack_bins(files: list[Path], essential: set[str], capacity: int, out: Path) 
         else:
             bins.append([piece])
             room.append(capacity - piece[3])
-    bins = bins[1:][::-1] + bins[:1]  # folder N is the essential one
+    extra_bins: list[list] = []
+    for piece in extra:
+        if extra_bins and sum(p[3] for p in extra_bins[-1]) + piece[3] <= capacity:
+            extra_bins[-1].append(piece)
+        else:
+            extra_bins.append([piece])
+    bins = bins[1:][::-1] + extra_bins + bins[:1]  # folder N is the essential one
     entries = []
     for number, content in enumerate(bins, 1):
         folder = out / str(number)
@@ -237,38 +248,53 @@ def pack(args) -> int:
         print(f"  {source.name} (source, for a CUDA build there)  {source.stat().st_size / 2**20:.1f} MiB")
         essential.add(tokenizer_archive(wheels).name)
         files = sorted([*wheels.glob("*.whl"), *wheels.glob("*.tar.gz")])
-        folders = write_folders(files, essential, int(args.max_mib * 2**20), out)
+        optional = frozenset(f.name for f in files if f.name.startswith("onnxruntime_gpu-"))
+        folders = write_folders(files, essential, int(args.max_mib * 2**20), out, optional)
     print((out / str(folders) / "CALLS.md").read_text())
     return 0
 
 
-def write_folders(files: list[Path], essential: set[str], capacity: int, out: Path) -> int:
+def write_folders(
+    files: list[Path], essential: set[str], capacity: int, out: Path, optional: frozenset[str] = frozenset()
+) -> int:
     """The folders, and in the last one (it travels with the check itself) the manifest that
     `install` reassembles and verifies the wheels by, and the calls to make."""
-    entries = pack_bins(files, essential, capacity, out)
+    entries = pack_bins(files, essential, capacity, out, optional)
     folders = max(e["folder"] for e in entries)
     sums = {f.name: sha256(f) for f in files}
     sources = sorted(f.name for f in files if not f.name.endswith(".whl"))
     manifest = {"folders": folders, "files": entries, "wheels": sums, "essential": sorted(essential),
-                "sources": sources}  # fmt: skip
+                "optional": sorted(optional), "sources": sources}  # fmt: skip
     (out / str(folders) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    (out / str(folders) / "CALLS.md").write_text(calls_text(folders))
+    skippable = sorted({e["folder"] for e in entries if e["wheel"] in optional})
+    (out / str(folders) / "CALLS.md").write_text(calls_text(folders, skippable))
     return folders
 
 
-def calls_text(folders: int) -> str:
+def calls_text(folders: int, skippable: list[int] | None = None) -> str:
     lines = [f"# Device calls for the GPU check ({folders}, back to back)", ""]
     lines += [
         "Ask `status` first (free). Then make these calls one right after the other, with no other work",
         "between them: a folder stays on the machine only while it is warm (30 s after a call).",
-        f"{CARRY_NOTE}. Each `--receive` lists the folders there so far.",
+        f"{CARRY_NOTE}. Each `--receive` lists the folders there so far; the first one to hold",
+        "llama-cpp-python's source starts llama.cpp's CUDA build there, which compiles on through the",
+        "calls that follow. GPU_CHECK_TIMEOUT in the last call: its timeout_s less 30 s, and no more",
+        "than the device time left less 60 s.",
         "",
     ]
+    skippable = skippable or []
     for n in range(1, folders):
-        lines.append(f'{n}. run carry=[".gpu/{n}"] timeout_s=60 command: bash bench/gpu_check.sh --receive')
+        note = " (optional: onnxruntime-gpu, for the ONNX CUDA rows)" if n in skippable else ""
+        lines.append(
+            f'{n}. run carry=[".gpu/{n}"] timeout_s=60 command: bash bench/gpu_check.sh --receive{note}'
+        )
+    if skippable:
+        lines += ["", "The optional calls can be left out, from any one on, when the device time left after",
+                  "a call is under 9 minutes: go straight to the last call; the ONNX CUDA rows are then",
+                  "listed as skipped.", ""]  # fmt: skip
     lines.append(
         f'{folders}. run carry=[".gpu/{folders}"] timeout_s=540 command: '
-        "set -o pipefail; bash bench/gpu_check.sh 2>&1 | tee $OUT/log.txt"
+        "set -o pipefail; GPU_CHECK_TIMEOUT=510 bash bench/gpu_check.sh 2>&1 | tee $OUT/log.txt"
     )
     lines += [
         "",

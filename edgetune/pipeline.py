@@ -150,9 +150,15 @@ def run_pipeline(
     run_dir: Path | None = None,
     console=None,
     pick: bool = False,
+    until: str = "bench",
 ) -> PipelineResult:
-    """`pick`: the run ends in --pick, which the recipe's gates must allow before anything runs."""
+    """`pick`: the run ends in --pick, which the recipe's gates must allow before anything runs.
+    `until`: the last stage to run (the later ones are left for another `edgetune run`)."""
     started = time.time()
+    if until not in STAGES:
+        raise InputError(f"--until {until}: not a stage; the stages are {', '.join(STAGES)}")
+    if pick and until != "bench":
+        raise InputError(f"--pick reads the bench report: it cannot end a run --until {until}")
     recipe = load_recipe(recipe_arg, list(overrides or []))
     if pick:
         from edgetune.bench.gates import refuse_blind_pick
@@ -160,7 +166,9 @@ def run_pipeline(
         refuse_blind_pick(recipe.bench.gates)
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)
-    _refuse_a_bench_that_cannot_run(recipe, run_dir)
+    stages = STAGES[: STAGES.index(until) + 1]
+    if "bench" in stages:
+        _refuse_a_bench_that_cannot_run(recipe, run_dir)
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
@@ -177,7 +185,7 @@ def run_pipeline(
             done[stage] = prints[stage]()
             _save(run_dir, done)
 
-        for stage in STAGES:
+        for stage in stages:
             if up_to_date(stage):
                 result.skipped.append(stage)
                 say(f"[dim]{stage}: up to date, skipped[/]")

@@ -4,6 +4,7 @@ there; a folder that did not arrive costs the steps that need it, not the whole 
 import base64
 import hashlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,35 @@ def test_folders_fit_the_limit_and_the_last_one_holds_the_essentials_and_the_man
     assert len(parts) == -(-wheels["model"].stat().st_size // 2500)
     calls = (last / "CALLS.md").read_text()
     assert f'carry=[".gpu/{folders}"]' in calls and "--receive" in calls
+
+
+def test_optional_wheels_travel_in_their_own_folders_just_before_the_last(tmp_path):
+    gpu_wheels = load_script()
+    src = tmp_path / "src"
+    src.mkdir()
+    core = make_wheel(src, "corepkg", {"corepkg/__init__.py": b""})
+    model = make_wheel(src, "modelpkg", {"modelpkg/w.bin": os.urandom(4000)})
+    gpu = make_wheel(src, "gpupkg", {"gpupkg/lib.bin": os.urandom(4000)})
+    small = make_wheel(src, "smallpkg", {"smallpkg/__init__.py": b""})
+    out = tmp_path / "gpu"
+    folders = gpu_wheels.write_folders(
+        [core, model, gpu, small], {core.name}, 2500, out, frozenset({gpu.name})
+    )
+    manifest = json.loads((out / str(folders) / "manifest.json").read_text())
+    holding = {}
+    for e in manifest["files"]:
+        holding.setdefault(e["folder"], set()).add(e["wheel"])
+    optional = sorted(n for n, names in holding.items() if gpu.name in names)
+    # its folders hold nothing else and come right before the last, so that they can be left out
+    assert all(holding[n] == {gpu.name} for n in optional)
+    assert optional == list(range(folders - len(optional), folders)) and len(optional) == 2
+    assert manifest["optional"] == [gpu.name]
+    calls = (out / str(folders) / "CALLS.md").read_text()
+    assert all(
+        f'".gpu/{n}"] timeout_s=60 command: bash bench/gpu_check.sh --receive (optional' in calls
+        for n in optional
+    )
+    assert calls.count("(optional") == len(optional)
 
 
 def test_install_reassembles_verifies_and_installs_every_wheel(packed, tmp_path):

@@ -228,3 +228,21 @@ def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
     assert not (tmp_path / "r.previous").exists()  # not set aside and trained again either
     assert sha256_file(run / "adapter" / "adapter_model.safetensors") == adapter
     assert json.loads((run / "manifest.json").read_text())["stages"]["tune"]["steps"] == 2
+
+
+def test_until_stops_after_that_stage_and_the_next_run_goes_on_from_there(tmp_path, tiny_model_dir):
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "tiny"
+    first, out = invoke(recipe, "--set", "export.formats=[gguf]", "--until", "merge")
+    assert first.exit_code == 0, out
+    assert "ran data, tune, merge; skipped nothing" in out
+    assert (run / "merged" / "config.json").is_file()
+    assert not (run / "export").exists() and not (run / "bench").exists()
+
+    second, out = invoke(recipe, "--set", "export.formats=[gguf]")
+    assert second.exit_code == 0, out
+    assert "ran export, bench; skipped data, tune, merge" in out
+    assert (run / "bench" / "report.json").is_file()
+
+    refused, out = invoke(recipe, "--until", "export", "--pick")
+    assert refused.exit_code == 2 and "--pick" in out and "--until export" in out

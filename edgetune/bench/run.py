@@ -55,6 +55,10 @@ def _ort_cuda_problem() -> str | None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    from edgetune.export.onnx_runtime import load_cuda_libraries
+
+    load_cuda_libraries()
+
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])

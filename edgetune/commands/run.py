@@ -19,8 +19,15 @@ from edgetune.commands.common import allow_pickle_option, one_process, set_optio
     is_flag=True,
     help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
 )
+@click.option(
+    "--until",
+    type=click.Choice(["data", "tune", "merge", "export", "bench"]),
+    default="bench",
+    show_default=True,
+    help="The last stage to run; a later `edgetune run` goes on from there.",
+)
 @allow_pickle_option
-def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
+def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
     """Data check, tune, merge, export and bench RECIPE (default: the demo) in one run directory;
     stages whose inputs are unchanged since they last finished are skipped."""
     one_process("run")
@@ -29,7 +36,9 @@ def run(recipe, overrides, run_dir, gate, pick, allow_pickle) -> None:
     from edgetune.console import err, out
     from edgetune.pipeline import run_pipeline
 
-    result = run_pipeline(recipe, with_allow_pickle(overrides, allow_pickle), run_dir, console=err, pick=pick)
+    result = run_pipeline(
+        recipe, with_allow_pickle(overrides, allow_pickle), run_dir, console=err, pick=pick, until=until
+    )
     if pick:
         from edgetune.bench.gates import pick as pick_target
 

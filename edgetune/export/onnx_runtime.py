@@ -29,6 +29,21 @@ def session_options(threads: int | None = None):
     return options
 
 
+def load_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that onnxruntime's CUDA provider links by name before a
+    session opens: torch's wheels ship them (importing torch loads most), and onnxruntime's own
+    preload_dlls finds the rest, cuDNN among them, in the nvidia packages beside it."""
+    import contextlib
+
+    import onnxruntime as ort
+    import torch  # noqa: F401
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21; a CPU build returns at once
+    if preload is not None:
+        with contextlib.suppress(Exception):
+            preload(msvc=False)
+
+
 class OnnxDecoder:
     def __init__(self, model_dir: Path, threads: int | None = None, device: str = "cpu"):
         import onnxruntime as ort
@@ -45,10 +60,7 @@ class OnnxDecoder:
         external_data_files(path)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
-            # the CUDA provider links against CUDA and cuDNN libraries by name; importing torch first
-            # loads the ones its wheels ship (onnxruntime's own advice, where the CUDA majors match)
-            import torch  # noqa: F401
-
+            load_cuda_libraries()
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ModelError(
                     "onnxruntime here has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
