@@ -57,4 +57,4 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 # GPU_CHECK_TIMEOUT: the seconds the whole check may take (the device call's limit, less the start)
 limit="${GPU_CHECK_TIMEOUT:-480}"
-exec timeout "$limit" "$PY" bench/gpu_check.py --budget-s $((limit - 10)) --out "${OUT:-bench/gpu_check}"
+exec timeout "$limit" "$PY" bench/gpu_check.py --budget-s $((limit - 10)) --out "${OUT:-bench/gpu_check}" "$@"

@@ -32,7 +32,8 @@ def markdown(result: dict) -> str:
 def _memory_md(m: dict) -> list[str]:
     lines = ["", "## QLoRA against bf16 LoRA", ""]
     lines.append(
-        f"Same model (TinyLlama-1.1B shape, random weights), batch 8, {m['steps']} steps, demo data."
+        f"Same model (TinyLlama-1.1B shape, random weights), batch 8, {m['steps']} steps, demo data, "
+        f"gradient checkpointing {'on' if m.get('gradient_checkpointing', False) else 'off'} for both."
     )
     lines += ["", "| method | tokens/s | peak VRAM |", "|---|---|---|"]
     for name, row in m["methods"].items():
