@@ -45,6 +45,17 @@ TINYLLAMA_SHAPE = dict(
     num_attention_heads=32,
     num_key_value_heads=4,
 )
+LLAMA7B_SHAPE = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+)
+SHAPES = {"tinyllama-1.1b": TINYLLAMA_SHAPE, "llama-7b": LLAMA7B_SHAPE}
+# the first steps of a run pay for warm-up (kernel selection, the allocator growing, the step-0
+# validation loss): the steady throughput is the median of the per-step rates after them
+WARMUP_STEPS = 3
 TINY_SHAPE = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
@@ -93,19 +104,38 @@ class StepFailed(Exception):
     """An edgetune command of a step failed: the step is reported as failed, the next one runs."""
 
 
-def edgetune(*args: str, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+# every edgetune command's output, appended as it comes (a command stopped at the budget keeps its
+# progress there); main() puts it beside the report
+COMMAND_LOG: Path | None = None
+
+
+def edgetune(*args: str, timeout: int = 1200, env: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "edgetune", *args]
     print("$ edgetune " + " ".join(args), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    began = time.time()
+    with tempfile.TemporaryFile("w+") as own:
+        log = COMMAND_LOG.open("a+") if COMMAND_LOG else own
+        with log:
+            log.write(f"\n$ edgetune {' '.join(args)}\n")
+            log.flush()
+            start = log.tell()
+            try:
+                proc = subprocess.run(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env
+                )
+            finally:
+                print(f"  ({time.time() - began:.0f} s)", flush=True)
+            log.seek(start)
+            output = log.read()
     if proc.returncode not in (0, 3):
-        tail = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()][-12:]
+        tail = [line for line in output.splitlines() if line.strip()][-12:]
         sys.stderr.write("\n".join(tail) + "\n")
         raise StepFailed(f"`edgetune {args[0]}` exited {proc.returncode}: " + " | ".join(tail[-4:]))
-    return proc
 
 
-def random_model(out: Path, shape: dict, dtype: str) -> Path:
-    """A Llama with `shape` and random weights, with the built-in SmolLM2 tokenizer."""
+def random_model(out: Path, shape: dict, dtype: str, device: str = "cpu") -> Path:
+    """A Llama with `shape` and random weights, with the built-in SmolLM2 tokenizer (initialised on
+    `device`: a 7B model's random init takes minutes on a CPU, seconds on a GPU)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -128,8 +158,12 @@ def random_model(out: Path, shape: dict, dtype: str) -> Path:
         **shape,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the steps measure their own processes' peaks; this one holds nothing
     tokenizer.save_pretrained(out)
     return out
 
@@ -162,6 +196,7 @@ def compare_lora_qlora(
                  "--set", f"train.precision={precision}", "--set", f"train.gradient_checkpointing={gc}")  # fmt: skip
         tune = json.loads((run / "manifest.json").read_text())["stages"]["tune"]
         rows[method] = {
+            "steady_tokens_per_s": steady_throughput(run),
             "tokens_per_s": tune.get("tokens_per_s"),
             "peak_vram_bytes": tune.get("peak_vram_bytes"),
             "wall_s": tune.get("wall_s"),
@@ -169,8 +204,15 @@ def compare_lora_qlora(
         }
     lora, qlora = rows["lora"], rows["qlora"]
     result = {"steps": steps, "batch_size": 8, "gradient_checkpointing": checkpointing, "methods": rows}
-    if lora["tokens_per_s"] and qlora["tokens_per_s"]:
-        result["throughput_ratio"] = round(qlora["tokens_per_s"] / lora["tokens_per_s"], 3)
+    # the steady rates where both runs had steps past the warm-up, else the whole runs'
+    key = (
+        "steady_tokens_per_s"
+        if lora["steady_tokens_per_s"] and qlora["steady_tokens_per_s"]
+        else "tokens_per_s"
+    )
+    if lora[key] and qlora[key]:
+        result["throughput_ratio"] = round(qlora[key] / lora[key], 3)
+        result["throughput_from"] = key
     if lora["peak_vram_bytes"] and qlora["peak_vram_bytes"]:
         result["vram_ratio"] = round(qlora["peak_vram_bytes"] / lora["peak_vram_bytes"], 3)
         result["meets_goal"] = (
@@ -178,6 +220,18 @@ def compare_lora_qlora(
             and result.get("throughput_ratio", 0) >= GOALS["throughput_ratio_min"]
         )
     return result
+
+
+def steady_throughput(run: Path) -> float | None:
+    """The median per-step training rate (metrics.jsonl's tok_s) after the first WARMUP_STEPS."""
+    import statistics
+
+    rates = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("tok_s") and record.get("step", 0) > WARMUP_STEPS:
+            rates.append(record["tok_s"])
+    return round(statistics.median(rates), 1) if rates else None
 
 
 def free_port() -> int:
@@ -371,6 +425,8 @@ def main() -> int:
     parser.add_argument("--checkpointing", choices=["on", "off"], default="on",
                         help="gradient checkpointing in the QLoRA/LoRA step (the same for both)")  # fmt: skip
     parser.add_argument("--only", choices=["memory", "sharded", "pipeline"], help="run this step alone")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama-1.1b",
+                        help="the random model of the QLoRA/LoRA step")  # fmt: skip
     parser.add_argument(
         "--budget-s", type=float, default=470, help="the pipeline stops in time for the report"
     )
@@ -381,6 +437,9 @@ def main() -> int:
         print("gpu_check: no CUDA device; use --dry-run on a CPU", file=sys.stderr)
         return 2
     started = time.time()
+    global COMMAND_LOG
+    args.out.mkdir(parents=True, exist_ok=True)
+    COMMAND_LOG = args.out / "edgetune.log"
     problems = preflight()
     result = {
         "device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0),
@@ -409,22 +468,22 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        shape, dtype = (TINY_SHAPE, "float32") if args.dry_run else (TINYLLAMA_SHAPE, "bfloat16")
-        model_dir = random_model(work / "model", shape, dtype)
-        steps = 2 if args.dry_run else args.steps
+        shape, dtype = (TINY_SHAPE, "float32") if args.dry_run else (SHAPES[args.shape], "bfloat16")
+        model_dir = random_model(work / "model", shape, dtype, "cpu" if args.dry_run else "cuda")
+        result["shape"] = "tiny (dry run)" if args.dry_run else args.shape
+        steps = WARMUP_STEPS + 2 if args.dry_run else args.steps  # a steady rate in the dry run too
         wanted = {args.only} if args.only else {"memory", "sharded", "pipeline"}
         if "memory" in wanted:
             gc = args.checkpointing == "on"
-            step("memory", lambda: compare_lora_qlora(work, model_dir, steps, args.dry_run, gc))
+            step("memory", lambda: {**compare_lora_qlora(work, model_dir, steps, args.dry_run, gc),
+                                    "shape": result["shape"]})  # fmt: skip
         if "sharded" in wanted:
             step("sharded", lambda: sharded_launch(work, model_dir, args.dry_run))
-        if "pipeline" not in wanted:
-            pass
-        elif set(problems) & PIPELINE_PACKAGES:
+        if "pipeline" in wanted and set(problems) & PIPELINE_PACKAGES:
             result["pipeline_not_run"] = "packages missing here: " + ", ".join(
                 f"{k} ({v})" for k, v in sorted(problems.items())
             )
-        else:
+        elif "pipeline" in wanted:
             left = args.budget_s - (time.time() - started)
             step("pipeline", lambda: pipeline(work, model_dir, args.dry_run, 1500 if args.dry_run else left))
     result["wall_s"] = round(time.time() - started, 1)

@@ -31,18 +31,24 @@ def markdown(result: dict) -> str:
 
 def _memory_md(m: dict) -> list[str]:
     lines = ["", "## QLoRA against bf16 LoRA", ""]
+    shape = m.get("shape") or "tinyllama-1.1b"  # reports before --shape: TinyLlama's
+    shape = {"llama-7b": "Llama-7B", "tinyllama-1.1b": "TinyLlama-1.1B"}.get(shape, shape)
     lines.append(
-        f"Same model (TinyLlama-1.1B shape, random weights), batch 8, {m['steps']} steps, demo data, "
+        f"Same model ({shape} shape, random weights), batch 8, {m['steps']} steps, demo data, "
         f"gradient checkpointing {'on' if m.get('gradient_checkpointing', False) else 'off'} for both."
     )
-    lines += ["", "| method | tokens/s | peak VRAM |", "|---|---|---|"]
+    lines += ["", "| method | tokens/s, steady | tokens/s, whole run | peak VRAM |", "|---|---|---|---|"]
     for name, row in m["methods"].items():
         vram = row["peak_vram_bytes"]
-        lines.append(f"| {name} | {row['tokens_per_s']} | {f'{vram / 2**30:.2f} GiB' if vram else '-'} |")
+        lines.append(
+            f"| {name} | {row.get('steady_tokens_per_s') or '-'} | {row['tokens_per_s']} | "
+            f"{f'{vram / 2**30:.2f} GiB' if vram else '-'} |"
+        )
     if "vram_ratio" in m:
         lines.append(
             f"\nQLoRA / LoRA: VRAM {m['vram_ratio']:.2f}x (goal <= {GOALS['vram_ratio_max']}), "
-            f"throughput {m.get('throughput_ratio', 0):.2f}x (goal >= {GOALS['throughput_ratio_min']}): "
+            f"throughput {m.get('throughput_ratio', 0):.2f}x (goal >= {GOALS['throughput_ratio_min']}; "
+            f"{'steady' if m.get('throughput_from') == 'steady_tokens_per_s' else 'whole runs'}): "
             f"{'met' if m.get('meets_goal') else 'NOT met'}"
         )
     return lines

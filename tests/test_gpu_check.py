@@ -22,8 +22,13 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["memory"]["methods"]) == {"lora", "qlora"}
-    assert [m["gradient_checkpointing"] for m in report["memory"]["methods"].values()] == [False, False]
+    assert [m["gradient_checkpointing"] for m in report["memory"]["methods"].values()] == [True, True]
+    assert all(m["steady_tokens_per_s"] > 0 for m in report["memory"]["methods"].values())
     assert report["memory"]["throughput_ratio"] > 0
+    assert report["memory"]["throughput_from"] == "steady_tokens_per_s"
+    # every command's output lands beside the report, each under the command that printed it
+    log = (tmp_path / "out" / "edgetune.log").read_text()
+    assert "$ edgetune run recipes/demo.yaml" in log and "--until export" in log and "ran bench" in log
     (ddp,) = report["sharded"]
     assert ddp["exit"] == 0 and ddp["world_size"] == 2 and ddp["same_adapter_shapes"], ddp
     assert ddp["final_loss"] == pytest.approx(ddp["plain_final_loss"], rel=0.05)
