@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The prepared GPU check (run by bench/gpu_check.sh), and its CPU dry run for CI.
 
-    python bench/gpu_check.py --out DIR            # on a CUDA machine: over 9 minutes on one H200
+    python bench/gpu_check.py --out DIR            # on a CUDA machine: more than 8.5 minutes on one H200
     python bench/gpu_check.py --dry-run --out DIR  # same steps on the CPU with a tiny model: the plumbing
 
 1. QLoRA against bf16 LoRA on the same model, data, batch and steps: peak VRAM and tokens/s, each in
