@@ -201,9 +201,14 @@ CHAT_CONTEXT = 8192
 
 
 def _gguf_context(path: Path) -> int:
+    """The file's trained context ({arch}.context_length), at most CHAT_CONTEXT."""
     from gguf import GGUFReader
 
+    from edgetune.validate import check_gguf
+
+    check_gguf(path)  # a damaged file: one clear line, not the reader's IndexError
     reader = GGUFReader(str(path))
-    field = next((f for name, f in reader.fields.items() if name.endswith(".context_length")), None)
+    arch = reader.fields.get("general.architecture")
+    field = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
     trained = int(field.contents()) if field is not None else 2048
     return min(trained, CHAT_CONTEXT)

@@ -698,3 +698,22 @@ def test_add_bos_is_what_the_tokenizer_does_not_what_its_config_flag_says(tmp_pa
     llm = load_llama(convert(model, tmp_path / "m.gguf", "f16"), n_ctx=64)
     assert llm.metadata["tokenizer.ggml.add_bos_token"] == "true"
     assert llm.tokenize(b"error E1042 on the router", add_bos=True, special=True) == hf
+
+
+def test_chat_sizes_a_gguf_context_from_the_file_and_refuses_a_damaged_one(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    import edgetune.chat as chat
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM")
+    trained = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    path = convert(model, tmp_path / "model-f16.gguf", "f16")
+    assert chat._gguf_context(path) == min(trained, chat.CHAT_CONTEXT)
+    assert trained == 512
+    # a model trained on more than the cap: the KV cache is capped (llama.cpp pads n_ctx to 256s)
+    monkeypatch.setattr(chat, "CHAT_CONTEXT", 256)
+    assert chat.open_chat(path, threads=1).runner.llm.n_ctx() == 256
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InputError, match="damaged.gguf"):
+        chat._gguf_context(damaged)
