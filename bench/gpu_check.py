@@ -113,20 +113,18 @@ def edgetune(*args: str, timeout: int = 1200, env: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "edgetune", *args]
     print("$ edgetune " + " ".join(args), flush=True)
     began = time.time()
-    with tempfile.TemporaryFile("w+") as own:
-        log = COMMAND_LOG.open("a+") if COMMAND_LOG else own
-        with log:
-            log.write(f"\n$ edgetune {' '.join(args)}\n")
-            log.flush()
-            start = log.tell()
-            try:
-                proc = subprocess.run(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env
-                )
-            finally:
-                print(f"  ({time.time() - began:.0f} s)", flush=True)
-            log.seek(start)
-            output = log.read()
+    with COMMAND_LOG.open("a+") if COMMAND_LOG else tempfile.TemporaryFile("w+") as log:
+        log.write(f"\n$ edgetune {' '.join(args)}\n")
+        log.flush()
+        start = log.tell()
+        try:
+            proc = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env
+            )
+        finally:
+            print(f"  ({time.time() - began:.0f} s)", flush=True)
+        log.seek(start)
+        output = log.read()
     if proc.returncode not in (0, 3):
         tail = [line for line in output.splitlines() if line.strip()][-12:]
         sys.stderr.write("\n".join(tail) + "\n")
@@ -344,7 +342,9 @@ def llama_cuda_build(wait_s: float = 0) -> tuple[dict, dict | None]:
     return {"status": f"still compiling after {elapsed} s: stopped, llama.cpp CUDA targets not run"}, None
 
 
-# what the demo's bench needs on the device, kept for it when waiting for the llama.cpp CUDA build
+# the time kept for the demo's bench when waiting for the llama.cpp CUDA build: a guess, not a
+# measurement (the first H200 run's bench did not finish in what its budget left it; edgetune.log
+# will say how long it takes)
 BENCH_RESERVE_S = 210
 
 

@@ -244,5 +244,12 @@ def test_until_stops_after_that_stage_and_the_next_run_goes_on_from_there(tmp_pa
     assert "ran export, bench; skipped data, tune, merge" in out
     assert (run / "bench" / "report.json").is_file()
 
+    from edgetune.commands.run import run as run_command
+    from edgetune.pipeline import STAGES
+
+    until = next(p for p in run_command.params if p.name == "until")
+    assert list(until.type.choices) == list(
+        STAGES
+    )  # the CLI's list, written out so as not to import the pipeline
     refused, out = invoke(recipe, "--until", "export", "--pick")
     assert refused.exit_code == 2 and "--pick" in out and "--until export" in out
