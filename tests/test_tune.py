@@ -213,6 +213,39 @@ def test_overfit_watch_warns_once():
     assert len(seen) == 1 and "overfitting" in seen[0] and "step 1" in seen[0]
 
 
+def test_metrics_are_made_durable_with_each_committed_checkpoint_not_each_step(tmp_path, monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    from edgetune.tune import callbacks
+
+    synced = []  # what was fsynced, in order: the metrics file, checkpoint files, the marker
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(callbacks.os, "fsync", recording_fsync)
+    metrics = tmp_path / "metrics.jsonl"
+    log, commit = callbacks.MetricsLog(metrics), callbacks.CommitCheckpoints(metrics)
+    state = SimpleNamespace(global_step=0, epoch=0.0, num_input_tokens_seen=0, is_world_process_zero=True)
+    log.on_train_begin(None, state, None)
+    for step in (1, 2):
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        log.on_log(None, state, None, logs={"loss": 1.0 / step})
+    assert synced == [] and len(metrics.read_text().splitlines()) == 2  # written and flushed, no fsync
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x")
+    monkeypatch.setattr(callbacks, "wait_for_every_rank", lambda: None)
+    commit.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    assert synced[0] == "metrics.jsonl" and (ckpt / callbacks.COMPLETE).is_file()
+    synced.clear()
+    log.on_train_end(None, state, None)
+    assert synced == ["metrics.jsonl"]
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_tokenizer, packing):
     import torch

@@ -34,12 +34,22 @@ class CommitCheckpoints(TrainerCallback):
     every rank writes its own RNG state into the checkpoint after the main rank wrote the rest, so
     the marker waits for all of them: one written earlier committed a checkpoint that a crash could
     leave without a rank's RNG file, or with half of one.
+
+    metrics: the run's metrics.jsonl, made durable at the same commit point (its lines are flushed
+    as they come, not each fsynced: a resume keeps the lines up to the checkpoint and logs the
+    steps after it again, so those are the lines that must survive a crash).
     """
+
+    def __init__(self, metrics: Path | None = None):
+        self.metrics = metrics
 
     def on_save(self, args, state, control, **kwargs):
         wait_for_every_rank()
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if self.metrics is not None and self.metrics.is_file():
+                with self.metrics.open("rb") as f:
+                    os.fsync(f.fileno())
             if ckpt.is_dir():
                 fsync_tree(ckpt)
                 atomic_write_json(ckpt / COMPLETE, {"step": state.global_step, "time": time.time()})
@@ -47,7 +57,11 @@ class CommitCheckpoints(TrainerCallback):
 
 
 class MetricsLog(TrainerCallback):
-    """Every log event as one JSON line: step, epoch, loss or eval_loss, lr, tokens seen, tok/s."""
+    """Every log event as one JSON line: step, epoch, loss or eval_loss, lr, tokens seen, tok/s.
+
+    Each line is flushed (a `tail -f` sees it); the file is fsynced with each committed checkpoint
+    (CommitCheckpoints) and at the end of training, not once a step: on a GPU a step can take
+    milliseconds, and an fsync on a network disk more than that."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -73,8 +87,11 @@ class MetricsLog(TrainerCallback):
         record["elapsed_s"] = round(now - self.start, 2)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.is_file():
+            with self.path.open("rb") as f:
+                os.fsync(f.fileno())
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:

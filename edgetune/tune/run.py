@@ -331,7 +331,8 @@ def _callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console) ->
 
     from edgetune.tune.callbacks import CommitCheckpoints, MetricsLog, OverfitWatch, Progress
 
-    callbacks: list[Any] = [CommitCheckpoints(), MetricsLog(run_dir / "metrics.jsonl"), OverfitWatch(warn)]
+    metrics = run_dir / "metrics.jsonl"
+    callbacks: list[Any] = [CommitCheckpoints(metrics), MetricsLog(metrics), OverfitWatch(warn)]
     if console is not None:
         callbacks.append(Progress(console))
     if has_valid and recipe.train.early_stopping_patience > 0:
