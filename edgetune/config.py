@@ -69,7 +69,7 @@ class DataConfig:
 @dataclass
 class LoraConfig:
     r: int = 16
-    alpha: int = 32
+    alpha: float = 32  # the adapter's scale is alpha / r (alpha / sqrt(r) with rslora): any number > 0
     dropout: float = 0.05
     target_modules: str | list[str] = (
         "all-linear"  # "all-linear", or names: [q_proj, v_proj] / "q_proj,v_proj"
@@ -78,7 +78,9 @@ class LoraConfig:
     dora: bool = False
 
     def validate(self) -> list[str]:
-        problems = at_least("train.lora", self, 1, "r", "alpha")
+        problems = at_least("train.lora", self, 1, "r")
+        if not self.alpha > 0:
+            problems.append(f"train.lora.alpha: must be > 0, got {self.alpha}")
         problems += not_empty("train.lora", self, "target_modules")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"train.lora.dropout: must be in [0, 1), got {self.dropout}")

@@ -197,3 +197,14 @@ def test_nan_infinity_and_bad_entries_are_refused_not_kept(override, message):
     with pytest.raises(ConfigError) as info:
         load_recipe("demo", [override])
     assert message in str(info.value) and len(info.value.problems) == 1, info.value.problems
+
+
+def test_lora_alpha_takes_any_positive_number_and_keeps_an_integral_one_an_int():
+    from edgetune.tune.model import lora_config
+
+    half = load_recipe("demo", ["train.lora.alpha=8.5", "train.lora.r=4"]).train.lora
+    assert lora_config(half).lora_alpha == 8.5
+    whole = lora_config(load_recipe("demo").train.lora).lora_alpha
+    assert whole == 32 and isinstance(whole, int)  # adapter_config.json says 32, as peft writes it
+    with pytest.raises(ConfigError, match=r"train.lora.alpha: must be > 0, got -1"):
+        load_recipe("demo", ["train.lora.alpha=-1"])
