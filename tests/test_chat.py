@@ -91,3 +91,27 @@ def test_a_one_shot_prompt_past_the_context_exits_2(exported_run):
         main, ["chat", str(gguf), "--prompt", "word " * 3000, "--max-new-tokens", "3"]
     )
     assert result.exit_code == 2 and "the model's context is 512" in result.output, result.output
+
+
+def test_a_mistyped_command_is_not_sent_but_a_path_and_a_double_slash_are(exported_run, monkeypatch):
+    import edgetune.chat
+
+    sent, real_open = [], edgetune.chat.open_chat
+
+    def recording_open(*args, **kwargs):
+        session = real_open(*args, **kwargs)
+        real_reply = session.reply
+        session.reply = lambda text, *a, **k: sent.append(text) or real_reply(text, *a, **k)
+        return session
+
+    monkeypatch.setattr(edgetune.chat, "open_chat", recording_open)
+    lines = "/hlep\n/help\n/var/log/syslog is full\n//reset\n/exit\n"
+    result = CliRunner().invoke(
+        main,
+        ["chat", str(exported_run / "export" / "gguf" / "model-f32.gguf"), "--max-new-tokens", "2"],
+        input=lines,
+    )
+    assert result.exit_code == 0, result.output
+    assert sent == ["/var/log/syslog is full", "/reset"]
+    assert "unknown command /hlep; /reset clears the conversation" in result.stderr
+    assert result.stderr.count("/exit or Ctrl-D leaves") == 2  # /hlep and /help

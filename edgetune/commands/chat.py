@@ -41,19 +41,29 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
         session.reply(prompt, max_new_tokens, show)
         click.echo()
         return
-    err.print(f"chatting with {artifact} (/reset, /exit)")
+    err.print(f"chatting with {artifact} (/help, /reset, /exit)")
     while True:
         try:
             line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
         except (EOFError, click.Abort):
             click.echo()
             return
-        if line.strip() in ("/exit", "/quit"):
+        command = line.strip()
+        if command in ("/exit", "/quit"):
             return
-        if line.strip() == "/reset":
+        if command == "/reset":
             session.history.clear()
             err.print("conversation cleared")
             continue
+        if command == "/help" or _looks_like_a_command(command):
+            unknown = "" if command == "/help" else f"unknown command {command}; "
+            err.print(
+                f"{unknown}/reset clears the conversation, /exit or Ctrl-D leaves; anything else is sent "
+                "to the model (start it with // to send a line that begins with /)"
+            )
+            continue
+        if line.lstrip().startswith("//"):
+            line = line.lstrip()[1:]
         if line.strip():
             dropped = session.dropped_turns
             try:
@@ -66,3 +76,8 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
                 err.print(
                     f"(the oldest {session.dropped_turns - dropped} exchange(s) left out to fit the context)"
                 )
+
+
+def _looks_like_a_command(line: str) -> bool:
+    """/word alone (a typo of a command), not a path such as /var/log/syslog or a sentence."""
+    return line.startswith("/") and line[1:].isalpha()
