@@ -69,7 +69,9 @@ class DataConfig:
 @dataclass
 class LoraConfig:
     r: int = 16
-    alpha: float = 32  # the adapter's scale is alpha / r (alpha / sqrt(r) with rslora): any number > 0
+    # the adapter's scale is alpha / r (alpha / sqrt(r) with rslora): any number > 0. An integral one
+    # stays an int: in adapter_config.json, and in the run's tune fingerprint (32.0 would retrain)
+    alpha: int | float = 32
     dropout: float = 0.05
     target_modules: str | list[str] = (
         "all-linear"  # "all-linear", or names: [q_proj, v_proj] / "q_proj,v_proj"

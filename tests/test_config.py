@@ -1,3 +1,5 @@
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -204,7 +206,10 @@ def test_lora_alpha_takes_any_positive_number_and_keeps_an_integral_one_an_int()
 
     half = load_recipe("demo", ["train.lora.alpha=8.5", "train.lora.r=4"]).train.lora
     assert lora_config(half).lora_alpha == 8.5
-    whole = lora_config(load_recipe("demo").train.lora).lora_alpha
+    demo = load_recipe("demo", ["train.lora.alpha=32.0"]).train.lora
+    whole = lora_config(demo).lora_alpha
     assert whole == 32 and isinstance(whole, int)  # adapter_config.json says 32, as peft writes it
+    # and a run's tune fingerprint (a hash of the train section) is what it was with integer alphas
+    assert json.dumps(dataclasses.asdict(demo)["alpha"]) == "32"
     with pytest.raises(ConfigError, match=r"train.lora.alpha: must be > 0, got -1"):
         load_recipe("demo", ["train.lora.alpha=-1"])

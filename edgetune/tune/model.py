@@ -83,8 +83,7 @@ def lora_config(settings: LoraSettings):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     return LoraConfig(
         r=settings.r,
-        # an integral alpha stays an int in adapter_config.json, as peft and other tools write it
-        lora_alpha=int(settings.alpha) if float(settings.alpha).is_integer() else settings.alpha,
+        lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
         use_rslora=settings.rslora,
