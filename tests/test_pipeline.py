@@ -253,3 +253,73 @@ def test_until_stops_after_that_stage_and_the_next_run_goes_on_from_there(tmp_pa
     )  # the CLI's list, written out so as not to import the pipeline
     refused, out = invoke(recipe, "--until", "export", "--pick")
     assert refused.exit_code == 2 and "--pick" in out and "--until export" in out
+
+
+# the recipe fields each stage's fingerprint hashed when ADDED_LATER was begun (2026-12-04): a run
+# fingerprinted then must still be up to date after an upgrade that adds a field
+HASHED_FIELDS = {
+    "data": "train valid test format template system_prompt max_seq_len valid_fraction test_fraction "
+    "split_seed dedupe drop_overlap truncation skip_bad_rows",
+    "model": "base revision trust_remote_code allow_pickle",
+    "train": "method precision lr epochs max_steps batch_size grad_accum warmup_ratio scheduler "
+    "weight_decay max_grad_norm seed eval_steps save_steps early_stopping_patience packing "
+    "gradient_checkpointing threads tensorboard lora.r lora.alpha lora.dropout lora.target_modules "
+    "lora.rslora lora.dora",
+    "export": "formats parity_examples gguf.quants gguf.imatrix gguf.f16_output onnx.quants "
+    "onnx.int8_block_size onnx.int4_block_size onnx.int4_accuracy_level onnx.int4_8bit_layers "
+    "onnx.int4_embeddings",
+    "bench": "metric devices max_examples max_new_tokens few_shot_k baseline_examples kl_examples "
+    "baselines adapter_target forgetting forgetting_kl_warn forgetting_ppl_ratio_warn latency "
+    "latency_decode_tokens latency_repeats threads gates",
+}
+
+
+def _field_paths(prefix, obj):
+    import dataclasses
+
+    paths = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        nested = dataclasses.is_dataclass(value) and f"{prefix}.{f.name}" != "bench.gates"
+        paths += _field_paths(f"{prefix}.{f.name}", value) if nested else [f"{prefix}.{f.name}"]
+    return paths
+
+
+def test_a_recipe_field_added_later_is_registered_so_upgrades_do_not_retrain():
+    from edgetune.config import load_recipe
+    from edgetune.pipeline import ADDED_LATER
+
+    recipe = load_recipe("demo")
+    for section, names in HASHED_FIELDS.items():
+        known = {f"{section}.{name}" for name in names.split()}
+        new = set(_field_paths(section, getattr(recipe, section))) - known - set(ADDED_LATER)
+        assert not new, (
+            f"recipe fields {sorted(new)} would change every existing run's {section} fingerprint, so "
+            "`edgetune run` would redo that stage after an upgrade: add each to pipeline.ADDED_LATER "
+            "with the value that does what edgetune did before it"
+        )
+
+
+def test_a_field_at_its_earlier_behaviour_stays_out_of_the_fingerprint(monkeypatch, tmp_path):
+    import dataclasses
+
+    from edgetune import pipeline
+    from edgetune.config import load_recipe
+
+    demo = load_recipe("demo")
+    assert pipeline.hashed_settings("train", demo.train) == dataclasses.asdict(demo.train)
+    before = pipeline.fingerprints(demo, tmp_path)["tune"]()
+    # train.threads and train.lora.rslora stand in for fields added after a run was fingerprinted
+    monkeypatch.setattr(pipeline, "ADDED_LATER", {"train.threads": None, "train.lora.rslora": False})
+    hashed = pipeline.hashed_settings("train", demo.train)
+    whole = dataclasses.asdict(demo.train)
+    assert "threads" not in hashed and "rslora" not in hashed["lora"]
+    assert {k: v for k, v in whole.items() if k not in ("threads", "lora")} == {
+        k: v for k, v in hashed.items() if k != "lora"
+    }
+    neutral = pipeline.fingerprints(demo, tmp_path)["tune"]()
+    assert neutral != before and neutral == pipeline._tune_key(demo)
+    # set to anything else, the field is hashed as usual
+    threads = load_recipe("demo", ["train.threads=2"])
+    assert pipeline.hashed_settings("train", threads.train)["threads"] == 2
+    assert pipeline.fingerprints(threads, tmp_path)["tune"]() not in (before, neutral)
