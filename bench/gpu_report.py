@@ -20,6 +20,8 @@ def markdown(result: dict) -> str:
         lines += ["", "Step times: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["step_wall_s"].items())]
     if "memory" in result:
         lines += _memory_md(result["memory"])
+    if "profile" in result:
+        lines += _profile_md(result["profile"])
     if "sharded" in result:
         lines += _sharded_md(result["sharded"])
     if "pipeline" in result:
@@ -51,6 +53,32 @@ def _memory_md(m: dict) -> list[str]:
             f"{'steady' if m.get('throughput_from') == 'steady_tokens_per_s' else 'whole runs'}): "
             f"{'met' if m.get('meets_goal') else 'NOT met'}"
         )
+    return lines
+
+
+def _profile_md(rows: dict[str, dict]) -> list[str]:
+    lines = ["", "## Where a training step's time goes (bench/step_profile.py)", ""]
+    lines += [
+        "| method | first step | steady step | in the step | between steps | tokens/step | device busy |"
+    ]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        busy = r.get("device_busy_ms_per_step")
+        lines.append(
+            f"| {name} | {r['first_step_s']:.3f} s | {r['steady_step_s']:.4f} s | {r['steady_in_step_s']:.4f} s | "
+            f"{r['steady_between_steps_s']:.4f} s | {r.get('tokens_per_step') or '-'} | "
+            f"{f'{busy:.1f} ms' if busy is not None else '-'} |"
+        )
+    for name, r in rows.items():
+        for side, key in (("device", "top_by_device"), ("host", "top_by_host")):
+            if not r.get(key):
+                continue
+            lines += ["", f"{name}, top operators by {side} time (ms a step):", ""]
+            lines += ["| operator | calls | host ms | device ms |", "|---|---|---|---|"]
+            lines += [
+                f"| `{op['op'][:60]}` | {op['calls_per_step']} | {op['host_ms_per_step']} | {op['device_ms_per_step']} |"
+                for op in r[key][:6]
+            ]
     return lines
 
 

@@ -29,15 +29,24 @@ def test_gpu_check_dry_run(tmp_path):
     # every command's output lands beside the report, each under the command that printed it
     log = (tmp_path / "out" / "edgetune.log").read_text()
     assert "$ edgetune run recipes/demo.yaml" in log and "--until export" in log and "ran bench" in log
+    import re  # each output line with the seconds since its command started: where the time went
+
+    assert re.search(r"^\[ *\d+\.\d s\] .*ran bench", log, re.MULTILINE), log[-2000:]
     (ddp,) = report["sharded"]
     assert ddp["exit"] == 0 and ddp["world_size"] == 2 and ddp["same_adapter_shapes"], ddp
     assert ddp["final_loss"] == pytest.approx(ddp["plain_final_loss"], rel=0.05)
     names = [t["name"] for t in report["pipeline"]["report"]["targets"]]
     assert names == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
     assert report["preflight"] == {} and report["versions"]["torch"]
-    assert set(report["step_wall_s"]) == {"memory", "sharded", "pipeline"}
+    assert set(report["step_wall_s"]) == {"memory", "profile", "sharded", "pipeline"}
+    for method, row in report["profile"].items():  # where a step's time goes, both methods
+        assert row["method"] == method and row["device"] == "cpu" and row["gradient_checkpointing"]
+        assert row["steps"] == 6 and len(row["step_s"]) == 6 and row["tokens_per_step"] > 0
+        assert 0 < row["steady_in_step_s"] <= row["steady_step_s"]
+        assert any(op["op"] == "aten::mm" for op in row["top_by_host"]), row["top_by_host"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "QLoRA against bf16 LoRA" in md and "| gguf/q8_0 | cpu |" in md
+    assert "Where a training step's time goes" in md and "top operators by host time" in md
     # the check turns the prompting baselines off: the bench report has no empty section for them
     assert "Fine-tuning against prompting" not in report["pipeline"]["report_md"]
 
@@ -49,6 +58,33 @@ def load_bench_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_step_profile_counts_kernel_time_once_and_leaves_out_its_own_markers():
+    from types import SimpleNamespace as Row
+
+    step_profile = load_bench_script("step_profile")
+    cpu, cuda = Row(name="CPU"), Row(name="CUDA")
+    averages = [
+        Row(key="aten::mm", count=6, self_cpu_time_total=3000, self_device_time_total=40000, device_type=cpu),
+        Row(key="sm90_gemm", count=6, self_cpu_time_total=0, self_device_time_total=40000, device_type=cuda),
+        Row(key="aten::item", count=3, self_cpu_time_total=90000, self_device_time_total=0, device_type=cpu),
+        Row(
+            key="ProfilerStep#7",
+            count=1,
+            self_cpu_time_total=99000,
+            self_device_time_total=0,
+            device_type=cpu,
+        ),
+    ]
+    by_device = step_profile._top(averages, step_profile._device_us, steps=2)
+    assert [r["op"] for r in by_device] == ["aten::mm"]  # the kernel row is not an operator
+    assert by_device[0] == {"op": "aten::mm", "calls_per_step": 3.0, "host_ms_per_step": 1.5,
+                            "device_ms_per_step": 20.0}  # fmt: skip
+    by_host = step_profile._top(averages, lambda e: e.self_cpu_time_total, steps=2)
+    assert [r["op"] for r in by_host] == ["aten::item", "aten::mm"]
+    old_torch = Row(key="aten::mm", self_cuda_time_total=5.0)  # before torch 2.4's rename
+    assert step_profile._device_us(old_torch) == 5.0
 
 
 def test_preflight_names_what_this_python_lacks():
