@@ -471,7 +471,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model: checks the plumbing")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "gpu_check")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--steps", type=int, default=20, help="of each QLoRA/LoRA run (the steady rate: after 3)"
+    )
     parser.add_argument("--checkpointing", choices=["on", "off"], default="on",
                         help="gradient checkpointing in the QLoRA/LoRA step (the same for both)")  # fmt: skip
     parser.add_argument("--only", choices=STEPS, help="run this step alone")

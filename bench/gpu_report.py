@@ -73,10 +73,13 @@ def _profile_md(rows: dict[str, dict]) -> list[str]:
         for side, key in (("device", "top_by_device"), ("host", "top_by_host")):
             if not r.get(key):
                 continue
+            device = r.get("device") != "cpu"  # a CPU run has no device column
             lines += ["", f"{name}, top operators by {side} time (ms a step):", ""]
-            lines += ["| operator | calls | host ms | device ms |", "|---|---|---|---|"]
+            lines += ["| operator | calls | host ms |" + (" device ms |" if device else "")]
+            lines += ["|---|---|---|" + ("---|" if device else "")]
             lines += [
-                f"| `{op['op'][:60]}` | {op['calls_per_step']} | {op['host_ms_per_step']} | {op['device_ms_per_step']} |"
+                f"| `{op['op'][:60]}` | {op['calls_per_step']} | {op['host_ms_per_step']} |"
+                + (f" {op['device_ms_per_step']} |" if device else "")
                 for op in r[key][:6]
             ]
     return lines

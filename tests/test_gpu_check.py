@@ -121,3 +121,14 @@ def test_cuda_rows_sit_beside_the_same_target_on_the_cpu():
     early = gpu_report.markdown({"device": "H200", "date": "d", "preflight": {"gguf": "not installed"},
                                 "failed": {"memory": "StepFailed: `edgetune tune` exited 1: CUDA error"}})  # fmt: skip
     assert "gguf: not installed" in early and "Step memory FAILED: StepFailed" in early
+
+
+def test_a_gpu_profile_reads_as_step_times_and_device_columns():
+    gpu_report = load_bench_script("gpu_report")
+    op = {"op": "aten::mm", "calls_per_step": 154.0, "host_ms_per_step": 3.1, "device_ms_per_step": 18.2}
+    row = {"method": "qlora", "device": "cuda", "first_step_s": 9.5, "steady_step_s": 0.9, "steady_in_step_s": 0.1,
+           "steady_between_steps_s": 0.8, "tokens_per_step": 1300.0, "device_busy_ms_per_step": 24.0,
+           "top_by_device": [op], "top_by_host": [op]}  # fmt: skip
+    md = gpu_report.markdown({"device": "H200", "date": "d", "profile": {"qlora": row}})
+    assert "| qlora | 9.500 s | 0.9000 s | 0.1000 s | 0.8000 s | 1300.0 | 24.0 ms |" in md
+    assert "qlora, top operators by device time" in md and "| `aten::mm` | 154.0 | 3.1 | 18.2 |" in md
