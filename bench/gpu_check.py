@@ -112,18 +112,19 @@ class StepFailed(Exception):
 COMMAND_LOG: Path | None = None
 
 
-def edgetune(*args: str, timeout: float = 1200, env: dict | None = None) -> None:
-    """`edgetune ARGS` in a process of its own; each line of its output goes to the command log
-    with the seconds since the command started (where its time went, stage by stage)."""
+def logged(label: str, cmd: list[str], timeout: float, env: dict | None = None) -> None:
+    """`cmd` in a process of its own; each line of its output goes to the command log with the
+    seconds since the command started (where its time went, stage by stage). A non-zero exit (3,
+    a failed gate, is a result) raises StepFailed with the output's last lines."""
     import threading
 
-    cmd = [sys.executable, "-m", "edgetune", *args]
-    print("$ edgetune " + " ".join(args), flush=True)
+    print(f"$ {label}", flush=True)
     began = time.time()
     lines: list[str] = []
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1"}  # each line stamped when it was printed
     with COMMAND_LOG.open("a") if COMMAND_LOG else contextlib.nullcontext() as log:
         if log:
-            log.write(f"\n$ edgetune {' '.join(args)}\n")
+            log.write(f"\n$ {label}\n")
             log.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", cwd=ROOT, env=env)  # fmt: skip
@@ -140,18 +141,21 @@ def edgetune(*args: str, timeout: float = 1200, env: dict | None = None) -> None
         reader.start()
         try:
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException:  # the budget ran out, or the check itself is being stopped
             proc.kill()
             proc.wait()
             raise
         finally:
             reader.join(timeout=10)
             print(f"  ({time.time() - began:.0f} s)", flush=True)
-    output = "".join(lines)
     if proc.returncode not in (0, 3):
-        tail = [line for line in output.splitlines() if line.strip()][-12:]
+        tail = [line for line in "".join(lines).splitlines() if line.strip()][-12:]
         sys.stderr.write("\n".join(tail) + "\n")
-        raise StepFailed(f"`edgetune {args[0]}` exited {proc.returncode}: " + " | ".join(tail[-4:]))
+        raise StepFailed(f"`{label.split(' --')[0]}` exited {proc.returncode}: " + " | ".join(tail[-4:]))
+
+
+def edgetune(*args: str, timeout: float = 1200, env: dict | None = None) -> None:
+    logged("edgetune " + " ".join(args), [sys.executable, "-m", "edgetune", *args], timeout, env)
 
 
 def random_model(out: Path, shape: dict, dtype: str, device: str = "cpu") -> Path:
@@ -189,8 +193,8 @@ def random_model(out: Path, shape: dict, dtype: str, device: str = "cpu") -> Pat
     return out
 
 
-def train_recipe(work: Path, model_dir: Path, steps: int) -> Path:
-    recipe = work / "memory.yaml"
+def train_recipe(work: Path, model_dir: Path, steps: int, name: str = "memory") -> Path:
+    recipe = work / f"{name}.yaml"
     recipe.write_text(
         "name: gpu-check\n"
         f"model:\n  base: {model_dir}\n"
@@ -243,11 +247,16 @@ def compare_lora_qlora(
     return result
 
 
-def profile_steps(work: Path, model_dir: Path, dry: bool, checkpointing: bool = True) -> dict:
-    """bench/step_profile.py for both methods, each in its own process: per-step times (first,
-    steady, inside the step and between steps) and the top operators by device and host time."""
-    recipe = train_recipe(work, model_dir, 1)  # step_profile sets its own number of steps
-    rows = {}
+def profile_steps(
+    work: Path, model_dir: Path, dry: bool, checkpointing: bool = True, timeout: float = 600
+) -> dict:
+    """bench/step_profile.py for both methods, each in its own process, within `timeout` seconds in
+    all: per-step times (first, steady, inside the step and between steps) and the top operators
+    by device and host time. A method that fails or runs out of time is reported as such, beside
+    the other's row."""
+    recipe = train_recipe(work, model_dir, 1, name="profile")  # step_profile sets its own steps
+    rows: dict[str, dict] = {}
+    deadline = time.time() + timeout
     for method in ("lora", "qlora"):
         out = work / f"profile-{method}.json"
         cmd = [sys.executable, str(ROOT / "bench" / "step_profile.py"), "--recipe", str(recipe),
@@ -255,12 +264,15 @@ def profile_steps(work: Path, model_dir: Path, dry: bool, checkpointing: bool = 
                "--checkpointing", "on" if checkpointing else "off", "--out", str(out)]  # fmt: skip
         if dry:  # the plumbing only
             cmd += ["--timed-steps", "1", "--profiled-steps", "1"]
-        print(f"$ bench/step_profile.py --method {method}", flush=True)
-        with COMMAND_LOG.open("a") if COMMAND_LOG else contextlib.nullcontext() as log:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=600)
-        if proc.returncode != 0:
-            raise StepFailed(f"step_profile.py --method {method} exited {proc.returncode} (see edgetune.log)")
-        rows[method] = json.loads(out.read_text())
+        try:
+            logged(f"bench/step_profile.py --method {method}", cmd, max(10.0, deadline - time.time()))
+            rows[method] = json.loads(out.read_text())
+        except subprocess.TimeoutExpired:
+            rows[method] = {"error": f"stopped at the step's {timeout:.0f} s budget"}
+        except StepFailed as e:
+            rows[method] = {"error": str(e)[:800]}
+    if all("error" in row for row in rows.values()):
+        raise StepFailed("; ".join(f"{m}: {row['error']}" for m, row in rows.items()))
     return rows
 
 
@@ -390,6 +402,9 @@ def llama_cuda_build(wait_s: float = 0) -> tuple[dict, dict | None]:
 # measurement (the first H200 run's bench did not finish in what its budget left it; edgetune.log
 # will say how long it takes)
 BENCH_RESERVE_S = 210
+# the time the profile step leaves for the demo pipeline: a guess too (the first H200 run's pipeline
+# had tune, merge and its exports done within 388 s, before they were trimmed)
+PIPELINE_RESERVE_S = 300
 
 
 def pipeline(work: Path, model_dir: Path | None, dry: bool, timeout: float = 1500) -> dict:
@@ -530,7 +545,13 @@ def main() -> int:
             step("memory", lambda: {**compare_lora_qlora(work, model_dir, steps, args.dry_run, gc),
                                     "shape": result["shape"]})  # fmt: skip
         if "profile" in wanted:
-            step("profile", lambda: profile_steps(work, model_dir, args.dry_run, gc))
+            # its share of the budget: what is left less the pipeline's (PIPELINE_RESERVE_S)
+            reserve = PIPELINE_RESERVE_S if "pipeline" in wanted else 0
+            share = max(60.0, args.budget_s - (time.time() - started) - reserve)
+            step(
+                "profile",
+                lambda: profile_steps(work, model_dir, args.dry_run, gc, 600 if args.dry_run else share),
+            )
         if "sharded" in wanted:
             step("sharded", lambda: sharded_launch(work, model_dir, args.dry_run))
         if "pipeline" in wanted and set(problems) & PIPELINE_PACKAGES:

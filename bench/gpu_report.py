@@ -63,6 +63,10 @@ def _profile_md(rows: dict[str, dict]) -> list[str]:
     ]
     lines += ["|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
+        if "error" in r:
+            why = r["error"][:200].replace("|", "/")
+            lines.append(f"| {name} | not measured: {why} | | | | | |")
+            continue
         busy = r.get("device_busy_ms_per_step")
         lines.append(
             f"| {name} | {r['first_step_s']:.3f} s | {r['steady_step_s']:.4f} s | {r['steady_in_step_s']:.4f} s | "

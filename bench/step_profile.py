@@ -39,13 +39,21 @@ def _device_us(event) -> float:
 
 
 def _is_kernel(event) -> bool:
-    """A device-side row (a kernel, a copy): its launching operator's row counts its time too."""
-    return getattr(event.device_type, "name", "CPU") != "CPU"
+    """A device-side row (a kernel, a copy): its launching operator's row counts its time too. Not
+    the device-side copies of annotations (ProfilerStep#N, Optimizer.step): they span whole
+    stretches of the timeline, idle time included."""
+    on_device = getattr(event.device_type, "name", "CPU") != "CPU"
+    return on_device and not getattr(event, "is_user_annotation", False)
+
+
+# rows that are this script's own measuring, not the training step's work: the synchronisation at
+# each step's begin and end (its host time is the wait for the device) and the profiler's markers
+OURS = ("cudaDeviceSynchronize", "ProfilerStep")
 
 
 def _top(averages, key, steps: int) -> list[dict]:
     """The operators (host-side rows: their own device time is that of the kernels they launched)."""
-    ops = [e for e in averages if not _is_kernel(e) and not e.key.startswith("ProfilerStep")]
+    ops = [e for e in averages if not _is_kernel(e) and not e.key.startswith(OURS)]
     rows = sorted(ops, key=key, reverse=True)[:TOP]
     return [
         {
@@ -166,6 +174,8 @@ def main() -> int:
     parser.add_argument("--timed-steps", type=int, default=TIMED_STEPS, help="after the warm-up, unprofiled")
     parser.add_argument("--profiled-steps", type=int, default=PROFILED_STEPS)
     args = parser.parse_args()
+    if args.timed_steps < 1 or args.profiled_steps < 1:
+        parser.error("--timed-steps and --profiled-steps must be >= 1")
     import transformers
 
     transformers.logging.set_verbosity_error()

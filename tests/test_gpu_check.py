@@ -77,6 +77,12 @@ def test_step_profile_counts_kernel_time_once_and_leaves_out_its_own_markers():
             device_type=cpu,
         ),
     ]
+    # the device-side copies of annotations span idle time too: not kernels, not operators
+    averages.append(Row(key="ProfilerStep#7", count=1, self_cpu_time_total=0, self_device_time_total=900000,
+                        device_type=cuda, is_user_annotation=True))  # fmt: skip
+    averages.append(Row(key="cudaDeviceSynchronize", count=4, self_cpu_time_total=500000,
+                        self_device_time_total=0, device_type=cpu))  # fmt: skip
+    assert [e.key for e in averages if step_profile._is_kernel(e)] == ["sm90_gemm"]
     by_device = step_profile._top(averages, step_profile._device_us, steps=2)
     assert [r["op"] for r in by_device] == ["aten::mm"]  # the kernel row is not an operator
     assert by_device[0] == {"op": "aten::mm", "calls_per_step": 3.0, "host_ms_per_step": 1.5,
@@ -129,6 +135,8 @@ def test_a_gpu_profile_reads_as_step_times_and_device_columns():
     row = {"method": "qlora", "device": "cuda", "first_step_s": 9.5, "steady_step_s": 0.9, "steady_in_step_s": 0.1,
            "steady_between_steps_s": 0.8, "tokens_per_step": 1300.0, "device_busy_ms_per_step": 24.0,
            "top_by_device": [op], "top_by_host": [op]}  # fmt: skip
-    md = gpu_report.markdown({"device": "H200", "date": "d", "profile": {"qlora": row}})
+    failed = {"error": "`bench/step_profile.py` exited 1: CUDA error | out of memory"}
+    md = gpu_report.markdown({"device": "H200", "date": "d", "profile": {"lora": failed, "qlora": row}})
+    assert "| lora | not measured: `bench/step_profile.py` exited 1: CUDA error / out of memory |" in md
     assert "| qlora | 9.500 s | 0.9000 s | 0.1000 s | 0.8000 s | 1300.0 | 24.0 ms |" in md
     assert "qlora, top operators by device time" in md and "| `aten::mm` | 154.0 | 3.1 | 18.2 |" in md
