@@ -105,7 +105,7 @@ def test_a_mistyped_command_is_not_sent_but_a_path_and_a_double_slash_are(export
         return session
 
     monkeypatch.setattr(edgetune.chat, "open_chat", recording_open)
-    lines = "/hlep\n/help\n/var/log/syslog is full\n//reset\n/exit\n"
+    lines = "/hlep\n/help\n/var/log/syslog is full\n//reset\n/EXIT\n"
     result = CliRunner().invoke(
         main,
         ["chat", str(exported_run / "export" / "gguf" / "model-f32.gguf"), "--max-new-tokens", "2"],

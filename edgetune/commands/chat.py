@@ -48,7 +48,7 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
         except (EOFError, click.Abort):
             click.echo()
             return
-        command = line.strip()
+        command = line.strip().lower() if _looks_like_a_command(line.strip()) else line.strip()
         if command in ("/exit", "/quit"):
             return
         if command == "/reset":
