@@ -83,7 +83,7 @@ def profile_steps(
     from edgetune.data.prepare import prepare
     from edgetune.models import ResolvedModel, load_tokenizer
     from edgetune.tune.model import choose_setup, load_for_training
-    from edgetune.tune.run import _callbacks
+    from edgetune.tune.run import tune_callbacks
     from edgetune.tune.trainer import build_trainer, training_args
 
     recipe = load_recipe(str(recipe_path))
@@ -129,7 +129,7 @@ def profile_steps(
         run_dir = Path(tmp)
         args = training_args(recipe, run_dir, setup, has_valid=False)
         model = load_for_training(ref, setup, recipe.train.lora, gradient_checkpointing=checkpointing)
-        callbacks = [*_callbacks(recipe, run_dir, False, lambda message: None, None), StepClock()]
+        callbacks = [*tune_callbacks(recipe, run_dir, False, lambda message: None, None), StepClock()]
         trainer = build_trainer(recipe, args, model, tokenizer, examples, [], callbacks)
         trainer.train()
         profiler.stop()

@@ -123,11 +123,16 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         raise
 
 
+def fsync_file(path: Path) -> None:
+    """Make what was written to `path` durable (after writes that were only flushed)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 def fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(path)
 
 
 def clean_stale_temporaries(root: Path) -> list[Path]:

@@ -226,7 +226,7 @@ def test_metrics_are_made_durable_with_each_committed_checkpoint_not_each_step(t
         synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
         real_fsync(fd)
 
-    monkeypatch.setattr(callbacks.os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "fsync", recording_fsync)  # rundir.fsync_file and fsync_tree call it
     metrics = tmp_path / "metrics.jsonl"
     log, commit = callbacks.MetricsLog(metrics), callbacks.CommitCheckpoints(metrics)
     state = SimpleNamespace(global_step=0, epoch=0.0, num_input_tokens_seen=0, is_world_process_zero=True)

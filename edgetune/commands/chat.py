@@ -48,15 +48,17 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
         except (EOFError, click.Abort):
             click.echo()
             return
-        command = line.strip().lower() if _looks_like_a_command(line.strip()) else line.strip()
+        # /word alone is a command (any case), not a path such as /var/log/syslog or a sentence
+        stripped = line.strip()
+        command = stripped.lower() if stripped.startswith("/") and stripped[1:].isalpha() else None
         if command in ("/exit", "/quit"):
             return
         if command == "/reset":
             session.history.clear()
             err.print("conversation cleared")
             continue
-        if command == "/help" or _looks_like_a_command(command):
-            unknown = "" if command == "/help" else f"unknown command {command}; "
+        if command is not None:
+            unknown = "" if command == "/help" else f"unknown command {stripped}; "
             err.print(
                 f"{unknown}/reset clears the conversation, /exit or Ctrl-D leaves; anything else is sent "
                 "to the model (start it with // to send a line that begins with /)"
@@ -76,8 +78,3 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
                 err.print(
                     f"(the oldest {session.dropped_turns - dropped} exchange(s) left out to fit the context)"
                 )
-
-
-def _looks_like_a_command(line: str) -> bool:
-    """/word alone (a typo of a command), not a path such as /var/log/syslog or a sentence."""
-    return line.startswith("/") and line[1:].isalpha()

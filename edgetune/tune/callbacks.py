@@ -4,14 +4,13 @@ training, an overfit watch."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from edgetune.rundir import atomic_write_json, fsync_tree
+from edgetune.rundir import atomic_write_json, fsync_file, fsync_tree
 from edgetune.tune.distributed import wait_for_every_rank
 
 COMPLETE = "edgetune-complete.json"
@@ -48,8 +47,7 @@ class CommitCheckpoints(TrainerCallback):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if self.metrics is not None and self.metrics.is_file():
-                with self.metrics.open("rb") as f:
-                    os.fsync(f.fileno())
+                fsync_file(self.metrics)
             if ckpt.is_dir():
                 fsync_tree(ckpt)
                 atomic_write_json(ckpt / COMPLETE, {"step": state.global_step, "time": time.time()})
@@ -90,8 +88,7 @@ class MetricsLog(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.is_file():
-            with self.path.open("rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(self.path)
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:

@@ -246,7 +246,7 @@ def _prepare_training(
         recipe.model.trust_remote_code,
         recipe.train.gradient_checkpointing,
     )
-    callbacks = _callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None)
+    callbacks = tune_callbacks(recipe, run_dir, bool(valid_examples), warn, console if main else None)
     trainer = build_trainer(recipe, args, model, tokenizer, train_examples, valid_examples, callbacks)
     run = _Training(trainer, tokenizer, setup, train_examples, valid_examples)
     if main:
@@ -326,7 +326,8 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
     return done[-1]
 
 
-def _callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console) -> list[Any]:
+def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console) -> list[Any]:
+    """The callbacks a tune trains with (bench/step_profile.py profiles a step with them too)."""
     from transformers import EarlyStoppingCallback
 
     from edgetune.tune.callbacks import CommitCheckpoints, MetricsLog, OverfitWatch, Progress
