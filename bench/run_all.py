@@ -10,12 +10,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def scripts() -> list[Path]:
+    """The benchmarks `make bench` runs, each with no arguments. Not the gpu_* scripts (they need
+    CUDA or pack for the device machine) nor step_profile.py (the GPU check runs it with a recipe it
+    writes, bench/gpu_check.sh)."""
+    skip = (Path(__file__).name, "step_profile.py")
+    return [s for s in sorted(HERE.glob("*.py")) if s.name not in skip and not s.name.startswith("gpu_")]
+
+
 def main() -> int:
     failed = []
-    for script in sorted(HERE.glob("*.py")):
-        # the gpu_* scripts need CUDA or pack for the device machine (bench/gpu_check.sh)
-        if script.name == Path(__file__).name or script.name.startswith("gpu_"):
-            continue
+    for script in scripts():
         print(f"== {script.name}", flush=True)
         if subprocess.run([sys.executable, str(script)]).returncode != 0:
             failed.append(script.name)

@@ -140,3 +140,15 @@ def test_a_gpu_profile_reads_as_step_times_and_device_columns():
     assert "| lora | not measured: `bench/step_profile.py` exited 1: CUDA error / out of memory |" in md
     assert "| qlora | 9.500 s | 0.9000 s | 0.1000 s | 0.8000 s | 1300.0 | 24.0 ms |" in md
     assert "qlora, top operators by device time" in md and "| `aten::mm` | 154.0 | 3.1 | 18.2 |" in md
+
+
+def test_make_bench_runs_only_the_benchmarks_that_need_no_arguments():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "bench" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    names = [s.name for s in run_all.scripts()]
+    assert "supervised_logits.py" in names and "train_throughput.py" in names
+    for script in run_all.scripts():  # a required argument would fail `make bench` with a usage line
+        assert "required=True" not in script.read_text(), script.name

@@ -286,6 +286,39 @@ def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_
         )
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_lm_head_sees_one_row_per_supervised_token(tiny_model_dir, tiny_tokenizer, packing):
+    """Not the batch's padded positions, nor the union of the rows' supervised positions."""
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.tune.batches import make_collator
+    from edgetune.tune.trainer import SupervisedLogitsTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    r = Renderer(tiny_tokenizer)
+    # prompts of different lengths: each row's reply sits at other positions
+    feats = [
+        r.encode(Example("messages", messages=(("user", "q " * (3 * i + 1)), ("assistant", "a " * (i + 1)))))
+        for i in range(4)
+    ]
+    batch = make_collator(tiny_tokenizer.pad_token_id, packing)(
+        [{"input_ids": e.input_ids, "labels": e.labels} for e in feats]
+    )
+    seen = []
+    model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    trainer = SupervisedLogitsTrainer(
+        model=model, args=TrainingArguments(output_dir="out", report_to=[], use_cpu=True)
+    )
+    trainer.compute_loss(model, dict(batch))
+    predicting = batch["labels"][:, 1:] != -100
+    assert int(predicting.sum()) == sum(e.n_supervised for e in feats)
+    assert seen == [(int(predicting.sum()), model.config.vocab_size)]
+    if not packing:  # the union of the rows' positions would have kept more
+        assert predicting.any(dim=0).sum() * len(feats) > predicting.sum()
+
+
 def test_gradient_checkpointing_is_recorded_and_keeps_the_losses(tmp_path, tiny_model_dir):
     plain = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=3)), run_dir=tmp_path / "plain")
     recomputed = tune(
