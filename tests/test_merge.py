@@ -167,3 +167,70 @@ def test_an_adapter_on_a_tied_lm_head_is_refused_by_tune_and_by_merge(tuned_run,
         in result.output
     )
     assert not (tuned_run / "merged").exists()
+
+
+def test_score_is_the_models_own_token_mean_loss_with_the_head_on_supervised_rows(
+    tiny_model_dir, tiny_tokenizer
+):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.merge import _batches, score
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    r = Renderer(tiny_tokenizer)
+    examples = [
+        r.encode(
+            Example("messages", messages=(("user", "q " * (2 * i + 1)), ("assistant", "a b " * (i + 1))))
+        )
+        for i in range(10)  # two batches of 8 and 2, padded
+    ]
+    rows = []
+    model.get_output_embeddings().register_forward_hook(lambda m, a, out: rows.append(out.shape[0]))
+    loss, kl, logprobs = score(model, examples, tiny_tokenizer.pad_token_id)
+    supervised = sum(e.n_supervised for e in examples)
+    assert sum(rows) == supervised == sum(lp.shape[0] for lp in logprobs)
+    total = 0.0
+    with torch.no_grad():
+        for batch in _batches(examples, tiny_tokenizer.pad_token_id):
+            total += model(**batch).loss.item() * int((batch["labels"][:, 1:] != -100).sum())
+    assert loss == pytest.approx(total / supervised, rel=1e-5)
+    assert score(model, examples, tiny_tokenizer.pad_token_id, logprobs)[1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_kl_reference_is_bounded_and_the_loss_still_covers_every_token(
+    tiny_model_dir, tiny_tokenizer, monkeypatch
+):
+    """A 10% split of 50,000 examples would keep ~100 GB of log-probabilities: the KL's reference
+    stops at a budget, spread over the batches it filled; the loss does not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import edgetune.merge as merge_module
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    r = Renderer(tiny_tokenizer)
+    examples = [
+        r.encode(Example("messages", messages=(("user", "q " * (i + 1)), ("assistant", "a b c " * (i + 1)))))
+        for i in range(12)
+    ]
+    full_loss, _, full = merge_module.score(model, examples, tiny_tokenizer.pad_token_id)
+    first_batch = full[0].size(0)
+    budget = first_batch + 3  # the whole first batch and three tokens of the second
+    vocab = model.config.vocab_size
+    monkeypatch.setattr(merge_module, "KL_REFERENCE_BYTES", budget * 4 * vocab)
+    loss, _, kept = merge_module.score(model, examples, tiny_tokenizer.pad_token_id)
+    assert [lp.size(0) for lp in kept] == [first_batch, 3]
+    assert loss == full_loss
+    # against a model that answers differently: the KL over the kept tokens only, not diluted by the rest
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        other.model.norm.weight.mul_(3.0)
+    _, kl, _ = merge_module.score(other, examples, tiny_tokenizer.pad_token_id, kept)
+    _, kl_all, _ = merge_module.score(other, examples, tiny_tokenizer.pad_token_id, full)
+    _, kl_first, _ = merge_module.score(other, examples, tiny_tokenizer.pad_token_id, [full[0], full[1][:3]])
+    assert kl > 0 and kl == pytest.approx(kl_first) and kl_all > 0

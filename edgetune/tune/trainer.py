@@ -1,44 +1,16 @@
-"""The Trainer subclass: logits only where the next token carries loss.
-
-A causal LM computes vocabulary logits for every position, but in supervised fine-tuning only the
-positions that predict a supervised token need them (the assistant turns). With a 49k vocabulary
-(128k for Llama 3, 262k for Gemma 3) the LM head, its logits and their cross-entropy are a large
-share of a step's time and memory, so the head sees the hidden states of those positions only, row
-by row: a forward pre-hook turns its input (batch, length, hidden) into (supervised, hidden), and we
-compute the same token-mean loss ourselves. What a model does after its head (Gemma's soft-capping,
-Cohere's scale) is elementwise and still runs. On padded batches of the demo data the head sees a
-sixth of the positions (a quarter of those the batch's union of supervised positions would keep);
-bench/supervised_logits.py measures the step against both.
-"""
+"""The Trainer subclass: the loss from logits at supervised positions only (edgetune.tune.logits),
+and resuming a multi-process CPU run."""
 
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from edgetune.data.render import IGNORE
-
-
-@contextmanager
-def head_sees_only(head: torch.nn.Module, wanted: torch.Tensor):
-    """While inside, `head` computes logits for the positions `wanted` (a batch x length mask) only."""
-
-    def select(module, args):
-        hidden = args[0]
-        if hidden.dim() == 3 and hidden.shape[:2] == wanted.shape:
-            return (hidden[wanted], *args[1:])
-        return None  # not the whole sequence's hidden states: the logits are selected afterwards
-
-    handle = head.register_forward_pre_hook(select)
-    try:
-        yield
-    finally:
-        handle.remove()
+from edgetune.tune.logits import supervised_logits
 
 
 class SupervisedLogitsTrainer(Trainer):
@@ -47,19 +19,10 @@ class SupervisedLogitsTrainer(Trainer):
         if head is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
-        shifted = labels[:, 1:]  # position t predicts token t + 1; the last position predicts nothing
-        wanted = F.pad(shifted != IGNORE, (0, 1), value=False)
-        with head_sees_only(head, wanted):
-            # use_cache=False matters for packing: with a cache object transformers skips the
-            # block-diagonal mask it derives from restarting position ids, and packed examples would
-            # see each other
-            outputs = model(**inputs, use_cache=False)
-        logits = outputs.logits
-        if logits.dim() == 3:  # the head was called on something else; the same positions, selected now
-            logits = logits[wanted]
-        loss = F.cross_entropy(logits.float(), shifted[shifted != IGNORE], reduction="sum")
+        logits, targets, outputs = supervised_logits(model, head, inputs, labels)
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
         if num_items_in_batch is None:
-            loss = loss / max(logits.size(0), 1)
+            loss = loss / max(targets.numel(), 1)
         else:  # the same normalisation as transformers' own causal-LM loss under gradient accumulation
             loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
             if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
