@@ -662,3 +662,50 @@ def test_a_target_whose_latency_was_not_measured_still_has_every_contract_field(
     for key in ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb"):
         assert key in entry and entry[key] is None
     assert entry["retention"] == 1.0
+
+
+def test_reference_distributions_past_the_memory_budget_go_to_disk_and_give_the_same_kl(benched, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from edgetune.bench import reference as reference_module
+    from edgetune.bench.accuracy import Case, evaluate
+    from edgetune.bench.reference import SPILL_PREFIX, reference_logprobs
+    from edgetune.bench.runners import LlamaRunner, Target, TorchRunner
+    from edgetune.errors import EdgetuneError
+
+    run, _ = benched
+    assert not list(run.glob(f"{SPILL_PREFIX}*"))  # bench removed its own
+    merged = TorchRunner(Target("torch/merged", "torch", "fp32", "torch", "cpu", run / "merged"))
+    gguf = LlamaRunner(
+        Target("gguf/q8_0", "gguf", "q8_0", "llama.cpp", "cpu", run / "export" / "gguf" / "model-q8_0.gguf"),
+        logits_all=True,
+    )
+    cases = [Case([], ids, ids, None) for ids in ([5, 17, 33, 80, 12, 9], [7, 3, 44, 2], [90, 1, 8, 8, 30])]
+    stale = run / f"{SPILL_PREFIX}killed"
+    stale.mkdir()
+
+    def kl_of(reference):
+        return evaluate(gguf, cases, "json_fields", str, [], 4, reference).kl_scores
+
+    with reference_logprobs(merged, cases, run) as in_memory:
+        assert in_memory.spilled == 0 and not stale.exists()  # a killed bench's files are removed
+        expected, arrays = kl_of(in_memory), [np.array(a) for a in in_memory]
+    one_row = merged.logits(cases[0].full_ids)[:1].astype(np.float32).nbytes
+    with reference_logprobs(merged, cases, run, memory_bytes=one_row * 6) as spilled:
+        assert spilled.spilled == 2 and len(spilled) == 3  # the first fits, the other two do not
+        assert len(list(run.glob(f"{SPILL_PREFIX}*/*.npy"))) == 2
+        for i in range(3):
+            assert spilled[i].dtype == np.float32
+            np.testing.assert_array_equal(spilled[i], arrays[i])
+        np.testing.assert_allclose(kl_of(spilled), expected, rtol=1e-6)
+    assert not list(run.glob(f"{SPILL_PREFIX}*"))  # removed on exit
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(reference_module.np, "save", full_disk)
+    with pytest.raises(EdgetuneError, match="No space left on device.*bench.kl_examples"):
+        reference_logprobs(merged, cases, run, memory_bytes=0)
+    assert not list(run.glob(f"{SPILL_PREFIX}*"))

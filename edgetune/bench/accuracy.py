@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,11 +75,6 @@ def build_cases(renderer, examples) -> list[Case]:
     return cases
 
 
-def reference_logprobs(runner: Runner, cases: list[Case]) -> list[np.ndarray]:
-    """float32 log-probabilities of the reference model, kept for the KL of every other target."""
-    return [log_softmax(runner.logits(c.full_ids)).astype(np.float32) for c in cases]
-
-
 def evaluate(
     runner: Runner,
     cases: list[Case],
@@ -87,7 +82,7 @@ def evaluate(
     decode: Callable[[list[int]], str],
     eos_ids: list[int],
     max_new_tokens: int,
-    reference: list[np.ndarray] | None = None,
+    reference: Sequence[np.ndarray] | None = None,
     progress: Callable[[], None] | None = None,
     perplexity: bool = True,
 ) -> Accuracy:

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id, reference_logprobs
+from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
+from edgetune.bench.reference import reference_logprobs
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
@@ -303,15 +304,15 @@ def bench(
 
         reference_target = targets[0]
         ref_acc, ref_runner = run_accuracy(reference_target)
-        reference = reference_logprobs(ref_runner, cases[: cfg.kl_examples])
         ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
         entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
-        measured = measure_each(
-            targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
-        )
+        # large (positions x vocab each): past 1 GiB on disk in the run dir, and freed before latency
+        with reference_logprobs(ref_runner, cases[: cfg.kl_examples], run_dir) as reference:
+            measured = measure_each(
+                targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
+            )
         targets = [reference_target, *(t for t, _ in measured)]
         entries += [entry for _, entry in measured]
-        reference = None  # the reference distributions are large: free them before the latency runs
 
         report: dict[str, Any] = {
             "run": run_dir.name,
