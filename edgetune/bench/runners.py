@@ -171,15 +171,17 @@ class LlamaRunner(Runner):
         self.logits_all = logits_all
         # past n_ctx llama.cpp finds no memory slot for the batch; past the trained context the model
         # is outside what it learned (torch's limit, max_position_embeddings, is the same number)
-        trained = getattr(getattr(self.llm, "_model", None), "n_ctx_train", None)  # not public API
-        self.context = min(self.llm.n_ctx(), trained()) if trained else self.llm.n_ctx()
+        import llama_cpp  # llama.h's own calls on the public handles, not llama-cpp-python's internals
+
+        self._llama_cpp = llama_cpp
+        self.context = min(self.llm.n_ctx(), llama_cpp.llama_model_n_ctx_train(self.llm.model))
 
     def _last(self) -> np.ndarray:
         if self.logits_all:
             return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
         # without logits_all llama-cpp-python does not copy logits into `scores`: read llama.cpp's
         # buffer for the last position of the batch just evaluated
-        pointer = self.llm._ctx.get_logits_ith(-1)
+        pointer = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float32)
 
     def prefill(self, ids):

@@ -68,7 +68,7 @@ def end_of_generation_ids(llm) -> set[int]:
     knows by name. What llama-server and the other llama.cpp front-ends stop on."""
     import llama_cpp
 
-    vocab = llm._model.vocab  # not public API (llama-cpp-python 0.3)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)  # llama.h's own calls, on the public model handle
     return {i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, i)}
 
 
