@@ -22,6 +22,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from edgetune.config import LoraConfig
 from edgetune.models import load_tokenizer, resolve_model
 from edgetune.tune.distributed import save_adapter
+from edgetune.tune.fsdp_checkpoint import load_fsdp_adapter
 from edgetune.tune.model import TrainSetup, load_for_training
 
 model_dir, config_path, method, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
@@ -67,5 +68,62 @@ accelerator = SimpleNamespace(
 )
 trainer = SimpleNamespace(accelerator=accelerator, model=model, model_wrapped=wrapped)
 save_adapter(trainer, load_tokenizer(ref), out, main=dist.get_rank() == 0)
+
+# resuming: the Trainer's FSDP checkpoint calls (adapter-only model, optimizer) put back the trained
+# adapter and the optimizer's moments after both are spoiled: in the shipped state dict type, and the
+# model in the full one too (accelerate's default for FSDP 1 when a config names none)
+from accelerate import PartialState  # noqa: E402
+from accelerate.utils import load_fsdp_optimizer, save_fsdp_model, save_fsdp_optimizer  # noqa: E402
+from torch.distributed.fsdp import (  # noqa: E402
+    FullOptimStateDictConfig,
+    ShardedOptimStateDictConfig,
+    ShardedStateDictConfig,  # noqa: E402
+)
+
+PartialState()  # what accelerate's logging in those calls needs; the process group is the one above
+assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+accelerator.__dict__.update(
+    process_index=dist.get_rank(),
+    is_main_process=dist.get_rank() == 0,
+    is_fsdp2=False,
+    wait_for_everyone=dist.barrier,
+)
+trained = {k: v.clone() for k, v in full_state_dict(wrapped).items() if "lora_" in k}
+moments = [s["exp_avg"].clone() for s in optimizer.state.values()]
+resumed = []
+for kind in ("SHARDED_STATE_DICT", "FULL_STATE_DICT"):
+    sharded = kind == "SHARDED_STATE_DICT"
+    plugin = SimpleNamespace(
+        state_dict_type=StateDictType[kind],
+        state_dict_config=ShardedStateDictConfig() if sharded else FullStateDictConfig(),
+        optim_state_dict_config=ShardedOptimStateDictConfig() if sharded else FullOptimStateDictConfig(),
+        fsdp_version=fsdp["fsdp_version"],
+    )
+    # with 2 processes accelerate's full save offloads to the CPU, which segfaults where the
+    # parameters already are (see full_state_dict above): rank 0 writes the whole adapter either way
+    accelerator.num_processes = 2 if sharded else 1
+    checkpoint = out.parent / f"checkpoint-{kind}"
+    save_fsdp_model(plugin, accelerator, wrapped, checkpoint, adapter_only=True)
+    if sharded:
+        save_fsdp_optimizer(plugin, accelerator, optimizer, wrapped, checkpoint)
+    dist.barrier()
+    with torch.no_grad():
+        for param in wrapped.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    for state in optimizer.state.values():
+        state["exp_avg"].zero_()
+    load_fsdp_adapter(plugin, wrapped, checkpoint)  # what the Trainer's resume and best-model load call
+    if sharded:
+        load_fsdp_optimizer(plugin, accelerator, optimizer, wrapped, checkpoint)
+        assert all(
+            torch.equal(s["exp_avg"], m) for s, m in zip(optimizer.state.values(), moments, strict=True)
+        )
+    restored = {k: v for k, v in full_state_dict(wrapped).items() if "lora_" in k}
+    assert trained and restored.keys() == trained.keys()
+    assert all(torch.equal(restored[k], trained[k]) for k in trained), f"{kind}: the adapter was not restored"
+    resumed.append(kind)
+if dist.get_rank() == 0:
+    (out.parent / "resumed.txt").write_text(f"{len(trained)} adapter tensors from {' and '.join(resumed)}\n")
 dist.barrier()
 dist.destroy_process_group()

@@ -476,7 +476,8 @@ def test_fsdp_on_two_ranks_trains_and_saves_the_whole_adapter(tmp_path, tiny_mod
     """The shipped FSDP configs' settings on two CPU ranks: the model (4-bit stored as bf16 for
     QLoRA) wraps under full sharding, trains a step, and the adapter written is gathered from both
     ranks: every tensor with the unsharded shape, lora_B moved off zero (peft's own selection wrote
-    an empty adapter here: it cannot see through nested FSDP module names)."""
+    an empty adapter here: it cannot see through nested FSDP module names). A checkpoint reads back
+    into the sharded model, sharded or full (through accelerate and peft it loaded nothing)."""
     import torch
     from safetensors.torch import load_file
 
@@ -498,6 +499,11 @@ def test_fsdp_on_two_ranks_trains_and_saves_the_whole_adapter(tmp_path, tiny_mod
     # a training checkpoint (accelerate's adapter-only FSDP state dict) holds the same adapter keys
     in_checkpoint = (tmp_path / "checkpoint_keys.txt").read_text().split()
     assert sorted(k.replace(".default", "") for k in in_checkpoint) == sorted(saved)
+    assert (tmp_path / "resumed.txt").read_text().split() == ["28", "adapter", "tensors", "from"] + [
+        "SHARDED_STATE_DICT",
+        "and",
+        "FULL_STATE_DICT",
+    ]
     # peft reads it back as written (key names and adapter_config.json in its format)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -684,3 +690,19 @@ def test_examples_longer_than_the_models_positions_are_warned_about_in_data_chec
     assert tuned.exit_code == 0 and warning in " ".join(tuned.output.split()), tuned.output
     fits = CliRunner().invoke(main, ["data", "check", "--recipe", str(recipe), str(tmp_path / "data.jsonl")])
     assert fits.exit_code == 0 and "max_position_embeddings" not in fits.output
+
+
+def test_the_trainer_methods_edgetune_overrides_for_fsdp_checkpoints_still_exist():
+    """They are transformers' private methods: a rename upstream would leave ours never called and
+    FSDP checkpoints read back through the path that loads nothing."""
+    from transformers import Trainer
+
+    from edgetune.tune.fsdp_checkpoint import checkpoint_key
+    from edgetune.tune.trainer import SupervisedLogitsTrainer
+
+    for name in ("_load_from_checkpoint", "_load_best_model", "_load_optimizer_and_scheduler"):
+        assert callable(getattr(Trainer, name, None)), name
+        assert name in vars(SupervisedLogitsTrainer), name
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert checkpoint_key(key, "default") == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    assert checkpoint_key("x.lora_magnitude_vector.default", "default") == "x.lora_magnitude_vector"

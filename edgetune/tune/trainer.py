@@ -1,5 +1,5 @@
 """The Trainer subclass: the loss from logits at supervised positions only (edgetune.tune.logits),
-and resuming a multi-process CPU run."""
+resuming a multi-process CPU run, and reading FSDP adapter checkpoints back (edgetune.tune.fsdp_checkpoint)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,20 @@ class SupervisedLogitsTrainer(Trainer):
             self.lr_scheduler.load_state_dict(
                 torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True)
             )
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if not self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from edgetune.tune.fsdp_checkpoint import load_fsdp_adapter
+
+        load_fsdp_adapter(self.accelerator.state.fsdp_plugin, model or self.model, resume_from_checkpoint)
+
+    def _load_best_model(self):
+        if not self.is_fsdp_enabled:
+            return super()._load_best_model()
+        from edgetune.tune.fsdp_checkpoint import load_fsdp_adapter
+
+        load_fsdp_adapter(self.accelerator.state.fsdp_plugin, self.model, self.state.best_model_checkpoint)
 
 
 def training_args(recipe, run_dir, setup, has_valid: bool, eval_first: bool = False):
