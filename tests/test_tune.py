@@ -706,3 +706,5 @@ def test_the_trainer_methods_edgetune_overrides_for_fsdp_checkpoints_still_exist
     key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
     assert checkpoint_key(key, "default") == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
     assert checkpoint_key("x.lora_magnitude_vector.default", "default") == "x.lora_magnitude_vector"
+    # DoRA in this peft: a ModuleDict, saved without its `.weight`
+    assert checkpoint_key("x.lora_magnitude_vector.default.weight", "default") == "x.lora_magnitude_vector"

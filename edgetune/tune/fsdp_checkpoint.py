@@ -25,7 +25,10 @@ def checkpoint_key(model_key: str, adapter: str) -> str:
     head, _, last = model_key.rpartition(".")
     if last == adapter:
         return head
-    return f"{head.removesuffix('.' + adapter)}.{last}"
+    head = head.removesuffix("." + adapter)
+    if head.endswith(".lora_magnitude_vector"):  # DoRA: peft saves the magnitude without `.weight`
+        return head
+    return f"{head}.{last}"
 
 
 def adapter_names(model, adapter: str) -> dict[str, str]:

@@ -43,15 +43,19 @@ class SupervisedLogitsTrainer(Trainer):
                 torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True)
             )
 
+    def _fsdp1(self) -> bool:
+        """FSDP 1, whose root wrapper hides the PeftModel from peft; FSDP 2 goes through accelerate."""
+        return self.is_fsdp_enabled and getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) == 1
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        if not self.is_fsdp_enabled:
+        if not self._fsdp1():
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         from edgetune.tune.fsdp_checkpoint import load_fsdp_adapter
 
         load_fsdp_adapter(self.accelerator.state.fsdp_plugin, model or self.model, resume_from_checkpoint)
 
     def _load_best_model(self):
-        if not self.is_fsdp_enabled:
+        if not self._fsdp1():
             return super()._load_best_model()
         from edgetune.tune.fsdp_checkpoint import load_fsdp_adapter
 
