@@ -499,7 +499,12 @@ def test_fsdp_on_two_ranks_trains_and_saves_the_whole_adapter(tmp_path, tiny_mod
     # a training checkpoint (accelerate's adapter-only FSDP state dict) holds the same adapter keys
     in_checkpoint = (tmp_path / "checkpoint_keys.txt").read_text().split()
     assert sorted(k.replace(".default", "") for k in in_checkpoint) == sorted(saved)
-    assert (tmp_path / "resumed.txt").read_text().split() == ["28", "adapter", "tensors", "from"] + [
+    resumed = (tmp_path / "resumed.txt").read_text().split()
+    assert resumed == [
+        str(len(saved)),
+        "adapter",
+        "tensors",
+        "from",
         "SHARDED_STATE_DICT",
         "and",
         "FULL_STATE_DICT",
@@ -639,6 +644,19 @@ def test_fsdp_with_one_process_is_refused_before_training(tmp_path, tiny_model_d
     assert not (tmp_path / "r").exists()
 
 
+def test_dora_under_fsdp_is_refused_before_training(tmp_path, tiny_model_dir, monkeypatch):
+    """On two CPU ranks peft's DoRA failed at the first step under FSDP (IndexError: lora_A's weight
+    is flat there)."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    result = CliRunner().invoke(
+        main, ["tune", str(recipe), "--set", "train.lora.dora=true", "--run-dir", "r"]
+    )
+    assert result.exit_code == 2 and "train.lora.dora does not train under FSDP" in result.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_deepspeed_launch_trains_lora_and_refuses_qlora(monkeypatch):
     from edgetune.errors import InputError
     from edgetune.tune.model import choose_setup
@@ -697,14 +715,29 @@ def test_the_trainer_methods_edgetune_overrides_for_fsdp_checkpoints_still_exist
     FSDP checkpoints read back through the path that loads nothing."""
     from transformers import Trainer
 
-    from edgetune.tune.fsdp_checkpoint import checkpoint_key
     from edgetune.tune.trainer import SupervisedLogitsTrainer
 
     for name in ("_load_from_checkpoint", "_load_best_model", "_load_optimizer_and_scheduler"):
         assert callable(getattr(Trainer, name, None)), name
         assert name in vars(SupervisedLogitsTrainer), name
-    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
-    assert checkpoint_key(key, "default") == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
-    assert checkpoint_key("x.lora_magnitude_vector.default", "default") == "x.lora_magnitude_vector"
-    # DoRA in this peft: a ModuleDict, saved without its `.weight`
-    assert checkpoint_key("x.lora_magnitude_vector.default.weight", "default") == "x.lora_magnitude_vector"
+    # and peft's private map from checkpoint names back to the model's, which our loader applies
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    assert callable(getattr(PEFT_TYPE_TO_TUNER_MAPPING["LORA"], "_remap_adapter_state_dict_for_load", None))
+
+
+def test_an_fsdp_checkpoint_without_its_model_file_is_one_clear_error(tmp_path):
+    """transformers says "Can't find a valid checkpoint" for a folder that is not one; our loader,
+    which replaces its path under FSDP, names the file that is missing instead of a raw DCP error."""
+    from types import SimpleNamespace
+
+    from edgetune.errors import ModelError
+    from edgetune.tune.fsdp_checkpoint import FULL, SHARDED, load_fsdp_adapter
+
+    for kind, missing in ((SHARDED, "pytorch_model_fsdp_0"), (FULL, "pytorch_model_fsdp.bin")):
+        plugin = SimpleNamespace(state_dict_type=SimpleNamespace(name=kind))
+        with pytest.raises(ModelError, match=f"not an FSDP checkpoint \\({missing} is missing"):
+            load_fsdp_adapter(plugin, model=None, checkpoint_dir=tmp_path)
+    plugin = SimpleNamespace(state_dict_type=SimpleNamespace(name="LOCAL_STATE_DICT"))
+    with pytest.raises(ModelError, match="LOCAL_STATE_DICT is not one edgetune reads back"):
+        load_fsdp_adapter(plugin, model=None, checkpoint_dir=tmp_path)

@@ -112,6 +112,10 @@ def _start_run(
             "FSDP with one process shards nothing: run `edgetune tune` without the launcher on one GPU, "
             "or launch two or more processes"
         )
+    if under_fsdp() and recipe.train.lora.dora:  # peft's DoRA reads lora_A's 2-D shape, which FSDP flattens
+        raise InputError(
+            "train.lora.dora does not train under FSDP (peft 0.21 fails at the first step); drop it"
+        )
     if run_dir is None:
         if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
