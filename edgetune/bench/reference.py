@@ -17,7 +17,7 @@ import numpy as np
 
 from edgetune.bench.accuracy import Case, log_softmax
 from edgetune.bench.runners import Runner
-from edgetune.errors import EdgetuneError
+from edgetune.errors import DiskFull, writing
 
 MEMORY_BYTES = 1 << 30
 SPILL_PREFIX = ".bench-reference-"
@@ -33,7 +33,6 @@ class ReferenceLogprobs:
         self._held = 0
         self._arrays: list[np.ndarray] = []
         self._spill: Path | None = None
-        remove_stale_spills(self._parent)
 
     def append(self, logprobs: np.ndarray) -> None:
         array = np.ascontiguousarray(logprobs, dtype=np.float32)
@@ -41,17 +40,18 @@ class ReferenceLogprobs:
             self._held += array.nbytes
             self._arrays.append(array)
             return
-        if self._spill is None:
-            self._spill = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=self._parent))
-        path = self._spill / f"{len(self._arrays)}.npy"
         try:
-            np.save(path, array)
-        except OSError as e:
+            with writing(self._parent):  # a full disk: one line, and nothing left behind
+                if self._spill is None:
+                    self._spill = Path(tempfile.mkdtemp(prefix=SPILL_PREFIX, dir=self._parent))
+                path = self._spill / f"{len(self._arrays)}.npy"
+                np.save(path, array)
+        except DiskFull as e:
             self.close()
-            raise EdgetuneError(
-                f"{self._parent}: cannot keep the reference distributions for the KL ({e.strerror or e}); "
-                f"free some space there or lower bench.kl_examples"
-            ) from e
+            raise DiskFull(f"{e} (keeping the KL's reference distributions; or lower bench.kl_examples)") from None
+        except BaseException:
+            self.close()
+            raise
         self._arrays.append(np.load(path, mmap_mode="r"))
 
     @property
@@ -79,7 +79,8 @@ class ReferenceLogprobs:
 
 
 def remove_stale_spills(parent: Path) -> None:
-    """What a killed bench left: bench holds the run's lock, so no other bench is using them."""
+    """What a killed bench left (bench calls it once it holds the run's lock: no other bench is
+    using them)."""
     for stale in Path(parent).glob(f"{SPILL_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
 

@@ -11,7 +11,7 @@ from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
-from edgetune.bench.reference import reference_logprobs
+from edgetune.bench.reference import reference_logprobs, remove_stale_spills
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
@@ -235,6 +235,7 @@ def bench(
         if not (run_dir / RECIPE_FILE).is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
         recipe = load_recipe(str(run_dir / RECIPE_FILE))
+        remove_stale_spills(run_dir)
         cfg = recipe.bench
         if pick:
             refuse_blind_pick(cfg.gates)
