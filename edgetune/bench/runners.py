@@ -173,7 +173,6 @@ class LlamaRunner(Runner):
         # is outside what it learned (torch's limit, max_position_embeddings, is the same number)
         import llama_cpp  # llama.h's own calls on the public handles, not llama-cpp-python's internals
 
-        self._llama_cpp = llama_cpp
         self.context = min(self.llm.n_ctx(), llama_cpp.llama_model_n_ctx_train(self.llm.model))
 
     def _last(self) -> np.ndarray:
@@ -181,7 +180,9 @@ class LlamaRunner(Runner):
             return np.array(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float32)
         # without logits_all llama-cpp-python does not copy logits into `scores`: read llama.cpp's
         # buffer for the last position of the batch just evaluated
-        pointer = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        import llama_cpp
+
+        pointer = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float32)
 
     def prefill(self, ids):
