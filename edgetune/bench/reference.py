@@ -48,7 +48,9 @@ class ReferenceLogprobs:
                 np.save(path, array)
         except DiskFull as e:
             self.close()
-            raise DiskFull(f"{e} (keeping the KL's reference distributions; or lower bench.kl_examples)") from None
+            raise DiskFull(
+                f"{e} (keeping the KL's reference distributions; or lower bench.kl_examples)"
+            ) from None
         except BaseException:
             self.close()
             raise
