@@ -671,7 +671,7 @@ def test_reference_distributions_past_the_memory_budget_go_to_disk_and_give_the_
 
     from edgetune.bench import reference as reference_module
     from edgetune.bench.accuracy import Case, evaluate
-    from edgetune.bench.reference import SPILL_PREFIX, reference_logprobs, remove_stale_spills
+    from edgetune.bench.reference import SPILL_PREFIX, ReferenceLogprobs, remove_stale_spills
     from edgetune.bench.runners import LlamaRunner, Target, TorchRunner
     from edgetune.errors import DiskFull
 
@@ -689,13 +689,23 @@ def test_reference_distributions_past_the_memory_budget_go_to_disk_and_give_the_
     def kl_of(reference):
         return evaluate(gguf, cases, "json_fields", str, [], 4, reference).kl_scores
 
+    def reference_logprobs(memory_bytes=reference_module.MEMORY_BYTES):
+        """What bench keeps: the reference's own evaluation hands each case's log-probabilities on."""
+        kept = ReferenceLogprobs(run, memory_bytes)
+        try:
+            evaluate(merged, cases, "json_fields", str, [], 4, keep=lambda i, logprobs: kept.append(logprobs))
+        except BaseException:
+            kept.close()
+            raise
+        return kept
+
     remove_stale_spills(run)  # what bench does once it holds the run's lock
     assert not stale.exists()  # a killed bench's files are removed
-    with reference_logprobs(merged, cases, run) as in_memory:
+    with reference_logprobs() as in_memory:
         assert in_memory.spilled == 0
         expected, arrays = kl_of(in_memory), [np.array(a) for a in in_memory]
     one_row = merged.logits(cases[0].full_ids)[:1].astype(np.float32).nbytes
-    with reference_logprobs(merged, cases, run, memory_bytes=one_row * 6) as spilled:
+    with reference_logprobs(memory_bytes=one_row * 6) as spilled:
         assert spilled.spilled == 2 and len(spilled) == 3  # the first fits, the other two do not
         assert len(list(run.glob(f"{SPILL_PREFIX}*/*.npy"))) == 2
         for i in range(3):
@@ -709,5 +719,5 @@ def test_reference_distributions_past_the_memory_budget_go_to_disk_and_give_the_
 
     monkeypatch.setattr(reference_module.np, "save", full_disk)
     with pytest.raises(DiskFull, match="disk full.*bench.kl_examples"):
-        reference_logprobs(merged, cases, run, memory_bytes=0)
+        reference_logprobs(memory_bytes=0)
     assert not list(run.glob(f"{SPILL_PREFIX}*"))

@@ -85,13 +85,18 @@ def evaluate(
     reference: Sequence[np.ndarray] | None = None,
     progress: Callable[[], None] | None = None,
     perplexity: bool = True,
+    keep: Callable[[int, np.ndarray], None] | None = None,
 ) -> Accuracy:
+    """`keep(i, logprobs)` is handed each case's log-probabilities as they are computed (the
+    reference target keeps them for the others' KL, so they are not computed twice)."""
     score = METRICS[metric]
     values, nll, counted, eos, lengths, outputs = [], 0.0, 0, 0, [], []
     kls, top1s = [], []
     started = time.perf_counter()
     for i, case in enumerate(cases):
-        logprobs = log_softmax(runner.logits(case.full_ids)) if perplexity else None
+        logprobs = log_softmax(runner.logits(case.full_ids)) if perplexity or keep else None
+        if keep is not None:
+            keep(i, logprobs)
         for pos, label in _supervised(case.labels) if perplexity else ():
             nll -= logprobs[pos - 1, label]
             counted += 1

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.bench.accuracy import Case, log_softmax
-from edgetune.bench.runners import Runner
 from edgetune.errors import DiskFull, writing
 
 MEMORY_BYTES = 1 << 30
@@ -85,17 +83,3 @@ def remove_stale_spills(parent: Path) -> None:
     using them)."""
     for stale in Path(parent).glob(f"{SPILL_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def reference_logprobs(
-    runner: Runner, cases: list[Case], spill_parent: Path, memory_bytes: int = MEMORY_BYTES
-) -> ReferenceLogprobs:
-    """The reference runner's log-probabilities on each case's full sequence."""
-    kept = ReferenceLogprobs(spill_parent, memory_bytes)
-    try:
-        for case in cases:
-            kept.append(log_softmax(runner.logits(case.full_ids)))
-    except BaseException:
-        kept.close()
-        raise
-    return kept

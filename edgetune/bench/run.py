@@ -11,7 +11,7 @@ from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
-from edgetune.bench.reference import reference_logprobs, remove_stale_spills
+from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
@@ -286,7 +286,9 @@ def bench(
         def decode(ids: list[int]) -> str:
             return tokenizer.decode(ids, skip_special_tokens=True)
 
-        def run_accuracy(target: Target, reference=None, target_cases=None, perplexity=True, runner=None):
+        def run_accuracy(
+            target: Target, reference=None, target_cases=None, perplexity=True, runner=None, keep=None
+        ):
             target_cases = target_cases if target_cases is not None else cases
             runner = runner or open_runner(target, threads)
             with progress.stage(f"accuracy {target.name}", len(target_cases)) as tick:
@@ -300,15 +302,21 @@ def bench(
                     reference,
                     tick,
                     perplexity,
+                    keep,
                 )
             return acc, runner
 
         reference_target = targets[0]
-        ref_acc, ref_runner = run_accuracy(reference_target)
-        ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
-        entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
         # large (positions x vocab each): past 1 GiB on disk in the run dir, and freed before latency
-        with reference_logprobs(ref_runner, cases[: cfg.kl_examples], run_dir) as reference:
+        with ReferenceLogprobs(run_dir) as reference:
+
+            def keep(i: int, logprobs) -> None:  # the first kl_examples, as the reference computes them
+                if i < cfg.kl_examples:
+                    reference.append(logprobs)
+
+            ref_acc, ref_runner = run_accuracy(reference_target, keep=keep)
+            ref_acc.kld_mean, ref_acc.top1_agreement = 0.0, 1.0
+            entries = [_target_entry(reference_target, ref_acc, ref_acc.value)]
             measured = measure_each(
                 targets[1:], lambda t: _target_entry(t, run_accuracy(t, reference)[0], ref_acc.value), skipped
             )
