@@ -237,9 +237,10 @@ def convert(
             if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
                 continue
             data = tensor.to(torch.float32).numpy()
-            if spec.permute_qk and hf_name.endswith("self_attn.q_proj.weight"):
+            # the biases too (Llama's attention_bias): they are added to the rows the rope turns
+            if spec.permute_qk and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
                 data = permute_rope(data, n_head)
-            elif spec.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
+            elif spec.permute_qk and hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
                 data = permute_rope(data, n_kv)
             if spec.tensor:
                 data = spec.tensor(hf_name, data)
