@@ -122,9 +122,11 @@ def gemma_norm(name: str, data: np.ndarray) -> np.ndarray:
 
 REGISTRY: dict[str, ArchSpec] = {
     "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # Llama 2/3, SmolLM, TinyLlama
-    "MistralForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # llama.cpp runs Mistral as llama
-    "Qwen2ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False),
-    "Qwen3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN3, permute_qk=False),
+    # llama.cpp runs Mistral as llama, with no sliding window (Mistral-7B-v0.1 has one of 4096)
+    "MistralForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, full_attention=True),
+    # Qwen2/3's use_sliding_window (off in the released checkpoints) is not in llama.cpp's graphs either
+    "Qwen2ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False, full_attention=True),
+    "Qwen3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN3, permute_qk=False, full_attention=True),
     # the text-only Gemma 3 checkpoints (270M, 1B); the larger ones are vision models
     "Gemma3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.GEMMA3, False, gemma3_hparams, gemma_norm),
     # Phi-3, Phi-3.5 and Phi-4-mini: fused qkv_proj and gate_up_proj, which llama.cpp takes fused too

@@ -84,9 +84,15 @@ def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None
 
 def context_length(config: Any, spec: ArchSpec) -> int:
     """The checkpoint's context, or its sliding window where llama.cpp's graph attends to the whole
-    context instead (Phi-3-mini-4k's 2047 of 4096): within the window the two compute the same."""
+    context instead (Phi-3-mini-4k's 2047 of 4096, Mistral-7B-v0.1's 4096 of 32768, a Qwen2 with
+    use_sliding_window): within the window the two compute the same (a query at position p sees
+    p - window + 1 onwards in transformers, everything from 0 in llama.cpp)."""
     context = int(config.max_position_embeddings)
     window = getattr(config, "sliding_window", None) if spec.full_attention else None
+    # Qwen2/3 keep a window in the config that only the layers typed sliding_attention use
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        window = None
     return min(context, int(window)) if window else context
 
 
