@@ -253,6 +253,38 @@ def test_llama_attention_biases_are_turned_like_their_weights(tmp_path, tiny_tok
     assert kl <= 1e-4 and top1 == 1.0, (kl, top1)
 
 
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+
+
+@pytest.mark.parametrize(
+    "arch, overrides, says",
+    [
+        # llama.cpp: "tensor 'blk.0.attn_q.weight' has wrong shape"
+        ("Qwen2ForCausalLM", {"head_dim": 32}, "head_dim 32 x 4 heads is not hidden_size 64"),
+        # llama.cpp: "wrong number of tensors" (the biases are left over)
+        ("Qwen3ForCausalLM", {"attention_bias": True}, "attention_bias is true (llama.cpp's qwen3 graph"),
+        ("Gemma3ForCausalLM", {"attention_bias": True}, "attention_bias is true (llama.cpp's gemma3 graph"),
+        # llama.cpp: "wrong number of tensors" (its Qwen2 graph takes no rope_freqs)
+        ("Qwen2ForCausalLM", {"rope_scaling": LLAMA3_SCALING}, "rope scaling 'llama3' is not supported"),
+        ("LlamaForCausalLM", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling 'yarn'"),
+    ],
+)
+def test_a_config_llama_cpp_would_not_load_is_refused_naming_the_field(
+    tmp_path, tiny_tokenizer, arch, overrides, says
+):
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, arch, **overrides)
+    with pytest.raises(InputError, match="config.json: ") as e:
+        convert(model_dir, tmp_path / "x.gguf", "f32")
+    assert says in str(e.value)
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_gemma3_final_softcap_is_carried(tmp_path, tiny_tokenizer):
     """A cap of 2 squashes every logit: a file without it disagrees with torch at once."""
     model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "Gemma3ForCausalLM", final_logit_softcapping=2.0)

@@ -25,8 +25,29 @@ class ArchSpec:
     permute_qk: bool  # HF Llama layout -> llama.cpp's interleaved rope layout
     hparams: Callable[[gguf.GGUFWriter, Any], None] | None = None  # after the common keys
     tensor: Callable[[str, np.ndarray], np.ndarray] | None = None  # (HF name, data) -> data
-    rope_scaling: tuple[str, ...] = ()  # rope_scaling kinds beyond the common ones that `hparams` writes
+    rope_scaling: tuple[str, ...] = ()  # rope_scaling kinds beyond "linear" that llama.cpp's graph takes
     full_attention: bool = False  # llama.cpp's graph ignores the checkpoint's sliding window
+    attention_bias: bool = True  # llama.cpp's graph loads q/k/v/o biases (where the checkpoint has them)
+    free_head_dim: bool = True  # llama.cpp's graph takes a head_dim other than hidden_size / heads
+
+
+def refuse_unloadable(config: Any, spec: ArchSpec, arch: str) -> None:
+    """What llama.cpp's graph for `arch` would refuse to load ("wrong shape", "wrong number of
+    tensors"): refused here, before any tensor is read, with the config field named."""
+    where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+    graph = f"llama.cpp's {gguf.MODEL_ARCH_NAMES[spec.gguf_arch]} graph"
+    head_dim, heads = attention_head_dim(config), config.num_attention_heads
+    if not spec.free_head_dim and head_dim * heads != config.hidden_size:
+        raise InputError(
+            f"{where}: head_dim {head_dim} x {heads} heads is not hidden_size {config.hidden_size} "
+            f"({graph} needs them equal)"
+        )
+    if not spec.attention_bias and getattr(config, "attention_bias", False):
+        raise InputError(f"{where}: attention_bias is true ({graph} has no attention biases)")
+    scaling = getattr(config, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind not in (None, "default", "linear", *spec.rope_scaling):
+        raise InputError(f"{where}: rope scaling {kind!r} is not supported for GGUF export of {arch}")
 
 
 def gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
@@ -64,11 +85,6 @@ def phi3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
     where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
     if getattr(config, "hidden_act", "silu") != "silu":
         raise InputError(f"{where}: hidden_act {config.hidden_act!r} (llama.cpp's Phi-3 graph uses silu)")
-    if attention_head_dim(config) * config.num_attention_heads != config.hidden_size:
-        raise InputError(
-            f"{where}: head_dim {attention_head_dim(config)} x {config.num_attention_heads} heads is not "
-            f"hidden_size {config.hidden_size} (llama.cpp's Phi-3 graph needs them equal)"
-        )
     writer.add_rope_scaling_orig_ctx_len(original_context(config))
     # llama.cpp's Phi-3 graph attends to the whole context (it turns the window off with a warning):
     # the file's context is the window then (see gguf_convert.context_length)
@@ -121,17 +137,27 @@ def gemma_norm(name: str, data: np.ndarray) -> np.ndarray:
 
 
 REGISTRY: dict[str, ArchSpec] = {
-    "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True),  # Llama 2/3, SmolLM, TinyLlama
+    # Llama 2/3, SmolLM, TinyLlama; Llama 3.1's rope scaling goes in as a rope_freqs tensor
+    "LlamaForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, rope_scaling=("llama3",)),
     # llama.cpp runs Mistral as llama, with no sliding window (Mistral-7B-v0.1 has one of 4096)
-    "MistralForCausalLM": ArchSpec(gguf.MODEL_ARCH.LLAMA, permute_qk=True, full_attention=True),
+    "MistralForCausalLM": ArchSpec(
+        gguf.MODEL_ARCH.LLAMA, permute_qk=True, rope_scaling=("llama3",), full_attention=True
+    ),
     # Qwen2/3's use_sliding_window (off in the released checkpoints) is not in llama.cpp's graphs either
-    "Qwen2ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN2, permute_qk=False, full_attention=True),
-    "Qwen3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN3, permute_qk=False, full_attention=True),
+    "Qwen2ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN2, False, full_attention=True, free_head_dim=False),
+    "Qwen3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.QWEN3, False, full_attention=True, attention_bias=False),
     # the text-only Gemma 3 checkpoints (270M, 1B); the larger ones are vision models
-    "Gemma3ForCausalLM": ArchSpec(gguf.MODEL_ARCH.GEMMA3, False, gemma3_hparams, gemma_norm),
+    "Gemma3ForCausalLM": ArchSpec(
+        gguf.MODEL_ARCH.GEMMA3, False, gemma3_hparams, gemma_norm, attention_bias=False
+    ),
     # Phi-3, Phi-3.5 and Phi-4-mini: fused qkv_proj and gate_up_proj, which llama.cpp takes fused too
     "Phi3ForCausalLM": ArchSpec(
-        gguf.MODEL_ARCH.PHI3, False, phi3_hparams, rope_scaling=("longrope",), full_attention=True
+        gguf.MODEL_ARCH.PHI3,
+        False,
+        phi3_hparams,
+        rope_scaling=("longrope",),
+        full_attention=True,
+        free_head_dim=False,
     ),
 }
 

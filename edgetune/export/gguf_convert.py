@@ -17,7 +17,14 @@ import numpy as np
 
 from edgetune import __version__
 from edgetune.errors import InputError, writing
-from edgetune.export.gguf_arch import ArchSpec, arch_for, attention_head_dim, permute_rope, rope_dims
+from edgetune.export.gguf_arch import (
+    ArchSpec,
+    arch_for,
+    attention_head_dim,
+    permute_rope,
+    refuse_unloadable,
+    rope_dims,
+)
 from edgetune.export.gguf_vocab import read_vocab
 
 OUTTYPES = {
@@ -72,14 +79,12 @@ def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None
         if kind == "linear":
             writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             writer.add_rope_scaling_factor(float(scaling["factor"]))
-        elif kind == "llama3":
+        elif kind == "llama3":  # only for the architectures that take it (refuse_unloadable)
             # llama.cpp takes Llama 3's frequency-dependent scaling as a per-dimension divisor tensor
             writer.add_tensor(
                 gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
                 llama3_rope_factors(scaling, getattr(config, "rope_theta", 10000.0), head_dim),
             )
-        elif kind != "default" and kind not in spec.rope_scaling:
-            raise InputError(f"rope scaling {kind!r} is not supported for GGUF export yet")
 
 
 def context_length(config: Any, spec: ArchSpec) -> int:
@@ -217,7 +222,8 @@ def convert(
         config = AutoConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
         raise InputError(f"{model_dir}/config.json: cannot read the model config ({exc})") from None
-    _, spec = arch_for(config)
+    arch, spec = arch_for(config)
+    refuse_unloadable(config, spec, arch)
     n_head = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     names = gguf.get_tensor_name_map(spec.gguf_arch, config.num_hidden_layers)
