@@ -788,3 +788,155 @@ def test_chat_sizes_a_gguf_context_from_the_file_and_refuses_a_damaged_one(
     damaged.write_bytes(path.read_bytes()[:100])
     with pytest.raises(InputError, match="damaged.gguf"):
         chat._gguf_context(damaged)
+
+
+@pytest.fixture(scope="module")
+def spm_models(tmp_path_factory):
+    """Two SentencePiece BPE models (byte fallback, <pad>=0 </s>=1 <s>=2 <unk>=3): a plain one,
+    and one with Gemma's turn markers as user-defined pieces inside its vocabulary."""
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("spm")
+    for prefix, user_defined in (("plain", []), ("gemma", ["<start_of_turn>", "<end_of_turn>"])):
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(CORPUS * 50),
+            model_prefix=str(folder / prefix),
+            vocab_size=420,
+            model_type="bpe",
+            byte_fallback=True,
+            character_coverage=1.0,
+            pad_id=0,
+            eos_id=1,
+            bos_id=2,
+            unk_id=3,
+            minloglevel=2,
+            split_digits=True,
+            user_defined_symbols=user_defined,
+        )
+    return folder
+
+
+def assert_llama_cpp_tokenises_alike(model_dir, gguf_path, texts):
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    llm = Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    for text in texts:
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
+
+
+def token_types(gguf_path) -> dict[str, str]:
+    from gguf import GGUFReader, TokenType
+
+    reader = GGUFReader(str(gguf_path))
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    return dict(
+        zip(tokens, (TokenType(t).name for t in reader.get_field("tokenizer.ggml.token_type").contents()))
+    )
+
+
+def test_sentencepiece_user_defined_turn_markers_stay_whole_in_llama_cpp(tmp_path, spm_models):
+    """Gemma's <start_of_turn> is a user-defined piece of the SentencePiece model, special in
+    transformers: typed NORMAL (as the .model alone says), llama.cpp spelled it in 13 pieces."""
+    from transformers import GemmaTokenizerFast
+
+    tok = GemmaTokenizerFast(
+        vocab_file=str(spm_models / "gemma.model"),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    model_dir = build_tiny_model(tmp_path, tok, "Gemma3ForCausalLM")
+    out = convert(model_dir, tmp_path / "gemma.gguf", "f32")
+    types = token_types(out)
+    assert types["<start_of_turn>"] == types["<end_of_turn>"] == "CONTROL"
+    assert (types["<unk>"], types["<0x0A>"]) == ("UNKNOWN", "BYTE")  # the model's own kinds stand
+    assert_llama_cpp_tokenises_alike(
+        model_dir,
+        out,
+        ["<start_of_turn>user\nThe router lost its uplink.<end_of_turn>\n<start_of_turn>model\n"],
+    )
+
+
+def test_added_tokens_past_the_sentencepiece_model_come_from_the_tokenizer_config(tmp_path, spm_models):
+    """Phi-3's markers follow the .model's pieces; a directory without added_tokens.json (the
+    tokenizer_config.json's added_tokens_decoder only) had them as [PAD] fillers, spelled in bytes."""
+    from tokenizers import AddedToken
+    from transformers import LlamaTokenizerFast
+
+    tok = LlamaTokenizerFast(
+        vocab_file=str(spm_models / "plain.model"),
+        legacy=False,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    markers = ["<|endoftext|>", "<|user|>", "<|end|>", "<|assistant|>"]
+    tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True) for t in markers]})
+    tok.add_tokens([AddedToken("ERR-", special=False, normalized=False)])  # a plain added word
+    model_dir = build_tiny_model(tmp_path, tok, "LlamaForCausalLM", vocab_size=len(tok))
+    (model_dir / "added_tokens.json").unlink(missing_ok=True)
+    out = convert(model_dir, tmp_path / "phi.gguf", "f32")
+    types = token_types(out)
+    assert [types[t] for t in markers] == ["CONTROL"] * 4 and types["ERR-"] == "USER_DEFINED"
+    assert_llama_cpp_tokenises_alike(
+        model_dir, out, ["<|user|>\nrouter down, ERR-1042<|end|>\n<|assistant|>\n", "plain text ERR-7"]
+    )
+
+
+def test_a_sentencepiece_tokenizer_without_its_model_file_scores_pieces_by_merge_rank(tmp_path, spm_models):
+    """tokenizer.json alone has merges, no scores; llama.cpp merges by score. Every piece at -1000
+    (gguf-py's LlamaHfVocab) tokenised the first text in 40 pieces where transformers has 39."""
+    from transformers import LlamaTokenizerFast
+
+    tok = LlamaTokenizerFast(
+        vocab_file=str(spm_models / "plain.model"),
+        legacy=False,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    model_dir = build_tiny_model(tmp_path, tok, "LlamaForCausalLM", vocab_size=len(tok))
+    (model_dir / "tokenizer.model").unlink()
+    out = convert(model_dir, tmp_path / "json-only.gguf", "f32")
+    texts = [
+        *CORPUS,
+        "The router in the lobby lost its uplink again, error code E1042.",
+        "battery  health ünïcode 40%",
+    ]
+    assert_llama_cpp_tokenises_alike(model_dir, out, texts)
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (
+            {"normalizer": {"type": "Lowercase"}},
+            'normalizer {"type": "Lowercase"} is not applied by llama.cpp',
+        ),
+        (
+            {
+                "pre_tokenizer": {
+                    "type": "ByteLevel",
+                    "add_prefix_space": True,
+                    "trim_offsets": True,
+                    "use_regex": True,
+                }
+            },
+            "adds a space before the text",
+        ),
+    ],
+)
+def test_a_byte_level_tokenizer_llama_cpp_would_not_follow_is_refused(tmp_path, tiny_model_dir, change, says):
+    import shutil
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    tj.update(change)
+    (model_dir / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(InputError, match="tokenizer.json: ") as e:
+        convert(model_dir, tmp_path / "x.gguf", "f32")
+    assert says in str(e.value)

@@ -10,6 +10,7 @@ changes tokenisation in llama.cpp.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,11 @@ def _flatten(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
 def detect_pre(tokenizer_json: dict[str, Any], source: Path) -> str:
     parts = _flatten(tokenizer_json.get("pre_tokenizer"))
     kinds = [p.get("type") for p in parts]
+    if any(p.get("type") == "ByteLevel" and p.get("add_prefix_space") for p in parts):
+        raise InputError(
+            f"{source}: the pre-tokenizer adds a space before the text (ByteLevel add_prefix_space), "
+            "which llama.cpp does not: exporting it would tokenise differently there"
+        )
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
     if (
@@ -86,7 +92,7 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
     if model.get("type") == "BPE" and (tj.get("decoder") or {}).get("type") == "ByteLevel":
         return _byte_level_bpe(model_dir, tj, vocab_size, AutoTokenizer.from_pretrained(str(model_dir)))
     if model.get("type") == "BPE" and model.get("byte_fallback"):
-        return _sentencepiece_like(model_dir, vocab_size)
+        return _sentencepiece_like(model_dir, tj, vocab_size, AutoTokenizer.from_pretrained(str(model_dir)))
     raise InputError(
         f"{path}: tokenizer model {model.get('type')!r} is not supported for GGUF export "
         "(supported: byte-level BPE, SentencePiece-style BPE with byte fallback)"
@@ -94,6 +100,15 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
 
 
 def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -> GGUFVocab:
+    source = model_dir / "tokenizer.json"
+    normalizer = tj.get("normalizer")
+    # llama.cpp normalises nothing: NFC (Qwen's) changes only text that is not NFC already, which
+    # llama.cpp's own converter accepts too; anything else (lowercasing, ...) would change every prompt
+    if normalizer and normalizer.get("type") != "NFC":
+        raise InputError(
+            f"{source}: normalizer {json.dumps(normalizer)[:120]} is not applied by llama.cpp; exporting "
+            "it would tokenise differently there"
+        )
     by_id = {i: t for t, i in tok.get_vocab().items()}
     added = tok.added_tokens_decoder  # id -> AddedToken
     tokens, types = [], []
@@ -107,22 +122,82 @@ def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -
         else:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
-    return GGUFVocab("gpt2", detect_pre(tj, model_dir / "tokenizer.json"), tokens, None, types)
+    return GGUFVocab("gpt2", detect_pre(tj, source), tokens, None, types)
 
 
-def _sentencepiece_like(model_dir: Path, vocab_size: int) -> GGUFVocab:
-    from gguf.vocab import LlamaHfVocab, SentencePieceVocab
-
-    # the SentencePiece model carries the merge scores llama.cpp's tokenizer ranks by; tokenizer.json alone does not
-    spm = (model_dir / "tokenizer.model").is_file()
-    vocab = SentencePieceVocab(model_dir) if spm else LlamaHfVocab(model_dir)
-    tokens, scores, types = [], [], []
-    for text, score, kind in vocab.all_tokens():
-        tokens.append(text.decode("utf-8") if isinstance(text, bytes) else text)
-        scores.append(score)
-        types.append(kind)
-    for i in range(len(tokens), vocab_size):
-        tokens.append(f"[PAD{i}]")
-        scores.append(-1000.0)
-        types.append(gguf.TokenType.UNUSED)
+def _sentencepiece_like(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -> GGUFVocab:
+    """SentencePiece-style BPE (Llama 2, TinyLlama, Mistral, Gemma, Phi-3). llama.cpp's tokenizer
+    merges the adjacent pair whose joined piece scores highest, so the scores must carry the merge
+    order: tokenizer.model's own, or, without one, tokenizer.json's merge ranks (rank r -> -r).
+    The added tokens are then typed as transformers has them (tokenizer_config.json's
+    added_tokens_decoder, added_tokens.json): llama.cpp matches CONTROL and USER_DEFINED tokens
+    whole before any merge, as transformers does; typed NORMAL (a SentencePiece user-defined piece
+    such as Gemma's <start_of_turn>) or left out (ids past the .model's pieces), llama.cpp spelled
+    them out in characters or bytes."""
+    model_file = model_dir / "tokenizer.model"
+    pieces = _model_file_pieces(model_file) if model_file.is_file() else _merge_rank_pieces(tj["model"])
+    added = tok.added_tokens_decoder  # id -> AddedToken
+    n = max(vocab_size, len(pieces), max(added, default=-1) + 1)
+    tokens, scores = [f"[PAD{i}]" for i in range(n)], [-1000.0] * n
+    types = [gguf.TokenType.UNUSED] * n
+    for i, (text, score, kind) in enumerate(pieces):
+        tokens[i], scores[i], types[i] = text, score, kind
+    for i, token in added.items():
+        if types[i] in (gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.BYTE):
+            continue  # the model's own <unk>, <s>, </s> and byte pieces keep their type
+        # a normalised added token is matched after "▁" stands for the space; llama.cpp matches raw text
+        tokens[i] = (
+            token.content if token.special or not token.normalized else token.content.replace("▁", " ")
+        )
+        types[i] = gguf.TokenType.CONTROL if token.special else gguf.TokenType.USER_DEFINED
+        scores[i] = -1000.0
     return GGUFVocab("llama", "default", tokens, scores, types)
+
+
+def _model_file_pieces(path: Path) -> list[tuple[str, float, int]]:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(path))
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"{path}: unreadable SentencePiece model ({exc})") from None
+    pieces = []
+    for i in range(sp.vocab_size()):
+        kind = gguf.TokenType.NORMAL
+        if sp.IsUnknown(i):
+            kind = gguf.TokenType.UNKNOWN
+        elif sp.IsControl(i):
+            kind = gguf.TokenType.CONTROL
+        elif sp.IsUnused(i):
+            kind = gguf.TokenType.UNUSED
+        elif sp.IsByte(i):
+            kind = gguf.TokenType.BYTE
+        pieces.append((sp.IdToPiece(i), float(sp.GetScore(i)), kind))
+    return pieces
+
+
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _merge_rank_pieces(model: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """A SentencePiece BPE's pieces from tokenizer.json: transformers applies its merges by rank,
+    llama.cpp by the joined piece's score, so each joined piece scores minus its first merge's rank.
+    Pieces no merge makes (characters, bytes, specials) are never a joined pair in transformers:
+    they score below every merge."""
+    vocab: dict[str, int] = model["vocab"]
+    merges = model.get("merges") or []
+    lowest = -float(len(merges) + 1)
+    score = dict.fromkeys(vocab, lowest)
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        joined = left + right
+        if joined in score and score[joined] == lowest:
+            score[joined] = -float(rank)
+    pieces: list[tuple[str, float, int]] = [("", lowest, gguf.TokenType.UNUSED)] * (max(vocab.values()) + 1)
+    for text, i in vocab.items():
+        kind = gguf.TokenType.BYTE if BYTE_PIECE.fullmatch(text) else gguf.TokenType.NORMAL
+        if text == model.get("unk_token"):
+            kind = gguf.TokenType.UNKNOWN
+        pieces[i] = (text, score[text], kind)
+    return [(text or f"[PAD{i}]", sc, kind) for i, (text, sc, kind) in enumerate(pieces)]
