@@ -45,6 +45,9 @@ class PipelineResult:
     skipped: list[str] = field(default_factory=list)
     report: dict[str, Any] | None = None
     wall_s: float = 0.0
+    # exported files that failed their parity check or were never checked (the bench gates fail
+    # them too; a run --until export has only this)
+    export_problems: list[str] = field(default_factory=list)
 
 
 def _digest(*parts: Any) -> str:
@@ -226,6 +229,10 @@ def run_pipeline(
                 done.pop(later, None)
             record(stage)
         point_latest(run_dir)
+        if "export" in stages:
+            from edgetune.export.parity_record import run_export_problems
+
+            result.export_problems = run_export_problems(run_dir)
         if "bench" in result.skipped:
             result.report = _regated_report(recipe, run_dir, say)
         result.wall_s = round(time.time() - started, 1)

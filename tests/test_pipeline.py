@@ -107,6 +107,39 @@ def test_a_failed_gate_stops_make_with_exit_3(tmp_path, tiny_model_dir):
     assert "FAIL" not in (report.parent / "report.md").read_text()
 
 
+def test_a_file_that_fails_its_parity_check_fails_the_run_and_is_never_picked(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """A run used to exit 0 with a file whose parity check had failed, skip its export as up to
+    date the next time, and --pick it (the smallest file passing max_kl)."""
+    from edgetune.export import parity
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "tiny"
+    with monkeypatch.context() as patched:
+        patched.setitem(parity.GOALS, "q8_0", {"kl": 1e-12})  # no quantised file is that exact
+        until, out = invoke(recipe, "--until", "export")
+        assert until.exit_code == 3, out
+        assert "export parity failed: gguf/q8_0: failed its export parity check (KL" in out
+        on, out = invoke(recipe)  # the export is what it is: the run benches it, and its gates fail it
+        assert on.exit_code == 3 and "ran bench; skipped data, tune, merge, export" in out, out
+        assert "gguf/q8_0 (cpu): export parity: failed its export parity check (KL" in out
+        report = json.loads((run / "bench" / "report.json").read_text())
+        assert [t["gate"] for t in report["targets"]] == ["reference", "pass", "fail"]
+        assert report["targets"][1]["export_parity_problem"] is None
+        picked, out = invoke(recipe, "--pick")
+        assert picked.exit_code == 0 and out.strip().endswith("export/onnx/fp32"), out
+        nogate, out = invoke(recipe, "--no-gate")
+        assert nogate.exit_code == 0, out
+    # the goals edgetune promises: the file passes them, and the verdict follows
+    checked = CliRunner().invoke(main, ["export", str(run), "--check"])
+    assert checked.exit_code == 0, checked.output
+    regated, out = invoke(recipe)
+    assert regated.exit_code == 0 and "skipped data, tune, merge, export, bench" in out, out
+    report = json.loads((run / "bench" / "report.json").read_text())
+    assert [t["gate"] for t in report["targets"]] == ["reference", "pass", "pass"]
+
+
 def test_a_run_dir_that_holds_someone_elses_files_is_never_moved_or_replaced(tmp_path, tiny_model_dir):
     """`--run-dir .` in a project, or a <run>.previous the user keeps files in: refused, untouched."""
     recipe = pipeline_recipe(tmp_path, tiny_model_dir)

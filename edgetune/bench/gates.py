@@ -12,9 +12,22 @@ from edgetune.errors import GateFailed
 EXPORTED = ("onnx", "gguf")
 
 
+def attach_export_parity(report: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Each exported target's parity verdict from the run's manifest, as it stands now (an
+    `export --check` since the bench counts): a file that failed its check against the merged model,
+    or was never checked, fails the gates however it scored."""
+    from edgetune.export.parity_record import parity_problem
+
+    for target in report["targets"]:
+        if target.get("format") in EXPORTED:
+            target["export_parity_problem"] = parity_problem(manifest, target["format"], target["quant"])
+
+
 def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     """Why `target` (a report.json target) fails the gates; empty when it passes."""
-    failures = []
+    failures = (
+        [f"export parity: {target['export_parity_problem']}"] if target.get("export_parity_problem") else []
+    )
     minimum = minimum_retention(target, gates.min_retention)
     if minimum is not None:
         failure = retention_failure(target, minimum, gates)

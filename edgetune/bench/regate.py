@@ -7,17 +7,21 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.bench.confidence import attach_intervals
-from edgetune.bench.gates import apply_gates
+from edgetune.bench.gates import apply_gates, attach_export_parity
 from edgetune.bench.report import read_report, write_report
 from edgetune.config import GatesConfig, load_recipe
 from edgetune.errors import InputError
-from edgetune.rundir import RECIPE_FILE, resolve_run_dir, run_lock
+from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock
 
 
-def regate(report: dict[str, Any], gates: GatesConfig) -> bool:
+def regate(report: dict[str, Any], gates: GatesConfig, manifest: dict[str, Any] | None = None) -> bool:
     """Apply `gates` to a report's existing measurements, every interval recomputed at
-    gates.confidence from the stored per-example scores; True when anything in the report changed."""
+    gates.confidence from the stored per-example scores, and the exports' parity verdicts read
+    again from the run's `manifest` (an `export --check` since the bench counts); True when
+    anything in the report changed."""
     before = json.dumps(report, sort_keys=True)
+    if manifest is not None:
+        attach_export_parity(report, manifest)
     try:
         attach_intervals(report, gates.confidence)
     except ValueError as e:
@@ -36,7 +40,7 @@ def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) ->
         if gates is None:
             gates = load_recipe(str(run_dir / RECIPE_FILE)).bench.gates
         try:
-            changed = regate(report, gates)
+            changed = regate(report, gates, read_manifest(run_dir))
             if changed:
                 paths = write_report(report, run_dir / "bench")
         except (KeyError, TypeError, AttributeError) as e:

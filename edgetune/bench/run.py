@@ -9,7 +9,7 @@ from typing import Any
 
 from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id
 from edgetune.bench.confidence import attach_intervals
-from edgetune.bench.gates import apply_gates, refuse_blind_pick
+from edgetune.bench.gates import apply_gates, attach_export_parity, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
 from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
@@ -394,6 +394,7 @@ def bench(
             {"max_new_tokens": cfg.max_new_tokens, "kl_examples": min(cfg.kl_examples, len(cases))}
         )
         attach_intervals(report, cfg.gates.confidence)
+        attach_export_parity(report, read_manifest(run_dir))
         apply_gates(report, cfg.gates)
         report["wall_s"] = round(time.time() - started, 1)
         paths = write_report(report, run_dir / "bench")

@@ -13,7 +13,12 @@ from edgetune.commands.common import allow_pickle_option, one_process, set_optio
 @click.option(
     "--run-dir", type=click.Path(path_type=Path), help="Run directory (default: runs/<recipe name>)."
 )
-@click.option("--gate/--no-gate", default=True, show_default=True, help="Exit 3 when a bench gate fails.")
+@click.option(
+    "--gate/--no-gate",
+    default=True,
+    show_default=True,
+    help="Exit 3 when a bench gate fails, or an exported file failed its parity check.",
+)
 @click.option(
     "--pick",
     is_flag=True,
@@ -53,4 +58,8 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
         soft_wrap=True,
     )
     if gate and result.report is not None:
-        raise_on_failed_gates(result.report, err)
+        raise_on_failed_gates(result.report, err)  # a file that failed its export parity fails them too
+    elif gate and result.export_problems:
+        from edgetune.errors import GateFailed
+
+        raise GateFailed("export parity failed: " + "; ".join(result.export_problems))

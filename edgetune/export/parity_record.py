@@ -76,19 +76,35 @@ def settle(record_dir: Path | None, export_dir: Path) -> None:
         update_manifest(record_dir, stages={"export": {"status": "done", "finished": finished}})
 
 
-def unchecked_exports(manifest: dict[str, Any], exported: list[tuple[str, str]]) -> list[str]:
-    """Why each exported (format, quant) in the run's `manifest` ships unverified: its parity check
-    never ran (an interrupted export) or it failed."""
+def parity_problem(manifest: dict[str, Any], fmt: str, quant: str) -> str | None:
+    """Why the run's exported (format, quant) file ships unverified: its parity check never ran
+    (an interrupted export) or it failed; None when it passed."""
     record = manifest.get("stages", {}).get("export", {})
-    problems = []
-    for fmt, quant in exported:
-        rows = [r for r in record.get(f"{fmt}_parity", []) if isinstance(r, dict)]  # a hand-edited one
-        row = next((r for r in rows if r.get("quant") == quant), None)
-        if row is None:
-            problems.append(
-                f"{fmt}/{quant}: its export parity was never checked (run `edgetune export --check`)"
-            )
-        elif not row.get("passed"):
-            failures = ", ".join(row.get("failures") or []) or f"see export/{fmt}/{PARITY_FILE}"
-            problems.append(f"{fmt}/{quant}: failed its export parity check ({failures})")
-    return problems
+    rows = [r for r in record.get(f"{fmt}_parity", []) if isinstance(r, dict)]  # a hand-edited one
+    row = next((r for r in rows if str(r.get("quant", "")).lower() == quant.lower()), None)
+    if row is None:
+        return "its export parity was never checked (run `edgetune export --check`)"
+    if not row.get("passed"):
+        failures = ", ".join(row.get("failures") or []) or f"see export/{fmt}/{PARITY_FILE}"
+        return f"failed its export parity check ({failures})"
+    return None
+
+
+def unchecked_exports(manifest: dict[str, Any], exported: list[tuple[str, str]]) -> list[str]:
+    """`fmt/quant: why` for each exported (format, quant) in the run's `manifest` that ships
+    unverified (see parity_problem)."""
+    return [
+        f"{fmt}/{quant}: {problem}"
+        for fmt, quant in exported
+        if (problem := parity_problem(manifest, fmt, quant))
+    ]
+
+
+def run_export_problems(run_dir: Path) -> list[str]:
+    """unchecked_exports for every file in the run's own export/ folder."""
+    from edgetune.rundir import read_manifest
+
+    exported = [
+        (fmt, quant) for fmt in ("gguf", "onnx") for quant in sorted(on_disk(run_dir / "export" / fmt, fmt))
+    ]
+    return unchecked_exports(read_manifest(run_dir), exported) if exported else []
