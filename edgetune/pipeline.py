@@ -90,9 +90,10 @@ def _files_fingerprint(paths: list[Path]) -> str:
 
 def _export_files(run_dir: Path) -> list[Path]:
     export = run_dir / "export"
-    gguf = sorted((export / "gguf").glob("*.gguf"))
-    onnx = sorted(p for p in (export / "onnx").glob("*/model.onnx*"))
-    return gguf + onnx
+    from edgetune.export.layout import gguf_files, onnx_dirs
+
+    onnx = [p for d in onnx_dirs(export / "onnx") for p in sorted(d.glob("model.onnx*"))]
+    return gguf_files(export / "gguf") + onnx
 
 
 def fingerprints(recipe: Recipe, run_dir: Path) -> dict[str, Callable[[], str]]:
@@ -302,14 +303,16 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, res
 
 def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
     """Remove exports of quants the recipe no longer asks for, so bench measures only current ones."""
+    from edgetune.export.layout import gguf_files, onnx_dirs
+
     keep = {a.path.resolve() for fmt in ("gguf", "onnx") if fmt in results for a in results[fmt].artifacts}
     gguf = run_dir / "export" / "gguf"
-    for path in sorted(gguf.glob("*.gguf")):
+    for path in gguf_files(gguf):
         if path.resolve() not in keep:
             path.unlink()
             path.with_suffix(".Modelfile").unlink(missing_ok=True)
-    for path in sorted((run_dir / "export" / "onnx").glob("*/")):
-        if (path / "model.onnx").is_file() and path.resolve() not in keep:
+    for path in onnx_dirs(run_dir / "export" / "onnx"):
+        if path.resolve() not in keep:
             shutil.rmtree(path)
     dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in results]
     for fmt in dropped:

@@ -566,6 +566,34 @@ def test_bench_refuses_what_the_run_already_shows_before_measuring(benched, tmp_
     )
 
 
+def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(benched, tmp_path):
+    """A kill -9 while tracing left export/onnx/.onnx-trace.*.tmp/model.onnx: it was checked,
+    benched and fingerprinted as a variant, and kept the export `running` after a clean re-export."""
+    import shutil
+
+    from edgetune.bench.run import discover_targets
+    from edgetune.config import load_recipe
+    from edgetune.pipeline import _export_files
+
+    run, _ = benched
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    trace = copy / "export" / "onnx" / ".onnx-trace.x1y2.tmp"
+    shutil.copytree(copy / "export" / "onnx" / "fp32", trace)
+    partial = copy / "export" / "gguf" / ".model-q8_0.gguf.4242.tmp"
+    partial.write_bytes(b"GGUF")
+    recipe = load_recipe(str(copy / "recipe.yaml"))
+    names = [t.name for t in discover_targets(copy, ["cpu"], recipe) if t.format != "torch"]
+    assert names == ["onnx/fp32", "onnx/int8", "gguf/q8_0"]
+    assert not [p for p in _export_files(copy) if ".tmp" in str(p)]
+    checked = CliRunner().invoke(main, ["export", str(copy), "--check", "--to", "onnx"])
+    assert checked.exit_code == 0 and "tmp" not in checked.output, checked.output
+    again = CliRunner().invoke(main, ["export", str(copy), "--to", "onnx", "--quant", "fp32"])
+    assert again.exit_code == 0, again.output
+    assert not trace.exists() and not partial.exists()
+    assert json.loads((copy / "manifest.json").read_text())["stages"]["export"]["status"] == "done"
+
+
 def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(
     benched, tmp_path, monkeypatch
 ):

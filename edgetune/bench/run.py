@@ -16,6 +16,7 @@ from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError, ModelError
+from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
 
 
@@ -108,20 +109,20 @@ def discover_targets(
                     "torch/adapter", "torch", "adapter", "torch", device, base, run_dir / "adapter", loaded
                 )
             )
-        for d in sorted((run_dir / "export" / "onnx").glob("*/model.onnx")):
+        for d in onnx_dirs(run_dir / "export" / "onnx"):
             targets.append(
                 Target(
-                    f"onnx/{d.parent.name}",
+                    f"onnx/{d.name}",
                     "onnx",
-                    d.parent.name,
+                    d.name,
                     "onnxruntime",
                     device,
-                    d.parent,
-                    size_bytes=directory_size(d.parent),
+                    d,
+                    size_bytes=directory_size(d),
                 )
             )
-        for f in sorted((run_dir / "export" / "gguf").glob("*.gguf")):
-            quant = f.stem.rsplit("-", 1)[-1].lower()
+        for f in gguf_files(run_dir / "export" / "gguf"):
+            quant = gguf_quant(f)
             targets.append(
                 Target(f"gguf/{quant}", "gguf", quant, "llama.cpp", device, f, size_bytes=f.stat().st_size)
             )

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
 from edgetune.rundir import atomic_write_json, update_manifest
 
 PARITY_FILE = "parity.json"
@@ -17,8 +18,8 @@ PARITY_FILE = "parity.json"
 def on_disk(out_dir: Path, fmt: str) -> set[str]:
     """The quants of the files there: model-<quant>.gguf, or <quant>/model.onnx."""
     if fmt == "gguf":
-        return {p.stem.rsplit("-", 1)[-1].lower() for p in out_dir.glob("*.gguf")}
-    return {p.parent.name.lower() for p in out_dir.glob("*/model.onnx")}
+        return {gguf_quant(p) for p in gguf_files(out_dir)}
+    return {p.name.lower() for p in onnx_dirs(out_dir)}
 
 
 def _rows(out_dir: Path) -> list[dict[str, Any]]:

@@ -10,11 +10,13 @@ from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError
 from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
+from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
+    clean_stale_temporaries,
     file_in_the_way,
     read_manifest,
     resolve_run_dir,
@@ -49,10 +51,10 @@ def _prepared(recipe: Recipe, model_dir: Path):
 
 
 def _existing_gguf(gguf_dir: Path) -> list[tuple[str, Path]]:
-    found = sorted(gguf_dir.glob("*.gguf")) if gguf_dir.is_dir() else []
+    found = gguf_files(gguf_dir)
     if not found:
         raise InputError(f"{gguf_dir}: no GGUF files to check; run `edgetune export` first")
-    return [(p.stem.rsplit("-", 1)[-1].lower(), p) for p in found]
+    return [(gguf_quant(p), p) for p in found]
 
 
 def _relative(path: Path, run_dir: Path) -> str:
@@ -89,7 +91,7 @@ def _refuse_unexported_quants(quants: list[str] | None, formats: list[str]) -> N
 
 
 def _existing_onnx(onnx_dir: Path) -> list[tuple[str, Path]]:
-    found = sorted(p.parent for p in onnx_dir.glob("*/model.onnx")) if onnx_dir.is_dir() else []
+    found = onnx_dirs(onnx_dir)
     if not found:
         raise InputError(f"{onnx_dir}: no ONNX exports to check; run `edgetune export --to onnx` first")
     return [(p.name, p) for p in found]
@@ -140,6 +142,8 @@ def export(
                     f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"
                 )
         else:
+            if record_dir or not run_dir:  # a folder this export holds the lock on
+                clean_stale_temporaries(base_out)  # what a killed export was writing
             _merge_if_needed(run_dir, model_dir, console)
             from edgetune.rundir import low_space_warning, weights_bytes
 
