@@ -229,7 +229,8 @@ def run_pipeline(
             for later in STAGES[STAGES.index(stage) + 1 :]:
                 done.pop(later, None)
             record(stage)
-        point_latest(run_dir)
+        if not point_latest(run_dir):
+            say(f"[yellow]warning:[/] {RUNS_DIR / 'latest'} is not edgetune's link: left as it is")
         if "export" in stages:
             from edgetune.export.parity_record import run_export_problems
 

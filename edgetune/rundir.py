@@ -219,14 +219,24 @@ def refuse_foreign_dir(run_dir: Path) -> None:
         )
 
 
-def point_latest(run_dir: Path) -> None:
-    """runs/latest -> run_dir (a relative symlink, replaced atomically)."""
-    link = run_dir.parent / LATEST
-    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}.tmp"
+def point_latest(run_dir: Path) -> bool:
+    """runs/latest -> run_dir, replaced atomically, in the runs/ folder where a command given no
+    RUN_DIR looks (resolve_run_dir): relative for a run under it, absolute for a --run-dir elsewhere
+    (whose own parent gets nothing). A `latest` there that is no symlink is somebody's file: left
+    as it is, and False returned."""
+    link = RUNS_DIR / LATEST
+    if link.exists() and not link.is_symlink():
+        return False
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    target = run_dir.resolve()
+    runs = RUNS_DIR.resolve()
+    name = str(target.relative_to(runs)) if target.is_relative_to(runs) else str(target)
+    tmp = RUNS_DIR / f".{LATEST}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    os.symlink(run_dir.name, tmp)
+    os.symlink(name, tmp)
     os.replace(tmp, link)
+    return True
 
 
 def resolve_run_dir(run_dir: Path | None) -> Path:

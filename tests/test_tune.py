@@ -741,3 +741,26 @@ def test_an_fsdp_checkpoint_without_its_model_file_is_one_clear_error(tmp_path):
     plugin = SimpleNamespace(state_dict_type=SimpleNamespace(name="LOCAL_STATE_DICT"))
     with pytest.raises(ModelError, match="LOCAL_STATE_DICT is not one edgetune reads back"):
         load_fsdp_adapter(plugin, model=None, checkpoint_dir=tmp_path)
+
+
+def test_latest_lives_in_runs_and_never_replaces_somebodys_file(tmp_path, tiny_model_dir):
+    """--run-dir elsewhere/x wrote a `latest` symlink into elsewhere/ (replacing a user's file named
+    so) while `edgetune export` with no RUN_DIR still read runs/latest."""
+    import os
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=1, eval_steps=1, save_steps=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "latest").write_text("my notes")
+    first = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(elsewhere / "x")])
+    assert first.exit_code == 0, first.output
+    assert (elsewhere / "latest").read_text() == "my notes"
+    link = tmp_path / "runs" / "latest"
+    assert os.readlink(link) == str(elsewhere / "x") and link.resolve() == elsewhere / "x"
+    second = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", "runs/y"])
+    assert second.exit_code == 0 and os.readlink(link) == "y", second.output  # relative inside runs/
+    link.unlink()
+    link.mkdir()  # a folder of the user's called latest: tune used to fail after training (exit 1)
+    third = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", "runs/z"])
+    assert third.exit_code == 0 and "runs/latest is not edgetune's link" in third.output, third.output
+    assert link.is_dir() and not link.is_symlink()

@@ -17,6 +17,7 @@ from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted, writing
 from edgetune.rundir import (
     RECIPE_FILE,
+    RUNS_DIR,
     atomic_write_text,
     clean_stale_temporaries,
     discarded_on_failure,
@@ -164,8 +165,10 @@ def tune(
                 )
             resume_from = _prepare_checkpoints(run_dir, resume, main)
             run = _prepare_training(recipe, run_dir, resume_from, main, warn, console)
-        if main:  # the run is real now: `tune --resume` and `export` find it by default
-            point_latest(run_dir)
+        if main and not point_latest(run_dir):  # the run is real now: `export` finds it by default
+            warn(
+                f"{RUNS_DIR / 'latest'} is not edgetune's link: left as it is, so name this run to later commands"
+            )
         try:
             with writing(run_dir / "checkpoints"):
                 run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
