@@ -13,7 +13,7 @@ from pathlib import Path
 from edgetune.bench.runners import Runner, Target, iter_greedy, open_runner
 from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.models import short_reason
-from edgetune.rundir import RECIPE_FILE
+from edgetune.rundir import MANIFEST, RECIPE_FILE
 
 
 @dataclass
@@ -88,10 +88,15 @@ class ChatSession:
 
 
 def _run_of(path: Path) -> Path | None:
-    for parent in [path, *path.parents]:
-        if (parent / RECIPE_FILE).is_file():
-            return parent
-    return None
+    """The run an artifact is part of, found where runs put their files (RUN, RUN/merged,
+    RUN/export/gguf/FILE, RUN/export/onnx/QUANT): a recipe.yaml further up (a project's, another
+    tool's) is not the artifact's run, and its system prompt is not the artifact's."""
+    places = [path]
+    if path.name == "merged":
+        places.append(path.parent)
+    if path.parent.name in ("gguf", "onnx") and path.parent.parent.name == "export":
+        places.append(path.parents[2])
+    return next((p for p in places if (p / RECIPE_FILE).is_file() and (p / MANIFEST).is_file()), None)
 
 
 def training_system_prompt(run: Path) -> str | None:

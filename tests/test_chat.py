@@ -115,3 +115,21 @@ def test_a_mistyped_command_is_not_sent_but_a_path_and_a_double_slash_are(export
     assert sent == ["/var/log/syslog is full", "/reset"]
     assert "unknown command /hlep; /reset clears the conversation" in result.stderr
     assert result.stderr.count("/exit or Ctrl-D leaves") == 2  # /hlep and /help
+
+
+def test_a_recipe_above_a_plain_model_export_is_not_its_run(exported_run, tmp_path):
+    """chat took any recipe.yaml in any parent folder as the artifact's run: a project's system
+    prompt was applied to an unrelated export, and another tool's recipe.yaml failed chat."""
+    import shutil
+
+    from edgetune.chat import _run_of, open_chat
+
+    project = tmp_path / "project"
+    onnx = shutil.copytree(exported_run / "export" / "onnx" / "fp32", project / "exports" / "fp32")
+    (project / "recipe.yaml").write_text("foo: bar\n")
+    assert _run_of(onnx) is None
+    result = CliRunner().invoke(main, ["chat", str(onnx), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    assert open_chat(onnx).system is None
+    for inside in ("export/onnx/fp32", "export/gguf/model-f32.gguf", "merged", "."):  # a run's own files
+        assert _run_of((exported_run / inside).resolve()) == exported_run.resolve(), inside
