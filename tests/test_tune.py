@@ -147,6 +147,31 @@ def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir
     assert not (ckpts / "checkpoint-12").exists() and not (run / ".manifest.json.123.tmp").exists()
 
 
+def test_resume_refuses_data_or_a_base_model_changed_since_the_run_started(tmp_path, tiny_model_dir):
+    """--resume went on with other data (or base weights) than the checkpoints learned from, and
+    rewrote the manifest's hashes as if the whole run had trained on them."""
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    run = tune(str(make_recipe(tmp_path, base, max_steps=8))).run_dir
+    shutil.rmtree(run / "adapter")  # killed after its last checkpoint
+    manifest = (run / "manifest.json").read_bytes()
+    data = tmp_path / "data.jsonl"
+    rows = data.read_bytes()
+    data.write_bytes(rows + rows[: rows.index(b"\n") + 1])  # one row more
+    resume = ["tune", "--resume", "--run-dir", str(run)]
+    refused = CliRunner().invoke(main, resume)
+    assert refused.exit_code == 2, refused.output
+    assert f"data.train ({data}) changed since this run started" in refused.output
+    data.write_bytes(rows)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "note": "edited in place"}))
+    refused = CliRunner().invoke(main, resume)
+    assert refused.exit_code == 2 and f"model.base ({base}) changed" in refused.output, refused.output
+    assert (run / "manifest.json").read_bytes() == manifest
+    shutil.copy(tiny_model_dir / "config.json", base / "config.json")
+    resumed = CliRunner().invoke(main, resume)
+    assert resumed.exit_code == 0 and "resumed from step 8" in resumed.output, resumed.output
+
+
 @pytest.mark.parametrize(
     "model_fixture", ["tiny_model_dir", "tiny_gemma3_dir"]
 )  # Gemma 3: sliding window too

@@ -232,6 +232,10 @@ def _prepare_training(
     model_ref = resolve_model(
         recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
     )
+    # every rank checks a resume (one refusing alone would leave the others waiting in training)
+    base_sha256 = sha256_tree(model_ref.path) if main or resume_from is not None else ""
+    if resume_from is not None:
+        _refuse_changed_inputs(run_dir, recipe, base_sha256)
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
     space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
@@ -257,7 +261,7 @@ def _prepare_training(
     trainer = build_trainer(recipe, args, model, tokenizer, train_examples, valid_examples, callbacks)
     run = _Training(trainer, tokenizer, setup, train_examples, valid_examples)
     if main:
-        run.initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, data)
+        run.initial_eval = _write_start_manifest(run_dir, recipe, setup, model_ref, base_sha256, data)
     if valid_examples and resume_from is None:
         from edgetune.tune.callbacks import InitialEval
 
@@ -348,7 +352,32 @@ def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console
     return callbacks
 
 
-def _write_start_manifest(run_dir: Path, recipe: Recipe, setup, model_ref, data) -> float | None:
+def _refuse_changed_inputs(run_dir: Path, recipe: Recipe, base_sha256: str) -> None:
+    """A resumed run goes on from what its checkpoints learned: on the data files and the base
+    model recorded when it started. Changed since, the run would end as a mix of two trainings
+    while its manifest (and every file exported from it) named only the second."""
+    manifest = read_manifest(run_dir)
+    was = manifest.get("data", {}).get("sha256", {})
+    if not was:  # a start that never recorded its inputs: nothing to compare
+        return
+    now = _data_hashes(recipe)
+    changed = [
+        f"data.{split} ({getattr(recipe.data, split) or 'no file'})"
+        for split in ("train", "valid", "test")
+        if was.get(split) != now.get(split)
+    ]
+    if manifest.get("base_model", {}).get("sha256") not in (None, base_sha256):
+        changed.append(f"model.base ({recipe.model.base})")
+    if changed:
+        raise InputError(
+            f"{run_dir}: {', '.join(changed)} changed since this run started; its checkpoints learned "
+            "from the earlier files. Put them back to resume, or start a new run on the new ones"
+        )
+
+
+def _write_start_manifest(
+    run_dir: Path, recipe: Recipe, setup, model_ref, base_sha256: str, data
+) -> float | None:
     """What this run starts from; returns the validation loss before training if an earlier start measured it."""
     import torch
 
@@ -370,7 +399,7 @@ def _write_start_manifest(run_dir: Path, recipe: Recipe, setup, model_ref, data)
             "name": model_ref.name,
             "kind": model_ref.kind,
             "path": str(model_ref.path),
-            "sha256": sha256_tree(model_ref.path),
+            "sha256": base_sha256,
         },
         data={"sha256": _data_hashes(recipe), **data.summary()},
     )
