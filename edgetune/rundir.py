@@ -8,6 +8,7 @@ in the same directory, fsync, rename), so a crash leaves the previous version, n
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -83,10 +84,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes it 0600: give it the mode any other file gets (a server reading the export)
+        os.fchmod(fd, 0o666 & ~_umask())
         with writing(path), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -108,6 +119,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700, and the rename keeps that
         with writing(target):
             yield staging
             fsync_tree(staging)

@@ -349,3 +349,25 @@ def test_a_model_directory_without_tokenizer_files_is_one_line_naming_it(tmp_pat
     result = CliRunner().invoke(main, ["chat", str(bare), "--prompt", "hi"])
     assert result.exit_code == 2 and f"{bare}: no tokenizer files" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_files_and_folders_written_atomically_get_the_umask_mode_not_a_private_one(tmp_path):
+    """mkstemp and mkdtemp make 0600 files and 0700 folders, and the rename kept that: a shipped
+    ONNX directory, merged model or Modelfile was unreadable to a model server running as another
+    user, where the GGUF beside it was 0644."""
+    import os
+    import stat
+
+    from edgetune.rundir import _umask, atomic_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    _umask.cache_clear()  # read once per process
+    try:
+        atomic_write_text(tmp_path / "manifest.json", "{}")
+        with atomic_dir(tmp_path / "fp32") as staging:
+            (staging / "model.onnx").write_bytes(b"x")
+    finally:
+        os.umask(old)
+        _umask.cache_clear()
+    assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "fp32").stat().st_mode) == 0o755
