@@ -281,6 +281,11 @@ class Recipe:
             problems.append(
                 f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)"
             )
+        # runs/ also holds the latest-run link, plain-model exports and runs set aside by `edgetune run`
+        elif self.name.lower() in ("latest", "export") or self.name.lower().endswith(".previous"):
+            problems.append(
+                f"name: {self.name!r} is taken in runs/ (runs/{self.name} is edgetune's own); rename it"
+            )
         return (
             problems
             + self.data.validate()

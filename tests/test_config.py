@@ -138,6 +138,16 @@ def test_recipe_names_cannot_escape_the_runs_directory(name):
         load_recipe("demo", [f"name={name}"])
 
 
+@pytest.mark.parametrize("name", ["latest", "Latest", "export", "tiny.previous"])
+def test_recipe_names_edgetune_uses_in_runs_are_refused(name):
+    """A recipe named `latest` took over whichever run runs/latest pointed at."""
+    from edgetune.config import load_recipe
+    from edgetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"name: '{name}' is taken in runs/"):
+        load_recipe("demo", [f"name={name}"])
+
+
 def test_a_key_given_twice_non_utf8_bytes_and_a_directory_are_refused_by_line(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: x\ntrain:\n  lr: 1.0e-4\n  batch_size: 2\n  lr: 1.0e-3\n")
