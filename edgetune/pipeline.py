@@ -1,11 +1,12 @@
 """`edgetune run RECIPE`: data check, tune, merge, export and bench in one run directory, each stage
 skipped when the inputs it was last run on are unchanged.
 
-A stage's fingerprint is a hash of exactly what it reads: tune the model, data and train sections
-and the data files' bytes; merge the adapter's files; export the merged weights, the export
-section and the data (importance matrix, parity prompts); bench the exported files and the bench
-section. Fingerprints are recorded in manifest.json under "pipeline" only after a stage finishes, so
-an interrupted stage runs again (tune resumes from its last committed checkpoint).
+A stage's fingerprint is a hash of exactly what it reads: tune the model (a local base by its
+files' contents), the data and train sections and the data files' bytes; merge the adapter's files;
+export the merged weights, the export section and the data (importance matrix, parity prompts);
+bench the exported files and the bench section. Fingerprints are recorded in manifest.json under
+"pipeline" only after a stage finishes, so an interrupted stage runs again (tune resumes from its
+last committed checkpoint).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from edgetune.rundir import (
     run_lock,
     sha256_file,
     sha256_tree,
+    tree_files,
 )
 
 STAGES = ("data", "tune", "merge", "export", "bench")
@@ -62,30 +64,72 @@ def _digest(*parts: Any) -> str:
 ADDED_LATER: dict[str, Any] = {}
 
 
-def hashed_settings(section: str, settings: Any) -> dict[str, Any]:
+# Settings out of every fingerprint: the data files' paths (their bytes are hashed by split, so a
+# project moved or checked out elsewhere is still up to date) and settings that cannot change what a
+# stage makes. Fingerprints recorded before these left (edgetune up to 2026-12-06, `legacy`) are
+# still recognised, and replaced by today's when a stage is found up to date.
+UNHASHED = (
+    "data.train",
+    "data.valid",
+    "data.test",
+    "model.allow_pickle",
+    "train.threads",
+    "train.tensorboard",
+)
+
+
+def hashed_settings(section: str, settings: Any, legacy: bool = False) -> dict[str, Any]:
     """A recipe section as its stage's fingerprint hashes it: every field but those of ADDED_LATER
-    left at their earlier behaviour, nested sections the same way."""
+    left at their earlier behaviour and those UNHASHED, nested sections the same way."""
     out = {}
     for key, value in (asdict(settings) if not isinstance(settings, dict) else settings).items():
         path = f"{section}.{key}"
-        if path in ADDED_LATER and value == ADDED_LATER[path]:
+        if path in ADDED_LATER and value == ADDED_LATER[path] or (path in UNHASHED and not legacy):
             continue
-        out[key] = hashed_settings(path, value) if isinstance(value, dict) else value
+        out[key] = hashed_settings(path, value, legacy) if isinstance(value, dict) else value
     return out
 
 
-def _data_fingerprint(recipe: Recipe) -> str:
+def _data_fingerprint(recipe: Recipe, legacy: bool = False) -> str:
     from edgetune.data.files import dataset_kind
 
     paths = {k: Path(p) for k in ("train", "valid", "test") if (p := getattr(recipe.data, k))}
     for path in paths.values():
         dataset_kind(path)  # a missing file or a directory is a DataError naming it, not a hashing crash
     files = {k: sha256_file(p) for k, p in paths.items()}
-    return _digest(hashed_settings("data", recipe.data), files)
+    return _digest(hashed_settings("data", recipe.data, legacy), files)
 
 
-def _files_fingerprint(paths: list[Path]) -> str:
-    return _digest({str(p.name): sha256_file(p) for p in paths})
+def _files_fingerprint(paths: list[Path], root: Path | None) -> str:
+    """Each file by its path under `root` (every ONNX variant's file is model.onnx; `legacy`
+    fingerprints keyed them by name, so only the last variant's bytes counted)."""
+    return _digest({str(p.relative_to(root) if root else p.name): sha256_file(p) for p in paths})
+
+
+def _stat_signature(paths: list[Path]) -> str:
+    return _digest([(p.name, (s := p.stat()).st_size, s.st_mtime_ns) for p in paths])
+
+
+def base_identity(recipe: Recipe, done: dict[str, Any]) -> str:
+    """What model.base stands for in the tune fingerprint: a built-in alias or hub id by its name
+    (with model.revision beside it), a local directory by its files' contents, so an edit in place
+    retrains and a moved copy does not. Hashing takes seconds a GB: the hash is kept in the
+    pipeline record with the files' sizes and times, and taken again only when those change."""
+    from edgetune.models import BUILTINS
+
+    name = recipe.model.base
+    path = Path(name).expanduser()
+    cached = done.get("base_model") if isinstance(done.get("base_model"), dict) else {}
+    if name in BUILTINS:
+        return name
+    if not path.is_dir():  # a hub id; or a local base removed since: it held what the record says
+        return cached["sha256"] if cached.get("name") == name and cached.get("sha256") else name
+    stat = _stat_signature(tree_files(path))
+    if cached.get("stat") == stat and cached.get("sha256"):
+        return cached["sha256"]
+    digest = sha256_tree(path)
+    done["base_model"] = {"name": name, "stat": stat, "sha256": digest}  # saved at the end of the run
+    return digest
 
 
 def _export_files(run_dir: Path) -> list[Path]:
@@ -96,27 +140,33 @@ def _export_files(run_dir: Path) -> list[Path]:
     return gguf_files(export / "gguf") + onnx
 
 
-def fingerprints(recipe: Recipe, run_dir: Path) -> dict[str, Callable[[], str]]:
-    """Lazily computed, since later ones hash files earlier stages write."""
-    data = _data_fingerprint(recipe)
-    tune = _tune_key(recipe, data)
+def fingerprints(
+    recipe: Recipe, run_dir: Path, done: dict[str, Any] | None = None, legacy: bool = False
+) -> dict[str, Callable[[], str]]:
+    """Lazily computed, since later ones hash files earlier stages write. `done`: the run's pipeline
+    record (a local base's cached hash). `legacy`: as edgetune fingerprinted before UNHASHED."""
+    data = _data_fingerprint(recipe, legacy)
+    tune = _tune_key(recipe, data, None if legacy else base_identity(recipe, {} if done is None else done))
+    export_dir = None if legacy else run_dir / "export"
     return {
         "data": lambda: data,
         "tune": lambda: tune,
         "merge": lambda: _digest(tune, sha256_tree(run_dir / "adapter")),
         "export": lambda: _digest(
             sha256_tree(run_dir / "merged"),
-            hashed_settings("export", recipe.export),
+            hashed_settings("export", recipe.export, legacy),
             data,
             recipe.bench.max_new_tokens,
         ),
         # gates are not measurements: a skipped bench re-applies them to its report
-        "bench": lambda: _digest(_files_fingerprint(_export_files(run_dir)), _bench_settings(recipe)),
+        "bench": lambda: _digest(
+            _files_fingerprint(_export_files(run_dir), export_dir), _bench_settings(recipe, legacy)
+        ),
     }
 
 
-def _bench_settings(recipe: Recipe) -> dict[str, Any]:
-    settings = hashed_settings("bench", recipe.bench)
+def _bench_settings(recipe: Recipe, legacy: bool = False) -> dict[str, Any]:
+    settings = hashed_settings("bench", recipe.bench, legacy)
     settings.pop("gates")
     return settings
 
@@ -199,14 +249,23 @@ def run_pipeline(
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         done = read_manifest(run_dir).get("pipeline", {}) if (run_dir / "manifest.json").is_file() else {}
-        prints = fingerprints(recipe, run_dir)
+        as_read = json.dumps(done, sort_keys=True)
+        prints = fingerprints(recipe, run_dir, done)
+        legacy = fingerprints(recipe, run_dir, legacy=True)
 
         def say(message: str) -> None:
             if console is not None:
                 console.print(message)
 
         def up_to_date(stage: str) -> bool:
-            return done.get(stage) == prints[stage]() and _outputs_present(stage, run_dir)
+            if stage not in done or not _outputs_present(stage, run_dir):
+                return False
+            if done[stage] == prints[stage]():
+                return True
+            if done[stage] != legacy[stage]():  # neither today's nor an earlier edgetune's
+                return False
+            record(stage)  # an earlier edgetune's fingerprint of the same inputs: today's from now on
+            return True
 
         def record(stage: str) -> None:
             done[stage] = prints[stage]()
@@ -219,7 +278,8 @@ def run_pipeline(
                 continue
             say(f"[bold]{stage}[/]")
             try:
-                _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result)
+                tune_keys = (prints["tune"](), legacy["tune"]())
+                _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result, tune_keys)
             except KeyboardInterrupt:
                 raise Interrupted(
                     f"interrupted in {stage}; the same `edgetune run` continues: the stages before it are kept"
@@ -229,6 +289,8 @@ def run_pipeline(
             for later in STAGES[STAGES.index(stage) + 1 :]:
                 done.pop(later, None)
             record(stage)
+        if json.dumps(done, sort_keys=True) != as_read and (run_dir / "manifest.json").is_file():
+            _save(run_dir, done)  # a local base's hash taken again (its files' times changed)
         if not point_latest(run_dir):
             say(f"[yellow]warning:[/] {RUNS_DIR / 'latest'} is not edgetune's link: left as it is")
         if "export" in stages:
@@ -252,7 +314,9 @@ def _regated_report(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -
     return report
 
 
-def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result) -> None:
+def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result, tune_keys) -> None:
+    """`tune_keys`: the tune fingerprint, today's and an earlier edgetune's (a tune it started
+    resumes too)."""
     if stage == "data":
         from edgetune.data.report import check_dataset, print_report
 
@@ -265,13 +329,13 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, res
         from edgetune.tune.run import finished_tune, tune
 
         saved = bool(complete_checkpoints(run_dir / "checkpoints"))
-        resume = saved and done.get("tune_started") == _tune_key(recipe)
+        resume = saved and done.get("tune_started") in tune_keys
         if resume and finished_tune(run_dir):  # it finished, then the run stopped before recording it
             return
         if not resume:
             _set_aside(run_dir, console)
             run_dir.mkdir(parents=True, exist_ok=True)
-            done["tune_started"] = _tune_key(recipe)
+            done["tune_started"] = tune_keys[0]
             _save(run_dir, done)
         tune(
             None if resume else recipe_arg,
@@ -340,12 +404,12 @@ def _save(run_dir: Path, done: dict[str, str]) -> None:
     atomic_write_json(run_dir / "manifest.json", manifest)
 
 
-def _tune_key(recipe: Recipe, data: str | None = None) -> str:
-    return _digest(
-        data or _data_fingerprint(recipe),
-        hashed_settings("model", recipe.model),
-        hashed_settings("train", recipe.train),
-    )
+def _tune_key(recipe: Recipe, data: str, base: str | None) -> str:
+    """`base`: the base model's identity (base_identity); None: as `legacy` fingerprints hashed it."""
+    model = hashed_settings("model", recipe.model, legacy=base is None)
+    if base is not None:
+        model["base"] = base
+    return _digest(data, model, hashed_settings("train", recipe.train, legacy=base is None))
 
 
 def _refresh_recipe(recipe: Recipe, run_dir: Path) -> None:

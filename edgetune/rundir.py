@@ -169,13 +169,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def sha256_tree(
-    root: Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.model", "*.jinja")
-) -> str:
+MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.jinja")
+
+
+def tree_files(root: Path, patterns: tuple[str, ...] = MODEL_FILES) -> list[Path]:
+    return sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
+
+
+def sha256_tree(root: Path, patterns: tuple[str, ...] = MODEL_FILES) -> str:
     """A hash over a model directory's files (names and contents), stable across machines."""
     h = hashlib.sha256()
-    files = sorted({p for pattern in patterns for p in root.glob(pattern) if p.is_file()})
-    for path in files:
+    for path in tree_files(root, patterns):
         h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return h.hexdigest()
 

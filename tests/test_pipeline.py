@@ -242,7 +242,7 @@ def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["pipeline"] = {
         "data": manifest.get("pipeline", {}).get("data", ""),
-        "tune_started": edgetune.pipeline._tune_key(recipe),
+        "tune_started": edgetune.pipeline.fingerprints(recipe, run)["tune"](),
     }
     (run / "manifest.json").write_text(json.dumps(manifest))
     adapter = sha256_file(run / "adapter" / "adapter_model.safetensors")
@@ -340,19 +340,102 @@ def test_a_field_at_its_earlier_behaviour_stays_out_of_the_fingerprint(monkeypat
     from edgetune.config import load_recipe
 
     demo = load_recipe("demo")
-    assert pipeline.hashed_settings("train", demo.train) == dataclasses.asdict(demo.train)
-    before = pipeline.fingerprints(demo, tmp_path)["tune"]()
-    # train.threads and train.lora.rslora stand in for fields added after a run was fingerprinted
-    monkeypatch.setattr(pipeline, "ADDED_LATER", {"train.threads": None, "train.lora.rslora": False})
-    hashed = pipeline.hashed_settings("train", demo.train)
     whole = dataclasses.asdict(demo.train)
-    assert "threads" not in hashed and "rslora" not in hashed["lora"]
-    assert {k: v for k, v in whole.items() if k not in ("threads", "lora")} == {
+    unhashed = ("threads", "tensorboard")  # pipeline.UNHASHED: they change nothing the tune makes
+    assert pipeline.hashed_settings("train", demo.train) == {
+        k: v for k, v in whole.items() if k not in unhashed
+    }
+    assert pipeline.hashed_settings("train", demo.train, legacy=True) == whole
+    before = pipeline.fingerprints(demo, tmp_path)["tune"]()
+    # train.scheduler and train.lora.rslora stand in for fields added after a run was fingerprinted
+    assert (demo.train.scheduler, demo.train.lora.rslora) == ("cosine", False)
+    monkeypatch.setattr(pipeline, "ADDED_LATER", {"train.scheduler": "cosine", "train.lora.rslora": False})
+    hashed = pipeline.hashed_settings("train", demo.train)
+    assert "scheduler" not in hashed and "rslora" not in hashed["lora"]
+    assert {k: v for k, v in whole.items() if k not in ("scheduler", "lora", *unhashed)} == {
         k: v for k, v in hashed.items() if k != "lora"
     }
     neutral = pipeline.fingerprints(demo, tmp_path)["tune"]()
-    assert neutral != before and neutral == pipeline._tune_key(demo)
+    assert neutral != before
     # set to anything else, the field is hashed as usual
-    threads = load_recipe("demo", ["train.threads=2"])
-    assert pipeline.hashed_settings("train", threads.train)["threads"] == 2
-    assert pipeline.fingerprints(threads, tmp_path)["tune"]() not in (before, neutral)
+    linear = load_recipe("demo", ["train.scheduler=linear"])
+    assert pipeline.hashed_settings("train", linear.train)["scheduler"] == "linear"
+    assert pipeline.fingerprints(linear, tmp_path)["tune"]() not in (before, neutral)
+
+
+def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_skip(tmp_path, tiny_model_dir):
+    """The fingerprints hashed the data files' absolute paths (a project moved or checked out
+    elsewhere retrained from scratch) and settings that change nothing the tune makes
+    (train.threads, train.tensorboard, --allow-pickle); a run fingerprinted that way by an earlier
+    edgetune is still up to date, and gets today's fingerprints."""
+    import shutil
+
+    from edgetune import pipeline
+    from edgetune.config import load_recipe
+
+    project = tmp_path / "a"
+    project.mkdir()
+    recipe = pipeline_recipe(project, tiny_model_dir)
+    first = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(project / "runs" / "tiny")])
+    assert first.exit_code == 0, first.output
+    moved = tmp_path / "b"
+    shutil.move(project, moved)
+    run = moved / "runs" / "tiny"
+    for extra in ([], ["--set", "train.threads=2", "--allow-pickle"]):
+        again, out = invoke(moved / "recipe.yaml", "--run-dir", run, *extra)
+        assert again.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    today = dict(manifest["pipeline"])
+    loaded = load_recipe(str(moved / "recipe.yaml"))
+    earlier = {stage: fp() for stage, fp in pipeline.fingerprints(loaded, run, legacy=True).items()}
+    assert all(earlier[stage] != today[stage] for stage in pipeline.STAGES)
+    manifest["pipeline"] = {**earlier, "tune_started": earlier["tune"]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    upgraded, out = invoke(moved / "recipe.yaml", "--run-dir", run)
+    assert upgraded.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
+    recorded = json.loads((run / "manifest.json").read_text())["pipeline"]
+    assert {stage: recorded[stage] for stage in pipeline.STAGES} == {s: today[s] for s in pipeline.STAGES}
+
+
+def test_a_local_base_edited_in_place_retrains_and_one_merely_touched_does_not(tmp_path, tiny_model_dir):
+    """The tune fingerprint held a local base's path only: weights changed in place were never
+    trained on, and merge folded the old adapter into the new base."""
+    import os
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    recipe = pipeline_recipe(tmp_path, base)
+    first, out = invoke(recipe, "--until", "tune")
+    assert first.exit_code == 0, out
+    config = base / "config.json"
+    os.utime(config, ns=(0, 0))  # its time changes, not its bytes: hashed again, the same
+    touched, out = invoke(recipe, "--until", "tune")
+    assert touched.exit_code == 0 and "ran nothing; skipped data, tune" in out, out
+    stat = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())["pipeline"]["base_model"]
+    assert stat["sha256"] and stat["name"] == str(base)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "note": "edited in place"}))
+    edited, out = invoke(recipe, "--until", "tune")
+    assert edited.exit_code == 0 and "ran tune; skipped data" in out, out
+    assert (tmp_path / "runs" / "tiny.previous" / "adapter").is_dir()
+
+
+def test_the_bench_fingerprint_tells_each_onnx_variant_apart(tmp_path):
+    """Every variant's file is model.onnx: keyed by name, only the last one's bytes counted, and a
+    changed fp32 beside an int8 left bench up to date."""
+    from edgetune import pipeline
+    from edgetune.config import load_recipe
+
+    recipe = load_recipe("demo")
+    for quant in ("fp32", "int8"):
+        (tmp_path / "export" / "onnx" / quant).mkdir(parents=True)
+        (tmp_path / "export" / "onnx" / quant / "model.onnx").write_bytes(quant.encode())
+
+    def bench(legacy=False):
+        return pipeline.fingerprints(recipe, tmp_path, legacy=legacy)["bench"]()
+
+    before, before_legacy = bench(), bench(legacy=True)
+    (tmp_path / "export" / "onnx" / "fp32" / "model.onnx").write_bytes(b"changed")
+    assert bench() != before
+    assert bench(legacy=True) == before_legacy  # what the earlier fingerprint missed
