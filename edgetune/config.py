@@ -192,6 +192,11 @@ class ExportConfig:
 
     def validate(self) -> list[str]:
         problems = not_empty("export", self, "formats") + at_least("export", self, 1, "parity_examples")
+        for fmt in ("gguf", "onnx"):  # an empty list exported nothing, and bench failed for it later
+            if fmt in self.formats and not getattr(self, fmt).quants:
+                problems.append(
+                    f"export.{fmt}.quants: empty while export.formats has {fmt}; name a type or drop {fmt}"
+                )
         return problems + self.gguf.validate() + self.onnx.validate()
 
 

@@ -280,7 +280,7 @@ def run_pipeline(
             try:
                 tune_keys = (prints["tune"](), legacy["tune"]())
                 _run_stage(stage, recipe, recipe_arg, overrides, run_dir, done, console, result, tune_keys)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Interrupted):  # tune's own says `edgetune tune --resume`
                 raise Interrupted(
                     f"interrupted in {stage}; the same `edgetune run` continues: the stages before it are kept"
                 ) from None

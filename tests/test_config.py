@@ -223,3 +223,13 @@ def test_lora_alpha_takes_any_positive_number_and_keeps_an_integral_one_an_int()
     assert json.dumps(dataclasses.asdict(demo)["alpha"]) == "32"
     with pytest.raises(ConfigError, match=r"train.lora.alpha: must be > 0, got -1"):
         load_recipe("demo", ["train.lora.alpha=-1"])
+
+
+def test_an_empty_quant_list_for_an_exported_format_is_refused():
+    """export.gguf.quants: [] exported nothing and bench failed for it minutes later."""
+    from edgetune.config import load_recipe
+    from edgetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"export.gguf.quants: empty while export.formats has gguf"):
+        load_recipe("demo", ["export.gguf.quants=[]"])
+    assert load_recipe("demo", ["export.gguf.quants=[]", "export.formats=[onnx]"]).export.gguf.quants == []

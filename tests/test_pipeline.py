@@ -215,6 +215,8 @@ def test_a_start_that_failed_before_its_first_save_is_not_set_aside_over_a_real_
 def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir, monkeypatch):
     import edgetune.pipeline
 
+    real_run_stage = edgetune.pipeline._run_stage
+
     def interrupted(stage, *args):
         raise KeyboardInterrupt
 
@@ -223,6 +225,18 @@ def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir
     result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 130
     assert "interrupted in data; the same `edgetune run` continues" in result.output, result.output
+    # tune turns Ctrl-C into its own advice (`edgetune tune --resume`): under run, run's is the one
+    import edgetune.tune.trainer
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgetune.pipeline, "_run_stage", real_run_stage)
+    monkeypatch.setattr(edgetune.tune.trainer.SupervisedLogitsTrainer, "train", stopped)
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 130 and "interrupted in tune; the same `edgetune run`" in result.output, (
+        result.output
+    )
 
 
 def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
