@@ -163,6 +163,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         )
         tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
         data = prepare(recipe.data, tokenizer)
+        tokenizer.chat_template = data.shipped_template  # saved with the merged model, then exported
         valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
         scored_on = "valid" if data.encoded["valid"].examples else "train[:64] (no validation split)"
         pad = tokenizer.pad_token_id

@@ -38,6 +38,23 @@ def test_a_run_trained_on_plain_prompts_is_prompted_plainly_after_training(
     after = prepare(recipe.data, merged)  # what bench and the export's parity check render
     example = after.splits.test[0] if after.splits.test else after.splits.valid[0]
     assert after.renderer.prompt_text(example) == example.prompt  # as training gave it
+    # the shipped chat template is the plain one, so front-ends that apply a file's template
+    # (llama-server, llama-cpp-python, transformers) prompt as training did, not in the base's
+    # chat format (or edgetune's ### User: fallback)
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from edgetune.data.render import PLAIN_CHAT_TEMPLATE
+
+    gguf_file = run / "export" / "gguf" / "model-f16.gguf"
+    for saved in (run / "adapter", run / "merged"):
+        assert AutoTokenizer.from_pretrained(saved).chat_template == PLAIN_CHAT_TEMPLATE, saved
+    assert GGUFReader(str(gguf_file)).get_field("tokenizer.chat_template").contents() == PLAIN_CHAT_TEMPLATE
+    conversation = [{"role": "system", "content": "be brief"}, {"role": "user", "content": example.prompt}]
+    applied = AutoTokenizer.from_pretrained(run / "merged").apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=False
+    )
+    assert applied == example.prompt
     modelfile = (run / "export" / "gguf" / "model-f16.Modelfile").read_text()
     assert 'TEMPLATE """{{ .Prompt }}"""' in modelfile and "SYSTEM" not in modelfile
     for artifact in (run, run / "export" / "gguf" / "model-f16.gguf"):

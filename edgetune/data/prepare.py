@@ -56,6 +56,16 @@ class PreparedData:
     def template(self) -> str:
         return self.renderer.template_source  # "model" or "fallback"
 
+    @property
+    def shipped_template(self) -> str | None:
+        """The chat template a model trained on this data is saved with (adapter, merged model and
+        every export): the plain one when its prompts went to it as they are, else the one used."""
+        from edgetune.data.render import PLAIN_CHAT_TEMPLATE
+
+        if self.renderer.plain_prompts(self.splits.format):
+            return PLAIN_CHAT_TEMPLATE
+        return self.renderer.tokenizer.chat_template
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (also recorded in run manifests)."""
         return {

@@ -32,6 +32,13 @@ FALLBACK_CHAT_TEMPLATE = (
 )
 
 
+# What a model trained on plain prompts ships as its chat template (Renderer.plain_prompts): the last
+# message as it is, alone, as it went to the model in training and as `edgetune chat` sends it.
+# Front-ends that apply a file's template (llama-server's chat endpoint, llama-cpp-python,
+# transformers' apply_chat_template) then prompt it as it learned, not in its base's chat format.
+PLAIN_CHAT_TEMPLATE = "{%- if messages %}{{ messages[-1]['content'] }}{% endif -%}"
+
+
 def stop_ids(model_dir: Path, tokenizer) -> list[int]:
     """The ids a reply ends with: generation_config's EOS ids and the tokenizer's EOS. They differ
     for chat models whose turns end in their own token: Gemma's end in <end_of_turn>, its
@@ -79,9 +86,13 @@ class Renderer:
             )
         self.tokenizer = tokenizer
         self.template_source = "model"
-        # the fallback saved with a run's adapter and merged model is still the fallback there: a
-        # prompt-completion row trained plainly is then benched and checked plainly too
-        if not tokenizer.chat_template or tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE:
+        # the fallback (or the plain template) saved with a run's adapter and merged model is not a
+        # template of the model's own: a prompt-completion row trained plainly is benched, checked
+        # and chatted with plainly too
+        if not tokenizer.chat_template or tokenizer.chat_template in (
+            FALLBACK_CHAT_TEMPLATE,
+            PLAIN_CHAT_TEMPLATE,
+        ):
             self.template_source = "fallback"
             if template == "chat" or template == "auto":
                 tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE

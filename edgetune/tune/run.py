@@ -242,6 +242,7 @@ def _prepare_training(
     if space:
         warn(space)
     data = prepare(recipe.data, tokenizer)
+    tokenizer.chat_template = data.shipped_template  # saved with every checkpoint and the adapter
     train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
     warn_about_data(recipe, data, warn)
     if context := past_the_context(data, model_ref.path, recipe.model.trust_remote_code):
