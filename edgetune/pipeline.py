@@ -391,9 +391,18 @@ def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
     stale = [
         key for key in record if key.split("_")[0] in dropped or (key == "imatrix" and "gguf" in dropped)
     ]
-    if stale:  # the manifest lists what is on disk, not what a past recipe exported
+    removed = [  # the files of quants no longer asked for, removed above
+        (fmt, entry)
+        for fmt in ("gguf", "onnx")
+        for entry in record.get(fmt, [])
+        if isinstance(entry, dict) and not (run_dir / str(entry.get("path", ""))).exists()
+    ]
+    if stale or removed:  # the manifest lists what is on disk, not what a past recipe exported
         for key in stale:
             del record[key]
+        for fmt, entry in removed:
+            if fmt in record:
+                record[fmt].remove(entry)
         atomic_write_json(run_dir / "manifest.json", manifest)
 
 

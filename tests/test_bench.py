@@ -629,6 +629,13 @@ def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_
     sent = CliRunner().invoke(main, args)
     assert sent.exit_code == 0, sent.output
     assert (elsewhere / "gguf" / "model-f16.gguf").is_file() and record() == before
+    # one more type in a run: the q8_0 beside it keeps its entry (size, hash)
+    other = shutil.copytree(run, tmp_path / "other")
+    more = CliRunner().invoke(main, ["export", str(other), *args[2:-2]])
+    assert more.exit_code == 0, more.output
+    listed = json.loads((other / "manifest.json").read_text())["stages"]["export"]["gguf"]
+    assert sorted(entry["quant"] for entry in listed) == ["f16", "q8_0"]
+    assert [e for e in listed if e["quant"] == "q8_0"] == before["gguf"]
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

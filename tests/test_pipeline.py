@@ -66,6 +66,8 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert third.exit_code == 0, out
     assert "ran export, bench; skipped data, tune, merge" in out
     assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-f16.gguf"]
+    listed = json.loads((run / "manifest.json").read_text())["stages"]["export"]["gguf"]
+    assert [entry["quant"] for entry in listed] == ["f16"]  # the q8_0 it removed is not listed
     report = json.loads((run / "bench" / "report.json").read_text())
     assert [t["name"] for t in report["targets"]] == ["torch/merged", "onnx/fp32", "gguf/f16"]
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter

@@ -263,14 +263,27 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
 
 
 def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any]) -> None:
+    """The files just written, beside the earlier entries of the files this export left alone (an
+    `export --quant q8_0` keeps the f16 entry of the file still next to it)."""
     if not run_dir:
         return
+    written = [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts]
+    replaced = {entry["quant"] for entry in written}
+    earlier = read_manifest(run_dir).get("stages", {}).get("export", {}).get(fmt, [])
+    kept = [
+        entry
+        for entry in earlier
+        if isinstance(entry, dict)
+        and entry.get("quant") not in replaced
+        and (run_dir / str(entry.get("path", ""))).exists()
+        and entry.get("path")
+    ]
     update_manifest(
         run_dir,
         stages={
             "export": {
                 f"{fmt}_wall_s": result.wall_s,
-                fmt: [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts],
+                fmt: sorted(kept + written, key=lambda e: e["path"]),
                 **extra,
             }
         },
