@@ -582,6 +582,8 @@ def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(b
     shutil.copytree(copy / "export" / "onnx" / "fp32", trace)
     partial = copy / "export" / "gguf" / ".model-q8_0.gguf.4242.tmp"
     partial.write_bytes(b"GGUF")
+    replaced = shutil.copytree(copy / "export" / "onnx" / "int8", copy / "export" / "onnx" / ".int8.old-4242")
+    (copy / "export" / ".notes.tmp").write_text("not ours to remove")  # above gguf/ and onnx/: untouched
     recipe = load_recipe(str(copy / "recipe.yaml"))
     names = [t.name for t in discover_targets(copy, ["cpu"], recipe) if t.format != "torch"]
     assert names == ["onnx/fp32", "onnx/int8", "gguf/q8_0"]
@@ -590,7 +592,8 @@ def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(b
     assert checked.exit_code == 0 and "tmp" not in checked.output, checked.output
     again = CliRunner().invoke(main, ["export", str(copy), "--to", "onnx", "--quant", "fp32"])
     assert again.exit_code == 0, again.output
-    assert not trace.exists() and not partial.exists()
+    assert not trace.exists() and not partial.exists() and not replaced.exists()
+    assert (copy / "export" / ".notes.tmp").exists()
     assert json.loads((copy / "manifest.json").read_text())["stages"]["export"]["status"] == "done"
 
 

@@ -371,3 +371,22 @@ def test_files_and_folders_written_atomically_get_the_umask_mode_not_a_private_o
         _umask.cache_clear()
     assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "fp32").stat().st_mode) == 0o755
+
+
+def test_an_export_into_a_users_folder_removes_only_its_own_leftovers(tmp_path, tiny_model_dir):
+    """`export MODEL --out DIR` removed every .*.tmp anywhere under DIR (a project's, a user's)."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    out = tmp_path / "out"
+    (out / "project" / ".cache.tmp").mkdir(parents=True)
+    (out / "project" / "sub").mkdir()
+    (out / "project" / "sub" / ".notes.tmp").write_text("mine")
+    (out / "gguf").mkdir()
+    (out / "gguf" / ".model-f16.gguf.4242.tmp").write_bytes(b"GGUF")  # a killed export's
+    args = ["export", str(tiny_model_dir), "--out", str(out), "--to", "gguf", "--quant", "f16"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "project" / ".cache.tmp").is_dir() and (out / "project" / "sub" / ".notes.tmp").is_file()
+    assert not (out / "gguf" / ".model-f16.gguf.4242.tmp").exists()

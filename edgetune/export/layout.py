@@ -1,12 +1,30 @@
 """The files an export folder holds: `gguf/model-<quant>.gguf` and `onnx/<quant>/model.onnx`.
 
-What an interrupted write leaves there is hidden (".name.*.tmp", ".onnx-trace.*.tmp/") and is never
-an export: it is not checked, benched, fingerprinted or picked, and the next export removes it.
+What an interrupted write leaves there is hidden (".name.*.tmp", ".onnx-trace.*.tmp/", a replaced
+variant's ".<quant>.old-<pid>/") and is never an export: it is not checked, benched, fingerprinted or
+picked, and the next export removes it.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+LEFTOVERS = (".*.tmp", ".*.old-*")
+
+
+def remove_leftovers(export_dir: Path) -> None:
+    """What killed exports left in export_dir's gguf/ and onnx/ (edgetune's own folders, and only
+    there: not recursively, never in the folder above, which may be a user's --out)."""
+    for fmt in ("gguf", "onnx"):
+        folder = export_dir / fmt
+        if not folder.is_dir():
+            continue
+        for path in {p for pattern in LEFTOVERS for p in folder.glob(pattern)}:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def gguf_files(gguf_dir: Path) -> list[Path]:

@@ -10,13 +10,12 @@ from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError
 from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
-from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
+from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs, remove_leftovers
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
-    clean_stale_temporaries,
     file_in_the_way,
     read_manifest,
     resolve_run_dir,
@@ -143,7 +142,7 @@ def export(
                 )
         else:
             if record_dir or not run_dir:  # a folder this export holds the lock on
-                clean_stale_temporaries(base_out)  # what a killed export was writing
+                remove_leftovers(base_out)  # what a killed export was writing
             _merge_if_needed(run_dir, model_dir, console)
             from edgetune.rundir import low_space_warning, weights_bytes
 
