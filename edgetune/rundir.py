@@ -86,10 +86,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @functools.cache
 def _umask() -> int:
-    """The process's umask (read once: os.umask can only be read by setting it)."""
+    """The process's umask: Linux says it in /proc; elsewhere os.umask reads it only by setting it
+    (for a moment, which another thread creating a file could see), so it is read once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def give_umask_modes(root: Path) -> None:
+    """Files and folders under `root` as the umask would have made them: mkstemp, mkdtemp and
+    safetensors' save_file make them private (0600/0700), and a rename keeps that."""
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -119,9 +136,9 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700, and the rename keeps that
         with writing(target):
             yield staging
+            give_umask_modes(staging)  # a server running as another user reads the shipped files
             fsync_tree(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

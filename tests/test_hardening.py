@@ -364,13 +364,20 @@ def test_files_and_folders_written_atomically_get_the_umask_mode_not_a_private_o
     _umask.cache_clear()  # read once per process
     try:
         atomic_write_text(tmp_path / "manifest.json", "{}")
-        with atomic_dir(tmp_path / "fp32") as staging:
-            (staging / "model.onnx").write_bytes(b"x")
+        with atomic_dir(tmp_path / "merged") as staging:
+            import numpy as np
+            from safetensors.numpy import save_file
+
+            save_file({"w": np.zeros(2, dtype=np.float32)}, str(staging / "model.safetensors"))
+            (staging / "sub").mkdir(mode=0o700)
     finally:
         os.umask(old)
         _umask.cache_clear()
     assert stat.S_IMODE((tmp_path / "manifest.json").stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "fp32").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "merged").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "merged" / "sub").stat().st_mode) == 0o755
+    # safetensors writes its files 0600 itself
+    assert stat.S_IMODE((tmp_path / "merged" / "model.safetensors").stat().st_mode) == 0o644
 
 
 def test_an_export_into_a_users_folder_removes_only_its_own_leftovers(tmp_path, tiny_model_dir):
