@@ -292,7 +292,9 @@ def run_pipeline(
         if json.dumps(done, sort_keys=True) != as_read and (run_dir / "manifest.json").is_file():
             _save(run_dir, done)  # a local base's hash taken again (its files' times changed)
         if not point_latest(run_dir):
-            say(f"[yellow]warning:[/] {RUNS_DIR / 'latest'} is not edgetune's link: left as it is")
+            say(
+                f"[yellow]warning:[/] {RUNS_DIR / 'latest'} does not point at this run: name it to later commands"
+            )
         if "export" in stages:
             from edgetune.export.parity_record import run_export_problems
 

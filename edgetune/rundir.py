@@ -255,20 +255,25 @@ def refuse_foreign_dir(run_dir: Path) -> None:
 def point_latest(run_dir: Path) -> bool:
     """runs/latest -> run_dir, replaced atomically, in the runs/ folder where a command given no
     RUN_DIR looks (resolve_run_dir): relative for a run under it, absolute for a --run-dir elsewhere
-    (whose own parent gets nothing). A `latest` there that is no symlink is somebody's file: left
-    as it is, and False returned."""
+    (whose own parent gets nothing). False, and nothing written, where that cannot be done: no
+    runs/ folder here (one is not made for a run kept elsewhere), one that cannot be written, or a
+    `latest` in it that is no symlink (somebody's file)."""
     link = RUNS_DIR / LATEST
-    if link.exists() and not link.is_symlink():
+    if not RUNS_DIR.is_dir() or (link.exists() and not link.is_symlink()):
         return False
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
     target = run_dir.resolve()
     runs = RUNS_DIR.resolve()
     name = str(target.relative_to(runs)) if target.is_relative_to(runs) else str(target)
     tmp = RUNS_DIR / f".{LATEST}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(name, tmp)
-    os.replace(tmp, link)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(name, tmp)
+        os.replace(tmp, link)
+    except OSError:  # a read-only folder, or one that is not ours to write in
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
     return True
 
 

@@ -778,14 +778,18 @@ def test_latest_lives_in_runs_and_never_replaces_somebodys_file(tmp_path, tiny_m
     elsewhere.mkdir()
     (elsewhere / "latest").write_text("my notes")
     first = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(elsewhere / "x")])
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 0 and "runs/latest does not point at this run" in first.output, first.output
     assert (elsewhere / "latest").read_text() == "my notes"
+    assert not (tmp_path / "runs").exists()  # not made here for a run kept elsewhere
+    (tmp_path / "runs").mkdir()
+    again = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(elsewhere / "x2")])
+    assert again.exit_code == 0, again.output
     link = tmp_path / "runs" / "latest"
-    assert os.readlink(link) == str(elsewhere / "x") and link.resolve() == elsewhere / "x"
+    assert os.readlink(link) == str(elsewhere / "x2") and link.resolve() == elsewhere / "x2"
     second = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", "runs/y"])
     assert second.exit_code == 0 and os.readlink(link) == "y", second.output  # relative inside runs/
     link.unlink()
     link.mkdir()  # a folder of the user's called latest: tune used to fail after training (exit 1)
     third = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", "runs/z"])
-    assert third.exit_code == 0 and "runs/latest is not edgetune's link" in third.output, third.output
+    assert third.exit_code == 0 and "runs/latest does not point at this run" in third.output, third.output
     assert link.is_dir() and not link.is_symlink()

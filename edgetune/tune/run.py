@@ -166,9 +166,7 @@ def tune(
             resume_from = _prepare_checkpoints(run_dir, resume, main)
             run = _prepare_training(recipe, run_dir, resume_from, main, warn, console)
         if main and not point_latest(run_dir):  # the run is real now: `export` finds it by default
-            warn(
-                f"{RUNS_DIR / 'latest'} is not edgetune's link: left as it is, so name this run to later commands"
-            )
+            warn(f"{RUNS_DIR / 'latest'} does not point at this run: name it to later commands ({run_dir})")
         try:
             with writing(run_dir / "checkpoints"):
                 run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
