@@ -161,6 +161,9 @@ def test_resume_refuses_data_or_a_base_model_changed_since_the_run_started(tmp_p
     refused = CliRunner().invoke(main, resume)
     assert refused.exit_code == 2, refused.output
     assert f"data.train ({data}) changed since this run started" in refused.output
+    data.unlink()  # moved away: one line, exit 2 (it was an internal FileNotFoundError)
+    gone = CliRunner().invoke(main, resume)
+    assert gone.exit_code == 2 and f"data.train ({data}: gone) changed" in gone.output, gone.output
     data.write_bytes(rows)
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "note": "edited in place"}))
@@ -170,6 +173,19 @@ def test_resume_refuses_data_or_a_base_model_changed_since_the_run_started(tmp_p
     shutil.copy(tiny_model_dir / "config.json", base / "config.json")
     resumed = CliRunner().invoke(main, resume)
     assert resumed.exit_code == 0 and "resumed from step 8" in resumed.output, resumed.output
+    # a hub or built-in base is not the user's to put back: a warning, and the resume goes on
+    from types import SimpleNamespace
+
+    from edgetune.config import load_recipe
+    from edgetune.errors import InputError
+    from edgetune.tune.run import _refuse_changed_inputs
+
+    warned = []
+    recipe = load_recipe(str(run / "recipe.yaml"))
+    _refuse_changed_inputs(run, recipe, SimpleNamespace(kind="hub"), "another hash", warned.append)
+    assert len(warned) == 1 and "resuming on them" in warned[0]
+    with pytest.raises(InputError, match="model.base"):
+        _refuse_changed_inputs(run, recipe, SimpleNamespace(kind="local"), "another hash", warned.append)
 
 
 @pytest.mark.parametrize(

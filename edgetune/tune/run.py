@@ -233,7 +233,7 @@ def _prepare_training(
     # every rank checks a resume (one refusing alone would leave the others waiting in training)
     base_sha256 = sha256_tree(model_ref.path) if main or resume_from is not None else ""
     if resume_from is not None:
-        _refuse_changed_inputs(run_dir, recipe, base_sha256)
+        _refuse_changed_inputs(run_dir, recipe, model_ref, base_sha256, warn)
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
     space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
@@ -351,22 +351,32 @@ def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console
     return callbacks
 
 
-def _refuse_changed_inputs(run_dir: Path, recipe: Recipe, base_sha256: str) -> None:
+def _refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256: str, warn) -> None:
     """A resumed run goes on from what its checkpoints learned: on the data files and the base
     model recorded when it started. Changed since, the run would end as a mix of two trainings
-    while its manifest (and every file exported from it) named only the second."""
+    while its manifest (and every file exported from it) named only the second. A built-in or hub
+    base is only warned about: its files are not the user's to put back (a hub model updated
+    upstream, a built-in converted again by a newer transformers)."""
     manifest = read_manifest(run_dir)
     was = manifest.get("data", {}).get("sha256", {})
     if not was:  # a start that never recorded its inputs: nothing to compare
         return
-    now = _data_hashes(recipe)
-    changed = [
-        f"data.{split} ({getattr(recipe.data, split) or 'no file'})"
-        for split in ("train", "valid", "test")
-        if was.get(split) != now.get(split)
-    ]
-    if manifest.get("base_model", {}).get("sha256") not in (None, base_sha256):
-        changed.append(f"model.base ({recipe.model.base})")
+    changed = []
+    for split in ("train", "valid", "test"):
+        path = getattr(recipe.data, split)
+        if path and not Path(path).is_file():
+            changed.append(f"data.{split} ({path}: gone)")
+        elif was.get(split) != (sha256_file(Path(path)) if path else None):
+            changed.append(f"data.{split} ({path or 'no file'})")
+    base_was = manifest.get("base_model", {}).get("sha256")
+    if base_was not in (None, base_sha256):
+        if model_ref.kind == "local":
+            changed.append(f"model.base ({recipe.model.base})")
+        else:
+            warn(
+                f"model.base ({recipe.model.base}): its files differ from those this run started on "
+                "(updated upstream, or converted again); resuming on them"
+            )
     if changed:
         raise InputError(
             f"{run_dir}: {', '.join(changed)} changed since this run started; its checkpoints learned "
