@@ -195,9 +195,14 @@ def tree_files(root: Path, patterns: tuple[str, ...] = MODEL_FILES) -> list[Path
 
 def sha256_tree(root: Path, patterns: tuple[str, ...] = MODEL_FILES) -> str:
     """A hash over a model directory's files (names and contents), stable across machines."""
+    return sha256_files(root, tree_files(root, patterns))
+
+
+def sha256_files(root: Path, files: list[Path]) -> str:
+    """A hash over `files` under `root`: their names (paths below root) and contents."""
     h = hashlib.sha256()
-    for path in tree_files(root, patterns):
-        h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    for path in files:  # a top-level file's path below root is its name, as sha256_tree has always hashed
+        h.update(str(path.relative_to(root)).encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return h.hexdigest()
 
 

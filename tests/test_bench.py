@@ -573,7 +573,7 @@ def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(b
 
     from edgetune.bench.run import discover_targets
     from edgetune.config import load_recipe
-    from edgetune.pipeline import _export_files
+    from edgetune.fingerprints import export_files
 
     run, _ = benched
     copy = tmp_path / "run"
@@ -587,7 +587,7 @@ def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(b
     recipe = load_recipe(str(copy / "recipe.yaml"))
     names = [t.name for t in discover_targets(copy, ["cpu"], recipe) if t.format != "torch"]
     assert names == ["onnx/fp32", "onnx/int8", "gguf/q8_0"]
-    assert not [p for p in _export_files(copy) if ".tmp" in str(p)]
+    assert not [p for p in export_files(copy) if ".tmp" in str(p)]
     checked = CliRunner().invoke(main, ["export", str(copy), "--check", "--to", "onnx"])
     assert checked.exit_code == 0 and "tmp" not in checked.output, checked.output
     again = CliRunner().invoke(main, ["export", str(copy), "--to", "onnx", "--quant", "fp32"])

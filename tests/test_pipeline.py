@@ -248,6 +248,7 @@ def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
     resume a finished run (refused now: it trained past max_steps) nor train it again."""
     import edgetune.pipeline
     from edgetune.config import load_recipe
+    from edgetune.fingerprints import fingerprints
     from edgetune.rundir import sha256_file
     from edgetune.tune.run import tune
 
@@ -258,7 +259,7 @@ def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["pipeline"] = {
         "data": manifest.get("pipeline", {}).get("data", ""),
-        "tune_started": edgetune.pipeline.fingerprints(recipe, run)["tune"](),
+        "tune_started": fingerprints(recipe, run)["tune"](),
     }
     (run / "manifest.json").write_text(json.dumps(manifest))
     adapter = sha256_file(run / "adapter" / "adapter_model.safetensors")
@@ -336,7 +337,7 @@ def _field_paths(prefix, obj):
 
 def test_a_recipe_field_added_later_is_registered_so_upgrades_do_not_retrain():
     from edgetune.config import load_recipe
-    from edgetune.pipeline import ADDED_LATER
+    from edgetune.fingerprints import ADDED_LATER
 
     recipe = load_recipe("demo")
     for section, names in HASHED_FIELDS.items():
@@ -344,7 +345,7 @@ def test_a_recipe_field_added_later_is_registered_so_upgrades_do_not_retrain():
         new = set(_field_paths(section, getattr(recipe, section))) - known - set(ADDED_LATER)
         assert not new, (
             f"recipe fields {sorted(new)} would change every existing run's {section} fingerprint, so "
-            "`edgetune run` would redo that stage after an upgrade: add each to pipeline.ADDED_LATER "
+            "`edgetune run` would redo that stage after an upgrade: add each to fingerprints.ADDED_LATER "
             "with the value that does what edgetune did before it"
         )
 
@@ -352,31 +353,29 @@ def test_a_recipe_field_added_later_is_registered_so_upgrades_do_not_retrain():
 def test_a_field_at_its_earlier_behaviour_stays_out_of_the_fingerprint(monkeypatch, tmp_path):
     import dataclasses
 
-    from edgetune import pipeline
+    from edgetune import fingerprints as fp
     from edgetune.config import load_recipe
 
     demo = load_recipe("demo")
     whole = dataclasses.asdict(demo.train)
-    unhashed = ("threads", "tensorboard")  # pipeline.UNHASHED: they change nothing the tune makes
-    assert pipeline.hashed_settings("train", demo.train) == {
-        k: v for k, v in whole.items() if k not in unhashed
-    }
-    assert pipeline.hashed_settings("train", demo.train, legacy=True) == whole
-    before = pipeline.fingerprints(demo, tmp_path)["tune"]()
+    unhashed = ("threads", "tensorboard")  # fp.UNHASHED: they change nothing the tune makes
+    assert fp.hashed_settings("train", demo.train) == {k: v for k, v in whole.items() if k not in unhashed}
+    assert fp.hashed_settings("train", demo.train, legacy=True) == whole
+    before = fp.fingerprints(demo, tmp_path)["tune"]()
     # train.scheduler and train.lora.rslora stand in for fields added after a run was fingerprinted
     assert (demo.train.scheduler, demo.train.lora.rslora) == ("cosine", False)
-    monkeypatch.setattr(pipeline, "ADDED_LATER", {"train.scheduler": "cosine", "train.lora.rslora": False})
-    hashed = pipeline.hashed_settings("train", demo.train)
+    monkeypatch.setattr(fp, "ADDED_LATER", {"train.scheduler": "cosine", "train.lora.rslora": False})
+    hashed = fp.hashed_settings("train", demo.train)
     assert "scheduler" not in hashed and "rslora" not in hashed["lora"]
     assert {k: v for k, v in whole.items() if k not in ("scheduler", "lora", *unhashed)} == {
         k: v for k, v in hashed.items() if k != "lora"
     }
-    neutral = pipeline.fingerprints(demo, tmp_path)["tune"]()
+    neutral = fp.fingerprints(demo, tmp_path)["tune"]()
     assert neutral != before
     # set to anything else, the field is hashed as usual
     linear = load_recipe("demo", ["train.scheduler=linear"])
-    assert pipeline.hashed_settings("train", linear.train)["scheduler"] == "linear"
-    assert pipeline.fingerprints(linear, tmp_path)["tune"]() not in (before, neutral)
+    assert fp.hashed_settings("train", linear.train)["scheduler"] == "linear"
+    assert fp.fingerprints(linear, tmp_path)["tune"]() not in (before, neutral)
 
 
 def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_skip(tmp_path, tiny_model_dir):
@@ -386,7 +385,7 @@ def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_s
     edgetune is still up to date, and gets today's fingerprints."""
     import shutil
 
-    from edgetune import pipeline
+    from edgetune import fingerprints as fp
     from edgetune.config import load_recipe
 
     project = tmp_path / "a"
@@ -400,18 +399,20 @@ def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_s
     for extra in ([], ["--set", "train.threads=2", "--allow-pickle"]):
         again, out = invoke(moved / "recipe.yaml", "--run-dir", run, *extra)
         assert again.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
+    # what later commands read from the run is where the data is now
+    assert load_recipe(str(run / "recipe.yaml")).data.train == str(moved / "data.jsonl")
 
     manifest = json.loads((run / "manifest.json").read_text())
     today = dict(manifest["pipeline"])
     loaded = load_recipe(str(moved / "recipe.yaml"))
-    earlier = {stage: fp() for stage, fp in pipeline.fingerprints(loaded, run, legacy=True).items()}
-    assert all(earlier[stage] != today[stage] for stage in pipeline.STAGES)
+    earlier = {stage: value() for stage, value in fp.fingerprints(loaded, run, legacy=True).items()}
+    assert all(earlier[stage] != today[stage] for stage in fp.STAGES)
     manifest["pipeline"] = {**earlier, "tune_started": earlier["tune"]}
     (run / "manifest.json").write_text(json.dumps(manifest))
     upgraded, out = invoke(moved / "recipe.yaml", "--run-dir", run)
     assert upgraded.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
     recorded = json.loads((run / "manifest.json").read_text())["pipeline"]
-    assert {stage: recorded[stage] for stage in pipeline.STAGES} == {s: today[s] for s in pipeline.STAGES}
+    assert {stage: recorded[stage] for stage in fp.STAGES} == {s: today[s] for s in fp.STAGES}
 
 
 def test_a_local_base_edited_in_place_retrains_and_one_merely_touched_does_not(tmp_path, tiny_model_dir):
@@ -440,7 +441,7 @@ def test_a_local_base_edited_in_place_retrains_and_one_merely_touched_does_not(t
 def test_the_bench_fingerprint_tells_each_onnx_variant_apart(tmp_path):
     """Every variant's file is model.onnx: keyed by name, only the last one's bytes counted, and a
     changed fp32 beside an int8 left bench up to date."""
-    from edgetune import pipeline
+    from edgetune import fingerprints as fp
     from edgetune.config import load_recipe
 
     recipe = load_recipe("demo")
@@ -449,9 +450,74 @@ def test_the_bench_fingerprint_tells_each_onnx_variant_apart(tmp_path):
         (tmp_path / "export" / "onnx" / quant / "model.onnx").write_bytes(quant.encode())
 
     def bench(legacy=False):
-        return pipeline.fingerprints(recipe, tmp_path, legacy=legacy)["bench"]()
+        return fp.fingerprints(recipe, tmp_path, legacy=legacy)["bench"]()
 
     before, before_legacy = bench(), bench(legacy=True)
     (tmp_path / "export" / "onnx" / "fp32" / "model.onnx").write_bytes(b"changed")
     assert bench() != before
     assert bench(legacy=True) == before_legacy  # what the earlier fingerprint missed
+
+
+def test_a_legacy_tune_fingerprint_does_not_adopt_a_base_edited_before_the_upgrade(tmp_path, tiny_model_dir):
+    """An earlier edgetune's tune fingerprint held a local base's path only: on the first run after
+    an upgrade, a base edited in place must not pass as the one the adapter was trained on."""
+    import shutil
+
+    from edgetune import fingerprints as fp
+    from edgetune.config import load_recipe
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    recipe = pipeline_recipe(tmp_path, base)
+    first, out = invoke(recipe, "--until", "tune")
+    assert first.exit_code == 0, out
+    run = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run / "manifest.json").read_text())
+    earlier = fp.fingerprints(load_recipe(str(recipe)), run, legacy=True)
+    manifest["pipeline"] = {stage: earlier[stage]() for stage in ("data", "tune")}
+    manifest["pipeline"]["tune_started"] = manifest["pipeline"]["tune"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    config = base / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "note": "edited in place"}))
+    again, out = invoke(recipe, "--until", "tune")
+    assert again.exit_code == 0 and "ran tune; skipped data" in out, out
+
+
+def test_a_local_bases_hash_is_taken_again_only_when_its_files_times_change(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import os
+    import shutil
+
+    from edgetune import fingerprints as fp
+    from edgetune.config import load_recipe
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    recipe = load_recipe(str(pipeline_recipe(tmp_path, base)))
+    hashed = []
+    real = fp.sha256_files
+    monkeypatch.setattr(fp, "sha256_files", lambda root, files: hashed.append(root) or real(root, files))
+    done: dict = {}
+    first = fp.base_identity(recipe, done)
+    assert fp.base_identity(recipe, done) == first and len(hashed) == 1  # the record's hash
+    os.utime(base / "config.json", ns=(0, 0))
+    assert fp.base_identity(recipe, done) == first and len(hashed) == 2  # times changed: hashed again
+    (base / "tokenizer.txt").write_text("a file of any kind counts")
+    assert fp.base_identity(recipe, done) != first
+
+
+def test_fingerprints_an_earlier_edgetune_recorded_are_computed_as_it_did():
+    """The digests 302bbd3's pipeline.py gave for these settings: `legacy` must keep giving them,
+    or every run an earlier edgetune fingerprinted redoes its stages after an upgrade."""
+    from edgetune import fingerprints as fp
+    from edgetune.config import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {"name": "pinned", "data": {"train": "/data/train.jsonl"}, "model": {"base": "/models/base"}}
+    )
+    assert (
+        fp.tune_key(recipe, "d", None) == "4413a3abc58af12566ec03ef8fb7870b7eb8c5f9e5f82602294bbfc9525ff20a"
+    )
+    data = fp._digest(fp.hashed_settings("data", recipe.data, legacy=True), {"train": "h"})
+    assert data == "a91caee7604b266bdfe98546539ebdf713e727fdea39a3deed5ddf66c9fe59c8"
+    export = fp._digest(fp.hashed_settings("export", recipe.export, legacy=True))
+    assert export == "98f4f020d600d239168055f8d3274e5bcafd408350e9511b0c10514b06a4616c"
