@@ -192,11 +192,6 @@ class ExportConfig:
 
     def validate(self) -> list[str]:
         problems = not_empty("export", self, "formats") + at_least("export", self, 1, "parity_examples")
-        for fmt in ("gguf", "onnx"):  # an empty list exported nothing, and bench failed for it later
-            if fmt in self.formats and not getattr(self, fmt).quants:
-                problems.append(
-                    f"export.{fmt}.quants: empty while export.formats has {fmt}; name a type or drop {fmt}"
-                )
         return problems + self.gguf.validate() + self.onnx.validate()
 
 
@@ -286,11 +281,6 @@ class Recipe:
             problems.append(
                 f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)"
             )
-        # runs/ also holds the latest-run link, plain-model exports and runs set aside by `edgetune run`
-        elif self.name.lower() in ("latest", "export") or self.name.lower().endswith(".previous"):
-            problems.append(
-                f"name: {self.name!r} is taken in runs/ (runs/{self.name} is edgetune's own); rename it"
-            )
         return (
             problems
             + self.data.validate()
@@ -298,6 +288,22 @@ class Recipe:
             + self.export.validate()
             + self.bench.validate()
         )
+
+    def new_run_problems(self) -> list[str]:
+        """What a new run must not start with, though a run saved before these checks may hold it
+        (its recipe still loads, for bench, export --check and chat)."""
+        problems = []
+        # runs/ also holds the latest-run link, plain-model exports and runs set aside by `edgetune run`
+        if self.name.lower() in ("latest", "export") or self.name.lower().endswith(".previous"):
+            problems.append(
+                f"name: {self.name!r} is taken in runs/ (runs/{self.name} is edgetune's own); rename it"
+            )
+        for fmt in ("gguf", "onnx"):  # an empty list exported nothing, and bench failed for it later
+            if fmt in self.export.formats and not getattr(self.export, fmt).quants:
+                problems.append(
+                    f"export.{fmt}.quants: empty while export.formats has {fmt}; name a type or drop {fmt}"
+                )
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -384,8 +390,11 @@ def _resolve_paths(raw: dict[str, Any], base_dir: Path) -> None:
             model["base"] = str((base_dir / candidate).resolve())
 
 
-def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Load, override and validate a recipe; raise one ConfigError listing every problem."""
+def load_recipe(
+    name_or_path: str | None = None, overrides: list[str] | None = None, new_run: bool = False
+) -> Recipe:
+    """Load, override and validate a recipe; raise one ConfigError listing every problem.
+    `new_run`: a tune or run starts from it (Recipe.new_run_problems too)."""
     path = find_recipe(name_or_path)
     raw = read_recipe_yaml(path)
     _resolve_paths(raw, path.resolve().parent)
@@ -397,6 +406,7 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
     problems: list[str] = []
     recipe = build(Recipe, raw, "", problems)
     problems += recipe.validate()  # fields that failed conversion kept their defaults
+    problems += recipe.new_run_problems() if new_run else []
     if problems:
         raise ConfigError(_blame_overrides(problems, overrides or [], in_file), source=str(path))
     recipe.source = str(path)

@@ -108,7 +108,7 @@ def run_pipeline(
         raise InputError(f"--until {until}: not a stage; the stages are {', '.join(STAGES)}")
     if pick and until != "bench":
         raise InputError(f"--pick reads the bench report: it cannot end a run --until {until}")
-    recipe = load_recipe(recipe_arg, list(overrides or []))
+    recipe = load_recipe(recipe_arg, list(overrides or []), new_run=True)
     if pick:
         from edgetune.bench.gates import refuse_blind_pick
 

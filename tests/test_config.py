@@ -145,7 +145,8 @@ def test_recipe_names_edgetune_uses_in_runs_are_refused(name):
     from edgetune.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"name: '{name}' is taken in runs/"):
-        load_recipe("demo", [f"name={name}"])
+        load_recipe("demo", [f"name={name}"], new_run=True)
+    assert load_recipe("demo", [f"name={name}"]).name == name  # a run saved so still loads
 
 
 def test_a_key_given_twice_non_utf8_bytes_and_a_directory_are_refused_by_line(tmp_path):
@@ -231,5 +232,17 @@ def test_an_empty_quant_list_for_an_exported_format_is_refused():
     from edgetune.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"export.gguf.quants: empty while export.formats has gguf"):
-        load_recipe("demo", ["export.gguf.quants=[]"])
-    assert load_recipe("demo", ["export.gguf.quants=[]", "export.formats=[onnx]"]).export.gguf.quants == []
+        load_recipe("demo", ["export.gguf.quants=[]"], new_run=True)
+    assert load_recipe("demo", ["export.gguf.quants=[]", "export.formats=[onnx]"], new_run=True)
+    assert load_recipe("demo", ["export.gguf.quants=[]"]).export.gguf.quants == []  # a saved run loads
+
+
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_tune_and_run_refuse_what_a_new_run_must_not_start_with(command):
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    result = CliRunner().invoke(main, [command, "--set", "name=latest", "--set", "export.onnx.quants=[]"])
+    assert result.exit_code == 2, result.output
+    assert "name: 'latest' is taken in runs/" in result.output and "export.onnx.quants: empty" in result.output

@@ -101,7 +101,7 @@ def _start_run(
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
         _refuse_finished(run_dir)
         return load_recipe(str(saved)), run_dir, False
-    recipe = load_recipe(recipe_arg, overrides)
+    recipe = load_recipe(recipe_arg, overrides, new_run=True)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
     from edgetune.tune.distributed import under_fsdp
