@@ -147,7 +147,7 @@ def open_chat(
     if not artifact.exists():
         raise InputError(f"{artifact}: no such file or directory")
     run = _run_of(artifact.resolve())
-    if artifact.is_dir() and (artifact / RECIPE_FILE).is_file():
+    if artifact.is_dir() and run is not None and run == artifact.resolve():  # a run: its merged model
         artifact = artifact / "merged"
         if not (artifact / "config.json").is_file():
             raise InputError(f"{artifact.parent}: no merged model yet; run `edgetune merge` first")

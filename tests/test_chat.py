@@ -128,6 +128,9 @@ def test_a_recipe_above_a_plain_model_export_is_not_its_run(exported_run, tmp_pa
     onnx = shutil.copytree(exported_run / "export" / "onnx" / "fp32", project / "exports" / "fp32")
     (project / "recipe.yaml").write_text("foo: bar\n")
     assert _run_of(onnx) is None
+    model = shutil.copytree(exported_run / "merged", project / "model")
+    (model / "recipe.yaml").write_text("foo: bar\n")  # a model folder that holds another tool's recipe
+    assert open_chat(model).system is None
     result = CliRunner().invoke(main, ["chat", str(onnx), "--prompt", "hi", "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
     assert open_chat(onnx).system is None

@@ -245,4 +245,6 @@ def test_tune_and_run_refuse_what_a_new_run_must_not_start_with(command):
 
     result = CliRunner().invoke(main, [command, "--set", "name=latest", "--set", "export.onnx.quants=[]"])
     assert result.exit_code == 2, result.output
-    assert "name: 'latest' is taken in runs/" in result.output and "export.onnx.quants: empty" in result.output
+    assert (
+        "name: 'latest' is taken in runs/" in result.output and "export.onnx.quants: empty" in result.output
+    )

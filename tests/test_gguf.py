@@ -498,7 +498,7 @@ def test_a_sliding_window_llama_cpp_ignores_becomes_the_files_context(tmp_path, 
     short = ["battery health 40%", "error E1042 on the router"]
     assert all(len(tiny_tokenizer(t)["input_ids"]) <= 16 for t in short)
     kl, top1 = parity(model_dir, out, short)
-    assert kl <= 1e-5 and top1 == 1.0
+    assert kl <= 1e-8 and top1 == 1.0  # measured 0.4e-9 to 1.3e-9
     kl_beyond, _ = parity(model_dir, out, TEXTS)  # 36 tokens: the checkpoint's window is felt
     assert kl_beyond > 100 * max(kl, 1e-10)
 
@@ -839,6 +839,7 @@ def token_types(gguf_path) -> dict[str, str]:
 def test_sentencepiece_user_defined_turn_markers_stay_whole_in_llama_cpp(tmp_path, spm_models):
     """Gemma's <start_of_turn> is a user-defined piece of the SentencePiece model, special in
     transformers: typed NORMAL (as the .model alone says), llama.cpp spelled it in 13 pieces."""
+    from tokenizers import AddedToken
     from transformers import GemmaTokenizerFast
 
     tok = GemmaTokenizerFast(
@@ -849,15 +850,21 @@ def test_sentencepiece_user_defined_turn_markers_stay_whole_in_llama_cpp(tmp_pat
         pad_token="<pad>",
     )
     tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
-    model_dir = build_tiny_model(tmp_path, tok, "Gemma3ForCausalLM")
+    # Gemma's whitespace runs: added, normalised (matched where the normaliser made spaces "▁")
+    tok.add_tokens([AddedToken("▁▁▁▁", normalized=True, special=False)])
+    model_dir = build_tiny_model(tmp_path, tok, "Gemma3ForCausalLM", vocab_size=len(tok))
     out = convert(model_dir, tmp_path / "gemma.gguf", "f32")
     types = token_types(out)
     assert types["<start_of_turn>"] == types["<end_of_turn>"] == "CONTROL"
     assert (types["<unk>"], types["<0x0A>"]) == ("UNKNOWN", "BYTE")  # the model's own kinds stand
+    assert types["    "] == "USER_DEFINED"  # llama.cpp matches added tokens in the raw text: spaces
     assert_llama_cpp_tokenises_alike(
         model_dir,
         out,
-        ["<start_of_turn>user\nThe router lost its uplink.<end_of_turn>\n<start_of_turn>model\n"],
+        [
+            "<start_of_turn>user\nThe router lost its uplink.<end_of_turn>\n<start_of_turn>model\n",
+            "code:\n    x = 1",
+        ],
     )
 
 
@@ -918,6 +925,10 @@ def test_a_sentencepiece_tokenizer_without_its_model_file_scores_pieces_by_merge
             'normalizer {"type": "Lowercase"} is not applied by llama.cpp',
         ),
         (
+            {"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]}},
+            "is not applied by llama.cpp",
+        ),
+        (
             {
                 "pre_tokenizer": {
                     "type": "ByteLevel",
@@ -940,3 +951,47 @@ def test_a_byte_level_tokenizer_llama_cpp_would_not_follow_is_refused(tmp_path, 
     with pytest.raises(InputError, match="tokenizer.json: ") as e:
         convert(model_dir, tmp_path / "x.gguf", "f32")
     assert says in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "normalizer",
+    [
+        {"type": "NFC"},
+        {"type": "Sequence", "normalizers": [{"type": "NFC"}]},
+        {"type": "Sequence", "normalizers": []},
+    ],
+)
+def test_an_nfc_normalizer_in_any_form_is_accepted(tmp_path, tiny_model_dir, normalizer):
+    """Qwen's NFC changes only text that is not NFC already (llama.cpp's own converter takes it)."""
+    import shutil
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    tj["normalizer"] = normalizer
+    (model_dir / "tokenizer.json").write_text(json.dumps(tj))
+    assert convert(model_dir, tmp_path / "x.gguf", "f32").is_file()
+
+
+def test_a_plain_sentencepiece_vocabulary_is_written_as_gguf_py_reads_it(tmp_path, spm_models):
+    """Where the .model says everything (no added tokens beyond <unk>, <s>, </s>, <pad>), our reader
+    gives gguf-py's SentencePieceVocab pieces, scores and types, as the converter wrote before."""
+    from gguf.vocab import SentencePieceVocab
+    from transformers import LlamaTokenizerFast
+
+    from edgetune.export.gguf_vocab import read_vocab
+
+    tok = LlamaTokenizerFast(
+        vocab_file=str(spm_models / "plain.model"),
+        legacy=True,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    model_dir = tmp_path / "spm"
+    tok.save_pretrained(model_dir)
+    ours = read_vocab(model_dir, len(tok) + 3)  # the config's vocab_size pads with UNUSED fillers
+    theirs = list(SentencePieceVocab(model_dir).all_tokens())
+    assert ours.tokens[: len(theirs)] == [text.decode() for text, _, _ in theirs]
+    assert ours.scores[: len(theirs)] == [score for _, score, _ in theirs]
+    assert ours.types[: len(theirs)] == [kind for _, _, kind in theirs]
+    assert ours.tokens[len(theirs) :] == [f"[PAD{i}]" for i in range(len(theirs), len(tok) + 3)]

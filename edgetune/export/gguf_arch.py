@@ -44,9 +44,9 @@ def refuse_unloadable(config: Any, spec: ArchSpec, arch: str) -> None:
         )
     if not spec.attention_bias and getattr(config, "attention_bias", False):
         raise InputError(f"{where}: attention_bias is true ({graph} has no attention biases)")
-    scaling = getattr(config, "rope_scaling", None) or {}
-    kind = scaling.get("rope_type") or scaling.get("type")
-    if kind not in (None, "default", "linear", *spec.rope_scaling):
+    scaling = getattr(config, "rope_scaling", None)
+    kind = (scaling.get("rope_type") or scaling.get("type")) if scaling else "default"
+    if kind not in ("default", "linear", *spec.rope_scaling):
         raise InputError(f"{where}: rope scaling {kind!r} is not supported for GGUF export of {arch}")
 
 

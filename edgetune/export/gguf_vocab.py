@@ -47,12 +47,13 @@ class GGUFVocab:
     types: list[int]  # merges are written by gguf.SpecialVocab from tokenizer.json
 
 
-def _flatten(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
-    if not pre:
+def _flatten(step: dict[str, Any] | None, key: str = "pretokenizers") -> list[dict[str, Any]]:
+    """A pre-tokenizer's (or normalizer's) steps, Sequences opened."""
+    if not step:
         return []
-    if pre.get("type") == "Sequence":
-        return [p for item in pre.get("pretokenizers", []) for p in _flatten(item)]
-    return [pre]
+    if step.get("type") == "Sequence":
+        return [p for item in step.get(key, []) for p in _flatten(item, key)]
+    return [step]
 
 
 def detect_pre(tokenizer_json: dict[str, Any], source: Path) -> str:
@@ -104,7 +105,8 @@ def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -
     normalizer = tj.get("normalizer")
     # llama.cpp normalises nothing: NFC (Qwen's) changes only text that is not NFC already, which
     # llama.cpp's own converter accepts too; anything else (lowercasing, ...) would change every prompt
-    if normalizer and normalizer.get("type") != "NFC":
+    steps = _flatten(normalizer, "normalizers")
+    if any(step.get("type") != "NFC" for step in steps):
         raise InputError(
             f"{source}: normalizer {json.dumps(normalizer)[:120]} is not applied by llama.cpp; exporting "
             "it would tokenise differently there"
