@@ -165,7 +165,9 @@ def _regated_report(recipe: Recipe, run_dir: Path, say: Callable[[str], None]) -
     report, changed = regate_run(run_dir, recipe.bench.gates)
     if changed:  # the gates differ from the report's own (its gate_rule): so do the run recipe's
         _refresh_recipe(recipe, run_dir)
-        say("bench: the gates changed: re-applied to the report's measurements")
+        say(
+            "bench: verdicts re-applied to the report's measurements (its gates or an export's parity check changed)"
+        )
     return report
 
 

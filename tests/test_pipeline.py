@@ -102,7 +102,7 @@ def test_a_failed_gate_stops_make_with_exit_3(tmp_path, tiny_model_dir):
     measured = json.loads(report.read_text())
     relaxed, out = invoke(recipe)
     assert relaxed.exit_code == 0, out
-    assert "skipped data, tune, merge, export, bench" in out and "gates changed: re-applied" in out
+    assert "skipped data, tune, merge, export, bench" in out and "verdicts re-applied" in out
     regated = json.loads(report.read_text())
     assert [t["gate"] for t in regated["targets"]] == ["reference", "pass", "pass"]
     assert [t["decode_tok_s"] for t in regated["targets"]] == [t["decode_tok_s"] for t in measured["targets"]]
