@@ -342,27 +342,31 @@ def test_llama_cpp_loads_our_file_without_warnings(tmp_path, tiny_model_dir):
     assert [line for line in log.splitlines() if "warn" in line.lower()] == []
 
 
-def test_sentencepiece_llama_tokenizer_and_logits_match(tmp_path):
-    """The Llama 2 / TinyLlama path: a SentencePiece BPE model with byte fallback, BOS added."""
+def train_sentencepiece(prefix: Path, **settings) -> Path:
+    """A SentencePiece BPE model with byte fallback, trained on the test corpus into prefix.model;
+    `settings`: its special ids, user-defined pieces."""
     import sentencepiece as spm
-    import torch
-    from conftest import CORPUS
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
 
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS * 50),
-        model_prefix=str(tmp_path / "tokenizer"),
+        model_prefix=str(prefix),
         vocab_size=420,
         model_type="bpe",
         byte_fallback=True,
         character_coverage=1.0,
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
         minloglevel=2,
         split_digits=True,
+        **settings,
     )
+    return prefix.with_suffix(".model")
+
+
+def test_sentencepiece_llama_tokenizer_and_logits_match(tmp_path):
+    """The Llama 2 / TinyLlama path: a SentencePiece BPE model with byte fallback, BOS added."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
+
+    train_sentencepiece(tmp_path / "tokenizer", bos_id=1, eos_id=2, unk_id=0, pad_id=-1)
     model_dir = tmp_path / "spm-llama"
     tok = LlamaTokenizerFast(vocab_file=str(tmp_path / "tokenizer.model"), legacy=False, add_bos_token=True)
     tok.chat_template = (
@@ -794,26 +798,25 @@ def test_chat_sizes_a_gguf_context_from_the_file_and_refuses_a_damaged_one(
 def spm_models(tmp_path_factory):
     """Two SentencePiece BPE models (byte fallback, <pad>=0 </s>=1 <s>=2 <unk>=3): a plain one,
     and one with Gemma's turn markers as user-defined pieces inside its vocabulary."""
-    import sentencepiece as spm
-
     folder = tmp_path_factory.mktemp("spm")
     for prefix, user_defined in (("plain", []), ("gemma", ["<start_of_turn>", "<end_of_turn>"])):
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(CORPUS * 50),
-            model_prefix=str(folder / prefix),
-            vocab_size=420,
-            model_type="bpe",
-            byte_fallback=True,
-            character_coverage=1.0,
-            pad_id=0,
-            eos_id=1,
-            bos_id=2,
-            unk_id=3,
-            minloglevel=2,
-            split_digits=True,
-            user_defined_symbols=user_defined,
-        )
+        ids = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3}
+        train_sentencepiece(folder / prefix, **ids, user_defined_symbols=user_defined)
     return folder
+
+
+def llama_sentencepiece_tokenizer(spm_models, legacy: bool = False):
+    """Llama 2's fast tokenizer over the plain SentencePiece model (legacy=False: what recent
+    transformers makes of it)."""
+    from transformers import LlamaTokenizerFast
+
+    return LlamaTokenizerFast(
+        vocab_file=str(spm_models / "plain.model"),
+        legacy=legacy,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
 
 
 def assert_llama_cpp_tokenises_alike(model_dir, gguf_path, texts):
@@ -872,15 +875,8 @@ def test_added_tokens_past_the_sentencepiece_model_come_from_the_tokenizer_confi
     """Phi-3's markers follow the .model's pieces; a directory without added_tokens.json (the
     tokenizer_config.json's added_tokens_decoder only) had them as [PAD] fillers, spelled in bytes."""
     from tokenizers import AddedToken
-    from transformers import LlamaTokenizerFast
 
-    tok = LlamaTokenizerFast(
-        vocab_file=str(spm_models / "plain.model"),
-        legacy=False,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
+    tok = llama_sentencepiece_tokenizer(spm_models)
     markers = ["<|endoftext|>", "<|user|>", "<|end|>", "<|assistant|>"]
     tok.add_special_tokens({"additional_special_tokens": [AddedToken(t, special=True) for t in markers]})
     tok.add_tokens([AddedToken("ERR-", special=False, normalized=False)])  # a plain added word
@@ -897,15 +893,7 @@ def test_added_tokens_past_the_sentencepiece_model_come_from_the_tokenizer_confi
 def test_a_sentencepiece_tokenizer_without_its_model_file_scores_pieces_by_merge_rank(tmp_path, spm_models):
     """tokenizer.json alone has merges, no scores; llama.cpp merges by score. Every piece at -1000
     (gguf-py's LlamaHfVocab) tokenised the first text in 40 pieces where transformers has 39."""
-    from transformers import LlamaTokenizerFast
-
-    tok = LlamaTokenizerFast(
-        vocab_file=str(spm_models / "plain.model"),
-        legacy=False,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
+    tok = llama_sentencepiece_tokenizer(spm_models)
     model_dir = build_tiny_model(tmp_path, tok, "LlamaForCausalLM", vocab_size=len(tok))
     (model_dir / "tokenizer.model").unlink()
     out = convert(model_dir, tmp_path / "json-only.gguf", "f32")
@@ -976,17 +964,10 @@ def test_a_plain_sentencepiece_vocabulary_is_written_as_gguf_py_reads_it(tmp_pat
     """Where the .model says everything (no added tokens beyond <unk>, <s>, </s>, <pad>), our reader
     gives gguf-py's SentencePieceVocab pieces, scores and types, as the converter wrote before."""
     from gguf.vocab import SentencePieceVocab
-    from transformers import LlamaTokenizerFast
 
     from edgetune.export.gguf_vocab import read_vocab
 
-    tok = LlamaTokenizerFast(
-        vocab_file=str(spm_models / "plain.model"),
-        legacy=True,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
+    tok = llama_sentencepiece_tokenizer(spm_models, legacy=True)
     model_dir = tmp_path / "spm"
     tok.save_pretrained(model_dir)
     ours = read_vocab(model_dir, len(tok) + 3)  # the config's vocab_size pads with UNUSED fillers
