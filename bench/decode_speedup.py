@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgetune.bench.latency import measure  # noqa: E402
-from edgetune.bench.run import discover_targets  # noqa: E402
+from edgetune.bench.targets import discover_targets  # noqa: E402
 from edgetune.config import load_recipe  # noqa: E402
 
 GOAL = 3.0

@@ -179,7 +179,7 @@ def open_chat(
     if (
         device == "cuda" and target.format != "torch"
     ):  # llama.cpp and onnxruntime fall back to the CPU unasked
-        from edgetune.bench.run import cuda_runtimes
+        from edgetune.bench.targets import cuda_runtimes
 
         if problem := cuda_runtimes()[target.format]:
             raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")

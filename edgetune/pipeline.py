@@ -88,7 +88,7 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path) -> None:
         )
     if (run_dir / "bench" / "report.json").is_file():
         return  # benched before (perhaps on another machine): bench itself says so if it must run again
-    from edgetune.bench.run import check_devices
+    from edgetune.bench.targets import check_devices
 
     check_devices(recipe.bench.devices, "bench.devices")
 
@@ -181,7 +181,8 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
             print_report(report)
     elif stage == "tune":
         from edgetune.tune.callbacks import complete_checkpoints
-        from edgetune.tune.run import finished_tune, tune
+        from edgetune.tune.resume import finished_tune
+        from edgetune.tune.run import tune
 
         saved = bool(complete_checkpoints(run_dir / "checkpoints"))
         resume = saved and record.tune_started_here()

@@ -281,16 +281,16 @@ def test_cuda_targets_whose_runtime_cannot_use_cuda_are_listed_as_skipped(benche
     listed but unable to start says so too), llama-cpp-python is a CPU build."""
     import warnings
 
-    from edgetune.bench import run as bench_run
+    from edgetune.bench import targets as bench_targets
     from edgetune.config import load_recipe
 
     run, _ = benched
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Specified provider 'CUDAExecutionProvider' is not available"
-        assert "did not start" in bench_run._ort_cuda_problem()
+        assert "did not start" in bench_targets._ort_cuda_problem()
     skipped: list[dict] = []
     recipe = load_recipe(str(run / "recipe.yaml"))
-    targets = bench_run.discover_targets(run, ["cpu", "cuda"], recipe, skipped)
+    targets = bench_targets.discover_targets(run, ["cpu", "cuda"], recipe, skipped)
     on_cpu = [t.name for t in targets if t.device == "cpu"]
     on_cuda = [t.name for t in targets if t.device == "cuda"]
     assert on_cuda == [n for n in on_cpu if n.startswith("torch/")] and "torch/merged" in on_cuda
@@ -571,7 +571,7 @@ def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(b
     benched and fingerprinted as a variant, and kept the export `running` after a clean re-export."""
     import shutil
 
-    from edgetune.bench.run import discover_targets
+    from edgetune.bench.targets import discover_targets
     from edgetune.config import load_recipe
     from edgetune.fingerprints import export_files
 

@@ -9,10 +9,10 @@ from edgetune.config import (
     bundled_recipes,
     find_recipe,
     load_recipe,
-    parse_override,
     recipe_from_dict,
 )
 from edgetune.errors import ConfigError
+from edgetune.overrides import parse_override
 
 
 @pytest.mark.parametrize("name", sorted(bundled_recipes()))

@@ -178,14 +178,14 @@ def test_resume_refuses_data_or_a_base_model_changed_since_the_run_started(tmp_p
 
     from edgetune.config import load_recipe
     from edgetune.errors import InputError
-    from edgetune.tune.run import _refuse_changed_inputs
+    from edgetune.tune.resume import refuse_changed_inputs
 
     warned = []
     recipe = load_recipe(str(run / "recipe.yaml"))
-    _refuse_changed_inputs(run, recipe, SimpleNamespace(kind="hub"), "another hash", warned.append)
+    refuse_changed_inputs(run, recipe, SimpleNamespace(kind="hub"), "another hash", warned.append)
     assert len(warned) == 1 and "resuming on them" in warned[0]
     with pytest.raises(InputError, match="model.base"):
-        _refuse_changed_inputs(run, recipe, SimpleNamespace(kind="local"), "another hash", warned.append)
+        refuse_changed_inputs(run, recipe, SimpleNamespace(kind="local"), "another hash", warned.append)
 
 
 @pytest.mark.parametrize(

@@ -23,16 +23,15 @@ from edgetune.rundir import (
     discarded_on_failure,
     new_run_dir,
     point_latest,
-    read_manifest,
     refuse_foreign_dir,
     resolve_run_dir,
     run_lock,
-    sha256_file,
     sha256_tree,
     update_manifest,
 )
 from edgetune.tune.checks import check_checkpoint, warn_about_data
 from edgetune.tune.distributed import world_size
+from edgetune.tune.resume import data_hashes, read_tune_section, refuse_changed_inputs, refuse_finished
 
 
 @dataclass
@@ -82,12 +81,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _data_hashes(recipe: Recipe) -> dict[str, str]:
-    return {
-        name: sha256_file(Path(p)) for name in ("train", "valid", "test") if (p := getattr(recipe.data, name))
-    }
-
-
 def _start_run(
     recipe_arg: str | None, overrides: list[str], run_dir: Path | None, resume: bool
 ) -> tuple[Recipe, Path, bool]:
@@ -99,7 +92,7 @@ def _start_run(
         saved = run_dir / RECIPE_FILE
         if not saved.is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
-        _refuse_finished(run_dir)
+        refuse_finished(run_dir)
         return load_recipe(str(saved)), run_dir, False
     recipe = load_recipe(recipe_arg, overrides, new_run=True)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -233,7 +226,7 @@ def _prepare_training(
     # every rank checks a resume (one refusing alone would leave the others waiting in training)
     base_sha256 = sha256_tree(model_ref.path) if main or resume_from is not None else ""
     if resume_from is not None:
-        _refuse_changed_inputs(run_dir, recipe, model_ref, base_sha256, warn)
+        refuse_changed_inputs(run_dir, recipe, model_ref, base_sha256, warn)
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
     # checkpoints hold adapters and optimizer states; the merged model that follows is a full copy
     space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
@@ -294,25 +287,6 @@ def _record_done(run_dir: Path, result: TuneResult, setup, trainer) -> None:
     )
 
 
-def finished_tune(run_dir: Path) -> dict[str, Any] | None:
-    """The manifest's record of a tune that finished (its adapter saved), or None."""
-    done = _read_tune_section(run_dir)
-    return done if done.get("status") == "done" and (run_dir / "adapter").is_dir() else None
-
-
-def _refuse_finished(run_dir: Path) -> None:
-    """A finished run has nothing to resume: training on from its last checkpoint would step past
-    max_steps (or past an early stop) and rotate the best checkpoint away."""
-    done = finished_tune(run_dir)
-    if done is None:
-        return
-    why = " (stopped early: validation loss stopped improving)" if done.get("stopped_early") else ""
-    raise InputError(
-        f"{run_dir}: the run finished at step {done.get('steps')} of {done.get('max_steps')}{why}; "
-        "nothing to resume. Export it (edgetune export), or start a new run to train longer"
-    )
-
-
 def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None:
     """Clean what an interrupted run left; return the checkpoint to resume from (or None)."""
     from edgetune.tune.callbacks import complete_checkpoints, truncate_metrics
@@ -351,46 +325,13 @@ def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console
     return callbacks
 
 
-def _refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256: str, warn) -> None:
-    """A resumed run goes on from what its checkpoints learned: on the data files and the base
-    model recorded when it started. Changed since, the run would end as a mix of two trainings
-    while its manifest (and every file exported from it) named only the second. A built-in or hub
-    base is only warned about: its files are not the user's to put back (a hub model updated
-    upstream, a built-in converted again by a newer transformers)."""
-    manifest = read_manifest(run_dir)
-    was = manifest.get("data", {}).get("sha256", {})
-    if not was:  # a start that never recorded its inputs: nothing to compare
-        return
-    changed = []
-    for split in ("train", "valid", "test"):
-        path = getattr(recipe.data, split)
-        if path and not Path(path).is_file():
-            changed.append(f"data.{split} ({path}: gone)")
-        elif was.get(split) != (sha256_file(Path(path)) if path else None):
-            changed.append(f"data.{split} ({path or 'no file'})")
-    base_was = manifest.get("base_model", {}).get("sha256")
-    if base_was not in (None, base_sha256):
-        if model_ref.kind == "local":
-            changed.append(f"model.base ({recipe.model.base})")
-        else:
-            warn(
-                f"model.base ({recipe.model.base}): its files differ from those this run started on "
-                "(updated upstream, or converted again); resuming on them"
-            )
-    if changed:
-        raise InputError(
-            f"{run_dir}: {', '.join(changed)} changed since this run started; its checkpoints learned "
-            "from the earlier files. Put them back to resume, or start a new run on the new ones"
-        )
-
-
 def _write_start_manifest(
     run_dir: Path, recipe: Recipe, setup, model_ref, base_sha256: str, data
 ) -> float | None:
     """What this run starts from; returns the validation loss before training if an earlier start measured it."""
     import torch
 
-    prior = _read_tune_section(run_dir)
+    prior = read_tune_section(run_dir)
     update_manifest(
         run_dir,
         edgetune_version=__version__,
@@ -410,7 +351,7 @@ def _write_start_manifest(
             "path": str(model_ref.path),
             "sha256": base_sha256,
         },
-        data={"sha256": _data_hashes(recipe), **data.summary()},
+        data={"sha256": data_hashes(recipe), **data.summary()},
     )
     return prior.get("initial_eval_loss")
 
@@ -464,11 +405,3 @@ def _peak_vram(device: str) -> int | None:
     import torch
 
     return int(torch.cuda.max_memory_allocated()) if device == "cuda" and torch.cuda.is_available() else None
-
-
-def _read_tune_section(run_dir: Path) -> dict[str, Any]:
-    manifest = read_manifest(run_dir)
-    out = dict(manifest.get("stages", {}).get("tune", {}))
-    if "created" in manifest:
-        out["created"] = manifest["created"]
-    return out

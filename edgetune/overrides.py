@@ -1,0 +1,65 @@
+"""`--set section.key=value` overrides: parsed as YAML scalars, merged into a recipe's raw mapping,
+and a problem they caused blamed on them rather than on the recipe file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from edgetune.errors import ConfigError
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 1e-4). The value is read as a YAML scalar."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text}: expected KEY=VALUE, e.g. train.lr=1e-4"])
+    key, _, raw = text.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError([f"--set {text}: bad key {key!r}"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def blame_overrides(problems: list[str], overrides: list[str], in_file: dict[str, Any]) -> list[str]:
+    """A problem in a key some --set gave says so: the recipe file named in front of it is not to
+    blame. A problem's key is the --set key, one inside it, or (an unknown section a --set made)
+    one that holds it and that the file does not have."""
+    keys = [".".join(parse_override(text)[0]) for text in overrides]
+
+    def in_the_file(key: str) -> bool:
+        node: Any = in_file
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    def from_set(key: str, given: str) -> bool:
+        return (
+            key == given
+            or key.startswith(given + ".")
+            or (given.startswith(key + ".") and not in_the_file(key))
+        )
+
+    return [
+        p + (" (from --set)" if any(from_set(p.split(":")[0], k) for k in keys) else "") for p in problems
+    ]

@@ -1,0 +1,77 @@
+"""Whether a run may be resumed: not once it finished, and not on other data or another local base
+than its checkpoints learned from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgetune.config import Recipe
+from edgetune.errors import InputError
+from edgetune.rundir import read_manifest, sha256_file
+
+
+def data_hashes(recipe: Recipe) -> dict[str, str]:
+    return {
+        name: sha256_file(Path(p)) for name in ("train", "valid", "test") if (p := getattr(recipe.data, name))
+    }
+
+
+def read_tune_section(run_dir: Path) -> dict[str, Any]:
+    manifest = read_manifest(run_dir)
+    out = dict(manifest.get("stages", {}).get("tune", {}))
+    if "created" in manifest:
+        out["created"] = manifest["created"]
+    return out
+
+
+def finished_tune(run_dir: Path) -> dict[str, Any] | None:
+    """The manifest's record of a tune that finished (its adapter saved), or None."""
+    done = read_tune_section(run_dir)
+    return done if done.get("status") == "done" and (run_dir / "adapter").is_dir() else None
+
+
+def refuse_finished(run_dir: Path) -> None:
+    """A finished run has nothing to resume: training on from its last checkpoint would step past
+    max_steps (or past an early stop) and rotate the best checkpoint away."""
+    done = finished_tune(run_dir)
+    if done is None:
+        return
+    why = " (stopped early: validation loss stopped improving)" if done.get("stopped_early") else ""
+    raise InputError(
+        f"{run_dir}: the run finished at step {done.get('steps')} of {done.get('max_steps')}{why}; "
+        "nothing to resume. Export it (edgetune export), or start a new run to train longer"
+    )
+
+
+def refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256: str, warn) -> None:
+    """A resumed run goes on from what its checkpoints learned: on the data files and the base
+    model recorded when it started. Changed since, the run would end as a mix of two trainings
+    while its manifest (and every file exported from it) named only the second. A built-in or hub
+    base is only warned about: its files are not the user's to put back (a hub model updated
+    upstream, a built-in converted again by a newer transformers)."""
+    manifest = read_manifest(run_dir)
+    was = manifest.get("data", {}).get("sha256", {})
+    if not was:  # a start that never recorded its inputs: nothing to compare
+        return
+    changed = []
+    for split in ("train", "valid", "test"):
+        path = getattr(recipe.data, split)
+        if path and not Path(path).is_file():
+            changed.append(f"data.{split} ({path}: gone)")
+        elif was.get(split) != (sha256_file(Path(path)) if path else None):
+            changed.append(f"data.{split} ({path or 'no file'})")
+    base_was = manifest.get("base_model", {}).get("sha256")
+    if base_was not in (None, base_sha256):
+        if model_ref.kind == "local":
+            changed.append(f"model.base ({recipe.model.base})")
+        else:
+            warn(
+                f"model.base ({recipe.model.base}): its files differ from those this run started on "
+                "(updated upstream, or converted again); resuming on them"
+            )
+    if changed:
+        raise InputError(
+            f"{run_dir}: {', '.join(changed)} changed since this run started; its checkpoints learned "
+            "from the earlier files. Put them back to resume, or start a new run on the new ones"
+        )
