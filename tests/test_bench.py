@@ -759,3 +759,18 @@ def test_reference_distributions_past_the_memory_budget_go_to_disk_and_give_the_
     with pytest.raises(DiskFull, match="disk full.*bench.kl_examples"):
         reference_logprobs(memory_bytes=0)
     assert not list(run.glob(f"{SPILL_PREFIX}*"))
+
+
+def test_bench_on_a_run_whose_tune_never_finished_says_to_resume_it(benched, tmp_path):
+    """It said to run export or merge, which need the adapter the run does not have yet."""
+    import shutil
+
+    run, _ = benched
+    copy = shutil.copytree(
+        run, tmp_path / "run", ignore=shutil.ignore_patterns("merged", "adapter", "export")
+    )
+    result = CliRunner().invoke(main, ["bench", str(copy)])
+    assert result.exit_code == 2 and "no adapter yet (its tune did not finish)" in result.output, (
+        result.output
+    )
+    assert "edgetune tune --resume" in result.output
