@@ -976,3 +976,53 @@ def test_a_plain_sentencepiece_vocabulary_is_written_as_gguf_py_reads_it(tmp_pat
     assert ours.scores[: len(theirs)] == [score for _, score, _ in theirs]
     assert ours.types[: len(theirs)] == [kind for _, _, kind in theirs]
     assert ours.tokens[len(theirs) :] == [f"[PAD{i}]" for i in range(len(theirs), len(tok) + 3)]
+
+
+@pytest.mark.parametrize("with_template", [True, False])
+def test_a_prefix_at_the_start_only_tokenises_chats_alike(tmp_path, spm_models, with_template):
+    """Recent transformers puts "▁" before the input's start only (Metaspace prepend_scheme
+    "first", Mistral v0.3's kind); llama.cpp puts it after every special token or nowhere. It made
+    "[INST] The" into [INST] ▁ ▁The where transformers has [INST] ▁The. A chat opening with a
+    special token gets "nowhere"; without a chat template the input's start keeps its "▁"."""
+    from gguf import GGUFReader
+    from tokenizers import AddedToken
+
+    tok = llama_sentencepiece_tokenizer(spm_models)
+    tok.add_special_tokens(
+        {"additional_special_tokens": [AddedToken(t, special=True) for t in ("[INST]", "[/INST]")]}
+    )
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+        if with_template
+        else None
+    )
+    model_dir = build_tiny_model(tmp_path, tok, "MistralForCausalLM", vocab_size=len(tok))
+    tj = json.loads((model_dir / "tokenizer.json").read_text())
+    tj["normalizer"] = None
+    tj["pre_tokenizer"] = {
+        "type": "Metaspace",
+        "replacement": "\u2581",
+        "prepend_scheme": "first",
+        "split": False,
+    }
+    (model_dir / "tokenizer.json").write_text(json.dumps(tj))
+    out = convert(model_dir, tmp_path / "m.gguf", "f32")
+    prefix = GGUFReader(str(out)).get_field("tokenizer.ggml.add_space_prefix").contents()
+    assert prefix is (not with_template)
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    llm = Llama(model_path=str(out), vocab_only=True, verbose=False)
+    if with_template:
+        prompt = hf.apply_chat_template(
+            [{"role": "user", "content": "The router lost its uplink"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids = hf(prompt, add_special_tokens=False)["input_ids"]
+        assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
+    else:
+        text = "The router lost its uplink"
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf(text)["input_ids"]

@@ -174,8 +174,27 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
     special.add_to_gguf(writer, quiet=True)  # merges, bos/eos/eot/eom/unk/pad ids, chat template
     if vocab.model == "llama":
         # llama.cpp prepends "▁" to SentencePiece input unless told not to; do what the HF tokenizer does
-        writer.add_add_space_prefix(tok.tokenize("a")[:1] == ["▁a"] or tok.tokenize("a")[:1] == ["▁"])
+        prefix = tok.tokenize("a")[:1] in (["▁a"], ["▁"])
+        if prefix and vocab.prefix_at_start_only and _chats_open_with_a_special_token(tok):
+            # llama.cpp prefixes after every special token or nowhere; transformers here only at the
+            # input's start. A chat prompt that opens with a special token has no "▁" anywhere, so
+            # nowhere is what matches it (the parity check compares the prompt ids the file makes)
+            prefix = False
+        writer.add_add_space_prefix(prefix)
     return tok
+
+
+def _chats_open_with_a_special_token(tok) -> bool:
+    from edgetune.errors import EdgetuneError
+    from edgetune.templating import apply_chat_template
+
+    if not tok.chat_template:
+        return False
+    try:
+        text = apply_chat_template(tok, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    except EdgetuneError:  # a template that needs more than one user turn: keep llama.cpp's default
+        return False
+    return any(text.startswith(t.content) for t in tok.added_tokens_decoder.values() if t.special)
 
 
 def _named_templates(template):

@@ -45,6 +45,9 @@ class GGUFVocab:
     tokens: list[str]
     scores: list[float] | None
     types: list[int]  # merges are written by gguf.SpecialVocab from tokenizer.json
+    # SentencePiece-style: transformers puts "▁" before the input's start only (Metaspace's
+    # prepend_scheme "first", what recent transformers makes of Llama 2 / Mistral tokenizers)
+    prefix_at_start_only: bool = False
 
 
 def _flatten(step: dict[str, Any] | None, key: str = "pretokenizers") -> list[dict[str, Any]]:
@@ -153,7 +156,9 @@ def _sentencepiece_like(model_dir: Path, tj: dict[str, Any], vocab_size: int, to
         )
         types[i] = gguf.TokenType.CONTROL if token.special else gguf.TokenType.USER_DEFINED
         scores[i] = -1000.0
-    return GGUFVocab("llama", "default", tokens, scores, types)
+    steps = _flatten(tj.get("pre_tokenizer"))
+    first = any(s.get("type") == "Metaspace" and s.get("prepend_scheme") == "first" for s in steps)
+    return GGUFVocab("llama", "default", tokens, scores, types, prefix_at_start_only=first)
 
 
 def _model_file_pieces(path: Path) -> list[tuple[str, float, int]]:
