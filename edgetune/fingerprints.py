@@ -87,6 +87,14 @@ def _base_files(path: Path) -> list[Path]:
     )
 
 
+def local_base(recipe: Recipe) -> Path | None:
+    """model.base's folder when it names one on disk (not a built-in alias or a hub id)."""
+    from edgetune.models import BUILTINS
+
+    path = Path(recipe.model.base).expanduser()
+    return path if recipe.model.base not in BUILTINS and path.is_dir() else None
+
+
 def base_identity(recipe: Recipe, done: dict[str, Any]) -> str:
     """What model.base stands for in the tune fingerprint: a built-in alias or hub id by its name
     (with model.revision beside it), a local directory by its files' contents, so an edit in place
@@ -96,11 +104,11 @@ def base_identity(recipe: Recipe, done: dict[str, Any]) -> str:
     from edgetune.models import BUILTINS
 
     name = recipe.model.base
-    path = Path(name).expanduser()
     cached = done.get("base_model") if isinstance(done.get("base_model"), dict) else {}
+    path = local_base(recipe)
     if name in BUILTINS:
         return name
-    if not path.is_dir():  # a hub id; or a local base removed since: it held what the record says
+    if path is None:  # a hub id; or a local base removed since: it held what the record says
         return cached["sha256"] if cached.get("name") == name and cached.get("sha256") else name
     files = _base_files(path)
     stat = _digest(
@@ -192,10 +200,8 @@ class StageRecord:
     def _base_as_tuned(self) -> bool:
         """A legacy tune fingerprint held a local base's path only: its files must still be the
         ones the tune recorded in the manifest (an edit in place before the upgrade is not adopted)."""
-        from edgetune.models import BUILTINS
-
-        path = Path(self.recipe.model.base).expanduser()
-        if self.recipe.model.base in BUILTINS or not path.is_dir():
+        path = local_base(self.recipe)
+        if path is None:
             return True
         tuned = read_manifest(self.run_dir).get("base_model", {}).get("sha256")
         return tuned is None or tuned == sha256_tree(path)

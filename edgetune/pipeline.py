@@ -225,7 +225,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
 
 def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
     """Remove exports of quants the recipe no longer asks for, so bench measures only current ones."""
-    from edgetune.export.layout import gguf_files, onnx_dirs
+    from edgetune.export.layout import gguf_files, onnx_dirs, still_there
 
     keep = {a.path.resolve() for fmt in ("gguf", "onnx") if fmt in results for a in results[fmt].artifacts}
     gguf = run_dir / "export" / "gguf"
@@ -248,18 +248,12 @@ def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
     stale = [
         key for key in record if key.split("_")[0] in dropped or (key == "imatrix" and "gguf" in dropped)
     ]
-    removed = [  # the files of quants no longer asked for, removed above
-        (fmt, entry)
-        for fmt in ("gguf", "onnx")
-        for entry in record.get(fmt, [])
-        if isinstance(entry, dict) and not (run_dir / str(entry.get("path", ""))).exists()
-    ]
-    if stale or removed:  # the manifest lists what is on disk, not what a past recipe exported
+    listed = {fmt: record[fmt] for fmt in ("gguf", "onnx") if fmt in record and fmt not in dropped}
+    there = {fmt: still_there(entries, run_dir) for fmt, entries in listed.items()}  # not the removed
+    if stale or there != listed:  # the manifest lists what is on disk, not what a past recipe exported
         for key in stale:
             del record[key]
-        for fmt, entry in removed:
-            if fmt in record:
-                record[fmt].remove(entry)
+        record.update(there)
         atomic_write_json(run_dir / "manifest.json", manifest)
 
 

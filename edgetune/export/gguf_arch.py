@@ -31,10 +31,15 @@ class ArchSpec:
     free_head_dim: bool = True  # llama.cpp's graph takes a head_dim other than hidden_size / heads
 
 
+def config_file(config: Any) -> str:
+    """The config.json a problem is found in, for the one line that names it."""
+    return f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+
+
 def refuse_unloadable(config: Any, spec: ArchSpec, arch: str) -> None:
     """What llama.cpp's graph for `arch` would refuse to load ("wrong shape", "wrong number of
     tensors"): refused here, before any tensor is read, with the config field named."""
-    where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+    where = config_file(config)
     graph = f"llama.cpp's {gguf.MODEL_ARCH_NAMES[spec.gguf_arch]} graph"
     head_dim, heads = attention_head_dim(config), config.num_attention_heads
     if not spec.free_head_dim and head_dim * heads != config.hidden_size:
@@ -53,7 +58,7 @@ def refuse_unloadable(config: Any, spec: ArchSpec, arch: str) -> None:
 def gemma3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
     """Gemma 3's sliding-window layers, their own rope base, and the checks that llama.cpp's Gemma 3
     graph computes what this checkpoint does (it hard-codes the activation and the query scale)."""
-    where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+    where = config_file(config)
     head_dim = config.head_dim
     # llama.cpp scales queries by 1/sqrt(head_dim), except for the 62-layer (27B) model
     expected = config.hidden_size / config.num_attention_heads if config.num_hidden_layers == 62 else head_dim
@@ -82,7 +87,7 @@ def phi3_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
     """Phi-3's original context and sliding window, and the long-context (longrope) rotary factors
     of Phi-3.5 and Phi-4-mini: llama.cpp takes them as two tensors, the short factors while its
     context fits the original one and the long ones beyond, with one attention factor for both."""
-    where = f"{getattr(config, '_name_or_path', '') or 'model'}/config.json"
+    where = config_file(config)
     if getattr(config, "hidden_act", "silu") != "silu":
         raise InputError(f"{where}: hidden_act {config.hidden_act!r} (llama.cpp's Phi-3 graph uses silu)")
     writer.add_rope_scaling_orig_ctx_len(original_context(config))

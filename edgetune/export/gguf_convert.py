@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from edgetune import __version__
-from edgetune.errors import InputError, writing
+from edgetune.errors import EdgetuneError, InputError, writing
 from edgetune.export.gguf_arch import (
     ArchSpec,
     arch_for,
@@ -185,7 +185,6 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
 
 
 def _chats_open_with_a_special_token(tok) -> bool:
-    from edgetune.errors import EdgetuneError
     from edgetune.templating import apply_chat_template
 
     if not tok.chat_template:

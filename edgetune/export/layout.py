@@ -40,6 +40,14 @@ def onnx_dirs(onnx_dir: Path) -> list[Path]:
     return sorted(p.parent for p in onnx_dir.glob("*/model.onnx") if not p.parent.name.startswith("."))
 
 
+def still_there(entries: list, run_dir: Path) -> list[dict]:
+    """The entries of a run manifest's export list (each with its `path` in the run) whose file or
+    folder is still on disk: the manifest lists what is there, not what a past export wrote."""
+    return [
+        e for e in entries if isinstance(e, dict) and e.get("path") and (run_dir / str(e["path"])).exists()
+    ]
+
+
 def gguf_quant(path: Path) -> str:
     """model-q4_k_m.gguf -> q4_k_m"""
     return path.stem.rsplit("-", 1)[-1].lower()

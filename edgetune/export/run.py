@@ -10,7 +10,7 @@ from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError
 from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
-from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs, remove_leftovers
+from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs, remove_leftovers, still_there
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
@@ -269,14 +269,7 @@ def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any])
     written = [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts]
     replaced = {entry["quant"] for entry in written}
     earlier = read_manifest(run_dir).get("stages", {}).get("export", {}).get(fmt, [])
-    kept = [
-        entry
-        for entry in earlier
-        if isinstance(entry, dict)
-        and entry.get("quant") not in replaced
-        and (run_dir / str(entry.get("path", ""))).exists()
-        and entry.get("path")
-    ]
+    kept = [entry for entry in still_there(earlier, run_dir) if entry.get("quant") not in replaced]
     update_manifest(
         run_dir,
         stages={

@@ -8,13 +8,7 @@ from typing import Any
 
 from edgetune.config import Recipe
 from edgetune.errors import InputError
-from edgetune.rundir import read_manifest, sha256_file
-
-
-def data_hashes(recipe: Recipe) -> dict[str, str]:
-    return {
-        name: sha256_file(Path(p)) for name in ("train", "valid", "test") if (p := getattr(recipe.data, name))
-    }
+from edgetune.rundir import read_manifest
 
 
 def read_tune_section(run_dir: Path) -> dict[str, Any]:
@@ -54,13 +48,15 @@ def refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256:
     was = manifest.get("data", {}).get("sha256", {})
     if not was:  # a start that never recorded its inputs: nothing to compare
         return
-    changed = []
-    for split in ("train", "valid", "test"):
-        path = getattr(recipe.data, split)
-        if path and not Path(path).is_file():
-            changed.append(f"data.{split} ({path}: gone)")
-        elif was.get(split) != (sha256_file(Path(path)) if path else None):
-            changed.append(f"data.{split} ({path or 'no file'})")
+    from edgetune.fingerprints import data_files
+
+    splits = {split: getattr(recipe.data, split) for split in ("train", "valid", "test")}
+    changed = [
+        f"data.{split} ({path}: gone)" for split, path in splits.items() if path and not Path(path).is_file()
+    ]
+    if not changed:
+        now = data_files(recipe)
+        changed = [f"data.{s} ({splits[s] or 'no file'})" for s in splits if was.get(s) != now.get(s)]
     base_was = manifest.get("base_model", {}).get("sha256")
     if base_was not in (None, base_sha256):
         if model_ref.kind == "local":

@@ -15,6 +15,7 @@ from typing import Any
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted, writing
+from edgetune.fingerprints import data_files
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -31,7 +32,7 @@ from edgetune.rundir import (
 )
 from edgetune.tune.checks import check_checkpoint, warn_about_data
 from edgetune.tune.distributed import world_size
-from edgetune.tune.resume import data_hashes, read_tune_section, refuse_changed_inputs, refuse_finished
+from edgetune.tune.resume import read_tune_section, refuse_changed_inputs, refuse_finished
 
 
 @dataclass
@@ -351,7 +352,7 @@ def _write_start_manifest(
             "path": str(model_ref.path),
             "sha256": base_sha256,
         },
-        data={"sha256": data_hashes(recipe), **data.summary()},
+        data={"sha256": data_files(recipe), **data.summary()},
     )
     return prior.get("initial_eval_loss")
 
