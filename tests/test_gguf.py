@@ -1026,3 +1026,23 @@ def test_a_prefix_at_the_start_only_tokenises_chats_alike(tmp_path, spm_models, 
     else:
         text = "The router lost its uplink"
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == hf(text)["input_ids"]
+
+
+def test_llama_3_1_stop_ids_are_labelled_by_name_not_by_id_order():
+    """Llama 3.1 stops at <|end_of_text|>, <|eom_id|> and <|eot_id|>, the end of message having the
+    smaller id: the file's end-of-turn id is <|eot_id|>, the one its template closes turns with."""
+    from edgetune.export.gguf_convert import turn_and_message_ends
+
+    tok = build_tokenizer(
+        specials=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"), eos_token="<|end_of_text|>"
+    )
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}<|eot_id|>{% endfor %}"
+    eom, eot = tok.convert_tokens_to_ids(["<|eom_id|>", "<|eot_id|>"])
+    assert eom < eot
+    assert turn_and_message_ends([eom, eot], tok, {"eos": tok.eos_token_id}) == {"eot": eot, "eom": eom}
+    assert turn_and_message_ends([eom, eot], tok, {"eot": eot}) == {"eom": eom}
+    assert turn_and_message_ends([eom], tok, {}) == {"eom": eom}
+    im_end = build_tokenizer(specials=("<|endoftext|>", "<|x|>", "<|im_end|>"), eos_token="<|endoftext|>")
+    im_end.chat_template = "{{ '<|im_end|>' }}"
+    x, end = im_end.convert_tokens_to_ids(["<|x|>", "<|im_end|>"])
+    assert turn_and_message_ends([x, end], im_end, {}) == {"eot": end, "eom": x}

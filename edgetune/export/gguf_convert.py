@@ -212,9 +212,27 @@ def _end_of_turn_ids(special, model_dir: Path, tok) -> None:
 
     ids = special.special_token_ids
     extra = [i for i in stop_ids(model_dir, tok) if i not in {ids.get("eos"), ids.get("eot"), ids.get("eom")}]
+    for kind, token in turn_and_message_ends(extra, tok, ids).items():
+        ids[kind] = token
+
+
+def turn_and_message_ends(extra: list[int], tok, known: dict) -> dict[str, int]:
+    """Which extra stop id is the end of a turn and which the end of a message. Llama 3.1 stops at
+    <|eom_id|> (128008) and <|eot_id|> (128009): the end of message is the token named so, the end
+    of turn preferably one the chat template writes; by id order the two would be swapped."""
+    template = tok.chat_template
+    template = " ".join(template.values()) if isinstance(template, dict) else template or ""
+    names = {i: tok.convert_ids_to_tokens(i) or "" for i in extra}
+    pool = sorted(extra, key=lambda i: (not names[i] or names[i] not in template, i))
+    chosen: dict[str, int] = {}
+    message = next((i for i in pool if "eom" in names[i].lower()), None)
+    if "eom" not in known and message is not None:
+        chosen["eom"] = message
+        pool.remove(message)
     for kind in ("eot", "eom"):
-        if extra and kind not in ids:
-            ids[kind] = extra.pop(0)
+        if kind not in known and kind not in chosen and pool:
+            chosen[kind] = pool.pop(0)
+    return chosen
 
 
 def convert(
