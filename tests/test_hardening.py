@@ -254,9 +254,12 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(
 
     recipe = make_recipe(tmp_path, tiny_model_dir)
     busy, fresh = tmp_path / "runs" / "busy", tmp_path / "runs" / "fresh"
+    other = tmp_path / "runs" / "other"
     busy.mkdir(parents=True)
     fresh.mkdir()
+    other.mkdir()
     (busy / "recipe.yaml").write_text(recipe.read_text().replace("data.jsonl", str(tmp_path / "data.jsonl")))
+    (other / "recipe.yaml").write_text((busy / "recipe.yaml").read_text())
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -280,6 +283,7 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(
             ["tune", "--resume", "--run-dir", str(busy)],
             ["run", str(recipe), "--run-dir", str(busy)],
             ["tune", str(recipe), "--run-dir", str(fresh)],
+            ["export", str(other), "--out", str(busy / "export")],  # another run's files into busy's
         ):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 2, (args, result.output)

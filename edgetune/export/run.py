@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
     file_in_the_way,
+    is_run_dir,
     read_manifest,
     resolve_run_dir,
     run_lock,
@@ -96,6 +99,18 @@ def _existing_onnx(onnx_dir: Path) -> list[tuple[str, Path]]:
     return [(p.name, p) for p in found]
 
 
+@contextmanager
+def _out_lock(base_out: Path, run_dir: Path | None) -> Iterator[None]:
+    """--out elsewhere: the folder written to is locked too, as the run it belongs to where it is a
+    run's export/ folder, so `export A --out runs/B/export` and B's own export or bench cannot race."""
+    owner = base_out.parent if base_out.name == "export" and is_run_dir(base_out.parent) else base_out
+    if run_dir is None or owner.resolve() == run_dir.resolve():
+        yield
+        return
+    with run_lock(owner, "export"):
+        yield
+
+
 def export(
     source: Path | None = None,
     formats: list[str] | None = None,
@@ -114,9 +129,9 @@ def export(
         raise InputError(f"{blocked}: not a directory; --out names the folder the exports go in")
     # the run's manifest records its own export/ only: files sent elsewhere (--out) are not the run's
     record_dir = run_dir if run_dir and base_out.resolve() == (run_dir / "export").resolve() else None
-    if run_dir and not record_dir and console is not None:
-        console.print(f"note: {base_out} is outside the run: its manifest does not record these files")
-    with run_lock(run_dir or base_out, "export"):
+    with run_lock(run_dir or base_out, "export"), _out_lock(base_out, run_dir):
+        if run_dir and not record_dir and console is not None:
+            console.print(f"note: {base_out} is outside the run: its manifest does not record these files")
         gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
         if check_only and not formats:  # check what is there
             formats = [f for f, d in (("gguf", gguf_dir), ("onnx", onnx_dir)) if d.is_dir()] or ["gguf"]
@@ -141,8 +156,7 @@ def export(
                     f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"
                 )
         else:
-            if record_dir or not run_dir:  # a folder this export holds the lock on
-                remove_leftovers(base_out)  # what a killed export was writing
+            remove_leftovers(base_out)  # what a killed export was writing (its folder is locked)
             _merge_if_needed(run_dir, model_dir, console)
             from edgetune.rundir import low_space_warning, weights_bytes
 
