@@ -178,12 +178,23 @@ def clean_stale_temporaries(root: Path) -> list[Path]:
     return removed
 
 
+_file_digests: dict[tuple, str] = {}
+
+
 def sha256_file(path: Path) -> str:
+    """A file's sha256, read once per process while the file stays as it was: `edgetune run` on a
+    local base hashes its weights for the pipeline's fingerprint and again for tune's manifest.
+    The key holds the inode's change time, which every write (and every utime) moves."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key in _file_digests:
+        return _file_digests[key]
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    _file_digests[key] = h.hexdigest()
+    return _file_digests[key]
 
 
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.jinja")

@@ -521,3 +521,29 @@ def test_fingerprints_an_earlier_edgetune_recorded_are_computed_as_it_did():
     assert data == "a91caee7604b266bdfe98546539ebdf713e727fdea39a3deed5ddf66c9fe59c8"
     export = fp._digest(fp.hashed_settings("export", recipe.export, legacy=True))
     assert export == "98f4f020d600d239168055f8d3274e5bcafd408350e9511b0c10514b06a4616c"
+
+
+def test_a_file_is_read_once_per_process_while_it_stays_as_it_was(tmp_path, monkeypatch):
+    """A fresh `run` on a local base hashes its weights for the pipeline and again for tune's
+    manifest: the second hash reads nothing, and a rewrite of the same size is read again."""
+    import os
+    from pathlib import Path
+
+    from edgetune.rundir import sha256_file, sha256_tree
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 4096)
+    reads = []
+    real_open = Path.open
+
+    def reading(self, mode="r", *args, **kwargs):
+        if mode == "rb":
+            reads.append(self.name)
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", reading)
+    first = sha256_file(weights)
+    assert sha256_tree(tmp_path) and sha256_file(weights) == first and reads == ["model.safetensors"]
+    weights.write_bytes(b"b" * 4096)
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns))
+    assert sha256_file(weights) != first and len(reads) == 2
