@@ -1,5 +1,5 @@
 import pytest
-from conftest import build_tokenizer
+from conftest import CORPUS, build_tokenizer
 
 from edgetune.data.render import FALLBACK_CHAT_TEMPLATE, IGNORE, Renderer
 from edgetune.data.rows import Example
@@ -43,6 +43,66 @@ def test_training_ids_begin_with_the_inference_prompt_ids(tiny_tokenizer, base_t
         assert enc.input_ids[: len(prompt_ids)] == prompt_ids
         assert all(label == IGNORE for label in enc.labels[: len(prompt_ids)])
         assert enc.labels[len(prompt_ids)] != IGNORE
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(tmp_path_factory):
+    from test_gguf import llama_sentencepiece_tokenizer, train_sentencepiece
+
+    folder = tmp_path_factory.mktemp("spm")
+    train_sentencepiece(folder / "plain", pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+    tok = llama_sentencepiece_tokenizer(folder)
+    tok.chat_template = build_tokenizer().chat_template
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "sentencepiece"])
+def test_an_answer_whose_first_token_would_start_in_the_prompt_is_trained_whole(
+    kind, sentencepiece_tokenizer
+):
+    """A plain prompt ending "Answer: " and a reply opening with a blank line or an indent: one
+    token of the whole text reaches over the boundary. Inference is given the prompt's own tokens,
+    so training cuts there: the ids before the answer are the inference prompt's, and every
+    character of the answer carries loss (before, "Paris" trained nothing but the EOS)."""
+    whitespace = [
+        "\n\n\nthe router\n  the link\n\n  indented"
+    ] * 20  # merges "ĊĊ", "ĊĠ" as real vocabularies have
+    tok = (
+        build_tokenizer(add_bos=True, corpus=CORPUS + whitespace)
+        if kind == "byte-level"
+        else sentencepiece_tokenizer
+    )
+    eos = tok.eos_token
+    cases = [
+        (
+            "plain",
+            Example(
+                "prompt_completion", prompt="Q: the router?\nAnswer: ", completion="the link", source="x:1"
+            ),
+        ),
+        ("chat", msgs(("user", "show the config"), ("assistant", "\n\nthe router link"))),
+        ("chat", msgs(("user", "indent it"), ("assistant", "  the link"))),
+    ]
+    straddled = []
+    for template, ex in cases:
+        r = Renderer(tok, template=template)
+        text, spans = r.spans(ex)
+        whole = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        straddled.append(any(a < spans[0][0] < e for a, e in whole["offset_mapping"]))
+        enc = r.encode(ex)
+        prompt_ids = r.ids_for_text(r.prompt_text(ex))
+        assert enc.input_ids[: len(prompt_ids)] == prompt_ids, (kind, ex)
+        assert all(label == IGNORE for label in enc.labels[: len(prompt_ids)])
+        answer = ex.completion or ex.messages[-1][1]
+        trained = supervised_text(tok, enc)
+        assert trained.startswith(answer) or (kind == "sentencepiece" and trained.startswith(answer.lstrip()))
+        assert trained.endswith(eos) if template == "plain" else "<|im_end|>" in trained
+        assert tok.decode(enc.input_ids) == tok.decode(r.ids_for_text(text))  # the same text
+    assert (
+        straddled == [True, True, True] if kind == "byte-level" else straddled[0]
+    )  # the cases test something
+    two = msgs(("user", "one"), ("assistant", " the link"), ("user", "two"), ("assistant", "\n\nthe router"))
+    assert supervised_text(tok, Renderer(tok).encode(two)).replace("\n", "").count("the") == 2
 
 
 def test_base_model_gets_the_fallback_template_and_exactly_one_bos():
@@ -102,3 +162,13 @@ def test_slow_tokenizers_are_refused():
 
     with pytest.raises(ModelError, match="fast"):
         Renderer(Slow())
+
+
+def test_a_token_over_the_boundary_that_cannot_be_cut_still_carries_the_answers_loss(monkeypatch):
+    """A tokenizer no cut decodes back to the text (one that puts "▁" before every input): the
+    token holding the prompt's last space and the answer's first word is trained on, not dropped."""
+    tok = build_tokenizer(add_bos=True)
+    monkeypatch.setattr(Renderer, "_cut_at", lambda *a: None)
+    ex = Example("prompt_completion", prompt="Q: the router?\nAnswer: ", completion="the link", source="x:1")
+    enc = Renderer(tok, template="plain").encode(ex)
+    assert supervised_text(tok, enc) == " the link" + tok.eos_token

@@ -336,3 +336,30 @@ def test_a_forced_format_names_the_layout_the_row_is_in(tmp_path):
     result = CliRunner().invoke(main, [*args, "--format", "messages"])
     assert result.exit_code == 2
     assert "d.jsonl:1: messages: missing; the row looks like 'alpaca'" in result.output
+
+
+def test_data_check_shows_the_characters_training_learns_and_says_when_no_template_is_used(
+    tmp_path, tiny_model_dir
+):
+    """The sample's green text is what the labels really cover (the answer's first token
+    included), and rows trained as plain text are not said to use the model's chat template."""
+    rows = [{"prompt": f"Q{i}: the router?\nAnswer: ", "completion": f"the link {i}"} for i in range(12)]
+    path = write_jsonl(tmp_path / "plain.jsonl", rows)
+    args = [
+        "data",
+        "check",
+        str(path),
+        "--set",
+        f"model.base={tiny_model_dir}",
+        "--set",
+        "data.template=plain",
+    ]
+    report = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+    text = report["sample"]["rendered"]
+    trained = "".join(text[a:e] for a, e in report["sample"]["supervised_spans"])
+    assert trained.startswith("the link") and report["template"] == "plain"
+    result = CliRunner().invoke(main, args)
+    assert (
+        result.exit_code == 0
+        and "chat template: none: the rows go to the model as their own text" in result.output
+    )

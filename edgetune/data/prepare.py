@@ -54,7 +54,11 @@ class PreparedData:
 
     @property
     def template(self) -> str:
-        return self.renderer.template_source  # "model" or "fallback"
+        """ "plain" where the rows reach the model as their own text, else whose chat template
+        renders them: "model" or "fallback"."""
+        if self.renderer.plain_prompts(self.splits.format):
+            return "plain"
+        return self.renderer.template_source
 
     @property
     def shipped_template(self) -> str | None:

@@ -179,15 +179,69 @@ class Renderer:
             ids = [self.bos_id] + ids
         return ids
 
+    def ids_and_labels(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """`text` tokenised once, loss on the tokens inside `spans`. Where a token reaches from the
+        prompt into an answer (a prompt ending "Answer: " before "Paris", a reply opening with a
+        newline), inference sees the prompt's own tokens and then the answer's: the text is cut
+        there and each side tokenised alone, so the first answer token is trained on and the ids
+        before it are the ids inference is given."""
+        tokens = self._labelled(text, spans)
+        return [t for t, _, _ in tokens], [label for _, label, _ in tokens]
+
+    def trained_characters(self, ex: Example) -> list[tuple[int, int]]:
+        """The character ranges of spans(ex)'s text whose tokens carry loss (what `data check` shows)."""
+        text, spans = self.spans(ex)
+        ranges: list[tuple[int, int]] = []
+        for _, label, (a, e) in self._labelled(text, spans):
+            if label == IGNORE:
+                continue
+            if ranges and ranges[-1][1] >= a:
+                ranges[-1] = (ranges[-1][0], max(e, ranges[-1][1]))
+            else:
+                ranges.append((a, e))
+        return ranges
+
+    def _labelled(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
+        """(id, label, character range in text) for each token."""
+        pieces = self._tokenised(text)
+        starts = {s for s, _ in spans}
+        cuts = sorted(b for b in starts if any(a < b < e for a, e in pieces[0][2]))
+        if cuts:
+            pieces = self._cut_at(text, cuts, pieces[0][1]) or pieces
+        tokens = []
+        for offset, piece_ids, offsets in pieces:
+            for token, (a, e) in zip(piece_ids, offsets):
+                # a token over both sides (where no cut is clean) still carries the answer's loss
+                inside = e > a and any(s < offset + e and offset + a < f for s, f in spans)
+                tokens.append((token, token if inside else IGNORE, (offset + a, offset + e)))
+        return tokens
+
+    def _tokenised(self, text: str, offset: int = 0) -> list[tuple[int, list[int], list[tuple[int, int]]]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(offset, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])]
+
+    def _cut_at(self, text: str, cuts: list[int], whole: list[int]):
+        """The text's pieces between `cuts`, each tokenised alone; None where no way of tokenising
+        a piece as a continuation decodes to the same text (a tokenizer that puts "▁" in front of
+        every input and after every special token)."""
+        decoded = self.tokenizer.decode(whole, clean_up_tokenization_spaces=False)
+        bounds = [*cuts, len(text)]
+        sentinel = self.tokenizer.eos_token or ""
+        for lead in ("", sentinel) if sentinel else ("",):
+            pieces = self._tokenised(text[: cuts[0]])
+            for a, b in zip(bounds, bounds[1:]):
+                (_, piece_ids, offsets), *_ = self._tokenised(lead + text[a:b], a - len(lead))
+                keep = [i for i, (s, _) in enumerate(offsets) if s >= len(lead)]  # the sentinel's own goes
+                pieces.append((a - len(lead), [piece_ids[i] for i in keep], [offsets[i] for i in keep]))
+            ids = [token for _, piece_ids, _ in pieces for token in piece_ids]
+            if self.tokenizer.decode(ids, clean_up_tokenization_spaces=False) == decoded:
+                return pieces
+        return None
+
     def encode(self, ex: Example) -> Encoded:
         """Ids and labels; `dropped` says why an example cannot be used (too long, nothing to learn)."""
         text, spans = self.spans(ex)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = list(enc["input_ids"])
-        labels = [IGNORE] * len(ids)
-        for t, (start, end) in enumerate(enc["offset_mapping"]):
-            if end > start and any(s <= start < e for s, e in spans):
-                labels[t] = ids[t]
+        ids, labels = self.ids_and_labels(text, spans)
         if self.adds_bos and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)
             labels.insert(0, IGNORE)

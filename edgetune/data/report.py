@@ -58,8 +58,9 @@ def check_dataset(
     report["warnings"] = [context] if context else []
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
     first = prepared.splits.train[0]
-    text, spans = prepared.renderer.spans(first)
-    report["sample"] = {"source": first.source, "rendered": text, "supervised_spans": spans}
+    text, _ = prepared.renderer.spans(first)
+    trained = prepared.renderer.trained_characters(first)
+    report["sample"] = {"source": first.source, "rendered": text, "supervised_spans": trained}
     return report
 
 
@@ -116,9 +117,12 @@ def print_report(report: dict[str, Any]) -> None:
             for reason in s["dropped_examples"]:
                 out.print(f"[yellow]dropped[/] ({name}) {reason}")
         template = report["template"]
-        out.print(
-            f"chat template: {'the model' + chr(39) + 's own' if template == 'model' else 'edgetune fallback (the model has none)'}"
-        )
+        described = {
+            "model": "the model's own",
+            "fallback": "edgetune fallback (the model has none)",
+            "plain": "none: the rows go to the model as their own text",
+        }
+        out.print(f"chat template: {described[template]}")
         for warning in report.get("warnings", []):
             out.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
         sample = report["sample"]
