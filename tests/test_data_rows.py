@@ -363,3 +363,15 @@ def test_data_check_shows_the_characters_training_learns_and_says_when_no_templa
         result.exit_code == 0
         and "chat template: none: the rows go to the model as their own text" in result.output
     )
+
+
+def test_a_file_whose_every_row_is_skipped_says_why(tmp_path):
+    """Preference data under --skip-bad-rows: every row is skipped, and the error gives the first
+    row's reason instead of a bare count."""
+    rows = [{"prompt": f"q{i}", "chosen": "good", "rejected": "bad"} for i in range(5)]
+    path = write_jsonl(tmp_path / "pref.jsonl", rows)
+    with pytest.raises(
+        DataError,
+        match=r"no usable examples \(5 bad rows skipped; the first, .*pref.jsonl:1: this is preference data",
+    ):
+        load_examples(path, skip_bad_rows=True)

@@ -130,3 +130,56 @@ def test_a_plain_template_on_conversations_is_refused_not_ignored(tmp_path, tiny
     path = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
     with pytest.raises(DataError, match="data.template plain joins prompt and completion"):
         prepare(cfg(path, template="plain"), tiny_tokenizer)
+
+
+NO_SYSTEM_TEMPLATE = (  # Gemma's way: a system turn is an error of the template's own
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_row_the_chat_template_refuses_is_named_and_can_be_skipped(tmp_path):
+    """A system turn on line 7 of a file for a template without one: the error names the file and
+    line; --skip-bad-rows drops that row and trains on the rest; data.system_prompt is named as the
+    system turn's source where it put it there."""
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer(chat_template=NO_SYSTEM_TEMPLATE)
+    rows = [chat_row(f"q{i}", f"a{i}") for i in range(20)]
+    rows[6] = {"messages": [{"role": "system", "content": "Be brief."}, *rows[6]["messages"]]}
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    split = {"valid_fraction": 0.0, "test_fraction": 0.0}
+    with pytest.raises(
+        DataError, match=rf"^{path}:7: chat template: System role not supported \(data.skip_bad"
+    ):
+        prepare(cfg(path, **split), tok)
+    prepared = prepare(cfg(path, **split), tok, skip_bad_rows=True)
+    train = prepared.encoded["train"]
+    assert len(train.examples) == 19 and train.dropped_examples == [
+        f"{path}:7: chat template: System role not supported"
+    ]
+    with pytest.raises(
+        DataError, match=r"data.system_prompt's\).*fix the rows, or give the model a chat template"
+    ):
+        prepare(cfg(path, system_prompt="Answer tersely.", **split), tok, skip_bad_rows=True)
+
+
+def test_a_greeting_before_any_prompt_is_context_not_a_refused_row(tmp_path, tiny_tokenizer):
+    """A ShareGPT row opening with the assistant's greeting, under a template that adds a default
+    system turn: the greeting carries no loss, the reply to the user does."""
+    from edgetune.data.render import IGNORE, Renderer
+    from edgetune.data.rows import Example
+
+    default_system = NO_SYSTEM_TEMPLATE.replace(
+        "{% for m in messages %}", "<|im_start|>system\nYou are helpful.<|im_end|>\n{% for m in messages %}"
+    ).replace("{{ raise_exception('System role not supported') }}", "")
+    from conftest import build_tokenizer
+
+    tok = build_tokenizer(chat_template=default_system)
+    turns = (("assistant", "Hello there!"), ("user", "reset the router"), ("assistant", "Done."))
+    enc = Renderer(tok).encode(Example("messages", messages=turns, source="g.jsonl:5"))
+    trained = tok.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
+    assert trained == "Done.<|im_end|>\n" and enc.dropped is None
+    alone = Renderer(tok).encode(Example("messages", messages=turns[:1], source="g.jsonl:6"))
+    assert alone.dropped == "nothing to learn from: its only reply comes before any prompt"

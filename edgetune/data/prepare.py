@@ -14,7 +14,7 @@ from edgetune.config import DataConfig
 from edgetune.data.render import Encoded, Renderer
 from edgetune.data.rows import Example
 from edgetune.data.split import Splits, make_splits
-from edgetune.errors import DataError
+from edgetune.errors import DataError, InputError
 
 
 @dataclass
@@ -88,11 +88,33 @@ class PreparedData:
         }
 
 
-def encode_split(renderer: Renderer, examples: list[Example], keep_reasons: int = 5) -> SplitEncoding:
+def _row_problem(renderer: Renderer, ex: Example, error: Exception) -> str:
+    """One row's rendering failure as "file:line: why", saying where data.system_prompt put in
+    the system turn the template refuses."""
+    text = str(error)
+    problem = text if text.startswith(ex.source) else f"{ex.source}: {text}"
+    added = renderer.system_prompt and not any(m["role"] == "system" for m in ex.as_messages())
+    if added and "system" in text.lower():
+        problem += " (the system turn is data.system_prompt's)"
+    return problem
+
+
+def encode_split(
+    renderer: Renderer, examples: list[Example], keep_reasons: int = 5, skip_bad_rows: bool = False
+) -> SplitEncoding:
     usable, lengths, reasons = [], [], []
     truncated = dropped = missing_eos = 0
     for ex in examples:
-        enc = renderer.encode(ex)
+        try:
+            enc = renderer.encode(ex)
+        except (DataError, InputError) as e:  # the chat template refuses this row (roles, a system turn)
+            problem = _row_problem(renderer, ex, e)
+            if not skip_bad_rows:
+                raise DataError(f"{problem} (data.skip_bad_rows or --skip-bad-rows skips bad rows)") from None
+            dropped += 1
+            if len(reasons) < keep_reasons:
+                reasons.append(problem)
+            continue
         lengths.append(enc.length)
         if enc.dropped:
             dropped += 1
@@ -122,13 +144,19 @@ def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) 
             "conversations, which need a chat template: use data.template auto or chat"
         )
     renderer = Renderer(tokenizer, cfg.template, cfg.system_prompt, cfg.max_seq_len, cfg.truncation)
-    encoded = {name: encode_split(renderer, getattr(splits, name)) for name in ("train", "valid", "test")}
+    skip = cfg.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
+    encoded = {
+        name: encode_split(renderer, getattr(splits, name), skip_bad_rows=skip)
+        for name in ("train", "valid", "test")
+    }
     train = encoded["train"]
     if not train.examples:  # data check, tune and every later stage agree that there is nothing to train on
         why = f", e.g. {train.dropped_examples[0]}" if train.dropped_examples else ""
         fix = "raise data.max_seq_len" + (
             ", or set data.truncation: truncate" if cfg.truncation == "drop" else ""
         )
+        if train.dropped_examples and "data.max_seq_len" not in train.dropped_examples[0]:
+            fix = "fix the rows, or give the model a chat template that accepts them"
         raise DataError(f"{cfg.train}: every training example was dropped{why}; {fix}")
     return PreparedData(splits, renderer, encoded)
 

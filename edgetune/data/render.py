@@ -158,7 +158,9 @@ class Renderer:
         full = self.chat_text(msgs, add_generation_prompt=False)
         spans = []
         for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
+            # a reply before any prompt (a ShareGPT greeting) is context: nothing asked for it, and an
+            # empty conversation does not render what the template puts first (a default system turn)
+            if m["role"] != "assistant" or i == 0:
                 continue
             before = self.chat_text(msgs[:i], add_generation_prompt=True)
             through = self.chat_text(msgs[: i + 1], add_generation_prompt=False)
@@ -256,5 +258,9 @@ class Renderer:
                 True,
             )
         if not out.n_supervised:
-            out.dropped = "no tokens left to learn from after truncation"
+            out.dropped = (
+                "no tokens left to learn from after truncation (data.max_seq_len)"
+                if out.truncated
+                else "nothing to learn from: its only reply comes before any prompt"
+            )
         return out

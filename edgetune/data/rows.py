@@ -198,7 +198,9 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
             continue
         examples.append(Example(ex.format, ex.messages, ex.prompt, ex.completion, ex.text, source=where))
     if not examples:
+        first = f"; the first, {skipped[0]}" if skipped else ""  # every row may fail alike: say why
         raise DataError(
-            f"{path}: no usable examples" + (f" ({len(skipped)} bad rows skipped)" if skipped else "")
+            f"{path}: no usable examples"
+            + (f" ({len(skipped)} bad row{'s' * (len(skipped) != 1)} skipped{first})" if skipped else "")
         )
     return LoadResult(path=path, format=detected or fmt, examples=examples, skipped=skipped)

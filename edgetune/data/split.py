@@ -45,7 +45,7 @@ def _split_counts(path: str, n: int, valid_fraction: float, test_fraction: float
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_valid - n_test < 1:
         raise DataError(
-            f"{path}: only {n} examples: too few to split into train/valid/test; add data or give "
+            f"{path}: only {n} example{'s' * (n != 1)}: too few to split into train/valid/test; add data or give "
             "data.valid and data.test files"
         )
     return n_valid, n_test
