@@ -112,9 +112,15 @@ def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(
     "content, where, message",
     [
         (b"prompt,completion\n2+2=,4\n3+3=,6,extra\n", ":3: 3 cells, more than the header's 2", "row"),
-        (b"prompt,completion\n2+2=,4\n3+3=\n", ":3: 1 cells, fewer than the header's 2", "row"),
+        (
+            b'prompt,completion\n2+2=,4\n3+3=, "6, six"\n',
+            ":3: 3 cells, more than the header's 2 columns (a quote opens",
+            "row",
+        ),
+        (b"prompt,completion\n2+2=,4\n3+3=\n", ":3: 1 cell, fewer than the header's 2", "row"),
         (b"prompt,prompt,completion\na,b,c\n", ":1: the header names column 'prompt' more than once", ""),
-        (b'prompt,completion\n2+2=,4\n"3+3=,6\n4+4=,8\n', ":4: unreadable CSV", ""),
+        (b'prompt,completion\n2+2=,4\n"3+3=,6\n4+4=,8\n', ":3: unreadable CSV", ""),  # the quote opens there
+        (b'prompt,completion\n2+2=,4\n"3+3=,6\n' + b"4+4=,8\n" * 50, ":3: unreadable CSV", ""),
         (b"prompt,completion\n2+2=,4\n3+3=,\xff\n", ":3: not valid UTF-8 text (byte 0xff)", ""),
         (  # a messages cell is JSON: nested past Python's recursion limit, it is one bad row
             b'messages\n"' + b"[" * 5000 + b"]" * 5000 + b'"\n',
@@ -134,3 +140,24 @@ def test_csv_problems_name_their_line(tmp_path, content, where, message):
         assert len(load_examples(path, skip_bad_rows=True).examples) == 1
     result = CliRunner().invoke(main, ["data", "check", str(path), "--no-tokens"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_json_quirks_get_their_own_line_and_advice(tmp_path):
+    """Old Mac line ends in a .json array count as lines; one pretty-printed row is told it is one
+    row, not advised to save its messages list alone; a first row that is an array says so."""
+    cr = tmp_path / "cr.json"
+    cr.write_bytes(b'[\r{"text": "one"},\r{"text": "two"},\r{"txt": 3}\r]\r')
+    with pytest.raises(DataError, match=rf"^{cr}:4: "):
+        load_examples(cr)
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(
+        json.dumps(
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, indent=2
+        )
+    )
+    with pytest.raises(DataError, match="one row spread over several lines"):
+        load_examples(pretty)
+    first = tmp_path / "first.jsonl"
+    first.write_text('["a", "b"]\n{"text": "x"}\n')
+    with pytest.raises(DataError, match=rf"{first}:1: expected a JSON object, got a list"):
+        load_examples(first)

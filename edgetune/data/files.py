@@ -125,6 +125,8 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         _refuse_one_object(path, text)
         yield from _iter_jsonl(path)
         return
+    if "\r" in text:  # old Mac line ends count as lines too (JSON allows no raw CR inside a string)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     decoder, pos, line = json.JSONDecoder(), start + 1, 1 + text.count("\n", 0, start)
 
     def skip_space(at: int) -> int:
@@ -169,6 +171,17 @@ def _refuse_one_object(path: Path, text: str) -> None:
     except (json.JSONDecodeError, RecursionError):
         return  # JSONL after all, or broken: the line-by-line reader names the line
     if isinstance(value, dict):
+        from edgetune.data.rows import detect_format
+
+        try:
+            one_row = detect_format(value) is not None
+        except BadRow:
+            one_row = True  # preference data: a row all the same
+        if one_row:
+            raise DataError(
+                f"{path}: one row spread over several lines; a .json dataset is an array of rows "
+                "([{...}, {...}]) or one row per line"
+            )
         lists = [k for k, v in value.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
         hint = f"; its rows may be the {lists[0]!r} list: save that list alone" if lists else ""
         raise DataError(
@@ -180,8 +193,10 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
     text = _utf8(path, path.read_bytes()).removeprefix(BOM)
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] = []
+    start = 1  # the line the record being read starts on: an unclosed quote fails at the file's end
     try:
         for cells in reader:
+            start = reader.line_num + 1  # where the next record starts
             if not header:
                 if not any(c.strip() for c in cells):
                     continue  # blank lines before the header
@@ -200,19 +215,25 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
             if len(cells) != len(header):
                 # a record may span lines; line_num is the line where it ends, which is where it is visible
                 what = "more" if len(cells) > len(header) else "fewer"
+                spaced = any(c != c.lstrip() and c.lstrip().startswith('"') for c in cells)
+                hint = (
+                    "a quote opens a quoted value only right after the comma: remove the space before it"
+                    if spaced
+                    else "a comma in a value needs the value in double quotes"
+                )
                 yield (
                     reader.line_num,
                     BadRow(
                         "",
-                        f"{len(cells)} cells, {what} than the header's {len(header)} columns "
-                        "(a comma in a value needs the value in double quotes)",
+                        f"{len(cells)} cell{'s' * (len(cells) != 1)}, {what} than the header's {len(header)} columns "
+                        f"({hint})",
                     ),
                 )
                 continue
             yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}
     except csv.Error as exc:
         raise DataError(
-            f"{path}:{reader.line_num}: unreadable CSV ({exc}; a quoted value must close its quote, and only a comma may follow it)"
+            f"{path}:{start}: unreadable CSV ({exc}; a quoted value must close its quote, and only a comma may follow it)"
         ) from None
     if not header:
         raise DataError(f"{path}:1: empty CSV file (expected a header row)")

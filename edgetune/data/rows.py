@@ -175,7 +175,9 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
             if isinstance(row, BadRow):
                 raise row
             if detected is None:
-                detected = detect_format(row) if isinstance(row, dict) else None
+                if not isinstance(row, dict):
+                    raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
+                detected = detect_format(row)
                 if detected is None:
                     keys = ", ".join(sorted(row)) if isinstance(row, dict) else kind_of(row)
                     raise BadRow(
