@@ -41,7 +41,13 @@ def test_separate_files_and_overlap_with_train_is_counted_and_dropped(tmp_path, 
     test = write_jsonl(tmp_path / "test.jsonl", test_rows)
     valid = write_jsonl(tmp_path / "valid.jsonl", [chat_row("fresh question", "fresh answer")])
     splits = make_splits(cfg(train, valid=str(valid), test=str(test)))
-    assert splits.overlap == {"exact": 3, "same_input": 1, "near": 1, "dropped_from_train": 5}
+    assert splits.overlap == {
+        "exact": 3,
+        "same_input": 1,
+        "near": 1,
+        "dropped_from_train": 5,
+        "test_in_valid": 0,
+    }
     assert splits.counts() == {"train": 45, "valid": 1, "test": 5}
     kept = make_splits(cfg(train, valid=str(valid), test=str(test), drop_overlap=False))
     assert kept.counts()["train"] == 50 and kept.overlap["exact"] == 3
@@ -183,3 +189,29 @@ def test_a_greeting_before_any_prompt_is_context_not_a_refused_row(tmp_path, tin
     assert trained == "Done.<|im_end|>\n" and enc.dropped is None
     alone = Renderer(tok).encode(Example("messages", messages=turns[:1], source="g.jsonl:6"))
     assert alone.dropped == "nothing to learn from: its only reply comes before any prompt"
+
+
+def test_overlap_counts_rows_sees_unicode_forms_and_refuses_a_test_file_copied_from_valid(
+    tmp_path, chat_rows
+):
+    """With dedupe off, five copies of a leaked row are five rows dropped; an NFD copy of an NFC row
+    is a duplicate and a leak; a test file holding valid's rows under another name is refused."""
+    import unicodedata
+
+    leaked = chat_row("the café router", "reset it")
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows + [leaked] * 5)
+    valid = write_jsonl(tmp_path / "valid.jsonl", [chat_row("fresh question", "fresh answer")])
+    test = write_jsonl(tmp_path / "test.jsonl", [leaked])
+    splits = make_splits(cfg(train, valid=str(valid), test=str(test), dedupe=False))
+    assert splits.overlap["dropped_from_train"] == 5 and splits.counts()["train"] == 50
+
+    decomposed = chat_row(unicodedata.normalize("NFD", "the café router"), "reset it")
+    assert decomposed != leaked
+    twice = write_jsonl(tmp_path / "twice.jsonl", chat_rows + [leaked, decomposed])
+    assert make_splits(cfg(twice, valid=str(valid), test=str(test))).duplicates_removed["train"] == 1
+    nfd_test = write_jsonl(tmp_path / "nfd.jsonl", [decomposed])
+    assert make_splits(cfg(train, valid=str(valid), test=str(nfd_test))).overlap["exact"] == 1
+
+    copy = write_jsonl(tmp_path / "copy.jsonl", [chat_row("fresh question", "fresh answer")])
+    with pytest.raises(DataError, match=rf"{copy}: every test example is also in {valid}"):
+        make_splits(cfg(train, valid=str(valid), test=str(copy)))

@@ -13,6 +13,7 @@ for `edgetune data check` and as warnings before a tune.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 
 from edgetune.data.rows import Example
@@ -26,7 +27,7 @@ def counted(n: int, noun: str) -> str:
 
 
 def _fold(text: str) -> str:
-    return " ".join(text.split()).casefold()
+    return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
 def folded_input(ex: Example) -> str:
@@ -85,7 +86,7 @@ def assess(examples: list[Example]) -> Quality:
     for ex in examples:
         folded = _folded(ex)
         earlier = first_seen.setdefault(folded, ex)
-        if earlier is not ex and earlier.key() != ex.key():
+        if earlier is not ex and earlier.match_key() != ex.match_key():
             quality.near_duplicates += 1
             if len(quality.near_duplicate_pairs) < SHOWN:
                 quality.near_duplicate_pairs.append(f"{ex.source} repeats {earlier.source}")

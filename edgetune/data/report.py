@@ -97,6 +97,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"train/held-out overlap: {ov['exact']} exact, {ov['same_input']} same input, "
         f"{ov.get('near', 0)} same input up to case and whitespace; "
         f"{ov['dropped_from_train']} dropped from train"
+        + (f"; {ov['test_in_valid']} test examples also in valid" if ov.get("test_in_valid") else "")
     )
     _print_quality(report["quality"], out)
     headers = ["split", "rows"]

@@ -8,6 +8,7 @@ is counted and reported.
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,14 @@ class Example:
     source: str = field(default="", compare=False, hash=False)  # "file:line"
 
     def key(self) -> str:
-        """Identity for exact-duplicate detection."""
+        """The row's identity as written (bench reports name examples by its hash)."""
         return json.dumps([self.format, self.messages, self.prompt, self.completion, self.text])
+
+    def match_key(self) -> str:
+        """Identity for duplicates and leakage: the same text in another Unicode normal form (an
+        "é" typed as e and a combining accent) is the same row."""
+        fields = [self.format, self.messages, self.prompt, self.completion, self.text]
+        return unicodedata.normalize("NFC", json.dumps(fields, ensure_ascii=False))
 
     def input_turns(self) -> tuple[tuple[str, str], ...] | None:
         """The input side, as (role, content) turns: those before the last assistant turn, or the
@@ -50,7 +57,8 @@ class Example:
     def prompt_key(self) -> str:
         """Identity of the input side only: a test example whose input is in train has leaked."""
         turns = self.input_turns()
-        return json.dumps(["text", self.text] if turns is None else [self.format, turns])
+        fields = ["text", self.text] if turns is None else [self.format, turns]
+        return unicodedata.normalize("NFC", json.dumps(fields, ensure_ascii=False))
 
     def as_messages(self) -> list[dict[str, str]]:
         if self.format == "messages":

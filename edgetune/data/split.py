@@ -32,7 +32,7 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
     seen: set[str] = set()
     kept = []
     for ex in examples:
-        k = ex.key()
+        k = ex.match_key()
         if k not in seen:
             seen.add(k)
             kept.append(ex)
@@ -49,6 +49,20 @@ def _split_counts(path: str, n: int, valid_fraction: float, test_fraction: float
             "data.valid and data.test files"
         )
     return n_valid, n_test
+
+
+def _refuse_test_inside_valid(cfg: DataConfig, held: dict[str, list[Example]]) -> None:
+    """Two held-out files with the same rows (a copy saved under two names): the test score would
+    be on the examples that chose the checkpoint, as surely as with one file named twice."""
+    valid, test = held.get("valid", []), held.get("test", [])
+    if not (cfg.valid and cfg.test and valid and test):
+        return
+    seen = {ex.match_key() for ex in valid}
+    if all(ex.match_key() in seen for ex in test):
+        raise DataError(
+            f"{cfg.test}: every test example is also in {cfg.valid}: the test score would be on the "
+            "examples that chose the checkpoint; give a separate test file, or drop data.test"
+        )
 
 
 def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
@@ -103,18 +117,22 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         drop = set(taken["valid"]) | set(taken["test"])
         train = [ex for i, ex in enumerate(train) if i not in drop]
 
-    held_exact = {ex.key() for rows in held.values() for ex in rows}
+    _refuse_test_inside_valid(cfg, held)
+    held_exact = {ex.match_key() for rows in held.values() for ex in rows}
     held_inputs = {ex.prompt_key() for rows in held.values() for ex in rows}
     held_folded = {folded_input(ex) for rows in held.values() for ex in rows}
-    exact = [ex for ex in train if ex.key() in held_exact]
-    same_input = [ex for ex in train if ex.prompt_key() in held_inputs and ex.key() not in held_exact]
+    exact = [ex for ex in train if ex.match_key() in held_exact]
+    same_input = [ex for ex in train if ex.prompt_key() in held_inputs and ex.match_key() not in held_exact]
     # the same input up to case and whitespace: leaked as surely, and missed by exact matching
     near = [ex for ex in train if ex.prompt_key() not in held_inputs and folded_input(ex) in held_folded]
     overlap = {"exact": len(exact), "same_input": len(same_input), "near": len(near), "dropped_from_train": 0}
+    valid_keys = {ex.match_key() for ex in held.get("valid", [])}
+    overlap["test_in_valid"] = sum(ex.match_key() in valid_keys for ex in held.get("test", []))
     if cfg.drop_overlap and (exact or same_input or near):
-        leaked = {ex.key() for ex in exact + same_input + near}
-        train = [ex for ex in train if ex.key() not in leaked]
-        overlap["dropped_from_train"] = len(leaked)
+        leaked = {ex.match_key() for ex in exact + same_input + near}
+        kept = [ex for ex in train if ex.match_key() not in leaked]
+        overlap["dropped_from_train"] = len(train) - len(kept)  # rows (copies too, with dedupe off)
+        train = kept
     if not train:
         raise DataError(f"{cfg.train}: no training examples left after splitting and removing overlap")
     return Splits(
