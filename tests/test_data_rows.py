@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -375,3 +376,59 @@ def test_a_file_whose_every_row_is_skipped_says_why(tmp_path):
         match=r"no usable examples \(5 bad rows skipped; the first, .*pref.jsonl:1: this is preference data",
     ):
         load_examples(path, skip_bad_rows=True)
+
+
+def test_assistant_turns_of_weight_zero_are_context_without_loss(tmp_path, tiny_tokenizer):
+    """OpenAI's fine-tuning files and ShareGPT exports mark replies not to learn with weight 0: they
+    stay in the conversation, unsupervised; weight 1 or none is learnt. A row without weights keeps
+    its identity (bench names examples by it)."""
+    from edgetune.data.render import IGNORE, Renderer
+
+    def turn(role, content, **extra):
+        return {"role": role, "content": content, **extra}
+
+    rows = [
+        {
+            "messages": [
+                turn("user", "one"),
+                turn("assistant", "a bad old answer", weight=0),
+                turn("user", "two"),
+                turn("assistant", "the good answer", weight=1),
+            ]
+        }
+    ]
+    share = [
+        {
+            "system": "Be brief.",
+            "conversations": [
+                {"from": "human", "value": "one"},
+                {"from": "gpt", "value": "a bad old answer", "weight": 0},
+                {"from": "human", "value": "two"},
+                {"from": "gpt", "value": "the good answer"},
+            ],
+        }
+    ]
+    for name, content in (("openai", rows), ("sharegpt", share)):
+        (ex,) = load_examples(write_jsonl(tmp_path / f"{name}.jsonl", content)).examples
+        enc = Renderer(tiny_tokenizer).encode(ex)
+        trained = tiny_tokenizer.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
+        assert trained == "the good answer<|im_end|>\n", name
+        assert "a bad old answer" in tiny_tokenizer.decode(enc.input_ids)
+    plain = load_examples(write_jsonl(tmp_path / "plain.jsonl", [chat_row("q", "a")])).examples[0]
+    assert plain.key() == json.dumps(["messages", [["user", "q"], ["assistant", "a"]], "", "", ""])
+
+    bad = {
+        "messages[1].weight: expected 0 or 1, got 0.5": [
+            turn("user", "q"),
+            turn("assistant", "a", weight=0.5),
+        ],
+        "messages[0].weight: only an assistant turn has a weight": [
+            turn("user", "q", weight=0),
+            turn("assistant", "a"),
+        ],
+        "messages: every assistant turn has weight 0": [turn("user", "q"), turn("assistant", "a", weight=0)],
+    }
+    for message, messages in bad.items():
+        path = write_jsonl(tmp_path / "bad.jsonl", [{"messages": messages}])
+        with pytest.raises(DataError, match=rf"bad.jsonl:1: {re.escape(message)}"):
+            load_examples(path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgetune.data.fields import BadRow, checked_turns, kind_of, nonempty_str
+from edgetune.data.fields import BadRow, Conversation, checked_turns, kind_of, nonempty_str, trained
 
 SPEAKERS = {
     "system": "system",
@@ -62,7 +62,7 @@ def _with_system(row: dict[str, Any], turns: list[tuple[str, str]], field_path: 
     return [("system", system), *turns]
 
 
-def alpaca_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+def alpaca_turns(row: dict[str, Any]) -> Conversation:
     instruction, extra = _optional_str(row, "instruction"), _optional_str(row, "input")
     user = "\n\n".join(part for part in (instruction, extra) if part.strip())
     if not user:
@@ -86,11 +86,11 @@ def alpaca_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return checked_turns(_with_system(row, turns, "history"), "output")
 
 
-def sharegpt_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+def sharegpt_turns(row: dict[str, Any]) -> Conversation:
     convo = json_list(row.get("conversations"), "conversations")
     if not isinstance(convo, list) or not convo:
         raise BadRow("conversations", "expected a non-empty list of {from, value} objects")
-    turns = []
+    turns, untrained = [], []
     for i, turn in enumerate(convo):
         where = f"conversations[{i}]"
         if not isinstance(turn, dict):
@@ -105,4 +105,8 @@ def sharegpt_turns(row: dict[str, Any]) -> tuple[tuple[str, str], ...]:
                 "(tool and function turns are not supported)",
             )
         turns.append((role, nonempty_str(turn.get(text_key), f"{where}.{text_key}")))
-    return checked_turns(_with_system(row, turns, "conversations"), "conversations")
+        if not trained(turn, role, where):
+            untrained.append(i)
+    everything = _with_system(row, turns, "conversations")
+    shift = len(everything) - len(turns)  # a top-level system comes first
+    return checked_turns(everything, "conversations", tuple(i + shift for i in untrained))

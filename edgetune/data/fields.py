@@ -36,10 +36,31 @@ def nonempty_str(value: Any, field_path: str) -> str:
     return value
 
 
-def checked_turns(turns: list[tuple[str, str]], field_path: str) -> tuple[tuple[str, str], ...]:
-    """A conversation edgetune can learn from: at least one assistant turn, a system turn only first."""
+Conversation = tuple[tuple[tuple[str, str], ...], tuple[int, ...]]  # (role, content) turns; untrained ones
+
+
+def checked_turns(
+    turns: list[tuple[str, str]], field_path: str, untrained: tuple[int, ...] = ()
+) -> Conversation:
+    """A conversation edgetune can learn from: at least one assistant turn that carries loss, a
+    system turn only first."""
     if not any(r == "assistant" for r, _ in turns):
         raise BadRow(field_path, "has no assistant turn to learn from")
+    if all(i in untrained for i, (r, _) in enumerate(turns) if r == "assistant"):
+        raise BadRow(field_path, "every assistant turn has weight 0: there is nothing to learn from")
     if any(r == "system" for r, _ in turns[1:]):
         raise BadRow(field_path, "a system message is only allowed first")
-    return tuple(turns)
+    return tuple(turns), untrained
+
+
+def trained(turn: dict[str, Any], role: str, field_path: str) -> bool:
+    """An assistant turn's `weight` (OpenAI's fine-tuning files, ShareGPT exports): 1 or absent, the
+    turn carries loss; 0, it is context only."""
+    if "weight" not in turn:
+        return True
+    weight = turn["weight"]
+    if role != "assistant":
+        raise BadRow(f"{field_path}.weight", "only an assistant turn has a weight (1: learn it, 0: context)")
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise BadRow(f"{field_path}.weight", f"expected 0 or 1, got {weight!r}")
+    return weight == 1

@@ -157,10 +157,11 @@ class Renderer:
         msgs = self.conversation(ex)
         full = self.chat_text(msgs, add_generation_prompt=False)
         spans = []
+        shift = len(msgs) - len(ex.as_messages())  # data.system_prompt put in front
         for i, m in enumerate(msgs):
             # a reply before any prompt (a ShareGPT greeting) is context: nothing asked for it, and an
             # empty conversation does not render what the template puts first (a default system turn)
-            if m["role"] != "assistant" or i == 0:
+            if m["role"] != "assistant" or i == 0 or i - shift in ex.untrained:  # weight 0: context
                 continue
             before = self.chat_text(msgs[:i], add_generation_prompt=True)
             through = self.chat_text(msgs[: i + 1], add_generation_prompt=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.data.dialects import alpaca_turns, json_list, sharegpt_turns
-from edgetune.data.fields import ROLES, BadRow, checked_turns, kind_of, nonempty_str
+from edgetune.data.fields import ROLES, BadRow, Conversation, checked_turns, kind_of, nonempty_str, trained
 from edgetune.data.files import iter_raw_rows
 from edgetune.errors import DataError
 
@@ -33,16 +33,20 @@ class Example:
     completion: str = ""
     text: str = ""
     source: str = field(default="", compare=False, hash=False)  # "file:line"
+    untrained: tuple[int, ...] = ()  # messages' assistant turns of weight 0: context, no loss
 
     def key(self) -> str:
         """The row's identity as written (bench reports name examples by its hash)."""
-        return json.dumps([self.format, self.messages, self.prompt, self.completion, self.text])
+        return json.dumps(self._fields())
+
+    def _fields(self) -> list:
+        weights = [list(self.untrained)] if self.untrained else []  # rows without weights keep their keys
+        return [self.format, self.messages, self.prompt, self.completion, self.text, *weights]
 
     def match_key(self) -> str:
         """Identity for duplicates and leakage: the same text in another Unicode normal form (an
         "é" typed as e and a combining accent) is the same row."""
-        fields = [self.format, self.messages, self.prompt, self.completion, self.text]
-        return unicodedata.normalize("NFC", json.dumps(fields, ensure_ascii=False))
+        return unicodedata.normalize("NFC", json.dumps(self._fields(), ensure_ascii=False))
 
     def input_turns(self) -> tuple[tuple[str, str], ...] | None:
         """The input side, as (role, content) turns: those before the last assistant turn, or the
@@ -106,14 +110,14 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _turns(value: Any, key: str, check: bool = True) -> tuple[tuple[str, str], ...]:
+def _turns(value: Any, key: str, check: bool = True) -> Conversation:
     """A list of {role, content} messages at field `key` (a JSON string from CSV or Parquet)."""
     msgs = json_list(value, key)
     if msgs is None:
         raise BadRow(key, "missing")
     if not isinstance(msgs, list) or not msgs:
         raise BadRow(key, "expected a non-empty list of {role, content} objects")
-    turns = []
+    turns, untrained = [], []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
             raise BadRow(f"{key}[{i}]", f"expected an object, got {kind_of(m)}")
@@ -124,7 +128,9 @@ def _turns(value: Any, key: str, check: bool = True) -> tuple[tuple[str, str], .
                 f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}{unsupported}"
             )
         turns.append((role, nonempty_str(m.get("content"), f"{key}[{i}].content")))
-    return checked_turns(turns, key) if check else tuple(turns)
+        if not trained(m, role, f"{key}[{i}]"):
+            untrained.append(i)
+    return checked_turns(turns, key, tuple(untrained)) if check else (tuple(turns), tuple(untrained))
 
 
 CONVERSATIONS = {
@@ -138,17 +144,21 @@ def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
         raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
     if fmt in CONVERSATIONS:
-        return Example("messages", messages=CONVERSATIONS[fmt](row))
+        turns, untrained = CONVERSATIONS[fmt](row)
+        return Example("messages", messages=turns, untrained=untrained)
     if fmt == "prompt_completion":
         for key in ("prompt", "completion"):
             if key not in row:
                 raise BadRow(key, "missing")
         if isinstance(row["prompt"], list) and isinstance(row["completion"], list):
             # TRL's conversational form: the prompt turns, then the completion turns
-            turns = _turns(row["prompt"], "prompt", check=False) + _turns(
-                row["completion"], "completion", False
+            (prompt, before), (completion, after) = (
+                _turns(row["prompt"], "prompt", False),
+                _turns(row["completion"], "completion", False),
             )
-            return Example("messages", messages=checked_turns(list(turns), "completion"))
+            untrained = (*before, *(len(prompt) + i for i in after))
+            turns, untrained = checked_turns([*prompt, *completion], "completion", untrained)
+            return Example("messages", messages=turns, untrained=untrained)
         return Example(
             fmt,
             prompt=nonempty_str(row["prompt"], "prompt"),
@@ -206,7 +216,17 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                 raise DataError(f"{where}: {exc}{advice}") from None
             skipped.append(f"{where}: {exc}")
             continue
-        examples.append(Example(ex.format, ex.messages, ex.prompt, ex.completion, ex.text, source=where))
+        examples.append(
+            Example(
+                ex.format,
+                ex.messages,
+                ex.prompt,
+                ex.completion,
+                ex.text,
+                source=where,
+                untrained=ex.untrained,
+            )
+        )
     if not examples:
         first = f"; the first, {skipped[0]}" if skipped else ""  # every row may fail alike: say why
         raise DataError(
