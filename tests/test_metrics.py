@@ -25,6 +25,11 @@ def test_each_metric_on_a_hit_a_miss_and_partial_credit():
         ("", "B", 0.0),
         ("New Jersey", "New York", 0.0),  # no label: the whole answer must lead the prediction
         ("new york city, of course", "New York", 1.0),
+        ("A cat", "A dog", 0.0),  # "A" and "I" open sentences; they are labels only before ")" "." ":"
+        ("I disagree", "I agree", 0.0),
+        ("10", "10) red", 1.0),  # labels of two digits
+        ("1", "10) red", 0.0),
+        ("(b)", "B", 1.0),
     ],
 )
 def test_choice_compares_the_option_label(prediction, reference, score):
@@ -37,3 +42,13 @@ def test_answers_a_metric_cannot_read_are_named():
         assert "not one" in unscorable("json_fields", answer)
     assert "has none" in unscorable("choice", "?!")
     assert unscorable("exact", "anything") is None
+
+
+def test_json_fields_compares_json_values_not_python_ones():
+    """true is not 1 and false is not 0; 1.0 is 1; nested objects in any key order; prose with a
+    brace before the object still finds the object."""
+    assert json_fields('{"port": true, "site": 0}', '{"port": 1, "site": false}') == 0.0
+    assert json_fields('{"port": 1.0, "up": false}', '{"port": 1, "up": false}') == 1.0
+    assert json_fields('{"x": {"b": [1, true], "a": 1}}', '{"x": {"a": 1, "b": [1, true]}}') == 1.0
+    assert json_fields('{"x": {"b": [1, 1], "a": 1}}', '{"x": {"a": 1, "b": [1, true]}}') == 0.0
+    assert json_fields('Result {see below}: {"a": 1}', '{"a": 1}') == 1.0

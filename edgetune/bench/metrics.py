@@ -35,14 +35,28 @@ def parse_json_object(text: str) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError:
-        start = text.find("{")
-        if start < 0:
-            return None
-        try:
-            value, _ = json.JSONDecoder().raw_decode(text[start:])
-        except json.JSONDecodeError:
-            return None
+        value = None
+        decoder = json.JSONDecoder()
+        for found in re.finditer(r"\{", text):  # prose may hold a brace before the object ("{see below}")
+            try:
+                value, _ = decoder.raw_decode(text, found.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                break
     return value if isinstance(value, dict) else None
+
+
+def same_value(a: object, b: object) -> bool:
+    """JSON equality: true is not 1 and false is not 0 (Python's == says they are); 1 and 1.0 are
+    the same number; objects and lists compare member by member."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def json_fields(prediction: str, reference: str) -> float:
@@ -50,7 +64,7 @@ def json_fields(prediction: str, reference: str) -> float:
     pred = parse_json_object(prediction)
     if pred is None or not ref:
         return 0.0
-    return sum(1.0 for k, v in ref.items() if k in pred and pred[k] == v) / len(ref)
+    return sum(1.0 for k, v in ref.items() if k in pred and same_value(pred[k], v)) / len(ref)
 
 
 def json_valid(prediction: str, reference: str) -> float:
@@ -75,15 +89,21 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
+# an option label: a letter or a number, alone or before ")", "." or ":" ("B", "(b)", "10) red")
+OPTION_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)\s*(?:[).:]|$)")
+
+
 def choice(prediction: str, reference: str) -> float:
     """Multiple choice: the prediction names the reference's option. A reference that starts with a
-    label ("B) Paris", "3. red") is matched on the label; otherwise the prediction must start with
-    the whole answer ("New York" does not match "New Jersey")."""
-    words, option = _normalise(prediction).split(), _normalise(reference).split()
+    label ("B) Paris", "10. red", "B") is matched on the label; otherwise the prediction must start
+    with the whole answer ("New York" does not match "New Jersey", nor "A cat" "A dog")."""
+    words = _normalise(prediction).split()
+    label = OPTION_LABEL.match(reference)
+    if label:
+        return float(bool(words) and words[0] == label.group(1).lower())
+    option = _normalise(reference).split()
     if not words or not option:
         return 0.0
-    if len(option[0]) == 1:  # an option label: one letter or digit
-        return float(words[0] == option[0])
     return float(words[: len(option)] == option)
 
 
