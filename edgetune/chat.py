@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.bench.runners import Runner, Target, iter_greedy, open_runner
+from edgetune.data.render import reply_text
 from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.models import short_reason
 from edgetune.rundir import MANIFEST, RECIPE_FILE
@@ -75,11 +76,11 @@ class ChatSession:
         shown = ""
         for token in self.tokens(user, max_new_tokens):
             ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = reply_text(self.tokenizer, ids)
             if on_text is not None and not text.endswith("\ufffd"):  # wait for whole UTF-8 characters
                 on_text(text[len(shown) :])
                 shown = text
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = reply_text(self.tokenizer, ids)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown) :])
         if not self.plain:

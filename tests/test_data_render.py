@@ -172,3 +172,15 @@ def test_a_token_over_the_boundary_that_cannot_be_cut_still_carries_the_answers_
     ex = Example("prompt_completion", prompt="Q: the router?\nAnswer: ", completion="the link", source="x:1")
     enc = Renderer(tok, template="plain").encode(ex)
     assert supervised_text(tok, enc) == " the link" + tok.eos_token
+
+
+def test_replies_are_read_as_written_even_where_the_tokenizer_cleans_up_spaces():
+    """A tokenizer shipped with clean_up_tokenization_spaces on rewrites "Paris , France" as
+    "Paris, France": bench would score, and chat would keep in its history, text never generated."""
+    from edgetune.data.render import reply_text
+
+    tok = build_tokenizer()
+    tok.clean_up_tokenization_spaces = True
+    ids = tok("the router , the link .", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == "the router, the link."  # what the clean-up does
+    assert reply_text(tok, ids + [tok.eos_token_id]) == "the router , the link ."

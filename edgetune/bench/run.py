@@ -16,6 +16,7 @@ from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.bench.targets import check_devices, discover_targets
 from edgetune.config import load_recipe
+from edgetune.data.render import reply_text
 from edgetune.errors import InputError
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
 
@@ -169,7 +170,7 @@ def bench(
         progress = _Progress(console)
 
         def decode(ids: list[int]) -> str:
-            return tokenizer.decode(ids, skip_special_tokens=True)
+            return reply_text(tokenizer, ids)
 
         def run_accuracy(
             target: Target, reference=None, target_cases=None, perplexity=True, runner=None, keep=None

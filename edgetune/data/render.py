@@ -54,6 +54,14 @@ def stop_ids(model_dir: Path, tokenizer) -> list[int]:
     )
 
 
+def reply_text(tokenizer, ids: list[int]) -> str:
+    """Generated ids as the text the model wrote: without special tokens, and without the
+    "clean-up" some tokenizers ship switched on, which rewrites "Paris , France" as "Paris,
+    France" (a metric would then score text the model never produced, and a chat history would
+    hold it)."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
