@@ -11,9 +11,34 @@ from edgetune.bench.gates import apply_gates, gate_failures
 from edgetune.config import GatesConfig, load_recipe
 
 
-def test_identical_answers_give_a_zero_width_interval_at_the_point():
+def test_identical_answers_still_allow_for_differences_the_sample_could_have_missed():
+    """No example differs: every resample says 1.0, yet 80 examples cannot rule out a 3.75% rate
+    of differences (the rule of three), so the interval is not the point; one example, or nine,
+    give no interval at all (a single example resamples to itself and would prove any gate)."""
     scores = [1.0, 0.6, 0.0, 0.8] * 20
-    assert retention_interval(scores, scores) == (1.0, 1.0)
+    low, high = retention_interval(scores, scores)
+    assert low == pytest.approx(1 - 3 / 80 / 0.6) and high == pytest.approx(1 + 3 / 80 / 0.6)
+    assert retention_interval([1.0] * 300, [1.0] * 300)[0] == pytest.approx(0.99)  # what proving 99% takes
+    for n in (1, 9):
+        assert retention_interval([1.0] * n, [1.0] * n) is None
+        assert mean_interval([0.04] * n) is None and difference_interval([1.0] * n, [0.0] * n) is None
+    assert difference_interval([1.0] * 50, [1.0] * 50) == pytest.approx((-0.06, 0.06))
+
+
+def test_too_few_examples_for_an_interval_fail_proven_gates_and_leave_significant_ones_to_the_point():
+    few = {
+        **target(1.0, None),
+        "scores": [1.0] * 3,
+        "kld_mean": 0.01,
+        "kl_interval": None,
+        "kl_scores": [0.01] * 3,
+    }
+    rules = {"min_retention": {"*": 0.99}, "max_kl": 0.05}
+    failures = gate_failures(few, GatesConfig(**rules, retention_evidence="proven", kl_evidence="proven"))
+    assert len(failures) == 2 and all("only 3 examples; an interval needs 10" in f for f in failures)
+    significant = GatesConfig(**rules, retention_evidence="significant", kl_evidence="significant")
+    assert gate_failures(few, significant) == []
+    assert "only 3 examples" in gate_failures({**few, "retention": 0.5}, significant)[0]
 
 
 def test_the_interval_holds_the_point_and_narrows_as_examples_grow():
@@ -62,7 +87,7 @@ def test_a_gain_on_few_examples_is_shown_only_when_its_interval_clears_zero():
     mixed = [s - 0.2 if i % 6 == 0 else s + 0.2 if i % 6 == 2 else s for i, s in enumerate(tuned)]
     low, high = difference_interval(tuned, mixed)
     assert low < 0 < high  # as many examples better as worse: no gain shown
-    assert difference_interval(tuned, tuned) == (0.0, 0.0)
+    assert difference_interval(tuned, tuned) == pytest.approx((-0.1, 0.1))  # 3/30 either way
     assert difference_interval([], []) is None
 
 
@@ -102,7 +127,7 @@ def test_a_rule_that_needs_an_interval_fails_without_one():
     gates = GatesConfig(min_retention={"*": 0.9}, retention_evidence="significant")
     (failure,) = gate_failures(target(0.99, None), gates)
     assert "no confidence interval" in failure and "no per-example scores" in failure  # an older report
-    (failure,) = gate_failures({**target(0.99, None), "scores": [1.0]}, gates)
+    (failure,) = gate_failures({**target(0.99, None), "scores": [1.0] * 10}, gates)
     assert "reference scores 0 on too many resamples" in failure
 
 
@@ -167,7 +192,9 @@ def test_the_mean_kl_interval_holds_the_mean_and_one_bad_example_widens_it():
     steady = [0.01 + 0.001 * (i % 5) for i in range(16)]
     low, high = mean_interval(steady)
     assert low <= statistics.mean(steady) <= high and high - low < 0.003
-    assert mean_interval([0.02] * 8) == (0.02, 0.02)
+    assert mean_interval([0.02] * 10) == pytest.approx(
+        (0.02, 0.02)
+    )  # the same KL everywhere (0 for identical models)
     assert mean_interval([]) is None
     spiked = steady[:-1] + [0.5]  # one example the quantisation broke
     low, high = mean_interval(spiked)
@@ -214,7 +241,7 @@ def test_kl_rules_that_need_an_interval_fail_without_one_and_noise_gets_a_note()
 
 def test_attach_intervals_gives_each_target_with_kl_scores_its_kl_interval():
     reference = {**target(1.0, None), "name": "torch/merged", "format": "torch", "scores": [1.0, 0.5, 1.0]}
-    quant = {**target(0.8, None), "scores": [1.0, 0.5, 0.9], "kld_mean": 0.02, "kl_scores": [0.01, 0.03]}
+    quant = {**target(0.8, None), "scores": [1.0, 0.5, 0.9], "kld_mean": 0.02, "kl_scores": [0.01, 0.03] * 5}
     report = {"reference": {"name": "torch/merged"}, "targets": [reference, quant]}
     attach_intervals(report, 0.9)
     assert "kl_interval" not in reference

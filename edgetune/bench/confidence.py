@@ -17,6 +17,9 @@ import numpy as np
 
 RESAMPLES = 10_000
 SEED = 0  # fixed: the same scores give the same interval in every report
+# Below this many examples a percentile bootstrap has too few distinct resamples to say anything
+# (one example resamples to itself: a zero-width interval that would "prove" any gate): no interval.
+MIN_EXAMPLES = 10
 
 
 def _paired(first: Sequence[float], second: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -42,34 +45,49 @@ def retention_interval(
     reference: Sequence[float], target: Sequence[float], level: float = 0.95
 ) -> tuple[float, float] | None:
     """The central `level` percentile interval of the bootstrapped retention; None where retention
-    is undefined (no examples, or the reference scores 0) or resamples often leave it undefined."""
+    is undefined (the reference scores 0) or resamples often leave it undefined, and with fewer than
+    MIN_EXAMPLES. Where target and reference score alike on every example, the interval still
+    allows for the differences n examples could have missed."""
     ref, tgt = _paired(reference, target)
-    if ref.size == 0 or ref.sum() == 0:
+    if ref.size < MIN_EXAMPLES or ref.sum() == 0:
         return None
     ref_sums, tgt_sums = _resampled_sums(ref, tgt)
     defined = ref_sums > 0
     if defined.mean() < 0.99:  # the reference scores on so few examples that its mean is often 0
         return None
-    return _central(tgt_sums[defined] / ref_sums[defined], level)
+    low, high = _central(tgt_sums[defined] / ref_sums[defined], level)
+    if np.array_equal(ref, tgt):  # no example differs: every resample says 1.0, which is no proof
+        unseen = _rule_of_three(ref.size) / ref.mean()
+        low, high = max(0.0, low - unseen), high + unseen
+    return low, high
+
+
+def _rule_of_three(n: int) -> float:
+    """With no difference seen on n examples, the rate of unseen ones is below 3/n at 95%
+    (the "rule of three"): the least an interval must allow for."""
+    return 3.0 / n
 
 
 def difference_interval(
     first: Sequence[float], second: Sequence[float], level: float = 0.95
 ) -> tuple[float, float] | None:
     """The central `level` interval of mean(first) - mean(second) over paired examples; None
-    without examples. Whether fine-tuning beat prompting is this interval lying above 0."""
+    with fewer than MIN_EXAMPLES. Whether fine-tuning beat prompting is this interval lying above 0."""
     a, b = _paired(first, second)
-    if a.size == 0:
+    if a.size < MIN_EXAMPLES:
         return None
     sums_a, sums_b = _resampled_sums(a, b)
-    return _central((sums_a - sums_b) / a.size, level)
+    low, high = _central((sums_a - sums_b) / a.size, level)
+    if np.array_equal(a, b):  # the same scores everywhere: differences too rare to have been seen
+        low, high = low - _rule_of_three(a.size), high + _rule_of_three(a.size)
+    return low, high
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
-    """The central `level` bootstrap interval of mean(values); None without values. For a measure
+    """The central `level` bootstrap interval of mean(values); None with fewer than MIN_EXAMPLES. For a measure
     that is already a comparison per example, like the KL of a target against the reference."""
     a = np.asarray(values, dtype=np.float64)
-    if a.ndim != 1 or a.size == 0:
+    if a.ndim != 1 or a.size < MIN_EXAMPLES:
         return None
     (sums,) = _resampled_sums(a)
     return _central(sums / a.size, level)
@@ -86,13 +104,16 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
     if "scores" not in reference:
         return
     for target in report["targets"]:
-        if target.get("retention") is not None and "scores" in target:
+        if target is reference and target.get("retention") is not None:  # 100% by definition
+            target["retention_interval"], target["retention_confidence"] = [1.0, 1.0], level
+        elif target.get("retention") is not None and "scores" in target:
             interval = retention_interval(reference["scores"], target["scores"], level)
             target["retention_interval"] = list(interval) if interval else None
             target["retention_confidence"] = level
         if target.get("kl_scores"):
             interval = mean_interval(target["kl_scores"], level)
-            target["kl_interval"], target["kl_confidence"] = list(interval), level
+            target["kl_interval"] = list(interval) if interval else None
+            target["kl_confidence"] = level
     baselines = report.get("baselines") or {}
     for b in baselines.values():
         if "scores" in b:  # paired with the tuned model's first answers (the baselines' examples)

@@ -59,6 +59,15 @@ def _percent(value: float) -> str:
     return f"{value:.1%}".replace(".0%", "%")
 
 
+def _too_few(scores: list | None) -> str | None:
+    """Why per-example scores give no interval when there are too few of them; None otherwise."""
+    from edgetune.bench.confidence import MIN_EXAMPLES
+
+    if scores and len(scores) < MIN_EXAMPLES:
+        return f"only {len(scores)} examples; an interval needs {MIN_EXAMPLES}"
+    return None
+
+
 def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig) -> str | None:
     """Why the target's retention misses `minimum` under gates.retention_evidence; None when it passes."""
     retention = target.get("retention")
@@ -73,10 +82,13 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
             return f"retention {retention:.1%} < {want}"
         return f"retention {retention:.1%} < {want} ({interval_text(target)})"
     if interval is None:
+        few = _too_few(target.get("scores"))
+        if few and gates.retention_evidence == "significant":  # no noise to measure: the point figure
+            return None if retention >= minimum else f"retention {retention:.1%} < {want} ({few})"
         why = (
             "the report has no per-example scores (benched before edgetune kept them): run `edgetune bench`"
             if "scores" not in target
-            else "the reference scores 0 on too many resamples"
+            else few or "the reference scores 0 on too many resamples"
         )
         return f"retention {retention:.1%}: no confidence interval for gates.retention_evidence ({why})"
     low, high = interval
@@ -100,9 +112,16 @@ def kl_failure(target: dict[str, Any], gates: GatesConfig) -> str | None:
             return None
         return f"KL {kl:.3g} > {limit:g}" + (f" ({kl_interval_text(target)})" if interval else "")
     if interval is None:
+        few = _too_few(target.get("kl_scores"))
+        if few and gates.kl_evidence == "significant":
+            return None if kl <= limit else f"KL {kl:.3g} > {limit:g} ({few})"
         return (
-            f"KL {kl:.3g}: no confidence interval for gates.kl_evidence (the report has no per-example "
-            "KL, kl_scores: run `edgetune bench`)"
+            f"KL {kl:.3g}: no confidence interval for gates.kl_evidence ({few})"
+            if few
+            else (
+                f"KL {kl:.3g}: no confidence interval for gates.kl_evidence (the report has no per-example "
+                "KL, kl_scores: run `edgetune bench`)"
+            )
         )
     low, high = interval
     if gates.kl_evidence == "significant" and low > limit:

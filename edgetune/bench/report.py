@@ -92,6 +92,8 @@ def markdown(report: dict[str, Any]) -> str:
             f" (difference {difference['mean']:+.3f}, {difference['confidence']:.0%} interval "
             f"{difference['interval'][0]:+.3f} to {difference['interval'][1]:+.3f})"
             if difference.get("interval")
+            else f" (difference {difference['mean']:+.3f}, no interval)"
+            if difference.get("mean") is not None
             else ""
         )
         lines.append(
@@ -157,6 +159,15 @@ def _interval_lines(report: dict[str, Any]) -> list[str]:
             f"over the {report['reference']['examples']} examples (each resample keeps an example's reference "
             "and target scores together)."
             + (f" Retention gates use `{rule['retention_evidence']}`." if rule else ""),
+        ]
+    from edgetune.bench.confidence import MIN_EXAMPLES
+
+    counts = {len(t.get(key) or []) for t in report["targets"] for key in ("scores", "kl_scores")} - {0}
+    if counts and min(counts) < MIN_EXAMPLES:
+        lines += [
+            "",
+            f"No interval where a figure rests on fewer than {MIN_EXAMPLES} examples (here "
+            f"{min(counts)}): a bootstrap of so few proves nothing.",
         ]
     with_kl = [t for t in report["targets"] if t.get("kl_interval")]
     if with_kl:
