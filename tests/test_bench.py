@@ -3,6 +3,7 @@ gates that Make can trust."""
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -87,6 +88,7 @@ def test_report_follows_the_contract(benched):
     )
     # the same model through different runtimes gives the same numbers
     assert by["torch/merged"]["kld_mean"] == 0.0 and by["torch/merged"]["kl_interval"] is None
+    assert all(k >= 0 for t in report["targets"] for k in t["kl_scores"] or [])  # a KL is never negative
     for t in report["targets"][1:]:  # the mean KL is the mean of the per-example KL, inside its interval
         assert len(t["kl_scores"]) == 2 and t["kld_mean"] == pytest.approx(sum(t["kl_scores"]) / 2)
         assert t["kl_interval"] is None and t["kl_confidence"] == 0.95  # 2 examples: too few for one
@@ -776,3 +778,24 @@ def test_bench_on_a_run_whose_tune_never_finished_says_to_resume_it(benched, tmp
         result.output
     )
     assert "edgetune tune --resume" in result.output
+
+
+def test_a_gguf_target_gets_the_context_its_longest_case_needs(tmp_path, tiny_tokenizer):
+    """llama.cpp fails past n_ctx (2048 by default) where torch scores on: a held-out example of
+    2100 tokens, within a 4096-position model's data.max_seq_len, is scored by the GGUF too."""
+    from conftest import build_tiny_model
+
+    from edgetune.bench.accuracy import Case, context_for
+    from edgetune.bench.runners import Target, open_runner
+    from edgetune.export.gguf_convert import convert
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM", max_position_embeddings=4096)
+    path = convert(model, tmp_path / "model-f32.gguf", "f32")
+    ids = [5, 17, 33, 80, 12, 9] * 350
+    long = Case(prompt_ids=ids[:2000], full_ids=ids, labels=ids, reference="x")
+    assert context_for([long], 128) == 2144 and context_for([], 128) == 2048
+    target = Target("gguf/f32", "gguf", "f32", "llama.cpp", "cpu", path)
+    torch_logits = open_runner(Target("torch/merged", "torch", "fp32", "torch", "cpu", model), 1).logits(ids)
+    gguf_logits = open_runner(target, 1, n_ctx=context_for([long], 128)).logits(ids)
+    assert gguf_logits.shape == torch_logits.shape
+    assert np.abs(gguf_logits[-1] - torch_logits[-1]).max() < 1e-2

@@ -32,6 +32,13 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def context_for(cases: list[Case], max_new_tokens: int, least: int = 2048) -> int:
+    """The context a runtime with a fixed one (llama.cpp) needs for every case: its full ids for
+    perplexity and KL, its prompt and the answer for generation."""
+    longest = max((max(len(c.full_ids), len(c.prompt_ids) + max_new_tokens) for c in cases), default=0)
+    return max(least, longest + 16)
+
+
 @dataclass
 class Case:
     """One held-out example as every target sees it."""
@@ -101,7 +108,9 @@ def evaluate(
             nll -= logprobs[pos - 1, label]
             counted += 1
         if perplexity and reference is not None and i < len(reference):
-            a = reference[i].astype(np.float64)
+            a = log_softmax(
+                reference[i]
+            )  # kept as float32: renormalised, or an identical model's KL dips below 0
             kls.append(float((np.exp(a) * (a - logprobs)).sum(-1).mean()))
             top1s.append(float((a.argmax(-1) == logprobs.argmax(-1)).mean()))
         if case.answered:

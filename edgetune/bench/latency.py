@@ -33,7 +33,8 @@ def _child(request: dict) -> dict:
     target = Target(**{**request["target"], "path": Path(request["target"]["path"])})
     if target.adapter:
         target.adapter = Path(target.adapter)
-    kwargs = {"logits_all": False} if target.format == "gguf" else {}
+    room = max(2048, len(request["prompt_ids"]) + request["decode_tokens"] + 16)
+    kwargs = {"logits_all": False, "n_ctx": room} if target.format == "gguf" else {}
     vram = None
     if target.device == "cuda":
         from edgetune.bench.vram import VramProbe

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgetune.bench.accuracy import Accuracy, build_cases, evaluate, example_id
+from edgetune.bench.accuracy import Accuracy, build_cases, context_for, evaluate, example_id
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, attach_export_parity, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
@@ -176,7 +176,9 @@ def bench(
             target: Target, reference=None, target_cases=None, perplexity=True, runner=None, keep=None
         ):
             target_cases = target_cases if target_cases is not None else cases
-            runner = runner or open_runner(target, threads)
+            # llama.cpp holds a context of n_ctx tokens and fails past it: room for the longest case
+            room = {"n_ctx": context_for(target_cases, cfg.max_new_tokens)} if target.format == "gguf" else {}
+            runner = runner or open_runner(target, threads, **room)
             with progress.stage(f"accuracy {target.name}", len(target_cases)) as tick:
                 acc = evaluate(
                     runner,
