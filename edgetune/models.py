@@ -191,8 +191,9 @@ def _convert_gguf_to_hf(gguf_path: Path, out: Path) -> None:
 
 
 # what a local tokenizer is read from: tokenizer.json, or a slow tokenizer's vocabulary
-# (tokenizer.model, vocab.json, vocab.txt, spiece.model, sentencepiece.bpe.model, *.tiktoken)
-TOKENIZER_GLOBS = ("tokenizer*", "vocab*", "*.model", "*.tiktoken")
+# (tokenizer.model, vocab.json, vocab.txt, spiece.model, sentencepiece.bpe.model, *.tiktoken);
+# tokenizer_config.json alone names a class but holds no vocabulary
+TOKENIZER_GLOBS = ("tokenizer.json", "vocab*", "*.model", "*.tiktoken")
 
 
 def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):

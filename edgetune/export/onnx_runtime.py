@@ -83,6 +83,11 @@ class OnnxDecoder:
         }
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
+        if not self._past_inputs:  # each step would see one token and nothing before it
+            raise InputError(
+                f"{path}: a decoder without a key/value cache (past_key_values inputs); export it with "
+                "the cache (`edgetune export`, or optimum's task text-generation-with-past)"
+            )
         config = self._config()
         self._kv_shape = self._kv_dims(config)
         self.max_positions = config.get("max_position_embeddings")
