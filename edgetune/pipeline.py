@@ -49,10 +49,27 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
         "tune": (run_dir / "adapter").is_dir(),
         "merge": (run_dir / "merged" / "config.json").is_file(),
         # an export stopped before its parity checks (a manual one, interrupted) is not a finished one
-        "export": bool(export_files(run_dir))
-        and read_manifest(run_dir).get("stages", {}).get("export", {}).get("status") == "done",
+        "export": bool(export_files(run_dir)) and _export_whole(run_dir),
         "bench": (run_dir / "bench" / "report.json").is_file(),
     }[stage]
+
+
+def _export_whole(run_dir: Path) -> bool:
+    """The export finished (a manual one interrupted before its parity checks did not), and every
+    file its manifest lists is still there: an ONNX folder that lost its tokenizer is no export."""
+    record = read_manifest(run_dir).get("stages", {}).get("export", {})
+    if record.get("status") != "done":
+        return False
+    for entry in [*record.get("gguf", []), *record.get("onnx", [])]:
+        if not isinstance(entry, dict) or not entry.get("path"):
+            continue
+        where = run_dir / str(entry["path"])
+        names = entry.get("files") if isinstance(entry.get("files"), dict) else {}
+        if not where.exists() or any(not (where / name).is_file() for name in names):
+            return False
+        if where.is_file() and entry.get("size_bytes") not in (None, where.stat().st_size):
+            return False  # a GGUF cut short
+    return True
 
 
 def _set_aside(run_dir: Path, console) -> None:

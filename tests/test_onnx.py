@@ -281,3 +281,68 @@ def test_named_chat_templates_reach_the_onnx_directory_and_the_modelfile(tmp_pat
     shipped = AutoTokenizer.from_pretrained(tmp_path / "out" / "onnx" / "fp32").chat_template
     assert shipped == {"default": tiny_tokenizer.chat_template, "tool_use": "{{ 'tools' }}"}
     assert "<|im_start|>{{ .Role }}" in (tmp_path / "out" / "gguf" / "model-f16.Modelfile").read_text()
+
+
+def test_a_model_past_protobufs_2_gb_keeps_its_tensors_outside_and_skips_optimums_post_processing(
+    tiny_model_dir, tmp_path, tiny_tokenizer, monkeypatch
+):
+    """Past 2 GB protobuf cannot serialise a graph, nor (upb) even measure it: optimum's
+    post-processing and our own save measured it that way and failed every model over ~500M
+    parameters. With the limit lowered to the tiny model's size, the export takes the big-model
+    path: no post-processing, tensors in model.onnx_data, the same logits."""
+    from types import SimpleNamespace
+
+    from google.protobuf.message import EncodeError
+
+    import edgetune.export.onnx_export as onnx_export
+    import edgetune.export.onnx_graph as onnx_graph
+
+    def unmeasurable():
+        raise EncodeError("Failed to serialize proto")
+
+    huge = SimpleNamespace(graph=SimpleNamespace(initializer=[]), ByteSize=unmeasurable)
+    assert onnx_graph.too_big_for_protobuf(huge)  # what upb does past 2 GB
+    assert onnx_export.fp32_bytes(tiny_model_dir) > 0
+    limit = onnx_export.fp32_bytes(tiny_model_dir) // 2
+    monkeypatch.setattr(onnx_graph, "PROTOBUF_LIMIT", limit)
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", limit)
+    calls = []
+    real = __import__("optimum.exporters.onnx", fromlist=["main_export"]).main_export
+    monkeypatch.setattr(
+        "optimum.exporters.onnx.main_export",
+        lambda *a, **k: calls.append(k["no_post_process"]) or real(*a, **k),
+    )
+    out = tmp_path / "onnx"
+    export_onnx(tiny_model_dir, out, ["fp32", "int4"], OnnxExportConfig())
+    assert calls == [True]
+    for quant in ("fp32", "int4"):
+        assert (out / quant / "model.onnx_data").is_file(), quant
+    ids = tiny_tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
+    kl, _ = kl_top1(torch_logprobs(tiny_model_dir, ids), log_softmax(OnnxDecoder(out / "fp32").logits(ids)))
+    assert kl <= 1e-5
+
+
+def test_a_decoder_exported_without_its_cache_is_refused_not_run_blind(tiny_model_dir, tmp_path):
+    """optimum's task text-generation leaves out past_key_values: each step after the prompt would
+    see one token and nothing before it, and chat printed what that gave with exit 0."""
+    import warnings
+
+    from click.testing import CliRunner
+    from optimum.exporters.onnx import main_export
+
+    from edgetune.cli import main
+
+    out = tmp_path / "nocache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(
+            str(tiny_model_dir),
+            str(out),
+            task="text-generation",
+            do_validation=False,
+            library_name="transformers",
+        )
+    with pytest.raises(InputError, match="without a key/value cache"):
+        OnnxDecoder(out)
+    result = CliRunner().invoke(main, ["chat", str(out)], input="hello\n")
+    assert result.exit_code == 2 and "without a key/value cache" in result.output, result.output

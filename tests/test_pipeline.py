@@ -61,6 +61,11 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert second.exit_code == 0, out
     assert "ran nothing; skipped data, tune, merge, export, bench" in out
     assert "edgetune bench" in out  # the report of the skipped bench is still shown
+    # an ONNX folder that lost its tokenizer is no finished export (chat could not load it)
+    (run / "export" / "onnx" / "fp32" / "tokenizer.json").unlink()
+    mended, out = invoke(recipe)
+    assert mended.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
+    assert (run / "export" / "onnx" / "fp32" / "tokenizer.json").is_file()
 
     third, out = invoke(recipe, "--set", "export.gguf.quants=f16")
     assert third.exit_code == 0, out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -19,7 +20,13 @@ from pathlib import Path
 
 from edgetune.config import OnnxExportConfig
 from edgetune.errors import ModelError, is_disk_full, writing
-from edgetune.export.onnx_graph import EXTERNAL_DATA_NAME, add_logits_from_input, load_model, save_model
+from edgetune.export.onnx_graph import (
+    EXTERNAL_DATA_NAME,
+    PROTOBUF_LIMIT,
+    add_logits_from_input,
+    load_model,
+    save_model,
+)
 from edgetune.export.onnx_runtime import MODEL_FILE, model_files
 from edgetune.rundir import atomic_dir, sha256_file
 
@@ -40,6 +47,19 @@ class OnnxArtifact:
 class OnnxExport:
     artifacts: list[OnnxArtifact]
     wall_s: float = 0.0
+
+
+def fp32_bytes(model_dir: Path) -> int:
+    """The model's weights as fp32, from the safetensors headers (nothing is loaded); a folder of
+    other weight files counts by their size on disk."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as f:
+            for name in f.keys():
+                total += 4 * math.prod(f.get_slice(name).get_shape())
+    return total or sum(p.stat().st_size for p in model_dir.glob("*.bin"))
 
 
 def trace_fp32(model_dir: Path, out: Path) -> None:
@@ -64,6 +84,9 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
                 local_files_only=True,
                 trust_remote_code=False,
                 library_name="transformers",
+                # its post-processing (tied weights shared) measures the whole graph in protobuf,
+                # which fails past 2 GB; the variants untie the head anyway (onnx_graph)
+                no_post_process=fp32_bytes(model_dir) > PROTOBUF_LIMIT,
             )
     except Exception as e:
         if is_disk_full(e):  # the disk's fault, not the model's: the caller names where it wrote
@@ -133,6 +156,11 @@ def export_onnx(
 
 
 def _artifact(quant: str, directory: Path) -> OnnxArtifact:
+    """The variant's size is its weights'; `files` lists every file a loader needs (the tokenizer,
+    configs and templates too), so a run can tell a damaged folder from a whole one."""
     paths = model_files(directory)
     files = {p.name: sha256_file(p) for p in paths}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name not in files:
+            files[str(path.relative_to(directory))] = sha256_file(path)
     return OnnxArtifact(quant, directory, sum(p.stat().st_size for p in paths), files[MODEL_FILE], files)

@@ -53,13 +53,35 @@ def _all_tensors(model):
                 yield attr.t
 
 
+def too_big_for_protobuf(model) -> bool:
+    """Whether `model` must keep its tensors outside the .onnx file. Asking protobuf (ByteSize) is
+    itself what fails past 2 GB with some backends (upb raises EncodeError), so the tensors' bytes
+    are summed first and protobuf is asked only when they leave room."""
+    tensors = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    if tensors > PROTOBUF_LIMIT:
+        return True
+    try:
+        return model.ByteSize() > PROTOBUF_LIMIT
+    except Exception:  # google.protobuf.message.EncodeError: it cannot even be measured
+        return True
+
+
+def _tensor_bytes(tensor) -> int:
+    """An initializer's size without serialising it: raw bytes, or its typed values (4 bytes or more)."""
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    return 4 * (len(tensor.float_data) + len(tensor.int32_data)) + 8 * (
+        len(tensor.int64_data) + len(tensor.double_data) + len(tensor.uint64_data)
+    )
+
+
 def save_model(model, path: Path, force_external: bool = False) -> list[Path]:
     """Write `model` to `path` (model.onnx), with its tensors in one side file when it is too big
     for protobuf (or when asked). Returns every file written."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = force_external or model.ByteSize() > PROTOBUF_LIMIT
+    external = force_external or too_big_for_protobuf(model)
     if not external:
         onnx.save_model(model, str(path))
         return [path]
