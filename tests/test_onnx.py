@@ -346,3 +346,44 @@ def test_a_decoder_exported_without_its_cache_is_refused_not_run_blind(tiny_mode
         OnnxDecoder(out)
     result = CliRunner().invoke(main, ["chat", str(out)], input="hello\n")
     assert result.exit_code == 2 and "without a key/value cache" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        ("Qwen3ForCausalLM", {"head_dim": 32}),
+        ("Phi3ForCausalLM", {}),
+        ("LlamaForCausalLM", {"head_dim": 32}),
+        ("LlamaForCausalLM", {}),  # head_dim = hidden_size / heads: optimum generates
+        ("Qwen3ForCausalLM", {}),
+    ],
+)
+def test_the_folders_optimum_cannot_generate_with_are_the_ones_export_names(
+    arch, overrides, tmp_path, tiny_tokenizer
+):
+    """optimum-onnx 0.1.0 starts generation with a cache shaped from hidden_size / heads (Qwen3's
+    head_dim differs) and, for Phi-3, from every attention head (Phi-4-mini groups them): the
+    export says which folders it fails on, and only those."""
+    import json
+
+    import torch
+    from conftest import build_tiny_model
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from edgetune.export.onnx_export import optimum_misreads
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, arch, **overrides)
+    export_onnx(model, tmp_path / "onnx", ["fp32"], OnnxExportConfig())
+    folder = tmp_path / "onnx" / "fp32"
+    ids = tiny_tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    named = optimum_misreads(json.loads((folder / "config.json").read_text()))
+    try:
+        ORTModelForCausalLM.from_pretrained(folder).generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=2
+        )
+        failed = False
+    except Exception:
+        failed = True
+    assert failed == (named is not None), (arch, named)
+    ours = greedy(OnnxRunner(Target("fp32", "onnx", "fp32", "onnxruntime", "cpu", folder)), ids, [], 4)
+    assert len(ours) == 4  # onnxruntime itself runs every one of them

@@ -49,6 +49,49 @@ class OnnxExport:
     wall_s: float = 0.0
 
 
+# optimum-onnx 0.1.0's ORTModelForCausalLM sizes the empty key/value cache it starts generation
+# with from config.json: head_dim only for these model types (hidden_size // heads for the rest),
+# and the KV head count only for the second set (every attention head for the rest)
+OPTIMUM_READS_HEAD_DIM = {"gemma", "gemma3_text", "gpt_oss", "nemotron"}
+OPTIMUM_READS_KV_HEADS = {
+    "arcee",
+    "deepseek_v3",
+    "cohere",
+    "gemma",
+    "gemma3_text",
+    "glm",
+    "granite",
+    "gpt_oss",
+}
+OPTIMUM_READS_KV_HEADS |= {
+    "helium",
+    "mistral",
+    "llama",
+    "nemotron",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "smollm3",
+    "stablelm",
+}
+
+
+def optimum_misreads(config: dict) -> str | None:
+    """Why optimum's ORTModelForCausalLM cannot generate with this model's ONNX folder (it starts
+    with a cache of the wrong shape: Qwen3's head_dim 128 beside hidden_size/heads 64, Phi-4-mini's
+    8 KV heads of 24); None where it can. onnxruntime itself, and edgetune, run the folder fine."""
+    kind, heads = config.get("model_type"), config.get("num_attention_heads")
+    if not heads or kind == "gemma3":
+        return None
+    head_dim, guessed = config.get("head_dim"), config.get("hidden_size", 0) // heads
+    if head_dim and head_dim != guessed and kind not in OPTIMUM_READS_HEAD_DIM:
+        return f"head_dim {head_dim}, which it takes to be hidden_size / num_attention_heads = {guessed}"
+    kv = config.get("num_key_value_heads")
+    if kv and kv != heads and kind not in OPTIMUM_READS_KV_HEADS:
+        return f"{kv} key/value heads, which it takes to be the {heads} attention heads"
+    return None
+
+
 def fp32_bytes(model_dir: Path) -> int:
     """The model's weights as fp32, from the safetensors headers (nothing is loaded); a folder of
     other weight files counts by their size on disk."""

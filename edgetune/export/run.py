@@ -197,6 +197,7 @@ def export(
 
                 parity_record.forget(record_dir, onnx_dir, "onnx", onnx_quants)
                 onnx = export_onnx(model_dir, onnx_dir, onnx_quants, recipe.export.onnx, console=console)
+                _note_optimum_misreads(model_dir, console)
                 _record_stage(record_dir, "onnx", onnx, {})
                 results["onnx"], variants = onnx, [(a.quant, a.path) for a in onnx.artifacts]
             rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
@@ -204,6 +205,20 @@ def export(
             results["parity"] += rows
         parity_record.settle(record_dir, base_out)
         return results
+
+
+def _note_optimum_misreads(model_dir: Path, console) -> None:
+    import json
+
+    from edgetune.export.onnx_export import optimum_misreads
+
+    why = optimum_misreads(json.loads((model_dir / "config.json").read_text()))
+    if why and console is not None:
+        console.print(
+            f"[yellow]note:[/] optimum's ORTModelForCausalLM (optimum-onnx 0.1.0) cannot generate with "
+            f"these ONNX folders ({why}); onnxruntime, edgetune chat and bench run them",
+            soft_wrap=True,
+        )
 
 
 def _merge_if_needed(run_dir: Path | None, model_dir: Path, console) -> None:
