@@ -387,3 +387,21 @@ def test_the_folders_optimum_cannot_generate_with_are_the_ones_export_names(
     assert failed == (named is not None), (arch, named)
     ours = greedy(OnnxRunner(Target("fp32", "onnx", "fp32", "onnxruntime", "cpu", folder)), ids, [], 4)
     assert len(ours) == 4  # onnxruntime itself runs every one of them
+
+
+def test_phi3s_fused_qkv_keeps_the_8_bits_its_v_projection_is_given(tmp_path, tiny_tokenizer):
+    """int4 keeps v_proj at 8 bits; Phi-3 fuses v into qkv_proj, which quietly went to 4 bits."""
+    import onnx
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, "Phi3ForCausalLM")
+    export_onnx(model, tmp_path / "onnx", ["int4"], OnnxExportConfig())
+    graph = onnx.load(str(tmp_path / "onnx" / "int4" / "model.onnx")).graph
+    bits = {
+        n.name: next(a.i for a in n.attribute if a.name == "bits")
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    qkv = [b for name, b in bits.items() if "qkv_proj" in name]
+    gate_up = [b for name, b in bits.items() if "gate_up_proj" in name]
+    assert qkv and set(qkv) == {8} and set(gate_up) == {4}

@@ -69,6 +69,17 @@ def _quantize(model, bits: int, plan: NBitsPlan, exclude: list[str], ops: tuple[
     return quantizer.model.model
 
 
+# projections some architectures fuse: Phi-3 computes q, k and v in one qkv_proj
+FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"}
+
+
+def _fused(parts: list[str], names: list[str]) -> list[str]:
+    """The 8-bit layer names for this graph: where a named projection is fused into another
+    (Phi-3's v_proj into qkv_proj), the fused one keeps 8 bits rather than the part losing them."""
+    present = {p for n in names for p in n.replace("/", " ").replace(".", " ").split()}
+    return [*parts, *{FUSED[p] for p in parts if p in FUSED and p not in present and FUSED[p] in present}]
+
+
 def quantize_nbits(model, plan: NBitsPlan):
     """Quantise an fp32 decoder in memory according to `plan`; returns the new ModelProto."""
     from edgetune.export.onnx_graph import materialize_transposed_weights
@@ -77,7 +88,7 @@ def quantize_nbits(model, plan: NBitsPlan):
         logging.getLogger(name).setLevel(logging.ERROR)
     materialize_transposed_weights(model)
     names = _matmul_names(model)
-    eight = [n for n in names if plan.bits == 8 or _is_eight_bit(n, plan.eight_bit_layers)]
+    eight = [n for n in names if plan.bits == 8 or _is_eight_bit(n, _fused(plan.eight_bit_layers, names))]
     if eight:
         model = _quantize(model, 8, plan, [n for n in names if n not in eight], ("MatMul",))
     if plan.bits == 4:
