@@ -222,6 +222,22 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         load_examples(tmp_path / "s.parquet").examples
         == load_examples(write_jsonl(tmp_path / "m.jsonl", SHAREGPT_AS_MESSAGES[:2])).examples
     )
+    # TRL's conversational prompt-completion from CSV: its lists as JSON text, read as turns (they
+    # were trained as raw JSON); a plain prompt that merely starts with "[" stays text
+    trl = tmp_path / "trl.csv"
+    with open(trl, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["prompt", "completion"])
+        w.writerow(
+            [json.dumps(TRL_CONVERSATIONAL[0]["prompt"]), json.dumps(TRL_CONVERSATIONAL[0]["completion"])]
+        )
+        w.writerow(["[1, 2] + [3]?", "[1, 2, 3]"])
+    conversational, plain = load_examples(trl).examples
+    assert (
+        conversational
+        == load_examples(write_jsonl(tmp_path / "c.jsonl", [chat_row("hi", "hello")])).examples[0]
+    )
+    assert (plain.format, plain.prompt) == ("prompt_completion", "[1, 2] + [3]?")
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,23 @@ CONVERSATIONS = {
 }
 
 
+def _turn_list(value: Any) -> list | None:
+    """A list of messages: itself, or (from CSV or Parquet, which hold no lists) the JSON text of
+    one, as `[{"role": ...}, ...]`; None for a prompt or completion that is plain text."""
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str) or not value.lstrip().startswith("[{"):
+        return None
+    try:
+        turns = json.loads(value)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    is_messages = (
+        isinstance(turns, list) and turns and all(isinstance(t, dict) and "role" in t for t in turns)
+    )
+    return turns if is_messages else None
+
+
 def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
         raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
@@ -150,11 +167,12 @@ def parse_row(row: Any, fmt: str) -> Example:
         for key in ("prompt", "completion"):
             if key not in row:
                 raise BadRow(key, "missing")
-        if isinstance(row["prompt"], list) and isinstance(row["completion"], list):
+        prompt_turns, completion_turns = _turn_list(row["prompt"]), _turn_list(row["completion"])
+        if prompt_turns is not None and completion_turns is not None:
             # TRL's conversational form: the prompt turns, then the completion turns
             (prompt, before), (completion, after) = (
-                _turns(row["prompt"], "prompt", False),
-                _turns(row["completion"], "completion", False),
+                _turns(prompt_turns, "prompt", False),
+                _turns(completion_turns, "completion", False),
             )
             untrained = (*before, *(len(prompt) + i for i in after))
             turns, untrained = checked_turns([*prompt, *completion], "completion", untrained)
