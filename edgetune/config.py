@@ -131,6 +131,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.seed < 2**32:  # numpy's seeds
+            problems.append(f"train.seed: must be in [0, 2**32), got {self.seed}")
         return problems + self.lora.validate()
 
 

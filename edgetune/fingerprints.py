@@ -158,6 +158,14 @@ def fingerprints(
     }
 
 
+def training_settings(recipe: Recipe) -> str:
+    """What a tune's checkpoints were trained under, but for its data files' and base model's
+    contents (checked on their own): a resume on other settings would mix two trainings."""
+    model = hashed_settings("model", recipe.model)
+    model.pop("base", None)
+    return _digest(model, hashed_settings("train", recipe.train), hashed_settings("data", recipe.data))
+
+
 def tune_key(recipe: Recipe, data: str, base: str | None) -> str:
     """`base`: the base model's identity (base_identity); None: as `legacy` fingerprints hashed it."""
     model = hashed_settings("model", recipe.model, legacy=base is None)

@@ -171,6 +171,19 @@ def test_resume_refuses_data_or_a_base_model_changed_since_the_run_started(tmp_p
     assert refused.exit_code == 2 and f"model.base ({base}) changed" in refused.output, refused.output
     assert (run / "manifest.json").read_bytes() == manifest
     shutil.copy(tiny_model_dir / "config.json", base / "config.json")
+    # the run's recipe.yaml edited: a new learning rate or batch size was ignored, a LoRA rank
+    # failed inside torch, and the manifest took the edited recipe's hash
+    saved = (run / "recipe.yaml").read_text()
+    for edit in (("lr: 0.001", "lr: 0.1"), ("batch_size: 4", "batch_size: 2"), ("r: 16", "r: 4")):
+        assert edit[0] in saved, edit
+        (run / "recipe.yaml").write_text(saved.replace(*edit, 1))
+        refused = CliRunner().invoke(main, resume)
+        assert refused.exit_code == 2, (edit, refused.output)
+        assert (
+            "recipe.yaml: its model, train or data settings changed since this run started" in refused.output
+        )
+    assert (run / "manifest.json").read_bytes() == manifest
+    (run / "recipe.yaml").write_text(saved)
     resumed = CliRunner().invoke(main, resume)
     assert resumed.exit_code == 0 and "resumed from step 8" in resumed.output, resumed.output
     # a hub or built-in base is not the user's to put back: a warning, and the resume goes on
@@ -809,3 +822,134 @@ def test_latest_lives_in_runs_and_never_replaces_somebodys_file(tmp_path, tiny_m
     third = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", "runs/z"])
     assert third.exit_code == 0 and "runs/latest does not point at this run" in third.output, third.output
     assert link.is_dir() and not link.is_symlink()
+
+
+def test_the_best_evaluation_is_saved_and_shipped_even_between_save_steps(tmp_path, tiny_model_dir):
+    """eval_steps 2, save_steps 6: validation loss is lowest at step 2 or 4, where no checkpoint was
+    due. The Trainer can only ship a saved checkpoint, so the last (worst) adapter shipped while
+    the manifest reported step 2's loss. Now every improving evaluation is saved."""
+    import hashlib
+
+    from edgetune.tune.run import tune
+
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, lr=5e-3, eval_steps=2, save_steps=6, early_stopping_patience=0
+    )
+    valid = [
+        chat_row(f"What is the capital of France? {i}", "ABCDEFGHIJKLMNOPQRSTUVWXYZ !#$%&()*+" * 2)
+        for i in range(8)
+    ]
+    write_jsonl(tmp_path / "valid.jsonl", valid)
+    text = recipe.read_text().replace("  train: data.jsonl\n", "  train: data.jsonl\n  valid: valid.jsonl\n")
+    recipe.write_text(text)
+    result = tune(str(recipe), run_dir=tmp_path / "run")
+    evals = {
+        r["step"]: r["eval_loss"]
+        for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+        if "eval_loss" in r
+    }
+    best_step = min((s for s in evals if s > 0), key=evals.get)
+    assert best_step % 6 != 0, evals  # the case under test: the best falls between save steps
+    assert result.best_step == best_step and result.best_eval_loss == pytest.approx(evals[best_step])
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    shipped = digest(result.run_dir / "adapter" / "adapter_model.safetensors")
+    best = result.run_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors"
+    assert shipped == digest(best)
+
+
+def test_a_resumed_run_stops_early_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir, monkeypatch):
+    """Early stopping counts evaluations without improvement; the Trainer did not restore that
+    count from the checkpoint, so a run interrupted while counting trained on for `patience` more
+    evaluations than the same run left alone."""
+    import edgetune.tune.callbacks as callbacks
+    from edgetune.errors import Interrupted
+
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, lr=5e-3, max_steps=40, eval_steps=2, save_steps=2, early_stopping_patience=3
+    )
+    valid = [
+        chat_row(f"What is the capital of France? {i}", "ABCDEFGHIJKLMNOPQRSTUVWXYZ !#$%&()*+" * 2)
+        for i in range(8)
+    ]
+    write_jsonl(tmp_path / "valid.jsonl", valid)
+    recipe.write_text(
+        recipe.read_text().replace("  train: data.jsonl\n", "  train: data.jsonl\n  valid: valid.jsonl\n")
+    )
+    reference = tune(str(recipe), run_dir=tmp_path / "reference")
+    assert reference.stopped_early and reference.steps - reference.best_step == 6, reference
+    stop_at = reference.steps - 2  # two evaluations into the count
+    commit = callbacks.CommitCheckpoints.on_save
+
+    def interrupted_after(self, args, state, control, **kwargs):
+        out = commit(self, args, state, control, **kwargs)
+        if state.global_step == stop_at:
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(callbacks.CommitCheckpoints, "on_save", interrupted_after)
+        with pytest.raises(Interrupted):
+            tune(str(recipe), run_dir=tmp_path / "interrupted")
+    resumed = tune(run_dir=tmp_path / "interrupted", resume=True)
+    assert (resumed.steps, resumed.best_step, resumed.stopped_early) == (
+        reference.steps,
+        reference.best_step,
+        True,
+    )
+
+
+def test_a_constant_schedule_warms_up_like_the_others(tmp_path):
+    """transformers' "constant" ignores warmup_ratio: the 5% default warmup was silently dropped."""
+    from types import SimpleNamespace
+
+    from edgetune.config import load_recipe
+    from edgetune.tune.trainer import training_args
+
+    setup = SimpleNamespace(optim="adamw_torch", bf16=False, device="cpu")
+    for schedule, expected in (
+        ("constant", "constant_with_warmup"),
+        ("cosine", "cosine"),
+        ("linear", "linear"),
+    ):
+        recipe = load_recipe("demo", [f"train.scheduler={schedule}", "train.warmup_ratio=0.25"])
+        args = training_args(recipe, tmp_path, setup, has_valid=True)
+        assert args.lr_scheduler_type.value == expected and args.warmup_ratio == 0.25
+        assert args.restore_callback_states_from_checkpoint  # early stopping's count survives a resume
+
+
+def test_the_validation_loss_is_a_mean_over_tokens_whatever_the_batch_size(tmp_path, tiny_model_dir):
+    """Answers of 1 to 23 words: the Trainer's mean of batch means weighed short answers' tokens
+    more and moved with batch_size. The loss before training (a fresh LoRA changes nothing) must be
+    the base model's mean over every supervised token, at batch 1 and at batch 4."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.config import load_recipe
+    from edgetune.data.prepare import prepare
+    from edgetune.data.render import IGNORE
+    from edgetune.models import ResolvedModel, load_tokenizer
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=1, eval_steps=1, save_steps=1)
+    valid = [chat_row(f"log {i}: link down", " ".join(["site"] * (1 + (i * 7) % 23))) for i in range(9)]
+    write_jsonl(tmp_path / "valid.jsonl", valid)
+    recipe.write_text(
+        recipe.read_text().replace("  train: data.jsonl\n", "  train: data.jsonl\n  valid: valid.jsonl\n")
+    )
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = load_tokenizer(ResolvedModel("tiny", tiny_model_dir, "local"))
+    total, count = 0.0, 0
+    for ex in prepare(load_recipe(str(recipe)).data, tokenizer).encoded["valid"].examples:
+        with torch.no_grad():
+            logits = model(torch.tensor([ex.input_ids])).logits[0, :-1]
+        labels = torch.tensor(ex.labels[1:])
+        keep = labels != IGNORE
+        total += float(torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum"))
+        count += int(keep.sum())
+    for batch in (1, 4):
+        text = recipe.read_text().replace("batch_size: 4", f"batch_size: {batch}")
+        (tmp_path / f"b{batch}.yaml").write_text(text)
+        result = tune(str(tmp_path / f"b{batch}.yaml"), run_dir=tmp_path / f"run{batch}")
+        assert result.initial_eval_loss == pytest.approx(total / count, abs=1e-5), batch

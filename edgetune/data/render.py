@@ -256,6 +256,8 @@ class Renderer:
         if self.adds_bos and (not ids or ids[0] != self.bos_id):
             ids.insert(0, self.bos_id)
             labels.insert(0, IGNORE)
+        if labels:  # nothing comes before the first token to predict it from (a text row's first word)
+            labels[0] = IGNORE
         out = Encoded(ids, labels, ex.source, length=len(ids))
         if len(ids) > self.max_seq_len:
             if self.truncation == "drop":

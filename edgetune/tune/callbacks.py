@@ -122,6 +122,18 @@ class InitialEval(TrainerCallback):
             self.record(float(metrics["eval_loss"]))
 
 
+class SaveTheBest(TrainerCallback):
+    """A checkpoint at every evaluation that improves the validation loss. The Trainer saves every
+    save_steps and can only ship a saved checkpoint: with eval_steps 2 and save_steps 4, the best
+    adapter (step 2) was never written and the last one shipped in its place."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        best = state.best_metric if state.best_metric is not None else float("inf")
+        if state.global_step > 0 and loss is not None and loss < best:  # the Trainer records it next
+            control.should_save = True
+
+
 class OverfitWatch(TrainerCallback):
     """Warn once when validation loss rises twice in a row while training loss keeps falling."""
 
@@ -147,12 +159,19 @@ class OverfitWatch(TrainerCallback):
         (_, v0), (_, v1), (_, v2) = self.evals[-3:]
         t0, t1, t2 = self.train_at_eval[-3:]
         if v2 > v1 > v0 and t2 < t1 < t0:
-            best_step = min(self.evals, key=lambda e: e[1])[0]
             self.warned = True
+            trained = [e for e in self.evals if e[0] > 0]  # step 0 is the base model: no adapter
+            best_step, best = min(trained, key=lambda e: e[1])
+            before = next((loss for step, loss in self.evals if step == 0), None)
+            kept = (
+                f"The best adapter (step {best_step}) is the one kept"
+                if before is None or best < before
+                else f"No adapter beat the model before training ({best:.4f} against {before:.4f})"
+            )
             self.warn(
                 f"validation loss is rising ({v0:.4f} -> {v2:.4f}) while training loss falls "
-                f"({t0:.4f} -> {t2:.4f}): the model is overfitting. The best adapter (step {best_step}) "
-                "is the one kept; consider fewer epochs, a lower train.lr or more data."
+                f"({t0:.4f} -> {t2:.4f}): the model is overfitting. {kept}; consider fewer epochs, "
+                "a lower train.lr or more data."
             )
 
 

@@ -45,10 +45,18 @@ def refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256:
     base is only warned about: its files are not the user's to put back (a hub model updated
     upstream, a built-in converted again by a newer transformers)."""
     manifest = read_manifest(run_dir)
+    from edgetune.fingerprints import data_files, training_settings
+
+    trained_under = manifest.get("recipe", {}).get("training_sha256")
+    if trained_under and trained_under != training_settings(recipe):
+        raise InputError(
+            f"{run_dir / 'recipe.yaml'}: its model, train or data settings changed since this run "
+            "started; its checkpoints learned under the earlier ones (a learning rate, batch size or "
+            "LoRA shape resumed would be ignored or fail). Put them back to resume, or start a new run"
+        )
     was = manifest.get("data", {}).get("sha256", {})
     if not was:  # a start that never recorded its inputs: nothing to compare
         return
-    from edgetune.fingerprints import data_files
 
     splits = {split: getattr(recipe.data, split) for split in ("train", "valid", "test")}
     changed = [

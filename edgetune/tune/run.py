@@ -15,7 +15,7 @@ from typing import Any
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted, writing
-from edgetune.fingerprints import data_files
+from edgetune.fingerprints import data_files, training_settings
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -315,10 +315,12 @@ def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console
     """The callbacks a tune trains with (bench/step_profile.py profiles a step with them too)."""
     from transformers import EarlyStoppingCallback
 
-    from edgetune.tune.callbacks import CommitCheckpoints, MetricsLog, OverfitWatch, Progress
+    from edgetune.tune.callbacks import CommitCheckpoints, MetricsLog, OverfitWatch, Progress, SaveTheBest
 
     metrics = run_dir / "metrics.jsonl"
     callbacks: list[Any] = [CommitCheckpoints(metrics), MetricsLog(metrics), OverfitWatch(warn)]
+    if has_valid:
+        callbacks.append(SaveTheBest())
     if console is not None:
         callbacks.append(Progress(console))
     if has_valid and recipe.train.early_stopping_patience > 0:
@@ -345,7 +347,12 @@ def _write_start_manifest(
             "world_size": world_size(),
             "cuda": torch.cuda.get_device_name(0) if setup.device == "cuda" else None,
         },
-        recipe={"name": recipe.name, "source": recipe.source, "sha256": recipe.digest()},
+        recipe={
+            "name": recipe.name,
+            "source": recipe.source,
+            "sha256": recipe.digest(),
+            "training_sha256": training_settings(recipe),
+        },
         base_model={
             "name": model_ref.name,
             "kind": model_ref.kind,
