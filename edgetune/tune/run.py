@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import platform
 import shutil
 import time
@@ -398,7 +399,9 @@ def _result(
         final_train_loss=train_losses[-1] if train_losses else None,
         stopped_early=state.global_step < state.max_steps,
         wall_s=round(wall, 1),
-        tokens_per_s=round(state.num_input_tokens_seen / runtime, 1) if runtime else 0.0,
+        tokens_per_s=round((state.num_input_tokens_seen - _tokens_before(resume_from)) / runtime, 1)
+        if runtime
+        else 0.0,
         resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
         warnings=warnings,
         peak_vram_bytes=_peak_vram(setup.device),
@@ -407,6 +410,18 @@ def _result(
         * args.gradient_accumulation_steps
         * args.world_size,
     )
+
+
+def _tokens_before(checkpoint: Path | None) -> int:
+    """Tokens seen before a resumed session: its runtime is its own, its token count the run's."""
+    if checkpoint is None:
+        return 0
+    try:
+        return int(
+            json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+        )
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def _peak_vram(device: str) -> int | None:

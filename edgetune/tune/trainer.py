@@ -130,7 +130,9 @@ def training_args(recipe, run_dir, setup, has_valid: bool, eval_first: bool = Fa
         logging_dir=str(run_dir / "tensorboard"),
         report_to=["tensorboard"] if t.tensorboard else [],
         disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding",
+        # packed batches hold no padding, and no attention mask: counting "non-padding" there skips
+        # every EOS wherever pad == EOS (SmolLM2)
+        include_num_input_tokens_seen="all" if t.packing else "non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         save_safetensors=True,
