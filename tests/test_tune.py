@@ -740,6 +740,19 @@ def test_settings_that_train_but_defeat_themselves_are_warned_about(tmp_path, ti
     assert "training examples never supervise EOS" in text
     assert "train.batch_size x train.grad_accum = 128 is more than the" in text
     assert "train.eval_steps 4 > train.max_steps 2" in text
+    from edgetune.config import load_recipe
+    from edgetune.tune.checks import planned_steps
+
+    # a run by epochs: 96 examples, 4 a step, accumulated 2 at a time = 12 steps an epoch
+    by_epochs = load_recipe(
+        str(recipe), ["train.max_steps=0", "train.epochs=2", "train.batch_size=4", "train.grad_accum=2"]
+    )
+    assert planned_steps(by_epochs, 96) == 24 and planned_steps(by_epochs, 97) == 26
+    result = tune(
+        str(recipe), ["train.max_steps=0", "train.epochs=1", "train.eval_steps=100", "train.save_steps=100"]
+    )
+    assert "train.eval_steps 100 > the 2 steps of train.epochs 1" in "\n".join(result.warnings)
+    assert result.steps == 2  # what the Trainer took (96 examples, 64 a step)
 
 
 def test_examples_longer_than_the_models_positions_are_warned_about_in_data_check_and_tune(

@@ -30,6 +30,19 @@ def check_checkpoint(checkpoint: Path) -> None:
         check_adapter_dir(checkpoint)
 
 
+def planned_steps(recipe: Recipe, examples: int) -> int:
+    """The optimizer steps a run will take: max_steps, or its epochs over the training examples."""
+    import math
+
+    from edgetune.tune.distributed import world_size
+
+    t = recipe.train
+    if t.max_steps > 0:
+        return t.max_steps
+    per_epoch = max(math.ceil(math.ceil(examples / (t.batch_size * world_size())) / t.grad_accum), 1)
+    return math.ceil(per_epoch * t.epochs)
+
+
 def warn_about_data(recipe: Recipe, data, warn) -> None:
     train = data.encoded["train"].examples
     for name, enc in data.encoded.items():
@@ -58,9 +71,15 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
             f"train.batch_size x train.grad_accum = {t.batch_size * t.grad_accum} is more than the "
             f"{len(train)} training examples: every step repeats examples"
         )
-    if data.encoded["valid"].examples and 0 < t.max_steps < t.eval_steps:
+    steps = planned_steps(recipe, len(train))
+    if data.encoded["valid"].examples and 0 < steps < t.eval_steps:
+        length = (
+            f"train.max_steps {t.max_steps}"
+            if t.max_steps > 0
+            else f"the {steps} steps of train.epochs {t.epochs:g}"
+        )
         warn(
-            f"train.eval_steps {t.eval_steps} > train.max_steps {t.max_steps}: no evaluation after the "
+            f"train.eval_steps {t.eval_steps} > {length}: no evaluation after the "
             "start, so no early stopping and no best checkpoint"
         )
     for warning in data.splits.quality.warnings():
