@@ -552,3 +552,38 @@ def test_a_file_is_read_once_per_process_while_it_stays_as_it_was(tmp_path, monk
     weights.write_bytes(b"b" * 4096)
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns))
     assert sha256_file(weights) != first and len(reads) == 2
+
+
+def test_the_example_makefile_never_ships_a_file_that_failed_its_gates(tmp_path, tiny_model_dir):
+    """`edgetune run` writes the bench report, then exits 3 on a failed gate: with the report as
+    Make's target, the second `make` found it up to date and copied the failing GGUF to dist/."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    settings = yaml.safe_load(recipe.read_text())
+    settings["export"]["gguf"]["quants"] = ["q4_k_m"]
+    settings["bench"] = {**settings["bench"], "gates": {"max_size_mb": 0.001}}
+    recipe.write_text(yaml.safe_dump(settings))
+    edgetune = Path(sys.executable).parent / "edgetune"
+    make = [
+        "make",
+        "-f",
+        str(Path(__file__).parents[1] / "examples" / "Makefile"),
+        f"EDGETUNE={edgetune}",
+        f"RECIPE={recipe}",
+        f"DATA={tmp_path / 'data.jsonl'}",
+        f"RUN={tmp_path / 'runs' / 'mk'}",
+        f"DIST={tmp_path / 'dist'}",
+    ]
+    for attempt in (1, 2):
+        failed = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert failed.returncode != 0, (attempt, failed.stdout[-2000:], failed.stderr[-2000:])
+        assert "bench gates failed" in failed.stdout + failed.stderr
+        assert not (tmp_path / "dist" / "model-q4_k_m.gguf").exists(), attempt
+    del settings["bench"]["gates"]
+    recipe.write_text(yaml.safe_dump(settings))
+    passed = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-2000:]
+    assert (tmp_path / "dist" / "model-q4_k_m.gguf").is_file()
