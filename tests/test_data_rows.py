@@ -137,6 +137,18 @@ def test_cli_skip_bad_rows_reports_count(tmp_path):
     report = json.loads(result.output)
     assert report["skipped_bad_rows"] == 1
     assert report["counts"] == {"train": 16, "valid": 2, "test": 2}
+    # the recipe's data.skip_bad_rows, without the flag (what `edgetune run` checks data with)
+    args = ["data", "check", str(path), "--no-tokens", "--json", "--set", "data.skip_bad_rows=true"]
+    by_recipe = CliRunner().invoke(main, args)
+    assert by_recipe.exit_code == 0 and json.loads(by_recipe.output)["skipped_bad_rows"] == 1, (
+        by_recipe.output
+    )
+    from edgetune.data.report import check_dataset
+
+    assert (
+        check_dataset(None, ["data.skip_bad_rows=true"], {"train": path}, tokens=False)["skipped_bad_rows"]
+        == 1
+    )
 
 
 # --------------------------------------------------------------- layouts from other tools

@@ -45,7 +45,12 @@ def check(data_file, recipe_name, overrides, valid, test, fmt, skip_bad_rows, no
 
     files = {"train": data_file, "valid": valid, "test": test}
     report = check_dataset(
-        recipe_name, list(overrides), files, fmt=fmt, skip_bad_rows=skip_bad_rows, tokens=not no_tokens
+        recipe_name,
+        list(overrides),
+        files,
+        fmt=fmt,
+        skip_bad_rows=skip_bad_rows or None,  # without the flag, the recipe's data.skip_bad_rows
+        tokens=not no_tokens,
     )
     if as_json:
         click.echo(json.dumps(report, indent=2))

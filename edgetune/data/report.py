@@ -14,9 +14,10 @@ def check_dataset(
     overrides: list[str],
     files: dict[str, Path | None],
     fmt: str | None = None,
-    skip_bad_rows: bool = False,
+    skip_bad_rows: bool | None = None,
     tokens: bool = True,
 ) -> dict[str, Any]:
+    """`skip_bad_rows`: None reads the recipe's data.skip_bad_rows (what `edgetune run` does)."""
     recipe = load_recipe(recipe_name, overrides)
     cfg = recipe.data
     own_train = bool(cfg.train) and files.get("train") is not None and _same_file(files["train"], cfg.train)
