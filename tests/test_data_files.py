@@ -149,6 +149,10 @@ def test_json_quirks_get_their_own_line_and_advice(tmp_path):
     cr.write_bytes(b'[\r{"text": "one"},\r{"text": "two"},\r{"txt": 3}\r]\r')
     with pytest.raises(DataError, match=rf"^{cr}:4: "):
         load_examples(cr)
+    crlf = tmp_path / "crlf.json"  # Windows line ends, blank lines before the array
+    crlf.write_bytes(b'\r\n\r\n\r\n[\r\n{"text": "one"},\r\n{"txt": 3}\r\n]\r\n')
+    with pytest.raises(DataError, match=rf"^{crlf}:6: "):
+        load_examples(crlf)
     pretty = tmp_path / "pretty.json"
     pretty.write_text(
         json.dumps(

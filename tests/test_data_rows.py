@@ -442,6 +442,24 @@ def test_assistant_turns_of_weight_zero_are_context_without_loss(tmp_path, tiny_
         trained = tiny_tokenizer.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
         assert trained == "the good answer<|im_end|>\n", name
         assert "a bad old answer" in tiny_tokenizer.decode(enc.input_ids)
+    # what bench asks for is the last reply that is learnt, not a weight-0 one after it
+    last_unlearnt = {
+        "messages": rows[0]["messages"][:2] + [turn("user", "two"), turn("assistant", "BAD", weight=0)]
+    }
+    last_unlearnt["messages"][1] = turn("assistant", "GOOD")
+    (ex,) = load_examples(write_jsonl(tmp_path / "last.jsonl", [last_unlearnt])).examples
+    renderer = Renderer(tiny_tokenizer)
+    assert ex.reference() == "GOOD" and "GOOD" not in renderer.prompt_text(ex)
+    # Parquet gives every turn every column: a null weight is no weight
+    nulls = [
+        {
+            "conversations": [
+                {"from": "human", "value": "q", "weight": None},
+                {"from": "gpt", "value": "a", "weight": None},
+            ]
+        }
+    ]
+    assert load_examples(write_jsonl(tmp_path / "nulls.jsonl", nulls)).examples[0].untrained == ()
     plain = load_examples(write_jsonl(tmp_path / "plain.jsonl", [chat_row("q", "a")])).examples[0]
     assert plain.key() == json.dumps(["messages", [["user", "q"], ["assistant", "a"]], "", "", ""])
 

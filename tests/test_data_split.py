@@ -189,6 +189,15 @@ def test_a_greeting_before_any_prompt_is_context_not_a_refused_row(tmp_path, tin
     assert trained == "Done.<|im_end|>\n" and enc.dropped is None
     alone = Renderer(tok).encode(Example("messages", messages=turns[:1], source="g.jsonl:6"))
     assert alone.dropped == "nothing to learn from: its only reply comes before any prompt"
+    # a greeting after the row's own system turn, or after data.system_prompt's, is context too
+    with_system = (("system", "Be brief."), *turns)
+    for renderer, ex_turns in (
+        (Renderer(tok), with_system),
+        (Renderer(tok, system_prompt="Be brief."), turns),
+    ):
+        enc = renderer.encode(Example("messages", messages=ex_turns, source="g.jsonl:7"))
+        trained = tok.decode([t for t, label in zip(enc.input_ids, enc.labels) if label != IGNORE])
+        assert trained == "Done.<|im_end|>\n", trained
 
 
 def test_overlap_counts_rows_sees_unicode_forms_and_refuses_a_test_file_copied_from_valid(

@@ -30,6 +30,10 @@ def test_each_metric_on_a_hit_a_miss_and_partial_credit():
         ("10", "10) red", 1.0),  # labels of two digits
         ("1", "10) red", 0.0),
         ("(b)", "B", 1.0),
+        ("3.14", "3.14", 1.0),  # a number, not option 3
+        ("3", "3.14", 0.0),
+        ("1:30 pm", "1:30 pm", 1.0),
+        ("2.5 kg", "2.5 kg", 1.0),
     ],
 )
 def test_choice_compares_the_option_label(prediction, reference, score):

@@ -90,7 +90,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 # an option label: a letter or a number, alone or before ")", "." or ":" ("B", "(b)", "10) red")
-OPTION_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)\s*(?:[).:]|$)")
+OPTION_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)\s*(?:[).:](?=\s|$)|$)")  # "3.14" and "1:30" are no labels
 
 
 def choice(prediction: str, reference: str) -> float:

@@ -56,7 +56,7 @@ def checked_turns(
 def trained(turn: dict[str, Any], role: str, field_path: str) -> bool:
     """An assistant turn's `weight` (OpenAI's fine-tuning files, ShareGPT exports): 1 or absent, the
     turn carries loss; 0, it is context only."""
-    if "weight" not in turn:
+    if turn.get("weight") is None:  # absent, or null (Parquet gives every turn the column)
         return True
     weight = turn["weight"]
     if role != "assistant":

@@ -127,6 +127,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         return
     if "\r" in text:  # old Mac line ends count as lines too (JSON allows no raw CR inside a string)
         text = text.replace("\r\n", "\n").replace("\r", "\n")
+        start = len(text) - len(text.lstrip())
     decoder, pos, line = json.JSONDecoder(), start + 1, 1 + text.count("\n", 0, start)
 
     def skip_space(at: int) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetune.data.rows import Example
+from edgetune.data.rows import Example, learnt_reply
 from edgetune.errors import DataError, ModelError
 
 IGNORE = -100
@@ -151,7 +151,11 @@ class Renderer:
         if not self.uses_chat(ex):
             return ex.prompt
         msgs = self.conversation(ex)
-        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        last = (
+            ex.answer_index() + len(msgs) - len(ex.as_messages())
+            if ex.format == "messages"
+            else len(msgs) - 1
+        )
         return self.chat_text(msgs[:last], add_generation_prompt=True)
 
     def spans(self, ex: Example) -> tuple[str, list[tuple[int, int]]]:
@@ -166,10 +170,12 @@ class Renderer:
         full = self.chat_text(msgs, add_generation_prompt=False)
         spans = []
         shift = len(msgs) - len(ex.as_messages())  # data.system_prompt put in front
-        for i, m in enumerate(msgs):
-            # a reply before any prompt (a ShareGPT greeting) is context: nothing asked for it, and an
-            # empty conversation does not render what the template puts first (a default system turn)
-            if m["role"] != "assistant" or i == 0 or i - shift in ex.untrained:  # weight 0: context
+        turns = [(m["role"], m["content"]) for m in msgs]
+        untrained = tuple(i + shift for i in ex.untrained)
+        for i in range(len(msgs)):
+            # weight 0, or a reply before any prompt (a ShareGPT greeting): context. Nothing asked for
+            # a greeting, and the turns before it may not render what the template puts first
+            if not learnt_reply(turns, i, untrained):
                 continue
             before = self.chat_text(msgs[:i], add_generation_prompt=True)
             through = self.chat_text(msgs[: i + 1], add_generation_prompt=False)

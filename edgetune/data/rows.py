@@ -52,8 +52,7 @@ class Example:
         """The input side, as (role, content) turns: those before the last assistant turn, or the
         prompt; None for a text row, which has no separate answer."""
         if self.format == "messages":
-            last = max(i for i, (role, _) in enumerate(self.messages) if role == "assistant")
-            return self.messages[:last]
+            return self.messages[: self.answer_index()]
         if self.format == "prompt_completion":
             return (("user", self.prompt),)
         return None
@@ -74,10 +73,17 @@ class Example:
             ]
         raise ValueError("a text example has no messages")
 
+    def answer_index(self) -> int:
+        """The turn a benchmark asks the model for: the last assistant turn that is learnt (weight
+        not 0, a user turn before it), else the last assistant turn."""
+        replies = [i for i, (role, _) in enumerate(self.messages) if role == "assistant"]
+        learnt = [i for i in replies if learnt_reply(self.messages, i, self.untrained)]
+        return (learnt or replies)[-1]
+
     def reference(self) -> str:
-        """The expected output used by task metrics: the last assistant turn or the completion."""
+        """The expected output used by task metrics: the answer_index turn or the completion."""
         if self.format == "messages":
-            return [c for r, c in self.messages if r == "assistant"][-1]
+            return self.messages[self.answer_index()][1]
         return self.completion if self.format == "prompt_completion" else self.text
 
 
@@ -138,6 +144,12 @@ CONVERSATIONS = {
     "alpaca": alpaca_turns,
     "sharegpt": sharegpt_turns,
 }
+
+
+def learnt_reply(turns, i: int, untrained: tuple[int, ...] = ()) -> bool:
+    """Whether turn i of (role, content) `turns` carries loss: an assistant turn not of weight 0,
+    with a user turn before it (a greeting before any prompt is context: nothing asked for it)."""
+    return turns[i][0] == "assistant" and i not in untrained and any(r == "user" for r, _ in turns[:i])
 
 
 def _turn_list(value: Any) -> list | None:
