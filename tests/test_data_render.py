@@ -56,7 +56,7 @@ def sentencepiece_tokenizer(tmp_path_factory):
     return tok
 
 
-@pytest.mark.parametrize("kind", ["byte-level", "sentencepiece"])
+@pytest.mark.parametrize("kind", ["byte-level", "trimmed-offsets", "sentencepiece"])
 def test_an_answer_whose_first_token_would_start_in_the_prompt_is_trained_whole(
     kind, sentencepiece_tokenizer
 ):
@@ -69,9 +69,21 @@ def test_an_answer_whose_first_token_would_start_in_the_prompt_is_trained_whole(
     ] * 20  # merges "ĊĊ", "ĊĠ" as real vocabularies have
     tok = (
         build_tokenizer(add_bos=True, corpus=CORPUS + whitespace)
-        if kind == "byte-level"
+        if kind != "sentencepiece"
         else sentencepiece_tokenizer
     )
+    if kind == "trimmed-offsets":  # offsets that leave out the space: " the" is reported at "t"
+        from tokenizers import processors
+
+        backend = tok.backend_tokenizer
+        backend.post_processor = processors.Sequence(
+            [
+                processors.ByteLevel(trim_offsets=True),
+                *([backend.post_processor] if backend.post_processor else []),
+            ]
+        )
+        probe = tok("a the", add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        assert probe[-1][0] == 2, probe  # the space is trimmed away
     eos = tok.eos_token
     cases = [
         (
@@ -98,11 +110,13 @@ def test_an_answer_whose_first_token_would_start_in_the_prompt_is_trained_whole(
         assert trained.startswith(answer) or (kind == "sentencepiece" and trained.startswith(answer.lstrip()))
         assert trained.endswith(eos) if template == "plain" else "<|im_end|>" in trained
         assert tok.decode(enc.input_ids) == tok.decode(r.ids_for_text(text))  # the same text
-    assert (
-        straddled == [True, True, True] if kind == "byte-level" else straddled[0]
-    )  # the cases test something
-    two = msgs(("user", "one"), ("assistant", " the link"), ("user", "two"), ("assistant", "\n\nthe router"))
-    assert supervised_text(tok, Renderer(tok).encode(two)).replace("\n", "").count("the") == 2
+    if kind != "trimmed-offsets":  # the cases test something (trimmed offsets hide it: the point)
+        assert straddled == [True, True, True] if kind == "byte-level" else straddled[0]
+    two = msgs(("user", "one"), ("assistant", "  the link"), ("user", "two"), ("assistant", "\n\nthe router"))
+    enc = Renderer(tok).encode(two)
+    assert supervised_text(tok, enc).replace("\n", "").count("the") == 2  # both replies learnt
+    prompt_ids = Renderer(tok).ids_for_text(Renderer(tok).prompt_text(two))  # what bench and chat send
+    assert enc.input_ids[: len(prompt_ids)] == prompt_ids and enc.labels[len(prompt_ids)] != IGNORE
 
 
 def test_base_model_gets_the_fallback_template_and_exactly_one_bos():

@@ -197,11 +197,12 @@ class Renderer:
         return ids
 
     def ids_and_labels(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
-        """`text` tokenised once, loss on the tokens inside `spans`. Where a token reaches from the
-        prompt into an answer (a prompt ending "Answer: " before "Paris", a reply opening with a
-        newline), inference sees the prompt's own tokens and then the answer's: the text is cut
-        there and each side tokenised alone, so the first answer token is trained on and the ids
-        before it are the ids inference is given."""
+        """`text` tokenised, loss on the tokens inside `spans`. Where the text's tokens do not begin
+        with the inference prompt's (a token reaching from the prompt into the answer: a prompt
+        ending "Answer: " before "Paris", a reply opening with a newline), the text is cut at the
+        last answer and each side tokenised alone, so the ids before it are the ids inference is
+        given and its first token is trained on. An earlier turn's token over the boundary carries
+        that turn's loss whole."""
         tokens = self._labelled(text, spans)
         return [t for t, _, _ in tokens], [label for _, label, _ in tokens]
 
@@ -221,15 +222,23 @@ class Renderer:
     def _labelled(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
         """(id, label, character range in text) for each token."""
         pieces = self._tokenised(text)
-        starts = {s for s, _ in spans}
-        cuts = sorted(b for b in starts if any(a < b < e for a, e in pieces[0][2]))
-        if cuts:
-            pieces = self._cut_at(text, cuts, pieces[0][1]) or pieces
+        whole = pieces[0][1]
+        answer = max((s for s, _ in spans), default=0)  # the reply inference is asked for
+        # compared by ids, not offsets: tokenizers that trim offsets put " Paris" at "P"
+        prompt = self.tokenizer(text[:answer], add_special_tokens=False)["input_ids"]
+        if whole[: len(prompt)] != prompt:
+            pieces = self._cut_at(text, [answer], whole) or pieces
         tokens = []
         for offset, piece_ids, offsets in pieces:
             for token, (a, e) in zip(piece_ids, offsets):
-                # a token over both sides (where no cut is clean) still carries the answer's loss
-                inside = e > a and any(s < offset + e and offset + a < f for s, f in spans)
+                # a token over both sides (where no cut is clean) still carries the answer's loss. One
+                # of no width (a space whose offsets the tokenizer trimmed away) is inside a span, or
+                # at the start of the answer's own piece; at a span's edge elsewhere it is the prompt's
+                start, end = offset + a, offset + e
+                inside = any(
+                    s < end and start < f if end > start else s < start < f or start == s == offset > 0
+                    for s, f in spans
+                )
                 tokens.append((token, token if inside else IGNORE, (offset + a, offset + e)))
         return tokens
 
