@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from edgetune.data.render import IGNORE
 from edgetune.tune.logits import supervised_logits
 
 
@@ -24,8 +25,7 @@ class SupervisedLogitsTrainer(Trainer):
         logits, targets, outputs = supervised_logits(model, head, inputs, labels)
         loss = F.cross_entropy(logits.float(), targets, reduction="sum")
         if self._eval_sums is not None and not model.training:
-            self._eval_sums[0] += float(loss.detach())
-            self._eval_sums[1] += targets.numel()
+            self._count_eval_tokens(logits, targets, labels, inputs)
         if num_items_in_batch is None:
             loss = loss / max(targets.numel(), 1)
         else:  # the same normalisation as transformers' own causal-LM loss under gradient accumulation
@@ -34,23 +34,45 @@ class SupervisedLogitsTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def _count_eval_tokens(self, logits, targets, labels, inputs) -> None:
+        """Each example's summed loss and supervised tokens, gathered the way the Trainer gathers
+        its own metrics: under several processes accelerate pads the last batches with repeated
+        examples, and gather_for_metrics drops them (summing them counted some rows twice)."""
+        per_target = F.cross_entropy(logits.float().detach(), targets, reduction="none").double()
+        predicting = labels[:, 1:] != IGNORE
+        positions = inputs.get("position_ids")
+        if positions is not None and labels.shape[0] == 1:  # a packed batch: examples restart at 0
+            starts = positions == 0
+            example = (starts[:, :-1].cumsum(1) - 1)[predicting]
+            count = int(starts.sum())
+        else:
+            rows = torch.arange(labels.shape[0], device=labels.device)
+            example = rows.unsqueeze(1).expand_as(predicting)[predicting]
+            count = labels.shape[0]
+        sums = torch.zeros(count, dtype=torch.float64, device=per_target.device)
+        tokens = torch.zeros(count, dtype=torch.float64, device=per_target.device)
+        sums.index_add_(0, example, per_target)
+        tokens.index_add_(0, example, torch.ones_like(per_target))
+        gathered = self.accelerator.gather_for_metrics(torch.stack([sums, tokens], 1))
+        self._eval_sums[0] += float(gathered[:, 0].sum())
+        self._eval_sums[1] += float(gathered[:, 1].sum())
+
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
         """The validation loss as the mean over every supervised token, as training's loss is: the
         Trainer averages its batches' means by examples, which weighs a short answer's tokens more
         and moves with batch_size (on varied answers, 6.029 at batch 1 against 6.001 per token)."""
-        self._eval_sums = [0.0, 0]
+        self._eval_sums = [0.0, 0.0]
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
-            sums = torch.tensor(self._eval_sums, dtype=torch.float64, device=self.args.device)
+            loss, tokens = self._eval_sums  # every process's, gathered batch by batch
         finally:
             self._eval_sums = None
-        sums = self.accelerator.reduce(sums, reduction="sum")  # every process's tokens
-        if sums[1] > 0 and f"{metric_key_prefix}_loss" in output.metrics:
-            output.metrics[f"{metric_key_prefix}_loss"] = float(sums[0] / sums[1])
+        if tokens > 0 and f"{metric_key_prefix}_loss" in output.metrics:
+            output.metrics[f"{metric_key_prefix}_loss"] = loss / tokens
         return output
 
     def _load_optimizer_and_scheduler(self, checkpoint):
