@@ -25,6 +25,18 @@ def test_identical_answers_still_allow_for_differences_the_sample_could_have_mis
     assert difference_interval([1.0] * 50, [1.0] * 50) == pytest.approx((-0.06, 0.06))
 
 
+def test_no_sample_proves_more_than_a_flawless_one_of_its_size():
+    """On 30 examples a target that matched everywhere got (0.90, 1.10) and one worse on a single
+    example (0.99, 1.00): under `proven` the worse one passed where the identical one failed."""
+    ref = [1.0, 0.8, 0.6, 1.0, 0.8, 1.0] * 5
+    worse = list(ref)
+    worse[0] = 0.8
+    same_low = retention_interval(ref, ref)[0]
+    worse_low = retention_interval(ref, worse)[0]
+    assert worse_low <= same_low == pytest.approx(1 - 3 / 30 / np.mean(ref))
+    assert retention_interval(ref * 20, ref * 20)[0] > same_low  # more examples prove more
+
+
 def test_too_few_examples_for_an_interval_fail_proven_gates_and_leave_significant_ones_to_the_point():
     few = {
         **target(1.0, None),
@@ -48,11 +60,11 @@ def test_the_interval_holds_the_point_and_narrows_as_examples_grow():
     low, high = retention_interval(ref, tgt)
     point = tgt.mean() / ref.mean()
     assert low < point < high <= 1.0
-    wide = high - low
-    low4, high4 = retention_interval(np.tile(ref, 4), np.tile(tgt, 4))
-    # the same data four times over: about half the width (1 / sqrt(4))
-    assert 0.4 < (high4 - low4) / wide < 0.6
     assert retention_interval(ref, tgt) == (low, high)  # seeded: one report, one interval
+    # the same data 4 and 16 times over (where 3/n no longer bounds it): half the width (1 / sqrt(4))
+    low4, high4 = retention_interval(np.tile(ref, 4), np.tile(tgt, 4))
+    low16, high16 = retention_interval(np.tile(ref, 16), np.tile(tgt, 16))
+    assert 0.4 < (high16 - low16) / (high4 - low4) < 0.6
 
 
 def test_the_interval_covers_the_true_retention_about_as_often_as_it_claims():

@@ -56,9 +56,13 @@ def retention_interval(
     if defined.mean() < 0.99:  # the reference scores on so few examples that its mean is often 0
         return None
     low, high = _central(tgt_sums[defined] / ref_sums[defined], level)
-    if np.array_equal(ref, tgt):  # no example differs: every resample says 1.0, which is no proof
-        unseen = _rule_of_three(ref.size) / ref.mean()
-        low, high = max(0.0, low - unseen), high + unseen
+    # n examples cannot show differences rarer than 3/n (the rule of three): no sample proves more
+    # than a flawless one could, 1 - 3/n in the reference's units, whatever its resamples say (a
+    # target worse on one example would otherwise "prove" more than one that matched everywhere)
+    unseen = _rule_of_three(ref.size) / ref.mean()
+    low = min(low, max(0.0, 1.0 - unseen))
+    if np.array_equal(ref, tgt):  # no example differs: every resample says 1.0
+        high += unseen
     return low, high
 
 
