@@ -108,9 +108,8 @@ def evaluate(
             nll -= logprobs[pos - 1, label]
             counted += 1
         if perplexity and reference is not None and i < len(reference):
-            a = log_softmax(
-                reference[i]
-            )  # kept as float32: renormalised, or an identical model's KL dips below 0
+            # kept as float32, so renormalised: else an identical model's KL dips below 0
+            a = log_softmax(reference[i])
             kls.append(float((np.exp(a) * (a - logprobs)).sum(-1).mean()))
             top1s.append(float((a.argmax(-1) == logprobs.argmax(-1)).mean()))
         if case.answered:

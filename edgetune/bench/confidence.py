@@ -46,8 +46,7 @@ def retention_interval(
 ) -> tuple[float, float] | None:
     """The central `level` percentile interval of the bootstrapped retention; None where retention
     is undefined (the reference scores 0) or resamples often leave it undefined, and with fewer than
-    MIN_EXAMPLES. Where target and reference score alike on every example, the interval still
-    allows for the differences n examples could have missed."""
+    MIN_EXAMPLES. Its lower end is never above what a flawless sample of its size could show."""
     ref, tgt = _paired(reference, target)
     if ref.size < MIN_EXAMPLES or ref.sum() == 0:
         return None
@@ -58,18 +57,8 @@ def retention_interval(
     low, high = _central(tgt_sums[defined] / ref_sums[defined], level)
     # n examples cannot show differences rarer than 3/n (the rule of three): no sample proves more
     # than a flawless one could, 1 - 3/n in the reference's units, whatever its resamples say (a
-    # target worse on one example would otherwise "prove" more than one that matched everywhere)
-    unseen = _rule_of_three(ref.size) / ref.mean()
-    low = min(low, max(0.0, 1.0 - unseen))
-    if np.array_equal(ref, tgt):  # no example differs: every resample says 1.0
-        high += unseen
-    return low, high
-
-
-def _rule_of_three(n: int) -> float:
-    """With no difference seen on n examples, the rate of unseen ones is below 3/n at 95%
-    (the "rule of three"): the least an interval must allow for."""
-    return 3.0 / n
+    # flawless one resamples to 1.0 every time; one worse on an example would prove more still)
+    return min(low, max(0.0, 1.0 - 3.0 / ref.size / ref.mean())), high
 
 
 def difference_interval(
@@ -81,10 +70,7 @@ def difference_interval(
     if a.size < MIN_EXAMPLES:
         return None
     sums_a, sums_b = _resampled_sums(a, b)
-    low, high = _central((sums_a - sums_b) / a.size, level)
-    if np.array_equal(a, b):  # the same scores everywhere: differences too rare to have been seen
-        low, high = low - _rule_of_three(a.size), high + _rule_of_three(a.size)
-    return low, high
+    return _central((sums_a - sums_b) / a.size, level)
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:

@@ -115,14 +115,8 @@ def kl_failure(target: dict[str, Any], gates: GatesConfig) -> str | None:
         few = _too_few(target.get("kl_scores"))
         if few and gates.kl_evidence == "significant":
             return None if kl <= limit else f"KL {kl:.3g} > {limit:g} ({few})"
-        return (
-            f"KL {kl:.3g}: no confidence interval for gates.kl_evidence ({few})"
-            if few
-            else (
-                f"KL {kl:.3g}: no confidence interval for gates.kl_evidence (the report has no per-example "
-                "KL, kl_scores: run `edgetune bench`)"
-            )
-        )
+        why = few or "the report has no per-example KL, kl_scores: run `edgetune bench`"
+        return f"KL {kl:.3g}: no confidence interval for gates.kl_evidence ({why})"
     low, high = interval
     if gates.kl_evidence == "significant" and low > limit:
         return f"KL {kl:.3g} > {limit:g} beyond noise ({kl_interval_text(target)})"

@@ -221,13 +221,13 @@ class Renderer:
 
     def _labelled(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
         """(id, label, character range in text) for each token."""
-        pieces = self._tokenised(text)
+        pieces = [self._tokenised(text)]
         whole = pieces[0][1]
         answer = max((s for s, _ in spans), default=0)  # the reply inference is asked for
         # compared by ids, not offsets: tokenizers that trim offsets put " Paris" at "P"
         prompt = self.tokenizer(text[:answer], add_special_tokens=False)["input_ids"]
         if whole[: len(prompt)] != prompt:
-            pieces = self._cut_at(text, [answer], whole) or pieces
+            pieces = self._cut_at(text, answer, whole) or pieces
         tokens = []
         for offset, piece_ids, offsets in pieces:
             for token, (a, e) in zip(piece_ids, offsets):
@@ -239,29 +239,26 @@ class Renderer:
                     s < end and start < f if end > start else s < start < f or start == s == offset > 0
                     for s, f in spans
                 )
-                tokens.append((token, token if inside else IGNORE, (offset + a, offset + e)))
+                tokens.append((token, token if inside else IGNORE, (start, end)))
         return tokens
 
-    def _tokenised(self, text: str, offset: int = 0) -> list[tuple[int, list[int], list[tuple[int, int]]]]:
+    def _tokenised(self, text: str, offset: int = 0) -> tuple[int, list[int], list[tuple[int, int]]]:
+        """(offset of `text` in the whole, its ids, each id's character range within `text`)."""
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(offset, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]])]
+        return offset, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
-    def _cut_at(self, text: str, cuts: list[int], whole: list[int]):
-        """The text's pieces between `cuts`, each tokenised alone; None where no way of tokenising
-        a piece as a continuation decodes to the same text (a tokenizer that puts "▁" in front of
-        every input and after every special token)."""
+    def _cut_at(self, text: str, cut: int, whole: list[int]):
+        """text[:cut] and text[cut:] tokenised alone, the second as a continuation (after the EOS
+        token where a tokenizer puts "▁" in front of a bare input); None where neither way decodes
+        to the same text as `whole` (one that puts "▁" after every special token too)."""
         decoded = self.tokenizer.decode(whole, clean_up_tokenization_spaces=False)
-        bounds = [*cuts, len(text)]
-        sentinel = self.tokenizer.eos_token or ""
-        for lead in ("", sentinel) if sentinel else ("",):
-            pieces = self._tokenised(text[: cuts[0]])
-            for a, b in zip(bounds, bounds[1:]):
-                (_, piece_ids, offsets), *_ = self._tokenised(lead + text[a:b], a - len(lead))
-                keep = [i for i, (s, _) in enumerate(offsets) if s >= len(lead)]  # the sentinel's own goes
-                pieces.append((a - len(lead), [piece_ids[i] for i in keep], [offsets[i] for i in keep]))
-            ids = [token for _, piece_ids, _ in pieces for token in piece_ids]
-            if self.tokenizer.decode(ids, clean_up_tokenization_spaces=False) == decoded:
-                return pieces
+        prompt = self._tokenised(text[:cut])
+        for lead in dict.fromkeys(("", self.tokenizer.eos_token or "")):
+            _, ids, offsets = self._tokenised(lead + text[cut:], cut - len(lead))
+            keep = [i for i, (s, _) in enumerate(offsets) if s >= len(lead)]  # the sentinel's own go
+            answer = (cut - len(lead), [ids[i] for i in keep], [offsets[i] for i in keep])
+            if self.tokenizer.decode(prompt[1] + answer[1], clean_up_tokenization_spaces=False) == decoded:
+                return [prompt, answer]
         return None
 
     def encode(self, ex: Example) -> Encoded:

@@ -7,6 +7,7 @@ is counted and reported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import unicodedata
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                     raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
                 detected = detect_format(row)
                 if detected is None:
-                    keys = ", ".join(sorted(row)) if isinstance(row, dict) else kind_of(row)
+                    keys = ", ".join(sorted(row))
                     raise BadRow(
                         "",
                         f"cannot tell the row format from its fields ({keys}); expected 'messages', "
@@ -246,17 +247,7 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                 raise DataError(f"{where}: {exc}{advice}") from None
             skipped.append(f"{where}: {exc}")
             continue
-        examples.append(
-            Example(
-                ex.format,
-                ex.messages,
-                ex.prompt,
-                ex.completion,
-                ex.text,
-                source=where,
-                untrained=ex.untrained,
-            )
-        )
+        examples.append(dataclasses.replace(ex, source=where))
     if not examples:
         first = f"; the first, {skipped[0]}" if skipped else ""  # every row may fail alike: say why
         raise DataError(

@@ -23,9 +23,10 @@ class SupervisedLogitsTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         logits, targets, outputs = supervised_logits(model, head, inputs, labels)
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        loss = losses.sum()
         if self._eval_sums is not None and not model.training:
-            self._count_eval_tokens(logits, targets, labels, inputs)
+            self._count_eval_tokens(losses.detach().double(), labels, inputs)
         if num_items_in_batch is None:
             loss = loss / max(targets.numel(), 1)
         else:  # the same normalisation as transformers' own causal-LM loss under gradient accumulation
@@ -34,11 +35,10 @@ class SupervisedLogitsTrainer(Trainer):
                 loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
-    def _count_eval_tokens(self, logits, targets, labels, inputs) -> None:
+    def _count_eval_tokens(self, per_target: torch.Tensor, labels, inputs) -> None:
         """Each example's summed loss and supervised tokens, gathered the way the Trainer gathers
         its own metrics: under several processes accelerate pads the last batches with repeated
         examples, and gather_for_metrics drops them (summing them counted some rows twice)."""
-        per_target = F.cross_entropy(logits.float().detach(), targets, reduction="none").double()
         predicting = labels[:, 1:] != IGNORE
         positions = inputs.get("position_ids")
         if positions is not None and labels.shape[0] == 1:  # a packed batch: examples restart at 0
