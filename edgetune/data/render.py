@@ -225,9 +225,9 @@ class Renderer:
         whole = pieces[0][1]
         answer = max((s for s, _ in spans), default=0)  # the reply inference is asked for
         # compared by ids, not offsets: tokenizers that trim offsets put " Paris" at "P"
-        prompt = self.tokenizer(text[:answer], add_special_tokens=False)["input_ids"]
-        if whole[: len(prompt)] != prompt:
-            pieces = self._cut_at(text, answer, whole) or pieces
+        prompt = self._tokenised(text[:answer])
+        if whole[: len(prompt[1])] != prompt[1]:
+            pieces = self._cut_at(text, answer, prompt, whole) or pieces
         tokens = []
         for offset, piece_ids, offsets in pieces:
             for token, (a, e) in zip(piece_ids, offsets):
@@ -247,12 +247,11 @@ class Renderer:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return offset, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
-    def _cut_at(self, text: str, cut: int, whole: list[int]):
-        """text[:cut] and text[cut:] tokenised alone, the second as a continuation (after the EOS
-        token where a tokenizer puts "▁" in front of a bare input); None where neither way decodes
-        to the same text as `whole` (one that puts "▁" after every special token too)."""
+    def _cut_at(self, text: str, cut: int, prompt: tuple, whole: list[int]):
+        """`prompt` (text[:cut], tokenised) and text[cut:] tokenised alone as a continuation (after
+        the EOS token where a tokenizer puts "▁" in front of a bare input); None where neither way
+        decodes to the same text as `whole` (one that puts "▁" after every special token too)."""
         decoded = self.tokenizer.decode(whole, clean_up_tokenization_spaces=False)
-        prompt = self._tokenised(text[:cut])
         for lead in dict.fromkeys(("", self.tokenizer.eos_token or "")):
             _, ids, offsets = self._tokenised(lead + text[cut:], cut - len(lead))
             keep = [i for i, (s, _) in enumerate(offsets) if s >= len(lead)]  # the sentinel's own go
