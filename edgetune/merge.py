@@ -138,6 +138,19 @@ def _refuse_tied(peft_model, adapter: Path) -> None:
         )
 
 
+def data_changed_since_tune(recipe, manifest: dict[str, Any]) -> list[str]:
+    """The data splits (as recipe keys) whose files' bytes differ from those tune recorded: the
+    merge scores its candidates on the files as they are now, so its losses would not be the
+    ones of the data the adapter learnt from. Empty for a run whose tune recorded no hashes."""
+    from edgetune.fingerprints import data_files
+
+    trained = manifest.get("data", {}).get("sha256")
+    if not isinstance(trained, dict) or not trained:
+        return []
+    now = data_files(recipe)
+    return [f"data.{k}" for k in ("train", "valid", "test") if trained.get(k) != now.get(k)]
+
+
 def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     import transformers
     from peft import PeftModel
@@ -156,7 +169,15 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             )
         check_adapter_dir(adapter)
         recipe = load_recipe(str(run_dir / RECIPE_FILE))
-        method = read_manifest(run_dir).get("stages", {}).get("tune", {}).get("method", "lora")
+        manifest = read_manifest(run_dir)
+        method = manifest.get("stages", {}).get("tune", {}).get("method", "lora")
+        changed = data_changed_since_tune(recipe, manifest)
+        if changed and console is not None:
+            console.print(
+                f"[yellow]warning:[/] {', '.join(changed)} changed since the adapter was trained: "
+                "the merge is scored on the files as they are now",
+                soft_wrap=True,
+            )
         transformers.logging.set_verbosity_error()
         model_ref = resolve_model(
             recipe.model.base, recipe.model.revision, quiet=True, allow_pickle=recipe.model.allow_pickle
@@ -230,6 +251,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
                     "valid_examples": len(valid),
                     "kl_tokens": sum(lp.size(0) for lp in reference),
                     "scored_on": scored_on,
+                    "data_changed_since_tune": changed,
                     "merged": "merged",
                     "wall_s": result.wall_s,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -37,6 +37,7 @@ def test_merged_logits_match_the_adapter_model(tuned_run):
     assert (tuned_run / "merged" / "model.safetensors").is_file()
     assert (tuned_run / "merged" / "tokenizer_config.json").is_file()
     assert manifest["stages"]["merge"]["chosen"] == "full_precision"
+    assert manifest["stages"]["merge"]["data_changed_since_tune"] == []
 
 
 def test_merge_refuses_nan_weights(tuned_run):
@@ -51,6 +52,16 @@ def test_merge_refuses_nan_weights(tuned_run):
     assert result.exit_code == 1
     assert "NaN or Inf" in result.output
     assert not (tuned_run / "merged").exists()
+
+
+def test_merge_warns_when_the_data_changed_since_tune(tuned_run, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(data.read_text() + data.read_text().splitlines()[0] + "\n")
+    result = CliRunner().invoke(main, ["merge", str(tuned_run)])
+    assert result.exit_code == 0, result.output
+    assert "data.train changed since the adapter was trained" in " ".join(result.output.split())
+    stage = json.loads((tuned_run / "manifest.json").read_text())["stages"]["merge"]
+    assert stage["data_changed_since_tune"] == ["data.train"]
 
 
 def test_merge_without_adapter_is_a_clear_error(tmp_path):
