@@ -587,3 +587,8 @@ def test_the_example_makefile_never_ships_a_file_that_failed_its_gates(tmp_path,
     passed = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert passed.returncode == 0, passed.stdout[-2000:] + passed.stderr[-2000:]
     assert (tmp_path / "dist" / "model-q4_k_m.gguf").is_file()
+    assert subprocess.run([*make, "-q"], cwd=tmp_path).returncode == 0  # up to date
+    # a file exported by hand since then has not been benched: the next make must run (and gate) it
+    exported = [str(edgetune), "export", str(tmp_path / "runs" / "mk"), "--to", "gguf", "--quant", "q4_k_m"]
+    subprocess.run(exported, cwd=tmp_path, check=True, capture_output=True, timeout=900)
+    assert subprocess.run([*make, "-q"], cwd=tmp_path).returncode == 1
