@@ -166,7 +166,9 @@ def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
     special.add_special_token["bos"] = (
         bool(probe) and probe[0] == tok.bos_token_id and tok.bos_token_id is not None
     )
-    special.add_special_token["eos"] = bool(probe) and probe[-1] == tok.eos_token_id and len(probe) > 1
+    # no EOS after a prompt, whatever the tokenizer appends: training, bench and chat tokenise
+    # without it, and a file that said so would make llama.cpp end every prompt with one
+    special.add_special_token["eos"] = False
     # the template transformers applies: where a directory has two (tokenizer_config.json and
     # chat_template.jinja), SpecialVocab and transformers would pick different ones
     special.chat_template = _named_templates(tok.chat_template)
