@@ -207,7 +207,8 @@ CHAT_CONTEXT = 8192
 
 
 def _gguf_context(path: Path) -> int:
-    """The file's trained context ({arch}.context_length), at most CHAT_CONTEXT."""
+    """The file's trained context ({arch}.context_length), at most CHAT_CONTEXT, and for a longrope
+    model at most its original context."""
     from gguf import GGUFReader
 
     from edgetune.validate import check_gguf
@@ -217,4 +218,9 @@ def _gguf_context(path: Path) -> int:
     arch = reader.fields.get("general.architecture")
     field = reader.fields.get(f"{arch.contents()}.context_length") if arch is not None else None
     trained = int(field.contents()) if field is not None else 2048
+    original = reader.fields.get(f"{arch.contents()}.rope.scaling.original_context_length") if arch else None
+    if original is not None and any(t.name == "rope_factors_long.weight" for t in reader.tensors):
+        # a longrope model (Phi-3.5, Phi-4-mini): past its original context llama.cpp computes every
+        # prompt with the long factors, not as the model was tuned and benched (see faithful_context)
+        trained = min(trained, int(original.contents()))
     return min(trained, CHAT_CONTEXT)

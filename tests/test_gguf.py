@@ -465,6 +465,9 @@ def test_phi3_long_context_rope_matches_torch(tmp_path, tiny_tokenizer, original
         config = AutoModelForCausalLM.from_pretrained(model_dir).config
         modelfile = write_modelfile(out, Renderer(tiny_tokenizer), None, faithful_context(config)).read_text()
         assert "PARAMETER num_ctx 1024\n" in modelfile
+        import edgetune.chat as chat  # and chat sizes llama.cpp's context alike
+
+        assert chat._gguf_context(out) == 1024
     plain = build_tiny_model(
         tmp_path / "b", tiny_tokenizer, "Phi3ForCausalLM", **settings, partial_rotary_factor=partial
     )
