@@ -3,7 +3,8 @@
 transformers can load a tokenizer from GGUF, but for SmolLM2's GGUF (tokenizer.ggml.model "gpt2",
 pre "smollm") it gets the EOS token wrong (<|im_start|> instead of <|im_end|>) and adds a BOS the
 model never saw (add_bos_token is false in the file). We rebuild it from the metadata instead:
-the byte-level BPE vocabulary and merges, llama.cpp's pre-tokenizer for the declared `pre` type,
+the byte-level BPE vocabulary and merges, llama.cpp's pre-tokenizer for the declared `pre` type
+(GPT-2's, SmolLM's, or the split regex of Llama 3, Qwen2 or GPT-4o; not SentencePiece models),
 the special tokens by their token type, and the special ids and chat template as written.
 """
 
@@ -31,9 +32,10 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 def tokenizer_from_gguf(path: Path):
     from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
     from edgetune.validate import check_gguf
 
     check_gguf(path)
@@ -45,9 +47,18 @@ def tokenizer_from_gguf(path: Path):
     pre = _field(reader, "tokenizer.ggml.pre", "default")
     if kind != "gpt2":
         raise ModelError(
-            f"{path}: tokenizer model {kind!r} is not supported for GGUF import (only byte-level BPE)"
+            f"{path}: tokenizer model {kind!r} is not supported for GGUF import (only byte-level BPE); "
+            "chat with the file inside its run (RUN/export/gguf/), where the training tokenizer is"
         )
-    if pre in _DIGITS_THEN_GPT2:
+    split_regex = {name: regex for regex, name in SPLIT_REGEX_PRE.items()}.get(pre)
+    if split_regex is not None:  # Llama 3, Qwen2 and Qwen3, Phi-4-mini: a split regex, then bytes
+        pre_tok = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(split_regex), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    elif pre in _DIGITS_THEN_GPT2:
         pre_tok = pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Digits(individual_digits=True),
@@ -57,7 +68,10 @@ def tokenizer_from_gguf(path: Path):
     elif pre in _GPT2:
         pre_tok = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
-        raise ModelError(f"{path}: pre-tokenizer {pre!r} is not supported for GGUF import")
+        raise ModelError(
+            f"{path}: pre-tokenizer {pre!r} is not supported for GGUF import; chat with the file "
+            "inside its run (RUN/export/gguf/), where the training tokenizer is"
+        )
 
     tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
     types: list[int] = _field(reader, "tokenizer.ggml.token_type")

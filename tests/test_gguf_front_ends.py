@@ -1,11 +1,13 @@
 """What llama.cpp's front-ends make of a shipped GGUF's prompts: the ids they tokenise a rendered
 chat into must be the ids the model was trained and benched on."""
 
+import pytest
 from click.testing import CliRunner
-from conftest import CHATML, build_tiny_model, build_tokenizer
+from conftest import CHATML, CORPUS, build_tiny_model, build_tokenizer
 
 from edgetune.cli import main
 from edgetune.export.gguf_convert import convert
+from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
 from edgetune.export.llama_runtime import load_llama
 from edgetune.export.parity import front_end_ids
 
@@ -44,3 +46,31 @@ def test_a_tokenizer_that_appends_eos_ships_a_file_that_does_not(tmp_path):
     assert llm.metadata.get("tokenizer.ggml.add_eos_token") == "false"
     ids = front_end_ids(llm, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
     assert ids[0] == llm.token_bos() and ids[-1] != tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("regex, pre", list(SPLIT_REGEX_PRE.items()), ids=list(SPLIT_REGEX_PRE.values()))
+def test_chat_with_a_split_regex_gguf_outside_its_run_tokenises_as_in_training(tmp_path, regex, pre):
+    """A Llama 3, Qwen2 or Phi-4-mini GGUF shipped out of its run (examples/Makefile copies it to
+    dist/): chat rebuilds the tokenizer from the file, and refused every split-regex one."""
+    from test_gguf import TRICKY
+
+    from edgetune.chat import open_chat
+    from edgetune.data.render import Renderer
+    from edgetune.tokenizer_gguf import tokenizer_from_gguf
+
+    tokenizer = build_tokenizer(split_regex=regex, corpus=CORPUS + TRICKY, vocab_size=600)
+    model = build_tiny_model(tmp_path, tokenizer, "LlamaForCausalLM")
+    shipped = convert(model, tmp_path / "dist" / "model.gguf", "f32")
+    rebuilt = tokenizer_from_gguf(shipped)
+    for text in [*TRICKY, "<|im_start|>user\nhi<|im_end|>\n"]:
+        assert (
+            rebuilt(text, add_special_tokens=False)["input_ids"]
+            == tokenizer(text, add_special_tokens=False)["input_ids"]
+        ), text
+    session = open_chat(shipped, threads=1)
+    messages = [{"role": "user", "content": TRICKY[0]}]
+    trained = Renderer(tokenizer)
+    assert session.prompt_ids(messages) == trained.ids_for_text(
+        trained.chat_text(messages, add_generation_prompt=True)
+    )
+    assert session.reply("hi", max_new_tokens=2) is not None
