@@ -185,7 +185,12 @@ def open_chat(
         if problem := cuda_runtimes()[target.format]:
             raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")
     eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else None
-    plain = run is not None and trained_on_plain_prompts(run, tokenizer)
+    if run is not None:
+        plain = trained_on_plain_prompts(run, tokenizer)
+    else:  # a file shipped out of its run says so by the plain template it carries
+        from edgetune.data.render import PLAIN_CHAT_TEMPLATE
+
+        plain = tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
     if system is None and run is not None and not plain:
         system = training_system_prompt(run)
     # llama.cpp reserves its KV cache up front: the file's trained context, up to CHAT_CONTEXT

@@ -3,6 +3,7 @@ shipped with plain prompts too: the fallback template saved with its merged mode
 prompt-completion rows into chats after training."""
 
 import json
+import shutil
 
 import pytest
 from conftest import build_tiny_model, write_jsonl
@@ -57,9 +58,12 @@ def test_a_run_trained_on_plain_prompts_is_prompted_plainly_after_training(
     assert applied == example.prompt
     modelfile = (run / "export" / "gguf" / "model-f16.Modelfile").read_text()
     assert 'TEMPLATE """{{ .Prompt }}"""' in modelfile and "SYSTEM" not in modelfile
-    for artifact in (run, run / "export" / "gguf" / "model-f16.gguf"):
+    shipped = tmp_path / "dist" / "model-f16.gguf"  # out of its run, as examples/Makefile ships it
+    shipped.parent.mkdir()
+    shutil.copy(gguf_file, shipped)
+    for artifact in (run, gguf_file, shipped):
         session = open_chat(artifact, threads=1)
-        assert session.plain
+        assert session.plain, artifact
         assert session.prompt_ids(
             [{"role": "user", "content": example.prompt}]
         ) == after.renderer.ids_for_text(example.prompt)
