@@ -983,3 +983,12 @@ def test_packed_training_counts_every_token_it_trains_on(tmp_path, tiny_model_di
     last = max((result.run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert _tokens_before(last) == result.train_tokens  # one epoch: each example's tokens once
     assert _tokens_before(None) == 0
+
+
+def test_a_target_module_name_that_matches_nothing_is_refused(tmp_path, tiny_model_dir):
+    """peft refuses a target_modules list none of whose names match, but adapts the rest of a list
+    with a typo in it (or a Llama list on Phi-3's fused qkv_proj) without a word."""
+    recipe = str(make_recipe(tmp_path, tiny_model_dir, max_steps=2))
+    result = CliRunner().invoke(main, ["tune", recipe, "--set", "train.lora.target_modules=q_proj,v_prj"])
+    assert result.exit_code == 2, result.output
+    assert "train.lora.target_modules: v_prj names no module of this model (adapted: q_proj)" in result.output

@@ -160,10 +160,16 @@ def load_for_training(
         from edgetune.tune.distributed import see_through_fsdp
 
         see_through_fsdp()  # else checkpoints and the adapter are written empty
+    config = lora_config(settings)
     try:
-        peft_model = get_peft_model(base, lora_config(settings))
+        peft_model = get_peft_model(base, config)
     except ValueError as exc:  # e.g. target modules not found
         raise InputError(f"train.lora: {exc}") from None
+    if unmatched := unmatched_targets(config.target_modules, peft_model.base_model.targeted_module_names):
+        raise InputError(  # peft refuses a list none of whose names match, not one that matches in part
+            f"train.lora.target_modules: {', '.join(unmatched)} names no module of this model "
+            f"(adapted: {', '.join(sorted({n.rsplit('.', 1)[-1] for n in peft_model.base_model.targeted_module_names}))})"
+        )
     if tied := tied_adapter_targets(peft_model):
         raise InputError(
             f"train.lora.target_modules: {', '.join(tied)} shares its weight with the tied input "
@@ -171,6 +177,18 @@ def load_for_training(
             "not be the tuned one; leave it out"
         )
     return peft_model
+
+
+def unmatched_targets(requested, adapted: list[str]) -> list[str]:
+    """The names of a target_modules list that match none of the adapted modules (peft matches a
+    name to a module called so, at any depth); none for "all-linear"."""
+    if isinstance(requested, str):
+        return []
+    return [
+        name
+        for name in requested
+        if not any(module == name or module.endswith("." + name) for module in adapted)
+    ]
 
 
 def tied_adapter_targets(peft_model) -> list[str]:
