@@ -208,7 +208,12 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
         tok = AutoTokenizer.from_pretrained(str(model.path), trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelError(f"{model.path}: cannot load the tokenizer ({short_reason(exc)})") from None
-    if tok.pad_token is None and tok.eos_token is not None:
+    if tok.eos_token is None:  # an answer could not end in one, nor generation stop at it
+        raise ModelError(
+            f"{model.path}: the tokenizer has no EOS token, so a tuned model could not learn where to "
+            'stop; name one in its tokenizer_config.json ("eos_token")'
+        )
+    if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # labels are masked by position, so pad == eos costs nothing
     return tok
 

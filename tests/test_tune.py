@@ -992,3 +992,21 @@ def test_a_target_module_name_that_matches_nothing_is_refused(tmp_path, tiny_mod
     result = CliRunner().invoke(main, ["tune", recipe, "--set", "train.lora.target_modules=q_proj,v_prj"])
     assert result.exit_code == 2, result.output
     assert "train.lora.target_modules: v_prj names no module of this model (adapted: q_proj)" in result.output
+
+
+def test_a_tokenizer_without_an_eos_token_is_refused_before_a_run_is_made(tmp_path, tiny_tokenizer):
+    """Padding had nothing to pad with (an internal TypeError, exit 1), and with packing the model
+    trained without any end to its answers."""
+    import copy
+
+    from conftest import build_tiny_model
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.eos_token, tokenizer.pad_token = None, None
+    model = build_tiny_model(tmp_path, tokenizer, "LlamaForCausalLM")
+    recipe = str(make_recipe(tmp_path, model, max_steps=2))
+    for packing in ("false", "true"):
+        result = CliRunner().invoke(main, ["tune", recipe, "--set", f"train.packing={packing}"])
+        assert result.exit_code == 2, result.output
+        assert "the tokenizer has no EOS token" in " ".join(result.output.split())
+    assert not any((tmp_path / "runs").glob("tiny-*"))
