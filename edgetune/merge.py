@@ -138,6 +138,17 @@ def _refuse_tied(peft_model, adapter: Path) -> None:
         )
 
 
+def trained_template(adapter: Path, derived: str | None) -> str | None:
+    """The chat template tune saved with the adapter (the one its examples were rendered with), or
+    where the adapter holds no tokenizer (one made elsewhere), the one the data derives today. The
+    data can derive another since: rows of another format make a plain-prompt run's data chats."""
+    if not (adapter / "tokenizer_config.json").is_file():
+        return derived
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(adapter)).chat_template
+
+
 def data_changed_since_tune(recipe, manifest: dict[str, Any]) -> list[str]:
     """The data splits (as recipe keys) whose files' bytes differ from those tune recorded: the
     merge scores its candidates on the files as they are now, so its losses would not be the
@@ -184,7 +195,8 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         )
         tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
         data = prepare(recipe.data, tokenizer)
-        tokenizer.chat_template = data.shipped_template  # saved with the merged model, then exported
+        # saved with the merged model, then exported: the template the adapter was trained under
+        tokenizer.chat_template = trained_template(adapter, data.shipped_template)
         valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
         scored_on = "valid" if data.encoded["valid"].examples else "train[:64] (no validation split)"
         pad = tokenizer.pad_token_id

@@ -64,6 +64,18 @@ def test_merge_warns_when_the_data_changed_since_tune(tuned_run, tmp_path):
     assert stage["data_changed_since_tune"] == ["data.train"]
 
 
+def test_merge_ships_the_template_the_adapter_was_trained_under(tuned_run, tmp_path):
+    """Not the one the data derives today: rewritten as another format, a plain-prompt run's data
+    derived a chat template, and every export of the merged model would have prompted with it."""
+    from transformers import AutoTokenizer
+
+    saved = tuned_run / "adapter" / "chat_template.jinja"
+    trained = saved.read_text() + "{# the adapter's #}"
+    saved.write_text(trained)
+    merge(tuned_run)
+    assert AutoTokenizer.from_pretrained(tuned_run / "merged").chat_template == trained
+
+
 def test_merge_without_adapter_is_a_clear_error(tmp_path):
     (tmp_path / "run").mkdir()
     result = CliRunner().invoke(main, ["merge", str(tmp_path / "run")])
