@@ -167,6 +167,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     from peft import PeftModel
 
     from edgetune.data.prepare import prepare
+    from edgetune.data.render import stop_ids
     from edgetune.models import load_tokenizer, resolve_model
     from edgetune.validate import check_adapter_dir
 
@@ -238,6 +239,11 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             candidates[chosen] = {"valid_loss": loss, "kl_to_adapter": kl}
         check_finite(merged)
         merged.config.use_cache = True
+        # every id a reply ends with, the template's turn end among them, so that runtimes reading
+        # generation_config (transformers, and each export through it) stop where the model learnt to
+        stops = stop_ids(model_ref.path, tokenizer)
+        if stops:
+            merged.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
         target = run_dir / "merged"
         with atomic_dir(target) as staging:
             merged.save_pretrained(str(staging), safe_serialization=True)

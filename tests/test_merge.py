@@ -257,3 +257,24 @@ def test_the_kl_reference_is_bounded_and_the_loss_still_covers_every_token(
     _, kl_all, _ = merge_module.score(other, examples, tiny_tokenizer.pad_token_id, full)
     _, kl_first, _ = merge_module.score(other, examples, tiny_tokenizer.pad_token_id, [full[0], full[1][:3]])
     assert kl > 0 and kl == pytest.approx(kl_first) and kl_all > 0
+
+
+def test_replies_that_end_in_the_templates_turn_end_not_eos_stop_there(tmp_path):
+    """A base model whose generation_config knows only its EOS (<|endoftext|>) while its ChatML
+    template ends each reply in <|im_end|> (Qwen2.5's base models): the tuned model learns to write
+    <|im_end|>, which nothing stopped at (chat ran to --max-new-tokens), and every example was
+    warned about as never supervising EOS."""
+    from conftest import build_tiny_model, build_tokenizer
+    from transformers import GenerationConfig
+
+    from edgetune.chat import open_chat
+
+    tokenizer = build_tokenizer(eos_token="<|endoftext|>")
+    model = build_tiny_model(tmp_path, tokenizer, "LlamaForCausalLM")
+    tuned = tune(str(make_recipe(tmp_path, model, max_steps=2, eval_steps=2, save_steps=2)))
+    assert not [w for w in tuned.warnings if "EOS" in w], tuned.warnings
+    merge(tuned.run_dir)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stops = GenerationConfig.from_pretrained(tuned.run_dir / "merged").eos_token_id
+    assert set(stops) == {im_end, tokenizer.eos_token_id}
+    assert im_end in open_chat(tuned.run_dir, threads=1).eos_ids

@@ -40,18 +40,37 @@ PLAIN_CHAT_TEMPLATE = "{%- if messages %}{{ messages[-1]['content'] }}{% endif -
 
 
 def stop_ids(model_dir: Path, tokenizer) -> list[int]:
-    """The ids a reply ends with: generation_config's EOS ids and the tokenizer's EOS. They differ
-    for chat models whose turns end in their own token: Gemma's end in <end_of_turn>, its
-    tokenizer's EOS is <eos>."""
+    """The ids a reply ends with: generation_config's EOS ids, the tokenizer's EOS and the token
+    the chat template closes a reply with. They differ for chat models whose turns end in their own
+    token: Gemma's end in <end_of_turn>, its tokenizer's EOS is <eos>; and a base model whose
+    generation_config knows only its EOS (Qwen2.5's base: <|endoftext|>) learns to end its replies
+    in its template's <|im_end|>."""
     from transformers import GenerationConfig
 
     try:
         gen_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
     except OSError:
         gen_eos = None
-    return sorted(
-        {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), tokenizer.eos_token_id} - {None}
-    )
+    ids = {*([gen_eos] if isinstance(gen_eos, int) else (gen_eos or [])), tokenizer.eos_token_id}
+    return sorted((ids | {template_turn_end(tokenizer)}) - {None})
+
+
+def template_turn_end(tokenizer) -> int | None:
+    """The special token the chat template writes right after a reply's text (ChatML's
+    <|im_end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>), which the reply's labels train the
+    model to write; None for a template that writes none there (or none at all)."""
+    from edgetune.templating import apply_chat_template
+
+    mark = "edgetune reply end probe"
+    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
+    try:
+        text = apply_chat_template(tokenizer, conversation, add_generation_prompt=False)
+    except Exception:  # no template, or one that wants other turns: nothing to learn from it
+        return None
+    at = text.rfind(mark)
+    after = tokenizer(text[at + len(mark) :], add_special_tokens=False)["input_ids"] if at >= 0 else []
+    specials = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return after[0] if after and after[0] in specials else None
 
 
 def reply_text(tokenizer, ids: list[int]) -> str:
