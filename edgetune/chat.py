@@ -101,14 +101,19 @@ def _run_of(path: Path) -> Path | None:
 
 
 def training_system_prompt(run: Path) -> str | None:
-    """The recipe's system prompt, or the one every training chat shares (the demo's)."""
+    """The recipe's system prompt, or the one every training chat shares (the demo's), as tune
+    recorded it (a run from before it did: as the data says now)."""
     from edgetune.config import load_recipe
     from edgetune.data.split import make_splits
     from edgetune.export.modelfile import shared_system_prompt
+    from edgetune.rundir import read_manifest
 
     recipe = load_recipe(str(run / RECIPE_FILE))
     if recipe.data.system_prompt:
         return recipe.data.system_prompt
+    recorded = read_manifest(run).get("data") or {}
+    if "shared_system_prompt" in recorded:
+        return recorded["shared_system_prompt"]
     try:
         return shared_system_prompt(make_splits(recipe.data, skip_bad_rows=True).train)
     except Exception:  # the data moved or changed since training: chat without one

@@ -136,3 +136,22 @@ def test_a_recipe_above_a_plain_model_export_is_not_its_run(exported_run, tmp_pa
     assert open_chat(onnx).system is None
     for inside in ("export/onnx/fp32", "export/gguf/model-f32.gguf", "merged", "."):  # a run's own files
         assert _run_of((exported_run / inside).resolve()) == exported_run.resolve(), inside
+
+
+def test_the_trained_system_prompt_is_kept_once_the_data_has_moved(tmp_path, tiny_model_dir):
+    """chat found the system prompt every training chat shared by reading the data again: with the
+    data moved (a project checked out elsewhere) it chatted without it, and said nothing."""
+    from conftest import chat_row, write_jsonl
+    from test_tune import make_recipe
+
+    from edgetune.chat import open_chat
+    from edgetune.merge import merge
+    from edgetune.tune.run import tune
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    rows = [chat_row(f"log {i}: link down", f'{{"port": {i}}}', system="Reply with JSON.") for i in range(40)]
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    run = tune(str(recipe)).run_dir
+    merge(run)
+    (tmp_path / "data.jsonl").rename(tmp_path / "moved.jsonl")
+    assert open_chat(run, threads=1).system == "Reply with JSON."

@@ -16,6 +16,7 @@ from typing import Any
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted, writing
+from edgetune.export.modelfile import shared_system_prompt
 from edgetune.fingerprints import data_files, training_settings
 from edgetune.rundir import (
     RECIPE_FILE,
@@ -360,7 +361,12 @@ def _write_start_manifest(
             "path": str(model_ref.path),
             "sha256": base_sha256,
         },
-        data={"sha256": data_files(recipe), **data.summary()},
+        # the system prompt every training chat shared, for `edgetune chat` once the data has moved
+        data={
+            "sha256": data_files(recipe),
+            **data.summary(),
+            "shared_system_prompt": shared_system_prompt(data.splits.train),
+        },
     )
     return prior.get("initial_eval_loss")
 
