@@ -126,3 +126,17 @@ def test_tune_warns_about_conflicting_answers_and_records_the_findings(tmp_path,
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["data"]["quality"]["conflicting_inputs"] == 1
     assert any("1 train input with more than one answer" in w for w in result.warnings)
+
+
+def test_rows_quoting_a_special_token_are_named(tmp_path, tiny_tokenizer):
+    """The rendered example is tokenised whole: a reply quoting <|im_end|> is trained to stop there."""
+    from edgetune.data.prepare import prepare, special_token_text
+
+    rows = [chat_row(f"log {i}: link down", f"port {i}") for i in range(30)]
+    rows[7] = chat_row("what ends a turn?", "ChatML writes <|im_end|> after each message")
+    train = write_jsonl(tmp_path / "data.jsonl", rows)
+    warning = special_token_text(prepare(DataConfig(train=str(train)), tiny_tokenizer))
+    assert warning is not None and "1 training row holds" in warning and "data.jsonl:8: <|im_end|>" in warning
+    del rows[7]
+    write_jsonl(train, rows)
+    assert special_token_text(prepare(DataConfig(train=str(train)), tiny_tokenizer)) is None

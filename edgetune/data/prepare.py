@@ -178,3 +178,29 @@ def past_the_context(prepared: PreparedData, model_dir, trust_remote_code: bool 
         f"examples of up to {longest} tokens are longer than the model's {positions} positions "
         f"(max_position_embeddings): set data.max_seq_len to {positions} or less"
     )
+
+
+def special_token_text(prepared: PreparedData) -> str | None:
+    """A warning when training rows hold the text of one of the tokenizer's special tokens: the
+    rendered example is tokenised whole, so the text becomes that token. A reply quoting
+    <|im_end|> learns to stop there; a prompt quoting a turn marker opens a turn of its own."""
+    import re
+
+    tokenizer = prepared.renderer.tokenizer
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content}
+    if not specials:
+        return None
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
+    found = []
+    for ex in prepared.splits.train:
+        texts = [content for _, content in ex.messages] + [ex.prompt, ex.completion, ex.text]
+        hit = next((m.group() for text in texts if text and (m := pattern.search(text))), None)
+        if hit is not None:
+            found.append(f"{ex.source}: {hit}")
+    if not found:
+        return None
+    rows = f"{len(found)} training row" + ("s hold" if len(found) > 1 else " holds")
+    return (
+        f"{rows} the text of a special token of the tokenizer (e.g. {found[0]}): it is read as that "
+        "token, so a reply quoting one learns to end or open a turn there; remove or spell it otherwise"
+    )

@@ -54,6 +54,10 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
             "data.system_prompt is not used: it goes into chat-rendered rows, and these are rendered "
             "as plain text (text rows, or data.template plain)"
         )
+    from edgetune.data.prepare import special_token_text
+
+    if quoted := special_token_text(data):
+        warn(quoted)
     missing_eos = data.encoded["train"].missing_eos
     if missing_eos:  # truncation cut the stop token off: the model learns not to stop
         warn(
