@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
 from edgetune.fingerprints import STAGES, StageRecord, export_files
@@ -91,7 +93,7 @@ def _set_aside(run_dir: Path, console) -> None:
     shutil.rmtree(previous, ignore_errors=True)
     run_dir.rename(previous)
     if console is not None:
-        console.print(f"tune inputs changed: the previous run is kept in {previous}")
+        console.print(f"tune inputs changed: the previous run is kept in {escape(str(previous))}")
 
 
 def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path) -> None:
@@ -195,7 +197,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         files = {k: Path(p) if (p := getattr(recipe.data, k)) else None for k in ("train", "valid", "test")}
         report = check_dataset(recipe_arg, list(overrides or []), files)
         if console is not None:
-            print_report(report)
+            print_report(report, console)
     elif stage == "tune":
         from edgetune.tune.callbacks import complete_checkpoints
         from edgetune.tune.resume import finished_tune

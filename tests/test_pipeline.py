@@ -592,3 +592,16 @@ def test_the_example_makefile_never_ships_a_file_that_failed_its_gates(tmp_path,
     exported = [str(edgetune), "export", str(tmp_path / "runs" / "mk"), "--to", "gguf", "--quant", "q4_k_m"]
     subprocess.run(exported, cwd=tmp_path, check=True, capture_output=True, timeout=900)
     assert subprocess.run([*make, "-q"], cwd=tmp_path).returncode == 1
+
+
+def test_run_pick_prints_only_the_path_and_paths_are_never_read_as_markup(tmp_path, tiny_model_dir):
+    """A first `run --pick` printed the data check's report on stdout before the path (a Makefile's
+    $(shell edgetune run --pick) got 25 lines); a run directory named like rich markup was printed
+    mangled, or failed the command."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "exp[bold]v2"
+    picked = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run), "--pick"])
+    assert picked.exit_code == 0, picked.output
+    assert picked.stdout.splitlines() == [str(run / "export" / "gguf" / "model-q8_0.gguf")], picked.stdout
+    again = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run)])
+    assert again.exit_code == 0 and f"{run}: ran nothing" in again.stdout, again.output

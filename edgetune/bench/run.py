@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from edgetune.bench.accuracy import Accuracy, build_cases, context_for, evaluate, example_id
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, attach_export_parity, refuse_blind_pick
@@ -138,7 +140,7 @@ def bench(
             check_gguf(gguf)
         exported = sorted({(t.format, t.quant) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
-            console.print(f"[yellow]warning:[/] {problem}", soft_wrap=True)
+            console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         merged = run_dir / "merged"
         tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
         prepared = prepare(recipe.data, tokenizer)

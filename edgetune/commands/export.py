@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from edgetune.commands.common import one_process
 
@@ -69,9 +70,13 @@ def export(source, formats, quants, out, imatrix, check_only) -> None:
         ) from None
     if "gguf" in results:
         for a in results["gguf"].artifacts:
-            stdout.print(f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}", soft_wrap=True)
+            stdout.print(
+                f"gguf {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {escape(str(a.path))}", soft_wrap=True
+            )
     if "onnx" in results:
         for a in results["onnx"].artifacts:
-            stdout.print(f"onnx {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {a.path}/", soft_wrap=True)
+            stdout.print(
+                f"onnx {a.quant:<7} {a.size_bytes / 1e6:8.1f} MB  {escape(str(a.path))}/", soft_wrap=True
+            )
     print_table(results["parity"], stdout)
     raise_on_failure(results["parity"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from edgetune.commands.common import allow_pickle_option, one_process, set_option, with_allow_pickle
 
@@ -54,7 +55,7 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
     ran = ", ".join(result.ran) or "nothing"
     skipped = ", ".join(result.skipped) or "nothing"
     out.print(
-        f"{result.run_dir}: ran {ran}; skipped {skipped} (up to date) in {result.wall_s:.0f} s",
+        f"{escape(str(result.run_dir))}: ran {ran}; skipped {skipped} (up to date) in {result.wall_s:.0f} s",
         soft_wrap=True,
     )
     if gate and result.report is not None:

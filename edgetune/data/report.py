@@ -69,10 +69,16 @@ def _same_file(a: Path | str, b: Path | str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def print_report(report: dict[str, Any]) -> None:
+def print_report(report: dict[str, Any], out=None) -> None:
+    """The report on `out` (default: stdout); `edgetune run` prints it with its stages, on stderr,
+    so that its stdout holds only what it was asked for (--pick's path)."""
+    from rich.markup import escape
     from rich.text import Text
 
-    from edgetune.console import out, print_rows
+    from edgetune.console import print_rows
+
+    if out is None:
+        from edgetune.console import out
 
     fmt = report["format"] + (
         " (read as conversations)" if report["format"] in ("alpaca", "sharegpt") else ""
@@ -82,7 +88,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"[bold]max_seq_len[/]: {report['max_seq_len']}"
     )
     for name, where in report["files"].items():
-        out.print(f"  {name:<5} {where}")
+        out.print(f"  {name:<5} {escape(str(where))}")
     skipped = report["skipped_bad_rows"]
     out.print(
         f"bad rows skipped: {skipped}" + (f" (first: {report['skipped_examples'][0]})" if skipped else "")
@@ -126,7 +132,7 @@ def print_report(report: dict[str, Any]) -> None:
         }
         out.print(f"chat template: {described[template]}")
         for warning in report.get("warnings", []):
-            out.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+            out.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         sample = report["sample"]
         text = Text(sample["rendered"])
         for start, end in sample["supervised_spans"]:

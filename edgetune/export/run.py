@@ -8,6 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError
 from edgetune.export import parity_record
@@ -164,7 +166,7 @@ def export(
             needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
             warning = low_space_warning(base_out, needed, "this export")
             if warning and console is not None:
-                console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+                console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         prepared = _prepared(recipe, model_dir)
         held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
         if not held_out:  # parity compares runtimes on any prompts: training ones still show a lost template

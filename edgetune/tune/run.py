@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted, writing
@@ -152,7 +154,7 @@ def tune(
         def warn(message: str) -> None:
             warnings.append(message)
             if console is not None and main:
-                console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+                console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
         with discarded_on_failure(run_dir, created and main):
             if not resume and main:  # under the lock: a refused second run must not write it
