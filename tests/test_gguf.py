@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import CORPUS, TINY_SHAPE, build_tiny_model, build_tokenizer
 
+from edgetune.config import GGUF_QUANTS, ONNX_QUANTS
 from edgetune.errors import InputError
 from edgetune.export.gguf_convert import convert
 from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
@@ -705,6 +706,17 @@ def test_a_file_that_stops_where_the_merged_model_does_not_fails_parity():
     assert row(1.0).passed and row(0.75).passed
     failed = row(0.5)
     assert not failed.passed and "EOS" in failed.failures[0]
+
+
+@pytest.mark.parametrize("quant", [*GGUF_QUANTS, *ONNX_QUANTS])
+def test_every_exported_type_has_a_goal_that_a_far_off_file_misses(quant):
+    """A type without a goal was reported, never judged: a q4_0 or iq4_xs file at KL 0.5 with no
+    greedy answer right passed its export."""
+    from edgetune.export.parity import GOALS, ParityRow, judge
+
+    assert GOALS.get(quant), quant
+    far_off = judge(ParityRow(f"m-{quant}", quant, 8, True, 1.0, 0.3, 0.0, 1.0, False))
+    assert not far_off.passed, far_off
 
 
 def test_every_stop_id_of_the_model_ends_generation_in_llama_cpp_and_in_chat(tmp_path, monkeypatch):
