@@ -16,7 +16,15 @@ from typing import Any
 
 from edgetune.config import load_recipe
 from edgetune.errors import EdgetuneError, InputError, ModelError
-from edgetune.rundir import RECIPE_FILE, atomic_dir, read_manifest, resolve_run_dir, run_lock, update_manifest
+from edgetune.rundir import (
+    RECIPE_FILE,
+    atomic_dir,
+    read_manifest,
+    remove_stale_staging,
+    resolve_run_dir,
+    run_lock,
+    update_manifest,
+)
 
 
 @dataclass
@@ -245,6 +253,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         if stops:
             merged.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
         target = run_dir / "merged"
+        remove_stale_staging(target)  # a killed merge's copy of the model, each one its full size
         with atomic_dir(target) as staging:
             merged.save_pretrained(str(staging), safe_serialization=True)
             tokenizer.save_pretrained(str(staging))  # with the chat template used in training

@@ -164,6 +164,17 @@ def fsync_tree(root: Path) -> None:
             fsync_file(path)
 
 
+def remove_stale_staging(target: Path) -> None:
+    """What a killed atomic_dir(target) left beside it: its staging folder, and the replaced one
+    it had not yet removed (only ever called under the lock of the stage that writes `target`)."""
+    for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*"):
+        for path in target.parent.glob(pattern):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def clean_stale_temporaries(root: Path) -> list[Path]:
     """Remove leftovers of interrupted atomic writes (".name.*.tmp" files and directories)."""
     removed = []

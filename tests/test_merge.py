@@ -278,3 +278,14 @@ def test_replies_that_end_in_the_templates_turn_end_not_eos_stop_there(tmp_path)
     stops = GenerationConfig.from_pretrained(tuned.run_dir / "merged").eos_token_id
     assert set(stops) == {im_end, tokenizer.eos_token_id}
     assert im_end in open_chat(tuned.run_dir, threads=1).eos_ids
+
+
+def test_merge_removes_what_a_killed_merge_left_beside_its_folder(tuned_run):
+    """Each killed merge left a staging copy of the whole model (538 MB on the demo) for good."""
+    staging = tuned_run / ".merged.abc123.tmp"
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"x" * 1024)
+    (tuned_run / ".merged.old-4242").mkdir()
+    merge(tuned_run)
+    assert sorted(p.name for p in tuned_run.glob(".merged*")) == []
+    assert (tuned_run / "merged" / "model.safetensors").is_file()
