@@ -30,6 +30,7 @@ from edgetune.rundir import (
     read_manifest,
     refuse_foreign_dir,
     run_lock,
+    sha256_file,
 )
 
 
@@ -58,7 +59,9 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
 
 def _export_whole(run_dir: Path) -> bool:
     """The export finished (a manual one interrupted before its parity checks did not), and every
-    file its manifest lists is still there: an ONNX folder that lost its tokenizer is no export."""
+    file its manifest lists is still there as it was written: an ONNX folder that lost its
+    tokenizer, or a file changed in place, is no export its parity check vouches for. (bench
+    hashes the same files for its own fingerprint, once per process.)"""
     record = read_manifest(run_dir).get("stages", {}).get("export", {})
     if record.get("status") != "done":
         return False
@@ -71,6 +74,11 @@ def _export_whole(run_dir: Path) -> bool:
             return False
         if where.is_file() and entry.get("size_bytes") not in (None, where.stat().st_size):
             return False  # a GGUF cut short
+        written = (
+            [(where, entry.get("sha256"))] if where.is_file() else [(where / n, d) for n, d in names.items()]
+        )
+        if any(isinstance(digest, str) and sha256_file(path) != digest for path, digest in written):
+            return False
     return True
 
 

@@ -66,6 +66,13 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     mended, out = invoke(recipe)
     assert mended.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
     assert (run / "export" / "onnx" / "fp32" / "tokenizer.json").is_file()
+    # a GGUF changed in place (same size): its parity "pass" was about other bytes, and --pick shipped it
+    gguf = run / "export" / "gguf" / "model-q8_0.gguf"
+    with gguf.open("r+b") as f:
+        f.seek(gguf.stat().st_size - 8)
+        f.write(b"\x00" * 8)
+    changed, out = invoke(recipe)
+    assert changed.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
 
     third, out = invoke(recipe, "--set", "export.gguf.quants=f16")
     assert third.exit_code == 0, out
