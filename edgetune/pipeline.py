@@ -159,6 +159,10 @@ def run_pipeline(
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 if stage == "tune":  # what later stages and commands read: paths as they are now
                     _refresh_recipe(recipe, run_dir)
+                if stage == "export" and (extra := _unrequested(run_dir, _recipe_exports(recipe))):
+                    names = ", ".join(escape(str(p.relative_to(run_dir))) for p in extra)
+                    say(f"export: removing {names}, which the recipe does not export (a hand-run export's)")
+                    _drop_unrequested(run_dir, _recipe_exports(recipe))
                 continue
             say(f"[bold]{stage}[/]")
             try:
@@ -239,7 +243,12 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
 
         _refresh_recipe(recipe, run_dir)
         results = export(run_dir, console=console)
-        _drop_unrequested(run_dir, results)  # only after the new files are in place
+        made = {
+            fmt: {a.quant.lower() for a in results[fmt].artifacts}
+            for fmt in ("gguf", "onnx")
+            if fmt in results
+        }
+        _drop_unrequested(run_dir, made)  # only after the new files are in place
         parity = results["parity"]
         if console is not None:
             print_table(parity, console)
@@ -250,20 +259,34 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         result.report = bench(run_dir, console=console)
 
 
-def _drop_unrequested(run_dir: Path, results: dict[str, Any]) -> None:
-    """Remove exports of quants the recipe no longer asks for, so bench measures only current ones."""
-    from edgetune.export.layout import gguf_files, onnx_dirs, still_there
+def _unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> list[Path]:
+    """The exported files and folders of a format or quant not in `wanted` (format -> quants)."""
+    from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
 
-    keep = {a.path.resolve() for fmt in ("gguf", "onnx") if fmt in results for a in results[fmt].artifacts}
-    gguf = run_dir / "export" / "gguf"
-    for path in gguf_files(gguf):
-        if path.resolve() not in keep:
+    export = run_dir / "export"
+    return [p for p in gguf_files(export / "gguf") if gguf_quant(p) not in wanted.get("gguf", ())] + [
+        p for p in onnx_dirs(export / "onnx") if p.name.lower() not in wanted.get("onnx", ())
+    ]
+
+
+def _recipe_exports(recipe: Recipe) -> dict[str, set[str]]:
+    export = recipe.export
+    quants = {"gguf": export.gguf.quants, "onnx": export.onnx.quants}
+    return {fmt: {q.lower() for q in quants[fmt]} for fmt in map(str.lower, export.formats)}
+
+
+def _drop_unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> None:
+    """Remove exports of formats and quants the recipe does not ask for (a past recipe's, or a
+    hand-run `edgetune export --quant`'s), so bench measures, and --pick ships, only current ones."""
+    from edgetune.export.layout import still_there
+
+    for path in _unrequested(run_dir, wanted):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
             path.unlink()
             path.with_suffix(".Modelfile").unlink(missing_ok=True)
-    for path in onnx_dirs(run_dir / "export" / "onnx"):
-        if path.resolve() not in keep:
-            shutil.rmtree(path)
-    dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in results]
+    dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in wanted]
     for fmt in dropped:
         shutil.rmtree(run_dir / "export" / fmt, ignore_errors=True)
     from edgetune.export.parity_record import settle

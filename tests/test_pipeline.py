@@ -73,6 +73,16 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
         f.write(b"\x00" * 8)
     changed, out = invoke(recipe)
     assert changed.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
+    # a hand-run export of a type the recipe does not list: benched, and picked, as if it were
+    by_hand = CliRunner().invoke(main, ["export", str(run), "--to", "gguf", "--quant", "f16"])
+    assert by_hand.exit_code == 0, by_hand.output
+    pruned, out = invoke(recipe)
+    # the files its report measured are the ones left: it stands
+    assert pruned.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
+    assert "removing export/gguf/model-f16.gguf, which the recipe does not export" in " ".join(out.split())
+    assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-q8_0.gguf"]
+    report = json.loads((run / "bench" / "report.json").read_text())
+    assert [t["name"] for t in report["targets"]] == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
 
     third, out = invoke(recipe, "--set", "export.gguf.quants=f16")
     assert third.exit_code == 0, out
