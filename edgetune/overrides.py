@@ -10,6 +10,19 @@ import yaml
 from edgetune.errors import ConfigError
 
 
+class Given(str):
+    """A --set value whose YAML reading loses some of its text (`0123` is the octal 83, `12:30` the
+    base-60 750, `1.10` is 1.1, ` #v2` a comment): the text as given, for a string setting, with
+    `reading` for any other."""
+
+    reading: Any
+
+    def __new__(cls, text: str, reading: Any) -> Given:
+        given = super().__new__(cls, text)
+        given.reading = reading
+        return given
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=1e-4` -> (["train", "lr"], 1e-4). The value is read as a YAML scalar."""
     if "=" not in text:
@@ -22,6 +35,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    lossy = isinstance(value, (int, float, str)) and not isinstance(value, bool) and str(value) != raw.strip()
+    if lossy and not (isinstance(value, str) and raw.strip()[:1] in "'\""):  # quotes are the YAML's own
+        value = Given(raw.strip(), value)
     return parts, value
 
 

@@ -32,6 +32,8 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     origin = get_origin(tp)
+    if hasattr(value, "reading") and tp is not str and origin not in (Union, types.UnionType):
+        value = value.reading  # a --set value (overrides.Given): its text is for string settings only
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path, problems)
     if origin in (Union, types.UnionType):
