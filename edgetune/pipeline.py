@@ -113,6 +113,12 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path) -> None:
             "edgetune run benches on held-out data, and the recipe holds none out: set "
             "data.test_fraction (or data.test), or run tune and export without bench"
         )
+    exported = set().union(*_recipe_exports(recipe).values())
+    if missing := [q for q in recipe.bench.gates.min_retention if q != "*" and q.lower() not in exported]:
+        raise InputError(  # bench would fail the gate as unchecked, after the whole run
+            f"bench.gates.min_retention.{missing[0]}: the recipe exports no {missing[0]} "
+            f"(export: {', '.join(sorted(exported)) or 'nothing'}); add it to the export's quants or drop the gate"
+        )
     if (run_dir / "bench" / "report.json").is_file():
         return  # benched before (perhaps on another machine): bench itself says so if it must run again
     from edgetune.bench.targets import check_devices

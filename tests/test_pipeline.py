@@ -622,3 +622,14 @@ def test_run_pick_prints_only_the_path_and_paths_are_never_read_as_markup(tmp_pa
     assert picked.stdout.splitlines() == [str(run / "export" / "gguf" / "model-q8_0.gguf")], picked.stdout
     again = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run)])
     assert again.exit_code == 0 and f"{run}: ran nothing" in again.stdout, again.output
+
+
+def test_a_retention_gate_on_a_type_the_recipe_does_not_export_is_refused_before_tuning(
+    tmp_path, tiny_model_dir
+):
+    """It failed as unchecked at the very end, after tune, merge, export and bench."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    refused, out = invoke(recipe, "--set", "bench.gates.min_retention.q4_k_m=0.9")
+    assert refused.exit_code == 2, out
+    assert "bench.gates.min_retention.q4_k_m: the recipe exports no q4_k_m (export: fp32, q8_0)" in out
+    assert not (tmp_path / "runs" / "tiny").exists()
