@@ -63,6 +63,11 @@ class LazyGroup(click.Group):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:
+            # the reader of stdout left (`edgetune recipes | head -1`): end as a Unix tool killed by
+            # SIGPIPE does (status 141), saying nothing; no "internal error", no traceback at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + 13)
         except click.exceptions.NoArgsIsHelpError:
             raise  # `edgetune data` alone: Click prints the help, as it should
         except click.UsageError as exc:

@@ -23,8 +23,18 @@ def _log_width(stream) -> int | None:
     return LOG_WIDTH
 
 
-out = Console(highlight=False, width=_log_width(sys.stdout))
-err = Console(stderr=True, highlight=False, width=_log_width(sys.stderr))  # `edgetune run` prints stages here
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader of the output left (`| head`): the CLI ends as SIGPIPE ends a Unix tool
+        (status 141), not with rich's exit 1, which edgetune's contract reads as an internal failure."""
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out = _Console(highlight=False, width=_log_width(sys.stdout))
+err = _Console(
+    stderr=True, highlight=False, width=_log_width(sys.stderr)
+)  # `edgetune run` prints stages here
 
 
 def _plain_len(markup: str) -> int:

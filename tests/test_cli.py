@@ -220,3 +220,18 @@ def test_world_size_alone_is_not_a_launcher(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["merge"])
     assert "runs in one process" not in result.output
     assert "edgetune: error:" in result.output  # there is no run to merge here
+
+
+@pytest.mark.parametrize("argv", [["recipes"], ["data", "check", "edgetune/datasets/device_logs.jsonl"]])
+def test_a_reader_that_leaves_ends_the_command_as_sigpipe_would(argv):
+    """`edgetune recipes | head -1` under `set -o pipefail` failed with "internal error:
+    BrokenPipeError" (exit 1, the contract's internal failure); a Unix tool ends with status 141."""
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetune", *argv], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before anything is written: every write meets a closed pipe
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 141 and b"error" not in stderr, stderr.decode()
