@@ -82,6 +82,27 @@ def _export_whole(run_dir: Path) -> bool:
     return True
 
 
+def _tuned_alone(recipe: Recipe, run_dir: Path, record: StageRecord) -> bool:
+    """A tune that `edgetune tune` (not this pipeline) finished in the run directory on the
+    recipe's inputs: its settings, its data files' bytes and its base model as its manifest
+    recorded them. Retraining it would take the time it took for the same adapter."""
+    from edgetune.fingerprints import data_files, local_base, training_settings
+    from edgetune.rundir import sha256_tree
+    from edgetune.tune.resume import finished_tune
+
+    if "tune" in record.done or "tune_started" in record.done or finished_tune(run_dir) is None:
+        return False
+    manifest = read_manifest(run_dir)
+    if manifest.get("recipe", {}).get("training_sha256") != training_settings(recipe):
+        return False
+    if manifest.get("data", {}).get("sha256") != data_files(recipe):
+        return False
+    base, path = manifest.get("base_model", {}), local_base(recipe)
+    return (
+        base.get("sha256") == sha256_tree(path) if path is not None else base.get("name") == recipe.model.base
+    )
+
+
 def _set_aside(run_dir: Path, console) -> None:
     """A previous run with other tune inputs moves to <run>.previous instead of being overwritten."""
     from edgetune.tune.callbacks import complete_checkpoints
@@ -160,7 +181,16 @@ def run_pipeline(
                 console.print(message)
 
         for stage in stages:
-            if _outputs_present(stage, run_dir) and record.matches(stage):
+            present = _outputs_present(stage, run_dir)
+            if (
+                stage == "tune"
+                and present
+                and not record.matches(stage)
+                and _tuned_alone(recipe, run_dir, record)
+            ):
+                record.record(stage)  # as if this pipeline had run it: the later stages' records follow it
+                say("[dim]tune: finished by `edgetune tune` on these inputs, adopted[/]")
+            if present and record.matches(stage):
                 result.skipped.append(stage)
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 if stage == "tune":  # what later stages and commands read: paths as they are now

@@ -633,3 +633,19 @@ def test_a_retention_gate_on_a_type_the_recipe_does_not_export_is_refused_before
     assert refused.exit_code == 2, out
     assert "bench.gates.min_retention.q4_k_m: the recipe exports no q4_k_m (export: fp32, q8_0)" in out
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_run_adopts_a_tune_that_edgetune_tune_finished_on_the_same_inputs(tmp_path, tiny_model_dir):
+    """`edgetune tune R --run-dir D` then `edgetune run R --run-dir D` said "tune inputs changed",
+    set the run aside and trained the same adapter again (13 minutes on the demo)."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "tiny"
+    tuned = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(run)])
+    assert tuned.exit_code == 0, tuned.output
+    adapter = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    adopted, out = invoke(recipe, "--until", "merge")
+    assert adopted.exit_code == 0 and "tune: finished by `edgetune tune` on these inputs, adopted" in out, out
+    assert "ran data, merge; skipped tune" in out and not (tmp_path / "runs" / "tiny.previous").exists()
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+    changed, out = invoke(recipe, "--until", "merge", "--set", "train.lr=5e-4")  # other inputs: retrained
+    assert changed.exit_code == 0 and "ran tune, merge" in out and "adopted" not in out, out
