@@ -56,8 +56,6 @@ class DataConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        if not self.train:
-            problems.append("data.train: required (a .jsonl, .json, .csv or .parquet file)")
         if self.max_seq_len < 16:
             problems.append(f"data.max_seq_len: must be >= 16, got {self.max_seq_len}")
         for name in ("valid_fraction", "test_fraction"):
@@ -307,7 +305,10 @@ class Recipe:
     def new_run_problems(self) -> list[str]:
         """What a new run must not start with, though a run saved before these checks may hold it
         (its recipe still loads, for bench, export --check and chat)."""
-        problems = []
+        # (`edgetune data check DATA --recipe R` takes R's settings for DATA: R needs no data of its own)
+        problems = (
+            [] if self.data.train else ["data.train: required (a .jsonl, .json, .csv or .parquet file)"]
+        )
         # runs/ also holds the latest-run link, plain-model exports and runs set aside by `edgetune run`
         if self.name.lower() in ("latest", "export") or self.name.lower().endswith(".previous"):
             problems.append(

@@ -118,6 +118,11 @@ def test_data_check_checks_the_splits_the_recipe_gives_tune(tmp_path):
     assert counts(str(tmp_path / "train.jsonl")) == {"train": 27, "valid": 3, "test": 3}
     assert counts("train.jsonl", "--set", "data.valid=") == {"train": 24, "valid": 3, "test": 3}
     assert counts(str(tmp_path / "other.jsonl"))["train"] == 24  # another dataset: its own splits
+    # a recipe of settings only (no data.train): DATA is its data; it was refused, "data.train: required"
+    recipe.write_text("name: r\ndata:\n  max_seq_len: 256\n")
+    assert counts(str(tmp_path / "other.jsonl"))["train"] == 24
+    tune = CliRunner().invoke(main, ["tune", str(recipe)])  # a run still needs its data named
+    assert tune.exit_code == 2 and "data.train: required" in tune.output, tune.output
 
 
 def test_data_check_refuses_what_tune_would_refuse_with_the_reason(tmp_path):
