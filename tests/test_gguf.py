@@ -708,6 +708,30 @@ def test_a_file_that_stops_where_the_merged_model_does_not_fails_parity():
     assert not failed.passed and "EOS" in failed.failures[0]
 
 
+def test_a_correct_f32_file_passes_its_exact_goal_at_a_near_tie(tmp_path, tiny_tokenizer):
+    """F32's goal is every top-1 and greedy token the same: with llama.cpp's default F16 KV cache a
+    correct file (KL 2e-6) flipped a near-tie (top-2 margin 5e-3) 286 tokens into this text."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
+
+    model_dir = build_tiny_model(
+        tmp_path, tiny_tokenizer, "LlamaForCausalLM", head_dim=32, initializer_range=0.2
+    )
+    out = convert(model_dir, tmp_path / "m-f32.gguf", "f32")
+    ids = tiny_tokenizer(" ".join(CORPUS) * 2, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(model_dir).eval()(torch.tensor([ids])).logits[0]
+    logprobs = _log_softmax(logits.double().numpy())
+    top2 = np.sort(logprobs, -1)[:, -2:]
+    assert (top2[:, 1] - top2[:, 0]).min() < 1e-2  # a near-tie the text holds
+    greedy = [int(logprobs[-1].argmax())]
+    ref = _Reference("", ids, ids, logprobs, greedy, False)
+    row = check_artifact(out, "f32", [ref], [tiny_tokenizer.eos_token_id], 1, tiny_tokenizer.chat_template)
+    assert row.top1 == 1.0 and row.greedy == 1.0, row
+
+
 @pytest.mark.parametrize("quant", [*GGUF_QUANTS, *ONNX_QUANTS])
 def test_every_exported_type_has_a_goal_that_a_far_off_file_misses(quant):
     """A type without a goal was reported, never judged: a q4_0 or iq4_xs file at KL 0.5 with no

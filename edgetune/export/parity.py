@@ -116,7 +116,11 @@ def check_artifact(
     from edgetune.export.llama_runtime import end_of_generation_ids, file_chat_template, load_llama
 
     n_ctx = max(len(r.full_ids) for r in refs) + max(len(r.greedy) for r in refs) + 16
-    llm = load_llama(path, n_ctx=max(n_ctx, 256), logits_all=True)
+    # an F32 file's goal is the conversion itself, exactly: llama.cpp's default F16 KV cache rounds
+    # keys and values (logits off by up to 2e-2 on a 290-token text), which flips near-ties of a
+    # correct file; its cache is F32 here (GGML type 0)
+    exact = {"type_k": 0, "type_v": 0} if quant == "f32" else {}
+    llm = load_llama(path, n_ctx=max(n_ctx, 256), logits_all=True, **exact)
     problems = []
     if missing := sorted(set(eos_ids) - end_of_generation_ids(llm)):
         problems.append(
