@@ -601,6 +601,28 @@ def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(b
     assert json.loads((copy / "manifest.json").read_text())["stages"]["export"]["status"] == "done"
 
 
+def test_a_file_changed_since_its_parity_check_is_not_vouched_for(benched, tmp_path):
+    """The record was keyed by type: a GGUF rewritten by hand kept its pass, and bench's gates (and
+    --pick) counted it as checked."""
+    import shutil
+
+    from edgetune.bench.regate import regate_run
+    from edgetune.export.parity_record import run_export_problems
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    assert run_export_problems(run) == []
+    gguf = run / "export" / "gguf" / "model-q8_0.gguf"
+    with gguf.open("r+b") as f:
+        f.seek(gguf.stat().st_size - 8)
+        f.write(b"\x00" * 8)
+    assert run_export_problems(run) == [
+        "gguf/q8_0: the file changed since its export parity check (run `edgetune export --check`)"
+    ]
+    report, _ = regate_run(run)
+    q8 = next(t for t in report["targets"] if t["name"] == "gguf/q8_0")
+    assert q8["gate"] == "fail" and "changed since its export parity check" in q8["export_parity_problem"]
+
+
 def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(
     benched, tmp_path, monkeypatch
 ):
@@ -617,8 +639,9 @@ def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_
         return json.loads((copy / "manifest.json").read_text())["stages"]["export"]
 
     before = record()
+    q8 = copy / "export" / "gguf" / "model-q8_0.gguf"
     assert before["status"] == "done" and not unchecked_exports(
-        {"stages": {"export": before}}, [("gguf", "q8_0")]
+        {"stages": {"export": before}}, [("gguf", "q8_0", q8)]
     )
     elsewhere = tmp_path / "elsewhere"
     args = [
@@ -657,7 +680,10 @@ def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_
     after = record()
     assert after["status"] == "running" and after["gguf_parity"] == [] and after["onnx_parity"]
     assert json.loads((copy / "export" / "gguf" / "parity.json").read_text()) == []
-    problems = unchecked_exports({"stages": {"export": after}}, [("gguf", "q8_0"), ("onnx", "int8")])
+    int8 = copy / "export" / "onnx" / "int8"
+    problems = unchecked_exports(
+        {"stages": {"export": after}}, [("gguf", "q8_0", q8), ("onnx", "int8", int8)]
+    )
     assert problems == ["gguf/q8_0: its export parity was never checked (run `edgetune export --check`)"]
     monkeypatch.undo()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from edgetune.config import GatesConfig
@@ -12,15 +13,22 @@ from edgetune.errors import GateFailed
 EXPORTED = ("onnx", "gguf")
 
 
-def attach_export_parity(report: dict[str, Any], manifest: dict[str, Any]) -> None:
+def attach_export_parity(
+    report: dict[str, Any], manifest: dict[str, Any], run_dir: Path | None = None
+) -> None:
     """Each exported target's parity verdict from the run's manifest, as it stands now (an
     `export --check` since the bench counts): a file that failed its check against the merged model,
-    or was never checked, fails the gates however it scored."""
+    was never checked, or (given `run_dir`) changed since, fails the gates however it scored."""
     from edgetune.export.parity_record import parity_problem
 
     for target in report["targets"]:
         if target.get("format") in EXPORTED:
-            target["export_parity_problem"] = parity_problem(manifest, target["format"], target["quant"])
+            # the file as it is in the run now (the report's path is where it was benched)
+            name = Path(target["path"]).name if target.get("path") else None
+            path = run_dir / "export" / target["format"] / name if run_dir and name else None
+            target["export_parity_problem"] = parity_problem(
+                manifest, target["format"], target["quant"], path
+            )
 
 
 def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:

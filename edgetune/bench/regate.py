@@ -14,14 +14,19 @@ from edgetune.errors import InputError
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock
 
 
-def regate(report: dict[str, Any], gates: GatesConfig, manifest: dict[str, Any] | None = None) -> bool:
+def regate(
+    report: dict[str, Any],
+    gates: GatesConfig,
+    manifest: dict[str, Any] | None = None,
+    run_dir: Path | None = None,
+) -> bool:
     """Apply `gates` to a report's existing measurements, every interval recomputed at
     gates.confidence from the stored per-example scores, and the exports' parity verdicts read
     again from the run's `manifest` (an `export --check` since the bench counts); True when
     anything in the report changed."""
     before = json.dumps(report, sort_keys=True)
     if manifest is not None:
-        attach_export_parity(report, manifest)
+        attach_export_parity(report, manifest, run_dir)
     try:
         attach_intervals(report, gates.confidence)
     except ValueError as e:
@@ -40,7 +45,7 @@ def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) ->
         if gates is None:
             gates = load_recipe(str(run_dir / RECIPE_FILE)).bench.gates
         try:
-            changed = regate(report, gates, read_manifest(run_dir))
+            changed = regate(report, gates, read_manifest(run_dir), run_dir)
             if changed:
                 paths = write_report(report, run_dir / "bench")
         except (KeyError, TypeError, AttributeError) as e:

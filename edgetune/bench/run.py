@@ -138,7 +138,7 @@ def bench(
         # a damaged file is named now, not after the minutes the torch targets take
         for gguf in sorted({t.path for t in targets if t.format == "gguf"}):
             check_gguf(gguf)
-        exported = sorted({(t.format, t.quant) for t in targets if t.format in ("gguf", "onnx")})
+        exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
             console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
         merged = run_dir / "merged"
@@ -284,7 +284,7 @@ def bench(
             {"max_new_tokens": cfg.max_new_tokens, "kl_examples": min(cfg.kl_examples, len(cases))}
         )
         attach_intervals(report, cfg.gates.confidence)
-        attach_export_parity(report, read_manifest(run_dir))
+        attach_export_parity(report, read_manifest(run_dir), run_dir)
         apply_gates(report, cfg.gates)
         report["wall_s"] = round(time.time() - started, 1)
         paths = write_report(report, run_dir / "bench")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
-from edgetune.rundir import atomic_write_json, update_manifest
+from edgetune.rundir import atomic_write_json, sha256_file, update_manifest
 
 PARITY_FILE = "parity.json"
 
@@ -54,8 +54,18 @@ def forget(record_dir: Path | None, out_dir: Path, fmt: str, quants: list[str]) 
     _save(record_dir, out_dir, fmt, kept, status="running")
 
 
+def checked_file(path: Path) -> Path:
+    """The file a parity row's digest is of: the GGUF itself, or an ONNX variant's graph."""
+    return path / "model.onnx" if path.is_dir() else path
+
+
 def record(record_dir: Path | None, out_dir: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
-    """The rows just measured, with the earlier rows of the other files still on disk."""
+    """The rows just measured, each with the digest of the file it checked, with the earlier rows
+    of the other files still on disk."""
+    for row in rows:
+        checked = checked_file(out_dir / str(row.get("artifact", "")))
+        if "sha256" not in row and checked.is_file():
+            row["sha256"] = sha256_file(checked)
     measured = {r["quant"].lower() for r in rows}
     there = on_disk(out_dir, fmt)
     kept = [r for r in _rows(out_dir) if r["quant"].lower() not in measured and r["quant"].lower() in there]
@@ -77,9 +87,10 @@ def settle(record_dir: Path | None, export_dir: Path) -> None:
         update_manifest(record_dir, stages={"export": {"status": "done", "finished": finished}})
 
 
-def parity_problem(manifest: dict[str, Any], fmt: str, quant: str) -> str | None:
+def parity_problem(manifest: dict[str, Any], fmt: str, quant: str, path: Path | None = None) -> str | None:
     """Why the run's exported (format, quant) file ships unverified: its parity check never ran
-    (an interrupted export) or it failed; None when it passed."""
+    (an interrupted export), it failed, or (given the file's `path`) the file is not the one it
+    checked; None when it passed."""
     record = manifest.get("stages", {}).get("export", {})
     rows = [r for r in record.get(f"{fmt}_parity", []) if isinstance(r, dict)]  # a hand-edited one
     row = next((r for r in rows if str(r.get("quant", "")).lower() == quant.lower()), None)
@@ -88,16 +99,20 @@ def parity_problem(manifest: dict[str, Any], fmt: str, quant: str) -> str | None
     if not row.get("passed"):
         failures = ", ".join(row.get("failures") or []) or f"see export/{fmt}/{PARITY_FILE}"
         return f"failed its export parity check ({failures})"
+    checked = checked_file(path) if path is not None else None
+    if checked is not None and isinstance(row.get("sha256"), str) and checked.is_file():
+        if sha256_file(checked) != row["sha256"]:
+            return "the file changed since its export parity check (run `edgetune export --check`)"
     return None
 
 
-def unchecked_exports(manifest: dict[str, Any], exported: list[tuple[str, str]]) -> list[str]:
-    """`fmt/quant: why` for each exported (format, quant) in the run's `manifest` that ships
+def unchecked_exports(manifest: dict[str, Any], exported: list[tuple[str, str, Path]]) -> list[str]:
+    """`fmt/quant: why` for each exported (format, quant, path) in the run's `manifest` that ships
     unverified (see parity_problem)."""
     return [
         f"{fmt}/{quant}: {problem}"
-        for fmt, quant in exported
-        if (problem := parity_problem(manifest, fmt, quant))
+        for fmt, quant, path in exported
+        if (problem := parity_problem(manifest, fmt, quant, path))
     ]
 
 
@@ -105,7 +120,7 @@ def run_export_problems(run_dir: Path) -> list[str]:
     """unchecked_exports for every file in the run's own export/ folder."""
     from edgetune.rundir import read_manifest
 
-    exported = [
-        (fmt, quant) for fmt in ("gguf", "onnx") for quant in sorted(on_disk(run_dir / "export" / fmt, fmt))
-    ]
+    export = run_dir / "export"
+    exported = [("gguf", gguf_quant(p), p) for p in gguf_files(export / "gguf")]
+    exported += [("onnx", p.name.lower(), p) for p in onnx_dirs(export / "onnx")]
     return unchecked_exports(read_manifest(run_dir), exported) if exported else []
