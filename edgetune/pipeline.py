@@ -8,6 +8,7 @@ committed checkpoint).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -47,12 +48,13 @@ class PipelineResult:
 
 
 def _outputs_present(stage: str, run_dir: Path) -> bool:
+    """Whether the stage's outputs are there (the export's whole: it hashes them, so only asked of it)."""
+    if stage == "export":  # an export stopped before its parity checks is not a finished one
+        return bool(export_files(run_dir)) and _export_whole(run_dir)
     return {
         "data": True,
         "tune": (run_dir / "adapter").is_dir(),
         "merge": (run_dir / "merged" / "config.json").is_file(),
-        # an export stopped before its parity checks (a manual one, interrupted) is not a finished one
-        "export": bool(export_files(run_dir)) and _export_whole(run_dir),
         "bench": (run_dir / "bench" / "report.json").is_file(),
     }[stage]
 
@@ -199,6 +201,8 @@ def run_pipeline(
                     names = ", ".join(escape(str(p.relative_to(run_dir))) for p in extra)
                     say(f"export: removing {names}, which the recipe does not export (a hand-run export's)")
                     _drop_unrequested(run_dir, _recipe_exports(recipe))
+                    if _benched(run_dir, extra):  # by a bench run by hand: the report is not the recorded one
+                        record.forget_after(stage)
                 continue
             say(f"[bold]{stage}[/]")
             try:
@@ -293,6 +297,16 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
 
         _refresh_recipe(recipe, run_dir)
         result.report = bench(run_dir, console=console)
+
+
+def _benched(run_dir: Path, paths: list[Path]) -> bool:
+    """Whether the run's bench report has a target for any of `paths` (exported files or folders)."""
+    try:
+        targets = json.loads((run_dir / "bench" / "report.json").read_text()).get("targets", [])
+    except (OSError, ValueError, AttributeError):
+        return True  # no report, or one that cannot be read: the bench reruns either way
+    benched = {Path(str(t.get("path", ""))).name for t in targets if isinstance(t, dict)}
+    return any(p.name in benched for p in paths)
 
 
 def _unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> list[Path]:

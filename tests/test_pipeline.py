@@ -81,6 +81,12 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert pruned.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
     assert "removing export/gguf/model-f16.gguf, which the recipe does not export" in " ".join(out.split())
     assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-q8_0.gguf"]
+    # benched by hand too: the report measured the file removed, so the bench runs again
+    for command in (["export", str(run), "--to", "gguf", "--quant", "f16"], ["bench", str(run)]):
+        by_hand = CliRunner().invoke(main, command)
+        assert by_hand.exit_code == 0, by_hand.output
+    rebenched, out = invoke(recipe)
+    assert rebenched.exit_code == 0 and "ran bench; skipped data, tune, merge, export" in out, out
     report = json.loads((run / "bench" / "report.json").read_text())
     assert [t["name"] for t in report["targets"]] == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
 
