@@ -127,9 +127,10 @@ def _set_aside(run_dir: Path, console) -> None:
         console.print(f"tune inputs changed: the previous run is kept in {escape(str(previous))}")
 
 
-def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path) -> None:
+def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -> None:
     """What would stop the last stage, found before the first: no minutes of tuning and export
-    spent on a run whose bench fails at once."""
+    spent on a run whose bench fails at once, or (`gated`: its gates enforced) whose gates fail
+    for a type it never exports."""
     data = recipe.data
     if not (data.test or data.valid or data.test_fraction > 0 or data.valid_fraction > 0):
         raise InputError(
@@ -137,10 +138,12 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path) -> None:
             "data.test_fraction (or data.test), or run tune and export without bench"
         )
     exported = set().union(*_recipe_exports(recipe).values())
-    if missing := [q for q in recipe.bench.gates.min_retention if q != "*" and q.lower() not in exported]:
+    missing = [q for q in recipe.bench.gates.min_retention if q != "*" and q.lower() not in exported]
+    if gated and missing:
         raise InputError(  # bench would fail the gate as unchecked, after the whole run
             f"bench.gates.min_retention.{missing[0]}: the recipe exports no {missing[0]} "
-            f"(export: {', '.join(sorted(exported)) or 'nothing'}); add it to the export's quants or drop the gate"
+            f"(export: {', '.join(sorted(exported)) or 'nothing'}); export it, drop the gate "
+            "(--set bench.gates.min_retention={} drops them all), or run with --no-gate"
         )
     if (run_dir / "bench" / "report.json").is_file():
         return  # benched before (perhaps on another machine): bench itself says so if it must run again
@@ -156,9 +159,11 @@ def run_pipeline(
     console=None,
     pick: bool = False,
     until: str = "bench",
+    gated: bool = True,
 ) -> PipelineResult:
     """`pick`: the run ends in --pick, which the recipe's gates must allow before anything runs.
-    `until`: the last stage to run (the later ones are left for another `edgetune run`)."""
+    `until`: the last stage to run (the later ones are left for another `edgetune run`).
+    `gated`: the caller fails the run on its gates (`run --no-gate` does not)."""
     started = time.time()
     if until not in STAGES:
         raise InputError(f"--until {until}: not a stage; the stages are {', '.join(STAGES)}")
@@ -173,7 +178,7 @@ def run_pipeline(
     refuse_foreign_dir(run_dir)
     stages = STAGES[: STAGES.index(until) + 1]
     if "bench" in stages:
-        _refuse_a_bench_that_cannot_run(recipe, run_dir)
+        _refuse_a_bench_that_cannot_run(recipe, run_dir, gated or pick)
     with run_lock(run_dir, "run"):
         result = PipelineResult(run_dir)
         record = StageRecord(recipe, run_dir)

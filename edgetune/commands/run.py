@@ -43,7 +43,13 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
     from edgetune.pipeline import run_pipeline
 
     result = run_pipeline(
-        recipe, with_allow_pickle(overrides, allow_pickle), run_dir, console=err, pick=pick, until=until
+        recipe,
+        with_allow_pickle(overrides, allow_pickle),
+        run_dir,
+        console=err,
+        pick=pick,
+        until=until,
+        gated=gate,
     )
     if pick:
         from edgetune.bench.gates import pick as pick_target
