@@ -622,12 +622,18 @@ def test_run_pick_prints_only_the_path_and_paths_are_never_read_as_markup(tmp_pa
     $(shell edgetune run --pick) got 25 lines); a run directory named like rich markup was printed
     mangled, or failed the command."""
     recipe = pipeline_recipe(tmp_path, tiny_model_dir)
-    run = tmp_path / "runs" / "exp[bold]v2"
+    run = tmp_path / "runs" / "e[/x]p[bold]v2"
     picked = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run), "--pick"])
     assert picked.exit_code == 0, picked.output
     assert picked.stdout.splitlines() == [str(run / "export" / "gguf" / "model-q8_0.gguf")], picked.stdout
     again = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(run)])
     assert again.exit_code == 0 and f"{run}: ran nothing" in again.stdout, again.output
+    merged = CliRunner().invoke(main, ["merge", str(run)])
+    assert merged.exit_code == 0 and f"merged model: {run / 'merged'}" in merged.stdout, merged.output
+    regated = CliRunner().invoke(main, ["bench", str(run), "--regate"])
+    assert regated.exit_code == 0 and f"report: {run / 'bench' / 'report.md'}" in regated.stdout, (
+        regated.output
+    )
 
 
 def test_a_retention_gate_on_a_type_the_recipe_does_not_export_is_refused_before_tuning(

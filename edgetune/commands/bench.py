@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from edgetune.commands.common import one_process
 
@@ -60,8 +61,8 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
     for name, b in report["baselines"].items():
         out.print(f"baseline {name}: {b['task_metric']['value']}")
     for warning in report["forgetting"].get("warnings", []):
-        err.print(f"[yellow]warning:[/] forgetting: {warning}")
-    out.print(f"report: {report['paths']['md']}", soft_wrap=True)
+        err.print(f"[yellow]warning:[/] forgetting: {escape(warning)}")
+    out.print(f"report: {escape(report['paths']['md'])}", soft_wrap=True)
     if gate:
         raise_on_failed_gates(report, err)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from edgetune.commands.common import one_process
 
@@ -21,4 +22,4 @@ def merge(run_dir) -> None:
         out.print(
             f"{mark} {name:<16} validation loss {c['valid_loss']:.4f}   KL to adapter {c['kl_to_adapter']:.2e}"
         )
-    out.print(f"merged model: {r.merged_dir} ({r.wall_s:.0f} s)")
+    out.print(f"merged model: {escape(str(r.merged_dir))} ({r.wall_s:.0f} s)")

@@ -91,7 +91,8 @@ def print_report(report: dict[str, Any], out=None) -> None:
         out.print(f"  {name:<5} {escape(str(where))}")
     skipped = report["skipped_bad_rows"]
     out.print(
-        f"bad rows skipped: {skipped}" + (f" (first: {report['skipped_examples'][0]})" if skipped else "")
+        f"bad rows skipped: {skipped}"
+        + (f" (first: {escape(report['skipped_examples'][0])})" if skipped else "")
     )
     dup = report["duplicates_removed"]
     out.print(
@@ -123,7 +124,7 @@ def print_report(report: dict[str, Any], out=None) -> None:
     if "splits" in report:
         for name, s in report["splits"].items():
             for reason in s["dropped_examples"]:
-                out.print(f"[yellow]dropped[/] ({name}) {reason}")
+                out.print(f"[yellow]dropped[/] ({name}) {escape(reason)}")
         template = report["template"]
         described = {
             "model": "the model's own",
@@ -137,17 +138,20 @@ def print_report(report: dict[str, Any], out=None) -> None:
         text = Text(sample["rendered"])
         for start, end in sample["supervised_spans"]:
             text.stylize("bold green", start, end)
-        out.print(f"[dim]sample ({sample['source']}; the tokens that carry loss in green):[/]")
+        out.print(f"[dim]sample ({escape(sample['source'])}; the tokens that carry loss in green):[/]")
         out.print(text, soft_wrap=True)
 
 
 def _print_quality(q: dict[str, Any], out) -> None:
+    from rich.markup import escape
+
     from edgetune.data.quality import counted
 
     if q["conflicting_inputs"]:
         out.print(
             f"[yellow]conflicting answers[/] (train): {counted(q['conflicting_inputs'], 'input')} with more "
-            f"than one answer, {q['conflicting_examples']} examples; e.g. " + "; ".join(q["conflicts"]),
+            f"than one answer, {q['conflicting_examples']} examples; e.g. "
+            + escape("; ".join(q["conflicts"])),
             soft_wrap=True,
         )
     else:
@@ -155,7 +159,7 @@ def _print_quality(q: dict[str, Any], out) -> None:
     if q["near_duplicates"]:
         out.print(
             f"[yellow]near duplicates[/] (train, case and whitespace only): {q['near_duplicates']} kept; e.g. "
-            + "; ".join(q["near_duplicate_pairs"]),
+            + escape("; ".join(q["near_duplicate_pairs"])),
             soft_wrap=True,
         )
     else:

@@ -133,7 +133,9 @@ def export(
     record_dir = run_dir if run_dir and base_out.resolve() == (run_dir / "export").resolve() else None
     with run_lock(run_dir or base_out, "export"), _out_lock(base_out, run_dir):
         if run_dir and not record_dir and console is not None:
-            console.print(f"note: {base_out} is outside the run: its manifest does not record these files")
+            console.print(
+                f"note: {escape(str(base_out))} is outside the run: its manifest does not record these files"
+            )
         gguf_dir, onnx_dir = base_out / "gguf", base_out / "onnx"
         if check_only and not formats:  # check what is there
             formats = [f for f, d in (("gguf", gguf_dir), ("onnx", onnx_dir)) if d.is_dir()] or ["gguf"]
