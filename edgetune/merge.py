@@ -146,7 +146,7 @@ def _refuse_tied(peft_model, adapter: Path) -> None:
         )
 
 
-def trained_template(adapter: Path, derived: str | None) -> str | None:
+def trained_template(adapter: Path, derived: str | None, trust_remote_code: bool = False) -> str | None:
     """The chat template tune saved with the adapter (the one its examples were rendered with), or
     where the adapter holds no tokenizer (one made elsewhere), the one the data derives today. The
     data can derive another since: rows of another format make a plain-prompt run's data chats."""
@@ -154,7 +154,7 @@ def trained_template(adapter: Path, derived: str | None) -> str | None:
         return derived
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(adapter)).chat_template
+    return AutoTokenizer.from_pretrained(str(adapter), trust_remote_code=trust_remote_code).chat_template
 
 
 def data_changed_since_tune(recipe, manifest: dict[str, Any]) -> list[str]:
@@ -205,7 +205,9 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
         data = prepare(recipe.data, tokenizer)
         # saved with the merged model, then exported: the template the adapter was trained under
-        tokenizer.chat_template = trained_template(adapter, data.shipped_template)
+        tokenizer.chat_template = trained_template(
+            adapter, data.shipped_template, recipe.model.trust_remote_code
+        )
         valid = data.encoded["valid"].examples or data.encoded["train"].examples[:64]
         scored_on = "valid" if data.encoded["valid"].examples else "train[:64] (no validation split)"
         pad = tokenizer.pad_token_id
