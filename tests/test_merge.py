@@ -289,3 +289,21 @@ def test_merge_removes_what_a_killed_merge_left_beside_its_folder(tuned_run):
     merge(tuned_run)
     assert sorted(p.name for p in tuned_run.glob(".merged*")) == []
     assert (tuned_run / "merged" / "model.safetensors").is_file()
+
+
+def test_the_trained_template_of_a_custom_code_tokenizer_is_read_with_the_recipes_trust(tmp_path):
+    """model.trust_remote_code: true covers the adapter's copy of the tokenizer too (merge failed
+    as an internal error, or asked on a terminal whether to run the code)."""
+    from conftest import build_tokenizer
+
+    from edgetune.merge import trained_template
+
+    adapter = tmp_path / "adapter"
+    build_tokenizer().save_pretrained(adapter)
+    (adapter / "my_tok.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\nclass MyTokFast(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    config = json.loads((adapter / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="MyTokFast", auto_map={"AutoTokenizer": [None, "my_tok.MyTokFast"]})
+    (adapter / "tokenizer_config.json").write_text(json.dumps(config))
+    assert "<|im_start|>" in trained_template(adapter, "derived", trust_remote_code=True)
