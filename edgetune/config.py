@@ -139,11 +139,6 @@ GGUF_QUANTS = ("f32", "f16", "bf16", *QUANTS)
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 
 
-def _names(quants: list[str]) -> list[str]:
-    """Quant names lower-cased, each once, in their order."""
-    return list(dict.fromkeys(q.lower() if isinstance(q, str) else q for q in quants))
-
-
 @dataclass
 class GGUFExportConfig:
     quants: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
@@ -151,10 +146,6 @@ class GGUFExportConfig:
     # quants whose token embedding and output head stay F16: on small models the tied head is a
     # fifth of the weights and the most sensitive (demo Q8_0: retention 98.6% -> 99.1%, 145 -> 171 MB)
     f16_output: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:  # names are case-blind: F16 and f16 are one file, one fingerprint
-        self.quants = _names(self.quants)
-        self.f16_output = _names(self.f16_output)
 
     def validate(self) -> list[str]:
         return [
@@ -178,9 +169,6 @@ class OnnxExportConfig:
     int4_accuracy_level: int = 4
     int4_8bit_layers: list[str] = field(default_factory=lambda: ["v_proj", "down_proj", "lm_head"])
     int4_embeddings: bool = True  # 4-bit token embeddings (onnxruntime's GatherBlockQuantized)
-
-    def __post_init__(self) -> None:
-        self.quants = _names(self.quants)
 
     def validate(self) -> list[str]:
         problems = [
