@@ -398,9 +398,12 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Merge extra into base in place: nested mappings merge, anything else replaces."""
+    """Merge extra into base in place: nested mappings merge (but a mapping --set gave whole,
+    overrides.Replacing), anything else replaces."""
+    from edgetune.overrides import Replacing
+
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and not isinstance(value, Replacing) and isinstance(base.get(key), dict):
             deep_merge(base[key], value)
         else:
             base[key] = value

@@ -11,9 +11,9 @@ from edgetune.errors import ConfigError
 
 
 class Given(str):
-    """A --set value whose YAML reading loses some of its text (`0123` is the octal 83, `12:30` the
-    base-60 750, `1.10` is 1.1, ` #v2` a comment): the text as given, for a string setting, with
-    `reading` for any other."""
+    """A --set value whose YAML reading is not its text (`0123` is the octal 83, `12:30` the base-60
+    750, `1.10` is 1.1, ` #v2` a comment, `No` is false, `Answer: yes` a mapping, `2024-01-01` a
+    date): the text as given, for a string setting, with `reading` for any other."""
 
     reading: Any
 
@@ -21,6 +21,11 @@ class Given(str):
         given = super().__new__(cls, text)
         given.reading = reading
         return given
+
+
+class Replacing(dict):
+    """A mapping --set gives whole (`bench.gates.min_retention={}`): it replaces the recipe's, where
+    the mappings a dotted key walks through merge into it."""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -35,10 +40,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    lossy = isinstance(value, (int, float, str)) and not isinstance(value, bool) and str(value) != raw.strip()
-    if lossy and not (isinstance(value, str) and raw.strip()[:1] in "'\""):  # quotes are the YAML's own
-        value = Given(raw.strip(), value)
-    return parts, value
+    text = raw.strip()
+    # YAML's reading is kept whole where it is the text itself, or where the text is YAML on purpose:
+    # quoted, a flow list or mapping, or null; any other reading may be a string setting's text
+    if value is not None and value != text and text[:1] not in ("'", '"', "[", "{"):
+        value = Given(text, value)
+    return parts, Replacing(value) if isinstance(value, dict) else value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

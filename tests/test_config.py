@@ -261,9 +261,26 @@ def test_set_keeps_the_text_of_a_string_setting_that_yaml_would_read_otherwise()
         "data.system_prompt='quoted #x'": ("data", "system_prompt", "quoted #x"),
         "model.revision=0123": ("model", "revision", "0123"),
         "name=1.10": (None, "name", "1.10"),
+        "data.system_prompt=Answer: yes or no": ("data", "system_prompt", "Answer: yes or no"),
+        "data.system_prompt=No": ("data", "system_prompt", "No"),
+        "data.system_prompt=null": ("data", "system_prompt", None),
+        "model.revision=2024-01-01": ("model", "revision", "2024-01-01"),
+        "train.packing=true": ("train", "packing", True),
+        "train.max_steps=0x10": ("train", "max_steps", 16),
+        "train.lora.target_modules=[q_proj, v_proj]": ("train", "lora", None),
+        "bench.gates.min_retention={}": ("bench", "gates", None),
         "train.epochs=1.50": ("train", "epochs", 1.5),
         "train.lr=1e-4": ("train", "lr", 1e-4),
     }
     for text, (section, key, expected) in sets.items():
         recipe = load_recipe("demo", [text])
-        assert getattr(getattr(recipe, section) if section else recipe, key) == expected, text
+        if expected is not None or key == "system_prompt":
+            assert getattr(getattr(recipe, section) if section else recipe, key) == expected, text
+    assert load_recipe("demo", ["train.lora.target_modules=[q_proj, v_proj]"]).train.lora.target_modules == [
+        "q_proj",
+        "v_proj",
+    ]
+    assert load_recipe("demo", ["bench.gates.min_retention={}"]).bench.gates.min_retention == {}
+    assert (
+        load_recipe("demo", ["bench.gates.min_retention.q8_0=0.9"]).bench.gates.min_retention["q8_0"] == 0.9
+    )
