@@ -1,5 +1,5 @@
 import pytest
-from conftest import CORPUS, build_tokenizer
+from conftest import CHATML, CORPUS, build_tokenizer
 
 from edgetune.data.render import FALLBACK_CHAT_TEMPLATE, IGNORE, Renderer
 from edgetune.data.rows import Example
@@ -200,3 +200,28 @@ def test_replies_are_read_as_written_even_where_the_tokenizer_cleans_up_spaces()
     ids = tok("the router , the link .", add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == "the router, the link."  # what the clean-up does
     assert reply_text(tok, ids + [tok.eos_token_id]) == "the router , the link ."
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # ChatML that wants a system turn first (raises for a conversation without one)
+        "{% if messages[0]['role'] != 'system' %}{{ raise_exception('system first') }}{% endif %}" + CHATML,
+        # a template that leaves the last reply open: its turn end shows once the reply is history
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "{% if not loop.last %}<|im_end|>\n{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}<|im_end|>\n<|im_start|>assistant\n{% endif %}",
+    ],
+    ids=["system first", "last reply open"],
+)
+def test_the_templates_turn_end_is_a_stop_id_however_the_template_wants_its_turns(template):
+    """The turn end the labels teach (<|im_end|>) is a stop id, where the tokenizer's EOS is another
+    token: else generation runs on past every reply."""
+    from pathlib import Path
+
+    from edgetune.data.render import stop_ids, template_turn_end
+
+    tokenizer = build_tokenizer(chat_template=template, eos_token="<|endoftext|>")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert template_turn_end(tokenizer) == im_end
+    assert set(stop_ids(Path("/nonexistent"), tokenizer)) == {im_end, tokenizer.eos_token_id}

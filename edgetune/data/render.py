@@ -62,15 +62,24 @@ def template_turn_end(tokenizer) -> int | None:
     from edgetune.templating import apply_chat_template
 
     mark = "edgetune reply end probe"
-    conversation = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
-    try:
-        text = apply_chat_template(tokenizer, conversation, add_generation_prompt=False)
-    except Exception:  # no template, or one that wants other turns: nothing to learn from it
-        return None
-    at = text.rfind(mark)
-    after = tokenizer(text[at + len(mark) :], add_special_tokens=False)["input_ids"] if at >= 0 else []
+    user, reply, system = (
+        {"role": r, "content": c} for r, c in (("user", "hi"), ("assistant", mark), ("system", "be brief"))
+    )
+    # a template may want a system turn, or leave the last reply open: the reply in the history then
+    tries = ([user, reply], [system, user, reply], [user, reply, user], [system, user, reply, user])
     specials = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return after[0] if after and after[0] in specials else None
+    for conversation in tries:
+        try:
+            text = apply_chat_template(tokenizer, conversation, add_generation_prompt=False)
+        except Exception:  # no template, or one that wants other turns
+            continue
+        at = text.find(mark)
+        if at < 0:
+            continue
+        after = tokenizer(text[at + len(mark) :].lstrip(" \t"), add_special_tokens=False)["input_ids"]
+        if after and after[0] in specials:
+            return after[0]
+    return None
 
 
 def reply_text(tokenizer, ids: list[int]) -> str:
