@@ -7,7 +7,7 @@ are named by file:line.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgetune.config import DataConfig
@@ -82,7 +82,8 @@ class PreparedData:
             "quality": asdict(self.splits.quality),
             "template": self.template,
             "splits": {
-                name: {k: v for k, v in asdict(enc).items() if k != "examples"}
+                # without its examples: asdict() would deep-copy every example's ids and labels (11 s at 50k rows)
+                name: {k: v for k, v in asdict(replace(enc, examples=[])).items() if k != "examples"}
                 for name, enc in self.encoded.items()
             },
         }

@@ -206,7 +206,10 @@ class Renderer:
             if not learnt_reply(turns, i, untrained):
                 continue
             before = self.chat_text(msgs[:i], add_generation_prompt=True)
-            through = self.chat_text(msgs[: i + 1], add_generation_prompt=False)
+            # the last turn's is the full text, rendered already
+            through = (
+                full if i + 1 == len(msgs) else self.chat_text(msgs[: i + 1], add_generation_prompt=False)
+            )
             if not full.startswith(before) or not full.startswith(through):
                 raise DataError(
                     f"{ex.source}: the chat template renders earlier turns differently once later "
