@@ -1010,3 +1010,13 @@ def test_a_tokenizer_without_an_eos_token_is_refused_before_a_run_is_made(tmp_pa
         assert result.exit_code == 2, result.output
         assert "the tokenizer has no EOS token" in " ".join(result.output.split())
     assert not any((tmp_path / "runs").glob("tiny-*"))
+
+
+def test_a_large_validation_split_is_warned_about(tmp_path, tiny_model_dir, monkeypatch):
+    """10% of 50k rows is 5,000 validation examples, scored before training and at every eval_steps:
+    an estimated 12-15 minutes each for SmolLM2 on a 2-core CPU."""
+    import edgetune.tune.checks
+
+    monkeypatch.setattr(edgetune.tune.checks, "LARGE_VALID", 5)
+    result = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=1, eval_steps=1, save_steps=1)))
+    assert any("12 validation examples: every evaluation" in w for w in result.warnings), result.warnings
