@@ -621,6 +621,17 @@ def test_a_file_changed_since_its_parity_check_is_not_vouched_for(benched, tmp_p
     report, _ = regate_run(run)
     q8 = next(t for t in report["targets"] if t["name"] == "gguf/q8_0")
     assert q8["gate"] == "fail" and "changed since its export parity check" in q8["export_parity_problem"]
+    # an ONNX variant (its rows are named onnx/<variant>; its graph and external data are hashed)
+    graph = run / "export" / "onnx" / "int8" / "model.onnx"
+    original = graph.read_bytes()
+    graph.write_bytes(original + b"\x00")
+    assert "onnx/int8: the file changed since its export parity check" in " ".join(run_export_problems(run))
+    graph.write_bytes(original)
+    # checked again, and a second file of one type beside it: each row vouches for its own file
+    shutil.copy(gguf, gguf.with_name("mine-q8_0.gguf"))
+    checked = CliRunner().invoke(main, ["export", str(run), "--check"])
+    assert checked.exit_code == 0, checked.output
+    assert run_export_problems(run) == []
 
 
 def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(

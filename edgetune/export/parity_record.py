@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
-from edgetune.rundir import atomic_write_json, sha256_file, update_manifest
+from edgetune.rundir import atomic_write_json, sha256_file, sha256_files, update_manifest
 
 PARITY_FILE = "parity.json"
 
@@ -54,18 +54,26 @@ def forget(record_dir: Path | None, out_dir: Path, fmt: str, quants: list[str]) 
     _save(record_dir, out_dir, fmt, kept, status="running")
 
 
-def checked_file(path: Path) -> Path:
-    """The file a parity row's digest is of: the GGUF itself, or an ONNX variant's graph."""
-    return path / "model.onnx" if path.is_dir() else path
+def checked_digest(path: Path) -> str | None:
+    """The digest a parity row holds of what it checked: the GGUF file, or an ONNX variant's graph
+    and external data (model.onnx*); None where nothing is there."""
+    if path.is_file():
+        return sha256_file(path)
+    files = sorted(path.glob("model.onnx*")) if path.is_dir() else []
+    return sha256_files(path, files) if files else None
+
+
+def _artifact(row: dict[str, Any], fmt: str) -> str:
+    """A row's file or folder name in its format's folder (ONNX rows are named onnx/<variant>)."""
+    return str(row.get("artifact", "")).removeprefix(f"{fmt}/")
 
 
 def record(record_dir: Path | None, out_dir: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
-    """The rows just measured, each with the digest of the file it checked, with the earlier rows
-    of the other files still on disk."""
+    """The rows just measured, each with the digest of what it checked, with the earlier rows of
+    the other files still on disk."""
     for row in rows:
-        checked = checked_file(out_dir / str(row.get("artifact", "")))
-        if "sha256" not in row and checked.is_file():
-            row["sha256"] = sha256_file(checked)
+        if "sha256" not in row and (digest := checked_digest(out_dir / _artifact(row, fmt))):
+            row["sha256"] = digest
     measured = {r["quant"].lower() for r in rows}
     there = on_disk(out_dir, fmt)
     kept = [r for r in _rows(out_dir) if r["quant"].lower() not in measured and r["quant"].lower() in there]
@@ -93,16 +101,18 @@ def parity_problem(manifest: dict[str, Any], fmt: str, quant: str, path: Path | 
     checked; None when it passed."""
     record = manifest.get("stages", {}).get("export", {})
     rows = [r for r in record.get(f"{fmt}_parity", []) if isinstance(r, dict)]  # a hand-edited one
-    row = next((r for r in rows if str(r.get("quant", "")).lower() == quant.lower()), None)
+    same_type = [r for r in rows if str(r.get("quant", "")).lower() == quant.lower()]
+    # the row of this very file, where two files of one type are there (model- and mine-q8_0.gguf)
+    row = next((r for r in same_type if path is not None and _artifact(r, fmt) == path.name), None)
+    row = row or next(iter(same_type), None)
     if row is None:
         return "its export parity was never checked (run `edgetune export --check`)"
     if not row.get("passed"):
         failures = ", ".join(row.get("failures") or []) or f"see export/{fmt}/{PARITY_FILE}"
         return f"failed its export parity check ({failures})"
-    checked = checked_file(path) if path is not None else None
-    if checked is not None and isinstance(row.get("sha256"), str) and checked.is_file():
-        if sha256_file(checked) != row["sha256"]:
-            return "the file changed since its export parity check (run `edgetune export --check`)"
+    digest = checked_digest(path) if path is not None and isinstance(row.get("sha256"), str) else None
+    if digest is not None and digest != row["sha256"]:
+        return "the file changed since its export parity check (run `edgetune export --check`)"
     return None
 
 
