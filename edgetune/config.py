@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -377,6 +378,7 @@ def load_recipe(
     over_raw: dict[str, Any] = {}
     apply_overrides(over_raw, overrides or [])
     _resolve_paths(over_raw, Path.cwd())
+    _sections_merge(over_raw, Recipe)
     deep_merge(raw, over_raw)
     problems: list[str] = []
     recipe = build(Recipe, raw, "", problems)
@@ -386,6 +388,20 @@ def load_recipe(
         raise ConfigError(blame_overrides(problems, overrides or [], in_file), source=str(path))
     recipe.source = str(path)
     return recipe
+
+
+def _sections_merge(over_raw: dict[str, Any], cls: type) -> None:
+    """A mapping --set gives a recipe section (`train={lr: 1e-4}`) merges into the section as the
+    recipe has it; only one given a mapping setting (`bench.gates.min_retention={}`) replaces it."""
+    from edgetune.overrides import Replacing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in over_raw.items():
+        section = hints.get(key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(section):
+            if isinstance(value, Replacing):
+                over_raw[key] = value = dict(value)
+            _sections_merge(value, section)
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:

@@ -281,6 +281,18 @@ def test_set_keeps_the_text_of_a_string_setting_that_yaml_would_read_otherwise()
         "v_proj",
     ]
     assert load_recipe("demo", ["bench.gates.min_retention={}"]).bench.gates.min_retention == {}
+    # a mapping given a whole section merges into it: the demo's retention gates and its 60 steps stay
+    gates = load_recipe("demo", ["bench.gates={max_kl: 0.5}"]).bench.gates
+    assert gates.max_kl == 0.5 and gates.min_retention["q8_0"] == 0.99
+    assert load_recipe("demo", ["train={lr: 1e-4}"]).train.max_steps == 60
     assert (
         load_recipe("demo", ["bench.gates.min_retention.q8_0=0.9"]).bench.gates.min_retention["q8_0"] == 0.9
     )
+
+
+def test_one_type_spelled_two_ways_is_exported_once():
+    from edgetune.export.run import split_quants
+
+    recipe = load_recipe("demo", ["export.gguf.quants=q8_0,Q8_0", "export.onnx.quants=fp32,FP32"])
+    assert split_quants(None, recipe) == (["q8_0"], ["fp32"])
+    assert recipe.export.gguf.quants == ["q8_0", "Q8_0"]  # the recipe as written: its fingerprint

@@ -69,16 +69,19 @@ def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], l
     """--quant names -> (GGUF types, ONNX variants); a format the names do not mention keeps the recipe's."""
     from edgetune.config import GGUF_QUANTS, ONNX_QUANTS
 
+    def once(names: list[str]) -> list[str]:  # f32,F32 is one file
+        return list(dict.fromkeys(q.lower() for q in names))
+
     if not quants:
-        return recipe.export.gguf.quants, recipe.export.onnx.quants
-    names = list(dict.fromkeys(q.lower() for q in quants))  # f32,F32 is one file
+        return once(recipe.export.gguf.quants), once(recipe.export.onnx.quants)
+    names = once(quants)
     unknown = [q for q in names if q not in GGUF_QUANTS and q not in ONNX_QUANTS]
     if unknown:
         raise InputError(
             f"--quant: unknown {', '.join(unknown)}; GGUF: {', '.join(GGUF_QUANTS)}; ONNX: {', '.join(ONNX_QUANTS)}"
         )
-    gguf = [q for q in names if q in GGUF_QUANTS] or recipe.export.gguf.quants
-    onnx = [q for q in names if q in ONNX_QUANTS] or recipe.export.onnx.quants
+    gguf = [q for q in names if q in GGUF_QUANTS] or once(recipe.export.gguf.quants)
+    onnx = [q for q in names if q in ONNX_QUANTS] or once(recipe.export.onnx.quants)
     return gguf, onnx
 
 
