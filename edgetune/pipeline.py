@@ -188,16 +188,11 @@ def run_pipeline(
                 console.print(message)
 
         for stage in stages:
-            present = _outputs_present(stage, run_dir)
-            if (
-                stage == "tune"
-                and present
-                and not record.matches(stage)
-                and _tuned_alone(recipe, run_dir, record)
-            ):
+            if stage == "tune" and stage not in record.done and _tuned_alone(recipe, run_dir, record):
                 record.record(stage)  # as if this pipeline had run it: the later stages' records follow it
                 say("[dim]tune: finished by `edgetune tune` on these inputs, adopted[/]")
-            if present and record.matches(stage):
+            # a stage with no record runs whatever is there: its outputs (an export's, GBs) go unhashed
+            if stage in record.done and _outputs_present(stage, run_dir) and record.matches(stage):
                 result.skipped.append(stage)
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 if stage == "tune":  # what later stages and commands read: paths as they are now
