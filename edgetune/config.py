@@ -378,8 +378,7 @@ def load_recipe(
     over_raw: dict[str, Any] = {}
     apply_overrides(over_raw, overrides or [])
     _resolve_paths(over_raw, Path.cwd())
-    _sections_merge(over_raw, Recipe)
-    deep_merge(raw, over_raw)
+    _merge_overrides(raw, over_raw, Recipe)
     problems: list[str] = []
     recipe = build(Recipe, raw, "", problems)
     problems += recipe.validate()  # fields that failed conversion kept their defaults
@@ -390,18 +389,21 @@ def load_recipe(
     return recipe
 
 
-def _sections_merge(over_raw: dict[str, Any], cls: type) -> None:
-    """A mapping --set gives a recipe section (`train={lr: 1e-4}`) merges into the section as the
-    recipe has it; only one given a mapping setting (`bench.gates.min_retention={}`) replaces it."""
+def _merge_overrides(raw: dict[str, Any], over: dict[str, Any], cls: type | None) -> None:
+    """--set values into the recipe's mapping. A recipe section (`cls`'s dataclass fields: train,
+    bench.gates) merges, given key by key or whole (`train={lr: 1e-4}`); so does a mapping setting
+    given key by key (`bench.gates.min_retention.q8_0=0.9`); one given whole
+    (`bench.gates.min_retention={}`, overrides.Replacing) replaces the recipe's; anything else replaces."""
     from edgetune.overrides import Replacing
 
-    hints = typing.get_type_hints(cls)
-    for key, value in over_raw.items():
-        section = hints.get(key)
-        if isinstance(value, dict) and dataclasses.is_dataclass(section):
-            if isinstance(value, Replacing):
-                over_raw[key] = value = dict(value)
-            _sections_merge(value, section)
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+    for key, value in over.items():
+        section = hints.get(key) if dataclasses.is_dataclass(hints.get(key)) else None
+        whole = isinstance(value, Replacing) and section is None
+        if isinstance(value, dict) and not whole and isinstance(raw.get(key), dict):
+            _merge_overrides(raw[key], value, section)
+        else:
+            raw[key] = dict(value) if isinstance(value, dict) else value
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
@@ -414,12 +416,9 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Merge extra into base in place: nested mappings merge (but a mapping --set gave whole,
-    overrides.Replacing), anything else replaces."""
-    from edgetune.overrides import Replacing
-
+    """Merge extra into base in place: nested mappings merge, anything else replaces."""
     for key, value in extra.items():
-        if isinstance(value, dict) and not isinstance(value, Replacing) and isinstance(base.get(key), dict):
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
             deep_merge(base[key], value)
         else:
             base[key] = value

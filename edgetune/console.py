@@ -32,9 +32,8 @@ class _Console(Console):
 
 
 out = _Console(highlight=False, width=_log_width(sys.stdout))
-err = _Console(
-    stderr=True, highlight=False, width=_log_width(sys.stderr)
-)  # `edgetune run` prints stages here
+# progress and warnings; `edgetune run` prints its stages here
+err = _Console(stderr=True, highlight=False, width=_log_width(sys.stderr))
 
 
 def _plain_len(markup: str) -> int:
