@@ -320,9 +320,11 @@ def _unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> list[Path]:
 
 
 def _recipe_exports(recipe: Recipe) -> dict[str, set[str]]:
-    export = recipe.export
-    quants = {"gguf": export.gguf.quants, "onnx": export.onnx.quants}
-    return {fmt: {q.lower() for q in quants[fmt]} for fmt in map(str.lower, export.formats)}
+    """Format -> the types the recipe exports in it (as `edgetune export` names them)."""
+    from edgetune.export.run import split_quants
+
+    quants = dict(zip(("gguf", "onnx"), map(set, split_quants(None, recipe))))
+    return {fmt: quants[fmt] for fmt in map(str.lower, recipe.export.formats)}
 
 
 def _drop_unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> None:
