@@ -372,7 +372,7 @@ def load_recipe(
     """Load, override and validate a recipe; raise one ConfigError listing every problem.
     `new_run`: a tune or run starts from it (Recipe.new_run_problems too)."""
     path = find_recipe(name_or_path)
-    raw = read_recipe_yaml(path)
+    raw, lines = read_recipe_yaml(path)
     _resolve_paths(raw, path.resolve().parent)
     in_file = copy.deepcopy(raw)
     over_raw: dict[str, Any] = {}
@@ -384,9 +384,26 @@ def load_recipe(
     problems += recipe.validate()  # fields that failed conversion kept their defaults
     problems += recipe.new_run_problems() if new_run else []
     if problems:
-        raise ConfigError(blame_overrides(problems, overrides or [], in_file), source=str(path))
+        problems = blame_overrides(problems, overrides or [], in_file)
+        raise ConfigError(*_with_lines(problems, lines, path))
     recipe.source = str(path)
     return recipe
+
+
+def _with_lines(problems: list[str], lines: dict[str, int], path: Path) -> tuple[list[str], str]:
+    """(problems, source) naming the recipe file's line of each problem's key: `recipe.yaml:12` for
+    one problem, `line 12: ` in front of each of several. A problem --set caused has no line."""
+
+    def line_of(problem: str) -> int | None:
+        if problem.endswith(" (from --set)"):
+            return None
+        key = problem.split(":")[0]
+        return lines.get(key) or lines.get(re.sub(r"\[\d+\]$", "", key))
+
+    found = [line_of(p) for p in problems]
+    if len(problems) == 1:
+        return problems, f"{path}:{found[0]}" if found[0] else str(path)
+    return [f"line {n}: {p}" if n else p for p, n in zip(problems, found)], str(path)
 
 
 def _merge_overrides(raw: dict[str, Any], over: dict[str, Any], cls: type | None) -> None:

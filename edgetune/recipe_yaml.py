@@ -1,4 +1,5 @@
-"""A recipe file's YAML: safe_load, with a repeated key and bytes that are not UTF-8 refused by line."""
+"""A recipe file's YAML: safe_load, with a repeated key and bytes that are not UTF-8 refused by line,
+and the line of every key, so a problem found later (a wrong type, a bad value) can name it."""
 
 from __future__ import annotations
 
@@ -34,10 +35,17 @@ def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, A
 _RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
 
 
-def read_recipe_yaml(path: Path) -> dict[str, Any]:
+def read_recipe_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    """The recipe's mapping, and the line of each key by dotted path (`train.lora.r`, and
+    `export.gguf.quants[1]` for a list's items)."""
     try:
         data = path.read_bytes()
-        raw = yaml.load(data.decode("utf-8"), Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
+        loader = _RecipeLoader(data.decode("utf-8"))
+        try:
+            node = loader.get_single_node()
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise ConfigError(
@@ -50,7 +58,32 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError([f"cannot read recipe: {exc.strerror}"], source=str(path)) from None
     if raw is None:
-        return {}
+        return {}, {}
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping of sections"], source=str(path))
-    return raw
+    lines: dict[str, int] = {}
+    _key_lines(node, "", lines)
+    return raw, lines
+
+
+def _key_lines(
+    node: yaml.Node, prefix: str, lines: dict[str, int], seen: frozenset[int] = frozenset()
+) -> None:
+    if id(node) in seen:  # an alias of a node that holds itself
+        return
+    seen = seen | {id(node)}
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[f"{prefix}[{i}]"] = item.start_mark.line + 1
+            _key_lines(item, f"{prefix}[{i}]", lines, seen)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    merged = [value for key, value in node.value if key.tag == "tag:yaml.org,2002:merge"]
+    for value in merged:  # `<<: *defaults` first: a key given here wins over the one it brings
+        for each in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+            _key_lines(each, prefix, lines, seen)
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            path = f"{prefix}.{key.value}" if prefix else key.value
+            lines[path] = key.start_mark.line + 1
+            _key_lines(value, path, lines, seen)

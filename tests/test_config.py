@@ -96,6 +96,35 @@ def test_type_errors_in_yaml_name_the_key(tmp_path):
     assert "train.lora: expected a mapping" in str(info.value)
 
 
+def test_value_problems_name_the_line_of_their_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: x\ndefaults: &d\n  lr: 9\ndata:\n  train: x.jsonl\ntrain:\n  <<: *d\n  lora:\n    r: 0\n"
+        "export:\n  gguf:\n    quants:\n      - q8_0\n      - q9_0\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(path))
+    assert info.value.problems == [
+        "line 2: defaults: unknown key (known here: name, description, model, data, train, export, bench)",
+        "line 3: train.lr: must be in (0, 1), got 9.0",  # where the anchor `<<` merged it from holds it
+        "line 9: train.lora.r: must be >= 1, got 0",
+        "line 12: export.gguf.quants: unknown quant 'q9_0'; supported: "
+        "f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q4_0, iq4_xs",
+    ]
+    path.write_text("data:\n  train: x.jsonl\n\ntrain:\n  batch_size: none\n")  # one problem: file:line
+    with pytest.raises(
+        ConfigError, match=f"^{path}:5: invalid recipe: train.batch_size: expected an integer"
+    ):
+        load_recipe(str(path))
+    # a --set value's problem is not the file's: no line, and the file's own problems keep theirs
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(path), ["train.lr=3"])
+    assert info.value.problems == [
+        "line 5: train.batch_size: expected an integer, got 'none'",
+        "train.lr: must be in (0, 1), got 3.0 (from --set)",
+    ]
+
+
 def test_bad_yaml_names_the_line(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("data:\n  train: x.jsonl\n  format: [unclosed\n")
