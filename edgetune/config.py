@@ -23,7 +23,7 @@ import yaml
 from edgetune.errors import ConfigError
 from edgetune.export.gguf_quantize import QUANTS
 from edgetune.overrides import apply_overrides, blame_overrides
-from edgetune.recipe_yaml import read_recipe_yaml
+from edgetune.recipe_yaml import read_recipe_yaml, with_lines
 from edgetune.typed import at_least, build, not_empty
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -217,7 +217,14 @@ class GatesConfig:
         if not 0.5 <= self.confidence < 1:
             problems.append(f"bench.gates.confidence: must be in [0.5, 1), got {self.confidence}")
         known = ("*", *GGUF_QUANTS, *ONNX_QUANTS)
+        spelled: dict[str, str] = {}
         for quant, minimum in self.min_retention.items():
+            if quant.lower() in spelled:  # gates match types whatever their case: which one would win?
+                problems.append(
+                    f"bench.gates.min_retention.{quant}: {spelled[quant.lower()]} is given too "
+                    "(a type's case does not matter); keep one"
+                )
+            spelled.setdefault(quant.lower(), quant)
             if quant.lower() not in known:  # an unknown key would gate nothing, and the gate would pass
                 problems.append(
                     f"bench.gates.min_retention.{quant}: names no export quant; use one of {', '.join(known)}"
@@ -385,25 +392,9 @@ def load_recipe(
     problems += recipe.new_run_problems() if new_run else []
     if problems:
         problems = blame_overrides(problems, overrides or [], in_file)
-        raise ConfigError(*_with_lines(problems, lines, path))
+        raise ConfigError(*with_lines(problems, lines, path))
     recipe.source = str(path)
     return recipe
-
-
-def _with_lines(problems: list[str], lines: dict[str, int], path: Path) -> tuple[list[str], str]:
-    """(problems, source) naming the recipe file's line of each problem's key: `recipe.yaml:12` for
-    one problem, `line 12: ` in front of each of several. A problem --set caused has no line."""
-
-    def line_of(problem: str) -> int | None:
-        if problem.endswith(" (from --set)"):
-            return None
-        key = problem.split(":")[0]
-        return lines.get(key) or lines.get(re.sub(r"\[\d+\]$", "", key))
-
-    found = [line_of(p) for p in problems]
-    if len(problems) == 1:
-        return problems, f"{path}:{found[0]}" if found[0] else str(path)
-    return [f"line {n}: {p}" if n else p for p, n in zip(problems, found)], str(path)
 
 
 def _merge_overrides(raw: dict[str, Any], over: dict[str, Any], cls: type | None) -> None:

@@ -3,6 +3,7 @@ and the line of every key, so a problem found later (a wrong type, a bad value) 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,19 @@ def _key_lines(
             path = f"{prefix}.{key.value}" if prefix else key.value
             lines[path] = key.start_mark.line + 1
             _key_lines(value, path, lines, seen)
+
+
+def with_lines(problems: list[str], lines: dict[str, int], path: Path) -> tuple[list[str], str]:
+    """(problems, source) naming the recipe file's line of each problem's key: `recipe.yaml:12` for
+    one problem, `line 12: ` in front of each of several. A problem --set caused has no line."""
+
+    def line_of(problem: str) -> int | None:
+        if problem.endswith(" (from --set)"):
+            return None
+        key = problem.split(":")[0]
+        return lines.get(key) or lines.get(re.sub(r"\[\d+\]$", "", key))
+
+    found = [line_of(p) for p in problems]
+    if len(problems) == 1:
+        return problems, f"{path}:{found[0]}" if found[0] else str(path)
+    return [f"line {n}: {p}" if n else p for p, n in zip(problems, found)], str(path)

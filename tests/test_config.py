@@ -233,6 +233,10 @@ def test_counts_and_limits_out_of_range_are_refused_with_their_key():
         ("bench.gates.min_retention={q8_0: null}", "min_retention.q8_0: expected a number, got None"),
         ("train.seed=-1", "train.seed: must be in [0, 2**32), got -1"),  # an internal error in numpy
         ("train.seed=4294967296", "train.seed: must be in [0, 2**32)"),
+        (  # one type in two cases: the gates would read one of the two minimums, unsaid which
+            "bench.gates.min_retention={q8_0: 0.9, Q8_0: 0.99}",
+            "bench.gates.min_retention.Q8_0: q8_0 is given too",
+        ),
     ],
 )
 def test_nan_infinity_and_bad_entries_are_refused_not_kept(override, message):
