@@ -45,6 +45,7 @@ class PipelineResult:
     # exported files that failed their parity check or were never checked (the bench gates fail
     # them too; a run --until export has only this)
     export_problems: list[str] = field(default_factory=list)
+    warned: list[str] = field(default_factory=list)  # printed by a stage: a later one does not repeat them
 
 
 def _outputs_present(stage: str, run_dir: Path) -> bool:
@@ -250,6 +251,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         report = check_dataset(recipe_arg, list(overrides or []), files)
         if console is not None:
             print_report(report, console)
+            result.warned += report.get("warnings", [])
     elif stage == "tune":
         from edgetune.tune.callbacks import complete_checkpoints
         from edgetune.tune.resume import finished_tune
@@ -271,6 +273,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
             run_dir,
             resume=resume,
             console=console,
+            shown=result.warned,
         )
     elif stage == "merge":
         from edgetune.merge import merge

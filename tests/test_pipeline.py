@@ -664,3 +664,17 @@ def test_run_adopts_a_tune_that_edgetune_tune_finished_on_the_same_inputs(tmp_pa
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     changed, out = invoke(recipe, "--until", "merge", "--set", "train.lr=5e-4")  # other inputs: retrained
     assert changed.exit_code == 0 and "ran tune, merge" in out and "adopted" not in out, out
+
+
+def test_a_data_warning_the_data_stage_printed_is_not_printed_again_by_tune(tmp_path, tiny_model_dir):
+    from conftest import chat_row, write_jsonl
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    rows = [json.loads(line) for line in (tmp_path / "data.jsonl").read_text().splitlines()]
+    rows[5] = chat_row("what ends a turn?", "ChatML writes <|im_end|> after each message")
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    ran, out = invoke(recipe, "--until", "tune")
+    assert ran.exit_code == 0, out
+    assert out.count("the text of a special token") == 1, out
+    manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
+    assert any("the text of a special token" in w for w in manifest["stages"]["tune"]["warnings"])

@@ -9,6 +9,7 @@ import platform
 import shutil
 import time
 import warnings as warnings_module
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ def tune(
     run_dir: Path | None = None,
     resume: bool = False,
     console=None,
+    shown: Collection[str] = (),
 ) -> TuneResult:
+    """`shown`: warnings edgetune run's data stage printed; recorded here, not printed again."""
     from edgetune.tune.distributed import is_main_process, save_adapter, wait_for_every_rank
 
     started = time.time()
@@ -153,7 +156,7 @@ def tune(
 
         def warn(message: str) -> None:
             warnings.append(message)
-            if console is not None and main:
+            if console is not None and main and message not in shown:
                 console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
 
         with discarded_on_failure(run_dir, created and main):
