@@ -105,11 +105,9 @@ def encode_split(
 ) -> SplitEncoding:
     usable, lengths, reasons = [], [], []
     truncated = dropped = missing_eos = 0
-    for ex in examples:
-        try:
-            enc = renderer.encode(ex)
-        except (DataError, InputError) as e:  # the chat template refuses this row (roles, a system turn)
-            problem = _row_problem(renderer, ex, e)
+    for ex, enc in zip(examples, renderer.encode_many(examples)):
+        if isinstance(enc, InputError):  # the chat template refuses this row (roles, a system turn)
+            problem = _row_problem(renderer, ex, enc)
             if not skip_bad_rows:
                 raise DataError(f"{problem} (data.skip_bad_rows or --skip-bad-rows skips bad rows)") from None
             dropped += 1
