@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from conftest import chat_row, write_jsonl
 
 from edgetune.cli import main
-from edgetune.data.rows import load_examples
+from edgetune.data.rows import learnt_reply, load_examples
 from edgetune.errors import DataError
 
 
@@ -204,6 +204,21 @@ def test_other_tools_layouts_read_as_the_same_conversations(tmp_path, fmt, rows,
     assert [ex.source for ex in got.examples] == [
         f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, len(rows) + 1)
     ]
+
+
+def test_a_reply_inside_a_trl_prompt_is_context_and_only_the_completion_is_learnt(tmp_path):
+    """TRL trains a conversational prompt-completion row on its completion alone: an assistant turn
+    in the prompt (an earlier answer, a few-shot example) is part of the question."""
+    row = {
+        "prompt": [
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "And 3+3?"},
+        ],
+        "completion": [{"role": "assistant", "content": "6"}],
+    }
+    (ex,) = load_examples(write_jsonl(tmp_path / "d.jsonl", [row])).examples
+    assert [i for i in range(len(ex.messages)) if learnt_reply(ex.messages, i, ex.untrained)] == [3]
 
 
 def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):

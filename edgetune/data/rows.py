@@ -182,12 +182,14 @@ def parse_row(row: Any, fmt: str) -> Example:
                 raise BadRow(key, "missing")
         prompt_turns, completion_turns = _turn_list(row["prompt"]), _turn_list(row["completion"])
         if prompt_turns is not None and completion_turns is not None:
-            # TRL's conversational form: the prompt turns, then the completion turns
-            (prompt, before), (completion, after) = (
+            # TRL's conversational form: the prompt turns, then the completion turns. Loss falls on
+            # the completion only, as in TRL: a reply inside the prompt is context, like the question
+            (prompt, _), (completion, after) = (
                 _turns(prompt_turns, "prompt", False),
                 _turns(completion_turns, "completion", False),
             )
-            untrained = (*before, *(len(prompt) + i for i in after))
+            replies = (i for i, (role, _) in enumerate(prompt) if role == "assistant")
+            untrained = (*replies, *(len(prompt) + i for i in after))
             turns, untrained = checked_turns([*prompt, *completion], "completion", untrained)
             return Example("messages", messages=turns, untrained=untrained)
         return Example(
