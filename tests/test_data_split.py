@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from conftest import chat_row, write_jsonl
 
@@ -174,6 +176,36 @@ def test_a_row_the_chat_template_refuses_is_named_and_can_be_skipped(tmp_path):
         DataError, match=r"data.system_prompt's\).*fix the rows, or give the model a chat template"
     ):
         prepare(cfg(path, system_prompt="Answer tersely.", **split), tok, skip_bad_rows=True)
+
+
+def test_data_check_samples_a_row_that_encoded_when_the_first_is_refused_or_dropped(tmp_path, tiny_model_dir):
+    """data check --skip-bad-rows failed on its sample (an unnamed 'chat template:' error) when the
+    first training row was one the template refuses."""
+    import shutil
+
+    from click.testing import CliRunner
+    from conftest import build_tokenizer
+
+    from edgetune.cli import main
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    build_tokenizer(chat_template=NO_SYSTEM_TEMPLATE).save_pretrained(model)
+    rows = [chat_row(f"q{i}", f"a{i}") for i in range(20)]
+    rows[0] = {"messages": [{"role": "system", "content": "Be brief."}, *rows[0]["messages"]]}
+    rows[1] = chat_row("q " * 300, "too long")
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    args = ["data", "check", str(path), "--skip-bad-rows", "--json", "--set", f"model.base={model}"]
+    args += [
+        "--set",
+        "data.valid_fraction=0",
+        "--set",
+        "data.test_fraction=0",
+        "--set",
+        "data.max_seq_len=64",
+    ]
+    checked = CliRunner().invoke(main, args)
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.stdout)["sample"]["source"] == f"{path}:3"
 
 
 def test_a_greeting_before_any_prompt_is_context_not_a_refused_row(tmp_path, tiny_tokenizer):

@@ -58,7 +58,8 @@ def check_dataset(
     context = past_the_context(prepared, model.path, recipe.model.trust_remote_code)
     report["warnings"] = [w for w in (context, special_token_text(prepared)) if w]
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
-    first = prepared.splits.train[0]
+    usable = {enc.source for enc in prepared.encoded["train"].examples}  # not one the template refused
+    first = next(ex for ex in prepared.splits.train if ex.source in usable)
     text, _ = prepared.renderer.spans(first)
     trained = prepared.renderer.trained_characters(first)
     report["sample"] = {"source": first.source, "rendered": text, "supervised_spans": trained}
