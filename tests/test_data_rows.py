@@ -475,6 +475,17 @@ def test_assistant_turns_of_weight_zero_are_context_without_loss(tmp_path, tiny_
         }
     ]
     assert load_examples(write_jsonl(tmp_path / "nulls.jsonl", nulls)).examples[0].untrained == ()
+    # exports that weight every turn (SlimOrca's: system null, human 0, gpt 1) read as no weights;
+    # from Parquet, a file mixing from/value and role/content turns has both columns, one null
+    weighted = {
+        "conversations": [
+            {"from": "system", "value": "s", "weight": None, "role": None, "content": None},
+            {"from": "human", "value": "q", "weight": 0.0, "role": None, "content": None},
+            {"from": None, "value": None, "weight": 1.0, "role": "assistant", "content": "a"},
+        ]
+    }
+    (ex,) = load_examples(write_jsonl(tmp_path / "weighted.jsonl", [weighted])).examples
+    assert ex.messages == (("system", "s"), ("user", "q"), ("assistant", "a")) and ex.untrained == ()
     plain = load_examples(write_jsonl(tmp_path / "plain.jsonl", [chat_row("q", "a")])).examples[0]
     assert plain.key() == json.dumps(["messages", [["user", "q"], ["assistant", "a"]], "", "", ""])
 
@@ -483,8 +494,8 @@ def test_assistant_turns_of_weight_zero_are_context_without_loss(tmp_path, tiny_
             turn("user", "q"),
             turn("assistant", "a", weight=0.5),
         ],
-        "messages[0].weight: only an assistant turn has a weight": [
-            turn("user", "q", weight=0),
+        "messages[0].weight: 1 on a user turn: only an assistant turn is learnt": [
+            turn("user", "q", weight=1),
             turn("assistant", "a"),
         ],
         "messages: every assistant turn has weight 0": [turn("user", "q"), turn("assistant", "a", weight=0)],

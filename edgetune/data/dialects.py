@@ -95,7 +95,9 @@ def sharegpt_turns(row: dict[str, Any]) -> Conversation:
         where = f"conversations[{i}]"
         if not isinstance(turn, dict):
             raise BadRow(where, f"expected an object, got {kind_of(turn)}")
-        who_key, text_key = ("from", "value") if "from" in turn or "role" not in turn else ("role", "content")
+        # by value, not key: Parquet gives every turn both styles' columns, the other's null
+        spoken = turn.get("from") is not None or turn.get("role") is None
+        who_key, text_key = ("from", "value") if spoken else ("role", "content")
         who = turn.get(who_key)
         role = SPEAKERS.get(who.lower()) if isinstance(who, str) else None
         if role is None:

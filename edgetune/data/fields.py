@@ -55,12 +55,15 @@ def checked_turns(
 
 def trained(turn: dict[str, Any], role: str, field_path: str) -> bool:
     """An assistant turn's `weight` (OpenAI's fine-tuning files, ShareGPT exports): 1 or absent, the
-    turn carries loss; 0, it is context only."""
+    turn carries loss; 0, it is context only. Another turn is context whatever it says: 0 (exports
+    that weight every turn, as SlimOrca's does) is read, 1 is refused (only replies are learnt)."""
     if turn.get("weight") is None:  # absent, or null (Parquet gives every turn the column)
         return True
     weight = turn["weight"]
-    if role != "assistant":
-        raise BadRow(f"{field_path}.weight", "only an assistant turn has a weight (1: learn it, 0: context)")
     if isinstance(weight, bool) or weight not in (0, 1):
         raise BadRow(f"{field_path}.weight", f"expected 0 or 1, got {weight!r}")
-    return weight == 1
+    if role != "assistant" and weight == 1:
+        raise BadRow(
+            f"{field_path}.weight", f"1 on a {role} turn: only an assistant turn is learnt (0: context)"
+        )
+    return weight == 1 or role != "assistant"  # a prompt's weight 0 changes nothing: it is never learnt
