@@ -140,3 +140,18 @@ def test_rows_quoting_a_special_token_are_named(tmp_path, tiny_tokenizer):
     del rows[7]
     write_jsonl(train, rows)
     assert special_token_text(prepare(DataConfig(train=str(train)), tiny_tokenizer)) is None
+
+
+def test_tune_says_which_bad_rows_it_skipped(tmp_path, tiny_tokenizer):
+    """data.skip_bad_rows: on, tune trained past a bad row with only a count in its manifest."""
+    from edgetune.config import Recipe
+    from edgetune.data.prepare import prepare
+    from edgetune.tune.checks import warn_about_data
+
+    rows = [chat_row(f"log {i}: link down", f"port {i}") for i in range(30)]
+    rows[11] = {"messages": "bad"}
+    train = write_jsonl(tmp_path / "data.jsonl", rows)
+    recipe = Recipe(data=DataConfig(train=str(train), skip_bad_rows=True))
+    warned: list[str] = []
+    warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
+    assert f"1 bad row skipped (data.skip_bad_rows), e.g. {train}:12: messages:" in warned[0], warned

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgetune.config import DataConfig
 from edgetune.data.render import Encoded, Renderer
-from edgetune.data.rows import Example
+from edgetune.data.rows import SKIP_ADVICE, Example
 from edgetune.data.split import Splits, make_splits
 from edgetune.errors import DataError, InputError
 
@@ -109,7 +109,7 @@ def encode_split(
         if isinstance(enc, InputError):  # the chat template refuses this row (roles, a system turn)
             problem = _row_problem(renderer, ex, enc)
             if not skip_bad_rows:
-                raise DataError(f"{problem} (data.skip_bad_rows or --skip-bad-rows skips bad rows)") from None
+                raise DataError(f"{problem} ({SKIP_ADVICE})") from None
             dropped += 1
             if len(reasons) < keep_reasons:
                 reasons.append(problem)

@@ -170,6 +170,10 @@ def _turn_list(value: Any) -> list | None:
     return turns if is_messages else None
 
 
+# tune and run take it from the recipe or --set; data check has a flag for it too
+SKIP_ADVICE = "data.skip_bad_rows: true, or data check --skip-bad-rows, skips bad rows"
+
+
 def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
         raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
@@ -245,7 +249,7 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                 # format was detected is one bad row, and skipping it is the right advice
                 exc = BadRow("", f"{exc}{hint}", layout=forced or exc.layout)
             if not skip_bad_rows:
-                advice = "" if exc.layout else " (data.skip_bad_rows or --skip-bad-rows skips bad rows)"
+                advice = "" if exc.layout else f" ({SKIP_ADVICE})"
                 raise DataError(f"{where}: {exc}{advice}") from None
             skipped.append(f"{where}: {exc}")
             continue

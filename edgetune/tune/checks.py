@@ -50,6 +50,10 @@ LARGE_VALID = 2000
 
 def warn_about_data(recipe: Recipe, data, warn) -> None:
     train = data.encoded["train"].examples
+    if skipped := data.splits.skipped_rows:  # data.skip_bad_rows: on, but each one is still said
+        warn(
+            f"{len(skipped)} bad row{'s' * (len(skipped) > 1)} skipped (data.skip_bad_rows), e.g. {skipped[0]}"
+        )
     for name, enc in data.encoded.items():
         if enc.dropped:
             warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
