@@ -122,10 +122,14 @@ def _set_aside(run_dir: Path, console) -> None:
             f"{previous}: holds files but no edgetune run, and the previous run would be kept there; "
             "move it, or use another --run-dir"
         )
+    replaced = previous.exists()
     shutil.rmtree(previous, ignore_errors=True)
     run_dir.rename(previous)
     if console is not None:
-        console.print(f"tune inputs changed: the previous run is kept in {escape(str(previous))}")
+        console.print(
+            f"tune inputs changed: the previous run is kept in {escape(str(previous))}"
+            + (" (in place of the run kept there before)" if replaced else "")
+        )
 
 
 def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -> None:
@@ -199,9 +203,7 @@ def run_pipeline(
                 if stage == "tune":  # what later stages and commands read: paths as they are now
                     _refresh_recipe(recipe, run_dir)
                 if stage == "export" and (extra := _unrequested(run_dir, _recipe_exports(recipe))):
-                    names = ", ".join(escape(str(p.relative_to(run_dir))) for p in extra)
-                    say(f"export: removing {names}, which the recipe does not export (a hand-run export's)")
-                    _drop_unrequested(run_dir, _recipe_exports(recipe))
+                    _drop_unrequested(run_dir, _recipe_exports(recipe), say)
                     if _benched(run_dir, extra):  # by a bench run by hand: the report is not the recorded one
                         record.forget_after(stage)
                 continue
@@ -291,7 +293,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
             for fmt in ("gguf", "onnx")
             if fmt in results
         }
-        _drop_unrequested(run_dir, made)  # only after the new files are in place
+        _drop_unrequested(run_dir, made, console.print if console else None)  # after the new files are in
         parity = results["parity"]
         if console is not None:
             print_table(parity, console)
@@ -330,17 +332,27 @@ def _recipe_exports(recipe: Recipe) -> dict[str, set[str]]:
     return {fmt: quants[fmt] for fmt in map(str.lower, recipe.export.formats)}
 
 
-def _drop_unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> None:
-    """Remove exports of formats and quants the recipe does not ask for (a past recipe's, or a
-    hand-run `edgetune export --quant`'s), so bench measures, and --pick ships, only current ones."""
+UNLISTED = "unlisted-exports"  # in a run: exports its recipe does not list, moved out of export/
+
+
+def _drop_unrequested(run_dir: Path, wanted: dict[str, set[str]], say: Callable[[str], None] | None) -> None:
+    """Move exports of formats and quants the recipe does not ask for (a past recipe's, or a
+    hand-run `edgetune export --quant`'s) out of export/ into unlisted-exports/, so bench measures,
+    and --pick ships, only current ones, and nothing made is lost (one of a type there is replaced)."""
     from edgetune.export.layout import still_there
 
     for path in _unrequested(run_dir, wanted):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-            path.with_suffix(".Modelfile").unlink(missing_ok=True)
+        aside = run_dir / UNLISTED / path.parent.name / path.name  # unlisted-exports/gguf/model-f16.gguf
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        for each, to in ((path, aside), (path.with_suffix(".Modelfile"), aside.with_suffix(".Modelfile"))):
+            if each.exists():
+                shutil.rmtree(to) if to.is_dir() else to.unlink(missing_ok=True)
+                each.rename(to)
+        if say is not None:
+            where = escape(str(aside.parent.relative_to(run_dir)))
+            say(
+                f"export: {escape(str(path.relative_to(run_dir)))} is not in the recipe's exports: moved to {where}/"
+            )
     dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in wanted]
     for fmt in dropped:
         shutil.rmtree(run_dir / "export" / fmt, ignore_errors=True)

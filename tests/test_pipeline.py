@@ -79,8 +79,11 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     pruned, out = invoke(recipe)
     # the files its report measured are the ones left: it stands
     assert pruned.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
-    assert "removing export/gguf/model-f16.gguf, which the recipe does not export" in " ".join(out.split())
+    said = "export/gguf/model-f16.gguf is not in the recipe's exports: moved to unlisted-exports/gguf/"
+    assert said in " ".join(out.split()), out
     assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-q8_0.gguf"]
+    kept = run / "unlisted-exports" / "gguf"  # made by hand: out of bench's and --pick's way, not lost
+    assert sorted(p.name for p in kept.iterdir()) == ["model-f16.Modelfile", "model-f16.gguf"]
     # benched by hand too: the report measured the file removed, so the bench runs again
     for command in (["export", str(run), "--to", "gguf", "--quant", "f16"], ["bench", str(run)]):
         by_hand = CliRunner().invoke(main, command)
@@ -94,6 +97,7 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert third.exit_code == 0, out
     assert "ran export, bench; skipped data, tune, merge" in out
     assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-f16.gguf"]
+    assert sorted(p.name for p in kept.glob("*.gguf")) == ["model-f16.gguf", "model-q8_0.gguf"]
     listed = json.loads((run / "manifest.json").read_text())["stages"]["export"]["gguf"]
     assert [entry["quant"] for entry in listed] == ["f16"]  # the q8_0 it removed is not listed
     report = json.loads((run / "bench" / "report.json").read_text())
@@ -101,6 +105,7 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
     only_gguf, out = invoke(recipe, "--set", "export.gguf.quants=f16", "--set", "export.formats=[gguf]")
     assert only_gguf.exit_code == 0 and not (run / "export" / "onnx").exists(), out
+    assert (run / "unlisted-exports" / "onnx" / "fp32" / "model.onnx").is_file()
     record = json.loads((run / "manifest.json").read_text())["stages"]["export"]
     assert "gguf" in record and not [k for k in record if k.startswith("onnx")]  # it lists what is there
     assert [r["quant"] for r in record["gguf_parity"]] == ["f16"] and record["status"] == "done"
