@@ -260,8 +260,9 @@ def pick(report: dict[str, Any]) -> dict[str, Any]:
 
 
 SET_AN_ANSWER_GATE = (
-    'set bench.gates.min_retention (a quant, or "*" for all) or bench.gates.max_kl in the recipe, '
-    "then `edgetune bench --regate --pick`"
+    'set bench.gates.min_retention (a quant, or "*" for all) or bench.gates.max_kl in the recipe and '
+    "`edgetune run RECIPE --pick` (re-applied, not measured again), or in the run's recipe.yaml and "
+    "`edgetune bench --regate --pick`"
 )
 
 
