@@ -152,9 +152,13 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) 
         )
     if (run_dir / "bench" / "report.json").is_file():
         return  # benched before (perhaps on another machine): bench itself says so if it must run again
+    from edgetune.bench.accuracy import refuse_unscorable
     from edgetune.bench.targets import check_devices
+    from edgetune.data.split import make_splits
 
     check_devices(recipe.bench.devices, "bench.devices")
+    splits = make_splits(recipe.data)  # answers bench.metric cannot read (json_fields on plain text)
+    refuse_unscorable(recipe.bench.metric, (splits.test or splits.valid)[: recipe.bench.max_examples])
 
 
 def run_pipeline(

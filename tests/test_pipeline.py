@@ -199,9 +199,14 @@ def test_a_run_dir_that_holds_someone_elses_files_is_never_moved_or_replaced(tmp
 
 def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, tiny_model_dir):
     recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    plain = tmp_path / "plain.jsonl"  # answers bench.metric json_fields cannot read
+    plain.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(40))
+    )
     for overrides, message in (
         (["data.valid_fraction=0", "data.test_fraction=0"], "the recipe holds none out"),
         (["bench.devices=[cuda]"], "bench.devices: cuda, but torch sees no CUDA device"),
+        ([f"data.train={plain}"], "bench.metric json_fields compares the fields of a JSON object"),
     ):
         sets = [arg for o in overrides for arg in ("--set", o)]
         result = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r")])

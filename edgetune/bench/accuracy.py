@@ -11,14 +11,24 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.bench.metrics import METRICS
+from edgetune.bench.metrics import METRICS, unscorable
 from edgetune.bench.runners import Runner, greedy
 from edgetune.data.render import IGNORE
+from edgetune.errors import InputError
 
 
 def reference_answer(example) -> str | None:
     """What the model should have said: the last assistant turn, or the completion."""
     return None if example.format == "text" else example.reference()
+
+
+def refuse_unscorable(metric: str, examples) -> None:
+    """Before any model runs: a metric that cannot read the held-out answers would fail on the
+    first one, or score every target 0 and make every gate meaningless."""
+    for ex in examples:
+        if (reference := reference_answer(ex)) is not None and (why := unscorable(metric, reference)):
+            shown = " ".join(reference.split())[:60]
+            raise InputError(f"{ex.source}: bench.metric {why} ({shown!r}); pick another bench.metric")
 
 
 def example_id(example) -> str:

@@ -9,7 +9,14 @@ from typing import Any
 
 from rich.markup import escape
 
-from edgetune.bench.accuracy import Accuracy, build_cases, context_for, evaluate, example_id
+from edgetune.bench.accuracy import (
+    Accuracy,
+    build_cases,
+    context_for,
+    evaluate,
+    example_id,
+    refuse_unscorable,
+)
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, attach_export_parity, refuse_blind_pick
 from edgetune.bench.prompting import prompting_baselines
@@ -21,19 +28,6 @@ from edgetune.config import load_recipe
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
-
-
-def _refuse_unscorable(metric: str, cases) -> None:
-    """Before any model runs: a metric that cannot read the held-out answers would fail on the
-    first one, or score every target 0 and make every gate meaningless."""
-    from edgetune.bench.metrics import unscorable
-
-    for case in cases:
-        if case.reference is not None and (why := unscorable(metric, case.reference)):
-            shown = " ".join(case.reference.split())[:60]
-            raise InputError(
-                f"{case.example.source}: bench.metric {why} ({shown!r}); pick another bench.metric"
-            )
 
 
 def measure_each(targets: list[Target], measure, skipped: list[dict]) -> list[tuple[Target, Any]]:
@@ -161,7 +155,7 @@ def bench(
                 f"{run_dir}: every held-out example bench would use is longer than data.max_seq_len "
                 f"({recipe.data.max_seq_len} tokens); raise it, or hold out shorter examples"
             )
-        _refuse_unscorable(cfg.metric, cases)
+        refuse_unscorable(cfg.metric, [c.example for c in cases])
         if console is not None and not any(c.answered for c in cases):
             console.print(
                 f"[yellow]warning:[/] the held-out rows are text, with no answer to score: bench.metric "
