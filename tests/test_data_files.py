@@ -100,10 +100,24 @@ def test_a_json_array_file_reads_like_jsonl_and_names_the_line_each_row_starts_o
         load_examples(path)
 
 
+def test_a_json_array_in_a_jsonl_file_and_a_control_character_are_said_plainly(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(ROWS) + "\n")
+    with pytest.raises(DataError, match=r"d.jsonl:1: a JSON array, where JSONL has one object per line"):
+        load_examples(path)
+    path.write_text('{"text": "a\x01b"}\n')
+    with pytest.raises(
+        DataError, match=r"d.jsonl:1: invalid JSON \(Invalid control character at column 12\)"
+    ):
+        load_examples(path)
+
+
 def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(tmp_path):
     path = tmp_path / "d.csv"
     long = "word " * 60_000  # 300 KB in one cell: over csv's default 128 KB limit
-    path.write_text(f'\n\ntext,,\nshort one,,\n\n"{long}",,\n', newline="")
+    path.write_text(
+        f'\n\ntext,,\nshort one,,\n\n"{long}",,\n,,\n , \n', newline=""
+    )  # and rows of blank cells
     texts = [e.text for e in load_examples(path).examples]
     assert texts == ["short one", long]
 
@@ -119,6 +133,7 @@ def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(
         ),
         (b"prompt,completion\n2+2=,4\n3+3=\n", ":3: 1 cell, fewer than the header's 2", "row"),
         (b"prompt,prompt,completion\na,b,c\n", ":1: the header names column 'prompt' more than once", ""),
+        (b"prompt;completion\n2+2=;4\n", ":1: the header is one column, 'prompt;completion': a CSV", ""),
         (b'prompt,completion\n2+2=,4\n"3+3=,6\n4+4=,8\n', ":3: unreadable CSV", ""),  # the quote opens there
         (b'prompt,completion\n2+2=,4\n"3+3=,6\n' + b"4+4=,8\n" * 50, ":3: unreadable CSV", ""),
         (b"prompt,completion\n2+2=,4\n3+3=,\xff\n", ":3: not valid UTF-8 text (byte 0xff)", ""),

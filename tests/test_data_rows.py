@@ -304,6 +304,13 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
             {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "tool", "content": "a"}]},
             "completion[0].role: unknown role 'tool'; expected one of system, user, assistant (tool and",
         ),
+        (  # OpenAI's tool-call turn has null content: said as a tool call, not as a missing string
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "completion": [{"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]}],
+            },
+            "completion[0]: a tool call (tool and function turns are not supported)",
+        ),
     ],
 )
 def test_bad_rows_of_other_layouts_name_their_field(tmp_path, bad, field):

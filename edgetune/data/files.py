@@ -95,7 +95,8 @@ def _row(text: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        return BadRow("", f"invalid JSON ({exc.msg} at column {exc.colno})")
+        # some of json's messages end in "at" ("Invalid control character at"): one "at" is enough
+        return BadRow("", f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})")
     except RecursionError:
         return BadRow("", "JSON nested too deeply to be a dataset row")
     return _checked(value, text)
@@ -104,7 +105,7 @@ def _row(text: str) -> Any:
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """Lines end in LF, CRLF or a lone CR (old Mac files), as editors count them: JSON text holds
     no raw CR but between tokens, where no JSONL writer puts one."""
-    line_no = 0
+    line_no, first = 0, True
     with path.open("rb") as f:
         for chunk in f:
             body = chunk.removesuffix(b"\n").removesuffix(b"\r")
@@ -114,7 +115,21 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 if line_no == 1:
                     line = line.removeprefix(BOM)
                 if line.strip():
-                    yield line_no, _row(line)
+                    row = _row(line)
+                    if first and _array_of_rows(line, row) and path.suffix.lower() != ".json":
+                        raise DataError(  # every row would fail alike, each "expected a JSON object"
+                            f"{path}:{line_no}: a JSON array, where JSONL has one object per line; "
+                            "an array of rows is read from a .json file: rename it"
+                        )
+                    first = False
+                    yield line_no, row
+
+
+def _array_of_rows(line: str, row: Any) -> bool:
+    """A JSONL file's first line opens an array of rows: `[{...}, ...]` on it, or `[` alone."""
+    if isinstance(row, list):
+        return any(isinstance(v, dict) for v in row)
+    return line.strip() == "[" or line.lstrip().startswith("[{")
 
 
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
@@ -202,6 +217,11 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                 if not any(c.strip() for c in cells):
                     continue  # blank lines before the header
                 header = [c.strip() for c in cells]
+                if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None)):
+                    raise DataError(
+                        f"{path}:{reader.line_num}: the header is one column, {header[0][:60]!r}: a CSV "
+                        f"dataset is comma-separated, and this file seems to use {sep!r}; save it with commas"
+                    )
                 repeated = sorted({c for c in header if c and header.count(c) > 1})
                 if repeated:
                     names = ", ".join(repr(c) for c in repeated)
@@ -209,8 +229,8 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                         f"{path}:{reader.line_num}: the header names column {names} more than once"
                     )
                 continue
-            if not cells or (len(cells) == 1 and not cells[0].strip() and len(header) > 1):
-                continue  # a blank line between records
+            if not any(c.strip() for c in cells):
+                continue  # a blank line between records, or a spreadsheet's row of empty cells (",,")
             while len(cells) > len(header) and not cells[-1].strip():
                 cells.pop()  # trailing empty cells (a spreadsheet's "a,b,,"): nothing is lost
             if len(cells) != len(header):

@@ -129,6 +129,8 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
         if not isinstance(m, dict):
             raise BadRow(f"{key}[{i}]", f"expected an object, got {kind_of(m)}")
         role = m.get("role")
+        if m.get("tool_calls") or m.get("function_call"):  # its content is null: say why first
+            raise BadRow(f"{key}[{i}]", "a tool call (tool and function turns are not supported)")
         if role not in ROLES:
             unsupported = " (tool and function turns are not supported)" if role in TOOL_ROLES else ""
             raise BadRow(
