@@ -55,6 +55,36 @@ def test_separate_files_and_overlap_with_train_is_counted_and_dropped(tmp_path, 
     assert kept.counts()["train"] == 50 and kept.overlap["exact"] == 3
 
 
+def test_a_held_out_question_a_longer_training_chat_opens_with_has_leaked(tmp_path, chat_rows):
+    """A train chat that asks the test question first, then goes on, trains on the test answer:
+    datasets expanded per turn, or ShareGPT chats cut into pieces, do this."""
+    longer = {
+        "messages": [
+            {"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "Paris"},
+            {"role": "user", "content": "And of Spain?"},
+            {"role": "assistant", "content": "Madrid"},
+        ]
+    }
+    folded = {
+        "messages": [{**longer["messages"][0], "content": "what is the  capital of France?"}]
+        + longer["messages"][1:]
+    }
+    weighted = {
+        "messages": [*longer["messages"][:1], {**longer["messages"][1], "weight": 0}, *longer["messages"][2:]]
+    }
+    train = write_jsonl(tmp_path / "train.jsonl", [*chat_rows, longer, folded, weighted])
+    test = write_jsonl(tmp_path / "test.jsonl", [chat_row("What is the capital of France?", "Paris")])
+    splits = make_splits(cfg(train, test=str(test), valid_fraction=0.0))
+    # the weight-0 "Paris" is context, not learnt: that chat trains on Madrid only, and is kept
+    assert (splits.overlap["same_input"], splits.overlap["near"], splits.overlap["dropped_from_train"]) == (
+        1,
+        1,
+        2,
+    )
+    assert sources(splits.train)[-1] == f"{train}:53"
+
+
 def test_too_few_examples_to_split(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [chat_row("a", "b"), chat_row("c", "d")])
     with pytest.raises(DataError, match="too few"):

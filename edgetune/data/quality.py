@@ -30,16 +30,16 @@ def _fold(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 
-def folded_input(ex: Example) -> str:
-    """The input side with case and whitespace folded (a text row's whole text): what leakage into
-    a held-out split is matched on."""
-    key = _input(ex)
+def folded_input(ex: Example, turns: tuple[tuple[str, str], ...] | None = None) -> str:
+    """The input side (or `turns`, one of ex.reply_inputs()) with case and whitespace folded (a
+    text row's whole text): what leakage into a held-out split is matched on."""
+    key = _input(ex, turns)
     return _fold(ex.text) if key is None else key
 
 
-def _input(ex: Example) -> str | None:
+def _input(ex: Example, turns: tuple[tuple[str, str], ...] | None = None) -> str | None:
     """The folded input side; None for text rows, which have no separate answer."""
-    turns = ex.input_turns()
+    turns = ex.input_turns() if turns is None else turns
     return None if turns is None else json.dumps([ex.format, [[r, _fold(c)] for r, c in turns]])
 
 

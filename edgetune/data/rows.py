@@ -58,11 +58,22 @@ class Example:
             return (("user", self.prompt),)
         return None
 
-    def prompt_key(self) -> str:
-        """Identity of the input side only: a test example whose input is in train has leaked."""
-        turns = self.input_turns()
+    def prompt_key(self, turns: tuple[tuple[str, str], ...] | None = None) -> str:
+        """Identity of the input side only (or of `turns`, one of reply_inputs): a test example
+        whose input is in train has leaked."""
+        turns = self.input_turns() if turns is None else turns
         fields = ["text", self.text] if turns is None else [self.format, turns]
         return unicodedata.normalize("NFC", json.dumps(fields, ensure_ascii=False))
+
+    def reply_inputs(self) -> list[tuple[tuple[str, str], ...] | None]:
+        """The input of each reply the row learns, not only its last (the turns before it): a
+        held-out example asking any of them is answered in training. [None] for a text row."""
+        if self.format != "messages":
+            return [self.input_turns()]
+        msgs = self.messages
+        return [msgs[:i] for i in range(len(msgs)) if learnt_reply(msgs, i, self.untrained)] or [
+            self.input_turns()
+        ]
 
     def as_messages(self) -> list[dict[str, str]]:
         if self.format == "messages":

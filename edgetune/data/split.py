@@ -122,9 +122,16 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
     held_inputs = {ex.prompt_key() for rows in held.values() for ex in rows}
     held_folded = {folded_input(ex) for rows in held.values() for ex in rows}
     exact = [ex for ex in train if ex.match_key() in held_exact]
-    same_input = [ex for ex in train if ex.prompt_key() in held_inputs and ex.match_key() not in held_exact]
-    # the same input up to case and whitespace: leaked as surely, and missed by exact matching
-    near = [ex for ex in train if ex.prompt_key() not in held_inputs and folded_input(ex) in held_folded]
+    # a held-out input that any learnt reply of a train row answers (a longer chat that opens with it)
+    same_input, near = [], []
+    for ex in train:
+        if ex.match_key() in held_exact:
+            continue
+        asked = ex.reply_inputs()
+        if any(ex.prompt_key(turns) in held_inputs for turns in asked):
+            same_input.append(ex)
+        elif any(folded_input(ex, turns) in held_folded for turns in asked):
+            near.append(ex)  # the same input up to case and whitespace: as leaked, missed by exact matching
     overlap = {"exact": len(exact), "same_input": len(same_input), "near": len(near), "dropped_from_train": 0}
     valid_keys = {ex.match_key() for ex in held.get("valid", [])}
     overlap["test_in_valid"] = sum(ex.match_key() in valid_keys for ex in held.get("test", []))
