@@ -175,6 +175,26 @@ def _deadline(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def _text_size(value: Any) -> int:
+    """Characters of text in a template's variables (the messages' contents)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_text_size(v) for v in value)
+    return 0
+
+
+def _refuse_a_long_row(variables: dict[str, Any]) -> None:
+    """A size limit a row's own text reached is the row's length, not a hostile template."""
+    if (given := _text_size(variables)) > MAX_VALUE_CHARS // 2:
+        raise InputError(
+            f"chat template: the row is too long to render ({given:,} characters of text; the "
+            f"template sandbox stops at {MAX_VALUE_CHARS:,})"
+        ) from None
+
+
 def render_template(source: str, **variables: Any) -> str:
     """Render a chat template in the sandbox; one InputError for anything it refuses or that fails."""
     import jinja2
@@ -189,6 +209,7 @@ def render_template(source: str, **variables: Any) -> str:
             for chunk in template.generate(**variables):
                 size += len(chunk)
                 if size > MAX_OUTPUT_CHARS:
+                    _refuse_a_long_row(variables)
                     raise InputError(
                         f"chat template: output longer than {MAX_OUTPUT_CHARS:,} characters; refused"
                     )
@@ -198,6 +219,7 @@ def render_template(source: str, **variables: Any) -> str:
     except _Timeout:
         raise InputError(f"chat template: rendering took longer than {MAX_SECONDS:g} s; refused") from None
     except SecurityError as e:
+        _refuse_a_long_row(variables)
         raise InputError(f"chat template: refused by the sandbox ({e})") from None
     except (OverflowError, MemoryError, RecursionError) as e:
         raise InputError(f"chat template: refused ({type(e).__name__})") from None

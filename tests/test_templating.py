@@ -87,6 +87,21 @@ def test_exhaustion_is_refused_quickly(payload, reason):
     assert time.monotonic() - started < 8
 
 
+def test_a_row_too_long_to_render_is_said_to_be_long_not_the_template_hostile():
+    chatml = (
+        "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>' }}{% endfor %}"
+    )
+    long = [{"role": "user", "content": "word " * 420_000}]
+    with pytest.raises(InputError, match=r"the row is too long to render \(2,100,004 characters of text"):
+        render_template(chatml, messages=long)
+    with pytest.raises(InputError, match="the row is too long to render"):  # the output limit too
+        render_template("{% for m in messages %}{{ m.content }}{{ m.content }}{% endfor %}", messages=long)
+    assert (
+        render_template(chatml, messages=[{"role": "user", "content": "hi"}])
+        == "<|im_start|>user\nhi<|im_end|>"
+    )
+
+
 def test_a_hostile_template_in_a_model_dir_stops_data_check_with_exit_2(tmp_path, tiny_model_dir):
     import json
     import shutil
