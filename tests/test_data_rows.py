@@ -206,6 +206,27 @@ def test_other_tools_layouts_read_as_the_same_conversations(tmp_path, fmt, rows,
     ]
 
 
+def test_an_empty_system_turn_is_no_system_prompt_as_an_empty_system_field_is(tmp_path):
+    """Exports write `{"role": "system", "content": ""}` (or ShareGPT's "value": ""): the row was
+    refused as `content: is empty`, where an empty top-level `system` was already read as none."""
+    rows = [
+        {"messages": [{"role": "system", "content": ""}, *chat_row("q", "a")["messages"]]},
+        {
+            "conversations": [
+                {"from": "system", "value": " "},
+                {"from": "human", "value": "q"},
+                {"from": "gpt", "value": "old", "weight": 0},
+                {"from": "human", "value": "again"},
+                {"from": "gpt", "value": "a"},
+            ]
+        },
+    ]
+    first = load_examples(write_jsonl(tmp_path / "m.jsonl", rows[:1])).examples[0]
+    assert first == load_examples(write_jsonl(tmp_path / "plain.jsonl", [chat_row("q", "a")])).examples[0]
+    (second,) = load_examples(write_jsonl(tmp_path / "s.jsonl", rows[1:])).examples
+    assert second.messages[0] == ("user", "q") and second.untrained == (1,)  # the weight-0 reply, renumbered
+
+
 def test_a_reply_inside_a_trl_prompt_is_context_and_only_the_completion_is_learnt(tmp_path):
     """TRL trains a conversational prompt-completion row on its completion alone: an assistant turn
     in the prompt (an earlier answer, a few-shot example) is part of the question."""

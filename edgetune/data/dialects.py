@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgetune.data.fields import BadRow, Conversation, checked_turns, kind_of, nonempty_str, trained
+from edgetune.data.fields import BadRow, Conversation, blank, checked_turns, kind_of, nonempty_str, trained
 
 SPEAKERS = {
     "system": "system",
@@ -106,9 +106,11 @@ def sharegpt_turns(row: dict[str, Any]) -> Conversation:
                 f"unknown speaker {who!r}; expected one of {', '.join(SPEAKERS)} "
                 "(tool and function turns are not supported)",
             )
+        if role == "system" and blank(turn.get(text_key)):
+            continue  # an empty system turn (exports write one): no system prompt, as if absent
         turns.append((role, nonempty_str(turn.get(text_key), f"{where}.{text_key}")))
         if not trained(turn, role, where):
-            untrained.append(i)
+            untrained.append(len(turns) - 1)
     everything = _with_system(row, turns, "conversations")
     shift = len(everything) - len(turns)  # a top-level system comes first
     return checked_turns(everything, "conversations", tuple(i + shift for i in untrained))

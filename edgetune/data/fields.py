@@ -28,6 +28,11 @@ def kind_of(value: Any) -> str:
     return JSON_KINDS.get(type(value), type(value).__name__)
 
 
+def blank(value: Any) -> bool:
+    """No text: null, or only whitespace."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def nonempty_str(value: Any, field_path: str) -> str:
     if not isinstance(value, str):
         raise BadRow(field_path, f"expected a string, got {kind_of(value)}")

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.data.dialects import alpaca_turns, json_list, sharegpt_turns
-from edgetune.data.fields import ROLES, BadRow, Conversation, checked_turns, kind_of, nonempty_str, trained
+from edgetune.data.fields import (
+    ROLES,
+    BadRow,
+    Conversation,
+    blank,
+    checked_turns,
+    kind_of,
+    nonempty_str,
+    trained,
+)
 from edgetune.data.files import iter_raw_rows
 from edgetune.errors import DataError
 
@@ -147,9 +156,11 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
             raise BadRow(
                 f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}{unsupported}"
             )
+        if role == "system" and blank(m.get("content")):
+            continue  # an empty system turn (exports write one): no system prompt, as if absent
         turns.append((role, nonempty_str(m.get("content"), f"{key}[{i}].content")))
         if not trained(m, role, f"{key}[{i}]"):
-            untrained.append(i)
+            untrained.append(len(turns) - 1)
     return checked_turns(turns, key, tuple(untrained)) if check else (tuple(turns), tuple(untrained))
 
 
