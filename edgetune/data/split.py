@@ -111,9 +111,10 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         taken = {"valid": order[:n_valid], "test": order[n_valid : n_valid + n_test]}
         for name in carve:
             held[name] = [train[i] for i in sorted(taken[name])]
-            files[name] = (
-                f"{files['train']} ({getattr(cfg, name + '_fraction'):.0%} split, seed {cfg.split_seed})"
-            )
+            if held[name]:  # a fraction of 0 holds nothing out: no split to name
+                files[name] = (
+                    f"{files['train']} ({getattr(cfg, name + '_fraction'):.0%} split, seed {cfg.split_seed})"
+                )
         drop = set(taken["valid"]) | set(taken["test"])
         train = [ex for i, ex in enumerate(train) if i not in drop]
 
