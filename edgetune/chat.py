@@ -53,6 +53,8 @@ class ChatSession:
             if not context or len(ids) + room <= context or not history:
                 break
             history, dropped = history[2:], dropped + 1
+        if not ids:  # a plain prompt of no text has no token to start from (--prompt "")
+            raise InputError("the prompt is empty: give the model something to answer")
         if context and len(ids) >= context:
             raise InputError(
                 f"the prompt is {len(ids)} tokens with the system prompt, and the model's context is "

@@ -8,6 +8,8 @@ import shutil
 import pytest
 from conftest import build_tiny_model, write_jsonl
 
+from edgetune.errors import InputError
+
 
 @pytest.mark.parametrize("case", ["base model, template auto", "chat model, template plain"])
 def test_a_run_trained_on_plain_prompts_is_prompted_plainly_after_training(
@@ -69,3 +71,6 @@ def test_a_run_trained_on_plain_prompts_is_prompted_plainly_after_training(
         ) == after.renderer.ids_for_text(example.prompt)
         session.reply("log 3: link down on eth3\n", max_new_tokens=2)
         assert session.history == []  # a plain prompt has no turns to keep
+        if "plain" in case:  # a tokenizer with no BOS: an empty prompt is no token to start from
+            with pytest.raises(InputError, match="the prompt is empty"):
+                session.reply("", max_new_tokens=2)
