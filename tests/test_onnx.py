@@ -405,3 +405,16 @@ def test_phi3s_fused_qkv_keeps_the_8_bits_its_v_projection_is_given(tmp_path, ti
     qkv = [b for name, b in bits.items() if "qkv_proj" in name]
     gate_up = [b for name, b in bits.items() if "gate_up_proj" in name]
     assert qkv and set(qkv) == {8} and set(gate_up) == {4}
+
+
+def test_a_longrope_graph_is_held_to_its_original_context():
+    """The traced graph holds only longrope's short factors: past the original context its logits
+    left torch's (a tiny Phi-3, 64 original positions: equal to 64, 0.018 apart from 65), so chat
+    and bench keep to it, as llama.cpp's chat does."""
+    from edgetune.export.onnx_runtime import OnnxDecoder
+
+    phi = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096}
+    assert OnnxDecoder.context_of({**phi, "rope_scaling": {"type": "longrope"}}) == 4096
+    assert OnnxDecoder.context_of({**phi, "rope_scaling": {"rope_type": "longrope"}}) == 4096
+    assert OnnxDecoder.context_of({**phi, "rope_scaling": {"rope_type": "llama3"}}) == 131072
+    assert OnnxDecoder.context_of({"max_position_embeddings": 2048, "rope_scaling": None}) == 2048

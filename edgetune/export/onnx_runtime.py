@@ -90,13 +90,22 @@ class OnnxDecoder:
             )
         config = self._config()
         self._kv_shape = self._kv_dims(config)
-        self.max_positions = config.get("max_position_embeddings")
+        self.max_positions = self.context_of(config)
 
     def _config(self) -> dict:
         try:
             return json.loads((self.dir / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{self.dir / 'config.json'}: cannot read it ({e})") from e
+
+    @staticmethod
+    def context_of(config: dict) -> int | None:
+        """The positions the graph answers as torch does: a longrope model's (Phi-3.5, Phi-4-mini)
+        graph holds only the short factors, so its original context; others' whole one."""
+        scaling = config.get("rope_scaling") or {}
+        if scaling.get("type", scaling.get("rope_type")) == "longrope":
+            return config.get("original_max_position_embeddings") or config.get("max_position_embeddings")
+        return config.get("max_position_embeddings")
 
     @staticmethod
     def _kv_dims(config: dict) -> tuple[int, int]:
