@@ -562,12 +562,17 @@ def test_bench_refuses_what_the_run_already_shows_before_measuring(benched, tmp_
     gguf.write_bytes(gguf.read_bytes()[:-1000])
     truncated = CliRunner().invoke(main, ["bench", str(copy)])
     assert truncated.exit_code == 2 and "model-q8_0.gguf: tensor" in truncated.output, truncated.output
+    shutil.copy(run / "export" / "gguf" / "model-q8_0.gguf", gguf)
+    (copy / "export" / "onnx" / "int8" / "config.json").unlink()  # found only once it was opened, late
+    no_config = CliRunner().invoke(main, ["bench", str(copy)])
+    assert no_config.exit_code == 2 and "int8/config.json: cannot read it" in no_config.output, (
+        no_config.output
+    )
     (copy / "manifest.json").write_text("{")
     corrupt = CliRunner().invoke(main, ["bench", str(copy)])
     assert corrupt.exit_code == 2 and "manifest.json: corrupt manifest" in corrupt.output
-    assert (
-        not (copy / "bench").exists() and "accuracy" not in picked.output + truncated.output + corrupt.output
-    )
+    said = picked.output + truncated.output + no_config.output + corrupt.output
+    assert not (copy / "bench").exists() and "accuracy" not in said and not opened
 
 
 def test_what_a_killed_export_left_is_no_export_and_the_next_export_removes_it(benched, tmp_path):

@@ -123,6 +123,7 @@ def bench(
             refuse_blind_pick(cfg.gates)
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = devices or cfg.devices
+        from edgetune.export.onnx_runtime import check_onnx_dir
         from edgetune.export.parity_record import unchecked_exports
         from edgetune.validate import check_gguf
 
@@ -132,6 +133,8 @@ def bench(
         # a damaged file is named now, not after the minutes the torch targets take
         for gguf in sorted({t.path for t in targets if t.format == "gguf"}):
             check_gguf(gguf)
+        for onnx in sorted({t.path for t in targets if t.format == "onnx"}):
+            check_onnx_dir(onnx)
         exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
             console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)

@@ -44,20 +44,34 @@ def load_cuda_libraries() -> None:
             preload(msvc=False)
 
 
+def check_onnx_dir(model_dir: Path) -> dict:
+    """An ONNX export directory's config, once its graph, JSON files, weights' external data and the
+    config's cache dimensions are checked: bench names a damaged one before it measures anything."""
+    from edgetune.export.onnx_graph import external_data_files
+    from edgetune.validate import check_model_dir
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"{model_dir}: no {MODEL_FILE}; not an ONNX export directory")
+    check_model_dir(Path(model_dir))
+    external_data_files(path)
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        OnnxDecoder._kv_dims(config)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{Path(model_dir) / 'config.json'}: cannot read it ({e})") from e
+    except (KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{Path(model_dir) / 'config.json'}: no attention shape in it ({e})") from None
+    return config
+
+
 class OnnxDecoder:
     def __init__(self, model_dir: Path, threads: int | None = None, device: str = "cpu"):
         import onnxruntime as ort
 
-        from edgetune.export.onnx_graph import external_data_files
-
         self.dir = Path(model_dir)
         path = self.dir / MODEL_FILE
-        if not path.is_file():
-            raise InputError(f"{self.dir}: no {MODEL_FILE}; not an ONNX export directory")
-        from edgetune.validate import check_model_dir
-
-        check_model_dir(self.dir)
-        external_data_files(path)
+        config = check_onnx_dir(self.dir)
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             load_cuda_libraries()
@@ -88,15 +102,8 @@ class OnnxDecoder:
                 f"{path}: a decoder without a key/value cache (past_key_values inputs); export it with "
                 "the cache (`edgetune export`, or optimum's task text-generation-with-past)"
             )
-        config = self._config()
         self._kv_shape = self._kv_dims(config)
         self.max_positions = self.context_of(config)
-
-    def _config(self) -> dict:
-        try:
-            return json.loads((self.dir / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"{self.dir / 'config.json'}: cannot read it ({e})") from e
 
     @staticmethod
     def context_of(config: dict) -> int | None:
