@@ -418,3 +418,27 @@ def test_a_longrope_graph_is_held_to_its_original_context():
     assert OnnxDecoder.context_of({**phi, "rope_scaling": {"rope_type": "longrope"}}) == 4096
     assert OnnxDecoder.context_of({**phi, "rope_scaling": {"rope_type": "llama3"}}) == 131072
     assert OnnxDecoder.context_of({"max_position_embeddings": 2048, "rope_scaling": None}) == 2048
+
+
+def test_external_data_inside_a_subgraph_is_confined_too(tmp_path):
+    """An If branch's tensor is loaded by onnxruntime as any other: its external data path is
+    checked as the main graph's are."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgetune.export.onnx_graph import external_data_files
+
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    branch_tensor = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    branch_tensor.ClearField("float_data")
+    branch_tensor.data_location = TensorProto.EXTERNAL
+    branch_tensor.external_data.add(key="location", value="../secret.bin")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    branch = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "b", [], [out], [branch_tensor])
+    cond = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    model = helper.make_model(helper.make_graph([node], "g", [cond], [out]))
+    (tmp_path / "m").mkdir()
+    onnx.save_model(model, str(tmp_path / "m" / "model.onnx"))
+    with pytest.raises(InputError, match=r"tensor 'w' stores its data at '../secret.bin'"):
+        external_data_files(tmp_path / "m" / "model.onnx")

@@ -46,11 +46,21 @@ def external_data_files(model_path: Path) -> list[Path]:
 
 
 def _all_tensors(model):
-    yield from model.graph.initializer
-    for node in model.graph.node:
+    yield from _graph_tensors(model.graph)
+
+
+def _graph_tensors(graph):
+    """Initializers and tensor attributes, in subgraphs (If and Loop bodies) too."""
+    yield from graph.initializer
+    for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
 
 
 def too_big_for_protobuf(model) -> bool:
