@@ -442,3 +442,22 @@ def test_external_data_inside_a_subgraph_is_confined_too(tmp_path):
     onnx.save_model(model, str(tmp_path / "m" / "model.onnx"))
     with pytest.raises(InputError, match=r"tensor 'w' stores its data at '../secret.bin'"):
         external_data_files(tmp_path / "m" / "model.onnx")
+
+
+def test_a_tied_head_is_stored_once_in_fp32_and_fp16_whatever_the_embedding_class(
+    tmp_path, tiny_gemma3_dir, tiny_model_dir, tiny_tokenizer
+):
+    """optimum shares a tied Llama head with its embedding, but not Gemma 3's (a scaled embedding
+    class): its fp32 and fp16 files held the table twice. Sharing it changes no logit."""
+    import onnx
+
+    ids = tiny_tokenizer(PROMPTS[1], add_special_tokens=False)["input_ids"]
+    for name, model_dir in (("gemma3", tiny_gemma3_dir), ("llama", tiny_model_dir)):
+        out = tmp_path / name
+        export_onnx(model_dir, out, ["fp32", "fp16"], OnnxExportConfig())
+        for quant in ("fp32", "fp16"):
+            graph = onnx.load(str(out / quant / "model.onnx")).graph
+            vocab = [t for t in graph.initializer if len(t.dims) == 2 and len(tiny_tokenizer) in t.dims]
+            assert len(vocab) == 1, (name, quant, [tuple(t.dims) for t in vocab])
+        kl, top1 = kl_top1(torch_logprobs(model_dir, ids), log_softmax(OnnxDecoder(out / "fp32").logits(ids)))
+        assert kl <= 1e-5 and top1 == 1.0, name

@@ -26,6 +26,7 @@ from edgetune.export.onnx_graph import (
     add_logits_from_input,
     load_model,
     save_model,
+    share_tied_head,
 )
 from edgetune.export.onnx_runtime import MODEL_FILE, model_files
 from edgetune.rundir import atomic_dir, sha256_file
@@ -160,7 +161,9 @@ def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, fo
             config.int4_embeddings,
         )
         model = quantize_nbits(model, plan)
-    elif quant == "fp16":
+    else:  # fp32, fp16: the quantisers above take the head apart from the embedding (their own bits)
+        share_tied_head(model)
+    if quant == "fp16":
         model = to_fp16(model)
     save_model(model, staging / MODEL_FILE, force_external=force_external)
     (staging / INFO_FILE).write_text(
