@@ -141,6 +141,13 @@ def fingerprints(
 
     bench_settings = hashed_settings("bench", recipe.bench, legacy)
     bench_settings.pop("gates")  # gates are not measurements: a skipped bench re-applies them
+
+    def exported(fmt: str) -> str:  # one format's files: on the other format's settings they do not depend
+        settings = hashed_settings("export", recipe.export, legacy)
+        settings = {k: v for k, v in settings.items() if k not in ("formats", "gguf", "onnx") or k == fmt}
+        merged = sha256_tree(run_dir / "merged")
+        return prefix + _digest(fmt, merged, settings, data, recipe.bench.max_new_tokens)
+
     return {
         "data": lambda: prefix + data,
         "tune": lambda: prefix + tune,
@@ -155,6 +162,9 @@ def fingerprints(
             )
         ),
         "bench": lambda: prefix + _digest(files(), bench_settings),
+        # within the export stage: a format whose own inputs are unchanged is not exported again
+        "export.gguf": lambda: exported("gguf"),
+        "export.onnx": lambda: exported("onnx"),
     }
 
 
@@ -234,7 +244,8 @@ class StageRecord:
     def forget_after(self, stage: str) -> None:
         """Everything after a stage that ran is stale, whatever its fingerprint said."""
         for later in STAGES[STAGES.index(stage) + 1 :]:
-            self.done.pop(later, None)
+            for key in [k for k in self.done if k == later or k.startswith(later + ".")]:
+                self.done.pop(key)
 
     def save(self) -> None:
         """Replace (not merge) the manifest's pipeline record."""

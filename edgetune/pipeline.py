@@ -60,15 +60,15 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
     }[stage]
 
 
-def _export_whole(run_dir: Path) -> bool:
+def _export_whole(run_dir: Path, fmt: str | None = None) -> bool:
     """The export finished (a manual one interrupted before its parity checks did not), and every
-    file its manifest lists is still there as it was written: an ONNX folder that lost its
-    tokenizer, or a file changed in place, is no export its parity check vouches for. (bench
-    hashes the same files for its own fingerprint, once per process.)"""
+    file its manifest lists (of `fmt`, which must list some) is still there as it was written: an
+    ONNX folder that lost its tokenizer, or a file changed in place, is no export its parity check
+    vouches for. (bench hashes the same files for its own fingerprint, once per process.)"""
     record = read_manifest(run_dir).get("stages", {}).get("export", {})
-    if record.get("status") != "done":
+    if record.get("status") != "done" or (fmt is not None and not record.get(fmt)):
         return False
-    for entry in [*record.get("gguf", []), *record.get("onnx", [])]:
+    for entry in [*record.get("gguf", []), *record.get("onnx", [])] if fmt is None else record[fmt]:
         if not isinstance(entry, dict) or not entry.get("path"):
             continue
         where = run_dir / str(entry["path"])
@@ -291,16 +291,20 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         from edgetune.export.run import export
 
         _refresh_recipe(recipe, run_dir)
-        results = export(run_dir, console=console)
-        made = {
-            fmt: {a.quant.lower() for a in results[fmt].artifacts}
-            for fmt in ("gguf", "onnx")
-            if fmt in results
-        }
-        _drop_unrequested(run_dir, made, console.print if console else None)  # after the new files are in
-        parity = results["parity"]
-        if console is not None:
-            print_table(parity, console)
+        wanted = _recipe_exports(recipe)
+        # a format whose own settings and inputs are as its files were made (only the other one's
+        # changed) keeps its files: an ONNX setting does not quantise every GGUF again
+        kept = [f for f in wanted if record.matches(f"export.{f}") and _export_whole(run_dir, f)]
+        stale = [f for f in wanted if f not in kept]
+        for fmt in kept:
+            if console is not None:
+                console.print(f"[dim]export: {fmt} up to date, kept[/]")
+        results = export(run_dir, formats=stale, console=console) if stale else {"parity": []}
+        _drop_unrequested(run_dir, wanted, console.print if console else None)  # after the new files are in
+        if console is not None and results["parity"]:
+            print_table(results["parity"], console)
+        for fmt in wanted:
+            record.record(f"export.{fmt}")
     elif stage == "bench":
         from edgetune.bench.run import bench
 

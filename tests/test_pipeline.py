@@ -93,9 +93,13 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     report = json.loads((run / "bench" / "report.json").read_text())
     assert [t["name"] for t in report["targets"]] == ["torch/merged", "onnx/fp32", "gguf/q8_0"]
 
+    onnx_made = (run / "export" / "onnx" / "fp32" / "model.onnx").stat().st_mtime_ns
     third, out = invoke(recipe, "--set", "export.gguf.quants=f16")
     assert third.exit_code == 0, out
     assert "ran export, bench; skipped data, tune, merge" in out
+    # only the GGUF settings changed: the ONNX folder is kept as it was, not traced again
+    assert "export: onnx up to date, kept" in out and "onnx: fp32 written" not in out, out
+    assert (run / "export" / "onnx" / "fp32" / "model.onnx").stat().st_mtime_ns == onnx_made
     assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-f16.gguf"]
     assert sorted(p.name for p in kept.glob("*.gguf")) == ["model-f16.gguf", "model-q8_0.gguf"]
     listed = json.loads((run / "manifest.json").read_text())["stages"]["export"]["gguf"]
