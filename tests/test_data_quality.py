@@ -155,3 +155,20 @@ def test_tune_says_which_bad_rows_it_skipped(tmp_path, tiny_tokenizer):
     warned: list[str] = []
     warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
     assert f"1 bad row skipped (data.skip_bad_rows), e.g. {train}:12: messages:" in warned[0], warned
+
+
+def test_data_check_and_tune_say_data_system_prompt_goes_nowhere_on_plain_rows(tmp_path, tiny_model_dir):
+    """tune warned; data check, where a user looks first, did not."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    rows = [{"prompt": f"log {i}: link down\n", "completion": f"port {i}"} for i in range(30)]
+    train = write_jsonl(tmp_path / "data.jsonl", rows)
+    args = ["data", "check", str(train), "--json", "--set", f"model.base={tiny_model_dir}"]
+    args += ["--set", "data.system_prompt=Be brief.", "--set", "data.template=plain"]
+    checked = CliRunner().invoke(main, args)
+    assert checked.exit_code == 0, checked.output
+    assert any("data.system_prompt is not used" in w for w in json.loads(checked.stdout)["warnings"])
+    chat = CliRunner().invoke(main, args[:-2])  # the chat template takes it: nothing to say
+    assert not any("system_prompt" in w for w in json.loads(chat.stdout)["warnings"]), chat.output

@@ -203,3 +203,13 @@ def special_token_text(prepared: PreparedData) -> str | None:
         f"{rows} the text of a special token of the tokenizer (e.g. {found[0]}): it is read as that "
         "token, so a reply quoting one learns to end or open a turn there; remove or spell it otherwise"
     )
+
+
+def unused_system_prompt(prepared: PreparedData, system_prompt: str | None) -> str | None:
+    """A warning when data.system_prompt goes nowhere: it is written into chat-rendered rows only."""
+    if system_prompt and not any(prepared.renderer.uses_chat(e) for e in prepared.splits.train):
+        return (
+            "data.system_prompt is not used: it goes into chat-rendered rows, and these are rendered "
+            "as plain text (text rows, or data.template plain)"
+        )
+    return None

@@ -48,7 +48,7 @@ def check_dataset(
         )
         report["skipped_examples"] = splits.skipped_rows[:5]
         return report
-    from edgetune.data.prepare import past_the_context, prepare, special_token_text
+    from edgetune.data.prepare import past_the_context, prepare, special_token_text, unused_system_prompt
     from edgetune.models import load_tokenizer, resolve_model
 
     model = resolve_model(recipe.model.base, recipe.model.revision, allow_pickle=recipe.model.allow_pickle)
@@ -56,7 +56,8 @@ def check_dataset(
     prepared = prepare(cfg, tokenizer, skip_bad_rows)
     report.update(prepared.summary())
     context = past_the_context(prepared, model.path, recipe.model.trust_remote_code)
-    report["warnings"] = [w for w in (context, special_token_text(prepared)) if w]
+    said = (context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared))
+    report["warnings"] = [w for w in said if w]
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
     usable = {enc.source for enc in prepared.encoded["train"].examples}  # not one the template refused
     first = next(ex for ex in prepared.splits.train if ex.source in usable)

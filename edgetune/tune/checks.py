@@ -57,16 +57,11 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
     for name, enc in data.encoded.items():
         if enc.dropped:
             warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
-    renderer = data.renderer
-    if recipe.data.system_prompt and not any(renderer.uses_chat(e) for e in data.splits.train):
-        warn(
-            "data.system_prompt is not used: it goes into chat-rendered rows, and these are rendered "
-            "as plain text (text rows, or data.template plain)"
-        )
-    from edgetune.data.prepare import special_token_text
+    from edgetune.data.prepare import special_token_text, unused_system_prompt
 
-    if quoted := special_token_text(data):
-        warn(quoted)
+    for said in (unused_system_prompt(data, recipe.data.system_prompt), special_token_text(data)):
+        if said:
+            warn(said)
     missing_eos = data.encoded["train"].missing_eos
     if missing_eos:  # truncation cut the stop token off: the model learns not to stop
         warn(
