@@ -150,15 +150,17 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) 
             f"(export: {', '.join(sorted(exported)) or 'nothing'}); export it, drop the gate "
             "(--set bench.gates.min_retention={} drops them all), or run with --no-gate"
         )
+    if recipe.bench.metric in ("json_fields", "choice"):  # the metrics some answers cannot feed
+        from edgetune.bench.accuracy import refuse_unscorable
+        from edgetune.data.split import make_splits
+
+        splits = make_splits(recipe.data)  # json_fields on plain answers: after the tune, bench would fail
+        refuse_unscorable(recipe.bench.metric, (splits.test or splits.valid)[: recipe.bench.max_examples])
     if (run_dir / "bench" / "report.json").is_file():
         return  # benched before (perhaps on another machine): bench itself says so if it must run again
-    from edgetune.bench.accuracy import refuse_unscorable
     from edgetune.bench.targets import check_devices
-    from edgetune.data.split import make_splits
 
     check_devices(recipe.bench.devices, "bench.devices")
-    splits = make_splits(recipe.data)  # answers bench.metric cannot read (json_fields on plain text)
-    refuse_unscorable(recipe.bench.metric, (splits.test or splits.valid)[: recipe.bench.max_examples])
 
 
 def run_pipeline(

@@ -1,6 +1,7 @@
 """edgetune run: every stage once, then only what changed."""
 
 import json
+import shutil
 
 import yaml
 from click.testing import CliRunner
@@ -216,6 +217,15 @@ def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, t
         result = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r")])
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "r").exists()
+    # a run benched before (the default runs/<name>) is checked too: the new data may not be scorable
+    (tmp_path / "r" / "bench").mkdir(parents=True)
+    (tmp_path / "r" / "bench" / "report.json").write_text("{}")
+    (tmp_path / "r" / "recipe.yaml").write_text("name: tiny\n")
+    again = CliRunner().invoke(
+        main, ["run", str(recipe), "--set", f"data.train={plain}", "--run-dir", str(tmp_path / "r")]
+    )
+    assert again.exit_code == 2 and "bench.metric json_fields compares" in again.output, again.output
+    shutil.rmtree(tmp_path / "r")
     # --pick under gates that check no file's answers would pick the smallest file unchecked
     sets = ["--set", "bench.gates.min_retention={}", "--set", "bench.gates.max_kl=null"]
     picked = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r"), "--pick"])
