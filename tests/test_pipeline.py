@@ -225,6 +225,7 @@ def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, t
         main, ["run", str(recipe), "--set", f"data.train={plain}", "--run-dir", str(tmp_path / "r")]
     )
     assert again.exit_code == 2 and "bench.metric json_fields compares" in again.output, again.output
+    assert not (tmp_path / "r.previous").exists() and not (tmp_path / "r" / "adapter").exists()  # no tune
     shutil.rmtree(tmp_path / "r")
     # --pick under gates that check no file's answers would pick the smallest file unchecked
     sets = ["--set", "bench.gates.min_retention={}", "--set", "bench.gates.max_kl=null"]
