@@ -236,6 +236,11 @@ def test_data_check_samples_a_row_that_encoded_when_the_first_is_refused_or_drop
     checked = CliRunner().invoke(main, args)
     assert checked.exit_code == 0, checked.output
     assert json.loads(checked.stdout)["sample"]["source"] == f"{path}:3"
+    one_line = tmp_path / "d.json"  # a JSON array on one line: every row's source is d.json:1
+    one_line.write_text(json.dumps(rows))
+    checked = CliRunner().invoke(main, [*args[:2], str(one_line), *args[3:]])
+    assert checked.exit_code == 0, checked.output
+    assert "q2" in json.loads(checked.stdout)["sample"]["rendered"]
 
 
 def test_a_greeting_before_any_prompt_is_context_not_a_refused_row(tmp_path, tiny_tokenizer):

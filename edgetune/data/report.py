@@ -59,12 +59,25 @@ def check_dataset(
     said = (context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared))
     report["warnings"] = [w for w in said if w]
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
-    usable = {enc.source for enc in prepared.encoded["train"].examples}  # not one the template refused
-    first = next(ex for ex in prepared.splits.train if ex.source in usable)
+    first = _first_encoded(prepared)
     text, _ = prepared.renderer.spans(first)
     trained = prepared.renderer.trained_characters(first)
     report["sample"] = {"source": first.source, "rendered": text, "supervised_spans": trained}
     return report
+
+
+def _first_encoded(prepared):
+    """The first training row that encodes (not one the template refused or one dropped): by trying
+    them, as rows can share a source (a JSON array on one line is all `file:1`)."""
+    from edgetune.errors import InputError
+
+    for ex in prepared.splits.train:
+        try:
+            if not prepared.renderer.encode(ex).dropped:
+                return ex
+        except InputError:
+            continue
+    return prepared.splits.train[0]  # prepare refuses data with none left: not reached
 
 
 def _same_file(a: Path | str, b: Path | str) -> bool:
