@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
+from edgetune.export.gguf_quantize import QUANTS
 from edgetune.fingerprints import STAGES, StageRecord, export_files
 from edgetune.rundir import (
     RECIPE_FILE,
@@ -203,7 +204,8 @@ def run_pipeline(
                 record.record(stage)  # as if this pipeline had run it: the later stages' records follow it
                 say("[dim]tune: finished by `edgetune tune` on these inputs, adopted[/]")
             # a stage with no record runs whatever is there: its outputs (an export's, GBs) go unhashed
-            if stage in record.done and _outputs_present(stage, run_dir) and record.matches(stage):
+            present = _outputs_present(stage, run_dir) and (stage != "export" or _covers(run_dir, recipe))
+            if stage in record.done and present and record.matches(stage):
                 result.skipped.append(stage)
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 if stage == "tune":  # what later stages and commands read: paths as they are now
@@ -296,7 +298,11 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         wanted = _recipe_exports(recipe)
         # a format whose own settings and inputs are as its files were made (only the other one's
         # changed) keeps its files: an ONNX setting does not quantise every GGUF again
-        kept = [f for f in wanted if record.matches(f"export.{f}") and _export_whole(run_dir, f)]
+        kept = [
+            f
+            for f in wanted
+            if record.matches(f"export.{f}") and _export_whole(run_dir, f) and _covers(run_dir, recipe, f)
+        ]
         stale = [f for f in wanted if f not in kept]
         for fmt in kept:
             if console is not None:
@@ -312,6 +318,21 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
 
         _refresh_recipe(recipe, run_dir)
         result.report = bench(run_dir, console=console)
+
+
+def _covers(run_dir: Path, recipe: Recipe, only: str | None = None) -> bool:
+    """Whether the run's export lists a file of every type the recipe exports (a hand-run export
+    since may have dropped one deleted by hand), and (`only`: a format kept while the other is
+    exported again) GGUFs quantised with an importance matrix exactly where the recipe asks for one
+    (a hand-run `export --imatrix off` made others)."""
+    record = read_manifest(run_dir).get("stages", {}).get("export", {})
+    for fmt, quants in _recipe_exports(recipe).items():
+        listed = {str(e.get("quant", "")).lower() for e in record.get(fmt, []) if isinstance(e, dict)}
+        if (only is None or fmt == only) and not quants <= listed:
+            return False
+    if only == "gguf" and any(q in QUANTS for q in _recipe_exports(recipe)["gguf"]):
+        return bool(record.get("imatrix")) == recipe.export.gguf.imatrix
+    return True
 
 
 def _benched(run_dir: Path, paths: list[Path]) -> bool:

@@ -703,3 +703,26 @@ def test_a_data_warning_the_data_stage_printed_is_not_printed_again_by_tune(tmp_
     assert out.count("the text of a special token") == 1, out
     manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
     assert any("the text of a special token" in w for w in manifest["stages"]["tune"]["warnings"])
+
+
+def test_a_format_is_kept_or_skipped_only_when_its_files_are_the_ones_the_recipe_makes(
+    tmp_path, tiny_model_dir
+):
+    """A hand-run export can leave files the recipe would not make (no importance matrix), or drop
+    the manifest's entry of a recipe type deleted by hand: neither is up to date."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "tiny"
+    first, out = invoke(recipe, "--until", "export")
+    assert first.exit_code == 0, out
+    plain = CliRunner().invoke(main, ["export", str(run), "--to", "gguf", "--imatrix", "off"])
+    assert plain.exit_code == 0, plain.output
+    onnx_only, out = invoke(recipe, "--until", "export", "--set", "export.onnx.int4_block_size=32")
+    assert onnx_only.exit_code == 0 and "ran export" in out, out
+    assert "gguf up to date, kept" not in out and "quantising to q8_0 with the importance matrix" in out, out
+    assert json.loads((run / "manifest.json").read_text())["stages"]["export"]["imatrix"]
+    (run / "export" / "gguf" / "model-q8_0.gguf").unlink()
+    f16 = CliRunner().invoke(main, ["export", str(run), "--to", "gguf", "--quant", "f16"])
+    assert f16.exit_code == 0, f16.output
+    mended, out = invoke(recipe, "--until", "export", "--set", "export.onnx.int4_block_size=32")
+    assert mended.exit_code == 0 and "ran export" in out, out
+    assert (run / "export" / "gguf" / "model-q8_0.gguf").is_file()
