@@ -375,14 +375,17 @@ def _drop_unrequested(run_dir: Path, wanted: dict[str, set[str]], say: Callable[
     for path in _unrequested(run_dir, wanted):
         aside = run_dir / UNLISTED / path.parent.name / path.name  # unlisted-exports/gguf/model-f16.gguf
         aside.parent.mkdir(parents=True, exist_ok=True)
+        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+        size = sum(f.stat().st_size for f in files)
         for each, to in ((path, aside), (path.with_suffix(".Modelfile"), aside.with_suffix(".Modelfile"))):
             if each.exists():
                 shutil.rmtree(to) if to.is_dir() else to.unlink(missing_ok=True)
-                each.rename(to)
+                shutil.move(each, to)  # export/ may be a link to another disk: a rename would fail
         if say is not None:
             where = escape(str(aside.parent.relative_to(run_dir)))
             say(
-                f"export: {escape(str(path.relative_to(run_dir)))} is not in the recipe's exports: moved to {where}/"
+                f"export: {escape(str(path.relative_to(run_dir)))} is not in the recipe's exports: moved "
+                f"to {where}/ ({size / 1e6:,.0f} MB; delete it there once it is not needed)"
             )
     dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in wanted]
     for fmt in dropped:

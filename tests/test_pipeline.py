@@ -80,7 +80,7 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     pruned, out = invoke(recipe)
     # the files its report measured are the ones left: it stands
     assert pruned.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
-    said = "export/gguf/model-f16.gguf is not in the recipe's exports: moved to unlisted-exports/gguf/"
+    said = "export/gguf/model-f16.gguf is not in the recipe's exports: moved to unlisted-exports/gguf/ ("
     assert said in " ".join(out.split()), out
     assert sorted(p.name for p in (run / "export" / "gguf").glob("*.gguf")) == ["model-q8_0.gguf"]
     kept = run / "unlisted-exports" / "gguf"  # made by hand: out of bench's and --pick's way, not lost
