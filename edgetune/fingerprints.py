@@ -148,7 +148,7 @@ def fingerprints(
         merged = sha256_tree(run_dir / "merged")
         return prefix + _digest(fmt, merged, settings, data, recipe.bench.max_new_tokens)
 
-    return {
+    stages = {
         "data": lambda: prefix + data,
         "tune": lambda: prefix + tune,
         "merge": lambda: prefix + _digest(tune, sha256_tree(run_dir / "adapter")),
@@ -162,10 +162,10 @@ def fingerprints(
             )
         ),
         "bench": lambda: prefix + _digest(files(), bench_settings),
-        # within the export stage: a format whose own inputs are unchanged is not exported again
-        "export.gguf": lambda: exported("gguf"),
-        "export.onnx": lambda: exported("onnx"),
     }
+    if not legacy:  # within the export stage (since 2026-12-06): a format whose own inputs are unchanged
+        stages |= {f"export.{fmt}": lambda fmt=fmt: exported(fmt) for fmt in ("gguf", "onnx")}
+    return stages
 
 
 def training_settings(recipe: Recipe) -> str:

@@ -214,6 +214,9 @@ def run_pipeline(
                     _drop_unrequested(run_dir, _recipe_exports(recipe), say)
                     if _benched(run_dir, extra):  # by a bench run by hand: the report is not the recorded one
                         record.forget_after(stage)
+                for fmt in _recipe_exports(recipe) if stage == "export" else ():
+                    if f"export.{fmt}" not in record.done:  # a run an earlier edgetune exported
+                        record.record(f"export.{fmt}")
                 continue
             say(f"[bold]{stage}[/]")
             try:

@@ -466,6 +466,8 @@ def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_s
     assert upgraded.exit_code == 0 and "ran nothing; skipped data, tune, merge, export, bench" in out, out
     recorded = json.loads((run / "manifest.json").read_text())["pipeline"]
     assert {stage: recorded[stage] for stage in fp.STAGES} == {s: today[s] for s in fp.STAGES}
+    # and each exported format's own, so that a change to one format's settings re-exports only it
+    assert recorded["export.gguf"] == today["export.gguf"] and recorded["export.onnx"] == today["export.onnx"]
 
 
 def test_a_local_base_edited_in_place_retrains_and_one_merely_touched_does_not(tmp_path, tiny_model_dir):
