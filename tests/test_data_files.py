@@ -105,6 +105,11 @@ def test_a_json_array_in_a_jsonl_file_and_a_control_character_are_said_plainly(t
     path.write_text(json.dumps(ROWS) + "\n")
     with pytest.raises(DataError, match=r"d.jsonl:1: a JSON array, where JSONL has one object per line"):
         load_examples(path)
+    path.write_text(json.dumps(ROWS[0]["messages"]) + "\n")  # one chat's turns per line
+    with pytest.raises(
+        DataError, match=r"d.jsonl:1: a JSON array.*a line of messages is written \{\"messages\""
+    ):
+        load_examples(path)
     path.write_text('{"text": "a\x01b"}\n')
     with pytest.raises(
         DataError, match=r"d.jsonl:1: invalid JSON \(Invalid control character at column 12\)"

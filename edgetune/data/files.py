@@ -117,9 +117,16 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 if line.strip():
                     row = _row(line)
                     if first and _array_of_rows(line, row) and path.suffix.lower() != ".json":
+                        turns = isinstance(row, list) and all(
+                            isinstance(v, dict) and ("role" in v or "from" in v) for v in row
+                        )
+                        fix = (  # each line one conversation's messages, or the whole file one array
+                            'a line of messages is written {"messages": [...]}'
+                            if turns
+                            else "an array of rows is read from a .json file: rename it"
+                        )
                         raise DataError(  # every row would fail alike, each "expected a JSON object"
-                            f"{path}:{line_no}: a JSON array, where JSONL has one object per line; "
-                            "an array of rows is read from a .json file: rename it"
+                            f"{path}:{line_no}: a JSON array, where JSONL has one object per line; {fix}"
                         )
                     first = False
                     yield line_no, row

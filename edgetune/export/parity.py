@@ -27,7 +27,7 @@ GOALS: dict[str, dict[str, float]] = {
     # an importance matrix (q8_0 0.0036 to 0.0046, q6_k 0.015, q5_k_m 0.067, q5_k_s 0.083, q4_k_m
     # 0.063, q4_k_s 0.077, q4_0 0.29, iq4_xs 0.18: its 576-wide rows do not fill the k-quants'
     # 256-blocks, so they fall back to older types). A wrong tensor costs nats, not hundredths.
-    # q8_0: 0.0048 in the demo's own export, 0.005 to 0.0053 over 16 chats in its bench
+    # q8_0: 0.0048 in the demo's own export, 0.0048 to 0.0053 over 16 chats in its bench
     "q8_0": {"kl": 0.006},
     "q6_k": {"kl": 0.02},
     "q5_k_m": {"kl": 0.08},
