@@ -225,3 +225,42 @@ def test_the_templates_turn_end_is_a_stop_id_however_the_template_wants_its_turn
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert template_turn_end(tokenizer) == im_end
     assert set(stop_ids(Path("/nonexistent"), tokenizer)) == {im_end, tokenizer.eos_token_id}
+
+
+@pytest.mark.parametrize("template", ["auto", "plain"])
+def test_batched_encoding_gives_what_encoding_one_by_one_gives(tiny_tokenizer, base_tokenizer, template):
+    """encode_many tokenises a split in batches; every id, label, drop and refusal is encode()'s,
+    across batch edges, for chats, prompt/completion and text rows, with and without a BOS."""
+    from edgetune.errors import InputError
+
+    refuses_system = build_tokenizer(
+        chat_template="{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system') }}"
+        "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    examples = [
+        msgs(("user", "log 1: link down"), ("assistant", '{"port": 1}')),
+        Example("messages", messages=(("system", "Be brief."), ("user", "q"), ("assistant", "a"))),
+        Example("prompt_completion", prompt="Answer: ", completion="Paris\n"),
+        Example("prompt_completion", prompt="2+2=", completion=" 4"),
+        msgs(("assistant", "hello"), ("user", "reset it"), ("assistant", "done")),
+        msgs(("user", "word " * 80), ("assistant", "long")),
+        Example("prompt_completion", prompt="\n", completion="  indented"),
+        Example("prompt_completion", prompt="The rou", completion="ter in the lobby"),  # a token over the cut
+    ]
+    examples = [Example(e.format, **{k: getattr(e, k) for k in ("messages", "prompt", "completion")}, source=f"d:{i}") for i, e in enumerate(examples)]  # fmt: skip
+    for tok in (tiny_tokenizer, base_tokenizer, refuses_system):
+        for truncation in ("drop", "truncate"):
+            chat = [e for e in examples if e.format == "messages"]
+            rows = examples if template == "auto" else [e for e in examples if e not in chat]
+            renderer = Renderer(tok, template, max_seq_len=40, truncation=truncation)
+            one_by_one = []
+            for ex in rows:
+                try:
+                    one_by_one.append(renderer.encode(ex))
+                except InputError as e:
+                    one_by_one.append(str(e))
+            batched = [
+                r if not isinstance(r, InputError) else str(r) for r in renderer.encode_many(rows, batch=3)
+            ]
+            assert batched == one_by_one
+    assert list(Renderer(tiny_tokenizer).encode_many([])) == []
