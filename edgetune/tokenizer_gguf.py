@@ -4,7 +4,8 @@ transformers can load a tokenizer from GGUF, but for SmolLM2's GGUF (tokenizer.g
 pre "smollm") it gets the EOS token wrong (<|im_start|> instead of <|im_end|>) and adds a BOS the
 model never saw (add_bos_token is false in the file). We rebuild it from the metadata instead:
 the byte-level BPE vocabulary and merges, llama.cpp's pre-tokenizer for the declared `pre` type
-(GPT-2's, SmolLM's, or the split regex of Llama 3, Qwen2 or GPT-4o; not SentencePiece models),
+(GPT-2's, SmolLM's, or the split regex of Llama 3, Qwen2 or GPT-4o; SentencePiece models in
+tokenizer_gguf_spm),
 the special tokens by their token type, and the special ids and chat template as written.
 """
 
@@ -45,10 +46,15 @@ def tokenizer_from_gguf(path: Path):
         raise ModelError(f"{path}: not a readable GGUF file ({exc})") from None
     kind = _field(reader, "tokenizer.ggml.model")
     pre = _field(reader, "tokenizer.ggml.pre", "default")
+    if kind == "llama":  # SentencePiece: Llama 2, Mistral, Phi-3, Gemma 3
+        from edgetune.tokenizer_gguf_spm import spm_tokenizer
+
+        return spm_tokenizer(reader, path, _field)
     if kind != "gpt2":
         raise ModelError(
-            f"{path}: tokenizer model {kind!r} is not supported for GGUF import (only byte-level BPE); "
-            "chat with the file inside its run (RUN/export/gguf/), where the training tokenizer is"
+            f"{path}: tokenizer model {kind!r} is not supported for GGUF import (byte-level BPE and "
+            "SentencePiece are); chat with the file inside its run (RUN/export/gguf/), where the "
+            "training tokenizer is"
         )
     split_regex = {name: regex for regex, name in SPLIT_REGEX_PRE.items()}.get(pre)
     if split_regex is not None:  # Llama 3, Qwen2 and Qwen3, Phi-4-mini: a split regex, then bytes

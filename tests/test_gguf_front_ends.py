@@ -74,3 +74,76 @@ def test_chat_with_a_split_regex_gguf_outside_its_run_tokenises_as_in_training(t
         trained.chat_text(messages, add_generation_prompt=True)
     )
     assert session.reply("hi", max_new_tokens=2) is not None
+
+
+def _spm_tokenizer(kind: str, folder):
+    """SentencePiece BPE tokenizers as the recipe families ship them: Llama 2 / TinyLlama (BOS,
+    a space before the text), Gemma 3 (turn markers in the vocabulary), Phi-3 (markers after it
+    that strip the whitespace following them)."""
+    from test_gguf import PHI3_TEMPLATE, train_sentencepiece
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizerFast, LlamaTokenizerFast
+
+    ids = {"pad_id": 0, "eos_id": 1, "bos_id": 2, "unk_id": 3}
+    markers = ["<start_of_turn>", "<end_of_turn>"] if kind == "gemma" else []
+    model = train_sentencepiece(folder / kind, **ids, user_defined_symbols=markers)
+    names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    if kind == "gemma":
+        tok = GemmaTokenizerFast(vocab_file=str(model), **names)
+        tok.add_special_tokens({"additional_special_tokens": markers})
+        tok.chat_template = (
+            "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else "
+            "m.role }}\n{{ m.content }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}"
+            "<start_of_turn>model\n{% endif %}"
+        )
+        return tok, "Gemma3ForCausalLM"
+    if kind == "phi3":  # Phi-3-mini's: every special token strips but <unk>, <s> and <|endoftext|>
+        names |= {t: AddedToken(names[t], rstrip=True, special=True) for t in ("eos_token", "pad_token")}
+    tok = LlamaTokenizerFast(vocab_file=str(model), legacy=False, add_prefix_space=kind == "llama", **names)
+    if kind == "llama":
+        tok.chat_template = (
+            "{% for m in messages %}{{ '[INST] ' + m.content + ' [/INST]' if m.role == 'user' else "
+            "m.content + eos_token }}{% endfor %}"
+        )
+        return tok, "LlamaForCausalLM"
+    stripped = ["<|user|>", "<|end|>", "<|assistant|>", "<|system|>"]
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [AddedToken("<|endoftext|>", special=True)]
+            + [AddedToken(t, rstrip=True, special=True) for t in stripped]
+        }
+    )
+    tok.chat_template = PHI3_TEMPLATE
+    return tok, "Phi3ForCausalLM"
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma", "phi3"])
+def test_chat_with_a_sentencepiece_gguf_outside_its_run_tokenises_as_llama_cpp(tmp_path, kind):
+    """A Gemma 3, Phi-3, Mistral or TinyLlama GGUF shipped out of its run was refused by chat: its
+    tokenizer is now rebuilt from the file, and gives the ids llama.cpp gives, specials included."""
+    from llama_cpp import Llama
+    from test_gguf import TRICKY
+
+    from edgetune.chat import open_chat
+    from edgetune.tokenizer_gguf import tokenizer_from_gguf
+
+    tokenizer, arch = _spm_tokenizer(kind, tmp_path)
+    model = build_tiny_model(tmp_path, tokenizer, arch, vocab_size=len(tokenizer))
+    shipped = convert(model, tmp_path / "dist" / "model.gguf", "f32")
+    rebuilt = tokenizer_from_gguf(shipped)
+    llm = Llama(model_path=str(shipped), vocab_only=True, verbose=False)
+    chat = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": "The router  lost\nits uplink"},
+            {"role": "assistant", "content": "E1042"},
+        ],
+        tokenize=False,
+    )
+    texts = [*TRICKY, chat, " leading space", "trailing  ", "\n\nnewlines\n", "12345 67", "", "\U0001f600"]
+    for text in texts:
+        ours = rebuilt(text, add_special_tokens=False)["input_ids"]
+        assert ours == llm.tokenize(text.encode(), add_bos=False, special=True), (kind, text)
+        assert rebuilt.decode(ours) == tokenizer.decode(ours), (kind, text)
+    assert rebuilt("a")["input_ids"][:1] == ([llm.token_bos()] if llm.metadata.get("tokenizer.ggml.add_bos_token") == "true" else rebuilt("a", add_special_tokens=False)["input_ids"][:1])  # fmt: skip
+    session = open_chat(shipped, threads=1)
+    assert session.reply("hi", max_new_tokens=2) is not None
