@@ -410,7 +410,7 @@ def test_phi3s_fused_qkv_keeps_the_8_bits_its_v_projection_is_given(tmp_path, ti
 def test_a_longrope_graph_is_held_to_its_original_context():
     """The traced graph holds only longrope's short factors: past the original context its logits
     left torch's (a tiny Phi-3, 64 original positions: equal to 64, 0.018 apart from 65), so chat
-    and bench keep to it, as llama.cpp's chat does."""
+    keeps to it, as it does with a GGUF (bench measures the file as it is, past it too)."""
     from edgetune.export.onnx_runtime import OnnxDecoder
 
     phi = {"max_position_embeddings": 131072, "original_max_position_embeddings": 4096}
