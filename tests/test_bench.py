@@ -2,6 +2,7 @@
 gates that Make can trust."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -841,3 +842,36 @@ def test_a_gguf_target_gets_the_context_its_longest_case_needs(tmp_path, tiny_to
     gguf_logits = open_runner(target, 1, n_ctx=context_for([long], 128)).logits(ids)
     assert gguf_logits.shape == torch_logits.shape
     assert np.abs(gguf_logits[-1] - torch_logits[-1]).max() < 1e-2
+
+
+def test_pick_and_regate_answer_for_the_files_in_the_run_as_they_are_now(benched, tmp_path):
+    """--pick printed the path written at bench time (a run set aside to .previous, or a project
+    moved, printed another run's file), and --regate passed a file deleted or exported again since
+    bench measured it."""
+    import shutil
+
+    run, _ = benched
+    copy = tmp_path / "moved" / "run"
+    shutil.copytree(run, copy)
+    recipe = yaml.safe_load((copy / "recipe.yaml").read_text())
+    recipe["bench"]["gates"] = {"max_kl": 5.0}
+    (copy / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+
+    def regate(*flags):
+        return CliRunner().invoke(main, ["bench", str(copy), "--regate", *flags])
+
+    picked = regate("--pick")
+    assert picked.exit_code == 0, picked.output
+    chosen = Path(picked.stdout.strip())
+    assert chosen.is_relative_to(copy) and chosen.exists(), chosen
+    gone = copy / "export" / "onnx" / "int8"
+    shutil.rmtree(gone)
+    failed = regate("--gate")
+    assert failed.exit_code == 3 and "the file is no longer in the run" in failed.output, failed.output
+    assert Path(regate("--pick").stdout.strip()) != gone
+    again = CliRunner().invoke(
+        main, ["export", str(copy), "--to", "gguf", "--quant", "q8_0", "--imatrix", "off"]
+    )
+    assert again.exit_code == 0, again.output  # other bytes, which pass their own parity check
+    failed = regate("--gate")
+    assert "gguf/q8_0 (cpu): export parity: the file changed since bench measured it" in failed.output

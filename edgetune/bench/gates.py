@@ -19,16 +19,31 @@ def attach_export_parity(
     """Each exported target's parity verdict from the run's manifest, as it stands now (an
     `export --check` since the bench counts): a file that failed its check against the merged model,
     was never checked, or (given `run_dir`) changed since, fails the gates however it scored."""
-    from edgetune.export.parity_record import parity_problem
+    from edgetune.export.parity_record import checked_digest, parity_problem
 
     for target in report["targets"]:
         if target.get("format") in EXPORTED:
-            # the file as it is in the run now (the report's path is where it was benched)
-            name = Path(target["path"]).name if target.get("path") else None
-            path = run_dir / "export" / target["format"] / name if run_dir and name else None
-            target["export_parity_problem"] = parity_problem(
-                manifest, target["format"], target["quant"], path
-            )
+            path = run_path(target, run_dir)
+            measured = target.get("sha256")  # what bench measured (reports before 2026-12-06: unknown)
+            if path is not None and not path.exists():
+                problem = "the file is no longer in the run (export it again and bench)"
+            else:  # unverified first (export --check), then verified but not what was measured
+                problem = parity_problem(manifest, target["format"], target["quant"], path)
+            if (
+                not problem
+                and path is not None
+                and isinstance(measured, str)
+                and checked_digest(path) != measured
+            ):
+                problem = "the file changed since bench measured it (bench again)"
+            target["export_parity_problem"] = problem
+
+
+def run_path(target: dict[str, Any], run_dir: Path | None) -> Path | None:
+    """An exported target's file (or ONNX folder) as it is in the run now: the report's path is
+    where it was benched, which a run set aside to .previous, or a project moved, no longer is."""
+    name = Path(target["path"]).name if target.get("path") else None
+    return run_dir / "export" / target["format"] / name if run_dir and name else None
 
 
 def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
@@ -241,9 +256,16 @@ def answer_gated(target: dict[str, Any], rule: dict[str, Any]) -> bool:
     )
 
 
-def pick(report: dict[str, Any]) -> dict[str, Any]:
+def pick(report: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
     """The smallest exported artifact that passes every gate, among those a gate on their answers
-    checked: with no such gate the smallest file would win unchecked (often the most damaged)."""
+    checked: with no such gate the smallest file would win unchecked (often the most damaged).
+    Given the report's `run_dir`, its "path" is the file in that run as it is now."""
+    chosen = _smallest_passing(report)
+    path = run_path(chosen, run_dir)
+    return {**chosen, "path": str(path)} if path is not None else chosen
+
+
+def _smallest_passing(report: dict[str, Any]) -> dict[str, Any]:
     unchecked = unchecked_gates(report)
     if unchecked:
         raise GateFailed("nothing to pick: " + "; ".join(unchecked))

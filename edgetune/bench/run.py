@@ -27,6 +27,7 @@ from edgetune.bench.targets import check_devices, discover_targets
 from edgetune.config import load_recipe
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError
+from edgetune.export.parity_record import checked_digest
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
 
 
@@ -83,6 +84,8 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
         "runtime": target.runtime,
         "device": target.device,
         "path": str(target.path),
+        # the bytes measured: a file exported again since fails the gates until it is benched
+        "sha256": checked_digest(target.path) if target.format in ("gguf", "onnx") else None,
         "size_bytes": target.size_bytes,
         "task_metric": {"name": acc.metric, "value": acc.value},
         "retention": retention,

@@ -45,6 +45,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
     from edgetune.bench.report import print_table
     from edgetune.bench.run import bench as run_bench
     from edgetune.console import err, out
+    from edgetune.rundir import resolve_run_dir
 
     if regate:
         from edgetune.bench.regate import regate_run
@@ -55,7 +56,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
     else:
         report = run_bench(run_dir, devices, console=err, pick=pick)
     if pick:
-        click.echo(pick_target(report)["path"])
+        click.echo(pick_target(report, resolve_run_dir(run_dir))["path"])
         return
     print_table(report, out)
     for name, b in report["baselines"].items():

@@ -54,7 +54,7 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
     if pick:
         from edgetune.bench.gates import pick as pick_target
 
-        click.echo(pick_target(result.report)["path"])
+        click.echo(pick_target(result.report, result.run_dir)["path"])
         return
     if result.report is not None:
         print_table(result.report, out)
