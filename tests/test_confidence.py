@@ -135,12 +135,17 @@ def test_each_retention_rule_reads_the_interval_as_documented(rule, retention, i
         assert "95% interval" in failures[0] and "98%" in failures[0]
 
 
-def test_a_rule_that_needs_an_interval_fails_without_one():
+def test_without_an_interval_proven_fails_and_significant_reads_the_measured_figure():
     gates = GatesConfig(min_retention={"*": 0.9}, retention_evidence="significant")
     (failure,) = gate_failures(target(0.99, None), gates)
     assert "no confidence interval" in failure and "no per-example scores" in failure  # an older report
-    (failure,) = gate_failures({**target(0.99, None), "scores": [1.0] * 10}, gates)
-    assert "reference scores 0 on too many resamples" in failure
+    # a reference that rarely scores gives no interval: "beyond noise" reads the measured figure
+    assert gate_failures({**target(0.99, None), "scores": [1.0] * 10}, gates) == []
+    (failure,) = gate_failures({**target(0.8, None), "scores": [1.0] * 10}, gates)
+    assert failure == "retention 80.0% < 90% (the reference scores 0 on too many resamples)"
+    proven = GatesConfig(min_retention={"*": 0.9}, retention_evidence="proven")
+    (failure,) = gate_failures({**target(0.99, None), "scores": [1.0] * 10}, proven)
+    assert "no confidence interval" in failure and "reference scores 0 on too many resamples" in failure
 
 
 def test_verdicts_inside_the_noise_get_a_note():

@@ -106,13 +106,15 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
         return f"retention {retention:.1%} < {want} ({interval_text(target)})"
     if interval is None:
         few = _too_few(target.get("scores"))
-        if few and gates.retention_evidence == "significant":  # no noise to measure: the point figure
-            return None if retention >= minimum else f"retention {retention:.1%} < {want} ({few})"
         why = (
             "the report has no per-example scores (benched before edgetune kept them): run `edgetune bench`"
             if "scores" not in target
             else few or "the reference scores 0 on too many resamples"
         )
+        if "scores" in target and gates.retention_evidence == "significant":
+            # no interval to read the noise from (too few examples, a reference that rarely
+            # scores): "fail only beyond noise" falls back to the point figure
+            return None if retention >= minimum else f"retention {retention:.1%} < {want} ({why})"
         return f"retention {retention:.1%}: no confidence interval for gates.retention_evidence ({why})"
     low, high = interval
     if gates.retention_evidence == "significant" and high < minimum:
