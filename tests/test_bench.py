@@ -875,3 +875,13 @@ def test_pick_and_regate_answer_for_the_files_in_the_run_as_they_are_now(benched
     assert again.exit_code == 0, again.output  # other bytes, which pass their own parity check
     failed = regate("--gate")
     assert "gguf/q8_0 (cpu): export parity: the file changed since bench measured it" in failed.output
+
+
+def test_a_device_named_twice_is_measured_once(benched, tmp_path):
+    import shutil
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    twice = CliRunner().invoke(main, ["bench", str(run), "--device", "cpu,cpu"])
+    assert twice.exit_code == 0, twice.output
+    names = [t["name"] for t in json.loads((run / "bench" / "report.json").read_text())["targets"]]
+    assert len(names) == len(set(names)), names

@@ -125,7 +125,7 @@ def bench(
         if pick:
             refuse_blind_pick(cfg.gates)
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
-        devices = devices or cfg.devices
+        devices = list(dict.fromkeys(devices or cfg.devices))  # cpu,cpu: each measured once
         from edgetune.export.onnx_runtime import check_onnx_dir
         from edgetune.export.parity_record import unchecked_exports
         from edgetune.validate import check_gguf
