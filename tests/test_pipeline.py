@@ -251,6 +251,15 @@ def test_a_text_dataset_exports_with_parity_on_its_opening_words(tmp_path, tiny_
     results = export(run, ["gguf", "onnx"], ["f32", "fp32"])
     assert {row.quant for row in results["parity"]} == {"f32", "fp32"}
     assert all(row.passed for row in results["parity"]), results["parity"]
+    # benched: no answer to score, so no verdict on prompting (it said "does NOT beat" on 0 examples)
+    from edgetune.bench.run import bench
+
+    settings = yaml.safe_load((run / "recipe.yaml").read_text())
+    settings["bench"] = {**BENCH, "metric": "exact", "gates": {}}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(settings))
+    report = bench(run)
+    assert report["baselines"] and report["tuning_beats_prompting"] is None
+    assert "prompting on this task" not in (run / "bench" / "report.md").read_text()
 
 
 def test_a_start_that_failed_before_its_first_save_is_not_set_aside_over_a_real_run(tmp_path):

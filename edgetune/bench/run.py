@@ -248,9 +248,15 @@ def bench(
             report["baselines"] = prompting_baselines(
                 base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc
             )
-            report["tuning_beats_prompting"] = all(
-                b["tuned_on_these"] is not None and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
-                for b in report["baselines"].values()
+            compared = [b for b in report["baselines"].values() if b["tuned_on_these"] is not None]
+            report["tuning_beats_prompting"] = (  # None: no answer to compare (text rows)
+                all(
+                    b["tuned_on_these"] is not None
+                    and b["tuned_on_these"] > (b["task_metric"]["value"] or 0.0)
+                    for b in report["baselines"].values()
+                )
+                if compared
+                else None
             )
         if cfg.forgetting:
             from edgetune.bench.forgetting import measure_forgetting
