@@ -108,8 +108,8 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
     for b in baselines.values():
         if "scores" in b:  # paired with the tuned model's first answers (the baselines' examples)
             b["tuned_minus_baseline"] = _gain(reference["scores"][: b["examples"]], b["scores"], level)
-    verdict = report.get("tuning_beats_prompting")
-    if baselines and verdict is not None and all("tuned_minus_baseline" in b for b in baselines.values()):
+    no_verdict = "tuning_beats_prompting" in report and report["tuning_beats_prompting"] is None  # text rows
+    if baselines and not no_verdict and all("tuned_minus_baseline" in b for b in baselines.values()):
         report["tuning_beats_prompting_shown"] = all(
             b["tuned_minus_baseline"]["interval"] is not None and b["tuned_minus_baseline"]["interval"][0] > 0
             for b in baselines.values()
