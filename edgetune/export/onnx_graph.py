@@ -154,7 +154,8 @@ def share_tied_head(model) -> int:
     """Store a tied LM head once: a MatMul weight that is the embedding (a Gather's table)
     transposed becomes `Transpose(embedding)`, as optimum's post-processing shares it for Llama.
     That leaves Gemma 3's scaled embedding alone, so its fp32 file held the table twice (a fifth of
-    the file on a tiny model; 670 MB of 1.74 GB on gemma-3-270m). Returns how many were shared."""
+    the file on a tiny model; by its shapes, 670 MB of 1.74 GB on gemma-3-270m). optimum's own
+    tying needs the torch model and an nn.Embedding; this reads the graph. Returns how many were shared."""
     import numpy as np
     from onnx import helper, numpy_helper
 
