@@ -127,7 +127,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """`data` as strict JSON (edgetune/strict_json.py: a NaN or infinity is written as null)."""
+    from edgetune import strict_json
+
+    atomic_write_text(path, strict_json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 @contextlib.contextmanager
@@ -329,7 +332,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        from edgetune import strict_json
+
+        manifest = strict_json.restore(json.loads(path.read_bytes().decode("utf-8")))
     except UnicodeDecodeError:
         raise InputError(f"{path}: corrupt manifest (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:

@@ -234,6 +234,57 @@ def test_regate_recomputes_every_interval_from_the_stored_scores(benched):
         report_path.write_text(measured)
 
 
+def test_a_kl_that_is_not_finite_is_written_as_strict_json_and_still_fails_its_gate(benched):
+    """An export whose distributions overflow: its KL is inf, one example's NaN. report.json had
+    held Infinity and NaN, which jq and JavaScript refuse; the gate must still see them."""
+    from edgetune.rundir import atomic_write_json
+
+    run, _ = benched
+    report_path = run / "bench" / "report.json"
+    measured = report_path.read_text()
+    report = json.loads(measured)
+    q8 = next(t for t in report["targets"] if t["name"] == "gguf/q8_0")
+    q8["kld_mean"], q8["kl_scores"][1] = float("inf"), float("nan")
+    atomic_write_json(report_path, report)
+    recipe_path = run / "recipe.yaml"
+    recipe_text = recipe_path.read_text()
+    recipe = yaml.safe_load(recipe_text)
+    recipe["bench"]["gates"] = {"max_kl": 1.0}
+    recipe_path.write_text(yaml.safe_dump(recipe))
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in report.json"))
+
+    try:
+        on_disk = next(t for t in strict(report_path.read_text())["targets"] if t["name"] == "gguf/q8_0")
+        assert on_disk["kld_mean"] is None and on_disk["kld_mean_not_finite"] == "inf"
+        assert on_disk["kl_scores"][1] is None and on_disk["kl_scores_not_finite"] == {"1": "nan"}
+        result = CliRunner().invoke(main, ["bench", str(run), "--regate", "--gate"])
+        assert result.exit_code == 3 and "gguf/q8_0 (cpu): KL inf (not finite" in result.output
+        regated = strict(report_path.read_text())
+        assert next(t for t in regated["targets"] if t["name"] == "gguf/q8_0")["gate"] == "fail"
+        assert "| gguf/q8_0 |" in (run / "bench" / "report.md").read_text()
+    finally:
+        report_path.write_text(measured)
+        recipe_path.write_text(recipe_text)
+
+
+def test_strict_json_puts_back_every_float_it_could_not_write():
+    import math
+
+    from edgetune import strict_json
+
+    value = {"a": float("-inf"), "b": [1.0, float("nan"), float("inf")], "c": {"d": float("nan")}, "e": "nan"}
+    text = strict_json.dumps(value)
+    assert "NaN" not in text and "Infinity" not in text
+    back = strict_json.restore(json.loads(text))
+    assert set(back) == set(value) and back["a"] == float("-inf") and back["e"] == "nan"
+    assert back["b"][0] == 1.0 and math.isnan(back["b"][1]) and back["b"][2] == float("inf")
+    assert math.isnan(back["c"]["d"])
+    somebody_else = {"x_not_finite": True, "y": None, "y_not_finite": "bogus"}
+    assert strict_json.restore(dict(somebody_else)) == {"x_not_finite": True, "y": None}
+
+
 def test_a_run_compared_with_its_twin_changes_nowhere(benched, tmp_path):
     import shutil
 

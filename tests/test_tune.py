@@ -253,6 +253,51 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "runs/latest points to demo, which is gone" in result.output
 
 
+def strict_json(text: str):
+    """json.loads as jq or JavaScript read: NaN and Infinity are not JSON."""
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_run_that_diverges_stops_at_its_first_nan_and_ships_no_adapter(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """The weights turn to NaN after step 3 (as a too-high learning rate makes them): the run
+    stops at step 4, its first NaN loss, with one clear line, and metrics.jsonl stays strict JSON
+    that still says NaN. The Trainer's own logging had shown the mean of the earlier losses."""
+    import torch
+    from transformers import TrainerCallback
+
+    import edgetune.tune.run as tune_run
+
+    class Diverge(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad:
+                            p.fill_(float("nan"))
+
+    made = tune_run.tune_callbacks
+    monkeypatch.setattr(tune_run, "tune_callbacks", lambda *a, **k: [*made(*a, **k), Diverge()])
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=12, eval_steps=6, save_steps=6)
+    result = CliRunner().invoke(main, ["tune", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert "training diverged at step 4: the training loss is nan" in result.output
+    assert "a lower train.lr (it was 0.001)" in result.output and "Traceback" not in result.output
+    run = (tmp_path / "runs" / "latest").resolve()
+    assert not (run / "adapter").exists()
+    records = [strict_json(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r for r in records if "loss" in r}
+    assert max(losses) == 4 and losses[4]["loss"] is None and losses[4]["loss_not_finite"] == "nan"
+    assert all(isinstance(losses[s]["loss"], float) for s in (1, 2, 3))
+    manifest = strict_json((run / "manifest.json").read_text())
+    assert manifest["stages"]["tune"]["status"] == "diverged"
+
+
 def test_overfit_watch_warns_once():
     from types import SimpleNamespace
 

@@ -239,6 +239,7 @@ def plot(report: dict[str, Any]) -> bytes:
 
 def read_report(run_dir: Path) -> dict[str, Any]:
     """RUN_DIR/bench/report.json, or an InputError saying what is wrong with it."""
+    from edgetune import strict_json
     from edgetune.errors import InputError
 
     path = run_dir / "bench" / "report.json"
@@ -247,7 +248,7 @@ def read_report(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: no bench report; run `edgetune bench {run_dir}` first")
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = strict_json.restore(json.loads(path.read_text(encoding="utf-8")))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: line {e.lineno}: not JSON ({e.msg})") from None
     from edgetune.bench.report_shape import report_problem

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgetune import strict_json
 from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
 from edgetune.rundir import atomic_write_json, sha256_file, sha256_files, update_manifest
 
@@ -24,7 +25,7 @@ def on_disk(out_dir: Path, fmt: str) -> set[str]:
 
 def _rows(out_dir: Path) -> list[dict[str, Any]]:
     try:
-        rows = json.loads((out_dir / PARITY_FILE).read_text(encoding="utf-8"))
+        rows = strict_json.restore(json.loads((out_dir / PARITY_FILE).read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return []  # none yet, or damaged: what is measured next replaces it
     return (

@@ -4,12 +4,14 @@ training, an overfit watch."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
+from edgetune import strict_json
 from edgetune.rundir import atomic_write_json, fsync_file, fsync_tree
 from edgetune.tune.distributed import wait_for_every_rank
 
@@ -84,7 +86,7 @@ class MetricsLog(TrainerCallback):
             self.last = (now, tokens)
         record["elapsed_s"] = round(now - self.start, 2)
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json.dumps(record) + "\n")
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.is_file():
@@ -173,6 +175,29 @@ class OverfitWatch(TrainerCallback):
                 f"({t0:.4f} -> {t2:.4f}): the model is overfitting. {kept}; consider fewer epochs, "
                 "a lower train.lr or more data."
             )
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop at the first loss, gradient norm or validation loss that is not finite: the weights
+    are NaN from there on, every later step is wasted, and the Trainer's own logging would have
+    shown the mean of the earlier losses in its place (logging_nan_inf_filter, turned off).
+    Every rank logs the same gathered loss and norm, so the ranks stop together."""
+
+    KEYS = ("loss", "grad_norm", "eval_loss")
+
+    def __init__(self):
+        self.found: tuple[int, str, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in self.KEYS:
+            value = (logs or {}).get(key)
+            if self.found is None and isinstance(value, (int, float)) and not math.isfinite(value):
+                self.found = (state.global_step, key, float(value))
+                control.should_training_stop = True
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        return self.on_log(args, state, control, logs=metrics)
 
 
 class Progress(TrainerCallback):

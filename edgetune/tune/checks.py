@@ -110,3 +110,35 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
         )
     if not data.encoded["valid"].examples:
         warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
+
+
+def refuse_divergence(trainer, recipe: Recipe, run_dir: Path, main: bool) -> None:
+    """After training: a run that StopOnNonFinite stopped is an error, recorded in the manifest;
+    no adapter is written from weights that are no longer numbers."""
+    from edgetune.rundir import update_manifest
+    from edgetune.tune.callbacks import StopOnNonFinite
+
+    stop = next((c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFinite)), None)
+    if stop is None or stop.found is None:
+        return
+    step, key, value = stop.found
+    t = recipe.train
+    what = {"loss": "the training loss", "grad_norm": "the gradient norm", "eval_loss": "the validation loss"}
+    if step == 0:
+        cause = "the base model's own outputs overflow: try train.precision=fp32"
+    else:
+        hints = [f"a lower train.lr (it was {t.lr:g})"]
+        if t.max_grad_norm == 0:
+            hints.append("train.max_grad_norm above 0 (clipping was off)")
+        if t.warmup_ratio == 0:
+            hints.append("a train.warmup_ratio such as 0.03")
+        if trainer.args.bf16:
+            hints.append("train.precision=fp32")
+        cause = "start again with " + ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
+    message = (
+        f"{run_dir}: training diverged at step {step}: {what[key]} is {value} and the weights are "
+        f"no longer numbers, so no adapter was written; {cause}"
+    )
+    if main:
+        update_manifest(run_dir, stages={"tune": {"status": "diverged", "error": message}})
+    raise InputError(message)

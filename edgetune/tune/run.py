@@ -35,7 +35,7 @@ from edgetune.rundir import (
     sha256_tree,
     update_manifest,
 )
-from edgetune.tune.checks import check_checkpoint, warn_about_data
+from edgetune.tune.checks import check_checkpoint, refuse_divergence, warn_about_data
 from edgetune.tune.distributed import world_size
 from edgetune.tune.resume import read_tune_section, refuse_changed_inputs, refuse_finished
 
@@ -177,6 +177,7 @@ def tune(
             ) from None
 
         trainer = run.trainer
+        refuse_divergence(trainer, recipe, run_dir, main)
         result = _result(
             trainer.args,
             trainer.state,
@@ -322,14 +323,15 @@ def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console
     """The callbacks a tune trains with (bench/step_profile.py profiles a step with them too)."""
     from transformers import EarlyStoppingCallback
 
-    from edgetune.tune.callbacks import CommitCheckpoints, MetricsLog, OverfitWatch, Progress, SaveTheBest
+    from edgetune.tune import callbacks as cb
 
     metrics = run_dir / "metrics.jsonl"
-    callbacks: list[Any] = [CommitCheckpoints(metrics), MetricsLog(metrics), OverfitWatch(warn)]
+    callbacks: list[Any] = [cb.CommitCheckpoints(metrics), cb.MetricsLog(metrics), cb.StopOnNonFinite()]
+    callbacks.append(cb.OverfitWatch(warn))
     if has_valid:
-        callbacks.append(SaveTheBest())
+        callbacks.append(cb.SaveTheBest())
     if console is not None:
-        callbacks.append(Progress(console))
+        callbacks.append(cb.Progress(console))
     if has_valid and recipe.train.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
     return callbacks

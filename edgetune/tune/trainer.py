@@ -149,6 +149,8 @@ def training_args(recipe, run_dir, setup, has_valid: bool, eval_first: bool = Fa
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=1,
+        # a NaN loss is logged as NaN (StopOnNonFinite stops there), not as the mean of earlier ones
+        logging_nan_inf_filter=False,
         logging_dir=str(run_dir / "tensorboard"),
         report_to=["tensorboard"] if t.tensorboard else [],
         disable_tqdm=True,
