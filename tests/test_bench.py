@@ -142,6 +142,14 @@ def test_gates_fail_with_exit_3_and_pick_prints_the_smallest_passing_file(benche
     smallest = min((t for t in report["targets"] if t["format"] != "torch"), key=lambda t: t["size_bytes"])
     assert picked.output.strip().splitlines()[-1] == smallest["path"]
     assert all(t["gate"] == "pass" for t in report["targets"] if t["format"] != "torch")
+    # only the smallest file is small enough: --pick alone ships it, --pick --gate also exits 3
+    recipe["bench"]["gates"] = {"max_kl": 1.0, "max_size_mb": smallest["size_bytes"] / 1e6 * 1.01}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    picked = CliRunner().invoke(main, ["bench", str(run), "--regate", "--pick"])
+    assert picked.exit_code == 0 and picked.stdout.strip() == smallest["path"], picked.output
+    both = CliRunner().invoke(main, ["bench", str(run), "--regate", "--pick", "--gate"])
+    assert both.exit_code == 3 and both.stdout.strip() == smallest["path"], both.output
+    assert "bench gates failed" in both.stderr and "size" in both.stderr
 
 
 def test_regate_applies_the_recipe_gates_to_the_measured_report_in_seconds(benched):

@@ -169,6 +169,9 @@ def test_a_file_that_fails_its_parity_check_fails_the_run_and_is_never_picked(
         assert report["targets"][1]["export_parity_problem"] is None
         picked, out = invoke(recipe, "--pick")
         assert picked.exit_code == 0 and out.strip().endswith("export/onnx/fp32"), out
+        strict, out = invoke(recipe, "--pick", "--gate")  # asked for: the file passed over fails the run
+        assert strict.exit_code == 3 and strict.stdout.strip().endswith("export/onnx/fp32"), out
+        assert "gguf/q8_0 (cpu): export parity" in strict.stderr
         nogate, out = invoke(recipe, "--no-gate")
         assert nogate.exit_code == 0, out
     # the goals edgetune promises: the file passes them, and the verdict follows

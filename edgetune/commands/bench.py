@@ -15,7 +15,8 @@ from edgetune.commands.common import one_process
 @click.option(
     "--pick",
     is_flag=True,
-    help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
+    help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does; "
+    "with --gate, also when any other fails).",
 )
 @click.option(
     "--regate",
@@ -55,8 +56,10 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
         report, _ = regate_run(run_dir)
     else:
         report = run_bench(run_dir, devices, console=err, pick=pick)
-    if pick:
+    if pick:  # with --gate too: the path, then exit 3 if any target failed (the pick passed it over)
         click.echo(pick_target(report, resolve_run_dir(run_dir))["path"])
+        if gate:
+            raise_on_failed_gates(report, err)
         return
     print_table(report, out)
     for name, b in report["baselines"].items():

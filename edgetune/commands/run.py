@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.markup import escape
 
 from edgetune.commands.common import allow_pickle_option, one_process, set_option, with_allow_pickle
@@ -23,7 +24,8 @@ from edgetune.commands.common import allow_pickle_option, one_process, set_optio
 @click.option(
     "--pick",
     is_flag=True,
-    help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does).",
+    help="Print only the path of the smallest artifact that passes every gate (exit 3 when none does; "
+    "with an explicit --gate, also when any other fails).",
 )
 @click.option(
     "--until",
@@ -55,6 +57,10 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
         from edgetune.bench.gates import pick as pick_target
 
         click.echo(pick_target(result.report, result.run_dir)["path"])
+        # --gate is on by default, and a pick passes over the files that fail: only a --gate given
+        # with --pick also fails the run on them, as `bench --pick --gate` does
+        if click.get_current_context().get_parameter_source("gate") == ParameterSource.COMMANDLINE and gate:
+            raise_on_failed_gates(result.report, err)
         return
     if result.report is not None:
         print_table(result.report, out)
