@@ -361,6 +361,25 @@ def test_cuda_targets_whose_runtime_cannot_use_cuda_are_listed_as_skipped(benche
     assert all(s["reason"] for s in skipped)
 
 
+def test_two_gguf_files_of_one_type_get_two_target_names(benched):
+    """A copy of the q8_0 file beside it: both had been named gguf/q8_0 in the report and --compare."""
+    import shutil
+
+    from edgetune.bench.targets import discover_targets
+    from edgetune.config import load_recipe
+
+    run, _ = benched
+    copy = run / "export" / "gguf" / "mine-q8_0.gguf"
+    shutil.copy(run / "export" / "gguf" / "model-q8_0.gguf", copy)
+    try:
+        targets = discover_targets(run, ["cpu"], load_recipe(str(run / "recipe.yaml")))
+    finally:
+        copy.unlink()
+    gguf = {t.name: t for t in targets if t.format == "gguf"}
+    assert set(gguf) == {"gguf/q8_0", "gguf/mine-q8_0"}
+    assert gguf["gguf/mine-q8_0"].quant == "q8_0" and gguf["gguf/mine-q8_0"].path == copy
+
+
 def test_few_shot_prompts_stay_with_their_own_answers_when_an_example_is_dropped(tiny_tokenizer):
     """build_cases drops examples too long for max_seq_len; every few-shot prompt must still be
     scored against the answer of the example it was built from."""

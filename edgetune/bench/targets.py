@@ -106,8 +106,11 @@ def discover_targets(
             )
         for f in gguf_files(run_dir / "export" / "gguf"):
             quant = gguf_quant(f)
+            # edgetune's own file is gguf/<quant>; another of that type (mine-q8_0.gguf, model-Q8_0.gguf)
+            # is named by its file, or the two would share a name in the report, --compare and chat
+            name = quant if f.name == f"model-{quant}.gguf" else f.stem
             targets.append(
-                Target(f"gguf/{quant}", "gguf", quant, "llama.cpp", device, f, size_bytes=f.stat().st_size)
+                Target(f"gguf/{name}", "gguf", quant, "llama.cpp", device, f, size_bytes=f.stat().st_size)
             )
     if "cuda" in devices:
         why = cuda_runtimes()
