@@ -510,6 +510,33 @@ def test_the_table_gets_a_vram_column_when_a_target_ran_on_cuda():
     assert row_cells(cuda, cols)[cols.index("interval")] == "-"
 
 
+def test_the_interval_note_counts_the_examples_the_interval_pairs():
+    """12 held-out rows, 2 of them text rows (perplexity only): the interval pairs 10 scores."""
+    from edgetune.bench.report import _interval_lines
+
+    scores = [1.0] * 10
+    report = {
+        "reference": {"name": "torch/merged", "examples": 12},
+        "gate_rule": {},
+        "targets": [
+            {
+                "name": "torch/merged",
+                "scores": scores,
+                "retention_interval": [1.0, 1.0],
+                "retention_confidence": 0.95,
+            },
+            {
+                "name": "gguf/q8_0",
+                "scores": scores,
+                "retention_interval": [0.9, 1.0],
+                "retention_confidence": 0.95,
+            },
+        ],
+    }
+    text = "\n".join(_interval_lines(report))
+    assert "over the 10 scored examples" in text and "12" not in text
+
+
 def test_a_cuda_target_that_fails_here_is_listed_as_skipped_and_the_rest_stands(benched):
     """On this CPU machine a torch CUDA target fails for real when it opens; bench keeps every other
     row and says why. The same failure on the CPU stops bench."""

@@ -147,6 +147,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _scored(report: dict[str, Any], target: dict[str, Any]) -> int:
+    """The examples a retention interval pairs: those the task metric scored (text rows, measured
+    for perplexity only, are among the reference's `examples` but have no score)."""
+    return len(target.get("scores") or []) or report["reference"]["examples"]
+
+
 def _interval_lines(report: dict[str, Any]) -> list[str]:
     """What the retention and KL intervals are, and which gate verdicts they say are the sample's noise."""
     rule = report.get("gate_rule", {})
@@ -156,7 +162,7 @@ def _interval_lines(report: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"interval: the retention's {measured[0]['retention_confidence']:.0%} interval, a paired bootstrap "
-            f"over the {report['reference']['examples']} examples (each resample keeps an example's reference "
+            f"over the {_scored(report, measured[0])} scored examples (each resample keeps an example's reference "
             "and target scores together)."
             + (f" Retention gates use `{rule['retention_evidence']}`." if rule else ""),
         ]
