@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,26 +170,27 @@ def fsync_tree(root: Path) -> None:
 def remove_stale_staging(target: Path) -> None:
     """What a killed atomic_dir(target) left beside it: its staging folder, and the replaced one
     it had not yet removed (only ever called under the lock of the stage that writes `target`)."""
-    for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*"):
-        for path in target.parent.glob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    remove_paths(
+        p
+        for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*")
+        for p in target.parent.glob(pattern)
+    )
+
+
+def remove_paths(paths: Iterable[Path]) -> list[Path]:
+    """Remove each file, folder or link (a link itself, never what it points at); returns them."""
+    removed = list(paths)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def clean_stale_temporaries(root: Path) -> list[Path]:
     """Remove leftovers of interrupted atomic writes (".name.*.tmp" files and directories)."""
-    removed = []
-    if not root.is_dir():
-        return removed
-    for path in root.rglob(".*.tmp"):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    return remove_paths(list(root.rglob(".*.tmp"))) if root.is_dir() else []
 
 
 _file_digests: dict[tuple, str] = {}

@@ -7,7 +7,6 @@ picked, and the next export removes it.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 LEFTOVERS = (".*.tmp", ".*.old-*")
@@ -16,15 +15,13 @@ LEFTOVERS = (".*.tmp", ".*.old-*")
 def remove_leftovers(export_dir: Path) -> None:
     """What killed exports left in export_dir's gguf/ and onnx/ (edgetune's own folders, and only
     there: not recursively, never in the folder above, which may be a user's --out)."""
+    from edgetune.rundir import remove_paths
+
     for fmt in ("gguf", "onnx"):
         folder = export_dir / fmt
         if not folder.is_dir():
             continue
-        for path in {p for pattern in LEFTOVERS for p in folder.glob(pattern)}:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        remove_paths({p for pattern in LEFTOVERS for p in folder.glob(pattern)})
 
 
 def gguf_files(gguf_dir: Path) -> list[Path]:
