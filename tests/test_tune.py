@@ -296,6 +296,9 @@ def test_a_run_that_diverges_stops_at_its_first_nan_and_ships_no_adapter(
     assert all(isinstance(losses[s]["loss"], float) for s in (1, 2, 3))
     manifest = strict_json((run / "manifest.json").read_text())
     assert manifest["stages"]["tune"]["status"] == "diverged"
+    again = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run)])  # or `edgetune run`
+    assert again.exit_code == 2 and "diverged at step 4" in again.output
+    assert "resuming would repeat the same steps" in again.output
 
 
 def test_overfit_watch_warns_once():

@@ -27,7 +27,11 @@ def finished_tune(run_dir: Path) -> dict[str, Any] | None:
 
 def refuse_finished(run_dir: Path) -> None:
     """A finished run has nothing to resume: training on from its last checkpoint would step past
-    max_steps (or past an early stop) and rotate the best checkpoint away."""
+    max_steps (or past an early stop) and rotate the best checkpoint away. A run that diverged
+    would only repeat the steps that made its weights NaN."""
+    section = read_tune_section(run_dir)
+    if section.get("status") == "diverged":
+        raise InputError(f"{section.get('error', run_dir)} (resuming would repeat the same steps)")
     done = finished_tune(run_dir)
     if done is None:
         return
