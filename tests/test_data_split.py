@@ -199,11 +199,12 @@ def test_a_row_the_chat_template_refuses_is_named_and_can_be_skipped(tmp_path):
         prepare(cfg(path, **split), tok)
     prepared = prepare(cfg(path, **split), tok, skip_bad_rows=True)
     train = prepared.encoded["train"]
-    assert len(train.examples) == 19 and train.dropped_examples == [
-        f"{path}:7: chat template: System role not supported"
-    ]
+    # a bad row, as one that does not parse: skipped and said, out of the split's row count
+    assert len(train.examples) == 19 and train.dropped == 0 and train.dropped_examples == []
+    assert prepared.splits.skipped_rows == [f"{path}:7: chat template: System role not supported"]
+    assert prepared.splits.counts()["train"] == 19
     with pytest.raises(
-        DataError, match=r"data.system_prompt's\).*fix the rows, or give the model a chat template"
+        DataError, match=r"every training row was skipped as bad.*data.system_prompt's\).*fix the rows"
     ):
         prepare(cfg(path, system_prompt="Answer tersely.", **split), tok, skip_bad_rows=True)
 
@@ -235,7 +236,10 @@ def test_data_check_samples_a_row_that_encoded_when_the_first_is_refused_or_drop
     ]
     checked = CliRunner().invoke(main, args)
     assert checked.exit_code == 0, checked.output
-    assert json.loads(checked.stdout)["sample"]["source"] == f"{path}:3"
+    report = json.loads(checked.stdout)
+    assert report["sample"]["source"] == f"{path}:3"
+    assert report["skipped_bad_rows"] == 1 and report["skipped_examples"][0].startswith(f"{path}:1: chat")
+    assert report["splits"]["train"]["dropped"] == 1  # the row too long for data.max_seq_len
     one_line = tmp_path / "d.json"  # a JSON array on one line: every row's source is d.json:1
     one_line.write_text(json.dumps(rows))
     checked = CliRunner().invoke(main, [*args[:2], str(one_line), *args[3:]])

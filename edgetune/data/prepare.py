@@ -101,8 +101,14 @@ def _row_problem(renderer: Renderer, ex: Example, error: Exception) -> str:
 
 
 def encode_split(
-    renderer: Renderer, examples: list[Example], keep_reasons: int = 5, skip_bad_rows: bool = False
+    renderer: Renderer,
+    examples: list[Example],
+    keep_reasons: int = 5,
+    skip_bad_rows: bool = False,
+    refused: list[tuple[Example, str]] | None = None,
 ) -> SplitEncoding:
+    """`refused`: with skip_bad_rows, each row the chat template refuses, with why: a bad row,
+    skipped as one that does not parse is, not an example counted among the dropped."""
     usable, lengths, reasons = [], [], []
     truncated = dropped = missing_eos = 0
     for ex, enc in zip(examples, renderer.encode_many(examples)):
@@ -110,9 +116,8 @@ def encode_split(
             problem = _row_problem(renderer, ex, enc)
             if not skip_bad_rows:
                 raise DataError(f"{problem} ({SKIP_ADVICE})") from None
-            dropped += 1
-            if len(reasons) < keep_reasons:
-                reasons.append(problem)
+            if refused is not None:
+                refused.append((ex, problem))
             continue
         lengths.append(enc.length)
         if enc.dropped:
@@ -144,11 +149,20 @@ def prepare(cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None) 
         )
     renderer = Renderer(tokenizer, cfg.template, cfg.system_prompt, cfg.max_seq_len, cfg.truncation)
     skip = cfg.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
-    encoded = {
-        name: encode_split(renderer, getattr(splits, name), skip_bad_rows=skip)
-        for name in ("train", "valid", "test")
-    }
+    encoded = {}
+    for name in ("train", "valid", "test"):
+        refused: list[tuple[Example, str]] = []
+        encoded[name] = encode_split(renderer, getattr(splits, name), skip_bad_rows=skip, refused=refused)
+        if refused:  # out of the split, as the rows that did not parse are: its counts are its rows
+            gone = {id(ex) for ex, _ in refused}
+            setattr(splits, name, [ex for ex in getattr(splits, name) if id(ex) not in gone])
+            splits.skipped_rows += [problem for _, problem in refused]
     train = encoded["train"]
+    if not train.examples and not train.dropped_examples and splits.skipped_rows:
+        raise DataError(
+            f"{cfg.train}: every training row was skipped as bad (data.skip_bad_rows), e.g. "
+            f"{splits.skipped_rows[0]}; fix the rows, or give the model a chat template that accepts them"
+        )
     if not train.examples:  # data check, tune and every later stage agree that there is nothing to train on
         why = f", e.g. {train.dropped_examples[0]}" if train.dropped_examples else ""
         fix = "raise data.max_seq_len" + (
