@@ -732,6 +732,34 @@ def test_a_correct_f32_file_passes_its_exact_goal_at_a_near_tie(tmp_path, tiny_t
     assert row.top1 == 1.0 and row.greedy == 1.0, row
 
 
+def test_a_file_that_runs_on_where_torch_stopped_at_once_fails_parity_past_a_long_prompt(
+    tmp_path, tiny_model_dir
+):
+    """A 300-token prompt whose merged model stops at once, and a file that does not stop: llama.cpp's
+    context had been sized from torch's one-token answer, and generating the file's own answer
+    up to max_new_tokens ran past it, an internal error instead of the failed EOS check."""
+    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
+
+    from transformers import AutoTokenizer
+
+    out = convert(tiny_model_dir, tmp_path / "m-f16.gguf", "f16")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok(" ".join(CORPUS) * 8, add_special_tokens=False)["input_ids"][:300]
+    assert len(ids) == 300
+    never = len(tok) - 1  # an id this random model does not pick greedily here
+    ref = _Reference("", ids, ids, _log_softmax(np.zeros((300, len(tok)))), [never], True)
+    row = check_artifact(out, "f16", [ref], [never], 128, tok.chat_template)
+    assert row.eos == 0.0 and not row.passed and any("EOS" in f for f in row.failures), row
+
+
+def test_a_file_of_a_type_edgetune_has_no_goal_for_fails_parity():
+    """model-renamed.gguf, another model's file by hand: with no goal it had passed whatever it held."""
+    from edgetune.export.parity import ParityRow, judge
+
+    row = judge(ParityRow("model-renamed.gguf", "renamed", 8, True, 2.0, 0.1, 0.0, 1.0, False))
+    assert not row.passed and "no parity goal for type 'renamed'" in row.failures[0]
+
+
 @pytest.mark.parametrize("quant", [*GGUF_QUANTS, *ONNX_QUANTS])
 def test_every_exported_type_has_a_goal_that_a_far_off_file_misses(quant):
     """A type without a goal was reported, never judged: a q4_0 or iq4_xs file at KL 0.5 with no

@@ -116,7 +116,12 @@ def check_artifact(
     """`template`: the chat template the file should carry (the model directory's own)."""
     from edgetune.export.llama_runtime import end_of_generation_ids, file_chat_template, load_llama
 
-    n_ctx = max(len(r.full_ids) for r in refs) + max(len(r.greedy) for r in refs) + 16
+    # the longest text scored, or the longest prompt with the whole token budget: a file that
+    # does not stop where torch stopped generates up to max_new_tokens (past llama.cpp's context
+    # it had been an internal error, not the failed EOS check it is)
+    n_ctx = (
+        max(max(len(r.full_ids) for r in refs), max(len(r.prompt_ids) for r in refs) + max_new_tokens) + 16
+    )
     # an F32 file's goal is the conversion itself, exactly: llama.cpp's default F16 KV cache rounds
     # keys and values (logits off by up to 2e-2 on a 290-token text), which flips near-ties of a
     # correct file; its cache is F32 here (GGML type 0)
@@ -173,8 +178,14 @@ def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def judge(row: ParityRow) -> ParityRow:
-    goal = GOALS.get(row.quant, {})
+    goal = GOALS.get(row.quant)
     row.failures = list(row.file_problems)
+    if goal is None:  # a file named by hand (model-renamed.gguf): nothing says what it may lose
+        goal = {}
+        row.failures.append(
+            f"no parity goal for type '{row.quant}' (read from the file name; edgetune's types: "
+            f"{', '.join(GOALS)})"
+        )
     if not row.ids_equal:
         row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
     if "kl" in goal and row.kl > goal["kl"]:
