@@ -92,12 +92,37 @@ def resolve_model(
         from edgetune.validate import check_model_dir
 
         check_model_dir(path)
+        refuse_stored_quantized(path, name)
         return ResolvedModel(name, path.resolve(), "local")
     if HUB_ID.match(name) and not name.startswith((".", "/")):
-        return ResolvedModel(name, _download(name, revision), "hub")
+        downloaded = _download(name, revision)
+        refuse_stored_quantized(downloaded, name)
+        return ResolvedModel(name, downloaded, "hub")
     raise ModelError(
         f"unknown base model {name!r}: not a built-in alias ({', '.join(BUILTINS)}), "
         "an existing directory, or a hub id like org/name"
+    )
+
+
+def refuse_stored_quantized(path: Path, name: str) -> None:
+    """A base whose weights are stored quantised (a "-bnb-4bit" upload, GPTQ, AWQ, FP8): tune would
+    train on them as if full precision, merge would fold the update into 4-bit weights (where
+    rounding erases it) and the GGUF converter cannot read them."""
+    from edgetune.validate import check_json
+
+    if not (path / "config.json").is_file():
+        return  # not a model directory: loading it says so
+    quantization = check_json(path / "config.json").get("quantization_config")
+    if not isinstance(quantization, dict):
+        return
+    method = str(quantization.get("quant_method") or "unknown method")
+    bits = (
+        " 4-bit" if quantization.get("load_in_4bit") else " 8-bit" if quantization.get("load_in_8bit") else ""
+    )
+    raise ModelError(
+        f"{name}: its weights are stored quantised ({method}{bits}, config.json's "
+        "quantization_config); edgetune tunes, merges and exports from full-precision weights "
+        "(train.method qlora quantises them itself): use the model's original checkpoint"
     )
 
 

@@ -738,9 +738,9 @@ def test_a_file_that_runs_on_where_torch_stopped_at_once_fails_parity_past_a_lon
     """A 300-token prompt whose merged model stops at once, and a file that does not stop: llama.cpp's
     context had been sized from torch's one-token answer, and generating the file's own answer
     up to max_new_tokens ran past it, an internal error instead of the failed EOS check."""
-    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
-
     from transformers import AutoTokenizer
+
+    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
 
     out = convert(tiny_model_dir, tmp_path / "m-f16.gguf", "f16")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

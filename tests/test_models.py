@@ -26,3 +26,25 @@ def test_hub_id_takes_the_hub_path_and_fails_cleanly_offline():
     # HF_HUB_OFFLINE=1 is set for every test: the real download path runs and reports one clear line
     with pytest.raises(ModelError, match="cannot download 'edgetune-test/does-not-exist'"):
         resolve_model("edgetune-test/does-not-exist")
+
+
+def test_a_base_stored_quantised_is_refused_by_tune_and_export(tmp_path, tiny_model_dir):
+    """A "-bnb-4bit" upload: tune trained on its 4-bit weights as "lora (fp32)", merge folded the
+    update into them (KL to the adapter 9.5e-3 against 1e-8), and export failed on 'absmax'."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base-bnb-4bit")
+    config = json.loads((base / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ModelError, match=r"base-bnb-4bit: its weights are stored quantised \(bitsandbytes 4-bit"
+    ):
+        resolve_model(str(base))
+    exported = CliRunner().invoke(main, ["export", str(base), "--to", "gguf", "--quant", "f16"])
+    assert exported.exit_code == 2 and "stored quantised" in exported.output, exported.output

@@ -32,11 +32,12 @@ from edgetune.rundir import (
 def _source(source: Path | None) -> tuple[Path | None, Path]:
     """(run_dir or None, HF model dir)."""
     if source is not None and (source / "config.json").is_file():
-        from edgetune.models import refuse_pickle
+        from edgetune.models import refuse_pickle, refuse_stored_quantized
         from edgetune.validate import check_model_dir
 
         refuse_pickle(source, can_allow=False)
         check_model_dir(source)
+        refuse_stored_quantized(source, str(source))
         return None, source.resolve()
     run_dir = resolve_run_dir(source)
     if not (run_dir / RECIPE_FILE).is_file():
