@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from edgetune.config import load_recipe
 from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.rundir import (
@@ -135,6 +137,43 @@ def _dequantized_nf4_base(path: Path, trust_remote_code: bool):
     return model, quantized
 
 
+def _attach(base, adapter: Path, base_name: str):
+    """The adapter on `base`; one trained on a model of other shapes is a one-line error (peft's
+    own says "Error(s) in loading state_dict", and its details are lines a CLI does not print)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, str(adapter))
+    except RuntimeError as exc:
+        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
+        if mismatch is None:
+            raise
+        raise ModelError(
+            f"{adapter}: was trained on another model than model.base {base_name} ({mismatch})"
+        ) from None
+
+
+def refuse_changed_base(model_ref, manifest: dict[str, Any], warn) -> None:
+    """The base's files against those tune recorded: merged into other weights, the adapter's update
+    makes a model nobody trained (and "KL to adapter" is measured on the same wrong base, so it
+    looks perfect). A local base is refused; a built-in or hub one, not the user's to put back, is
+    warned about, as a resume does."""
+    from edgetune.rundir import sha256_tree
+
+    trained = manifest.get("base_model", {}).get("sha256")
+    if not trained or sha256_tree(model_ref.path) == trained:
+        return
+    if model_ref.kind == "local":
+        raise InputError(
+            f"model.base {model_ref.name}: its files changed since the adapter was trained on them; "
+            "put them back, or train again on the new ones"
+        )
+    warn(
+        f"model.base {model_ref.name}: its files differ from those the adapter was trained on "
+        "(updated upstream, or converted again); merging into them"
+    )
+
+
 def _refuse_tied(peft_model, adapter: Path) -> None:
     from edgetune.tune.model import tied_adapter_targets
 
@@ -172,7 +211,6 @@ def data_changed_since_tune(recipe, manifest: dict[str, Any]) -> list[str]:
 
 def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     import transformers
-    from peft import PeftModel
 
     from edgetune.data.prepare import prepare
     from edgetune.data.render import stop_ids
@@ -202,6 +240,15 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
         model_ref = resolve_model(
             recipe.model.base, recipe.model.revision, quiet=True, allow_pickle=recipe.model.allow_pickle
         )
+        refuse_changed_base(
+            model_ref,
+            manifest,
+            lambda message: (
+                console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+                if console is not None
+                else None
+            ),
+        )
         tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
         data = prepare(recipe.data, tokenizer)
         # saved with the merged model, then exported: the template the adapter was trained under
@@ -222,15 +269,15 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
                 "QLoRA run: scoring a merge into the full-precision base and one into the dequantised NF4 base"
             )
             dequant, quantized = _dequantized_nf4_base(model_ref.path, recipe.model.trust_remote_code)
-            on_4bit = PeftModel.from_pretrained(quantized, str(adapter))
+            on_4bit = _attach(quantized, adapter, recipe.model.base)
             _refuse_tied(on_4bit, adapter)
             _, _, reference = score(on_4bit, valid, pad)
             del on_4bit, quantized
             merged_by_name = {
-                "full_precision": PeftModel.from_pretrained(
-                    _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
+                "full_precision": _attach(
+                    _load_base(model_ref.path, recipe.model.trust_remote_code), adapter, recipe.model.base
                 ).merge_and_unload(),
-                "dequantized_nf4": PeftModel.from_pretrained(dequant, str(adapter)).merge_and_unload(),
+                "dequantized_nf4": _attach(dequant, adapter, recipe.model.base).merge_and_unload(),
             }
             for name, m in merged_by_name.items():
                 loss, kl, _ = score(m, valid, pad, reference)
@@ -238,8 +285,8 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             chosen = min(candidates, key=lambda k: candidates[k]["valid_loss"])
             merged = merged_by_name[chosen]
         else:
-            unmerged = PeftModel.from_pretrained(
-                _load_base(model_ref.path, recipe.model.trust_remote_code), str(adapter)
+            unmerged = _attach(
+                _load_base(model_ref.path, recipe.model.trust_remote_code), adapter, recipe.model.base
             )
             _refuse_tied(unmerged, adapter)
             _, _, reference = score(unmerged, valid, pad)

@@ -307,3 +307,37 @@ def test_the_trained_template_of_a_custom_code_tokenizer_is_read_with_the_recipe
     config.update(tokenizer_class="MyTokFast", auto_map={"AutoTokenizer": [None, "my_tok.MyTokFast"]})
     (adapter / "tokenizer_config.json").write_text(json.dumps(config))
     assert "<|im_start|>" in trained_template(adapter, "derived", trust_remote_code=True)
+
+
+def test_a_base_changed_since_tune_is_refused_and_another_shape_is_one_line(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    """A local base re-saved after tune: the merge had folded the adapter into other weights, exit 0,
+    and its KL to the adapter (measured on the same wrong base) looked perfect."""
+    import shutil
+
+    from conftest import build_tiny_model
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    run = tune(str(make_recipe(tmp_path, base, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    other = build_tiny_model(
+        tmp_path / "other", tiny_tokenizer, "LlamaForCausalLM"
+    )  # same shapes, new weights
+    shutil.copy(other / "model.safetensors", base / "model.safetensors")
+    changed = CliRunner().invoke(main, ["merge", str(run)])
+    assert changed.exit_code == 2 and "model.base" in changed.output, changed.output
+    assert "its files changed since the adapter was trained on them" in " ".join(changed.output.split())
+    assert not (run / "merged").exists()
+    # a run recorded before base hashes were (no sha256), merged onto a model of other shapes
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["base_model"]["sha256"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    wider = build_tiny_model(tmp_path / "wider", tiny_tokenizer, "LlamaForCausalLM", hidden_size=96)
+    shutil.rmtree(base)
+    shutil.copytree(wider, base)
+    result = CliRunner().invoke(main, ["merge", str(run)])
+    assert result.exit_code == 2, result.output
+    assert (
+        "was trained on another model than model.base" in result.output and "size mismatch" in result.output
+    )
+    assert "Traceback" not in result.output and not (run / "merged").exists()
