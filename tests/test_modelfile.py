@@ -72,16 +72,64 @@ def llama_cpp_ids(renderer: Renderer, text: str) -> list[int]:
     return ([renderer.bos_id] if renderer.adds_bos else []) + ids
 
 
+def ollama_parse(text: str) -> list[tuple[str, str]]:
+    """(command, value) as Ollama's parser/parser.go ParseFile reads a Modelfile: a value closes at
+    a line end where what was read, less surrounding space, is whole ("", "x" or \"\"\"x\"\"\"), and a
+    rune that is not printable is dropped. Our own port, so that a Modelfile is tested as Ollama
+    reads it, not as a split on quotes would."""
+
+    def unquote(v: str) -> tuple[str, bool]:
+        if v[:3] == '"""':
+            return (v[3:-3], True) if len(v) >= 6 and v[-3:] == '"""' else ("", False)
+        if v[:1] == '"':
+            return (v[1:-1], True) if len(v) >= 2 and v[-1] == '"' else ("", False)
+        return v, True
+
+    def step(r: str, state: str) -> tuple[str, str]:
+        space, newline = r in " \t", r in "\r\n"
+        if state == "nil":
+            return ("comment", "") if r == "#" else ("nil", "") if space or newline else ("name", r)
+        if state == "name":
+            assert r.isalpha() or space, f"invalid command at {r!r}"
+            return ("name", r) if r.isalpha() else ("value", "")
+        if state == "parameter":
+            assert r.isalnum() or r == "_" or space, f"unexpected {r!r} in a parameter name"
+            return ("value", "") if space else ("parameter", r)
+        if state == "comment":
+            return ("nil", "") if newline else ("comment", "")
+        return ("nil", r) if space or newline else ("value", r)  # value
+
+    commands, state, buf, name = [], "nil", "", ""
+    for r in text:
+        nxt, kept = step(r, state)
+        if nxt != state:
+            if state == "name":
+                name = {"from": "model"}.get(buf.lower(), buf.lower())
+                assert name in ("model", "template", "system", "parameter"), name
+                nxt = "parameter" if name == "parameter" else nxt
+            elif state == "parameter":
+                name = buf
+            elif state == "value":
+                value, ok = unquote(buf.strip())
+                if not ok or r in " \t":
+                    buf += r
+                    continue
+                commands.append((name, value))
+            buf, state = "", nxt
+        if kept and kept.isprintable():
+            buf += kept
+    if state == "value":
+        value, ok = unquote(buf.strip())
+        assert ok, "unexpected end of file in a value"
+        commands.append((name, value))
+    return commands
+
+
 def modelfile_parts(tmp_path, renderer, system):
     path = write_modelfile(tmp_path / "model-q8_0.gguf", renderer, system)
     text = path.read_text()
-
-    def block(key):
-        if f'{key} """' not in text:
-            return None
-        return text.split(f'{key} """', 1)[1].split('"""', 1)[0]
-
-    return block("TEMPLATE"), block("SYSTEM"), text
+    commands = dict(c for c in ollama_parse(text) if c[0] in ("template", "system"))
+    return commands.get("template"), commands.get("system"), text
 
 
 def llama3_tokenizer(add_bos: bool, template: str = LLAMA3_TEMPLATE):
@@ -197,3 +245,31 @@ def test_an_unknown_chat_format_gets_no_template_and_says_so(tmp_path):
         "{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_sep|>{{ m['content'] }}<|im_end|>{% endfor %}"
     )
     assert ollama_template(Renderer(build_tokenizer(chat_template=phi4))) is None
+
+
+@pytest.mark.parametrize(
+    "system",
+    [
+        'Reply as JSON, e.g. """{"port": 1}""" and nothing else.',
+        'Say "yes"',
+        '"Quoted" and "',
+        "Tabs\tand\nlines",
+    ],
+)
+def test_a_system_prompt_with_quotes_is_read_back_by_ollamas_parser_as_it_was(tmp_path, system):
+    from conftest import build_tokenizer
+
+    _, written, _ = modelfile_parts(tmp_path, Renderer(build_tokenizer()), system)
+    assert written == system
+
+
+def test_a_system_prompt_ollama_cannot_quote_is_left_out_and_said(tmp_path):
+    """A line ending in triple quotes (a fenced example) ends Ollama's value there: the rest of
+    the prompt would be read as commands, and `ollama create` fails."""
+    from conftest import build_tokenizer
+
+    system = 'Answer like this:\n"""\n{"port": 1}\n"""\nand nothing else.'
+    template, written, text = modelfile_parts(tmp_path, Renderer(build_tokenizer()), system)
+    assert written is None and template is not None and "SYSTEM is left out" in text
+    with pytest.raises(AssertionError):  # the line edgetune would otherwise have written
+        ollama_parse(f'FROM ./m.gguf\nSYSTEM """{system}"""\n')

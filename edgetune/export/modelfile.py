@@ -146,6 +146,11 @@ def ollama_template(renderer) -> str | None:
     return _head(renderer, family) + template if template else None
 
 
+# Ollama's parser closes a value at the first line end where what it read so far, less trailing
+# spaces, ends in """ (a """ mid-line, or a quote ending the prompt, is read back as it is)
+UNQUOTABLE = re.compile(r'"""[ \t]*[\r\n]')
+
+
 def write_modelfile(
     gguf_path: Path, renderer, system: str | None, num_ctx: int | None = None, plain: bool = False
 ) -> Path:
@@ -175,7 +180,13 @@ def write_modelfile(
             "# The training chat template has no known Go form; Ollama reads it from the GGUF metadata.",
             "",
         ]
-    if system:
+    if system and UNQUOTABLE.search(system):
+        lines += [
+            '# SYSTEM is left out: the training system prompt has a line ending in """, which ends a',
+            "# Modelfile value there (the format has no escape); send it as each request's system message",
+            "",
+        ]
+    elif system:
         lines += [f'SYSTEM """{system}"""', ""]
     lines += [f'PARAMETER stop "{s}"' for s in stop_tokens(tokenizer, renderer.stop_ids)]
     if num_ctx:
