@@ -601,6 +601,18 @@ def test_a_tokenizer_llama_cpp_cannot_strip_alike_is_refused(tmp_path, others, s
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_token_that_strips_the_space_before_it_is_refused(tmp_path, tiny_tokenizer):
+    """lstrip: transformers tokenises "x <tool>" without the space, llama.cpp with it."""
+    from tokenizers import AddedToken
+
+    tok = build_tokenizer()
+    tok.add_tokens([AddedToken("<tool>", normalized=False, lstrip=True)])
+    model_dir = build_tiny_model(tmp_path, tok, "LlamaForCausalLM")
+    with pytest.raises(InputError, match="tokenizer.json: the tokenizer strips the whitespace before <tool>"):
+        convert(model_dir, tmp_path / "m.gguf", "f32")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
 def test_a_tuned_phi3_exports_to_gguf_and_onnx_and_passes_parity(tmp_path):
     """The whole path on a Phi-3: LoRA on its fused qkv_proj and gate_up_proj, merge, GGUF with the
     tokenizer rule, ONNX, and every parity check (prompt ids, greedy tokens, KL)."""

@@ -128,6 +128,12 @@ def name_for_llama_cpp(name: str, tok, where: Path) -> str:
     whitespace after the tokens that rule strips after; a tokenizer that strips after others, which
     no GGUF can say, is refused."""
     added = {t.content: t for t in tok.added_tokens_decoder.values()}
+    if before := sorted(content for content, t in added.items() if t.lstrip):
+        raise InputError(  # llama.cpp strips before a token only by rules on a few model names
+            f"{where}: the tokenizer strips the whitespace before {', '.join(before[:6])}; llama.cpp "
+            "strips before none: the GGUF would tokenise prompts differently. Set their lstrip to false "
+            "in tokenizer.json, or export to ONNX only"
+        )
     strips = {content for content, t in added.items() if t.rstrip}
     if not strips:
         return PHI3_NAME.sub(r"\1 3", name)
