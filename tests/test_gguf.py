@@ -170,6 +170,14 @@ def test_export_after_tune_merges_and_writes_gguf_files(tmp_path, tiny_model_dir
     assert kl <= 5e-4
     assert stage["gguf_parity_passed"] and [r["quant"] for r in stage["gguf_parity"]] == ["f16", "q8_0"]
     assert all(r["ids_equal"] and r["greedy"] == 1.0 for r in stage["gguf_parity"])
+    from edgetune.rundir import _umask
+
+    assert (run / "export" / "gguf" / "imatrix.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    # the f16 file again: the q8_0 file made with the matrix stays, and so does the record of it
+    again = CliRunner().invoke(main, ["export", "--to", "gguf", "--quant", "f16"])
+    assert again.exit_code == 0, again.output
+    after = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert after["imatrix"] == "export/gguf/imatrix.safetensors"
 
     # a file that does not hold the tuned model must fail the check, named, with exit code 3
     import shutil

@@ -74,16 +74,13 @@ def compute_imatrix(
 def save_imatrix(
     matrix: dict[str, np.ndarray], path: Path, dataset: str, tokens: int, sequences: int
 ) -> Path:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    from edgetune.rundir import atomic_write_text
+    from edgetune.rundir import atomic_write_bytes, atomic_write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        matrix, str(tmp), metadata={"dataset": dataset, "tokens": str(tokens), "sequences": str(sequences)}
-    )
-    tmp.replace(path)
+    # in memory, then written as every export file is (safetensors' save_file makes a file 0600)
+    data = save(matrix, metadata={"dataset": dataset, "tokens": str(tokens), "sequences": str(sequences)})
+    atomic_write_bytes(path, data)
     atomic_write_text(
         path.with_suffix(".txt"), f"dataset: {dataset}\ntokens: {tokens}\nentries: {len(matrix)}\n"
     )

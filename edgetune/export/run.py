@@ -14,6 +14,7 @@ from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError
 from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
+from edgetune.export.gguf_quantize import QUANTS
 from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs, remove_leftovers, still_there
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
@@ -192,7 +193,10 @@ def export(
                     recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
                 )
                 imatrix_path = _relative(gguf.imatrix, run_dir) if record_dir and gguf.imatrix else None
-                _record_stage(record_dir, "gguf", gguf, {"imatrix": imatrix_path})
+                # an export that quantised nothing (--quant f16) leaves the files made with the
+                # recorded matrix, and the record, as they were
+                quantised = any(q in QUANTS for q in gguf_quants)
+                _record_stage(record_dir, "gguf", gguf, {"imatrix": imatrix_path} if quantised else {})
                 results["gguf"], artifacts = gguf, [(a.quant, a.path) for a in gguf.artifacts]
             rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
             parity_record.record(record_dir, gguf_dir, "gguf", rows_as_dicts(rows))
