@@ -226,7 +226,8 @@ def run_pipeline(
                     f"interrupted in {stage}; the same `edgetune run` continues: the stages before it are kept"
                 ) from None
             result.ran.append(stage)
-            record.forget_after(stage)
+            if stage != "data":  # a data check writes nothing: tune's fingerprint holds the data's own
+                record.forget_after(stage)
             record.record(stage)
         record.save_if_changed()
         if not point_latest(run_dir):

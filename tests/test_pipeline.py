@@ -62,6 +62,13 @@ def test_second_run_skips_everything_and_an_export_change_reruns_only_export_and
     assert second.exit_code == 0, out
     assert "ran nothing; skipped data, tune, merge, export, bench" in out
     assert "edgetune bench" in out  # the report of the skipped bench is still shown
+    # a candidate dataset checked with --until data leaves the finished stages as they are
+    lines = (tmp_path / "data.jsonl").read_text().splitlines()
+    (tmp_path / "cand.jsonl").write_text("\n".join(lines[:60]) + "\n")
+    checked, out = invoke(recipe, "--until", "data", "--set", f"data.train={tmp_path / 'cand.jsonl'}")
+    assert checked.exit_code == 0 and "ran data" in out, out
+    back, out = invoke(recipe)
+    assert back.exit_code == 0 and "ran data; skipped tune, merge, export, bench" in out, out
     # an ONNX folder that lost its tokenizer is no finished export (chat could not load it)
     (run / "export" / "onnx" / "fp32" / "tokenizer.json").unlink()
     mended, out = invoke(recipe)
