@@ -965,6 +965,58 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_does(tmp_path, ti
     )
 
 
+@pytest.mark.parametrize("early", [True, False], ids=["early stop", "max_steps, no validation"])
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter(
+    tmp_path, tiny_model_dir, monkeypatch, early
+):
+    """Killed once the checkpoint where training ended was committed, before adapter/ was written:
+    the resumed Trainer took a step more before looking, past the early stop (76 steps for 52, another
+    adapter) or past max_steps (13 of 12). It now only finishes the run."""
+    import edgetune.tune.callbacks as callbacks
+    from edgetune.errors import Interrupted
+
+    settings = dict(lr=5e-3, max_steps=40, eval_steps=2, save_steps=2, early_stopping_patience=2)
+    if not early:
+        settings = dict(max_steps=6, eval_steps=2, save_steps=2, scheduler="constant")
+    recipe = make_recipe(tmp_path, tiny_model_dir, **settings)
+    if early:
+        valid = [
+            chat_row(f"What is the capital of France? {i}", "ABCDEFGHIJKLMNOPQRSTUVWXYZ !#$%&()*+" * 2)
+            for i in range(8)
+        ]
+        write_jsonl(tmp_path / "valid.jsonl", valid)
+        recipe.write_text(
+            recipe.read_text().replace("  train: data.jsonl\n", "  train: data.jsonl\n  valid: valid.jsonl\n")
+        )
+    else:
+        recipe.write_text(
+            recipe.read_text().replace("  max_seq_len: 128\n", "  max_seq_len: 128\n  valid_fraction: 0\n")
+        )
+    reference = tune(str(recipe), run_dir=tmp_path / "reference")
+    assert reference.stopped_early == early and (reference.best_step is None) == (not early), reference
+    commit = callbacks.CommitCheckpoints.on_save
+
+    def killed_after_the_last(self, args, state, control, **kwargs):
+        out = commit(self, args, state, control, **kwargs)
+        if state.global_step == reference.steps:
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(callbacks.CommitCheckpoints, "on_save", killed_after_the_last)
+        with pytest.raises(Interrupted):
+            tune(str(recipe), run_dir=tmp_path / "killed")
+    assert not (tmp_path / "killed" / "adapter").exists()
+    resumed = tune(run_dir=tmp_path / "killed", resume=True)
+    assert (resumed.steps, resumed.best_step) == (reference.steps, reference.best_step), resumed
+    assert train_losses(tmp_path / "killed") == train_losses(tmp_path / "reference")
+    digest = [
+        sha256_file(r / "adapter" / "adapter_model.safetensors")
+        for r in (tmp_path / "reference", tmp_path / "killed")
+    ]
+    assert digest[0] == digest[1]
+
+
 def test_a_constant_schedule_warms_up_like_the_others(tmp_path):
     """transformers' "constant" ignores warmup_ratio: the 5% default warmup was silently dropped."""
     from types import SimpleNamespace

@@ -83,3 +83,41 @@ def refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256:
             f"{run_dir}: {', '.join(changed)} changed since this run started; its checkpoints learned "
             "from the earlier files. Put them back to resume, or start a new run on the new ones"
         )
+
+
+def ended_at(checkpoint: Path) -> bool:
+    """Whether training had ended at this checkpoint (its last step, or early stopping's stop),
+    the run killed before it wrote adapter/. Resumed, the Trainer takes one step more before it
+    looks at either: past an early stop it trains on, and a different adapter ships."""
+    import json
+
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    control = state.get("stateful_callbacks", {}).get("TrainerControl", {}).get("args", {})
+    steps, last = state.get("global_step", 0), state.get("max_steps", 0)
+    return bool(control.get("should_training_stop")) or (isinstance(last, int) and 0 < last <= steps)
+
+
+def train_or_finish(trainer, resume_from: Path | None, run_dir: Path, console) -> None:
+    """Train (from `resume_from`); from a checkpoint where training had ended, only what the end of
+    training does: the best checkpoint's adapter (the last one's without validation) into the model.
+    Under FSDP or DeepSpeed a checkpoint holds shards the Trainer's own loading reads: it trains."""
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if resume_from is None or sharded or not ended_at(resume_from):
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        return
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+    source = resume_from
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        source = run_dir / "checkpoints" / Path(state.best_model_checkpoint).name  # the run may have moved
+        state.best_model_checkpoint = str(source)
+    set_peft_model_state_dict(trainer.model, load_file(str(source / "adapter_model.safetensors")))
+    trainer.state = state
+    if console is not None:
+        console.print(
+            f"training had ended at step {state.global_step} ({resume_from.name}); finishing the run "
+            f"with {source.name}'s adapter"
+        )

@@ -37,7 +37,7 @@ from edgetune.rundir import (
 )
 from edgetune.tune.checks import check_checkpoint, refuse_divergence, warn_about_data
 from edgetune.tune.distributed import world_size
-from edgetune.tune.resume import read_tune_section, refuse_changed_inputs, refuse_finished
+from edgetune.tune.resume import read_tune_section, refuse_changed_inputs, refuse_finished, train_or_finish
 
 
 @dataclass
@@ -170,7 +170,7 @@ def tune(
             warn(f"{RUNS_DIR / 'latest'} does not point at this run: name it to later commands ({run_dir})")
         try:
             with writing(run_dir / "checkpoints"):
-                run.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                train_or_finish(run.trainer, resume_from, run_dir, console if main else None)
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}"
