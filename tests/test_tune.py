@@ -1017,6 +1017,46 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter(
     assert digest[0] == digest[1]
 
 
+def test_a_start_again_after_one_stopped_before_its_first_checkpoint_records_only_its_own_inputs(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Ctrl-C before the first checkpoint had advised a --resume that cannot work; started again
+    in the same directory on other data, the run kept the first start's data.valid in its manifest,
+    and its own --resume was refused as "data.valid changed"."""
+    import edgetune.tune.callbacks as callbacks
+    from edgetune.errors import Interrupted
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=6, eval_steps=2, save_steps=2)
+    write_jsonl(tmp_path / "valid.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(6)])
+    run = tmp_path / "r"
+    log, commit = callbacks.MetricsLog.on_log, callbacks.CommitCheckpoints.on_save
+
+    def stop_at_step_1(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            raise KeyboardInterrupt
+        return log(self, args, state, control, **kwargs)
+
+    def stop_after_step_2(self, args, state, control, **kwargs):
+        out = commit(self, args, state, control, **kwargs)
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+        return out
+
+    with monkeypatch.context() as patch:
+        patch.setattr(callbacks.MetricsLog, "on_log", stop_at_step_1)
+        with pytest.raises(
+            Interrupted, match="before the first checkpoint: nothing to resume; start the run again"
+        ):
+            tune(str(recipe), [f"data.valid={tmp_path / 'valid.jsonl'}"], run_dir=run)
+    with monkeypatch.context() as patch:
+        patch.setattr(callbacks.CommitCheckpoints, "on_save", stop_after_step_2)
+        with pytest.raises(Interrupted, match="continue with: edgetune tune --resume"):
+            tune(str(recipe), run_dir=run)
+    assert "valid" not in json.loads((run / "manifest.json").read_text())["data"]["sha256"]
+    resumed = tune(run_dir=run, resume=True)
+    assert resumed.steps == 6 and resumed.resumed_from == 2
+
+
 def test_a_constant_schedule_warms_up_like_the_others(tmp_path):
     """transformers' "constant" ignores warmup_ratio: the 5% default warmup was silently dropped."""
     from types import SimpleNamespace

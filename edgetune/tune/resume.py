@@ -1,8 +1,11 @@
-"""Whether a run may be resumed: not once it finished, and not on other data or another local base
-than its checkpoints learned from."""
+"""Whether a run may be resumed (not once it finished or diverged, and not on other data or another
+local base than its checkpoints learned from), and how: from a checkpoint where training had ended
+it is only finished. Also what a new start in the directory of a failed one forgets, and what
+Ctrl-C says."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +92,6 @@ def ended_at(checkpoint: Path) -> bool:
     """Whether training had ended at this checkpoint (its last step, or early stopping's stop),
     the run killed before it wrote adapter/. Resumed, the Trainer takes one step more before it
     looks at either: past an early stop it trains on, and a different adapter ships."""
-    import json
-
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     control = state.get("stateful_callbacks", {}).get("TrainerControl", {}).get("args", {})
     steps, last = state.get("global_step", 0), state.get("max_steps", 0)
@@ -121,3 +122,38 @@ def train_or_finish(trainer, resume_from: Path | None, run_dir: Path, console) -
             f"training had ended at step {state.global_step} ({resume_from.name}); finishing the run "
             f"with {source.name}'s adapter"
         )
+
+
+def forget_earlier_start(run_dir: Path) -> None:
+    """A new start in a run directory where one failed before its first checkpoint: the manifest
+    says what this start trains on, not also the earlier one's data, base and losses (merged in,
+    a later resume compared the earlier start's data.valid and was refused). The pipeline's
+    record stays: it says which tune the run started."""
+    from edgetune.rundir import MANIFEST, atomic_write_json
+
+    manifest = read_manifest(run_dir)
+    kept = {k: v for k, v in manifest.items() if k == "pipeline"}
+    if kept != manifest:
+        atomic_write_json(run_dir / MANIFEST, kept)
+
+
+def tokens_before(checkpoint: Path | None) -> int:
+    """Tokens seen before a resumed session: its runtime is its own, its token count the run's."""
+    if checkpoint is None:
+        return 0
+    try:
+        return int(
+            json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+        )
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def interruption(run_dir: Path):
+    """What Ctrl-C in training says: how to go on, where a checkpoint was committed to go on from."""
+    from edgetune.errors import Interrupted
+    from edgetune.tune.callbacks import complete_checkpoints
+
+    if not complete_checkpoints(run_dir / "checkpoints"):
+        return Interrupted("interrupted before the first checkpoint: nothing to resume; start the run again")
+    return Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import platform
 import shutil
 import time
@@ -18,7 +17,7 @@ from rich.markup import escape
 
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
-from edgetune.errors import InputError, Interrupted, writing
+from edgetune.errors import InputError, writing
 from edgetune.export.modelfile import shared_system_prompt
 from edgetune.fingerprints import data_files, training_settings
 from edgetune.rundir import (
@@ -37,7 +36,15 @@ from edgetune.rundir import (
 )
 from edgetune.tune.checks import check_checkpoint, refuse_divergence, warn_about_data
 from edgetune.tune.distributed import world_size
-from edgetune.tune.resume import read_tune_section, refuse_changed_inputs, refuse_finished, train_or_finish
+from edgetune.tune.resume import (
+    forget_earlier_start,
+    interruption,
+    read_tune_section,
+    refuse_changed_inputs,
+    refuse_finished,
+    tokens_before,
+    train_or_finish,
+)
 
 
 @dataclass
@@ -172,9 +179,7 @@ def tune(
             with writing(run_dir / "checkpoints"):
                 train_or_finish(run.trainer, resume_from, run_dir, console if main else None)
         except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}"
-            ) from None
+            raise interruption(run_dir) from None
 
         trainer = run.trainer
         refuse_divergence(trainer, recipe, run_dir, main)
@@ -309,6 +314,7 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
     if not resume:
         if main:  # a start that failed before its first save may have logged its step-0 evaluation
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            forget_earlier_start(run_dir)
         return None
     done = complete_checkpoints(checkpoints)
     if not done:
@@ -412,7 +418,7 @@ def _result(
         final_train_loss=train_losses[-1] if train_losses else None,
         stopped_early=state.global_step < state.max_steps,
         wall_s=round(wall, 1),
-        tokens_per_s=round((state.num_input_tokens_seen - _tokens_before(resume_from)) / runtime, 1)
+        tokens_per_s=round((state.num_input_tokens_seen - tokens_before(resume_from)) / runtime, 1)
         if runtime
         else 0.0,
         resumed_from=int(resume_from.name.split("-")[-1]) if resume_from else None,
@@ -423,18 +429,6 @@ def _result(
         * args.gradient_accumulation_steps
         * args.world_size,
     )
-
-
-def _tokens_before(checkpoint: Path | None) -> int:
-    """Tokens seen before a resumed session: its runtime is its own, its token count the run's."""
-    if checkpoint is None:
-        return 0
-    try:
-        return int(
-            json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
-        )
-    except (OSError, ValueError, TypeError):
-        return 0
 
 
 def _peak_vram(device: str) -> int | None:
