@@ -28,6 +28,9 @@ class Replacing(dict):
     the mappings a dotted key walks through merge into it."""
 
 
+YAML_NULLS = ("", "~", "null", "Null", "NULL")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=1e-4` -> (["train", "lr"], 1e-4). The value is read as a YAML scalar."""
     if "=" not in text:
@@ -42,8 +45,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = raw
     text = raw.strip()
     # YAML's reading is kept whole where it is the text itself, or where the text is YAML on purpose:
-    # quoted, a flow list or mapping, or null; any other reading may be a string setting's text
-    if value is not None and value != text and text[:1] not in ("'", '"', "[", "{"):
+    # quoted, a flow list or mapping, or a null; any other reading may be a string setting's text
+    # (`# Role: reply in JSON` reads as a comment, so as null)
+    if value != text and text[:1] not in ("'", '"', "[", "{") and text not in YAML_NULLS:
         value = Given(text, value)
     return parts, Replacing(value) if isinstance(value, dict) else value
 

@@ -297,6 +297,13 @@ def test_set_keeps_the_text_of_a_string_setting_that_yaml_would_read_otherwise()
         "data.system_prompt=Answer: yes or no": ("data", "system_prompt", "Answer: yes or no"),
         "data.system_prompt=No": ("data", "system_prompt", "No"),
         "data.system_prompt=null": ("data", "system_prompt", None),
+        "data.system_prompt=~": ("data", "system_prompt", None),
+        # a Markdown header reads as a YAML comment, so as null: it had trained with no system prompt
+        "data.system_prompt=# Role: reply with JSON only": (
+            "data",
+            "system_prompt",
+            "# Role: reply with JSON only",
+        ),
         "model.revision=2024-01-01": ("model", "revision", "2024-01-01"),
         "train.packing=true": ("train", "packing", True),
         "train.max_steps=0x10": ("train", "max_steps", 16),
