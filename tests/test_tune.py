@@ -786,8 +786,12 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, tiny_model_d
 def test_settings_that_train_but_defeat_themselves_are_warned_about(tmp_path, tiny_model_dir):
     """Truncation that cuts every EOS off, a batch bigger than the data, evaluation that never comes."""
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=4, save_steps=4, batch_size=64)
-    result = tune(str(recipe), ["data.max_seq_len=50", "data.truncation=truncate", "train.grad_accum=2"])
+    result = tune(
+        str(recipe),
+        ["data.max_seq_len=50", "data.truncation=truncate", "train.grad_accum=2", "train.epochs=1"],
+    )
     text = "\n".join(result.warnings)
+    assert "train.epochs 1 is not used: train.max_steps 2 sets the run's length" in text
     assert "training examples never supervise EOS" in text
     assert "train.batch_size x train.grad_accum = 128 is more than the" in text
     assert "train.eval_steps 4 > train.max_steps 2" in text

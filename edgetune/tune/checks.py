@@ -79,6 +79,8 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
             f"train.batch_size x train.grad_accum = {t.batch_size * t.grad_accum} is more than the "
             f"{len(train)} training examples: every step repeats examples"
         )
+    if t.max_steps > 0 and t.epochs != type(t)().epochs:  # set on purpose, in the recipe or by --set
+        warn(f"train.epochs {t.epochs:g} is not used: train.max_steps {t.max_steps} sets the run's length")
     steps = planned_steps(recipe, len(train))
     if data.encoded["valid"].examples and 0 < steps < t.eval_steps:
         length = (
