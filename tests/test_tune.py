@@ -1061,6 +1061,27 @@ def test_a_start_again_after_one_stopped_before_its_first_checkpoint_records_onl
     assert resumed.steps == 6 and resumed.resumed_from == 2
 
 
+def test_progress_in_a_log_is_plain_lines_printed_as_training_goes(tmp_path, tiny_model_dir, monkeypatch):
+    """stderr not a terminal (make > log, CI): rich's live bar drew nothing until training ended,
+    so a 10-minute tune was silent in the log."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    import edgetune.tune.callbacks as callbacks
+
+    monkeypatch.setattr(callbacks.Progress, "LOG_EVERY_S", 0.0)  # a line a step (30 s in use)
+    log = StringIO()
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
+    tune(str(recipe), console=Console(file=log, width=200))
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("tune ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "2/4", "3/4", "4/4", "4/4", "4/4"], lines
+    assert (
+        "ETA" in lines[0] and "loss -" not in lines[0] and lines[1] != lines[2]
+    )  # step 2, then its validation
+    assert "\x1b" not in log.getvalue() and "━" not in log.getvalue()
+
+
 def test_a_constant_schedule_warms_up_like_the_others(tmp_path):
     """transformers' "constant" ignores warmup_ratio: the 5% default warmup was silently dropped."""
     from types import SimpleNamespace

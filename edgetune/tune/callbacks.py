@@ -201,7 +201,11 @@ class StopOnNonFinite(TrainerCallback):
 
 
 class Progress(TrainerCallback):
-    """A live line: step/total, loss, validation loss, tokens/s, ETA (rich, on stderr)."""
+    """A live line: step/total, loss, validation loss, tokens/s, ETA (rich, on stderr). Where
+    stderr is not a terminal (a Makefile's log, CI) rich would draw nothing until the end: a
+    plain line is printed instead every LOG_EVERY_S seconds and at each evaluation."""
+
+    LOG_EVERY_S = 30.0
 
     def __init__(self, console):
         self.console = console
@@ -209,9 +213,17 @@ class Progress(TrainerCallback):
         self.task = None
         self.fields = {"loss": "-", "val": "-", "tok_s": "-"}
         self.tokens = (time.time(), 0)
+        self.log_lines = False
+        self.started = (time.time(), 0)
+        self.printed = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
+            return
+        self.tokens = (time.time(), state.num_input_tokens_seen)
+        self.started = (time.time(), state.global_step)
+        if not self.console.is_terminal:
+            self.log_lines, self.printed = True, time.time()
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -228,27 +240,55 @@ class Progress(TrainerCallback):
         self.task = self.progress.add_task(
             "tune", total=state.max_steps, completed=state.global_step, **self.fields
         )
-        self.tokens = (time.time(), state.num_input_tokens_seen)
+
+    def _line(self, state) -> None:
+        """step/total, the fields, elapsed and ETA as one plain line."""
+        elapsed = time.time() - self.started[0]
+        done = state.global_step - self.started[1]
+        left = (state.max_steps - state.global_step) * elapsed / done if done > 0 else None
+        eta = f"  ETA {_clock(left)}" if left is not None and state.global_step < state.max_steps else ""
+        self.console.print(
+            f"tune {state.global_step}/{state.max_steps}  loss {self.fields['loss']}  val {self.fields['val']}  "
+            f"{self.fields['tok_s']} tok/s  {_clock(elapsed)}{eta}",
+            highlight=False,
+        )
+        self.printed = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is None and not self.log_lines:
+            return
+        now = time.time()
+        dt = now - self.tokens[0]
+        if dt >= 2.0:
+            self.fields["tok_s"] = f"{(state.num_input_tokens_seen - self.tokens[1]) / dt:.0f}"
+            self.tokens = (now, state.num_input_tokens_seen)
         if self.progress is not None:
-            now = time.time()
-            dt = now - self.tokens[0]
-            if dt >= 2.0:
-                self.fields["tok_s"] = f"{(state.num_input_tokens_seen - self.tokens[1]) / dt:.0f}"
-                self.tokens = (now, state.num_input_tokens_seen)
             self.progress.update(self.task, completed=state.global_step, **self.fields)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is not None and logs:
-            if "loss" in logs:
-                self.fields["loss"] = f"{logs['loss']:.4f}"
-            if "eval_loss" in logs:
-                self.fields["val"] = f"{logs['eval_loss']:.4f}"
+        if (self.progress is None and not self.log_lines) or not logs:
+            return
+        if "loss" in logs:
+            self.fields["loss"] = f"{logs['loss']:.4f}"
+        if "eval_loss" in logs:
+            self.fields["val"] = f"{logs['eval_loss']:.4f}"
+        if self.progress is not None:
             self.progress.update(self.task, **self.fields)
+        elif "eval_loss" in logs and state.global_step > 0:  # the validation loss as it comes
+            self._line(state)
+        elif "loss" in logs and time.time() - self.printed >= self.LOG_EVERY_S:  # the step's own loss
+            self._line(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step, **self.fields)
             self.progress.stop()
             self.progress = None
+        elif self.log_lines:
+            self._line(state)
+            self.log_lines = False
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
