@@ -47,6 +47,9 @@ def benched(tiny_model_dir, tmp_path_factory):
 def test_report_follows_the_contract(benched):
     run, result = benched
     assert result.exit_code == 0, result.output
+    # stderr is no terminal here: each stage's progress is plain lines, no live bar drawn at the end
+    assert "accuracy gguf/q8_0 4/4" in result.output
+    assert not [line for line in result.output.splitlines() if line.startswith("accuracy") and "━" in line]
     report = json.loads((run / "bench" / "report.json").read_text())
     assert {"reference", "targets", "baselines", "forgetting"} <= set(report)
     names = [t["name"] for t in report["targets"]]

@@ -48,7 +48,11 @@ def measure_each(targets: list[Target], measure, skipped: list[dict]) -> list[tu
 
 
 class _Progress:
-    """One rich progress bar per stage on stderr; silent without a console."""
+    """One rich progress bar per stage on stderr; silent without a console. Where stderr is not a
+    terminal (a log), a plain line every LOG_EVERY_S seconds and at the stage's end: rich's live
+    bar draws nothing there until it stops."""
+
+    LOG_EVERY_S = 30.0
 
     def __init__(self, console):
         self.console = console
@@ -58,6 +62,19 @@ class _Progress:
     def stage(self, label: str, total: int):
         if self.console is None:
             yield lambda: None
+            return
+        if not self.console.is_terminal:
+            started, done, printed = time.time(), [0], [time.time()]
+
+            def tick() -> None:
+                done[0] += 1
+                if time.time() - printed[0] >= self.LOG_EVERY_S or done[0] == total:
+                    self.console.print(
+                        f"{label} {done[0]}/{total} {time.time() - started:.0f} s", highlight=False
+                    )
+                    printed[0] = time.time()
+
+            yield tick
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
