@@ -780,6 +780,33 @@ def test_a_file_of_a_type_edgetune_has_no_goal_for_fails_parity():
     assert not row.passed and "no parity goal for type 'renamed'" in row.failures[0]
 
 
+def test_an_f32_file_that_keeps_every_tokens_rank_but_not_its_probability_fails(tmp_path, tiny_model_dir):
+    """The final norm's weight 3x: every logit scaled, no argmax moved. F32 had no KL goal, so the
+    file passed (top-1 and greedy 100%) at a KL above q4_k_m's goal."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
+
+    wrong = shutil.copytree(tiny_model_dir, tmp_path / "wrong")
+    weights = load_file(wrong / "model.safetensors")
+    weights["model.norm.weight"] *= 3
+    save_file(weights, wrong / "model.safetensors", metadata={"format": "pt"})
+    out = convert(wrong, tmp_path / "m-f32.gguf", "f32")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok(" ".join(CORPUS), add_special_tokens=False)["input_ids"][:60]
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(torch.tensor([ids])).logits[0]
+    logprobs = _log_softmax(logits.double().numpy())
+    ref = _Reference("", ids[:40], ids, logprobs, [int(logprobs[39].argmax())], False)
+    row = check_artifact(out, "f32", [ref], [tok.eos_token_id], 1, tok.chat_template)
+    assert row.top1 == 1.0 and row.greedy == 1.0 and not row.passed, row
+    assert any(f.startswith("KL 9") for f in row.failures), row.failures  # the ids here are not a prompt's
+
+
 @pytest.mark.parametrize("quant", [*GGUF_QUANTS, *ONNX_QUANTS])
 def test_every_exported_type_has_a_goal_that_a_far_off_file_misses(quant):
     """A type without a goal was reported, never judged: a q4_0 or iq4_xs file at KL 0.5 with no

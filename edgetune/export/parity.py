@@ -20,7 +20,9 @@ from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
 
 GOALS: dict[str, dict[str, float]] = {
-    "f32": {"top1": 1.0, "greedy": 1.0},
+    # f32: a KL bound too, as a file that keeps every token's rank can still be wrong (a norm weight
+    # scaled 3x: top-1 100%, KL 0.09). SmolLM2-135M's demo run measured 1.6e-11 (f16: 6.7e-6)
+    "f32": {"kl": 1e-5, "top1": 1.0, "greedy": 1.0},
     "f16": {"kl": 5e-4, "top1": 0.995},
     "bf16": {"kl": 5e-3},
     # quantised types: about 1.25x the KL SmolLM2-135M-Instruct measured on the demo's prompts without
