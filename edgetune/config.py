@@ -380,6 +380,8 @@ def load_recipe(
     `new_run`: a tune or run starts from it (Recipe.new_run_problems too)."""
     path = find_recipe(name_or_path)
     raw, lines = read_recipe_yaml(path)
+    if "name" not in raw:  # runs/<name>: recipes without one each get their own, not one runs/custom
+        raw["name"] = _name_from_file(path)
     _resolve_paths(raw, path.resolve().parent)
     in_file = copy.deepcopy(raw)
     over_raw: dict[str, Any] = {}
@@ -395,6 +397,16 @@ def load_recipe(
         raise ConfigError(*with_lines(problems, lines, path))
     recipe.source = str(path)
     return recipe
+
+
+def _name_from_file(path: Path) -> str:
+    """A recipe file's stem as a run name (what `name` allows; "custom" where nothing is left)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")[:100].replace("..", ".")
+    return (
+        name
+        if name and name.lower() not in ("latest", "export") and not name.endswith(".previous")
+        else "custom"
+    )
 
 
 def _merge_overrides(raw: dict[str, Any], over: dict[str, Any], cls: type | None) -> None:

@@ -336,3 +336,18 @@ def test_one_type_spelled_two_ways_is_exported_once():
     recipe = load_recipe("demo", ["export.gguf.quants=q8_0,Q8_0", "export.onnx.quants=fp32,FP32"])
     assert split_quants(None, recipe) == (["q8_0"], ["fp32"])
     assert recipe.export.gguf.quants == ["q8_0", "Q8_0"]  # the recipe as written: its fingerprint
+
+
+def test_a_recipe_without_a_name_is_named_by_its_file(tmp_path):
+    """Every recipe without `name:` had been "custom": two of them in one project shared runs/custom,
+    each run of one setting the other's aside (and retraining it the next time)."""
+    for file, expected in (
+        ("my exp.yaml", "my-exp"),
+        ("b.yaml", "b"),
+        ("latest.yaml", "custom"),
+        (".yaml", "custom"),
+    ):
+        path = tmp_path / file
+        path.write_text("train:\n  lr: 1.0e-4\n")
+        assert load_recipe(str(path)).name == expected, file
+    assert load_recipe(str(tmp_path / "b.yaml"), ["name=mine"]).name == "mine"
