@@ -345,7 +345,7 @@ def test_a_recipe_without_a_name_is_named_by_its_file(tmp_path):
         ("my exp.yaml", "my-exp"),
         ("b.yaml", "b"),
         ("latest.yaml", "custom"),
-        (".yaml", "custom"),
+        ("_.yaml", "custom"),
     ):
         path = tmp_path / file
         path.write_text("train:\n  lr: 1.0e-4\n")
