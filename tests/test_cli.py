@@ -235,3 +235,20 @@ def test_a_reader_that_leaves_ends_the_command_as_sigpipe_would(argv):
     proc.stdout.close()  # before anything is written: every write meets a closed pipe
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 141 and b"error" not in stderr, stderr.decode()
+
+
+def test_paths_with_brackets_are_printed_as_they_are(tmp_path, tiny_model_dir):
+    """rich read `[lr]` in a path as markup and dropped it; `[/b]` failed the command after training."""
+    from test_tune import make_recipe
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    result = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", "runs/x[/b]"])
+    assert result.exit_code == 0, result.output
+    assert "runs/x[/b]" in result.output and "runs/x[/b]/adapter" in result.output
+    place = tmp_path / "m[v2]"
+    place.mkdir()
+    import os
+
+    os.chdir(place)
+    doctor = CliRunner().invoke(main, ["doctor"])
+    assert str(place) in doctor.output, doctor.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from edgetune.commands.common import allow_pickle_option
 
@@ -41,7 +42,7 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
         session.reply(prompt, max_new_tokens, show)
         click.echo()
         return
-    err.print(f"chatting with {artifact} (/help, /reset, /exit)")
+    err.print(f"chatting with {escape(str(artifact))} (/help, /reset, /exit)")
     while True:
         try:
             line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
@@ -71,7 +72,7 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
             try:
                 session.reply(line, max_new_tokens, show)
             except InputError as exc:  # a prompt past the context: say so, keep the session
-                err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+                err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
                 continue
             click.echo()
             if session.dropped_turns > dropped:

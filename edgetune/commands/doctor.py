@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 
 @click.command()
@@ -11,6 +12,6 @@ def doctor() -> None:
 
     for c in run_checks():
         mark = "[green]ok[/] " if c.ok else "[yellow]-- [/]"
-        out.print(f"{mark} [bold]{c.name:<28}[/] {c.detail}", soft_wrap=True)
+        out.print(f"{mark} [bold]{c.name:<28}[/] {escape(c.detail)}", soft_wrap=True)
         if c.fix:
-            out.print(f"{'':<32}fix: {c.fix}", soft_wrap=True)
+            out.print(f"{'':<32}fix: {escape(c.fix)}", soft_wrap=True)

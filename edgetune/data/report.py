@@ -99,7 +99,7 @@ def print_report(report: dict[str, Any], out=None) -> None:
         " (read as conversations)" if report["format"] in ("alpaca", "sharegpt") else ""
     )
     out.print(
-        f"[bold]format[/]: {fmt}    [bold]model[/]: {report['model']}    "
+        f"[bold]format[/]: {fmt}    [bold]model[/]: {escape(str(report['model']))}    "
         f"[bold]max_seq_len[/]: {report['max_seq_len']}"
     )
     for name, where in report["files"].items():

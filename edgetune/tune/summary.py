@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from rich.markup import escape
+
 from edgetune.tune.run import TuneResult
 
 
@@ -18,7 +20,7 @@ def print_summary(r: TuneResult, console) -> None:
     table.add_column(style="bold")
     table.add_column()
     where = os.path.relpath(r.run_dir) if not os.path.relpath(r.run_dir).startswith("..") else str(r.run_dir)
-    table.add_row("run", where)
+    table.add_row("run", escape(where))
     table.add_row("method", f"{r.method} on {r.device}" + (" (bf16 autocast)" if r.bf16 else " (fp32)"))
     table.add_row("data", f"{r.train_examples} training examples, {r.train_tokens:,} tokens per epoch")
     stop = " (stopped early: validation loss stopped improving)" if r.stopped_early else ""
@@ -38,7 +40,8 @@ def print_summary(r: TuneResult, console) -> None:
     table.add_row("time", f"{r.wall_s:.0f} s, {r.tokens_per_s:.0f} tokens/s in training")
     table.add_row(
         "adapter",
-        f"{where}/adapter" + (" (best by validation loss)" if r.best_step is not None else " (last step)"),
+        escape(f"{where}/adapter")
+        + (" (best by validation loss)" if r.best_step is not None else " (last step)"),
     )
     if r.warnings:
         table.add_row("warnings", str(len(r.warnings)) + " (shown above)")
