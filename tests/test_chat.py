@@ -155,3 +155,26 @@ def test_the_trained_system_prompt_is_kept_once_the_data_has_moved(tmp_path, tin
     merge(run)
     (tmp_path / "data.jsonl").rename(tmp_path / "moved.jsonl")
     assert open_chat(run, threads=1).system == "Reply with JSON."
+
+
+def test_bytes_that_are_not_utf8_are_one_line_and_the_session_goes_on(exported_run):
+    """A Latin-1 byte in --prompt or on stdin had ended chat with an internal error (exit 1)."""
+    import subprocess
+    import sys
+
+    gguf = str(exported_run / "export" / "gguf" / "model-f32.gguf")
+    one = CliRunner().invoke(main, ["chat", gguf, "--prompt", "caf\udce9 ?", "--max-new-tokens", "2"])
+    assert one.exit_code == 2 and "--prompt: not UTF-8 text (byte e9 at character 3)" in one.output, (
+        one.output
+    )
+    # stdin from a file, as a shell gives it (the test runner's own stdin echoes what it reads)
+    piped = subprocess.run(
+        [sys.executable, "-m", "edgetune", "chat", gguf, "--max-new-tokens", "2"],
+        input=b"caf\xe9 ?\n/reset\n",
+        capture_output=True,
+        timeout=300,
+    )
+    stderr = piped.stderr.decode()
+    assert piped.returncode == 0, stderr
+    assert "not UTF-8 text (byte e9 at character 3); the line was not sent" in stderr
+    assert "conversation cleared" in stderr  # the next line was read

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -27,6 +28,11 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
         raise click.UsageError(
             "ARTIFACT is empty: name a run, a .gguf file, an ONNX or an HF model directory"
         )
+    for option, given in (("--prompt", prompt), ("--system", system)):
+        if given is not None and (bad := not_utf8(given)):
+            raise InputError(f"{option}: {bad}")
+    if hasattr(sys.stdin, "reconfigure"):  # undecodable bytes read as they are, then refused by line
+        sys.stdin.reconfigure(errors="surrogateescape")
     session = open_chat(Path(artifact), system, device=device, allow_pickle=allow_pickle)
     if session.plain:
         ignored = " (--system is ignored)" if system else ""
@@ -65,6 +71,9 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
                 "to the model (start it with // to send a line that begins with /)"
             )
             continue
+        if bad := not_utf8(line):
+            err.print(f"[red]error:[/] {bad}; the line was not sent", soft_wrap=True)
+            continue
         if line.lstrip().startswith("//"):
             line = line.lstrip()[1:]
         if line.strip():
@@ -79,3 +88,15 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
                 err.print(
                     f"(the oldest {session.dropped_turns - dropped} exchange(s) left out to fit the context)"
                 )
+
+
+def not_utf8(text: str) -> str | None:
+    """What is wrong with text from the command line or stdin that holds bytes UTF-8 cannot decode
+    (Python keeps them as lone surrogates, which no tokenizer takes); None when it is text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        byte = f"byte {ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        return f"not UTF-8 text ({byte} at character {exc.start})"
+    return None
