@@ -97,6 +97,7 @@ def run_checks() -> list[Check]:
         )
     except ImportError:
         checks.append(Check("llama.cpp", False, "llama-cpp-python not installed", "make install"))
+    from edgetune.errors import ModelError
     from edgetune.models import BUILTINS, builtin_gguf_path, cache_dir
 
     for model in BUILTINS.values():
@@ -104,10 +105,14 @@ def run_checks() -> list[Check]:
             checks.append(Check(f"model {model.alias}", True, str(builtin_gguf_path(model))))
         except Exception as exc:
             checks.append(Check(f"model {model.alias}", False, "missing", str(exc).split(": ")[-1]))
-    cache = cache_dir()
-    probe = cache if cache.exists() else Path.home()
-    free_gb = shutil.disk_usage(probe).free / 1e9
-    checks.append(Check("cache", True, f"{cache} ({free_gb:.1f} GB free)"))
+    try:
+        cache = cache_dir()
+    except ModelError as exc:  # EDGETUNE_CACHE names a file: the rest of the report still stands
+        checks.append(Check("cache", False, str(exc), "point EDGETUNE_CACHE at a directory"))
+    else:
+        probe = next((p for p in (cache, *cache.parents) if p.exists()), Path.home())
+        free_gb = shutil.disk_usage(probe).free / 1e9
+        checks.append(Check("cache", True, f"{cache} ({free_gb:.1f} GB free)"))
     free_here = shutil.disk_usage(Path.cwd()).free / 1e9
     checks.append(
         Check(

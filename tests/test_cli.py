@@ -68,6 +68,16 @@ def test_doctor_reports_the_stack():
         assert name in result.output
 
 
+def test_doctor_reports_everything_when_the_cache_cannot_be_made(tmp_path, monkeypatch):
+    """EDGETUNE_CACHE naming a file had made doctor print one error line and no report."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "afile"))
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.output and "disk" in result.output
+    assert "not a directory" in result.output and "point EDGETUNE_CACHE at a directory" in result.output
+
+
 def test_internal_errors_are_one_line(monkeypatch):
     def boom():
         raise RuntimeError("kaput")
