@@ -6,6 +6,7 @@ and none of those modules imports torch or transformers at import time, so `--he
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -79,6 +80,8 @@ class LazyGroup(click.Group):
                 raise
             if isinstance(exc, PermissionError) and exc.filename:  # a file this user may not read or write
                 _fail(f"{exc.filename}: permission denied", EXIT_BAD_INPUT)
+            if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # a run or --out on a read-only mount
+                _fail(f"{exc.filename or 'a file'}: on a read-only file system", EXIT_BAD_INPUT)
             if is_disk_full(exc):
                 where = getattr(exc, "filename", None)
                 _fail(

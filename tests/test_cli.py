@@ -103,6 +103,18 @@ def test_a_file_this_user_may_not_read_is_bad_input_naming_it(monkeypatch):
     assert result.output.strip() == "edgetune: error: /runs/demo/merged/tokenizer.json: permission denied"
 
 
+def test_a_read_only_file_system_is_bad_input_naming_the_file(monkeypatch):
+    """A run directory on a read-only mount had been an internal error (exit 1)."""
+
+    def read_only():
+        raise OSError(30, "Read-only file system", "/mnt/ro/runs/demo")
+
+    monkeypatch.setattr("edgetune.config.bundled_recipes", read_only)
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "edgetune: error: /mnt/ro/runs/demo: on a read-only file system"
+
+
 def test_python_dash_m_entry_point():
     result = subprocess.run(
         [sys.executable, "-m", "edgetune", "--version"], capture_output=True, text=True, timeout=60
