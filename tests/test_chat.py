@@ -178,3 +178,4 @@ def test_bytes_that_are_not_utf8_are_one_line_and_the_session_goes_on(exported_r
     assert piped.returncode == 0, stderr
     assert "not UTF-8 text (byte e9 at character 3); the line was not sent" in stderr
     assert "conversation cleared" in stderr  # the next line was read
+    assert piped.stdout == b"" and stderr.count("you> ") == 3  # prompts on stderr, no answer given

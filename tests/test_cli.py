@@ -219,7 +219,8 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_carries_on(tiny_mode
     assert process.returncode == 0, stderr
     assert "most recent call first" in stderr
     assert "edgetune/commands/chat.py" in stderr.split("most recent call first")[1]
-    assert stdout.count("you> ") == 2  # it answered the line sent after the signal and asked again
+    assert stderr.count("you> ") == 2  # it answered the line sent after the signal and asked again
+    assert "you>" not in stdout  # the prompts go to stderr: stdout holds the answers alone
 
 
 @pytest.mark.parametrize("argv", [["run"], ["merge"], ["export"], ["bench"]])

@@ -51,9 +51,9 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
     err.print(f"chatting with {escape(str(artifact))} (/help, /reset, /exit)")
     while True:
         try:
-            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False, err=True)
         except (EOFError, click.Abort):
-            click.echo()
+            click.echo(err=True)  # ends the prompt's line, on stderr with the prompt
             return
         # /word alone is a command (any case), not a path such as /var/log/syslog or a sentence
         stripped = line.strip()
