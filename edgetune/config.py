@@ -23,7 +23,7 @@ import yaml
 from edgetune.errors import ConfigError
 from edgetune.export.gguf_quantize import QUANTS
 from edgetune.overrides import apply_overrides, blame_overrides
-from edgetune.recipe_yaml import read_recipe_yaml, with_lines
+from edgetune.recipe_yaml import name_from_file, read_recipe_yaml, with_lines
 from edgetune.typed import at_least, build, not_empty
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -123,11 +123,6 @@ class TrainConfig:
             "train", self, 1, "batch_size", "grad_accum", "eval_steps", "save_steps", "threads"
         )
         problems += at_least("train", self, 0, "weight_decay", "max_grad_norm", "early_stopping_patience")
-        if self.eval_steps >= 1 and self.save_steps % self.eval_steps:
-            problems.append(
-                f"train.save_steps: must be a multiple of train.eval_steps ({self.eval_steps}) so the "
-                f"best checkpoint by validation loss is saved, got {self.save_steps}"
-            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"train.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if not 0 <= self.seed < 2**32:  # numpy's seeds
@@ -290,6 +285,14 @@ class Recipe:
             problems.append(
                 f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)"
             )
+        t, validated = self.train, bool(self.data.valid) or self.data.valid_fraction > 0
+        if (
+            validated and t.eval_steps >= 1 and t.save_steps % t.eval_steps
+        ):  # without validation no evaluation
+            problems.append(
+                f"train.save_steps: must be a multiple of train.eval_steps ({t.eval_steps}) so the "
+                f"best checkpoint by validation loss is saved, got {t.save_steps}"
+            )
         return (
             problems
             + self.data.validate()
@@ -381,7 +384,7 @@ def load_recipe(
     path = find_recipe(name_or_path)
     raw, lines = read_recipe_yaml(path)
     if "name" not in raw:  # runs/<name>: recipes without one each get their own, not one runs/custom
-        raw["name"] = _name_from_file(path)
+        raw["name"] = name_from_file(path)
     _resolve_paths(raw, path.resolve().parent)
     in_file = copy.deepcopy(raw)
     over_raw: dict[str, Any] = {}
@@ -390,23 +393,15 @@ def load_recipe(
     _merge_overrides(raw, over_raw, Recipe)
     problems: list[str] = []
     recipe = build(Recipe, raw, "", problems)
-    problems += recipe.validate()  # fields that failed conversion kept their defaults
+    # fields that failed conversion kept their defaults: a check across fields would blame those
+    failed = {p.split(":")[0] for p in problems}
+    problems += [p for p in recipe.validate() if not any(f"{f} " in p or f"{f}:" in p for f in failed)]
     problems += recipe.new_run_problems() if new_run else []
     if problems:
         problems = blame_overrides(problems, overrides or [], in_file)
         raise ConfigError(*with_lines(problems, lines, path))
     recipe.source = str(path)
     return recipe
-
-
-def _name_from_file(path: Path) -> str:
-    """A recipe file's stem as a run name (what `name` allows; "custom" where nothing is left)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")[:100].replace("..", ".")
-    return (
-        name
-        if name and name.lower() not in ("latest", "export") and not name.endswith(".previous")
-        else "custom"
-    )
 
 
 def _merge_overrides(raw: dict[str, Any], over: dict[str, Any], cls: type | None) -> None:

@@ -104,3 +104,13 @@ def with_lines(problems: list[str], lines: dict[str, int], path: Path) -> tuple[
     if len(problems) == 1:
         return problems, f"{path}:{found[0]}" if found[0] else str(path)
     return [f"line {n}: {p}" if n else p for p, n in zip(problems, found)], str(path)
+
+
+def name_from_file(path: Path) -> str:
+    """A recipe file's stem as a run name (what `name` allows; "custom" where nothing is left)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")[:100].replace("..", ".")
+    return (
+        name
+        if name and name.lower() not in ("latest", "export") and not name.endswith(".previous")
+        else "custom"
+    )

@@ -351,3 +351,16 @@ def test_a_recipe_without_a_name_is_named_by_its_file(tmp_path):
         path.write_text("train:\n  lr: 1.0e-4\n")
         assert load_recipe(str(path)).name == expected, file
     assert load_recipe(str(tmp_path / "b.yaml"), ["name=mine"]).name == "mine"
+
+
+def test_a_bad_value_is_not_blamed_again_by_a_check_that_read_its_default(tmp_path):
+    """--set train.eval_steps=1.5 also said "save_steps must be a multiple of train.eval_steps (20)":
+    20 is the default the bad value left in place, not anything the user wrote."""
+    with pytest.raises(ConfigError) as info:
+        load_recipe("demo", ["train.eval_steps=1.5", "train.save_steps=30"])
+    assert "train.eval_steps" in str(info.value) and "multiple" not in str(info.value)
+    # with no validation split there is no evaluation: save_steps is free
+    recipe = load_recipe("demo", ["data.valid_fraction=0", "train.eval_steps=20", "train.save_steps=30"])
+    assert recipe.train.save_steps == 30
+    with pytest.raises(ConfigError, match="must be a multiple of train.eval_steps \\(20\\)"):
+        load_recipe("demo", ["train.save_steps=30"])
