@@ -222,9 +222,11 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     with run_lock(run_dir, "merge"):
         adapter = run_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
-            raise InputError(
-                f"{run_dir}: no adapter/ to merge; run `edgetune tune` first (or finish it with --resume)"
-            )
+            from edgetune.tune.resume import no_adapter_yet
+
+            if (run_dir / "manifest.json").is_file():
+                raise no_adapter_yet(run_dir)
+            raise InputError(f"{run_dir}: no adapter/ to merge; run `edgetune tune` first")
         check_adapter_dir(adapter)
         recipe = load_recipe(str(run_dir / RECIPE_FILE))
         manifest = read_manifest(run_dir)

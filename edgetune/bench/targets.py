@@ -69,10 +69,9 @@ def discover_targets(
     merged = run_dir / "merged"
     if not (merged / "config.json").is_file():
         if not (run_dir / "adapter").is_dir():  # the tune never finished: nothing to merge yet
-            raise InputError(
-                f"{run_dir}: no adapter yet (its tune did not finish); continue it with "
-                f"`edgetune tune --resume --run-dir {run_dir}`, then export"
-            )
+            from edgetune.tune.resume import no_adapter_yet
+
+            raise no_adapter_yet(run_dir)
         raise InputError(f"{run_dir}: no merged model; run `edgetune export` (or `edgetune merge`) first")
     targets = []
     for device in devices:

@@ -157,3 +157,14 @@ def interruption(run_dir: Path):
     if not complete_checkpoints(run_dir / "checkpoints"):
         return Interrupted("interrupted before the first checkpoint: nothing to resume; start the run again")
     return Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}")
+
+
+def no_adapter_yet(run_dir: Path) -> InputError:
+    """What merge and bench say of a run with no adapter: how to finish its tune, or (one that
+    diverged, which a resume would only repeat) why it has none."""
+    if read_tune_section(run_dir).get("status") == "diverged":
+        return InputError(f"{read_tune_section(run_dir).get('error', run_dir)}; it has no adapter to use")
+    return InputError(
+        f"{run_dir}: no adapter yet (its tune did not finish); continue it with "
+        f"`edgetune tune --resume --run-dir {run_dir}`, then export"
+    )
