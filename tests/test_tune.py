@@ -1086,6 +1086,17 @@ def test_progress_in_a_log_is_plain_lines_printed_as_training_goes(tmp_path, tin
     assert "\x1b" not in log.getvalue() and "━" not in log.getvalue()
 
 
+def test_how_often_a_run_evaluates_does_not_change_what_it_trains(tmp_path, tiny_model_dir):
+    """With LoRA dropout, each evaluation's DataLoader drew from torch's global generator and moved
+    every later dropout mask: eval_steps 2 and 4 trained different adapters from one seed."""
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=8, save_steps=4)
+    runs = [
+        tune(str(recipe), [f"train.eval_steps={n}", "train.lora.dropout=0.1"], run_dir=tmp_path / f"e{n}")
+        for n in (2, 4)
+    ]
+    assert train_losses(runs[0].run_dir) == train_losses(runs[1].run_dir)
+
+
 def test_a_constant_schedule_warms_up_like_the_others(tmp_path):
     """transformers' "constant" ignores warmup_ratio: the 5% default warmup was silently dropped."""
     from types import SimpleNamespace

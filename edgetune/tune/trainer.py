@@ -57,6 +57,19 @@ class SupervisedLogitsTrainer(Trainer):
         self._eval_sums[0] += float(gathered[:, 0].sum())
         self._eval_sums[1] += float(gathered[:, 1].sum())
 
+    def evaluate(self, *args, **kwargs):
+        """An evaluation leaves torch's random state as it found it: its DataLoader draws a seed from
+        the global generator, which moved every later dropout mask, so two runs that differed only
+        in train.eval_steps trained different adapters."""
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
