@@ -1,5 +1,6 @@
 """edgetune tune on the tiny random model: run directory contract, best adapter, resume, packing."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -932,16 +933,8 @@ def test_the_best_evaluation_is_saved_and_shipped_even_between_save_steps(tmp_pa
     assert shipped == digest(best)
 
 
-def test_a_resumed_run_stops_early_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir, monkeypatch):
-    """Early stopping counts evaluations without improvement; the Trainer did not restore that
-    count from the checkpoint, so a run interrupted while counting trained on for `patience` more
-    evaluations than the same run left alone."""
-    import edgetune.tune.callbacks as callbacks
-    from edgetune.errors import Interrupted
-
-    recipe = make_recipe(
-        tmp_path, tiny_model_dir, lr=5e-3, max_steps=40, eval_steps=2, save_steps=2, early_stopping_patience=3
-    )
+def add_a_valid_set_unlike_training(tmp_path: Path, recipe: Path) -> None:
+    """A validation split the training data does not teach: its loss soon rises, early stopping stops."""
     valid = [
         chat_row(f"What is the capital of France? {i}", "ABCDEFGHIJKLMNOPQRSTUVWXYZ !#$%&()*+" * 2)
         for i in range(8)
@@ -950,21 +943,41 @@ def test_a_resumed_run_stops_early_where_the_uninterrupted_one_does(tmp_path, ti
     recipe.write_text(
         recipe.read_text().replace("  train: data.jsonl\n", "  train: data.jsonl\n  valid: valid.jsonl\n")
     )
-    reference = tune(str(recipe), run_dir=tmp_path / "reference")
-    assert reference.stopped_early and reference.steps - reference.best_step == 6, reference
-    stop_at = reference.steps - 2  # two evaluations into the count
+
+
+@contextlib.contextmanager
+def interrupted_after_checkpoint(monkeypatch, step: int):
+    """Ctrl-C (a kill, as far as the run directory goes) once checkpoint-`step` is committed."""
+    import edgetune.tune.callbacks as callbacks
+
     commit = callbacks.CommitCheckpoints.on_save
 
-    def interrupted_after(self, args, state, control, **kwargs):
+    def interrupted(self, args, state, control, **kwargs):
         out = commit(self, args, state, control, **kwargs)
-        if state.global_step == stop_at:
+        if state.global_step == step:
             raise KeyboardInterrupt
         return out
 
     with monkeypatch.context() as patch:
-        patch.setattr(callbacks.CommitCheckpoints, "on_save", interrupted_after)
-        with pytest.raises(Interrupted):
-            tune(str(recipe), run_dir=tmp_path / "interrupted")
+        patch.setattr(callbacks.CommitCheckpoints, "on_save", interrupted)
+        yield
+
+
+def test_a_resumed_run_stops_early_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir, monkeypatch):
+    """Early stopping counts evaluations without improvement; the Trainer did not restore that
+    count from the checkpoint, so a run interrupted while counting trained on for `patience` more
+    evaluations than the same run left alone."""
+    from edgetune.errors import Interrupted
+
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, lr=5e-3, max_steps=40, eval_steps=2, save_steps=2, early_stopping_patience=3
+    )
+    add_a_valid_set_unlike_training(tmp_path, recipe)
+    reference = tune(str(recipe), run_dir=tmp_path / "reference")
+    assert reference.stopped_early and reference.steps - reference.best_step == 6, reference
+    stop_at = reference.steps - 2  # two evaluations into the count
+    with interrupted_after_checkpoint(monkeypatch, stop_at), pytest.raises(Interrupted):
+        tune(str(recipe), run_dir=tmp_path / "interrupted")
     resumed = tune(run_dir=tmp_path / "interrupted", resume=True)
     assert (resumed.steps, resumed.best_step, resumed.stopped_early) == (
         reference.steps,
@@ -980,7 +993,6 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter(
     """Killed once the checkpoint where training ended was committed, before adapter/ was written:
     the resumed Trainer took a step more before looking, past the early stop (76 steps for 52, another
     adapter) or past max_steps (13 of 12). It now only finishes the run."""
-    import edgetune.tune.callbacks as callbacks
     from edgetune.errors import Interrupted
 
     settings = dict(lr=5e-3, max_steps=40, eval_steps=2, save_steps=2, early_stopping_patience=2)
@@ -988,32 +1000,15 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter(
         settings = dict(max_steps=6, eval_steps=2, save_steps=2, scheduler="constant")
     recipe = make_recipe(tmp_path, tiny_model_dir, **settings)
     if early:
-        valid = [
-            chat_row(f"What is the capital of France? {i}", "ABCDEFGHIJKLMNOPQRSTUVWXYZ !#$%&()*+" * 2)
-            for i in range(8)
-        ]
-        write_jsonl(tmp_path / "valid.jsonl", valid)
-        recipe.write_text(
-            recipe.read_text().replace("  train: data.jsonl\n", "  train: data.jsonl\n  valid: valid.jsonl\n")
-        )
+        add_a_valid_set_unlike_training(tmp_path, recipe)
     else:
         recipe.write_text(
             recipe.read_text().replace("  max_seq_len: 128\n", "  max_seq_len: 128\n  valid_fraction: 0\n")
         )
     reference = tune(str(recipe), run_dir=tmp_path / "reference")
     assert reference.stopped_early == early and (reference.best_step is None) == (not early), reference
-    commit = callbacks.CommitCheckpoints.on_save
-
-    def killed_after_the_last(self, args, state, control, **kwargs):
-        out = commit(self, args, state, control, **kwargs)
-        if state.global_step == reference.steps:
-            raise KeyboardInterrupt
-        return out
-
-    with monkeypatch.context() as patch:
-        patch.setattr(callbacks.CommitCheckpoints, "on_save", killed_after_the_last)
-        with pytest.raises(Interrupted):
-            tune(str(recipe), run_dir=tmp_path / "killed")
+    with interrupted_after_checkpoint(monkeypatch, reference.steps), pytest.raises(Interrupted):
+        tune(str(recipe), run_dir=tmp_path / "killed")
     assert not (tmp_path / "killed" / "adapter").exists()
     resumed = tune(run_dir=tmp_path / "killed", resume=True)
     assert (resumed.steps, resumed.best_step) == (reference.steps, reference.best_step), resumed
@@ -1037,18 +1032,12 @@ def test_a_start_again_after_one_stopped_before_its_first_checkpoint_records_onl
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=6, eval_steps=2, save_steps=2)
     write_jsonl(tmp_path / "valid.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(6)])
     run = tmp_path / "r"
-    log, commit = callbacks.MetricsLog.on_log, callbacks.CommitCheckpoints.on_save
+    log = callbacks.MetricsLog.on_log
 
     def stop_at_step_1(self, args, state, control, **kwargs):
         if state.global_step == 1:
             raise KeyboardInterrupt
         return log(self, args, state, control, **kwargs)
-
-    def stop_after_step_2(self, args, state, control, **kwargs):
-        out = commit(self, args, state, control, **kwargs)
-        if state.global_step == 2:
-            raise KeyboardInterrupt
-        return out
 
     with monkeypatch.context() as patch:
         patch.setattr(callbacks.MetricsLog, "on_log", stop_at_step_1)
@@ -1056,10 +1045,11 @@ def test_a_start_again_after_one_stopped_before_its_first_checkpoint_records_onl
             Interrupted, match="before the first checkpoint: nothing to resume; start the run again"
         ):
             tune(str(recipe), [f"data.valid={tmp_path / 'valid.jsonl'}"], run_dir=run)
-    with monkeypatch.context() as patch:
-        patch.setattr(callbacks.CommitCheckpoints, "on_save", stop_after_step_2)
-        with pytest.raises(Interrupted, match="continue with: edgetune tune --resume"):
-            tune(str(recipe), run_dir=run)
+    with (
+        interrupted_after_checkpoint(monkeypatch, 2),
+        pytest.raises(Interrupted, match="continue with: edgetune"),
+    ):
+        tune(str(recipe), run_dir=run)
     assert "valid" not in json.loads((run / "manifest.json").read_text())["data"]["sha256"]
     resumed = tune(run_dir=run, resume=True)
     assert resumed.steps == 6 and resumed.resumed_from == 2
