@@ -91,28 +91,28 @@ def test_internal_errors_are_one_line(monkeypatch):
     )
 
 
-def test_a_file_this_user_may_not_read_is_bad_input_naming_it(monkeypatch):
-    """Run files are written 0600: another user's chat on them met a PermissionError deep in a library."""
+@pytest.mark.parametrize(
+    "error, says",
+    [
+        (PermissionError(13, "Permission denied", "/runs/demo/merged/tokenizer.json"), "permission denied"),
+        (
+            OSError(30, "Read-only file system", "/runs/demo/merged/tokenizer.json"),
+            "on a read-only file system",
+        ),
+    ],
+    ids=["not this user's", "read-only mount"],
+)
+def test_a_file_this_user_may_not_read_or_write_is_bad_input_naming_it(monkeypatch, error, says):
+    """Run files are written 0600: another user's chat on them met a PermissionError deep in a library;
+    a run directory on a read-only mount had been an internal error too."""
 
     def denied():
-        raise PermissionError(13, "Permission denied", "/runs/demo/merged/tokenizer.json")
+        raise error
 
     monkeypatch.setattr("edgetune.config.bundled_recipes", denied)
     result = CliRunner().invoke(main, ["recipes"])
     assert result.exit_code == 2
-    assert result.output.strip() == "edgetune: error: /runs/demo/merged/tokenizer.json: permission denied"
-
-
-def test_a_read_only_file_system_is_bad_input_naming_the_file(monkeypatch):
-    """A run directory on a read-only mount had been an internal error (exit 1)."""
-
-    def read_only():
-        raise OSError(30, "Read-only file system", "/mnt/ro/runs/demo")
-
-    monkeypatch.setattr("edgetune.config.bundled_recipes", read_only)
-    result = CliRunner().invoke(main, ["recipes"])
-    assert result.exit_code == 2
-    assert result.output.strip() == "edgetune: error: /mnt/ro/runs/demo: on a read-only file system"
+    assert result.output.strip() == f"edgetune: error: /runs/demo/merged/tokenizer.json: {says}"
 
 
 def test_python_dash_m_entry_point():
