@@ -67,8 +67,10 @@ def _export_whole(run_dir: Path, fmt: str | None = None) -> bool:
     ONNX folder that lost its tokenizer, or a file changed in place, is no export its parity check
     vouches for. (bench hashes the same files for its own fingerprint, once per process.)"""
     record = read_manifest(run_dir).get("stages", {}).get("export", {})
-    if record.get("status") != "done" or (fmt is not None and not record.get(fmt)):
+    if fmt is not None and not record.get(fmt):
         return False
+    if record.get("status") != "done" and (fmt is None or not _checked(record, fmt)):
+        return False  # (one format, checked, stands while an export of the other was interrupted)
     for entry in [*record.get("gguf", []), *record.get("onnx", [])] if fmt is None else record[fmt]:
         if not isinstance(entry, dict) or not entry.get("path"):
             continue
@@ -84,6 +86,14 @@ def _export_whole(run_dir: Path, fmt: str | None = None) -> bool:
         if any(isinstance(digest, str) and sha256_file(path) != digest for path, digest in written):
             return False
     return True
+
+
+def _checked(record: dict[str, Any], fmt: str) -> bool:
+    """Every file the manifest lists of `fmt` has its parity row: an export forgets the rows of the
+    files it is about to write, so these were checked after their last write."""
+    rows = {str(r.get("quant", "")).lower() for r in record.get(f"{fmt}_parity") or [] if isinstance(r, dict)}
+    listed = {str(e.get("quant", "")).lower() for e in record[fmt] if isinstance(e, dict)}
+    return bool(listed) and listed <= rows
 
 
 def _tuned_alone(recipe: Recipe, run_dir: Path, record: StageRecord) -> bool:

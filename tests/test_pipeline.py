@@ -747,3 +747,30 @@ def test_a_format_is_kept_or_skipped_only_when_its_files_are_the_ones_the_recipe
     mended, out = invoke(recipe, "--until", "export", "--set", "export.onnx.int4_block_size=32")
     assert mended.exit_code == 0 and "ran export" in out, out
     assert (run / "export" / "gguf" / "model-q8_0.gguf").is_file()
+
+
+def test_an_interrupted_export_of_one_format_keeps_the_other_checked_one(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Ctrl-C while the ONNX files are made again (only their settings changed): the GGUF files,
+    checked and unchanged, had been quantised again by the next run too."""
+    import edgetune.export.onnx_export as onnx_export
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    first, out = invoke(recipe)
+    assert first.exit_code == 0, out
+    gguf = tmp_path / "runs" / "tiny" / "export" / "gguf" / "model-q8_0.gguf"
+    made = gguf.stat().st_mtime_ns
+    wider = ("--set", "export.onnx.quants=[fp32, int8]")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_export, "export_onnx", interrupted)
+        stopped, out = invoke(recipe, *wider)
+    assert stopped.exit_code == 130, out
+    again, out = invoke(recipe, *wider)
+    assert again.exit_code == 0 and "export: gguf up to date, kept" in out, out
+    assert gguf.stat().st_mtime_ns == made
+    assert (tmp_path / "runs" / "tiny" / "export" / "onnx" / "int8" / "model.onnx").is_file()
