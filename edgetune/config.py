@@ -394,8 +394,12 @@ def load_recipe(
     problems: list[str] = []
     recipe = build(Recipe, raw, "", problems)
     # fields that failed conversion kept their defaults: a check across fields would blame those
-    failed = {p.split(":")[0] for p in problems}
-    problems += [p for p in recipe.validate() if not any(f"{f} " in p or f"{f}:" in p for f in failed)]
+    failed = [
+        re.compile(rf"(?<![\w.]){re.escape(p.split(':')[0])}(?![\w.])")
+        for p in problems
+        if "." in p.split(":")[0]
+    ]
+    problems += [p for p in recipe.validate() if not any(f.search(p) for f in failed)]
     problems += recipe.new_run_problems() if new_run else []
     if problems:
         problems = blame_overrides(problems, overrides or [], in_file)

@@ -156,12 +156,15 @@ def _attach(base, adapter: Path, base_name: str):
 def refuse_changed_base(model_ref, manifest: dict[str, Any], warn) -> None:
     """The base's files against those tune recorded: merged into other weights, the adapter's update
     makes a model nobody trained (and "KL to adapter" is measured on the same wrong base, so it
-    looks perfect). A local base is refused; a built-in or hub one, not the user's to put back, is
-    warned about, as a resume does."""
+    looks perfect). A local base is refused; a built-in one, not the user's to put back, is warned
+    about, as a resume does. A hub model is not hashed again (gigabytes for a warning): its revision
+    is what the recipe pins."""
     from edgetune.rundir import sha256_tree
 
     trained = manifest.get("base_model", {}).get("sha256")
-    if not trained or sha256_tree(model_ref.path) == trained:
+    if not trained or model_ref.kind == "hub":  # a hub model's gigabytes, read again for a warning
+        return
+    if sha256_tree(model_ref.path) == trained:
         return
     if model_ref.kind == "local":
         raise InputError(
@@ -170,7 +173,7 @@ def refuse_changed_base(model_ref, manifest: dict[str, Any], warn) -> None:
         )
     warn(
         f"model.base {model_ref.name}: its files differ from those the adapter was trained on "
-        "(updated upstream, or converted again); merging into them"
+        "(converted again); merging into them"
     )
 
 

@@ -107,10 +107,29 @@ def with_lines(problems: list[str], lines: dict[str, int], path: Path) -> tuple[
 
 
 def name_from_file(path: Path) -> str:
-    """A recipe file's stem as a run name (what `name` allows; "custom" where nothing is left)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")[:100].replace("..", ".")
+    """A recipe file's stem as a run name (what `name` allows; "custom" where nothing is left). A
+    file called recipe.yaml (one folder per experiment) is named by its folder."""
+    stem = path.resolve().parent.name if path.stem.lower() == "recipe" else path.stem
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", stem)).lstrip("._-")[:100]
     return (
         name
-        if name and name.lower() not in ("latest", "export") and not name.endswith(".previous")
+        if name and name.lower() not in ("latest", "export") and not name.lower().endswith(".previous")
         else "custom"
     )
+
+
+def earlier_unnamed_run(runs: Path, source: str | None, name: str) -> Path | None:
+    """runs/custom, where it holds the run of this recipe file made before a recipe without `name`
+    was named by its file (edgetune up to 2026-12-06): an upgrade goes on there, not retraining in
+    runs/<name>. Only for a file that still has no name, and while runs/<name> does not exist."""
+    earlier = runs / "custom" / "recipe.yaml"
+    if source is None or name == "custom" or (runs / name).exists() or not earlier.is_file():
+        return None
+    try:
+        first = earlier.read_text(encoding="utf-8").split("\n", 1)[0]
+        raw, _ = read_recipe_yaml(Path(source))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None
+    made_from = first.removeprefix("# resolved recipe (from ").removesuffix(")")
+    same = made_from != first and Path(made_from).resolve() == Path(source).resolve()
+    return earlier.parent if same and "name" not in raw else None

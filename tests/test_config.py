@@ -346,8 +346,11 @@ def test_a_recipe_without_a_name_is_named_by_its_file(tmp_path):
         ("b.yaml", "b"),
         ("latest.yaml", "custom"),
         ("_.yaml", "custom"),
+        ("v1...final.yaml", "v1.final"),
+        ("exp-b/recipe.yaml", "exp-b"),  # one folder per experiment: named by the folder
     ):
         path = tmp_path / file
+        path.parent.mkdir(exist_ok=True)
         path.write_text("train:\n  lr: 1.0e-4\n")
         assert load_recipe(str(path)).name == expected, file
     assert load_recipe(str(tmp_path / "b.yaml"), ["name=mine"]).name == "mine"
@@ -364,3 +367,7 @@ def test_a_bad_value_is_not_blamed_again_by_a_check_that_read_its_default(tmp_pa
     assert recipe.train.save_steps == 30
     with pytest.raises(ConfigError, match="must be a multiple of train.eval_steps \\(20\\)"):
         load_recipe("demo", ["train.save_steps=30"])
+    # only the field that failed is spared: a problem that merely holds its letters is still said
+    with pytest.raises(ConfigError) as info:
+        load_recipe("demo", ["train.eval_steps=1.5", "train.warmup_ratio=2"])
+    assert "train.warmup_ratio: must be in [0, 1)" in str(info.value)

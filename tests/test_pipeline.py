@@ -774,3 +774,22 @@ def test_an_interrupted_export_of_one_format_keeps_the_other_checked_one(
     assert again.exit_code == 0 and "export: gguf up to date, kept" in out, out
     assert gguf.stat().st_mtime_ns == made
     assert (tmp_path / "runs" / "tiny" / "export" / "onnx" / "int8" / "model.onnx").is_file()
+
+
+def test_a_recipe_without_a_name_goes_on_in_the_run_an_earlier_edgetune_made_for_it(tmp_path, tiny_model_dir):
+    """Up to 2026-12-06 a recipe without `name` ran in runs/custom; named by its file since, its run
+    would have been made again from scratch in runs/<file>."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    text = recipe.read_text()
+    assert "name: tiny\n" in text
+    (tmp_path / "exp-a.yaml").write_text(text.replace("name: tiny\n", "name: custom\n"))
+    first, out = invoke(tmp_path / "exp-a.yaml", "--until", "tune")
+    assert first.exit_code == 0 and (tmp_path / "runs" / "custom" / "adapter").is_dir(), out
+    (tmp_path / "exp-a.yaml").write_text(text.replace("name: tiny\n", ""))  # as such a recipe was written
+    again, out = invoke(tmp_path / "exp-a.yaml", "--until", "tune")
+    assert again.exit_code == 0 and "skipped data, tune" in out, out
+    assert "this recipe's run from before it was named by its file" in out
+    assert not (tmp_path / "runs" / "exp-a").exists()
+    (tmp_path / "other.yaml").write_text(text.replace("name: tiny\n", ""))  # another file: its own run
+    other, out = invoke(tmp_path / "other.yaml", "--until", "data")
+    assert other.exit_code == 0 and (tmp_path / "runs" / "other").is_dir(), out

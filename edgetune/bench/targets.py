@@ -103,11 +103,17 @@ def discover_targets(
                     size_bytes=directory_size(d),
                 )
             )
-        for f in gguf_files(run_dir / "export" / "gguf"):
+        # edgetune's own file (model-<quant>.gguf, in any case) is gguf/<quant>; another of that type
+        # (mine-q8_0.gguf, or a second spelling) is named by its file, or the two would share a name
+        # in the report and --compare. The exact spelling claims the name first.
+        named: set[str] = set()
+        for f in sorted(
+            gguf_files(run_dir / "export" / "gguf"), key=lambda f: f.name != f"model-{gguf_quant(f)}.gguf"
+        ):
             quant = gguf_quant(f)
-            # edgetune's own file is gguf/<quant>; another of that type (mine-q8_0.gguf, model-Q8_0.gguf)
-            # is named by its file, or the two would share a name in the report, --compare and chat
-            name = quant if f.name == f"model-{quant}.gguf" else f.stem
+            own = f.name.lower() == f"model-{quant}.gguf" and quant not in named
+            name = quant if own else f.stem
+            named.add(name)
             targets.append(
                 Target(f"gguf/{name}", "gguf", quant, "llama.cpp", device, f, size_bytes=f.stat().st_size)
             )

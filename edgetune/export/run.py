@@ -103,7 +103,7 @@ def _existing_onnx(onnx_dir: Path) -> list[tuple[str, Path]]:
     found = onnx_dirs(onnx_dir)
     if not found:
         raise InputError(f"{onnx_dir}: no ONNX exports to check; run `edgetune export --to onnx` first")
-    return [(p.name, p) for p in found]
+    return [(p.name.lower(), p) for p in found]  # onnx/FP32 is the fp32 type, as a GGUF's name is read
 
 
 @contextmanager

@@ -127,7 +127,9 @@ def refuse_divergence(trainer, recipe: Recipe, run_dir: Path, main: bool) -> Non
     t = recipe.train
     what = {"loss": "the training loss", "grad_norm": "the gradient norm", "eval_loss": "the validation loss"}
     if step == 0:
-        cause = "the base model's own outputs overflow: try train.precision=fp32"
+        cause = "the base model's own outputs overflow" + (
+            ": try train.precision=fp32" if trainer.args.bf16 else ""
+        )
     else:
         hints = [f"a lower train.lr (it was {t.lr:g})"]
         if t.max_grad_norm == 0:

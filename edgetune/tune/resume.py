@@ -113,8 +113,10 @@ def train_or_finish(trainer, resume_from: Path | None, run_dir: Path, console) -
     state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
     source = resume_from
     if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
-        source = run_dir / "checkpoints" / Path(state.best_model_checkpoint).name  # the run may have moved
-        state.best_model_checkpoint = str(source)
+        best = run_dir / "checkpoints" / Path(state.best_model_checkpoint).name  # the run may have moved
+        if (best / "adapter_model.safetensors").is_file():  # as the Trainer, the last one where it is gone
+            source = best
+            state.best_model_checkpoint = str(best)
     set_peft_model_state_dict(trainer.model, load_file(str(source / "adapter_model.safetensors")))
     trainer.state = state
     if console is not None:
@@ -162,8 +164,14 @@ def interruption(run_dir: Path):
 def no_adapter_yet(run_dir: Path) -> InputError:
     """What merge and bench say of a run with no adapter: how to finish its tune, or (one that
     diverged, which a resume would only repeat) why it has none."""
+    from edgetune.tune.callbacks import complete_checkpoints
+
     if read_tune_section(run_dir).get("status") == "diverged":
         return InputError(f"{read_tune_section(run_dir).get('error', run_dir)}; it has no adapter to use")
+    if not complete_checkpoints(run_dir / "checkpoints"):
+        return InputError(
+            f"{run_dir}: its tune stopped before its first checkpoint: nothing to resume; start it again"
+        )
     return InputError(
         f"{run_dir}: no adapter yet (its tune did not finish); continue it with "
         f"`edgetune tune --resume --run-dir {run_dir}`, then export"
