@@ -381,6 +381,25 @@ def test_two_gguf_files_of_one_type_get_two_target_names(benched):
     gguf = {t.name: t for t in targets if t.format == "gguf"}
     assert set(gguf) == {"gguf/q8_0", "gguf/mine-q8_0"}
     assert gguf["gguf/mine-q8_0"].quant == "q8_0" and gguf["gguf/mine-q8_0"].path == copy
+    # one spelling alone keeps the type's name (a report compared with an older one finds it);
+    # beside edgetune's own spelling it is named by its file
+    own = run / "export" / "gguf" / "model-q8_0.gguf"
+    upper = own.with_name("model-Q8_0.gguf")
+    own.rename(upper)
+    try:
+        alone = discover_targets(run, ["cpu"], load_recipe(str(run / "recipe.yaml")))
+        assert [t.name for t in alone if t.format == "gguf"] == ["gguf/q8_0"]
+        shutil.copy(upper, own)
+        both = discover_targets(run, ["cpu"], load_recipe(str(run / "recipe.yaml")))
+        assert {t.name: t.path.name for t in both if t.format == "gguf"} == {
+            "gguf/q8_0": "model-q8_0.gguf",
+            "gguf/model-Q8_0": "model-Q8_0.gguf",
+        }
+    finally:
+        if own.exists():
+            upper.unlink()
+        else:
+            upper.rename(own)
 
 
 def test_few_shot_prompts_stay_with_their_own_answers_when_an_example_is_dropped(tiny_tokenizer):
@@ -929,6 +948,10 @@ def test_bench_on_a_run_whose_tune_never_finished_says_to_resume_it(benched, tmp
         result.output
     )
     assert "edgetune tune --resume" in result.output
+    shutil.rmtree(copy / "checkpoints")  # stopped before its first checkpoint: nothing to resume
+    result = CliRunner().invoke(main, ["bench", str(copy)])
+    assert result.exit_code == 2 and "stopped before its first checkpoint" in result.output, result.output
+    assert "--resume" not in result.output
 
 
 def test_a_gguf_target_gets_the_context_its_longest_case_needs(tmp_path, tiny_tokenizer):

@@ -1160,3 +1160,13 @@ def test_llama_3_1_stop_ids_are_labelled_by_name_not_by_id_order():
     im_end.chat_template = "{{ '<|im_end|>' }}"
     x, end = im_end.convert_tokens_to_ids(["<|x|>", "<|im_end|>"])
     assert turn_and_message_ends([x, end], im_end, {}) == {"eot": end, "eom": x}
+
+
+def test_an_onnx_folder_named_in_capitals_is_checked_as_its_type(tmp_path):
+    """onnx/FP32 by hand: the type is fp32 (a GGUF's is read from its name in any case), not one
+    with no parity goal."""
+    from edgetune.export.run import _existing_onnx
+
+    (tmp_path / "FP32").mkdir()
+    (tmp_path / "FP32" / "model.onnx").write_bytes(b"")
+    assert _existing_onnx(tmp_path) == [("fp32", tmp_path / "FP32")]

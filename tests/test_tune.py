@@ -1013,6 +1013,19 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter(
     resumed = tune(run_dir=tmp_path / "killed", resume=True)
     assert (resumed.steps, resumed.best_step) == (reference.steps, reference.best_step), resumed
     assert train_losses(tmp_path / "killed") == train_losses(tmp_path / "reference")
+    if early:  # the best checkpoint deleted by hand: the last one ships, said, as the Trainer does
+        shutil.copytree(tmp_path / "killed", tmp_path / "gone")
+        shutil.rmtree(tmp_path / "gone" / "adapter")
+        shutil.rmtree(tmp_path / "gone" / "checkpoints" / f"checkpoint-{reference.best_step}")
+        manifest = json.loads((tmp_path / "gone" / "manifest.json").read_text())
+        manifest["stages"]["tune"]["status"] = "running"
+        (tmp_path / "gone" / "manifest.json").write_text(json.dumps(manifest))
+        last = tune(run_dir=tmp_path / "gone", resume=True)
+        assert last.best_step is None and last.steps == reference.steps
+        shipped = tmp_path / "gone" / "adapter" / "adapter_model.safetensors"
+        assert sha256_file(shipped) == sha256_file(
+            tmp_path / "gone" / "checkpoints" / f"checkpoint-{reference.steps}" / "adapter_model.safetensors"
+        )
     digest = [
         sha256_file(r / "adapter" / "adapter_model.safetensors")
         for r in (tmp_path / "reference", tmp_path / "killed")

@@ -114,9 +114,13 @@ def train_or_finish(trainer, resume_from: Path | None, run_dir: Path, console) -
     source = resume_from
     if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
         best = run_dir / "checkpoints" / Path(state.best_model_checkpoint).name  # the run may have moved
-        if (best / "adapter_model.safetensors").is_file():  # as the Trainer, the last one where it is gone
+        if (best / "adapter_model.safetensors").is_file():
             source = best
-            state.best_model_checkpoint = str(best)
+        elif console is not None:  # as the Trainer does: the last weights, said
+            console.print(
+                f"[yellow]warning:[/] {best.name}, the best checkpoint, is gone: the last one ships"
+            )
+        state.best_model_checkpoint = str(best) if source == best else None
     set_peft_model_state_dict(trainer.model, load_file(str(source / "adapter_model.safetensors")))
     trainer.state = state
     if console is not None:
