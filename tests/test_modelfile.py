@@ -263,13 +263,37 @@ def test_a_system_prompt_with_quotes_is_read_back_by_ollamas_parser_as_it_was(tm
     assert written == system
 
 
-def test_a_system_prompt_ollama_cannot_quote_is_left_out_and_said(tmp_path):
-    """A line ending in triple quotes (a fenced example) ends Ollama's value there: the rest of
-    the prompt would be read as commands, and `ollama create` fails."""
+@pytest.mark.parametrize(
+    "system, why",
+    [
+        ('Answer like this:\n"""\n{"port": 1}\n"""\nand nothing else.', 'a line ending in """'),
+        ('Example:\n"""\u00a0\nmore', 'a line ending in """'),  # the no-break space is dropped first
+        ("Limit: 100\u00a0km", "characters Ollama's Modelfile parser drops"),
+        ("Tu es un assistant\u202f!", "characters Ollama's Modelfile parser drops"),
+    ],
+    ids=["fenced example", "quotes then a no-break space", "no-break space", "narrow no-break space"],
+)
+def test_a_system_prompt_ollama_would_not_read_back_is_left_out_and_said(tmp_path, system, why):
+    """A line ending in triple quotes ends Ollama's value there (the rest is read as commands and
+    `ollama create` fails); a character its parser drops changes the prompt the model learnt."""
     from conftest import build_tokenizer
 
-    system = 'Answer like this:\n"""\n{"port": 1}\n"""\nand nothing else.'
     template, written, text = modelfile_parts(tmp_path, Renderer(build_tokenizer()), system)
     assert written is None and template is not None and "SYSTEM is left out" in text
-    with pytest.raises(AssertionError):  # the line edgetune would otherwise have written
-        ollama_parse(f'FROM ./m.gguf\nSYSTEM """{system}"""\n')
+    assert why in " ".join(line.lstrip("# ") for line in text.splitlines())
+    try:  # the line edgetune would otherwise have written, as Ollama reads it
+        read = dict(ollama_parse(f'FROM ./m.gguf\nSYSTEM """{system}"""\n')).get("system")
+    except AssertionError:
+        read = None
+    assert read != system
+
+
+def test_what_edgetune_expects_ollama_to_read_is_what_the_port_of_its_parser_reads():
+    from edgetune.export.modelfile import ollama_reads
+
+    for system in ['a """b""" c', 'ends "', '"starts', "x\u200dy", 'l1 """\nl2', "t\tab\r\nx", 'q """ \nz']:
+        try:
+            read = dict(ollama_parse(f'FROM ./m.gguf\nSYSTEM """{system}"""\n')).get("system")
+        except AssertionError:
+            read = None
+        assert ollama_reads(system) == read, system

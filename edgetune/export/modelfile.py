@@ -146,9 +146,20 @@ def ollama_template(renderer) -> str | None:
     return _head(renderer, family) + template if template else None
 
 
-# Ollama's parser closes a value at the first line end where what it read so far, less trailing
-# spaces, ends in """ (a """ mid-line, or a quote ending the prompt, is read back as it is)
-UNQUOTABLE = re.compile(r'"""[ \t]*[\r\n]')
+def ollama_reads(value: str) -> str | None:
+    """What Ollama's Modelfile parser (parser/parser.go) reads back from `SYSTEM \"\"\"value\"\"\"`:
+    it keeps only printable characters and spaces, tabs and line ends (a no-break space or a zero-width
+    joiner is dropped), and closes the value at the first line end where what it kept, trimmed,
+    is whole; None where that comes before the end (a line of the prompt ending in \"\"\")."""
+    text, kept = f'"""{value}"""', ""
+    for i, r in enumerate(text + "\n"):
+        if r in "\r\n":
+            whole = kept.strip()
+            if len(whole) >= 6 and whole.startswith('"""') and whole.endswith('"""'):
+                return whole[3:-3] if i == len(text) else None
+        if r in " \t\r\n" or r.isprintable():
+            kept += r
+    return None
 
 
 def write_modelfile(
@@ -180,10 +191,16 @@ def write_modelfile(
             "# The training chat template has no known Go form; Ollama reads it from the GGUF metadata.",
             "",
         ]
-    if system and UNQUOTABLE.search(system):
+    read = ollama_reads(system) if system else None
+    if system and read != system:
+        why = (
+            'a line ending in """, which ends a Modelfile value there'
+            if read is None
+            else "characters Ollama's Modelfile parser drops (no-break spaces, zero-width joiners)"
+        )
         lines += [
-            '# SYSTEM is left out: the training system prompt has a line ending in """, which ends a',
-            "# Modelfile value there (the format has no escape); send it as each request's system message",
+            f"# SYSTEM is left out: the training system prompt has {why}, and the format has no escape;",
+            "# send it as each request's system message",
             "",
         ]
     elif system:
