@@ -50,10 +50,8 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
         return
     err.print(f"chatting with {escape(str(artifact))} (/help, /reset, /exit)")
     while True:
-        try:
-            line = click.prompt("you", prompt_suffix="> ", default="", show_default=False, err=True)
-        except (EOFError, click.Abort):
-            click.echo(err=True)  # ends the prompt's line, on stderr with the prompt
+        line = _ask()
+        if line is None:
             return
         # /word alone is a command (any case), not a path such as /var/log/syslog or a sentence
         stripped = line.strip()
@@ -100,3 +98,16 @@ def not_utf8(text: str) -> str | None:
         byte = f"byte {ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
         return f"not UTF-8 text ({byte} at character {exc.start})"
     return None
+
+
+def _ask() -> str | None:
+    """A line from stdin after a `you> ` prompt written to stderr, whatever Click version (its
+    prompt leaves a character on stdout in some), so that stdout holds the answers alone; None at
+    the end of the input or on Ctrl-C."""
+    sys.stderr.write("you> ")
+    sys.stderr.flush()
+    try:
+        return input()
+    except (EOFError, KeyboardInterrupt):
+        sys.stderr.write("\n")  # ends the prompt's line
+        return None
