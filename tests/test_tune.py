@@ -1,6 +1,7 @@
 """edgetune tune on the tiny random model: run directory contract, best adapter, resume, packing."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -1098,6 +1099,29 @@ def test_how_often_a_run_evaluates_does_not_change_what_it_trains(tmp_path, tiny
         for n in (2, 4)
     ]
     assert train_losses(runs[0].run_dir) == train_losses(runs[1].run_dir)
+
+
+def test_a_run_whose_validation_loss_never_fell_is_warned_about(tmp_path, tiny_model_dir, monkeypatch):
+    """The best checkpoint no better than the base model before training: only the overfit watch
+    (a loss rising twice while training's fell) had said anything, and only in that shape. The
+    tiny random model's loss always falls a little, so the loss before training is made lower."""
+    import edgetune.tune.callbacks as callbacks
+    from edgetune.tune.checks import no_gain
+
+    record = callbacks.InitialEval.on_evaluate
+
+    def lower_before(self, args, state, control, metrics=None, **kwargs):
+        return record(self, args, state, control, metrics={**(metrics or {}), "eval_loss": 0.5}, **kwargs)
+
+    monkeypatch.setattr(callbacks.InitialEval, "on_evaluate", lower_before)
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
+    result = tune(str(recipe))
+    said = [w for w in result.warnings if w.startswith("no checkpoint lowered the validation loss")]
+    assert said and "against 0.5000 before training" in said[0], result.warnings
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert said[0] in manifest["stages"]["tune"]["warnings"]
+    assert no_gain(dataclasses.replace(result, initial_eval_loss=result.best_eval_loss + 0.01)) is None
+    assert no_gain(dataclasses.replace(result, initial_eval_loss=None)) is None
 
 
 def test_a_constant_schedule_warms_up_like_the_others(tmp_path):

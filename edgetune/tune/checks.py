@@ -146,3 +146,17 @@ def refuse_divergence(trainer, recipe: Recipe, run_dir: Path, main: bool) -> Non
     if main:
         update_manifest(run_dir, stages={"tune": {"status": "diverged", "error": message}})
     raise InputError(message)
+
+
+def no_gain(result) -> str | None:
+    """A warning when no evaluated checkpoint has a lower validation loss than the model before
+    training: the adapter kept is no better than the base on held-out data (the OverfitWatch says
+    so only where the loss rose twice while training's fell)."""
+    best, before = result.best_eval_loss, result.initial_eval_loss
+    if best is None or before is None or best < before:
+        return None
+    return (
+        f"no checkpoint lowered the validation loss (best {best:.4f} against {before:.4f} before "
+        "training): the adapter is no better than the base model on held-out data; lower train.lr, "
+        "check the data, or see whether a prompt does the task (bench measures prompting baselines)"
+    )

@@ -34,7 +34,7 @@ from edgetune.rundir import (
     sha256_tree,
     update_manifest,
 )
-from edgetune.tune.checks import check_checkpoint, refuse_divergence, warn_about_data
+from edgetune.tune.checks import check_checkpoint, no_gain, refuse_divergence, warn_about_data
 from edgetune.tune.distributed import world_size
 from edgetune.tune.resume import (
     forget_earlier_start,
@@ -195,6 +195,8 @@ def tune(
             started,
             warnings,
         )
+        if said := no_gain(result):
+            warn(said)
         save_adapter(trainer, run.tokenizer, run_dir / "adapter", main)
         if main:
             _record_done(run_dir, result, run.setup, trainer)
