@@ -328,11 +328,14 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         for fmt in kept:
             if console is not None:
                 console.print(f"[dim]export: {fmt} up to date, kept[/]")
-        results = export(run_dir, formats=stale, console=console) if stale else {"parity": []}
+        parity = []
+        for fmt in stale:  # one at a time, each recorded once done: interrupted in the next, it is kept
+            parity += export(run_dir, formats=[fmt], console=console)["parity"]
+            record.record(f"export.{fmt}")
         _drop_unrequested(run_dir, wanted, console.print if console else None)  # after the new files are in
-        if console is not None and results["parity"]:
-            print_table(results["parity"], console)
-        for fmt in wanted:
+        if console is not None and parity:
+            print_table(parity, console)
+        for fmt in kept:
             record.record(f"export.{fmt}")
     elif stage == "bench":
         from edgetune.bench.run import bench

@@ -774,6 +774,17 @@ def test_an_interrupted_export_of_one_format_keeps_the_other_checked_one(
     assert again.exit_code == 0 and "export: gguf up to date, kept" in out, out
     assert gguf.stat().st_mtime_ns == made
     assert (tmp_path / "runs" / "tiny" / "export" / "onnx" / "int8" / "model.onnx").is_file()
+    # a setting both formats depend on: the GGUF is made again first, and kept when the ONNX is cut short
+    both = (*wider, "--set", "export.parity_examples=3")
+    with monkeypatch.context() as patch:
+        patch.setattr(onnx_export, "export_onnx", interrupted)
+        stopped, out = invoke(recipe, *both)
+    assert stopped.exit_code == 130 and "gguf: converting" in out, out
+    remade = gguf.stat().st_mtime_ns
+    assert remade != made
+    after, out = invoke(recipe, *both)
+    assert after.exit_code == 0 and "export: gguf up to date, kept" in out, out
+    assert gguf.stat().st_mtime_ns == remade and "onnx: fp32 written" in out
 
 
 def test_a_recipe_without_a_name_goes_on_in_the_run_an_earlier_edgetune_made_for_it(tmp_path, tiny_model_dir):

@@ -1181,15 +1181,15 @@ def test_the_validation_loss_is_a_mean_over_tokens_whatever_the_batch_size(tmp_p
 def test_packed_training_counts_every_token_it_trains_on(tmp_path, tiny_model_dir):
     """Packed batches carry no attention mask; counting "non-padding" tokens there dropped every
     EOS where pad == EOS (the tokens/s a run reports was low by that share)."""
-    from edgetune.tune.run import _tokens_before
+    from edgetune.tune.resume import tokens_before
 
     recipe = make_recipe(
         tmp_path, tiny_model_dir, max_steps=0, epochs=1, packing=True, eval_steps=100, save_steps=100
     )
     result = tune(str(recipe), run_dir=tmp_path / "run")
     last = max((result.run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert _tokens_before(last) == result.train_tokens  # one epoch: each example's tokens once
-    assert _tokens_before(None) == 0
+    assert tokens_before(last) == result.train_tokens  # one epoch: each example's tokens once
+    assert tokens_before(None) == 0
 
 
 def test_a_target_module_name_that_matches_nothing_is_refused(tmp_path, tiny_model_dir):
