@@ -285,13 +285,15 @@ def test_a_run_that_diverges_stops_at_its_first_nan_and_ships_no_adapter(
 
     made = tune_run.tune_callbacks
     monkeypatch.setattr(tune_run, "tune_callbacks", lambda *a, **k: [*made(*a, **k), Diverge()])
-    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=12, eval_steps=6, save_steps=6)
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=12, eval_steps=2, save_steps=2)
     result = CliRunner().invoke(main, ["tune", str(recipe)])
     assert result.exit_code == 2, result.output
     assert "training diverged at step 4: the training loss is nan" in result.output
     assert "a lower train.lr (it was 0.001)" in result.output and "Traceback" not in result.output
     run = (tmp_path / "runs" / "latest").resolve()
     assert not (run / "adapter").exists()
+    # step 4 was a save step: no checkpoint of its NaN weights (a resume would have finished with it)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2"]
     records = [strict_json(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r for r in records if "loss" in r}
     assert max(losses) == 4 and losses[4]["loss"] is None and losses[4]["loss_not_finite"] == "nan"
@@ -1083,7 +1085,8 @@ def test_progress_in_a_log_is_plain_lines_printed_as_training_goes(tmp_path, tin
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=4, eval_steps=2, save_steps=2)
     tune(str(recipe), console=Console(file=log, width=200))
     lines = [line for line in log.getvalue().splitlines() if line.startswith("tune ")]
-    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "2/4", "3/4", "4/4", "4/4", "4/4"], lines
+    # a step's loss, then its evaluation; the end says nothing the last evaluation did not
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "2/4", "3/4", "4/4", "4/4"], lines
     assert (
         "ETA" in lines[0] and "loss -" not in lines[0] and lines[1] != lines[2]
     )  # step 2, then its validation

@@ -193,7 +193,9 @@ class StopOnNonFinite(TrainerCallback):
             value = (logs or {}).get(key)
             if self.found is None and isinstance(value, (int, float)) and not math.isfinite(value):
                 self.found = (state.global_step, key, float(value))
-                control.should_training_stop = True
+        if self.found is not None:  # no checkpoint of NaN weights (a resume would finish the run with it)
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = False
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -215,7 +217,7 @@ class Progress(TrainerCallback):
         self.tokens = (time.time(), 0)
         self.log_lines = False
         self.started = (time.time(), 0)
-        self.printed = 0.0
+        self.printed, self.printed_step = 0.0, -1
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -252,7 +254,7 @@ class Progress(TrainerCallback):
             f"{self.fields['tok_s']} tok/s  {_clock(elapsed)}{eta}",
             highlight=False,
         )
-        self.printed = time.time()
+        self.printed, self.printed_step = time.time(), state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is None and not self.log_lines:
@@ -285,7 +287,8 @@ class Progress(TrainerCallback):
             self.progress.stop()
             self.progress = None
         elif self.log_lines:
-            self._line(state)
+            if self.printed_step != state.global_step:  # the last evaluation's line may have said it
+                self._line(state)
             self.log_lines = False
 
 
