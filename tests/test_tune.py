@@ -1036,6 +1036,28 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_the_same_adapter(
     assert digest[0] == digest[1]
 
 
+def test_a_run_moved_before_its_resume_still_ships_its_best_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    """The Trainer keeps the best checkpoint's absolute path: resumed from it in a moved run, it found
+    nothing there at the end and shipped the last weights, while the manifest named the best step."""
+    from edgetune.errors import Interrupted
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, lr=5e-3, max_steps=40, eval_steps=2, save_steps=6)
+    recipe.write_text(recipe.read_text() + "  early_stopping_patience: 2\n")
+    add_a_valid_set_unlike_training(tmp_path, recipe)
+    reference = tune(str(recipe), run_dir=tmp_path / "reference")
+    assert reference.stopped_early and reference.steps > reference.best_step, reference
+    with interrupted_after_checkpoint(monkeypatch, reference.best_step), pytest.raises(Interrupted):
+        tune(str(recipe), run_dir=tmp_path / "first")
+    (tmp_path / "first").rename(tmp_path / "moved")
+    resumed = tune(run_dir=tmp_path / "moved", resume=True)
+    assert (resumed.steps, resumed.best_step) == (reference.steps, reference.best_step)
+    digest = [
+        sha256_file(r / "adapter" / "adapter_model.safetensors")
+        for r in (tmp_path / "reference", tmp_path / "moved")
+    ]
+    assert digest[0] == digest[1]
+
+
 def test_a_start_again_after_one_stopped_before_its_first_checkpoint_records_only_its_own_inputs(
     tmp_path, tiny_model_dir, monkeypatch
 ):

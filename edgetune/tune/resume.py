@@ -180,3 +180,22 @@ def no_adapter_yet(run_dir: Path) -> InputError:
         f"{run_dir}: no adapter yet (its tune did not finish); continue it with "
         f"`edgetune tune --resume --run-dir {run_dir}`, then export"
     )
+
+
+def rebase_best(checkpoint: Path, run_dir: Path) -> None:
+    """The best checkpoint a resumed state names, as a path in the run as it is now: the Trainer
+    keeps an absolute path, and in a run moved since it found nothing there, shipped the last
+    weights while the manifest named the best step, and no longer kept the best from rotation."""
+    from edgetune.rundir import atomic_write_text
+
+    path = checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    best = state.get("best_model_checkpoint")
+    if not isinstance(best, str) or Path(best).is_dir():
+        return
+    here = run_dir / "checkpoints" / Path(best).name
+    if here.is_dir():
+        state["best_model_checkpoint"] = str(here)
+        atomic_write_text(
+            path, json.dumps(state, indent=2, sort_keys=True) + "\n"
+        )  # as transformers writes it

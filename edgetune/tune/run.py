@@ -40,6 +40,7 @@ from edgetune.tune.resume import (
     forget_earlier_start,
     interruption,
     read_tune_section,
+    rebase_best,
     refuse_changed_inputs,
     refuse_finished,
     tokens_before,
@@ -324,6 +325,7 @@ def _prepare_checkpoints(run_dir: Path, resume: bool, main: bool) -> Path | None
     check_checkpoint(done[-1])
     if main:
         truncate_metrics(run_dir / "metrics.jsonl", int(done[-1].name.split("-")[-1]))
+        rebase_best(done[-1], run_dir)
     return done[-1]
 
 
