@@ -22,7 +22,7 @@ from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
 from edgetune.export.gguf_quantize import QUANTS
 from edgetune.fingerprints import STAGES, StageRecord, export_files
-from edgetune.recipe_yaml import earlier_unnamed_run
+from edgetune.recipe_yaml import unnamed_run_dir
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -197,11 +197,11 @@ def run_pipeline(
         from edgetune.bench.gates import refuse_blind_pick
 
         refuse_blind_pick(recipe.bench.gates)
-    if run_dir is None and (earlier := earlier_unnamed_run(RUNS_DIR, recipe.source, recipe.name)):
-        run_dir = earlier
-        if console is not None:
+    if run_dir is None and (unnamed := unnamed_run_dir(RUNS_DIR, recipe.source, recipe.name)):
+        run_dir = unnamed
+        if unnamed.name != recipe.name and console is not None:
             console.print(
-                f"{earlier}: this recipe's run from before it was named by its file; going on there"
+                f"{escape(str(unnamed))}: this recipe's run from before it was named by its file; going on there"
             )
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)

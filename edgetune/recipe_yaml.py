@@ -118,18 +118,41 @@ def name_from_file(path: Path) -> str:
     )
 
 
-def earlier_unnamed_run(runs: Path, source: str | None, name: str) -> Path | None:
-    """runs/custom, where it holds the run of this recipe file made before a recipe without `name`
-    was named by its file (edgetune up to 2026-12-06): an upgrade goes on there, not retraining in
-    runs/<name>. Only for a file that still has no name, and while runs/<name> does not exist."""
-    earlier = runs / "custom" / "recipe.yaml"
-    if source is None or name == "custom" or (runs / name).exists() or not earlier.is_file():
-        return None
+def _made_from(run_dir: Path) -> str | None:
+    """The recipe file a run directory's recipe.yaml says it was resolved from, or None."""
     try:
-        first = earlier.read_text(encoding="utf-8").split("\n", 1)[0]
-        raw, _ = read_recipe_yaml(Path(source))
-    except (OSError, UnicodeDecodeError, ConfigError):
+        first = (run_dir / "recipe.yaml").read_text(encoding="utf-8").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError):
         return None
     made_from = first.removeprefix("# resolved recipe (from ").removesuffix(")")
-    same = made_from != first and Path(made_from).resolve() == Path(source).resolve()
-    return earlier.parent if same and "name" not in raw else None
+    return made_from if made_from != first else None
+
+
+def unnamed_run_dir(runs: Path, source: str | None, name: str) -> Path | None:
+    """Where `edgetune run` works for a recipe file with no `name` (None for a named one): runs/<name>
+    (its name from the file); runs/custom where it holds the run of this file made before such a
+    recipe was named by its file (edgetune up to 2026-12-06), so an upgrade goes on there. An
+    InputError where runs/<name> holds another file's run: two config.yaml files in two folders
+    would set each other's run aside and retrain forever."""
+    try:
+        raw, _ = read_recipe_yaml(Path(source)) if source else ({"name": None}, [])
+    except (OSError, ConfigError):
+        return None
+    if "name" in raw:
+        return None
+
+    def same(made_from: str | None) -> bool:
+        return made_from is not None and Path(made_from).resolve() == Path(str(source)).resolve()
+
+    own = runs / name
+    if (made_from := _made_from(own)) is not None and not same(made_from):
+        raise ConfigError(
+            [
+                f"name: not given, so this recipe would run in {own}, which holds the run of {made_from}; "
+                "give it a name (or run it with --run-dir)"
+            ],
+            str(source),
+        )
+    if not own.exists() and name != "custom" and same(_made_from(runs / "custom")):
+        return runs / "custom"
+    return own

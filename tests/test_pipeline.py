@@ -804,3 +804,15 @@ def test_a_recipe_without_a_name_goes_on_in_the_run_an_earlier_edgetune_made_for
     (tmp_path / "other.yaml").write_text(text.replace("name: tiny\n", ""))  # another file: its own run
     other, out = invoke(tmp_path / "other.yaml", "--until", "data")
     assert other.exit_code == 0 and (tmp_path / "runs" / "other").is_dir(), out
+    # two files of one name in two folders: the second is refused, not set against the first's run
+    text = text.replace("train: data.jsonl", f"train: {tmp_path / 'data.jsonl'}")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "exp-a.yaml").write_text(
+            text.replace("name: tiny\n", "").replace("lr: 0.001", f"lr: {0.001 if folder == 'a' else 0.002}")
+        )
+    first_a, out = invoke(tmp_path / "a" / "exp-a.yaml", "--until", "tune")
+    assert first_a.exit_code == 0 and (tmp_path / "runs" / "exp-a" / "adapter").is_dir(), out
+    clash, out = invoke(tmp_path / "b" / "exp-a.yaml", "--until", "tune")
+    assert clash.exit_code == 2 and "which holds the run of" in out and "give it a name" in out, out
+    assert not (tmp_path / "runs" / "exp-a.previous").exists()
