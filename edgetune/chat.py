@@ -158,6 +158,10 @@ def open_chat(
     if artifact.is_dir() and run is not None and run == artifact.resolve():  # a run: its merged model
         artifact = artifact / "merged"
         if not (artifact / "config.json").is_file():
+            if not (artifact.parent / "adapter").is_dir():  # its tune did not finish (or diverged)
+                from edgetune.tune.resume import no_adapter_yet
+
+                raise no_adapter_yet(artifact.parent)
             raise InputError(f"{artifact.parent}: no merged model yet; run `edgetune merge` first")
     if artifact.is_dir():
         from edgetune.models import refuse_pickle

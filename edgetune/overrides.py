@@ -3,6 +3,7 @@ and a problem they caused blamed on them rather than on the recipe file."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -44,6 +45,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = raw
     text = raw.strip()
+    if re.fullmatch(r"[-+]?0[0-9]+", text):  # YAML 1.1 reads 0012 as octal 10; nobody means that
+        value = int(text, 10)
     # YAML's reading is kept whole where it is the text itself, or where the text is YAML on purpose:
     # quoted, a flow list or mapping, or a null; any other reading may be a string setting's text
     # (`# Role: reply in JSON` reads as a comment, so as null)

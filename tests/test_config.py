@@ -307,6 +307,7 @@ def test_set_keeps_the_text_of_a_string_setting_that_yaml_would_read_otherwise()
         "model.revision=2024-01-01": ("model", "revision", "2024-01-01"),
         "train.packing=true": ("train", "packing", True),
         "train.max_steps=0x10": ("train", "max_steps", 16),
+        "train.max_steps=0012": ("train", "max_steps", 12),  # not YAML 1.1's octal 10
         "train.lora.target_modules=[q_proj, v_proj]": ("train", "lora", None),
         "bench.gates.min_retention={}": ("bench", "gates", None),
         "train.epochs=1.50": ("train", "epochs", 1.5),

@@ -303,7 +303,7 @@ def test_a_run_that_diverges_stops_at_its_first_nan_and_ships_no_adapter(
     again = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run)])  # or `edgetune run`
     assert again.exit_code == 2 and "diverged at step 4" in again.output
     assert "resuming would repeat the same steps" in again.output
-    for command in (["merge", str(run)], ["export", str(run)], ["bench", str(run)]):  # not "--resume it"
+    for command in (["merge", str(run)], ["export", str(run)], ["bench", str(run)], ["chat", str(run)]):
         later = CliRunner().invoke(main, command)
         assert later.exit_code == 2 and "diverged at step 4" in later.output, (command, later.output)
         assert "--resume" not in later.output

@@ -108,6 +108,6 @@ def _ask() -> str | None:
     sys.stderr.flush()
     try:
         return input()
-    except (EOFError, KeyboardInterrupt):
+    except (EOFError, KeyboardInterrupt, RuntimeError):  # RuntimeError: stdin closed (`<&-`)
         sys.stderr.write("\n")  # ends the prompt's line
         return None
