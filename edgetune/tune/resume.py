@@ -184,18 +184,19 @@ def no_adapter_yet(run_dir: Path) -> InputError:
 
 def rebase_best(checkpoint: Path, run_dir: Path) -> None:
     """The best checkpoint a resumed state names, as a path in the run as it is now: the Trainer
-    keeps an absolute path, and in a run moved since it found nothing there, shipped the last
-    weights while the manifest named the best step, and no longer kept the best from rotation."""
+    keeps an absolute path: in a run moved since it found nothing there, shipped the last weights
+    while the manifest named the best step, and no longer kept the best from rotation (in a copy,
+    it would have read the original run's)."""
     from edgetune.rundir import atomic_write_text
 
     path = checkpoint / "trainer_state.json"
     state = json.loads(path.read_text())
     best = state.get("best_model_checkpoint")
-    if not isinstance(best, str) or Path(best).is_dir():
+    if not isinstance(best, str):
         return
+    # by name, also where the old path still exists: a copied run's best is its own, not the original's
     here = run_dir / "checkpoints" / Path(best).name
-    if here.is_dir():
+    if Path(best) != here and here.is_dir():
         state["best_model_checkpoint"] = str(here)
-        atomic_write_text(
-            path, json.dumps(state, indent=2, sort_keys=True) + "\n"
-        )  # as transformers writes it
+        text = json.dumps(state, indent=2, sort_keys=True) + "\n"  # as transformers writes it
+        atomic_write_text(path, text)
