@@ -285,10 +285,9 @@ class Recipe:
             problems.append(
                 f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names the run directory)"
             )
+        # the Trainer keeps the best checkpoint by validation loss: without validation, no evaluation
         t, validated = self.train, bool(self.data.valid) or self.data.valid_fraction > 0
-        if (
-            validated and t.eval_steps >= 1 and t.save_steps % t.eval_steps
-        ):  # without validation no evaluation
+        if validated and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
             problems.append(
                 f"train.save_steps: must be a multiple of train.eval_steps ({t.eval_steps}) so the "
                 f"best checkpoint by validation loss is saved, got {t.save_steps}"
