@@ -219,7 +219,9 @@ def test_sigusr1_prints_every_threads_stack_and_the_command_carries_on(tiny_mode
     assert process.returncode == 0, stderr
     assert "most recent call first" in stderr
     assert "edgetune/commands/chat.py" in stderr.split("most recent call first")[1]
-    assert stderr.count("you> ") == 2  # it answered the line sent after the signal and asked again
+    # it answered the line sent after the signal and asked again (the first prompt may have been read
+    # with the "chatting with" line, into the pipe's buffer, which communicate() does not see)
+    assert stderr.split("most recent call first")[1].count("you> ") == 1 and "\n" in stdout, (stdout, stderr)
     assert "you>" not in stdout  # the prompts go to stderr: stdout holds the answers alone
 
 
