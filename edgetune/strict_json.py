@@ -53,12 +53,12 @@ def restore(value: Any) -> Any:
         for key in [k for k in value if isinstance(k, str) and k.endswith(MARK)]:
             base, mark = key[: -len(MARK)], value[key]
             if isinstance(mark, str) and value.get(base) is None and base in value:
-                value[base] = _float(mark, None)
+                value[base] = _float(mark)
             elif isinstance(mark, dict) and isinstance(value.get(base), list):
                 items = value[base]
                 for index, kind in mark.items():
                     if str(index).isdigit() and int(index) < len(items) and items[int(index)] is None:
-                        items[int(index)] = _float(kind, None)
+                        items[int(index)] = _float(kind)
             else:
                 continue  # a key of somebody else's that happens to end so: left as it is
             del value[key]
@@ -70,5 +70,5 @@ def restore(value: Any) -> Any:
     return value
 
 
-def _float(kind: Any, default: Any) -> Any:
-    return float(kind) if kind in ("nan", "inf", "-inf") else default
+def _float(kind: Any) -> float | None:
+    return float(kind) if kind in ("nan", "inf", "-inf") else None

@@ -180,8 +180,8 @@ class OverfitWatch(TrainerCallback):
 class StopOnNonFinite(TrainerCallback):
     """Stop at the first loss, gradient norm or validation loss that is not finite: the weights
     are NaN from there on, every later step is wasted, and the Trainer's own logging would have
-    shown the mean of the earlier losses in its place (logging_nan_inf_filter, turned off).
-    Every rank logs the same gathered loss and norm, so the ranks stop together."""
+    shown the mean of the earlier losses in its place (logging_nan_inf_filter, turned off). An
+    evaluation's loss comes through on_log too (Trainer.evaluate logs its metrics). Every rank logs the same gathered loss and norm, so the ranks stop together."""
 
     KEYS = ("loss", "grad_norm", "eval_loss")
 
@@ -197,9 +197,6 @@ class StopOnNonFinite(TrainerCallback):
             control.should_training_stop = True
             control.should_save = control.should_evaluate = False
         return control
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        return self.on_log(args, state, control, logs=metrics)
 
 
 class Progress(TrainerCallback):

@@ -170,8 +170,9 @@ def no_adapter_yet(run_dir: Path) -> InputError:
     diverged, which a resume would only repeat) why it has none."""
     from edgetune.tune.callbacks import complete_checkpoints
 
-    if read_tune_section(run_dir).get("status") == "diverged":
-        return InputError(f"{read_tune_section(run_dir).get('error', run_dir)}; it has no adapter to use")
+    section = read_tune_section(run_dir)
+    if section.get("status") == "diverged":
+        return InputError(f"{section.get('error', run_dir)}; it has no adapter to use")
     if not complete_checkpoints(run_dir / "checkpoints"):
         return InputError(
             f"{run_dir}: its tune stopped before its first checkpoint: nothing to resume; start it again"
