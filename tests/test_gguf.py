@@ -780,6 +780,25 @@ def test_a_file_of_a_type_edgetune_has_no_goal_for_fails_parity():
     assert not row.passed and "no parity goal for type 'renamed'" in row.failures[0]
 
 
+def test_a_gguf_is_judged_by_the_type_its_metadata_names_not_its_file_name(tmp_path, tiny_model_dir):
+    """model-q8_0-imat.gguf by hand is a q8_0 file (its name's last part, 'imat', had no goal and
+    failed parity); model-q4_k_m.gguf holding q8_0 is held to q8_0's goal, not q4_k_m's looser one."""
+    import shutil
+
+    from edgetune.export.gguf_export import export_gguf
+    from edgetune.export.layout import gguf_quant
+
+    q8 = export_gguf(tiny_model_dir, tmp_path, ["q8_0"], None, {}).artifacts[0].path
+    f32 = convert(tiny_model_dir, tmp_path / "model-f32.gguf", "f32")
+    assert gguf_quant(q8) == "q8_0" and gguf_quant(f32) == "f32"
+    assert gguf_quant(shutil.copy(q8, tmp_path / "model-q8_0-imat.gguf")) == "q8_0"
+    assert gguf_quant(shutil.copy(q8, tmp_path / "model-q4_k_m.gguf")) == "q8_0"
+    written_again = shutil.copy(f32, tmp_path / "model-q4_k_m.gguf")
+    assert gguf_quant(written_again) == "f32"
+    (tmp_path / "model-q6_k.gguf").write_bytes(b"not a gguf")  # unreadable: its name says
+    assert gguf_quant(tmp_path / "model-q6_k.gguf") == "q6_k"
+
+
 def test_an_f32_file_that_keeps_every_tokens_rank_but_not_its_probability_fails(tmp_path, tiny_model_dir):
     """The final norm's weight 3x: every logit scaled, no argmax moved. F32 had no KL goal, so the
     file passed (top-1 and greedy 100%) at a KL above q4_k_m's goal."""
@@ -1163,8 +1182,8 @@ def test_llama_3_1_stop_ids_are_labelled_by_name_not_by_id_order():
 
 
 def test_an_onnx_folder_named_in_capitals_is_checked_as_its_type(tmp_path):
-    """onnx/FP32 by hand: the type is fp32 (a GGUF's is read from its name in any case), not one
-    with no parity goal."""
+    """onnx/FP32 by hand: the type is fp32 (a folder's name in any case), not one with no parity
+    goal."""
     from edgetune.export.run import _existing_onnx
 
     (tmp_path / "FP32").mkdir()

@@ -7,6 +7,7 @@ picked, and the next export removes it.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 LEFTOVERS = (".*.tmp", ".*.old-*")
@@ -46,5 +47,27 @@ def still_there(entries: list, run_dir: Path) -> list[dict]:
 
 
 def gguf_quant(path: Path) -> str:
-    """model-q4_k_m.gguf -> q4_k_m"""
-    return path.stem.rsplit("-", 1)[-1].lower()
+    """The file's type as its metadata says (general.file_type: what parity judges it by and bench
+    names it after), or where none is stored or readable, its name's (model-q4_k_m.gguf -> q4_k_m)."""
+    named = path.stem.rsplit("-", 1)[-1].lower()
+    try:
+        stat = path.stat()
+    except OSError:
+        return named
+    return _stored_type(str(path), stat.st_mtime_ns, stat.st_size) or named
+
+
+@lru_cache(maxsize=64)
+def _stored_type(path: str, mtime_ns: int, size: int) -> str | None:
+    """general.file_type as the type's name (MOSTLY_Q4_K_M -> q4_k_m, ALL_F32 -> f32)."""
+    del mtime_ns, size  # part of the cache key only: a file written again is read again
+    try:
+        from gguf import GGUFReader, LlamaFileType
+
+        field = GGUFReader(path).fields.get("general.file_type")
+        if field is None:
+            return None
+        value = int(field.parts[field.data[0]][0]) & ~LlamaFileType.GUESSED
+        return LlamaFileType(value).name.split("_", 1)[1].lower()
+    except Exception:  # not a GGUF llama.cpp reads (damaged, or a type gguf-py does not know): its name says
+        return None

@@ -182,12 +182,9 @@ def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def judge(row: ParityRow) -> ParityRow:
     goal = GOALS.get(row.quant)
     row.failures = list(row.file_problems)
-    if goal is None:  # a file named by hand (model-renamed.gguf): nothing says what it may lose
+    if goal is None:  # a type edgetune does not write (q4_1 from another tool): nothing says what it may lose
         goal = {}
-        row.failures.append(
-            f"no parity goal for type '{row.quant}' (read from the file name; edgetune's types: "
-            f"{', '.join(GOALS)})"
-        )
+        row.failures.append(f"no parity goal for type '{row.quant}' (edgetune's types: {', '.join(GOALS)})")
     if not row.ids_equal:
         row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
     if "kl" in goal and row.kl > goal["kl"]:
