@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 class LazyGroup(click.Group):
+    def main(self, *args, **kwargs):
+        _closed_streams()
+        return super().main(*args, **kwargs)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -106,6 +110,30 @@ def _stacks_on_sigusr1() -> None:
         faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     except (AttributeError, OSError, ValueError):  # no real stderr (embedded, pythonw)
         pass
+
+
+def _closed_streams() -> None:
+    """A standard stream the shell closed (`<&-`, `>&-`, `2>&-`) gets /dev/null on its descriptor, so
+    no file edgetune opens is given 0, 1 or 2, where a library's print would land in it. Results are
+    what stdout is for: with it closed, edgetune stops before any work, as a Unix tool fails to write."""
+    closed = []
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        setattr(sys, name, open(fd, mode, encoding="utf-8", errors="surrogateescape", closefd=False))
+        closed.append(name)
+    if "stdout" in closed:
+        _fail(
+            "standard output is closed (`>&-`); to discard edgetune's results send them to /dev/null",
+            EXIT_BAD_INPUT,
+        )
 
 
 def _usage_error(exc: click.UsageError) -> None:

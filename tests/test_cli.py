@@ -262,6 +262,32 @@ def test_a_reader_that_leaves_ends_the_command_as_sigpipe_would(argv):
     assert proc.returncode == 141 and b"error" not in stderr, stderr.decode()
 
 
+def _with_closed(fd: int, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "edgetune", *argv], preexec_fn=lambda: os.close(fd), **kwargs
+    )
+
+
+def test_a_closed_stdout_is_one_line_before_any_work(tmp_path):
+    """`edgetune doctor >&-` was "internal error: AttributeError: 'NoneType' object has no attribute
+    'isatty'"; a file edgetune opened could have been given descriptor 1, where prints would land."""
+    proc = _with_closed(1, ["doctor"], stderr=subprocess.PIPE, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.decode().splitlines() == [
+        "edgetune: error: standard output is closed (`>&-`); to discard edgetune's results send them to /dev/null"
+    ]
+
+
+def test_a_closed_stderr_or_stdin_keeps_the_exit_code(tmp_path):
+    """`2>&-`: the error cannot be shown, but bad input is still exit 2 (it was 1, an internal failure)."""
+    missing = str(tmp_path / "missing.jsonl")
+    assert _with_closed(2, ["data", "check", missing], stdout=subprocess.PIPE, timeout=300).returncode == 2
+    proc = _with_closed(0, ["data", "check", missing], stderr=subprocess.PIPE, timeout=300)
+    assert proc.returncode == 2 and b"missing.jsonl" in proc.stderr, proc.stderr
+
+
 def test_paths_with_brackets_are_printed_as_they_are(tmp_path, tiny_model_dir):
     """rich read `[lr]` in a path as markup and dropped it; `[/b]` failed the command after training."""
     from test_tune import make_recipe
