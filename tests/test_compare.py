@@ -214,3 +214,39 @@ def test_cli_prints_the_kl_table_and_gate_reads_the_scores_only(tmp_path):
     assert result.exit_code == 0, result.output
     assert "KL to its run's merged model" in result.output and "worse" in result.output
     assert "0.0115" in result.output and "0.0345" in result.output  # the means, to 3 significant figures
+
+
+def test_too_few_shared_examples_is_said_and_fails_the_gate():
+    """9 of 9 examples lost had no interval, read as 'within noise': `--gate` passed a collapse."""
+    from edgetune.bench.compare import TOO_FEW, raise_on_worse
+    from edgetune.errors import GateFailed
+
+    ids = IDS[:9]
+    (change,) = compare_reports(report("v1", ids, [1.0] * 9), report("v2", ids, [0.0] * 9))
+    assert change.verdict == TOO_FEW and change.interval is None
+    with pytest.raises(GateFailed, match="share 9 scored examples, fewer than the 10"):
+        raise_on_worse([change])
+
+
+def test_a_few_examples_worse_and_none_better_is_noise_until_the_sign_test_agrees():
+    """4 of 90 worse, none better: the bootstrap interval (-0.089, -0.011) left 0 out, but a sign
+    test gives p = 0.125; 6 of 90 (p = 0.03) is worse."""
+    ids = [f"e{i}" for i in range(90)]
+    for lost, verdict in ((4, NOISE), (5, NOISE), (6, WORSE)):
+        (change,) = compare_reports(
+            report("v1", ids, [1.0] * 90), report("v2", ids, [0.0] * lost + [1.0] * (90 - lost))
+        )
+        assert change.interval[1] < 0 and change.verdict == verdict, lost
+
+
+def test_a_kl_change_under_the_negligible_is_no_verdict_however_narrow_its_interval():
+    """The 1e-4 floor was read off the interval's ends: a change of 9.25e-5 was 'worse'."""
+    ids = IDS[:16]
+    before = [0.005] * 16
+    after = [k + d for k, d in zip(before, [2e-5] * 14 + [6e-4] * 2)]
+
+    def run(name, kl):
+        return with_kl(report(name, ids, BASE[:16], **{"gguf/q8_0": BASE[:16]}), ids, **{"gguf/q8_0": kl})
+
+    (change,) = compare_kl(run("v1", before), run("v2", after))
+    assert change.difference == pytest.approx(9.25e-5) and change.verdict == NOISE

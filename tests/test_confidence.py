@@ -1,6 +1,7 @@
 """Retention intervals and the gate rules that use them: the interval covers the true retention as
 often as it says, narrows with more examples, and the gates read it as documented."""
 
+import json
 import statistics
 
 import numpy as np
@@ -101,6 +102,48 @@ def test_a_gain_on_few_examples_is_shown_only_when_its_interval_clears_zero():
     assert low < 0 < high  # as many examples better as worse: no gain shown
     assert difference_interval(tuned, tuned) == (0.0, 0.0)
     assert difference_interval([], []) is None
+
+
+def test_a_gain_the_sign_test_cannot_back_is_not_shown():
+    """5 of 30 better and none worse: the bootstrap interval clears 0, but were neither better such a
+    split happens 1 time in 16 (p = 0.0625); 6 of 6 is the fewest a 95% verdict can rest on."""
+    from edgetune.bench.confidence import _gain, sign_test_p
+
+    tuned = [1.0, 0.8, 0.6, 0.8, 1.0, 0.4] * 5
+    five = [s - 0.2 if i % 6 == 0 else s for i, s in enumerate(tuned)]
+    six = [s - 0.2 if i in (0, 1, 2, 3, 4, 5) else s for i, s in enumerate(tuned)]
+    assert sign_test_p(tuned, five) == pytest.approx(2 / 2**5)
+    assert sign_test_p(tuned, six) == pytest.approx(2 / 2**6)
+    assert sign_test_p(tuned, tuned) == 1.0
+    gain = _gain(tuned, five, 0.95)
+    assert gain["interval"][0] > 0 and not gain["shown"]
+    assert _gain(tuned, six, 0.95)["shown"]
+    report = {
+        "reference": {"name": "torch/merged"},
+        "targets": [{"name": "torch/merged", "retention": 1.0, "scores": tuned}],
+        "baselines": {"zero_shot": {"examples": 30, "scores": five}},
+    }
+    attach_intervals(report, 0.95)
+    assert report["tuning_beats_prompting_shown"] is False
+
+
+def test_a_target_that_kept_exactly_the_minimum_passes_whatever_the_rounding():
+    """7 of 10 fields on 93 examples and 6 of 10 on 7, against 7 of 10 on all 100: exactly 99%,
+    which mean / mean gives as 0.98999999999999999; the 99% gate failed it."""
+    from edgetune.bench.metrics import json_fields
+
+    ref = json.dumps({f"f{i}": i for i in range(10)})
+    seven = json.dumps({f"f{i}": i if i < 7 else -1 for i in range(10)})
+    six = json.dumps({f"f{i}": i if i < 6 else -1 for i in range(10)})
+    merged = [json_fields(seven, ref)] * 100
+    exported = [json_fields(six, ref)] * 7 + [json_fields(seven, ref)] * 93
+    retention = float(np.mean(exported)) / float(np.mean(merged))
+    assert retention < 0.99  # the rounding this is about
+    for rule in ("measured", "significant", "proven"):
+        gates = GatesConfig(min_retention={"*": 0.99}, retention_evidence=rule)
+        assert gate_failures(target(retention, [retention, retention]), gates) == [], rule
+    gates = GatesConfig(min_retention={"*": 0.99})
+    assert gate_failures(target(0.9899, None), gates)  # a real shortfall still fails
 
 
 def target(retention, interval, quant="q8_0"):

@@ -734,7 +734,8 @@ def test_a_correct_f32_file_passes_its_exact_goal_at_a_near_tie(tmp_path, tiny_t
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
+    from edgetune.bench.accuracy import log_softmax as _log_softmax
+    from edgetune.export.parity import _Reference, check_artifact
 
     model_dir = build_tiny_model(
         tmp_path, tiny_tokenizer, "LlamaForCausalLM", head_dim=32, initializer_range=0.2
@@ -760,7 +761,8 @@ def test_a_file_that_runs_on_where_torch_stopped_at_once_fails_parity_past_a_lon
     up to max_new_tokens ran past it, an internal error instead of the failed EOS check."""
     from transformers import AutoTokenizer
 
-    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
+    from edgetune.bench.accuracy import log_softmax as _log_softmax
+    from edgetune.export.parity import _Reference, check_artifact
 
     out = convert(tiny_model_dir, tmp_path / "m-f16.gguf", "f16")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -808,7 +810,8 @@ def test_an_f32_file_that_keeps_every_tokens_rank_but_not_its_probability_fails(
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgetune.export.parity import _log_softmax, _Reference, check_artifact
+    from edgetune.bench.accuracy import log_softmax as _log_softmax
+    from edgetune.export.parity import _Reference, check_artifact
 
     wrong = shutil.copytree(tiny_model_dir, tmp_path / "wrong")
     weights = load_file(wrong / "model.safetensors")

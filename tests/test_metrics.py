@@ -56,3 +56,18 @@ def test_json_fields_compares_json_values_not_python_ones():
     assert json_fields('{"x": {"b": [1, true], "a": 1}}', '{"x": {"a": 1, "b": [1, true]}}') == 1.0
     assert json_fields('{"x": {"b": [1, 1], "a": 1}}', '{"x": {"a": 1, "b": [1, true]}}') == 0.0
     assert json_fields('Result {see below}: {"a": 1}', '{"a": 1}') == 1.0
+
+
+def test_kl_of_distributions_that_give_a_token_no_probability_is_finite():
+    """0 log 0 is 0: a model compared with itself had KL NaN where a logit was -inf (failed as
+    'the target's distributions overflow'); a target that gives 0 where the reference does not is inf."""
+    import numpy as np
+
+    from edgetune.bench.accuracy import kl_top1, log_softmax
+
+    logits = np.random.default_rng(0).normal(size=(4, 5))
+    logits[:, -1] = -np.inf
+    a = log_softmax(logits)
+    assert kl_top1(a, a) == (0.0, 1.0)
+    b = log_softmax(np.where(np.arange(5) == 0, -np.inf, np.random.default_rng(0).normal(size=(4, 5))))
+    assert kl_top1(a, b)[0] == np.inf

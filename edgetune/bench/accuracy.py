@@ -42,6 +42,16 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+def kl_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean KL(a || b) over positions, and top-1 agreement, of two [positions, vocab] log-probability
+    arrays. A token `a` gives no probability (-inf, a masked vocabulary entry) adds nothing, as
+    0 log 0 is 0 (the plain product is NaN there, and failed a model compared with itself)."""
+    p = np.exp(a)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, p * (a - b), 0.0)
+    return float(terms.sum(-1).mean()), float((a.argmax(-1) == b.argmax(-1)).mean())
+
+
 def context_for(cases: list[Case], max_new_tokens: int, least: int = 2048) -> int:
     """The context a runtime with a fixed one (llama.cpp) needs for every case: its full ids for
     perplexity and KL, its prompt and the answer for generation."""
@@ -120,8 +130,9 @@ def evaluate(
         if perplexity and reference is not None and i < len(reference):
             # kept as float32, so renormalised: else an identical model's KL dips below 0
             a = log_softmax(reference[i])
-            kls.append(float((np.exp(a) * (a - logprobs)).sum(-1).mean()))
-            top1s.append(float((a.argmax(-1) == logprobs.argmax(-1)).mean()))
+            kl, top1 = kl_top1(a, logprobs)
+            kls.append(kl)
+            top1s.append(top1)
         if case.answered:
             tokens = greedy(runner, case.prompt_ids, eos_ids, max_new_tokens)
             stopped = bool(tokens) and tokens[-1] in eos_ids

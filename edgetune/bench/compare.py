@@ -4,8 +4,9 @@ base model) move the task metric beyond the noise of the held-out sample?
 Scores are paired on the held-out examples both reports answered (matched by content, through
 `reference.example_ids`), so a run benched on a changed test split is compared on the examples the
 two splits share. Each target present in both is compared; its change is the paired difference of
-means with a bootstrap interval (bench/confidence.py), and its verdict says whether that interval
-lies above 0, below it, or across it.
+means with a bootstrap interval (bench/confidence.py), and its verdict says whether the change is
+beyond noise (that interval leaves out 0 and an exact sign test agrees) and which way, or that the
+reports share too few examples to tell.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetune.bench.confidence import difference_interval
+from edgetune.bench.confidence import MIN_EXAMPLES, beyond_noise, difference_interval
 from edgetune.errors import GateFailed, InputError
 
 BETTER, WORSE, NOISE = "better", "worse", "within noise"
+TOO_FEW = "too few examples"  # fewer than confidence.MIN_EXAMPLES shared: nothing to tell noise by
 # a KL change this small is float rounding (an fp32 export measures about 1e-9 nats), not a change
 KL_NEGLIGIBLE = 1e-4
 
@@ -45,8 +47,19 @@ def _indexed(ids: list[str]) -> dict[str, int]:
     return index
 
 
-def _verdict(interval: tuple[float, float] | None, lower_is_better: bool, negligible: float) -> str:
-    if interval is None or interval[0] <= 0 <= interval[1] or max(map(abs, interval)) < negligible:
+def _verdict(
+    a: list[float],
+    b: list[float],
+    interval: tuple[float, float] | None,
+    level: float,
+    lower_is_better: bool,
+    negligible: float,
+) -> str:
+    """Whether b is better or worse than a beyond noise: the paired interval and the sign test agree
+    (confidence.beyond_noise), and the change is not below `negligible`."""
+    if interval is None:
+        return TOO_FEW
+    if abs(sum(b) / len(b) - sum(a) / len(a)) < negligible or not beyond_noise(b, a, interval, level):
         return NOISE
     return BETTER if (interval[1] < 0) == lower_is_better else WORSE
 
@@ -82,7 +95,7 @@ def _paired_changes(
         a, b = [p[0] for p in pairs], [p[1] for p in pairs]
         interval = difference_interval(b, a, level)
         mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
-        verdict = _verdict(interval, lower_is_better, negligible)
+        verdict = _verdict(a, b, interval, level, lower_is_better, negligible)
         changes.append(Change(t["name"], t["device"], len(pairs), mean_a, mean_b, interval, verdict))
     return changes
 
@@ -151,7 +164,7 @@ def compare_runs(before_dir: Path, after_dir: Path) -> tuple[list[Change], list[
 def print_changes(changes: list[Change], title: str, level: float, console, digits: str = ".3f") -> None:
     from edgetune.console import print_rows
 
-    colour = {BETTER: "green", WORSE: "red"}
+    colour = {BETTER: "green", WORSE: "red", TOO_FEW: "yellow"}
 
     def signed(x: float) -> str:
         return format(x, "+" + digits)
@@ -193,6 +206,14 @@ def print_comparison(
 
 
 def raise_on_worse(changes: list[Change]) -> None:
+    """--gate: a target worse beyond noise fails, and so does a comparison on too few shared examples
+    to tell (a gate never passes having checked nothing: 9 of 9 examples lost had passed)."""
+    few = [c for c in changes if c.verdict == TOO_FEW]
+    if few:
+        raise GateFailed(
+            f"the runs share {few[0].examples} scored examples, fewer than the {MIN_EXAMPLES} a verdict "
+            "needs: bench both on more of the same test data to compare them"
+        )
     worse = [c for c in changes if c.verdict == WORSE]
     if worse:
         raise GateFailed(

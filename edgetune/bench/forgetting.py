@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgetune.bench.accuracy import log_softmax
+from edgetune.bench.accuracy import kl_top1, log_softmax
 from edgetune.bench.runners import Runner, greedy
 
 GENERAL_PROMPTS = [
@@ -78,7 +78,7 @@ def measure_forgetting(
         full = ids + answer
         a = log_softmax(base.logits(full))[len(ids) - 1 : -1]
         b = log_softmax(tuned.logits(full))[len(ids) - 1 : -1]
-        kls.append(float((np.exp(a) * (a - b)).sum(-1).mean()))
+        kls.append(kl_top1(a, b)[0])
     passages = [renderer.ids_for_text(p) for p in GENERAL_PASSAGES]
     return Forgetting(
         float(np.mean(kls)),

@@ -78,6 +78,12 @@ def minimum_retention(target: dict[str, Any], min_retention: dict[str, float]) -
     return by_quant.get(target["quant"].lower(), by_quant.get("*"))
 
 
+def below(retention: float, minimum: float) -> bool:
+    """retention < minimum beyond float rounding: 693/700 of the merged model's metric is 99%, which
+    the division gives as 0.98999999999999999 (a gate of 99% failed a target that kept exactly 99%)."""
+    return retention < minimum - 1e-9
+
+
 def _percent(value: float) -> str:
     return f"{value:.1%}".replace(".0%", "%")
 
@@ -99,7 +105,7 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
     interval = target.get("retention_interval")
     want = _percent(minimum)
     if gates.retention_evidence == "measured":
-        if retention >= minimum:
+        if not below(retention, minimum):
             return None
         if interval is None:
             return f"retention {retention:.1%} < {want}"
@@ -114,12 +120,12 @@ def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig
         if "scores" in target and gates.retention_evidence == "significant":
             # no interval to read the noise from (too few examples, a reference that rarely
             # scores): "fail only beyond noise" falls back to the point figure
-            return None if retention >= minimum else f"retention {retention:.1%} < {want} ({why})"
+            return None if not below(retention, minimum) else f"retention {retention:.1%} < {want} ({why})"
         return f"retention {retention:.1%}: no confidence interval for gates.retention_evidence ({why})"
     low, high = interval
-    if gates.retention_evidence == "significant" and high < minimum:
+    if gates.retention_evidence == "significant" and below(high, minimum):
         return f"retention {retention:.1%} < {want} beyond noise ({interval_text(target)})"
-    if gates.retention_evidence == "proven" and low < minimum:
+    if gates.retention_evidence == "proven" and below(low, minimum):
         return f"retention {retention:.1%} not proven >= {want} ({interval_text(target)})"
     return None
 
@@ -200,7 +206,7 @@ def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
     retention, want = target["retention"], _percent(minimum)
     return _noise_note(
         gates.retention_evidence,
-        retention >= minimum,
+        not below(retention, minimum),
         want,
         f"retention {retention:.1%}",
         "<",

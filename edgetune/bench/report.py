@@ -111,7 +111,7 @@ def markdown(report: dict[str, Any]) -> str:
                 if shown is None or not verdict
                 else "; beyond these examples' noise"
                 if shown
-                else "; but within these examples' noise (an interval reaches 0 or below): a good prompt may do"
+                else "; but within these examples' noise (an interval reaches 0, or too few examples differ): a good prompt may do"
             )
         )
     f = report.get("forgetting")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetune.bench.accuracy import kl_top1, log_softmax
 from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
 
@@ -66,11 +67,6 @@ class ParityRow:
     file_problems: list[str] = field(default_factory=list)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 @dataclass
 class _Reference:
     prompt_text: str
@@ -98,7 +94,7 @@ def torch_reference(model_dir: Path, renderer, examples, max_new_tokens: int) ->
         logits = runner.logits(full_ids).astype(np.float64)
         new = greedy(runner, prompt_ids, eos, max_new_tokens)
         stopped = bool(new) and new[-1] in eos
-        refs.append(_Reference(prompt_text, prompt_ids, full_ids, _log_softmax(logits), new, stopped))
+        refs.append(_Reference(prompt_text, prompt_ids, full_ids, log_softmax(logits), new, stopped))
     return refs
 
 
@@ -144,9 +140,7 @@ def check_artifact(
         ids_equal &= front_end_ids(llm, r.prompt_text) == r.prompt_ids
         llm.reset()
         llm.eval(r.full_ids)
-        kl, top1 = _compare(
-            r.logprobs, _log_softmax(np.array(llm.scores[: len(r.full_ids)], dtype=np.float64))
-        )
+        kl, top1 = kl_top1(r.logprobs, log_softmax(np.array(llm.scores[: len(r.full_ids)], dtype=np.float64)))
         kls.append(kl)
         top1s.append(top1)
         llm.reset()
@@ -172,11 +166,6 @@ def front_end_ids(llm, text: str) -> list[int]:
     ids = llm.tokenize(text.encode(), add_bos=True, special=True)
     bos = llm.token_bos()
     return ids[1:] if len(ids) > 1 and ids[0] == ids[1] == bos else ids
-
-
-def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean KL(a || b) and top-1 agreement of two [positions, vocab] log-probability arrays."""
-    return float((np.exp(a) * (a - b)).sum(-1).mean()), float((a.argmax(-1) == b.argmax(-1)).mean())
 
 
 def judge(row: ParityRow) -> ParityRow:
@@ -243,7 +232,7 @@ def check_onnx_variant(
     kls, top1s, same, eos, cached = [], [], [], [], []
     for ex, r in zip(examples, refs):
         ids_equal &= shipped.ids_for_text(shipped.prompt_text(ex) or r.prompt_text) == r.prompt_ids
-        kl, top1 = _compare(r.logprobs, _log_softmax(runner.logits(r.full_ids).astype(np.float64)))
+        kl, top1 = kl_top1(r.logprobs, log_softmax(runner.logits(r.full_ids).astype(np.float64)))
         kls.append(kl)
         top1s.append(top1)
         got = greedy(runner, r.prompt_ids, eos_ids, max_new_tokens)
