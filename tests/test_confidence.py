@@ -307,3 +307,21 @@ def test_attach_intervals_gives_each_target_with_kl_scores_its_kl_interval():
     assert "kl_interval" not in reference
     low, high = quant["kl_interval"]
     assert 0.01 <= low <= 0.02 <= high <= 0.03 and quant["kl_confidence"] == 0.9
+
+
+def test_on_too_few_examples_the_reference_gets_no_interval_either():
+    """5 examples: the reference showed 100.0%-100.0% beside '-' for a byte-identical export, under
+    a note saying no figure on fewer than 10 examples gets an interval."""
+    scores = [1.0, 0.5, 0.0, 1.0, 0.5]
+    report = {
+        "reference": {"name": "torch/merged"},
+        "targets": [
+            {"name": "torch/merged", "retention": 1.0, "scores": scores},
+            {"name": "onnx/fp32", "retention": 1.0, "scores": scores},
+        ],
+    }
+    attach_intervals(report, 0.95)
+    assert [t["retention_interval"] for t in report["targets"]] == [None, None]
+    report["targets"] = [{**t, "scores": t["scores"] * 2} for t in report["targets"]]
+    attach_intervals(report, 0.95)
+    assert report["targets"][0]["retention_interval"] == [1.0, 1.0]

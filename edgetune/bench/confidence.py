@@ -119,7 +119,10 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
         return
     for target in report["targets"]:
         if target is reference and target.get("retention") is not None:  # 100% by definition
-            target["retention_interval"], target["retention_confidence"] = [1.0, 1.0], level
+            # (on too few examples no figure gets an interval, the reference's neither)
+            enough = len(target["scores"]) >= MIN_EXAMPLES
+            target["retention_interval"] = [1.0, 1.0] if enough else None
+            target["retention_confidence"] = level
         elif target.get("retention") is not None and "scores" in target:
             interval = retention_interval(reference["scores"], target["scores"], level)
             target["retention_interval"] = list(interval) if interval else None
