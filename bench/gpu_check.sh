@@ -37,12 +37,14 @@ start_llama_cuda_build() {
   echo $! >"$build/pid"
   echo "gpu_check: building llama.cpp with CUDA in the background ($build/build.log)"
 }
+dry=""  # --dry-run anywhere among the flags (`--only sharded --dry-run` had taken the GPU branch)
+for arg in "$@"; do [ "$arg" = "--dry-run" ] && dry=1; done
 if [ "${1:-}" = "--receive" ]; then
   "$PY" bench/gpu_wheels.py receive
   start_llama_cuda_build "$(ls .gpu/*/llama_cpp_python-*.tar.gz 2>/dev/null | head -n 1 || true)"
   exit 0
 fi
-if [ -d .gpu ] && { [ "${1:-}" != "--dry-run" ] || [ -n "${GPU_WHEELS:-}" ]; }; then
+if [ -d .gpu ] && { [ -z "$dry" ] || [ -n "${GPU_WHEELS:-}" ]; }; then
   site="${GPU_SITE:-/tmp/site}"
   "$PY" bench/gpu_wheels.py install "$site" --sources "$site-src"
   export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -50,12 +52,12 @@ if [ -d .gpu ] && { [ "${1:-}" != "--dry-run" ] || [ -n "${GPU_WHEELS:-}" ]; }; 
     tar xzf "$site-src/smollm2-tokenizer.tar.gz" -C "$site-src"
     export GPU_CHECK_TOKENIZER="$site-src/smollm2-tokenizer"
   fi
-  if [ "${1:-}" != "--dry-run" ]; then
+  if [ -z "$dry" ]; then
     start_llama_cuda_build "$(ls "$site-src"/llama_cpp_python-*.tar.gz 2>/dev/null | head -n 1 || true)"
   fi
 fi
-if [ "${1:-}" = "--dry-run" ]; then
-  exec "$PY" bench/gpu_check.py --dry-run --out "${OUT:-$(mktemp -d)}"
+if [ -n "$dry" ]; then  # the flags after it too (--only, --shape, --checkpointing)
+  exec "$PY" bench/gpu_check.py --out "${OUT:-$(mktemp -d)}" "$@"
 fi
 # GPU_CHECK_TIMEOUT: the seconds the whole check may take (the device call's limit, less the start)
 limit="${GPU_CHECK_TIMEOUT:-480}"

@@ -60,6 +60,18 @@ def load_bench_script(name: str):
     return module
 
 
+@pytest.mark.parametrize("flags", [["--dry-run", "--only", "sharded"], ["--only", "sharded", "--dry-run"]])
+def test_a_dry_run_keeps_its_other_flags_in_any_order(tmp_path, flags):
+    """`--dry-run --only sharded` dropped --only (the whole check ran); `--only sharded --dry-run`
+    took the GPU branch (its time limit, the report into bench/gpu_check, .gpu wheels installed)."""
+    env = {**os.environ, "PYTHON": "echo", "OUT": str(tmp_path)}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), *flags], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["bench/gpu_check.py", "--out", str(tmp_path), *flags]
+
+
 def test_step_profile_counts_kernel_time_once_and_leaves_out_its_own_markers():
     from types import SimpleNamespace as Row
 
