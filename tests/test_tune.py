@@ -479,10 +479,10 @@ def launch_two(launcher: str, args: list[str], **env: str) -> subprocess.Complet
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
         cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
-    else:  # two processes and no mixed precision on this CPU
+    else:  # two processes; the config's mixed_precision bf16 gives way to the recipe's precision
         config = Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "ddp.yaml"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
-        cmd += ["--num_processes", "2", "--mixed_precision", "no"]
+        cmd += ["--num_processes", "2"]
         cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     process = subprocess.Popen(
@@ -554,6 +554,8 @@ def test_two_processes_under_a_launcher_average_their_gradients(tmp_path, tiny_m
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     assert result.stdout.count("edgetune tune") == 1  # one summary, from rank 0
     assert result.stderr.count("validation loss before training") == 1
+    if launcher == "accelerate":  # ddp.yaml's bf16 against the recipe's fp32: fp32 trains, said once
+        assert result.stderr.count("the launcher's mixed_precision bf16 is not used") == 1
     # a checkpoint is marked complete only once every rank's share is written (rank 1 writes late)
     for step in (2, 4):
         checkpoint = run_dir / "checkpoints" / f"checkpoint-{step}"
@@ -1252,3 +1254,52 @@ def test_a_large_validation_split_is_warned_about(tmp_path, tiny_model_dir, monk
     monkeypatch.setattr(edgetune.tune.checks, "LARGE_VALID", 5)
     result = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=1, eval_steps=1, save_steps=1)))
     assert any("12 validation examples: every evaluation" in w for w in result.warnings), result.warnings
+
+
+def crashed_run(tmp_path: Path, model_dir: Path) -> Path:
+    """A run killed after checkpoint 4 of 8 (simulated: the later checkpoint and the adapter removed)."""
+    recipe = make_recipe(tmp_path, model_dir, max_steps=8, eval_steps=4, save_steps=4)
+    run_dir = tune(str(recipe), run_dir=tmp_path / "crashed").run_dir
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-8")
+    shutil.rmtree(run_dir / "adapter")
+    return run_dir
+
+
+def test_a_resume_under_other_processes_or_fsdp_alone_is_refused(tmp_path, tiny_model_dir, monkeypatch):
+    """A 2-process run resumed in one process had trained on at 4 examples a step instead of 8, its
+    manifest then saying 1 process throughout; Ctrl-C's hint had named no launcher. FSDP's one-process
+    refusal was skipped on --resume."""
+    run_dir = crashed_run(tmp_path, tiny_model_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["device"]["world_size"] = 2  # as a run launched with 2 processes records
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    assert (
+        "started with 2 process(es), resumed with 1: each step would see 4 examples, not 8" in result.output
+    )
+    assert f"torchrun --nproc_per_node 2 -m edgetune tune --resume --run-dir {run_dir}" in result.output
+    merged = CliRunner().invoke(main, ["merge", str(run_dir)])
+    assert merged.exit_code == 2 and "torchrun --nproc_per_node 2 -m edgetune tune --resume" in merged.output
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    result = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run_dir)])
+    assert result.exit_code == 2 and "FSDP with one process shards nothing" in result.output, result.output
+
+
+def test_the_recipes_precision_wins_over_the_launchers(tmp_path, tiny_model_dir, monkeypatch):
+    """The shipped accelerate configs say mixed_precision bf16: transformers kept it wherever its own
+    bf16 was off, so an fp32 recipe trained in bf16 autocast while its summary and manifest said fp32."""
+    import edgetune.tune.trainer as trainer_module
+
+    built = []
+    original = trainer_module.build_trainer
+    monkeypatch.setattr(
+        trainer_module, "build_trainer", lambda *a, **k: built.append(original(*a, **k)) or built[-1]
+    )
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` with ddp.yaml sets
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    result = tune(str(recipe))
+    assert built[0].accelerator.mixed_precision == "no"
+    assert any("the launcher's mixed_precision bf16 is not used" in w for w in result.warnings), (
+        result.warnings
+    )

@@ -74,10 +74,14 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
         warn(
             f"train.threads {t.threads} is more than the {cores} cores this process may use: threads contend"
         )
-    if t.batch_size * t.grad_accum > len(train):
+    from edgetune.tune.distributed import world_size
+
+    processes = world_size()
+    if t.batch_size * t.grad_accum * processes > len(train):
+        times = f" x {processes} processes" if processes > 1 else ""
         warn(
-            f"train.batch_size x train.grad_accum = {t.batch_size * t.grad_accum} is more than the "
-            f"{len(train)} training examples: every step repeats examples"
+            f"train.batch_size x train.grad_accum{times} = {t.batch_size * t.grad_accum * processes} is "
+            f"more than the {len(train)} training examples: every step repeats examples"
         )
     if t.max_steps > 0 and t.epochs != type(t)().epochs:  # set on purpose, in the recipe or by --set
         warn(f"train.epochs {t.epochs:g} is not used: train.max_steps {t.max_steps} sets the run's length")

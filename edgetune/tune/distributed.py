@@ -38,6 +38,50 @@ def under_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
 
 
+def refuse_unshardable(recipe) -> None:
+    """What FSDP cannot train, refused before any work, on a new start and a resume alike."""
+    from edgetune.errors import InputError
+
+    if under_fsdp() and world_size() < 2:
+        # torch then falls back to NO_SHARD, whose full state dict drops the frozen base weights a
+        # LoRA unit holds: saving the adapter fails at the end of the run
+        raise InputError(
+            "FSDP with one process shards nothing: run `edgetune tune` without the launcher on one GPU, "
+            "or launch two or more processes"
+        )
+    if under_fsdp() and recipe.train.lora.dora:  # peft's DoRA reads lora_A's 2-D shape, which FSDP flattens
+        raise InputError(
+            "train.lora.dora does not train under FSDP (peft 0.21 fails at the first step); drop it"
+        )
+
+
+def follow_recipe_precision(bf16: bool) -> str | None:
+    """The launcher's mixed precision (an accelerate config's `mixed_precision`) set to what the
+    recipe's train.precision chose: transformers keeps the launcher's wherever its own bf16 is off,
+    so an fp32 run under the shipped configs' bf16 trained in bf16 autocast while its summary and
+    manifest said fp32. Returns what to warn when the launcher had asked for another one."""
+    ours = "bf16" if bf16 else "no"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    os.environ["ACCELERATE_MIXED_PRECISION"] = ours
+    if launcher in (ours, "no"):  # "no": the recipe's bf16 is the Trainer's own, as transformers does it
+        return None
+    return (
+        f"the launcher's mixed_precision {launcher} is not used: train.precision decides "
+        f"({'bf16 autocast' if bf16 else 'fp32'}); set train.precision to change it"
+    )
+
+
+def resume_command(run_dir: Path, processes: int) -> str:
+    """How to continue a run: under a launcher of the processes it started with."""
+    plain = f"edgetune tune --resume --run-dir {run_dir}"
+    if processes < 2:
+        return plain
+    return (
+        f"torchrun --nproc_per_node {processes} -m {plain} "
+        f"(or accelerate launch --num_processes {processes} with the run's config)"
+    )
+
+
 FSDP_SEGMENT = "_fsdp_wrapped_module."
 
 

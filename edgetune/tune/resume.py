@@ -53,6 +53,16 @@ def refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256:
     upstream, a built-in converted again by a newer transformers)."""
     manifest = read_manifest(run_dir)
     from edgetune.fingerprints import data_files, training_settings
+    from edgetune.tune.distributed import resume_command, world_size
+
+    started = manifest.get("device", {}).get("world_size")
+    if isinstance(started, int) and started != world_size():
+        per_step = recipe.train.batch_size * recipe.train.grad_accum
+        raise InputError(
+            f"{run_dir}: started with {started} process(es), resumed with {world_size()}: each step "
+            f"would see {per_step * world_size()} examples, not {per_step * started}, and its data order "
+            f"would change. Resume it as it started: {resume_command(run_dir, started)}"
+        )
 
     trained_under = manifest.get("recipe", {}).get("training_sha256")
     if trained_under and trained_under != training_settings(recipe):
@@ -159,10 +169,11 @@ def interruption(run_dir: Path):
     """What Ctrl-C in training says: how to go on, where a checkpoint was committed to go on from."""
     from edgetune.errors import Interrupted
     from edgetune.tune.callbacks import complete_checkpoints
+    from edgetune.tune.distributed import resume_command, world_size
 
     if not complete_checkpoints(run_dir / "checkpoints"):
         return Interrupted("interrupted before the first checkpoint: nothing to resume; start the run again")
-    return Interrupted(f"interrupted; continue with: edgetune tune --resume --run-dir {run_dir}")
+    return Interrupted(f"interrupted; continue with: {resume_command(run_dir, world_size())}")
 
 
 def no_adapter_yet(run_dir: Path) -> InputError:
@@ -177,9 +188,12 @@ def no_adapter_yet(run_dir: Path) -> InputError:
         return InputError(
             f"{run_dir}: its tune stopped before its first checkpoint: nothing to resume; start it again"
         )
+    from edgetune.tune.distributed import resume_command
+
+    processes = read_manifest(run_dir).get("device", {}).get("world_size")
+    command = resume_command(run_dir, processes if isinstance(processes, int) else 1)
     return InputError(
-        f"{run_dir}: no adapter yet (its tune did not finish); continue it with "
-        f"`edgetune tune --resume --run-dir {run_dir}`, then export"
+        f"{run_dir}: no adapter yet (its tune did not finish); continue it with `{command}`, then export"
     )
 
 

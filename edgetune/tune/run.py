@@ -35,7 +35,7 @@ from edgetune.rundir import (
     update_manifest,
 )
 from edgetune.tune.checks import check_checkpoint, no_gain, refuse_divergence, warn_about_data
-from edgetune.tune.distributed import world_size
+from edgetune.tune.distributed import follow_recipe_precision, refuse_unshardable, world_size
 from edgetune.tune.resume import (
     forget_earlier_start,
     interruption,
@@ -107,23 +107,13 @@ def _start_run(
         if not saved.is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
         refuse_finished(run_dir)
-        return load_recipe(str(saved)), run_dir, False
+        recipe = load_recipe(str(saved))
+        refuse_unshardable(recipe)
+        return recipe, run_dir, False
     recipe = load_recipe(recipe_arg, overrides, new_run=True)
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
-    from edgetune.tune.distributed import under_fsdp
-
-    if under_fsdp() and world_size() < 2:
-        # torch then falls back to NO_SHARD, whose full state dict drops the frozen base weights a
-        # LoRA unit holds: saving the adapter fails at the end of the run
-        raise InputError(
-            "FSDP with one process shards nothing: run `edgetune tune` without the launcher on one GPU, "
-            "or launch two or more processes"
-        )
-    if under_fsdp() and recipe.train.lora.dora:  # peft's DoRA reads lora_A's 2-D shape, which FSDP flattens
-        raise InputError(
-            "train.lora.dora does not train under FSDP (peft 0.21 fails at the first step); drop it"
-        )
+    refuse_unshardable(recipe)
     if run_dir is None:
         if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
@@ -256,8 +246,9 @@ def _prepare_training(
     if context := past_the_context(data, model_ref.path, recipe.model.trust_remote_code):
         warn(context)
     setup = choose_setup(recipe.train.method, recipe.train.precision)
-    for message in setup.warnings:
-        warn(message)
+    for message in [*setup.warnings, follow_recipe_precision(setup.bf16)]:
+        if message:
+            warn(message)
     args = training_args(recipe, run_dir, setup, bool(valid_examples), eval_first=resume_from is None)
     model = load_for_training(
         model_ref,
