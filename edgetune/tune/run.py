@@ -166,6 +166,8 @@ def tune(
             run = _prepare_training(recipe, run_dir, resume_from, main, warn, console)
         if main and not point_latest(run_dir):  # the run is real now: `export` finds it by default
             warn(f"{RUNS_DIR / 'latest'} does not point at this run: name it to later commands ({run_dir})")
+        # the other ranks read the checkpoint's state once rank 0 has set it right (rebase_best)
+        wait_for_every_rank()
         try:
             with writing(run_dir / "checkpoints"):
                 train_or_finish(run.trainer, resume_from, run_dir, console if main else None)
