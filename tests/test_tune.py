@@ -1303,3 +1303,28 @@ def test_the_recipes_precision_wins_over_the_launchers(tmp_path, tiny_model_dir,
     assert any("the launcher's mixed_precision bf16 is not used" in w for w in result.warnings), (
         result.warnings
     )
+
+
+def test_a_kill_between_save_and_commit_resumes_from_the_last_committed_checkpoint(tmp_path, tiny_model_dir):
+    """The Trainer rotates (save_total_limit) before the new checkpoint is marked complete: killed
+    between the two, the last committed checkpoint was gone, the new one uncommitted, and a resume
+    went back to the best one, however old (here step 2's, the validation loss rising after it)."""
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, max_steps=12, eval_steps=2, save_steps=2, early_stopping_patience=0
+    )
+    run_dir = tmp_path / "killed"
+    probe = Path(__file__).with_name("commit_probe.py")
+    proc = subprocess.run(
+        [sys.executable, str(probe), "tune", str(recipe), "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KILL_AT": "10", "BEST_AT": "2"},
+        timeout=600,
+    )
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    assert (run_dir / "checkpoints" / "checkpoint-8" / COMPLETE).is_file()
+    result = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "resumed from step 8" in result.output
+    # the end of training rotates too: the best and the last, as after any run
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-2"]

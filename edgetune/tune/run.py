@@ -171,6 +171,7 @@ def tune(
         try:
             with writing(run_dir / "checkpoints"):
                 train_or_finish(run.trainer, resume_from, run_dir, console if main else None)
+                run.trainer.rotate_checkpoints()
         except KeyboardInterrupt:
             raise interruption(run_dir) from None
 

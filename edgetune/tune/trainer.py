@@ -88,6 +88,24 @@ class SupervisedLogitsTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_loss"] = loss / tokens
         return output
 
+    def _sorted_checkpoints(self, *args, use_mtime: bool = False, **kwargs) -> list[str]:
+        """What rotation (save_total_limit) counts and may delete: the committed checkpoints, by step.
+        The Trainer rotates before on_save, where CommitCheckpoints marks the new one complete: counted
+        there, rotation deleted the last committed checkpoint, and a kill before the mark left only the
+        best to resume from, however old. The new one counts from the next save (or the rotation at
+        the end of training, `rotate_checkpoints`)."""
+        from pathlib import Path
+
+        from edgetune.tune.callbacks import COMPLETE
+
+        found = super()._sorted_checkpoints(*args, use_mtime=False, **kwargs)
+        return [p for p in found if (Path(p) / COMPLETE).is_file()]
+
+    def rotate_checkpoints(self) -> None:
+        """save_total_limit once the last checkpoint is committed (the main process only)."""
+        if self.args.should_save:
+            self._rotate_checkpoints(output_dir=self.args.output_dir)
+
     def _load_optimizer_and_scheduler(self, checkpoint):
         # with several processes transformers maps the optimizer state to args.device, which on a CPU
         # is "cpu:0": torch.load cannot restore to that name, so a multi-process CPU run could not resume
