@@ -1020,3 +1020,35 @@ def test_a_device_named_twice_is_measured_once(benched, tmp_path):
     assert twice.exit_code == 0, twice.output
     names = [t["name"] for t in json.loads((run / "bench" / "report.json").read_text())["targets"]]
     assert len(names) == len(set(names)), names
+
+
+def test_a_latency_child_ends_with_the_bench_that_started_it():
+    """kill -9 of `edgetune bench` left its latency subprocess measuring on, beside the next bench."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    child = (
+        "import os, time; from edgetune.bench.latency import die_with_parent; "
+        "die_with_parent(os.getppid()); print(os.getpid(), flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+
+    def alive() -> bool:
+        try:
+            return " Z " not in Path(f"/proc/{pid}/stat").read_text().replace("(", " ").replace(")", " ")
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 30
+    while alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive()
