@@ -21,6 +21,7 @@ from rich.markup import escape
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
 from edgetune.export.gguf_quantize import QUANTS
+from edgetune.export.layout import recipe_exports
 from edgetune.fingerprints import STAGES, StageRecord, export_files
 from edgetune.recipe_yaml import unnamed_run_dir
 from edgetune.rundir import (
@@ -154,7 +155,7 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) 
             "edgetune run benches on held-out data, and the recipe holds none out: set "
             "data.test_fraction (or data.test), or run tune and export without bench"
         )
-    exported = set().union(*_recipe_exports(recipe).values())
+    exported = set().union(*recipe_exports(recipe).values())
     missing = [q for q in recipe.bench.gates.min_retention if q != "*" and q.lower() not in exported]
     if gated and missing:
         raise InputError(  # bench would fail the gate as unchecked, after the whole run
@@ -227,11 +228,11 @@ def run_pipeline(
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 if stage == "tune":  # what later stages and commands read: paths as they are now
                     _refresh_recipe(recipe, run_dir)
-                if stage == "export" and (extra := _unrequested(run_dir, _recipe_exports(recipe))):
-                    _drop_unrequested(run_dir, _recipe_exports(recipe), say)
+                if stage == "export" and (extra := _unrequested(run_dir, recipe_exports(recipe))):
+                    _drop_unrequested(run_dir, recipe_exports(recipe), say)
                     if _benched(run_dir, extra):  # by a bench run by hand: the report is not the recorded one
                         record.forget_after(stage)
-                for fmt in _recipe_exports(recipe) if stage == "export" else ():
+                for fmt in recipe_exports(recipe) if stage == "export" else ():
                     if f"export.{fmt}" not in record.done:  # a run an earlier edgetune exported
                         record.record(f"export.{fmt}")
                 continue
@@ -316,7 +317,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         from edgetune.export.run import export
 
         _refresh_recipe(recipe, run_dir)
-        wanted = _recipe_exports(recipe)
+        wanted = recipe_exports(recipe)
         # a format whose own settings and inputs are as its files were made (only the other one's
         # changed) keeps its files: an ONNX setting does not quantise every GGUF again
         kept = [
@@ -350,11 +351,11 @@ def _covers(run_dir: Path, recipe: Recipe, only: str | None = None) -> bool:
     exported again) GGUFs quantised with an importance matrix exactly where the recipe asks for one
     (a hand-run `export --imatrix off` made others)."""
     record = read_manifest(run_dir).get("stages", {}).get("export", {})
-    for fmt, quants in _recipe_exports(recipe).items():
+    for fmt, quants in recipe_exports(recipe).items():
         listed = {str(e.get("quant", "")).lower() for e in record.get(fmt, []) if isinstance(e, dict)}
         if (only is None or fmt == only) and not quants <= listed:
             return False
-    if only == "gguf" and any(q in QUANTS for q in _recipe_exports(recipe)["gguf"]):
+    if only == "gguf" and any(q in QUANTS for q in recipe_exports(recipe)["gguf"]):
         return bool(record.get("imatrix")) == recipe.export.gguf.imatrix
     return True
 
@@ -377,14 +378,6 @@ def _unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> list[Path]:
     return [p for p in gguf_files(export / "gguf") if gguf_quant(p) not in wanted.get("gguf", ())] + [
         p for p in onnx_dirs(export / "onnx") if p.name.lower() not in wanted.get("onnx", ())
     ]
-
-
-def _recipe_exports(recipe: Recipe) -> dict[str, set[str]]:
-    """Format -> the types the recipe exports in it (as `edgetune export` names them)."""
-    from edgetune.export.run import split_quants
-
-    quants = dict(zip(("gguf", "onnx"), map(set, split_quants(None, recipe))))
-    return {fmt: quants[fmt] for fmt in map(str.lower, recipe.export.formats)}
 
 
 UNLISTED = "unlisted-exports"  # in a run: exports its recipe does not list, moved out of export/

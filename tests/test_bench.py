@@ -1012,6 +1012,22 @@ def test_pick_and_regate_answer_for_the_files_in_the_run_as_they_are_now(benched
     assert "gguf/q8_0 (cpu): export parity: the file changed since bench measured it" in failed.output
 
 
+def test_a_bench_says_which_of_the_recipes_exports_the_run_lacks(benched, tmp_path):
+    """An export killed after its GGUFs (the ONNX never written) benched the GGUFs without a word,
+    and a gate on them alone passed."""
+    import shutil
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    shutil.rmtree(run / "export" / "onnx" / "int8")
+    result = CliRunner().invoke(main, ["bench", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    said = next(line for line in result.output.splitlines() if line.startswith("warning: the recipe exports"))
+    # (the fixture exported some of the recipe's types by hand; the others are named too)
+    assert "onnx/int8" in said and "onnx/fp32" not in said and "gguf/q8_0" not in said, said
+    assert said.endswith(", which this run does not have (an export interrupted, or none since the recipe changed): "
+                         f"`edgetune export {run}` first, or they go unmeasured")  # fmt: skip
+
+
 def test_a_device_named_twice_is_measured_once(benched, tmp_path):
     import shutil
 

@@ -143,6 +143,7 @@ def bench(
             refuse_blind_pick(cfg.gates)
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = list(dict.fromkeys(devices or cfg.devices))  # cpu,cpu: each measured once
+        from edgetune.export.layout import missing_exports
         from edgetune.export.onnx_runtime import check_onnx_dir
         from edgetune.export.parity_record import unchecked_exports
         from edgetune.validate import check_gguf
@@ -158,6 +159,13 @@ def bench(
         exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
             console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
+        if console is not None and (missing := missing_exports(run_dir, recipe)):
+            console.print(
+                f"[yellow]warning:[/] the recipe exports {', '.join(missing)}, which this run does not have "
+                f"(an export interrupted, or none since the recipe changed): `edgetune export {escape(str(run_dir))}` "
+                "first, or they go unmeasured",
+                soft_wrap=True,
+            )
         merged = run_dir / "merged"
         tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
         prepared = prepare(recipe.data, tokenizer)

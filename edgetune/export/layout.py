@@ -71,3 +71,20 @@ def _stored_type(path: str, mtime_ns: int, size: int) -> str | None:
         return LlamaFileType(value).name.split("_", 1)[1].lower()
     except Exception:  # not a GGUF llama.cpp reads (damaged, or a type gguf-py does not know): its name says
         return None
+
+
+def recipe_exports(recipe) -> dict[str, set[str]]:
+    """Format -> the types the recipe exports in it (as `edgetune export` names them)."""
+    quants = {"gguf": recipe.export.gguf.quants, "onnx": recipe.export.onnx.quants}
+    return {fmt: {q.lower() for q in quants[fmt]} for fmt in map(str.lower, recipe.export.formats)}
+
+
+def missing_exports(run_dir: Path, recipe) -> list[str]:
+    """The recipe's export types the run's export/ folder has no file of ("onnx/int8")."""
+    from edgetune.export.parity_record import on_disk
+
+    return [
+        f"{fmt}/{quant}"
+        for fmt, quants in recipe_exports(recipe).items()
+        for quant in sorted(quants - on_disk(run_dir / "export" / fmt, fmt))
+    ]
