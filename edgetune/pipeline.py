@@ -33,6 +33,7 @@ from edgetune.rundir import (
     point_latest,
     read_manifest,
     refuse_foreign_dir,
+    remove_paths,
     run_lock,
     sha256_file,
 )
@@ -136,7 +137,13 @@ def _set_aside(run_dir: Path, console) -> None:
             "move it, or use another --run-dir"
         )
     replaced = previous.exists()
-    shutil.rmtree(previous, ignore_errors=True)
+    # the one kept before goes whole: renamed out of the way (hidden) first, then removed, so that a
+    # kill during the removal leaves no half run in <run>.previous (one no later run would replace)
+    doomed = run_dir.parent / f".{previous.name}.tmp"
+    remove_paths([doomed])  # a removal killed before
+    if replaced:
+        previous.rename(doomed)
+        remove_paths([doomed])
     run_dir.rename(previous)
     if console is not None:
         console.print(

@@ -2,7 +2,9 @@
 
 import json
 import shutil
+from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -284,6 +286,40 @@ def test_a_start_that_failed_before_its_first_save_is_not_set_aside_over_a_real_
     (previous / "manifest.json").write_text("{}")
     _set_aside(run, None)
     assert (run / "checkpoints").is_dir() and (previous / "adapter").is_dir()
+
+
+def test_a_set_aside_killed_while_removing_the_older_one_leaves_no_half_run(tmp_path, monkeypatch):
+    """The run kept before was removed in place: killed midway, <run>.previous held part of a run,
+    which every later run refused as "holds files but no edgetune run"."""
+    import edgetune.pipeline
+    from edgetune.pipeline import _set_aside
+    from edgetune.rundir import is_run_dir
+
+    def make_run(path: Path, mark: str) -> None:
+        (path / "adapter").mkdir(parents=True)
+        (path / "recipe.yaml").write_text("name: r\n")
+        (path / "manifest.json").write_text(json.dumps({"mark": mark}))
+
+    run, previous = tmp_path / "r", tmp_path / "r.previous"
+    make_run(run, "new")
+    make_run(previous, "old")
+    real = edgetune.pipeline.remove_paths
+
+    def killed(paths):
+        for path in paths:
+            if path.exists():
+                (path / "recipe.yaml").unlink()  # partway through
+                raise KeyboardInterrupt
+        return real(paths)
+
+    monkeypatch.setattr(edgetune.pipeline, "remove_paths", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _set_aside(run, None)
+    assert not previous.exists() and is_run_dir(run)  # nothing half: the run, and a hidden leftover
+    monkeypatch.setattr(edgetune.pipeline, "remove_paths", real)
+    _set_aside(run, None)  # the next run's set-aside goes on, and removes the leftover
+    assert json.loads((previous / "manifest.json").read_text()) == {"mark": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.previous"]
 
 
 def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir, monkeypatch):
