@@ -146,7 +146,11 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except BaseException:  # (Ctrl-C between the two renames) the old one back in its place
+                restore_replaced(target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
@@ -167,9 +171,21 @@ def fsync_tree(root: Path) -> None:
             fsync_file(path)
 
 
+def restore_replaced(target: Path) -> None:
+    """An atomic_dir(target) killed between its two renames had moved the old `target` aside
+    (.name.old-PID) and not yet put the new one in: the old one goes back, not away."""
+    if target.exists() or target.is_symlink():
+        return
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.replace(aside[-1], target)
+
+
 def remove_stale_staging(target: Path) -> None:
     """What a killed atomic_dir(target) left beside it: its staging folder, and the replaced one
-    it had not yet removed (only ever called under the lock of the stage that writes `target`)."""
+    it had not yet removed, or put back where it had not been replaced (only ever called under the
+    lock of the stage that writes `target`)."""
+    restore_replaced(target)
     remove_paths(
         p
         for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*")

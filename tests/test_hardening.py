@@ -405,3 +405,44 @@ def test_an_export_into_a_users_folder_removes_only_its_own_leftovers(tmp_path, 
     assert result.exit_code == 0, result.output
     assert (out / "project" / ".cache.tmp").is_dir() and (out / "project" / "sub" / ".notes.tmp").is_file()
     assert not (out / "gguf" / ".model-f16.gguf.4242.tmp").exists()
+
+
+def test_a_folder_replaced_between_its_two_renames_comes_back_not_away(tmp_path, monkeypatch):
+    """atomic_dir moves the old folder aside, then puts the new one in: killed (or Ctrl-C) between,
+    merged/ or onnx/<quant>/ was gone, and the next merge or export deleted the one set aside too."""
+    import os
+
+    from edgetune.export.layout import remove_leftovers
+    from edgetune.rundir import atomic_dir, remove_stale_staging
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "model.safetensors").write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def second_fails(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(merged) as staging:
+        (staging / "model.safetensors").write_text("new")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (merged / "model.safetensors").read_text() == "old"  # Ctrl-C: put back at once
+    # kill -9 between the renames: only the one set aside is there; the next writer puts it back
+    aside = tmp_path / f".merged.old-{os.getpid()}"
+    os.replace(merged, aside)
+    remove_stale_staging(merged)
+    assert (merged / "model.safetensors").read_text() == "old" and not aside.exists()
+    int8 = tmp_path / "export" / "onnx" / "int8"
+    int8.mkdir(parents=True)
+    (int8 / "model.onnx").write_text("old")
+    os.replace(int8, int8.with_name(".int8.old-123"))
+    (int8.parent / ".fp32.old-7").mkdir()  # replaced and put in: only its removal was left
+    (int8.parent / "fp32").mkdir()
+    remove_leftovers(tmp_path / "export")
+    assert sorted(p.name for p in int8.parent.iterdir()) == ["fp32", "int8"]
+    assert (int8 / "model.onnx").read_text() == "old"

@@ -16,12 +16,14 @@ LEFTOVERS = (".*.tmp", ".*.old-*")
 def remove_leftovers(export_dir: Path) -> None:
     """What killed exports left in export_dir's gguf/ and onnx/ (edgetune's own folders, and only
     there: not recursively, never in the folder above, which may be a user's --out)."""
-    from edgetune.rundir import remove_paths
+    from edgetune.rundir import remove_paths, restore_replaced
 
     for fmt in ("gguf", "onnx"):
         folder = export_dir / fmt
         if not folder.is_dir():
             continue
+        for aside in folder.glob(".*.old-*"):  # killed between its two renames: the variant goes back
+            restore_replaced(folder / aside.name[1:].rsplit(".old-", 1)[0])
         remove_paths({p for pattern in LEFTOVERS for p in folder.glob(pattern)})
 
 
