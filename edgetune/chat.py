@@ -13,6 +13,7 @@ from pathlib import Path
 from edgetune.bench.runners import Runner, Target, iter_greedy, open_runner
 from edgetune.data.render import reply_text
 from edgetune.errors import EdgetuneError, InputError, ModelError
+from edgetune.export.layout import shipped_system_prompt
 from edgetune.models import short_reason
 from edgetune.rundir import MANIFEST, RECIPE_FILE
 
@@ -103,17 +104,20 @@ def _run_of(path: Path) -> Path | None:
 
 
 def training_system_prompt(run: Path) -> str | None:
-    """The recipe's system prompt, or the one every training chat shares (the demo's), as tune
-    recorded it (a run from before it did: as the data says now)."""
+    """The system prompt every training chat had, as tune recorded it (its own, or the recipe's
+    where it had none: the one the Modelfile carries); for a run from before tune recorded that, the
+    recipe's, else the one the data's chats share (as it says now)."""
     from edgetune.config import load_recipe
     from edgetune.data.split import make_splits
     from edgetune.export.modelfile import shared_system_prompt
     from edgetune.rundir import read_manifest
 
+    recorded = read_manifest(run).get("data") or {}
+    if "trained_system_prompt" in recorded:  # (a recipe's prompt no chat lacked one for is not it)
+        return recorded["trained_system_prompt"]
     recipe = load_recipe(str(run / RECIPE_FILE))
     if recipe.data.system_prompt:
         return recipe.data.system_prompt
-    recorded = read_manifest(run).get("data") or {}
     if "shared_system_prompt" in recorded:
         return recorded["shared_system_prompt"]
     try:
@@ -202,8 +206,8 @@ def open_chat(
         from edgetune.data.render import PLAIN_CHAT_TEMPLATE
 
         plain = tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
-    if system is None and run is not None and not plain:
-        system = training_system_prompt(run)
+    if system is None and not plain:  # away from its run, what the exported file carries
+        system = training_system_prompt(run) if run is not None else shipped_system_prompt(artifact)
     # llama.cpp reserves its KV cache up front: the file's trained context, up to CHAT_CONTEXT
     kwargs = {"logits_all": False, "n_ctx": _gguf_context(artifact)} if target.format == "gguf" else {}
     try:

@@ -1,5 +1,7 @@
 """edgetune chat: the same answer from the merged model, its GGUF file and its ONNX directory."""
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -179,3 +181,31 @@ def test_bytes_that_are_not_utf8_are_one_line_and_the_session_goes_on(exported_r
     assert "not UTF-8 text (byte e9 at character 3); the line was not sent" in stderr
     assert "conversation cleared" in stderr  # the next line was read
     assert piped.stdout == b"" and stderr.count("you> ") == 3  # prompts on stderr, no answer given
+
+
+def test_a_file_shipped_out_of_its_run_keeps_the_trained_system_prompt(tmp_path, tiny_model_dir):
+    """A GGUF or ONNX folder copied out of its run (the examples' Makefile ships dist/model.gguf)
+    answered under the template's default system prompt, not the trained one; and on a run, chat
+    used data.system_prompt although every training chat had its own (the Modelfile had that one)."""
+    import shutil
+
+    from conftest import chat_row, write_jsonl
+    from test_tune import make_recipe
+
+    from edgetune.chat import open_chat
+    from edgetune.export.run import export
+    from edgetune.tune.run import tune
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    recipe.write_text(recipe.read_text().replace("data:\n", "data:\n  system_prompt: Answer in one word.\n"))
+    rows = [chat_row(f"log {i}: link down", f'{{"port": {i}}}', system="Reply with JSON.") for i in range(40)]
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    run = tune(str(recipe)).run_dir
+    export(run, ["gguf", "onnx"], ["f32", "fp32"])
+    assert open_chat(run, threads=1).system == "Reply with JSON."
+    dist = tmp_path / "dist"
+    gguf = shutil.copy(run / "export" / "gguf" / "model-f32.gguf", dist.mkdir() or dist)
+    onnx = shutil.copytree(run / "export" / "onnx" / "fp32", dist / "fp32")
+    assert open_chat(Path(gguf), threads=1).system == "Reply with JSON."
+    assert open_chat(onnx, threads=1).system == "Reply with JSON."
+    assert 'SYSTEM """Reply with JSON."""' in (run / "export" / "gguf" / "model-f32.Modelfile").read_text()

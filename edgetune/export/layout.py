@@ -11,6 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 
 LEFTOVERS = (".*.tmp", ".*.old-*")
+# beside an ONNX variant's model.onnx: what a front-end with the folder alone needs of its run, the
+# system prompt every training chat had (a GGUF carries it as edgetune.system_prompt)
+SHIPPED_SETTINGS = "edgetune.json"
 
 
 def remove_leftovers(export_dir: Path) -> None:
@@ -90,3 +93,22 @@ def missing_exports(run_dir: Path, recipe) -> list[str]:
         for fmt, quants in recipe_exports(recipe).items()
         for quant in sorted(quants - on_disk(run_dir / "export" / fmt, fmt))
     ]
+
+
+def shipped_system_prompt(artifact: Path) -> str | None:
+    """The trained system prompt an exported file carries (GGUF metadata, or an ONNX folder's
+    SHIPPED_SETTINGS), for a file used away from its run; None where it carries none."""
+    import json
+
+    try:
+        if artifact.is_dir():
+            settings = json.loads((artifact / SHIPPED_SETTINGS).read_text(encoding="utf-8"))
+            found = settings.get("system_prompt") if isinstance(settings, dict) else None
+        else:
+            from gguf import GGUFReader
+
+            field = GGUFReader(str(artifact)).fields.get("edgetune.system_prompt")
+            found = field.contents() if field is not None else None
+    except (OSError, ValueError):  # none written (an older export), or unreadable: the file's own template
+        return None
+    return found if isinstance(found, str) and found else None

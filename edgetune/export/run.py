@@ -15,12 +15,20 @@ from edgetune.errors import InputError
 from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
 from edgetune.export.gguf_quantize import QUANTS
-from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs, remove_leftovers, still_there
+from edgetune.export.layout import (
+    SHIPPED_SETTINGS,
+    gguf_files,
+    gguf_quant,
+    onnx_dirs,
+    remove_leftovers,
+    still_there,
+)
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
+    atomic_write_json,
     file_in_the_way,
     is_run_dir,
     read_manifest,
@@ -183,6 +191,9 @@ def export(
                     "[yellow]warning:[/] no test or validation split: parity is checked on training examples"
                 )
         budget = recipe.bench.max_new_tokens
+        # the system prompt every training chat had: in each shipped file, for a front-end (and
+        # `edgetune chat`) that has the file alone (a plain model directory's export gets none)
+        system = shared_system_prompt(prepared.splits.train, prepared.renderer) if run_dir else None
         results: dict[str, Any] = {"parity": []}
         if "gguf" in formats:
             if check_only:
@@ -190,7 +201,7 @@ def export(
             else:
                 parity_record.forget(record_dir, gguf_dir, "gguf", gguf_quants)
                 gguf = _export_gguf(
-                    recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, console
+                    recipe, run_dir, model_dir, gguf_dir, gguf_quants, prepared, imatrix, system, console
                 )
                 imatrix_path = _relative(gguf.imatrix, run_dir) if record_dir and gguf.imatrix else None
                 # an export that quantised nothing (--quant f16) leaves the files made with the
@@ -209,6 +220,8 @@ def export(
 
                 parity_record.forget(record_dir, onnx_dir, "onnx", onnx_quants)
                 onnx = export_onnx(model_dir, onnx_dir, onnx_quants, recipe.export.onnx, console=console)
+                for artifact in onnx.artifacts if system else ():
+                    atomic_write_json(artifact.path / SHIPPED_SETTINGS, {"system_prompt": system})
                 _note_optimum_misreads(model_dir, console)
                 _record_stage(record_dir, "onnx", onnx, {})
                 results["onnx"], variants = onnx, [(a.quant, a.path) for a in onnx.artifacts]
@@ -260,7 +273,7 @@ def _gguf_name(recipe, base: dict, model_dir: Path) -> str:
     return f"{recipe.name} (tuned from {_base_name(base, model_dir)})"
 
 
-def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, console):
+def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, system, console):
     manifest = read_manifest(run_dir) if run_dir else {}
     base = manifest.get("base_model", {})
     provenance = {
@@ -268,6 +281,7 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
         "base_model_sha256": base.get("sha256", ""),
         "recipe_sha256": manifest.get("recipe", {}).get("sha256", ""),
         "data_sha256": manifest.get("data", {}).get("sha256", {}).get("train", ""),
+        "system_prompt": system or "",  # edgetune.system_prompt
     }
     provenance = {key: value for key, value in provenance.items() if value}
     use_imatrix = recipe.export.gguf.imatrix if imatrix is None else imatrix
@@ -289,8 +303,6 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
         f16_output=tuple(q.lower() for q in recipe.export.gguf.f16_output),
         name=_gguf_name(recipe, base, model_dir),
     )
-    # a plain model directory is checked on the demo's prompts, but its Modelfile gets no system prompt of ours
-    system = shared_system_prompt(prepared.splits.train, prepared.renderer) if run_dir else None
     from transformers import AutoConfig
 
     from edgetune.export.gguf_arch import faithful_context

@@ -372,11 +372,12 @@ def _write_start_manifest(
             "path": str(model_ref.path),
             "sha256": base_sha256,
         },
-        # the system prompt every training chat shared, for `edgetune chat` once the data has moved
+        # the system prompt every training chat had as rendered (its own, or data.system_prompt where
+        # it had none), for `edgetune chat`, merge and export, once the data has moved
         data={
             "sha256": data_files(recipe),
             **data.summary(),
-            "shared_system_prompt": shared_system_prompt(data.splits.train),
+            "trained_system_prompt": shared_system_prompt(data.splits.train, data.renderer),
         },
     )
     return prior.get("initial_eval_loss")
