@@ -71,3 +71,18 @@ def test_kl_of_distributions_that_give_a_token_no_probability_is_finite():
     assert kl_top1(a, a) == (0.0, 1.0)
     b = log_softmax(np.where(np.arange(5) == 0, -np.inf, np.random.default_rng(0).normal(size=(4, 5))))
     assert kl_top1(a, b)[0] == np.inf
+
+
+def test_metrics_read_any_script_and_keep_numbers_whole():
+    """normalized stripped ASCII punctuation only ('答案是北京。' missed '答案是北京'), choice missed a
+    full-width label ('B）巴黎'), rouge_l read a Chinese sentence as one word (exact match); and
+    stripping '-', '.' and ',' made -5 equal 5, 3.14 equal 314."""
+    assert normalized("答案是北京。", "答案是北京") == 1.0 and normalized("نعم؟", "نعم") == 1.0
+    assert normalized("«Oui»", "oui") == 1.0 and normalized("ＰＡＲＩＳ", "paris") == 1.0
+    assert choice("B）巴黎", "B) Paris") == 1.0 and choice("（ｂ）", "B") == 1.0
+    assert choice("10.5", "10) red") == 0.0 and choice("Because", "B) Paris") == 0.0
+    assert rouge_l("今天天气很好，我们去公园", "今天天气很好我们去公园") == 1.0
+    assert 0 < rouge_l("今天天气很好", "今天天气不好") < 1
+    for a, b in (("-5", "5"), ("3.14", "314"), ("1,000", "1000"), ("+1", "1")):
+        assert normalized(a, b) == 0.0, (a, b)
+    assert normalized("It costs -5.", "it costs -5") == 1.0 and normalized("well-known", "wellknown") == 1.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import unicodedata
 from collections.abc import Callable
 
 
@@ -17,9 +18,27 @@ def exact(prediction: str, reference: str) -> float:
     return float(prediction.strip() == reference.strip())
 
 
+# a sign or separator that belongs to a number: -5 is not 5, 3.14 not 314, 1,000 not 1000
+_IN_NUMBER = re.compile(r"(?<![\w.,])[-+](?=\d)|(?<=\d)[.,](?=\d)")
+
+
+def _is_punctuation(ch: str) -> bool:
+    """Punctuation in any script ("。", "؟", "」") and ASCII's symbols (string.punctuation)."""
+    return ch in string.punctuation or unicodedata.category(ch).startswith("P")
+
+
 def _normalise(text: str) -> str:
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    """Lower case, full-width forms folded (NFKC: "Ｂ）" is "B)"), punctuation of any script removed
+    but for the signs and separators of numbers, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    kept = {m.start() for m in _IN_NUMBER.finditer(text)}
+    text = "".join(ch for i, ch in enumerate(text) if i in kept or not _is_punctuation(ch))
     return " ".join(text.split())
+
+
+# Chinese and Japanese write words without spaces: each of their characters is a token of its own
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 
 
 def normalized(prediction: str, reference: str) -> float:
@@ -72,8 +91,8 @@ def json_valid(prediction: str, reference: str) -> float:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 on whitespace tokens (longest common subsequence)."""
-    a, b = _normalise(prediction).split(), _normalise(reference).split()
+    """ROUGE-L F1 on words (longest common subsequence); a Chinese or Japanese character is a word."""
+    a, b = _TOKEN.findall(_normalise(prediction)), _TOKEN.findall(_normalise(reference))
     if not a or not b:
         return float(a == b)
     prev = [0] * (len(b) + 1)
@@ -91,16 +110,20 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 # an option label: a letter or a number, alone or before ")", "." or ":" ("B", "(b)", "10) red")
 OPTION_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)\s*(?:[).:](?=\s|$)|$)")  # "3.14" and "1:30" are no labels
+# the label an answer starts with: a letter or number on its own ("B) Paris", "b. because",
+# "B）巴黎"), not the start of a word or of a number ("Because", "10.5")
+ANSWER_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)(?![A-Za-z0-9]|[.,:]\d)")
 
 
 def choice(prediction: str, reference: str) -> float:
     """Multiple choice: the prediction names the reference's option. A reference that starts with a
     label ("B) Paris", "10. red", "B") is matched on the label; otherwise the prediction must start
     with the whole answer ("New York" does not match "New Jersey", nor "A cat" "A dog")."""
-    words = _normalise(prediction).split()
-    label = OPTION_LABEL.match(reference)
+    label = OPTION_LABEL.match(unicodedata.normalize("NFKC", reference))
     if label:
-        return float(bool(words) and words[0] == label.group(1).lower())
+        named = ANSWER_LABEL.match(unicodedata.normalize("NFKC", prediction))
+        return float(bool(named) and named.group(1).lower() == label.group(1).lower())
+    words = _normalise(prediction).split()
     option = _normalise(reference).split()
     if not words or not option:
         return 0.0
