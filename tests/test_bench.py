@@ -1068,3 +1068,19 @@ def test_a_latency_child_ends_with_the_bench_that_started_it():
     while alive() and time.time() < deadline:
         time.sleep(0.1)
     assert not alive()
+
+
+def test_report_md_says_what_was_not_measured(benched):
+    """With bench.latency: false report.md described a latency run and an empty bandwidth table;
+    on text rows it named a task metric on N examples while every metric cell was '-'."""
+    from edgetune.bench.report import markdown
+
+    report = json.loads((benched[0] / "bench" / "report.json").read_text())
+    report["settings"]["latency"] = False
+    report["machine"]["bandwidth_gb_s"] = None
+    for t in report["targets"]:
+        t.update(decode_tok_s=None, ttft_ms=None, task_metric={**t["task_metric"], "value": None})
+    text = markdown(report)
+    assert "Latency: not measured (bench.latency: false)." in text and "median of" not in text
+    assert "memory bandwidth" not in text
+    assert text.startswith(f"# edgetune bench: {report['run']}\n\nNo task metric: the ")

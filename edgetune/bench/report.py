@@ -59,7 +59,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgetune bench: {report['run']}",
         "",
-        f"Task metric `{ref['metric']}` on {ref['examples']} held-out examples"
+        (
+            f"Task metric `{ref['metric']}` on {ref['examples']} held-out examples"
+            if any(t.get("task_metric", {}).get("value") is not None for t in report["targets"])
+            else f"No task metric: the {ref['examples']} held-out examples are text rows, with no answer "
+            f"for `{ref['metric']}` to score (perplexity and KL only)"
+        )
         + (
             " (the validation split, which chose the checkpoint: no test split)"
             if ref.get("split") == "valid"
@@ -68,10 +73,15 @@ def markdown(report: dict[str, Any]) -> str:
         + ", greedy, at most "
         f"{report['settings']['max_new_tokens']} new tokens; KL and top-1 against `{ref['name']}` on the "
         f"first {report['settings']['kl_examples']} (mean over every position of each chat, prompt and "
-        f"answer). Latency: {report['settings']['prompt_tokens']}-token "
-        f"prompt, {report['settings']['decode_tokens']} decoded tokens, median of "
-        f"{report['settings']['repeats']} runs after a warm-up, {report['machine']['threads']} threads, "
-        "each target in its own process.",
+        f"answer). "
+        + (
+            f"Latency: {report['settings']['prompt_tokens']}-token "
+            f"prompt, {report['settings']['decode_tokens']} decoded tokens, median of "
+            f"{report['settings']['repeats']} runs after a warm-up, {report['machine']['threads']} threads, "
+            "each target in its own process."
+            if report["settings"].get("latency", True)
+            else "Latency: not measured (bench.latency: false)."
+        ),
         "",
         "| " + " | ".join(columns(report)) + " |",
         "|" + "---|" * len(columns(report)),
@@ -127,6 +137,8 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         lines += [f"- **warning**: {w}" for w in f.get("warnings", [])]
     m = report["machine"]
+    if m.get("bandwidth_gb_s") is None or not any(t.get("decode_tok_s") for t in report["targets"]):
+        return "\n".join(lines) + "\n"  # nothing decoded was timed
     lines += [
         "",
         "## Decode against the memory bandwidth",

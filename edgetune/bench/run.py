@@ -338,15 +338,16 @@ def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str,
     from edgetune.bench.latency import measure, memory_bandwidth
 
     prompt = next((c.prompt_ids for c in cases if c.prompt_ids), cases[0].full_ids[:64])
-    bandwidth = memory_bandwidth(threads)
     settings = {
+        "latency": cfg.latency,
         "prompt_tokens": len(prompt),
         "decode_tokens": cfg.latency_decode_tokens,
         "repeats": cfg.latency_repeats,
     }
+    if not cfg.latency:  # nothing decodes: no bandwidth to hold it against either
+        return {"threads": threads, "bandwidth_gb_s": None}, settings
+    bandwidth = memory_bandwidth(threads)
     machine = {"threads": threads, "bandwidth_gb_s": round(bandwidth, 2)}
-    if not cfg.latency:
-        return machine, settings
     with progress.stage("latency (one process each)", len(targets)) as tick:
         for target, entry in zip(targets, entries):
             failed: list[dict] = []
