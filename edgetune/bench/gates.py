@@ -282,6 +282,12 @@ def _smallest_passing(report: dict[str, Any]) -> dict[str, Any]:
     if not passing:
         raise GateFailed("no exported artifact passes every gate; see the bench report")
     checked = [t for t in passing if answer_gated(t, rule)]
+    failed = [t for t in report["targets"] if t.get("gate") == "fail" and answer_gated(t, rule)]
+    if not checked and failed:  # the gates were there: what they checked failed them
+        raise GateFailed(
+            "nothing to pick: every file a gate on its answers checked failed it: "
+            + "; ".join(f"{t['name']} ({', '.join(t['gate_failures'])})" for t in failed)
+        )
     if not checked:
         raise GateFailed(
             f"nothing to pick: no gate checked what {', '.join(t['name'] for t in passing)} answer; {SET_AN_ANSWER_GATE}"
