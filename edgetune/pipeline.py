@@ -170,12 +170,20 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) 
             f"(export: {', '.join(sorted(exported)) or 'nothing'}); export it, drop the gate "
             "(--set bench.gates.min_retention={} drops them all), or run with --no-gate"
         )
-    if recipe.bench.metric in ("json_fields", "choice"):  # the metrics some answers cannot feed
+    scores_needed = recipe.bench.metric in ("json_fields", "choice")  # metrics some answers cannot feed
+    if scores_needed or (gated and recipe.bench.gates.min_retention):
         from edgetune.bench.accuracy import refuse_unscorable
         from edgetune.data.split import make_splits
 
         splits = make_splits(recipe.data)  # json_fields on plain answers: after the tune, bench would fail
-        refuse_unscorable(recipe.bench.metric, (splits.test or splits.valid)[: recipe.bench.max_examples])
+        held_out = (splits.test or splits.valid)[: recipe.bench.max_examples]
+        refuse_unscorable(recipe.bench.metric, held_out)
+        if gated and recipe.bench.gates.min_retention and all(e.format == "text" for e in held_out):
+            raise InputError(
+                "bench.gates.min_retention: the held-out rows are text, with no answer to score, so "
+                "retention is unknown and the gate would fail after the whole run; gate on "
+                "bench.gates.max_kl instead, or run with --no-gate"
+            )
     if (run_dir / "bench" / "report.json").is_file():
         return  # benched before (perhaps on another machine): bench itself says so if it must run again
     from edgetune.bench.targets import check_devices

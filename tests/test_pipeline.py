@@ -220,10 +220,16 @@ def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, t
     plain.write_text(
         "".join(json.dumps({"prompt": f"q{i}", "completion": f"a{i}"}) + "\n" for i in range(40))
     )
+    text = tmp_path / "text.jsonl"  # rows with no answer: retention is unknown, a gate on it fails
+    text.write_text("".join(json.dumps({"text": f"log line {i}: link down"}) + "\n" for i in range(40)))
     for overrides, message in (
         (["data.valid_fraction=0", "data.test_fraction=0"], "the recipe holds none out"),
         (["bench.devices=[cuda]"], "bench.devices: cuda, but torch sees no CUDA device"),
         ([f"data.train={plain}"], "bench.metric json_fields compares the fields of a JSON object"),
+        (
+            [f"data.train={text}", "bench.metric=rouge_l", "bench.gates.min_retention.q8_0=0.9"],
+            "bench.gates.min_retention: the held-out rows are text, with no answer to score",
+        ),
     ):
         sets = [arg for o in overrides for arg in ("--set", o)]
         result = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r")])
