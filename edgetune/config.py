@@ -24,7 +24,7 @@ from edgetune.errors import ConfigError
 from edgetune.export.gguf_quantize import QUANTS
 from edgetune.overrides import apply_overrides, blame_overrides
 from edgetune.recipe_yaml import name_from_file, read_recipe_yaml, with_lines
-from edgetune.typed import at_least, build, not_empty
+from edgetune.typed import at_least, build, not_empty, positive_by_type
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "demo"
@@ -184,11 +184,14 @@ class OnnxExportConfig:
 class ExportConfig:
     formats: list[Literal["gguf", "onnx"]] = field(default_factory=lambda: ["gguf", "onnx"])
     parity_examples: int = 8  # held-out examples each export is checked on against torch
+    # type -> its parity check's KL goal, where this task's prompts sit above edgetune's (q8_0 0.006)
+    parity_kl: dict[str, float] = field(default_factory=dict)
     gguf: GGUFExportConfig = field(default_factory=GGUFExportConfig)
     onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
 
     def validate(self) -> list[str]:
         problems = not_empty("export", self, "formats") + at_least("export", self, 1, "parity_examples")
+        problems += positive_by_type("export.parity_kl", self.parity_kl, (*GGUF_QUANTS, *ONNX_QUANTS))
         return problems + self.gguf.validate() + self.onnx.validate()
 
 

@@ -151,3 +151,18 @@ def at_least(section: str, obj: Any, minimum: float, *names: str) -> list[str]:
 def not_empty(section: str, obj: Any, *names: str) -> list[str]:
     """`section.name: must not be empty` for each named list or string field that is."""
     return [f"{section}.{name}: must not be empty" for name in names if not getattr(obj, name)]
+
+
+def positive_by_type(path: str, values: dict[str, float], known: tuple[str, ...]) -> list[str]:
+    """A mapping of export types to numbers (export.parity_kl): each type one edgetune writes, each
+    number finite and > 0."""
+    return [
+        f"{path}.{name}: "
+        + (
+            f"must be > 0, got {value}"
+            if name.lower() in known
+            else f"no such type; types: {', '.join(known)}"
+        )
+        for name, value in values.items()
+        if name.lower() not in known or not 0 < value < float("inf")
+    ]

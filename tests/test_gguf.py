@@ -782,6 +782,24 @@ def test_a_file_of_a_type_edgetune_has_no_goal_for_fails_parity():
     assert not row.passed and "no parity goal for type 'renamed'" in row.failures[0]
 
 
+def test_a_recipe_may_set_a_types_parity_kl_goal(tmp_path):
+    """A task whose prompts sit above the demo's (SmolLM2's Q8_0 at 6.7e-3 on CJK echo chats, 1.1x
+    its goal) could ship its Q8_0 only with --no-gate; export.parity_kl sets the goal."""
+    from edgetune.config import load_recipe
+    from edgetune.errors import ConfigError
+    from edgetune.export.parity import ParityRow, judge
+
+    def row(kl):
+        return ParityRow("model-q8_0.gguf", "q8_0", 8, True, kl, 0.99, 1.0, 1.0, False)
+
+    assert not judge(row(6.7e-3)).passed
+    assert judge(row(6.7e-3), {"Q8_0": 0.01}).passed and judge(row(6.7e-3), {"q4_k_m": 0.01}).failures
+    assert "KL 2.00e+00 > 0.01" in judge(row(2.0), {"q8_0": 0.01}).failures[0]  # far off still fails
+    assert load_recipe("demo", ["export.parity_kl.q8_0=0.01"]).export.parity_kl == {"q8_0": 0.01}
+    with pytest.raises(ConfigError, match=r"export.parity_kl.q9: no such type.*parity_kl.int8: must be > 0"):
+        load_recipe("demo", ["export.parity_kl.q9=1", "export.parity_kl.int8=0"])
+
+
 def test_a_gguf_is_judged_by_the_type_its_metadata_names_not_its_file_name(tmp_path, tiny_model_dir):
     """model-q8_0-imat.gguf by hand is a q8_0 file (its name's last part, 'imat', had no goal and
     failed parity); model-q4_k_m.gguf holding q8_0 is held to q8_0's goal, not q4_k_m's looser one."""

@@ -168,8 +168,12 @@ def front_end_ids(llm, text: str) -> list[int]:
     return ids[1:] if len(ids) > 1 and ids[0] == ids[1] == bos else ids
 
 
-def judge(row: ParityRow) -> ParityRow:
+def judge(row: ParityRow, kl_goals: dict[str, float] | None = None) -> ParityRow:
+    """The row's failures against its type's goals; `kl_goals` (export.parity_kl) sets a type's KL goal."""
     goal = GOALS.get(row.quant)
+    kl_goal = {q.lower(): kl for q, kl in (kl_goals or {}).items()}.get(row.quant)
+    if kl_goal is not None:
+        goal = {**(goal or {}), "kl": kl_goal}
     row.failures = list(row.file_problems)
     if goal is None:  # a type edgetune does not write (q4_1 from another tool): nothing says what it may lose
         goal = {}
