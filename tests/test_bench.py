@@ -1031,6 +1031,11 @@ def test_a_bench_says_which_of_the_recipes_exports_the_run_lacks(benched, tmp_pa
     assert "onnx/int8" in said and "onnx/fp32" not in said and "gguf/q8_0" not in said, said
     assert said.endswith(", which this run does not have (an export interrupted, or none since the recipe changed): "
                          f"`edgetune export {run}` first, or they go unmeasured")  # fmt: skip
+    checked = CliRunner().invoke(main, ["export", str(run), "--check"])
+    assert checked.exit_code == 0, checked.output  # what is there passes; what is not is said
+    assert "warning: the recipe exports gguf/q4_k_m, onnx/int4, onnx/int8: not in the run, unchecked" in (
+        checked.output
+    )
 
 
 def test_a_device_named_twice_is_measured_once(benched, tmp_path):

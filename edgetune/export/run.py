@@ -19,6 +19,7 @@ from edgetune.export.layout import (
     SHIPPED_SETTINGS,
     gguf_files,
     gguf_quant,
+    missing_exports,
     onnx_dirs,
     remove_leftovers,
     still_there,
@@ -171,6 +172,15 @@ def export(
             if not (model_dir / "config.json").is_file():
                 raise InputError(
                     f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"
+                )
+            if (
+                record_dir
+                and not quants
+                and console is not None
+                and (missing := missing_exports(run_dir, recipe))
+            ):
+                console.print(
+                    f"[yellow]warning:[/] the recipe exports {', '.join(missing)}: not in the run, unchecked"
                 )
         else:
             remove_leftovers(base_out)  # what a killed export was writing (its folder is locked)
