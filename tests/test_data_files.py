@@ -115,6 +115,11 @@ def test_a_json_array_in_a_jsonl_file_and_a_control_character_are_said_plainly(t
         DataError, match=r"d.jsonl:1: invalid JSON \(Invalid control character at column 12\)"
     ):
         load_examples(path)
+    # the same in a CSV cell's JSON (the message had ended "(Invalid control character at)")
+    csv = tmp_path / "d.csv"
+    csv.write_text('messages\n"[{""role"": ""user"", ""content"": ""a\tb""}]"\n')
+    with pytest.raises(DataError, match=r"invalid JSON \(Invalid control character at character 32\)"):
+        load_examples(csv)
 
 
 def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(tmp_path):

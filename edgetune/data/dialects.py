@@ -36,7 +36,8 @@ def json_list(value: Any, field_path: str) -> Any:
         except json.JSONDecodeError as exc:
             raise BadRow(
                 field_path,
-                f"expected a list, or that list as JSON text; got a string that is invalid JSON ({exc.msg})",
+                "expected a list, or that list as JSON text; got a string that is invalid JSON "
+                f"({exc.msg.removesuffix(' at')} at character {exc.pos + 1})",
             ) from None
         except RecursionError:
             raise BadRow(field_path, "JSON nested too deeply to be a dataset field") from None

@@ -166,7 +166,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"{path}:{exc.lineno}: invalid JSON in the array ({exc.msg} at column {exc.colno})"
+                f"{path}:{exc.lineno}: invalid JSON in the array ({exc.msg.removesuffix(' at')} at column {exc.colno})"
             ) from None
         except RecursionError:
             raise DataError(f"{path}:{line}: JSON nested too deeply to be a dataset row") from None
