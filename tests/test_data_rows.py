@@ -36,6 +36,10 @@ def test_detects_each_row_format(tmp_path):
             {"messages": [{"role": "user", "content": "  "}, {"role": "assistant", "content": "x"}]},
             "messages[0].content: is empty",
         ),
+        (  # not "expected a string, got null": the key is not there
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
+            "messages[0].content: missing",
+        ),
         (
             {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
             "messages[0].role: unknown role 'robot'",

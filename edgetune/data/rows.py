@@ -158,7 +158,9 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
             )
         if role == "system" and blank(m.get("content")):
             continue  # an empty system turn (exports write one): no system prompt, as if absent
-        turns.append((role, nonempty_str(m.get("content"), f"{key}[{i}].content")))
+        if "content" not in m:  # (a null one is "got null")
+            raise BadRow(f"{key}[{i}].content", "missing")
+        turns.append((role, nonempty_str(m["content"], f"{key}[{i}].content")))
         if not trained(m, role, f"{key}[{i}]"):
             untrained.append(len(turns) - 1)
     return checked_turns(turns, key, tuple(untrained)) if check else (tuple(turns), tuple(untrained))
