@@ -250,3 +250,16 @@ def test_a_kl_change_under_the_negligible_is_no_verdict_however_narrow_its_inter
 
     (change,) = compare_kl(run("v1", before), run("v2", after))
     assert change.difference == pytest.approx(9.25e-5) and change.verdict == NOISE
+
+
+def test_a_verdict_needs_the_sign_test_to_point_its_way():
+    """Most examples better by a little, a few worse by a lot: the mean fell (interval below 0)
+    while 20 of 25 differing examples improved. The two-sided sign test 'agreed' (p = 0.004) and the
+    verdict was 'worse'; the two disagree, so it is noise."""
+    ids = [f"e{i}" for i in range(40)]
+    before = [0.5] * 5 + [0.6] * 20 + [0.5] * 15
+    after = [0.0] * 5 + [0.62] * 20 + [0.5] * 15
+    (change,) = compare_reports(report("v1", ids, before), report("v2", ids, after))
+    assert change.interval[1] < 0 and change.verdict == NOISE
+    (back,) = compare_reports(report("v2", ids, after), report("v1", ids, before))
+    assert back.interval[0] > 0 and back.verdict == NOISE

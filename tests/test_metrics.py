@@ -81,6 +81,9 @@ def test_metrics_read_any_script_and_keep_numbers_whole():
     assert normalized("«Oui»", "oui") == 1.0 and normalized("ＰＡＲＩＳ", "paris") == 1.0
     assert choice("B）巴黎", "B) Paris") == 1.0 and choice("（ｂ）", "B") == 1.0
     assert choice("10.5", "10) red") == 0.0 and choice("Because", "B) Paris") == 0.0
+    for marked in ("**B**", '"B"', "[B] Paris", "*B) Paris*"):  # markup around the label
+        assert choice(marked, "B) Paris") == 1.0, marked
+    assert choice("Déjà vu", "D) Jamais vu") == 0.0  # a word's first letter, in any script
     assert rouge_l("今天天气很好，我们去公园", "今天天气很好我们去公园") == 1.0
     assert 0 < rouge_l("今天天气很好", "今天天气不好") < 1
     for a, b in (("-5", "5"), ("3.14", "314"), ("1,000", "1000"), ("+1", "1")):

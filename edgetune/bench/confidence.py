@@ -91,10 +91,14 @@ def beyond_noise(
     first: Sequence[float], second: Sequence[float], interval: tuple[float, float] | None, level: float
 ) -> bool:
     """Whether paired scores differ beyond the sample's noise: the interval of their difference
-    (difference_interval's) leaves out 0 and the sign test agrees at the same level."""
+    (difference_interval's) leaves out 0, and the sign test agrees at the same level and in the
+    same direction (with continuous scores most examples can move one way while the mean moves the
+    other: a few large losses against many small gains)."""
     if interval is None or interval[0] <= 0 <= interval[1]:
         return False
-    return sign_test_p(first, second) < 1 - level
+    a, b = _paired(first, second)
+    up, down = int((a > b).sum()), int((a < b).sum())
+    return (up > down) == (interval[0] > 0) and sign_test_p(first, second) < 1 - level
 
 
 def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:

@@ -110,9 +110,10 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 # an option label: a letter or a number, alone or before ")", "." or ":" ("B", "(b)", "10) red")
 OPTION_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)\s*(?:[).:](?=\s|$)|$)")  # "3.14" and "1:30" are no labels
-# the label an answer starts with: a letter or number on its own ("B) Paris", "b. because",
-# "B）巴黎"), not the start of a word or of a number ("Because", "10.5")
-ANSWER_LABEL = re.compile(r"\s*\(?([A-Za-z]|\d+)(?![A-Za-z0-9]|[.,:]\d)")
+# the label an answer starts with, after any markup or brackets ("**B**", "[B]", "（ｂ）"): a letter
+# or number on its own ("B) Paris", "b. because", "B）巴黎"), not the start of a word in any script
+# ("Because", "Déjà vu") or of a number ("10.5")
+ANSWER_LABEL = re.compile(rf"[\W_]*([A-Za-z]|\d+)(?!(?![{_CJK}])[^\W_]|[.,:]\d)")
 
 
 def choice(prediction: str, reference: str) -> float:
