@@ -170,15 +170,15 @@ def _refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) 
             f"(export: {', '.join(sorted(exported)) or 'nothing'}); export it, drop the gate "
             "(--set bench.gates.min_retention={} drops them all), or run with --no-gate"
         )
-    scores_needed = recipe.bench.metric in ("json_fields", "choice")  # metrics some answers cannot feed
-    if scores_needed or (gated and recipe.bench.gates.min_retention):
+    retention_gated = gated and recipe.bench.gates.min_retention
+    if recipe.bench.metric in ("json_fields", "choice") or retention_gated:  # what answers must feed
         from edgetune.bench.accuracy import refuse_unscorable
         from edgetune.data.split import make_splits
 
         splits = make_splits(recipe.data)  # json_fields on plain answers: after the tune, bench would fail
         held_out = (splits.test or splits.valid)[: recipe.bench.max_examples]
         refuse_unscorable(recipe.bench.metric, held_out)
-        if gated and recipe.bench.gates.min_retention and all(e.format == "text" for e in held_out):
+        if retention_gated and held_out and all(e.format == "text" for e in held_out):
             raise InputError(
                 "bench.gates.min_retention: the held-out rows are text, with no answer to score, so "
                 "retention is unknown and the gate would fail after the whole run; gate on "

@@ -149,9 +149,13 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             try:
                 os.replace(staging, target)
             except BaseException:  # (Ctrl-C between the two renames) the old one back in its place
-                restore_replaced(target)
+                if not target.exists():
+                    os.replace(old, target)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed before it is removed: a removal killed midway is never taken for the old one
+            doomed = target.with_name(f".{target.name}.removing-{os.getpid()}")
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
         else:
             os.replace(staging, target)
     except BaseException:
@@ -188,7 +192,7 @@ def remove_stale_staging(target: Path) -> None:
     restore_replaced(target)
     remove_paths(
         p
-        for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*")
+        for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*", f".{target.name}.removing-*")
         for p in target.parent.glob(pattern)
     )
 

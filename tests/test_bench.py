@@ -658,9 +658,9 @@ def test_pick_takes_only_a_file_whose_answers_a_gate_checked():
     by_kl = {"targets": [q8, q4], "gate_rule": {"min_retention": {}, "max_kl": 0.1}}
     assert pick(by_kl) is q4
     # the gated files failed, an ungated one passed: said so, not "no gate checked" (set one)
-    failed = {**q8, "gate": "fail", "gate_failures": ["retention 80.0% < 98%"]}
+    failed = {**q8, "device": "cpu", "gate": "fail", "gate_failures": ["retention 80.0% < 98%"]}
     fp32 = {**target("fp32", 20), "name": "onnx/fp32", "format": "onnx"}
-    with pytest.raises(GateFailed, match=r"checked failed it: gguf/q8_0 \(retention 80.0% < 98%\)$"):
+    with pytest.raises(GateFailed, match=r"checked failed it: gguf/q8_0 \(cpu\): retention 80.0% < 98%$"):
         pick({"targets": [failed, fp32], "gate_rule": {"min_retention": {"q8_0": 0.98}}})
 
 

@@ -446,3 +446,11 @@ def test_a_folder_replaced_between_its_two_renames_comes_back_not_away(tmp_path,
     remove_leftovers(tmp_path / "export")
     assert sorted(p.name for p in int8.parent.iterdir()) == ["fp32", "int8"]
     assert (int8 / "model.onnx").read_text() == "old"
+    # a removal killed midway (after a replace that succeeded) is never put back as the folder
+    shutil.rmtree(int8)
+    (int8.parent / ".int8.removing-5").mkdir()
+    remove_leftovers(tmp_path / "export")
+    assert sorted(p.name for p in int8.parent.iterdir()) == ["fp32"]
+    with atomic_dir(merged) as staging:  # a replace that succeeds leaves nothing beside
+        (staging / "model.safetensors").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "merged"]

@@ -1328,3 +1328,22 @@ def test_a_kill_between_save_and_commit_resumes_from_the_last_committed_checkpoi
     assert "resumed from step 8" in result.output
     # the end of training rotates too: the best and the last, as after any run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-2"]
+
+
+def test_a_sharded_runs_hints_and_precision_stay_with_its_accelerate_config(monkeypatch, tmp_path):
+    """torchrun would resume an FSDP or ZeRO-3 run as plain DDP against sharded checkpoints; and
+    under FSDP the config's mixed precision stays (its 4-bit base is stored in bf16), said."""
+    from edgetune.tune.distributed import follow_recipe_precision, resume_command
+
+    assert resume_command(tmp_path, 1) == f"edgetune tune --resume --run-dir {tmp_path}"
+    assert resume_command(tmp_path, 2).startswith("torchrun --nproc_per_node 2 -m edgetune tune --resume")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert resume_command(tmp_path, 2).startswith(
+        "accelerate launch --config_file CONFIG --num_processes 2 -m"
+    )
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert "is not used under FSDP or DeepSpeed" in follow_recipe_precision(False)
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert "the launcher's mixed_precision bf16 is not used" in follow_recipe_precision(False)
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"

@@ -286,7 +286,7 @@ def _smallest_passing(report: dict[str, Any]) -> dict[str, Any]:
     if not checked and failed:  # the gates were there: what they checked failed them
         raise GateFailed(
             "nothing to pick: every file a gate on its answers checked failed it: "
-            + "; ".join(f"{t['name']} ({', '.join(t['gate_failures'])})" for t in failed)
+            + "; ".join(f"{t['name']} ({t['device']}): {', '.join(t['gate_failures'])}" for t in failed)
         )
     if not checked:
         raise GateFailed(

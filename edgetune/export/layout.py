@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-LEFTOVERS = (".*.tmp", ".*.old-*")
+LEFTOVERS = (".*.tmp", ".*.old-*", ".*.removing-*")
 # beside an ONNX variant's model.onnx: what a front-end with the folder alone needs of its run, the
 # system prompt every training chat had (a GGUF carries it as edgetune.system_prompt)
 SHIPPED_SETTINGS = "edgetune.json"

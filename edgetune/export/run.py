@@ -203,7 +203,7 @@ def export(
         budget = recipe.bench.max_new_tokens
         # the system prompt every training chat had: in each shipped file, for a front-end (and
         # `edgetune chat`) that has the file alone (a plain model directory's export gets none)
-        system = shared_system_prompt(prepared.splits.train, prepared.renderer) if run_dir else None
+        system = _trained_system_prompt(run_dir, prepared) if run_dir else None
         results: dict[str, Any] = {"parity": []}
         if "gguf" in formats:
             if check_only:
@@ -283,6 +283,15 @@ def _gguf_name(recipe, base: dict, model_dir: Path) -> str:
     if not base.get("name"):
         return _base_name(base, model_dir)
     return f"{recipe.name} (tuned from {_base_name(base, model_dir)})"
+
+
+def _trained_system_prompt(run_dir: Path, prepared) -> str | None:
+    """As tune recorded it (what chat on the run uses), or for a run from before it did, as the data
+    says now."""
+    recorded = read_manifest(run_dir).get("data") or {}
+    if "trained_system_prompt" in recorded:
+        return recorded["trained_system_prompt"]
+    return shared_system_prompt(prepared.splits.train, prepared.renderer)
 
 
 def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, system, console):

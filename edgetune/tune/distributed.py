@@ -62,9 +62,15 @@ def follow_recipe_precision(bf16: bool) -> str | None:
     manifest said fp32. Returns what to warn when the launcher had asked for another one."""
     ours = "bf16" if bf16 else "no"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    os.environ["ACCELERATE_MIXED_PRECISION"] = ours
     if launcher in (ours, "no"):  # "no": the recipe's bf16 is the Trainer's own, as transformers does it
+        os.environ["ACCELERATE_MIXED_PRECISION"] = ours
         return None
+    if under_fsdp() or under_deepspeed():  # sharded bf16-stored weights: the config's precision stays
+        return (
+            f"train.precision ({'bf16' if bf16 else 'fp32'}) is not used under FSDP or DeepSpeed: the "
+            f"launcher config's mixed_precision {launcher} is (the manifest's precision is the recipe's)"
+        )
+    os.environ["ACCELERATE_MIXED_PRECISION"] = ours
     return (
         f"the launcher's mixed_precision {launcher} is not used: train.precision decides "
         f"({'bf16 autocast' if bf16 else 'fp32'}); set train.precision to change it"
@@ -72,14 +78,15 @@ def follow_recipe_precision(bf16: bool) -> str | None:
 
 
 def resume_command(run_dir: Path, processes: int) -> str:
-    """How to continue a run: under a launcher of the processes it started with."""
+    """How to continue a run: under a launcher of the processes it started with (sharded, FSDP or
+    DeepSpeed, under accelerate with its config: torchrun would resume it as plain DDP)."""
     plain = f"edgetune tune --resume --run-dir {run_dir}"
     if processes < 2:
         return plain
-    return (
-        f"torchrun --nproc_per_node {processes} -m {plain} "
-        f"(or accelerate launch --num_processes {processes} with the run's config)"
-    )
+    accelerate = f"accelerate launch --config_file CONFIG --num_processes {processes} -m {plain}"
+    if under_fsdp() or under_deepspeed():
+        return f"{accelerate} (CONFIG: the run's FSDP or DeepSpeed config)"
+    return f"torchrun --nproc_per_node {processes} -m {plain} (or {accelerate} with the run's config)"
 
 
 FSDP_SEGMENT = "_fsdp_wrapped_module."
