@@ -79,12 +79,17 @@ def sign_test_p(first: Sequence[float], second: Sequence[float]) -> float:
     where they differ split at least this unevenly (ties left out). A percentile bootstrap over a
     few differing examples overstates: 4 of 90 worse and none better kept 0 out of its interval,
     where this test gives p = 0.125 (it takes 6 of 6 for p < 0.05)."""
-    a, b = _paired(first, second)
-    up, down = int((a > b).sum()), int((a < b).sum())
+    up, down = _signs(first, second)
     if up + down == 0:
         return 1.0
     tail = sum(math.comb(up + down, i) for i in range(min(up, down) + 1)) / 2 ** (up + down)
     return min(1.0, 2 * tail)
+
+
+def _signs(first: Sequence[float], second: Sequence[float]) -> tuple[int, int]:
+    """(examples where first is higher, examples where second is)."""
+    a, b = _paired(first, second)
+    return int((a > b).sum()), int((a < b).sum())
 
 
 def beyond_noise(
@@ -96,8 +101,7 @@ def beyond_noise(
     other: a few large losses against many small gains)."""
     if interval is None or interval[0] <= 0 <= interval[1]:
         return False
-    a, b = _paired(first, second)
-    up, down = int((a > b).sum()), int((a < b).sum())
+    up, down = _signs(first, second)
     return (up > down) == (interval[0] > 0) and sign_test_p(first, second) < 1 - level
 
 

@@ -25,7 +25,7 @@ def remove_leftovers(export_dir: Path) -> None:
         folder = export_dir / fmt
         if not folder.is_dir():
             continue
-        for aside in folder.glob(".*.old-*"):  # killed between its two renames: the variant goes back
+        for aside in list(folder.glob(".*.old-*")):  # killed between its two renames: the variant goes back
             restore_replaced(folder / aside.name[1:].rsplit(".old-", 1)[0])
         remove_paths({p for pattern in LEFTOVERS for p in folder.glob(pattern)})
 
@@ -66,15 +66,24 @@ def gguf_quant(path: Path) -> str:
 def _stored_type(path: str, mtime_ns: int, size: int) -> str | None:
     """general.file_type as the type's name (MOSTLY_Q4_K_M -> q4_k_m, ALL_F32 -> f32)."""
     del mtime_ns, size  # part of the cache key only: a file written again is read again
-    try:
-        from gguf import GGUFReader, LlamaFileType
+    from gguf import LlamaFileType
 
-        field = GGUFReader(path).fields.get("general.file_type")
-        if field is None:
-            return None
-        value = int(field.parts[field.data[0]][0]) & ~LlamaFileType.GUESSED
-        return LlamaFileType(value).name.split("_", 1)[1].lower()
-    except Exception:  # not a GGUF llama.cpp reads (damaged, or a type gguf-py does not know): its name says
+    value = gguf_field(Path(path), "general.file_type")
+    try:
+        return LlamaFileType(int(value) & ~LlamaFileType.GUESSED).name.split("_", 1)[1].lower()
+    except (TypeError, ValueError):  # none stored, or a type gguf-py does not know: its name says
+        return None
+
+
+def gguf_field(path: Path, key: str):
+    """A GGUF metadata value (gguf-py's reading of it), or None where the file has none or cannot be
+    read as a GGUF (damaged: the check that loads it says so)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields.get(key)
+        return field.contents() if field is not None else None
+    except Exception:  # gguf-py raises what it meets (ValueError, IndexError, struct.error)
         return None
 
 
@@ -100,15 +109,12 @@ def shipped_system_prompt(artifact: Path) -> str | None:
     SHIPPED_SETTINGS), for a file used away from its run; None where it carries none."""
     import json
 
-    try:
-        if artifact.is_dir():
+    if not artifact.is_dir():
+        found = gguf_field(artifact, "edgetune.system_prompt")
+    else:
+        try:
             settings = json.loads((artifact / SHIPPED_SETTINGS).read_text(encoding="utf-8"))
-            found = settings.get("system_prompt") if isinstance(settings, dict) else None
-        else:
-            from gguf import GGUFReader
-
-            field = GGUFReader(str(artifact)).fields.get("edgetune.system_prompt")
-            found = field.contents() if field is not None else None
-    except (OSError, ValueError):  # none written (an older export), or unreadable: the file's own template
-        return None
+        except (OSError, ValueError):  # none written (an older export), or unreadable: its own template
+            return None
+        found = settings.get("system_prompt") if isinstance(settings, dict) else None
     return found if isinstance(found, str) and found else None
