@@ -1281,6 +1281,10 @@ def test_a_resume_under_other_processes_or_fsdp_alone_is_refused(tmp_path, tiny_
     assert f"torchrun --nproc_per_node 2 -m edgetune tune --resume --run-dir {run_dir}" in result.output
     merged = CliRunner().invoke(main, ["merge", str(run_dir)])
     assert merged.exit_code == 2 and "torchrun --nproc_per_node 2 -m edgetune tune --resume" in merged.output
+    manifest["device"]["sharding"] = "fsdp"  # an FSDP run: torchrun would resume it as plain DDP
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    merged = CliRunner().invoke(main, ["merge", str(run_dir)])
+    assert "accelerate launch --config_file CONFIG --num_processes 2 -m edgetune tune" in merged.output
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     result = CliRunner().invoke(main, ["tune", "--resume", "--run-dir", str(run_dir)])
     assert result.exit_code == 2 and "FSDP with one process shards nothing" in result.output, result.output
@@ -1333,14 +1337,16 @@ def test_a_kill_between_save_and_commit_resumes_from_the_last_committed_checkpoi
 def test_a_sharded_runs_hints_and_precision_stay_with_its_accelerate_config(monkeypatch, tmp_path):
     """torchrun would resume an FSDP or ZeRO-3 run as plain DDP against sharded checkpoints; and
     under FSDP the config's mixed precision stays (its 4-bit base is stored in bf16), said."""
-    from edgetune.tune.distributed import follow_recipe_precision, resume_command
+    from edgetune.tune.distributed import follow_recipe_precision, resume_command, sharding
 
     assert resume_command(tmp_path, 1) == f"edgetune tune --resume --run-dir {tmp_path}"
     assert resume_command(tmp_path, 2).startswith("torchrun --nproc_per_node 2 -m edgetune tune --resume")
+    # as merge reads it from the manifest, unlaunched
+    sharded = resume_command(tmp_path, 2, "fsdp")
+    assert sharded.startswith("accelerate launch --config_file CONFIG --num_processes 2 -m edgetune tune")
+    assert sharding() is None
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    assert resume_command(tmp_path, 2).startswith(
-        "accelerate launch --config_file CONFIG --num_processes 2 -m"
-    )
+    assert sharding() == "fsdp"  # what tune records in the manifest (device.sharding)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert "is not used under FSDP or DeepSpeed" in follow_recipe_precision(False)
     assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"

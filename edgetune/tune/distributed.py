@@ -77,14 +77,19 @@ def follow_recipe_precision(bf16: bool) -> str | None:
     )
 
 
-def resume_command(run_dir: Path, processes: int) -> str:
-    """How to continue a run: under a launcher of the processes it started with (sharded, FSDP or
-    DeepSpeed, under accelerate with its config: torchrun would resume it as plain DDP)."""
+def sharding() -> str | None:
+    """ "fsdp" or "deepspeed" under such a launcher config (the run's manifest records it), else None."""
+    return "fsdp" if under_fsdp() else "deepspeed" if under_deepspeed() else None
+
+
+def resume_command(run_dir: Path, processes: int, sharded: str | None = None) -> str:
+    """How to continue a run: under a launcher of the processes it started with (`sharded`, FSDP or
+    DeepSpeed: under accelerate with its config, where torchrun would resume it as plain DDP)."""
     plain = f"edgetune tune --resume --run-dir {run_dir}"
     if processes < 2:
         return plain
     accelerate = f"accelerate launch --config_file CONFIG --num_processes {processes} -m {plain}"
-    if under_fsdp() or under_deepspeed():
+    if sharded:
         return f"{accelerate} (CONFIG: the run's FSDP or DeepSpeed config)"
     return f"torchrun --nproc_per_node {processes} -m {plain} (or {accelerate} with the run's config)"
 

@@ -55,13 +55,14 @@ def refuse_changed_inputs(run_dir: Path, recipe: Recipe, model_ref, base_sha256:
     from edgetune.fingerprints import data_files, training_settings
     from edgetune.tune.distributed import resume_command, world_size
 
-    started = manifest.get("device", {}).get("world_size")
+    device = manifest.get("device", {})
+    started = device.get("world_size")
     if isinstance(started, int) and started != world_size():
         per_step = recipe.train.batch_size * recipe.train.grad_accum
         raise InputError(
             f"{run_dir}: started with {started} process(es), resumed with {world_size()}: each step "
             f"would see {per_step * world_size()} examples, not {per_step * started}, and its data order "
-            f"would change. Resume it as it started: {resume_command(run_dir, started)}"
+            f"would change. Resume it as it started: {resume_command(run_dir, started, device.get('sharding'))}"
         )
 
     trained_under = manifest.get("recipe", {}).get("training_sha256")
@@ -169,11 +170,11 @@ def interruption(run_dir: Path):
     """What Ctrl-C in training says: how to go on, where a checkpoint was committed to go on from."""
     from edgetune.errors import Interrupted
     from edgetune.tune.callbacks import complete_checkpoints
-    from edgetune.tune.distributed import resume_command, world_size
+    from edgetune.tune.distributed import resume_command, sharding, world_size
 
     if not complete_checkpoints(run_dir / "checkpoints"):
         return Interrupted("interrupted before the first checkpoint: nothing to resume; start the run again")
-    return Interrupted(f"interrupted; continue with: {resume_command(run_dir, world_size())}")
+    return Interrupted(f"interrupted; continue with: {resume_command(run_dir, world_size(), sharding())}")
 
 
 def no_adapter_yet(run_dir: Path) -> InputError:
@@ -190,8 +191,9 @@ def no_adapter_yet(run_dir: Path) -> InputError:
         )
     from edgetune.tune.distributed import resume_command
 
-    processes = read_manifest(run_dir).get("device", {}).get("world_size")
-    command = resume_command(run_dir, processes if isinstance(processes, int) else 1)
+    device = read_manifest(run_dir).get("device", {})
+    processes = device.get("world_size")
+    command = resume_command(run_dir, processes if isinstance(processes, int) else 1, device.get("sharding"))
     return InputError(
         f"{run_dir}: no adapter yet (its tune did not finish); continue it with `{command}`, then export"
     )

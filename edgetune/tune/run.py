@@ -35,7 +35,7 @@ from edgetune.rundir import (
     update_manifest,
 )
 from edgetune.tune.checks import check_checkpoint, no_gain, refuse_divergence, warn_about_data
-from edgetune.tune.distributed import follow_recipe_precision, refuse_unshardable, world_size
+from edgetune.tune.distributed import follow_recipe_precision, refuse_unshardable, sharding, world_size
 from edgetune.tune.resume import (
     forget_earlier_start,
     interruption,
@@ -358,6 +358,7 @@ def _write_start_manifest(
             "cpu": _cpu_name(),
             "torch_threads": torch.get_num_threads(),
             "world_size": world_size(),
+            "sharding": sharding(),
             "cuda": torch.cuda.get_device_name(0) if setup.device == "cuda" else None,
         },
         recipe={
