@@ -209,3 +209,20 @@ def test_a_file_shipped_out_of_its_run_keeps_the_trained_system_prompt(tmp_path,
     assert open_chat(Path(gguf), threads=1).system == "Reply with JSON."
     assert open_chat(onnx, threads=1).system == "Reply with JSON."
     assert 'SYSTEM """Reply with JSON."""' in (run / "export" / "gguf" / "model-f32.Modelfile").read_text()
+
+
+def test_export_holds_each_file_to_the_recipes_parity_kl(exported_run, tmp_path):
+    """export.parity_kl reaches the verdicts of both formats' parity checks (an F32 file held to a
+    goal below its float rounding fails; the ONNX fp32 folder likewise)."""
+    import shutil
+
+    import yaml
+
+    run = shutil.copytree(exported_run, tmp_path / "run", symlinks=True)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["export"]["parity_kl"] = {"f32": 1e-30, "FP32": 1e-30}
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["export", str(run), "--check"])
+    assert result.exit_code == 3, result.output
+    assert "model-f32.gguf" in result.output and "onnx/fp32" in result.output
+    assert result.output.count("FAIL KL") == 2 and "> 1e-30" in result.output, result.output

@@ -110,8 +110,10 @@ def check_artifact(
     eos_ids: list[int],
     max_new_tokens: int,
     template: str | dict | None = None,
+    kl_goals: dict[str, float] | None = None,
 ) -> ParityRow:
-    """`template`: the chat template the file should carry (the model directory's own)."""
+    """`template`: the chat template the file should carry (the model directory's own); `kl_goals`:
+    the recipe's export.parity_kl."""
     from edgetune.export.llama_runtime import end_of_generation_ids, file_chat_template, load_llama
 
     # the longest text scored, or the longest prompt with the whole token budget: a file that
@@ -155,7 +157,7 @@ def check_artifact(
     del llm
     row = _row(path.name, quant, ids_equal, kls, top1s, greedy, eos)
     row.file_problems = problems
-    return judge(row)
+    return judge(row, kl_goals)
 
 
 def front_end_ids(llm, text: str) -> list[int]:
@@ -203,6 +205,7 @@ def check_gguf(
     examples,
     max_new_tokens: int = 48,
     console=None,
+    kl_goals: dict[str, float] | None = None,
 ) -> list[ParityRow]:
     from transformers import AutoTokenizer
 
@@ -213,12 +216,18 @@ def check_gguf(
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
-        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens, template))
+        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals))
     return rows
 
 
 def check_onnx_variant(
-    directory: Path, quant: str, renderer, examples, refs: list[_Reference], max_new_tokens: int
+    directory: Path,
+    quant: str,
+    renderer,
+    examples,
+    refs: list[_Reference],
+    max_new_tokens: int,
+    kl_goals: dict[str, float] | None = None,
 ) -> ParityRow:
     """One ONNX directory against the torch reference. The prompt ids come from the directory's own
     tokenizer and chat template (a lost template or a changed tokenizer shows here); fp32 also
@@ -244,12 +253,12 @@ def check_onnx_variant(
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
             cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
-    return _row(directory.name, quant, ids_equal, kls, top1s, same, eos, cached or None)
+    return judge(_row(directory.name, quant, ids_equal, kls, top1s, same, eos, cached or None), kl_goals)
 
 
 def _row(artifact, quant, ids_equal, kls, top1s, greedy, eos, cached=None) -> ParityRow:
-    """Mean the per-example measurements into one row and judge it against its goals."""
-    row = ParityRow(
+    """Mean the per-example measurements into one row (judge() then holds it to its goals)."""
+    return ParityRow(
         artifact,
         quant,
         len(kls),
@@ -261,7 +270,6 @@ def _row(artifact, quant, ids_equal, kls, top1s, greedy, eos, cached=None) -> Pa
         True,
         kv_cache=float(np.mean(cached)) if cached else None,
     )
-    return judge(row)
 
 
 def check_onnx(
@@ -271,13 +279,14 @@ def check_onnx(
     examples,
     max_new_tokens: int = 48,
     console=None,
+    kl_goals: dict[str, float] | None = None,
 ) -> list[ParityRow]:
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
     rows = []
     for quant, directory in variants:
         if console is not None:
             console.print(f"parity: onnx/{directory.name}")
-        row = check_onnx_variant(directory, quant, renderer, examples, refs, max_new_tokens)
+        row = check_onnx_variant(directory, quant, renderer, examples, refs, max_new_tokens, kl_goals)
         row.artifact = f"onnx/{directory.name}"
         rows.append(row)
     return rows

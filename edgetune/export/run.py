@@ -25,7 +25,7 @@ from edgetune.export.layout import (
     still_there,
 )
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
-from edgetune.export.parity import judge, rows_as_dicts
+from edgetune.export.parity import rows_as_dicts
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -219,8 +219,9 @@ def export(
                 quantised = any(q in QUANTS for q in gguf_quants)
                 _record_stage(record_dir, "gguf", gguf, {"imatrix": imatrix_path} if quantised else {})
                 results["gguf"], artifacts = gguf, [(a.quant, a.path) for a in gguf.artifacts]
-            rows = check_gguf(model_dir, artifacts, prepared.renderer, held_out, budget, console=console)
-            rows = [judge(r, recipe.export.parity_kl) for r in rows]
+            rows = check_gguf(
+                model_dir, artifacts, prepared.renderer, held_out, budget, console, recipe.export.parity_kl
+            )
             parity_record.record(record_dir, gguf_dir, "gguf", rows_as_dicts(rows))
             results["parity"] += rows
         if "onnx" in formats:
@@ -236,8 +237,9 @@ def export(
                 _note_optimum_misreads(model_dir, console)
                 _record_stage(record_dir, "onnx", onnx, {})
                 results["onnx"], variants = onnx, [(a.quant, a.path) for a in onnx.artifacts]
-            rows = check_onnx(model_dir, variants, prepared.renderer, held_out, budget, console=console)
-            rows = [judge(r, recipe.export.parity_kl) for r in rows]
+            rows = check_onnx(
+                model_dir, variants, prepared.renderer, held_out, budget, console, recipe.export.parity_kl
+            )
             parity_record.record(record_dir, onnx_dir, "onnx", rows_as_dicts(rows))
             results["parity"] += rows
         parity_record.settle(record_dir, base_out)
