@@ -16,6 +16,21 @@ def test_each_metric_on_a_hit_a_miss_and_partial_credit():
 
 
 @pytest.mark.parametrize(
+    "prediction, score",
+    [
+        ('Empty fields are {}. Answer: {"device": "router", "severity": "error"}', 1.0),
+        ('Like {"device": "x"} here: {"device": "router", "severity": "error"}', 1.0),
+        # of two guesses with the same fields the first counts: a second guess earns nothing
+        ('{"device": "switch", "severity": "warn"} or {"device": "router", "severity": "error"}', 0.0),
+        ('{"note": {"device": "router", "severity": "error"}}', 0.0),  # an inner object is not the answer
+        ('{"a": 1} {broken {"device": "router"}', 0.5),
+    ],
+)
+def test_json_fields_scores_the_object_that_answers(prediction, score):
+    assert json_fields(prediction, '{"device": "router", "severity": "error"}') == score
+
+
+@pytest.mark.parametrize(
     "prediction, reference, score",
     [
         ("B) Paris", "B) Paris", 1.0),  # the option label is what is compared

@@ -45,25 +45,39 @@ def normalized(prediction: str, reference: str) -> float:
     return float(_normalise(prediction) == _normalise(reference))
 
 
-def parse_json_object(text: str) -> dict | None:
-    """The first JSON object in text (models sometimes wrap it in prose or a code fence)."""
+def json_objects(text: str) -> list[dict]:
+    """The JSON objects in text, outermost only and in order (models sometimes wrap the answer in
+    prose or a code fence, or show an example object before it)."""
     text = text.strip()
     fenced = re.match(r"^```(?:json)?\s*(.*?)\s*```$", text, re.S)
     if fenced:
         text = fenced.group(1)
     try:
         value = json.loads(text)
+        return [value] if isinstance(value, dict) else []
     except json.JSONDecodeError:
-        value = None
-        decoder = json.JSONDecoder()
-        for found in re.finditer(r"\{", text):  # prose may hold a brace before the object ("{see below}")
-            try:
-                value, _ = decoder.raw_decode(text, found.start())
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                break
-    return value if isinstance(value, dict) else None
+        pass
+    found, decoder, start = [], json.JSONDecoder(), 0
+    while (start := text.find("{", start)) >= 0:  # prose may hold a brace before the object ("{see below}")
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start += 1
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+        start = end
+    return found
+
+
+def parse_json_object(text: str, keys: object = ()) -> dict | None:
+    """The JSON object in text that has the most of keys (the reference's fields), the first of
+    those equal: "Empty fields are {}. Answer: {...}" is scored on the answer, and of several
+    guesses with the same fields only the first counts."""
+    objects = json_objects(text)
+    if not objects:
+        return None
+    return max(objects, key=lambda obj: sum(1 for k in keys if k in obj))
 
 
 def same_value(a: object, b: object) -> bool:
@@ -80,7 +94,7 @@ def same_value(a: object, b: object) -> bool:
 
 def json_fields(prediction: str, reference: str) -> float:
     ref = json.loads(reference)
-    pred = parse_json_object(prediction)
+    pred = parse_json_object(prediction, ref)
     if pred is None or not ref:
         return 0.0
     return sum(1.0 for k, v in ref.items() if k in pred and same_value(pred[k], v)) / len(ref)
