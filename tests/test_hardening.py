@@ -279,6 +279,7 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(
         for args in (
             ["merge", str(busy)],
             ["export", str(busy)],
+            ["export", str(busy / "merged")],  # the run's merged model is the run
             ["bench", str(busy)],
             ["tune", "--resume", "--run-dir", str(busy)],
             ["run", str(recipe), "--run-dir", str(busy)],

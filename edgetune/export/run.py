@@ -40,7 +40,10 @@ from edgetune.rundir import (
 
 
 def _source(source: Path | None) -> tuple[Path | None, Path]:
-    """(run_dir or None, HF model dir)."""
+    """(run_dir or None, HF model dir). A run's merged/ folder is that run: its recipe's data,
+    types and shipped system prompt, its lock (a merge of the run must not rewrite it meanwhile)."""
+    if source is not None and source.name == "merged" and (source.parent / RECIPE_FILE).is_file():
+        source = source.parent
     if source is not None and (source / "config.json").is_file():
         from edgetune.models import refuse_pickle, refuse_stored_quantized
         from edgetune.validate import check_model_dir
