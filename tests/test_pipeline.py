@@ -244,6 +244,14 @@ def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, t
     )
     assert again.exit_code == 2 and "bench.metric json_fields compares" in again.output, again.output
     assert not (tmp_path / "r.previous").exists() and not (tmp_path / "r" / "adapter").exists()  # no tune
+    # and on devices it was not benched on: the bench must run again there, after the tune
+    report = {"targets": [{"name": "torch/merged", "device": "cpu"}]}
+    (tmp_path / "r" / "bench" / "report.json").write_text(json.dumps(report))
+    cuda = CliRunner().invoke(
+        main, ["run", str(recipe), "--set", "bench.devices=[cpu,cuda]", "--run-dir", str(tmp_path / "r")]
+    )
+    assert cuda.exit_code == 2 and "bench.devices: cuda, but torch sees no CUDA" in cuda.output, cuda.output
+    assert (tmp_path / "r" / "recipe.yaml").read_text() == "name: tiny\n"  # nothing written
     shutil.rmtree(tmp_path / "r")
     # --pick under gates that check no file's answers would pick the smallest file unchecked
     sets = ["--set", "bench.gates.min_retention={}", "--set", "bench.gates.max_kl=null"]

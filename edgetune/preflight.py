@@ -1,0 +1,59 @@
+"""What would stop `edgetune run`'s last stage, found before its first: no minutes of tuning and
+export spent on a run whose bench fails at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgetune.config import Recipe
+from edgetune.errors import InputError
+from edgetune.export.layout import recipe_exports
+
+
+def refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -> None:
+    """What would stop the last stage, found before the first: no minutes of tuning and export
+    spent on a run whose bench fails at once, or (`gated`: its gates enforced) whose gates fail
+    for a type it never exports."""
+    data = recipe.data
+    if not (data.test or data.valid or data.test_fraction > 0 or data.valid_fraction > 0):
+        raise InputError(
+            "edgetune run benches on held-out data, and the recipe holds none out: set "
+            "data.test_fraction (or data.test), or run tune and export without bench"
+        )
+    exported = set().union(*recipe_exports(recipe).values())
+    missing = [q for q in recipe.bench.gates.min_retention if q != "*" and q.lower() not in exported]
+    if gated and missing:
+        raise InputError(  # bench would fail the gate as unchecked, after the whole run
+            f"bench.gates.min_retention.{missing[0]}: the recipe exports no {missing[0]} "
+            f"(export: {', '.join(sorted(exported)) or 'nothing'}); export it, drop the gate "
+            "(--set bench.gates.min_retention={} drops them all), or run with --no-gate"
+        )
+    retention_gated = gated and recipe.bench.gates.min_retention
+    if recipe.bench.metric in ("json_fields", "choice") or retention_gated:  # what answers must feed
+        from edgetune.bench.accuracy import refuse_unscorable
+        from edgetune.data.split import make_splits
+
+        splits = make_splits(recipe.data)  # json_fields on plain answers: after the tune, bench would fail
+        held_out = (splits.test or splits.valid)[: recipe.bench.max_examples]
+        refuse_unscorable(recipe.bench.metric, held_out)
+        if retention_gated and held_out and all(e.format == "text" for e in held_out):
+            raise InputError(
+                "bench.gates.min_retention: the held-out rows are text, with no answer to score, so "
+                "retention is unknown and the gate would fail after the whole run; gate on "
+                "bench.gates.max_kl instead, or run with --no-gate"
+            )
+    if _benched_on(run_dir) == set(recipe.bench.devices):
+        return  # benched there before (perhaps on another machine): bench itself says so if it must run again
+    from edgetune.bench.targets import check_devices
+
+    check_devices(recipe.bench.devices, "bench.devices")
+
+
+def _benched_on(run_dir: Path) -> set[str]:
+    """The devices the run's bench report measured on (none without a readable one)."""
+    try:
+        report = json.loads((run_dir / "bench" / "report.json").read_text())
+        return {t["device"] for t in report["targets"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
