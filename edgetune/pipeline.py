@@ -325,15 +325,15 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
 
 def _covers(run_dir: Path, recipe: Recipe, only: str | None = None) -> bool:
     """Whether the run's export lists a file of every type the recipe exports (a hand-run export
-    since may have dropped one deleted by hand), and (`only`: a format kept while the other is
-    exported again) GGUFs quantised with an importance matrix exactly where the recipe asks for one
-    (a hand-run `export --imatrix off` made others)."""
+    since may have dropped one deleted by hand), and GGUFs quantised with an importance matrix
+    exactly where the recipe asks for one (a hand-run `export --imatrix off` made others).
+    `only`: the one format to look at."""
     record = read_manifest(run_dir).get("stages", {}).get("export", {})
     for fmt, quants in recipe_exports(recipe).items():
         listed = {str(e.get("quant", "")).lower() for e in record.get(fmt, []) if isinstance(e, dict)}
         if (only is None or fmt == only) and not quants <= listed:
             return False
-    if only == "gguf" and any(q in QUANTS for q in recipe_exports(recipe)["gguf"]):
+    if only in (None, "gguf") and any(q in QUANTS for q in recipe_exports(recipe).get("gguf", ())):
         return bool(record.get("imatrix")) == recipe.export.gguf.imatrix
     return True
 
