@@ -226,7 +226,8 @@ def run_pipeline(
                 record.forget_after(stage)
             record.record(stage)
         record.save_if_changed()
-        if not point_latest(run_dir):
+        # a data check alone makes no run the later commands could take up (no recipe.yaml)
+        if (run_dir / RECIPE_FILE).is_file() and not point_latest(run_dir):
             say(
                 f"[yellow]warning:[/] {RUNS_DIR / 'latest'} does not point at this run: name it to later commands"
             )

@@ -858,6 +858,8 @@ def test_a_recipe_without_a_name_goes_on_in_the_run_an_earlier_edgetune_made_for
     (tmp_path / "other.yaml").write_text(text.replace("name: tiny\n", ""))  # another file: its own run
     other, out = invoke(tmp_path / "other.yaml", "--until", "data")
     assert other.exit_code == 0 and (tmp_path / "runs" / "other").is_dir(), out
+    # no run there for `edgetune export` or `bench` to take up: runs/latest stays on the tuned one
+    assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "custom").resolve()
     # two files of one name in two folders: the second is refused, not set against the first's run
     text = text.replace("train: data.jsonl", f"train: {tmp_path / 'data.jsonl'}")
     for folder in ("a", "b"):
