@@ -175,6 +175,12 @@ def test_a_group_without_a_command_shows_its_help():
         (["data", "check", "ok.jsonl", "--set", "model.revision=v9"], "only a hub model has revisions"),
         (["bench", "afile"], "afile: a file, not a run directory"),
         (["tune", "--resume", "--run-dir", "afile"], "afile: a file, not a run directory"),
+        # a missing data file is said before the model loads (a missing model would be said first)
+        (["data", "check", "nope", "--set", "model.base=./no-model"], "nope: file not found"),
+        (
+            ["tune", "r.yaml", "--set", "data.train=nope", "--set", "model.base=./no-model"],
+            "nope: file not found",
+        ),
     ],
 )
 def test_bad_files_and_directories_are_one_line_and_exit_2(tmp_path, argv, message):

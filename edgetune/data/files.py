@@ -36,18 +36,25 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 def dataset_kind(path: Path) -> str:
     """The type (jsonl, json, csv or parquet) of a dataset file that is there, or a DataError."""
     kind = SUFFIXES.get(path.suffix.lower())
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
     if kind is None and path.is_dir():
         raise DataError(f"{path}: a directory; name the dataset file in it (.jsonl, .json, .csv or .parquet)")
     if kind is None:
         raise DataError(
             f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet"
         )
-    if path.exists() and not path.is_file():
+    if not path.is_file():
         # fingerprints hash it and preparation reads it again: a pipe would be empty the second time
         raise DataError(f"{path}: not a regular file (a directory, pipe or device); a dataset must be a file")
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     return kind
+
+
+def check_data_files(cfg) -> None:
+    """Each file a DataConfig names is there and of a known type: said before any model loads."""
+    for key in ("train", "valid", "test"):
+        if path := getattr(cfg, key):
+            dataset_kind(Path(path))
 
 
 def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:

@@ -48,8 +48,11 @@ def check_dataset(
         )
         report["skipped_examples"] = splits.skipped_rows[:5]
         return report
+    from edgetune.data.files import check_data_files
     from edgetune.data.prepare import past_the_context, prepare, special_token_text, unused_system_prompt
     from edgetune.models import load_tokenizer, resolve_model
+
+    check_data_files(cfg)
 
     model = resolve_model(recipe.model.base, recipe.model.revision, allow_pickle=recipe.model.allow_pickle)
     tokenizer = load_tokenizer(model, recipe.model.trust_remote_code)

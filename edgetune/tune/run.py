@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
+from edgetune.data.files import check_data_files
 from edgetune.errors import InputError, writing
 from edgetune.export.modelfile import shared_system_prompt
 from edgetune.fingerprints import data_files, training_settings
@@ -114,6 +115,7 @@ def _start_run(
     if recipe.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise InputError("train.tensorboard is on but tensorboard is not installed: pip install tensorboard")
     refuse_unshardable(recipe)
+    check_data_files(recipe.data)  # before the seconds of loading torch and the model
     if run_dir is None:
         if world_size() > 1:
             raise InputError("several processes need one shared run directory: pass --run-dir")
