@@ -101,6 +101,9 @@ def test_csv_and_parquet_read_like_jsonl(tmp_path):
 
 
 def test_unknown_extension_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="d.txt: file not found"):  # what is wrong first
+        load_examples(tmp_path / "d.txt")
+    (tmp_path / "d.txt").write_text("hello\n")
     with pytest.raises(DataError, match="unknown dataset file type '.txt'"):
         load_examples(tmp_path / "d.txt")
     with pytest.raises(DataError, match="file not found"):
