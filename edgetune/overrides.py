@@ -71,23 +71,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def blame_overrides(problems: list[str], overrides: list[str], in_file: dict[str, Any]) -> list[str]:
     """A problem in a key some --set gave says so: the recipe file named in front of it is not to
-    blame. A problem's key is the --set key, one inside it, or (an unknown section a --set made)
-    one that holds it and that the file does not have."""
+    blame. A problem's key is the --set key, one inside it, or one that holds it and that the file
+    does not have as a mapping (an unknown section a --set made, a number it made a mapping)."""
     keys = [".".join(parse_override(text)[0]) for text in overrides]
 
-    def in_the_file(key: str) -> bool:
+    def a_mapping_in_the_file(key: str) -> bool:  # `train.lr.x=1` made the file's lr a mapping
         node: Any = in_file
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return False
             node = node[part]
-        return True
+        return isinstance(node, dict)
 
     def from_set(key: str, given: str) -> bool:
+        key = re.sub(r"\[\d+\]", "", key)  # bench.devices[1]: an item of the list the --set gave
         return (
             key == given
             or key.startswith(given + ".")
-            or (given.startswith(key + ".") and not in_the_file(key))
+            or (given.startswith(key + ".") and not a_mapping_in_the_file(key))
         )
 
     return [

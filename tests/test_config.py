@@ -123,6 +123,15 @@ def test_value_problems_name_the_line_of_their_key(tmp_path):
         "line 5: train.batch_size: expected an integer, got 'none'",
         "train.lr: must be in (0, 1), got 3.0 (from --set)",
     ]
+    # a --set that made the file's number a mapping, or gave a list's bad item, is to blame as well
+    path.write_text("data:\n  train: x.jsonl\ntrain:\n  lr: 0.001\nfoo:\n  a: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_recipe(str(path), ["train.lr.x=1", "bench.devices=cpu,tpu", "foo.b=2"])
+    assert info.value.problems == [
+        "train.lr: expected a number, got {'x': '1'} (from --set)",
+        "line 5: foo: unknown key (known here: name, description, model, data, train, export, bench)",
+        "bench.devices[1]: expected one of 'cpu', 'cuda', got 'tpu' (from --set)",
+    ]
 
 
 def test_bad_yaml_names_the_line(tmp_path):
