@@ -15,6 +15,7 @@ import sys
 import click
 
 from edgetune import __version__
+from edgetune.commands.common import NamingGroup
 from edgetune.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EdgetuneError, is_disk_full
 
 # name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
@@ -31,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(NamingGroup):
     def main(self, *args, **kwargs):
         _closed_streams()
         return super().main(*args, **kwargs)
@@ -63,7 +64,7 @@ class LazyGroup(click.Group):
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         _stacks_on_sigusr1()
         try:
-            return super().invoke(ctx)
+            return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
@@ -138,7 +139,7 @@ def _closed_streams() -> None:
 
 def _usage_error(exc: click.UsageError) -> None:
     """A bad option is bad input like any other: one line, exit 2, pointing at the help."""
-    command = exc.ctx.command_path if exc.ctx else "edgetune"
+    command = exc.ctx.command_path if exc.ctx else getattr(exc, "command_path", "edgetune")
     _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
 
 

@@ -130,6 +130,8 @@ def test_python_dash_m_entry_point():
         (["export"], "runs/latest does not exist"),
         (["merge"], "runs/latest does not exist"),
         (["export", "--check"], "runs/latest does not exist"),
+        (["export", "--to"], "Option '--to' requires an argument. (see `edgetune export --help`)"),
+        (["data", "check", "--set"], "(see `edgetune data check --help`)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message):

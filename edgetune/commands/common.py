@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import click
 
+
+class NamingGroup(click.Group):
+    """A group whose subcommand's bad option names that subcommand: Click raises "Option '--to'
+    requires an argument" with no context, and the help pointed at was the top command's."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if exc.ctx is None and not hasattr(exc, "command_path") and ctx.invoked_subcommand:
+                exc.command_path = f"{ctx.command_path} {ctx.invoked_subcommand}"
+            raise
+
+
 set_option = click.option(
     "--set",
     "overrides",

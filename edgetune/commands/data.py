@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from edgetune.commands.common import set_option
+from edgetune.commands.common import NamingGroup, set_option
 from edgetune.data.rows import FORMATS
 
 
-@click.group()
+@click.group(cls=NamingGroup)
 def data() -> None:
     """Validate and describe datasets."""
 
