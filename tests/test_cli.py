@@ -135,7 +135,7 @@ def test_python_dash_m_entry_point():
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message):
-    result = CliRunner().invoke(main, argv)
+    result = CliRunner().invoke(main, argv, prog_name="edgetune")
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
