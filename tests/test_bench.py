@@ -437,6 +437,12 @@ def test_a_gate_on_a_metric_that_was_not_measured_fails():
     gates = GatesConfig(min_retention={"q8_0": 0.99}, max_kl=0.05, min_decode_tok_s=10.0)
     failures = gate_failures(target, gates)
     assert len(failures) == 3 and any("KL not measured" in f for f in failures)
+    # a size gate under 1 MB says the file's size, not "0 MB > 0.001 MB"
+    tiny = {**target, "size_bytes": 123_456}
+    assert gate_failures(tiny, GatesConfig(max_size_mb=0.001)) == ["size 0.12 MB > 0.001 MB"]
+    assert gate_failures({**target, "size_bytes": 145_200_000}, GatesConfig(max_size_mb=100)) == [
+        "size 145 MB > 100 MB"
+    ]
 
 
 class FakeNvml:

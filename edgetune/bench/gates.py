@@ -68,8 +68,14 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
             failures.append(f"decode {rate:.1f} tok/s < {gates.min_decode_tok_s:g}")
     size_mb = target["size_bytes"] / 1e6
     if gates.max_size_mb is not None and size_mb > gates.max_size_mb:
-        failures.append(f"size {size_mb:.0f} MB > {gates.max_size_mb:g} MB")
+        failures.append(f"size {megabytes(target['size_bytes'])} > {gates.max_size_mb:g} MB")
     return failures
+
+
+def megabytes(size_bytes: float) -> str:
+    """A size in MB, whole from 10 MB up, two significant digits below (a tiny file is not "0 MB")."""
+    mb = size_bytes / 1e6
+    return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
 
 
 def minimum_retention(target: dict[str, Any], min_retention: dict[str, float]) -> float | None:

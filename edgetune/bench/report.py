@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgetune.bench.gates import megabytes
 from edgetune.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 COLUMNS = ("target", "device", "size", "metric", "retention", "KL", "top-1", "TTFT", "decode", "RSS", "gate")
@@ -39,7 +40,7 @@ def row_cells(t: dict[str, Any], cols: list[str]) -> list[str]:
     cells = {
         "target": t["name"],
         "device": t["device"],
-        "size": f"{t['size_bytes'] / 1e6:.0f} MB",
+        "size": megabytes(t["size_bytes"]),
         "metric": _fmt(t["task_metric"]["value"], ".3f"),
         "retention": _fmt(t.get("retention"), ".1%"),
         "interval": _interval(t),
