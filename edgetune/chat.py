@@ -57,9 +57,9 @@ class ChatSession:
         if not ids:  # a plain prompt of no text has no token to start from (--prompt "")
             raise InputError("the prompt is empty: give the model something to answer")
         if context and len(ids) >= context:
+            with_system = " with the system prompt" if system else ""
             raise InputError(
-                f"the prompt is {len(ids)} tokens with the system prompt, and the model's context is "
-                f"{context}: shorten it"
+                f"the prompt is {len(ids)} tokens{with_system}, and the model's context is {context}: shorten it"
             )
         self.history, self.dropped_turns = history, self.dropped_turns + dropped
         return ids, min(max_new_tokens, context - len(ids)) if context else max_new_tokens

@@ -80,7 +80,9 @@ def test_a_conversation_past_the_context_drops_its_oldest_turns_and_a_long_promp
     _, capped = open_chat(path).fitted_prompt(words * 3, 256)  # no history left to drop
     assert 0 < capped < 256
     kept = list(session.history)
-    with pytest.raises(InputError, match=r"the prompt is \d+ tokens .* the model's context is 512"):
+    with pytest.raises(
+        InputError, match=r"the prompt is \d+ tokens, and the model's context is 512"
+    ):  # no system prompt
         session.fitted_prompt(words * 6, 4)  # about 600
     assert session.history == kept  # a refused prompt costs the conversation nothing
     session.reply("short", max_new_tokens=8192)  # a quarter of the context is held back, not 8192
