@@ -179,6 +179,23 @@ def test_external_data_is_written_loaded_and_confined(tiny_model_dir, tmp_path, 
         OnnxDecoder(short)
 
 
+def test_an_architecture_without_the_attention_shape_is_refused_before_tracing(tiny_model_dir, tmp_path):
+    """GPT-2's config says n_head, not num_attention_heads: refused at once, nothing written (it
+    was traced and written, then failed in the parity check on the folder's config)."""
+    from edgetune.errors import ModelError
+
+    model = tmp_path / "gpt2ish"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["n_head"] = config.pop("num_attention_heads")
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ModelError, match="names no num_attention_heads .* does not support this architecture"
+    ):
+        export_onnx(model, tmp_path / "onnx", ["fp32"], OnnxExportConfig())
+    assert not list((tmp_path / "onnx").glob("*"))
+
+
 def test_export_after_tune_writes_variants_and_parity(tmp_path, tiny_model_dir):
     from click.testing import CliRunner
     from test_tune import make_recipe

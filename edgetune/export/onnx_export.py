@@ -171,6 +171,22 @@ def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, fo
     )
 
 
+def refuse_unrunnable(model_dir: Path) -> None:
+    """A model whose config.json does not give the attention shape (GPT-2's n_head) is refused
+    before minutes of tracing: edgetune's runner sizes the key/value cache from it."""
+    from edgetune.export.onnx_runtime import OnnxDecoder
+
+    config = json.loads((model_dir / "config.json").read_text())
+    try:
+        OnnxDecoder._kv_dims({**config, "num_key_value_heads": None, "head_dim": None})
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        raise ModelError(
+            f"{model_dir / 'config.json'}: model_type {config.get('model_type')!r} names no num_attention_heads "
+            "and hidden_size, which edgetune's ONNX runner sizes the key/value cache from: its ONNX "
+            "export does not support this architecture"
+        ) from None
+
+
 def export_onnx(
     model_dir: Path,
     out_dir: Path,
@@ -181,6 +197,7 @@ def export_onnx(
 ) -> OnnxExport:
     """Trace once, then write each requested variant atomically to out_dir/<quant>/."""
     started = time.time()
+    refuse_unrunnable(model_dir)
     wanted = [q.lower() for q in quants]
     out_dir.mkdir(parents=True, exist_ok=True)
     status = console.status if console is not None else (lambda _: contextlib.nullcontext())
