@@ -211,8 +211,11 @@ def test_replies_are_read_as_written_even_where_the_tokenizer_cleans_up_spaces()
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
         "{% if not loop.last %}<|im_end|>\n{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}<|im_end|>\n<|im_start|>assistant\n{% endif %}",
+        # a newline before the turn's end token
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}\n<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
     ],
-    ids=["system first", "last reply open"],
+    ids=["system first", "last reply open", "newline before the end"],
 )
 def test_the_templates_turn_end_is_a_stop_id_however_the_template_wants_its_turns(template):
     """The turn end the labels teach (<|im_end|>) is a stop id, where the tokenizer's EOS is another
@@ -225,6 +228,49 @@ def test_the_templates_turn_end_is_a_stop_id_however_the_template_wants_its_turn
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert template_turn_end(tokenizer) == im_end
     assert set(stop_ids(Path("/nonexistent"), tokenizer)) == {im_end, tokenizer.eos_token_id}
+
+
+@pytest.mark.parametrize(
+    "template, end",
+    [
+        # Alpaca's layout, writing nothing after a reply: the model must still learn to stop
+        (
+            "{% for m in messages %}{% if m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
+            "{% else %}### Response:\n{{ m['content'] }}\n\n{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}### Response:\n{% endif %}",
+            "<|endoftext|>",
+        ),
+        # a reply left open when it is the last: the turn end its history shows is what it learns
+        (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+            "{% if not loop.last %}<|im_end|>\n{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}<|im_end|>\n<|im_start|>assistant\n{% endif %}",
+            "<|im_end|>",
+        ),
+    ],
+    ids=["alpaca", "last reply open"],
+)
+def test_a_rows_last_reply_ends_in_a_stop_token_where_the_template_writes_none(template, end):
+    tokenizer = build_tokenizer(chat_template=template, eos_token="<|endoftext|>")
+    r = Renderer(tokenizer)
+    chat = msgs(
+        ("user", "Where is Paris?"),
+        ("assistant", "In France."),
+        ("user", "And Rome?"),
+        ("assistant", "Italy."),
+    )
+    enc = r.encode(chat)
+    trained = supervised_text(tokenizer, enc)
+    assert trained.endswith("Italy." + ("\n\n" if end == "<|endoftext|>" else "") + end), trained
+    assert tokenizer.convert_tokens_to_ids(end) in r.stop_ids | {
+        tokenizer.convert_tokens_to_ids("<|im_end|>")
+    }
+    assert trained.count(end) == 1  # an earlier reply is as the template writes it in the history
+    # what inference is given is the template's own
+    assert r.prompt_text(chat).endswith(
+        "And Rome?"
+        + ("\n\n### Response:\n" if end != "<|im_end|>" else "<|im_end|>\n<|im_start|>assistant\n")
+    )
 
 
 @pytest.mark.parametrize("template", ["auto", "plain"])

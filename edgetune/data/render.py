@@ -82,7 +82,8 @@ def template_turn_end(tokenizer) -> int | None:
         at = text.find(mark)
         if at < 0:
             continue
-        after = tokenizer(text[at + len(mark) :].lstrip(" \t"), add_special_tokens=False)["input_ids"]
+        # a newline before the token ("...\n<|im_end|>") is written, then the turn ends in the token
+        after = tokenizer(text[at + len(mark) :].lstrip(), add_special_tokens=False)["input_ids"]
         if after and after[0] in specials:
             return after[0]
     return None
@@ -147,6 +148,12 @@ class Renderer:
         # what counts as a trained stop: a chat template ends turns in its own token where it has one
         local = bool(source) and Path(source).is_dir()
         self.stop_ids = set(stop_ids(Path(source), tokenizer) if local else [self.eos_id]) - {None}
+        # the token a reply ends in: the template's turn end, or EOS where it writes none after a reply
+        turn_end = template_turn_end(tokenizer)
+        self.reply_end = (
+            tokenizer.convert_ids_to_tokens(turn_end) if turn_end is not None else tokenizer.eos_token
+        )
+        self.stop_texts = tuple(tokenizer.convert_ids_to_tokens(sorted(self.stop_ids | {turn_end} - {None})))
         self.bos_id = tokenizer.bos_token_id
         # Does the tokenizer put BOS in front by itself? Then the text must not carry it as well.
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
@@ -222,6 +229,16 @@ class Renderer:
                     "turns follow, so assistant turns cannot be located; use one assistant turn per row"
                 )
             spans.append((len(before), len(through)))
+        # a template that writes no stop after a row's last reply ("### Response:\n{content}\n\n", or
+        # one leaving the last reply open): it is trained to end in one, or the model never stops
+        if (
+            spans
+            and spans[-1][1] == len(full)
+            and self.reply_end
+            and not full.rstrip().endswith(self.stop_texts)
+        ):
+            full += self.reply_end
+            spans[-1] = (spans[-1][0], len(full))
         return full, spans
 
     # ------------------------------------------------------------------ ids
