@@ -7,6 +7,7 @@ Accepted: a built-in alias (converted once into the cache), a local HF directory
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -238,9 +239,29 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
             f"{model.path}: the tokenizer has no EOS token, so a tuned model could not learn where to "
             'stop; name one in its tokenizer_config.json ("eos_token")'
         )
+    refuse_ids_past_the_embedding(model.path, tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # labels are masked by position, so pad == eos costs nothing
     return tok
+
+
+def refuse_ids_past_the_embedding(model_dir: Path, tok) -> None:
+    """A token added to the tokenizer without resizing the model (`add_special_tokens({"pad_token":
+    "[PAD]"})` and no `resize_token_embeddings`) has an id the embedding has no row for: training
+    and export failed on it deep inside torch ("index out of range in self")."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    past = sorted((i, t) for t, i in tok.get_vocab().items() if isinstance(rows, int) and i >= rows)
+    if past:
+        names = ", ".join(f"{t!r} ({i})" for i, t in past[:3]) + (" ..." if len(past) > 3 else "")
+        raise ModelError(
+            f"{model_dir}: the tokenizer has {len(past)} token id(s) past the model's {rows} embedding rows "
+            f"(config.json vocab_size): {names}; resize the model's embeddings to the tokenizer "
+            "(resize_token_embeddings) and save both, or remove the added tokens"
+        )
 
 
 def load_causal_lm(path: Path, **kwargs):

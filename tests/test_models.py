@@ -11,6 +11,25 @@ def test_local_directory_resolves(tiny_model_dir):
     assert tok.eos_token == "<|im_end|>"
 
 
+def test_a_token_added_without_resizing_the_model_is_refused(tmp_path, tiny_model_dir):
+    """`add_special_tokens({"pad_token": "[PAD]"})` without resize_token_embeddings: tune and export
+    failed inside torch with "index out of range in self"."""
+    import json
+    import shutil
+
+    model = tmp_path / "added"
+    shutil.copytree(tiny_model_dir, model)
+    rows = json.loads((model / "config.json").read_text())["vocab_size"]
+    tok = load_tokenizer(resolve_model(str(model)))
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    tok.save_pretrained(str(model))
+    if len(tok) <= rows:  # the fixture's embedding has spare rows: take them away
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, "vocab_size": len(tok) - 1}))
+    with pytest.raises(ModelError, match=r"1 token id\(s\) past the model's \d+ embedding rows .*'\[PAD\]'"):
+        load_tokenizer(resolve_model(str(model)))
+
+
 def test_directory_without_config_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no config.json"):
