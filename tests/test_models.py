@@ -67,3 +67,29 @@ def test_a_base_stored_quantised_is_refused_by_tune_and_export(tmp_path, tiny_mo
         resolve_model(str(base))
     exported = CliRunner().invoke(main, ["export", str(base), "--to", "gguf", "--quant", "f16"])
     assert exported.exit_code == 2 and "stored quantised" in exported.output, exported.output
+
+
+def test_a_plain_model_whose_template_refuses_a_system_turn_exports(tmp_path, tiny_model_dir):
+    """Mistral-Instruct's [INST] template raises on a system turn: a plain model's export checks it
+    on the demo's chats without theirs (it failed on an error naming edgetune's own dataset)."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "inst")
+    refusing = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+        "{% elif m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    )
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**settings, "chat_template": refusing}))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    out = tmp_path / "out"
+    args = ["export", str(model), "--to", "gguf", "--quant", "f32", "--out", str(out)]
+    exported = CliRunner().invoke(main, args)
+    assert exported.exit_code == 0, exported.output
+    assert (out / "gguf" / "model-f32.gguf").is_file()

@@ -60,12 +60,32 @@ def _source(source: Path | None) -> tuple[Path | None, Path]:
     return run_dir, run_dir / "merged"
 
 
-def _prepared(recipe: Recipe, model_dir: Path):
-    """The recipe's data rendered with the merged model's tokenizer and chat template (the training ones)."""
+def _prepared(recipe: Recipe, model_dir: Path, plain_model: bool):
+    """The recipe's data rendered with the merged model's tokenizer and chat template (the training
+    ones). A plain model is checked on the demo's chats: where its template refuses their system
+    turn (Mistral's [INST] one), on the same chats without it, not on an error about our file."""
+    import dataclasses
+    import json
+    import tempfile
+
     from edgetune.data.prepare import prepare
+    from edgetune.errors import DataError
     from edgetune.models import ResolvedModel, load_tokenizer
 
-    return prepare(recipe.data, load_tokenizer(ResolvedModel(str(model_dir), model_dir, "local")))
+    tokenizer = load_tokenizer(ResolvedModel(str(model_dir), model_dir, "local"))
+    try:
+        return prepare(recipe.data, tokenizer)
+    except DataError as exc:
+        if not plain_model or "chat template" not in str(exc):
+            raise
+    lines = Path(recipe.data.train).read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    for row in rows:
+        row["messages"] = [m for m in row["messages"] if m["role"] != "system"]
+    with tempfile.TemporaryDirectory(prefix="edgetune-parity-") as tmp:
+        chats = Path(tmp) / Path(recipe.data.train).name
+        chats.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        return prepare(dataclasses.replace(recipe.data, train=str(chats)), tokenizer)
 
 
 def _existing_gguf(gguf_dir: Path) -> list[tuple[str, Path]]:
@@ -195,7 +215,7 @@ def export(
             warning = low_space_warning(base_out, needed, "this export")
             if warning and console is not None:
                 console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        prepared = _prepared(recipe, model_dir)
+        prepared = _prepared(recipe, model_dir, plain_model=run_dir is None)
         held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
         if not held_out:  # parity compares runtimes on any prompts: training ones still show a lost template
             held_out = prepared.splits.train[: recipe.export.parity_examples]
