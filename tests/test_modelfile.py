@@ -170,11 +170,19 @@ def phi_tokenizer(template: str | None = None, rstrip: bool = True):
     return tok
 
 
+# ChatML that leaves system messages out
+CHATML_NO_SYSTEM = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 def tokenizers():
     from conftest import build_tokenizer
 
     return {
         "chatml": build_tokenizer,
+        "chatml, template drops system turns": lambda: build_tokenizer(chat_template=CHATML_NO_SYSTEM),
         "llama3, tokenizer adds BOS": lambda: llama3_tokenizer(add_bos=True),
         "llama3, template carries BOS": lambda: llama3_tokenizer(add_bos=False),
         "llama3.1, template adds to the system turn": lambda: llama3_tokenizer(True, LLAMA31_TEMPLATE),
@@ -193,7 +201,9 @@ def test_ollama_prompt_is_the_training_prompt(ollama_render, tmp_path, family, c
     renderer = Renderer(tokenizers()[family]())
     template, written_system, _ = modelfile_parts(tmp_path, renderer, system)
     assert template is not None, f"no Go template for {family}"
-    if "llama3.1" not in family:
+    if "drops system" in family:  # training saw no system turn: Ollama must not add one
+        assert written_system is None
+    elif "llama3.1" not in family:
         assert written_system == system
     messages = CONVERSATIONS[conversation]
     trained = [{"role": "system", "content": system}] * bool(system) + messages

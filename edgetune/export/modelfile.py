@@ -111,7 +111,10 @@ def system_block(renderer, family: str | None, system: str | None) -> str | None
     if pattern is None:
         return system
     messages = [{"role": "system", "content": system}] * bool(system) + [{"role": "user", "content": PROBE}]
-    found = pattern.search(renderer.chat_text(messages, True))
+    text = renderer.chat_text(messages, True)
+    if system and system not in text:
+        return None  # a template that leaves system turns out: training saw none, Ollama must not add one
+    found = pattern.search(text)
     return found.group(1) if found else system
 
 
