@@ -31,15 +31,15 @@ class _Console(Console):
         raise BrokenPipeError
 
 
-out = _Console(highlight=False, width=_log_width(sys.stdout))
+out = _Console(highlight=False, emoji=False, width=_log_width(sys.stdout))  # "d.jsonl:100:" is no 💯
 # progress and warnings; `edgetune run` prints its stages here
-err = _Console(stderr=True, highlight=False, width=_log_width(sys.stderr))
+err = _Console(stderr=True, highlight=False, emoji=False, width=_log_width(sys.stderr))
 
 
 def _plain_len(markup: str) -> int:
     from rich.text import Text
 
-    return Text.from_markup(markup).cell_len
+    return Text.from_markup(markup, emoji=False).cell_len
 
 
 def _packed(items: Iterable[str], width: int, indent: str = "  ", gap: str = "   ") -> list[str]:

@@ -80,3 +80,15 @@ def test_output_to_a_pipe_is_not_cut_to_80_columns(monkeypatch, columns, tty, wi
             return tty
 
     assert console_mod._log_width(Stream()) == width
+
+
+def test_a_file_and_line_number_are_printed_as_written(capsys):
+    """rich reads ":100:" as the emoji code for 💯 ("d.jsonl:100: completion: missing" lost its line)."""
+    from rich.markup import escape
+
+    for stream in (console_mod.out, console_mod.err):
+        stream.print(f"bad rows skipped: 1 (first: {escape('d.jsonl:100: completion: missing')})")
+        stream.print(escape("d.jsonl:1234: too long"))
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert "d.jsonl:100: completion: missing" in text and "d.jsonl:1234: too long" in text, text
