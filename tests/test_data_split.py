@@ -327,3 +327,19 @@ def test_only_the_splits_asked_for_are_encoded_and_they_are_as_a_full_preparatio
         assert [e.labels for e in held.encoded[name].examples] == [
             e.labels for e in full.encoded[name].examples
         ]
+
+
+def test_split_refusals_say_why_the_rows_are_gone(tmp_path):
+    """1,000 copies of one row were "only 1 example"; one input asked 1,000 ways was "no training
+    examples left" with no count; a 0.2% split was named "0% split"."""
+    same = write_jsonl(tmp_path / "same.jsonl", [chat_row("q", "a")] * 1000)
+    with pytest.raises(DataError, match=r"only 1 example \(999 exact duplicate rows removed, data.dedupe\)"):
+        make_splits(cfg(same))
+    one_input = write_jsonl(tmp_path / "one.jsonl", [chat_row("q", f"a{i}") for i in range(1000)])
+    with pytest.raises(
+        DataError,
+        match=r"after holding out 200: 800 training rows shared an input with a held-out row .*drop_overlap",
+    ):
+        make_splits(cfg(one_input))
+    rows = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", "a") for i in range(1000)])
+    assert "(0.2% split, seed" in make_splits(cfg(rows, valid_fraction=0.002)).files["valid"]

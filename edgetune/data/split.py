@@ -39,16 +39,24 @@ def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
     return kept, len(examples) - len(kept)
 
 
-def _split_counts(path: str, n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+def _split_counts(
+    path: str, n: int, valid_fraction: float, test_fraction: float, duplicates: int = 0
+) -> tuple[int, int]:
     # at least one example in each requested held-out split, and never the whole of train
     n_valid = max(1, round(n * valid_fraction)) if valid_fraction > 0 else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_valid - n_test < 1:
+        copies = f" ({duplicates} exact duplicate rows removed, data.dedupe)" if duplicates else ""
         raise DataError(
-            f"{path}: only {n} example{'s' * (n != 1)}: too few to split into train/valid/test; add data or give "
-            "data.valid and data.test files"
+            f"{path}: only {n} example{'s' * (n != 1)}{copies}: too few to split into train/valid/test; add "
+            "data or give data.valid and data.test files"
         )
     return n_valid, n_test
+
+
+def _percent(fraction: float) -> str:
+    """0.1 as "10%", 0.002 as "0.2%" (not "0%")."""
+    return f"{fraction * 100:.3g}%"
 
 
 def _refuse_test_inside_valid(cfg: DataConfig, held: dict[str, list[Example]]) -> None:
@@ -107,13 +115,14 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
             len(train),
             cfg.valid_fraction if "valid" in carve else 0.0,
             cfg.test_fraction if "test" in carve else 0.0,
+            removed.get("train", 0),
         )
         taken = {"valid": order[:n_valid], "test": order[n_valid : n_valid + n_test]}
         for name in carve:
             held[name] = [train[i] for i in sorted(taken[name])]
             if held[name]:  # a fraction of 0 holds nothing out: no split to name
                 files[name] = (
-                    f"{files['train']} ({getattr(cfg, name + '_fraction'):.0%} split, seed {cfg.split_seed})"
+                    f"{files['train']} ({_percent(getattr(cfg, name + '_fraction'))} split, seed {cfg.split_seed})"
                 )
         drop = set(taken["valid"]) | set(taken["test"])
         train = [ex for i, ex in enumerate(train) if i not in drop]
@@ -142,7 +151,19 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         overlap["dropped_from_train"] = len(train) - len(kept)  # rows (copies too, with dedupe off)
         train = kept
     if not train:
-        raise DataError(f"{cfg.train}: no training examples left after splitting and removing overlap")
+        held_n = sum(len(rows) for rows in held.values())
+        dropped = overlap["dropped_from_train"]
+        why = (
+            f"{dropped} training rows shared an input with a held-out row and were dropped "
+            f"(data.drop_overlap: {overlap['exact']} exact, {overlap['same_input']} same input, "
+            f"{overlap['near']} near)"
+            if dropped
+            else "every row went to the held-out splits"
+        )
+        raise DataError(
+            f"{cfg.train}: no training examples left after holding out {held_n}: {why}; give each "
+            "input once, or set data.drop_overlap: false to train on them anyway"
+        )
     return Splits(
         train,
         held.get("valid", []),
