@@ -310,3 +310,13 @@ def test_batched_encoding_gives_what_encoding_one_by_one_gives(tiny_tokenizer, b
             ]
             assert batched == one_by_one
     assert list(Renderer(tiny_tokenizer).encode_many([])) == []
+
+
+def test_a_row_past_the_tokenizers_own_maximum_draws_no_transformers_warning(capfd):
+    """transformers warned of "indexing errors" for a row edgetune then dropped as too long, said."""
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = 8
+    r = Renderer(tokenizer, max_seq_len=16)
+    enc = r.encode(msgs(("user", "word " * 40), ("assistant", "ok")))
+    assert enc.dropped and "longer than" in enc.dropped
+    assert "indexing errors" not in capfd.readouterr().err

@@ -128,6 +128,11 @@ class Renderer:
                 "this model only ships a slow one"
             )
         self.tokenizer = tokenizer
+        # transformers warns of "indexing errors" at the first row past model_max_length: edgetune
+        # measures every row against data.max_seq_len itself, and drops or cuts it, said
+        getattr(tokenizer, "deprecation_warnings", {})[
+            "sequence-length-is-longer-than-the-specified-maximum"
+        ] = True
         self.template_source = "model"
         # the fallback (or the plain template) saved with a run's adapter and merged model is not a
         # template of the model's own: a prompt-completion row trained plainly is benched, checked
