@@ -343,3 +343,16 @@ def test_split_refusals_say_why_the_rows_are_gone(tmp_path):
         make_splits(cfg(one_input))
     rows = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", "a") for i in range(1000)])
     assert "(0.2% split, seed" in make_splits(cfg(rows, valid_fraction=0.002)).files["valid"]
+
+
+def test_a_system_prompt_as_long_as_the_context_is_refused_by_name(tmp_path, chat_rows, tiny_tokenizer):
+    """Every row was dropped as too long, with advice to truncate, then as having no tokens left."""
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"q{i}", "completion": "a"} for i in range(20)])
+    for truncation in ("drop", "truncate"):
+        long = cfg(
+            path, system_prompt="be brief " * 40, max_seq_len=32, truncation=truncation, template="chat"
+        )
+        with pytest.raises(
+            DataError, match=r"data.system_prompt: \d+ tokens, no shorter than data.max_seq_len 32"
+        ):
+            prepare(long, tiny_tokenizer)

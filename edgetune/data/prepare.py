@@ -155,6 +155,13 @@ def prepare(
             "conversations, which need a chat template: use data.template auto or chat"
         )
     renderer = Renderer(tokenizer, cfg.template, cfg.system_prompt, cfg.max_seq_len, cfg.truncation)
+    chats = any(renderer.uses_chat(ex) for ex in splits.train[:1])  # where data.system_prompt goes
+    system = tokenizer(cfg.system_prompt, add_special_tokens=False)["input_ids"] if cfg.system_prompt else []
+    if chats and (n := len(system)) >= cfg.max_seq_len:
+        raise DataError(  # every row it goes into would be dropped, or cut to nothing to learn from
+            f"data.system_prompt: {n} tokens, no shorter than data.max_seq_len {cfg.max_seq_len} alone; "
+            "shorten it or raise data.max_seq_len"
+        )
     skip = cfg.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
     encoded = {}
     for name in ALL_SPLITS:
