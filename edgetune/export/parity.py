@@ -23,7 +23,9 @@ from edgetune.errors import GateFailed
 GOALS: dict[str, dict[str, float]] = {
     # f32: a KL bound too, as a file that keeps every token's rank can still be wrong (a norm weight
     # scaled 3x: top-1 100%, KL 0.09). SmolLM2-135M's demo run measured 1.6e-11 (f16: 6.7e-6)
-    "f32": {"kl": 1e-5, "top1": 1.0, "greedy": 1.0},
+    # top-1 at 99.9%: llama.cpp's kernels sum in another order, and a near tie (Gemma 3: logits
+    # 9.5e-3 from torch's) flipped one position of 2,400 at KL 2.9e-7 with every greedy answer equal
+    "f32": {"kl": 1e-5, "top1": 0.999, "greedy": 1.0},
     "f16": {"kl": 5e-4, "top1": 0.995},
     "bf16": {"kl": 5e-3},
     # quantised types: about 1.25x the KL SmolLM2-135M-Instruct measured on the demo's prompts without
