@@ -68,8 +68,18 @@ def _limited_filter(function):
 def _env():
     import jinja2
     from jinja2.compiler import CodeGenerator
-    from jinja2.ext import loopcontrols
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    class Generation(Extension):
+        """transformers' `{% generation %}...{% endgeneration %}`, which marks a reply for its
+        assistant-token mask: rendered as its body (edgetune finds replies by rendering turns)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
     class LimitedCodeGenerator(CodeGenerator):
         def visit_Concat(self, node, frame):
@@ -133,7 +143,7 @@ def _env():
             x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
         )
 
-    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
     env.filters["tojson"] = tojson
     env.filters = {name: _limited_filter(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = raise_exception

@@ -38,6 +38,26 @@ def test_template_features_real_models_use():
         render_template(source, messages=MESSAGES[1:], bos_token="<s>")
 
 
+def test_a_generation_block_renders_as_transformers_renders_it(tiny_tokenizer):
+    """`{% generation %}` marks replies for transformers' assistant mask: data check refused it as
+    a syntax error, blaming the data's first row."""
+    source = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}"
+        "{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    saved, tiny_tokenizer.chat_template = tiny_tokenizer.chat_template, source
+    try:
+        for prompt in (True, False):
+            ours = apply_chat_template(tiny_tokenizer, MESSAGES, prompt)
+            theirs = tiny_tokenizer.apply_chat_template(
+                MESSAGES, tokenize=False, add_generation_prompt=prompt
+            )
+            assert ours == theirs and '{"a": 1}<|im_end|>' in ours
+    finally:
+        tiny_tokenizer.chat_template = saved
+
+
 @pytest.mark.parametrize(
     "payload",
     [
