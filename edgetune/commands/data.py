@@ -41,6 +41,7 @@ def check(data_file, recipe_name, overrides, valid, test, fmt, skip_bad_rows, no
 
     Exit code 2 names the file, line and field of the first bad row.
     """
+    from edgetune.console import err
     from edgetune.data.report import check_dataset, print_report
 
     files = {"train": data_file, "valid": valid, "test": test}
@@ -51,6 +52,7 @@ def check(data_file, recipe_name, overrides, valid, test, fmt, skip_bad_rows, no
         fmt=fmt,
         skip_bad_rows=skip_bad_rows or None,  # without the flag, the recipe's data.skip_bad_rows
         tokens=not no_tokens,
+        say=lambda message: err.print(f"[dim]{message}[/]"),  # on stderr: --json's stdout stays JSON
     )
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -7,6 +7,7 @@ are named by file:line.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -100,18 +101,27 @@ def _row_problem(renderer: Renderer, ex: Example, error: Exception) -> str:
     return problem
 
 
+PROGRESS_ROWS = 5000  # a split this long says how far its encoding is, each tenth of the way
+
+
 def encode_split(
     renderer: Renderer,
     examples: list[Example],
     keep_reasons: int = 5,
     skip_bad_rows: bool = False,
     refused: list[tuple[Example, str]] | None = None,
+    say: Callable[[str], None] | None = None,
+    name: str = "",
 ) -> SplitEncoding:
     """`refused`: with skip_bad_rows, each row the chat template refuses, with why: a bad row,
-    skipped as one that does not parse is, not an example counted among the dropped."""
+    skipped as one that does not parse is, not an example counted among the dropped. `say`: where
+    a long split's progress goes."""
     usable, lengths, reasons = [], [], []
     truncated = dropped = missing_eos = 0
-    for ex, enc in zip(examples, renderer.encode_many(examples)):
+    step = max(1, len(examples) // 10) if say is not None and len(examples) >= PROGRESS_ROWS else 0
+    for done, (ex, enc) in enumerate(zip(examples, renderer.encode_many(examples)), 1):
+        if step and (done % step == 0 or done == len(examples)):
+            say(f"data: {name} {done:,}/{len(examples):,} rows rendered and tokenised")
         if isinstance(enc, InputError):  # the chat template refuses this row (roles, a system turn)
             problem = _row_problem(renderer, ex, enc)
             if not skip_bad_rows:
@@ -144,10 +154,15 @@ ALL_SPLITS = ("train", "valid", "test")
 
 
 def prepare(
-    cfg: DataConfig, tokenizer: Any, skip_bad_rows: bool | None = None, encode: tuple[str, ...] = ALL_SPLITS
+    cfg: DataConfig,
+    tokenizer: Any,
+    skip_bad_rows: bool | None = None,
+    encode: tuple[str, ...] = ALL_SPLITS,
+    say: Callable[[str], None] | None = None,
 ) -> PreparedData:
     """`encode`: the splits to render and tokenise (the others' encodings are empty). merge and
-    bench need the held-out ones: at 50,000 training rows encoding those took a minute a stage."""
+    bench need the held-out ones: at 50,000 training rows encoding those took a minute a stage.
+    `say`: where a long split's progress goes (a minute at 50,000 rows)."""
     splits = make_splits(cfg, skip_bad_rows)
     if cfg.template == "plain" and any(ex.format == "messages" for ex in splits.train):
         raise DataError(
@@ -167,7 +182,7 @@ def prepare(
     for name in ALL_SPLITS:
         refused: list[tuple[Example, str]] = []
         rows = getattr(splits, name) if name in encode else []
-        encoded[name] = encode_split(renderer, rows, skip_bad_rows=skip, refused=refused)
+        encoded[name] = encode_split(renderer, rows, skip_bad_rows=skip, refused=refused, say=say, name=name)
         if refused:  # out of the split, as the rows that did not parse are: its counts are its rows
             gone = {id(ex) for ex, _ in refused}
             setattr(splits, name, [ex for ex in getattr(splits, name) if id(ex) not in gone])

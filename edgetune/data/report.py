@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ def check_dataset(
     fmt: str | None = None,
     skip_bad_rows: bool | None = None,
     tokens: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """`skip_bad_rows`: None reads the recipe's data.skip_bad_rows (what `edgetune run` does)."""
+    """`skip_bad_rows`: None reads the recipe's data.skip_bad_rows (what `edgetune run` does).
+    `say`: where the progress of a long preparation goes."""
     recipe = load_recipe(recipe_name, overrides)
     cfg = recipe.data
     own_train = bool(cfg.train) and files.get("train") is not None and _same_file(files["train"], cfg.train)
@@ -56,7 +59,7 @@ def check_dataset(
 
     model = resolve_model(recipe.model.base, recipe.model.revision, allow_pickle=recipe.model.allow_pickle)
     tokenizer = load_tokenizer(model, recipe.model.trust_remote_code)
-    prepared = prepare(cfg, tokenizer, skip_bad_rows)
+    prepared = prepare(cfg, tokenizer, skip_bad_rows, say=say)
     report.update(prepared.summary())
     context = past_the_context(prepared, model.path, recipe.model.trust_remote_code)
     said = (context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared))

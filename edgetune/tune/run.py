@@ -244,7 +244,8 @@ def _prepare_training(
     space = low_space_warning(run_dir, 2 * weights_bytes(model_ref.path), "this run (checkpoints + merge)")
     if space:
         warn(space)
-    data = prepare(recipe.data, tokenizer)
+    progress = (lambda message: console.print(f"[dim]{message}[/]")) if console is not None and main else None
+    data = prepare(recipe.data, tokenizer, say=progress)
     tokenizer.chat_template = data.shipped_template  # saved with every checkpoint and the adapter
     train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
     warn_about_data(recipe, data, warn)
