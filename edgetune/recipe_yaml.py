@@ -58,13 +58,40 @@ def read_recipe_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError([f"invalid YAML: {getattr(exc, 'problem', exc)}"], source=where) from None
     except OSError as exc:
         raise ConfigError([f"cannot read recipe: {exc.strerror}"], source=str(path)) from None
+    except RecursionError:
+        raise ConfigError(["invalid YAML: nested too deeply"], source=str(path)) from None
     if raw is None:
         return {}, {}
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping of sections"], source=str(path))
+    try:
+        values = _expanded_size(node, {})
+    except RecursionError:
+        raise ConfigError(["invalid YAML: nested too deeply"], source=str(path)) from None
+    if values > MAX_EXPANDED:  # aliases of aliases: a "billion laughs"
+        raise ConfigError(
+            [f"its anchors and aliases expand to {values:,} values (at most {MAX_EXPANDED:,})"],
+            source=str(path),
+        )
     lines: dict[str, int] = {}
     _key_lines(node, "", lines)
     return raw, lines
+
+
+MAX_EXPANDED = 100_000  # a recipe has about a hundred settings
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """The number of nodes `node` stands for once every alias is read out (each counted where it
+    is used), counted over the shared graph: a bomb is measured without being expanded."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node holding itself (a recursive alias) counts once
+    children = node.value if isinstance(node, yaml.SequenceNode) else []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    sizes[id(node)] = min(MAX_EXPANDED + 1, 1 + sum(_expanded_size(child, sizes) for child in children))
+    return sizes[id(node)]
 
 
 def _key_lines(

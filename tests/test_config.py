@@ -381,3 +381,23 @@ def test_a_bad_value_is_not_blamed_again_by_a_check_that_read_its_default(tmp_pa
     with pytest.raises(ConfigError) as info:
         load_recipe("demo", ["train.eval_steps=1.5", "train.warmup_ratio=2"])
     assert "train.warmup_ratio: must be in [0, 1)" in str(info.value)
+
+
+def test_a_recipe_whose_aliases_expand_without_end_is_refused_at_once(tmp_path):
+    """Nine anchors, each ten aliases of the one before (a "billion laughs"): every command that
+    read it ran on for minutes, gigabytes growing."""
+    import time
+
+    lines = ["a0: &a0 [x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\ndata:\n  train: d.jsonl\n")
+    started = time.monotonic()
+    with pytest.raises(
+        ConfigError, match=r"bomb.yaml: invalid recipe: its anchors and aliases expand to 100,001"
+    ):
+        load_recipe(str(bomb))
+    assert time.monotonic() - started < 5
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("data: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="deep.yaml: invalid recipe: invalid YAML: nested too deeply"):
+        load_recipe(str(deep))
