@@ -41,12 +41,29 @@ def _guard_call(args: tuple, kwargs: dict) -> None:
             raise SecurityError("argument too large")
 
 
-def _guard_format(text: str) -> None:
-    """A format string with a huge width or precision ('{:>999999999}', '%999999999d')."""
+_FIELD = {
+    "%": re.compile(r"%[#0 +-]*(\d*)(?:\.(\d*))?"),
+    "{": re.compile(r"\{[^{}:]*(?::[^{}\d]*(\d*)(?:\.(\d*))?)?"),
+}
+_FROM_ARGUMENT = {"%": re.compile(r"%[#0 +-]*(\d*\.)?\*"), "{": re.compile(r"\{[^{}]*:[^{}]*\{")}
+
+
+def _guard_format(text: str, args: Any = (), style: str = "{") -> None:
+    """A format whose result would be too large, refused before it is built: a huge width or
+    precision ('{:>999999999}', '%999999999d'), one taken from the arguments ('%*s'), or many
+    fields each filled with a large argument (('%s' * 300) % ((a,) * 300)). `style`: "%" or "{"."""
     from jinja2.sandbox import SecurityError
 
     if re.search(r"\d{7,}", text):
         raise SecurityError("format width too large")
+    if _FROM_ARGUMENT[style].search(text):
+        raise SecurityError("format width taken from an argument")
+    values = args.values() if isinstance(args, dict) else args if isinstance(args, (list, tuple)) else (args,)
+    largest = max((len(str(v)) for v in values), default=0)
+    fields = _FIELD[style].findall(text)
+    widths = sum(int(n) for field in fields for n in field if n)
+    if len(text) + len(fields) * largest + widths > MAX_VALUE_CHARS:
+        raise SecurityError("format result too large")
 
 
 def _limited_filter(function):
@@ -54,6 +71,12 @@ def _limited_filter(function):
         from jinja2.sandbox import SecurityError
 
         _guard_call(args[1:], kwargs)
+        if getattr(function, "__name__", "") == "do_join" and len(args) > 1:  # (eval_ctx, value, d)
+            items = args[1] if isinstance(args[1], str) else list(args[1])
+            glue = args[2] if len(args) > 2 else kwargs.get("d", "")
+            if sum(len(str(x)) for x in items) + len(str(glue)) * len(items) > MAX_VALUE_CHARS:
+                raise SecurityError("join result too large")  # measured before it is built
+            args = (args[0], items, *args[2:])
         result = function(*args, **kwargs)
         if _too_big(result):
             raise SecurityError("filter result too large")
@@ -105,7 +128,8 @@ def _env():
             method = getattr(__obj, "__wrapped__", __obj)  # jinja2 wraps str.format in its own formatter
             owner = getattr(method, "__self__", None)
             if isinstance(owner, str) and getattr(method, "__name__", "") in ("format", "format_map"):
-                _guard_format(owner)
+                mapped = [v for m in args if isinstance(m, dict) for v in m.values()]  # format_map's
+                _guard_format(owner, [*args, *kwargs.values(), *mapped])
             result = super().call(__context, __obj, *args, **kwargs)
             if _too_big(result):
                 raise SecurityError("call result too large")
@@ -125,7 +149,7 @@ def _env():
                     if len(sized) * max(count, 0) > MAX_VALUE_CHARS:
                         raise SecurityError("repetition result too large")
             if operator == "%" and isinstance(left, str):
-                _guard_format(left)
+                _guard_format(left, right, "%")
             if (
                 operator == "+"
                 and isinstance(left, (str, list, tuple))

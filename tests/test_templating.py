@@ -107,6 +107,38 @@ def test_exhaustion_is_refused_quickly(payload, reason):
     assert time.monotonic() - started < 8
 
 
+BIG = "{% set a = 'x' * 1500000 %}"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ '%*s' % (300000000, '') }}",  # the width taken from the arguments
+        "{{ '%-.*s' % (3, 'abc') }}",
+        "{{ '{:{w}}'.format(1, w=300000000) }}",
+        BIG + "{{ ('%s' * 300) % ((a,) * 300) }}",  # many fields, each a large argument
+        BIG + "{{ ('%(a)s' * 300) % {'a': a} }}",
+        BIG + "{{ ('{}' * 300).format(*((a,) * 300)) }}",
+        BIG + "{{ ('{0}' * 300).format(a) }}",
+        BIG + "{{ ((a,) * 300) | join }}",
+        BIG + "{{ ['', ''] | join(a) }}",
+    ],
+)
+def test_a_value_too_large_is_refused_before_it_is_built(payload):
+    """The size checks ran on a format's or a join's result, after building it: a 60-byte template
+    took 3 GB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="refused"):
+            render_template(payload, messages=[{"role": "user", "content": "x"}])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak / 1e6:.0f} MB"
+
+
 def test_a_row_too_long_to_render_is_said_to_be_long_not_the_template_hostile():
     chatml = (
         "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>' }}{% endfor %}"
