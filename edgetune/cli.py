@@ -16,7 +16,7 @@ import click
 
 from edgetune import __version__
 from edgetune.commands.common import NamingGroup
-from edgetune.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EdgetuneError, is_disk_full
+from edgetune.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EdgetuneError, is_disk_full, printable
 
 # name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -145,7 +145,7 @@ def _usage_error(exc: click.UsageError) -> None:
 
 def _fail(message: str, code: int) -> None:
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
-    click.echo(f"edgetune: error: {first_line}", err=True)
+    click.echo(f"edgetune: error: {printable(first_line)}", err=True)
     from edgetune.tune.distributed import end_launched_process
 
     end_launched_process(code)  # a launched rank keeps its exit code (see there)

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 
+from edgetune.errors import printable
+
 LOG_WIDTH = 160
 
 
@@ -24,6 +26,10 @@ def _log_width(stream) -> int | None:
 
 
 class _Console(Console):
+    def print(self, *objects, **kwargs) -> None:
+        """Text with its control characters shown, not sent (errors.printable)."""
+        super().print(*(printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
     def on_broken_pipe(self) -> None:
         """The reader of the output left (`| head`): the CLI ends as SIGPIPE ends a Unix tool
         (status 141), not with rich's exit 1, which edgetune's contract reads as an internal failure."""
@@ -77,6 +83,7 @@ def print_rows(
     table = Table(title=title)
     for header in headers:
         table.add_column(header, justify="left" if header in left else "right")
+    rows = [[printable(cell) for cell in row] for row in rows]  # a data row's text may hold escapes
     for row in rows:
         table.add_row(*row)
     if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:

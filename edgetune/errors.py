@@ -5,8 +5,19 @@ Exit codes (a contract for Makefiles): 0 ok, 1 internal failure, 2 bad input, 3 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """text with its control characters shown (\\x1b), not sent: a row of a dataset, a model's
+    file or its output can hold a terminal's escape sequences (a colour, a window title, a cleared
+    screen). Newlines and tabs stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
 
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2

@@ -22,7 +22,7 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
     conversation, /exit or Ctrl-D leaves."""
     from edgetune.chat import open_chat
     from edgetune.console import err
-    from edgetune.errors import InputError
+    from edgetune.errors import InputError, printable
 
     if not artifact.strip():  # "" would be the current directory
         raise click.UsageError(
@@ -41,8 +41,10 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
             f"with no chat template, system prompt or history{ignored}"
         )
 
-    def show(piece: str) -> None:
-        click.echo(piece, nl=False)
+    terminal = sys.stdout.isatty()
+
+    def show(piece: str) -> None:  # a model can be made to write escape sequences: not into a terminal
+        click.echo(printable(piece) if terminal else piece, nl=False)
 
     if prompt is not None:
         session.reply(prompt, max_new_tokens, show)
