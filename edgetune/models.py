@@ -55,6 +55,7 @@ class ResolvedModel:
     kind: str  # "builtin" | "local" | "hub"
 
 
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -62,7 +63,8 @@ def refuse_pickle(path: Path, allow_pickle: bool = False, can_allow: bool = True
     """Weights stored as pickles run code when loaded: a directory without safetensors weights is
     refused unless the user allows pickles explicitly (they are then loaded with weights_only=True).
     `can_allow` is False where nothing reads pickles (the exporters read safetensors only)."""
-    if allow_pickle or any(path.glob("*.safetensors")):
+    # what transformers loads before a pickle: another .safetensors beside a .bin is not it
+    if allow_pickle or any((path / name).is_file() for name in SAFETENSORS_WEIGHTS):
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
@@ -271,11 +273,18 @@ def load_causal_lm(path: Path, **kwargs):
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        model, loading = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
         if "out of memory" in str(exc).lower():
             raise
         raise ModelError(f"{path}: cannot load the model ({short_reason(exc)})") from None
+    missing = sorted(loading.get("missing_keys") or ())
+    if missing:  # transformers starts them random, says so in a log line, and goes on
+        raise ModelError(
+            f"{path}: its weights lack {len(missing)} tensor(s) its config.json calls for (e.g. "
+            f"{missing[0]}), which would start random: the config does not fit the weights"
+        )
+    return model
 
 
 def short_reason(exc: BaseException, limit: int = 300) -> str:
