@@ -32,6 +32,20 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 
 
 def tokenizer_from_gguf(path: Path):
+    """The file's tokenizer, rebuilt from its metadata; metadata of the wrong types (token ids as
+    strings, merges without a space) is the file's fault, said in one line."""
+    from edgetune.errors import EdgetuneError
+    from edgetune.models import short_reason
+
+    try:
+        return _tokenizer_from_gguf(path)
+    except (EdgetuneError, MemoryError):
+        raise
+    except Exception as exc:  # the tokenizers library raises plain Exceptions for a bad vocabulary
+        raise ModelError(f"{path}: its tokenizer metadata cannot be read ({short_reason(exc)})") from None
+
+
+def _tokenizer_from_gguf(path: Path):
     from gguf import GGUFReader
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

@@ -30,6 +30,8 @@ def check_json(path: Path) -> dict:
         raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(value, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -47,7 +49,7 @@ def check_safetensors(path: Path) -> None:
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise InputError(f"{path}: corrupt safetensors header (not JSON)") from None
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupt safetensors header (not an object)")
