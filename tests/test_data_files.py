@@ -190,3 +190,22 @@ def test_json_quirks_get_their_own_line_and_advice(tmp_path):
     first.write_text('["a", "b"]\n{"text": "x"}\n')
     with pytest.raises(DataError, match=rf"{first}:1: expected a JSON object, got a list"):
         load_examples(first)
+
+
+def test_a_parquet_file_that_unpacks_to_too_many_rows_is_refused_from_its_footer(tmp_path, monkeypatch):
+    """555 KB of dictionary-encoded columns unpacked to 100 million rows: minutes and gigabytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import edgetune.data.files as files
+
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"text": ["same row"] * 50}), path)
+    monkeypatch.setattr(files, "MAX_PARQUET_ROWS", 20)
+    with pytest.raises(
+        DataError, match=r"many.parquet: 50 rows, 0.0 GB unpacked; edgetune reads at most 20 rows"
+    ):
+        list(files.iter_raw_rows(path))
+    monkeypatch.setattr(files, "MAX_PARQUET_ROWS", 50)
+    rows = list(files.iter_raw_rows(path))  # read in batches, numbered from 1
+    assert [n for n, _ in rows] == list(range(1, 51)) and rows[0][1] == {"text": "same row"}

@@ -274,12 +274,35 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
         raise DataError(f"{path}:1: empty CSV file (expected a header row)")
 
 
+MAX_PARQUET_ROWS = 10_000_000
+MAX_PARQUET_BYTES = 4_000_000_000
+
+
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
+        meta = parquet.metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    # Parquet has no lines: "line" is the 1-based row number
-    yield from enumerate(table.to_pylist(), start=1)
+    # a few hundred KB of dictionary-encoded columns can unpack to 100 million rows: said from the
+    # footer, before anything is read (a fine-tuning set holds thousands to tens of thousands)
+    if meta.num_rows > MAX_PARQUET_ROWS or size > MAX_PARQUET_BYTES:
+        raise DataError(
+            f"{path}: {meta.num_rows:,} rows, {size / 1e9:.1f} GB unpacked; edgetune reads at most "
+            f"{MAX_PARQUET_ROWS:,} rows and {MAX_PARQUET_BYTES / 1e9:.0f} GB from a Parquet file"
+        )
+    number = 0  # Parquet has no lines: "line" is the 1-based row number
+    batches = parquet.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        if batch is None:
+            return
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
