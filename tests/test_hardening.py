@@ -35,6 +35,12 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_model_dir):
     with pytest.raises(ModelError, match="pytorch_model.bin.*--allow-pickle"):
         resolve_model(str(model))
     assert resolve_model(str(model), allow_pickle=True).path == model.resolve()
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(model / "decoy.safetensors"))  # not what transformers loads
+    with pytest.raises(ModelError, match="pytorch_model.bin.*--allow-pickle"):
+        resolve_model(str(model))
     write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
     result = CliRunner().invoke(
         main, ["tune", "--set", f"model.base={model}", "--set", f"data.train={tmp_path / 'd.jsonl'}"]
@@ -61,6 +67,11 @@ def _edit_json(path, **changes):
         (lambda d: (d / "config.json").write_text("{}"), "cannot load the model"),
         (lambda d: (d / "tokenizer.json").write_text("{}"), "cannot load the tokenizer"),
         (lambda d: (d / "model.safetensors").unlink(), "cannot load the model"),
+        # more layers than the weights hold: transformers started the rest random and chat answered
+        (
+            lambda d: _edit_json(d / "config.json", num_hidden_layers=4),
+            "its weights lack 18 tensor(s) its config.json calls for",
+        ),
     ],
 )
 def test_a_model_directory_that_does_not_load_is_one_line_in_chat(tmp_path, tiny_model_dir, damage, message):
@@ -163,6 +174,12 @@ CORRUPTIONS = [
     ("onnx", "model.onnx", lambda p: _truncate(p, -5000), "model.onnx"),
     ("onnx", "model.onnx", lambda p: _truncate(p, 100), "model.onnx"),
     ("onnx", "config.json", lambda p: p.write_text("{"), "config.json:1:2: invalid JSON"),
+    (
+        "hf",
+        "config.json",
+        lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
+        "config.json: JSON nested too deeply",
+    ),
 ]
 
 
@@ -455,3 +472,45 @@ def test_a_folder_replaced_between_its_two_renames_comes_back_not_away(tmp_path,
     with atomic_dir(merged) as staging:  # a replace that succeeds leaves nothing beside
         (staging / "model.safetensors").write_text("new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "merged"]
+
+
+def test_gguf_tokenizer_metadata_of_the_wrong_types_is_one_error_naming_the_file(tmp_path):
+    """Token strings stored as integers passed the file's structural check, then failed inside the
+    tokenizers library as an internal error."""
+    import gguf
+    import numpy as np
+
+    from edgetune.tokenizer_gguf import tokenizer_from_gguf
+
+    path = tmp_path / "ints.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_array("tokenizer.ggml.tokens", [1, 2, 3])
+    writer.add_array("tokenizer.ggml.token_type", [1, 1, 1])
+    writer.add_tensor("t", np.zeros((4,), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelError, match=r"ints.gguf: its tokenizer metadata cannot be read \(TypeError"):
+        tokenizer_from_gguf(path)
+
+
+def test_escape_sequences_in_what_edgetune_prints_back_are_shown_not_sent(tmp_path, capsys):
+    """A dataset's field name, a bad row in a report, a model's answer in a terminal: ESC ] 0 ;
+    set the window title, ESC [ 2J cleared the screen."""
+    from click.testing import CliRunner
+
+    from edgetune import console
+    from edgetune.cli import main
+
+    hostile = "\x1b]0;PWNED\x07\x1b[2J\x9b31m"
+    (tmp_path / "d.jsonl").write_text(json.dumps({hostile: "x"}) + "\n")
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "d.jsonl"), "--no-tokens"])
+    assert result.exit_code == 2 and "\\x1b]0;PWNED\\x07\\x1b[2J\\x9b31m" in result.output, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    console.err.print(f"first bad row: {hostile}")
+    console.print_rows(console.out, "t", ["row", "why"], [["d.jsonl:1", hostile]])
+    out, err = capsys.readouterr()
+    assert "\x1b]" not in out + err and "\\x1b]0;PWNED" in err and "\\x1b]0;PWNED" in out
