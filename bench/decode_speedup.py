@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _goals import Goals  # noqa: E402
+
 from edgetune.bench.latency import measure  # noqa: E402
 from edgetune.bench.targets import discover_targets  # noqa: E402
 from edgetune.config import load_recipe  # noqa: E402
@@ -50,11 +52,12 @@ def main() -> int:
         print(f"round {round_}: " + ", ".join(f"{n} {rates[n][-1]:.1f} tok/s" for n in PAIR), flush=True)
     torch_rate, gguf_rate = (statistics.median(rates[n]) for n in PAIR)
     ratio = gguf_rate / torch_rate
+    goals = Goals()
     print(
         f"median decode: torch fp32 {torch_rate:.1f} tok/s, llama.cpp Q4_K_M {gguf_rate:.1f} tok/s: "
-        f"{ratio:.2f}x (goal >= {GOAL:g}x) {'met' if ratio >= GOAL else 'NOT met'}"
+        f"{ratio:.2f}x {goals.at_least('llama.cpp Q4_K_M / torch fp32 decode', ratio, GOAL)}"
     )
-    return 0
+    return goals.exit_code()
 
 
 if __name__ == "__main__":

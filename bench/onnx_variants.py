@@ -27,7 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _goals import Goals  # noqa: E402
+
 from edgetune.export.onnx_runtime import OnnxDecoder  # noqa: E402
+
+DECODE_GOALS = {"int4": 1.5, "int8": 1.0}  # x fp32's decode speed (README, Benchmarks)
 
 PROMPT_TOKENS = 96
 DECODE_TOKENS = 48
@@ -77,7 +81,7 @@ def prefill_ms(decoder: OnnxDecoder, prompt: list[int], last_only: bool) -> floa
     return (time.perf_counter() - started) * 1000
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("export_dir", nargs="?", type=Path)
     parser.add_argument("--threads", type=int, default=None)
@@ -104,15 +108,20 @@ def main() -> None:
     base = statistics.median(rates["fp32"])
     print(f"onnxruntime CPU decode, {PROMPT_TOKENS}-token prompt, {DECODE_TOKENS} tokens, {ROUNDS} rounds")
     print(f"{'variant':<14}{'tok/s':>8}{'vs fp32':>9}")
+    goals = Goals()
     for name, values in rates.items():
         rate = statistics.median(values)
-        print(f"{name:<14}{rate:8.1f}{rate / base:8.2f}x")
+        goal = DECODE_GOALS.get(name)
+        met = goals.at_least(f"{name} / fp32 decode", rate / base, goal) if goal else ""
+        print(f"{name:<14}{rate:8.1f}{rate / base:8.2f}x {met}")
     print(f"\ntime to first token, {PROMPT_TOKENS}-token prompt (median of {2 * ROUNDS}), LM head over:")
     print(f"{'variant':<14}{'every':>9}{'last':>9}{'speedup':>9}")
     for name, runs in prefill.items():
         every, last = statistics.median(runs[False]), statistics.median(runs[True])
-        print(f"{name:<14}{every:7.1f}ms{last:7.1f}ms{every / last:8.2f}x")
+        met = goals.at_least(f"{name} first token, every / last position", every / last, 1, strictly=True)
+        print(f"{name:<14}{every:7.1f}ms{last:7.1f}ms{every / last:8.2f}x {met}")
+    return goals.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _goals import Goals  # noqa: E402
 from train_throughput import encoded_demo  # noqa: E402
 
 WAYS = ("full", "union", "per row")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, default=6, help="measured, after one warm-up batch")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -110,15 +111,20 @@ def main() -> None:
             f"{statistics.median(seconds[way]):.3f} s (median){peak}"
         )
     # the same loss each way (the way tokens are averaged is the same: over supervised tokens)
-    worst = max(abs(a - b) for a, b in zip(losses["full"], losses["per row"]))
-    print(f"  largest loss difference, per row vs full: {worst:.2e}")
+    worst = max(abs(a - b) for way in ("full", "union") for a, b in zip(losses[way], losses["per row"]))
+    print(f"  largest loss difference, per row vs full and union: {worst:.2e}")
     per_row = statistics.median(seconds["per row"])
+    goals = Goals()
     for other in ("full", "union"):
-        print(f"ratio step time {other} / per row: {statistics.median(seconds[other]) / per_row:.2f}x")
+        ratio = statistics.median(seconds[other]) / per_row
+        print(
+            f"ratio step time {other} / per row: {ratio:.2f}x {goals.at_least(f'{other} / per row', ratio, 1, True)}"
+        )
     print(f"ratio logit rows union / per row: {rows['union'] / rows['per row']:.2f}x")
     if cuda:
         print(f"ratio peak memory union / per row: {peaks['union'] / peaks['per row']:.2f}x")
+    return goals.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

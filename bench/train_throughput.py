@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _goals import Goals
 
 
 def encoded_demo(skewed: bool):
@@ -142,7 +144,7 @@ def run_plain(recipe, model_ref, tok, examples, steps, warmup) -> float:
     return timer.rate(per_step)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
@@ -162,7 +164,8 @@ def main() -> None:
         f"demo data, batch {recipe.train.batch_size}: edgetune {a:.0f} tok/s, plain loop {b:.0f} tok/s "
         f"(runs: {[round(x) for x in ours]} vs {[round(x) for x in plain]})"
     )
-    print(f"ratio edgetune / plain loop: {a / b:.2f}x (goal >= 0.95x)")
+    goals = Goals()
+    print(f"ratio edgetune / plain loop: {a / b:.2f}x {goals.at_least('edgetune / plain loop', a / b, 0.95)}")
 
     recipe, model_ref, tok, skewed = encoded_demo(skewed=True)
     padded, packed = [], []
@@ -171,8 +174,9 @@ def main() -> None:
         packed.append(run_edgetune(recipe, model_ref, tok, skewed, args.steps, args.warmup, packing=True))
     c, d = statistics.median(padded), statistics.median(packed)
     print(f"length-skewed data: padded {c:.0f} tok/s, packed {d:.0f} tok/s")
-    print(f"ratio packing / padding: {d / c:.2f}x (goal >= 1.3x)")
+    print(f"ratio packing / padding: {d / c:.2f}x {goals.at_least('packing / padding', d / c, 1.3)}")
+    return goals.exit_code()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -164,3 +164,32 @@ def test_make_bench_runs_only_the_benchmarks_that_need_no_arguments():
     assert "supervised_logits.py" in names and "train_throughput.py" in names
     for script in run_all.scripts():  # a required argument would fail `make bench` with a usage line
         assert "required=True" not in script.read_text(), script.name
+
+
+def test_a_benchmark_that_misses_its_goal_fails_make_bench_and_is_named(tmp_path, monkeypatch, capsys):
+    """Every script printed "(goal >= 1.3x)" and exited 0 whatever it measured."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from _goals import GOAL_MISSED, Goals
+
+    goals = Goals()
+    assert goals.at_least("packing / padding", 1.31, 1.3) == "(goal >= 1.3x: met)"
+    assert goals.at_least("first token", 1.0, 1, strictly=True) == "(goal > 1x: NOT met)"
+    assert (
+        goals.exit_code() == GOAL_MISSED
+        and "goal not met: first token 1.00x, goal > 1x" in capsys.readouterr().out
+    )
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "bench" / "run_all.py")
+    run_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_all)
+    assert "_goals.py" not in [s.name for s in run_all.scripts()]
+    scripts = []
+    for name, code in (("fine.py", 0), ("slow.py", GOAL_MISSED)):
+        scripts.append(tmp_path / name)
+        scripts[-1].write_text(f"import sys\nsys.exit({code})\n")
+    monkeypatch.setattr(run_all, "scripts", lambda: scripts)
+    assert run_all.main() == GOAL_MISSED and "goals not met: slow.py" in capsys.readouterr().err
+    scripts.append(tmp_path / "broken.py")
+    scripts[-1].write_text("raise SystemExit(1)\n")
+    assert run_all.main() == 1
