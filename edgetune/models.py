@@ -248,22 +248,45 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
 
 
 def refuse_ids_past_the_embedding(model_dir: Path, tok) -> None:
-    """A token added to the tokenizer without resizing the model (`add_special_tokens({"pad_token":
-    "[PAD]"})` and no `resize_token_embeddings`) has an id the embedding has no row for: training
-    and export failed on it deep inside torch ("index out of range in self")."""
+    """A pad, EOS, BOS or unknown token added to the tokenizer without resizing the model
+    (`add_special_tokens({"pad_token": "[PAD]"})` and no `resize_token_embeddings`) has an id the
+    embedding has no row for, and every padded batch holds it: training and export failed deep
+    inside torch ("index out of range in self"). Other ids past the rows are left alone (Gemma 3's
+    shared tokenizer has an image token past a text model's rows); data that holds one is refused
+    by `ids_past_the_embedding` once the rows are encoded."""
+    rows = embedding_rows(model_dir)
+    used = {tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, tok.unk_token_id} - {None}
+    past = sorted(i for i in used if rows is not None and i >= rows)
+    if past:
+        names = ", ".join(f"{tok.convert_ids_to_tokens(i)!r} ({i})" for i in past)
+        raise ModelError(
+            f"{model_dir}: the tokenizer's {names} is past the model's {rows} embedding rows "
+            "(config.json vocab_size); resize the model's embeddings to the tokenizer "
+            "(resize_token_embeddings) and save both, or remove the added token"
+        )
+
+
+def embedding_rows(model_dir: Path) -> int | None:
+    """config.json's vocab_size (a multimodal config's text part's), None where it says none."""
     try:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return
+        return None
     rows = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
-    past = sorted((i, t) for t, i in tok.get_vocab().items() if isinstance(rows, int) and i >= rows)
-    if past:
-        names = ", ".join(f"{t!r} ({i})" for i, t in past[:3]) + (" ..." if len(past) > 3 else "")
-        raise ModelError(
-            f"{model_dir}: the tokenizer has {len(past)} token id(s) past the model's {rows} embedding rows "
-            f"(config.json vocab_size): {names}; resize the model's embeddings to the tokenizer "
-            "(resize_token_embeddings) and save both, or remove the added tokens"
-        )
+    return rows if isinstance(rows, int) else None
+
+
+def ids_past_the_embedding(encoded, rows: int | None, tok) -> str | None:
+    """The first encoded example holding a token id the embedding has no row for (the text of a
+    token added to the tokenizer only), as "file:line: ...", or None."""
+    for enc in encoded:
+        bad = next((i for i in enc.input_ids if rows is not None and i >= rows), None)
+        if bad is not None:
+            return (
+                f"{enc.source}: token {tok.convert_ids_to_tokens(bad)!r} (id {bad}) is past the model's "
+                f"{rows} embedding rows: the tokenizer has tokens the model was not resized for"
+            )
+    return None
 
 
 def load_causal_lm(path: Path, **kwargs):

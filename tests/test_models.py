@@ -13,21 +13,37 @@ def test_local_directory_resolves(tiny_model_dir):
 
 def test_a_token_added_without_resizing_the_model_is_refused(tmp_path, tiny_model_dir):
     """`add_special_tokens({"pad_token": "[PAD]"})` without resize_token_embeddings: tune and export
-    failed inside torch with "index out of range in self"."""
+    failed inside torch with "index out of range in self". A token past the rows that nothing
+    uses (Gemma 3's image token beside a text model) is no problem until data holds it."""
     import json
     import shutil
 
+    from edgetune.data.render import Encoded
+    from edgetune.models import ids_past_the_embedding
+
     model = tmp_path / "added"
     shutil.copytree(tiny_model_dir, model)
-    rows = json.loads((model / "config.json").read_text())["vocab_size"]
     tok = load_tokenizer(resolve_model(str(model)))
-    tok.add_special_tokens({"pad_token": "[PAD]"})
+    rows = len(tok)
+    tok.add_special_tokens({"pad_token": "[PAD]", "additional_special_tokens": ["<image>"]})
     tok.save_pretrained(str(model))
-    if len(tok) <= rows:  # the fixture's embedding has spare rows: take them away
-        config = json.loads((model / "config.json").read_text())
-        (model / "config.json").write_text(json.dumps({**config, "vocab_size": len(tok) - 1}))
-    with pytest.raises(ModelError, match=r"1 token id\(s\) past the model's \d+ embedding rows .*'\[PAD\]'"):
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+    with pytest.raises(
+        ModelError, match=rf"the tokenizer's '\[PAD\]' \({rows}\) is past the model's {rows} embedding rows"
+    ):
         load_tokenizer(resolve_model(str(model)))
+    tok.pad_token = tok.eos_token
+    tok.save_pretrained(str(model))
+    loaded = load_tokenizer(resolve_model(str(model)))  # <image> is past the rows, and unused
+    image = loaded.convert_tokens_to_ids("<image>")
+    assert image >= rows
+    fine = Encoded([1, 2, 3], [1, 2, 3], "d.jsonl:1")
+    held = Encoded([1, image, 3], [1, 2, 3], "d.jsonl:7")
+    assert ids_past_the_embedding([fine], rows, loaded) is None
+    assert ids_past_the_embedding([fine, held], rows, loaded).startswith(
+        f"d.jsonl:7: token '<image>' (id {image})"
+    )
 
 
 def test_directory_without_config_is_refused(tmp_path):

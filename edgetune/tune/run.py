@@ -18,7 +18,7 @@ from rich.markup import escape
 from edgetune import __version__
 from edgetune.config import Recipe, dump_recipe, load_recipe
 from edgetune.data.files import check_data_files
-from edgetune.errors import InputError, writing
+from edgetune.errors import InputError, ModelError, writing
 from edgetune.export.modelfile import shared_system_prompt
 from edgetune.fingerprints import data_files, training_settings
 from edgetune.rundir import (
@@ -220,7 +220,7 @@ def _prepare_training(
     import transformers
 
     from edgetune.data.prepare import past_the_context, prepare
-    from edgetune.models import load_tokenizer, resolve_model
+    from edgetune.models import embedding_rows, ids_past_the_embedding, load_tokenizer, resolve_model
     from edgetune.rundir import low_space_warning, weights_bytes
     from edgetune.tune.model import choose_setup, load_for_training
     from edgetune.tune.trainer import build_trainer, training_args
@@ -248,6 +248,9 @@ def _prepare_training(
     data = prepare(recipe.data, tokenizer, say=progress)
     tokenizer.chat_template = data.shipped_template  # saved with every checkpoint and the adapter
     train_examples, valid_examples = data.encoded["train"].examples, data.encoded["valid"].examples
+    rows = embedding_rows(model_ref.path)
+    if problem := ids_past_the_embedding([*train_examples, *valid_examples], rows, tokenizer):
+        raise ModelError(problem)
     warn_about_data(recipe, data, warn)
     if context := past_the_context(data, model_ref.path, recipe.model.trust_remote_code):
         warn(context)
