@@ -212,6 +212,14 @@ def test_ollama_prompt_is_the_training_prompt(ollama_render, tmp_path, family, c
     assert llama_cpp_ids(renderer, prompt) == expected, (prompt, renderer.chat_text(trained, True))
 
 
+def test_a_system_prompt_the_template_trims_is_still_the_modelfiles(tmp_path):
+    """Llama 3 writes `content | trim`: a YAML block's trailing newline is not in the rendered text,
+    and the check for a template that leaves system turns out took it for one."""
+    renderer = Renderer(tokenizers()["llama3, tokenizer adds BOS"]())
+    _, written_system, _ = modelfile_parts(tmp_path, renderer, "You are brief.\n")
+    assert written_system and written_system.strip() == "You are brief."
+
+
 def test_a_request_with_its_own_system_message_replaces_the_modelfiles(ollama_render, tmp_path):
     renderer = Renderer(gemma_tokenizer())
     template, written_system, _ = modelfile_parts(tmp_path, renderer, SYSTEM)

@@ -50,6 +50,7 @@ SYSTEM_TURN = {
     "llama3": re.compile(r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>", re.S),
 }
 PROBE = "edgetune-probe"
+SYSTEM_PROBE = "edgetune-system-probe"  # a system text no template trims or rewrites
 TURN_OPENER = {
     "chatml": "<|im_start|>",
     "llama3": "<|start_header_id|>",
@@ -112,7 +113,8 @@ def system_block(renderer, family: str | None, system: str | None) -> str | None
         return system
     messages = [{"role": "system", "content": system}] * bool(system) + [{"role": "user", "content": PROBE}]
     text = renderer.chat_text(messages, True)
-    if system and system not in text:
+    marker = [{"role": "system", "content": SYSTEM_PROBE}, {"role": "user", "content": PROBE}]
+    if system and SYSTEM_PROBE not in renderer.chat_text(marker, True):
         return None  # a template that leaves system turns out: training saw none, Ollama must not add one
     found = pattern.search(text)
     return found.group(1) if found else system
