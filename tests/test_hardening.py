@@ -497,7 +497,7 @@ def test_gguf_tokenizer_metadata_of_the_wrong_types_is_one_error_naming_the_file
         tokenizer_from_gguf(path)
 
 
-def test_escape_sequences_in_what_edgetune_prints_back_are_shown_not_sent(tmp_path, capsys):
+def test_escape_sequences_in_what_edgetune_prints_back_are_shown_not_sent(tmp_path, capsys, tiny_model_dir):
     """A dataset's field name, a bad row in a report, a model's answer in a terminal: ESC ] 0 ;
     set the window title, ESC [ 2J cleared the screen."""
     from click.testing import CliRunner
@@ -505,11 +505,20 @@ def test_escape_sequences_in_what_edgetune_prints_back_are_shown_not_sent(tmp_pa
     from edgetune import console
     from edgetune.cli import main
 
-    hostile = "\x1b]0;PWNED\x07\x1b[2J\x9b31m"
+    hostile, tiny = "\x1b]0;PWNED\x07\x1b[2J\x9b31m", tiny_model_dir
     (tmp_path / "d.jsonl").write_text(json.dumps({hostile: "x"}) + "\n")
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "d.jsonl"), "--no-tokens"])
     assert result.exit_code == 2 and "\\x1b]0;PWNED\\x07\\x1b[2J\\x9b31m" in result.output, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
+    from conftest import chat_row, write_jsonl
+
+    write_jsonl(tmp_path / "ok.jsonl", [chat_row(f"q{i} {hostile}", f"a{i} {hostile}") for i in range(20)])
+    shown = CliRunner().invoke(
+        main, ["data", "check", str(tmp_path / "ok.jsonl"), "--set", f"model.base={tiny}"]
+    )
+    assert shown.exit_code == 0 and "\\x1b]0;PWNED" in shown.output and "\x1b]" not in shown.output, (
+        shown.output
+    )
     console.err.print(f"first bad row: {hostile}")
     console.print_rows(console.out, "t", ["row", "why"], [["d.jsonl:1", hostile]])
     out, err = capsys.readouterr()

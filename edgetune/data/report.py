@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import load_recipe
+from edgetune.errors import printable
 
 
 def check_dataset(
@@ -156,9 +157,12 @@ def print_report(report: dict[str, Any], out=None) -> None:
         for warning in report.get("warnings", []):
             out.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         sample = report["sample"]
-        text = Text(sample["rendered"])
-        for start, end in sample["supervised_spans"]:
-            text.stylize("bold green", start, end)
+        rendered, spans = sample["rendered"], sample["supervised_spans"]
+        text = Text()  # piece by piece: a piece's control characters are shown (printable), not sent
+        cuts = sorted({0, len(rendered), *(at for span in spans for at in span)})
+        for start, end in zip(cuts, cuts[1:]):
+            supervised = any(s <= start and end <= e for s, e in spans)
+            text.append(printable(rendered[start:end]), style="bold green" if supervised else None)
         out.print(f"[dim]sample ({escape(sample['source'])}; the tokens that carry loss in green):[/]")
         out.print(text, soft_wrap=True)
 
