@@ -56,14 +56,24 @@ def _guard_format(text: str, args: Any = (), style: str = "{") -> None:
 
     if re.search(r"\d{7,}", text):
         raise SecurityError("format width too large")
-    if _FROM_ARGUMENT[style].search(text):
+    bare = text.replace("%%", "") if style == "%" else text.replace("{{", "").replace("}}", "")  # escapes
+    if _FROM_ARGUMENT[style].search(bare):
         raise SecurityError("format width taken from an argument")
     values = args.values() if isinstance(args, dict) else args if isinstance(args, (list, tuple)) else (args,)
     largest = max((len(str(v)) for v in values), default=0)
-    fields = _FIELD[style].findall(text)
+    fields = _FIELD[style].findall(bare)
     widths = sum(int(n) for field in fields for n in field if n)
     if len(text) + len(fields) * largest + widths > MAX_VALUE_CHARS:
         raise SecurityError("format result too large")
+
+
+def _guard_replace(text: Any, old: Any, new: Any) -> None:
+    """str.replace's result, measured before it is built."""
+    from jinja2.sandbox import SecurityError
+
+    if isinstance(text, str) and isinstance(old, str) and isinstance(new, str):
+        if len(text) + (text.count(old) if old else len(text) + 1) * len(new) > MAX_VALUE_CHARS:
+            raise SecurityError("replace result too large")
 
 
 def _limited_filter(function):
@@ -71,7 +81,12 @@ def _limited_filter(function):
         from jinja2.sandbox import SecurityError
 
         _guard_call(args[1:], kwargs)
-        if getattr(function, "__name__", "") == "do_join" and len(args) > 1:  # (eval_ctx, value, d)
+        name = getattr(function, "__name__", "")
+        if name == "do_format" and args and isinstance(args[0], str):  # (value, *args, **kwargs)
+            _guard_format(args[0], kwargs or args[1:], "%")
+        if name == "do_replace" and len(args) > 3:  # (eval_ctx, s, old, new, count)
+            _guard_replace(*args[1:4])
+        if name == "do_join" and len(args) > 1:  # (eval_ctx, value, d)
             items = args[1] if isinstance(args[1], str) else list(args[1])
             glue = args[2] if len(args) > 2 else kwargs.get("d", "")
             if sum(len(str(x)) for x in items) + len(str(glue)) * len(items) > MAX_VALUE_CHARS:
@@ -127,6 +142,8 @@ def _env():
             _guard_call(args, kwargs)
             method = getattr(__obj, "__wrapped__", __obj)  # jinja2 wraps str.format in its own formatter
             owner = getattr(method, "__self__", None)
+            if isinstance(owner, str) and getattr(method, "__name__", "") == "replace" and len(args) > 1:
+                _guard_replace(owner, *args[:2])
             if isinstance(owner, str) and getattr(method, "__name__", "") in ("format", "format_map"):
                 mapped = [v for m in args if isinstance(m, dict) for v in m.values()]  # format_map's
                 _guard_format(owner, [*args, *kwargs.values(), *mapped])

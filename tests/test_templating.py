@@ -122,6 +122,9 @@ BIG = "{% set a = 'x' * 1500000 %}"
         BIG + "{{ ('{0}' * 300).format(a) }}",
         BIG + "{{ ((a,) * 300) | join }}",
         BIG + "{{ ['', ''] | join(a) }}",
+        BIG + "{{ ('%s' * 300) | format(*((a,) * 300)) }}",  # the format filter
+        BIG + "{{ ('x' * 20000) | replace('x', 'y' * 4000) }}",
+        BIG + "{{ ('x' * 20000).replace('x', 'y' * 4000) }}",
     ],
 )
 def test_a_value_too_large_is_refused_before_it_is_built(payload):
@@ -137,6 +140,13 @@ def test_a_value_too_large_is_refused_before_it_is_built(payload):
     finally:
         tracemalloc.stop()
     assert peak < 50e6, f"{peak / 1e6:.0f} MB"
+
+
+def test_escaped_braces_and_percent_signs_are_not_widths_from_arguments():
+    source = (
+        "{{ '{{\"name\": \"{}\"}}'.format('x') }} {{ '50%% *off*: %s' % 'now' }} {{ '%s!' | format('hi') }}"
+    )
+    assert render_template(source, messages=[]) == '{"name": "x"} 50% *off*: now hi!'
 
 
 def test_a_row_too_long_to_render_is_said_to_be_long_not_the_template_hostile():
