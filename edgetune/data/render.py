@@ -152,13 +152,14 @@ class Renderer:
         source = getattr(tokenizer, "name_or_path", "")  # "" for a tokenizer built in memory, not "."
         # what counts as a trained stop: a chat template ends turns in its own token where it has one
         local = bool(source) and Path(source).is_dir()
-        self.stop_ids = set(stop_ids(Path(source), tokenizer) if local else [self.eos_id]) - {None}
         # the token a reply ends in: the template's turn end, or EOS where it writes none after a reply
         turn_end = template_turn_end(tokenizer)
+        stops = stop_ids(Path(source), tokenizer) if local else [self.eos_id, turn_end]
+        self.stop_ids = set(stops) - {None}
         self.reply_end = (
             tokenizer.convert_ids_to_tokens(turn_end) if turn_end is not None else tokenizer.eos_token
         )
-        self.stop_texts = tuple(tokenizer.convert_ids_to_tokens(sorted(self.stop_ids | {turn_end} - {None})))
+        self.stop_texts = tuple(tokenizer.convert_ids_to_tokens(sorted(self.stop_ids)))
         self.bos_id = tokenizer.bos_token_id
         # Does the tokenizer put BOS in front by itself? Then the text must not carry it as well.
         probe = tokenizer("a", add_special_tokens=True)["input_ids"]
