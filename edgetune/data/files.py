@@ -296,13 +296,16 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
         )
     number = 0  # Parquet has no lines: "line" is the 1-based row number
     batches = parquet.iter_batches(batch_size=4096)
-    while True:
-        try:
-            batch = next(batches, None)
-        except Exception as exc:
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-        if batch is None:
-            return
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
+    try:
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:
+                raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+            if batch is None:
+                return
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    finally:
+        parquet.close()

@@ -160,10 +160,12 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
             if dropped
             else "every row went to the held-out splits"
         )
-        raise DataError(
-            f"{cfg.train}: no training examples left after holding out {held_n}: {why}; give each "
-            "input once, or set data.drop_overlap: false to train on them anyway"
+        fix = (
+            "give each input once, or set data.drop_overlap: false to train on them anyway"
+            if dropped
+            else "add data"
         )
+        raise DataError(f"{cfg.train}: no training examples left after holding out {held_n}: {why}; {fix}")
     return Splits(
         train,
         held.get("valid", []),

@@ -75,9 +75,11 @@ def _prepared(recipe: Recipe, model_dir: Path, plain_model: bool):
     tokenizer = load_tokenizer(ResolvedModel(str(model_dir), model_dir, "local"))
     try:
         return prepare(recipe.data, tokenizer)
-    except DataError as exc:
-        if not plain_model or "chat template" not in str(exc):
+    except DataError as refused:
+        # only the demo's chats (a plain model's recipe is the demo's), only for their system turn
+        if not plain_model or "chat template" not in str(refused) or "system" not in str(refused).lower():
             raise
+        error = refused
     lines = Path(recipe.data.train).read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines if line.strip()]
     for row in rows:
@@ -85,7 +87,10 @@ def _prepared(recipe: Recipe, model_dir: Path, plain_model: bool):
     with tempfile.TemporaryDirectory(prefix="edgetune-parity-") as tmp:
         chats = Path(tmp) / Path(recipe.data.train).name
         chats.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        return prepare(dataclasses.replace(recipe.data, train=str(chats)), tokenizer)
+        try:
+            return prepare(dataclasses.replace(recipe.data, train=str(chats)), tokenizer)
+        except DataError:
+            raise error from None  # what the template refuses in the demo's own file, not in a copy
 
 
 def _existing_gguf(gguf_dir: Path) -> list[tuple[str, Path]]:
