@@ -279,9 +279,9 @@ def embedding_rows(model_dir: Path) -> int | None:
 def ids_past_the_embedding(encoded, rows: int | None, tok) -> str | None:
     """The first encoded example holding a token id the embedding has no row for (the text of a
     token added to the tokenizer only), as "file:line: ...", or None."""
-    for enc in encoded:
-        bad = next((i for i in enc.input_ids if rows is not None and i >= rows), None)
-        if bad is not None:
+    for enc in encoded if rows is not None else ():
+        if max(enc.input_ids, default=-1) >= rows:  # max() runs in C: 50,000 rows in a blink
+            bad = next(i for i in enc.input_ids if i >= rows)
             return (
                 f"{enc.source}: token {tok.convert_ids_to_tokens(bad)!r} (id {bad}) is past the model's "
                 f"{rows} embedding rows: the tokenizer has tokens the model was not resized for"

@@ -8,7 +8,6 @@ committed checkpoint).
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -341,11 +340,12 @@ def _covers(run_dir: Path, recipe: Recipe, only: str | None = None) -> bool:
 
 def _benched(run_dir: Path, paths: list[Path]) -> bool:
     """Whether the run's bench report has a target for any of `paths` (exported files or folders)."""
-    try:
-        targets = json.loads((run_dir / "bench" / "report.json").read_text()).get("targets", [])
-    except (OSError, ValueError, AttributeError):
+    from edgetune.preflight import report_targets
+
+    targets = report_targets(run_dir)
+    if targets is None:
         return True  # no report, or one that cannot be read: the bench reruns either way
-    benched = {Path(str(t.get("path", ""))).name for t in targets if isinstance(t, dict)}
+    benched = {Path(str(t.get("path", ""))).name for t in targets}
     return any(p.name in benched for p in paths)
 
 

@@ -50,10 +50,15 @@ def refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -
     check_devices(recipe.bench.devices, "bench.devices")
 
 
+def report_targets(run_dir: Path) -> list[dict] | None:
+    """The targets of the run's bench report, None where it has none that can be read."""
+    try:
+        targets = json.loads((run_dir / "bench" / "report.json").read_text()).get("targets")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [t for t in targets if isinstance(t, dict)] if isinstance(targets, list) else None
+
+
 def _benched_on(run_dir: Path) -> set[str]:
     """The devices the run's bench report measured on (none without a readable one)."""
-    try:
-        report = json.loads((run_dir / "bench" / "report.json").read_text())
-        return {t["device"] for t in report["targets"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+    return {str(t.get("device")) for t in report_targets(run_dir) or []}

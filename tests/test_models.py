@@ -109,3 +109,35 @@ def test_a_plain_model_whose_template_refuses_a_system_turn_exports(tmp_path, ti
     exported = CliRunner().invoke(main, args)
     assert exported.exit_code == 0, exported.output
     assert (out / "gguf" / "model-f32.gguf").is_file()
+
+
+def test_tune_refuses_data_holding_a_token_the_model_has_no_row_for(tmp_path, tiny_model_dir):
+    """A token in the tokenizer only (not resized into the model), written in a training row: tune
+    names the row before any training, where torch failed with 'index out of range in self'."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+    from conftest import chat_row, write_jsonl
+
+    from edgetune.cli import main
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "added")
+    tok = load_tokenizer(resolve_model(str(model)))
+    rows = len(tok)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.save_pretrained(str(model))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+    data = [chat_row(f"q{i}", f"a{i}") for i in range(20)]
+    data[3] = chat_row("what is <image>?", "a picture")
+    write_jsonl(tmp_path / "d.jsonl", data)
+    sets = ["--set", f"model.base={model}", "--set", f"data.train={tmp_path / 'd.jsonl'}"]
+    result = CliRunner().invoke(
+        main, ["tune", *sets, "--set", "data.valid_fraction=0", "--run-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        "d.jsonl:4: token '<image>'" in result.output
+        and f"past the model's {rows} embedding rows" in result.output
+    )
