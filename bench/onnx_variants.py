@@ -53,8 +53,8 @@ def dynamic_int8(fp32_dir: Path, out: Path) -> Path:
 
 
 def export_builtin(out: Path) -> Path:
-    from edgetune.config import OnnxExportConfig
     from edgetune.export.onnx_export import export_onnx
+    from edgetune.export.settings import OnnxExportConfig
     from edgetune.models import resolve_model
 
     model = resolve_model("smollm2-135m-instruct")

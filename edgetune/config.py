@@ -21,10 +21,10 @@ from typing import Any, Literal
 import yaml
 
 from edgetune.errors import ConfigError
-from edgetune.export.gguf_quantize import QUANTS
+from edgetune.export.settings import GGUF_QUANTS, ONNX_QUANTS, ExportConfig
 from edgetune.overrides import apply_overrides, blame_overrides
 from edgetune.recipe_yaml import name_from_file, read_recipe_yaml, with_lines
-from edgetune.typed import at_least, build, not_empty, positive_by_type
+from edgetune.typed import at_least, build, not_empty
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "demo"
@@ -128,71 +128,6 @@ class TrainConfig:
         if not 0 <= self.seed < 2**32:  # numpy's seeds
             problems.append(f"train.seed: must be in [0, 2**32), got {self.seed}")
         return problems + self.lora.validate()
-
-
-# written directly by the converter, then everything llama.cpp's quantiser makes for us
-GGUF_QUANTS = ("f32", "f16", "bf16", *QUANTS)
-ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
-
-
-@dataclass
-class GGUFExportConfig:
-    quants: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
-    imatrix: bool = True
-    # quants whose token embedding and output head stay F16: on small models the tied head is a
-    # fifth of the weights and the most sensitive (demo Q8_0: retention 98.6% -> 99.1%, 145 -> 171 MB)
-    f16_output: list[str] = field(default_factory=list)
-
-    def validate(self) -> list[str]:
-        return [
-            f"export.gguf.quants: unknown quant {q!r}; supported: {', '.join(GGUF_QUANTS)}"
-            for q in self.quants
-            if q.lower() not in GGUF_QUANTS
-        ] + [
-            f"export.gguf.f16_output: {q!r} is not a quantised type ({', '.join(QUANTS)})"
-            for q in self.f16_output
-            if q.lower() not in QUANTS
-        ]
-
-
-@dataclass
-class OnnxExportConfig:
-    quants: list[str] = field(default_factory=lambda: ["fp32", "int8", "int4"])
-    int8_block_size: int = 32
-    int4_block_size: int = 16  # KL 0.10 vs 0.15 at 32 on the demo, for 11% more bytes and ~20% less speed
-    # onnxruntime's MatMulNBits accuracy level: 4 = int8 activations in the kernel (the fast one on
-    # CPU: 0 decoded ~5x slower here), 0 = the weights' own float type
-    int4_accuracy_level: int = 4
-    int4_8bit_layers: list[str] = field(default_factory=lambda: ["v_proj", "down_proj", "lm_head"])
-    int4_embeddings: bool = True  # 4-bit token embeddings (onnxruntime's GatherBlockQuantized)
-
-    def validate(self) -> list[str]:
-        problems = [
-            f"export.onnx.quants: unknown quant {q!r}; supported: {', '.join(ONNX_QUANTS)}"
-            for q in self.quants
-            if q.lower() not in ONNX_QUANTS
-        ]
-        for key in ("int8_block_size", "int4_block_size"):
-            if getattr(self, key) not in (16, 32, 64, 128, 256):
-                problems.append(f"export.onnx.{key}: must be 16..256, a power of 2, got {getattr(self, key)}")
-        if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
-            problems.append(f"export.onnx.int4_accuracy_level: must be 0..4, got {self.int4_accuracy_level}")
-        return problems
-
-
-@dataclass
-class ExportConfig:
-    formats: list[Literal["gguf", "onnx"]] = field(default_factory=lambda: ["gguf", "onnx"])
-    parity_examples: int = 8  # held-out examples each export is checked on against torch
-    # type -> its parity check's KL goal, where this task's prompts sit above edgetune's (q8_0 0.006)
-    parity_kl: dict[str, float] = field(default_factory=dict)
-    gguf: GGUFExportConfig = field(default_factory=GGUFExportConfig)
-    onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
-
-    def validate(self) -> list[str]:
-        problems = not_empty("export", self, "formats") + at_least("export", self, 1, "parity_examples")
-        problems += positive_by_type("export.parity_kl", self.parity_kl, (*GGUF_QUANTS, *ONNX_QUANTS))
-        return problems + self.gguf.validate() + self.onnx.validate()
 
 
 @dataclass

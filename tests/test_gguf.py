@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import CORPUS, TINY_SHAPE, build_tiny_model, build_tokenizer
 
-from edgetune.config import GGUF_QUANTS, ONNX_QUANTS
 from edgetune.errors import InputError
 from edgetune.export.gguf_convert import convert
 from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
 from edgetune.export.llama_runtime import load_llama
+from edgetune.export.settings import GGUF_QUANTS, ONNX_QUANTS
 
 
 def log_softmax(x):

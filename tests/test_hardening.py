@@ -143,9 +143,9 @@ def _flip(path, offset):
 @pytest.fixture(scope="module")
 def artifacts(tiny_model_dir, tmp_path_factory):
     """A tiny model directory, its F16 GGUF and its fp32 ONNX directory, pristine."""
-    from edgetune.config import OnnxExportConfig
     from edgetune.export.gguf_convert import convert
     from edgetune.export.onnx_export import export_onnx
+    from edgetune.export.settings import OnnxExportConfig
 
     out = tmp_path_factory.mktemp("pristine")
     gguf = convert(tiny_model_dir, out / "tiny.gguf", "f16")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
-from edgetune.config import OnnxExportConfig
 from edgetune.errors import InputError
 from edgetune.export.onnx_export import export_onnx
 from edgetune.export.onnx_runtime import OnnxDecoder
+from edgetune.export.settings import OnnxExportConfig
 
 PROMPTS = [
     "<|im_start|>user\nThe router in the lobby lost its uplink, error E1042.<|im_end|>\n<|im_start|>assistant\n",

@@ -18,7 +18,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgetune.config import OnnxExportConfig
 from edgetune.errors import ModelError, is_disk_full, writing
 from edgetune.export.onnx_graph import (
     EXTERNAL_DATA_NAME,
@@ -29,6 +28,7 @@ from edgetune.export.onnx_graph import (
     share_tied_head,
 )
 from edgetune.export.onnx_runtime import MODEL_FILE, model_files
+from edgetune.export.settings import OnnxExportConfig
 from edgetune.rundir import atomic_dir, sha256_file
 
 TASK = "text-generation-with-past"

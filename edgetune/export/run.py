@@ -106,7 +106,7 @@ def _relative(path: Path, run_dir: Path) -> str:
 
 def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], list[str]]:
     """--quant names -> (GGUF types, ONNX variants); a format the names do not mention keeps the recipe's."""
-    from edgetune.config import GGUF_QUANTS, ONNX_QUANTS
+    from edgetune.export.settings import GGUF_QUANTS, ONNX_QUANTS
 
     def once(names: list[str]) -> list[str]:  # f32,F32 is one file
         return list(dict.fromkeys(q.lower() for q in names))
@@ -126,7 +126,7 @@ def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], l
 
 def _refuse_unexported_quants(quants: list[str] | None, formats: list[str]) -> None:
     """--quant int8 --to gguf would export the recipe's GGUF types and ignore the one named."""
-    from edgetune.config import ONNX_QUANTS
+    from edgetune.export.settings import ONNX_QUANTS
 
     for q in quants or []:
         fmt = "onnx" if q.lower() in ONNX_QUANTS else "gguf"
