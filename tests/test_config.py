@@ -281,6 +281,25 @@ def test_an_empty_quant_list_for_an_exported_format_is_refused():
     assert load_recipe("demo", ["export.gguf.quants=[]"]).export.gguf.quants == []  # a saved run loads
 
 
+def test_export_types_spelled_otherwise_are_the_recipes_own_files():
+    """export.gguf.quants: [Q8_0, q8_0, q4_k_m] changed the export fingerprint: the files made
+    already (model-q8_0.gguf) were exported again."""
+    from edgetune.fingerprints import hashed_settings
+
+    default = load_recipe("demo")
+    spelled = load_recipe(
+        "demo",
+        [
+            "export.gguf.quants=[Q8_0,q8_0,Q4_K_M]",
+            "export.onnx.quants=[FP32,int8,INT8,int4]",
+        ],
+    )
+    assert spelled.export.gguf.quants == ["q8_0", "q4_k_m"]
+    assert spelled.export.onnx.quants == default.export.onnx.quants
+    assert load_recipe("demo", ["export.gguf.f16_output=[Q8_0,q8_0]"]).export.gguf.f16_output == ["q8_0"]
+    assert hashed_settings("export", spelled.export) == hashed_settings("export", default.export)
+
+
 @pytest.mark.parametrize("command", ["run", "tune"])
 def test_tune_and_run_refuse_what_a_new_run_must_not_start_with(command):
     from click.testing import CliRunner
@@ -345,7 +364,7 @@ def test_one_type_spelled_two_ways_is_exported_once():
 
     recipe = load_recipe("demo", ["export.gguf.quants=q8_0,Q8_0", "export.onnx.quants=fp32,FP32"])
     assert split_quants(None, recipe) == (["q8_0"], ["fp32"])
-    assert recipe.export.gguf.quants == ["q8_0", "Q8_0"]  # the recipe as written: its fingerprint
+    assert split_quants(["Q4_K_M", "q4_k_m", "INT8"], recipe) == (["q4_k_m"], ["int8"])
 
 
 def test_a_recipe_without_a_name_is_named_by_its_file(tmp_path):

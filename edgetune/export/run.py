@@ -106,21 +106,18 @@ def _relative(path: Path, run_dir: Path) -> str:
 
 def split_quants(quants: list[str] | None, recipe: Recipe) -> tuple[list[str], list[str]]:
     """--quant names -> (GGUF types, ONNX variants); a format the names do not mention keeps the recipe's."""
-    from edgetune.export.settings import GGUF_QUANTS, ONNX_QUANTS
+    from edgetune.export.settings import GGUF_QUANTS, ONNX_QUANTS, type_names
 
-    def once(names: list[str]) -> list[str]:  # f32,F32 is one file
-        return list(dict.fromkeys(q.lower() for q in names))
-
-    if not quants:
-        return once(recipe.export.gguf.quants), once(recipe.export.onnx.quants)
-    names = once(quants)
+    if not quants:  # the recipe's, already spelled as files are named
+        return recipe.export.gguf.quants, recipe.export.onnx.quants
+    names = type_names(quants)
     unknown = [q for q in names if q not in GGUF_QUANTS and q not in ONNX_QUANTS]
     if unknown:
         raise InputError(
             f"--quant: unknown {', '.join(unknown)}; GGUF: {', '.join(GGUF_QUANTS)}; ONNX: {', '.join(ONNX_QUANTS)}"
         )
-    gguf = [q for q in names if q in GGUF_QUANTS] or once(recipe.export.gguf.quants)
-    onnx = [q for q in names if q in ONNX_QUANTS] or once(recipe.export.onnx.quants)
+    gguf = [q for q in names if q in GGUF_QUANTS] or recipe.export.gguf.quants
+    onnx = [q for q in names if q in ONNX_QUANTS] or recipe.export.onnx.quants
     return gguf, onnx
 
 

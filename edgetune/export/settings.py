@@ -13,6 +13,11 @@ GGUF_QUANTS = ("f32", "f16", "bf16", *QUANTS)
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 
 
+def type_names(names: list[str]) -> list[str]:
+    """Export types as files are named: lower case, each once (Q8_0,q8_0 is one file)."""
+    return list(dict.fromkeys(str(q).lower() for q in names))
+
+
 @dataclass
 class GGUFExportConfig:
     quants: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
@@ -20,6 +25,9 @@ class GGUFExportConfig:
     # quants whose token embedding and output head stay F16: on small models the tied head is a
     # fifth of the weights and the most sensitive (demo Q8_0: retention 98.6% -> 99.1%, 145 -> 171 MB)
     f16_output: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:  # spelled as files are named: a recipe's Q8_0 is not a new export
+        self.quants, self.f16_output = type_names(self.quants), type_names(self.f16_output)
 
     def validate(self) -> list[str]:
         return [
@@ -43,6 +51,9 @@ class OnnxExportConfig:
     int4_accuracy_level: int = 4
     int4_8bit_layers: list[str] = field(default_factory=lambda: ["v_proj", "down_proj", "lm_head"])
     int4_embeddings: bool = True  # 4-bit token embeddings (onnxruntime's GatherBlockQuantized)
+
+    def __post_init__(self) -> None:
+        self.quants = type_names(self.quants)
 
     def validate(self) -> list[str]:
         problems = [
