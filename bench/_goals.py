@@ -18,6 +18,12 @@ class Goals:
             self.missed.append(f"{what} {ratio:.2f}x, goal {'>' if strictly else '>='} {goal:g}x")
         return f"(goal {'>' if strictly else '>='} {goal:g}x: {'met' if met else 'NOT met'})"
 
+    def at_most(self, what: str, value: float, bound: float) -> str:
+        """'(bound <= 1e-05: met)' for a difference that must stay small (printed as 2.38e-07)."""
+        if not value <= bound:
+            self.missed.append(f"{what} {value:.2e}, bound <= {bound:g}")
+        return f"(bound <= {bound:g}: {'met' if value <= bound else 'NOT met'})"
+
     def exit_code(self) -> int:
         for miss in self.missed:
             print(f"goal not met: {miss}")

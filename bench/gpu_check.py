@@ -15,6 +15,7 @@
 4. The demo pipeline (`edgetune run recipes/demo.yaml`) with CUDA bench targets beside the CPU ones
    (runtimes without CUDA support here are listed as skipped, with the reason).
 5. DIR/report.json and DIR/report.md, rewritten after every step (a cut-short run keeps its results).
+   Exit status: 1 when a step failed, 3 when the QLoRA goal was measured and missed, else 0.
 
 Before any step, a preflight checks edgetune's requirements (pyproject.toml) against what this
 Python has: on the device machine they come from carried wheels (bench/gpu_wheels.py), and a step
@@ -565,7 +566,18 @@ def main() -> int:
     write_report(args.out, result)
     print(markdown(result))
     print(f"gpu_check: {result['wall_s']:.0f} s; report in {args.out}", flush=True)
-    return 1 if result.get("failed") else 0
+    return exit_status(result)
+
+
+def exit_status(result: dict) -> int:
+    """1: a step failed; 3 (as bench/_goals.py): every step ran and the QLoRA goal was measured
+    and missed (the report holds the ratios either way); 0 otherwise."""
+    if result.get("failed"):
+        return 1
+    if result.get("memory", {}).get("meets_goal") is False:
+        print("gpu_check: goal not met: QLoRA peak VRAM <= 0.55x LoRA's at >= 0.75x its throughput")
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

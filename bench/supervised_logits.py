@@ -31,6 +31,8 @@ from _goals import Goals  # noqa: E402
 from train_throughput import encoded_demo  # noqa: E402
 
 WAYS = ("full", "union", "per row")
+# the three ways compute one loss: a difference past these is a bug, not rounding
+LOSS_BOUND = {"fp32": 1e-5, "bf16": 2e-2}
 
 
 def main() -> int:
@@ -112,9 +114,15 @@ def main() -> int:
         )
     # the same loss each way (the way tokens are averaged is the same: over supervised tokens)
     worst = max(abs(a - b) for way in ("full", "union") for a, b in zip(losses[way], losses["per row"]))
-    print(f"  largest loss difference, per row vs full and union: {worst:.2e}")
-    per_row = statistics.median(seconds["per row"])
     goals = Goals()
+    # measured 2.4e-7 in fp32 (EPYC) and under bf16 autocast (Xeon with AMX): summation order alone;
+    # CUDA's bf16 kernels are unmeasured, so their bound is a first guess (bf16 rounds at 2^-8)
+    bound = LOSS_BOUND["bf16" if setup.bf16 else "fp32"]
+    print(
+        f"  largest loss difference, per row vs full and union: {worst:.2e} "
+        f"{goals.at_most('loss difference', worst, bound)}"
+    )
+    per_row = statistics.median(seconds["per row"])
     for other in ("full", "union"):
         ratio = statistics.median(seconds[other]) / per_row
         print(

@@ -176,9 +176,12 @@ def test_a_benchmark_that_misses_its_goal_fails_make_bench_and_is_named(tmp_path
     goals = Goals()
     assert goals.at_least("packing / padding", 1.31, 1.3) == "(goal >= 1.3x: met)"
     assert goals.at_least("first token", 1.0, 1, strictly=True) == "(goal > 1x: NOT met)"
+    assert goals.at_most("loss difference", 2.4e-7, 1e-5) == "(bound <= 1e-05: met)"
+    assert goals.at_most("loss difference", float("nan"), 1e-5) == "(bound <= 1e-05: NOT met)"
     assert (
         goals.exit_code() == GOAL_MISSED
         and "goal not met: first token 1.00x, goal > 1x" in capsys.readouterr().out
+        and len(goals.missed) == 2
     )
     spec = importlib.util.spec_from_file_location("run_all", ROOT / "bench" / "run_all.py")
     run_all = importlib.util.module_from_spec(spec)
@@ -193,3 +196,14 @@ def test_a_benchmark_that_misses_its_goal_fails_make_bench_and_is_named(tmp_path
     scripts.append(tmp_path / "broken.py")
     scripts[-1].write_text("raise SystemExit(1)\n")
     assert run_all.main() == 1
+
+
+def test_the_gpu_check_fails_a_missed_qlora_goal(monkeypatch):
+    """It printed the QLoRA goal "missed" in its report and exited 0."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import gpu_check
+
+    assert gpu_check.exit_status({"memory": {"vram_ratio": 0.5, "meets_goal": True}}) == 0
+    assert gpu_check.exit_status({"memory": {"vram_ratio": 0.7, "meets_goal": False}}) == 3
+    assert gpu_check.exit_status({"memory": {}}) == 0  # a dry run: no VRAM on the CPU, no verdict
+    assert gpu_check.exit_status({"memory": {"meets_goal": False}, "failed": {"pipeline": "x"}}) == 1
