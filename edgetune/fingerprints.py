@@ -100,7 +100,8 @@ def base_identity(recipe: Recipe, done: dict[str, Any]) -> str:
     (with model.revision beside it), a local directory by its files' contents, so an edit in place
     retrains and a moved copy does not. Hashing takes seconds a GB: the hash is kept in the
     pipeline record `done` with the folder and its files' sizes and times, and taken again only
-    when those change."""
+    when those change (the inode's change time too: a file replaced with its old size and mtime
+    set back, as `cp -p`, `rsync -a` or an unpacked archive leaves it, is still a new file)."""
     from edgetune.models import BUILTINS
 
     name = recipe.model.base
@@ -113,7 +114,11 @@ def base_identity(recipe: Recipe, done: dict[str, Any]) -> str:
     files = _base_files(path)
     stat = _digest(
         str(path.resolve()),
-        [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+        [
+            (str(p.relative_to(path)), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            for p in files
+            if (st := p.stat())
+        ],
     )
     if cached.get("stat") == stat and cached.get("sha256"):
         return cached["sha256"]
