@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -380,5 +381,29 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
+    """A run's recipe.yaml: the resolved recipe, its data files and a local base model written
+    relative to the run where they lie in its project (the folder that holds runs/), so the run's
+    own commands (merge, export, bench, tune --resume) find them in a project moved or checked out
+    elsewhere, and a base named `model` is not read from whatever folder a later command starts in.
+    Paths outside the project stay absolute."""
+    from edgetune.models import BUILTINS
+
+    here = run_dir.resolve()
+    project = here.parent.parent
+
+    def portable(path: str) -> str:
+        target = Path(path).expanduser().resolve()
+        if project == Path(project.anchor) or not target.is_relative_to(project):
+            return str(target)
+        relative = os.path.relpath(target, here)
+        return relative if relative.startswith(".") else f"./{relative}"
+
+    raw = recipe.to_dict()
+    for key in ("train", "valid", "test"):
+        if raw["data"][key]:
+            raw["data"][key] = portable(raw["data"][key])
+    base = raw["model"]["base"]
+    if base not in BUILTINS and Path(base).expanduser().is_dir():
+        raw["model"]["base"] = portable(base)
+    return f"# resolved recipe (from {recipe.source})\n" + yaml.safe_dump(raw, sort_keys=False)

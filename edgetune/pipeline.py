@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from edgetune.config import Recipe, dump_recipe, load_recipe
+from edgetune.config import Recipe, dump_run_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
 from edgetune.export.gguf_quantize import QUANTS
 from edgetune.export.layout import recipe_exports
@@ -408,7 +408,7 @@ def _refresh_recipe(recipe: Recipe, run_dir: Path) -> None:
     """Later stages read the run's recipe.yaml: give them this invocation's export and bench settings
     (tune's sections are the same but for what no fingerprint holds, or tune would have run: the
     data files' paths, in a project moved since, and settings such as train.threads)."""
-    text = f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
+    text = dump_run_recipe(recipe, run_dir)
     path = run_dir / RECIPE_FILE
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)

@@ -539,6 +539,46 @@ def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_s
     assert recorded["export.gguf"] == today["export.gguf"] and recorded["export.onnx"] == today["export.onnx"]
 
 
+def test_a_moved_projects_run_is_taken_up_by_its_own_commands(tmp_path, tiny_model_dir, monkeypatch):
+    """A run's recipe.yaml held absolute data paths: after the project moved, merge, export, bench
+    and tune --resume failed ("data.jsonl: file not found"); only `edgetune run` rewrote it. A base
+    named `model` (a folder in the current one) stayed `model`: merge from another folder failed."""
+    from test_tune import make_recipe
+
+    from edgetune.config import load_recipe
+
+    project = tmp_path / "a"
+    project.mkdir()
+    shutil.copytree(tiny_model_dir, project / "model")
+    recipe = make_recipe(project, Path("model"), max_steps=4, eval_steps=2, save_steps=2)
+    monkeypatch.chdir(project)
+    tuned = CliRunner().invoke(
+        main, ["tune", str(recipe), "--run-dir", "runs/tiny", "--set", "train.max_steps=2"]
+    )
+    assert tuned.exit_code == 0, tuned.output
+    saved = load_recipe(str(project / "runs" / "tiny" / "recipe.yaml"))
+    assert saved.data.train == str(project / "data.jsonl") and saved.model.base == str(project / "model")
+    assert "../../data.jsonl" in (project / "runs" / "tiny" / "recipe.yaml").read_text()
+    moved = tmp_path / "b"
+    shutil.move(project, moved)
+    monkeypatch.chdir(tmp_path)
+    merged = CliRunner().invoke(main, ["merge", str(moved / "runs" / "tiny")])
+    assert merged.exit_code == 0, merged.output
+    assert (moved / "runs" / "tiny" / "merged" / "config.json").is_file()
+    # paths outside the project stay absolute
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(moved / "data.jsonl", outside / "data.jsonl")
+    tuned = CliRunner().invoke(
+        main, ["tune", str(moved / "recipe.yaml"), "--run-dir", str(moved / "runs" / "out"),
+               "--set", f"data.train={outside / 'data.jsonl'}", "--set", f"model.base={moved / 'model'}",
+               "--set", "train.max_steps=1"],
+    )  # fmt: skip
+    assert tuned.exit_code == 0, tuned.output
+    text = (moved / "runs" / "out" / "recipe.yaml").read_text()
+    assert f"train: {outside / 'data.jsonl'}" in text and "base: ../../model" in text
+
+
 def test_a_local_base_edited_in_place_retrains_and_one_merely_touched_does_not(tmp_path, tiny_model_dir):
     """The tune fingerprint held a local base's path only: weights changed in place were never
     trained on, and merge folded the old adapter into the new base."""

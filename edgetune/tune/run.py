@@ -16,7 +16,7 @@ from typing import Any
 from rich.markup import escape
 
 from edgetune import __version__
-from edgetune.config import Recipe, dump_recipe, load_recipe
+from edgetune.config import Recipe, dump_run_recipe, load_recipe
 from edgetune.data.files import check_data_files
 from edgetune.errors import InputError, ModelError, writing
 from edgetune.export.modelfile import shared_system_prompt
@@ -161,9 +161,7 @@ def tune(
 
         with discarded_on_failure(run_dir, created and main):
             if not resume and main:  # under the lock: a refused second run must not write it
-                atomic_write_text(
-                    run_dir / RECIPE_FILE, f"# resolved recipe (from {recipe.source})\n" + dump_recipe(recipe)
-                )
+                atomic_write_text(run_dir / RECIPE_FILE, dump_run_recipe(recipe, run_dir))
             resume_from = _prepare_checkpoints(run_dir, resume, main)
             run = _prepare_training(recipe, run_dir, resume_from, main, warn, console)
         if main and not point_latest(run_dir):  # the run is real now: `export` finds it by default
