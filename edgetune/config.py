@@ -264,8 +264,15 @@ class Recipe:
         return out
 
     def digest(self) -> str:
-        """A stable hash of the resolved recipe, recorded in manifests."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        """A stable hash of the resolved recipe, recorded in manifests and GGUF metadata: where its
+        data files and a local base lie is left out (their bytes are fingerprinted on their own), so
+        the same project checked out in two places makes byte-identical files."""
+        raw = self.to_dict()
+        for key in ("train", "valid", "test"):
+            raw["data"][key] = "<file>" if raw["data"][key] else None
+        if is_local_base(raw["model"]["base"]):
+            raw["model"]["base"] = "<local folder>"
+        blob = json.dumps(raw, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
 
@@ -381,14 +388,19 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
+def is_local_base(base: str) -> bool:
+    """Whether model.base names a folder on disk (not a built-in alias or a hub id)."""
+    from edgetune.models import BUILTINS
+
+    return base not in BUILTINS and Path(base).expanduser().is_dir()
+
+
 def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
     """A run's recipe.yaml: the resolved recipe, its data files and a local base model written
     relative to the run where they lie in its project (the folder that holds runs/), so the run's
     own commands (merge, export, bench, tune --resume) find them in a project moved or checked out
     elsewhere, and a base named `model` is not read from whatever folder a later command starts in.
     Paths outside the project stay absolute."""
-    from edgetune.models import BUILTINS
-
     here = run_dir.resolve()
     project = here.parent.parent
 
@@ -403,7 +415,6 @@ def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
     for key in ("train", "valid", "test"):
         if raw["data"][key]:
             raw["data"][key] = portable(raw["data"][key])
-    base = raw["model"]["base"]
-    if base not in BUILTINS and Path(base).expanduser().is_dir():
-        raw["model"]["base"] = portable(base)
+    if is_local_base(raw["model"]["base"]):
+        raw["model"]["base"] = portable(raw["model"]["base"])
     return f"# resolved recipe (from {recipe.source})\n" + yaml.safe_dump(raw, sort_keys=False)

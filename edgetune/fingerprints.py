@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgetune.config import Recipe
+from edgetune.config import Recipe, is_local_base
 from edgetune.rundir import atomic_write_json, read_manifest, sha256_file, sha256_files, sha256_tree
 
 STAGES = ("data", "tune", "merge", "export", "bench")
@@ -89,10 +89,7 @@ def _base_files(path: Path) -> list[Path]:
 
 def local_base(recipe: Recipe) -> Path | None:
     """model.base's folder when it names one on disk (not a built-in alias or a hub id)."""
-    from edgetune.models import BUILTINS
-
-    path = Path(recipe.model.base).expanduser()
-    return path if recipe.model.base not in BUILTINS and path.is_dir() else None
+    return Path(recipe.model.base).expanduser() if is_local_base(recipe.model.base) else None
 
 
 def base_identity(recipe: Recipe, done: dict[str, Any]) -> str:

@@ -420,3 +420,22 @@ def test_a_recipe_whose_aliases_expand_without_end_is_refused_at_once(tmp_path):
     deep.write_text("data: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="deep.yaml: invalid recipe: invalid YAML: nested too deeply"):
         load_recipe(str(deep))
+
+
+def test_the_recipes_digest_is_the_same_for_a_project_checked_out_elsewhere(tmp_path, tiny_model_dir):
+    """It hashed the data files' and the local base's absolute paths, and the GGUF records it: the
+    same project in two folders made GGUF files that differed in that one field."""
+    import shutil
+
+    digests = []
+    for where in ("a", "b"):
+        project = tmp_path / where
+        shutil.copytree(tiny_model_dir, project / "model")
+        (project / "d.jsonl").write_text('{"text": "x"}\n')
+        (project / "r.yaml").write_text("model:\n  base: ./model\ndata:\n  train: d.jsonl\n")
+        digests.append(load_recipe(str(project / "r.yaml")).digest())
+    assert digests[0] == digests[1]
+    changed = load_recipe(str(tmp_path / "a" / "r.yaml"), ["train.lr=1e-4"]).digest()
+    held_out = load_recipe(str(tmp_path / "a" / "r.yaml"), [f"data.test={tmp_path / 'a' / 'd.jsonl'}"])
+    assert changed != digests[0] and held_out.digest() != digests[0]
+    assert load_recipe("demo").digest() != load_recipe("demo", ["model.base=smollm2-360m-instruct"]).digest()
