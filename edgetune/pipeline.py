@@ -102,12 +102,19 @@ def _tuned_alone(recipe: Recipe, run_dir: Path, record: StageRecord) -> bool:
     """A tune that `edgetune tune` (not this pipeline) finished in the run directory on the
     recipe's inputs: its settings, its data files' bytes and its base model as its manifest
     recorded them. Retraining it would take the time it took for the same adapter."""
-    from edgetune.fingerprints import data_files, local_base, training_settings
-    from edgetune.rundir import sha256_tree
     from edgetune.tune.resume import finished_tune
 
     if "tune" in record.done or "tune_started" in record.done or finished_tune(run_dir) is None:
         return False
+    return _tuned_on_these_inputs(recipe, run_dir)
+
+
+def _tuned_on_these_inputs(recipe: Recipe, run_dir: Path) -> bool:
+    """Whether the tune in the run directory (finished or not) recorded the recipe's inputs when it
+    started: its settings, its data files' bytes and its base model."""
+    from edgetune.fingerprints import data_files, local_base, training_settings
+    from edgetune.rundir import sha256_tree
+
     manifest = read_manifest(run_dir)
     if manifest.get("recipe", {}).get("training_sha256") != training_settings(recipe):
         return False
@@ -268,6 +275,12 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         from edgetune.tune.run import tune
 
         saved = bool(complete_checkpoints(run_dir / "checkpoints"))
+        if (
+            saved
+            and not {"tune", "tune_started"} & set(record.done)
+            and _tuned_on_these_inputs(recipe, run_dir)
+        ):
+            record.start_tune()  # `edgetune tune` started it on these inputs, and was stopped: it resumes
         resume = saved and record.tune_started_here()
         if resume and finished_tune(run_dir):  # it finished, then the run stopped before recording it
             return

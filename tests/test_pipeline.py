@@ -812,6 +812,26 @@ def test_run_adopts_a_tune_that_edgetune_tune_finished_on_the_same_inputs(tmp_pa
     assert changed.exit_code == 0 and "ran tune, merge" in out and "adopted" not in out, out
 
 
+def test_run_resumes_a_tune_that_edgetune_tune_started_on_the_same_inputs(tmp_path, tiny_model_dir):
+    """`edgetune tune` stopped at a checkpoint, then `edgetune run` on the same recipe: "tune inputs
+    changed", the checkpoints set aside in runs/tiny.previous and the tune started from step 0."""
+    import shutil
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "tiny"
+    tuned = CliRunner().invoke(main, ["tune", str(recipe), "--run-dir", str(run)])
+    assert tuned.exit_code == 0, tuned.output
+    # as a tune stopped after its last checkpoint leaves the run: no adapter, its status "running"
+    shutil.rmtree(run / "adapter")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"]["tune"]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    resumed, out = invoke(recipe, "--until", "tune")
+    assert resumed.exit_code == 0 and "ran data, tune" in out, out
+    assert "inputs changed" not in out and not (tmp_path / "runs" / "tiny.previous").exists()
+    assert "resum" in out.lower() and (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_a_data_warning_the_data_stage_printed_is_not_printed_again_by_tune(tmp_path, tiny_model_dir):
     from conftest import chat_row, write_jsonl
 
