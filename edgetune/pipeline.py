@@ -76,6 +76,8 @@ def _export_whole(run_dir: Path, fmt: str | None = None) -> bool:
     for entry in [*record.get("gguf", []), *record.get("onnx", [])] if fmt is None else record[fmt]:
         if not isinstance(entry, dict) or not entry.get("path"):
             continue
+        if _made_earlier(entry):
+            return False
         where = run_dir / str(entry["path"])
         names = entry.get("files") if isinstance(entry.get("files"), dict) else {}
         if not where.exists() or any(not (where / name).is_file() for name in names):
@@ -88,6 +90,14 @@ def _export_whole(run_dir: Path, fmt: str | None = None) -> bool:
         if any(isinstance(digest, str) and sha256_file(path) != digest for path, digest in written):
             return False
     return True
+
+
+def _made_earlier(entry: dict[str, Any]) -> bool:
+    """An exported file an earlier edgetune wrote without what it writes today (FILE_FORMAT)."""
+    from edgetune.export.layout import FILE_FORMAT
+
+    made = entry.get("format", 1)
+    return not isinstance(made, int) or made < FILE_FORMAT
 
 
 def _checked(record: dict[str, Any], fmt: str) -> bool:
@@ -320,6 +330,15 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         for fmt in kept:
             if console is not None:
                 console.print(f"[dim]export: {fmt} up to date, kept[/]")
+        earlier = read_manifest(run_dir).get("stages", {}).get("export", {})
+        for fmt in stale:
+            if console is not None and any(
+                _made_earlier(e) for e in earlier.get(fmt) or [] if isinstance(e, dict)
+            ):
+                console.print(
+                    f"export: {fmt} files made by an earlier edgetune, without what it writes in them today "
+                    "(the trained system prompt): exported again"
+                )
         parity = []
         for fmt in stale:  # one at a time, each recorded once done: interrupted in the next, it is kept
             parity += export(run_dir, formats=[fmt], console=console)["parity"]

@@ -832,6 +832,29 @@ def test_run_resumes_a_tune_that_edgetune_tune_started_on_the_same_inputs(tmp_pa
     assert "resum" in out.lower() and (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_files_an_earlier_edgetune_exported_are_exported_again(tmp_path, tiny_model_dir):
+    """A run exported before GGUFs and ONNX folders carried the trained system prompt stayed "up to
+    date" after an upgrade: `edgetune run` shipped files that answer without it."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    first, out = invoke(recipe, "--no-gate")
+    assert first.exit_code == 0, out
+    run = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run / "manifest.json").read_text())
+    export = manifest["stages"]["export"]
+    assert {e["format"] for e in export["gguf"] + export["onnx"]} == {2}
+    for entry in export["gguf"]:  # as the earlier edgetune recorded its files: no format
+        del entry["format"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    again, out = invoke(recipe, "--no-gate")
+    assert again.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
+    assert "export: gguf files made by an earlier edgetune" in " ".join(out.split())
+    assert "export: onnx up to date, kept" in out
+    export = json.loads((run / "manifest.json").read_text())["stages"]["export"]
+    assert {e["format"] for e in export["gguf"] + export["onnx"]} == {2}
+    settled, out = invoke(recipe, "--no-gate")
+    assert "ran nothing" in out, out
+
+
 def test_a_data_warning_the_data_stage_printed_is_not_printed_again_by_tune(tmp_path, tiny_model_dir):
     from conftest import chat_row, write_jsonl
 

@@ -14,6 +14,11 @@ LEFTOVERS = (".*.tmp", ".*.old-*", ".*.removing-*")
 # beside an ONNX variant's model.onnx: what a front-end with the folder alone needs of its run, the
 # system prompt every training chat had (a GGUF carries it as edgetune.system_prompt)
 SHIPPED_SETTINGS = "edgetune.json"
+# what edgetune writes into an exported file, by version: the manifest records each file's, and
+# `edgetune run` exports again a file made at an earlier one, where it would ship it as up to date
+# (2, 2026-12-07: the trained system prompt in every GGUF and ONNX folder, no local path in a GGUF's
+# names, every file of an ONNX folder listed and hashed)
+FILE_FORMAT = 2
 
 
 def remove_leftovers(export_dir: Path) -> None:

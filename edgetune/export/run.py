@@ -16,6 +16,7 @@ from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
 from edgetune.export.gguf_quantize import QUANTS
 from edgetune.export.layout import (
+    FILE_FORMAT,
     SHIPPED_SETTINGS,
     gguf_files,
     gguf_quant,
@@ -367,7 +368,9 @@ def _record_stage(run_dir: Path | None, fmt: str, result, extra: dict[str, Any])
     `export --quant q8_0` keeps the f16 entry of the file still next to it)."""
     if not run_dir:
         return
-    written = [{**asdict(a), "path": _relative(a.path, run_dir)} for a in result.artifacts]
+    written = [
+        {**asdict(a), "path": _relative(a.path, run_dir), "format": FILE_FORMAT} for a in result.artifacts
+    ]
     replaced = {entry["quant"] for entry in written}
     earlier = read_manifest(run_dir).get("stages", {}).get("export", {}).get(fmt, [])
     kept = [entry for entry in still_there(earlier, run_dir) if entry.get("quant") not in replaced]
