@@ -8,7 +8,6 @@ committed checkpoint).
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,14 +18,13 @@ from rich.markup import escape
 
 from edgetune.config import Recipe, dump_run_recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
-from edgetune.export.gguf_quantize import QUANTS
 from edgetune.export.layout import recipe_exports
+from edgetune.export.recorded import covers, drop_unrequested, export_whole, made_earlier, unrequested
 from edgetune.fingerprints import STAGES, StageRecord, export_files
 from edgetune.recipe_yaml import unnamed_run_dir
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
-    atomic_write_json,
     atomic_write_text,
     is_run_dir,
     point_latest,
@@ -34,7 +32,6 @@ from edgetune.rundir import (
     refuse_foreign_dir,
     remove_paths,
     run_lock,
-    sha256_file,
 )
 
 
@@ -54,58 +51,13 @@ class PipelineResult:
 def _outputs_present(stage: str, run_dir: Path) -> bool:
     """Whether the stage's outputs are there (the export's whole: it hashes them, so only asked of it)."""
     if stage == "export":  # an export stopped before its parity checks is not a finished one
-        return bool(export_files(run_dir)) and _export_whole(run_dir)
+        return bool(export_files(run_dir)) and export_whole(run_dir)
     return {
         "data": True,
         "tune": (run_dir / "adapter").is_dir(),
         "merge": (run_dir / "merged" / "config.json").is_file(),
         "bench": (run_dir / "bench" / "report.json").is_file(),
     }[stage]
-
-
-def _export_whole(run_dir: Path, fmt: str | None = None) -> bool:
-    """The export finished (a manual one interrupted before its parity checks did not), and every
-    file its manifest lists (of `fmt`, which must list some) is still there as it was written: an
-    ONNX folder that lost its tokenizer, or a file changed in place, is no export its parity check
-    vouches for. (bench hashes the same files for its own fingerprint, once per process.)"""
-    record = read_manifest(run_dir).get("stages", {}).get("export", {})
-    if fmt is not None and not record.get(fmt):
-        return False
-    if record.get("status") != "done" and (fmt is None or not _checked(record, fmt)):
-        return False  # (one format, checked, stands while an export of the other was interrupted)
-    for entry in [*record.get("gguf", []), *record.get("onnx", [])] if fmt is None else record[fmt]:
-        if not isinstance(entry, dict) or not entry.get("path"):
-            continue
-        if _made_earlier(entry):
-            return False
-        where = run_dir / str(entry["path"])
-        names = entry.get("files") if isinstance(entry.get("files"), dict) else {}
-        if not where.exists() or any(not (where / name).is_file() for name in names):
-            return False
-        if where.is_file() and entry.get("size_bytes") not in (None, where.stat().st_size):
-            return False  # a GGUF cut short
-        written = (
-            [(where, entry.get("sha256"))] if where.is_file() else [(where / n, d) for n, d in names.items()]
-        )
-        if any(isinstance(digest, str) and sha256_file(path) != digest for path, digest in written):
-            return False
-    return True
-
-
-def _made_earlier(entry: dict[str, Any]) -> bool:
-    """An exported file an earlier edgetune wrote without what it writes today (FILE_FORMAT)."""
-    from edgetune.export.layout import FILE_FORMAT
-
-    made = entry.get("format", 1)
-    return not isinstance(made, int) or made < FILE_FORMAT
-
-
-def _checked(record: dict[str, Any], fmt: str) -> bool:
-    """Every file the manifest lists of `fmt` has its parity row: an export forgets the rows of the
-    files it is about to write, so these were checked after their last write."""
-    rows = {str(r.get("quant", "")).lower() for r in record.get(f"{fmt}_parity") or [] if isinstance(r, dict)}
-    listed = {str(e.get("quant", "")).lower() for e in record[fmt] if isinstance(e, dict)}
-    return bool(listed) and listed <= rows
 
 
 def _tuned_alone(recipe: Recipe, run_dir: Path, record: StageRecord) -> bool:
@@ -216,14 +168,14 @@ def run_pipeline(
                 record.record(stage)  # as if this pipeline had run it: the later stages' records follow it
                 say("[dim]tune: finished by `edgetune tune` on these inputs, adopted[/]")
             # a stage with no record runs whatever is there: its outputs (an export's, GBs) go unhashed
-            present = _outputs_present(stage, run_dir) and (stage != "export" or _covers(run_dir, recipe))
+            present = _outputs_present(stage, run_dir) and (stage != "export" or covers(run_dir, recipe))
             if stage in record.done and present and record.matches(stage):
                 result.skipped.append(stage)
                 say(f"[dim]{stage}: up to date, skipped[/]")
                 if stage == "tune":  # what later stages and commands read: paths as they are now
                     _refresh_recipe(recipe, run_dir)
-                if stage == "export" and (extra := _unrequested(run_dir, recipe_exports(recipe))):
-                    _drop_unrequested(run_dir, recipe_exports(recipe), say)
+                if stage == "export" and (extra := unrequested(run_dir, recipe_exports(recipe))):
+                    drop_unrequested(run_dir, recipe_exports(recipe), say)
                     if _benched(run_dir, extra):  # by a bench run by hand: the report is not the recorded one
                         record.forget_after(stage)
                 for fmt in recipe_exports(recipe) if stage == "export" else ():
@@ -324,7 +276,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         kept = [
             f
             for f in wanted
-            if record.matches(f"export.{f}") and _export_whole(run_dir, f) and _covers(run_dir, recipe, f)
+            if record.matches(f"export.{f}") and export_whole(run_dir, f) and covers(run_dir, recipe, f)
         ]
         stale = [f for f in wanted if f not in kept]
         for fmt in kept:
@@ -333,7 +285,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         earlier = read_manifest(run_dir).get("stages", {}).get("export", {})
         for fmt in stale:
             if console is not None and any(
-                _made_earlier(e) for e in earlier.get(fmt) or [] if isinstance(e, dict)
+                made_earlier(e) for e in earlier.get(fmt) or [] if isinstance(e, dict)
             ):
                 console.print(
                     f"export: {fmt} files made by an earlier edgetune, without what it writes in them today "
@@ -343,7 +295,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         for fmt in stale:  # one at a time, each recorded once done: interrupted in the next, it is kept
             parity += export(run_dir, formats=[fmt], console=console)["parity"]
             record.record(f"export.{fmt}")
-        _drop_unrequested(run_dir, wanted, console.print if console else None)  # after the new files are in
+        drop_unrequested(run_dir, wanted, console.print if console else None)  # after the new files are in
         if console is not None and parity:
             print_table(parity, console)
         for fmt in kept:
@@ -355,21 +307,6 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         result.report = bench(run_dir, console=console)
 
 
-def _covers(run_dir: Path, recipe: Recipe, only: str | None = None) -> bool:
-    """Whether the run's export lists a file of every type the recipe exports (a hand-run export
-    since may have dropped one deleted by hand), and GGUFs quantised with an importance matrix
-    exactly where the recipe asks for one (a hand-run `export --imatrix off` made others).
-    `only`: the one format to look at."""
-    record = read_manifest(run_dir).get("stages", {}).get("export", {})
-    for fmt, quants in recipe_exports(recipe).items():
-        listed = {str(e.get("quant", "")).lower() for e in record.get(fmt, []) if isinstance(e, dict)}
-        if (only is None or fmt == only) and not quants <= listed:
-            return False
-    if only in (None, "gguf") and any(q in QUANTS for q in recipe_exports(recipe).get("gguf", ())):
-        return bool(record.get("imatrix")) == recipe.export.gguf.imatrix
-    return True
-
-
 def _benched(run_dir: Path, paths: list[Path]) -> bool:
     """Whether the run's bench report has a target for any of `paths` (exported files or folders)."""
     from edgetune.preflight import report_targets
@@ -379,61 +316,6 @@ def _benched(run_dir: Path, paths: list[Path]) -> bool:
         return True  # no report, or one that cannot be read: the bench reruns either way
     benched = {Path(str(t.get("path", ""))).name for t in targets}
     return any(p.name in benched for p in paths)
-
-
-def _unrequested(run_dir: Path, wanted: dict[str, set[str]]) -> list[Path]:
-    """The exported files and folders of a format or quant not in `wanted` (format -> quants)."""
-    from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
-
-    export = run_dir / "export"
-    return [p for p in gguf_files(export / "gguf") if gguf_quant(p) not in wanted.get("gguf", ())] + [
-        p for p in onnx_dirs(export / "onnx") if p.name.lower() not in wanted.get("onnx", ())
-    ]
-
-
-UNLISTED = "unlisted-exports"  # in a run: exports its recipe does not list, moved out of export/
-
-
-def _drop_unrequested(run_dir: Path, wanted: dict[str, set[str]], say: Callable[[str], None] | None) -> None:
-    """Move exports of formats and quants the recipe does not ask for (a past recipe's, or a
-    hand-run `edgetune export --quant`'s) out of export/ into unlisted-exports/, so bench measures,
-    and --pick ships, only current ones, and nothing made is lost (one of a type there is replaced)."""
-    from edgetune.export.layout import still_there
-
-    for path in _unrequested(run_dir, wanted):
-        aside = run_dir / UNLISTED / path.parent.name / path.name  # unlisted-exports/gguf/model-f16.gguf
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
-        size = sum(f.stat().st_size for f in files)
-        for each, to in ((path, aside), (path.with_suffix(".Modelfile"), aside.with_suffix(".Modelfile"))):
-            if each.exists():
-                shutil.rmtree(to) if to.is_dir() else to.unlink(missing_ok=True)
-                shutil.move(each, to)  # export/ may be a link to another disk: a rename would fail
-        if say is not None:
-            where = escape(str(aside.parent.relative_to(run_dir)))
-            say(
-                f"export: {escape(str(path.relative_to(run_dir)))} is not in the recipe's exports: moved "
-                f"to {where}/ ({size / 1e6:,.0f} MB; delete it there once it is not needed)"
-            )
-    dropped = [fmt for fmt in ("gguf", "onnx") if fmt not in wanted]
-    for fmt in dropped:
-        shutil.rmtree(run_dir / "export" / fmt, ignore_errors=True)
-    from edgetune.export.parity_record import settle
-
-    settle(run_dir, run_dir / "export")  # no parity rows for the files removed
-    manifest = read_manifest(run_dir)
-    record = manifest.get("stages", {}).get("export", {})
-    # gguf, gguf_parity, gguf_wall_s, ..., and the importance matrix that lived in export/gguf
-    stale = [
-        key for key in record if key.split("_")[0] in dropped or (key == "imatrix" and "gguf" in dropped)
-    ]
-    listed = {fmt: record[fmt] for fmt in ("gguf", "onnx") if fmt in record and fmt not in dropped}
-    there = {fmt: still_there(entries, run_dir) for fmt, entries in listed.items()}  # not the removed
-    if stale or there != listed:  # the manifest lists what is on disk, not what a past recipe exported
-        for key in stale:
-            del record[key]
-        record.update(there)
-        atomic_write_json(run_dir / "manifest.json", manifest)
 
 
 def _refresh_recipe(recipe: Recipe, run_dir: Path) -> None:
