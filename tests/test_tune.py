@@ -85,6 +85,9 @@ def test_tune_writes_the_run_directory_contract(tmp_path, tiny_model_dir):
     assert sha256_file(best) == sha256_file(run / "adapter" / "adapter_model.safetensors")
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
     assert min(e["eval_loss"] for e in evals[1:]) == pytest.approx(result.best_eval_loss)
+    # peft writes its set of targets in the process's hash order: the same tune, other bytes
+    targets = json.loads((run / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert len(targets) >= 7 and targets == sorted(targets)
 
 
 def test_same_seed_same_losses_and_adapter_other_seed_differs(tmp_path, tiny_model_dir):

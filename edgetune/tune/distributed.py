@@ -165,3 +165,15 @@ def save_adapter(trainer, tokenizer, out: Path, main: bool) -> None:
         with atomic_dir(out) as staging:
             model.save_pretrained(str(staging), state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(str(staging))
+            _sorted_targets(staging / "adapter_config.json")
+
+
+def _sorted_targets(config: Path) -> None:
+    """peft keeps target_modules as a set and writes it in the process's hash order: two tunes of
+    one recipe wrote the same adapter with two adapter_config.json files (and two merge fingerprints)."""
+    import json
+
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(settings.get("target_modules"), list):
+        settings["target_modules"] = sorted(settings["target_modules"])
+        config.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
