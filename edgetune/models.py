@@ -242,9 +242,23 @@ def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
             'stop; name one in its tokenizer_config.json ("eos_token")'
         )
     refuse_ids_past_the_embedding(model.path, tok)
+    causal_inputs_only(tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token  # labels are masked by position, so pad == eos costs nothing
     return tok
+
+
+CAUSAL_INPUTS = ["input_ids", "attention_mask"]
+
+
+def causal_inputs_only(tok) -> None:
+    """A tokenizer saved as the generic PreTrainedTokenizerFast (a tokenizer.json without a class
+    of its own, as the built-in's conversion writes) hands out token_type_ids, which a causal LM's
+    generate refuses: `model.generate(**tok(text, return_tensors="pt"))` failed on every folder
+    edgetune writes. Kept in init_kwargs, so the adapter, merged and ONNX folders save it."""
+    if "token_type_ids" in tok.model_input_names and "model_input_names" not in tok.init_kwargs:
+        tok.model_input_names = list(CAUSAL_INPUTS)
+        tok.init_kwargs["model_input_names"] = list(CAUSAL_INPUTS)
 
 
 def refuse_ids_past_the_embedding(model_dir: Path, tok) -> None:

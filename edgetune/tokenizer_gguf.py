@@ -121,6 +121,7 @@ def _tokenizer_from_gguf(path: Path):
 
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tk,
+        model_input_names=["input_ids", "attention_mask"],  # a causal LM's: no token_type_ids
         bos_token=tok_for("bos_token_id"),
         eos_token=tok_for("eos_token_id"),
         unk_token=tok_for("unknown_token_id"),

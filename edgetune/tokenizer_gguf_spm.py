@@ -114,6 +114,7 @@ def spm_tokenizer(reader: Any, path: Path, field):
     arch = field(reader, "general.architecture")
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tk,
+        model_input_names=["input_ids", "attention_mask"],  # a causal LM's: no token_type_ids
         bos_token=bos,
         eos_token=eos,
         unk_token=unk,
