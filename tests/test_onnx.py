@@ -74,6 +74,7 @@ def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
             or (a.path / "chat_template.jinja").is_file()
         )
         assert len(a.sha256) == 64
+        onnx.checker.check_model(str(a.path / "model.onnx"))  # fp16's casts came after their readers
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or trace left
     ops = {n.op_type for n in onnx.load(str(out / "int4" / "model.onnx")).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops

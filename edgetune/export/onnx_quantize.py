@@ -100,5 +100,11 @@ def quantize_nbits(model, plan: NBitsPlan):
 def to_fp16(model):
     """fp16 weights and compute with fp32 inputs/outputs (logits, KV cache): the CUDA target's file."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
-    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    # the converter appends its input casts after the nodes that read them: onnxruntime runs such
+    # a graph, but it is no valid ONNX (onnx.checker and stricter runtimes refuse it)
+    graph = OnnxModel(converted)
+    graph.topological_sort()
+    return graph.model
