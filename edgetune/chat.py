@@ -107,15 +107,15 @@ def training_system_prompt(run: Path) -> str | None:
     """The system prompt every training chat had, as tune recorded it (its own, or the recipe's
     where it had none: the one the Modelfile carries); for a run from before tune recorded that, the
     recipe's, else the one the data's chats share (as it says now)."""
-    from edgetune.config import load_recipe
     from edgetune.data.split import make_splits
     from edgetune.export.modelfile import shared_system_prompt
+    from edgetune.run_recipe import load_run_recipe
     from edgetune.rundir import read_manifest
 
     recorded = read_manifest(run).get("data") or {}
     if "trained_system_prompt" in recorded:  # (a recipe's prompt no chat lacked one for is not it)
         return recorded["trained_system_prompt"]
-    recipe = load_recipe(str(run / RECIPE_FILE))
+    recipe = load_run_recipe(run)
     if recipe.data.system_prompt:
         return recipe.data.system_prompt
     if "shared_system_prompt" in recorded:
@@ -129,14 +129,14 @@ def training_system_prompt(run: Path) -> str | None:
 def trained_on_plain_prompts(run: Path, tokenizer) -> bool:
     """Whether the run's training gave its prompts to the model with no chat template (its recipe's
     data.template and the data format its manifest recorded)."""
-    from edgetune.config import load_recipe
     from edgetune.data.render import Renderer
+    from edgetune.run_recipe import load_run_recipe
     from edgetune.rundir import read_manifest
 
     data_format = (read_manifest(run).get("data") or {}).get("format")
     if not data_format:
         return False
-    template = load_recipe(str(run / RECIPE_FILE)).data.template
+    template = load_run_recipe(run).data.template
     return Renderer(tokenizer, template=template).plain_prompts(data_format)
 
 

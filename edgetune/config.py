@@ -12,14 +12,11 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from edgetune.errors import ConfigError
 from edgetune.export.settings import GGUF_QUANTS, ONNX_QUANTS, ExportConfig
@@ -393,28 +390,3 @@ def is_local_base(base: str) -> bool:
     from edgetune.models import BUILTINS
 
     return base not in BUILTINS and Path(base).expanduser().is_dir()
-
-
-def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
-    """A run's recipe.yaml: the resolved recipe, its data files and a local base model written
-    relative to the run where they lie in its project (the folder that holds runs/), so the run's
-    own commands (merge, export, bench, tune --resume) find them in a project moved or checked out
-    elsewhere, and a base named `model` is not read from whatever folder a later command starts in.
-    Paths outside the project stay absolute."""
-    here = run_dir.resolve()
-    project = here.parent.parent
-
-    def portable(path: str) -> str:
-        target = Path(path).expanduser().resolve()
-        if project == Path(project.anchor) or not target.is_relative_to(project):
-            return str(target)
-        relative = os.path.relpath(target, here)
-        return relative if relative.startswith(".") else f"./{relative}"
-
-    raw = recipe.to_dict()
-    for key in ("train", "valid", "test"):
-        if raw["data"][key]:
-            raw["data"][key] = portable(raw["data"][key])
-    if is_local_base(raw["model"]["base"]):
-        raw["model"]["base"] = portable(raw["model"]["base"])
-    return f"# resolved recipe (from {recipe.source})\n" + yaml.safe_dump(raw, sort_keys=False)

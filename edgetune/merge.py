@@ -16,10 +16,9 @@ from typing import Any
 
 from rich.markup import escape
 
-from edgetune.config import load_recipe
 from edgetune.errors import EdgetuneError, InputError, ModelError
+from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
-    RECIPE_FILE,
     atomic_dir,
     read_manifest,
     remove_stale_staging,
@@ -231,7 +230,7 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
                 raise no_adapter_yet(run_dir)
             raise InputError(f"{run_dir}: no adapter/ to merge; run `edgetune tune` first")
         check_adapter_dir(adapter)
-        recipe = load_recipe(str(run_dir / RECIPE_FILE))
+        recipe = load_run_recipe(run_dir)
         manifest = read_manifest(run_dir)
         method = manifest.get("stages", {}).get("tune", {}).get("method", "lora")
         changed = data_changed_since_tune(recipe, manifest)

@@ -16,12 +16,13 @@ from typing import Any
 
 from rich.markup import escape
 
-from edgetune.config import Recipe, dump_run_recipe, load_recipe
+from edgetune.config import Recipe, load_recipe
 from edgetune.errors import InputError, Interrupted
 from edgetune.export.layout import recipe_exports
 from edgetune.export.recorded import covers, drop_unrequested, export_whole, made_earlier, unrequested
 from edgetune.fingerprints import STAGES, StageRecord, export_files
 from edgetune.recipe_yaml import unnamed_run_dir
+from edgetune.run_recipe import dump_run_recipe
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -32,6 +33,7 @@ from edgetune.rundir import (
     refuse_foreign_dir,
     remove_paths,
     run_lock,
+    update_manifest,
 )
 
 
@@ -326,3 +328,5 @@ def _refresh_recipe(recipe: Recipe, run_dir: Path) -> None:
     path = run_dir / RECIPE_FILE
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
+    if read_manifest(run_dir).get("recipe", {}).get("written_in") != str(run_dir.resolve()):
+        update_manifest(run_dir, recipe={"written_in": str(run_dir.resolve())})

@@ -559,6 +559,10 @@ def test_a_moved_projects_run_is_taken_up_by_its_own_commands(tmp_path, tiny_mod
     saved = load_recipe(str(project / "runs" / "tiny" / "recipe.yaml"))
     assert saved.data.train == str(project / "data.jsonl") and saved.model.base == str(project / "model")
     assert "../../data.jsonl" in (project / "runs" / "tiny" / "recipe.yaml").read_text()
+    # a run copied away alone finds its project's files where they were
+    alone = shutil.copytree(project / "runs" / "tiny", tmp_path / "x" / "y" / "z")
+    merged = CliRunner().invoke(main, ["merge", str(alone)])
+    assert merged.exit_code == 0 and (alone / "merged" / "config.json").is_file(), merged.output
     moved = tmp_path / "b"
     shutil.move(project, moved)
     monkeypatch.chdir(tmp_path)

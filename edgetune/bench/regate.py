@@ -9,9 +9,10 @@ from typing import Any
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, attach_export_parity
 from edgetune.bench.report import read_report, write_report
-from edgetune.config import GatesConfig, load_recipe
+from edgetune.config import GatesConfig
 from edgetune.errors import InputError
-from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock
+from edgetune.run_recipe import load_run_recipe
+from edgetune.rundir import read_manifest, resolve_run_dir, run_lock
 
 
 def regate(
@@ -43,7 +44,7 @@ def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) ->
         path = run_dir / "bench" / "report.json"
         report = read_report(run_dir)
         if gates is None:
-            gates = load_recipe(str(run_dir / RECIPE_FILE)).bench.gates
+            gates = load_run_recipe(run_dir).bench.gates
         try:
             changed = regate(report, gates, read_manifest(run_dir), run_dir)
             if changed:

@@ -24,10 +24,10 @@ from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.bench.targets import check_devices, discover_targets
-from edgetune.config import load_recipe
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError
 from edgetune.export.parity_record import checked_digest
+from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
 
 
@@ -136,7 +136,7 @@ def bench(
     with run_lock(run_dir, "bench"):
         if not (run_dir / RECIPE_FILE).is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
-        recipe = load_recipe(str(run_dir / RECIPE_FILE))
+        recipe = load_run_recipe(run_dir)
         remove_stale_spills(run_dir)
         cfg = recipe.bench
         if pick:

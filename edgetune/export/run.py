@@ -27,6 +27,7 @@ from edgetune.export.layout import (
 )
 from edgetune.export.modelfile import shared_system_prompt, write_modelfile
 from edgetune.export.parity import rows_as_dicts
+from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -165,7 +166,7 @@ def export(
     from edgetune.export.parity import check_gguf, check_onnx
 
     run_dir, model_dir = _source(source)
-    recipe = load_recipe(str(run_dir / RECIPE_FILE)) if run_dir else load_recipe("demo")
+    recipe = load_run_recipe(run_dir) if run_dir else load_recipe("demo")
     base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
     if blocked := file_in_the_way(base_out):
         raise InputError(f"{blocked}: not a directory; --out names the folder the exports go in")

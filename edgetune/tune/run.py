@@ -16,11 +16,12 @@ from typing import Any
 from rich.markup import escape
 
 from edgetune import __version__
-from edgetune.config import Recipe, dump_run_recipe, load_recipe
+from edgetune.config import Recipe, load_recipe
 from edgetune.data.files import check_data_files
 from edgetune.errors import InputError, ModelError, writing
 from edgetune.export.modelfile import shared_system_prompt
 from edgetune.fingerprints import data_files, training_settings
+from edgetune.run_recipe import dump_run_recipe, load_run_recipe
 from edgetune.rundir import (
     RECIPE_FILE,
     RUNS_DIR,
@@ -108,7 +109,7 @@ def _start_run(
         if not saved.is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
         refuse_finished(run_dir)
-        recipe = load_recipe(str(saved))
+        recipe = load_run_recipe(saved.parent)
         refuse_unshardable(recipe)
         return recipe, run_dir, False
     recipe = load_recipe(recipe_arg, overrides, new_run=True)
@@ -370,6 +371,7 @@ def _write_start_manifest(
             "source": recipe.source,
             "sha256": recipe.digest(),
             "training_sha256": training_settings(recipe),
+            "written_in": str(run_dir.resolve()),  # where recipe.yaml's relative paths were made
         },
         base_model={
             "name": model_ref.name,
