@@ -419,6 +419,7 @@ def pipeline(work: Path, model_dir: Path | None, dry: bool, timeout: float = 150
             # CUDA rows are what this step is for: the base model's prompting baselines and forgetting
             # probes run on the CPU and are the same as in the CPU report
             "--set", "bench.max_examples=8", "--set", "bench.forgetting=false", "--set", "bench.baselines=false",
+            "--set", "bench.gates.beats_prompting=false", "--set", "bench.gates.max_perplexity_ratio=null",
             "--set", "bench.adapter_target=false", "--set", f"bench.devices={'[cpu]' if dry else '[cpu,cuda]'}",
             # and fewer files and examples than the recipe (bench/baselines/demo-cpu has them all): no
             # importance matrix (it changes the quants' accuracy, not their speed), no ONNX int8, 4

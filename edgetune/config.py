@@ -142,9 +142,22 @@ class GatesConfig:
     # when the whole interval lies above max_kl; "proven": pass only when it lies at or below)
     kl_evidence: Literal["measured", "significant", "proven"] = "measured"
     confidence: float = 0.95  # the interval's level (a paired bootstrap over the held-out examples)
+    # the tuned model's own worth, which no file's retention of it shows (every exported file fails
+    # with it): a task score every file must reach; the tuned model beating zero- and few-shot
+    # prompting of its base (bench.baselines); general perplexity at most this times the base's
+    # (bench.forgetting: catastrophic forgetting)
+    min_metric: float | None = None
+    beats_prompting: bool = False
+    max_perplexity_ratio: float | None = None
 
     def validate(self) -> list[str]:
         problems = []
+        if self.min_metric is not None and not 0 < self.min_metric <= 1:
+            problems.append(f"bench.gates.min_metric: a task score in (0, 1], got {self.min_metric}")
+        if self.max_perplexity_ratio is not None and not self.max_perplexity_ratio >= 1:
+            problems.append(
+                f"bench.gates.max_perplexity_ratio: at least 1 (the base's own), got {self.max_perplexity_ratio}"
+            )
         if not 0.5 <= self.confidence < 1:
             problems.append(f"bench.gates.confidence: must be in [0.5, 1), got {self.confidence}")
         known = ("*", *GGUF_QUANTS, *ONNX_QUANTS)
@@ -200,6 +213,16 @@ class BenchConfig:
         for name in ("forgetting_kl_warn", "forgetting_ppl_ratio_warn"):
             if not getattr(self, name) > 0:
                 problems.append(f"bench.{name}: must be > 0, got {getattr(self, name)}")
+        if self.gates.beats_prompting and not self.baselines:
+            problems.append(
+                "bench.gates.beats_prompting: needs bench.baselines (prompting is not measured); "
+                "bench.gates.beats_prompting=false goes without"
+            )
+        if self.gates.max_perplexity_ratio is not None and not self.forgetting:
+            problems.append(
+                "bench.gates.max_perplexity_ratio: needs bench.forgetting (forgetting is not measured); "
+                "bench.gates.max_perplexity_ratio=null goes without"
+            )
         return problems + self.gates.validate()
 
 

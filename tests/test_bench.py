@@ -644,6 +644,66 @@ def test_gates_that_checked_nothing_fail_instead_of_passing():
     assert pick(fine) is q8
 
 
+def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shipped(capsys):
+    """lr 1e-2 wrecked the demo (json_fields 0.05, perplexity 53x the base's, few-shot prompting of the
+    base scored 0.22): every gate passed, as each file kept 100% of the wrecked model's score, and
+    --pick chose its Q8_0; report.md alone said "does NOT beat prompting"."""
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from edgetune.bench.gates import apply_gates, pick
+    from edgetune.bench.report import print_findings
+    from edgetune.config import GatesConfig, load_recipe
+    from edgetune.errors import ConfigError, GateFailed
+
+    def report():
+        q8 = {"name": "gguf/q8_0", "format": "gguf", "quant": "q8_0", "device": "cpu", "size_bytes": 9,
+              "retention": 1.0, "task_metric": {"name": "json_fields", "value": 0.05}}  # fmt: skip
+        merged = {"name": "torch/merged", "format": "torch", "quant": "fp32", "device": "cpu"}
+        return {
+            "targets": [merged, q8],
+            "reference": {"metric": "json_fields"},
+            "baselines": {
+                "zero_shot": {"task_metric": {"value": 0.0}, "tuned_on_these": 0.05, "examples": 12},
+                "few_shot_2": {"task_metric": {"value": 0.217}, "tuned_on_these": 0.05, "examples": 12},
+            },
+            "tuning_beats_prompting": False,
+            "forgetting": {"ppl_ratio": 53.0, "warnings": ["general perplexity rose 53.00x > 1.25x"]},
+        }
+
+    retention = GatesConfig(min_retention={"q8_0": 0.99})
+    passed = report()
+    apply_gates(passed, retention)
+    assert pick(passed)["name"] == "gguf/q8_0"  # what every gate said before
+    for gates, why in (
+        (replace(retention, beats_prompting=True), "does not beat prompting its base (few shot 2 scores 0.217 against 0.050)"),
+        (replace(retention, max_perplexity_ratio=1.25), "forgetting: general perplexity 53.00x the base's > 1.25x"),
+        (GatesConfig(min_metric=0.5), "json_fields 0.050 < 0.5"),
+    ):  # fmt: skip
+        wrecked = report()
+        apply_gates(wrecked, gates)
+        assert wrecked["targets"][1]["gate"] == "fail" and why in wrecked["targets"][1]["gate_failures"][-1]
+        with pytest.raises(GateFailed, match="no exported artifact passes every gate"):
+            pick(wrecked)
+    unmeasured = {**report(), "tuning_beats_prompting": None, "forgetting": None}
+    apply_gates(
+        unmeasured, GatesConfig(min_retention={"*": 0.9}, beats_prompting=True, max_perplexity_ratio=2)
+    )
+    assert len(unmeasured["targets"][1]["gate_failures"]) == 2  # nothing measured passes nothing
+    with pytest.raises(ConfigError, match="beats_prompting: needs bench.baselines"):
+        load_recipe("demo", ["bench.baselines=false"])
+    with pytest.raises(ConfigError, match="max_perplexity_ratio: needs bench.forgetting"):
+        load_recipe("demo", ["bench.forgetting=false"])
+    # and the terminal says it, not report.md alone
+    out, err = Console(width=300), Console(width=300, stderr=True)
+    print_findings(report(), out, err)
+    said = capsys.readouterr()
+    assert "base model few shot 2: json_fields 0.217 against 0.050 for the tuned model" in said.out
+    assert "warning: fine-tuning does NOT beat prompting on this task" in said.err
+    assert "warning: forgetting: general perplexity rose 53.00x" in said.err
+
+
 def test_pick_takes_only_a_file_whose_answers_a_gate_checked():
     """A size or speed gate passes a file however damaged: the smallest such file must not be picked."""
     from edgetune.bench.gates import pick, raise_on_failed_gates

@@ -69,6 +69,45 @@ def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
     size_mb = target["size_bytes"] / 1e6
     if gates.max_size_mb is not None and size_mb > gates.max_size_mb:
         failures.append(f"size {megabytes(target['size_bytes'])} > {gates.max_size_mb:g} MB")
+    if gates.min_metric is not None:
+        score = (target.get("task_metric") or {}).get("value")
+        if score is None:
+            failures.append("task score unknown")
+        elif score < gates.min_metric - 1e-9:
+            failures.append(
+                f"{target['task_metric'].get('name', 'task score')} {score:.3f} < {gates.min_metric:g}"
+            )
+    return failures
+
+
+def model_failures(report: dict[str, Any], gates: GatesConfig) -> list[str]:
+    """Why the tuned model itself fails the gates (every file exported from it fails with it): it
+    loses to prompting its base, or forgot what the base knew."""
+    failures = []
+    if gates.beats_prompting:
+        verdict = report.get("tuning_beats_prompting")
+        if verdict is None:
+            failures.append(
+                "fine-tuning against prompting: no verdict (no prompting baseline in the report, or "
+                "held-out rows with no answer to compare)"
+            )
+        elif not verdict:
+            best = max(
+                (report.get("baselines") or {}).items(), key=lambda kv: kv[1]["task_metric"]["value"] or 0.0
+            )
+            failures.append(
+                f"the tuned model does not beat prompting its base ({best[0].replace('_', ' ')} scores "
+                f"{best[1]['task_metric']['value'] or 0.0:.3f} against {best[1].get('tuned_on_these') or 0.0:.3f})"
+            )
+    if gates.max_perplexity_ratio is not None:
+        forgetting = report.get("forgetting") or {}
+        ratio = forgetting.get("ppl_ratio")
+        if ratio is None:
+            failures.append("forgetting not measured (no forgetting probe in the report)")
+        elif ratio > gates.max_perplexity_ratio:
+            failures.append(
+                f"forgetting: general perplexity {ratio:.2f}x the base's > {gates.max_perplexity_ratio:g}x"
+            )
     return failures
 
 
@@ -224,11 +263,12 @@ def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
 
 def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
     report["gate_rule"] = asdict(gates)  # the gates these verdicts are under
+    of_the_model = model_failures(report, gates)
     for target in report["targets"]:
         if target["format"] not in EXPORTED:
             target["gate"], target["gate_failures"] = "reference" if target["quant"] == "fp32" else "-", []
             continue
-        failures = gate_failures(target, gates)
+        failures = gate_failures(target, gates) + of_the_model
         target["gate"], target["gate_failures"] = ("fail" if failures else "pass"), failures
         target["gate_notes"] = [n for n in (noise_note(target, gates), kl_noise_note(target, gates)) if n]
 
@@ -252,8 +292,13 @@ def raise_on_failed_gates(report: dict[str, Any], console=None) -> None:
     """GateFailed listing every failed or unchecked gate; a warning on `console` when the recipe
     sets no gate at all (its files pass, checked for nothing)."""
     rule = report.get("gate_rule", {})
-    limits = ("max_kl", "min_decode_tok_s", "max_size_mb")
-    if console is not None and not rule.get("min_retention") and all(rule.get(k) is None for k in limits):
+    limits = ("max_kl", "min_decode_tok_s", "max_size_mb", "min_metric", "max_perplexity_ratio")
+    if (
+        console is not None
+        and not rule.get("min_retention")
+        and not rule.get("beats_prompting")
+        and all(rule.get(k) is None for k in limits)
+    ):
         console.print("[yellow]warning:[/] the recipe sets no bench.gates: the gates checked nothing")
     failed = [t for t in report["targets"] if t.get("gate") == "fail"]
     problems = [f"{t['name']} ({t['device']}): {', '.join(t['gate_failures'])}" for t in failed]
@@ -266,7 +311,9 @@ def answer_gated(target: dict[str, Any], rule: dict[str, Any]) -> bool:
     """Whether a gate on what the file answers checked `target` (a retention minimum for its quant,
     or max_kl): size and speed gates alone pass a file however damaged it is."""
     return (
-        rule.get("max_kl") is not None or minimum_retention(target, rule.get("min_retention", {})) is not None
+        rule.get("max_kl") is not None
+        or rule.get("min_metric") is not None
+        or minimum_retention(target, rule.get("min_retention", {})) is not None
     )
 
 
@@ -310,7 +357,7 @@ SET_AN_ANSWER_GATE = (
 
 def refuse_blind_pick(gates: GatesConfig) -> None:
     """--pick under gates that check no file's answers, refused before anything is measured."""
-    if gates.max_kl is None and not gates.min_retention:
+    if gates.max_kl is None and gates.min_metric is None and not gates.min_retention:
         raise GateFailed(
             f"nothing to pick: the recipe's bench.gates check no file's answers; {SET_AN_ANSWER_GATE}"
         )

@@ -92,39 +92,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _interval_lines(report)
     if report["baselines"]:  # bench.baselines: false leaves no section
         lines += ["", "## Fine-tuning against prompting the base model", ""]
-    for name, b in report["baselines"].items():
-        extra = (
-            f", +{b['extra_prompt_tokens']:.0f} prompt tokens per request"
-            if "extra_prompt_tokens" in b
-            else ""
-        )
-        difference = b.get("tuned_minus_baseline", {})
-        spread = (
-            f" (difference {difference['mean']:+.3f}, {difference['confidence']:.0%} interval "
-            f"{difference['interval'][0]:+.3f} to {difference['interval'][1]:+.3f})"
-            if difference.get("interval")
-            else f" (difference {difference['mean']:+.3f}, no interval)"
-            if difference.get("mean") is not None
-            else ""
-        )
-        lines.append(
-            f"- base model {name.replace('_', ' ')}: {ref['metric']} {_fmt(b['task_metric']['value'], '.3f')} "
-            f"against {_fmt(b.get('tuned_on_these'), '.3f')} for the tuned model on the same "
-            f"{b.get('examples', '?')} examples{spread}{extra}"
-        )
-    verdict = report.get("tuning_beats_prompting")
-    if verdict is not None:
-        shown = report.get("tuning_beats_prompting_shown")
-        lines.append(
-            f"- fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task"
-            + (
-                ""
-                if shown is None or not verdict
-                else "; beyond these examples' noise"
-                if shown
-                else "; but within these examples' noise (an interval reaches 0, or too few examples differ): a good prompt may do"
-            )
-        )
+    lines += [f"- {line}" for line in prompting_lines(report)]
     f = report.get("forgetting")
     if f:
         lines += [
@@ -286,6 +254,60 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     atomic_write_bytes(paths["png"], image)
     atomic_write_json(paths["json"], report)  # last: the JSON is what the next command reads
     return paths
+
+
+def prompting_lines(report: dict[str, Any]) -> list[str]:
+    """Each prompting baseline against the tuned model on the same examples, then the verdict:
+    the report's section, and what bench and run say on the terminal."""
+    lines = []
+    for name, b in (report.get("baselines") or {}).items():
+        extra = (
+            f", +{b['extra_prompt_tokens']:.0f} prompt tokens per request"
+            if "extra_prompt_tokens" in b
+            else ""
+        )
+        difference = b.get("tuned_minus_baseline", {})
+        spread = (
+            f" (difference {difference['mean']:+.3f}, {difference['confidence']:.0%} interval "
+            f"{difference['interval'][0]:+.3f} to {difference['interval'][1]:+.3f})"
+            if difference.get("interval")
+            else f" (difference {difference['mean']:+.3f}, no interval)"
+            if difference.get("mean") is not None
+            else ""
+        )
+        lines.append(
+            f"base model {name.replace('_', ' ')}: {report['reference']['metric']} "
+            f"{_fmt(b['task_metric']['value'], '.3f')} against {_fmt(b.get('tuned_on_these'), '.3f')} for "
+            f"the tuned model on the same {b.get('examples', '?')} examples{spread}{extra}"
+        )
+    verdict = report.get("tuning_beats_prompting")
+    if verdict is not None:
+        shown = report.get("tuning_beats_prompting_shown")
+        lines.append(
+            f"fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task"
+            + (
+                ""
+                if shown is None or not verdict
+                else "; beyond these examples' noise"
+                if shown
+                else "; but within these examples' noise (an interval reaches 0, or too few examples differ): a good prompt may do"
+            )
+        )
+    return lines
+
+
+def print_findings(report: dict[str, Any], out, err) -> None:
+    """After the table: the tuned model against prompting its base, and its forgetting warnings
+    (they were in report.md alone: a run that lost to prompting said nothing on the terminal)."""
+    from rich.markup import escape
+
+    for line in prompting_lines(report):
+        if line.startswith("fine-tuning does NOT"):
+            err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+        else:
+            out.print(escape(line), soft_wrap=True)
+    for warning in (report.get("forgetting") or {}).get("warnings", []):
+        err.print(f"[yellow]warning:[/] forgetting: {escape(warning)}", soft_wrap=True)
 
 
 def print_table(report: dict[str, Any], console) -> None:

@@ -43,7 +43,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
         return _compare(run_dir, other, gate, devices or pick or regate)
     from edgetune.bench.gates import pick as pick_target
     from edgetune.bench.gates import raise_on_failed_gates
-    from edgetune.bench.report import print_table
+    from edgetune.bench.report import print_findings, print_table
     from edgetune.bench.run import bench as run_bench
     from edgetune.console import err, out
     from edgetune.rundir import resolve_run_dir
@@ -62,10 +62,7 @@ def bench(run_dir, devices, gate, pick, regate, other) -> None:
             raise_on_failed_gates(report, err)
         return
     print_table(report, out)
-    for name, b in report["baselines"].items():
-        out.print(f"baseline {name}: {b['task_metric']['value']}")
-    for warning in report["forgetting"].get("warnings", []):
-        err.print(f"[yellow]warning:[/] forgetting: {escape(warning)}")
+    print_findings(report, out, err)
     out.print(f"report: {escape(report['paths']['md'])}", soft_wrap=True)
     if gate:
         raise_on_failed_gates(report, err)

@@ -40,7 +40,7 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
     stages whose inputs are unchanged since they last finished are skipped."""
     one_process("run")
     from edgetune.bench.gates import raise_on_failed_gates
-    from edgetune.bench.report import print_table
+    from edgetune.bench.report import print_findings, print_table
     from edgetune.console import err, out
     from edgetune.pipeline import run_pipeline
 
@@ -64,6 +64,7 @@ def run(recipe, overrides, run_dir, gate, pick, until, allow_pickle) -> None:
         return
     if result.report is not None:
         print_table(result.report, out)
+        print_findings(result.report, out, err)
     ran = ", ".join(result.ran) or "nothing"
     skipped = ", ".join(result.skipped) or "nothing"
     out.print(
