@@ -172,3 +172,23 @@ def test_data_check_and_tune_say_data_system_prompt_goes_nowhere_on_plain_rows(t
     assert any("data.system_prompt is not used" in w for w in json.loads(checked.stdout)["warnings"])
     chat = CliRunner().invoke(main, args[:-2])  # the chat template takes it: nothing to say
     assert not any("system_prompt" in w for w in json.loads(chat.stdout)["warnings"]), chat.output
+
+
+def test_a_validation_split_too_small_to_steer_early_stopping_is_warned(tmp_path, tiny_tokenizer):
+    """Two validation rows chose the best checkpoint and stopped the run: a 0.1% rise was called
+    overfitting, and nothing said how little the loss rested on."""
+    from edgetune.config import Recipe
+    from edgetune.data.prepare import prepare
+    from edgetune.tune.checks import warn_about_data
+
+    train = write_jsonl(
+        tmp_path / "data.jsonl", [chat_row(f"log {i}: link down", f"port {i}") for i in range(30)]
+    )
+    warned: list[str] = []
+    recipe = Recipe(data=DataConfig(train=str(train)))
+    warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
+    assert any(w.startswith("only 3 validation examples: early stopping") for w in warned), warned
+    warned.clear()
+    recipe = Recipe(data=DataConfig(train=str(train), valid_fraction=0.7, test_fraction=0.1))
+    warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
+    assert not any("validation example" in w for w in warned), warned

@@ -324,6 +324,31 @@ def test_overfit_watch_warns_once():
         watch.on_log(args, None, None, logs={"loss": train})
         watch.on_evaluate(args, SimpleNamespace(global_step=step), None, metrics={"eval_loss": val})
     assert len(seen) == 1 and "overfitting" in seen[0] and "step 1" in seen[0]
+    # a rise within noise (5.714 -> 5.719 on two validation rows) is no overfitting
+    seen.clear()
+    watch = OverfitWatch(seen.append)
+    for step, (train, val) in enumerate([(3.0, 5.714), (2.0, 5.7149), (1.0, 5.7191), (0.5, 5.706)], start=1):
+        watch.on_log(args, None, None, logs={"loss": train})
+        watch.on_evaluate(args, SimpleNamespace(global_step=step), None, metrics={"eval_loss": val})
+    assert seen == []
+
+
+def test_a_training_loss_that_climbs_past_twice_the_first_steps_is_warned_once():
+    """train.lr 1e-2 took the demo's training loss from 1.41 to 4.99 by step 8, its validation loss
+    still fell from there, and the run said nothing beyond the start's "lr is high"."""
+    from types import SimpleNamespace
+
+    from edgetune.tune.callbacks import LossSpikeWatch
+
+    seen = []
+    watch = LossSpikeWatch(seen.append, 1e-2)
+    for step, loss in enumerate([1.41, 1.2, 2.5, 4.99, 6.0, float("nan")], start=1):
+        watch.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": loss})
+    assert len(seen) == 1 and "training loss 4.9900 at step 4 is 3.5x the first step's (1.4100)" in seen[0]
+    calm = LossSpikeWatch(seen.append, 2e-4)
+    for step, loss in enumerate([1.41, 0.9, 2.0, 0.5], start=1):  # a noisy batch, under twice the first
+        calm.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": loss})
+    assert len(seen) == 1
 
 
 def test_metrics_are_made_durable_with_each_committed_checkpoint_not_each_step(tmp_path, monkeypatch):

@@ -48,6 +48,9 @@ def planned_steps(recipe: Recipe, examples: int) -> int:
 LARGE_VALID = 2000
 
 
+FEW_VALID = 20  # below this, a validation loss that rises or falls 1% says little
+
+
 def warn_about_data(recipe: Recipe, data, warn) -> None:
     train = data.encoded["train"].examples
     if skipped := data.splits.skipped_rows:  # data.skip_bad_rows: on, but each one is still said
@@ -116,6 +119,11 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
         )
     if not data.encoded["valid"].examples:
         warn("no validation examples: no early stopping, and the last adapter is kept rather than the best")
+    elif valid < FEW_VALID:
+        warn(
+            f"only {counted(valid, 'validation example')}: early stopping and the best checkpoint rest on "
+            f"a loss that noise moves (give data.valid, or a larger data.valid_fraction, for {FEW_VALID}+)"
+        )
 
 
 def refuse_divergence(trainer, recipe: Recipe, run_dir: Path, main: bool) -> None:

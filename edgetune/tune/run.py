@@ -336,7 +336,7 @@ def tune_callbacks(recipe: Recipe, run_dir: Path, has_valid: bool, warn, console
 
     metrics = run_dir / "metrics.jsonl"
     callbacks: list[Any] = [cb.CommitCheckpoints(metrics), cb.MetricsLog(metrics), cb.StopOnNonFinite()]
-    callbacks.append(cb.OverfitWatch(warn))
+    callbacks += [cb.OverfitWatch(warn), cb.LossSpikeWatch(warn, recipe.train.lr)]
     if has_valid:
         callbacks.append(cb.SaveTheBest())
     if console is not None:
