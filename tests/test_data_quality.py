@@ -192,3 +192,34 @@ def test_a_validation_split_too_small_to_steer_early_stopping_is_warned(tmp_path
     recipe = Recipe(data=DataConfig(train=str(train), valid_fraction=0.7, test_fraction=0.1))
     warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
     assert not any("validation example" in w for w in warned), warned
+
+
+def test_data_check_names_every_answer_the_benchs_metric_cannot_read(tmp_path, tiny_model_dir):
+    """data check passed a test file whose answers json_fields cannot read; `edgetune run` then
+    refused it naming the first row only, its advice to pick another metric."""
+    import json
+
+    import pytest
+
+    from edgetune.config import load_recipe
+    from edgetune.data.report import check_dataset
+    from edgetune.errors import InputError
+    from edgetune.preflight import refuse_a_bench_that_cannot_run
+
+    answer = json.dumps({"port": 1})
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"log {i}", answer) for i in range(40)])
+    rows = [chat_row(f"held {i}", answer) for i in range(8)]
+    rows[2], rows[5] = chat_row("held 2", '{"port": 1'), chat_row("held 5", "port one")
+    test = write_jsonl(tmp_path / "test.jsonl", rows)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model:\n  base: {tiny_model_dir}\ndata:\n  train: {train}\n  test: {test}\nbench:\n  metric: json_fields\n"
+    )
+    report = check_dataset(str(recipe), [], {"train": train, "valid": None, "test": test})
+    said = [w for w in report["warnings"] if "bench.metric cannot read" in w]
+    assert len(said) == 1 and said[0].startswith("2 held-out answers bench.metric cannot read"), report[
+        "warnings"
+    ]
+    assert f"{test}:3: bench.metric json_fields" in said[0] and f"{test}:6:" in said[0]
+    with pytest.raises(InputError, match=rf"{test}:3: .*; {test}:6: .*: fix or drop these rows"):
+        refuse_a_bench_that_cannot_run(load_recipe(str(recipe)), tmp_path / "run", gated=False)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.bench.metrics import METRICS, unscorable
+from edgetune.bench.metrics import METRICS, unscorable_rows
 from edgetune.bench.runners import Runner, greedy
 from edgetune.data.render import IGNORE
 from edgetune.errors import InputError
@@ -24,11 +24,11 @@ def reference_answer(example) -> str | None:
 
 def refuse_unscorable(metric: str, examples) -> None:
     """Before any model runs: a metric that cannot read the held-out answers would fail on the
-    first one, or score every target 0 and make every gate meaningless."""
-    for ex in examples:
-        if (reference := reference_answer(ex)) is not None and (why := unscorable(metric, reference)):
-            shown = " ".join(reference.split())[:60]
-            raise InputError(f"{ex.source}: bench.metric {why} ({shown!r}); pick another bench.metric")
+    first one, or score every target 0 and make every gate meaningless. Every such row is counted,
+    the first three named."""
+    if rows := unscorable_rows(metric, examples):
+        more = f" (and {len(rows) - 3} more held-out rows)" if len(rows) > 3 else ""
+        raise InputError(f"{'; '.join(rows[:3])}{more}: fix or drop these rows, or pick another bench.metric")
 
 
 def example_id(example) -> str:

@@ -159,6 +159,45 @@ def unscorable(metric: str, reference: str) -> str | None:
     return None
 
 
+def unscorable_rows(metric: str, examples) -> list[str]:
+    """`file:line: why ('the answer...')` for each example whose answer `metric` cannot read (a
+    text row has none to read)."""
+    rows = []
+    for ex in examples:
+        answer = None if ex.format == "text" else ex.reference()
+        if answer is not None and (why := unscorable(metric, answer)):
+            rows.append(f"{ex.source}: bench.metric {why} ({' '.join(answer.split())[:60]!r})")
+    return rows
+
+
+def unscorable_warning(metric: str, examples, split: str) -> str | None:
+    """For data check and tune: answers the recipe's metric cannot read, named. Held out, bench
+    refuses them; trained on, the model learns to answer in a form the metric scores 0."""
+    rows = unscorable_rows(metric, examples)
+    if not rows:
+        return None
+    more = f" (and {len(rows) - 3} more)" if len(rows) > 3 else ""
+    effect = (
+        "bench refuses to score them: fix or drop these rows, or pick another bench.metric"
+        if split != "train"
+        else "the model learns to answer so, and bench scores such answers 0"
+    )
+    return f"{len(rows)} {split} answers bench.metric cannot read: {'; '.join(rows[:3])}{more}; {effect}"
+
+
+def answer_form_warnings(metric: str, splits, max_examples: int) -> list[str]:
+    """unscorable_warning for the held-out rows bench would score and for the training rows, where
+    the metric reads only some answers (json_fields, choice)."""
+    if metric not in ("json_fields", "choice"):
+        return []
+    held_out = (splits.test or splits.valid)[:max_examples]
+    said = (
+        unscorable_warning(metric, held_out, "held-out"),
+        unscorable_warning(metric, splits.train, "train"),
+    )
+    return [w for w in said if w]
+
+
 METRICS: dict[str, Callable[[str, str], float]] = {
     "exact": exact,
     "normalized": normalized,

@@ -63,7 +63,10 @@ def check_dataset(
     prepared = prepare(cfg, tokenizer, skip_bad_rows, say=say)
     report.update(prepared.summary())
     context = past_the_context(prepared, model.path, recipe.model.trust_remote_code)
-    said = (context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared))
+    from edgetune.bench.metrics import answer_form_warnings
+
+    said = [context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared)]
+    said += answer_form_warnings(recipe.bench.metric, prepared.splits, recipe.bench.max_examples)
     report["warnings"] = [w for w in said if w]
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
     first = _first_encoded(prepared)

@@ -106,7 +106,11 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
             f"scores them all, on a CPU minutes each; a few hundred measure the loss well enough "
             "(lower data.valid_fraction, or give data.valid)"
         )
+    from edgetune.bench.metrics import answer_form_warnings
+
     for warning in data.splits.quality.warnings():
+        warn(warning)
+    for warning in answer_form_warnings(recipe.bench.metric, data.splits, recipe.bench.max_examples):
         warn(warning)
     if len(train) < 100:
         warn(
