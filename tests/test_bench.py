@@ -686,6 +686,13 @@ def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shi
         assert wrecked["targets"][1]["gate"] == "fail" and why in wrecked["targets"][1]["gate_failures"][-1]
         with pytest.raises(GateFailed, match="no exported artifact passes every gate"):
             pick(wrecked)
+    zero = report()  # a tuned model that learned nothing: not each file's retention to blame
+    zero["reference"]["value"], zero["targets"][1]["retention"] = 0.0, None
+    apply_gates(zero, retention)
+    assert zero["targets"][1]["gate_failures"] == [
+        "retention unknown: the tuned model itself scores 0 on the task, so no file can keep any of it "
+        "(its answers are in report.md)"
+    ]
     unmeasured = {**report(), "tuning_beats_prompting": None, "forgetting": None}
     apply_gates(
         unmeasured, GatesConfig(min_retention={"*": 0.9}, beats_prompting=True, max_perplexity_ratio=2)

@@ -142,11 +142,18 @@ def _too_few(scores: list | None) -> str | None:
     return None
 
 
+RETENTION_UNKNOWN = "retention unknown (no task metric, or the reference scored 0)"
+RETAINED_NOTHING = (
+    "retention unknown: the tuned model itself scores 0 on the task, so no file can keep any of it "
+    "(its answers are in report.md)"
+)
+
+
 def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig) -> str | None:
     """Why the target's retention misses `minimum` under gates.retention_evidence; None when it passes."""
     retention = target.get("retention")
     if retention is None:
-        return "retention unknown (no task metric, or the reference scored 0)"
+        return RETENTION_UNKNOWN
     interval = target.get("retention_interval")
     want = _percent(minimum)
     if gates.retention_evidence == "measured":
@@ -264,11 +271,14 @@ def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
 def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
     report["gate_rule"] = asdict(gates)  # the gates these verdicts are under
     of_the_model = model_failures(report, gates)
+    scored_zero = (report.get("reference") or {}).get("value") == 0
     for target in report["targets"]:
         if target["format"] not in EXPORTED:
             target["gate"], target["gate_failures"] = "reference" if target["quant"] == "fp32" else "-", []
             continue
         failures = gate_failures(target, gates) + of_the_model
+        if scored_zero:  # not this file's fault: there was nothing to retain
+            failures = [RETAINED_NOTHING if f == RETENTION_UNKNOWN else f for f in failures]
         target["gate"], target["gate_failures"] = ("fail" if failures else "pass"), failures
         target["gate_notes"] = [n for n in (noise_note(target, gates), kl_noise_note(target, gates)) if n]
 
