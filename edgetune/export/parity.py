@@ -241,7 +241,11 @@ def check_onnx_variant(
 
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     shipped = Renderer(tokenizer, renderer.template, renderer.system_prompt, renderer.max_seq_len)
-    ids_equal = tokenizer.chat_template == renderer.tokenizer.chat_template
+    problems = []
+    if tokenizer.chat_template != renderer.tokenizer.chat_template:
+        lost = "has none" if not tokenizer.chat_template else "is not the model's"
+        problems.append(f"the folder's chat template {lost} (front-ends loading it would prompt otherwise)")
+    ids_equal = True
     eos_ids = stop_ids(directory, tokenizer)
     runner = OnnxRunner(Target(directory.name, "onnx", quant, "onnxruntime", "cpu", directory))
     kls, top1s, same, eos, cached = [], [], [], [], []
@@ -255,7 +259,9 @@ def check_onnx_variant(
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
             cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
-    return judge(_row(directory.name, quant, ids_equal, kls, top1s, same, eos, cached or None), kl_goals)
+    row = _row(directory.name, quant, ids_equal, kls, top1s, same, eos, cached or None)
+    row.file_problems = problems
+    return judge(row, kl_goals)
 
 
 def _row(artifact, quant, ids_equal, kls, top1s, greedy, eos, cached=None) -> ParityRow:
