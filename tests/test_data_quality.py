@@ -223,3 +223,19 @@ def test_data_check_names_every_answer_the_benchs_metric_cannot_read(tmp_path, t
     assert f"{test}:3: bench.metric json_fields" in said[0] and f"{test}:6:" in said[0]
     with pytest.raises(InputError, match=rf"{test}:3: .*; {test}:6: .*: fix or drop these rows"):
         refuse_a_bench_that_cannot_run(load_recipe(str(recipe)), tmp_path / "run", gated=False)
+
+
+def test_data_check_without_a_recipe_says_nothing_of_a_metric_nobody_chose(tmp_path):
+    """`data check FILE` reads with the demo recipe's model, and applied its json_fields to any data:
+    "48 train answers bench.metric cannot read" for numbers the user never meant as JSON."""
+    from edgetune.bench.metrics import unscorable_warning
+    from edgetune.config import DataConfig
+    from edgetune.data.report import check_dataset
+    from edgetune.data.split import make_splits
+
+    data = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": f"q{i}", "completion": str(i)} for i in range(40)])
+    report = check_dataset(None, [], {"train": data, "valid": None, "test": None})
+    assert not [w for w in report["warnings"] if "bench.metric" in w], report["warnings"]
+    splits = make_splits(DataConfig(train=str(data)))
+    said = unscorable_warning("json_fields", splits.train, "train")
+    assert said.startswith(f"bench.metric json_fields reads none of the {len(splits.train)} train answers")

@@ -176,6 +176,12 @@ def unscorable_warning(metric: str, examples, split: str) -> str | None:
     rows = unscorable_rows(metric, examples)
     if not rows:
         return None
+    answers = sum(1 for ex in examples if ex.format != "text")
+    if len(rows) == answers:
+        return (
+            f"bench.metric {metric} reads none of the {answers} {split} answers ({rows[0]}): it does not "
+            "fit this data; pick another bench.metric"
+        )
     more = f" (and {len(rows) - 3} more)" if len(rows) > 3 else ""
     effect = (
         "bench refuses to score them: fix or drop these rows, or pick another bench.metric"
