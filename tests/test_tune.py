@@ -340,14 +340,20 @@ def test_a_training_loss_that_climbs_past_twice_the_first_steps_is_warned_once()
 
     from edgetune.tune.callbacks import LossSpikeWatch
 
+    def logged(watch, losses, history=()):
+        state = SimpleNamespace(global_step=0, log_history=[{"loss": x} for x in history])
+        for loss in losses:  # the Trainer appends a log to the history before the callbacks see it
+            state.global_step += 1
+            state.log_history.append({"loss": loss})
+            watch.on_log(None, state, None, logs={"loss": loss})
+
     seen = []
-    watch = LossSpikeWatch(seen.append, 1e-2)
-    for step, loss in enumerate([1.41, 1.2, 2.5, 4.99, 6.0, float("nan")], start=1):
-        watch.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": loss})
+    logged(LossSpikeWatch(seen.append, 1e-2), [1.41, 1.2, 2.9, 4.99, 6.0, float("nan")])
     assert len(seen) == 1 and "training loss 4.9900 at step 4 is 3.5x the first step's (1.4100)" in seen[0]
-    calm = LossSpikeWatch(seen.append, 2e-4)
-    for step, loss in enumerate([1.41, 0.9, 2.0, 0.5], start=1):  # a noisy batch, under twice the first
-        calm.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": loss})
+    assert "usual range" in seen[0]
+    logged(LossSpikeWatch(seen.append, 2e-4), [1.41, 0.9, 3.0, 0.5, 2.0])  # one noisy batch is no climb
+    # resumed late in a run: the run's first loss, not the resumed process's, is the measure
+    logged(LossSpikeWatch(seen.append, 2e-4), [0.09, 0.11, 0.19, 0.2], history=[1.41, 0.5, 0.1])
     assert len(seen) == 1
 
 

@@ -189,21 +189,25 @@ class LossSpikeWatch(TrainerCallback):
 
     def __init__(self, warn, lr: float):
         self.warn, self.lr = warn, lr
-        self.first: float | None = None
+        self.above = 0  # logs in a row past SPIKE times the first: one noisy batch is not a climb
         self.warned = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if self.warned or not isinstance(loss, (int, float)) or not math.isfinite(loss):
             return
-        if self.first is None:
-            self.first = float(loss)
-        elif self.first > 0 and loss > self.SPIKE * self.first:
+        # the run's first logged loss (a resumed run's history holds it), not this process's first
+        first = next((e["loss"] for e in state.log_history if isinstance(e.get("loss"), (int, float))), None)
+        if first is None or first <= 0 or state.global_step <= 1:
+            return
+        self.above = self.above + 1 if loss > self.SPIKE * first else 0
+        if self.above >= 2:
             self.warned = True
+            usual = "; 1e-4..1e-3 is the usual range" if self.lr > 1e-3 else ""
             self.warn(
-                f"training loss {loss:.4f} at step {state.global_step} is {loss / self.first:.1f}x the first "
-                f"step's ({self.first:.4f}): train.lr {self.lr:g} may be too high and damaging what the "
-                "base model knew (bench's forgetting probe measures it); 1e-4..1e-3 is the usual range"
+                f"training loss {loss:.4f} at step {state.global_step} is {loss / first:.1f}x the first "
+                f"step's ({first:.4f}): train.lr {self.lr:g} may be too high and damaging what the base "
+                f"model knew (bench's forgetting probe measures it){usual}"
             )
 
 
