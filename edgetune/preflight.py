@@ -29,7 +29,8 @@ def refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -
             f"(export: {', '.join(sorted(exported)) or 'nothing'}); export it, drop the gate "
             "(--set bench.gates.min_retention={} drops them all), or run with --no-gate"
         )
-    retention_gated = gated and recipe.bench.gates.min_retention
+    gates = recipe.bench.gates
+    retention_gated = gated and (gates.min_retention or gates.min_metric is not None or gates.beats_prompting)
     if recipe.bench.metric in ("json_fields", "choice") or retention_gated:  # what answers must feed
         from edgetune.bench.accuracy import refuse_unscorable
         from edgetune.data.split import make_splits
@@ -38,10 +39,11 @@ def refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -
         held_out = (splits.test or splits.valid)[: recipe.bench.max_examples]
         refuse_unscorable(recipe.bench.metric, held_out)
         if retention_gated and held_out and all(e.format == "text" for e in held_out):
+            named = [k for k in ("min_retention", "min_metric", "beats_prompting") if getattr(gates, k)]
             raise InputError(
-                "bench.gates.min_retention: the held-out rows are text, with no answer to score, so "
-                "retention is unknown and the gate would fail after the whole run; gate on "
-                "bench.gates.max_kl instead, or run with --no-gate"
+                f"bench.gates.{named[0]}: the held-out rows are text, with no answer to score, so the "
+                "gate would fail after the whole run; gate on bench.gates.max_kl instead, or run with "
+                "--no-gate"
             )
     if _benched_on(run_dir) == set(recipe.bench.devices):
         return  # benched there before (perhaps on another machine): bench itself says so if it must run again

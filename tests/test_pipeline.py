@@ -230,6 +230,14 @@ def test_a_bench_that_cannot_run_is_refused_before_anything_is_tuned(tmp_path, t
             [f"data.train={text}", "bench.metric=rouge_l", "bench.gates.min_retention.q8_0=0.9"],
             "bench.gates.min_retention: the held-out rows are text, with no answer to score",
         ),
+        (
+            [f"data.train={text}", "bench.metric=rouge_l", "bench.gates.beats_prompting=true"],
+            "bench.gates.beats_prompting: the held-out rows are text, with no answer to score",
+        ),
+        (
+            [f"data.train={text}", "bench.metric=rouge_l", "bench.gates.min_metric=0.5"],
+            "bench.gates.min_metric: the held-out rows are text, with no answer to score",
+        ),
     ):
         sets = [arg for o in overrides for arg in ("--set", o)]
         result = CliRunner().invoke(main, ["run", str(recipe), *sets, "--run-dir", str(tmp_path / "r")])
