@@ -284,10 +284,11 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         for fmt in kept:
             if console is not None:
                 console.print(f"[dim]export: {fmt} up to date, kept[/]")
-        earlier = read_manifest(run_dir).get("stages", {}).get("export", {})
+        manifest = read_manifest(run_dir)
+        earlier = manifest.get("stages", {}).get("export", {})
         for fmt in stale:
             if console is not None and any(
-                made_earlier(e) for e in earlier.get(fmt) or [] if isinstance(e, dict)
+                made_earlier(e, manifest) for e in earlier.get(fmt) or [] if isinstance(e, dict)
             ):
                 console.print(
                     f"export: {fmt} files made by an earlier edgetune, without what it writes in them today "

@@ -857,6 +857,11 @@ def test_files_an_earlier_edgetune_exported_are_exported_again(tmp_path, tiny_mo
     for entry in export["gguf"]:  # as the earlier edgetune recorded its files: no format
         del entry["format"]
     (run / "manifest.json").write_text(json.dumps(manifest))
+    # an edgetune that recorded the trained system prompt wrote every file as today's does
+    same, out = invoke(recipe, "--no-gate")
+    assert "ran nothing" in out, out
+    del manifest["data"]["trained_system_prompt"]  # before it: files without the prompt
+    (run / "manifest.json").write_text(json.dumps(manifest))
     again, out = invoke(recipe, "--no-gate")
     assert again.exit_code == 0 and "ran export, bench; skipped data, tune, merge" in out, out
     assert "export: gguf files made by an earlier edgetune" in " ".join(out.split())

@@ -23,7 +23,8 @@ def export_whole(run_dir: Path, fmt: str | None = None) -> bool:
     file its manifest lists (of `fmt`, which must list some) is still there as it was written: an
     ONNX folder that lost its tokenizer, or a file changed in place, is no export its parity check
     vouches for. (bench hashes the same files for its own fingerprint, once per process.)"""
-    record = read_manifest(run_dir).get("stages", {}).get("export", {})
+    manifest = read_manifest(run_dir)
+    record = manifest.get("stages", {}).get("export", {})
     if fmt is not None and not record.get(fmt):
         return False
     if record.get("status") != "done" and (fmt is None or not _checked(record, fmt)):
@@ -31,7 +32,7 @@ def export_whole(run_dir: Path, fmt: str | None = None) -> bool:
     for entry in [*record.get("gguf", []), *record.get("onnx", [])] if fmt is None else record[fmt]:
         if not isinstance(entry, dict) or not entry.get("path"):
             continue
-        if made_earlier(entry):
+        if made_earlier(entry, manifest):
             return False
         where = run_dir / str(entry["path"])
         names = entry.get("files") if isinstance(entry.get("files"), dict) else {}
@@ -47,11 +48,13 @@ def export_whole(run_dir: Path, fmt: str | None = None) -> bool:
     return True
 
 
-def made_earlier(entry: dict[str, Any]) -> bool:
-    """An exported file an earlier edgetune wrote without what it writes today (FILE_FORMAT)."""
+def made_earlier(entry: dict[str, Any], manifest: dict[str, Any]) -> bool:
+    """An exported file an earlier edgetune wrote without what it writes today (FILE_FORMAT). One
+    that records no format is of format 2 where the run's tune recorded its trained system prompt:
+    the edgetune that did (2026-12-07) wrote format 2's files, and an export follows its tune."""
     from edgetune.export.layout import FILE_FORMAT
 
-    made = entry.get("format", 1)
+    made = entry.get("format", 2 if "trained_system_prompt" in manifest.get("data", {}) else 1)
     return not isinstance(made, int) or made < FILE_FORMAT
 
 
