@@ -61,6 +61,7 @@ def test_fp32_logits_match_torch_and_cache_changes_nothing(exported, tiny_tokeni
 
 def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
     import onnx
+    from transformers import AutoTokenizer
 
     _, out, result = exported
     assert [a.quant for a in result.artifacts] == ["fp32", "fp16", "int8", "int4"]
@@ -75,6 +76,8 @@ def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
         )
         assert len(a.sha256) == 64
         onnx.checker.check_model(str(a.path / "model.onnx"))  # fp16's casts came after their readers
+        # from a merged folder saved before edgetune named a causal LM's inputs: no token_type_ids
+        assert list(AutoTokenizer.from_pretrained(a.path)("a log line")) == ["input_ids", "attention_mask"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging or trace left
     ops = {n.op_type for n in onnx.load(str(out / "int4" / "model.onnx")).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops

@@ -139,6 +139,21 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
     finally:
         hf_logging.set_verbosity(verbosity)
         optimum_logging.set_verbosity(optimum_verbosity)
+    _causal_inputs(out / "tokenizer_config.json")
+
+
+def _causal_inputs(config: Path) -> None:
+    """The folder's tokenizer names a causal LM's inputs, as models.causal_inputs_only makes the
+    ones edgetune saves: a merged model from before that (its merge up to date) still hands out
+    token_type_ids, which generate(**inputs) refuses."""
+    from edgetune.models import CAUSAL_INPUTS
+
+    if not config.is_file():
+        return
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    if settings.get("tokenizer_class") == "PreTrainedTokenizerFast" and "model_input_names" not in settings:
+        settings["model_input_names"] = list(CAUSAL_INPUTS)
+        config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, force_external: bool) -> None:
