@@ -14,17 +14,17 @@ from edgetune.rundir import RECIPE_FILE, read_manifest
 
 def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
     """The run's recipe.yaml: its data files and a local base model named relative to the run where
-    they lie in its project (the folder that holds runs/), so the run's own commands (merge,
+    they lie in its project (the folder that holds runs/, where the run is runs/<name>), so the run's own commands (merge,
     export, bench, tune --resume) find them in a project moved or checked out elsewhere, and a base
     named `model` is not read from whatever folder a later command starts in. Paths outside the
     project stay absolute. The manifest keeps the folder it was written in (recipe.written_in): a
     run copied away alone finds its files where they were (load_run_recipe)."""
     here = run_dir.resolve()
-    project = here.parent.parent
+    project = here.parent.parent if here.parent.name == "runs" else None  # a --run-dir elsewhere: none
 
     def portable(path: str) -> str:
         target = Path(path).expanduser().resolve()
-        if project == Path(project.anchor) or not target.is_relative_to(project):
+        if project is None or project == Path(project.anchor) or not target.is_relative_to(project):
             return str(target)
         relative = os.path.relpath(target, here)
         return relative if relative.startswith(".") else f"./{relative}"
@@ -35,7 +35,10 @@ def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
             raw["data"][key] = portable(raw["data"][key])
     if is_local_base(raw["model"]["base"]):
         raw["model"]["base"] = portable(raw["model"]["base"])
-    return f"# resolved recipe (from {recipe.source})\n" + yaml.safe_dump(raw, sort_keys=False)
+    header = f"# resolved recipe (from {recipe.source})\n"
+    if project is not None and project != Path(project.anchor):
+        header += "# relative paths are relative to this run's folder (../.. is its project)\n"
+    return header + yaml.safe_dump(raw, sort_keys=False)
 
 
 def load_run_recipe(run_dir: Path) -> Recipe:
