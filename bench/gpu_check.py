@@ -575,8 +575,13 @@ def exit_status(result: dict) -> int:
     and missed (the report holds the ratios either way); 0 otherwise."""
     if result.get("failed"):
         return 1
-    if result.get("memory", {}).get("meets_goal") is False:
-        print("gpu_check: goal not met: QLoRA peak VRAM <= 0.55x LoRA's at >= 0.75x its throughput")
+    memory = result.get("memory", {})
+    if memory.get("meets_goal") is False and "throughput_ratio" in memory:  # both ratios measured
+        print(
+            f"gpu_check: goal not met: QLoRA peak VRAM {memory['vram_ratio']}x LoRA's (goal <= "
+            f"{GOALS['vram_ratio_max']}x) at {memory['throughput_ratio']}x its throughput (goal >= "
+            f"{GOALS['throughput_ratio_min']}x)"
+        )
         return 3
     return 0
 

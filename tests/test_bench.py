@@ -652,7 +652,7 @@ def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shi
 
     from rich.console import Console
 
-    from edgetune.bench.gates import apply_gates, pick
+    from edgetune.bench.gates import apply_gates, pick, raise_on_failed_gates
     from edgetune.bench.report import print_findings
     from edgetune.config import GatesConfig, load_recipe
     from edgetune.errors import ConfigError, GateFailed
@@ -693,6 +693,12 @@ def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shi
         "retention unknown: the tuned model itself scores 0 on the task, so no file can keep any of it "
         "(its answers are in report.md)"
     ]
+    wrecked = report()
+    apply_gates(wrecked, replace(retention, beats_prompting=True, max_perplexity_ratio=1.25))
+    with pytest.raises(GateFailed) as failed:
+        raise_on_failed_gates({**wrecked, "targets": wrecked["targets"] * 3})  # three files: said once
+    assert str(failed.value).count("does not beat prompting") == 1
+    assert str(failed.value).startswith("bench gates failed: the tuned model does not beat")
     unmeasured = {**report(), "tuning_beats_prompting": None, "forgetting": None}
     apply_gates(
         unmeasured, GatesConfig(min_retention={"*": 0.9}, beats_prompting=True, max_perplexity_ratio=2)

@@ -204,6 +204,9 @@ def test_the_gpu_check_fails_a_missed_qlora_goal(monkeypatch):
     import gpu_check
 
     assert gpu_check.exit_status({"memory": {"vram_ratio": 0.5, "meets_goal": True}}) == 0
-    assert gpu_check.exit_status({"memory": {"vram_ratio": 0.7, "meets_goal": False}}) == 3
+    missed = {"vram_ratio": 0.7, "throughput_ratio": 0.9, "meets_goal": False}
+    assert gpu_check.exit_status({"memory": missed}) == 3
+    # a throughput not measured (a method's run failed) is no goal measured and missed
+    assert gpu_check.exit_status({"memory": {"vram_ratio": 0.5, "meets_goal": False}}) == 0
     assert gpu_check.exit_status({"memory": {}}) == 0  # a dry run: no VRAM on the CPU, no verdict
     assert gpu_check.exit_status({"memory": {"meets_goal": False}, "failed": {"pipeline": "x"}}) == 1

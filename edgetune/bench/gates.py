@@ -271,6 +271,7 @@ def noise_note(target: dict[str, Any], gates: GatesConfig) -> str | None:
 def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
     report["gate_rule"] = asdict(gates)  # the gates these verdicts are under
     of_the_model = model_failures(report, gates)
+    report["model_gate_failures"] = of_the_model  # said once, though every exported file fails with them
     scored_zero = (report.get("reference") or {}).get("value") == 0
     for target in report["targets"]:
         if target["format"] not in EXPORTED:
@@ -310,8 +311,12 @@ def raise_on_failed_gates(report: dict[str, Any], console=None) -> None:
         and all(rule.get(k) is None for k in limits)
     ):
         console.print("[yellow]warning:[/] the recipe sets no bench.gates: the gates checked nothing")
-    failed = [t for t in report["targets"] if t.get("gate") == "fail"]
-    problems = [f"{t['name']} ({t['device']}): {', '.join(t['gate_failures'])}" for t in failed]
+    of_the_model = report.get("model_gate_failures") or []
+    problems = list(of_the_model)  # each names what it is about: the tuned model, its forgetting
+    for t in report["targets"]:
+        own = [f for f in t.get("gate_failures", []) if f not in of_the_model]
+        if t.get("gate") == "fail" and own:
+            problems.append(f"{t['name']} ({t['device']}): {', '.join(own)}")
     problems += unchecked_gates(report)
     if problems:
         raise GateFailed("bench gates failed: " + "; ".join(problems))
@@ -319,7 +324,7 @@ def raise_on_failed_gates(report: dict[str, Any], console=None) -> None:
 
 def answer_gated(target: dict[str, Any], rule: dict[str, Any]) -> bool:
     """Whether a gate on what the file answers checked `target` (a retention minimum for its quant,
-    or max_kl): size and speed gates alone pass a file however damaged it is."""
+    max_kl or min_metric): size and speed gates alone pass a file however damaged it is."""
     return (
         rule.get("max_kl") is not None
         or rule.get("min_metric") is not None
@@ -359,7 +364,7 @@ def _smallest_passing(report: dict[str, Any]) -> dict[str, Any]:
 
 
 SET_AN_ANSWER_GATE = (
-    'set bench.gates.min_retention (a quant, or "*" for all) or bench.gates.max_kl in the recipe and '
+    'set bench.gates.min_retention (a quant, or "*" for all), bench.gates.max_kl or bench.gates.min_metric in the recipe and '
     "`edgetune run RECIPE --pick` (re-applied, not measured again), or in the run's recipe.yaml and "
     "`edgetune bench --regate --pick`"
 )
