@@ -14,17 +14,19 @@ from edgetune.rundir import RECIPE_FILE, read_manifest
 
 def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
     """The run's recipe.yaml: its data files and a local base model named relative to the run where
-    they lie in its project (the folder that holds runs/, where the run is runs/<name>), so the run's own commands (merge,
-    export, bench, tune --resume) find them in a project moved or checked out elsewhere, and a base
-    named `model` is not read from whatever folder a later command starts in. Paths outside the
-    project stay absolute. The manifest keeps the folder it was written in (recipe.written_in): a
-    run copied away alone finds its files where they were (load_run_recipe)."""
+    they lie in its project (the folder that holds runs/, for a run in runs/<name>), so the run's
+    own commands (merge, export, bench, tune --resume) find them in a project moved or checked out
+    elsewhere, and a base named `model` is not read from whatever folder a later command starts in.
+    Other paths stay absolute. The manifest keeps the folder it was written in (recipe.written_in):
+    a run copied away alone finds its files where they were (load_run_recipe)."""
     here = run_dir.resolve()
     project = here.parent.parent if here.parent.name == "runs" else None  # a --run-dir elsewhere: none
+    if project == Path(here.anchor):  # /runs/x: no project folder to move
+        project = None
 
     def portable(path: str) -> str:
         target = Path(path).expanduser().resolve()
-        if project is None or project == Path(project.anchor) or not target.is_relative_to(project):
+        if project is None or not target.is_relative_to(project):
             return str(target)
         relative = os.path.relpath(target, here)
         return relative if relative.startswith(".") else f"./{relative}"
@@ -36,7 +38,7 @@ def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
     if is_local_base(raw["model"]["base"]):
         raw["model"]["base"] = portable(raw["model"]["base"])
     header = f"# resolved recipe (from {recipe.source})\n"
-    if project is not None and project != Path(project.anchor):
+    if project is not None:
         header += "# relative paths are relative to this run's folder (../.. is its project)\n"
     return header + yaml.safe_dump(raw, sort_keys=False)
 
@@ -60,5 +62,5 @@ def load_run_recipe(run_dir: Path) -> Recipe:
 
     for key in ("train", "valid", "test"):
         setattr(recipe.data, key, found(getattr(recipe.data, key)))
-    recipe.model.base = found(recipe.model.base) or recipe.model.base
+    recipe.model.base = found(recipe.model.base)
     return recipe

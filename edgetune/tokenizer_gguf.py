@@ -51,6 +51,7 @@ def _tokenizer_from_gguf(path: Path):
     from transformers import PreTrainedTokenizerFast
 
     from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
+    from edgetune.models import CAUSAL_INPUTS
     from edgetune.validate import check_gguf
 
     check_gguf(path)
@@ -121,7 +122,7 @@ def _tokenizer_from_gguf(path: Path):
 
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tk,
-        model_input_names=["input_ids", "attention_mask"],  # a causal LM's: no token_type_ids
+        model_input_names=list(CAUSAL_INPUTS),  # no token_type_ids
         bos_token=tok_for("bos_token_id"),
         eos_token=tok_for("eos_token_id"),
         unk_token=tok_for("unknown_token_id"),

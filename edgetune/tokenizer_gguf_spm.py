@@ -57,6 +57,8 @@ def spm_tokenizer(reader: Any, path: Path, field):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    from edgetune.models import CAUSAL_INPUTS
+
     tokens: list[str] = list(field(reader, "tokenizer.ggml.tokens", []))
     n = len(tokens)
     scores = [float(s) for s in field(reader, "tokenizer.ggml.scores", [0.0] * n)]
@@ -114,7 +116,7 @@ def spm_tokenizer(reader: Any, path: Path, field):
     arch = field(reader, "general.architecture")
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tk,
-        model_input_names=["input_ids", "attention_mask"],  # a causal LM's: no token_type_ids
+        model_input_names=list(CAUSAL_INPUTS),  # no token_type_ids
         bos_token=bos,
         eos_token=eos,
         unk_token=unk,

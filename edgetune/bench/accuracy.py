@@ -11,15 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from edgetune.bench.metrics import METRICS, unscorable_rows
+from edgetune.bench.metrics import METRICS, reference_answer, unscorable_rows
 from edgetune.bench.runners import Runner, greedy
 from edgetune.data.render import IGNORE
 from edgetune.errors import InputError
-
-
-def reference_answer(example) -> str | None:
-    """What the model should have said: the last assistant turn, or the completion."""
-    return None if example.format == "text" else example.reference()
 
 
 def refuse_unscorable(metric: str, examples) -> None:

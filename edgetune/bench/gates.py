@@ -46,14 +46,17 @@ def run_path(target: dict[str, Any], run_dir: Path | None) -> Path | None:
     return run_dir / "export" / target["format"] / name if run_dir and name else None
 
 
-def gate_failures(target: dict[str, Any], gates: GatesConfig) -> list[str]:
-    """Why `target` (a report.json target) fails the gates; empty when it passes."""
+def gate_failures(
+    target: dict[str, Any], gates: GatesConfig, reference_scored_zero: bool = False
+) -> list[str]:
+    """Why `target` (a report.json target) fails the gates; empty when it passes.
+    `reference_scored_zero`: the tuned model itself scored 0, so no file had anything to retain."""
     failures = (
         [f"export parity: {target['export_parity_problem']}"] if target.get("export_parity_problem") else []
     )
     minimum = minimum_retention(target, gates.min_retention)
     if minimum is not None:
-        failure = retention_failure(target, minimum, gates)
+        failure = retention_failure(target, minimum, gates, reference_scored_zero)
         if failure:
             failures.append(failure)
     if gates.max_kl is not None:
@@ -142,18 +145,23 @@ def _too_few(scores: list | None) -> str | None:
     return None
 
 
-RETENTION_UNKNOWN = "retention unknown (no task metric, or the reference scored 0)"
 RETAINED_NOTHING = (
     "retention unknown: the tuned model itself scores 0 on the task, so no file can keep any of it "
     "(its answers are in report.md)"
 )
 
 
-def retention_failure(target: dict[str, Any], minimum: float, gates: GatesConfig) -> str | None:
+def retention_failure(
+    target: dict[str, Any], minimum: float, gates: GatesConfig, reference_scored_zero: bool = False
+) -> str | None:
     """Why the target's retention misses `minimum` under gates.retention_evidence; None when it passes."""
     retention = target.get("retention")
     if retention is None:
-        return RETENTION_UNKNOWN
+        return (
+            RETAINED_NOTHING
+            if reference_scored_zero
+            else "retention unknown (no task metric, or the reference scored 0)"
+        )
     interval = target.get("retention_interval")
     want = _percent(minimum)
     if gates.retention_evidence == "measured":
@@ -277,9 +285,7 @@ def apply_gates(report: dict[str, Any], gates: GatesConfig) -> None:
         if target["format"] not in EXPORTED:
             target["gate"], target["gate_failures"] = "reference" if target["quant"] == "fp32" else "-", []
             continue
-        failures = gate_failures(target, gates) + of_the_model
-        if scored_zero:  # not this file's fault: there was nothing to retain
-            failures = [RETAINED_NOTHING if f == RETENTION_UNKNOWN else f for f in failures]
+        failures = gate_failures(target, gates, scored_zero) + of_the_model
         target["gate"], target["gate_failures"] = ("fail" if failures else "pass"), failures
         target["gate_notes"] = [n for n in (noise_note(target, gates), kl_noise_note(target, gates)) if n]
 
@@ -364,8 +370,8 @@ def _smallest_passing(report: dict[str, Any]) -> dict[str, Any]:
 
 
 SET_AN_ANSWER_GATE = (
-    'set bench.gates.min_retention (a quant, or "*" for all), bench.gates.max_kl or bench.gates.min_metric in the recipe and '
-    "`edgetune run RECIPE --pick` (re-applied, not measured again), or in the run's recipe.yaml and "
+    'set bench.gates.min_retention (a quant, or "*" for all), bench.gates.max_kl or '
+    "bench.gates.min_metric in the recipe and `edgetune run RECIPE --pick` (re-applied, not measured again), or in the run's recipe.yaml and "
     "`edgetune bench --regate --pick`"
 )
 

@@ -159,12 +159,17 @@ def unscorable(metric: str, reference: str) -> str | None:
     return None
 
 
+def reference_answer(example) -> str | None:
+    """What the model should have said: the last assistant turn, or the completion (a text row has
+    none)."""
+    return None if example.format == "text" else example.reference()
+
+
 def unscorable_rows(metric: str, examples) -> list[str]:
-    """`file:line: why ('the answer...')` for each example whose answer `metric` cannot read (a
-    text row has none to read)."""
+    """`file:line: why ('the answer...')` for each example whose answer `metric` cannot read."""
     rows = []
     for ex in examples:
-        answer = None if ex.format == "text" else ex.reference()
+        answer = reference_answer(ex)
         if answer is not None and (why := unscorable(metric, answer)):
             rows.append(f"{ex.source}: bench.metric {why} ({' '.join(answer.split())[:60]!r})")
     return rows
@@ -176,7 +181,7 @@ def unscorable_warning(metric: str, examples, split: str) -> str | None:
     rows = unscorable_rows(metric, examples)
     if not rows:
         return None
-    answers = sum(1 for ex in examples if ex.format != "text")
+    answers = sum(1 for ex in examples if reference_answer(ex) is not None)
     if len(rows) == answers:
         return (
             f"bench.metric {metric} reads none of the {answers} {split} answers ({rows[0]}): it does not "

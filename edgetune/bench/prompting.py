@@ -13,7 +13,8 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from edgetune.bench.accuracy import Case, reference_answer
+from edgetune.bench.accuracy import Case
+from edgetune.bench.metrics import reference_answer
 
 
 def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:

@@ -301,11 +301,12 @@ def print_findings(report: dict[str, Any], out, err) -> None:
     (they were in report.md alone: a run that lost to prompting said nothing on the terminal)."""
     from rich.markup import escape
 
-    for line in prompting_lines(report):
-        if line.startswith("fine-tuning does NOT"):
-            err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
-        else:
-            out.print(escape(line), soft_wrap=True)
+    lines = prompting_lines(report)
+    lost = report.get("tuning_beats_prompting") is False  # then the last line is that verdict
+    for line in lines[:-1] if lost else lines:
+        out.print(escape(line), soft_wrap=True)
+    if lost:
+        err.print(f"[yellow]warning:[/] {escape(lines[-1])}", soft_wrap=True)
     for warning in (report.get("forgetting") or {}).get("warnings", []):
         err.print(f"[yellow]warning:[/] forgetting: {escape(warning)}", soft_wrap=True)
 

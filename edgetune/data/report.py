@@ -66,9 +66,8 @@ def check_dataset(
     from edgetune.bench.metrics import answer_form_warnings
 
     said = [context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared)]
-    if (
-        recipe_name is not None or own_train
-    ):  # no recipe named: the default one's metric says nothing of a file
+    # with no recipe named, the default recipe's metric says nothing of the user's file
+    if recipe_name is not None or own_train:
         said += answer_form_warnings(recipe.bench.metric, prepared.splits, recipe.bench.max_examples)
     report["warnings"] = [w for w in said if w]
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
