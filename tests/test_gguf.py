@@ -805,6 +805,12 @@ def test_a_recipe_may_set_a_types_parity_kl_goal(tmp_path):
     assert judge(row(6.7e-3), {"Q8_0": 0.01}).passed and judge(row(6.7e-3), {"q4_k_m": 0.01}).failures
     assert "KL 2.00e+00 > 0.01" in judge(row(2.0), {"q8_0": 0.01}).failures[0]  # far off still fails
     assert load_recipe("demo", ["export.parity_kl.q8_0=0.01"]).export.parity_kl == {"q8_0": 0.01}
+    # keyed as files are named: Q8_0 is the same goal (and the same recipe digest) as q8_0
+    upper = load_recipe("demo", ["export.parity_kl.Q8_0=0.01"])
+    assert upper.export.parity_kl == {"q8_0": 0.01}
+    assert upper.digest() == load_recipe("demo", ["export.parity_kl.q8_0=0.01"]).digest()
+    with pytest.raises(ConfigError, match=r"export.parity_kl: q8_0 is given two goals"):
+        load_recipe("demo", ["export.parity_kl.Q8_0=0.01", "export.parity_kl.q8_0=0.02"])
     with pytest.raises(ConfigError, match=r"export.parity_kl.q9: no such type.*parity_kl.int8: must be > 0"):
         load_recipe("demo", ["export.parity_kl.q9=1", "export.parity_kl.int8=0"])
 

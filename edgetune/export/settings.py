@@ -78,7 +78,18 @@ class ExportConfig:
     gguf: GGUFExportConfig = field(default_factory=GGUFExportConfig)
     onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
 
+    def __post_init__(self) -> None:  # keyed as files are named: Q8_0's goal is q8_0's
+        folded: dict[str, list] = {}
+        for q, kl in dict(self.parity_kl or {}).items():
+            folded.setdefault(str(q).lower(), []).append(kl)
+        self._clashes = sorted(q for q, kls in folded.items() if len(set(map(repr, kls))) > 1)
+        self.parity_kl = {q: kls[0] for q, kls in folded.items()}
+
     def validate(self) -> list[str]:
         problems = not_empty("export", self, "formats") + at_least("export", self, 1, "parity_examples")
+        problems += [
+            f"export.parity_kl: {q} is given two goals (types are read as files are named)"
+            for q in self._clashes
+        ]
         problems += positive_by_type("export.parity_kl", self.parity_kl, (*GGUF_QUANTS, *ONNX_QUANTS))
         return problems + self.gguf.validate() + self.onnx.validate()
