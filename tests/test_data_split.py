@@ -51,8 +51,35 @@ def test_separate_files_and_overlap_with_train_is_counted_and_dropped(tmp_path, 
         "test_in_valid": 0,
     }
     assert splits.counts() == {"train": 45, "valid": 1, "test": 5}
+    # each counted row is named, with the held-out row it repeats
+    assert splits.overlap_pairs == [
+        f"{train}:1 is {test}:1",
+        f"{train}:2 is {test}:2",
+        f"{train}:3 is {test}:3",
+        f"{train}:4 asks what {test}:4 asks",
+        f"{train}:5 asks what {test}:5 asks, up to case and whitespace",
+    ]
     kept = make_splits(cfg(train, valid=str(valid), test=str(test), drop_overlap=False))
     assert kept.counts()["train"] == 50 and kept.overlap["exact"] == 3
+
+
+def test_tune_warns_of_held_out_rows_it_trains_on(tmp_path, tiny_tokenizer, chat_rows):
+    """data.drop_overlap: false trained on held-out inputs without a word: the bench then scores
+    recall of trained rows as the task."""
+    from edgetune.config import Recipe
+    from edgetune.tune.checks import warn_about_data
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows)
+    test = write_jsonl(tmp_path / "test.jsonl", chat_rows[:2] + [chat_row("fresh question", "fresh answer")])
+    said = {}
+    for drop in (False, True):
+        recipe = Recipe(data=cfg(train, test=str(test), valid_fraction=0.2, drop_overlap=drop))
+        warned: list[str] = []
+        warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
+        said[drop] = [w for w in warned if "ask what a held-out row asks" in w]
+    assert said[True] == []  # dropped from train: nothing leaked
+    assert len(said[False]) == 1 and said[False][0].startswith("2 training examples ask"), said
+    assert f"e.g. {train}:1 is {test}:1: validation loss and bench scores overstate" in said[False][0]
 
 
 def test_a_held_out_question_a_longer_training_chat_opens_with_has_leaked(tmp_path, chat_rows):
@@ -369,3 +396,35 @@ def test_a_long_preparation_says_how_far_it_is(tmp_path, chat_rows, tiny_tokeniz
     n = len(prepared.splits.train)
     assert len(said) == 10 and said[-1] == f"data: train {n:,}/{n:,} rows rendered and tokenised", said
     assert not [m for m in said if "valid" in m or "test" in m]  # 5 rows each: nothing to wait for
+
+
+def test_data_check_names_the_bad_rows_and_overlaps_it_counts(tmp_path, chat_rows):
+    """`data check` named the first skipped row only, and counted train/held-out overlap without
+    saying which rows: a user had to find them by hand."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    lines = [json.dumps(r) for r in chat_rows]
+    for i in (5, 9, 14, 20, 22, 30, 41):
+        lines[i] = "{bad"
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    test = write_jsonl(tmp_path / "test.jsonl", [chat_rows[i] for i in (1, 4, 7)])
+    args = [
+        "data",
+        "check",
+        str(train),
+        "--test",
+        str(test),
+        "--no-tokens",
+        "--set",
+        "data.skip_bad_rows=true",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for line in (6, 10, 15, 21, 23):
+        assert f"{train}:{line}: invalid JSON" in out
+    assert f"{train}:31" not in out and "and 2 more" in out
+    assert f"{train}:2 is {test}:1" in out and f"{train}:8 is {test}:3" in out

@@ -80,6 +80,7 @@ class PreparedData:
             "skipped_bad_rows": len(self.splits.skipped_rows),
             "duplicates_removed": self.splits.duplicates_removed,
             "overlap": self.splits.overlap,
+            "overlap_examples": self.splits.overlap_pairs,
             "quality": asdict(self.splits.quality),
             "template": self.template,
             "splits": {

@@ -48,6 +48,7 @@ def check_dataset(
             skipped_bad_rows=len(splits.skipped_rows),
             duplicates_removed=splits.duplicates_removed,
             overlap=splits.overlap,
+            overlap_examples=splits.overlap_pairs,
             quality=asdict(splits.quality),
         )
         report["skipped_examples"] = splits.skipped_rows[:5]
@@ -116,11 +117,9 @@ def print_report(report: dict[str, Any], out=None) -> None:
     )
     for name, where in report["files"].items():
         out.print(f"  {name:<5} {escape(str(where))}")
-    skipped = report["skipped_bad_rows"]
-    out.print(
-        f"bad rows skipped: {skipped}"
-        + (f" (first: {escape(report['skipped_examples'][0])})" if skipped else "")
-    )
+    skipped, named = report["skipped_bad_rows"], report["skipped_examples"]
+    out.print(f"bad rows skipped: {skipped}")
+    _print_named(named, skipped, out)
     dup = report["duplicates_removed"]
     out.print(
         "exact duplicates removed: " + ", ".join(f"{k} {v}" for k, v in dup.items())
@@ -134,6 +133,8 @@ def print_report(report: dict[str, Any], out=None) -> None:
         f"{ov['dropped_from_train']} dropped from train"
         + (f"; {ov['test_in_valid']} test examples also in valid" if ov.get("test_in_valid") else "")
     )
+    named = report.get("overlap_examples", [])
+    _print_named(named, ov["exact"] + ov["same_input"] + ov.get("near", 0), out)
     _print_quality(report["quality"], out)
     headers = ["split", "rows"]
     rows = []
@@ -170,6 +171,16 @@ def print_report(report: dict[str, Any], out=None) -> None:
             text.append(printable(rendered[start:end]), style="bold green" if supervised else None)
         out.print(f"[dim]sample ({escape(sample['source'])}; the tokens that carry loss in green):[/]")
         out.print(text, soft_wrap=True)
+
+
+def _print_named(named: list[str], total: int, out) -> None:
+    """The first few rows a count is made of, one "file:line ..." a line, and how many more."""
+    from rich.markup import escape
+
+    for line in named:
+        out.print(f"  {escape(line)}", soft_wrap=True)
+    if total > len(named) and named:
+        out.print(f"  and {total - len(named)} more")
 
 
 def _print_quality(q: dict[str, Any], out) -> None:

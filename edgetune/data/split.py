@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetune.config import DataConfig
-from edgetune.data.quality import Quality, assess, folded_input
+from edgetune.data.quality import SHOWN, Quality, assess, folded_input
 from edgetune.data.rows import Example, load_examples
 from edgetune.errors import DataError
 
@@ -23,6 +23,7 @@ class Splits:
     duplicates_removed: dict[str, int] = field(default_factory=dict)
     overlap: dict[str, int] = field(default_factory=dict)  # exact / same-input / near counts against train
     quality: Quality = field(default_factory=Quality)  # conflicting answers and near duplicates in train
+    overlap_pairs: list[str] = field(default_factory=list)  # the first few, "train file:line is file:line"
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
@@ -128,20 +129,25 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         train = [ex for i, ex in enumerate(train) if i not in drop]
 
     _refuse_test_inside_valid(cfg, held)
-    held_exact = {ex.match_key() for rows in held.values() for ex in rows}
-    held_inputs = {ex.prompt_key() for rows in held.values() for ex in rows}
-    held_folded = {folded_input(ex) for rows in held.values() for ex in rows}
-    exact = [ex for ex in train if ex.match_key() in held_exact]
+    held_out = [ex for rows in held.values() for ex in rows]
+    held_exact = _first_source(held_out, Example.match_key)
+    held_inputs = _first_source(held_out, Example.prompt_key)
+    held_folded = _first_source(held_out, folded_input)
+    exact, same_input, near, pairs = [], [], [], []
     # a held-out input that any learnt reply of a train row answers (a longer chat that opens with it)
-    same_input, near = [], []
     for ex in train:
-        if ex.match_key() in held_exact:
-            continue
         asked = ex.reply_inputs()
-        if any(ex.prompt_key(turns) in held_inputs for turns in asked):
+        if ex.match_key() in held_exact:
+            exact.append(ex)
+            pairs.append(f"{ex.source} is {held_exact[ex.match_key()]}")
+        elif found := next((held_inputs[k] for t in asked if (k := ex.prompt_key(t)) in held_inputs), None):
             same_input.append(ex)
-        elif any(folded_input(ex, turns) in held_folded for turns in asked):
+            pairs.append(f"{ex.source} asks what {found} asks")
+        elif found := next(
+            (held_folded[k] for t in asked if (k := folded_input(ex, t)) in held_folded), None
+        ):
             near.append(ex)  # the same input up to case and whitespace: as leaked, missed by exact matching
+            pairs.append(f"{ex.source} asks what {found} asks, up to case and whitespace")
     overlap = {"exact": len(exact), "same_input": len(same_input), "near": len(near), "dropped_from_train": 0}
     valid_keys = {ex.match_key() for ex in held.get("valid", [])}
     overlap["test_in_valid"] = sum(ex.match_key() in valid_keys for ex in held.get("test", []))
@@ -176,4 +182,13 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         removed,
         overlap,
         assess(train),
+        pairs[:SHOWN],
     )
+
+
+def _first_source(rows: list[Example], key) -> dict[str, str]:
+    """Each key's first row, as file:line."""
+    found: dict[str, str] = {}
+    for ex in rows:
+        found.setdefault(key(ex), ex.source)
+    return found

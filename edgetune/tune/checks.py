@@ -57,6 +57,13 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
         warn(
             f"{len(skipped)} bad row{'s' * (len(skipped) > 1)} skipped (data.skip_bad_rows), e.g. {skipped[0]}"
         )
+    ov = data.splits.overlap
+    leaked = ov.get("exact", 0) + ov.get("same_input", 0) + ov.get("near", 0)
+    if leaked and not recipe.data.drop_overlap:  # the held-out scores measure recall of trained rows
+        warn(
+            f"{leaked} training examples ask what a held-out row asks and are trained on (data.drop_overlap "
+            f"is off), e.g. {data.splits.overlap_pairs[0]}: validation loss and bench scores overstate the model"
+        )
     for name, enc in data.encoded.items():
         if enc.dropped:
             warn(f"{enc.dropped} {name} examples dropped, e.g. {enc.dropped_examples[0]}")
