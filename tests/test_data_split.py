@@ -131,6 +131,36 @@ def test_prepare_reports_lengths_and_drops(tmp_path, tiny_tokenizer, chat_rows):
     assert summary["splits"]["train"]["dropped"] == 1 and "examples" not in summary["splits"]["train"]
 
 
+def test_a_chat_whose_last_reply_truncation_cuts_counts_as_missing_eos(tmp_path, tiny_tokenizer, chat_rows):
+    """data.truncation: truncate cut a chat's final answer (or took it whole) while an earlier
+    turn's EOS made the row count as ending well: the model learnt replies without their end,
+    and nothing said so."""
+    long_chat = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "describe the router"},
+            {"role": "assistant", "content": "router battery " * 40 + "THE-END"},
+        ]
+    }
+    path = write_jsonl(tmp_path / "d.jsonl", chat_rows + [long_chat])
+    config = cfg(path, max_seq_len=64, truncation="truncate", valid_fraction=0.0, test_fraction=0.0)
+    train = prepare(config, tiny_tokenizer).encoded["train"]
+    assert train.truncated == 1 and train.missing_eos == 1
+    assert train.missing_eos_examples == [f"{path}:51"]
+    # cut after the stop token (its newline): the reply kept its end
+    from edgetune.data.render import Renderer
+
+    renderer = Renderer(tiny_tokenizer, max_seq_len=64, truncation="truncate")
+    ex = prepare(config, tiny_tokenizer).splits.train[0]
+    whole = renderer.encode(ex)
+    last_stop = max(i for i, label in enumerate(whole.labels) if label in renderer.stop_ids)
+    assert last_stop + 1 < whole.length  # the template's newline after the stop token is learnt too
+    trimmed = Renderer(tiny_tokenizer, max_seq_len=last_stop + 1, truncation="truncate").encode(ex)
+    assert trimmed.truncated and not trimmed.cut_reply
+    assert Renderer(tiny_tokenizer, max_seq_len=last_stop, truncation="truncate").encode(ex).cut_reply
+
+
 def test_length_stats_nearest_rank():
     s = LengthStats.of(list(range(1, 101)))
     assert (s.min, s.p50, s.p95, s.max, s.mean) == (1, 51, 95, 100, 50.5)

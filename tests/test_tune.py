@@ -836,7 +836,7 @@ def test_settings_that_train_but_defeat_themselves_are_warned_about(tmp_path, ti
     )
     text = "\n".join(result.warnings)
     assert "train.epochs 1 is not used: train.max_steps 2 sets the run's length" in text
-    assert "training examples never supervise EOS" in text
+    assert "training examples learn a reply that does not end in EOS" in text
     assert "train.batch_size x train.grad_accum = 128 is more than the" in text
     assert "train.eval_steps 4 > train.max_steps 2" in text
     from edgetune.config import load_recipe

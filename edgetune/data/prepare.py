@@ -44,7 +44,10 @@ class SplitEncoding:
     truncated: int
     dropped: int
     dropped_examples: list[str] = field(default_factory=list)  # "file:line: reason", first few
-    missing_eos: int = 0  # usable examples whose labels never supervise a stop token (EOS)
+    # usable examples with a learnt reply that does not end in a stop token (EOS): none supervised,
+    # or truncation cut one off (in a chat, an earlier turn's EOS does not make up for the last's)
+    missing_eos: int = 0
+    missing_eos_examples: list[str] = field(default_factory=list)  # "file:line", first few
 
 
 @dataclass
@@ -117,7 +120,7 @@ def encode_split(
     """`refused`: with skip_bad_rows, each row the chat template refuses, with why: a bad row,
     skipped as one that does not parse is, not an example counted among the dropped. `say`: where
     a long split's progress goes."""
-    usable, lengths, reasons = [], [], []
+    usable, lengths, reasons, no_eos = [], [], [], []
     truncated = dropped = missing_eos = 0
     step = max(1, len(examples) // 10) if say is not None and len(examples) >= PROGRESS_ROWS else 0
     for done, (ex, enc) in enumerate(zip(examples, renderer.encode_many(examples)), 1):
@@ -137,8 +140,10 @@ def encode_split(
                 reasons.append(f"{enc.source}: {enc.dropped}")
             continue
         truncated += enc.truncated
-        if renderer.stop_ids and renderer.stop_ids.isdisjoint(enc.labels):
+        if enc.cut_reply or (renderer.stop_ids and renderer.stop_ids.isdisjoint(enc.labels)):
             missing_eos += 1
+            if len(no_eos) < keep_reasons:
+                no_eos.append(enc.source)
         usable.append(enc)
     return SplitEncoding(
         usable,
@@ -148,6 +153,7 @@ def encode_split(
         dropped,
         reasons,
         missing_eos,
+        no_eos,
     )
 
 

@@ -104,6 +104,7 @@ class Encoded:
     source: str
     length: int = 0  # tokens before any truncation
     truncated: bool = False
+    cut_reply: bool = False  # truncation took a learnt reply's stop token: a reply cut short, or lost
     dropped: str | None = None  # why this example cannot be trained on, if it cannot
 
     @property
@@ -368,6 +369,7 @@ class Renderer:
                 labels[: self.max_seq_len],
                 True,
             )
+            out.cut_reply = not self.stop_ids.isdisjoint(labels[self.max_seq_len :])
         if not out.n_supervised:
             out.dropped = (
                 "no tokens left to learn from after truncation (data.max_seq_len)"

@@ -153,6 +153,8 @@ def print_report(report: dict[str, Any], out=None) -> None:
         for name, s in report["splits"].items():
             for reason in s["dropped_examples"]:
                 out.print(f"[yellow]dropped[/] ({name}) {escape(reason)}")
+            for where in s.get("missing_eos_examples", []):
+                out.print(f"[yellow]no EOS[/] ({name}) {escape(where)}: a learnt reply does not end in EOS")
         template = report["template"]
         described = {
             "model": "the model's own",

@@ -72,11 +72,12 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
     for said in (unused_system_prompt(data, recipe.data.system_prompt), special_token_text(data)):
         if said:
             warn(said)
-    missing_eos = data.encoded["train"].missing_eos
-    if missing_eos:  # truncation cut the stop token off: the model learns not to stop
+    enc = data.encoded["train"]
+    if enc.missing_eos:  # truncation cut the stop token off: the model learns not to stop
         warn(
-            f"{missing_eos} of {len(train)} training examples never supervise EOS (truncated at "
-            f"data.max_seq_len {recipe.data.max_seq_len}?): the model may not learn to stop"
+            f"{enc.missing_eos} of {len(train)} training examples learn a reply that does not end in EOS "
+            f"(e.g. {enc.missing_eos_examples[0]}; truncated at data.max_seq_len {recipe.data.max_seq_len}?): "
+            "the model may not learn to stop"
         )
     t = recipe.train
     cores = default_threads()
