@@ -1173,3 +1173,37 @@ def test_report_md_says_what_was_not_measured(benched):
     assert "Latency: not measured (bench.latency: false)." in text and "median of" not in text
     assert "memory bandwidth" not in text
     assert text.startswith(f"# edgetune bench: {report['run']}\n\nNo task metric: the ")
+
+
+def test_bench_says_which_held_out_examples_its_score_leaves_out(tmp_path, tiny_tokenizer, benched):
+    """Held-out rows past data.max_seq_len were left out of the score without a word, and reference
+    answers longer than bench.max_new_tokens were cut for every target (exact 0.5 at 16 tokens,
+    1.0 at 64 on the same model): the only trace was an EOS rate."""
+    from conftest import chat_row, write_jsonl
+
+    from edgetune.bench.accuracy import build_cases, coverage_warnings
+    from edgetune.bench.report import markdown
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import load_examples
+
+    rows = [chat_row(f"log {i}", "port up") for i in range(4)]
+    rows += [chat_row("router battery " * 60, "port up"), chat_row("log 9", "router battery " * 12)]
+    held = write_jsonl(tmp_path / "test.jsonl", rows)
+    examples = load_examples(held).examples
+    renderer = Renderer(tiny_tokenizer, max_seq_len=96)
+    cases = build_cases(renderer, examples)
+    assert len(cases) == 5
+    too_long, cut = coverage_warnings(renderer, examples, cases, max_new_tokens=16)
+    assert too_long.startswith("1 of 6 held-out examples are longer than data.max_seq_len (96 tokens)")
+    assert f"(e.g. {held}:5)" in too_long
+    assert cut.startswith("1 of 5 reference answers are longer than bench.max_new_tokens (16; the longest")
+    assert f"{held}:6)" in cut
+    assert coverage_warnings(renderer, examples[:4], cases[:4], max_new_tokens=16) == []
+    assert coverage_warnings(renderer, examples, cases, max_new_tokens=64) == [too_long]
+    report = json.loads((benched[0] / "bench" / "report.json").read_text())
+    # the fixture's bench generates 6 tokens, for speed: said in the report and on the terminal
+    assert [w.split(" (")[0] for w in report["warnings"]] == [
+        "4 of 4 reference answers are longer than bench.max_new_tokens"
+    ]
+    assert "warning: 4 of 4 reference answers are longer" in benched[1].output
+    assert f"- **warning**: {cut}" in markdown({**report, "warnings": [cut]})

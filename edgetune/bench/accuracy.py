@@ -97,6 +97,35 @@ def build_cases(renderer, examples) -> list[Case]:
     return cases
 
 
+def coverage_warnings(renderer, examples, cases: list[Case], max_new_tokens: int) -> list[str]:
+    """What the score leaves out: held-out examples too long to encode (not scored, so the score
+    leans to short ones), and reference answers longer than generation may run (every target is
+    cut before their end, and bench.metric scores them low)."""
+    said = []
+    kept = {id(c.example) for c in cases}
+    unscored = [ex.source for ex in examples if id(ex) not in kept]
+    if unscored:
+        said.append(
+            f"{len(unscored)} of {len(examples)} held-out examples are longer than data.max_seq_len "
+            f"({renderer.max_seq_len} tokens) and not scored (e.g. {unscored[0]}): the score leans to short examples"
+        )
+    lengths = [
+        (n, c.example.source)
+        for c in cases
+        if c.answered
+        and (n := len(renderer.tokenizer(c.reference, add_special_tokens=False)["input_ids"]))
+        > max_new_tokens
+    ]
+    if lengths:
+        longest, where = max(lengths)
+        said.append(
+            f"{len(lengths)} of {sum(c.answered for c in cases)} reference answers are longer than "
+            f"bench.max_new_tokens ({max_new_tokens}; the longest {longest} tokens, {where}): every target "
+            "stops before their end and bench.metric scores them low; raise bench.max_new_tokens"
+        )
+    return said
+
+
 def evaluate(
     runner: Runner,
     cases: list[Case],

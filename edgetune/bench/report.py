@@ -84,6 +84,8 @@ def markdown(report: dict[str, Any]) -> str:
             else "Latency: not measured (bench.latency: false)."
         ),
         "",
+        *(f"- **warning**: {w}" for w in report.get("warnings", [])),
+        *([""] if report.get("warnings") else []),
         "| " + " | ".join(columns(report)) + " |",
         "|" + "---|" * len(columns(report)),
     ]

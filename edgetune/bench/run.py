@@ -13,6 +13,7 @@ from edgetune.bench.accuracy import (
     Accuracy,
     build_cases,
     context_for,
+    coverage_warnings,
     evaluate,
     example_id,
     refuse_unscorable,
@@ -187,6 +188,9 @@ def bench(
                 f"({recipe.data.max_seq_len} tokens); raise it, or hold out shorter examples"
             )
         refuse_unscorable(cfg.metric, [c.example for c in cases])
+        coverage = coverage_warnings(renderer, examples, cases, cfg.max_new_tokens)
+        for warning in coverage if console is not None else ():
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         if console is not None and not any(c.answered for c in cases):
             console.print(
                 f"[yellow]warning:[/] the held-out rows are text, with no answer to score: bench.metric "
@@ -255,6 +259,7 @@ def bench(
             "baselines": {},
             "forgetting": {},
             "skipped_targets": skipped,
+            "warnings": coverage,  # what the score leaves out (coverage_warnings)
         }
         base_runner = None
         if cfg.baselines or cfg.forgetting:
