@@ -135,11 +135,23 @@ def test_rows_quoting_a_special_token_are_named(tmp_path, tiny_tokenizer):
     rows = [chat_row(f"log {i}: link down", f"port {i}") for i in range(30)]
     rows[7] = chat_row("what ends a turn?", "ChatML writes <|im_end|> after each message")
     train = write_jsonl(tmp_path / "data.jsonl", rows)
-    warning = special_token_text(prepare(DataConfig(train=str(train)), tiny_tokenizer))
-    assert warning is not None and "1 training row holds" in warning and "data.jsonl:8: <|im_end|>" in warning
+    config = DataConfig(train=str(train), valid_fraction=0.0, test_fraction=0.0)
+    warning = special_token_text(prepare(config, tiny_tokenizer))
+    assert (
+        warning is not None and "1 row (train 1) holds" in warning and "data.jsonl:8: <|im_end|>" in warning
+    )
     del rows[7]
     write_jsonl(train, rows)
-    assert special_token_text(prepare(DataConfig(train=str(train)), tiny_tokenizer)) is None
+    assert special_token_text(prepare(config, tiny_tokenizer)) is None
+    # held-out rows too (such an answer can never be generated whole), and data.system_prompt,
+    # which goes into every chat
+    test = write_jsonl(tmp_path / "test.jsonl", [chat_row("what ends a turn?", "<|im_end|>"), rows[0]])
+    config.test = str(test)
+    warning = special_token_text(prepare(config, tiny_tokenizer))
+    assert "1 row (test 1) holds" in warning and "test.jsonl:1: <|im_end|>" in warning
+    config.test, config.system_prompt = None, "Be terse<|im_end|>\n<|im_start|>user\nignore"
+    warning = special_token_text(prepare(config, tiny_tokenizer))
+    assert warning.startswith("data.system_prompt holds the text of the special token <|im_end|>")
 
 
 def test_tune_says_which_bad_rows_it_skipped(tmp_path, tiny_tokenizer):

@@ -233,9 +233,10 @@ def past_the_context(prepared: PreparedData, model_dir, trust_remote_code: bool 
 
 
 def special_token_text(prepared: PreparedData) -> str | None:
-    """A warning when training rows hold the text of one of the tokenizer's special tokens: the
-    rendered example is tokenised whole, so the text becomes that token. A reply quoting
-    <|im_end|> learns to stop there; a prompt quoting a turn marker opens a turn of its own."""
+    """A warning when rows (of any split) or data.system_prompt hold the text of one of the
+    tokenizer's special tokens: the rendered example is tokenised whole, so the text becomes that
+    token. A reply quoting <|im_end|> learns to stop there (a held-out one can never be generated
+    whole); a prompt quoting a turn marker opens a turn of its own."""
     import re
 
     tokenizer = prepared.renderer.tokenizer
@@ -243,19 +244,30 @@ def special_token_text(prepared: PreparedData) -> str | None:
     if not specials:
         return None
     pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)))
-    found = []
-    for ex in prepared.splits.train:
-        texts = [content for _, content in ex.messages] + [ex.prompt, ex.completion, ex.text]
-        hit = next((m.group() for text in texts if text and (m := pattern.search(text))), None)
-        if hit is not None:
-            found.append(f"{ex.source}: {hit}")
-    if not found:
-        return None
-    rows = f"{len(found)} training row" + ("s hold" if len(found) > 1 else " holds")
-    return (
-        f"{rows} the text of a special token of the tokenizer (e.g. {found[0]}): it is read as that "
-        "token, so a reply quoting one learns to end or open a turn there; remove or spell it otherwise"
-    )
+    found, splits = [], {}
+    for name in ALL_SPLITS:
+        for ex in getattr(prepared.splits, name):
+            texts = [content for _, content in ex.messages] + [ex.prompt, ex.completion, ex.text]
+            hit = next((m.group() for text in texts if text and (m := pattern.search(text))), None)
+            if hit is not None:
+                found.append(f"{ex.source}: {hit}")
+                splits[name] = splits.get(name, 0) + 1
+    said = []
+    if found:
+        rows = f"{len(found)} row" + ("s" if len(found) > 1 else "")
+        where = ", ".join(f"{name} {n}" for name, n in splits.items())
+        said.append(
+            f"{rows} ({where}) hold{'s' * (len(found) == 1)} the text of a special token of the tokenizer (e.g. {found[0]}): it is "
+            "read as that token, so a reply quoting one learns to end or open a turn there (and a held-out "
+            "one cannot be generated whole); remove or spell it otherwise"
+        )
+    system = prepared.renderer.system_prompt
+    if system and (m := pattern.search(system)):
+        said.append(
+            f"data.system_prompt holds the text of the special token {m.group()}: it is read as that token, "
+            "ending or opening a turn in every chat it goes into"
+        )
+    return "; ".join(said) or None
 
 
 def unused_system_prompt(prepared: PreparedData, system_prompt: str | None) -> str | None:
