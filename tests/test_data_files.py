@@ -29,6 +29,16 @@ def test_a_stray_byte_far_into_a_jsonl_file_names_its_own_line(tmp_path):
         load_examples(path)
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "json"])
+def test_a_utf16_file_is_named_as_one(tmp_path, suffix):
+    """Windows tools save UTF-16: "not valid UTF-8 (byte 0xff)" did not say what the file was."""
+    path = tmp_path / f"d.{suffix}"
+    text = "prompt,completion\n2+2=,4\n" if suffix == "csv" else jsonl_bytes(ROWS).decode()
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataError, match=rf"{path}:1: not valid UTF-8 text \(byte 0xff\): a UTF-16 file"):
+        load_examples(path)
+
+
 def test_jsonl_lines_may_end_in_a_lone_cr_as_old_mac_files_do(tmp_path):
     path = tmp_path / "d.jsonl"
     lines = [json.dumps(r) for r in ROWS]

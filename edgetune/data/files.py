@@ -67,7 +67,9 @@ def _utf8(path: Path, data: bytes, first_line: int = 1) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = first_line + data.count(b"\n", 0, exc.start)
-        raise DataError(f"{path}:{line}: not valid UTF-8 text (byte {data[exc.start]:#04x})") from None
+        utf16 = first_line == 1 and data[:2] in (b"\xff\xfe", b"\xfe\xff")  # its byte order mark
+        hint = ": a UTF-16 file (its byte order mark); save it as UTF-8" if utf16 else ""
+        raise DataError(f"{path}:{line}: not valid UTF-8 text (byte {data[exc.start]:#04x}){hint}") from None
 
 
 def _has_lone_surrogate(value: Any) -> bool:

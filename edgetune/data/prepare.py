@@ -1,7 +1,7 @@
 """Splits -> encoded ids and labels, with the statistics `edgetune data check` prints.
 
 Nothing is dropped silently: every truncated or dropped example is counted, and the first few
-are named by file:line.
+dropped ones, and the first few whose learnt reply lost its EOS, are named by file:line.
 """
 
 from __future__ import annotations
