@@ -37,6 +37,18 @@ class _Console(Console):
         raise BrokenPipeError
 
 
+def live(console: Console) -> bool:
+    """Whether a live progress bar may be drawn: on a real terminal that can redraw. FORCE_COLOR
+    (any value) or TTY_COMPATIBLE=1 make rich take a pipe for a terminal, for colour, and a bar
+    redrawn ten times a second filled CI logs (a tune: 1,176 redraws in 131 s); TERM=dumb or
+    TTY_INTERACTIVE=0 cannot redraw, and showed nothing until the end."""
+    try:
+        tty = console.file.isatty()
+    except (AttributeError, ValueError):  # no file, or a closed one
+        tty = False
+    return tty and console.is_interactive
+
+
 out = _Console(highlight=False, emoji=False, width=_log_width(sys.stdout))  # "d.jsonl:100:" is no 💯
 # progress and warnings; `edgetune run` prints its stages here
 err = _Console(stderr=True, highlight=False, emoji=False, width=_log_width(sys.stderr))

@@ -92,3 +92,31 @@ def test_a_file_and_line_number_are_printed_as_written(capsys):
     out, err = capsys.readouterr()
     for text in (out, err):
         assert "d.jsonl:100: completion: missing" in text and "d.jsonl:1234: too long" in text, text
+
+
+def test_live_progress_is_drawn_only_on_a_terminal_that_can_redraw(monkeypatch):
+    """FORCE_COLOR (any value) or TTY_COMPATIBLE=1 made rich take a CI pipe for a terminal: tune
+    redrew its bar 1,176 times in 131 s into the log; under TERM=dumb nothing showed until the end."""
+    import io
+    import os
+
+    from rich.console import Console
+
+    from edgetune.console import live
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    piped = Console(file=io.StringIO())
+    assert piped.is_terminal and not live(piped)  # colour, yes; a live bar, no
+    monkeypatch.delenv("FORCE_COLOR")
+    leader, follower = os.openpty()
+    with open(follower, "w") as tty:
+        assert live(Console(file=tty))
+        monkeypatch.setenv("TERM", "dumb")
+        assert not live(Console(file=tty))
+    os.close(leader)
+    closed = io.StringIO()
+    closed.close()
+    assert not live(Console(file=closed))

@@ -25,6 +25,7 @@ from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.bench.targets import check_devices, discover_targets
+from edgetune.console import live
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError
 from edgetune.export.parity_record import checked_digest
@@ -64,7 +65,7 @@ class _Progress:
         if self.console is None:
             yield lambda: None
             return
-        if not self.console.is_terminal:
+        if not live(self.console):
             started, done, printed = time.time(), [0], [time.time()]
 
             def tick() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from edgetune import strict_json
+from edgetune.console import live
 from edgetune.rundir import atomic_write_json, fsync_file, fsync_tree
 from edgetune.tune.distributed import wait_for_every_rank
 
@@ -255,7 +256,7 @@ class Progress(TrainerCallback):
             return
         self.tokens = (time.time(), state.num_input_tokens_seen)
         self.started = (time.time(), state.global_step)
-        if not self.console.is_terminal:
+        if not live(self.console):
             self.log_lines, self.printed = True, time.time()
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
