@@ -10,6 +10,7 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
 
 import click
@@ -63,12 +64,14 @@ class LazyGroup(NamingGroup):
         # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         _stacks_on_sigusr1()
+        terminated, before = _sigterm_interrupts()
         try:
             return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
-            _fail(str(exc), exc.exit_code)
+            # the shell's status for a process a signal ended: 130 for SIGINT, 143 for SIGTERM
+            _fail(str(exc), 128 + signal.SIGTERM if terminated and exc.exit_code == 130 else exc.exit_code)
         except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail("interrupted", 128 + signal.SIGTERM if terminated else 130)
         except BrokenPipeError:
             # the reader of stdout left (`edgetune recipes | head -1`): end as a Unix tool killed by
             # SIGPIPE does (status 141), saying nothing; no "internal error", no traceback at exit
@@ -97,6 +100,28 @@ class LazyGroup(NamingGroup):
                 f"internal error: {type(exc).__name__}: {exc} (set EDGETUNE_DEBUG=1 for the traceback)",
                 EXIT_INTERNAL,
             )
+        finally:
+            if before is not None:  # edgetune called from a program of its own keeps its own handler
+                signal.signal(signal.SIGTERM, before)
+
+
+def _sigterm_interrupts() -> tuple[list[int], object]:
+    """SIGTERM (`kill`, a CI job's timeout, systemd, `subprocess.terminate()`) stops edgetune as
+    Ctrl-C does: checkpoints and files written whole, helper processes ended, the way to continue
+    said. Its default killed the main process alone, with no word, leaving a quantiser child
+    writing on. Returns the list a received SIGTERM is put in (a second one kills at once) and
+    the handler it replaced (None where none could be set)."""
+    received: list[int] = []
+
+    def interrupt(signum, frame):
+        received.append(signum)
+        signal.signal(signum, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    try:
+        return received, signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (edgetune invoked from a thread of another program)
+        return received, None
 
 
 def _stacks_on_sigusr1() -> None:

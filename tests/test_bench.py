@@ -1135,7 +1135,7 @@ def test_a_latency_child_ends_with_the_bench_that_started_it():
     from pathlib import Path
 
     child = (
-        "import os, time; from edgetune.bench.latency import die_with_parent; "
+        "import os, time; from edgetune.child_process import die_with_parent; "
         "die_with_parent(os.getppid()); print(os.getpid(), flush=True); time.sleep(120)"
     )
     parent = subprocess.Popen(

@@ -132,6 +132,31 @@ def test_resume_after_kill_9_continues_the_same_loss_curve(tmp_path, tiny_model_
     )
 
 
+def test_sigterm_stops_a_tune_as_ctrl_c_does(tmp_path, tiny_model_dir):
+    """`kill`, a CI job's timeout or systemd send SIGTERM: edgetune died at once with no word
+    (status 143 from the signal, a quantiser child left writing); it now stops as Ctrl-C does,
+    saying how to go on, with the shell's status for SIGTERM."""
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=400, eval_steps=5, save_steps=5)
+    run_dir = tmp_path / "terminated"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetune", "tune", str(recipe), "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    marker = run_dir / "checkpoints" / "checkpoint-5" / "edgetune-complete.json"
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the run never reached checkpoint 5"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "error: interrupted; continue with: edgetune tune --resume" in stderr, stderr
+    assert "Traceback" not in stderr and not (run_dir / "adapter").exists()
+
+
 def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir):
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=8)
     run = tune(str(recipe)).run_dir

@@ -73,21 +73,6 @@ def _child(request: dict) -> dict:
     }
 
 
-def die_with_parent(parent: int) -> None:
-    """End this process when `parent` dies: a latency child whose bench was killed (kill -9, which
-    leaves no cleanup) measured on beside the next bench, skewing its timings on shared cores.
-    Linux's PR_SET_PDEATHSIG; elsewhere nothing."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # it died before the call above
-        os._exit(1)
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident memory. VmHWM belongs to the address space that execve created;
     getrusage's ru_maxrss would include the parent's peak, which a child inherits on Linux."""
@@ -148,6 +133,8 @@ def memory_bandwidth(threads: int, mib: int = 512, repeats: int = 5) -> float:
 
 
 if __name__ == "__main__":
+    from edgetune.child_process import die_with_parent
+
     request = json.loads(sys.argv[1])
     die_with_parent(request["parent"])
     print(json.dumps(_child(request)))

@@ -58,6 +58,7 @@ def quantize(
                 str(threads or 0),
                 str(imatrix or ""),
                 "f16-output" if f16_output else "",
+                str(os.getpid()),  # it ends with this process (child_process.die_with_parent)
             ],
             capture_output=True,
             text=True,
@@ -135,13 +136,11 @@ def _child(source: str, out: str, key: str, threads: int, imatrix: str, f16_outp
 
 
 if __name__ == "__main__":
+    from edgetune.child_process import die_with_parent
+
+    die_with_parent(int(sys.argv[7]))
     sys.exit(
         _child(
-            sys.argv[1],
-            sys.argv[2],
-            sys.argv[3],
-            int(sys.argv[4]),
-            sys.argv[5] if len(sys.argv) > 5 else "",
-            len(sys.argv) > 6 and sys.argv[6] == "f16-output",
+            sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "f16-output"
         )
     )
