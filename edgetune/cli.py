@@ -6,6 +6,7 @@ and none of those modules imports torch or transformers at import time, so `--he
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 class LazyGroup(NamingGroup):
     def main(self, *args, **kwargs):
         _closed_streams()
+        _unencodable_shown()
         return super().main(*args, **kwargs)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -160,6 +162,15 @@ def _closed_streams() -> None:
             "standard output is closed (`>&-`); to discard edgetune's results send them to /dev/null",
             EXIT_BAD_INPUT,
         )
+
+
+def _unencodable_shown() -> None:
+    """Output to a stream that cannot encode every character (PYTHONIOENCODING=ascii, a Windows
+    code page): a character it lacks is written as its escape (\\u27e6), not an internal error."""
+    for stream in (sys.stdout, sys.stderr):
+        if (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "") != "utf8":
+            with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper (a test's capture)
+                stream.reconfigure(errors="backslashreplace")
 
 
 def _usage_error(exc: click.UsageError) -> None:

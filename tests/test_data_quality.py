@@ -251,3 +251,61 @@ def test_data_check_without_a_recipe_says_nothing_of_a_metric_nobody_chose(tmp_p
     splits = make_splits(DataConfig(train=str(data)))
     said = unscorable_warning("json_fields", splits.train, "train")
     assert said.startswith(f"bench.metric json_fields reads none of the {len(splits.train)} train answers")
+
+
+def test_data_checks_sample_marks_the_learnt_tokens_without_colour(tmp_path, tiny_model_dir):
+    """In a log (no colour) the sample's green was lost: nothing showed which tokens carry loss."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    rows = [chat_row(f"log {i}: link down", f"port {i}") for i in range(30)]
+    train = write_jsonl(tmp_path / "data.jsonl", rows)
+    result = CliRunner().invoke(main, ["data", "check", str(train), "--set", f"model.base={tiny_model_dir}"])
+    assert result.exit_code == 0, result.output
+    assert "the tokens that carry loss between ⟦ and ⟧" in result.output
+    sample = result.output.split("between ⟦ and ⟧):")[1]
+    assert "⟦port " in sample and "log " in sample and "⟦log" not in sample
+
+
+def test_data_check_json_has_one_shape_with_or_without_tokens(tmp_path, tiny_model_dir):
+    """--no-tokens left out warnings, splits, template and sample: a script reading
+    report["warnings"] failed with a KeyError."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    train = write_jsonl(tmp_path / "data.jsonl", [chat_row(f"log {i}", f"port {i}") for i in range(30)])
+    args = ["data", "check", str(train), "--json", "--set", f"model.base={tiny_model_dir}"]
+    full, quick = (json.loads(CliRunner().invoke(main, a).stdout) for a in (args, [*args, "--no-tokens"]))
+    assert sorted(quick) == sorted(full)
+    assert quick["warnings"] == [] and quick["splits"] is None and quick["sample"] is None
+    printed = CliRunner().invoke(main, args[:3] + ["--no-tokens"])
+    assert printed.exit_code == 0 and "splits" in printed.output, printed.output
+
+
+def test_an_output_stream_that_cannot_encode_the_text_gets_escapes(tmp_path, tiny_model_dir):
+    """PYTHONIOENCODING=ascii (or a Windows code page): printing a sample with 'é' was an
+    internal error, exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    rows = [chat_row(f"café {i} ☃", f"port ü {i}") for i in range(30)]
+    train = write_jsonl(tmp_path / "data.jsonl", rows)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgetune",
+            "data",
+            "check",
+            str(train),
+            "--set",
+            f"model.base={tiny_model_dir}",
+        ],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"caf\\xe9" in done.stdout and b"\\u27e6port \\xfc" in done.stdout

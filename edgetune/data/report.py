@@ -52,6 +52,8 @@ def check_dataset(
             quality=asdict(splits.quality),
         )
         report["skipped_examples"] = splits.skipped_rows[:5]
+        # the keys a tokenised check has, so a script reads one shape: none of these was looked at
+        report.update(template=None, splits=None, warnings=[], sample=None)
         return report
     from edgetune.data.files import check_data_files
     from edgetune.data.prepare import past_the_context, prepare, special_token_text, unused_system_prompt
@@ -138,7 +140,7 @@ def print_report(report: dict[str, Any], out=None) -> None:
     _print_quality(report["quality"], out)
     headers = ["split", "rows"]
     rows = []
-    if "splits" in report:
+    if report.get("splits"):
         headers += ["min", "mean", "p50", "p95", "max", "loss tok", "trunc", "drop", "no EOS"]
         for name, count in report["counts"].items():
             s = report["splits"][name]
@@ -148,8 +150,8 @@ def print_report(report: dict[str, Any], out=None) -> None:
             rows.append([name, str(count), *map(str, stats)])
     else:
         rows = [[name, str(count)] for name, count in report["counts"].items()]
-    print_rows(out, "splits" if "splits" not in report else "splits (tokens per example)", headers, rows)
-    if "splits" in report:
+    print_rows(out, "splits (tokens per example)" if report.get("splits") else "splits", headers, rows)
+    if report.get("splits"):
         for name, s in report["splits"].items():
             for reason in s["dropped_examples"]:
                 out.print(f"[yellow]dropped[/] ({name}) {escape(reason)}")
@@ -167,11 +169,17 @@ def print_report(report: dict[str, Any], out=None) -> None:
         sample = report["sample"]
         rendered, spans = sample["rendered"], sample["supervised_spans"]
         text = Text()  # piece by piece: a piece's control characters are shown (printable), not sent
+        # no colour (a log, NO_COLOR): the learnt pieces are bracketed, or nothing would tell them apart
+        plain = out.color_system is None or out.no_color
         cuts = sorted({0, len(rendered), *(at for span in spans for at in span)})
         for start, end in zip(cuts, cuts[1:]):
-            supervised = any(s <= start and end <= e for s, e in spans)
-            text.append(printable(rendered[start:end]), style="bold green" if supervised else None)
-        out.print(f"[dim]sample ({escape(sample['source'])}; the tokens that carry loss in green):[/]")
+            piece = printable(rendered[start:end])
+            if any(s <= start and end <= e for s, e in spans):
+                text.append(f"⟦{piece}⟧" if plain else piece, style="bold green")
+            else:
+                text.append(piece)
+        shown = "between ⟦ and ⟧" if plain else "in green"
+        out.print(f"[dim]sample ({escape(sample['source'])}; the tokens that carry loss {shown}):[/]")
         out.print(text, soft_wrap=True)
 
 
