@@ -309,3 +309,24 @@ def test_an_output_stream_that_cannot_encode_the_text_gets_escapes(tmp_path, tin
     )
     assert done.returncode == 0, done.stderr.decode()
     assert b"caf\\xe9" in done.stdout and b"\\u27e6port \\xfc" in done.stdout
+
+
+def test_tune_warns_before_training_that_bench_will_cut_the_held_out_answers(tmp_path, tiny_tokenizer):
+    """Reference answers longer than bench.max_new_tokens were found (if at all) by the bench at
+    the end of a run: said where the data is read now."""
+    from edgetune.config import BenchConfig, Recipe
+    from edgetune.data.prepare import prepare
+    from edgetune.tune.checks import warn_about_data
+
+    rows = [chat_row(f"log {i}: link down", "router battery " * (1 + i % 3)) for i in range(30)]
+    train = write_jsonl(tmp_path / "data.jsonl", rows)
+
+    def cut(new_tokens: int) -> list[str]:
+        recipe = Recipe(data=DataConfig(train=str(train)), bench=BenchConfig(max_new_tokens=new_tokens))
+        warned: list[str] = []
+        warn_about_data(recipe, prepare(recipe.data, tiny_tokenizer), warned.append)
+        return [w for w in warned if "longer than bench.max_new_tokens" in w]
+
+    assert cut(64) == []
+    (said,) = cut(3)
+    assert " reference answers are longer than bench.max_new_tokens (3; the longest " in said

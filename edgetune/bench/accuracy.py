@@ -109,6 +109,11 @@ def coverage_warnings(renderer, examples, cases: list[Case], max_new_tokens: int
             f"{len(unscored)} of {len(examples)} held-out examples are longer than data.max_seq_len "
             f"({renderer.max_seq_len} tokens) and not scored (e.g. {unscored[0]}): the score leans to short examples"
         )
+    return said + ([cut] if (cut := cut_answers_warning(renderer, cases, max_new_tokens)) else [])
+
+
+def cut_answers_warning(renderer, cases: list[Case], max_new_tokens: int) -> str | None:
+    """Reference answers longer than bench.max_new_tokens: generation stops before their end."""
     lengths = [
         (n, c.example.source)
         for c in cases
@@ -116,14 +121,23 @@ def coverage_warnings(renderer, examples, cases: list[Case], max_new_tokens: int
         and (n := len(renderer.tokenizer(c.reference, add_special_tokens=False)["input_ids"]))
         > max_new_tokens
     ]
-    if lengths:
-        longest, where = max(lengths)
-        said.append(
-            f"{len(lengths)} of {sum(c.answered for c in cases)} reference answers are longer than "
-            f"bench.max_new_tokens ({max_new_tokens}; the longest {longest} tokens, {where}): every target "
-            "stops before their end and bench.metric scores them low; raise bench.max_new_tokens"
-        )
-    return said
+    if not lengths:
+        return None
+    longest, where = max(lengths)
+    return (
+        f"{len(lengths)} of {sum(c.answered for c in cases)} reference answers are longer than "
+        f"bench.max_new_tokens ({max_new_tokens}; the longest {longest} tokens, {where}): every target "
+        "stops before their end and bench.metric scores them low; raise bench.max_new_tokens"
+    )
+
+
+def held_out_answers_warning(prepared, bench) -> str | None:
+    """cut_answers_warning for the held-out rows bench will score (`bench`: the recipe's section),
+    said before a tune rather than after it."""
+    held_out = (prepared.splits.test or prepared.splits.valid)[: bench.max_examples]
+    return cut_answers_warning(
+        prepared.renderer, build_cases(prepared.renderer, held_out), bench.max_new_tokens
+    )
 
 
 def evaluate(

@@ -71,7 +71,10 @@ def check_dataset(
     said = [context, unused_system_prompt(prepared, cfg.system_prompt), special_token_text(prepared)]
     # with no recipe named, the default recipe's metric says nothing of the user's file
     if recipe_name is not None or own_train:
+        from edgetune.bench.accuracy import held_out_answers_warning
+
         said += answer_form_warnings(recipe.bench.metric, prepared.splits, recipe.bench.max_examples)
+        said.append(held_out_answers_warning(prepared, recipe.bench))
     report["warnings"] = [w for w in said if w]
     report["skipped_examples"] = prepared.splits.skipped_rows[:5]
     first = _first_encoded(prepared)

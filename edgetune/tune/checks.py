@@ -120,6 +120,10 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
         warn(warning)
     for warning in answer_form_warnings(recipe.bench.metric, data.splits, recipe.bench.max_examples):
         warn(warning)
+    from edgetune.bench.accuracy import held_out_answers_warning
+
+    if said := held_out_answers_warning(data, recipe.bench):
+        warn(said)
     if len(train) < 100:
         warn(
             f"only {counted(len(train), 'training example')}: expect overfitting; 500+ clean examples work best"
