@@ -110,27 +110,43 @@ def give_umask_modes(root: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Each file written whole beside its final name first, then all renamed into place: a write
+    that fails (a full disk) leaves every one as it was, so files that must agree (a report's
+    JSON, markdown and plot) never mix two runs."""
+    staged: dict[Path, str] = {}
     try:
-        # mkstemp makes it 0600: give it the mode any other file gets (a server reading the export)
-        os.fchmod(fd, 0o666 & ~_umask())
-        with writing(path), os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, staged[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            # mkstemp makes it 0600: give it the mode any other file gets (a server reading the export)
+            os.fchmod(fd, 0o666 & ~_umask())
+            with writing(path), os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in staged.items():
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for tmp in staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """`data` as strict JSON (edgetune/strict_json.py: a NaN or infinity is written as null)."""
+    atomic_write_text(path, json_text(data))
+
+
+def json_text(data: Any) -> str:
+    """`data` as edgetune writes JSON files: strict (edgetune/strict_json.py: a NaN or infinity is
+    written as null), indented, keys in their order."""
     from edgetune import strict_json
 
-    atomic_write_text(path, strict_json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    return strict_json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
 
 @contextlib.contextmanager

@@ -1207,3 +1207,37 @@ def test_bench_says_which_held_out_examples_its_score_leaves_out(tmp_path, tiny_
     ]
     assert "warning: 4 of 4 reference answers are longer" in benched[1].output
     assert f"- **warning**: {cut}" in markdown({**report, "warnings": [cut]})
+
+
+def test_a_disk_that_fills_while_the_report_is_written_leaves_the_old_report_whole(benched, monkeypatch):
+    """report.md was replaced, then the PNG's write failed: json and png were the old run's, md the
+    new one's, and neither --regate nor `edgetune run` rewrote them."""
+    import errno
+    import os
+
+    from edgetune.bench.report import write_report
+    from edgetune.errors import DiskFull
+
+    out = benched[0] / "bench"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("report.")}
+    report = json.loads((out / "report.json").read_text())
+    report["run"] = "another"
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("edgetune.rundir.os.fsync", fsync)
+    with pytest.raises(DiskFull, match=r"report.png: disk full"):
+        write_report(report, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("report.")} == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr("edgetune.rundir.os.fsync", real_fsync)
+    write_report(report, out)
+    assert "# edgetune bench: another" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["run"] == "another"
+    write_report(json.loads(before["report.json"]), out)  # the module's other tests read the original

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.bench.gates import megabytes
-from edgetune.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
+from edgetune.rundir import atomic_write_files, json_text
 
 COLUMNS = ("target", "device", "size", "metric", "retention", "KL", "top-1", "TTFT", "decode", "RSS", "gate")
 
@@ -248,13 +248,17 @@ def read_report(run_dir: Path) -> dict[str, Any]:
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """The report's three files, each built before any is written: a report that cannot be shown
-    leaves the old three as they were, agreeing with each other."""
+    """The report's three files, each built and written whole before any takes its place: a
+    report that cannot be shown, or a disk that fills while they are written, leaves the old three
+    as they were, agreeing with each other."""
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
-    text, image = markdown(report), plot(report)
-    atomic_write_text(paths["md"], text)
-    atomic_write_bytes(paths["png"], image)
-    atomic_write_json(paths["json"], report)  # last: the JSON is what the next command reads
+    contents = {
+        paths["md"]: markdown(report).encode("utf-8"),
+        paths["png"]: plot(report),
+        # last: the JSON is what the next command reads
+        paths["json"]: json_text(report).encode("utf-8"),
+    }
+    atomic_write_files(contents)
     return paths
 
 
