@@ -18,7 +18,14 @@ import click
 
 from edgetune import __version__
 from edgetune.commands.common import NamingGroup
-from edgetune.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EdgetuneError, is_disk_full, printable
+from edgetune.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EdgetuneError,
+    is_disk_full,
+    missing_package,
+    printable,
+)
 
 # name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -88,6 +95,9 @@ class LazyGroup(NamingGroup):
         except Exception as exc:  # the last line of defence: never a raw traceback
             if os.environ.get("EDGETUNE_DEBUG"):
                 raise
+            missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+            if missing and not missing.startswith("edgetune"):  # a dependency the install lacks
+                _fail(str(missing_package(missing)), EXIT_BAD_INPUT)
             if isinstance(exc, PermissionError) and exc.filename:  # a file this user may not read or write
                 _fail(f"{exc.filename}: permission denied", EXIT_BAD_INPUT)
             if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # a run or --out on a read-only mount

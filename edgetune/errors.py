@@ -75,6 +75,10 @@ DISK_FULL_TEXT = (
     "Disk quota exceeded",
     "os error 28",
     "os error 27",
+    # torch.save's zip writer on a short write: "[enforce fail at inline_container.cc] . unexpected
+    # pos 8128 vs 8016", or "PytorchStreamWriter failed writing file"
+    "PytorchStreamWriter failed writing",
+    "unexpected pos ",
 )
 
 
@@ -97,7 +101,44 @@ def writing(path) -> Iterator[None]:
     except Exception as exc:
         if not is_disk_full(exc):
             raise
-        raise DiskFull(
-            f"{path}: disk full (or file size limit reached) while writing it; "
-            "earlier outputs are intact, free some space and run the command again"
-        ) from None
+        raise disk_full(path) from None
+
+
+def disk_full(path) -> DiskFull:
+    return DiskFull(
+        f"{path}: disk full (or file size limit reached) while writing it; "
+        "earlier outputs are intact, free some space and run the command again"
+    )
+
+
+# import name -> what pip installs it as, where they differ
+PIP_NAMES = {
+    "llama_cpp": "llama-cpp-python",
+    "optimum": "optimum-onnx[onnxruntime]",
+    "yaml": "pyyaml",
+    "google": "protobuf",
+    "pynvml": "nvidia-ml-py",
+}
+
+
+def missing_package(module: str, needed_for: str = "") -> InputError:
+    """What to say when a package edgetune depends on is not installed here (a broken or partial
+    install: pyproject lists every one)."""
+    top = module.split(".")[0]
+    pip = PIP_NAMES.get(top, top)
+    return InputError(
+        f"the Python package {pip} is not installed here{' (' + needed_for + ')' if needed_for else ''}: "
+        f"`make install` sets up every dependency, or `pip install '{pip}'`"
+    )
+
+
+def require(module: str, needed_for: str) -> None:
+    """missing_package, raised before any work that needs `module` starts, not after it."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken one
+        found = False
+    if not found:
+        raise missing_package(module, needed_for)

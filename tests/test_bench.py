@@ -1241,3 +1241,38 @@ def test_a_disk_that_fills_while_the_report_is_written_leaves_the_old_report_who
     assert "# edgetune bench: another" in (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["run"] == "another"
     write_report(json.loads(before["report.json"]), out)  # the module's other tests read the original
+
+
+def test_a_runtime_the_install_lacks_is_named_before_anything_is_measured(benched, monkeypatch):
+    """Without llama-cpp-python, bench measured the torch and ONNX targets for minutes, then ended
+    in "internal error: ModuleNotFoundError"; export wrote the f32 file and importance matrix first."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    run = benched[0]
+    before = (run / "bench" / "report.json").read_bytes()
+    result = CliRunner().invoke(main, ["bench", str(run)])
+    assert result.exit_code == 2, result.output
+    assert "the Python package llama-cpp-python is not installed here (bench's GGUF targets)" in result.output
+    assert "make install" in result.output and "accuracy" not in result.output
+    assert (run / "bench" / "report.json").read_bytes() == before
+    exported = CliRunner().invoke(main, ["export", str(run), "--to", "gguf", "--quant", "q8_0"])
+    assert exported.exit_code == 2 and "llama-cpp-python is not installed here" in exported.output
+
+
+def test_any_dependency_the_install_lacks_is_one_line_with_the_fix(monkeypatch):
+    import yaml
+
+    def broken(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr(yaml, "safe_load", broken)
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "edgetune: error: the Python package matplotlib is not installed here: `make install` sets up "
+        "every dependency, or `pip install 'matplotlib'`"
+    )

@@ -80,6 +80,28 @@ def test_quantised_types_are_refused_by_the_converter(tmp_path, tiny_model_dir):
         convert(tiny_model_dir, tmp_path / "x.gguf", "q4_k_m")
 
 
+def test_a_quantise_that_runs_out_of_room_says_so_naming_its_file(tmp_path, tiny_model_dir):
+    """llama.cpp's writer on a full disk: "llama.cpp failed to quantise .model-f32-source.gguf.tmp
+    (... basic_ios::clear: iostream error)" named the input and no lack of space."""
+    import resource
+
+    from edgetune.errors import DiskFull
+    from edgetune.export.gguf_quantize import quantize
+
+    source = convert(tiny_model_dir, tmp_path / "f32.gguf")
+    out = tmp_path / "model-q8_0.gguf"
+    limit = source.stat().st_size // 8  # a file-size limit the child inherits, below q8_0's size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(DiskFull, match=rf"{out}: disk full \(or file size limit reached\)"):
+            quantize(source, out, "q8_0", threads=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["f32.gguf"]
+    assert quantize(source, out, "q8_0", threads=1).stat().st_size > limit
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_matches_llama_cpps_own_file_and_quantises(tmp_path):
     from gguf import GGUFReader

@@ -523,3 +523,23 @@ def test_escape_sequences_in_what_edgetune_prints_back_are_shown_not_sent(tmp_pa
     console.print_rows(console.out, "t", ["row", "why"], [["d.jsonl:1", hostile]])
     out, err = capsys.readouterr()
     assert "\x1b]" not in out + err and "\\x1b]0;PWNED" in err and "\\x1b]0;PWNED" in out
+
+
+def test_torch_save_running_out_of_room_counts_as_a_full_disk(tmp_path):
+    """A checkpoint's optimizer.pt (twice the adapter) is the likeliest file to meet a full disk:
+    torch's zip writer said "unexpected pos 8128 vs 8016", an internal error naming no file."""
+    import resource
+
+    import torch
+
+    from edgetune.errors import DiskFull, is_disk_full, writing
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(DiskFull, match=r"optimizer.pt: disk full"):
+            with writing(tmp_path / "optimizer.pt"):
+                torch.save({"state": torch.zeros(256 * 1024)}, tmp_path / "optimizer.pt")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert not is_disk_full(RuntimeError("size mismatch for lora_A.weight"))

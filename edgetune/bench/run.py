@@ -27,7 +27,7 @@ from edgetune.bench.runners import Target, default_threads, open_runner
 from edgetune.bench.targets import check_devices, discover_targets
 from edgetune.console import live
 from edgetune.data.render import reply_text
-from edgetune.errors import InputError
+from edgetune.errors import InputError, require
 from edgetune.export.parity_record import checked_digest
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
@@ -153,7 +153,12 @@ def bench(
         manifest = read_manifest(run_dir)  # a corrupt one fails now, not after the measurements
         skipped: list[dict] = []
         targets = discover_targets(run_dir, devices, recipe, skipped)
-        # a damaged file is named now, not after the minutes the torch targets take
+        # a missing runtime or damaged file is named now, not after the minutes the torch targets take
+        formats = {t.format for t in targets}
+        for module, fmt in (("llama_cpp", "gguf"), ("onnxruntime", "onnx")):
+            if fmt in formats:
+                require(module, f"bench's {fmt.upper()} targets")
+        require("matplotlib", "bench's report.png")
         for gguf in sorted({t.path for t in targets if t.format == "gguf"}):
             check_gguf(gguf)
         for onnx in sorted({t.path for t in targets if t.format == "onnx"}):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgetune.errors import EdgetuneError, InputError
+from edgetune.errors import DISK_FULL_TEXT, EdgetuneError, InputError, disk_full
 
 # llama.cpp's quant names (any case) -> LLAMA_FTYPE_* attribute in llama_cpp
 QUANTS = {
@@ -64,6 +64,9 @@ def quantize(
             text=True,
         )
         if proc.returncode != 0 or not tmp.is_file():
+            # llama.cpp's writer on a full disk or a file-size limit: "basic_ios::clear: iostream error"
+            if "iostream error" in proc.stderr or any(text in proc.stderr for text in DISK_FULL_TEXT):
+                raise disk_full(out)
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgetuneError(
                 f"llama.cpp failed to quantise {source} to {key} (exit {proc.returncode}: {last})"
