@@ -227,6 +227,11 @@ def test_export_after_tune_writes_variants_and_parity(tmp_path, tiny_model_dir):
     assert checked.exit_code == 3, checked.output
     # named as what it is, not as a tokenizer mismatch
     assert "onnx/int8: the folder's chat template is not the model's" in " ".join(checked.output.split())
+    # a folder without its tokenizer: one line naming it (an internal AttributeError was)
+    (run / "export" / "onnx" / "int8" / "tokenizer.json").unlink()
+    checked = CliRunner().invoke(main, ["export", "--check", "--to", "onnx"])
+    assert checked.exit_code == 2, checked.output
+    assert "int8: no tokenizer files (tokenizer.json, ...)" in " ".join(checked.output.split())
 
 
 def test_demo_recipe_exports_three_onnx_variants():

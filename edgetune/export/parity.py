@@ -234,12 +234,13 @@ def check_onnx_variant(
     """One ONNX directory against the torch reference. The prompt ids come from the directory's own
     tokenizer and chat template (a lost template or a changed tokenizer shows here); fp32 also
     decodes without the KV cache, which must give the same tokens as with it."""
-    from transformers import AutoTokenizer
-
     from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
     from edgetune.data.render import Renderer
+    from edgetune.export.onnx_runtime import check_onnx_dir
+    from edgetune.models import ResolvedModel, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    check_onnx_dir(directory)  # a folder missing a file is named as one, not an internal error
+    tokenizer = load_tokenizer(ResolvedModel(str(directory), directory, "local"))
     shipped = Renderer(tokenizer, renderer.template, renderer.system_prompt, renderer.max_seq_len)
     problems = []
     if tokenizer.chat_template != renderer.tokenizer.chat_template:
