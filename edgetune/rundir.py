@@ -292,6 +292,19 @@ def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
         raise
 
 
+def refuse_unwritable(folder: Path, why: str) -> None:
+    """Create `folder` and a file in it, before work whose result goes there: an unwritable or
+    read-only run found at the end (bench: after minutes of measuring) loses all of that work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".edgetune-probe-"):
+            pass
+    except OSError as exc:
+        from edgetune.errors import InputError
+
+        raise InputError(f"{folder}: cannot write there ({exc.strerror or exc}); {why}") from None
+
+
 def file_in_the_way(path: Path) -> Path | None:
     """The nearest existing path at or above `path` when it is a file, not a directory: making
     `path` (mkdir with parents) would fail there, after whatever work came first."""

@@ -1276,3 +1276,16 @@ def test_any_dependency_the_install_lacks_is_one_line_with_the_fix(monkeypatch):
         "edgetune: error: the Python package matplotlib is not installed here: `make install` sets up "
         "every dependency, or `pip install 'matplotlib'`"
     )
+
+
+def test_a_bench_folder_it_cannot_write_is_refused_before_measuring(benched, tmp_path):
+    """An unwritable run measured for minutes (the demo: 18 to 48), then failed to save its report."""
+    import shutil
+
+    run = tmp_path / benched[0].name
+    shutil.copytree(benched[0], run, ignore=shutil.ignore_patterns("bench"))
+    (run / "bench").write_text("a file where the report folder goes")
+    result = CliRunner().invoke(main, ["bench", str(run)])
+    assert result.exit_code == 2, result.output
+    assert f"{run / 'bench'}: cannot write there" in " ".join(result.output.split())
+    assert "fail to save its report" in result.output and "accuracy" not in result.output

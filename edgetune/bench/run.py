@@ -30,7 +30,14 @@ from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
 from edgetune.export.parity_record import checked_digest
 from edgetune.run_recipe import load_run_recipe
-from edgetune.rundir import RECIPE_FILE, read_manifest, resolve_run_dir, run_lock, update_manifest
+from edgetune.rundir import (
+    RECIPE_FILE,
+    read_manifest,
+    refuse_unwritable,
+    resolve_run_dir,
+    run_lock,
+    update_manifest,
+)
 
 
 def measure_each(targets: list[Target], measure, skipped: list[dict]) -> list[tuple[Target, Any]]:
@@ -139,6 +146,7 @@ def bench(
         if not (run_dir / RECIPE_FILE).is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
         recipe = load_run_recipe(run_dir)
+        refuse_unwritable(run_dir / "bench", "bench would measure, then fail to save its report")
         remove_stale_spills(run_dir)
         cfg = recipe.bench
         if pick:
