@@ -35,6 +35,7 @@ from edgetune.rundir import (
     run_lock,
     update_manifest,
 )
+from edgetune.validate import damage
 
 
 @dataclass
@@ -57,7 +58,8 @@ def _outputs_present(stage: str, run_dir: Path) -> bool:
     return {
         "data": True,
         "tune": (run_dir / "adapter").is_dir(),
-        "merge": (run_dir / "merged" / "config.json").is_file(),
+        # a merged model damaged since (a weights file truncated) is merged again, not exported from
+        "merge": (run_dir / "merged" / "config.json").is_file() and damage(run_dir / "merged") is None,
         "bench": (run_dir / "bench" / "report.json").is_file(),
     }[stage]
 

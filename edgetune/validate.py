@@ -83,6 +83,16 @@ def check_model_dir(path: Path) -> None:
         check_safetensors(weights)
 
 
+def damage(path: Path) -> str | None:
+    """What check_model_dir finds wrong with a model folder edgetune wrote (a merged model
+    truncated or changed by hand), or None: a run makes such a folder again rather than fail on it."""
+    try:
+        check_model_dir(path)
+    except InputError as exc:
+        return str(exc)
+    return None
+
+
 def check_adapter_dir(path: Path) -> None:
     """A LoRA adapter (adapter_config.json + adapter_model.safetensors) that peft can open."""
     config = path / "adapter_config.json"

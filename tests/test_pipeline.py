@@ -435,6 +435,25 @@ def test_until_stops_after_that_stage_and_the_next_run_goes_on_from_there(tmp_pa
     assert refused.exit_code == 2 and "--pick" in out and "--until export" in out
 
 
+def test_a_merged_model_damaged_since_is_merged_again(tmp_path, tiny_model_dir):
+    """A truncated merged/model.safetensors: `run` said "merge: up to date, skipped", then failed
+    exporting it; `export` failed the same way, and nothing said to merge again."""
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    run = tmp_path / "runs" / "tiny"
+    first, out = invoke(recipe, "--set", "export.formats=[gguf]", "--until", "merge")
+    assert first.exit_code == 0, out
+    weights = run / "merged" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    again, out = invoke(recipe, "--set", "export.formats=[gguf]", "--until", "merge")
+    assert again.exit_code == 0, out
+    assert "ran merge; skipped data, tune" in out and weights.read_bytes() == whole
+    weights.write_bytes(whole[: len(whole) // 2])
+    exported = CliRunner().invoke(main, ["export", str(run), "--to", "gguf", "--quant", "q8_0"])
+    assert exported.exit_code == 0, exported.output
+    assert "merging the adapter again" in exported.output and weights.read_bytes() == whole
+
+
 # the recipe fields each stage's fingerprint hashed when ADDED_LATER was begun (2026-12-04): a run
 # fingerprinted then must still be up to date after an upgrade that adds a field
 HASHED_FIELDS = {

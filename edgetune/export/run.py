@@ -293,14 +293,18 @@ def _note_optimum_misreads(model_dir: Path, console) -> None:
 
 
 def _merge_if_needed(run_dir: Path | None, model_dir: Path, console) -> None:
+    from edgetune.validate import damage
+
     has_weights = (model_dir / "model.safetensors").exists() or (
         model_dir / "model.safetensors.index.json"
     ).exists()
-    if run_dir and not has_weights:
+    damaged = damage(model_dir) if run_dir and has_weights else None
+    if run_dir and (not has_weights or damaged):
         from edgetune.merge import merge
 
         if console is not None:
-            console.print("merging the adapter first (edgetune merge)")
+            why = f"{escape(damaged)}: merging the adapter again" if damaged else "merging the adapter first"
+            console.print(f"{why} (edgetune merge)", soft_wrap=True)
         merge(run_dir, console=console)
 
 
