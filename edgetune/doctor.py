@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import platform
 import shutil
 import sys
@@ -112,7 +113,18 @@ def run_checks() -> list[Check]:
     else:
         probe = next((p for p in (cache, *cache.parents) if p.exists()), Path.home())
         free_gb = shutil.disk_usage(probe).free / 1e9
-        checks.append(Check("cache", True, f"{cache} ({free_gb:.1f} GB free)"))
+        if os.access(probe, os.W_OK):
+            checks.append(Check("cache", True, f"{cache} ({free_gb:.1f} GB free)"))
+        else:  # a filled one serves as it is; an empty one fails the first command that converts
+            filled = all(_converted(model) for model in BUILTINS.values())
+            checks.append(
+                Check(
+                    "cache",
+                    filled,
+                    f"{cache}: not writable" + (" (the built-in models are there: enough)" if filled else ""),
+                    "" if filled else "point EDGETUNE_CACHE at a writable directory",
+                )
+            )
     free_here = shutil.disk_usage(Path.cwd()).free / 1e9
     checks.append(
         Check(
@@ -123,3 +135,13 @@ def run_checks() -> list[Check]:
         )
     )
     return checks
+
+
+def _converted(model) -> bool:
+    """Whether a built-in model's conversion is in the cache (none is made without writing there)."""
+    from edgetune.models import builtin_cache_path
+
+    try:
+        return (builtin_cache_path(model) / "edgetune-source.sha256").is_file()
+    except Exception:  # its package missing: said by the model's own line
+        return False

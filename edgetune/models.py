@@ -157,12 +157,16 @@ def builtin_gguf_path(model: BuiltinModel) -> Path:
     return path
 
 
+def builtin_cache_path(model: BuiltinModel) -> Path:
+    """Where a built-in model's conversion is cached (edgetune-source.sha256 in it once finished):
+    keyed on its file's size (cheap), confirmed by the content hash stored inside."""
+    return cache_dir() / "models" / f"{model.alias}-{builtin_gguf_path(model).stat().st_size:x}"
+
+
 def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
     """The cached HF directory for a built-in model, converting it on first use."""
     gguf_path = builtin_gguf_path(model)
-    stat = gguf_path.stat()
-    # key on size+mtime first (cheap), confirmed by the content hash stored inside
-    target = cache_dir() / "models" / f"{model.alias}-{stat.st_size:x}"
+    target = builtin_cache_path(model)
     marker = target / "edgetune-source.sha256"
     if marker.is_file():
         return target

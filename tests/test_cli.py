@@ -78,6 +78,31 @@ def test_doctor_reports_everything_when_the_cache_cannot_be_made(tmp_path, monke
     assert "not a directory" in result.output and "point EDGETUNE_CACHE at a directory" in result.output
 
 
+def test_doctor_says_a_cache_it_cannot_write_to(tmp_path, monkeypatch):
+    """doctor said "ok cache (22 GB free)" of a read-only cache; `data check` then failed on it."""
+    import os
+    from pathlib import Path
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("EDGETUNE_CACHE", str(cache))
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p) == cache else real(p, mode, **kw)
+    )
+    result = CliRunner().invoke(main, ["doctor"])
+    assert f"{cache}: not writable" in result.output, result.output
+    assert "point EDGETUNE_CACHE at a writable directory" in result.output
+    from edgetune.models import BUILTINS, builtin_cache_path
+
+    for model in BUILTINS.values():  # conversions already there: a read-only cache serves
+        (builtin_cache_path(model)).mkdir(parents=True)
+        (builtin_cache_path(model) / "edgetune-source.sha256").write_text("")
+    result = CliRunner().invoke(main, ["doctor"])
+    assert "not writable (the built-in models are there: enough)" in result.output, result.output
+    assert "point EDGETUNE_CACHE at a writable" not in result.output
+
+
 def test_internal_errors_are_one_line(monkeypatch):
     def boom():
         raise RuntimeError("kaput")
