@@ -385,11 +385,11 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         from edgetune import strict_json
 
         manifest = strict_json.restore(json.loads(path.read_bytes().decode("utf-8")))
+        problem = _manifest_problem(manifest)
     except UnicodeDecodeError:
-        raise InputError(f"{path}: corrupt manifest (not UTF-8 text)") from None
+        problem = "not UTF-8 text"
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: corrupt manifest ({exc.msg} at line {exc.lineno})") from None
-    problem = _manifest_problem(manifest)
+        problem = f"{exc.msg} at line {exc.lineno}"
     if problem:
         raise InputError(
             f"{path}: corrupt manifest ({problem}); move it aside to start the run's record afresh"

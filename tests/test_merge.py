@@ -108,6 +108,8 @@ CORRUPT_RUNS = [
     (["merge"], "manifest.json", lambda p: p.write_text("[1, 2]"), "corrupt manifest (the top level is not"),
     (["merge"], "manifest.json", lambda p: p.write_text('{"stages": "x"}'), "(stages is not an object)"),
     (["merge"], "manifest.json", lambda p: p.write_bytes(b"\xff\xfe{}"), "corrupt manifest (not UTF-8"),
+    # cut short: where that is said, so is how to go on
+    (["merge"], "manifest.json", lambda p: p.write_text('{"stages": {'), "line 1); move it aside to start"),
     (["merge"], "adapter/adapter_config.json", lambda p: p.write_text('{"r": 16,'), "invalid JSON"),
     (["merge"], "adapter/adapter_config.json", lambda p: p.write_text("{}"), "no peft_type"),
     (["merge"], "adapter/adapter_model.safetensors", _truncate, "adapter_model.safetensors: corrupt"),
