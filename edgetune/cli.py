@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import click
 
@@ -99,9 +100,10 @@ class LazyGroup(NamingGroup):
             if missing and not missing.startswith("edgetune"):  # a dependency the install lacks
                 _fail(str(missing_package(missing)), EXIT_BAD_INPUT)
             if isinstance(exc, PermissionError) and exc.filename:  # a file this user may not read or write
-                _fail(f"{exc.filename}: permission denied", EXIT_BAD_INPUT)
+                _fail(f"{_users_path(exc.filename)}: permission denied", EXIT_BAD_INPUT)
             if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # a run or --out on a read-only mount
-                _fail(f"{exc.filename or 'a file'}: on a read-only file system", EXIT_BAD_INPUT)
+                where = _users_path(exc.filename) if exc.filename else "a file"
+                _fail(f"{where}: on a read-only file system", EXIT_BAD_INPUT)
             if is_disk_full(exc):
                 where = getattr(exc, "filename", None)
                 _fail(
@@ -115,6 +117,15 @@ class LazyGroup(NamingGroup):
         finally:
             if before is not None:  # edgetune called from a program of its own keeps its own handler
                 signal.signal(signal.SIGTERM, before)
+
+
+def _users_path(filename) -> str:
+    """The path to name in an error: a temporary file edgetune writes beside its final name
+    (".report.md.x1y2.tmp") means nothing to a user; its folder is what they can fix."""
+    path = Path(os.fsdecode(filename))
+    if path.name.startswith(".") and path.name.endswith(".tmp"):
+        return f"{path.parent} (writing a file in it)"
+    return str(path)
 
 
 def _sigterm_interrupts() -> tuple[list[int], object]:

@@ -138,6 +138,10 @@ def test_a_file_this_user_may_not_read_or_write_is_bad_input_naming_it(monkeypat
     result = CliRunner().invoke(main, ["recipes"])
     assert result.exit_code == 2
     assert result.output.strip() == f"edgetune: error: /runs/demo/merged/tokenizer.json: {says}"
+    # a temporary file written beside its final name is named by its folder, which a user can fix
+    error.filename = "/runs/demo/bench/.report.md.frlyfndi.tmp"
+    result = CliRunner().invoke(main, ["recipes"])
+    assert result.output.strip() == f"edgetune: error: /runs/demo/bench (writing a file in it): {says}"
 
 
 def test_python_dash_m_entry_point():
