@@ -1083,6 +1083,10 @@ def test_pick_and_regate_answer_for_the_files_in_the_run_as_they_are_now(benched
     assert picked.exit_code == 0, picked.output
     chosen = Path(picked.stdout.strip())
     assert chosen.is_relative_to(copy) and chosen.exists(), chosen
+    # a folder that lost its tokenizer fails: its parity digest covers the graph and weights only
+    (copy / "export" / "onnx" / "fp32" / "tokenizer.json").unlink()
+    failed = regate("--gate")
+    assert "onnx/fp32 (cpu): export parity: the folder has lost its tokenizer files" in failed.output
     gone = copy / "export" / "onnx" / "int8"
     shutil.rmtree(gone)
     failed = regate("--gate")

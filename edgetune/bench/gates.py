@@ -36,7 +36,17 @@ def attach_export_parity(
                 and checked_digest(path) != measured
             ):
                 problem = "the file changed since bench measured it (bench again)"
+            if not problem and path is not None and path.is_dir() and not _has_tokenizer(path):
+                problem = "the folder has lost its tokenizer files (export it again)"
             target["export_parity_problem"] = problem
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    """An ONNX folder's parity digest covers its graph and weights: a deleted tokenizer (what a
+    front-end reads text with) is looked for apart."""
+    from edgetune.models import TOKENIZER_GLOBS
+
+    return any(next(folder.glob(g), None) for g in TOKENIZER_GLOBS)
 
 
 def run_path(target: dict[str, Any], run_dir: Path | None) -> Path | None:
