@@ -28,11 +28,16 @@ def _is_punctuation(ch: str) -> bool:
 
 
 def _normalise(text: str) -> str:
-    """Lower case, full-width forms folded (NFKC: "Ｂ）" is "B)"), punctuation of any script removed
-    but for the signs and separators of numbers, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
+    """Case folded ("Straße" is "STRASSE"), full-width forms folded (NFKC: "Ｂ）" is "B)"),
+    invisible format characters (a zero-width space, a soft hyphen) and punctuation of any script
+    removed but for the signs and separators of numbers, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
     kept = {m.start() for m in _IN_NUMBER.finditer(text)}
-    text = "".join(ch for i, ch in enumerate(text) if i in kept or not _is_punctuation(ch))
+    text = "".join(
+        ch
+        for i, ch in enumerate(text)
+        if i in kept or not (_is_punctuation(ch) or unicodedata.category(ch) == "Cf")
+    )
     return " ".join(text.split())
 
 
