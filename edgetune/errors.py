@@ -111,12 +111,14 @@ def disk_full(path) -> DiskFull:
     )
 
 
-# import name -> what pip installs it as, where they differ
+# import name -> what pip installs it as, where they differ (optimum's ONNX exporter is a package
+# of its own that installs into optimum's namespace)
 PIP_NAMES = {
     "llama_cpp": "llama-cpp-python",
+    "optimum.exporters.onnx": "optimum-onnx[onnxruntime]",
     "optimum": "optimum-onnx[onnxruntime]",
     "yaml": "pyyaml",
-    "google": "protobuf",
+    "google.protobuf": "protobuf",
     "pynvml": "nvidia-ml-py",
 }
 
@@ -124,21 +126,31 @@ PIP_NAMES = {
 def missing_package(module: str, needed_for: str = "") -> InputError:
     """What to say when a package edgetune depends on is not installed here (a broken or partial
     install: pyproject lists every one)."""
-    top = module.split(".")[0]
+    top = next((name for name in PIP_NAMES if module == name or module.startswith(name + ".")), None)
+    top = top or module.split(".")[0]
     pip = PIP_NAMES.get(top, top)
+    purpose = f" ({needed_for})" if needed_for else ""
+    if top != module and _found(top):  # installed, but not a version that has this module
+        return InputError(
+            f"the installed Python package {pip} has no module {module}{purpose}: not a version edgetune "
+            "works with; `make install` sets up the versions it is tested with"
+        )
     return InputError(
-        f"the Python package {pip} is not installed here{' (' + needed_for + ')' if needed_for else ''}: "
+        f"the Python package {pip} is not installed here{purpose}: "
         f"`make install` sets up every dependency, or `pip install '{pip}'`"
     )
 
 
-def require(module: str, needed_for: str) -> None:
-    """missing_package, raised before any work that needs `module` starts, not after it."""
+def _found(module: str) -> bool:
     import importlib.util
 
     try:
-        found = importlib.util.find_spec(module) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package missing, or a broken one
-        found = False
-    if not found:
+        return False
+
+
+def require(module: str, needed_for: str) -> None:
+    """missing_package, raised before any work that needs `module` starts, not after it."""
+    if not _found(module):
         raise missing_package(module, needed_for)

@@ -340,3 +340,17 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path, tiny_model_dir):
     os.chdir(place)
     doctor = CliRunner().invoke(main, ["doctor"])
     assert str(place) in doctor.output, doctor.output
+
+
+def test_a_missing_module_is_named_as_a_package_to_install_or_a_version_to_fix():
+    from edgetune.errors import missing_package
+
+    assert "package llama-cpp-python is not installed here (x): `make install`" in str(
+        missing_package("llama_cpp", "x")
+    )
+    assert "pip install 'protobuf'" in str(missing_package("google.protobuf"))
+    assert "pip install 'optimum-onnx[onnxruntime]'" in str(missing_package("optimum.exporters.onnx"))
+    # the package is there, without the module: another version than the one edgetune pins
+    assert str(missing_package("transformers.models.nope")).startswith(
+        "the installed Python package transformers has no module transformers.models.nope: not a version"
+    )
