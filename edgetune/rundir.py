@@ -293,11 +293,14 @@ def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
 
 
 def refuse_unwritable(folder: Path, why: str) -> None:
-    """Create `folder` and a file in it, before work whose result goes there: an unwritable or
-    read-only run found at the end (bench: after minutes of measuring) loses all of that work."""
+    """Write (and remove) a file in `folder`, or in the folder it will be made in, before work
+    whose result goes there: an unwritable or read-only run found at the end (bench: after
+    minutes of measuring) loses all of that work. Nothing is left behind."""
+    where = next((p for p in (folder, *folder.parents) if p.exists()), folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".edgetune-probe-"):
+        if not where.is_dir():
+            raise NotADirectoryError(20, "not a directory")
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".edgetune-probe-"):
             pass
     except OSError as exc:
         from edgetune.errors import InputError
