@@ -18,6 +18,30 @@ from edgetune.models import short_reason
 from edgetune.rundir import MANIFEST, RECIPE_FILE
 
 
+class _Finite(Runner):
+    """A runner whose logits must be numbers: NaN's argmax is token 0 (SmolLM2's EOS), so a file
+    with damaged weights answered with an empty line and no word."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def _checked(self, logits):
+        import numpy as np
+
+        if not np.isfinite(logits).all():
+            raise ModelError(
+                "the model computes NaN or infinite logits: its weights are damaged or overflow "
+                "(`edgetune export --check` measures an exported file against its merged model)"
+            )
+        return logits
+
+    def prefill(self, ids):
+        return self._checked(self.runner.prefill(ids))
+
+    def step(self, token):
+        return self._checked(self.runner.step(token))
+
+
 @dataclass
 class ChatSession:
     runner: Runner
@@ -66,7 +90,7 @@ class ChatSession:
 
     def tokens(self, user: str, max_new_tokens: int) -> Iterator[int]:
         prompt, budget = self.fitted_prompt(user, max_new_tokens)
-        for token in iter_greedy(self.runner, prompt, self.eos_ids, budget):
+        for token in iter_greedy(_Finite(self.runner), prompt, self.eos_ids, budget):
             if token in self.eos_ids:
                 return
             yield token

@@ -228,3 +228,19 @@ def test_export_holds_each_file_to_the_recipes_parity_kl(exported_run, tmp_path)
     assert result.exit_code == 3, result.output
     assert "model-f32.gguf" in result.output and "onnx/fp32" in result.output
     assert result.output.count("FAIL KL") == 2 and "> 1e-30" in result.output, result.output
+
+
+def test_a_model_computing_nan_is_said_not_answered_with_an_empty_line(exported_run):
+    """A GGUF with damaged weights computed NaN logits: their argmax is token 0 (SmolLM2's EOS),
+    and chat printed an empty answer without a word."""
+    import numpy as np
+
+    from edgetune.chat import open_chat
+    from edgetune.errors import ModelError
+
+    session = open_chat(exported_run / "export" / "onnx" / "fp32")
+    real = session.runner.prefill
+    session.runner.prefill = lambda ids: real(ids) * np.nan
+    with pytest.raises(ModelError, match="the model computes NaN or infinite logits"):
+        session.reply("hello", max_new_tokens=5)
+    assert session.history == []

@@ -826,6 +826,10 @@ def test_a_recipe_may_set_a_types_parity_kl_goal(tmp_path):
     assert not judge(row(6.7e-3)).passed
     assert judge(row(6.7e-3), {"Q8_0": 0.01}).passed and judge(row(6.7e-3), {"q4_k_m": 0.01}).failures
     assert "KL 2.00e+00 > 0.01" in judge(row(2.0), {"q8_0": 0.01}).failures[0]  # far off still fails
+    # damaged weights made every logit NaN: KL nan compared false with every goal, and passed
+    for bad in (float("nan"), float("inf")):
+        failures = judge(row(bad)).failures
+        assert failures and "the file computes NaN or infinite logits" in failures[0], failures
     assert load_recipe("demo", ["export.parity_kl.q8_0=0.01"]).export.parity_kl == {"q8_0": 0.01}
     # keyed as files are named: Q8_0 is the same goal (and the same recipe digest) as q8_0
     upper = load_recipe("demo", ["export.parity_kl.Q8_0=0.01"])

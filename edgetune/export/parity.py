@@ -10,6 +10,7 @@ the ones edgetune promises, one for every type it exports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,7 +185,11 @@ def judge(row: ParityRow, kl_goals: dict[str, float] | None = None) -> ParityRow
         row.failures.append(f"no parity goal for type '{row.quant}' (edgetune's types: {', '.join(GOALS)})")
     if not row.ids_equal:
         row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
-    if "kl" in goal and row.kl > goal["kl"]:
+    if not (math.isfinite(row.kl) and math.isfinite(row.top1)):  # NaN passes every comparison below
+        row.failures.append(
+            f"KL {row.kl}: the file computes NaN or infinite logits (damaged weights, or an overflow)"
+        )
+    elif "kl" in goal and row.kl > goal["kl"]:
         row.failures.append(f"KL {row.kl:.2e} > {goal['kl']:.2g} ({row.kl / goal['kl']:.1f}x the goal)")
     if "top1" in goal and row.top1 < goal["top1"]:
         row.failures.append(f"top-1 {row.top1:.2%} < {goal['top1']:.1%}")
