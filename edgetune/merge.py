@@ -9,6 +9,7 @@ lower loss is kept; both losses and each one's KL to the adapter-on-4-bit model 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from rich.markup import escape
 
 from edgetune.errors import EdgetuneError, InputError, ModelError
+from edgetune.export.layout import SHIPPED_SETTINGS, trained_system_prompt
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
     atomic_dir,
@@ -309,9 +311,12 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
             merged.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
         target = run_dir / "merged"
         remove_stale_staging(target)  # a killed merge's copy of the model, each one its full size
+        system = trained_system_prompt(run_dir, data)
         with atomic_dir(target) as staging:
             merged.save_pretrained(str(staging), safe_serialization=True)
             tokenizer.save_pretrained(str(staging))  # with the chat template used in training
+            if system:  # as every exported file carries it: the folder copied out of its run keeps it
+                (staging / SHIPPED_SETTINGS).write_text(json.dumps({"system_prompt": system}) + "\n")
         result = MergeResult(
             run_dir,
             target,

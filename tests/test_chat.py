@@ -159,6 +159,16 @@ def test_the_trained_system_prompt_is_kept_once_the_data_has_moved(tmp_path, tin
     merge(run)
     (tmp_path / "data.jsonl").rename(tmp_path / "moved.jsonl")
     assert open_chat(run, threads=1).system == "Reply with JSON."
+    # the merged model copied out of its run carries it, as every exported file does (it answered
+    # with its template's default system prompt, unlike the shipped GGUF and ONNX)
+    import shutil
+
+    from edgetune.export.run import export
+
+    away = shutil.copytree(run / "merged", tmp_path / "dist" / "merged")
+    assert open_chat(away, threads=1).system == "Reply with JSON."
+    exported = export(away, ["gguf"], ["f32"], out=tmp_path / "dist" / "files")
+    assert open_chat(exported["gguf"].artifacts[0].path, threads=1).system == "Reply with JSON."
 
 
 def test_bytes_that_are_not_utf8_are_one_line_and_the_session_goes_on(exported_run):

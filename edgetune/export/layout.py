@@ -123,3 +123,15 @@ def shipped_system_prompt(artifact: Path) -> str | None:
             return None
         found = settings.get("system_prompt") if isinstance(settings, dict) else None
     return found if isinstance(found, str) and found else None
+
+
+def trained_system_prompt(run_dir: Path, prepared) -> str | None:
+    """The system prompt every training chat of a run had, as tune recorded it (what chat on the run
+    uses), or for a run from before it did, as the data says now: what every shipped file carries."""
+    from edgetune.export.modelfile import shared_system_prompt
+    from edgetune.rundir import read_manifest
+
+    recorded = read_manifest(run_dir).get("data") or {}
+    if "trained_system_prompt" in recorded:
+        return recorded["trained_system_prompt"]
+    return shared_system_prompt(prepared.splits.train, prepared.renderer)

@@ -23,9 +23,11 @@ from edgetune.export.layout import (
     missing_exports,
     onnx_dirs,
     remove_leftovers,
+    shipped_system_prompt,
     still_there,
+    trained_system_prompt,
 )
-from edgetune.export.modelfile import shared_system_prompt, write_modelfile
+from edgetune.export.modelfile import write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
@@ -234,8 +236,9 @@ def export(
                 )
         budget = recipe.bench.max_new_tokens
         # the system prompt every training chat had: in each shipped file, for a front-end (and
-        # `edgetune chat`) that has the file alone (a plain model directory's export gets none)
-        system = _trained_system_prompt(run_dir, prepared) if run_dir else None
+        # `edgetune chat`) that has the file alone; a model directory's own where it carries one (a
+        # run's merged model copied away), else none
+        system = trained_system_prompt(run_dir, prepared) if run_dir else shipped_system_prompt(model_dir)
         results: dict[str, Any] = {"parity": []}
         if "gguf" in formats:
             if check_only:
@@ -321,15 +324,6 @@ def _gguf_name(recipe, base: dict, model_dir: Path) -> str:
     if not base.get("name"):
         return _base_name(base, model_dir)
     return f"{recipe.name} (tuned from {_base_name(base, model_dir)})"
-
-
-def _trained_system_prompt(run_dir: Path, prepared) -> str | None:
-    """As tune recorded it (what chat on the run uses), or for a run from before it did, as the data
-    says now."""
-    recorded = read_manifest(run_dir).get("data") or {}
-    if "trained_system_prompt" in recorded:
-        return recorded["trained_system_prompt"]
-    return shared_system_prompt(prepared.splits.train, prepared.renderer)
 
 
 def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix, system, console):
