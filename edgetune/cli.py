@@ -23,6 +23,7 @@ from edgetune.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EdgetuneError,
+    Terminated,
     is_disk_full,
     missing_package,
     printable,
@@ -139,7 +140,7 @@ def _sigterm_interrupts() -> tuple[list[int], object]:
     def interrupt(signum, frame):
         received.append(signum)
         signal.signal(signum, signal.SIG_DFL)
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         return received, signal.signal(signal.SIGTERM, interrupt)

@@ -60,6 +60,11 @@ class Interrupted(EdgetuneError):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is (see cli._sigterm_interrupts), but never taken for a user's
+    Ctrl-C that only stops one thing (a chat answer)."""
+
+
 class GateFailed(EdgetuneError):
     exit_code = EXIT_GATE
 

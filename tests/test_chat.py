@@ -121,6 +121,57 @@ def test_a_mistyped_command_is_not_sent_but_a_path_and_a_double_slash_are(export
     assert result.stderr.count("/exit or Ctrl-D leaves") == 2  # /hlep and /help
 
 
+def test_a_message_of_several_lines_and_ctrl_c_in_an_answer(exported_run, monkeypatch):
+    """A pasted log of several lines went to the model as one message per line (433 of the demo's
+    900 prompts are several lines); Ctrl-C in a long answer ended the whole session."""
+    import edgetune.chat
+
+    sent, real_open = [], edgetune.chat.open_chat
+    interrupt = {"left": 1}
+
+    def recording_open(*args, **kwargs):
+        session = real_open(*args, **kwargs)
+        real_reply = session.reply
+
+        def reply(text, *a, **k):
+            sent.append(text)
+            if interrupt["left"]:
+                interrupt["left"] -= 1
+                raise KeyboardInterrupt
+            return real_reply(text, *a, **k)
+
+        session.reply = reply
+        return session
+
+    monkeypatch.setattr(edgetune.chat, "open_chat", recording_open)
+    lines = (
+        'stopped\n"""\nJun 27 05:02:54 cron[13418]: ok\n//kept as written\n  """  \nafter\n"""\nunclosed\n'
+    )
+    result = CliRunner().invoke(
+        main,
+        ["chat", str(exported_run / "export" / "gguf" / "model-f32.gguf"), "--max-new-tokens", "2"],
+        input=lines,
+    )
+    assert result.exit_code == 0, result.output
+    assert sent == ["stopped", "Jun 27 05:02:54 cron[13418]: ok\n//kept as written", "after"]
+    assert "(answer stopped; it is not kept in the conversation)" in result.stderr
+    # SIGTERM (edgetune's Terminated) ends the session: it stops no single answer
+    from edgetune.errors import Terminated
+
+    def terminated(*args, **kwargs):
+        raise Terminated
+
+    monkeypatch.setattr(
+        edgetune.chat,
+        "open_chat",
+        lambda *a, **k: type("S", (), {"plain": False, "dropped_turns": 0, "reply": terminated})(),
+    )
+    result = CliRunner().invoke(
+        main, ["chat", str(exported_run), "--max-new-tokens", "2"], input="hello\nagain\n"
+    )
+    assert result.exit_code == 130 and "edgetune: error: interrupted" in result.stderr
+
+
 def test_a_recipe_above_a_plain_model_export_is_not_its_run(exported_run, tmp_path):
     """chat took any recipe.yaml in any parent folder as the artifact's run: a project's system
     prompt was applied to an unrelated export, and another tool's recipe.yaml failed chat."""
@@ -190,7 +241,7 @@ def test_bytes_that_are_not_utf8_are_one_line_and_the_session_goes_on(exported_r
     )
     stderr = piped.stderr.decode()
     assert piped.returncode == 0, stderr
-    assert "not UTF-8 text (byte e9 at character 3); the line was not sent" in stderr
+    assert "not UTF-8 text (byte e9 at character 3); the message was not sent" in stderr
     assert "conversation cleared" in stderr  # the next line was read
     assert piped.stdout == b"" and stderr.count("you> ") == 3  # prompts on stderr, no answer given
 

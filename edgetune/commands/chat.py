@@ -18,11 +18,12 @@ from edgetune.commands.common import allow_pickle_option
 @allow_pickle_option
 def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None:
     """Talk to a run (its merged model), a GGUF file or an ONNX directory, with the training chat
-    template, greedy, stopping at EOS. Interactive unless --prompt is given; /reset clears the
-    conversation, /exit or Ctrl-D leaves."""
+    template, greedy, stopping at EOS. Interactive unless --prompt is given; a line of three
+    double quotes opens and closes a message of several lines; Ctrl-C stops an answer; /reset
+    clears the conversation, /exit or Ctrl-D leaves."""
     from edgetune.chat import open_chat
     from edgetune.console import err
-    from edgetune.errors import InputError, printable
+    from edgetune.errors import InputError, Terminated, printable
 
     if not artifact.strip():  # "" would be the current directory
         raise click.UsageError(
@@ -68,13 +69,17 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
             unknown = "" if command == "/help" else f"unknown command {stripped}; "
             err.print(
                 f"{unknown}/reset clears the conversation, /exit or Ctrl-D leaves; anything else is sent "
-                "to the model (start it with // to send a line that begins with /)"
+                '(start it with // to send a line that begins with /); a line """ opens and closes a '
+                "message of several lines; Ctrl-C stops an answer"
             )
             continue
+        block = stripped == BLOCK  # the lines up to the next """ are one message (a pasted log)
+        if block and (line := _ask_block()) is None:
+            return
         if bad := not_utf8(line):
-            err.print(f"[red]error:[/] {bad}; the line was not sent", soft_wrap=True)
+            err.print(f"[red]error:[/] {bad}; the message was not sent", soft_wrap=True)
             continue
-        if line.lstrip().startswith("//"):
+        if not block and line.lstrip().startswith("//"):
             line = line.lstrip()[1:]
         if line.strip():
             dropped = session.dropped_turns
@@ -82,6 +87,12 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
                 session.reply(line, max_new_tokens, show)
             except InputError as exc:  # a prompt past the context: say so, keep the session
                 err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+                continue
+            except Terminated:
+                raise
+            except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session (it is not kept)
+                click.echo()
+                err.print("(answer stopped; it is not kept in the conversation)")
                 continue
             click.echo()
             if session.dropped_turns > dropped:
@@ -102,14 +113,31 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-def _ask() -> str | None:
+BLOCK = '"""'
+
+
+def _ask(prompt: str = "you> ") -> str | None:
     """A line from stdin after a `you> ` prompt written to stderr, whatever Click version (its
     prompt leaves a character on stdout in some), so that stdout holds the answers alone; None at
     the end of the input or on Ctrl-C."""
-    sys.stderr.write("you> ")
+    from edgetune.errors import Terminated
+
+    sys.stderr.write(prompt)
     sys.stderr.flush()
     try:
         return input()
+    except Terminated:
+        raise
     except (EOFError, KeyboardInterrupt, RuntimeError):  # RuntimeError: stdin closed (`<&-`)
         sys.stderr.write("\n")  # ends the prompt's line
         return None
+
+
+def _ask_block() -> str | None:
+    """The lines up to one of three double quotes, as one message; None where the input ends first."""
+    lines = []
+    while (line := _ask("...  ")) is not None:
+        if line.strip() == BLOCK:
+            return "\n".join(lines)
+        lines.append(line)
+    return None
