@@ -305,3 +305,20 @@ def test_a_model_computing_nan_is_said_not_answered_with_an_empty_line(exported_
     with pytest.raises(ModelError, match="the model computes NaN or infinite logits"):
         session.reply("hello", max_new_tokens=5)
     assert session.history == []
+
+
+def test_export_check_says_a_file_changed_since_its_last_check(exported_run, tmp_path):
+    """A byte flipped in a GGUF that still met its goal: --check said "ok" and recorded the new
+    bytes as the checked ones, without a word that the file was not the one export wrote."""
+    import shutil
+
+    run = shutil.copytree(exported_run, tmp_path / "run")
+    gguf = run / "export" / "gguf" / "model-f32.gguf"
+    data = bytearray(gguf.read_bytes())
+    data[-1001] ^= 0x01  # the low mantissa byte of a weight near the end: a change far inside the goal
+    gguf.write_bytes(bytes(data))
+    checked = CliRunner().invoke(main, ["export", str(run), "--check", "--to", "gguf"])
+    assert checked.exit_code == 0, checked.output
+    assert "gguf/model-f32.gguf: changed since its last parity check" in " ".join(checked.output.split())
+    again = CliRunner().invoke(main, ["export", str(run), "--check", "--to", "gguf"])
+    assert again.exit_code == 0 and "changed since" not in again.output  # the new bytes are the checked ones

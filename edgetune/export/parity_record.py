@@ -69,6 +69,21 @@ def _artifact(row: dict[str, Any], fmt: str) -> str:
     return str(row.get("artifact", "")).removeprefix(f"{fmt}/")
 
 
+def changed_since_checked(out_dir: Path, fmt: str, files: list[tuple[str, Path]]) -> list[str]:
+    """The files (of `export --check`) whose bytes are not the ones their last parity check
+    measured: the check passes or fails them again, but a file edited since (a flipped byte that
+    still meets its goal) is worth saying."""
+    rows = {_artifact(r, fmt): r for r in _rows(out_dir)}
+    said = []
+    for _, path in files:
+        known = rows.get(path.name, {}).get("sha256")
+        if isinstance(known, str) and checked_digest(path) != known:
+            said.append(
+                f"{fmt}/{path.name}: changed since its last parity check (its bytes differ); checked again"
+            )
+    return said
+
+
 def record(record_dir: Path | None, out_dir: Path, fmt: str, rows: list[dict[str, Any]]) -> None:
     """The rows just measured, each with the digest of what it checked, with the earlier rows of
     the other files still on disk."""

@@ -243,6 +243,7 @@ def export(
         if "gguf" in formats:
             if check_only:
                 artifacts = found["gguf"]
+                _say_changed(gguf_dir, "gguf", artifacts, console)
             else:
                 parity_record.forget(record_dir, gguf_dir, "gguf", gguf_quants)
                 gguf = _export_gguf(
@@ -262,6 +263,7 @@ def export(
         if "onnx" in formats:
             if check_only:
                 variants = found["onnx"]
+                _say_changed(onnx_dir, "onnx", variants, console)
             else:
                 from edgetune.export.onnx_export import export_onnx
 
@@ -279,6 +281,11 @@ def export(
             results["parity"] += rows
         parity_record.settle(record_dir, base_out)
         return results
+
+
+def _say_changed(out_dir: Path, fmt: str, files: list[tuple[str, Path]], console) -> None:
+    for change in parity_record.changed_since_checked(out_dir, fmt, files) if console is not None else ():
+        console.print(f"[yellow]warning:[/] {escape(change)}", soft_wrap=True)
 
 
 def _note_optimum_misreads(model_dir: Path, console) -> None:
