@@ -66,6 +66,7 @@ def run_checks() -> list[Check]:
     checks.append(_package("optimum-onnx", 'pip install "optimum-onnx[onnxruntime]==0.1.0"   (ONNX export)'))
     checks.append(_package("onnx-ir", "pip install onnx-ir   (onnxruntime's int4/int8 quantiser)"))
     checks.append(_package("matplotlib", "pip install matplotlib   (bench/report.png)"))
+    checks.append(_dependencies())
     try:
         ort = importlib.import_module("onnxruntime")
         checks.append(
@@ -145,3 +146,35 @@ def _converted(model) -> bool:
         return (builtin_cache_path(model) / "edgetune-source.sha256").is_file()
     except Exception:  # its package missing: said by the model's own line
         return False
+
+
+def _dependencies() -> Check:
+    """Every package edgetune's install names, at a version it allows (pyproject's pins): the
+    rows above say a package is there, not that it is a version edgetune works with."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # packaging comes with transformers and pip: not worth a failure of its own
+        return Check("dependencies", True, "versions not checked (no packaging module)")
+    try:
+        required = importlib.metadata.requires("edgetune") or []
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return Check("dependencies", True, "versions not checked (edgetune is not installed as a package)")
+    problems, count = [], 0
+    for line in required:
+        need = Requirement(line)
+        if need.marker is not None and not need.marker.evaluate({"extra": ""}):
+            continue  # an extra's (dev)
+        count += 1
+        have = _version(need.name)
+        if have is None:
+            problems.append(f"{need.name} not installed")
+        elif need.specifier and not need.specifier.contains(have, prereleases=True):
+            problems.append(f"{need.name} {have} (edgetune needs {need.specifier})")
+    if problems:
+        return Check(
+            "dependencies",
+            False,
+            "; ".join(problems),
+            "make install   (the versions edgetune is tested with)",
+        )
+    return Check("dependencies", True, f"all {count} at the versions edgetune allows")

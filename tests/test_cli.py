@@ -354,3 +354,18 @@ def test_a_missing_module_is_named_as_a_package_to_install_or_a_version_to_fix()
     assert str(missing_package("transformers.models.nope")).startswith(
         "the installed Python package transformers has no module transformers.models.nope: not a version"
     )
+
+
+def test_doctor_holds_each_dependency_to_the_version_edgetune_pins(monkeypatch):
+    """A transformers past optimum-onnx's pin, a gguf too old: doctor said "ok" of every one."""
+    import edgetune.doctor
+
+    real = edgetune.doctor._version
+    fake = {"transformers": "4.60.0", "sentencepiece": None}
+    monkeypatch.setattr(edgetune.doctor, "_version", lambda dist: fake[dist] if dist in fake else real(dist))
+    result = CliRunner().invoke(main, ["doctor"])
+    line = next(x for x in result.output.splitlines() if "dependencies" in x)
+    assert line.startswith("--") and "sentencepiece not installed" in line
+    assert "transformers 4.60.0 (edgetune needs <4.58,>=4.46)" in " ".join(result.output.split())
+    monkeypatch.setattr(edgetune.doctor, "_version", real)
+    assert "at the versions edgetune allows" in CliRunner().invoke(main, ["doctor"]).output
