@@ -50,6 +50,7 @@ class ChatSession:
     system: str | None = None
     history: list[dict[str, str]] = field(default_factory=list)
     dropped_turns: int = 0  # earlier exchanges left out of the prompt to fit the context
+    cut_at: int | None = None  # the last answer's token budget where it ran out before EOS
     # trained on plain prompts (see Renderer.plain_prompts): each message goes to the model as it
     # is, alone, with no template, system prompt or history, as training and bench gave them
     plain: bool = False
@@ -90,8 +91,10 @@ class ChatSession:
 
     def tokens(self, user: str, max_new_tokens: int) -> Iterator[int]:
         prompt, budget = self.fitted_prompt(user, max_new_tokens)
+        self.cut_at = budget  # until EOS comes: an answer that never ends in one was cut there
         for token in iter_greedy(_Finite(self.runner), prompt, self.eos_ids, budget):
             if token in self.eos_ids:
+                self.cut_at = None
                 return
             yield token
 

@@ -322,3 +322,13 @@ def test_export_check_says_a_file_changed_since_its_last_check(exported_run, tmp
     assert "gguf/model-f32.gguf: changed since its last parity check" in " ".join(checked.output.split())
     again = CliRunner().invoke(main, ["export", str(run), "--check", "--to", "gguf"])
     assert again.exit_code == 0 and "changed since" not in again.output  # the new bytes are the checked ones
+
+
+def test_an_answer_cut_before_eos_is_said_to_be(exported_run):
+    """An answer cut at --max-new-tokens (or the context's end) read as a finished one."""
+    result = CliRunner().invoke(
+        main,
+        ["chat", str(exported_run / "export" / "onnx" / "fp32"), "--prompt", "hi", "--max-new-tokens", "2"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "(the answer was cut at 2 tokens, --max-new-tokens, before it ended)" in result.stderr

@@ -47,9 +47,15 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
     def show(piece: str) -> None:  # a model can be made to write escape sequences: not into a terminal
         click.echo(printable(piece) if terminal else piece, nl=False)
 
+    def say_cut() -> None:  # the answer ran out of tokens before EOS: cut, not finished
+        if session.cut_at is not None:
+            room = "--max-new-tokens" if session.cut_at == max_new_tokens else "the room left in the context"
+            err.print(f"(the answer was cut at {session.cut_at} tokens, {room}, before it ended)")
+
     if prompt is not None:
         session.reply(prompt, max_new_tokens, show)
         click.echo()
+        say_cut()
         return
     err.print(f"chatting with {escape(str(artifact))} (/help, /reset, /exit)")
     while True:
@@ -95,6 +101,7 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
                 err.print("(answer stopped; it is not kept in the conversation)")
                 continue
             click.echo()
+            say_cut()
             if session.dropped_turns > dropped:
                 err.print(
                     f"(the oldest {session.dropped_turns - dropped} exchange(s) left out to fit the context)"
