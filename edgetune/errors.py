@@ -131,7 +131,8 @@ PIP_NAMES = {
 def missing_package(module: str, needed_for: str = "") -> InputError:
     """What to say when a package edgetune depends on is not installed here (a broken or partial
     install: pyproject lists every one)."""
-    top = next((name for name in PIP_NAMES if module == name or module.startswith(name + ".")), None)
+    named = sorted(PIP_NAMES, key=len, reverse=True)  # the longest: optimum.exporters.onnx before optimum
+    top = next((name for name in named if module == name or module.startswith(name + ".")), None)
     top = top or module.split(".")[0]
     pip = PIP_NAMES.get(top, top)
     purpose = f" ({needed_for})" if needed_for else ""
