@@ -332,3 +332,11 @@ def test_an_answer_cut_before_eos_is_said_to_be(exported_run):
     )
     assert result.exit_code == 0, result.output
     assert "(the answer was cut at 2 tokens, --max-new-tokens, before it ended)" in result.stderr
+
+
+def test_an_empty_one_shot_prompt_is_refused_as_a_blank_line_is_not_sent(exported_run):
+    for empty in ("", "   "):
+        result = CliRunner().invoke(
+            main, ["chat", str(exported_run / "export" / "onnx" / "fp32"), "--prompt", empty]
+        )
+        assert result.exit_code == 2 and "--prompt is empty" in result.output, result.output

@@ -32,6 +32,8 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
     for option, given in (("--prompt", prompt), ("--system", system)):
         if given is not None and (bad := not_utf8(given)):
             raise InputError(f"{option}: {bad}")
+    if prompt is not None and not prompt.strip():  # as a blank line in a session is not sent
+        raise InputError("--prompt is empty: give the model something to answer")
     if hasattr(sys.stdin, "reconfigure"):  # undecodable bytes read as they are, then refused by line
         sys.stdin.reconfigure(errors="surrogateescape")
     session = open_chat(Path(artifact), system, device=device, allow_pickle=allow_pickle)
