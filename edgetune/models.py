@@ -228,10 +228,14 @@ def _convert_gguf_to_hf(gguf_path: Path, out: Path) -> None:
 TOKENIZER_GLOBS = ("tokenizer.json", "vocab*", "*.model", "*.tiktoken")
 
 
+def has_tokenizer_files(folder: Path) -> bool:
+    return any(next(folder.glob(g), None) for g in TOKENIZER_GLOBS)
+
+
 def load_tokenizer(model: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    if model.path.is_dir() and not any(next(model.path.glob(g), None) for g in TOKENIZER_GLOBS):
+    if model.path.is_dir() and not has_tokenizer_files(model.path):
         raise ModelError(  # transformers would guess a tokenizer class and fail inside it
             f"{model.path}: no tokenizer files (tokenizer.json, tokenizer.model, vocab.json, ...); "
             "copy the model's tokenizer beside its weights"

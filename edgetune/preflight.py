@@ -36,7 +36,7 @@ def refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -
         from edgetune.data.split import make_splits
 
         splits = make_splits(recipe.data)  # json_fields on plain answers: after the tune, bench would fail
-        held_out = (splits.test or splits.valid)[: recipe.bench.max_examples]
+        held_out = splits.held_out(recipe.bench.max_examples)
         refuse_unscorable(recipe.bench.metric, held_out)
         if retention_gated and held_out and all(e.format == "text" for e in held_out):
             named = [k for k in ("min_retention", "min_metric", "beats_prompting") if getattr(gates, k)]

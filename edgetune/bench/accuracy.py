@@ -134,7 +134,7 @@ def cut_answers_warning(renderer, cases: list[Case], max_new_tokens: int) -> str
 def held_out_answers_warning(prepared, bench) -> str | None:
     """cut_answers_warning for the held-out rows bench will score (`bench`: the recipe's section),
     said before a tune rather than after it."""
-    held_out = (prepared.splits.test or prepared.splits.valid)[: bench.max_examples]
+    held_out = prepared.splits.held_out(bench.max_examples)
     return cut_answers_warning(
         prepared.renderer, build_cases(prepared.renderer, held_out), bench.max_new_tokens
     )

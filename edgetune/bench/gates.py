@@ -20,6 +20,7 @@ def attach_export_parity(
     `export --check` since the bench counts): a file that failed its check against the merged model,
     was never checked, or (given `run_dir`) changed since, fails the gates however it scored."""
     from edgetune.export.parity_record import checked_digest, parity_problem
+    from edgetune.models import has_tokenizer_files
 
     for target in report["targets"]:
         if target.get("format") in EXPORTED:
@@ -36,17 +37,10 @@ def attach_export_parity(
                 and checked_digest(path) != measured
             ):
                 problem = "the file changed since bench measured it (bench again)"
-            if not problem and path is not None and path.is_dir() and not _has_tokenizer(path):
+            # an ONNX folder's parity digest covers its graph and weights: its tokenizer is looked for apart
+            if not problem and path is not None and path.is_dir() and not has_tokenizer_files(path):
                 problem = "the folder has lost its tokenizer files (export it again)"
             target["export_parity_problem"] = problem
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    """An ONNX folder's parity digest covers its graph and weights: a deleted tokenizer (what a
-    front-end reads text with) is looked for apart."""
-    from edgetune.models import TOKENIZER_GLOBS
-
-    return any(next(folder.glob(g), None) for g in TOKENIZER_GLOBS)
 
 
 def run_path(target: dict[str, Any], run_dir: Path | None) -> Path | None:

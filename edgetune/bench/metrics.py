@@ -206,7 +206,7 @@ def answer_form_warnings(metric: str, splits, max_examples: int) -> list[str]:
     the metric reads only some answers (json_fields, choice)."""
     if metric not in ("json_fields", "choice"):
         return []
-    held_out = (splits.test or splits.valid)[:max_examples]
+    held_out = splits.held_out(max_examples)
     said = (
         unscorable_warning(metric, held_out, "held-out"),
         unscorable_warning(metric, splits.train, "train"),

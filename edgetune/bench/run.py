@@ -184,7 +184,7 @@ def bench(
         merged = run_dir / "merged"
         tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
         prepared = prepare(recipe.data, tokenizer, encode=("valid", "test"))  # bench renders no training row
-        held_out = prepared.splits.test or prepared.splits.valid
+        held_out = prepared.splits.held_out()
         if not held_out:
             raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
         split = "test" if prepared.splits.test else "valid"

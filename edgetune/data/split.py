@@ -28,6 +28,11 @@ class Splits:
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
 
+    def held_out(self, limit: int | None = None) -> list[Example]:
+        """The rows bench scores and export checks parity on: the test split, or where there is
+        none the validation split (which chose the checkpoint); the first `limit`."""
+        return (self.test or self.valid)[:limit]
+
 
 def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
     seen: set[str] = set()

@@ -55,11 +55,9 @@ def check_onnx_dir(model_dir: Path) -> dict:
         raise InputError(f"{model_dir}: no {MODEL_FILE}; not an ONNX export directory")
     check_model_dir(Path(model_dir))
     external_data_files(path)
-    from edgetune.models import TOKENIZER_GLOBS
+    from edgetune.models import has_tokenizer_files
 
-    if not any(
-        next(Path(model_dir).glob(g), None) for g in TOKENIZER_GLOBS
-    ):  # what a front-end reads text with
+    if not has_tokenizer_files(Path(model_dir)):  # what a front-end reads text with
         raise InputError(
             f"{model_dir}: no tokenizer files (tokenizer.json, ...): the folder is incomplete; export it again"
         )

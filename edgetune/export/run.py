@@ -227,7 +227,7 @@ def export(
             if warning and console is not None:
                 console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         prepared = _prepared(recipe, model_dir, plain_model=run_dir is None)
-        held_out = (prepared.splits.test or prepared.splits.valid)[: recipe.export.parity_examples]
+        held_out = prepared.splits.held_out(recipe.export.parity_examples)
         if not held_out:  # parity compares runtimes on any prompts: training ones still show a lost template
             held_out = prepared.splits.train[: recipe.export.parity_examples]
             if console is not None:
