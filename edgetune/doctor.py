@@ -18,6 +18,12 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    needed: bool = True  # False: what it lacks limits a feature (CUDA, QLoRA), every command still runs
+
+    @property
+    def problem(self) -> bool:
+        """Missing something an edgetune command would refuse to run without."""
+        return self.needed and not self.ok
 
 
 def _version(dist: str) -> str | None:
@@ -27,9 +33,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _package(dist: str, fix: str) -> Check:
+def _package(dist: str, fix: str, needed: bool = True) -> Check:
     v = _version(dist)
-    return Check(dist, v is not None, v or "not installed", "" if v else fix)
+    return Check(dist, v is not None, v or "not installed", "" if v else fix, needed)
 
 
 def run_checks() -> list[Check]:
@@ -56,13 +62,14 @@ def run_checks() -> list[Check]:
                 cuda,
                 devices or "not available: training uses LoRA on the CPU",
                 "" if cuda else "for QLoRA: a CUDA build, e.g. make install TORCH_SPEC=torch",
+                needed=False,
             )
         )
     except ImportError:
         checks.append(Check("torch", False, "not installed", "make install"))
     for dist in ("transformers", "peft", "accelerate", "gguf"):
         checks.append(_package(dist, "make install"))
-    checks.append(_package("bitsandbytes", "pip install bitsandbytes   (needed for QLoRA)"))
+    checks.append(_package("bitsandbytes", "pip install bitsandbytes   (needed for QLoRA)", needed=False))
     checks.append(_package("optimum-onnx", 'pip install "optimum-onnx[onnxruntime]==0.1.0"   (ONNX export)'))
     checks.append(_package("onnx-ir", "pip install onnx-ir   (onnxruntime's int4/int8 quantiser)"))
     checks.append(_package("matplotlib", "pip install matplotlib   (bench/report.png)"))
@@ -133,6 +140,7 @@ def run_checks() -> list[Check]:
             free_here > 5,
             f"{free_here:.1f} GB free in {Path.cwd()}",
             "" if free_here > 5 else "free some space: a run with exports needs a few GB",
+            needed=False,
         )
     )
     return checks

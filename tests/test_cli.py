@@ -56,9 +56,10 @@ def test_recipes_lists_every_bundled_recipe():
 
     result = CliRunner().invoke(main, ["recipes"])
     assert result.exit_code == 0
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     assert len(lines) == len(bundled_recipes()) >= 5
     assert any(line.startswith("demo ") for line in lines)
+    assert str(bundled_recipes()["demo"].parent) in result.stderr  # where to copy one from
 
 
 def test_doctor_reports_the_stack():
@@ -73,9 +74,30 @@ def test_doctor_reports_everything_when_the_cache_cannot_be_made(tmp_path, monke
     (tmp_path / "afile").write_text("")
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "afile"))
     result = CliRunner().invoke(main, ["doctor"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # every command would refuse that cache
     assert "torch" in result.output and "disk" in result.output
     assert "not a directory" in result.output and "point EDGETUNE_CACHE at a directory" in result.output
+    assert "doctor: cache" in result.output, result.output
+
+
+def test_doctor_exits_2_when_a_command_would_refuse_and_0_for_a_missing_feature(monkeypatch):
+    """doctor exited 0 with onnxruntime missing, so `edgetune doctor && make demo` went on to fail
+    in the export stage; no CUDA or bitsandbytes on a CPU machine limits features, nothing refuses."""
+    import edgetune.doctor
+
+    real = edgetune.doctor._version
+    monkeypatch.setattr(edgetune.doctor, "_version", lambda d: None if d == "bitsandbytes" else real(d))
+    monkeypatch.setattr(
+        edgetune.doctor, "_dependencies", lambda: edgetune.doctor.Check("dependencies", True, "")
+    )
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "--  bitsandbytes" in result.output, result.output
+    monkeypatch.setattr(edgetune.doctor, "_version", lambda d: None if d == "optimum-onnx" else real(d))
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 2, result.output
+    assert "xx  optimum-onnx" in result.output, result.output
+    assert result.output.rstrip().splitlines()[-1].startswith("doctor: optimum-onnx: edgetune needs this")
 
 
 def test_doctor_says_a_cache_it_cannot_write_to(tmp_path, monkeypatch):
@@ -365,7 +387,8 @@ def test_doctor_holds_each_dependency_to_the_version_edgetune_pins(monkeypatch):
     monkeypatch.setattr(edgetune.doctor, "_version", lambda dist: fake[dist] if dist in fake else real(dist))
     result = CliRunner().invoke(main, ["doctor"])
     line = next(x for x in result.output.splitlines() if "dependencies" in x)
-    assert line.startswith("--") and "sentencepiece not installed" in line
+    assert line.startswith("xx") and "sentencepiece not installed" in line
+    assert result.exit_code == 2, result.output
     assert "transformers 4.60.0 (edgetune needs <4.58,>=4.46)" in " ".join(result.output.split())
     monkeypatch.setattr(edgetune.doctor, "_version", real)
     assert "at the versions edgetune allows" in CliRunner().invoke(main, ["doctor"]).output
