@@ -200,7 +200,7 @@ def open_chat(
 
         check_model_dir(artifact)
         refuse_pickle(artifact, allow_pickle)
-    if artifact.is_file() and artifact.suffix == ".gguf":
+    if artifact.is_file() and _is_gguf(artifact):
         target = Target(artifact.name, "gguf", "", "llama.cpp", device, artifact)
         if run is not None and (run / "merged" / "tokenizer.json").is_file():
             tokenizer_dir = run / "merged"  # the training tokenizer itself
@@ -251,6 +251,18 @@ def open_chat(
 
 
 CHAT_CONTEXT = 8192
+
+
+def _is_gguf(path: Path) -> bool:
+    """By its extension or its first bytes: Hugging Face repos and Ollama's blob store hold GGUF
+    files named .bin or by their hash."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _gguf_context(path: Path) -> int:

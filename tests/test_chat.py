@@ -52,6 +52,19 @@ def test_session_keeps_history_and_uses_the_template(exported_run):
     )
 
 
+def test_a_gguf_file_is_known_by_its_magic_whatever_its_name(exported_run, tmp_path):
+    """Hugging Face repos ship GGUF files named .bin and Ollama stores them by hash: chat refused them."""
+    import shutil
+
+    source = exported_run / "export" / "gguf" / "model-f32.gguf"
+    args = ["--prompt", "log 3: link down", "--max-new-tokens", "6"]
+    want = CliRunner().invoke(main, ["chat", str(source), *args])
+    renamed = shutil.copy(source, tmp_path / "ggml-model.bin")
+    got = CliRunner().invoke(main, ["chat", str(renamed), *args])
+    assert got.exit_code == 0 and want.exit_code == 0, got.output
+    assert got.stdout == want.stdout and len(got.stdout) > 1
+
+
 def test_bad_artifact_is_one_clear_line(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     result = CliRunner().invoke(main, ["chat", str(tmp_path / "notes.txt"), "--prompt", "hi"])
