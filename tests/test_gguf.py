@@ -1251,3 +1251,19 @@ def test_an_onnx_folder_named_in_capitals_is_checked_as_its_type(tmp_path):
     (tmp_path / "FP32").mkdir()
     (tmp_path / "FP32" / "model.onnx").write_bytes(b"")
     assert _existing_onnx(tmp_path) == [("fp32", tmp_path / "FP32")]
+
+
+def test_a_prompt_split_otherwise_is_described_where_it_parts():
+    from edgetune.export.parity import ids_difference
+
+    def decode(ids):
+        return "".join({1: "<s>", 5: "he", 6: "llo", 7: "hel", 8: "lo"}[i] for i in ids)
+
+    assert ids_difference([5, 6], [5, 6], decode) == ""
+    assert ids_difference([1, 1, 5, 6], [1, 5, 6], decode).startswith("the file adds '<s>' (id 1) before")
+    assert ids_difference([5, 6], [1, 5, 6], decode).startswith(
+        "the file leaves out the model's '<s>' (id 1)"
+    )
+    assert ids_difference([1, 7, 8], [1, 5, 6], decode) == (
+        "from token 1 of 3 the file reads 'hello' (ids [7, 8]), the model 'hello' (ids [5, 6])"
+    )

@@ -218,6 +218,18 @@ def test_export_after_tune_writes_variants_and_parity(tmp_path, tiny_model_dir):
     assert rows["int8"]["kv_cache"] is None
     assert "onnx/fp32" in result.output and "KV cache" in result.output
 
+    # a tokenizer that splits text otherwise: said where, not guessed at ("BOS or pre-tokenizer")
+    tokenizer_json = run / "export" / "onnx" / "fp32" / "tokenizer.json"
+    spec = json.loads(tokenizer_json.read_text())
+    vocab = spec["model"]["vocab"]  # two of its commonest pieces swap ids
+    vocab["e"], vocab["t"] = vocab["t"], vocab["e"]
+    tokenizer_json.write_text(json.dumps(spec))
+    checked = CliRunner().invoke(main, ["export", "--check", "--to", "onnx"])
+    assert checked.exit_code == 3, checked.output
+    said = " ".join(checked.output.split())
+    assert "onnx/fp32: prompt token ids differ from the tokenizer's: on " in said, said
+    assert "the first, from token " in said and "the file reads" in said, said
+
     # a lost chat template is caught by the check, exit 3
     config = json.loads((run / "export" / "onnx" / "int8" / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class ParityRow:
     # what the file tells the runtimes that use it and that our own loop cannot see: where to stop,
     # which chat template to apply
     file_problems: list[str] = field(default_factory=list)
+    ids_difference: str = ""  # where the file's prompt ids first part from the model's, when they do
 
 
 @dataclass
@@ -140,9 +142,10 @@ def check_artifact(
         problems.append(
             "the file's chat template is not the model's (llama.cpp front-ends would prompt otherwise)"
         )
-    ids_equal, kls, top1s, greedy, eos = True, [], [], [], []
+    kls, top1s, greedy, eos, differences = [], [], [], [], []
     for r in refs:
-        ids_equal &= front_end_ids(llm, r.prompt_text) == r.prompt_ids
+        shipped_ids = front_end_ids(llm, r.prompt_text)
+        differences.append(ids_difference(shipped_ids, r.prompt_ids, partial(llm.detokenize, special=True)))
         llm.reset()
         llm.eval(r.full_ids)
         kl, top1 = kl_top1(r.logprobs, log_softmax(np.array(llm.scores[: len(r.full_ids)], dtype=np.float64)))
@@ -158,9 +161,31 @@ def check_artifact(
         greedy.append(got == r.greedy)
         eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
     del llm
-    row = _row(path.name, quant, ids_equal, kls, top1s, greedy, eos)
+    row = _row(path.name, quant, differences, kls, top1s, greedy, eos)
     row.file_problems = problems
     return judge(row, kl_goals)
+
+
+def ids_difference(shipped: list[int], model: list[int], decode) -> str:
+    """Where the ids a shipped file's tokenizer gives a prompt first part from the model's, in
+    words ("" when they agree): the usual causes are a BOS added or lost, and a pre-tokenizer or
+    vocabulary that splits text otherwise."""
+    if shipped == model:
+        return ""
+
+    def text(ids: list[int]) -> str:  # llama.cpp detokenizes to bytes
+        piece = decode(ids)
+        return piece.decode(errors="replace") if isinstance(piece, bytes) else piece
+
+    if shipped[1:] == model:
+        return f"the file adds {text(shipped[:1])!r} (id {shipped[0]}) before the prompt, the model does not"
+    if model[1:] == shipped:
+        return f"the file leaves out the model's {text(model[:1])!r} (id {model[0]}) before the prompt"
+    at = next((i for i, (a, b) in enumerate(zip(shipped, model)) if a != b), min(len(shipped), len(model)))
+    return (
+        f"from token {at} of {len(model)} the file reads {text(shipped[at : at + 3])!r} "
+        f"(ids {shipped[at : at + 3]}), the model {text(model[at : at + 3])!r} (ids {model[at : at + 3]})"
+    )
 
 
 def front_end_ids(llm, text: str) -> list[int]:
@@ -184,7 +209,10 @@ def judge(row: ParityRow, kl_goals: dict[str, float] | None = None) -> ParityRow
         goal = {}
         row.failures.append(f"no parity goal for type '{row.quant}' (edgetune's types: {', '.join(GOALS)})")
     if not row.ids_equal:
-        row.failures.append("prompt token ids differ from the tokenizer's (BOS or pre-tokenizer mismatch)")
+        row.failures.append(
+            "prompt token ids differ from the tokenizer's"
+            + (f": {row.ids_difference}" if row.ids_difference else " (BOS or pre-tokenizer mismatch)")
+        )
     if not (math.isfinite(row.kl) and math.isfinite(row.top1)):  # NaN passes every comparison below
         row.failures.append(
             f"KL {row.kl}: the file computes NaN or infinite logits (damaged weights, or an overflow)"
@@ -251,12 +279,12 @@ def check_onnx_variant(
     if tokenizer.chat_template != renderer.tokenizer.chat_template:
         lost = "has none" if not tokenizer.chat_template else "is not the model's"
         problems.append(f"the folder's chat template {lost} (front-ends loading it would prompt otherwise)")
-    ids_equal = True
     eos_ids = stop_ids(directory, tokenizer)
     runner = OnnxRunner(Target(directory.name, "onnx", quant, "onnxruntime", "cpu", directory))
-    kls, top1s, same, eos, cached = [], [], [], [], []
+    kls, top1s, same, eos, cached, differences = [], [], [], [], [], []
     for ex, r in zip(examples, refs):
-        ids_equal &= shipped.ids_for_text(shipped.prompt_text(ex) or r.prompt_text) == r.prompt_ids
+        shipped_ids = shipped.ids_for_text(shipped.prompt_text(ex) or r.prompt_text)
+        differences.append(ids_difference(shipped_ids, r.prompt_ids, tokenizer.decode))
         kl, top1 = kl_top1(r.logprobs, log_softmax(runner.logits(r.full_ids).astype(np.float64)))
         kls.append(kl)
         top1s.append(top1)
@@ -265,24 +293,29 @@ def check_onnx_variant(
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
             cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
-    row = _row(directory.name, quant, ids_equal, kls, top1s, same, eos, cached or None)
+    row = _row(directory.name, quant, differences, kls, top1s, same, eos, cached or None)
     row.file_problems = problems
     return judge(row, kl_goals)
 
 
-def _row(artifact, quant, ids_equal, kls, top1s, greedy, eos, cached=None) -> ParityRow:
-    """Mean the per-example measurements into one row (judge() then holds it to its goals)."""
+def _row(artifact, quant, differences, kls, top1s, greedy, eos, cached=None) -> ParityRow:
+    """Mean the per-example measurements into one row (judge() then holds it to its goals);
+    `differences`: ids_difference of each example's prompt."""
+    parted = [d for d in differences if d]
     return ParityRow(
         artifact,
         quant,
         len(kls),
-        ids_equal,
+        not parted,
         float(np.mean(kls)),
         float(np.mean(top1s)),
         float(np.mean(greedy)),
         float(np.mean(eos)),
         True,
         kv_cache=float(np.mean(cached)) if cached else None,
+        ids_difference=f"on {len(parted)} of {len(differences)} prompts; the first, {parted[0]}"
+        if parted
+        else "",
     )
 
 
