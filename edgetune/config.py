@@ -223,6 +223,16 @@ class BenchConfig:
                 "bench.gates.max_perplexity_ratio: needs bench.forgetting (forgetting is not measured); "
                 "bench.gates.max_perplexity_ratio=null goes without"
             )
+        if self.gates.max_kl is not None and self.kl_examples == 0:
+            problems.append(
+                "bench.gates.max_kl: needs bench.kl_examples of at least 1 (KL is not measured at 0); "
+                "bench.gates.max_kl=null goes without"
+            )
+        if self.gates.min_decode_tok_s is not None and not self.latency:
+            problems.append(
+                "bench.gates.min_decode_tok_s: needs bench.latency (decode speed is not measured); "
+                "bench.gates.min_decode_tok_s=null goes without"
+            )
         return problems + self.gates.validate()
 
 

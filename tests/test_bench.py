@@ -708,6 +708,11 @@ def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shi
         load_recipe("demo", ["bench.baselines=false"])
     with pytest.raises(ConfigError, match="max_perplexity_ratio: needs bench.forgetting"):
         load_recipe("demo", ["bench.forgetting=false"])
+    # gates on what is not measured failed only at the end of `edgetune run`, after the whole pipeline
+    with pytest.raises(ConfigError, match="max_kl: needs bench.kl_examples of at least 1"):
+        load_recipe("demo", ["bench.gates.max_kl=0.5", "bench.kl_examples=0"])
+    with pytest.raises(ConfigError, match="min_decode_tok_s: needs bench.latency"):
+        load_recipe("demo", ["bench.gates.min_decode_tok_s=1", "bench.latency=false"])
     # and the terminal says it, not report.md alone
     out, err = Console(width=300), Console(width=300, stderr=True)
     print_findings(report(), out, err)
