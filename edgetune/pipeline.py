@@ -155,6 +155,9 @@ def run_pipeline(
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)
     stages = STAGES[: STAGES.index(until) + 1]
+    from edgetune.preflight import require_the_stages_runtimes
+
+    require_the_stages_runtimes(recipe, stages)
     if "bench" in stages:
         from edgetune.preflight import refuse_a_bench_that_cannot_run
 

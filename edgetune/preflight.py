@@ -11,6 +11,18 @@ from edgetune.errors import InputError
 from edgetune.export.layout import recipe_exports
 
 
+def require_the_stages_runtimes(recipe: Recipe, stages: list[str]) -> None:
+    """The packages the export and bench stages load, named before the tune: a missing llama.cpp
+    had stopped `edgetune run` after its tune and merge, 15 minutes of the demo."""
+    from edgetune.errors import require
+    from edgetune.export.layout import require_runtimes
+
+    if "export" in stages or "bench" in stages:
+        require_runtimes([f.lower() for f in recipe.export.formats])
+    if "bench" in stages:
+        require("matplotlib", "bench's report.png")
+
+
 def refuse_a_bench_that_cannot_run(recipe: Recipe, run_dir: Path, gated: bool) -> None:
     """What would stop the last stage, found before the first: no minutes of tuning and export
     spent on a run whose bench fails at once, or (`gated`: its gates enforced) whose gates fail

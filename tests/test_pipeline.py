@@ -371,6 +371,27 @@ def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir
     )
 
 
+def test_a_runtime_a_later_stage_needs_is_named_before_the_tune(tmp_path, tiny_model_dir, monkeypatch):
+    """Without llama-cpp-python `edgetune run` tuned and merged (15 minutes of the demo), then
+    stopped in the export stage."""
+    import importlib.util
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a)
+    )
+    result = CliRunner().invoke(main, ["run", str(recipe), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "llama-cpp-python is not installed here (GGUF export and its parity check)" in result.output
+    assert not (tmp_path / "r").exists()
+    # a recipe without GGUF, or a run that stops before its export, does not need it
+    tuned = CliRunner().invoke(
+        main, ["run", str(recipe), "--run-dir", str(tmp_path / "r"), "--until", "tune"]
+    )
+    assert tuned.exit_code == 0, tuned.output
+
+
 def test_a_tune_that_finished_before_the_run_recorded_it_is_kept_not_resumed(
     tmp_path, tiny_model_dir, monkeypatch
 ):

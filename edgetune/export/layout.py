@@ -135,3 +135,14 @@ def trained_system_prompt(run_dir: Path, prepared) -> str | None:
     if "trained_system_prompt" in recorded:
         return recorded["trained_system_prompt"]
     return shared_system_prompt(prepared.splits.train, prepared.renderer)
+
+
+def require_runtimes(formats) -> None:
+    """Each runtime the formats' export and parity check need, named before any work starts."""
+    from edgetune.errors import require
+
+    if "gguf" in formats:  # the quantiser and the parity check
+        require("llama_cpp", "GGUF export and its parity check")
+    if "onnx" in formats:
+        require("optimum.exporters.onnx", "ONNX export")
+        require("onnxruntime", "ONNX export and its parity check")

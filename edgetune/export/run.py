@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 
 from edgetune.config import Recipe, load_recipe
-from edgetune.errors import InputError, require
+from edgetune.errors import InputError
 from edgetune.export import parity_record
 from edgetune.export.gguf_export import export_gguf
 from edgetune.export.gguf_quantize import QUANTS
@@ -23,6 +23,7 @@ from edgetune.export.layout import (
     missing_exports,
     onnx_dirs,
     remove_leftovers,
+    require_runtimes,
     shipped_system_prompt,
     still_there,
     trained_system_prompt,
@@ -188,11 +189,7 @@ def export(
             raise InputError(f"--to: unknown format {', '.join(unknown)}; supported: gguf, onnx")
         gguf_quants, onnx_quants = split_quants(quants, recipe)
         _refuse_unexported_quants(quants, formats)
-        if "gguf" in formats:  # the quantiser and the parity check: named before the f32 file is written
-            require("llama_cpp", "GGUF export and its parity check")
-        if "onnx" in formats:
-            require("optimum.exporters.onnx", "ONNX export")
-            require("onnxruntime", "ONNX export and its parity check")
+        require_runtimes(formats)  # named before the f32 file is written
         if check_only:  # before any model loads: nothing exported is the error to report
             found = {
                 f: _existing_gguf(gguf_dir) if f == "gguf" else _existing_onnx(onnx_dir) for f in formats
