@@ -1298,3 +1298,40 @@ def test_a_bench_folder_it_cannot_write_is_refused_before_measuring(benched, tmp
     assert result.exit_code == 2, result.output
     assert f"{run / 'bench'}: cannot write there" in " ".join(result.output.split())
     assert "fail to save its report" in result.output and "accuracy" not in result.output
+
+
+def test_an_exported_file_of_another_vocabulary_is_named_before_anything_is_measured(benched, tmp_path):
+    """Another model's GGUF or ONNX folder in the run's export folder (copied in by mistake, or
+    from before a retrain with added tokens) ended bench, after its torch targets were measured, and
+    `export --check`, in "internal error: ValueError: operands could not be broadcast together"."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.export.run import export
+
+    wider = tmp_path / "wider"
+    shutil.copytree(benched[0] / "merged", wider)
+    model = AutoModelForCausalLM.from_pretrained(wider)
+    model.resize_token_embeddings(model.config.vocab_size + 64)
+    model.save_pretrained(wider)
+    rows = model.config.vocab_size
+    export(wider, ["gguf", "onnx"], ["f32", "fp32"], out=tmp_path / "other")
+    for fmt, exported, inside in (
+        ("gguf", tmp_path / "other" / "gguf" / "model-f32.gguf", "export/gguf/model-q8_0.gguf"),
+        ("onnx", tmp_path / "other" / "onnx" / "fp32", "export/onnx/fp32"),
+    ):
+        run = tmp_path / f"run-{fmt}"
+        shutil.copytree(benched[0], run, ignore=shutil.ignore_patterns("bench"))
+        shutil.rmtree(run / inside) if (run / inside).is_dir() else (run / inside).unlink()
+        (shutil.copytree if exported.is_dir() else shutil.copy)(exported, run / inside)
+        result = CliRunner().invoke(main, ["bench", str(run)])
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert (
+            f"{run / inside}: computes logits over {rows} tokens, the merged model over {rows - 64}" in said
+        )
+        assert "accuracy" not in result.output  # said before any measuring
+        checked = CliRunner().invoke(main, ["export", str(run), "--check", "--to", fmt])
+        assert checked.exit_code == 2, checked.output
+        assert f"computes logits over {rows} tokens, the merged model over {rows - 64}" in checked.output

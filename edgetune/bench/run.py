@@ -24,7 +24,7 @@ from edgetune.bench.prompting import prompting_baselines
 from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, default_threads, open_runner
-from edgetune.bench.targets import check_devices, discover_targets
+from edgetune.bench.targets import check_devices, discover_targets, refuse_another_vocabulary
 from edgetune.console import live
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
@@ -138,7 +138,7 @@ def bench(
 ) -> dict[str, Any]:
     """`pick`: the report is for --pick, which the recipe's gates must allow before anything is measured."""
     from edgetune.data.prepare import prepare
-    from edgetune.models import ResolvedModel, load_tokenizer
+    from edgetune.models import ResolvedModel, embedding_rows, load_tokenizer
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
@@ -171,6 +171,9 @@ def bench(
             check_gguf(gguf)
         for onnx in sorted({t.path for t in targets if t.format == "onnx"}):
             check_onnx_dir(onnx)
+        if (rows := embedding_rows(run_dir / "merged")) is not None:
+            files = sorted({(t.format, t.path) for t in targets if t.format in ("gguf", "onnx")})
+            refuse_another_vocabulary(files, rows, "the merged model")
         exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
             console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)

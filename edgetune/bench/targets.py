@@ -138,3 +138,32 @@ def check_devices(devices: list[str], given: str = "--device") -> None:
             raise ModelError(
                 f"{given}: cuda, but torch sees no CUDA device on this machine (see `edgetune doctor`)"
             )
+
+
+def logits_width(path: Path, fmt: str) -> int | None:
+    """How many tokens a GGUF file or ONNX folder computes logits over (None: not said in its
+    header): what every KL and top-1 comparison against the merged model needs to be its own."""
+    if fmt == "gguf":
+        from gguf import GGUFReader
+
+        tokens = GGUFReader(str(path)).fields.get("tokenizer.ggml.tokens")
+        return len(tokens.data) if tokens is not None else None
+    import onnx
+
+    graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    dims = logits.type.tensor_type.shape.dim if logits is not None else []
+    return dims[-1].dim_value or None if dims else None
+
+
+def refuse_another_vocabulary(files: list[tuple[str, Path]], reference: int, reference_name: str) -> None:
+    """An exported file whose logits span another vocabulary than the merged model's is another
+    model's file (copied in by mistake, or from before a retrain with added tokens): its KL is not
+    defined, and comparing it had ended bench, after minutes of measuring, in a numpy error."""
+    for fmt, path in files:
+        width = logits_width(path, fmt)
+        if width is not None and width != reference:
+            raise ModelError(
+                f"{path}: computes logits over {width} tokens, {reference_name} over {reference}: a file "
+                "of another model; export it again from this run (or move it out of the export folder)"
+            )
