@@ -23,6 +23,9 @@ class Given(str):
         given.reading = reading
         return given
 
+    def __reduce__(self):  # copy.deepcopy of a recipe's mapping
+        return (Given, (str(self), self.reading))
+
 
 class Replacing(dict):
     """A mapping --set gives whole (`bench.gates.min_retention={}`): it replaces the recipe's, where

@@ -36,6 +36,30 @@ def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, A
 _RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
 
 
+def _as_written(tag: str):
+    """A number or date kept with its text where YAML 1.1 reads it as something else (`0123` is
+    the octal 83, `1.10` is 1.1, `1:30` is 90): a string setting (model.revision, name, a system
+    prompt) takes the text, any other the reading, as for --set (overrides.Given). `0012` is 12,
+    as --set reads it: nobody means octal."""
+    from edgetune.overrides import Given
+
+    construct = yaml.SafeLoader.yaml_constructors[tag]
+
+    def constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        value = construct(loader, node)
+        if tag.endswith(":int") and re.fullmatch(r"[-+]?0[0-9]+", node.value):
+            value = int(node.value, 10)
+        if str(value) == node.value and not tag.endswith(":timestamp"):  # no setting takes a date
+            return value
+        return Given(node.value, value)
+
+    return constructor
+
+
+for _tag in ("int", "float", "timestamp"):
+    _RecipeLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _as_written(f"tag:yaml.org,2002:{_tag}"))
+
+
 def read_recipe_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """The recipe's mapping, and the line of each key by dotted path (`train.lora.r`, and
     `export.gguf.quants[1]` for a list's items)."""

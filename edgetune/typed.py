@@ -38,8 +38,8 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         return build(tp, value, path, problems)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or (value == "" and str not in args)):
+            return None  # `--set train.threads=`: back to the default, as a null in YAML
         for arg in args:  # first alternative that converts without problems wins
             trial: list[str] = []
             result = _convert(value, arg, path, trial)
@@ -77,6 +77,11 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):  # YAML 1.1 reads `1e3` as a string, where a float field takes it
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
         problems.append(f"{path}: expected an integer, got {value!r}")

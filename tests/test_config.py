@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -357,6 +358,30 @@ def test_set_keeps_the_text_of_a_string_setting_that_yaml_would_read_otherwise()
     assert (
         load_recipe("demo", ["bench.gates.min_retention.q8_0=0.9"]).bench.gates.min_retention["q8_0"] == 0.9
     )
+
+
+def test_a_recipe_file_keeps_the_text_of_a_string_setting_as_set_does(tmp_path):
+    """In a recipe file `revision: 0123` became '83', `name: 1.10` named the run 1.1 and a date was
+    refused as a description, where --set kept each as written; `max_steps: 1e3` (a string to YAML
+    1.1) was refused where `lr: 1e-4` is read, and `--set train.threads=` could not go back to null."""
+    from edgetune.recipe_yaml import read_recipe_yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: 1.10\ndescription: 2024-01-01\nmodel:\n  revision: 0123\ndata:\n  system_prompt: 12:30\n"
+        "train:\n  max_steps: 1e3\n  batch_size: 0012\n  lr: 2e-4\n  epochs: 1.50\n  threads: 2\n"
+        "bench:\n  gates:\n    max_kl: .5\n"
+    )
+    recipe = load_recipe(str(path))
+    assert (recipe.name, recipe.description) == ("1.10", "2024-01-01")
+    assert (recipe.model.revision, recipe.data.system_prompt) == ("0123", "12:30")
+    assert (recipe.train.max_steps, recipe.train.batch_size, recipe.train.lr) == (1000, 12, 2e-4)
+    assert (recipe.train.epochs, recipe.bench.gates.max_kl, recipe.train.threads) == (1.5, 0.5, 2)
+    assert load_recipe(str(path), ["train.threads="]).train.threads is None
+    raw, _ = read_recipe_yaml(path)
+    assert copy.deepcopy(raw) == raw  # the mapping load_recipe keeps a copy of
+    with pytest.raises(ConfigError, match="train.max_steps: expected an integer, got 1.5"):
+        load_recipe(str(path), ["train.max_steps=1.5"])
 
 
 def test_one_type_spelled_two_ways_is_exported_once():
