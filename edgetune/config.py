@@ -61,6 +61,12 @@ class DataConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 0.5:
                 problems.append(f"data.{name}: must be in [0, 0.5), got {value}")
+        carved = (0 if self.valid else self.valid_fraction) + (0 if self.test else self.test_fraction)
+        if carved > 0.5 and not problems:  # 0.49 each had trained on 2% of the rows, unwarned
+            problems.append(
+                f"data.valid_fraction + data.test_fraction: {carved:g} of data.train held out leaves "
+                f"{1 - carved:.0%} to train on; at most 0.5 together"
+            )
         return problems
 
 

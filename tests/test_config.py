@@ -384,6 +384,15 @@ def test_a_recipe_file_keeps_the_text_of_a_string_setting_as_set_does(tmp_path):
         load_recipe(str(path), ["train.max_steps=1.5"])
 
 
+def test_held_out_fractions_that_leave_less_than_half_to_train_on_are_refused():
+    """valid 0.49 and test 0.49 trained on 4 of 200 rows without a word."""
+    with pytest.raises(ConfigError, match="0.98 of data.train held out leaves 2% to train on"):
+        load_recipe("demo", ["data.valid_fraction=0.49", "data.test_fraction=0.49"])
+    # a file given for a split carves nothing from data.train
+    recipe = load_recipe("demo", ["data.valid_fraction=0.49", "data.test_fraction=0.49", "data.test=x.jsonl"])
+    assert recipe.data.valid_fraction == 0.49
+
+
 def test_one_type_spelled_two_ways_is_exported_once():
     from edgetune.export.run import split_quants
 
