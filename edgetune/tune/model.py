@@ -161,6 +161,7 @@ def load_for_training(
 
         see_through_fsdp()  # else checkpoints and the adapter are written empty
     config = lora_config(settings)
+    refuse_a_rank_past_its_layers(base, config.target_modules, settings.r)
     try:
         peft_model = get_peft_model(base, config)
     except ValueError as exc:  # e.g. target modules not found
@@ -177,6 +178,30 @@ def load_for_training(
             "not be the tuned one; leave it out"
         )
     return peft_model
+
+
+def refuse_a_rank_past_its_layers(base, targets, r: int) -> None:
+    """LoRA's update to a layer of in x out has rank at most min(in, out): a train.lora.r past the
+    narrowest layer it adapts adds memory and no capacity (r=100000 filled 23 GB before the kernel
+    killed the process, with no message)."""
+    head = base.get_output_embeddings()
+    widths = [
+        min(module.in_features, module.out_features)
+        for name, module in base.named_modules()
+        if isinstance(getattr(module, "in_features", None), int)
+        and isinstance(getattr(module, "out_features", None), int)
+        and (
+            module is not head
+            if targets == "all-linear"
+            else any(name == t or name.endswith("." + t) for t in targets)
+        )
+    ]
+    if widths and r > min(widths):
+        raise InputError(
+            f"train.lora.r: {r} is more than {min(widths)}, the narrowest layer it adapts (an update's "
+            "rank is at most its layer's smaller side): it would add memory and no capacity; 8 to 64 "
+            "is usual"
+        )
 
 
 def unmatched_targets(requested, adapted: list[str]) -> list[str]:
