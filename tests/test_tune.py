@@ -1412,3 +1412,42 @@ def test_a_sharded_runs_hints_and_precision_stay_with_its_accelerate_config(monk
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     assert "the launcher's mixed_precision bf16 is not used" in follow_recipe_precision(False)
     assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
+
+
+def test_a_lora_rank_past_the_narrowest_adapted_layer_is_refused_before_peft_builds_it(tiny_model_dir):
+    """train.lora.r=100000 filled 23 GB before the kernel killed the process with no message; a
+    rank past min(in, out) adds memory and no capacity."""
+    from transformers import AutoModelForCausalLM
+
+    from edgetune.errors import InputError
+    from edgetune.tune.model import refuse_a_rank_past_its_layers
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # k_proj and v_proj: 64 -> 32
+    refuse_a_rank_past_its_layers(base, "all-linear", 32)
+    with pytest.raises(InputError, match="train.lora.r: 33 is more than 32, the narrowest layer it adapts"):
+        refuse_a_rank_past_its_layers(base, "all-linear", 33)
+    refuse_a_rank_past_its_layers(base, ["q_proj", "o_proj"], 64)  # 64 x 64: the head's width is no limit
+    with pytest.raises(InputError, match="65 is more than 64"):
+        refuse_a_rank_past_its_layers(base, ["q_proj"], 65)
+
+
+def test_a_warmup_as_long_as_the_run_or_many_epochs_long_is_warned_about():
+    """`train.max_steps 1` took its one step at a learning rate of 0; `train.epochs 1e9` warmed up
+    for 3e8 steps, trained at 1e-12 until early stopping ended it, and exited 0."""
+    from edgetune.config import load_recipe
+    from edgetune.tune.checks import warn_about_warmup
+
+    def said(sets, examples=120):
+        warnings = []
+        recipe = load_recipe("demo", sets)
+        from edgetune.tune.checks import planned_steps
+
+        warn_about_warmup(recipe, planned_steps(recipe, examples), examples, warnings.append)
+        return " ".join(warnings)
+
+    assert "the whole run warms up, its first step at a learning rate of 0" in said(["train.max_steps=1"])
+    assert said(["train.max_steps=1", "train.warmup_ratio=0"]) == ""
+    assert said([]) == ""  # the demo: 60 steps, 3 of them warming up
+    long = said(["train.max_steps=-1", "train.epochs=1e9"])
+    assert "the learning-rate warmup lasts 750,000,000 steps" in long and "early stopping" in long, long
+    assert said(["train.max_steps=-1", "train.epochs=1e9", "train.early_stopping_patience=0"]) == ""

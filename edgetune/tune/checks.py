@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edgetune.bench.runners import default_threads
@@ -51,6 +52,32 @@ LARGE_VALID = 2000
 FEW_VALID = 20  # below this, a validation loss that rises or falls 1% says little
 
 
+def warn_about_warmup(recipe: Recipe, steps: int, examples: int, warn) -> None:
+    """A warmup as long as the run, or longer than an epoch: the rate starts at 0 and climbs to
+    train.lr over ceil(warmup_ratio x steps) steps. `train.max_steps 1` took its one step at 0 and
+    changed nothing; `train.epochs 1e9` planned 3e8 warmup steps, trained at a rate of 1e-12 until
+    early stopping ended it, and exited 0."""
+    import math
+
+    t = recipe.train
+    warmup = math.ceil(t.warmup_ratio * steps)
+    if not warmup:
+        return
+    if warmup >= steps:
+        warn(
+            f"train.warmup_ratio {t.warmup_ratio:g} of {steps} steps: the whole run warms up, its "
+            "first step at a learning rate of 0, none at train.lr (train.warmup_ratio=0 for a short run)"
+        )
+        return
+    epoch = planned_steps(replace(recipe, train=replace(t, max_steps=-1, epochs=1.0)), examples)
+    if t.early_stopping_patience and warmup > 2 * epoch:
+        warn(
+            f"the learning-rate warmup lasts {warmup:,} steps ({t.warmup_ratio:g} of {steps:,}), "
+            f"{warmup / epoch:,.0f} epochs: early stopping may end the run long before the rate "
+            "reaches train.lr"
+        )
+
+
 def warn_about_data(recipe: Recipe, data, warn) -> None:
     train = data.encoded["train"].examples
     if skipped := data.splits.skipped_rows:  # data.skip_bad_rows: on, but each one is still said
@@ -97,6 +124,7 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
     if t.max_steps > 0 and t.epochs != type(t)().epochs:  # set on purpose, in the recipe or by --set
         warn(f"train.epochs {t.epochs:g} is not used: train.max_steps {t.max_steps} sets the run's length")
     steps = planned_steps(recipe, len(train))
+    warn_about_warmup(recipe, steps, len(train), warn)
     if data.encoded["valid"].examples and 0 < steps < t.eval_steps:
         length = (
             f"train.max_steps {t.max_steps}"
