@@ -802,6 +802,23 @@ def test_a_file_of_a_type_edgetune_has_no_goal_for_fails_parity():
 
     row = judge(ParityRow("model-renamed.gguf", "renamed", 8, True, 2.0, 0.1, 0.0, 1.0, False))
     assert not row.passed and "no parity goal for type 'renamed'" in row.failures[0]
+    assert "export.parity_kl.renamed sets a KL goal" in row.failures[0]
+
+
+def test_a_type_only_llama_cpps_tools_write_takes_its_goal_from_export_parity_kl():
+    """A Q4_1 file from llama-quantize failed "no parity goal" for ever: export.parity_kl.q4_1, the
+    one place to set its goal, was refused as "no such type"."""
+    from edgetune.config import load_recipe
+    from edgetune.errors import ConfigError
+    from edgetune.export.parity import ParityRow, judge
+
+    goals = load_recipe("demo", ["export.parity_kl.Q4_1=0.02"]).export.parity_kl
+    assert goals == {"q4_1": 0.02}
+    row = judge(ParityRow("tiny.Q4_1.gguf", "q4_1", 8, True, 0.015, 0.97, 0.5, 1.0, False), goals)
+    assert row.passed, row.failures
+    assert not judge(ParityRow("x.gguf", "q4_1", 8, True, 0.03, 0.97, 0.5, 1.0, False), goals).passed
+    with pytest.raises(ConfigError, match="export.parity_kl.q4_2: no such type"):
+        load_recipe("demo", ["export.parity_kl.q4_2=0.02"])
 
 
 def test_an_f32_file_passes_one_near_tie_in_thousands_of_positions():

@@ -218,7 +218,10 @@ def judge(row: ParityRow, kl_goals: dict[str, float] | None = None) -> ParityRow
     row.failures = list(row.file_problems)
     if goal is None:  # a type edgetune does not write (q4_1 from another tool): nothing says what it may lose
         goal = {}
-        row.failures.append(f"no parity goal for type '{row.quant}' (edgetune's types: {', '.join(GOALS)})")
+        row.failures.append(
+            f"no parity goal for type '{row.quant}' (edgetune's types: {', '.join(GOALS)}; "
+            f"export.parity_kl.{row.quant} sets a KL goal for another)"
+        )
     if not row.ids_equal:
         row.failures.append(
             "prompt token ids differ from the tokenizer's"

@@ -91,5 +91,16 @@ class ExportConfig:
             f"export.parity_kl: {q} is given two goals (types are read as files are named)"
             for q in self._clashes
         ]
-        problems += positive_by_type("export.parity_kl", self.parity_kl, (*GGUF_QUANTS, *ONNX_QUANTS))
+        problems += positive_by_type(
+            "export.parity_kl", self.parity_kl, (*GGUF_QUANTS, *ONNX_QUANTS, *foreign_gguf_types())
+        )
         return problems + self.gguf.validate() + self.onnx.validate()
+
+
+def foreign_gguf_types() -> tuple[str, ...]:
+    """The GGUF types llama.cpp's own tools write beyond edgetune's (q4_1, q2_k, iq4_xs ...): a file
+    of one has no parity goal of edgetune's, so export.parity_kl is where its goal is set."""
+    from gguf import LlamaFileType
+
+    names = (t.name.split("_", 1)[1].lower() for t in LlamaFileType if t is not LlamaFileType.GUESSED)
+    return tuple(n for n in names if n not in GGUF_QUANTS)
