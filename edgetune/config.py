@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -234,12 +235,39 @@ class BenchConfig:
                 "bench.gates.max_kl: needs bench.kl_examples of at least 1 (KL is not measured at 0); "
                 "bench.gates.max_kl=null goes without"
             )
+        problems += self._unprovable()
         if self.gates.min_decode_tok_s is not None and not self.latency:
             problems.append(
                 "bench.gates.min_decode_tok_s: needs bench.latency (decode speed is not measured); "
                 "bench.gates.min_decode_tok_s=null goes without"
             )
         return problems + self.gates.validate()
+
+    def _unprovable(self) -> list[str]:
+        """`proven` gates no sample of this size can pass: n examples cannot show a retention above
+        1 - 3/n (the rule of three: bench.confidence caps the interval there), and under 10 examples
+        there is no interval. A 0.99 gate on the demo's 90 examples had failed after the whole run."""
+        from edgetune.bench.confidence import MIN_EXAMPLES
+
+        g, problems = self.gates, []
+        if g.kl_evidence == "proven" and g.max_kl is not None and self.kl_examples < MIN_EXAMPLES:
+            problems.append(
+                f"bench.gates.kl_evidence: proven needs bench.kl_examples of at least {MIN_EXAMPLES} "
+                f"for an interval, got {self.kl_examples}"
+            )
+        if g.retention_evidence != "proven":
+            return problems
+        ceiling = max(0.0, 1 - 3 / self.max_examples)
+        for quant, minimum in g.min_retention.items():
+            if self.max_examples < MIN_EXAMPLES or minimum > ceiling:
+                need = max(MIN_EXAMPLES, math.ceil(3 / (1 - minimum))) if minimum < 1 else None
+                problems.append(
+                    f"bench.gates.min_retention.{quant}: {minimum:g} cannot be proven on bench.max_examples "
+                    f"{self.max_examples} (even a flawless file shows at most {ceiling:.3f}); "
+                    + (f"at least {need} examples prove it, " if need else "")
+                    + "or bench.gates.retention_evidence: significant"
+                )
+        return problems
 
 
 @dataclass
