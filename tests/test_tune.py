@@ -1451,3 +1451,28 @@ def test_a_warmup_as_long_as_the_run_or_many_epochs_long_is_warned_about():
     long = said(["train.max_steps=-1", "train.epochs=1e9"])
     assert "the learning-rate warmup lasts 750,000,000 steps" in long and "early stopping" in long, long
     assert said(["train.max_steps=-1", "train.epochs=1e9", "train.early_stopping_patience=0"]) == ""
+
+
+def test_a_divergence_names_the_setting_far_from_usual_not_only_the_learning_rate(tmp_path):
+    """lora.alpha 1e30 or weight_decay 1e30 diverged at step 1 or 2 with "start again with a lower
+    train.lr": the one setting that was fine."""
+    from types import SimpleNamespace
+
+    from edgetune.config import load_recipe
+    from edgetune.errors import InputError
+    from edgetune.tune.callbacks import StopOnNonFinite
+    from edgetune.tune.checks import refuse_divergence
+
+    stop = StopOnNonFinite()
+    stop.found = (2, "grad_norm", float("inf"))
+    trainer = SimpleNamespace(
+        callback_handler=SimpleNamespace(callbacks=[stop]), args=SimpleNamespace(bf16=False)
+    )
+    for sets, named in (
+        (["train.lora.alpha=1e6"], "a lower train.lora.alpha (alpha / r scales the update 62500x"),
+        (["train.weight_decay=1e30"], "a train.weight_decay below 1 (it was 1e+30"),
+        ([], "start again with a lower train.lr (it was 0.001)"),  # the demo's, and usual settings else
+    ):
+        with pytest.raises(InputError) as diverged:
+            refuse_divergence(trainer, load_recipe("demo", sets), tmp_path, main=False)
+        assert named in str(diverged.value), str(diverged.value)

@@ -187,7 +187,16 @@ def refuse_divergence(trainer, recipe: Recipe, run_dir: Path, main: bool) -> Non
             ": try train.precision=fp32" if trainer.args.bf16 else ""
         )
     else:
+        import math
+
         hints = [f"a lower train.lr (it was {t.lr:g})"]
+        scale = t.lora.alpha / (math.sqrt(t.lora.r) if t.lora.rslora else t.lora.r)
+        if scale > 16:  # the adapter's update is scaled by alpha / r: 2 is usual
+            hints.insert(
+                0, f"a lower train.lora.alpha (alpha / r scales the update {scale:g}x; 1 to 4 is usual)"
+            )
+        if t.weight_decay > 1:  # AdamW shrinks each weight by lr x weight_decay per step
+            hints.insert(0, f"a train.weight_decay below 1 (it was {t.weight_decay:g}; 0 to 0.1 is usual)")
         if t.max_grad_norm == 0:
             hints.append("train.max_grad_norm above 0 (clipping was off)")
         if t.warmup_ratio == 0:
