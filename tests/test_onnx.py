@@ -500,3 +500,22 @@ def test_a_tied_head_is_stored_once_in_fp32_and_fp16_whatever_the_embedding_clas
             assert len(vocab) == 1, (name, quant, [tuple(t.dims) for t in vocab])
         kl, top1 = kl_top1(torch_logprobs(model_dir, ids), log_softmax(OnnxDecoder(out / "fp32").logits(ids)))
         assert kl <= 1e-5 and top1 == 1.0, name
+
+
+def test_int4_8bit_layers_that_name_no_layer_are_refused(exported):
+    """`int4_8bit_layers: [v_projj]` (or `[1, 2]`) kept no layer at 8 bits in the int4 file, and no
+    one was told."""
+    import onnx
+
+    from edgetune.export.onnx_quantize import _matmul_names, refuse_unmatched_layers
+
+    _, out, _ = exported
+    names = _matmul_names(onnx.load(str(out / "fp32" / "model.onnx"), load_external_data=False))
+    refuse_unmatched_layers(["v_proj", "down_proj", "lm_head", "o_proj"], names)
+    # the defaults keep what they match: another architecture has no down_proj
+    refuse_unmatched_layers(["v_proj", "down_proj", "lm_head"], [n for n in names if "down_proj" not in n])
+    with pytest.raises(
+        InputError, match="int4_8bit_layers: v_projj, mlp_out names no layer of this model"
+    ) as bad:
+        refuse_unmatched_layers(["v_projj", "mlp_out", "down_proj", "1"], names)  # "1": layers.1, a part
+    assert "k_proj" in str(bad.value) and "lm_head" in str(bad.value)

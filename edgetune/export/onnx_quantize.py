@@ -36,7 +36,7 @@ def int4_plan(
     eight_bit_layers: list[str] | None = None,
     quantize_embeddings: bool = True,
 ) -> NBitsPlan:
-    layers = ["v_proj", "down_proj", LM_HEAD] if eight_bit_layers is None else eight_bit_layers
+    layers = DEFAULT_EIGHT_BIT if eight_bit_layers is None else eight_bit_layers
     return NBitsPlan(4, block_size, accuracy_level, list(layers), quantize_embeddings)
 
 
@@ -80,6 +80,27 @@ def _fused(parts: list[str], names: list[str]) -> list[str]:
     return [*parts, *{FUSED[p] for p in parts if p in FUSED and p not in present and FUSED[p] in present}]
 
 
+DEFAULT_EIGHT_BIT = ("v_proj", "down_proj", LM_HEAD)
+
+
+def refuse_unmatched_layers(parts: list[str], names: list[str]) -> None:
+    """export.onnx.int4_8bit_layers names that match no MatMul of this graph (`v_projj`): the int4
+    file had kept nothing at 8 bits, without a word. The defaults are left alone: another
+    architecture's names differ (GPT-NeoX has no down_proj), and they keep what they match."""
+    present = {p for n in names for p in n.replace("/", " ").replace(".", " ").split()}
+    unmatched = [
+        p for p in parts if p not in present and FUSED.get(p) not in present and p not in DEFAULT_EIGHT_BIT
+    ]
+    if unmatched:
+        from edgetune.errors import InputError
+
+        layers = sorted({p for p in present if p.endswith(("_proj", "lm_head", "fc1", "fc2", "dense"))})
+        raise InputError(
+            f"export.onnx.int4_8bit_layers: {', '.join(map(str, unmatched))} names no layer of this "
+            f"model (its projection layers: {', '.join(layers) or 'none named so'})"
+        )
+
+
 def quantize_nbits(model, plan: NBitsPlan):
     """Quantise an fp32 decoder in memory according to `plan`; returns the new ModelProto."""
     from edgetune.export.onnx_graph import materialize_transposed_weights
@@ -88,6 +109,8 @@ def quantize_nbits(model, plan: NBitsPlan):
         logging.getLogger(name).setLevel(logging.ERROR)
     materialize_transposed_weights(model)
     names = _matmul_names(model)
+    if plan.bits == 4:
+        refuse_unmatched_layers(plan.eight_bit_layers, names)
     eight = [n for n in names if plan.bits == 8 or _is_eight_bit(n, _fused(plan.eight_bit_layers, names))]
     if eight:
         model = _quantize(model, 8, plan, [n for n in names if n not in eight], ("MatMul",))
