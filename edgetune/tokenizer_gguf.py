@@ -7,6 +7,13 @@ the byte-level BPE vocabulary and merges, llama.cpp's pre-tokenizer for the decl
 (GPT-2's, SmolLM's, or the split regex of Llama 3, Qwen2 or GPT-4o; SentencePiece models in
 tokenizer_gguf_spm),
 the special tokens by their token type, and the special ids and chat template as written.
+
+llama.cpp's flags, as its vocabulary loader (src/llama-vocab.cpp, llama_vocab::impl::load) sets
+them for a "gpt2" file: its Llama 3 pre-tokenizer names (LLAMA3_PRE) turn on ignore_merges (a word
+that is one token of the vocabulary is that token, whatever the merges would make of it) and BOS;
+every other name edgetune reads adds neither BOS nor EOS. tokenizer.ggml.add_bos_token and
+add_eos_token, where the file has them, win over those defaults. Without a bos_token_id or
+eos_token_id key, llama.cpp's ids for a "gpt2" file are 11 (where the vocabulary has an id 11).
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ TOKEN_TYPE_USER_DEFINED = 4
 # llama.cpp pre-tokenizer types that are "split digits one by one, then GPT-2 byte-level regex"
 _DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact"}
 _GPT2 = {"gpt-2", "gpt2", "default"}
+# the `pre` names llama.cpp gives its Llama 3 pre-tokenizer: the Llama 3 split regex, ignore_merges
+# and add_bos on
+LLAMA3_PRE = frozenset(
+    {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"}
+)
+GPT2_DEFAULT_SPECIAL_ID = 11  # llama.cpp's BOS and EOS of a "gpt2" file without their keys
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:
@@ -50,7 +63,7 @@ def _tokenizer_from_gguf(path: Path):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
+    from edgetune.export.gguf_vocab import LLAMA3_REGEX, SPLIT_REGEX_PRE
     from edgetune.models import CAUSAL_INPUTS
     from edgetune.validate import check_gguf
 
@@ -72,6 +85,8 @@ def _tokenizer_from_gguf(path: Path):
             "training tokenizer is"
         )
     split_regex = {name: regex for regex, name in SPLIT_REGEX_PRE.items()}.get(pre)
+    if pre in LLAMA3_PRE:
+        split_regex = LLAMA3_REGEX
     if split_regex is not None:  # Llama 3, Qwen2 and Qwen3, Phi-4-mini: a split regex, then bytes
         pre_tok = pre_tokenizers.Sequence(
             [
@@ -98,7 +113,8 @@ def _tokenizer_from_gguf(path: Path):
     types: list[int] = _field(reader, "tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges", [])]
     vocab = {tok: i for i, tok in enumerate(tokens)}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    llama3 = pre in LLAMA3_PRE
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=llama3))
     tk.pre_tokenizer = pre_tok
     tk.decoder = decoders.ByteLevel()
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -116,32 +132,47 @@ def _tokenizer_from_gguf(path: Path):
     if user_defined:
         tk.add_tokens(user_defined)
 
-    def tok_for(key: str) -> str | None:
+    def id_for(key: str, default: int | None = None) -> int | None:
         idx = _field(reader, f"tokenizer.ggml.{key}")
-        return tokens[idx] if idx is not None and 0 <= idx < len(tokens) else None
+        if idx is None or not 0 <= idx < len(tokens):  # llama.cpp: a bad id keeps the default
+            idx = default
+        return idx if idx is not None and 0 <= idx < len(tokens) else None
 
+    def tok_for(key: str) -> str | None:
+        idx = id_for(key)
+        return None if idx is None else tokens[idx]
+
+    bos_id = id_for("bos_token_id", GPT2_DEFAULT_SPECIAL_ID)
+    eos_id = id_for("eos_token_id", GPT2_DEFAULT_SPECIAL_ID)
+    bos = None if bos_id is None else tokens[bos_id]
+    eos = None if eos_id is None else tokens[eos_id]
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         model_input_names=list(CAUSAL_INPUTS),  # no token_type_ids
-        bos_token=tok_for("bos_token_id"),
-        eos_token=tok_for("eos_token_id"),
+        bos_token=bos,
+        eos_token=eos,
         unk_token=tok_for("unknown_token_id"),
-        pad_token=tok_for("padding_token_id") or tok_for("eos_token_id"),
+        pad_token=tok_for("padding_token_id") or eos,
         clean_up_tokenization_spaces=False,
         model_max_length=int(
             _field(reader, f"{_field(reader, 'general.architecture')}.context_length", 2048)
         ),
     )
     hf.chat_template = _field(reader, "tokenizer.chat_template")
-    if _field(reader, "tokenizer.ggml.add_bos_token", False):
-        # byte-level BPE adds nothing by itself; a BOS the model expects goes in through a template
+    add_bos = bos is not None and bool(_field(reader, "tokenizer.ggml.add_bos_token", llama3))
+    add_eos = eos is not None and bool(_field(reader, "tokenizer.ggml.add_eos_token", False))
+    if add_bos or add_eos:
+        # byte-level BPE adds nothing by itself; what the model expects goes in through a template
+        single = [f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos
         hf._tokenizer.post_processor = processors.Sequence(
             [
                 processors.ByteLevel(trim_offsets=False),
                 processors.TemplateProcessing(
-                    single=f"{hf.bos_token} $A",
-                    pair=f"{hf.bos_token} $A $B",
-                    special_tokens=[(hf.bos_token, hf.bos_token_id)],
+                    single=single,
+                    pair=[*single, "$B:1"] + [f"{eos}:1"] * add_eos,
+                    special_tokens=[
+                        (t, i) for t, i, on in ((bos, bos_id, add_bos), (eos, eos_id, add_eos)) if on
+                    ],
                 ),
             ]
         )
