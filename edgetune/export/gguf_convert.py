@@ -154,11 +154,18 @@ def name_for_llama_cpp(name: str, tok, where: Path) -> str:
     return name if PHI3_NAME.search(name) else f"{name} (phi3 tokenizer)"
 
 
-def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any):
-    """The vocabulary and its special tokens; returns the HF tokenizer they came from."""
+def _write_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, config: Any, warn=None):
+    """The vocabulary and its special tokens; returns the HF tokenizer they came from. `warn` is
+    told of the tokens left out, past the embedding rows."""
     from transformers import AutoTokenizer
 
     vocab = read_vocab(model_dir, config.vocab_size)
+    if vocab.left_out and warn is not None:
+        names = ", ".join(repr(t) for t in vocab.left_out[:8]) + (", ..." if len(vocab.left_out) > 8 else "")
+        warn(
+            f"{model_dir}: {len(vocab.left_out)} tokenizer token(s) past the model's {config.vocab_size} "
+            f"embedding rows left out of the GGUF ({names}): the model has no row to read or write them"
+        )
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
@@ -219,7 +226,9 @@ def _end_of_turn_ids(special, model_dir: Path, tok) -> None:
     from edgetune.data.render import stop_ids
 
     ids = special.special_token_ids
-    extra = [i for i in stop_ids(model_dir, tok) if i not in {ids.get("eos"), ids.get("eot"), ids.get("eom")}]
+    known = {ids.get("eos"), ids.get("eot"), ids.get("eom")}
+    # a stop id past the file's tokens (past the embedding rows) is never generated
+    extra = [i for i in stop_ids(model_dir, tok) if i not in known and i < special.n_vocab]
     for kind, token in turn_and_message_ends(extra, tok, ids).items():
         ids[kind] = token
 
@@ -250,9 +259,10 @@ def convert(
     provenance: dict[str, str] | None = None,
     progress: bool = False,
     name: str | None = None,
+    warn=None,
 ) -> Path:
     """Write model_dir (an HF model directory) as a GGUF file at `out`, atomically. `name` is the
-    file's general.name (default: the directory's name)."""
+    file's general.name (default: the directory's name); `warn(message)` hears what was left out."""
     import torch
     from transformers import AutoConfig
 
@@ -281,7 +291,7 @@ def convert(
         _write_hparams(writer, config, spec)
         if spec.hparams:
             spec.hparams(writer, config)
-        tok = _write_tokenizer(writer, model_dir, config)
+        tok = _write_tokenizer(writer, model_dir, config, warn)
         writer.add_name(
             name_for_llama_cpp(name or model_dir.resolve().name, tok, model_dir / "tokenizer.json")
         )

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.markup import escape
+
 from edgetune.export.gguf_convert import OUTTYPES, convert
 from edgetune.export.gguf_quantize import QUANTS, quantize
 from edgetune.export.imatrix import compute_imatrix, save_imatrix
@@ -55,15 +57,23 @@ def export_gguf(
         if console is not None:
             console.print(message)
 
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:  # once, though every conversion reads the same vocabulary
+        if message not in warnings:
+            warnings.append(message)
+            if console is not None:
+                console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
     def record(quant: str, path: Path) -> None:
         artifacts.append(GGUFArtifact(quant, path, path.stat().st_size, sha256_file(path)))
 
     for q in [q for q in wanted if q in OUTTYPES]:
         note(f"gguf: converting to {q}")
-        record(q, convert(model_dir, out_dir / f"{stem}-{q}.gguf", q, provenance, name=name))
+        record(q, convert(model_dir, out_dir / f"{stem}-{q}.gguf", q, provenance, name=name, warn=warn))
     to_quantise = [q for q in wanted if q in QUANTS]
     if not to_quantise:
-        return GGUFExport(artifacts, [], round(time.time() - started, 1))
+        return GGUFExport(artifacts, warnings, round(time.time() - started, 1))
     if calibration:
         note("gguf: computing the importance matrix from the training data")
         matrix = compute_imatrix(model_dir, calibration, IMATRIX_MAX_TOKENS)
@@ -76,7 +86,7 @@ def export_gguf(
     source = out_dir / f".{stem}-f32-source.gguf.tmp"
     try:
         note("gguf: converting to f32 (the quantiser's input)")
-        convert(model_dir, source, "f32", provenance, name=name)
+        convert(model_dir, source, "f32", provenance, name=name, warn=warn)
         for q in to_quantise:
             note(f"gguf: quantising to {q}" + (" with the importance matrix" if imatrix_path else ""))
             keep = q in f16_output
@@ -86,4 +96,4 @@ def export_gguf(
     finally:
         with contextlib.suppress(FileNotFoundError):
             source.unlink()
-    return GGUFExport(artifacts, [], round(time.time() - started, 1), imatrix_path)
+    return GGUFExport(artifacts, warnings, round(time.time() - started, 1), imatrix_path)

@@ -2,7 +2,10 @@
 
 Token types follow llama.cpp's rules: ids with no token are UNUSED "[PAD<id>]" fillers up to the
 config's vocab_size, added tokens are CONTROL when special and USER_DEFINED otherwise, the rest
-NORMAL. The pre-tokenizer name is read from the structure of tokenizer.json (its split regex and
+NORMAL. The list has one token per embedding row, as llama.cpp requires: a token added to the
+tokenizer past the rows (no resize_token_embeddings; Gemma 3's image token in a text model) can be
+neither read nor written by the model, and is left out (GGUFVocab.left_out names them), unless the
+model needs it (EOS, BOS, pad, unknown, or a token its chat template writes): that is refused. The pre-tokenizer name is read from the structure of tokenizer.json (its split regex and
 digit handling), not guessed: an unrecognised one is an error, because a wrong one silently
 changes tokenisation in llama.cpp.
 """
@@ -11,13 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from edgetune.errors import InputError
+from edgetune.errors import InputError, ModelError
 
 # llama.cpp's split regexes, as tokenizer.json stores them, and the `pre` names llama.cpp gives them
 LLAMA3_REGEX = (
@@ -48,6 +51,7 @@ class GGUFVocab:
     # SentencePiece-style: transformers puts "▁" before the input's start only (Metaspace's
     # prepend_scheme "first", what recent transformers makes of Llama 2 / Mistral tokenizers)
     prefix_at_start_only: bool = False
+    left_out: list[str] = field(default_factory=list)  # the tokenizer's tokens past the rows
 
 
 def _flatten(step: dict[str, Any] | None, key: str = "pretokenizers") -> list[dict[str, Any]]:
@@ -94,13 +98,38 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GGUFVocab:
     tj = json.loads(path.read_text(encoding="utf-8"))
     model = tj.get("model", {})
     if model.get("type") == "BPE" and (tj.get("decoder") or {}).get("type") == "ByteLevel":
-        return _byte_level_bpe(model_dir, tj, vocab_size, AutoTokenizer.from_pretrained(str(model_dir)))
-    if model.get("type") == "BPE" and model.get("byte_fallback"):
-        return _sentencepiece_like(model_dir, tj, vocab_size, AutoTokenizer.from_pretrained(str(model_dir)))
+        read = _byte_level_bpe
+    elif model.get("type") == "BPE" and model.get("byte_fallback"):
+        read = _sentencepiece_like
+    else:
+        read = None
+    if read is not None:
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        left_out = _past_the_rows(model_dir, tok, vocab_size)
+        vocab = read(model_dir, tj, vocab_size, tok)
+        vocab.left_out = left_out
+        return vocab
     raise InputError(
         f"{path}: tokenizer model {model.get('type')!r} is not supported for GGUF export "
         "(supported: byte-level BPE, SentencePiece-style BPE with byte fallback)"
     )
+
+
+def _past_the_rows(model_dir: Path, tok, rows: int) -> list[str]:
+    """The tokenizer's tokens whose ids have no embedding row; a needed one is refused."""
+    from edgetune.models import refuse_ids_past_the_embedding
+
+    refuse_ids_past_the_embedding(model_dir, tok)  # EOS, BOS, pad, unknown
+    past = sorted((i, t) for t, i in tok.get_vocab().items() if i >= rows)
+    template = tok.chat_template
+    template = " ".join(template.values()) if isinstance(template, dict) else template or ""
+    if written := [f"{t!r} ({i})" for i, t in past if t in template]:
+        raise ModelError(
+            f"{model_dir}: the chat template writes {', '.join(written)}, past the model's {rows} "
+            "embedding rows (config.json vocab_size); resize the model's embeddings to the tokenizer "
+            "(resize_token_embeddings) and save both, or take the token out of the template"
+        )
+    return [t for _, t in past]
 
 
 def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -> GGUFVocab:
@@ -117,7 +146,7 @@ def _byte_level_bpe(model_dir: Path, tj: dict[str, Any], vocab_size: int, tok) -
     by_id = {i: t for t, i in tok.get_vocab().items()}
     added = tok.added_tokens_decoder  # id -> AddedToken
     tokens, types = [], []
-    for i in range(max(vocab_size, len(by_id))):
+    for i in range(vocab_size):
         if i not in by_id:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
@@ -142,12 +171,14 @@ def _sentencepiece_like(model_dir: Path, tj: dict[str, Any], vocab_size: int, to
     model_file = model_dir / "tokenizer.model"
     pieces = _model_file_pieces(model_file) if model_file.is_file() else _merge_rank_pieces(tj["model"])
     added = tok.added_tokens_decoder  # id -> AddedToken
-    n = max(vocab_size, len(pieces), max(added, default=-1) + 1)
+    n = vocab_size
     tokens, scores = [f"[PAD{i}]" for i in range(n)], [-1000.0] * n
     types = [gguf.TokenType.UNUSED] * n
-    for i, (text, score, kind) in enumerate(pieces):
+    for i, (text, score, kind) in enumerate(pieces[:n]):
         tokens[i], scores[i], types[i] = text, score, kind
     for i, token in added.items():
+        if i >= n:
+            continue  # past the embedding rows: left out
         if types[i] in (gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.BYTE):
             continue  # the model's own <unk>, <s>, </s> and byte pieces keep their type
         # a normalised added token is matched after "▁" stands for the space; llama.cpp matches raw text
