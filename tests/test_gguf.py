@@ -1284,3 +1284,40 @@ def test_a_prompt_split_otherwise_is_described_where_it_parts():
     assert ids_difference([1, 7, 8], [1, 5, 6], decode) == (
         "from token 1 of 3 the file reads 'hello' (ids [7, 8]), the model 'hello' (ids [5, 6])"
     )
+
+
+@pytest.mark.parametrize("quants", [["f32"], ["q8_0"]])
+def test_an_untied_model_without_its_head_is_refused_before_any_file_is_written(
+    tmp_path, tiny_tokenizer, quants
+):
+    """An untied config whose lm_head.weight is missing: export wrote model-f32.gguf and its
+    Modelfile, then the parity check found the folder invalid and left both in the export folder."""
+    from safetensors.torch import load_file, save_file
+
+    from edgetune.errors import ModelError
+    from edgetune.export.run import export
+
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "MistralForCausalLM")  # untied
+    weights = load_file(model_dir / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    with pytest.raises(ModelError) as info:
+        export(model_dir, ["gguf"], quants, out=out)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.name != "parity.json") == []
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{model_dir}: its weights lack 1 tensor(s)")
+    assert "lm_head.weight" in message and "tie_word_embeddings" in message
+
+
+def test_a_tied_model_without_a_head_and_an_untied_one_with_it_convert(
+    tmp_path, tiny_tokenizer, tiny_model_dir
+):
+    """The missing-weights check passes what transformers loads whole: a tied model stores no head."""
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_model_dir / "model.safetensors"), framework="pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    assert convert(tiny_model_dir, tmp_path / "tied.gguf", "f32").is_file()
+    untied = build_tiny_model(tmp_path, tiny_tokenizer, "MistralForCausalLM")
+    assert convert(untied, tmp_path / "untied.gguf", "f32").is_file()

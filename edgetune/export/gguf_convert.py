@@ -16,7 +16,7 @@ import gguf
 import numpy as np
 
 from edgetune import __version__
-from edgetune.errors import EdgetuneError, InputError, writing
+from edgetune.errors import EdgetuneError, InputError, ModelError, writing
 from edgetune.export.gguf_arch import (
     ArchSpec,
     arch_for,
@@ -55,6 +55,51 @@ def _iter_tensors(model_dir: Path):
                     yield name, f.get_tensor(name)
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
+
+
+def refuse_missing_weights(model_dir: Path, config: Any) -> None:
+    """The tensors the config calls for that the checkpoint lacks (an untied config without
+    lm_head.weight), found before any file is written: llama.cpp would run the file (its graphs
+    reuse the embedding for a missing head), while transformers starts them random, so the file
+    matched no model. The same rule as models.load_causal_lm, from the safetensors headers and an
+    empty (meta-device) model of the config."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    present: set[str] = set()
+    for path in _tensor_files(model_dir):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                present.update(f.keys())
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise InputError(f"{path}: unreadable safetensors file ({exc})") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # a config transformers cannot build: the conversion names what it lacks
+        return
+    prefix = f"{model.base_model_prefix}."
+    present |= {n.removeprefix(prefix) for n in present} | {prefix + n for n in present}
+    optional = [re.compile(p) for p in model._keys_to_ignore_on_load_missing or ()]
+    if getattr(config, "tie_word_embeddings", False):
+        optional += [re.compile(re.escape(k)) for k in _tied_keys(model)]
+    missing = sorted(
+        name
+        for name in model.state_dict()
+        if name not in present and not any(p.search(name) for p in optional)
+    )
+    if missing:
+        raise ModelError(
+            f"{model_dir}: its weights lack {len(missing)} tensor(s) its config.json calls for (e.g. "
+            f"{missing[0]}), which would start random: the config does not fit the weights; save the "
+            "model with its config again (save_pretrained), or fix config.json (tie_word_embeddings)"
+        )
+
+
+def _tied_keys(model) -> list[str]:
+    keys = getattr(model, "_tied_weights_keys", None) or []
+    return list(keys.keys()) if isinstance(keys, dict) else list(keys)
 
 
 def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None:
@@ -278,6 +323,7 @@ def convert(
         raise InputError(f"{model_dir}/config.json: cannot read the model config ({exc})") from None
     arch, spec = arch_for(config)
     refuse_unloadable(config, spec, arch)
+    refuse_missing_weights(model_dir, config)
     n_head = config.num_attention_heads
     n_kv = getattr(config, "num_key_value_heads", None) or n_head
     names = gguf.get_tensor_name_map(spec.gguf_arch, config.num_hidden_layers)
