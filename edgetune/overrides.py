@@ -94,6 +94,16 @@ def blame_overrides(problems: list[str], overrides: list[str], in_file: dict[str
             or (given.startswith(key + ".") and not a_mapping_in_the_file(key))
         )
 
-    return [
-        p + (" (from --set)" if any(from_set(p.split(":")[0], k) for k in keys) else "") for p in problems
-    ]
+    def mentioned(problem: str) -> list[str]:  # a check across keys: another key the --set gave
+        rest = problem.split(":", 1)[-1]
+        return [k for k in dict.fromkeys(keys) if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", rest)]
+
+    blamed = []
+    for p in problems:
+        if any(from_set(p.split(":")[0], k) for k in keys):
+            blamed.append(p + " (from --set)")
+        elif also := mentioned(p):
+            blamed.append(p + f" (with --set {', '.join(also)})")
+        else:
+            blamed.append(p)
+    return blamed

@@ -393,6 +393,19 @@ def test_held_out_fractions_that_leave_less_than_half_to_train_on_are_refused():
     assert recipe.data.valid_fraction == 0.49
 
 
+def test_a_check_across_keys_that_a_set_broke_says_so_next_to_the_files_line(tmp_path):
+    """`--set train.eval_steps=7` against the file's save_steps 6 was blamed on the file's line
+    alone, as if the file were wrong by itself."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\n  train: x.jsonl\ntrain:\n  eval_steps: 2\n  save_steps: 6\n")
+    with pytest.raises(ConfigError) as failed:
+        load_recipe(str(path), ["train.eval_steps=7"])
+    assert str(failed.value).startswith(f"{path}:6: invalid recipe: train.save_steps: must be a multiple")
+    assert str(failed.value).endswith("got 6 (with --set train.eval_steps)")
+    with pytest.raises(ConfigError, match=r"goes without \(with --set bench.baselines\)$"):
+        load_recipe("demo", ["bench.baselines=false"])
+
+
 def test_one_type_spelled_two_ways_is_exported_once():
     from edgetune.export.run import split_quants
 
