@@ -93,13 +93,41 @@ def damage(path: Path) -> str | None:
     return None
 
 
+# the peft types whose merge_and_unload folds the adapter into the base's own weights, leaving the
+# base's architecture (each one checked with peft 0.21: the merged model's logits are the adapter
+# model's, its tensors the base's). Prompt, prefix and p-tuning add virtual tokens at run time, and
+# adaption prompt, Poly, X-LoRA and others act per input: there is nothing to fold in (merge met an
+# AttributeError or an IndexError deep in peft). A type not listed is refused: a refusal, where an
+# unknown type could have merged into a model that is not the tuned one.
+MERGEABLE_PEFT_TYPES = (
+    "LORA", "ADALORA", "IA3", "LOHA", "LOKR", "OFT", "BOFT", "VERA", "HRA", "FOURIERFT", "VBLORA",
+    "RANDLORA", "SHIRA", "C3A", "MISS", "ROAD", "WAVEFT", "DELORA", "GRALORA", "LN_TUNING",
+    "TRAINABLE_TOKENS",
+)  # fmt: skip
+
+
 def check_adapter_dir(path: Path) -> None:
-    """A LoRA adapter (adapter_config.json + adapter_model.safetensors) that peft can open."""
+    """A peft adapter (adapter_config.json + adapter_model.safetensors) that peft can open and
+    fold into the base's weights."""
     config = path / "adapter_config.json"
     if not config.is_file():
         raise InputError(f"{path}: no adapter_config.json: not a LoRA adapter directory")
-    if "peft_type" not in check_json(config):
+    settings = check_json(config)
+    if "peft_type" not in settings:
         raise InputError(f"{config}: no peft_type: not a peft adapter config")
+    kind = settings["peft_type"]
+    if kind not in MERGEABLE_PEFT_TYPES:
+        raise InputError(
+            f"{config}: peft_type {kind!r} is an adapter peft cannot fold into the model's weights; "
+            f"edgetune merges only those it can ({', '.join(MERGEABLE_PEFT_TYPES)}; LoRA with DoRA or "
+            "rsLoRA too): train one of those (edgetune tune trains LoRA)"
+        )
+    if settings.get("alora_invocation_tokens"):
+        raise InputError(
+            f"{config}: an activated LoRA (alora_invocation_tokens), which acts only after its "
+            "invocation tokens, is one peft cannot fold into the model's weights; edgetune merges only "
+            "those it can: train a plain LoRA (edgetune tune trains one)"
+        )
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise InputError(f"{path}: no adapter_model.safetensors (the adapter's weights) beside its config")

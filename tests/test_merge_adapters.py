@@ -1,0 +1,56 @@
+"""Adapters made elsewhere, put in a run's adapter/ folder: what merge says of those it cannot use."""
+
+import shutil
+
+from click.testing import CliRunner
+from test_tune import make_recipe
+
+from edgetune.cli import main
+from edgetune.tune.run import tune
+
+
+def _save_adapter(model_dir, config, adapter):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    shutil.rmtree(adapter, ignore_errors=True)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(str(adapter))
+
+
+def test_every_type_merge_allows_is_one_peft_knows():
+    from peft import PeftType
+
+    from edgetune.validate import MERGEABLE_PEFT_TYPES
+
+    assert set(MERGEABLE_PEFT_TYPES) <= {t.value for t in PeftType}
+
+
+def test_an_adapter_peft_cannot_fold_into_the_weights_is_refused_naming_its_type(tmp_path, tiny_model_dir):
+    """Prefix-, prompt- and p-tuning adapters (virtual tokens at run time, nothing in the weights)
+    were loaded onto the base and merged: exit 1, "'LlamaForCausalLM' object has no attribute
+    'merge_and_unload'" (or an IndexError on a mask shape), and an activated LoRA peft's own
+    NotImplementedError. A LoHa adapter, which peft folds into the weights, still merges."""
+    from peft import LoHaConfig, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    run = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    refused = {
+        "PREFIX_TUNING": PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+        "PROMPT_TUNING": PromptTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
+        "P_TUNING": PromptEncoderConfig(num_virtual_tokens=4, encoder_hidden_size=16, task_type="CAUSAL_LM"),
+        "alora_invocation_tokens": LoraConfig(
+            r=4, target_modules=["q_proj"], alora_invocation_tokens=[5, 6], task_type="CAUSAL_LM"
+        ),
+    }
+    for kind, config in refused.items():
+        _save_adapter(tiny_model_dir, config, run / "adapter")
+        result = CliRunner().invoke(main, ["merge", str(run)])
+        assert result.exit_code == 2, (kind, result.output)
+        line = " ".join(result.output.split())
+        assert f"{run / 'adapter' / 'adapter_config.json'}" in line.replace(" ", ""), line
+        assert kind in line and "cannot fold into the model's weights" in line, line
+        assert "edgetune merges only those it can" in line, line
+        assert not (run / "merged").exists()
+    _save_adapter(tiny_model_dir, LoHaConfig(r=4, target_modules=["q_proj", "v_proj"]), run / "adapter")
+    result = CliRunner().invoke(main, ["merge", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "merged" / "model.safetensors").is_file()
