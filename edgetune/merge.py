@@ -226,8 +226,10 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
     with run_lock(run_dir, "merge"):
         adapter = run_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
-            from edgetune.tune.resume import no_adapter_yet
+            from edgetune.tune.resume import config_missing, no_adapter_yet
 
+            if missing := config_missing(run_dir):
+                raise missing
             if (run_dir / "manifest.json").is_file():
                 raise no_adapter_yet(run_dir)
             raise InputError(f"{run_dir}: no adapter/ to merge; run `edgetune tune` first")

@@ -54,3 +54,35 @@ def test_an_adapter_peft_cannot_fold_into_the_weights_is_refused_naming_its_type
     result = CliRunner().invoke(main, ["merge", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "merged" / "model.safetensors").is_file()
+
+
+def test_adapter_weights_without_their_config_name_the_missing_file_not_an_unfinished_tune(
+    tmp_path, tiny_model_dir
+):
+    """adapter/ holding adapter_model.safetensors but no adapter_config.json: merge (and export,
+    which merges first) said "no adapter yet (its tune did not finish); continue it with `edgetune
+    tune --resume`", and that resume said the run had finished: a loop that never named the file."""
+    from peft import LoraConfig
+
+    run = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    config = run / "adapter" / "adapter_config.json"
+    config.unlink()
+    spare = run / "checkpoints" / "checkpoint-2" / "adapter_config.json"
+    for command in ("merge", "export"):
+        result = CliRunner().invoke(main, [command, str(run)])
+        assert result.exit_code == 2, (command, result.output)
+        line = " ".join(result.output.split())
+        assert "adapter_config.json: missing beside the adapter's weights (adapter_model.safetensors;" in line
+        assert f"copy it back from the tune's checkpoint of the same tensors, {spare}" in line, line
+        assert "resume" not in line and "no adapter yet" not in line
+        assert not (run / "merged").exists()
+    shutil.copy(spare, config)  # as told
+    assert CliRunner().invoke(main, ["merge", str(run)]).exit_code == 0
+    # weights from elsewhere (another rank): the checkpoint's config is not theirs to take
+    shutil.rmtree(run / "merged")
+    _save_adapter(tiny_model_dir, LoraConfig(r=2, target_modules=["q_proj"]), run / "adapter")
+    (run / "adapter" / "adapter_config.json").unlink()
+    result = CliRunner().invoke(main, ["merge", str(run)])
+    line = " ".join(result.output.split())
+    assert result.exit_code == 2 and "missing beside the adapter's weights" in line, line
+    assert "put back the adapter_config.json saved with these weights" in line and "checkpoint" not in line

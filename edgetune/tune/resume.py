@@ -199,6 +199,49 @@ def no_adapter_yet(run_dir: Path) -> InputError:
     )
 
 
+def _tensor_shapes(weights: Path) -> dict[str, list[int]] | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # a damaged file: the merge that follows names it
+        return None
+
+
+def config_missing(run_dir: Path) -> InputError | None:
+    """What merge says of an adapter/ whose weights lie there without their adapter_config.json
+    (copied without it?): not "no adapter yet, resume the tune", which then found a finished tune
+    with nothing to resume. The config of the tune's checkpoint whose tensors are the adapter's
+    (names and shapes: the same run's LoRA) is named to copy back."""
+    from edgetune.tune.callbacks import complete_checkpoints
+
+    adapter = run_dir / "adapter"
+    weights = next(
+        (adapter / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (adapter / n).is_file()),
+        None,
+    )
+    if weights is None:
+        return None
+    shapes = _tensor_shapes(weights) if weights.suffix == ".safetensors" else None
+    spare = [
+        c / "adapter_config.json"
+        for c in complete_checkpoints(run_dir / "checkpoints")
+        if (c / "adapter_config.json").is_file()
+        and shapes is not None
+        and _tensor_shapes(c / "adapter_model.safetensors") == shapes
+    ]
+    fix = (
+        f"copy it back from the tune's checkpoint of the same tensors, {spare[-1]}"
+        if spare
+        else "put back the adapter_config.json saved with these weights (peft writes both), or train again"
+    )
+    return InputError(
+        f"{adapter / 'adapter_config.json'}: missing beside the adapter's weights ({weights.name}; "
+        f"copied without it?); {fix}"
+    )
+
+
 def rebase_best(checkpoint: Path, run_dir: Path) -> None:
     """The best checkpoint a resumed state names, as a path in the run as it is now: the Trainer
     keeps an absolute path: in a run moved since it found nothing there, shipped the last weights
