@@ -10,6 +10,7 @@ lower loss is kept; both losses and each one's KL to the adapter-on-4-bit model 
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,19 +139,56 @@ def _dequantized_nf4_base(path: Path, trust_remote_code: bool):
     return model, quantized
 
 
+_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from "
+    r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)"
+)
+
+
+def _trained_vocabulary(base, mismatches: list[str]) -> int | None:
+    """The adapter's vocabulary where its only mismatches with `base` are the embedding's and LM
+    head's vocabulary rows (tokens added and the embeddings resized before training), else None."""
+    vocab = base.get_input_embeddings().weight.shape[0]
+    modules = {base.get_input_embeddings(), base.get_output_embeddings()}
+    names = [f".{name}." for name, module in base.named_modules() if module in modules]
+    found = set()
+    for line in mismatches:
+        match = _MISMATCH.search(line)
+        if match is None or not any(name in f".{match[1]}" for name in names):
+            return None
+        trained, here = ([int(d) for d in shape.split(",") if d.strip()] for shape in match.groups()[1:])
+        differ = [i for i, (a, b) in enumerate(zip(trained, here, strict=False)) if a != b]
+        if len(trained) != len(here) or len(differ) != 1 or here[differ[0]] != vocab:
+            return None
+        found.add(trained[differ[0]])
+    return found.pop() if len(found) == 1 else None
+
+
 def _attach(base, adapter: Path, base_name: str):
     """The adapter on `base`; one trained on a model of other shapes is a one-line error (peft's
-    own says "Error(s) in loading state_dict", and its details are lines a CLI does not print)."""
+    own says "Error(s) in loading state_dict", and its details are lines a CLI does not print).
+    One whose only other shapes are the vocabulary rows of the embedding and LM head was trained
+    on this base with tokens added, and says so (it was called another model)."""
     from peft import PeftModel
 
     try:
         return PeftModel.from_pretrained(base, str(adapter))
     except RuntimeError as exc:
-        mismatch = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), None)
-        if mismatch is None:
+        mismatches = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        if not mismatches:
             raise
+        trained = _trained_vocabulary(base, mismatches)
+        if trained is not None:
+            here = base.get_input_embeddings().weight.shape[0]
+            raise ModelError(
+                f"{adapter}: was trained with a vocabulary of {trained} tokens, model.base {base_name} "
+                f"has {here} (tokens added in training?); to merge it, save the base with its embeddings "
+                f"resized to {trained} rows (resize_token_embeddings) and the adapter's tokenizer as a new "
+                "folder, then merge a new run folder whose recipe.yaml names that folder as model.base and "
+                "holds the adapter as adapter/"
+            ) from None
         raise ModelError(
-            f"{adapter}: was trained on another model than model.base {base_name} ({mismatch})"
+            f"{adapter}: was trained on another model than model.base {base_name} ({mismatches[0]})"
         ) from None
 
 

@@ -1,5 +1,6 @@
 """Adapters made elsewhere, put in a run's adapter/ folder: what merge says of those it cannot use."""
 
+import re
 import shutil
 
 from click.testing import CliRunner
@@ -86,3 +87,64 @@ def test_adapter_weights_without_their_config_name_the_missing_file_not_an_unfin
     line = " ".join(result.output.split())
     assert result.exit_code == 2 and "missing beside the adapter's weights" in line, line
     assert "put back the adapter_config.json saved with these weights" in line and "checkpoint" not in line
+
+
+def test_an_adapter_trained_with_tokens_added_names_both_vocabularies_not_another_model(
+    tmp_path, tiny_tokenizer
+):
+    """An adapter trained after resizing the embeddings (two tokens added, embed_tokens and lm_head
+    in modules_to_save) was refused as "trained on another model than model.base ... (size mismatch
+    for ...embed_tokens... [N, 64] vs [M, 64])", though the base was the right one. Resized to the
+    adapter's rows and saved with its tokenizer, the base merges it into the adapter model."""
+    import torch
+    from conftest import build_tiny_model
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM", tie_word_embeddings=False)
+    run = tune(str(make_recipe(tmp_path, base, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<tool>", "</tool>"]})
+    model = AutoModelForCausalLM.from_pretrained(base)
+    rows, added = model.get_input_embeddings().weight.shape[0], len(tokenizer)
+    model.resize_token_embeddings(added)
+    config = LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["embed_tokens", "lm_head"],
+        init_lora_weights=False, task_type="CAUSAL_LM",
+    )  # fmt: skip
+    adapter = run / "adapter"
+    shutil.rmtree(adapter)
+    torch.manual_seed(2)
+    tuned = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    tuned.save_pretrained(str(adapter))
+    tokenizer.save_pretrained(str(adapter))
+    result = CliRunner().invoke(main, ["merge", str(run)])
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert f"was trained with a vocabulary of {added} tokens, model.base {base} has {rows}" in line, line
+    assert "tokens added in training?" in line and f"resized to {added} rows" in line, line
+    assert "another model" not in line and not (run / "merged").exists()
+    # as the message says: the base resized, with the adapter's tokenizer, as model.base of a new run
+    resized = tmp_path / "resized"
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.resize_token_embeddings(added)
+    model.save_pretrained(resized)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(resized)
+    fresh = run.parent / "fresh"
+    fresh.mkdir()
+    recipe = re.sub(r"(?m)^  base: .*$", f"  base: {resized}", (run / "recipe.yaml").read_text(), count=1)
+    (fresh / "recipe.yaml").write_text(recipe)
+    shutil.copytree(adapter, fresh / "adapter")
+    result = CliRunner().invoke(main, ["merge", str(fresh)])
+    assert result.exit_code == 0, result.output
+    assert len(AutoTokenizer.from_pretrained(fresh / "merged")) == added
+    ids = torch.tensor([tokenizer("<tool> link down on eth1 </tool>")["input_ids"]])
+    assert ids.max() >= rows  # the added tokens are in the prompt
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resized), str(adapter))
+    merged = AutoModelForCausalLM.from_pretrained(fresh / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)
