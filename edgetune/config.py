@@ -62,13 +62,18 @@ class DataConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 0.5:
                 problems.append(f"data.{name}: must be in [0, 0.5), got {value}")
-        carved = (0 if self.valid else self.valid_fraction) + (0 if self.test else self.test_fraction)
-        if carved > 0.5 and not problems:  # 0.49 each had trained on 2% of the rows, unwarned
-            problems.append(
-                f"data.valid_fraction + data.test_fraction: {carved:g} of data.train held out leaves "
-                f"{1 - carved:.0%} to train on; at most 0.5 together"
-            )
         return problems
+
+    def held_out_too_much(self) -> list[str]:
+        """0.49 each had trained on 2% of the rows, unwarned (a new run's check: a run saved with
+        them still loads)."""
+        carved = (0 if self.valid else self.valid_fraction) + (0 if self.test else self.test_fraction)
+        if carved <= 0.5 or max(self.valid_fraction, self.test_fraction) >= 0.5:
+            return []  # (one fraction out of range is a problem of its own)
+        return [
+            f"data.valid_fraction + data.test_fraction: {carved:g} of data.train held out leaves "
+            f"{1 - carved:.0%} to train on; at most 0.5 together"
+        ]
 
 
 @dataclass
@@ -230,18 +235,24 @@ class BenchConfig:
                 "bench.gates.max_perplexity_ratio: needs bench.forgetting (forgetting is not measured); "
                 "bench.gates.max_perplexity_ratio=null goes without"
             )
+        return problems + self.gates.validate()
+
+    def unmeasured_gates(self) -> list[str]:
+        """Gates this bench cannot pass: on what it does not measure, or `proven` on a sample too
+        small to prove them. Each failed only at the end of `edgetune run`, after the whole pipeline;
+        a new run is refused, a run saved with one still loads (bench, export --check, chat)."""
+        problems = self._unprovable()
         if self.gates.max_kl is not None and self.kl_examples == 0:
             problems.append(
                 "bench.gates.max_kl: needs bench.kl_examples of at least 1 (KL is not measured at 0); "
                 "bench.gates.max_kl=null goes without"
             )
-        problems += self._unprovable()
         if self.gates.min_decode_tok_s is not None and not self.latency:
             problems.append(
                 "bench.gates.min_decode_tok_s: needs bench.latency (decode speed is not measured); "
                 "bench.gates.min_decode_tok_s=null goes without"
             )
-        return problems + self.gates.validate()
+        return problems
 
     def _unprovable(self) -> list[str]:
         """`proven` gates no sample of this size can pass: n examples cannot show a retention above
@@ -255,7 +266,7 @@ class BenchConfig:
                 f"bench.gates.kl_evidence: proven needs bench.kl_examples of at least {MIN_EXAMPLES} "
                 f"for an interval, got {self.kl_examples}"
             )
-        if g.retention_evidence != "proven":
+        if g.retention_evidence != "proven" or self.max_examples < 1:
             return problems
         ceiling = max(0.0, 1 - 3 / self.max_examples)
         for quant, minimum in g.min_retention.items():
@@ -310,6 +321,7 @@ class Recipe:
         problems = (
             [] if self.data.train else ["data.train: required (a .jsonl, .json, .csv or .parquet file)"]
         )
+        problems += self.data.held_out_too_much() + self.bench.unmeasured_gates()
         # runs/ also holds the latest-run link, plain-model exports and runs set aside by `edgetune run`
         if self.name.lower() in ("latest", "export") or self.name.lower().endswith(".previous"):
             problems.append(

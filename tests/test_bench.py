@@ -710,18 +710,18 @@ def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shi
         load_recipe("demo", ["bench.forgetting=false"])
     # gates on what is not measured failed only at the end of `edgetune run`, after the whole pipeline
     with pytest.raises(ConfigError, match="max_kl: needs bench.kl_examples of at least 1"):
-        load_recipe("demo", ["bench.gates.max_kl=0.5", "bench.kl_examples=0"])
+        load_recipe("demo", ["bench.gates.max_kl=0.5", "bench.kl_examples=0"], new_run=True)
     with pytest.raises(ConfigError, match="min_decode_tok_s: needs bench.latency"):
-        load_recipe("demo", ["bench.gates.min_decode_tok_s=1", "bench.latency=false"])
+        load_recipe("demo", ["bench.gates.min_decode_tok_s=1", "bench.latency=false"], new_run=True)
     # nor gates no sample of this size can prove: the demo's 90 examples show at most 0.967
     with pytest.raises(ConfigError, match="q8_0: 0.99 cannot be proven on bench.max_examples 90") as proven:
-        load_recipe("demo", ["bench.gates.retention_evidence=proven"])
+        load_recipe("demo", ["bench.gates.retention_evidence=proven"], new_run=True)
     assert "at least 300 examples prove it" in str(proven.value)
-    load_recipe("demo", ["bench.gates.retention_evidence=proven", "bench.max_examples=300"])
+    load_recipe("demo", ["bench.gates.retention_evidence=proven", "bench.max_examples=300"], new_run=True)
     with pytest.raises(ConfigError, match="kl_evidence: proven needs bench.kl_examples of at least 10"):
-        load_recipe(
-            "demo", ["bench.gates.kl_evidence=proven", "bench.gates.max_kl=0.5", "bench.kl_examples=9"]
-        )
+        sets = ["bench.gates.kl_evidence=proven", "bench.gates.max_kl=0.5", "bench.kl_examples=9"]
+        load_recipe("demo", sets, new_run=True)
+    load_recipe("demo", sets)  # a run saved with them still loads: its files can be chatted with
     # and the terminal says it, not report.md alone
     out, err = Console(width=300), Console(width=300, stderr=True)
     print_findings(report(), out, err)

@@ -387,10 +387,11 @@ def test_a_recipe_file_keeps_the_text_of_a_string_setting_as_set_does(tmp_path):
 def test_held_out_fractions_that_leave_less_than_half_to_train_on_are_refused():
     """valid 0.49 and test 0.49 trained on 4 of 200 rows without a word."""
     with pytest.raises(ConfigError, match="0.98 of data.train held out leaves 2% to train on"):
-        load_recipe("demo", ["data.valid_fraction=0.49", "data.test_fraction=0.49"])
+        load_recipe("demo", ["data.valid_fraction=0.49", "data.test_fraction=0.49"], new_run=True)
     # a file given for a split carves nothing from data.train
-    recipe = load_recipe("demo", ["data.valid_fraction=0.49", "data.test_fraction=0.49", "data.test=x.jsonl"])
-    assert recipe.data.valid_fraction == 0.49
+    sets = ["data.valid_fraction=0.49", "data.test_fraction=0.49", "data.test=x.jsonl"]
+    assert load_recipe("demo", sets, new_run=True).data.valid_fraction == 0.49
+    load_recipe("demo", sets[:2])  # a run saved with them still loads
 
 
 def test_a_check_across_keys_that_a_set_broke_says_so_next_to_the_files_line(tmp_path):
