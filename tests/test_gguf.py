@@ -1321,3 +1321,24 @@ def test_a_tied_model_without_a_head_and_an_untied_one_with_it_convert(
     assert convert(tiny_model_dir, tmp_path / "tied.gguf", "f32").is_file()
     untied = build_tiny_model(tmp_path, tiny_tokenizer, "MistralForCausalLM")
     assert convert(untied, tmp_path / "untied.gguf", "f32").is_file()
+
+
+def test_a_plain_model_exported_unquantised_is_not_warned_about_an_importance_matrix(
+    tiny_model_dir, tmp_path
+):
+    """`export MODEL --quant f32` warned that no importance matrix could be made: f32 and f16 are
+    converted, never quantised, so none is missed."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    def export(quant):
+        out = tmp_path / quant
+        result = CliRunner().invoke(
+            main, ["export", str(tiny_model_dir), "--to", "gguf", "--quant", quant, "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "importance matrix" not in export("f32")
+    assert "no training data for an importance matrix" in " ".join(export("q8_0").split())

@@ -345,8 +345,8 @@ def _export_gguf(recipe, run_dir, model_dir, gguf_dir, quants, prepared, imatrix
     calibration = None
     if use_imatrix and run_dir is not None:
         calibration = [e.input_ids for e in prepared.encoded["train"].examples]
-    elif use_imatrix and console is not None:
-        console.print(
+    elif use_imatrix and console is not None and any(q.lower() in QUANTS for q in quants):
+        console.print(  # (f32 and f16 are converted, not quantised: no matrix to miss)
             "[yellow]warning:[/] a plain model directory has no training data for an importance matrix; "
             "quantising without one"
         )
