@@ -216,6 +216,22 @@ def refuse_changed_base(model_ref, manifest: dict[str, Any], warn) -> None:
     )
 
 
+def other_base_named(adapter: Path, model_ref, base_name: str) -> str | None:
+    """The base an adapter's own config names, where it is not model.base (by its folder's name, as
+    a run moved to another machine keeps it): an adapter of the same shapes made on another model
+    merges without an error, and its "KL to adapter", measured on the same wrong base, looks
+    perfect. tune's manifest hashes a local or built-in base; an adapter made elsewhere has none."""
+    named = str(
+        json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    )
+    if not named or named == base_name or Path(named).name == Path(model_ref.path).name:
+        return None
+    return (
+        f"{adapter / 'adapter_config.json'} names its base {named}; model.base is {base_name}: if the "
+        "adapter was trained on another model of the same shapes, the merged model is not the tuned one"
+    )
+
+
 def _refuse_tied(peft_model, adapter: Path) -> None:
     from edgetune.tune.model import tied_adapter_targets
 
@@ -295,6 +311,8 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
                 else None
             ),
         )
+        if (named := other_base_named(adapter, model_ref, recipe.model.base)) and console is not None:
+            console.print(f"[yellow]warning:[/] {escape(named)}", soft_wrap=True)
         tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
         data = prepare(recipe.data, tokenizer, encode=("valid",))  # 50,000 training rows took a minute
         if not data.encoded["valid"].examples:  # no validation split (or none of it usable): train[:64]

@@ -148,3 +148,24 @@ def test_an_adapter_trained_with_tokens_added_names_both_vocabularies_not_anothe
     merged = AutoModelForCausalLM.from_pretrained(fresh / "merged")
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_an_adapter_whose_config_names_another_base_is_warned_about(tmp_path, tiny_model_dir):
+    """An adapter trained on another model of the same shapes merged silently, its "KL to adapter"
+    (measured on the same wrong base) near 0."""
+    import json
+
+    run = tune(str(make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    merged = CliRunner().invoke(main, ["merge", str(run)])
+    assert merged.exit_code == 0 and "names its base" not in merged.output, merged.output
+    config = run / "adapter" / "adapter_config.json"
+    settings = json.loads(config.read_text())
+    settings["base_model_name_or_path"] = "/models/base_seed1"
+    config.write_text(json.dumps(settings))
+    shutil.rmtree(run / "merged")
+    merged = CliRunner().invoke(main, ["merge", str(run)])
+    line = " ".join(merged.output.split())
+    assert merged.exit_code == 0, merged.output
+    assert f"warning: {config} names its base /models/base_seed1; model.base is {tiny_model_dir}" in line, (
+        line
+    )
