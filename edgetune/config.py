@@ -89,11 +89,24 @@ class LoraConfig:
     rslora: bool = False
     dora: bool = False
 
+    def __post_init__(self) -> None:  # ALL-LINEAR, as other choices are read whatever their case
+        if isinstance(self.target_modules, str) and self.target_modules.strip().lower() == "all-linear":
+            self.target_modules = "all-linear"
+
     def validate(self) -> list[str]:
         problems = at_least("train.lora", self, 1, "r")
         if not self.alpha > 0:
             problems.append(f"train.lora.alpha: must be > 0, got {self.alpha}")
         problems += not_empty("train.lora", self, "target_modules")
+        if (
+            isinstance(self.target_modules, str)
+            and self.target_modules
+            and not self.target_modules.strip(" ,")
+        ):
+            problems.append(  # peft said "No target_modules passed but also no target_parameters found"
+                f"train.lora.target_modules: {self.target_modules!r} names no module; "
+                '"all-linear", or names such as q_proj,v_proj'
+            )
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"train.lora.dropout: must be in [0, 1), got {self.dropout}")
         return problems

@@ -407,6 +407,17 @@ def test_a_check_across_keys_that_a_set_broke_says_so_next_to_the_files_line(tmp
         load_recipe("demo", ["bench.baselines=false"])
 
 
+def test_lora_target_modules_all_linear_in_any_case_and_a_list_of_no_names():
+    """`ALL-LINEAR` failed after the model loaded with peft's "Target modules {'ALL-LINEAR'} not
+    found" (choices are read whatever their case elsewhere), and `,,` with "No target_modules passed"."""
+    assert (
+        load_recipe("demo", ["train.lora.target_modules=ALL-LINEAR"]).train.lora.target_modules
+        == "all-linear"
+    )
+    with pytest.raises(ConfigError, match="train.lora.target_modules: ',,' names no module"):
+        load_recipe("demo", ["train.lora.target_modules=',,'"])
+
+
 def test_one_type_spelled_two_ways_is_exported_once():
     from edgetune.export.run import split_quants
 
