@@ -22,6 +22,7 @@ from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.export.layout import SHIPPED_SETTINGS, trained_system_prompt
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
+    ADAPTER_HINT,
     atomic_dir,
     read_manifest,
     remove_stale_staging,
@@ -286,6 +287,8 @@ def merge(run_dir: Path | None = None, console=None) -> MergeResult:
                 raise missing
             if (run_dir / "manifest.json").is_file():
                 raise no_adapter_yet(run_dir)
+            if (run_dir / "adapter_config.json").is_file():
+                raise InputError(f"{run_dir}: not a run directory{ADAPTER_HINT}")
             raise InputError(f"{run_dir}: no adapter/ to merge; run `edgetune tune` first")
         check_adapter_dir(adapter)
         recipe = load_run_recipe(run_dir)

@@ -360,6 +360,13 @@ def point_latest(run_dir: Path) -> bool:
     return True
 
 
+# what a peft adapter folder given where a run is expected is told
+ADAPTER_HINT = (
+    ", but a peft adapter: to merge and export it, make a run folder holding it as adapter/ and a "
+    "recipe.yaml whose model.base is the model it was trained on"
+)
+
+
 def resolve_run_dir(run_dir: Path | None) -> Path:
     """A RUN_DIR argument, or runs/latest when none is given."""
     if run_dir is None:

@@ -169,3 +169,22 @@ def test_an_adapter_whose_config_names_another_base_is_warned_about(tmp_path, ti
     assert f"warning: {config} names its base /models/base_seed1; model.base is {tiny_model_dir}" in line, (
         line
     )
+
+
+def test_an_adapter_folder_or_an_exported_file_given_as_a_run_says_what_to_do(tmp_path, tiny_model_dir):
+    """`merge ADAPTER` said "run `edgetune tune` first", `export ADAPTER` "neither a run directory nor
+    an HF model directory", `export x.gguf --check` "a file, not a run directory": none said how."""
+    from peft import LoraConfig
+
+    adapter = tmp_path / "my-adapter"
+    _save_adapter(tiny_model_dir, LoraConfig(r=2, target_modules=["q_proj"]), adapter)
+    for command in (["merge", str(adapter)], ["export", str(adapter)]):
+        result = CliRunner().invoke(main, command)
+        line = " ".join(result.output.split())
+        assert (
+            result.exit_code == 2 and "but a peft adapter: to merge and export it, make a run folder" in line
+        ), line
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "model.gguf"), "--check"])
+    line = " ".join(result.output.split())
+    assert result.exit_code == 2 and "run `edgetune export MODEL --check --out OUT`" in line, line

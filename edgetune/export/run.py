@@ -32,6 +32,7 @@ from edgetune.export.modelfile import write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
+    ADAPTER_HINT,
     RECIPE_FILE,
     RUNS_DIR,
     atomic_write_json,
@@ -57,10 +58,17 @@ def _source(source: Path | None) -> tuple[Path | None, Path]:
         check_model_dir(source)
         refuse_stored_quantized(source, str(source))
         return None, source.resolve()
+    if source is not None and source.is_file():
+        raise InputError(
+            f"{source}: a file; export takes a run directory or an HF model directory (to check an exported "
+            "file against its model, put it in OUT/gguf/, or an ONNX folder in OUT/onnx/, and run "
+            "`edgetune export MODEL --check --out OUT`)"
+        )
     run_dir = resolve_run_dir(source)
     if not (run_dir / RECIPE_FILE).is_file():
         raise InputError(
             f"{run_dir}: neither a run directory (no {RECIPE_FILE}) nor an HF model directory (no config.json)"
+            + (ADAPTER_HINT if (run_dir / "adapter_config.json").is_file() else "")
         )
     return run_dir, run_dir / "merged"
 
