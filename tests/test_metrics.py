@@ -24,6 +24,10 @@ def test_each_metric_on_a_hit_a_miss_and_partial_credit():
         ('{"device": "switch", "severity": "warn"} or {"device": "router", "severity": "error"}', 0.0),
         ('{"note": {"device": "router", "severity": "error"}}', 0.0),  # an inner object is not the answer
         ('{"a": 1} {broken {"device": "router"}', 0.5),
+        # a list of one call, a tool call's usual form, scored 0 bare and 1 after prose
+        ('[{"device": "router", "severity": "error"}]', 1.0),
+        ('```json\n[{"device": "router", "severity": "error"}]\n```', 1.0),
+        ('[{"device": "router", "severity": "error"}, {"device": "x"}]', 0.0),  # which one would count?
     ],
 )
 def test_json_fields_scores_the_object_that_answers(prediction, score):

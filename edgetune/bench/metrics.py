@@ -59,9 +59,12 @@ def json_objects(text: str) -> list[dict]:
         text = fenced.group(1)
     try:
         value = json.loads(text)
-        return [value] if isinstance(value, dict) else []
     except json.JSONDecodeError:
         pass
+    else:  # a list of one object is that object (a tool call's usual form); a longer one is no answer
+        if isinstance(value, list) and len(value) == 1:  # of this metric's: which object would it score?
+            value = value[0]
+        return [value] if isinstance(value, dict) else []
     found, decoder, start = [], json.JSONDecoder(), 0
     while (start := text.find("{", start)) >= 0:  # prose may hold a brace before the object ("{see below}")
         try:
