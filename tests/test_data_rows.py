@@ -339,6 +339,44 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
             },
             "completion[0]: a tool call (tool and function turns are not supported)",
         ),
+        # the ShareGPT reader dropped a turn's tool call and trained "Let me check." as the reply
+        (
+            {
+                "conversations": [
+                    {"from": "human", "value": "weather in Oslo?"},
+                    {"from": "gpt", "value": "Let me check.", "tool_calls": [{"name": "weather"}]},
+                ]
+            },
+            "conversations[1]: a tool call (tool and function turns are not supported)",
+        ),
+        (
+            {
+                "conversations": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "function_call": {"name": "f"}},
+                ]
+            },
+            "conversations[1]: a tool call",
+        ),
+        # a reasoning trace or a row's tool list vanished from training without a word
+        (
+            {
+                "prompt": [{"role": "user", "content": "1+1?"}],
+                "completion": [{"role": "assistant", "content": "2", "reasoning_content": "one and one"}],
+            },
+            "completion[0].reasoning_content: a reasoning trace, which edgetune does not render",
+        ),
+        (
+            {
+                "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}],
+                "tools": "[{}]",
+            },
+            "tools: tool definitions, which edgetune does not render",
+        ),
+        (  # no reply follows a prompt: it was "shared an input with a held-out row", or dropped later
+            {"conversations": [{"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "hi"}]},
+            "conversations: no assistant turn follows a user turn: there is nothing to learn from",
+        ),
     ],
 )
 def test_bad_rows_of_other_layouts_name_their_field(tmp_path, bad, field):

@@ -15,7 +15,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from edgetune.data.fields import BadRow, Conversation, blank, checked_turns, kind_of, nonempty_str, trained
+from edgetune.data.fields import (
+    BadRow,
+    Conversation,
+    blank,
+    checked_turns,
+    kind_of,
+    nonempty_str,
+    refuse_unrendered,
+    trained,
+)
 
 SPEAKERS = {
     "system": "system",
@@ -107,6 +116,7 @@ def sharegpt_turns(row: dict[str, Any]) -> Conversation:
                 f"unknown speaker {who!r}; expected one of {', '.join(SPEAKERS)} "
                 "(tool and function turns are not supported)",
             )
+        refuse_unrendered(turn, where)
         if role == "system" and blank(turn.get(text_key)):
             continue  # an empty system turn (exports write one): no system prompt, as if absent
         turns.append((role, nonempty_str(turn.get(text_key), f"{where}.{text_key}")))

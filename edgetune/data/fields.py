@@ -44,6 +44,36 @@ def nonempty_str(value: Any, field_path: str) -> str:
 Conversation = tuple[tuple[tuple[str, str], ...], tuple[int, ...]]  # (role, content) turns; untrained ones
 
 
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+
+def refuse_unrendered(turn: dict[str, Any], field_path: str) -> None:
+    """What a turn holds besides its text that edgetune would not render, so training would leave
+    it out unsaid: a tool call (the model would learn to announce one and never make it), a
+    reasoning trace (it would learn the answer without the thinking it came from)."""
+    if turn.get("tool_calls") or turn.get("function_call"):  # its content is null: say why first
+        raise BadRow(field_path, "a tool call (tool and function turns are not supported)")
+    for key in REASONING_KEYS:
+        if not blank(turn.get(key)):
+            raise BadRow(
+                f"{field_path}.{key}",
+                "a reasoning trace, which edgetune does not render (it trains on content alone): write it "
+                "into content as the model's template does (<think>...</think> for Qwen3), or drop it",
+            )
+
+
+def refuse_tool_definitions(row: dict[str, Any]) -> None:
+    """A row's tool list (`tools`, `functions`): edgetune renders none, and a chat trained without
+    the tools it could have called teaches the model to answer without them."""
+    for key in ("tools", "functions"):
+        if row.get(key):
+            raise BadRow(
+                key,
+                "tool definitions, which edgetune does not render (tool and function calling is not "
+                "supported): write them into the system prompt as text, or drop the field",
+            )
+
+
 def checked_turns(
     turns: list[tuple[str, str]], field_path: str, untrained: tuple[int, ...] = ()
 ) -> Conversation:
@@ -55,6 +85,11 @@ def checked_turns(
         raise BadRow(field_path, "every assistant turn has weight 0: there is nothing to learn from")
     if any(r == "system" for r, _ in turns[1:]):
         raise BadRow(field_path, "a system message is only allowed first")
+    learnt = [
+        i for i, (r, _) in enumerate(turns) if r == "assistant" and i not in untrained
+    ]  # a reply before any prompt is context: nothing asked for it
+    if not any(r == "user" for r, _ in turns[: max(learnt, default=0)]):
+        raise BadRow(field_path, "no assistant turn follows a user turn: there is nothing to learn from")
     return tuple(turns), untrained
 
 

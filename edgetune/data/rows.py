@@ -23,6 +23,8 @@ from edgetune.data.fields import (
     checked_turns,
     kind_of,
     nonempty_str,
+    refuse_tool_definitions,
+    refuse_unrendered,
     trained,
 )
 from edgetune.data.files import iter_raw_rows
@@ -149,8 +151,7 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
         if not isinstance(m, dict):
             raise BadRow(f"{key}[{i}]", f"expected an object, got {kind_of(m)}")
         role = m.get("role")
-        if m.get("tool_calls") or m.get("function_call"):  # its content is null: say why first
-            raise BadRow(f"{key}[{i}]", "a tool call (tool and function turns are not supported)")
+        refuse_unrendered(m, f"{key}[{i}]")
         if role not in ROLES:
             unsupported = " (tool and function turns are not supported)" if role in TOOL_ROLES else ""
             raise BadRow(
@@ -203,6 +204,7 @@ SKIP_ADVICE = "data.skip_bad_rows: true, or data check --skip-bad-rows, skips ba
 def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
         raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
+    refuse_tool_definitions(row)
     if fmt in CONVERSATIONS:
         turns, untrained = CONVERSATIONS[fmt](row)
         return Example("messages", messages=turns, untrained=untrained)
