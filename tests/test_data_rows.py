@@ -389,6 +389,12 @@ def test_bad_rows_of_other_layouts_name_their_field(tmp_path, bad, field):
     assert f"{path}:2: {field}" in str(info.value)
 
 
+def test_a_tool_calling_layout_is_said_to_be_one(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"query": "weather?", "tools": "[]", "answers": "[]"}])
+    with pytest.raises(DataError, match="fields \\(answers, query, tools\\).*; tool-calling layouts are not"):
+        load_examples(path)
+
+
 def test_preference_data_is_refused_with_a_reason(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "chosen": "good", "rejected": "bad"}])
     with pytest.raises(DataError, match=r"d.jsonl:1: this is preference data \(chosen/rejected") as info:

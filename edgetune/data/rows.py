@@ -263,11 +263,13 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                 detected = detect_format(row)
                 if detected is None:
                     keys = ", ".join(sorted(row))
+                    tools = {"tools", "functions"} & set(row)  # xLAM's query/tools/answers, and others
                     raise BadRow(
                         "",
                         f"cannot tell the row format from its fields ({keys}); expected 'messages', "
                         "'conversations' (ShareGPT), 'instruction'+'output' (Alpaca), "
-                        "'prompt'+'completion', or 'text'",
+                        "'prompt'+'completion', or 'text'"
+                        + ("; tool-calling layouts are not supported" if tools else ""),
                     )
             ex = parse_row(row, detected)
         except BadRow as exc:
