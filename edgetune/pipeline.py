@@ -150,7 +150,7 @@ def run_pipeline(
         run_dir = unnamed
         if unnamed.name != recipe.name and console is not None:
             console.print(
-                f"{escape(str(unnamed))}: this recipe's run from before it was named by its file; going on there"
+                f"{escape(str(unnamed))}: this recipe's run, as an earlier edgetune named it; going on there"
             )
     run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
     refuse_foreign_dir(run_dir)

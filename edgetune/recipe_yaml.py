@@ -179,6 +179,18 @@ def _made_from(run_dir: Path) -> str | None:
     return made_from if made_from != first else None
 
 
+def _named_as_before(runs: Path, given, name: str, same) -> Path | None:
+    """A name YAML 1.1 reads as a number (`1.10`, `007`, `12:30`) named its run by that number up
+    to 2026-12-07 (runs/1.1): an upgrade goes on in this file's run there rather than start over."""
+    if str(given) != name:  # --set name=... chose another run
+        return None
+    legacy = yaml.safe_load(name)
+    if isinstance(legacy, str) or legacy is None or str(legacy) == name or (runs / name).exists():
+        return None
+    before = runs / str(legacy)
+    return before if same(_made_from(before)) else None
+
+
 def unnamed_run_dir(runs: Path, source: str | None, name: str) -> Path | None:
     """Where `edgetune run` works for a recipe file with no `name` (None for a named one): runs/<name>
     (its name from the file); runs/custom where it holds the run of this file made before such a
@@ -189,11 +201,12 @@ def unnamed_run_dir(runs: Path, source: str | None, name: str) -> Path | None:
         raw, _ = read_recipe_yaml(Path(source)) if source else ({"name": None}, [])
     except (OSError, ConfigError):
         return None
-    if "name" in raw:
-        return None
 
     def same(made_from: str | None) -> bool:
         return made_from is not None and Path(made_from).resolve() == Path(str(source)).resolve()
+
+    if "name" in raw:
+        return _named_as_before(runs, raw["name"], name, same)
 
     own = runs / name
     if (made_from := _made_from(own)) is not None and not same(made_from):

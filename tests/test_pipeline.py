@@ -1003,7 +1003,7 @@ def test_a_recipe_without_a_name_goes_on_in_the_run_an_earlier_edgetune_made_for
     (tmp_path / "exp-a.yaml").write_text(text.replace("name: tiny\n", ""))  # as such a recipe was written
     again, out = invoke(tmp_path / "exp-a.yaml", "--until", "tune")
     assert again.exit_code == 0 and "skipped data, tune" in out, out
-    assert "this recipe's run from before it was named by its file" in out
+    assert "this recipe's run, as an earlier edgetune named it; going on there" in out
     assert not (tmp_path / "runs" / "exp-a").exists()
     (tmp_path / "other.yaml").write_text(text.replace("name: tiny\n", ""))  # another file: its own run
     other, out = invoke(tmp_path / "other.yaml", "--until", "data")
@@ -1022,3 +1022,22 @@ def test_a_recipe_without_a_name_goes_on_in_the_run_an_earlier_edgetune_made_for
     clash, out = invoke(tmp_path / "b" / "exp-a.yaml", "--until", "tune")
     assert clash.exit_code == 2 and "which holds the run of" in out and "give it a name" in out, out
     assert not (tmp_path / "runs" / "exp-a.previous").exists()
+
+
+def test_a_name_yaml_reads_as_a_number_goes_on_in_the_run_an_earlier_edgetune_named_by_the_number(
+    tmp_path, tiny_model_dir
+):
+    """`name: 1.10` named its run runs/1.1 up to 2026-12-07 (YAML 1.1 reads a number); kept as
+    written since, the upgrade would have started the run again in runs/1.10, unsaid."""
+    text = pipeline_recipe(tmp_path, tiny_model_dir).read_text()
+    recipe = tmp_path / "ver.yaml"
+    recipe.write_text(text.replace("name: tiny\n", "name: '1.1'\n"))  # the run as the earlier one named it
+    first, out = invoke(recipe, "--until", "tune")
+    assert first.exit_code == 0 and (tmp_path / "runs" / "1.1" / "adapter").is_dir(), out
+    recipe.write_text(text.replace("name: tiny\n", "name: 1.10\n"))
+    again, out = invoke(recipe, "--until", "tune")
+    assert again.exit_code == 0 and "skipped data, tune" in out, out
+    assert "runs/1.1: this recipe's run, as an earlier edgetune named it; going on there" in out
+    assert not (tmp_path / "runs" / "1.10").exists()
+    renamed, out = invoke(recipe, "--until", "data", "--set", "name=v2")  # a name given: its own run
+    assert renamed.exit_code == 0 and (tmp_path / "runs" / "v2").is_dir(), out
