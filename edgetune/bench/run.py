@@ -173,7 +173,7 @@ def bench(
             check_onnx_dir(onnx)
         if (rows := embedding_rows(run_dir / "merged")) is not None:
             files = sorted({(t.format, t.path) for t in targets if t.format in ("gguf", "onnx")})
-            refuse_another_vocabulary(files, rows, "the merged model")
+            refuse_another_vocabulary(files, rows)
         exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
         for problem in unchecked_exports(manifest, exported) if console is not None else []:
             console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)

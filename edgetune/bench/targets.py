@@ -156,14 +156,20 @@ def logits_width(path: Path, fmt: str) -> int | None:
     return dims[-1].dim_value or None if dims else None
 
 
-def refuse_another_vocabulary(files: list[tuple[str, Path]], reference: int, reference_name: str) -> None:
+def refuse_another_vocabulary(files: list[tuple[str, Path]], reference: int) -> None:
+    """Each exported file (format, path) read from its header, before bench measures anything."""
+    for fmt, path in files:
+        if (width := logits_width(path, fmt)) is not None:
+            refuse_another_width(path, width, reference)
+
+
+def refuse_another_width(path: Path, width: int, reference: int) -> None:
     """An exported file whose logits span another vocabulary than the merged model's is another
     model's file (copied in by mistake, or from before a retrain with added tokens): its KL is not
-    defined, and comparing it had ended bench, after minutes of measuring, in a numpy error."""
-    for fmt, path in files:
-        width = logits_width(path, fmt)
-        if width is not None and width != reference:
-            raise ModelError(
-                f"{path}: computes logits over {width} tokens, {reference_name} over {reference}: a file "
-                "of another model; export it again from this run (or move it out of the export folder)"
-            )
+    defined, and comparing it had ended bench (after minutes of measuring) and export --check in
+    numpy's "operands could not be broadcast"."""
+    if width != reference:
+        raise ModelError(
+            f"{path}: computes logits over {width} tokens, the merged model over {reference}: a file "
+            "of another model; export it again (or move it out of the export folder)"
+        )
