@@ -126,4 +126,9 @@ for kind in ("SHARDED_STATE_DICT", "FULL_STATE_DICT"):
 if dist.get_rank() == 0:
     (out.parent / "resumed.txt").write_text(f"{len(trained)} adapter tensors from {' and '.join(resumed)}\n")
 dist.barrier()
-dist.destroy_process_group()
+# as edgetune's own ranks end (tune.distributed.end_launched_process): destroy_process_group can
+# hang, and without it gloo's live threads can abort the exit ("terminate called without an active
+# exception", exit -6), which failed this probe once in CI after every check had passed
+from edgetune.tune.distributed import end_launched_process  # noqa: E402
+
+end_launched_process(0)
