@@ -202,7 +202,7 @@ def test_regate_recomputes_every_interval_from_the_stored_scores(benched):
 
     from edgetune.bench.confidence import difference_interval, retention_interval
     from edgetune.bench.regate import regate_run
-    from edgetune.config import GatesConfig
+    from edgetune.bench.settings import GatesConfig
 
     run, _ = benched
     report_path = run / "bench" / "report.json"
@@ -430,7 +430,7 @@ def test_few_shot_prompts_stay_with_their_own_answers_when_an_example_is_dropped
 
 def test_a_gate_on_a_metric_that_was_not_measured_fails():
     from edgetune.bench.gates import gate_failures
-    from edgetune.config import GatesConfig
+    from edgetune.bench.settings import GatesConfig
 
     target = {"quant": "q8_0", "retention": None, "kld_mean": None, "decode_tok_s": None, "size_bytes": 10**6}
     assert gate_failures(target, GatesConfig()) == []
@@ -654,7 +654,8 @@ def test_a_tuned_model_that_forgot_or_loses_to_prompting_fails_every_file_it_shi
 
     from edgetune.bench.gates import apply_gates, pick, raise_on_failed_gates
     from edgetune.bench.report import print_findings
-    from edgetune.config import GatesConfig, load_recipe
+    from edgetune.bench.settings import GatesConfig
+    from edgetune.config import load_recipe
     from edgetune.errors import ConfigError, GateFailed
 
     def report():
@@ -763,7 +764,7 @@ def test_gating_under_no_gates_passes_and_says_it_checked_nothing():
     from rich.console import Console
 
     from edgetune.bench.gates import raise_on_failed_gates
-    from edgetune.config import GatesConfig
+    from edgetune.bench.settings import GatesConfig
 
     q8 = {"name": "gguf/q8_0", "format": "gguf", "quant": "q8_0", "gate": "pass", "size_bytes": 9}
     for rule, warned in ((asdict(GatesConfig()), True), (asdict(GatesConfig(max_size_mb=10.0)), False)):

@@ -9,7 +9,8 @@ import pytest
 
 from edgetune.bench.confidence import attach_intervals, difference_interval, mean_interval, retention_interval
 from edgetune.bench.gates import apply_gates, gate_failures
-from edgetune.config import GatesConfig, load_recipe
+from edgetune.bench.settings import GatesConfig
+from edgetune.config import load_recipe
 
 
 def test_identical_answers_still_allow_for_differences_the_sample_could_have_missed():

@@ -314,7 +314,8 @@ def test_an_output_stream_that_cannot_encode_the_text_gets_escapes(tmp_path, tin
 def test_tune_warns_before_training_that_bench_will_cut_the_held_out_answers(tmp_path, tiny_tokenizer):
     """Reference answers longer than bench.max_new_tokens were found (if at all) by the bench at
     the end of a run: said where the data is read now."""
-    from edgetune.config import BenchConfig, Recipe
+    from edgetune.bench.settings import BenchConfig
+    from edgetune.config import Recipe
     from edgetune.data.prepare import prepare
     from edgetune.tune.checks import warn_about_data
 

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgetune.config import GatesConfig
+from edgetune.bench.settings import GatesConfig
 from edgetune.errors import GateFailed
 
 EXPORTED = ("onnx", "gguf")

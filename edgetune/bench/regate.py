@@ -9,7 +9,7 @@ from typing import Any
 from edgetune.bench.confidence import attach_intervals
 from edgetune.bench.gates import apply_gates, attach_export_parity
 from edgetune.bench.report import read_report, write_report
-from edgetune.config import GatesConfig
+from edgetune.bench.settings import GatesConfig
 from edgetune.errors import InputError
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import read_manifest, resolve_run_dir, run_lock
