@@ -7,7 +7,8 @@ from click.testing import CliRunner
 from conftest import chat_row, write_jsonl
 
 from edgetune.cli import main
-from edgetune.data.rows import learnt_reply, load_examples
+from edgetune.data.fields import learnt_reply
+from edgetune.data.rows import load_examples
 from edgetune.errors import DataError
 
 

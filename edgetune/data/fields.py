@@ -85,12 +85,15 @@ def checked_turns(
         raise BadRow(field_path, "every assistant turn has weight 0: there is nothing to learn from")
     if any(r == "system" for r, _ in turns[1:]):
         raise BadRow(field_path, "a system message is only allowed first")
-    learnt = [
-        i for i, (r, _) in enumerate(turns) if r == "assistant" and i not in untrained
-    ]  # a reply before any prompt is context: nothing asked for it
-    if not any(r == "user" for r, _ in turns[: max(learnt, default=0)]):
+    if not any(learnt_reply(turns, i, untrained) for i in range(len(turns))):
         raise BadRow(field_path, "no assistant turn follows a user turn: there is nothing to learn from")
     return tuple(turns), untrained
+
+
+def learnt_reply(turns, i: int, untrained: tuple[int, ...] = ()) -> bool:
+    """Whether turn i of (role, content) `turns` carries loss: an assistant turn not of weight 0,
+    with a user turn before it (a greeting before any prompt is context: nothing asked for it)."""
+    return turns[i][0] == "assistant" and i not in untrained and any(r == "user" for r, _ in turns[:i])
 
 
 def trained(turn: dict[str, Any], role: str, field_path: str) -> bool:

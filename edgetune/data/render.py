@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgetune.data.rows import Example, learnt_reply
+from edgetune.data.fields import learnt_reply
+from edgetune.data.rows import Example
 from edgetune.errors import DataError, InputError, ModelError
 
 IGNORE = -100

@@ -22,6 +22,7 @@ from edgetune.data.fields import (
     blank,
     checked_turns,
     kind_of,
+    learnt_reply,
     nonempty_str,
     refuse_tool_definitions,
     refuse_unrendered,
@@ -172,12 +173,6 @@ CONVERSATIONS = {
     "alpaca": alpaca_turns,
     "sharegpt": sharegpt_turns,
 }
-
-
-def learnt_reply(turns, i: int, untrained: tuple[int, ...] = ()) -> bool:
-    """Whether turn i of (role, content) `turns` carries loss: an assistant turn not of weight 0,
-    with a user turn before it (a greeting before any prompt is context: nothing asked for it)."""
-    return turns[i][0] == "assistant" and i not in untrained and any(r == "user" for r, _ in turns[:i])
 
 
 def _turn_list(value: Any) -> list | None:

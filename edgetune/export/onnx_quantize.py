@@ -44,9 +44,13 @@ def _matmul_names(model) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul"]
 
 
+def _name_parts(node_name: str) -> list[str]:
+    """A node's name in its parts (/model/layers.1/mlp/down_proj/MatMul -> model, layers, 1, ...)."""
+    return node_name.replace("/", " ").replace(".", " ").split()
+
+
 def _is_eight_bit(node_name: str, parts: list[str]) -> bool:
-    pieces = node_name.replace("/", " ").replace(".", " ").split()
-    return any(p in pieces for p in parts)
+    return any(p in _name_parts(node_name) for p in parts)
 
 
 def _quantize(model, bits: int, plan: NBitsPlan, exclude: list[str], ops: tuple[str, ...]):
@@ -76,7 +80,7 @@ FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj"}
 def _fused(parts: list[str], names: list[str]) -> list[str]:
     """The 8-bit layer names for this graph: where a named projection is fused into another
     (Phi-3's v_proj into qkv_proj), the fused one keeps 8 bits rather than the part losing them."""
-    present = {p for n in names for p in n.replace("/", " ").replace(".", " ").split()}
+    present = {p for n in names for p in _name_parts(n)}
     return [*parts, *{FUSED[p] for p in parts if p in FUSED and p not in present and FUSED[p] in present}]
 
 
@@ -87,7 +91,7 @@ def refuse_unmatched_layers(parts: list[str], names: list[str]) -> None:
     """export.onnx.int4_8bit_layers names that match no MatMul of this graph (`v_projj`): the int4
     file had kept nothing at 8 bits, without a word. The defaults are left alone: another
     architecture's names differ (GPT-NeoX has no down_proj), and they keep what they match."""
-    present = {p for n in names for p in n.replace("/", " ").replace(".", " ").split()}
+    present = {p for n in names for p in _name_parts(n)}
     unmatched = [
         p for p in parts if p not in present and FUSED.get(p) not in present and p not in DEFAULT_EIGHT_BIT
     ]
