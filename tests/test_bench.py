@@ -1146,6 +1146,24 @@ def test_a_device_named_twice_is_measured_once(benched, tmp_path):
     assert len(names) == len(set(names)), names
 
 
+def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path):
+    """bench.threads past the cores made every latency row measure threads contending, unsaid."""
+    import shutil
+
+    from edgetune.bench.runners import default_threads
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["bench"]["threads"] = default_threads() + 1
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["bench", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"warning: bench.threads {default_threads() + 1} is more than the {default_threads()} cores this "
+        "process may use" in " ".join(result.output.split())
+    ), result.output
+
+
 def test_a_latency_child_ends_with_the_bench_that_started_it():
     """kill -9 of `edgetune bench` left its latency subprocess measuring on, beside the next bench."""
     import subprocess

@@ -215,6 +215,11 @@ def bench(
             )
         eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
+        if console is not None and threads > default_threads():
+            console.print(
+                f"[yellow]warning:[/] bench.threads {threads} is more than the {default_threads()} cores this "
+                "process may use: threads contend, and the latency rows measure that contention"
+            )
         progress = _Progress(console)
 
         def decode(ids: list[int]) -> str:
