@@ -1150,7 +1150,7 @@ def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path):
     """bench.threads past the cores made every latency row measure threads contending, unsaid."""
     import shutil
 
-    from edgetune.bench.runners import default_threads
+    from edgetune.cores import default_threads
 
     run = shutil.copytree(benched[0], tmp_path / "run")
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())

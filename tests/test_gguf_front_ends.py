@@ -147,3 +147,16 @@ def test_chat_with_a_sentencepiece_gguf_outside_its_run_tokenises_as_llama_cpp(t
     assert rebuilt("a")["input_ids"][:1] == ([llm.token_bos()] if llm.metadata.get("tokenizer.ggml.add_bos_token") == "true" else rebuilt("a", add_special_tokens=False)["input_ids"][:1])  # fmt: skip
     session = open_chat(shipped, threads=1)
     assert session.reply("hi", max_new_tokens=2) is not None
+
+
+def test_llama_cpp_runs_on_the_cores_this_process_may_use_not_the_machines(tmp_path, monkeypatch):
+    """In a container or under taskset, os.cpu_count() is the host's cores: llama.cpp got that many
+    threads (chat, parity, quantising) and decoded 1.8x slower with 8 threads on 1 core."""
+    import os
+
+    tokenizer = build_tokenizer()
+    out = convert(build_tiny_model(tmp_path, tokenizer, "LlamaForCausalLM"), tmp_path / "m.gguf", "f32")
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    llm = load_llama(out, n_ctx=64)
+    assert (llm.n_threads, llm.n_threads_batch) == (1, 1)

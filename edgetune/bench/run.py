@@ -23,9 +23,10 @@ from edgetune.bench.gates import apply_gates, attach_export_parity, refuse_blind
 from edgetune.bench.prompting import prompting_baselines
 from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
-from edgetune.bench.runners import Target, default_threads, open_runner
+from edgetune.bench.runners import Target, open_runner
 from edgetune.bench.targets import check_devices, discover_targets, refuse_another_vocabulary
 from edgetune.console import live
+from edgetune.cores import default_threads
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
 from edgetune.export.parity_record import checked_digest

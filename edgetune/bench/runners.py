@@ -7,7 +7,6 @@ differences in the model files and runtimes, not in prompting or decoding settin
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +211,3 @@ def open_runner(target: Target, threads: int | None = None, **kwargs) -> Runner:
         if not torch.cuda.is_available():
             raise ModelError("torch here has no CUDA device")
     return RUNNERS[target.format](target, threads, **kwargs)
-
-
-def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

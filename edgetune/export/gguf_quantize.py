@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgetune.cores import default_threads
 from edgetune.errors import DISK_FULL_TEXT, EdgetuneError, InputError, disk_full
 
 # llama.cpp's quant names (any case) -> LLAMA_FTYPE_* attribute in llama_cpp
@@ -127,7 +128,7 @@ def _child(source: str, out: str, key: str, threads: int, imatrix: str, f16_outp
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[key])
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or default_threads()
     if f16_output:  # the token embedding and the output head (one tensor when tied) stay F16
         params.output_tensor_type = GGML_TYPE_F16
         params.token_embedding_type = GGML_TYPE_F16

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgetune.cores import default_threads
 from edgetune.errors import InputError
 
 
@@ -53,10 +54,10 @@ def load_llama(
                 n_ctx=n_ctx,
                 logits_all=logits_all,
                 verbose=False,
-                n_threads=n_threads or os.cpu_count(),
+                n_threads=n_threads or default_threads(),
                 # prompt processing has its own thread count (default: every core); the same number
                 # as decode, so bench compares runtimes at the thread count it reports
-                n_threads_batch=n_threads or os.cpu_count(),
+                n_threads_batch=n_threads or default_threads(),
                 **kwargs,
             )
         except ValueError as exc:  # llama-cpp-python's message for files llama.cpp refuses

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from edgetune.bench.runners import default_threads
 from edgetune.config import Recipe
+from edgetune.cores import default_threads
 from edgetune.data.quality import counted
 from edgetune.errors import InputError
 

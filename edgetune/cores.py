@@ -1,0 +1,11 @@
+"""How many CPU cores this process may run on."""
+
+from __future__ import annotations
+
+import os
+
+
+def default_threads() -> int:
+    """The cores this process may use: its CPU affinity (a container's cpuset, `taskset`), not the
+    machine's count. llama.cpp given 8 threads on 1 allowed core decoded 1.8x slower than with 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
