@@ -4,8 +4,8 @@ transformers can load a tokenizer from GGUF, but for SmolLM2's GGUF (tokenizer.g
 pre "smollm") it gets the EOS token wrong (<|im_start|> instead of <|im_end|>) and adds a BOS the
 model never saw (add_bos_token is false in the file). We rebuild it from the metadata instead:
 the byte-level BPE vocabulary and merges, llama.cpp's pre-tokenizer for the declared `pre` type
-(GPT-2's, SmolLM's, or the split regex of Llama 3, Qwen2 or GPT-4o; SentencePiece models in
-tokenizer_gguf_spm),
+(GPT-2's, SmolLM's, llama.cpp's "default", or the split regex of Llama 3, Qwen2 or GPT-4o;
+SentencePiece models in tokenizer_gguf_spm),
 the special tokens by their token type, and the special ids and chat template as written.
 
 llama.cpp's flags, as its vocabulary loader (src/llama-vocab.cpp, llama_vocab::impl::load) sets
@@ -28,7 +28,24 @@ TOKEN_TYPE_USER_DEFINED = 4
 
 # llama.cpp pre-tokenizer types that are "split digits one by one, then GPT-2 byte-level regex"
 _DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact"}
-_GPT2 = {"gpt-2", "gpt2", "default"}
+# the names llama.cpp gives GPT-2's regex (its "gpt2" it refuses to load)
+_GPT2 = {
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "jina-v2-es",
+    "jina-v2-de",
+    "gigachat",
+    "mpt",
+    "olmo",
+    "jais",
+    "trillion",
+}
+# llama.cpp's "default" (also a file without tokenizer.ggml.pre): punctuation runs, GPT-2's regex,
+# number runs, then ASCII digits in threes, each splitting the pieces of the one before
+_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+DEFAULT_PRE_REGEXES = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]")
 # the `pre` names llama.cpp gives its Llama 3 pre-tokenizer: the Llama 3 split regex, ignore_merges
 # and add_bos on
 LLAMA3_PRE = frozenset(
@@ -73,7 +90,7 @@ def _tokenizer_from_gguf(path: Path):
     except Exception as exc:
         raise ModelError(f"{path}: not a readable GGUF file ({exc})") from None
     kind = _field(reader, "tokenizer.ggml.model")
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
+    pre = _field(reader, "tokenizer.ggml.pre") or "default"  # llama.cpp: missing or empty
     if kind == "llama":  # SentencePiece: Llama 2, Mistral, Phi-3, Gemma 3
         from edgetune.tokenizer_gguf_spm import spm_tokenizer
 
@@ -100,6 +117,11 @@ def _tokenizer_from_gguf(path: Path):
                 pre_tokenizers.Digits(individual_digits=True),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
             ]
+        )
+    elif pre == "default":
+        splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in DEFAULT_PRE_REGEXES]
+        pre_tok = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
         )
     elif pre in _GPT2:
         pre_tok = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -9,7 +9,7 @@ import pytest
 from conftest import CORPUS, build_tokenizer
 
 from edgetune.export.gguf_vocab import LLAMA3_REGEX
-from edgetune.tokenizer_gguf import LLAMA3_PRE, tokenizer_from_gguf
+from edgetune.tokenizer_gguf import _GPT2, LLAMA3_PRE, tokenizer_from_gguf
 
 TEXTS = [
     "The router in the lobby lost its uplink again, error code E1042.",
@@ -77,6 +77,23 @@ def assert_ids_as_llama_cpp(path, texts=TEXTS):
             ours = rebuilt(text, add_special_tokens=add)["input_ids"]
             assert ours == llm.tokenize(text.encode(), add_bos=add, special=True), (path.name, add, text)
     return rebuilt, llm
+
+
+UNUSUAL_TEXTS = [
+    "a+b=c <= d; x=1,234,567.89 y=-0.5e10 ^x ~y |z $5",
+    "error 123456 items, 40%: the router's uplink lost 1042 packets.",
+    "héllo wörld ½ ² ٣ 𝟙 — “quotes” ‘a’ ... 🙂👍 日本語のテキスト",
+    "tabs\tand\r\nCRLF  \n  two  spaces 'S 'LL don't I'M @#&*()[]{}\\/ _-_ `code`",
+]
+
+
+@pytest.mark.parametrize("pre", ["default", "", *sorted(_GPT2)])
+def test_a_default_or_gpt2_family_gguf_tokenizes_as_llama_cpp(tmp_path, merge_gapped, pre):
+    """llama.cpp's "default" pre-tokenizer (also a file without tokenizer.ggml.pre) splits
+    punctuation runs, then numbers apart from the space before them and ASCII digits in threes;
+    edgetune read it as GPT-2's regex (" 1042" was one piece, llama.cpp's "104", "2" after "Ġ"),
+    and refused the other names llama.cpp gives GPT-2's regex (phi-2, olmo, mpt...)."""
+    assert_ids_as_llama_cpp(write_vocab_gguf(tmp_path / "v.gguf", merge_gapped, pre), TEXTS + UNUSUAL_TEXTS)
 
 
 @pytest.mark.parametrize("pre", sorted(LLAMA3_PRE) + ["qwen2", "gpt-2", "smollm"])
