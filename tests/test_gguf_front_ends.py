@@ -160,3 +160,22 @@ def test_llama_cpp_runs_on_the_cores_this_process_may_use_not_the_machines(tmp_p
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     llm = load_llama(out, n_ctx=64)
     assert (llm.n_threads, llm.n_threads_batch) == (1, 1)
+
+
+def test_llama_cpp_warnings_stay_quiet_and_the_error_that_refuses_a_file_is_named(tmp_path, capfd):
+    """llama-cpp-python reads ggml's log levels by an older numbering: every llama.cpp warning
+    was printed ("n_ctx_seq (4096) > n_ctx_train (512)" in the middle of an export), while the
+    error saying why a file would not load went to /dev/null: "Failed to load model from file"."""
+    from edgetune.errors import InputError
+
+    out = convert(
+        build_tiny_model(tmp_path, build_tokenizer(), "LlamaForCausalLM"), tmp_path / "m.gguf", "f32"
+    )
+    load_llama(out, n_ctx=4096)  # past the tiny model's 512
+    assert capfd.readouterr().err == ""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(out.read_bytes().replace(b"llama.block_count", b"llama.block_cxunt"))
+    with pytest.raises(InputError) as refused:
+        load_llama(broken)
+    assert str(refused.value).startswith(f"{broken}: llama.cpp cannot load this file (error loading model")
+    assert str(refused.value).endswith("key not found in model: llama.block_count)")

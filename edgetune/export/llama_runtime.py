@@ -35,6 +35,54 @@ def _model_params_without_repack():
         bindings.llama_model_default_params = original
 
 
+_GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml.h's ggml_log_level
+_log_callback = None  # held: llama.cpp calls it for as long as the process lives
+_errors: list[str] = []  # llama.cpp's error lines since load_llama began
+
+
+def _errors_only_log() -> None:
+    """llama.cpp's log, errors only, and those kept for the message of a file it refuses.
+    llama-cpp-python 0.3.36 reads ggml's log levels by an older numbering, so with verbose=False
+    it still printed every warning (WARN is 3, its ERROR), such as "n_ctx_seq (2048) > n_ctx_train
+    (512) -- possible training context overflow" in the middle of an export's progress, for a
+    context edgetune chose; and the error that says why a file failed to load went to /dev/null
+    (it silences the load), leaving "Failed to load model from file"."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+    import sys
+
+    import llama_cpp
+
+    last = [0]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data) -> None:
+        last[0] = last[0] if level == _GGML_LOG_CONT else level
+        if last[0] == _GGML_LOG_ERROR:
+            line = text.decode("utf-8", "replace")
+            del _errors[:-20]
+            _errors.append(line)
+            print(line, end="", flush=True, file=sys.stderr)
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _why_refused(exc: Exception) -> str:
+    """The first error llama.cpp logged, without the names of the functions that passed it on."""
+    for line in _errors:
+        cause = line.strip()
+        head, sep, rest = cause.partition(": ")
+        while sep and head.replace("_", "").isalnum():  # a function's name, such as llama_model_load
+            cause = rest
+            head, sep, rest = cause.partition(": ")
+        if cause:
+            return cause
+    return str(exc)
+
+
 def load_llama(
     path: Path, n_ctx: int = 2048, logits_all: bool = False, n_threads: int | None = None, **kwargs: Any
 ):
@@ -45,6 +93,8 @@ def load_llama(
     from edgetune.validate import check_gguf
 
     check_gguf(path)
+    _errors_only_log()
+    _errors.clear()
     repack = os.environ.get("EDGETUNE_LLAMA_REPACK") == "1"
     context = contextlib.nullcontext() if repack else _model_params_without_repack()
     with context:
@@ -61,7 +111,7 @@ def load_llama(
                 **kwargs,
             )
         except ValueError as exc:  # llama-cpp-python's message for files llama.cpp refuses
-            raise InputError(f"{path}: llama.cpp cannot load this file ({exc})") from None
+            raise InputError(f"{path}: llama.cpp cannot load this file ({_why_refused(exc)})") from None
 
 
 def end_of_generation_ids(llm) -> set[int]:
