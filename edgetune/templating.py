@@ -206,24 +206,62 @@ class _Timeout(Exception):
     pass
 
 
+class _CallersAlarm(BaseException):
+    """What the caller's own SIGALRM handler raised (their timeout), carried past the catch-all in
+    render_template that would have made it a template error."""
+
+
 @contextmanager
 def _deadline(seconds: float):
     """SIGALRM-based deadline in the main thread (a template loop that yields no output is stopped
-    too); elsewhere only the per-chunk clock in render_template applies."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    too); elsewhere only the per-chunk clock in render_template applies (signal handlers can only
+    be set in the main thread).
+
+    A caller's own SIGALRM timer (a job runner's timeout, pytest-timeout's signal method) stays
+    theirs: the one timer is set for whichever is due first, theirs reaches their handler when it
+    is due (their exception raised as it is), and at exit theirs is set again with the time it has
+    left. A SIGALRM before our time is theirs (the timer never fires early)."""
+    previous = signal.getsignal(signal.SIGALRM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # None: a handler set outside Python, which could not be put back
         return
+    ours = time.monotonic() + seconds
+    theirs: list[float | None] = [None]  # when the caller's timer is next due
+
+    def arm(now: float) -> None:
+        due = ours if theirs[0] is None else min(ours, theirs[0])
+        signal.setitimer(signal.ITIMER_REAL, max(due - now, 1e-6))  # 1e-6: 0 would disarm it
 
     def expired(signum, frame):
-        raise _Timeout()
+        now = time.monotonic()
+        if now >= ours - 1e-3:  # setitimer rounds to microseconds
+            raise _Timeout()
+        if theirs[0] is not None and now >= theirs[0] - 1e-3:
+            theirs[0] = theirs[0] + interval if interval else None
+        arm(now)
+        if previous is signal.SIG_DFL:  # the default ends the process, as the caller's timer would
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGALRM)
+        elif previous is not signal.SIG_IGN:
+            try:
+                previous(signum, frame)
+            except BaseException as e:
+                raise _CallersAlarm(e) from None
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    left, interval = signal.setitimer(signal.ITIMER_REAL, 0)  # theirs stopped before ours is set
+    now = time.monotonic()
+    theirs[0] = now + left if left > 0 else None
+    signal.signal(signal.SIGALRM, expired)
     try:
+        arm(now)
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        try:  # ours, due as the body ended, can raise in here: the caller's are put back whatever
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+            if theirs[0] is not None:  # one that came due meanwhile fires at once
+                signal.setitimer(signal.ITIMER_REAL, max(theirs[0] - time.monotonic(), 1e-6), interval)
 
 
 def _text_size(value: Any) -> int:
@@ -267,6 +305,8 @@ def render_template(source: str, **variables: Any) -> str:
                 if time.monotonic() - started > MAX_SECONDS:
                     raise _Timeout()
                 pieces.append(chunk)
+    except _CallersAlarm as e:
+        raise e.args[0] from None
     except _Timeout:
         raise InputError(f"chat template: rendering took longer than {MAX_SECONDS:g} s; refused") from None
     except SecurityError as e:

@@ -185,3 +185,68 @@ def test_a_hostile_template_in_a_model_dir_stops_data_check_with_exit_2(tmp_path
     )
     assert result.exit_code == 2, result.output
     assert "chat template: refused by the sandbox" in result.output
+
+
+SPIN = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"  # no output
+
+
+@pytest.fixture
+def callers_alarm():
+    """The test's own SIGALRM handler and timer, as a job runner's timeout sets them; undone after."""
+    import signal
+
+    fired: list[float] = []
+    before = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(time.monotonic()))
+    yield fired
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, before)
+
+
+def test_a_callers_alarm_timer_runs_on_across_renders(callers_alarm):
+    """The sandbox's deadline ended with setitimer(ITIMER_REAL, 0): every rendered row switched off
+    a caller's own SIGALRM timer (a job runner's timeout, pytest-timeout's signal method)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGALRM)
+    signal.setitimer(signal.ITIMER_REAL, 600)
+    for _ in range(3):
+        assert render_template("{{ messages[0].content }}", messages=MESSAGES) == "be brief"
+    left, interval = signal.getitimer(signal.ITIMER_REAL)
+    assert 590 < left <= 600 and interval == 0
+    assert signal.getsignal(signal.SIGALRM) is handler and not callers_alarm
+
+
+def test_a_callers_timer_due_during_a_render_reaches_its_handler_and_the_deadline_still_holds(
+    callers_alarm, monkeypatch
+):
+    """The deadline replaced the caller's SIGALRM handler for the render: their timer, due meanwhile,
+    never reached it, and was off afterwards. Now it fires on time, and the template is still
+    stopped at the deadline."""
+    import signal
+
+    monkeypatch.setattr("edgetune.templating.MAX_SECONDS", 1.0)
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)  # a periodic one: a progress tick, a profiler
+    started = time.monotonic()
+    with pytest.raises(InputError, match="rendering took longer than 1 s"):
+        render_template(SPIN, messages=[])
+    assert time.monotonic() - started < 5
+    assert len(callers_alarm) >= 2, callers_alarm
+    left, interval = signal.getitimer(signal.ITIMER_REAL)
+    assert 0 < left <= 0.2 and interval == 0.2
+
+
+def test_the_callers_timeout_raised_in_a_render_is_theirs_not_a_template_error(callers_alarm):
+    """A caller's timeout due during a render never fired (the deadline's handler took SIGALRM),
+    and an exception their handler raises must not become "chat template: TimeoutError"."""
+    import signal
+
+    def job_timeout(signum, frame):
+        raise TimeoutError("the job's 0.3 s are up")
+
+    signal.signal(signal.SIGALRM, job_timeout)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="the job's 0.3 s are up"):
+        render_template(SPIN, messages=[])
+    assert time.monotonic() - started < 3  # theirs, before the deadline's 5 s
+    assert signal.getsignal(signal.SIGALRM) is job_timeout
