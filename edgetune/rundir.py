@@ -21,63 +21,12 @@ from typing import Any
 
 from edgetune.config import deep_merge
 from edgetune.errors import InputError, writing
+from edgetune.runlock import run_lock  # noqa: F401  (where the stages import it from)
 
 RUNS_DIR = Path("runs")
 LATEST = "latest"
 MANIFEST = "manifest.json"
 RECIPE_FILE = "recipe.yaml"
-
-
-_held_locks: dict[Path, int] = {}  # lock file -> fd: a process re-enters the locks it holds
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, command: str) -> Iterator[None]:
-    """One edgetune process at a time works in a run directory: a second `make demo`, or an
-    `edgetune bench` started while `edgetune export` still writes, is refused, where it would race
-    the first over the same files. The lock is an flock on a file beside the directory (it stays
-    when `run` sets an old run aside by renaming it), and the kernel drops it when the process
-    ends, kill -9 included, so a crash never leaves a stale lock. Re-entrant within a process:
-    `edgetune run` holds it while its stages take it again."""
-    run_dir = Path(run_dir).resolve()
-    path = run_dir.parent / f".{run_dir.name}.lock"
-    fd = None if path in _held_locks else _take_lock(path, run_dir, command)
-    if fd is None:
-        yield
-        return
-    _held_locks[path] = fd
-    try:
-        yield
-    finally:
-        del _held_locks[path]
-        os.close(fd)  # the file stays: removing it would let a waiting process lock a deleted file
-
-
-def _take_lock(path: Path, run_dir: Path, command: str) -> int | None:
-    """The locked file's descriptor; None where this system or directory cannot lock (no lock, as
-    before: the stage reports its own error if it cannot write there either)."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
-    except (ImportError, OSError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        raise InputError(
-            f"{run_dir}: busy: {holder} is working in this run directory; wait for it to finish "
-            "or use another run directory"
-        ) from None
-    except OSError:  # a filesystem without flock
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"`edgetune {command}` (pid {os.getpid()})".encode(), 0)
-    return fd
 
 
 def atomic_write_text(path: Path, text: str) -> None:

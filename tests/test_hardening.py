@@ -318,6 +318,46 @@ def test_a_second_process_in_a_busy_run_directory_is_refused_and_writes_nothing(
         pass
 
 
+def test_another_thread_in_a_busy_run_directory_is_refused_as_another_process_is(tmp_path):
+    """The lock's re-entry was per process: a second thread (a service's job pool running merge
+    while export works in the same run) went in, and the first one's exit dropped the flock while
+    the second still worked. The thread that holds it re-enters it; another is refused."""
+    import fcntl
+    import os
+    import threading
+
+    from edgetune.errors import InputError
+    from edgetune.rundir import run_lock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    entered, leave = threading.Event(), threading.Event()
+
+    def export_job():
+        with run_lock(run, "export"), run_lock(run, "export"):  # its own thread re-enters it
+            entered.set()
+            leave.wait(30)
+
+    job = threading.Thread(target=export_job)
+    job.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(InputError, match=rf"busy: `edgetune export` \(pid {os.getpid()}\) is working"):
+            with run_lock(str(run), "merge"):
+                pass
+        fd = os.open(tmp_path / ".run.lock", os.O_RDWR)
+        try:  # the working thread's flock stays: another process is refused as well
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        leave.set()
+        job.join(30)
+    with run_lock(run, "merge"):  # free once the thread has left
+        pass
+
+
 def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_path, tiny_model_dir):
     """Missing data, a bad row, a model that is not there: the run directory tune made for it goes
     again, and runs/latest still names the last real run (what `edgetune export` would pick)."""
