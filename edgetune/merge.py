@@ -268,7 +268,7 @@ def data_changed_since_tune(recipe, manifest: dict[str, Any]) -> list[str]:
     return [f"data.{k}" for k in ("train", "valid", "test") if trained.get(k) != now.get(k)]
 
 
-def merge(run_dir: Path | None = None, console=None) -> MergeResult:
+def merge(run_dir: Path | str | None = None, console=None) -> MergeResult:
     import transformers
 
     from edgetune.data.prepare import prepare

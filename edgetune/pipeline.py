@@ -127,7 +127,7 @@ def _set_aside(run_dir: Path, console) -> None:
 def run_pipeline(
     recipe_arg: str | None = None,
     overrides: list[str] | None = None,
-    run_dir: Path | None = None,
+    run_dir: Path | str | None = None,
     console=None,
     pick: bool = False,
     until: str = "bench",
@@ -152,7 +152,7 @@ def run_pipeline(
             console.print(
                 f"{escape(str(unnamed))}: this recipe's run, as an earlier edgetune named it; going on there"
             )
-    run_dir = (run_dir or RUNS_DIR / recipe.name).resolve()
+    run_dir = Path(run_dir or RUNS_DIR / recipe.name).resolve()  # a str too, from a program
     refuse_foreign_dir(run_dir)
     stages = STAGES[: STAGES.index(until) + 1]
     from edgetune.preflight import require_the_stages_runtimes

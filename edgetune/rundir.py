@@ -257,9 +257,10 @@ def refuse_unwritable(folder: Path, why: str) -> None:
         raise InputError(f"{folder}: cannot write there ({exc.strerror or exc}); {why}") from None
 
 
-def file_in_the_way(path: Path) -> Path | None:
+def file_in_the_way(path: Path | str) -> Path | None:
     """The nearest existing path at or above `path` when it is a file, not a directory: making
     `path` (mkdir with parents) would fail there, after whatever work came first."""
+    path = Path(path)
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     return existing if existing is not None and not existing.is_dir() else None
 
@@ -316,8 +317,9 @@ ADAPTER_HINT = (
 )
 
 
-def resolve_run_dir(run_dir: Path | None) -> Path:
-    """A RUN_DIR argument, or runs/latest when none is given."""
+def resolve_run_dir(run_dir: Path | str | None) -> Path:
+    """A RUN_DIR argument (a Path or a str from a program calling merge, bench...), or runs/latest
+    when none is given."""
     if run_dir is None:
         latest = RUNS_DIR / LATEST
         if latest.is_symlink() and not latest.exists():
@@ -329,6 +331,7 @@ def resolve_run_dir(run_dir: Path | None) -> Path:
                 f"no run given and {latest} does not exist: run `edgetune tune` first or name a run directory"
             )
         return latest.resolve()
+    run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():

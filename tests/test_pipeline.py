@@ -1041,3 +1041,29 @@ def test_a_name_yaml_reads_as_a_number_goes_on_in_the_run_an_earlier_edgetune_na
     assert not (tmp_path / "runs" / "1.10").exists()
     renamed, out = invoke(recipe, "--until", "data", "--set", "name=v2")  # a name given: its own run
     assert renamed.exit_code == 0 and (tmp_path / "runs" / "v2").is_dir(), out
+
+
+def test_the_library_entry_points_take_run_directories_as_str(tmp_path, tiny_model_dir):
+    """A program calling merge("runs/x"), bench, export, tune or run_pipeline with a str path (as
+    check_dataset and open_chat take one) got AttributeError: 'str' object has no attribute
+    'exists'; a str is now read as the Path it names."""
+    from edgetune.bench.regate import regate_run
+    from edgetune.bench.run import bench
+    from edgetune.errors import InputError
+    from edgetune.export.run import export
+    from edgetune.merge import merge
+    from edgetune.pipeline import run_pipeline
+    from edgetune.tune.run import tune
+
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    result = run_pipeline(str(recipe), [], str(tmp_path / "p"), until="data")
+    assert result.run_dir == (tmp_path / "p").resolve() and result.ran == ["data"]
+    for call in (merge, bench, export, regate_run):
+        with pytest.raises(InputError, match="nowhere: run directory not found"):
+            call(str(tmp_path / "nowhere"))
+    with pytest.raises(InputError, match="recipe.yaml: a file; export takes a run directory"):
+        export(str(recipe))
+    with pytest.raises(InputError, match="recipe.yaml: not a directory; --out names"):
+        export(str(tiny_model_dir), out=str(recipe / "export"))
+    with pytest.raises(InputError, match="recipe.yaml: not a directory; --run-dir names"):
+        tune(str(recipe), [], str(recipe / "run"))

@@ -36,7 +36,9 @@ def regate(
     return json.dumps(report, sort_keys=True) != before
 
 
-def regate_run(run_dir: Path | None = None, gates: GatesConfig | None = None) -> tuple[dict[str, Any], bool]:
+def regate_run(
+    run_dir: Path | str | None = None, gates: GatesConfig | None = None
+) -> tuple[dict[str, Any], bool]:
     """(the report under `gates`, default the run's recipe's; whether a verdict changed). The
     report files are rewritten only when one did."""
     run_dir = resolve_run_dir(run_dir)

@@ -135,7 +135,7 @@ def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) 
 
 
 def bench(
-    run_dir: Path | None = None, devices: list[str] | None = None, console=None, pick: bool = False
+    run_dir: Path | str | None = None, devices: list[str] | None = None, console=None, pick: bool = False
 ) -> dict[str, Any]:
     """`pick`: the report is for --pick, which the recipe's gates must allow before anything is measured."""
     from edgetune.data.prepare import prepare

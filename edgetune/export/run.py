@@ -45,9 +45,10 @@ from edgetune.rundir import (
 )
 
 
-def _source(source: Path | None) -> tuple[Path | None, Path]:
+def _source(source: Path | str | None) -> tuple[Path | None, Path]:
     """(run_dir or None, HF model dir). A run's merged/ folder is that run: its recipe's data,
     types and shipped system prompt, its lock (a merge of the run must not rewrite it meanwhile)."""
+    source = None if source is None else Path(source)  # a str from a program calling export()
     if source is not None and source.name == "merged" and (source.parent / RECIPE_FILE).is_file():
         source = source.parent
     if source is not None and (source / "config.json").is_file():
@@ -166,10 +167,10 @@ def _out_lock(base_out: Path, run_dir: Path | None) -> Iterator[None]:
 
 
 def export(
-    source: Path | None = None,
+    source: Path | str | None = None,
     formats: list[str] | None = None,
     quants: list[str] | None = None,
-    out: Path | None = None,
+    out: Path | str | None = None,
     imatrix: bool | None = None,
     check_only: bool = False,
     console=None,
@@ -178,7 +179,9 @@ def export(
 
     run_dir, model_dir = _source(source)
     recipe = load_run_recipe(run_dir) if run_dir else load_recipe("demo")
-    base_out = out or ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
+    base_out = (
+        Path(out) if out else ((run_dir / "export") if run_dir else RUNS_DIR / "export" / model_dir.name)
+    )
     if blocked := file_in_the_way(base_out):
         raise InputError(f"{blocked}: not a directory; --out names the folder the exports go in")
     # the run's manifest records its own export/ only: files sent elsewhere (--out) are not the run's

@@ -98,9 +98,10 @@ def _cpu_name() -> str:
 
 
 def _start_run(
-    recipe_arg: str | None, overrides: list[str], run_dir: Path | None, resume: bool
+    recipe_arg: str | None, overrides: list[str], run_dir: Path | str | None, resume: bool
 ) -> tuple[Recipe, Path, bool]:
     """The recipe and the run directory, and whether this call made the directory."""
+    run_dir = None if run_dir is None else Path(run_dir)  # a str from a program calling tune()
     if resume:
         if recipe_arg or overrides:
             raise InputError("--resume continues a run with the recipe saved in it; drop RECIPE and --set")
@@ -141,7 +142,7 @@ def _start_run(
 def tune(
     recipe_arg: str | None = None,
     overrides: list[str] | None = None,
-    run_dir: Path | None = None,
+    run_dir: Path | str | None = None,
     resume: bool = False,
     console=None,
     shown: Collection[str] = (),
