@@ -21,7 +21,7 @@ from typing import Any, Literal
 from edgetune.bench.settings import BenchConfig
 from edgetune.errors import ConfigError
 from edgetune.export.settings import ExportConfig
-from edgetune.overrides import apply_overrides, blame_overrides
+from edgetune.overrides import apply_overrides, blame_overrides, override_list
 from edgetune.recipe_yaml import name_from_file, read_recipe_yaml, with_lines
 from edgetune.typed import at_least, build, not_empty
 
@@ -274,6 +274,7 @@ def load_recipe(
 ) -> Recipe:
     """Load, override and validate a recipe; raise one ConfigError listing every problem.
     `new_run`: a tune or run starts from it (Recipe.new_run_problems too)."""
+    overrides = override_list(overrides)
     path = find_recipe(name_or_path)
     raw, lines = read_recipe_yaml(path)
     if "name" not in raw:  # runs/<name>: recipes without one each get their own, not one runs/custom
@@ -281,7 +282,7 @@ def load_recipe(
     _resolve_paths(raw, path.resolve().parent)
     in_file = copy.deepcopy(raw)
     over_raw: dict[str, Any] = {}
-    apply_overrides(over_raw, overrides or [])
+    apply_overrides(over_raw, overrides)
     _resolve_paths(over_raw, Path.cwd())
     _merge_overrides(raw, over_raw, Recipe)
     problems: list[str] = []
@@ -295,7 +296,7 @@ def load_recipe(
     problems += [p for p in recipe.validate() if not any(f.search(p) for f in failed)]
     problems += recipe.new_run_problems() if new_run else []
     if problems:
-        problems = blame_overrides(problems, overrides or [], in_file)
+        problems = blame_overrides(problems, overrides, in_file)
         raise ConfigError(*with_lines(problems, lines, path))
     recipe.source = str(path)
     return recipe

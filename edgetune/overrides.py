@@ -4,6 +4,7 @@ and a problem they caused blamed on them rather than on the recipe file."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -56,6 +57,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if value != text and text[:1] not in ("'", '"', "[", "{") and text not in YAML_NULLS:
         value = Given(text, value)
     return parts, Replacing(value) if isinstance(value, dict) else value
+
+
+def override_list(overrides: Iterable[str] | None) -> list[str]:
+    """--set overrides as a list. One str is refused, not read as its characters ("--set t: expected
+    KEY=VALUE"), nor taken as one override: it may hold several ("a=1 b=2", or "a=1,b=2" where a
+    comma also joins a list value), and guessing which could set a wrong value."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(
+            [
+                f"overrides: a list of KEY=VALUE strings, not one string: pass [{overrides!r}], not {overrides!r}"
+            ]
+        )
+    return list(overrides or [])
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from edgetune.config import Recipe, load_recipe
+from edgetune.config import Recipe, load_recipe, override_list
 from edgetune.errors import InputError, Interrupted
 from edgetune.export.layout import recipe_exports
 from edgetune.export.recorded import covers, drop_unrequested, export_whole, made_earlier, unrequested
@@ -141,7 +141,7 @@ def run_pipeline(
         raise InputError(f"--until {until}: not a stage; the stages are {', '.join(STAGES)}")
     if pick and until != "bench":
         raise InputError(f"--pick reads the bench report: it cannot end a run --until {until}")
-    recipe = load_recipe(recipe_arg, list(overrides or []), new_run=True)
+    recipe = load_recipe(recipe_arg, override_list(overrides), new_run=True)
     if pick:
         from edgetune.bench.gates import refuse_blind_pick
 
@@ -234,7 +234,7 @@ def _run_stage(stage, recipe, recipe_arg, overrides, run_dir, record: StageRecor
         from edgetune.data.report import check_dataset, print_report
 
         files = {k: Path(p) if (p := getattr(recipe.data, k)) else None for k in ("train", "valid", "test")}
-        report = check_dataset(recipe_arg, list(overrides or []), files)
+        report = check_dataset(recipe_arg, override_list(overrides), files)
         if console is not None:
             print_report(report, console)
             result.warned += report.get("warnings", [])

@@ -60,6 +60,20 @@ def test_list_override_accepts_commas():
     assert recipe.export.gguf.quants == ["q8_0", "q4_k_m"]  # as files are named
 
 
+def test_overrides_given_as_one_string_are_refused_not_read_as_characters():
+    """load_recipe(..., overrides="train.lr=1e-4") iterated the str: "--set t: expected KEY=VALUE".
+    tune, run_pipeline and check_dataset made it a list of characters before load_recipe saw it."""
+    from edgetune.data.report import check_dataset
+    from edgetune.pipeline import run_pipeline
+    from edgetune.tune.run import tune
+
+    said = r"overrides: a list of KEY=VALUE strings, not one string: pass \['train.lr=1e-4'\]"
+    for call in (load_recipe, tune, run_pipeline, lambda *a: check_dataset(*a, {}, tokens=False)):
+        with pytest.raises(ConfigError, match=said):
+            call("demo", "train.lr=1e-4")
+    assert load_recipe("demo", ("train.lr=1e-4",)).train.lr == 1e-4  # any sequence of strings
+
+
 def test_every_problem_is_reported_with_its_key_path():
     with pytest.raises(ConfigError) as info:
         load_recipe(

@@ -16,7 +16,7 @@ from typing import Any
 from rich.markup import escape
 
 from edgetune import __version__
-from edgetune.config import Recipe, load_recipe
+from edgetune.config import Recipe, load_recipe, override_list
 from edgetune.data.files import check_data_files
 from edgetune.errors import InputError, ModelError, writing
 from edgetune.export.modelfile import shared_system_prompt
@@ -151,7 +151,7 @@ def tune(
     from edgetune.tune.distributed import is_main_process, save_adapter, wait_for_every_rank
 
     started = time.time()
-    recipe, run_dir, created = _start_run(recipe_arg, list(overrides or []), run_dir, resume)
+    recipe, run_dir, created = _start_run(recipe_arg, override_list(overrides), run_dir, resume)
     with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext():
         main = is_main_process()
         warnings: list[str] = []
