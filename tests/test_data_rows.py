@@ -159,6 +159,19 @@ def test_cli_skip_bad_rows_reports_count(tmp_path):
     )
 
 
+def test_check_dataset_refuses_an_unknown_format_naming_the_known_ones(tmp_path):
+    """check_dataset(fmt="bogus") was not checked: it failed at the first row ("text: missing; the
+    row looks like 'messages', but it is read as 'bogus'"), blaming the data, not the argument."""
+    from edgetune.data.report import check_dataset
+    from edgetune.errors import InputError
+
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
+    known = "auto, messages, prompt_completion, text, alpaca, sharegpt"
+    with pytest.raises(InputError, match=rf"^--format bogus: not a row format; the formats are {known}$"):
+        check_dataset(None, [], {"train": path}, fmt="bogus", tokens=False)
+    assert check_dataset(None, [], {"train": path}, fmt="messages", tokens=False)["format"] == "messages"
+
+
 # --------------------------------------------------------------- layouts from other tools
 
 ALPACA = [

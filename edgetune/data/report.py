@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetune.config import load_recipe
-from edgetune.errors import printable
+from edgetune.errors import InputError, printable
 
 
 def check_dataset(
@@ -22,6 +22,10 @@ def check_dataset(
 ) -> dict[str, Any]:
     """`skip_bad_rows`: None reads the recipe's data.skip_bad_rows (what `edgetune run` does).
     `say`: where the progress of a long preparation goes."""
+    from edgetune.data.rows import FORMATS
+
+    if fmt and fmt not in ("auto", *FORMATS):  # as the CLI's --format choice refuses it
+        raise InputError(f"--format {fmt}: not a row format; the formats are auto, {', '.join(FORMATS)}")
     recipe = load_recipe(recipe_name, overrides)
     cfg = recipe.data
     own_train = bool(cfg.train) and files.get("train") is not None and _same_file(files["train"], cfg.train)
