@@ -23,6 +23,7 @@ from edgetune.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EdgetuneError,
+    Interrupted,
     Terminated,
     is_disk_full,
     missing_package,
@@ -79,10 +80,11 @@ class LazyGroup(NamingGroup):
         try:
             return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt as exc:  # Ctrl-C, Terminated, and Interrupted, which says how to go on
+            said = str(exc) if isinstance(exc, Interrupted) else "interrupted"
             # the shell's status for a process a signal ended: 130 for SIGINT, 143 for SIGTERM
-            _fail(str(exc), 128 + signal.SIGTERM if terminated and exc.exit_code == 130 else exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 128 + signal.SIGTERM if terminated else 130)
+            _fail(said, 128 + signal.SIGTERM if terminated else 130)
         except BrokenPipeError:
             # the reader of stdout left (`edgetune recipes | head -1`): end as a Unix tool killed by
             # SIGPIPE does (status 141), saying nothing; no "internal error", no traceback at exit

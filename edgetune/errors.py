@@ -54,8 +54,11 @@ class ModelError(InputError):
     """A base model cannot be resolved or loaded."""
 
 
-class Interrupted(EdgetuneError):
-    """Ctrl-C: the message says how to continue."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM): the message says how to continue. A KeyboardInterrupt, as Terminated
+    is, and no EdgetuneError: a program's `except EdgetuneError:` for bad input (or its `except
+    Exception:`) took a user's Ctrl-C for a failed job and went on. The CLI prints the message
+    and exits 130 (143 for SIGTERM)."""
 
     exit_code = 130
 

@@ -344,6 +344,31 @@ def test_a_set_aside_killed_while_removing_the_older_one_leaves_no_half_run(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.previous"]
 
 
+def test_ctrl_c_in_a_library_run_is_a_keyboard_interrupt_no_handler_for_bad_input_takes(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Interrupted was an EdgetuneError only: a program's `except EdgetuneError:` (or `except
+    Exception:`) for a job's bad input took a user's Ctrl-C for a failed job and went on. It is a
+    KeyboardInterrupt now, as Terminated is, still saying how to go on (the CLI's 130: above)."""
+    import edgetune.pipeline
+    from edgetune.errors import EdgetuneError, Interrupted
+    from edgetune.pipeline import run_pipeline
+
+    def interrupted(stage, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgetune.pipeline, "_run_stage", interrupted)
+    recipe = pipeline_recipe(tmp_path, tiny_model_dir)
+    with pytest.raises(
+        KeyboardInterrupt, match="interrupted in data; the same `edgetune run` continues"
+    ) as stop:
+        try:
+            run_pipeline(str(recipe), [], tmp_path / "r")
+        except EdgetuneError:  # a program's handler for a job's bad input
+            pass
+    assert isinstance(stop.value, Interrupted) and stop.value.exit_code == 130
+
+
 def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir, monkeypatch):
     import edgetune.pipeline
 
