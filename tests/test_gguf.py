@@ -877,6 +877,41 @@ def test_a_gguf_is_judged_by_the_type_its_metadata_names_not_its_file_name(tmp_p
     assert gguf_quant(tmp_path / "model-q6_k.gguf") == "q6_k"
 
 
+def test_a_file_that_ends_generation_at_a_text_token_fails_naming_it(tmp_path, tiny_model_dir):
+    """tokenizer.ggml.eos_token_id set to a token answers write ('":'): llama.cpp front-ends cut
+    every answer there, yet parity passed, since the model's own stop ids were still among the
+    file's and the greedy comparison stopped only where the model stops."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgetune.bench.accuracy import log_softmax as _log_softmax
+    from edgetune.export.parity import _Reference, check_artifact
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok(" ".join(CORPUS), add_special_tokens=False)["input_ids"][:40]
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(torch.tensor([ids])).logits[0]
+    logprobs = _log_softmax(logits.double().numpy())
+    written = int(logprobs[29].argmax())  # the token the model writes after the prompt
+    ref = _Reference("", ids[:30], ids, logprobs, [written, *ids[31:34]], False)
+    out = convert(tiny_model_dir, tmp_path / "m-f32.gguf", "f32")
+    assert check_artifact(out, "f32", [ref], [tok.eos_token_id], 4, tok.chat_template).file_problems == []
+    field = gguf.GGUFReader(str(out), "r+").get_field("tokenizer.ggml.eos_token_id")
+    field.parts[field.data[0]][0] = written
+    del field
+    row = check_artifact(out, "f32", [ref], [tok.eos_token_id], 4, tok.chat_template)
+    shown = repr(tok.convert_tokens_to_string([tok.convert_ids_to_tokens(written)]))
+    assert row.file_problems == [
+        f"llama.cpp ends generation at {shown} (id {written}), a text token the merged model does not stop at "
+        "(llama.cpp front-ends would cut answers off where it is written; tokenizer.ggml.eos_token_id?)"
+    ]
+    assert not row.passed
+    out.write_bytes(out.read_bytes().replace(b"tokenizer.chat_template", b"tokenizer.chat_templatX"))
+    row = check_artifact(out, "f32", [ref], [tok.eos_token_id], 4, tok.chat_template)
+    assert "the file has no chat template (llama.cpp front-ends would prompt otherwise)" in row.file_problems
+
+
 def test_an_f32_file_that_keeps_every_tokens_rank_but_not_its_probability_fails(tmp_path, tiny_model_dir):
     """The final norm's weight 3x: every logit scaled, no argmax moved. F32 had no KL goal, so the
     file passed (top-1 and greedy 100%) at a KL above q4_k_m's goal."""

@@ -123,6 +123,14 @@ def end_of_generation_ids(llm) -> set[int]:
     return {i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, i)}
 
 
+def is_text_token(llm, token: int) -> bool:
+    """Whether llama.cpp reads `token` as text (a normal or byte token), not a control token."""
+    import llama_cpp
+
+    attr = llama_cpp.llama_vocab_get_attr(llama_cpp.llama_model_get_vocab(llm.model), token)
+    return bool(attr & (llama_cpp.LLAMA_TOKEN_ATTR_NORMAL | llama_cpp.LLAMA_TOKEN_ATTR_BYTE))
+
+
 def file_chat_template(llm) -> str | dict[str, str] | None:
     """The chat template a GGUF carries, as transformers holds it: one string, or named ones."""
     meta = llm.metadata

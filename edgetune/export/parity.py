@@ -120,7 +120,12 @@ def check_artifact(
 ) -> ParityRow:
     """`template`: the chat template the file should carry (the model directory's own); `kl_goals`:
     the recipe's export.parity_kl."""
-    from edgetune.export.llama_runtime import end_of_generation_ids, file_chat_template, load_llama
+    from edgetune.export.llama_runtime import (
+        end_of_generation_ids,
+        file_chat_template,
+        is_text_token,
+        load_llama,
+    )
 
     # the longest text scored, or the longest prompt with the whole token budget: a file that
     # does not stop where torch stopped generates up to max_new_tokens (past llama.cpp's context
@@ -141,9 +146,23 @@ def check_artifact(
             f"llama.cpp does not end generation at token ids {missing}, where the merged model stops "
             "(llama.cpp front-ends would run past the end of a turn)"
         )
-    if file_chat_template(llm) != template:
+    ends = end_of_generation_ids(llm)
+    if text_ends := sorted(i for i in ends - set(eos_ids) if is_text_token(llm, i)):
+        shown = ", ".join(
+            f"{llm.detokenize([i], special=True).decode('utf-8', 'replace')!r} (id {i})" for i in text_ends
+        )
         problems.append(
-            "the file's chat template is not the model's (llama.cpp front-ends would prompt otherwise)"
+            f"llama.cpp ends generation at {shown}, a text token the merged model does not stop at "
+            "(llama.cpp front-ends would cut answers off where it is written; tokenizer.ggml.eos_token_id?)"
+        )
+    if (carried := file_chat_template(llm)) != template:
+        problems.append(
+            (
+                "the file has no chat template"
+                if carried is None
+                else "the file's chat template is not the model's"
+            )
+            + " (llama.cpp front-ends would prompt otherwise)"
         )
     kls, top1s, greedy, eos, differences = [], [], [], [], []
     for r in refs:
@@ -158,7 +177,8 @@ def check_artifact(
         got: list[int] = []
         for token in llm.generate(r.prompt_ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
             got.append(token)
-            if token in eos_ids or len(got) >= max_new_tokens:  # the budget torch had
+            # where the file ends generation, as llama.cpp's front-ends do, or torch's budget
+            if token in eos_ids or token in ends or len(got) >= max_new_tokens:
                 break
         stopped = bool(got) and got[-1] in eos_ids
         greedy.append(got == r.greedy)
