@@ -102,7 +102,15 @@ def _tied_keys(model) -> list[str]:
     return list(keys.keys()) if isinstance(keys, dict) else list(keys)
 
 
-def _write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None:
+def write_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None:
+    """The architecture's keys ({arch}.*) the file carries for `config`: the common ones, then the
+    family's own (spec.hparams). The parity check compares a file's keys with these."""
+    _write_common_hparams(writer, config, spec)
+    if spec.hparams:
+        spec.hparams(writer, config)
+
+
+def _write_common_hparams(writer: gguf.GGUFWriter, config: Any, spec: ArchSpec) -> None:
     n_head = config.num_attention_heads
     head_dim = attention_head_dim(config)
     writer.add_context_length(context_length(config, spec))
@@ -334,9 +342,7 @@ def convert(
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_hparams(writer, config, spec)
-        if spec.hparams:
-            spec.hparams(writer, config)
+        write_hparams(writer, config, spec)
         tok = _write_tokenizer(writer, model_dir, config, warn)
         writer.add_name(
             name_for_llama_cpp(name or model_dir.resolve().name, tok, model_dir / "tokenizer.json")
