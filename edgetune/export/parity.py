@@ -22,6 +22,7 @@ from edgetune.bench.accuracy import kl_top1, log_softmax
 from edgetune.bench.targets import refuse_another_width
 from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
+from edgetune.export.gguf_hparams import ModelHparams, hparam_mismatches, model_hparams
 
 GOALS: dict[str, dict[str, float]] = {
     # f32: a KL bound too, as a file that keeps every token's rank can still be wrong (a norm weight
@@ -117,15 +118,20 @@ def check_artifact(
     max_new_tokens: int,
     template: str | dict | None = None,
     kl_goals: dict[str, float] | None = None,
+    hparams: ModelHparams | None = None,
 ) -> ParityRow:
     """`template`: the chat template the file should carry (the model directory's own); `kl_goals`:
-    the recipe's export.parity_kl."""
+    the recipe's export.parity_kl; `hparams`: the architecture keys the file should carry (a file
+    whose keys differ fails on them, unmeasured)."""
     from edgetune.export.llama_runtime import (
         end_of_generation_ids,
         file_chat_template,
         is_text_token,
         load_llama,
     )
+
+    if hparams is not None and (wrong := hparam_mismatches(path, hparams)):
+        return unmeasured(path.name, quant, wrong)
 
     # the longest text scored, or the longest prompt with the whole token budget: a file that
     # does not stop where torch stopped generates up to max_new_tokens (past llama.cpp's context
@@ -187,6 +193,15 @@ def check_artifact(
     row = _row(path.name, quant, differences, kls, top1s, greedy, eos)
     row.file_problems = problems
     return judge(row, kl_goals)
+
+
+def unmeasured(artifact: str, quant: str, problems: list[str]) -> ParityRow:
+    """A failed row whose file was not measured: what it computes under settings that are not the
+    model's (another rope base, context or norm epsilon) says nothing the problems do not."""
+    nan = float("nan")
+    return ParityRow(
+        artifact, quant, 0, True, nan, nan, nan, nan, False, list(problems), file_problems=problems
+    )
 
 
 def ids_difference(shipped: list[int], model: list[int], decode) -> str:
@@ -273,11 +288,12 @@ def check_gguf(
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
     eos_ids = sorted(renderer.stop_ids)
     template = AutoTokenizer.from_pretrained(str(model_dir)).chat_template  # what the converter writes
+    hparams = model_hparams(model_dir)
     rows = []
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
-        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals))
+        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams))
     return rows
 
 
@@ -387,12 +403,18 @@ def print_table(rows: list[ParityRow], console) -> None:
     cells = [
         [
             r.artifact,
-            "same" if r.ids_equal else "DIFF",
-            f"{r.kl:.2e}",
-            f"{r.top1:.1%}",
-            f"{r.greedy:.0%}",
-            f"{r.eos:.0%}",
-            "-" if r.kv_cache is None else f"{r.kv_cache:.0%} same",
+            *(
+                (
+                    "same" if r.ids_equal else "DIFF",
+                    f"{r.kl:.2e}",
+                    f"{r.top1:.1%}",
+                    f"{r.greedy:.0%}",
+                    f"{r.eos:.0%}",
+                    "-" if r.kv_cache is None else f"{r.kv_cache:.0%} same",
+                )
+                if r.examples
+                else ("-",) * 6  # not measured (unmeasured(): its failures say why)
+            ),
             "[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}",
         ]
         for r in rows

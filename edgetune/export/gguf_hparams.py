@@ -1,0 +1,104 @@
+"""A GGUF's architecture keys ({arch}.*) against the model it was made from.
+
+The parity check measures logits on a few short prompts against goals per type: a file whose rope
+base moved from 10000 to 11000, whose RMS norm epsilon moved from 1e-6 to 1e-5, or whose context
+length says 32 where the model has 512 stays under those goals (or fails only as a KL number),
+while llama.cpp front-ends size their context by the file and drift on longer prompts. So each key
+is compared exactly with what edgetune's own converter writes for the merged model's config
+(gguf_convert.write_hparams: one mapping, not a second copy of it).
+
+Files from another converter (llama.cpp's own) leave out keys that llama.cpp then defaults, or write
+keys edgetune's does not: only the keys both sides define are compared, by the name after the
+architecture's prefix (the keys mean the same for every llama.cpp architecture).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from edgetune.errors import InputError
+
+_FLOATS = (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64)
+
+
+@dataclass(frozen=True)
+class ModelHparams:
+    source: str  # the config.json the values come from, as the failure names it
+    values: dict[str, gguf.GGUFValue]  # by key without the "{arch}." prefix
+
+
+def model_hparams(model_dir: Path) -> ModelHparams | None:
+    """The architecture keys edgetune's converter writes for `model_dir`'s config; None for a model
+    it does not convert (its files are judged by their logits alone)."""
+    from transformers import AutoConfig
+
+    from edgetune.export.gguf_arch import arch_for, attention_head_dim, config_file
+    from edgetune.export.gguf_convert import write_hparams
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        _, spec = arch_for(config)
+        writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[spec.gguf_arch])
+        write_hparams(writer, config, spec)
+    except (InputError, OSError, ValueError):  # no file of edgetune's could be of this config
+        return None
+    prefix = f"{writer.arch}."
+    values = {k.removeprefix(prefix): v for k, v in writer.kv_data[0].items() if k.startswith(prefix)}
+    # the converter leaves the key and value lengths out where they are llama.cpp's default (hidden
+    # size / heads), which llama.cpp's own converter writes for some models
+    head_dim = gguf.GGUFValue(attention_head_dim(config), gguf.GGUFValueType.UINT32)
+    for key in ("attention.key_length", "attention.value_length"):
+        values.setdefault(key, head_dim)
+    return ModelHparams(config_file(config), values)
+
+
+def hparam_mismatches(path: Path, expected: ModelHparams) -> list[str]:
+    """One line per key of `path` that both sides define and that differs from the model's: "llama.
+    rope.freq_base is 11000 in the file, 10000 in runs/x/merged/config.json"."""
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception:  # a damaged file: load_llama's header check names what is wrong with it
+        return []
+    field = reader.get_field("general.architecture")
+    arch = field.contents() if field is not None else None
+    if not isinstance(arch, str):
+        return []
+    lines = []
+    for suffix, want in expected.values.items():
+        field = reader.get_field(f"{arch}.{suffix}")
+        if field is None:
+            continue
+        got = field.contents()
+        if not _same(got, want):
+            lines.append(
+                f"{arch}.{suffix} is {_shown(got, want)} in the file, "
+                f"{_shown(want.value, want)} in {expected.source}"
+            )
+    return lines
+
+
+def _same(got, want: gguf.GGUFValue) -> bool:
+    """Equal as the file stores the model's value: floats at float32 (the converter writes f32)."""
+    try:
+        if want.type in _FLOATS:
+            return bool(np.float32(got) == np.float32(want.value))
+        if want.type == gguf.GGUFValueType.ARRAY:
+            return [_plain(v) for v in got] == [_plain(v) for v in want.value]
+        return _plain(got) == _plain(want.value)
+    except (TypeError, ValueError):  # another type than the model's (a string for a number)
+        return False
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _shown(value, want: gguf.GGUFValue) -> str:
+    if want.type in _FLOATS and isinstance(value, (int, float, np.number)) and math.isfinite(value):
+        return str(np.float32(value)).removesuffix(".0")  # the float32 as short as it reads back
+    return repr(value) if isinstance(value, str) else str(_plain(value))

