@@ -129,3 +129,61 @@ def test_llama_cpps_own_smollm2_file_agrees_with_smollm2s_config():
     shared = {k.removeprefix("llama.") for k in GGUFReader(str(path)).fields} & set(expected.values)
     assert len(shared) >= 10, shared  # context, embedding, feed-forward, blocks, heads, rope, eps, vocab
     assert hparam_mismatches(path, expected) == []
+
+
+PHI3_LONGROPE = dict(
+    max_position_embeddings=4096,
+    original_max_position_embeddings=1024,
+    partial_rotary_factor=0.5,
+    rope_scaling={"type": "longrope", "long_factor": [1.0, 4.0, 8.0, 9.0], "short_factor": [1.0] * 4},
+)
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        ("LlamaForCausalLM", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+        (
+            "LlamaForCausalLM",
+            {
+                "rope_scaling": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 32,
+                }
+            },
+        ),
+        ("MistralForCausalLM", {"sliding_window": 128}),
+        ("Qwen2ForCausalLM", {}),
+        ("Qwen3ForCausalLM", {"head_dim": 32}),
+        ("Gemma3ForCausalLM", {"final_logit_softcapping": 2.0}),
+        ("Phi3ForCausalLM", PHI3_LONGROPE),
+    ],
+)
+def test_each_architectures_own_file_agrees_with_its_config_and_a_changed_key_is_named(
+    tmp_path, tiny_tokenizer, arch, overrides
+):
+    """The comparison reads the converter's own keys for every registered family (Gemma 3's
+    sliding-window pattern, Phi-3's original context and attention factor, rope scaling): a file
+    edgetune wrote must agree with them, or every export of that family would fail its check."""
+    from conftest import build_tiny_model
+    from gguf import GGUFReader
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.gguf_hparams import hparam_mismatches, model_hparams
+
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, arch, **overrides)
+    out = convert(model_dir, tmp_path / "model.gguf", "f32")
+    expected = model_hparams(model_dir)
+    prefix = f"{GGUFReader(str(out)).get_field('general.architecture').contents()}."
+    written = {k.removeprefix(prefix) for k in GGUFReader(str(out)).fields if k.startswith(prefix)}
+    assert len(written & set(expected.values)) >= 10, written
+    assert hparam_mismatches(out, expected) == []
+    context = expected.values["context_length"].value
+    rewrite_gguf(out, {f"{prefix}context_length": 32, f"{prefix}block_count": 3})
+    assert hparam_mismatches(out, expected) == [
+        f"{prefix}context_length is 32 in the file, {context} in {model_dir}/config.json",
+        f"{prefix}block_count is 3 in the file, 2 in {model_dir}/config.json",
+    ]
