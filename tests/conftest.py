@@ -210,3 +210,43 @@ def chat_row(user: str, answer: str, system: str | None = None) -> dict:
 @pytest.fixture
 def chat_rows() -> list[dict]:
     return [chat_row(f"log line number {i}: link down on eth{i % 4}", f'{{"n": {i}}}') for i in range(50)]
+
+
+def caller_state() -> dict:
+    """What a caller of tune, merge or bench set for its own process, in comparable form."""
+    import random
+    import warnings
+
+    import numpy as np
+    import torch
+    import transformers
+
+    return {
+        "environ": dict(os.environ),
+        "torch_threads": torch.get_num_threads(),
+        "verbosity": transformers.logging.get_verbosity(),
+        "warnings_filters": list(warnings.filters),
+        "python_rng": random.getstate(),
+        "numpy_rng": np.random.get_state()[1].tolist(),
+        "torch_rng": torch.random.get_rng_state().tolist(),
+    }
+
+
+@pytest.fixture
+def callers_settings():
+    """A caller's own choices, each other than a stage's: 2 threads (the recipes here train on 1),
+    transformers' warnings shown, every RNG seeded; torch's thread count is put back afterwards."""
+    import random
+
+    import numpy as np
+    import torch
+    import transformers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    transformers.logging.set_verbosity_warning()
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import chat_row, write_jsonl
+from conftest import caller_state, chat_row, write_jsonl
 
 from edgetune.cli import main
 from edgetune.rundir import sha256_file
@@ -1354,18 +1354,68 @@ def test_the_recipes_precision_wins_over_the_launchers(tmp_path, tiny_model_dir,
     bf16 was off, so an fp32 recipe trained in bf16 autocast while its summary and manifest said fp32."""
     import edgetune.tune.trainer as trainer_module
 
-    built = []
+    precisions = []
     original = trainer_module.build_trainer
-    monkeypatch.setattr(
-        trainer_module, "build_trainer", lambda *a, **k: built.append(original(*a, **k)) or built[-1]
-    )
+
+    def build(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        # read while the tune runs: accelerate's state is the caller's again once it returns
+        precisions.append(trainer.accelerator.mixed_precision)
+        return trainer
+
+    monkeypatch.setattr(trainer_module, "build_trainer", build)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch` with ddp.yaml sets
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
     result = tune(str(recipe))
-    assert built[0].accelerator.mixed_precision == "no"
+    assert precisions == ["no"]
     assert any("the launcher's mixed_precision bf16 is not used" in w for w in result.warnings), (
         result.warnings
     )
+
+
+def test_a_tune_called_from_python_leaves_the_callers_process_as_it_was(
+    tmp_path, tiny_model_dir, callers_settings
+):
+    """tune left ACCELERATE_MIXED_PRECISION set, and torch's threads, transformers' verbosity, a
+    warnings filter and the reseeded RNGs changed: after a bf16 tune the caller's own bare
+    Accelerator() trained in bf16, and a second, fp32 tune in the process warned that "the
+    launcher's mixed_precision bf16 is not used" (saved in its manifest) with no launcher at all."""
+    from accelerate import Accelerator
+
+    before = caller_state()
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, eval_steps=2, save_steps=2)
+    tune(str(recipe), overrides=["train.precision=bf16"])
+    after = caller_state()
+    assert [name for name in before if after[name] != before[name]] == []
+    assert Accelerator().mixed_precision == "no"
+    second = tune(str(recipe), run_dir=tmp_path / "second")
+    assert not any("mixed_precision" in w for w in second.warnings), second.warnings
+    manifest = json.loads((second.run_dir / "manifest.json").read_text())
+    assert not any("mixed_precision" in w for w in manifest["stages"]["tune"]["warnings"])
+    assert manifest["device"]["torch_threads"] == 1  # the recipe's threads, while it trained
+
+
+def test_a_stage_that_fails_still_gives_the_caller_its_process_state_back(callers_settings):
+    """What tune, merge and bench change for themselves is put back when they raise, too (a refused
+    input, a divergence, Ctrl-C): a failed tune in a notebook left its threads and seeds behind."""
+    import warnings
+
+    import torch
+    import transformers
+
+    from edgetune.process_state import kept_process_state
+
+    before = caller_state()
+    with pytest.raises(KeyboardInterrupt), kept_process_state():
+        os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
+        os.environ.pop("EDGETUNE_CACHE")
+        torch.set_num_threads(1)
+        transformers.logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"transformers\.trainer")
+        transformers.set_seed(42)
+        raise KeyboardInterrupt
+    after = caller_state()
+    assert [name for name in before if after[name] != before[name]] == []
 
 
 def test_a_kill_between_save_and_commit_resumes_from_the_last_committed_checkpoint(tmp_path, tiny_model_dir):

@@ -21,6 +21,7 @@ from edgetune.data.files import check_data_files
 from edgetune.errors import InputError, ModelError, writing
 from edgetune.export.modelfile import shared_system_prompt
 from edgetune.fingerprints import data_files, training_settings
+from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import dump_run_recipe, load_run_recipe
 from edgetune.rundir import (
     RECIPE_FILE,
@@ -152,7 +153,8 @@ def tune(
 
     started = time.time()
     recipe, run_dir, created = _start_run(recipe_arg, override_list(overrides), run_dir, resume)
-    with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext():
+    # the process's threads, RNGs, environment... are the caller's again once the tune returns
+    with run_lock(run_dir, "tune") if is_main_process() else contextlib.nullcontext(), kept_process_state():
         main = is_main_process()
         warnings: list[str] = []
 
