@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.export.layout import SHIPPED_SETTINGS, trained_system_prompt
+from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
     ADAPTER_HINT,
@@ -278,7 +279,7 @@ def merge(run_dir: Path | str | None = None, console=None) -> MergeResult:
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
-    with run_lock(run_dir, "merge"):
+    with run_lock(run_dir, "merge"), kept_process_state():  # its verbosity, torch's RNG: the caller's after
         adapter = run_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             from edgetune.tune.resume import config_missing, no_adapter_yet

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import caller_state
 from test_tune import make_recipe
 
 from edgetune.cli import main
@@ -38,6 +39,15 @@ def test_merged_logits_match_the_adapter_model(tuned_run):
     assert (tuned_run / "merged" / "tokenizer_config.json").is_file()
     assert manifest["stages"]["merge"]["chosen"] == "full_precision"
     assert manifest["stages"]["merge"]["data_changed_since_tune"] == []
+
+
+def test_a_merge_called_from_python_leaves_the_callers_process_as_it_was(tuned_run, callers_settings):
+    """merge set transformers' verbosity to ERROR and left it (the caller's own warnings went
+    unshown from then on), and loading its models drew from the caller's torch RNG."""
+    before = caller_state()
+    merge(tuned_run)
+    after = caller_state()
+    assert [name for name in before if after[name] != before[name]] == []
 
 
 def test_merge_refuses_nan_weights(tuned_run):
