@@ -1146,6 +1146,25 @@ def test_a_device_named_twice_is_measured_once(benched, tmp_path):
     assert len(names) == len(set(names)), names
 
 
+def test_a_bench_called_from_python_leaves_the_callers_process_as_it_was(benched, tmp_path, callers_settings):
+    """bench's torch targets set torch's thread count to bench.threads and left it (a service that
+    had pinned its own count ran on bench's from then on), and loading them drew from its torch RNG."""
+    import shutil
+
+    from conftest import caller_state
+
+    from edgetune.bench.run import bench
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    shutil.rmtree(run / "export")  # the torch targets alone: those set the threads
+    before = caller_state()
+    assert before["torch_threads"] != yaml.safe_load((run / "recipe.yaml").read_text())["bench"]["threads"]
+    report = bench(run, ["cpu"])
+    after = caller_state()
+    assert {t["name"].split("/")[0] for t in report["targets"]} == {"torch"}
+    assert [name for name in before if after[name] != before[name]] == []
+
+
 def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path):
     """bench.threads past the cores made every latency row measure threads contending, unsaid."""
     import shutil

@@ -30,6 +30,7 @@ from edgetune.cores import default_threads
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
 from edgetune.export.parity_record import checked_digest
+from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
     RECIPE_FILE,
@@ -143,7 +144,7 @@ def bench(
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
-    with run_lock(run_dir, "bench"):
+    with run_lock(run_dir, "bench"), kept_process_state():  # TorchRunner's threads: the caller's after
         if not (run_dir / RECIPE_FILE).is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE})")
         recipe = load_run_recipe(run_dir)
