@@ -246,6 +246,22 @@ def test_export_after_tune_writes_variants_and_parity(tmp_path, tiny_model_dir):
     assert "int8: no tokenizer files (tokenizer.json, ...)" in " ".join(checked.output.split())
 
 
+def test_an_export_called_from_python_leaves_the_callers_process_as_it_was(
+    tiny_model_dir, tmp_path, callers_settings
+):
+    """Loading the model that ONNX parity is checked against drew from the caller's torch RNG, which
+    export left moved on."""
+    from conftest import caller_state
+
+    from edgetune.export.run import export
+
+    before = caller_state()
+    result = export(tiny_model_dir, ["onnx"], ["fp32"], out=tmp_path / "out")
+    after = caller_state()
+    assert [row.quant for row in result["parity"]] == ["fp32"]
+    assert [name for name in before if after[name] != before[name]] == []
+
+
 def test_demo_recipe_exports_three_onnx_variants():
     from edgetune.config import load_recipe
 

@@ -30,6 +30,7 @@ from edgetune.export.layout import (
 )
 from edgetune.export.modelfile import write_modelfile
 from edgetune.export.parity import rows_as_dicts
+from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
     ADAPTER_HINT,
@@ -186,7 +187,8 @@ def export(
         raise InputError(f"{blocked}: not a directory; --out names the folder the exports go in")
     # the run's manifest records its own export/ only: files sent elsewhere (--out) are not the run's
     record_dir = run_dir if run_dir and base_out.resolve() == (run_dir / "export").resolve() else None
-    with run_lock(run_dir or base_out, "export"), _out_lock(base_out, run_dir):
+    # loading the models it checks draws from torch's RNG: the caller's again once export returns
+    with run_lock(run_dir or base_out, "export"), _out_lock(base_out, run_dir), kept_process_state():
         if run_dir and not record_dir and console is not None:
             console.print(
                 f"note: {escape(str(base_out))} is outside the run: its manifest does not record these files"
