@@ -535,3 +535,65 @@ def test_int4_8bit_layers_that_name_no_layer_are_refused(exported):
     ) as bad:
         refuse_unmatched_layers(["v_projj", "mlp_out", "down_proj", "1"], names)  # "1": layers.1, a part
     assert "k_proj" in str(bad.value) and "lm_head" in str(bad.value)
+
+
+def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from_the_model_fails(
+    tmp_path, tiny_model_dir, tiny_tokenizer
+):
+    """The parity loop decodes by argmax and stops at the union of every EOS it finds, so a folder
+    whose generation_config.json said eos_token_id 0, or sampled at temperature 1.5, whose
+    config.json's EOS was another token, or whose tokenizer.json added a BOS the model never saw
+    to a plain tokenizer(text) call, passed: optimum's generate on it would not stop at <|im_end|>.
+    The model's own sampling settings, which the export copies, still pass."""
+    import shutil
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.export.parity import check_onnx
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    eos = tiny_tokenizer.eos_token_id
+    own = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "eos_token_id": [eos, 1], "pad_token_id": eos}
+    (model_dir / "generation_config.json").write_text(json.dumps(own))
+    (folder,) = [
+        a.path for a in export_onnx(model_dir, tmp_path / "onnx", ["fp32"], OnnxExportConfig()).artifacts
+    ]
+    ex = Example("messages", messages=(("user", "router lost uplink"), ("assistant", "ok")), source="t:1")
+
+    def failures() -> str:
+        (row,) = check_onnx(model_dir, [("fp32", folder)], Renderer(tiny_tokenizer), [ex], 8)
+        return "; ".join(row.failures)
+
+    assert failures() == ""
+    sabotage = {
+        "generation_config.json": lambda d: d.update(eos_token_id=0, temperature=1.5),
+        "config.json": lambda d: d.update(eos_token_id=0),
+        "tokenizer.json": lambda d: d.update(
+            post_processor={
+                "type": "TemplateProcessing",
+                "single": [
+                    {"SpecialToken": {"id": "<s>", "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}},
+                ],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<s>": {"id": "<s>", "ids": [3], "tokens": ["<s>"]}},
+            }
+        ),
+    }
+    said = {}
+    for name, change in sabotage.items():
+        original = (folder / name).read_text()
+        settings = json.loads(original)
+        change(settings)
+        (folder / name).write_text(json.dumps(settings))
+        said[name] = failures()
+        (folder / name).write_text(original)
+    assert said["generation_config.json"] == (
+        f"generation_config.json: eos_token_id 0 where the merged model's is [{eos}, 1], temperature 1.5 "
+        "where the merged model's is 0.7 (optimum's generate would stop or sample otherwise)"
+    )
+    assert said["config.json"] == f"config.json: eos_token_id 0 where the merged model's is {eos}"
+    assert said["tokenizer.json"] == (
+        "the folder's tokenizer called plainly (tokenizer(text), which adds special tokens) gives other "
+        "ids than the merged model's: the file adds '<s>' (id 3) before the prompt, the model does not"
+    )

@@ -373,6 +373,8 @@ def check_onnx(
     console=None,
     kl_goals: dict[str, float] | None = None,
 ) -> list[ParityRow]:
+    from edgetune.export.onnx_sidefiles import side_file_problems
+
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
     rows = []
     for quant, directory in variants:
@@ -380,6 +382,11 @@ def check_onnx(
             console.print(f"parity: onnx/{directory.name}")
         row = check_onnx_variant(directory, quant, renderer, examples, refs, max_new_tokens, kl_goals)
         row.artifact = f"onnx/{directory.name}"
+        # what the folder tells optimum and a plain tokenizer call, which the loop above cannot see
+        texts = [r.prompt_text for r in refs] if row.ids_equal else []  # else said above, once
+        if differs := side_file_problems(model_dir, directory, renderer.tokenizer, texts):
+            row.file_problems += differs
+            judge(row, kl_goals)
         rows.append(row)
     return rows
 
