@@ -542,7 +542,7 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
 ):
     """The parity loop decodes by argmax and stops at the union of every EOS it finds, so a folder
     whose generation_config.json said eos_token_id 0, or sampled at temperature 1.5, whose
-    config.json's EOS was another token, or whose tokenizer.json added a BOS the model never saw
+    config.json's or tokenizer's EOS was another token, or whose tokenizer.json added a BOS the model never saw
     to a plain tokenizer(text) call, passed: optimum's generate on it would not stop at <|im_end|>.
     The model's own sampling settings, which the export copies, still pass."""
     import shutil
@@ -568,6 +568,7 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
     sabotage = {
         "generation_config.json": lambda d: d.update(eos_token_id=0, temperature=1.5),
         "config.json": lambda d: d.update(eos_token_id=0),
+        "tokenizer_config.json": lambda d: d.update(eos_token="<|endoftext|>"),
         "tokenizer.json": lambda d: d.update(
             post_processor={
                 "type": "TemplateProcessing",
@@ -593,6 +594,9 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
         "where the merged model's is 0.7 (optimum's generate would stop or sample otherwise)"
     )
     assert said["config.json"] == f"config.json: eos_token_id 0 where the merged model's is {eos}"
+    assert said["tokenizer_config.json"] == (
+        "the folder's tokenizer: eos_token '<|endoftext|>' where the merged model's is '<|im_end|>'"
+    )
     assert said["tokenizer.json"] == (
         "the folder's tokenizer called plainly (tokenizer(text), which adds special tokens) gives other "
         "ids than the merged model's: the file adds '<s>' (id 3) before the prompt, the model does not"

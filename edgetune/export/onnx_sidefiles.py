@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 CONFIG_IDS = ("eos_token_id", "bos_token_id", "pad_token_id")
+SPECIAL_TOKENS = ("eos_token", "bos_token", "pad_token", "unk_token")
 # what saving writes about the writer, not about generation
 BOOKKEEPING = {"transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash"}
 
@@ -95,6 +96,13 @@ def side_file_problems(model_dir: Path, folder: Path, model_tokenizer, texts: li
 
     said = setting_differences(model_dir, folder)
     shipped_tokenizer = load_tokenizer(ResolvedModel(str(folder), folder, "local"))
+    tokens = [  # what front-ends that ask the tokenizer where to stop, or what to pad with, read
+        f"{name} {getattr(shipped_tokenizer, name)!r} where the merged model's is {getattr(model_tokenizer, name)!r}"
+        for name in SPECIAL_TOKENS
+        if getattr(shipped_tokenizer, name) != getattr(model_tokenizer, name)
+    ]
+    if tokens:
+        said.append(f"the folder's tokenizer: {', '.join(tokens)}")
     if difference := plain_call_difference(shipped_tokenizer, model_tokenizer, texts):
         said.append(difference)
     return said
