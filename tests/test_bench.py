@@ -870,6 +870,42 @@ def test_a_file_changed_since_its_parity_check_is_not_vouched_for(benched, tmp_p
     assert run_export_problems(run) == []
 
 
+def test_an_onnx_folder_whose_side_files_changed_since_its_parity_check_is_not_vouched_for(benched, tmp_path):
+    """The parity digest of an ONNX folder covered model.onnx* only: its generation_config.json,
+    config.json or tokenizer edited after the check still passed bench's gates, unsaid. Rows an
+    earlier edgetune recorded (without the side files' digests) still vouch for their folder."""
+    import shutil
+
+    from edgetune.bench.regate import regate_run
+    from edgetune.export.parity_record import PARITY_FILE, run_export_problems
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    settings = run / "export" / "onnx" / "fp32" / "generation_config.json"
+    original = settings.read_text()
+    settings.write_text(json.dumps(json.loads(original)))  # other bytes, the same settings
+    assert run_export_problems(run) == [
+        "onnx/fp32: generation_config.json changed since its export parity check (run `edgetune export --check`)"
+    ]
+    report, _ = regate_run(run)
+    fp32 = next(t for t in report["targets"] if t["name"] == "onnx/fp32")
+    assert fp32["gate"] == "fail" and "generation_config.json changed since" in fp32["export_parity_problem"]
+    checked = CliRunner().invoke(main, ["export", str(run), "--check", "--to", "onnx"])
+    assert checked.exit_code == 0, checked.output
+    said = " ".join(checked.output.split())
+    assert "onnx/fp32: generation_config.json changed since its last parity check; checked again" in said
+    assert run_export_problems(run) == []  # the new bytes are the checked ones
+
+    # as an earlier edgetune recorded the check: no side digests, and a folder as it was still vouched for
+    manifest = json.loads((run / "manifest.json").read_text())
+    for row in manifest["stages"]["export"]["onnx_parity"]:
+        row.pop("side_sha256")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    rows = json.loads((run / "export" / "onnx" / PARITY_FILE).read_text())
+    (run / "export" / "onnx" / PARITY_FILE).write_text(json.dumps([{**r, "side_sha256": None} for r in rows]))
+    assert run_export_problems(run) == []
+    assert next(t for t in regate_run(run)[0]["targets"] if t["name"] == "onnx/fp32")["gate"] == "pass"
+
+
 def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(
     benched, tmp_path, monkeypatch
 ):
@@ -1098,7 +1134,7 @@ def test_pick_and_regate_answer_for_the_files_in_the_run_as_they_are_now(benched
     assert picked.exit_code == 0, picked.output
     chosen = Path(picked.stdout.strip())
     assert chosen.is_relative_to(copy) and chosen.exists(), chosen
-    # a folder that lost its tokenizer fails: its parity digest covers the graph and weights only
+    # a folder that lost its tokenizer fails, said as that
     (copy / "export" / "onnx" / "fp32" / "tokenizer.json").unlink()
     failed = regate("--gate")
     assert "onnx/fp32 (cpu): export parity: the folder has lost its tokenizer files" in failed.output

@@ -28,6 +28,9 @@ def attach_export_parity(
             measured = target.get("sha256")  # what bench measured (reports before 2026-12-06: unknown)
             if path is not None and not path.exists():
                 problem = "the file is no longer in the run (export it again and bench)"
+            elif path is not None and path.is_dir() and not has_tokenizer_files(path):
+                # said as what it is, before the parity digests of its files say "changed"
+                problem = "the folder has lost its tokenizer files (export it again)"
             else:  # unverified first (export --check), then verified but not what was measured
                 problem = parity_problem(manifest, target["format"], target["quant"], path)
             if (
@@ -37,9 +40,6 @@ def attach_export_parity(
                 and checked_digest(path) != measured
             ):
                 problem = "the file changed since bench measured it (bench again)"
-            # an ONNX folder's parity digest covers its graph and weights: its tokenizer is looked for apart
-            if not problem and path is not None and path.is_dir() and not has_tokenizer_files(path):
-                problem = "the folder has lost its tokenizer files (export it again)"
             target["export_parity_problem"] = problem
 
 

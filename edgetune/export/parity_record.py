@@ -64,6 +64,28 @@ def checked_digest(path: Path) -> str | None:
     return sha256_files(path, files) if files else None
 
 
+def side_digests(path: Path) -> dict[str, str] | None:
+    """What an ONNX folder holds beside its graph, by file (its config.json, generation_config.json,
+    tokenizer and chat templates, which a loader reads as much as the graph): sha256 of each, by
+    path below the folder; None for a GGUF file or a folder that is not there."""
+    if not path.is_dir():
+        return None
+    return {
+        str(p.relative_to(path)): sha256_file(p)
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.name.startswith((".", "model.onnx"))  # (a writer's temporary files)
+    }
+
+
+def sides_changed(path: Path, row: dict[str, Any]) -> list[str]:
+    """The side files of `path` (see side_digests) added, removed or changed since `row`'s check;
+    none where the row records none (checked by an edgetune that did not record them)."""
+    known, now = row.get("side_sha256"), side_digests(path)
+    if not isinstance(known, dict) or now is None:
+        return []
+    return sorted(name for name in known.keys() | now.keys() if known.get(name) != now.get(name))
+
+
 def _artifact(row: dict[str, Any], fmt: str) -> str:
     """A row's file or folder name in its format's folder (ONNX rows are named onnx/<variant>)."""
     return str(row.get("artifact", "")).removeprefix(f"{fmt}/")
@@ -76,10 +98,15 @@ def changed_since_checked(out_dir: Path, fmt: str, files: list[tuple[str, Path]]
     rows = {_artifact(r, fmt): r for r in _rows(out_dir)}
     said = []
     for _, path in files:
-        known = rows.get(path.name, {}).get("sha256")
+        row = rows.get(path.name, {})
+        known = row.get("sha256")
         if isinstance(known, str) and checked_digest(path) != known:
             said.append(
                 f"{fmt}/{path.name}: changed since its last parity check (its bytes differ); checked again"
+            )
+        elif sides := sides_changed(path, row):
+            said.append(
+                f"{fmt}/{path.name}: {', '.join(sides)} changed since its last parity check; checked again"
             )
     return said
 
@@ -90,6 +117,9 @@ def record(record_dir: Path | None, out_dir: Path, fmt: str, rows: list[dict[str
     for row in rows:
         if "sha256" not in row and (digest := checked_digest(out_dir / _artifact(row, fmt))):
             row["sha256"] = digest
+        # a new field, so that the rows an earlier edgetune recorded without it still vouch
+        if "side_sha256" not in row and (sides := side_digests(out_dir / _artifact(row, fmt))) is not None:
+            row["side_sha256"] = sides
     measured = {r["quant"].lower() for r in rows}
     there = on_disk(out_dir, fmt)
     kept = [r for r in _rows(out_dir) if r["quant"].lower() not in measured and r["quant"].lower() in there]
@@ -129,6 +159,8 @@ def parity_problem(manifest: dict[str, Any], fmt: str, quant: str, path: Path | 
     digest = checked_digest(path) if path is not None and isinstance(row.get("sha256"), str) else None
     if digest is not None and digest != row["sha256"]:
         return "the file changed since its export parity check (run `edgetune export --check`)"
+    if path is not None and (sides := sides_changed(path, row)):
+        return f"{', '.join(sides)} changed since its export parity check (run `edgetune export --check`)"
     return None
 
 
