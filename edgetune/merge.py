@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from edgetune.errors import EdgetuneError, InputError, ModelError
 from edgetune.export.layout import SHIPPED_SETTINGS, trained_system_prompt
+from edgetune.merged_record import RECORD, side_files
 from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
@@ -402,6 +403,7 @@ def merge(run_dir: Path | str | None = None, console=None) -> MergeResult:
                     "scored_on": scored_on,
                     "data_changed_since_tune": changed,
                     "merged": "merged",
+                    RECORD: side_files(target),  # so export and bench can say it was edited since
                     "wall_s": result.wall_s,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 }

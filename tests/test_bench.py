@@ -906,6 +906,46 @@ def test_an_onnx_folder_whose_side_files_changed_since_its_parity_check_is_not_v
     assert next(t for t in regate_run(run)[0]["targets"] if t["name"] == "onnx/fp32")["gate"] == "pass"
 
 
+def test_a_merged_model_edited_since_merge_is_named_not_the_data(benched, tmp_path):
+    """A chat_template.jinja edited in RUN/merged/ after the merge made export --check and bench
+    blame data.jsonl:1 ("the chat template renders earlier turns differently"), and a merged
+    generation_config.json whose eos_token_id became 0 went unsaid."""
+    import shutil
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    template = run / "merged" / "chat_template.jinja"
+    original = template.read_text()
+    template.write_text(original.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n\n'"))
+    assert template.read_text() != original
+    edited = (
+        f"{run / 'merged' / 'chat_template.jinja'} changed since merge (edit it back, or run `edgetune merge`"
+    )
+    for command in (["export", str(run), "--check", "--to", "onnx"], ["bench", str(run)]):
+        refused = CliRunner().invoke(main, command)
+        said = " ".join(refused.output.split())
+        assert refused.exit_code == 2 and edited in said, said
+        assert "accuracy" not in said  # refused before measuring
+    template.write_text(original)
+
+    settings = run / "merged" / "generation_config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "eos_token_id": 0}))
+    checked = CliRunner().invoke(main, ["export", str(run), "--check", "--to", "onnx"])
+    said = " ".join(checked.output.split())
+    assert (
+        f"warning: {settings} changed since merge: export and bench use the merged model as it is now" in said
+    )
+    assert (
+        checked.exit_code == 3
+        and "generation_config.json: eos_token_id 2 where the merged model's is 0" in said
+    ), said
+    # a run an earlier edgetune merged records no digests: nothing is said of its merged/
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["stages"]["merge"]["side_files"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    unrecorded = CliRunner().invoke(main, ["export", str(run), "--check", "--to", "onnx"])
+    assert unrecorded.exit_code == 3 and "changed since merge" not in unrecorded.output, unrecorded.output
+
+
 def test_an_export_elsewhere_or_interrupted_is_not_recorded_as_the_runs_checked_files(
     benched, tmp_path, monkeypatch
 ):

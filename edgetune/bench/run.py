@@ -30,6 +30,7 @@ from edgetune.cores import default_threads
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
 from edgetune.export.parity_record import checked_digest
+from edgetune.merged_record import rendered
 from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
@@ -188,7 +189,10 @@ def bench(
             )
         merged = run_dir / "merged"
         tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
-        prepared = prepare(recipe.data, tokenizer, encode=("valid", "test"))  # bench renders no training row
+        # bench renders no training row; a template edited in merged/ since the merge is said as that
+        prepared = rendered(
+            run_dir, console, lambda: prepare(recipe.data, tokenizer, encode=("valid", "test"))
+        )
         held_out = prepared.splits.held_out()
         if not held_out:
             raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")

@@ -30,6 +30,7 @@ from edgetune.export.layout import (
 )
 from edgetune.export.modelfile import write_modelfile
 from edgetune.export.parity import rows_as_dicts
+from edgetune.merged_record import rendered
 from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
@@ -236,7 +237,10 @@ def export(
             warning = low_space_warning(base_out, needed, "this export")
             if warning and console is not None:
                 console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        prepared = _prepared(recipe, model_dir, plain_model=run_dir is None)
+        # a template edited in merged/ since the merge is named as that, not as a row of the data
+        prepared = rendered(
+            run_dir, console, lambda: _prepared(recipe, model_dir, plain_model=run_dir is None)
+        )
         held_out = prepared.splits.held_out(recipe.export.parity_examples)
         if not held_out:  # parity compares runtimes on any prompts: training ones still show a lost template
             held_out = prepared.splits.train[: recipe.export.parity_examples]
