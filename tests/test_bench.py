@@ -1212,6 +1212,25 @@ def test_a_bench_says_which_of_the_recipes_exports_the_run_lacks(benched, tmp_pa
     )
 
 
+def test_a_missing_type_whose_file_name_holds_another_type_is_said_to(benched, tmp_path):
+    """A q8_0 file copied over model-q4_k_m.gguf: export --check and bench said the recipe's
+    gguf/q4_k_m was "not in the run", with the file of that name right there."""
+    import shutil
+
+    from edgetune.export.layout import missing_exports
+    from edgetune.run_recipe import load_run_recipe
+
+    run = shutil.copytree(benched[0], tmp_path / "run")
+    gguf_dir = run / "export" / "gguf"
+    (q8,) = [p for p in gguf_dir.glob("*.gguf") if p.stem.endswith("q8_0")]
+    shutil.copy(q8, gguf_dir / q8.name.replace("q8_0", "q4_k_m"))
+    said = missing_exports(run, load_run_recipe(run))
+    assert (
+        f"gguf/q4_k_m ({q8.name.replace('q8_0', 'q4_k_m')} holds q8_0, by its general.file_type)" in said
+    ), said
+    assert "onnx/int4" in said, said  # the others as before
+
+
 def test_a_device_named_twice_is_measured_once(benched, tmp_path):
     import shutil
 

@@ -103,10 +103,18 @@ def missing_exports(run_dir: Path, recipe) -> list[str]:
     from edgetune.export.parity_record import on_disk
 
     return [
-        f"{fmt}/{quant}"
+        f"{fmt}/{quant}{_held_otherwise(run_dir / 'export' / fmt, quant) if fmt == 'gguf' else ''}"
         for fmt, quants in recipe_exports(recipe).items()
         for quant in sorted(quants - on_disk(run_dir / "export" / fmt, fmt))
     ]
+
+
+def _held_otherwise(folder: Path, quant: str) -> str:
+    """For a type missing from a GGUF folder: the files named after it that hold another type (a
+    file copied over model-f16.gguf), which a GGUF is judged and benched by."""
+    named = sorted(p for p in folder.glob("*.gguf") if p.stem.rsplit("-", 1)[-1].lower() == quant)
+    held = [f"{p.name} holds {gguf_quant(p)}" for p in named if gguf_quant(p) != quant]
+    return f" ({', '.join(held)}, by its general.file_type)" if held else ""
 
 
 def shipped_system_prompt(artifact: Path) -> str | None:
