@@ -49,6 +49,9 @@ def model_hparams(model_dir: Path) -> ModelHparams | None:
         return None
     prefix = f"{writer.arch}."
     values = {k.removeprefix(prefix): v for k, v in writer.kv_data[0].items() if k.startswith(prefix)}
+    # the vocabulary's size is said better by the logits' width (bench.targets.refuse_another_width:
+    # another model's file, both widths, and exit 2 for the wrong input it is)
+    values.pop("vocab_size", None)
     # the converter leaves the key and value lengths out where they are llama.cpp's default (hidden
     # size / heads), which llama.cpp's own converter writes for some models
     head_dim = gguf.GGUFValue(attention_head_dim(config), gguf.GGUFValueType.UINT32)
