@@ -51,9 +51,8 @@ def run_lock(run_dir: Path | str, command: str) -> Iterator[None]:
             held.depth -= 1
             if not held.depth:
                 del _held_locks[path]
-                if (
-                    held.fd is not None
-                ):  # the file stays: removing it would let a waiting process lock a deleted file
+                # the file stays: removing it would let a waiting process lock a deleted file
+                if held.fd is not None:
                     os.close(held.fd)
 
 
