@@ -246,6 +246,22 @@ def test_task_imatrix_lowers_q4_k_m_kl_on_smollm2(tmp_path):
     assert kl_guided <= 0.9 * kl_plain
 
 
+def test_the_same_importance_matrix_is_saved_as_the_same_bytes(tmp_path):
+    """safetensors wrote the file's metadata keys in a hash map's order, new at each save: the same
+    matrix came out as other bytes at every export (found by the upgrade check, re-exporting)."""
+    from edgetune.export.imatrix import load_imatrix, save_imatrix
+
+    matrix = {f"blk.{i}.ffn_down.weight": np.arange(8, dtype=np.float32) + i for i in range(3)}
+    saved = set()
+    for n in range(12):
+        path = save_imatrix(matrix, tmp_path / f"{n}.safetensors", "démo data", 16384, 100)
+        saved.add(path.read_bytes())
+    assert len(saved) == 1
+    loaded, metadata = load_imatrix(path)
+    assert metadata == {"dataset": "démo data", "tokens": "16384", "sequences": "100"}
+    assert all(np.array_equal(loaded[k], v) for k, v in matrix.items()) and loaded.keys() == matrix.keys()
+
+
 def load_tokenizer_of(run):
     from transformers import AutoTokenizer
 

@@ -80,11 +80,27 @@ def save_imatrix(
 
     # in memory, then written as every export file is (safetensors' save_file makes a file 0600)
     data = save(matrix, metadata={"dataset": dataset, "tokens": str(tokens), "sequences": str(sequences)})
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, _metadata_in_order(data))
     atomic_write_text(
         path.with_suffix(".txt"), f"dataset: {dataset}\ntokens: {tokens}\nentries: {len(matrix)}\n"
     )
     return path
+
+
+def _metadata_in_order(data: bytes) -> bytes:
+    """The file with its header's __metadata__ keys sorted: safetensors writes them in a hash map's
+    order, which changes from one save to the next (6 orders in 20 saves), so the same importance
+    matrix was a file of other bytes at every export. The header keeps its length (the same keys
+    and values), so no tensor moves."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # written otherwise than serde_json does: leave it as it was
+        return data
+    return data[:8] + text.ljust(size) + data[8 + size :]
 
 
 def load_imatrix(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
