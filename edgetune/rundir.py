@@ -179,6 +179,7 @@ def clean_stale_temporaries(root: Path) -> list[Path]:
 
 
 _file_digests: dict[tuple, str] = {}
+_KEPT_DIGESTS = 4096  # a service exporting all day keeps the latest, not every file it ever read
 
 
 def sha256_file(path: Path) -> str:
@@ -193,8 +194,10 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    _file_digests[key] = h.hexdigest()
-    return _file_digests[key]
+    while len(_file_digests) >= _KEPT_DIGESTS:
+        del _file_digests[next(iter(_file_digests))]  # the oldest
+    digest = _file_digests[key] = h.hexdigest()
+    return digest
 
 
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.jinja")

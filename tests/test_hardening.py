@@ -583,3 +583,22 @@ def test_torch_save_running_out_of_room_counts_as_a_full_disk(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert not is_disk_full(RuntimeError("size mismatch for lora_A.weight"))
+
+
+def test_the_digests_a_long_running_process_keeps_are_bounded(tmp_path, monkeypatch):
+    """sha256_file kept the digest of every file a process ever hashed: a service exporting runs
+    all day grew without end. It keeps the latest, and a file still hashes the same."""
+    from edgetune import rundir
+
+    monkeypatch.setattr(rundir, "_file_digests", {})
+    monkeypatch.setattr(rundir, "_KEPT_DIGESTS", 5)
+    files = []
+    for i in range(12):
+        files.append(tmp_path / f"{i}.bin")
+        files[-1].write_bytes(bytes([i]) * 10)
+        rundir.sha256_file(files[-1])
+    assert len(rundir._file_digests) == 5
+    import hashlib
+
+    assert rundir.sha256_file(files[0]) == hashlib.sha256(bytes([0]) * 10).hexdigest()
+    assert rundir.sha256_file(files[-1]) == hashlib.sha256(bytes([11]) * 10).hexdigest()
