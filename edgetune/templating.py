@@ -226,31 +226,43 @@ def _deadline(seconds: float):
         yield  # None: a handler set outside Python, which could not be put back
         return
     ours = time.monotonic() + seconds
-    theirs: list[float | None] = [None]  # when the caller's timer is next due
+    theirs = {"handler": previous, "due": None, "interval": 0.0}  # the caller's timer, next due
 
     def arm(now: float) -> None:
-        due = ours if theirs[0] is None else min(ours, theirs[0])
+        due = ours if theirs["due"] is None else min(ours, theirs["due"])
         signal.setitimer(signal.ITIMER_REAL, max(due - now, 1e-6))  # 1e-6: 0 would disarm it
 
     def expired(signum, frame):
         now = time.monotonic()
         if now >= ours - 1e-3:  # setitimer rounds to microseconds
             raise _Timeout()
-        if theirs[0] is not None and now >= theirs[0] - 1e-3:
-            theirs[0] = theirs[0] + interval if interval else None
-        arm(now)
-        if previous is signal.SIG_DFL:  # the default ends the process, as the caller's timer would
+        if theirs["due"] is not None and now >= theirs["due"] - 1e-3:
+            theirs["due"] = theirs["due"] + theirs["interval"] if theirs["interval"] else None
+        handler = theirs["handler"]
+        if handler is signal.SIG_DFL:  # the default ends the process, as the caller's timer would
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGALRM)
-        elif previous is not signal.SIG_IGN:
-            try:
-                previous(signum, frame)
-            except BaseException as e:
-                raise _CallersAlarm(e) from None
+        if handler is signal.SIG_IGN:
+            arm(now)
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)  # theirs to set again, as a watchdog does
+        try:
+            handler(signum, frame)
+        except BaseException as e:
+            raise _CallersAlarm(e) from None
+        finally:
+            left, interval = signal.setitimer(signal.ITIMER_REAL, 0)
+            now = time.monotonic()
+            if left > 0:  # their handler set their timer again: that is theirs now
+                theirs["due"], theirs["interval"] = now + left, interval
+            if (current := signal.getsignal(signal.SIGALRM)) is not expired:  # or set another handler
+                theirs["handler"] = current
+                signal.signal(signal.SIGALRM, expired)
+            arm(now)
 
     left, interval = signal.setitimer(signal.ITIMER_REAL, 0)  # theirs stopped before ours is set
     now = time.monotonic()
-    theirs[0] = now + left if left > 0 else None
+    theirs["due"], theirs["interval"] = (now + left if left > 0 else None), interval
     signal.signal(signal.SIGALRM, expired)
     try:
         arm(now)
@@ -259,9 +271,10 @@ def _deadline(seconds: float):
         try:  # ours, due as the body ended, can raise in here: the caller's are put back whatever
             signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
-            signal.signal(signal.SIGALRM, previous)
-            if theirs[0] is not None:  # one that came due meanwhile fires at once
-                signal.setitimer(signal.ITIMER_REAL, max(theirs[0] - time.monotonic(), 1e-6), interval)
+            signal.signal(signal.SIGALRM, theirs["handler"])
+            if theirs["due"] is not None:  # one that came due meanwhile fires at once
+                wait = max(theirs["due"] - time.monotonic(), 1e-6)
+                signal.setitimer(signal.ITIMER_REAL, wait, theirs["interval"])
 
 
 def _text_size(value: Any) -> int:

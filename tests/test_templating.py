@@ -235,6 +235,30 @@ def test_a_callers_timer_due_during_a_render_reaches_its_handler_and_the_deadlin
     assert 0 < left <= 0.2 and interval == 0.2
 
 
+def test_a_callers_handler_that_sets_its_timer_again_keeps_it_and_the_deadline_holds(
+    callers_alarm, monkeypatch
+):
+    """A watchdog whose handler sets its own timer again (signal.setitimer inside it) overwrote the
+    deadline's: a 0.5 s deadline held for 3.1 s, and the watchdog's timer was off afterwards."""
+    import signal
+
+    def watchdog(signum, frame):
+        callers_alarm.append(time.monotonic())
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+
+    monkeypatch.setattr("edgetune.templating.MAX_SECONDS", 0.5)
+    signal.signal(signal.SIGALRM, watchdog)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    started = time.monotonic()
+    with pytest.raises(InputError, match="rendering took longer than 0.5 s"):
+        render_template(SPIN, messages=[])
+    assert time.monotonic() - started < 2.5
+    assert len(callers_alarm) == 1
+    left, interval = signal.getitimer(signal.ITIMER_REAL)
+    assert 25 < left <= 30 and interval == 0
+    assert signal.getsignal(signal.SIGALRM) is watchdog
+
+
 def test_the_callers_timeout_raised_in_a_render_is_theirs_not_a_template_error(callers_alarm):
     """A caller's timeout due during a render never fired (the deadline's handler took SIGALRM),
     and an exception their handler raises must not become "chat template: TimeoutError"."""
