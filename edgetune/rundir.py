@@ -195,7 +195,7 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     while len(_file_digests) >= _KEPT_DIGESTS:
-        del _file_digests[next(iter(_file_digests))]  # the oldest
+        _file_digests.pop(next(iter(_file_digests), None), None)  # the oldest (another thread's pop)
     digest = _file_digests[key] = h.hexdigest()
     return digest
 

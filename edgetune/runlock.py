@@ -82,6 +82,9 @@ def _take_lock(path: Path, run_dir: Path, command: str) -> int | None:
     except OSError:  # a filesystem without flock
         os.close(fd)
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"`edgetune {command}` (pid {os.getpid()})".encode(), 0)
+    try:  # who holds it, for the message a refused process gives
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"`edgetune {command}` (pid {os.getpid()})".encode(), 0)
+    except OSError:  # a full disk: the lock holds without the name; an open fd left would hold it for good
+        pass
     return fd

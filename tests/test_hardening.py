@@ -602,3 +602,27 @@ def test_the_digests_a_long_running_process_keeps_are_bounded(tmp_path, monkeypa
 
     assert rundir.sha256_file(files[0]) == hashlib.sha256(bytes([0]) * 10).hexdigest()
     assert rundir.sha256_file(files[-1]) == hashlib.sha256(bytes([11]) * 10).hexdigest()
+
+
+def test_a_lock_taken_on_a_full_disk_is_let_go_and_taken_again(tmp_path, monkeypatch):
+    """Writing the holder's name into the lock file on a full disk raised before the lock was
+    registered: its descriptor stayed open, holding the flock, and every later stage in that run
+    of the process was refused as "busy: another process" until the process ended."""
+    import errno
+    import os
+
+    from edgetune import runlock
+
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    written = os.pwrite
+    monkeypatch.setattr(os, "pwrite", full)
+    with runlock.run_lock(run, "export"):
+        pass
+    monkeypatch.setattr(os, "pwrite", written)
+    with runlock.run_lock(run, "bench"):
+        assert (tmp_path / ".run.lock").read_text().startswith("`edgetune bench`")
