@@ -187,3 +187,30 @@ def test_each_architectures_own_file_agrees_with_its_config_and_a_changed_key_is
         f"{prefix}context_length is 32 in the file, {context} in {model_dir}/config.json",
         f"{prefix}block_count is 3 in the file, 2 in {model_dir}/config.json",
     ]
+
+
+def test_a_windowed_models_file_may_say_its_whole_context_as_llama_cpps_converter_writes(
+    tmp_path, tiny_tokenizer
+):
+    """edgetune writes a Mistral's or Phi-3-mini-4k's sliding window as the file's context (llama.cpp
+    attends to all of it); llama.cpp's converter writes max_position_embeddings. Its own files of
+    Phi-3-mini-4k (4096 against 2047) and Mistral-7B-v0.1 failed the key comparison, exit 3."""
+    from conftest import build_tiny_model
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.gguf_hparams import hparam_mismatches, model_hparams
+
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "MistralForCausalLM", sliding_window=128)
+    out = convert(model_dir, tmp_path / "model.gguf", "f32")
+    expected = model_hparams(model_dir)
+    assert expected.values["context_length"].value == 128  # edgetune's: the window
+    import json
+
+    whole = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    assert whole > 128
+    rewrite_gguf(out, {"llama.context_length": whole})
+    assert hparam_mismatches(out, expected) == []
+    rewrite_gguf(out, {"llama.context_length": 64})
+    assert hparam_mismatches(out, expected) == [
+        f"llama.context_length is 64 in the file, 128 in {model_dir}/config.json"
+    ]

@@ -15,8 +15,9 @@ architecture's prefix (the keys mean the same for every llama.cpp architecture).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -30,6 +31,8 @@ _FLOATS = (gguf.GGUFValueType.FLOAT32, gguf.GGUFValueType.FLOAT64)
 class ModelHparams:
     source: str  # the config.json the values come from, as the failure names it
     values: dict[str, gguf.GGUFValue]  # by key without the "{arch}." prefix
+    # other values a key may hold in a file from llama.cpp's converter, as legitimate as edgetune's
+    also: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 def model_hparams(model_dir: Path) -> ModelHparams | None:
@@ -57,7 +60,11 @@ def model_hparams(model_dir: Path) -> ModelHparams | None:
     head_dim = gguf.GGUFValue(attention_head_dim(config), gguf.GGUFValueType.UINT32)
     for key in ("attention.key_length", "attention.value_length"):
         values.setdefault(key, head_dim)
-    return ModelHparams(config_file(config), values)
+    # edgetune writes a sliding window as the context where llama.cpp attends to all of it
+    # (gguf_convert.context_length); llama.cpp's converter writes max_position_embeddings: Phi-3-
+    # mini-4k's own file says 4096 where edgetune's says 2047, Mistral-7B-v0.1's 32768, not 4096
+    also = {"context_length": (int(config.max_position_embeddings),)}
+    return ModelHparams(config_file(config), values, also)
 
 
 def hparam_mismatches(path: Path, expected: ModelHparams) -> list[str]:
@@ -67,17 +74,19 @@ def hparam_mismatches(path: Path, expected: ModelHparams) -> list[str]:
         reader = gguf.GGUFReader(str(path))
     except Exception:  # a damaged file: load_llama's header check names what is wrong with it
         return []
-    field = reader.get_field("general.architecture")
-    arch = field.contents() if field is not None else None
+    stored = reader.get_field("general.architecture")
+    arch = stored.contents() if stored is not None else None
     if not isinstance(arch, str):
         return []
     lines = []
     for suffix, want in expected.values.items():
-        field = reader.get_field(f"{arch}.{suffix}")
-        if field is None:
+        stored = reader.get_field(f"{arch}.{suffix}")
+        if stored is None:
             continue
-        got = field.contents()
-        if not _same(got, want):
+        got = stored.contents()
+        if not _same(got, want) and not any(
+            _same(got, gguf.GGUFValue(v, want.type)) for v in expected.also.get(suffix, ())
+        ):
             lines.append(
                 f"{arch}.{suffix} is {_shown(got, want)} in the file, "
                 f"{_shown(want.value, want)} in {expected.source}"
