@@ -1418,6 +1418,51 @@ def test_a_stage_that_fails_still_gives_the_caller_its_process_state_back(caller
     assert [name for name in before if after[name] != before[name]] == []
 
 
+def test_a_stage_ending_beside_another_leaves_that_one_its_state(callers_settings):
+    """Two stages in two threads (a service, each in its own run): the first to end put back the
+    process as it had found it, under the one still running: that one's Accelerator lost its
+    state, its ACCELERATE_MIXED_PRECISION went, and its seeded generator drew another number. The
+    last stage to end now puts the caller's back."""
+    import threading
+
+    import torch
+    from accelerate import Accelerator
+
+    from edgetune.process_state import kept_process_state
+
+    before = caller_state()
+    first_in, first_out, seen = threading.Event(), threading.Event(), {}
+
+    def short_stage():
+        with kept_process_state():
+            first_in.wait(10)
+        first_out.set()
+
+    def long_stage():
+        with kept_process_state():
+            os.environ["ACCELERATE_MIXED_PRECISION"] = "bf16"
+            torch.manual_seed(0)
+            accelerator = Accelerator(cpu=True)
+            first_in.set()
+            first_out.wait(10)
+            seen["state"] = accelerator.distributed_type.value  # the old code: AttributeError here
+            seen["environ"] = os.environ.get("ACCELERATE_MIXED_PRECISION")
+            seen["draw"] = torch.rand(1).item()
+
+    threads = [threading.Thread(target=short_stage), threading.Thread(target=long_stage)]
+    threads[0].start()
+    threads[1].start()
+    for t in threads:
+        t.join(30)
+    assert seen == {
+        "state": "NO",
+        "environ": "bf16",
+        "draw": torch.rand(1, generator=torch.Generator().manual_seed(0)).item(),
+    }
+    after = caller_state()
+    assert [name for name in before if after[name] != before[name]] == []
+
+
 def test_a_kill_between_save_and_commit_resumes_from_the_last_committed_checkpoint(tmp_path, tiny_model_dir):
     """The Trainer rotates (save_total_limit) before the new checkpoint is marked complete: killed
     between the two, the last committed checkpoint was gone, the new one uncommitted, and a resume
