@@ -173,6 +173,10 @@ def test_llama_cpp_warnings_stay_quiet_and_the_error_that_refuses_a_file_is_name
     )
     load_llama(out, n_ctx=4096)  # past the tiny model's 512
     assert capfd.readouterr().err == ""
+    from llama_cpp import Llama
+
+    Llama(model_path=str(out), n_ctx=4096, verbose=True)  # a program's own, after edgetune's: all of it
+    assert "n_ctx_seq (4096) > n_ctx_train (512)" in capfd.readouterr().err
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(out.read_bytes().replace(b"llama.block_count", b"llama.block_cxunt"))
     with pytest.raises(InputError) as refused:

@@ -51,11 +51,15 @@ def _errors_only_log() -> None:
     if _log_callback is not None:
         return
     import ctypes
+    import logging
     import sys
 
     import llama_cpp
 
     last = [0]
+    # llama-cpp-python sets its logger to DEBUG for a Llama(verbose=True): a program's own such
+    # Llama, after an edgetune stage in its process, still sees all of llama.cpp's log
+    verbose = logging.getLogger("llama-cpp-python")
 
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, user_data) -> None:
@@ -65,6 +69,8 @@ def _errors_only_log() -> None:
             del _errors[:-20]
             _errors.append(line)
             print(line, end="", flush=True, file=sys.stderr)
+        elif verbose.level == logging.DEBUG:
+            print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
 
     _log_callback = callback
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
