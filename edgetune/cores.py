@@ -9,3 +9,12 @@ def default_threads() -> int:
     """The cores this process may use: its CPU affinity (a container's cpuset, `taskset`), not the
     machine's count. llama.cpp given 8 threads on 1 allowed core decoded 1.8x slower than with 1."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def more_than_the_cores(setting: str, threads: int | None) -> str | None:
+    """The warning for a thread count past the cores this process may use (train.threads,
+    bench.threads); None where it is within them."""
+    cores = default_threads()
+    if not threads or threads <= cores:
+        return None
+    return f"{setting} {threads} is more than the {cores} cores this process may use: threads contend"

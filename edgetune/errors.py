@@ -60,8 +60,6 @@ class Interrupted(KeyboardInterrupt):
     Exception:`) took a user's Ctrl-C for a failed job and went on. The CLI prints the message
     and exits 130 (143 for SIGTERM)."""
 
-    exit_code = 130
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C is (see cli._sigterm_interrupts), but never taken for a user's

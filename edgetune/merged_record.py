@@ -18,7 +18,7 @@ from typing import TypeVar
 from rich.markup import escape
 
 from edgetune.errors import DataError
-from edgetune.rundir import read_manifest, sha256_file
+from edgetune.rundir import changed_names, file_digests, read_manifest
 
 RECORD = "side_files"  # stages.merge.side_files: [[path below merged/, sha256], ...]
 # the weights: hashed by the stage fingerprints, too large to hash again at every check
@@ -30,11 +30,7 @@ T = TypeVar("T")
 def side_files(merged: Path) -> list[list[str]]:
     """[path below `merged`, sha256] of each file there but the weights (config, generation config,
     tokenizer, chat templates, settings), in path order."""
-    return [
-        [str(p.relative_to(merged)), sha256_file(p)]
-        for p in sorted(merged.rglob("*"))
-        if p.is_file() and not p.name.endswith(WEIGHTS) and not p.name.startswith(".")
-    ]
+    return [list(item) for item in file_digests(merged, lambda p: p.name.endswith(WEIGHTS)).items()]
 
 
 def changed_since_merge(run_dir: Path) -> list[str]:
@@ -45,8 +41,7 @@ def changed_since_merge(run_dir: Path) -> list[str]:
     if not isinstance(recorded, list) or not merged.is_dir():
         return []
     known = {str(entry[0]): entry[1] for entry in recorded if isinstance(entry, list) and len(entry) == 2}
-    now = dict(map(tuple, side_files(merged)))
-    return sorted(name for name in known.keys() | now.keys() if known.get(name) != now.get(name))
+    return changed_names(known, file_digests(merged, lambda p: p.name.endswith(WEIGHTS)))
 
 
 def _named(run_dir: Path, names: list[str]) -> str:

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,21 @@ def sha256_files(root: Path, files: list[Path]) -> str:
     for path in files:  # a top-level file's path below root is its name, as sha256_tree has always hashed
         h.update(str(path.relative_to(root)).encode() + b"\0" + sha256_file(path).encode() + b"\n")
     return h.hexdigest()
+
+
+def file_digests(root: Path, leave_out: Callable[[Path], bool]) -> dict[str, str]:
+    """sha256 of each file below `root` (by its path below it) but those `leave_out` names, and
+    hidden ones (a writer's temporary files), in path order."""
+    return {
+        str(p.relative_to(root)): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and not leave_out(p)
+    }
+
+
+def changed_names(known: dict[str, str], now: dict[str, str]) -> list[str]:
+    """The names added, removed or of another digest between two file_digests."""
+    return sorted(name for name in known.keys() | now.keys() if known.get(name) != now.get(name))
 
 
 def new_run_dir(name: str, runs_dir: Path = RUNS_DIR) -> Path:

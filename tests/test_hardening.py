@@ -626,3 +626,19 @@ def test_a_lock_taken_on_a_full_disk_is_let_go_and_taken_again(tmp_path, monkeyp
     monkeypatch.setattr(os, "pwrite", written)
     with runlock.run_lock(run, "bench"):
         assert (tmp_path / ".run.lock").read_text().startswith("`edgetune bench`")
+
+
+def test_a_thread_count_past_the_cores_this_process_may_use_is_warned_about(monkeypatch):
+    """train.threads and bench.threads are checked against the process's CPU affinity (a container's
+    cpuset, taskset), not the machine's count, by one rule."""
+    import os
+
+    from edgetune.cores import more_than_the_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert more_than_the_cores("train.threads", 2) is None
+    assert more_than_the_cores("bench.threads", None) is None
+    assert more_than_the_cores("train.threads", 8) == (
+        "train.threads 8 is more than the 2 cores this process may use: threads contend"
+    )

@@ -366,7 +366,7 @@ def test_ctrl_c_in_a_library_run_is_a_keyboard_interrupt_no_handler_for_bad_inpu
             run_pipeline(str(recipe), [], tmp_path / "r")
         except EdgetuneError:  # a program's handler for a job's bad input
             pass
-    assert isinstance(stop.value, Interrupted) and stop.value.exit_code == 130
+    assert isinstance(stop.value, Interrupted)
 
 
 def test_an_interrupted_run_says_where_and_how_to_go_on(tmp_path, tiny_model_dir, monkeypatch):

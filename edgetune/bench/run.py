@@ -26,7 +26,7 @@ from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, open_runner
 from edgetune.bench.targets import check_devices, discover_targets, refuse_another_vocabulary
 from edgetune.console import live
-from edgetune.cores import default_threads
+from edgetune.cores import default_threads, more_than_the_cores
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
 from edgetune.export.parity_record import checked_digest
@@ -221,11 +221,8 @@ def bench(
             )
         eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
-        if console is not None and threads > default_threads():
-            console.print(
-                f"[yellow]warning:[/] bench.threads {threads} is more than the {default_threads()} cores this "
-                "process may use: threads contend, and the latency rows measure that contention"
-            )
+        if console is not None and (said := more_than_the_cores("bench.threads", threads)):
+            console.print(f"[yellow]warning:[/] {said}, and the latency rows measure that contention")
         progress = _Progress(console)
 
         def decode(ids: list[int]) -> str:

@@ -59,12 +59,16 @@ def still_there(entries: list, run_dir: Path) -> list[dict]:
 def gguf_quant(path: Path) -> str:
     """The file's type as its metadata says (general.file_type: what parity judges it by and bench
     names it after), or where none is stored or readable, its name's (model-q4_k_m.gguf -> q4_k_m)."""
-    named = path.stem.rsplit("-", 1)[-1].lower()
+    named = _named_type(path)
     try:
         stat = path.stat()
     except OSError:
         return named
     return _stored_type(str(path), stat.st_mtime_ns, stat.st_size) or named
+
+
+def _named_type(path: Path) -> str:
+    return path.stem.rsplit("-", 1)[-1].lower()
 
 
 @lru_cache(maxsize=64)
@@ -112,7 +116,7 @@ def missing_exports(run_dir: Path, recipe) -> list[str]:
 def _held_otherwise(folder: Path, quant: str) -> str:
     """For a type missing from a GGUF folder: the files named after it that hold another type (a
     file copied over model-f16.gguf), which a GGUF is judged and benched by."""
-    named = sorted(p for p in folder.glob("*.gguf") if p.stem.rsplit("-", 1)[-1].lower() == quant)
+    named = sorted(p for p in folder.glob("*.gguf") if _named_type(p) == quant)
     held = [f"{p.name} holds {gguf_quant(p)}" for p in named if gguf_quant(p) != quant]
     return f" ({', '.join(held)}, by its general.file_type)" if held else ""
 

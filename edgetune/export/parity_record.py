@@ -11,7 +11,14 @@ from typing import Any
 
 from edgetune import strict_json
 from edgetune.export.layout import gguf_files, gguf_quant, onnx_dirs
-from edgetune.rundir import atomic_write_json, sha256_file, sha256_files, update_manifest
+from edgetune.rundir import (
+    atomic_write_json,
+    changed_names,
+    file_digests,
+    sha256_file,
+    sha256_files,
+    update_manifest,
+)
 
 PARITY_FILE = "parity.json"
 
@@ -68,22 +75,14 @@ def side_digests(path: Path) -> dict[str, str] | None:
     """What an ONNX folder holds beside its graph, by file (its config.json, generation_config.json,
     tokenizer and chat templates, which a loader reads as much as the graph): sha256 of each, by
     path below the folder; None for a GGUF file or a folder that is not there."""
-    if not path.is_dir():
-        return None
-    return {
-        str(p.relative_to(path)): sha256_file(p)
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and not p.name.startswith((".", "model.onnx"))  # (a writer's temporary files)
-    }
+    return file_digests(path, lambda p: p.name.startswith("model.onnx")) if path.is_dir() else None
 
 
 def sides_changed(path: Path, row: dict[str, Any]) -> list[str]:
     """The side files of `path` (see side_digests) added, removed or changed since `row`'s check;
     none where the row records none (checked by an edgetune that did not record them)."""
     known, now = row.get("side_sha256"), side_digests(path)
-    if not isinstance(known, dict) or now is None:
-        return []
-    return sorted(name for name in known.keys() | now.keys() if known.get(name) != now.get(name))
+    return changed_names(known, now) if isinstance(known, dict) and now is not None else []
 
 
 def _artifact(row: dict[str, Any], fmt: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgetune.config import Recipe
-from edgetune.cores import default_threads
+from edgetune.cores import more_than_the_cores
 from edgetune.data.quality import counted
 from edgetune.errors import InputError
 
@@ -107,11 +107,8 @@ def warn_about_data(recipe: Recipe, data, warn) -> None:
             "the model may not learn to stop"
         )
     t = recipe.train
-    cores = default_threads()
-    if t.threads and t.threads > cores:
-        warn(
-            f"train.threads {t.threads} is more than the {cores} cores this process may use: threads contend"
-        )
+    if said := more_than_the_cores("train.threads", t.threads):
+        warn(said)
     from edgetune.tune.distributed import world_size
 
     processes = world_size()
