@@ -183,3 +183,73 @@ def test_llama_cpp_warnings_stay_quiet_and_the_error_that_refuses_a_file_is_name
         load_llama(broken)
     assert str(refused.value).startswith(f"{broken}: llama.cpp cannot load this file (error loading model")
     assert str(refused.value).endswith("key not found in model: llama.block_count)")
+
+
+def test_overlapping_loads_in_two_threads_leave_llama_cpps_defaults_as_they_were(tmp_path, monkeypatch):
+    """Each load wrapped llama-cpp-python's default-parameters function and put the original back:
+    where two threads' loads overlapped, the second saved the first's wrapper as the original, so
+    repacking stayed off for every Llama the program built itself afterwards."""
+    import threading
+
+    import llama_cpp
+    import llama_cpp.llama_cpp as bindings
+
+    out = convert(
+        build_tiny_model(tmp_path, build_tokenizer(), "LlamaForCausalLM"), tmp_path / "m.gguf", "f32"
+    )
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def held_open(**kwargs):  # a load that lasts until the other thread's has begun
+        name = threading.current_thread().name
+        seen[name] = bindings.llama_model_default_params().use_extra_bufts
+        if name == "first":
+            first_in.set()
+            second_in.wait(10)
+        else:
+            second_in.set()
+            first_out.wait(10)
+        return name
+
+    monkeypatch.setattr(llama_cpp, "Llama", held_open)
+    first = threading.Thread(target=load_llama, args=(out,), name="first")
+    second = threading.Thread(target=load_llama, args=(out,), name="second")
+    first.start()
+    first_in.wait(10)
+    second.start()
+    first.join(10)
+    first_out.set()
+    second.join(10)
+    assert seen == {"first": False, "second": False}  # off within each load
+    assert bindings.llama_model_default_params().use_extra_bufts is True  # and the program's own again
+
+
+def test_a_refused_file_is_named_by_its_own_reason_while_another_thread_loads(tmp_path):
+    """llama.cpp's error lines were one list for the process: a thread loading another broken file
+    meanwhile cleared it or put its own reason first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgetune.errors import InputError
+
+    good = convert(
+        build_tiny_model(tmp_path, build_tokenizer(), "LlamaForCausalLM"), tmp_path / "m.gguf", "f32"
+    )
+    files = {}
+    for key in ("llama.block_count", "llama.context_length"):
+        files[key] = tmp_path / f"no-{key}.gguf"
+        files[key].write_bytes(good.read_bytes().replace(key.encode(), key[:-1].encode() + b"X"))
+
+    def reason(key: str) -> str:
+        try:
+            load_llama(files[key])
+        except InputError as refused:
+            return str(refused)
+        return "loaded"
+
+    keys = list(files) * 150
+    with ThreadPoolExecutor(2) as pool:
+        said = list(pool.map(reason, keys))
+    wrong = [
+        (key, got) for key, got in zip(keys, said) if not got.endswith(f"key not found in model: {key})")
+    ]
+    assert not wrong, [got[-90:] for _, got in wrong[:2]]

@@ -10,34 +10,54 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from edgetune.cores import default_threads
 from edgetune.errors import InputError
 
+_this_thread = threading.local()  # .no_repack: within load_llama; .errors, .level: llama.cpp's log
+_patching = threading.Lock()
+
 
 @contextlib.contextmanager
 def _model_params_without_repack():
+    """Repacking off for the Llama this thread builds. llama_cpp.Llama reads its defaults from a
+    module function, which is wrapped once for the process and reads a per-thread flag: wrapping it
+    for each load and putting the original back left it wrapped for good when two threads' loads
+    overlapped (the second saved the first's wrapper as the original)."""
     import llama_cpp.llama_cpp as bindings  # the module llama_cpp.Llama reads its defaults from
 
-    original = bindings.llama_model_default_params
+    with _patching:
+        if not getattr(bindings.llama_model_default_params, "_edgetune_wrapped", False):
+            original = bindings.llama_model_default_params
 
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        return p
+            def params():
+                p = original()
+                if getattr(_this_thread, "no_repack", False):
+                    p.use_extra_bufts = False
+                return p
 
-    bindings.llama_model_default_params = params
+            params._edgetune_wrapped = True
+            bindings.llama_model_default_params = params
+    _this_thread.no_repack = True
     try:
         yield
     finally:
-        bindings.llama_model_default_params = original
+        _this_thread.no_repack = False
 
 
 _GGML_LOG_ERROR, _GGML_LOG_CONT = 4, 5  # ggml.h's ggml_log_level
 _log_callback = None  # held: llama.cpp calls it for as long as the process lives
-_errors: list[str] = []  # llama.cpp's error lines since load_llama began
+
+
+def _errors() -> list[str]:
+    """llama.cpp's error lines in this thread since its load_llama began (a load logs on the thread
+    that loads: another thread's refused file must not give this one its reason)."""
+    if not hasattr(_this_thread, "errors"):
+        _this_thread.errors = []
+    return _this_thread.errors
 
 
 def _errors_only_log() -> None:
@@ -47,6 +67,11 @@ def _errors_only_log() -> None:
     (512) -- possible training context overflow" in the middle of an export's progress, for a
     context edgetune chose; and the error that says why a file failed to load went to /dev/null
     (it silences the load), leaving "Failed to load model from file"."""
+    with _patching:  # two threads' first loads: one callback, never one freed while installed
+        _install_log_callback()
+
+
+def _install_log_callback() -> None:
     global _log_callback
     if _log_callback is not None:
         return
@@ -56,18 +81,18 @@ def _errors_only_log() -> None:
 
     import llama_cpp
 
-    last = [0]
     # llama-cpp-python sets its logger to DEBUG for a Llama(verbose=True): a program's own such
     # Llama, after an edgetune stage in its process, still sees all of llama.cpp's log
     verbose = logging.getLogger("llama-cpp-python")
 
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, user_data) -> None:
-        last[0] = last[0] if level == _GGML_LOG_CONT else level
-        if last[0] == _GGML_LOG_ERROR:
+        _this_thread.level = getattr(_this_thread, "level", 0) if level == _GGML_LOG_CONT else level
+        if _this_thread.level == _GGML_LOG_ERROR:
             line = text.decode("utf-8", "replace")
-            del _errors[:-20]
-            _errors.append(line)
+            errors = _errors()
+            del errors[:-20]
+            errors.append(line)
             print(line, end="", flush=True, file=sys.stderr)
         elif verbose.level == logging.DEBUG:
             print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
@@ -78,7 +103,7 @@ def _errors_only_log() -> None:
 
 def _why_refused(exc: Exception) -> str:
     """The first error llama.cpp logged, without the names of the functions that passed it on."""
-    for line in _errors:
+    for line in _errors():
         cause = line.strip()
         head, sep, rest = cause.partition(": ")
         while sep and head.replace("_", "").isalnum():  # a function's name, such as llama_model_load
@@ -100,7 +125,7 @@ def load_llama(
 
     check_gguf(path)
     _errors_only_log()
-    _errors.clear()
+    _errors().clear()
     repack = os.environ.get("EDGETUNE_LLAMA_REPACK") == "1"
     context = contextlib.nullcontext() if repack else _model_params_without_repack()
     with context:
