@@ -254,7 +254,7 @@ def discarded_on_failure(run_dir: Path, fresh: bool) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if fresh:  # the lock file beside it stays: see run_lock
+        if fresh:  # its lock file goes when the lock is let go (run_lock)
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 

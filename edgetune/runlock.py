@@ -51,8 +51,14 @@ def run_lock(run_dir: Path | str, command: str) -> Iterator[None]:
             held.depth -= 1
             if not held.depth:
                 del _held_locks[path]
-                # the file stays: removing it would let a waiting process lock a deleted file
                 if held.fd is not None:
+                    # a run that failed before it held anything (its folder removed, or never
+                    # made) leaves no lock file: `runs/.demo-20261207-162927.lock` piled up, one
+                    # per failed tune. Removed while still locked; a process that opened it
+                    # meanwhile finds it gone once it locks it, and takes a new one (_take_lock)
+                    if not run_dir.is_dir():
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
                     os.close(held.fd)
 
 
@@ -66,21 +72,27 @@ def _busy(run_dir: Path, holder: str) -> InputError:
 def _take_lock(path: Path, run_dir: Path, command: str) -> int | None:
     """The locked file's descriptor; None where this system or directory cannot lock (no lock, as
     before: the stage reports its own error if it cannot write there either)."""
-    try:
-        import fcntl
+    for _ in range(100):
+        try:
+            import fcntl
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
-    except (ImportError, OSError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        os.close(fd)
-        raise _busy(run_dir, holder) from None
-    except OSError:  # a filesystem without flock
-        os.close(fd)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
+        except (ImportError, OSError):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise _busy(run_dir, holder) from None
+        except OSError:  # a filesystem without flock
+            os.close(fd)
+            return None
+        if _still_there(fd, path):
+            break
+        os.close(fd)  # its holder removed it as we opened it: lock the file at the path now
+    else:
         return None
     try:  # who holds it, for the message a refused process gives
         os.ftruncate(fd, 0)
@@ -88,3 +100,12 @@ def _take_lock(path: Path, run_dir: Path, command: str) -> int | None:
     except OSError:  # a full disk: the lock holds without the name; an open fd left would hold it for good
         pass
     return fd
+
+
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether the locked descriptor is the file at `path` (not one its last holder removed)."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)

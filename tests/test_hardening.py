@@ -358,6 +358,42 @@ def test_another_thread_in_a_busy_run_directory_is_refused_as_another_process_is
         pass
 
 
+def test_a_lock_file_its_holder_removes_as_another_opens_it_is_not_held_twice(tmp_path, monkeypatch):
+    """A run that fails before it holds anything leaves no lock file: its holder removes it while
+    locked. A process that had opened it just then locks a file no longer at the path, where a
+    third would lock a new one: both would be in the run. It locks the file at the path instead."""
+    import fcntl
+    import os
+
+    from edgetune import runlock
+
+    run = tmp_path / "run"
+    path = tmp_path / ".run.lock"
+    real_flock, removed = fcntl.flock, []
+
+    def flock_after_its_holder_left(fd, op):
+        if not removed:  # the holder removed the file between our open and our lock
+            removed.append(fd)
+            os.unlink(path)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_its_holder_left)
+    with runlock.run_lock(run, "tune"):
+        monkeypatch.setattr(fcntl, "flock", real_flock)
+        fd = os.open(path, os.O_RDWR)  # the file at the path now is the one held
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        assert removed
+    assert not path.exists()  # the run was never made: its lock goes with it
+    run.mkdir()
+    with runlock.run_lock(run, "tune"):
+        pass
+    assert path.is_file()  # a run that is there keeps its lock file (a process may be opening it)
+
+
 def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_path, tiny_model_dir):
     """Missing data, a bad row, a model that is not there: the run directory tune made for it goes
     again, and runs/latest still names the last real run (what `edgetune export` would pick)."""
@@ -380,10 +416,8 @@ def test_a_tune_that_fails_before_training_leaves_no_run_and_keeps_latest(tmp_pa
         for extra in ([], ["--run-dir", str(tmp_path / "runs" / "named")]):
             result = CliRunner().invoke(main, ["tune", str(recipe), "--set", override, *extra])
             assert result.exit_code == 2 and named in result.output, (override, result.output)
-            assert sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")) == [
-                "latest",
-                "tiny-good",
-            ]
+            # no lock file either: `.tiny-20261207-162927.lock` piled up, one per failed tune
+            assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["latest", "tiny-good"]
             assert (tmp_path / "runs" / "latest").resolve() == good.resolve()
     kept = tmp_path / "runs" / "kept"  # an earlier attempt's directory stays, whatever it holds
     (kept / "notes").mkdir(parents=True)
