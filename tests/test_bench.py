@@ -1424,8 +1424,8 @@ def test_any_dependency_the_install_lacks_is_one_line_with_the_fix(monkeypatch):
     result = CliRunner().invoke(main, ["recipes"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
-        "edgetune: error: the Python package matplotlib is not installed here: `make install` sets up "
-        "every dependency, or `pip install 'matplotlib'`"
+        "edgetune: error: the Python package matplotlib is not installed here: `pip install 'matplotlib'`, "
+        "or `make install` in edgetune's checkout for every dependency"
     )
 
 

