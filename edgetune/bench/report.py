@@ -1,4 +1,4 @@
-"""bench/report.json (the contract in DESIGN.md), report.md (one table) and report.png."""
+"""bench/report.json (its fields: report_shape.py), report.md (one table) and report.png."""
 
 from __future__ import annotations
 
