@@ -76,7 +76,10 @@ def refuse_pickle(path: Path, allow_pickle: bool = False, can_allow: bool = True
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        allow = " or pass --allow-pickle (model.allow_pickle: true) if you trust this directory"
+        allow = (
+            ", or set model.allow_pickle: true (`--set model.allow_pickle=true`; tune's --allow-pickle) "
+            "if you trust this directory"
+        )
         raise ModelError(
             f"{path}: weights only as pickle files ({', '.join(pickles[:3])}), which can run code when "
             f"loaded; convert them to safetensors{allow if can_allow else ' (the exporters read only safetensors)'}"

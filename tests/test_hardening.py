@@ -32,20 +32,38 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_model_dir):
     from edgetune.cli import main
 
     model = pickled_model_dir(tmp_path, tiny_model_dir)
-    with pytest.raises(ModelError, match="pytorch_model.bin.*--allow-pickle"):
+    with pytest.raises(ModelError, match="pytorch_model.bin.*model.allow_pickle=true"):
         resolve_model(str(model))
     assert resolve_model(str(model), allow_pickle=True).path == model.resolve()
     import torch
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(model / "decoy.safetensors"))  # not what transformers loads
-    with pytest.raises(ModelError, match="pytorch_model.bin.*--allow-pickle"):
+    with pytest.raises(ModelError, match="pytorch_model.bin.*model.allow_pickle=true"):
         resolve_model(str(model))
     write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
     result = CliRunner().invoke(
         main, ["tune", "--set", f"model.base={model}", "--set", f"data.train={tmp_path / 'd.jsonl'}"]
     )
     assert result.exit_code == 2 and "can run code when loaded" in result.output
+    # data check has no --allow-pickle: the key it names works there
+    checked = CliRunner().invoke(
+        main, ["data", "check", str(tmp_path / "d.jsonl"), "--set", f"model.base={model}"]
+    )
+    assert checked.exit_code == 2 and "`--set model.allow_pickle=true`" in checked.output, checked.output
+    checked = CliRunner().invoke(
+        main,
+        [
+            "data",
+            "check",
+            str(tmp_path / "d.jsonl"),
+            "--set",
+            f"model.base={model}",
+            "--set",
+            "model.allow_pickle=true",
+        ],
+    )
+    assert checked.exit_code == 0, checked.output
     exported = CliRunner().invoke(main, ["export", str(model)])
     assert exported.exit_code == 2 and "the exporters read only safetensors" in exported.output
     assert "--allow-pickle" not in exported.output  # export has no such option to follow

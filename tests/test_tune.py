@@ -283,6 +283,22 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "runs/latest points to demo, which is gone" in result.output
 
 
+def test_resume_with_allow_pickle_follows_the_saved_recipe(tmp_path):
+    """--allow-pickle arrives as an override, so `tune --resume --allow-pickle` was told to "drop
+    RECIPE and --set", neither of which it had given."""
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: r\nmodel:\n  base: smollm2-135m-instruct\n")
+    result = CliRunner().invoke(main, ["tune", "--resume", "--allow-pickle", "--run-dir", str(run)])
+    assert result.exit_code == 2 and "drop RECIPE" not in result.output, result.output
+    assert "does not allow pickle weights" in result.output and "--allow-pickle" in result.output
+    result = CliRunner().invoke(main, ["tune", "--resume", "--set", "train.lr=1", "--run-dir", str(run)])
+    assert result.exit_code == 2 and "drop RECIPE and --set" in result.output
+    (run / "recipe.yaml").write_text("name: r\nmodel:\n  base: smollm2-135m-instruct\n  allow_pickle: true\n")
+    result = CliRunner().invoke(main, ["tune", "--resume", "--allow-pickle", "--run-dir", str(run)])
+    assert "allow pickle" not in result.output and "drop RECIPE" not in result.output, result.output
+
+
 def strict_json(text: str):
     """json.loads as jq or JavaScript read: NaN and Infinity are not JSON."""
 

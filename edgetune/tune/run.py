@@ -104,7 +104,9 @@ def _start_run(
     """The recipe and the run directory, and whether this call made the directory."""
     run_dir = None if run_dir is None else Path(run_dir)  # a str from a program calling tune()
     if resume:
-        if recipe_arg or overrides:
+        # --allow-pickle arrives as this override: allowed where the saved recipe allows it already
+        allowing = [o for o in overrides if o.replace(" ", "") == "model.allow_pickle=true"]
+        if recipe_arg or len(allowing) < len(overrides):
             raise InputError("--resume continues a run with the recipe saved in it; drop RECIPE and --set")
         run_dir = resolve_run_dir(run_dir)
         saved = run_dir / RECIPE_FILE
@@ -112,6 +114,11 @@ def _start_run(
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
         refuse_finished(run_dir)
         recipe = load_run_recipe(saved.parent)
+        if allowing and not recipe.model.allow_pickle:
+            raise InputError(
+                f"{saved}: this run's recipe does not allow pickle weights, and --resume continues with "
+                "the recipe saved in it; start a new run with --allow-pickle"
+            )
         refuse_unshardable(recipe)
         return recipe, run_dir, False
     recipe = load_recipe(recipe_arg, overrides, new_run=True)
