@@ -7,8 +7,10 @@ terminal, is printed as one block per row instead, so every value stays whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
@@ -47,6 +49,50 @@ def live(console: Console) -> bool:
     except (AttributeError, ValueError):  # no file, or a closed one
         tty = False
     return tty and console.is_interactive
+
+
+class StageProgress:
+    """One rich progress bar per stage of long work on stderr (bench's targets, the importance
+    matrix); silent without a console. Where stderr is not a
+    terminal (a log), a plain line every LOG_EVERY_S seconds and at the stage's end: rich's live
+    bar draws nothing there until it stops."""
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, console):
+        self.console = console
+        self.progress = None
+
+    @contextlib.contextmanager
+    def stage(self, label: str, total: int):
+        if self.console is None:
+            yield lambda: None
+            return
+        if not live(self.console):
+            started, done, printed = time.time(), [0], [time.time()]
+
+            def tick() -> None:
+                done[0] += 1
+                if time.time() - printed[0] >= self.LOG_EVERY_S or done[0] == total:
+                    self.console.print(
+                        f"{label} {done[0]}/{total} {time.time() - started:.0f} s", highlight=False
+                    )
+                    printed[0] = time.time()
+
+            yield tick
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(label, total=total)
+            yield lambda: progress.advance(task)
 
 
 out = _Console(highlight=False, emoji=False, width=_log_width(sys.stdout))  # "d.jsonl:100:" is no 💯

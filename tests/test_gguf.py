@@ -755,6 +755,23 @@ def test_f16_output_keeps_the_head_and_embedding_in_f16(tmp_path, tiny_model_dir
     assert plain_types["token_embd.weight"] == GGMLQuantizationType.Q8_0
 
 
+def test_the_importance_matrix_shows_its_progress(tmp_path, tiny_model_dir):
+    """It reads up to 32,768 tokens through the merged model in torch on the CPU (many minutes for a
+    7B model) and had said nothing between its start and the quantiser's first line."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from edgetune.export.gguf_export import export_gguf
+    from edgetune.export.imatrix import within
+
+    console = Console(file=StringIO(), width=200)
+    export_gguf(tiny_model_dir, tmp_path, ["q8_0"], [list(range(3, 43))] * 5, {}, console=console)
+    assert "gguf: importance matrix 5/5 " in console.file.getvalue(), console.file.getvalue()
+    # the count is of the sequences it reads: up to the one that reaches the token budget
+    assert within([[1] * 10] * 9, 25) == [[1] * 10] * 3 and within([[1] * 10] * 2, 25) == [[1] * 10] * 2
+
+
 def test_a_file_that_stops_where_the_merged_model_does_not_fails_parity():
     from edgetune.export.parity import ParityRow, judge
 

@@ -33,7 +33,7 @@ class Change:
     before: float
     after: float
     interval: tuple[float, float] | None  # of after - before, at the comparison's level
-    verdict: str  # BETTER, WORSE or NOISE
+    verdict: str  # BETTER, WORSE, NOISE, or TOO_FEW (too few examples for an interval)
 
     @property
     def difference(self) -> float:

@@ -108,10 +108,6 @@ def json_fields(prediction: str, reference: str) -> float:
     return sum(1.0 for k, v in ref.items() if k in pred and same_value(pred[k], v)) / len(ref)
 
 
-def json_valid(prediction: str, reference: str) -> float:
-    return float(parse_json_object(prediction) is not None)
-
-
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 on words (longest common subsequence); a Chinese or Japanese character is a word."""
     a, b = _TOKEN.findall(_normalise(prediction)), _TOKEN.findall(_normalise(reference))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from edgetune.bench.reference import ReferenceLogprobs, remove_stale_spills
 from edgetune.bench.report import write_report
 from edgetune.bench.runners import Target, open_runner
 from edgetune.bench.targets import check_devices, discover_targets, refuse_another_vocabulary
-from edgetune.console import live
+from edgetune.console import StageProgress
 from edgetune.cores import default_threads, more_than_the_cores
 from edgetune.data.render import reply_text
 from edgetune.errors import InputError, require
@@ -57,49 +56,6 @@ def measure_each(targets: list[Target], measure, skipped: list[dict]) -> list[tu
             reason = f"failed on this machine: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
             skipped.append({"name": target.name, "device": "cuda", "reason": reason})
     return done
-
-
-class _Progress:
-    """One rich progress bar per stage on stderr; silent without a console. Where stderr is not a
-    terminal (a log), a plain line every LOG_EVERY_S seconds and at the stage's end: rich's live
-    bar draws nothing there until it stops."""
-
-    LOG_EVERY_S = 30.0
-
-    def __init__(self, console):
-        self.console = console
-        self.progress = None
-
-    @contextlib.contextmanager
-    def stage(self, label: str, total: int):
-        if self.console is None:
-            yield lambda: None
-            return
-        if not live(self.console):
-            started, done, printed = time.time(), [0], [time.time()]
-
-            def tick() -> None:
-                done[0] += 1
-                if time.time() - printed[0] >= self.LOG_EVERY_S or done[0] == total:
-                    self.console.print(
-                        f"{label} {done[0]}/{total} {time.time() - started:.0f} s", highlight=False
-                    )
-                    printed[0] = time.time()
-
-            yield tick
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(
-            TextColumn("{task.description:<28}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        ) as progress:
-            task = progress.add_task(label, total=total)
-            yield lambda: progress.advance(task)
 
 
 def _target_entry(target: Target, acc: Accuracy, reference_value: float | None) -> dict[str, Any]:
@@ -223,7 +179,7 @@ def bench(
         threads = cfg.threads or default_threads()
         if console is not None and (said := more_than_the_cores("bench.threads", threads)):
             console.print(f"[yellow]warning:[/] {said}, and the latency rows measure that contention")
-        progress = _Progress(console)
+        progress = StageProgress(console)
 
         def decode(ids: list[int]) -> str:
             return reply_text(tokenizer, ids)

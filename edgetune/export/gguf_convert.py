@@ -310,7 +310,6 @@ def convert(
     out: Path,
     outtype: str = "f16",
     provenance: dict[str, str] | None = None,
-    progress: bool = False,
     name: str | None = None,
     warn=None,
 ) -> Path:
@@ -378,7 +377,7 @@ def convert(
         with writing(out):
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
-            writer.write_tensors_to_file(progress=progress)
+            writer.write_tensors_to_file()
             writer.close()
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

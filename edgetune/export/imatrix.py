@@ -16,10 +16,22 @@ import numpy as np
 from edgetune.errors import InputError
 
 
+def within(sequences: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """The sequences compute_imatrix reads: up to the one that reaches max_tokens."""
+    used, taken = 0, []
+    for ids in sequences:
+        if used >= max_tokens:
+            break
+        taken.append(ids)
+        used += len(ids)
+    return taken
+
+
 def compute_imatrix(
-    model_dir: Path, sequences: list[list[int]], max_tokens: int = 32768, progress=None
+    model_dir: Path, sequences: list[list[int]], max_tokens: int = 32768, tick=lambda: None
 ) -> dict[str, np.ndarray]:
-    """{GGUF tensor name: mean squared input per column (float32)} over up to max_tokens tokens."""
+    """{GGUF tensor name: mean squared input per column (float32)} over up to max_tokens tokens
+    (the sequences of `within(sequences, max_tokens)`); `tick()` after each sequence."""
     import gguf
     import torch
     from transformers import AutoConfig
@@ -61,8 +73,7 @@ def compute_imatrix(
                     break
                 model(input_ids=torch.tensor([ids]), use_cache=False)
                 used += len(ids)
-                if progress is not None:
-                    progress(min(used, max_tokens), max_tokens)
+                tick()
     finally:
         for h in hooks:
             h.remove()

@@ -1,5 +1,6 @@
 """Trainer callbacks: committed checkpoints, metrics.jsonl, a live progress display, the loss before
-training, an overfit watch."""
+training, an overfit watch, a loss-spike watch, a stop at the first non-finite loss, and keeping
+the best checkpoint."""
 
 from __future__ import annotations
 
