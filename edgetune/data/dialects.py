@@ -23,7 +23,7 @@ from edgetune.data.fields import (
     kind_of,
     nonempty_str,
     refuse_unrendered,
-    trained,
+    weight_allows_loss,
 )
 
 SPEAKERS = {
@@ -120,7 +120,7 @@ def sharegpt_turns(row: dict[str, Any]) -> Conversation:
         if role == "system" and blank(turn.get(text_key)):
             continue  # an empty system turn (exports write one): no system prompt, as if absent
         turns.append((role, nonempty_str(turn.get(text_key), f"{where}.{text_key}")))
-        if not trained(turn, role, where):
+        if not weight_allows_loss(turn, role, where):
             untrained.append(len(turns) - 1)
     everything = _with_system(row, turns, "conversations")
     shift = len(everything) - len(turns)  # a top-level system comes first

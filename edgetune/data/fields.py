@@ -96,7 +96,7 @@ def learnt_reply(turns, i: int, untrained: tuple[int, ...] = ()) -> bool:
     return turns[i][0] == "assistant" and i not in untrained and any(r == "user" for r, _ in turns[:i])
 
 
-def trained(turn: dict[str, Any], role: str, field_path: str) -> bool:
+def weight_allows_loss(turn: dict[str, Any], role: str, field_path: str) -> bool:
     """An assistant turn's `weight` (OpenAI's fine-tuning files, ShareGPT exports): 1 or absent, the
     turn carries loss; 0, it is context only. Another turn is context whatever it says: 0 (exports
     that weight every turn, as SlimOrca's does) is read, 1 is refused (only replies are learnt)."""

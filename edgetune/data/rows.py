@@ -26,7 +26,7 @@ from edgetune.data.fields import (
     nonempty_str,
     refuse_tool_definitions,
     refuse_unrendered,
-    trained,
+    weight_allows_loss,
 )
 from edgetune.data.files import iter_raw_rows
 from edgetune.errors import DataError
@@ -163,7 +163,7 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
         if "content" not in m:  # (a null one is "got null")
             raise BadRow(f"{key}[{i}].content", "missing")
         turns.append((role, nonempty_str(m["content"], f"{key}[{i}].content")))
-        if not trained(m, role, f"{key}[{i}]"):
+        if not weight_allows_loss(m, role, f"{key}[{i}]"):
             untrained.append(len(turns) - 1)
     return checked_turns(turns, key, tuple(untrained)) if check else (tuple(turns), tuple(untrained))
 

@@ -93,7 +93,7 @@ def lora_config(settings: LoraSettings):
     )
 
 
-def keep_4bit_weights_trainable(model) -> None:
+def keep_gradients_through_4bit_weights(model) -> None:
     """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
 
     On CPUs with AVX512-BF16, the first forward pass in eval mode (our validation loss before
@@ -145,7 +145,7 @@ def load_for_training(
         gradient_checkpointing = setup.method == "qlora" and setup.device == "cuda"
     checkpointing = {"use_reentrant": False}
     if setup.method == "qlora":
-        keep_4bit_weights_trainable(base)
+        keep_gradients_through_4bit_weights(base)
     # peft's k-bit preparation casts the norms to fp32, and FSDP refuses a unit that mixes them with
     # the bf16-stored 4-bit weights: under FSDP only gradient checkpointing is set up
     if setup.method == "qlora" and not under_fsdp():
