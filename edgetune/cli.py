@@ -76,15 +76,16 @@ class LazyGroup(NamingGroup):
         # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         _stacks_on_sigusr1()
-        terminated, before = _sigterm_interrupts()
+        received, before = _signals_interrupt()
         try:
             return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt as exc:  # Ctrl-C, Terminated, and Interrupted, which says how to go on
             said = str(exc) if isinstance(exc, Interrupted) else "interrupted"
-            # the shell's status for a process a signal ended: 130 for SIGINT, 143 for SIGTERM
-            _fail(said, 128 + signal.SIGTERM if terminated else 130)
+            # the shell's status for a process a signal ended: 130 for SIGINT, 143 for SIGTERM, 129
+            # for SIGHUP
+            _fail(said, 128 + received[0] if received else 130)
         except BrokenPipeError:
             # the reader of stdout left (`edgetune recipes | head -1`): end as a Unix tool killed by
             # SIGPIPE does (status 141), saying nothing; no "internal error", no traceback at exit
@@ -118,8 +119,8 @@ class LazyGroup(NamingGroup):
                 EXIT_INTERNAL,
             )
         finally:
-            if before is not None:  # edgetune called from a program of its own keeps its own handler
-                signal.signal(signal.SIGTERM, before)
+            for signum, handler in before.items():  # a program calling edgetune keeps its own handlers
+                signal.signal(signum, handler)
 
 
 def _users_path(filename) -> str:
@@ -131,12 +132,14 @@ def _users_path(filename) -> str:
     return str(path)
 
 
-def _sigterm_interrupts() -> tuple[list[int], object]:
-    """SIGTERM (`kill`, a CI job's timeout, systemd, `subprocess.terminate()`) stops edgetune as
-    Ctrl-C does: checkpoints and files written whole, helper processes ended, the way to continue
-    said. Its default killed the main process alone, with no word, leaving a quantiser child
-    writing on. Returns the list a received SIGTERM is put in (a second one kills at once) and
-    the handler it replaced (None where none could be set)."""
+def _signals_interrupt() -> tuple[list[int], dict[int, object]]:
+    """SIGTERM (`kill`, a CI job's timeout, systemd, `subprocess.terminate()`) and SIGHUP (the
+    terminal closed, an ssh session dropped) stop edgetune as Ctrl-C does: checkpoints and files
+    written whole, helper processes ended, the way to continue said. Their defaults killed the
+    main process alone, with no word, leaving a quantiser child writing on and a 540 MB temporary
+    file behind. A SIGHUP ignored on purpose (`nohup`) stays ignored. Returns the list a received
+    signal is put in (a second one kills at once) and the handlers replaced (none where none could
+    be set)."""
     received: list[int] = []
 
     def interrupt(signum, frame):
@@ -144,10 +147,16 @@ def _sigterm_interrupts() -> tuple[list[int], object]:
         signal.signal(signum, signal.SIG_DFL)
         raise Terminated
 
-    try:
-        return received, signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (edgetune invoked from a thread of another program)
-        return received, None
+    before: dict[int, object] = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None or (name == "SIGHUP" and signal.getsignal(signum) == signal.SIG_IGN):
+            continue
+        try:
+            before[signum] = signal.signal(signum, interrupt)
+        except ValueError:  # not the main thread (edgetune invoked from a thread of another program)
+            return received, {}
+    return received, before
 
 
 def _stacks_on_sigusr1() -> None:

@@ -58,11 +58,11 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM): the message says how to continue. A KeyboardInterrupt, as Terminated
     is, and no EdgetuneError: a program's `except EdgetuneError:` for bad input (or its `except
     Exception:`) took a user's Ctrl-C for a failed job and went on. The CLI prints the message
-    and exits 130 (143 for SIGTERM)."""
+    and exits 130 (143 for SIGTERM, 129 for SIGHUP)."""
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is (see cli._sigterm_interrupts), but never taken for a user's
+    """SIGTERM or SIGHUP, handled as Ctrl-C is (see cli._signals_interrupt), but never taken for a user's
     Ctrl-C that only stops one thing (a chat answer)."""
 
 

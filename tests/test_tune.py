@@ -132,10 +132,12 @@ def test_resume_after_kill_9_continues_the_same_loss_curve(tmp_path, tiny_model_
     )
 
 
-def test_sigterm_stops_a_tune_as_ctrl_c_does(tmp_path, tiny_model_dir):
-    """`kill`, a CI job's timeout or systemd send SIGTERM: edgetune died at once with no word
-    (status 143 from the signal, a quantiser child left writing); it now stops as Ctrl-C does,
-    saying how to go on, with the shell's status for SIGTERM."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_stops_a_tune_as_ctrl_c_does(tmp_path, tiny_model_dir, signum):
+    """`kill`, a CI job's timeout or systemd send SIGTERM, a closed terminal or dropped ssh session
+    SIGHUP: edgetune died at once with no word (status 143 or 129 from the signal, a quantiser
+    child left writing, a 540 MB temporary file behind); it now stops as Ctrl-C does, saying how
+    to go on, with the shell's status for the signal."""
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=400, eval_steps=5, save_steps=5)
     run_dir = tmp_path / "terminated"
     proc = subprocess.Popen(
@@ -150,11 +152,26 @@ def test_sigterm_stops_a_tune_as_ctrl_c_does(tmp_path, tiny_model_dir):
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert marker.exists(), "the run never reached checkpoint 5"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
+    assert proc.returncode == 128 + signum, stderr
     assert "error: interrupted; continue with: edgetune tune --resume" in stderr, stderr
     assert "Traceback" not in stderr and not (run_dir / "adapter").exists()
+
+
+def test_a_sighup_ignored_on_purpose_stays_ignored():
+    """`nohup edgetune run ...` ignores SIGHUP so that the run outlives its terminal."""
+    from edgetune.cli import _signals_interrupt
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        _, before = _signals_interrupt()
+        assert signal.SIGHUP not in before and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.SIGTERM in before
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir):
