@@ -21,10 +21,20 @@ LOG_WIDTH = 160
 
 
 def _log_width(stream) -> int | None:
-    """LOG_WIDTH for a stream that is not a terminal, unless COLUMNS is set; None: rich decides."""
-    if "COLUMNS" in os.environ or stream.isatty():
+    """LOG_WIDTH for a stream that is not a terminal, unless COLUMNS is set; None: rich decides.
+    A COLUMNS that is no width (0, empty, "abc") is not set: rich took 0 as a width, and printed
+    nothing at all, not a warning nor a summary."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return None  # rich reads it
+    if not stream.isatty():
+        return LOG_WIDTH
+    if "COLUMNS" not in os.environ:
         return None
-    return LOG_WIDTH
+    try:  # what rich would find without COLUMNS
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError):
+        return 80
 
 
 class _Console(Console):

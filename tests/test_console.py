@@ -67,7 +67,12 @@ def test_the_demo_bench_report_on_an_80_column_console_shows_every_interval():
 
 @pytest.mark.parametrize(
     ("columns", "tty", "width"),
-    [(None, False, console_mod.LOG_WIDTH), ("70", False, None), (None, True, None)],
+    [
+        (None, False, console_mod.LOG_WIDTH),
+        ("70", False, None),
+        (None, True, None),
+        *((no_width, False, console_mod.LOG_WIDTH) for no_width in ("0", "", "abc", "-5")),
+    ],
 )
 def test_output_to_a_pipe_is_not_cut_to_80_columns(monkeypatch, columns, tty, width):
     if columns is None:
@@ -80,6 +85,25 @@ def test_output_to_a_pipe_is_not_cut_to_80_columns(monkeypatch, columns, tty, wi
             return tty
 
     assert console_mod._log_width(Stream()) == width
+
+
+def test_columns_0_is_no_width(tmp_path):
+    """COLUMNS=0 made rich print nothing at all (exit 0, no warning, no summary, no table)."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.jsonl"
+    row = '{"messages": [{"role": "user", "content": "hi %d"}, {"role": "assistant", "content": "yo"}]}'
+    data.write_text("".join(row % i + "\n" for i in range(30)))
+    result = subprocess.run(
+        [sys.executable, "-m", "edgetune", "data", "check", str(data), "--no-tokens"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "0"},
+        timeout=120,
+    )
+    assert result.returncode == 0 and "bad rows skipped: 0" in result.stdout, (result.stdout, result.stderr)
 
 
 def test_a_file_and_line_number_are_printed_as_written(capsys):
