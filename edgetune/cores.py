@@ -5,16 +5,24 @@ from __future__ import annotations
 import os
 
 
-def default_threads() -> int:
+def usable_cores() -> int:
     """The cores this process may use: its CPU affinity (a container's cpuset, `taskset`), not the
     machine's count. llama.cpp given 8 threads on 1 allowed core decoded 1.8x slower than with 1."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def default_threads() -> int:
+    """The threads llama.cpp, onnxruntime and bench use where nothing says otherwise: the user's
+    OMP_NUM_THREADS, which torch follows too (training took 1 thread and the same run's bench 2),
+    else every usable core."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(given) if given.isdigit() and int(given) > 0 else usable_cores()
+
+
 def more_than_the_cores(setting: str, threads: int | None) -> str | None:
     """The warning for a thread count past the cores this process may use (train.threads,
     bench.threads); None where it is within them."""
-    cores = default_threads()
+    cores = usable_cores()
     if not threads or threads <= cores:
         return None
     return f"{setting} {threads} is more than the {cores} cores this process may use: threads contend"

@@ -1264,16 +1264,16 @@ def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path):
     """bench.threads past the cores made every latency row measure threads contending, unsaid."""
     import shutil
 
-    from edgetune.cores import default_threads
+    from edgetune.cores import usable_cores
 
     run = shutil.copytree(benched[0], tmp_path / "run")
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    recipe["bench"]["threads"] = default_threads() + 1
+    recipe["bench"]["threads"] = usable_cores() + 1
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(main, ["bench", str(run), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (
-        f"warning: bench.threads {default_threads() + 1} is more than the {default_threads()} cores this "
+        f"warning: bench.threads {usable_cores() + 1} is more than the {usable_cores()} cores this "
         "process may use" in " ".join(result.output.split())
     ), result.output
 

@@ -694,3 +694,18 @@ def test_a_thread_count_past_the_cores_this_process_may_use_is_warned_about(monk
     assert more_than_the_cores("train.threads", 8) == (
         "train.threads 8 is more than the 2 cores this process may use: threads contend"
     )
+
+
+def test_omp_num_threads_sets_every_runtimes_threads(monkeypatch):
+    """OMP_NUM_THREADS=1: training (torch) took 1 thread and the same run's llama.cpp, onnxruntime
+    and bench took every core, the report saying 2 threads."""
+    from edgetune.cores import default_threads, usable_cores
+    from edgetune.export.onnx_runtime import session_options
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads() == 1 and session_options().intra_op_num_threads == 1
+    for unset in ("", "0", "four"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert default_threads() == usable_cores(), unset
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert session_options().intra_op_num_threads == usable_cores()

@@ -84,7 +84,7 @@ class BenchConfig:
     latency: bool = True
     latency_decode_tokens: int = 64
     latency_repeats: int = 3
-    threads: int | None = None  # default: every core this process may use
+    threads: int | None = None  # default: OMP_NUM_THREADS, else every core this process may use
     gates: GatesConfig = field(default_factory=GatesConfig)
 
     def validate(self) -> list[str]:

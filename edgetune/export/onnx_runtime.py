@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetune.cores import default_threads
 from edgetune.errors import InputError, ModelError
 from edgetune.export.onnx_graph import LOGITS_FROM
 
@@ -23,8 +24,9 @@ def session_options(threads: int | None = None):
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    # as llama.cpp's: the user's OMP_NUM_THREADS, else the usable cores (onnxruntime's own default
+    # counts the machine's physical cores, past a container's cpuset)
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3  # errors only: no "initializer appears in graph inputs" chatter
     return options
 
