@@ -49,7 +49,11 @@ BUILTINS = {
 
 
 def cache_dir() -> Path:
-    path = Path(os.environ.get("EDGETUNE_CACHE") or Path.home() / ".cache" / "edgetune").expanduser()
+    """EDGETUNE_CACHE, else edgetune/ in the user's cache folder: XDG_CACHE_HOME where it is set (an
+    absolute path, as the XDG spec has it; Hugging Face's cache follows it too), else ~/.cache."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    user_cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    path = Path(os.environ.get("EDGETUNE_CACHE") or user_cache / "edgetune").expanduser()
     if blocked := file_in_the_way(path):
         where = "EDGETUNE_CACHE" if os.environ.get("EDGETUNE_CACHE") else "the model cache"
         raise ModelError(f"{blocked}: not a directory, so {where} ({path}) cannot be made there")

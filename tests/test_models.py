@@ -141,3 +141,18 @@ def test_tune_refuses_data_holding_a_token_the_model_has_no_row_for(tmp_path, ti
         "d.jsonl:4: token '<image>'" in result.output
         and f"past the model's {rows} embedding rows" in result.output
     )
+
+
+def test_the_model_cache_follows_xdg_cache_home_where_edgetune_cache_is_not_set(tmp_path, monkeypatch):
+    """XDG_CACHE_HOME was ignored: with a read-only HOME and a writable XDG cache, every command
+    failed on ~/.cache: permission denied."""
+    from edgetune.models import cache_dir
+
+    monkeypatch.delenv("EDGETUNE_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "edgetune"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: the spec says ignore it
+    assert cache_dir() == tmp_path / "home" / ".cache" / "edgetune"
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
