@@ -709,3 +709,22 @@ def test_omp_num_threads_sets_every_runtimes_threads(monkeypatch):
         assert default_threads() == usable_cores(), unset
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert session_options().intra_op_num_threads == usable_cores()
+
+
+def test_reading_the_cpus_name_and_flags_leaves_no_file_open():
+    """Under PYTHONWARNINGS=error (or -W default) a run printed "Exception ignored ... ResourceWarning:
+    unclosed file '/proc/cpuinfo'" with its traceback."""
+    import gc
+    import warnings
+
+    from edgetune.tune.model import cpu_has_fast_bf16
+    from edgetune.tune.run import _cpu_name
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        cpu_has_fast_bf16()
+        _cpu_name()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [
+        str(w.message) for w in caught
+    ]

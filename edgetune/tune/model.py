@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgetune.config import LoraConfig as LoraSettings
@@ -26,7 +27,7 @@ class TrainSetup:
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: bf16 matmuls are native, so autocast pays off on this CPU."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
