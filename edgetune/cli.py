@@ -23,6 +23,7 @@ from edgetune.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EdgetuneError,
+    InputError,
     Interrupted,
     Terminated,
     is_disk_full,
@@ -78,6 +79,7 @@ class LazyGroup(NamingGroup):
         _stacks_on_sigusr1()
         received, before = _signals_interrupt()
         try:
+            _refuse_a_deleted_cwd()
             return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
             _fail(str(exc), exc.exit_code)
@@ -121,6 +123,17 @@ class LazyGroup(NamingGroup):
         finally:
             for signum, handler in before.items():  # a program calling edgetune keeps its own handlers
                 signal.signal(signum, handler)
+
+
+def _refuse_a_deleted_cwd() -> None:
+    """A shell still in a folder that was removed: relative paths (runs/, a recipe's data) cannot
+    be found, and importing torch died with "Intel oneMKL FATAL ERROR"."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise InputError(
+            "the current directory no longer exists (removed or moved); cd to one that does"
+        ) from None
 
 
 def _users_path(filename) -> str:

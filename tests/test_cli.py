@@ -420,3 +420,30 @@ def test_doctor_holds_each_dependency_to_the_version_edgetune_pins(monkeypatch):
     assert "pip install 'transformers<4.58,>=4.46' 'sentencepiece>=0.2'" in " ".join(result.output.split())
     monkeypatch.setattr(edgetune.doctor, "_version", real)
     assert "at the versions edgetune allows" in CliRunner().invoke(main, ["doctor"]).output
+
+
+def test_a_current_directory_that_was_removed_is_one_line(tmp_path):
+    """A shell left in a removed folder: data check and tune said "internal error:
+    FileNotFoundError", doctor and merge died in torch's import ("Intel oneMKL FATAL ERROR")."""
+    import os
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = (
+        "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+        "sys.argv = ['edgetune', 'doctor']; from edgetune.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(gone)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "edgetune: error: the current directory no longer exists (removed or moved); cd to one that does"
+    ), result.stderr
