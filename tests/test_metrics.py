@@ -90,6 +90,10 @@ def test_kl_of_distributions_that_give_a_token_no_probability_is_finite():
     assert kl_top1(a, a) == (0.0, 1.0)
     b = log_softmax(np.where(np.arange(5) == 0, -np.inf, np.random.default_rng(0).normal(size=(4, 5))))
     assert kl_top1(a, b)[0] == np.inf
+    # two near-equal distributions: each position's KL is at least 0, where rounding made it -1e-10
+    c = a.copy()
+    c[:, 0] += 1e-9
+    assert kl_top1(a, log_softmax(c))[0] >= 0 and kl_top1(log_softmax(c), a)[0] >= 0
 
 
 def test_metrics_read_any_script_and_keep_numbers_whole():
