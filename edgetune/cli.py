@@ -76,6 +76,10 @@ class LazyGroup(NamingGroup):
     def invoke(self, ctx: click.Context):
         # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        # onnxruntime's Linux wheels (1.32) send usage events with a device id they keep in
+        # ~/.cache/Microsoft (and warn on every command where HOME is read-only); edgetune works
+        # offline and says so: off unless the user set the variable (0 lets them through)
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         _stacks_on_sigusr1()
         received, before = _signals_interrupt()
         try:

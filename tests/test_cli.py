@@ -447,3 +447,24 @@ def test_a_current_directory_that_was_removed_is_one_line(tmp_path):
     assert result.stderr.strip() == (
         "edgetune: error: the current directory no longer exists (removed or moved); cd to one that does"
     ), result.stderr
+
+
+def test_onnxruntime_keeps_no_device_id_in_the_users_home(tmp_path):
+    """onnxruntime 1.32's Linux wheel sends usage events and keeps a device id and an event cache in
+    ~/.cache/Microsoft/DeveloperTools (on every command that loads it, doctor included); edgetune
+    turns that off unless the user set ORT_DISABLE_TELEMETRY themselves."""
+    import os
+    import subprocess
+    import sys
+
+    for given, kept in ((None, False), ("0", True)):
+        home = tmp_path / f"home-{given}"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home)}
+        env.pop("ORT_DISABLE_TELEMETRY", None)
+        if given is not None:
+            env["ORT_DISABLE_TELEMETRY"] = given
+        subprocess.run(
+            [sys.executable, "-m", "edgetune", "doctor"], env=env, capture_output=True, timeout=300
+        )
+        assert any((home / ".cache").rglob("deviceid")) is kept, (given, sorted(home.rglob("*")))
