@@ -96,8 +96,7 @@ def bench(
     run_dir: Path | str | None = None, devices: list[str] | None = None, console=None, pick: bool = False
 ) -> dict[str, Any]:
     """`pick`: the report is for --pick, which the recipe's gates must allow before anything is measured."""
-    from edgetune.data.prepare import prepare
-    from edgetune.models import ResolvedModel, embedding_rows, load_tokenizer
+    from edgetune.models import ResolvedModel, load_tokenizer
 
     started = time.time()
     run_dir = resolve_run_dir(run_dir)
@@ -112,69 +111,13 @@ def bench(
             refuse_blind_pick(cfg.gates)
         check_devices(devices or cfg.devices, "--device" if devices else "bench.devices")
         devices = list(dict.fromkeys(devices or cfg.devices))  # cpu,cpu: each measured once
-        from edgetune.export.layout import missing_exports
-        from edgetune.export.onnx_runtime import check_onnx_dir
-        from edgetune.export.parity_record import unchecked_exports
-        from edgetune.validate import check_gguf
-
         manifest = read_manifest(run_dir)  # a corrupt one fails now, not after the measurements
         skipped: list[dict] = []
-        targets = discover_targets(run_dir, devices, recipe, skipped)
-        # a missing runtime or damaged file is named now, not after the minutes the torch targets take
-        formats = {t.format for t in targets}
-        for module, fmt in (("llama_cpp", "gguf"), ("onnxruntime", "onnx")):
-            if fmt in formats:
-                require(module, f"bench's {fmt.upper()} targets")
-        require("matplotlib", "bench's report.png")
-        for gguf in sorted({t.path for t in targets if t.format == "gguf"}):
-            check_gguf(gguf)
-        for onnx in sorted({t.path for t in targets if t.format == "onnx"}):
-            check_onnx_dir(onnx)
-        if (rows := embedding_rows(run_dir / "merged")) is not None:
-            files = sorted({(t.format, t.path) for t in targets if t.format in ("gguf", "onnx")})
-            refuse_another_vocabulary(files, rows)
-        exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
-        for problem in unchecked_exports(manifest, exported) if console is not None else []:
-            console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
-        if console is not None and (missing := missing_exports(run_dir, recipe)):
-            console.print(
-                f"[yellow]warning:[/] the recipe exports {', '.join(missing)}, which this run does not have "
-                f"(an export interrupted, or none since the recipe changed): `edgetune export {escape(str(run_dir))}` "
-                "first, or they go unmeasured",
-                soft_wrap=True,
-            )
+        targets = _checked_targets(run_dir, recipe, devices, manifest, skipped, console)
         merged = run_dir / "merged"
         tokenizer = load_tokenizer(ResolvedModel(str(merged), merged, "local"))
-        # bench renders no training row; a template edited in merged/ since the merge is said as that
-        prepared = rendered(
-            run_dir, console, lambda: prepare(recipe.data, tokenizer, encode=("valid", "test"))
-        )
-        held_out = prepared.splits.held_out()
-        if not held_out:
-            raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
-        split = "test" if prepared.splits.test else "valid"
-        if split == "valid" and console is not None:  # it chose the best checkpoint: scores lean high
-            console.print(
-                "[yellow]warning:[/] no test split: benching on the validation split, which picked the "
-                "checkpoint (set data.test_fraction or data.test for an unbiased score)"
-            )
-        examples = held_out[: cfg.max_examples]
+        prepared, split, cases, coverage = _held_out_cases(run_dir, recipe, tokenizer, console)
         renderer = prepared.renderer
-        cases = build_cases(renderer, examples)
-        if not cases:
-            raise InputError(
-                f"{run_dir}: every held-out example bench would use is longer than data.max_seq_len "
-                f"({recipe.data.max_seq_len} tokens); raise it, or hold out shorter examples"
-            )
-        refuse_unscorable(cfg.metric, [c.example for c in cases])
-        coverage = coverage_warnings(renderer, examples, cases, cfg.max_new_tokens)
-        for warning in coverage if console is not None else ():
-            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
-        if console is not None and not any(c.answered for c in cases):
-            console.print(
-                f"[yellow]warning:[/] the held-out rows are text, with no answer to score: bench.metric "
-                f"{cfg.metric} scores nothing, and only KL, perplexity and latency are measured"
-            )
         eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
         if console is not None and (said := more_than_the_cores("bench.threads", threads)):
@@ -275,26 +218,7 @@ def bench(
             with progress.stage("forgetting probes", 1) as tick:
                 f = measure_forgetting(base_runner, ref_runner, renderer, eos_ids)
                 tick()
-            warnings = []
-            if f.kl_base_tuned > cfg.forgetting_kl_warn:
-                warnings.append(
-                    f"KL(base || tuned) {f.kl_base_tuned:.3f} on general prompts > {cfg.forgetting_kl_warn:g}"
-                )
-            if f.ppl_ratio > cfg.forgetting_ppl_ratio_warn:
-                warnings.append(
-                    f"general perplexity rose {f.ppl_ratio:.2f}x > {cfg.forgetting_ppl_ratio_warn:g}x"
-                )
-            report["forgetting"] = {
-                "kl_base_tuned": f.kl_base_tuned,
-                "ppl_base": f.ppl_base,
-                "ppl_tuned": f.ppl_tuned,
-                "ppl_ratio": f.ppl_ratio,
-                "prompts": f.prompts,
-                "passages": f.passages,
-                "kl_warn": cfg.forgetting_kl_warn,
-                "ppl_ratio_warn": cfg.forgetting_ppl_ratio_warn,
-                "warnings": warnings,
-            }
+            report["forgetting"] = _forgetting_entry(f, cfg)
         del ref_runner, base_runner
         report["machine"], report["settings"] = _latency(targets, entries, cases, cfg, threads, progress)
         report["settings"].update(
@@ -318,6 +242,99 @@ def bench(
         )
         report["paths"] = {k: str(v) for k, v in paths.items()}
         return report
+
+
+def _checked_targets(run_dir: Path, recipe, devices, manifest, skipped: list[dict], console) -> list[Target]:
+    """The run's targets on `devices`, each file checked and each runtime there: a missing runtime
+    or a damaged file is named now, not after the minutes the torch targets take."""
+    from edgetune.export.layout import missing_exports
+    from edgetune.export.onnx_runtime import check_onnx_dir
+    from edgetune.export.parity_record import unchecked_exports
+    from edgetune.models import embedding_rows
+    from edgetune.validate import check_gguf
+
+    targets = discover_targets(run_dir, devices, recipe, skipped)
+    formats = {t.format for t in targets}
+    for module, fmt in (("llama_cpp", "gguf"), ("onnxruntime", "onnx")):
+        if fmt in formats:
+            require(module, f"bench's {fmt.upper()} targets")
+    require("matplotlib", "bench's report.png")
+    for gguf in sorted({t.path for t in targets if t.format == "gguf"}):
+        check_gguf(gguf)
+    for onnx in sorted({t.path for t in targets if t.format == "onnx"}):
+        check_onnx_dir(onnx)
+    if (rows := embedding_rows(run_dir / "merged")) is not None:
+        files = sorted({(t.format, t.path) for t in targets if t.format in ("gguf", "onnx")})
+        refuse_another_vocabulary(files, rows)
+    exported = sorted({(t.format, t.quant, t.path) for t in targets if t.format in ("gguf", "onnx")})
+    for problem in unchecked_exports(manifest, exported) if console is not None else []:
+        console.print(f"[yellow]warning:[/] {escape(problem)}", soft_wrap=True)
+    if console is not None and (missing := missing_exports(run_dir, recipe)):
+        console.print(
+            f"[yellow]warning:[/] the recipe exports {', '.join(missing)}, which this run does not have "
+            f"(an export interrupted, or none since the recipe changed): `edgetune export {escape(str(run_dir))}` "
+            "first, or they go unmeasured",
+            soft_wrap=True,
+        )
+    return targets
+
+
+def _held_out_cases(run_dir: Path, recipe, tokenizer, console):
+    """(prepared data, the split benched, its cases, what the score leaves out): the test split,
+    else the validation split, up to bench.max_examples, rendered with the merged tokenizer."""
+    from edgetune.data.prepare import prepare
+
+    cfg = recipe.bench
+    # bench renders no training row; a template edited in merged/ since the merge is said as that
+    prepared = rendered(run_dir, console, lambda: prepare(recipe.data, tokenizer, encode=("valid", "test")))
+    held_out = prepared.splits.held_out()
+    if not held_out:
+        raise InputError(f"{run_dir}: the recipe's data has no test or validation split to bench on")
+    split = "test" if prepared.splits.test else "valid"
+    if split == "valid" and console is not None:  # it chose the best checkpoint: scores lean high
+        console.print(
+            "[yellow]warning:[/] no test split: benching on the validation split, which picked the "
+            "checkpoint (set data.test_fraction or data.test for an unbiased score)"
+        )
+    examples = held_out[: cfg.max_examples]
+    cases = build_cases(prepared.renderer, examples)
+    if not cases:
+        raise InputError(
+            f"{run_dir}: every held-out example bench would use is longer than data.max_seq_len "
+            f"({recipe.data.max_seq_len} tokens); raise it, or hold out shorter examples"
+        )
+    refuse_unscorable(cfg.metric, [c.example for c in cases])
+    coverage = coverage_warnings(prepared.renderer, examples, cases, cfg.max_new_tokens)
+    for warning in coverage if console is not None else ():
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    if console is not None and not any(c.answered for c in cases):
+        console.print(
+            f"[yellow]warning:[/] the held-out rows are text, with no answer to score: bench.metric "
+            f"{cfg.metric} scores nothing, and only KL, perplexity and latency are measured"
+        )
+    return prepared, split, cases, coverage
+
+
+def _forgetting_entry(f, cfg) -> dict[str, Any]:
+    """report.json's forgetting section: the measurements, the thresholds, the warnings they give."""
+    warnings = []
+    if f.kl_base_tuned > cfg.forgetting_kl_warn:
+        warnings.append(
+            f"KL(base || tuned) {f.kl_base_tuned:.3f} on general prompts > {cfg.forgetting_kl_warn:g}"
+        )
+    if f.ppl_ratio > cfg.forgetting_ppl_ratio_warn:
+        warnings.append(f"general perplexity rose {f.ppl_ratio:.2f}x > {cfg.forgetting_ppl_ratio_warn:g}x")
+    return {
+        "kl_base_tuned": f.kl_base_tuned,
+        "ppl_base": f.ppl_base,
+        "ppl_tuned": f.ppl_tuned,
+        "ppl_ratio": f.ppl_ratio,
+        "prompts": f.prompts,
+        "passages": f.passages,
+        "kl_warn": cfg.forgetting_kl_warn,
+        "ppl_ratio_warn": cfg.forgetting_ppl_ratio_warn,
+        "warnings": warnings,
+    }
 
 
 def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str, Any], dict[str, Any]]:
