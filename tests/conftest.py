@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -210,6 +211,25 @@ def chat_row(user: str, answer: str, system: str | None = None) -> dict:
 @pytest.fixture
 def chat_rows() -> list[dict]:
     return [chat_row(f"log line number {i}: link down on eth{i % 4}", f'{{"n": {i}}}') for i in range(50)]
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """The process's umask set to `mask` for a while (edgetune reads it once per process, so its
+    reading is forgotten on the way in and out)."""
+    from edgetune.rundir import _umask
+
+    old = os.umask(mask)
+    _umask.cache_clear()
+    try:
+        yield
+    finally:
+        os.umask(old)
+        _umask.cache_clear()
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
 
 
 def caller_state() -> dict:

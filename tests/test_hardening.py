@@ -125,6 +125,27 @@ def test_a_model_cache_that_is_a_file_or_holds_a_stranger_is_named(tmp_path, mon
         builtin_model_dir(model, quiet=True)
 
 
+def test_the_built_in_models_cached_conversion_gets_the_umask_modes(tmp_path, monkeypatch):
+    """mkdtemp made the cached folder 0700 and safetensors the weights 0600, and the rename into
+    the cache kept that: a cache shared by other users (EDGETUNE_CACHE) was unreadable to them."""
+    import numpy as np
+    from conftest import mode, umask
+    from safetensors.numpy import save_file
+
+    from edgetune import models
+
+    def tiny_conversion(gguf_path, out):  # what the real one writes, without its minute of work
+        save_file({"w": np.zeros(2, dtype=np.float32)}, str(out / "model.safetensors"))
+
+    monkeypatch.setattr(models, "_convert_gguf_to_hf", tiny_conversion)
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    with umask(0o022):
+        target = models.builtin_model_dir(next(iter(models.BUILTINS.values())), quiet=True)
+    assert mode(target) == 0o755
+    assert mode(target / "model.safetensors") == 0o644
+    assert mode(target / "edgetune-source.sha256") == 0o644
+
+
 def test_remote_code_in_a_model_dir_never_runs(tmp_path, tiny_model_dir):
     from edgetune.config import TrainConfig
     from edgetune.tune.model import choose_setup, load_for_training
