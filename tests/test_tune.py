@@ -448,6 +448,27 @@ def test_metrics_are_made_durable_with_each_committed_checkpoint_not_each_step(t
     assert synced == ["metrics.jsonl"]
 
 
+def test_a_committed_checkpoint_gets_the_umask_modes(tmp_path, monkeypatch):
+    """peft saves a checkpoint's adapter with safetensors, which makes it 0600: it was the one
+    file of a run that other users could not read under umask 022."""
+    from types import SimpleNamespace
+
+    from conftest import mode, umask
+
+    from edgetune.tune import callbacks
+
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir(mode=0o700)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x")
+    (ckpt / "adapter_model.safetensors").chmod(0o600)
+    monkeypatch.setattr(callbacks, "wait_for_every_rank", lambda: None)
+    state = SimpleNamespace(global_step=2, is_world_process_zero=True)
+    with umask(0o022):
+        callbacks.CommitCheckpoints().on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    assert mode(ckpt) == 0o755 and mode(ckpt / "adapter_model.safetensors") == 0o644
+    assert mode(ckpt / callbacks.COMPLETE) == 0o644
+
+
 @pytest.mark.parametrize("packing", [False, True])
 def test_supervised_logits_loss_equals_the_models_own_loss(tiny_model_dir, tiny_tokenizer, packing):
     import torch
