@@ -71,8 +71,7 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, staged[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            # mkstemp makes it 0600: give it the mode any other file gets (a server reading the export)
-            os.fchmod(fd, 0o666 & ~_umask())
+            os.fchmod(fd, _mode_for(path))
             with writing(path), os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -84,6 +83,16 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a file written in place of `path` gets: the one `path` has (a user's chmod 600 on
+    a manifest outlives the next stage, as it outlives an editor's save or `sed -i`), else the
+    umask's. mkstemp makes it 0600, which a server reading the export as another user cannot read."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

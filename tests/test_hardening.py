@@ -490,6 +490,27 @@ def test_a_model_directory_without_tokenizer_files_is_one_line_naming_it(tmp_pat
         assert len(result.output.strip().splitlines()) == 1
 
 
+def test_an_atomic_rewrite_keeps_the_mode_the_file_had(tmp_path):
+    """A rewrite (temporary file, rename) gave every file the umask's mode: a manifest or bench
+    report the user had made private (chmod 600) was readable to all again after the next stage."""
+    from conftest import mode, umask
+
+    from edgetune.rundir import atomic_write_files, atomic_write_json, update_manifest
+
+    (tmp_path / "bench").mkdir()
+    private, shared = tmp_path / "manifest.json", tmp_path / "bench" / "report.json"
+    atomic_write_json(private, {})
+    atomic_write_json(shared, {})
+    private.chmod(0o600)
+    shared.chmod(0o640)
+    with umask(0o022):
+        update_manifest(tmp_path, stages={"bench": {"status": "done"}})
+        atomic_write_files({shared: b"{}", tmp_path / "bench" / "report.md": b"new"})
+    assert mode(private) == 0o600 and json.loads(private.read_text())["stages"]["bench"]["status"] == "done"
+    assert mode(shared) == 0o640
+    assert mode(tmp_path / "bench" / "report.md") == 0o644  # a new file: the umask's mode
+
+
 def test_files_and_folders_written_atomically_get_the_umask_mode_not_a_private_one(tmp_path):
     """mkstemp and mkdtemp make 0600 files and 0700 folders, and the rename kept that: a shipped
     ONNX directory, merged model or Modelfile was unreadable to a model server running as another
