@@ -21,6 +21,7 @@ from edgetune.errors import InputError, Interrupted
 from edgetune.export.layout import recipe_exports
 from edgetune.export.recorded import covers, drop_unrequested, export_whole, made_earlier, unrequested
 from edgetune.fingerprints import STAGES, StageRecord, export_files
+from edgetune.pathnames import beside
 from edgetune.recipe_yaml import unnamed_run_dir
 from edgetune.run_recipe import dump_run_recipe
 from edgetune.rundir import (
@@ -102,7 +103,7 @@ def _set_aside(run_dir: Path, console) -> None:
         run_dir / "checkpoints"
     ):
         return  # nothing but this run's own pipeline record yet
-    previous = run_dir.with_name(run_dir.name + ".previous")
+    previous = beside(run_dir, suffix=".previous")  # (shortened for a name near the limit)
     if previous.exists() and not is_run_dir(previous):  # only ever replace an earlier set-aside run
         raise InputError(
             f"{previous}: holds files but no edgetune run, and the previous run would be kept there; "
@@ -111,7 +112,7 @@ def _set_aside(run_dir: Path, console) -> None:
     replaced = previous.exists()
     # the one kept before goes whole: renamed out of the way (hidden) first, then removed, so that a
     # kill during the removal leaves no half run in <run>.previous (one no later run would replace)
-    doomed = run_dir.parent / f".{previous.name}.tmp"
+    doomed = beside(previous, ".", ".tmp")
     remove_paths([doomed])  # a removal killed before
     if replaced:
         previous.rename(doomed)

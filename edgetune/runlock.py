@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune.errors import InputError
+from edgetune.pathnames import beside
 
 
 @dataclass
@@ -34,7 +35,7 @@ def run_lock(run_dir: Path | str, command: str) -> Iterator[None]:
     that holds it (`edgetune run` holds it while its stages take it again); another thread of the
     process (a service's job pool) is refused as another process is."""
     run_dir = Path(run_dir).resolve()
-    path = run_dir.parent / f".{run_dir.name}.lock"
+    path = beside(run_dir, ".", ".lock")  # shortened for a name near the limit: never skipped
     me = threading.current_thread()
     with _guard:
         held = _held_locks.get(path)

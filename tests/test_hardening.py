@@ -397,6 +397,29 @@ def test_another_thread_in_a_busy_run_directory_is_refused_as_another_process_is
         pass
 
 
+def test_a_run_directory_whose_name_is_near_the_limit_is_locked_too(tmp_path):
+    """`.NAME.lock` for a NAME of 250 characters or more was over the 255 bytes a name may have: the
+    lock file could not be made, the lock was skipped, and two exports in that run both went on."""
+    import fcntl
+    import os
+
+    from edgetune.rundir import run_lock
+
+    for run in (tmp_path / ("é" * 127), tmp_path / ("a" * 255), tmp_path / ("a" * 254 + "b")):
+        run.mkdir()
+        with run_lock(run, "export"):
+            locks = [p for p in tmp_path.iterdir() if p.name.startswith(".") and p.name.endswith(".lock")]
+            assert len(locks) == 1 and len(os.fsencode(locks[0].name)) <= 255
+            fd = os.open(locks[0], os.O_RDWR)
+            try:  # held: another process is refused
+                with pytest.raises(BlockingIOError):
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            finally:
+                os.close(fd)
+            run.rmdir()  # its lock file goes when it is let go
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".lock")]
+
+
 def test_a_lock_file_its_holder_removes_as_another_opens_it_is_not_held_twice(tmp_path, monkeypatch):
     """A run that fails before it holds anything leaves no lock file: its holder removes it while
     locked. A process that had opened it just then locks a file no longer at the path, where a

@@ -344,6 +344,30 @@ def test_a_set_aside_killed_while_removing_the_older_one_leaves_no_half_run(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.previous"]
 
 
+@pytest.mark.parametrize("length", [242, 250, 255])
+def test_a_run_whose_name_is_near_the_limit_is_set_aside_and_replaced_again(tmp_path, length):
+    """<run>.previous and its hidden temporary were over the 255 bytes a name may have: the second
+    `edgetune run` with changed tune inputs failed with "internal error: OSError: [Errno 36]"."""
+    from edgetune.pipeline import _set_aside
+    from edgetune.rundir import is_run_dir
+
+    def make_run(path: Path, mark: str) -> None:
+        (path / "adapter").mkdir(parents=True)
+        (path / "manifest.json").write_text(json.dumps({"mark": mark}))
+
+    runs = tmp_path / "ln"
+    run, twin = runs / ("a" * length), runs / ("a" * (length - 1) + "b")  # alike but for the end
+    for mark in ("first", "second"):
+        make_run(run, mark)
+        _set_aside(run, None)
+    make_run(twin, "twin")
+    _set_aside(twin, None)
+    kept = sorted(runs.iterdir())
+    assert len(kept) == 2 and all(p.name.endswith(".previous") and len(p.name) <= 255 for p in kept)
+    assert {json.loads((p / "manifest.json").read_text())["mark"] for p in kept} == {"second", "twin"}
+    assert all(is_run_dir(p) for p in kept)
+
+
 def test_ctrl_c_in_a_library_run_is_a_keyboard_interrupt_no_handler_for_bad_input_takes(
     tmp_path, tiny_model_dir, monkeypatch
 ):
