@@ -205,49 +205,16 @@ def export(
         _refuse_unexported_quants(quants, formats)
         require_runtimes(formats)  # named before the f32 file is written
         if check_only:  # before any model loads: nothing exported is the error to report
-            found = {
-                f: _existing_gguf(gguf_dir) if f == "gguf" else _existing_onnx(onnx_dir) for f in formats
-            }
-            if quants:  # --check --quant q4_k_m: only the files named, not the recipe's other types
-                named = {q.lower() for q in quants}
-                found = {f: [(q, p) for q, p in files if q in named] for f, files in found.items()}
-                formats = [f for f in formats if found[f]]
-                if not formats:
-                    raise InputError(f"--quant {','.join(quants)}: no such export in {base_out} to check")
-            if not (model_dir / "config.json").is_file():
-                raise InputError(
-                    f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"
-                )
-            if (
-                record_dir
-                and not quants
-                and console is not None
-                and (missing := missing_exports(run_dir, recipe))
-            ):
-                console.print(
-                    f"[yellow]warning:[/] the recipe exports {', '.join(missing)}: not in the run, unchecked"
-                )
+            formats, found = _files_to_check(
+                run_dir, record_dir, recipe, model_dir, base_out, formats, quants, console
+            )
         else:
-            remove_leftovers(base_out)  # what a killed export was writing (its folder is locked)
-            _merge_if_needed(run_dir, model_dir, console)
-            from edgetune.rundir import low_space_warning, weights_bytes
-
-            # GGUF: an F32 quantiser input plus the files; ONNX: the fp32 trace plus each variant
-            needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
-            warning = low_space_warning(base_out, needed, "this export")
-            if warning and console is not None:
-                console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+            _ready_to_write(run_dir, model_dir, base_out, formats, console)
         # a template edited in merged/ since the merge is named as that, not as a row of the data
         prepared = rendered(
             run_dir, console, lambda: _prepared(recipe, model_dir, plain_model=run_dir is None)
         )
-        held_out = prepared.splits.held_out(recipe.export.parity_examples)
-        if not held_out:  # parity compares runtimes on any prompts: training ones still show a lost template
-            held_out = prepared.splits.train[: recipe.export.parity_examples]
-            if console is not None:
-                console.print(
-                    "[yellow]warning:[/] no test or validation split: parity is checked on training examples"
-                )
+        held_out = _parity_examples(prepared, recipe, console)
         budget = recipe.bench.max_new_tokens
         # the system prompt every training chat had: in each shipped file, for a front-end (and
         # `edgetune chat`) that has the file alone; a model directory's own where it carries one (a
@@ -295,6 +262,57 @@ def export(
             results["parity"] += rows
         parity_record.settle(record_dir, base_out)
         return results
+
+
+def _files_to_check(run_dir, record_dir, recipe, model_dir: Path, base_out: Path, formats, quants, console):
+    """`export --check`: (the formats to check, their files {format: [(quant, path)]}), refused
+    before any model loads where there is nothing to check or nothing to check against."""
+    found = {
+        f: _existing_gguf(base_out / "gguf") if f == "gguf" else _existing_onnx(base_out / "onnx")
+        for f in formats
+    }
+    if quants:  # --check --quant q4_k_m: only the files named, not the recipe's other types
+        named = {q.lower() for q in quants}
+        found = {f: [(q, p) for q, p in files if q in named] for f, files in found.items()}
+        formats = [f for f in formats if found[f]]
+        if not formats:
+            raise InputError(f"--quant {','.join(quants)}: no such export in {base_out} to check")
+    if not (model_dir / "config.json").is_file():
+        raise InputError(
+            f"{model_dir}: no merged model to check the exports against; run `edgetune merge` first"
+        )
+    if record_dir and not quants and console is not None and (missing := missing_exports(run_dir, recipe)):
+        console.print(
+            f"[yellow]warning:[/] the recipe exports {', '.join(missing)}: not in the run, unchecked"
+        )
+    return formats, found
+
+
+def _ready_to_write(run_dir, model_dir: Path, base_out: Path, formats, console) -> None:
+    """Before an export writes: what a killed one left removed, the run merged if it is not, and a
+    warning where the disk may not hold what it writes."""
+    from edgetune.rundir import low_space_warning, weights_bytes
+
+    remove_leftovers(base_out)  # what a killed export was writing (its folder is locked)
+    _merge_if_needed(run_dir, model_dir, console)
+    # GGUF: an F32 quantiser input plus the files; ONNX: the fp32 trace plus each variant
+    needed = weights_bytes(model_dir) * (3 * ("gguf" in formats) + 3 * ("onnx" in formats))
+    warning = low_space_warning(base_out, needed, "this export")
+    if warning and console is not None:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _parity_examples(prepared, recipe: Recipe, console) -> list:
+    """The held-out examples parity checks on; training ones where there are none (parity compares
+    runtimes on any prompts: training ones still show a lost template)."""
+    held_out = prepared.splits.held_out(recipe.export.parity_examples)
+    if not held_out:
+        held_out = prepared.splits.train[: recipe.export.parity_examples]
+        if console is not None:
+            console.print(
+                "[yellow]warning:[/] no test or validation split: parity is checked on training examples"
+            )
+    return held_out
 
 
 def _say_changed(out_dir: Path, fmt: str, files: list[tuple[str, Path]], console) -> None:
