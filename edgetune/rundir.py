@@ -21,6 +21,7 @@ from typing import Any
 
 from edgetune.config import deep_merge
 from edgetune.errors import InputError, writing
+from edgetune.pathnames import refuse_unusable
 from edgetune.runlock import run_lock  # noqa: F401  (where the stages import it from)
 
 RUNS_DIR = Path("runs")
@@ -300,6 +301,7 @@ def is_run_dir(path: Path) -> bool:
 def refuse_foreign_dir(run_dir: Path) -> None:
     """A --run-dir that exists must be empty or an edgetune run: a run writes, renames and
     replaces what it finds there, and a project folder given by mistake must not be touched."""
+    refuse_unusable(run_dir, "--run-dir")
     if blocked := file_in_the_way(run_dir):
         raise InputError(f"{blocked}: not a directory; --run-dir names the run's directory")
     if not run_dir.exists():
@@ -344,9 +346,9 @@ ADAPTER_HINT = (
 )
 
 
-def resolve_run_dir(run_dir: Path | str | None) -> Path:
+def resolve_run_dir(run_dir: Path | str | None, given_as: str = "RUN_DIR") -> Path:
     """A RUN_DIR argument (a Path or a str from a program calling merge, bench...), or runs/latest
-    when none is given."""
+    when none is given. `given_as`: the argument or option an error names."""
     if run_dir is None:
         latest = RUNS_DIR / LATEST
         if latest.is_symlink() and not latest.exists():
@@ -359,6 +361,7 @@ def resolve_run_dir(run_dir: Path | str | None) -> Path:
             )
         return latest.resolve()
     run_dir = Path(run_dir)
+    refuse_unusable(run_dir, given_as)  # (exists() raises where a name is too long)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"{run_dir}: a file, not a run directory")
     if not run_dir.is_dir():

@@ -420,6 +420,41 @@ def test_a_run_directory_whose_name_is_near_the_limit_is_locked_too(tmp_path):
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".lock")]
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tune", "RECIPE", "--run-dir", "LONG"],
+        ["tune", "--resume", "--run-dir", "LONG"],
+        ["run", "RECIPE", "--run-dir", "LONG"],
+        ["merge", "LONG"],
+        ["export", "LONG"],
+        ["bench", "LONG"],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_a_run_directory_path_the_system_cannot_take_is_one_line_naming_the_option(
+    tmp_path, tiny_model_dir, command
+):
+    """A --run-dir (or RUN_DIR) over PATH_MAX, or with a name over 255 bytes, ended in "internal
+    error: OSError: [Errno 36] File name too long" (exit 1) from whatever touched it first."""
+    from click.testing import CliRunner
+    from test_tune import make_recipe
+
+    from edgetune.cli import main
+
+    recipe = make_recipe(tmp_path, tiny_model_dir)
+    given_as = "--run-dir" if "--run-dir" in command else ("SOURCE" if command[0] == "export" else "RUN_DIR")
+    for long, problem in (
+        (str(tmp_path) + ("/d" + "c" * 200) * 25, "bytes long (as an absolute path)"),
+        (str(tmp_path / "runs" / ("d" * 256)), "is 256 bytes long; this file system allows 255"),
+    ):
+        args = [{"RECIPE": str(recipe), "LONG": long}.get(a, a) for a in command]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"edgetune: error: {given_as}: the ") and problem in result.output
+        assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 400
+
+
 def test_a_lock_file_its_holder_removes_as_another_opens_it_is_not_held_twice(tmp_path, monkeypatch):
     """A run that fails before it holds anything leaves no lock file: its holder removes it while
     locked. A process that had opened it just then locks a file no longer at the path, where a

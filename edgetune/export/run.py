@@ -31,6 +31,7 @@ from edgetune.export.layout import (
 from edgetune.export.modelfile import write_modelfile
 from edgetune.export.parity import rows_as_dicts
 from edgetune.merged_record import rendered
+from edgetune.pathnames import refuse_unusable
 from edgetune.process_state import kept_process_state
 from edgetune.run_recipe import load_run_recipe
 from edgetune.rundir import (
@@ -51,6 +52,8 @@ def _source(source: Path | str | None) -> tuple[Path | None, Path]:
     """(run_dir or None, HF model dir). A run's merged/ folder is that run: its recipe's data,
     types and shipped system prompt, its lock (a merge of the run must not rewrite it meanwhile)."""
     source = None if source is None else Path(source)  # a str from a program calling export()
+    if source is not None:
+        refuse_unusable(source, "SOURCE")  # (is_file() raises where a name is too long)
     if source is not None and source.name == "merged" and (source.parent / RECIPE_FILE).is_file():
         source = source.parent
     if source is not None and (source / "config.json").is_file():

@@ -109,7 +109,7 @@ def _start_run(
         allowing = [o for o in overrides if o.replace(" ", "") == "model.allow_pickle=true"]
         if recipe_arg or len(allowing) < len(overrides):
             raise InputError("--resume continues a run with the recipe saved in it; drop RECIPE and --set")
-        run_dir = resolve_run_dir(run_dir)
+        run_dir = resolve_run_dir(run_dir, "--run-dir")
         saved = run_dir / RECIPE_FILE
         if not saved.is_file():
             raise InputError(f"{run_dir}: not a run directory (no {RECIPE_FILE}); nothing to resume")
