@@ -26,3 +26,17 @@ def more_than_the_cores(setting: str, threads: int | None) -> str | None:
     if not threads or threads <= cores:
         return None
     return f"{setting} {threads} is more than the {cores} cores this process may use: threads contend"
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as a run's manifest records it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -817,13 +817,13 @@ def test_reading_the_cpus_name_and_flags_leaves_no_file_open():
     import gc
     import warnings
 
+    from edgetune.cores import cpu_name
     from edgetune.tune.model import cpu_has_fast_bf16
-    from edgetune.tune.run import _cpu_name
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         cpu_has_fast_bf16()
-        _cpu_name()
+        cpu_name()
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [
         str(w.message) for w in caught

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from edgetune import __version__
 from edgetune.config import Recipe, load_recipe, override_list
+from edgetune.cores import cpu_name
 from edgetune.data.files import check_data_files
 from edgetune.errors import InputError, ModelError, writing
 from edgetune.export.modelfile import shared_system_prompt
@@ -86,17 +87,6 @@ def _versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _start_run(
@@ -371,7 +361,7 @@ def _write_start_manifest(
         versions=_versions(),
         device={
             "kind": setup.device,
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "torch_threads": torch.get_num_threads(),
             "world_size": world_size(),
             "sharding": sharding(),
