@@ -195,8 +195,14 @@ def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
             file=sys.stderr,
             flush=True,
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}-", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}-", dir=target.parent))
+    except PermissionError as exc:  # a read-only HOME: where the cache can go instead
+        raise ModelError(
+            f"{exc.filename or target.parent}: permission denied, so the built-in model cannot be "
+            "converted into the model cache; point EDGETUNE_CACHE (or XDG_CACHE_HOME) at a writable directory"
+        ) from None
     try:
         _convert_gguf_to_hf(gguf_path, tmp)
         (tmp / "edgetune-source.sha256").write_text(f"{sha256_file(gguf_path)}  {gguf_path.name}\n")

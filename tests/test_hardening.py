@@ -146,6 +146,23 @@ def test_the_built_in_models_cached_conversion_gets_the_umask_modes(tmp_path, mo
     assert mode(target / "edgetune-source.sha256") == 0o644
 
 
+def test_a_model_cache_it_cannot_write_names_where_the_cache_can_go(tmp_path, monkeypatch):
+    """A read-only HOME: every command said "~/.cache: permission denied", naming no way round it."""
+    import tempfile
+
+    from edgetune import models
+    from edgetune.errors import ModelError
+
+    def refused(prefix, dir):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(ModelError, match="point EDGETUNE_CACHE .* at a writable directory") as said:
+        models.builtin_model_dir(next(iter(models.BUILTINS.values())), quiet=True)
+    assert str(said.value).startswith(f"{tmp_path / 'cache' / 'models'}: permission denied")
+
+
 def test_remote_code_in_a_model_dir_never_runs(tmp_path, tiny_model_dir):
     from edgetune.config import TrainConfig
     from edgetune.tune.model import choose_setup, load_for_training
