@@ -845,3 +845,217 @@ def test_reading_the_cpus_name_and_flags_leaves_no_file_open():
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [
         str(w.message) for w in caught
     ]
+
+
+def test_hub_downloads_fetch_only_safetensors_json_tokenizer_and_template_files(tmp_path, monkeypatch):
+    """A hub repo may hold pickles (.bin, .pt) and Python beside its safetensors: the download's
+    patterns must not admit them, so nothing that can run code lands in the cache."""
+    import fnmatch
+
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):  # no network here: what it was asked for is kept
+        calls.append(kwargs)
+        (tmp_path / "snapshot").mkdir(exist_ok=True)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_model("some-org/some-model").kind == "hub"
+    assert len(calls) == 1 and not calls[0].get("ignore_patterns")
+    patterns = calls[0].get("allow_patterns")
+    assert patterns, "no allow_patterns: the whole repository would be downloaded"
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+
+    def admitted(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    code = [
+        "pytorch_model.bin",
+        "pytorch_model-00001-of-00002.bin",
+        "training_args.bin",
+        "model.pt",
+        "optimizer.pt",
+        "weights.pth",
+        "weights.pkl",
+        "model.ckpt",
+        "modeling_evil.py",
+        "configuration_evil.py",
+        "sub/modeling_evil.py",
+        "original/consolidated.00.pth",
+    ]
+    assert not [n for n in code if admitted(n)], patterns
+    wanted = [
+        "model.safetensors",
+        "model-00001-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    ]
+    assert all(admitted(n) for n in wanted), [n for n in wanted if not admitted(n)]
+
+
+class _TouchOnLoad:
+    """Unpickled, it creates `path`: what a malicious pytorch_model.bin would do instead."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_an_allowed_pickle_is_loaded_with_weights_only_and_cannot_run_code(tmp_path, tiny_model_dir):
+    """--allow-pickle lets transformers read a .bin, with torch's weights-only unpickler: a pickle
+    that calls a function when loaded is refused, and the function never runs."""
+    import torch
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+    from edgetune.models import load_causal_lm
+
+    model = pickled_model_dir(tmp_path, tiny_model_dir)
+    marker = tmp_path / "pwned"
+    torch.save({"model.embed_tokens.weight": _TouchOnLoad(marker)}, model / "pytorch_model.bin")
+    with pytest.raises(
+        ModelError, match=r"cannot load the model \(OSError: Unable to load weights from pytorch"
+    ):
+        load_causal_lm(resolve_model(str(model), allow_pickle=True).path, dtype=torch.float32)
+    assert not marker.exists(), "the pickle ran code when loaded"
+    args = ["chat", str(model), "--allow-pickle", "--prompt", "hi", "--max-new-tokens", "2"]
+    chatted = CliRunner().invoke(main, args)
+    assert chatted.exit_code == 2 and "cannot load the model" in chatted.output, chatted.output
+    assert not marker.exists(), "the pickle ran code when loaded"
+
+
+def test_chat_takes_allow_pickle_and_answers_from_a_pickled_model(tmp_path, tiny_model_dir):
+    """Without the flag chat refuses a model stored as pickles
+    (test_pickle_weights_are_refused_unless_allowed); with it, the model answers."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    model = pickled_model_dir(tmp_path, tiny_model_dir)
+    args = ["chat", str(model), "--allow-pickle", "--prompt", "hi", "--max-new-tokens", "2"]
+    chatted = CliRunner().invoke(main, args)
+    assert chatted.exit_code == 0, chatted.output
+
+
+def test_the_onnx_exporter_never_imports_a_model_directorys_python(tmp_path, tiny_model_dir):
+    """A model directory whose config.json names Python of its own in auto_map exports with
+    transformers' own classes: the file (which would create a marker when imported) is never run."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    model = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, model)
+    marker = tmp_path / "pwned"
+    evil = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+    (model / "configuration_evil.py").write_text(evil)
+    (model / "modeling_evil.py").write_text(evil)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    args = ["export", str(model), "--out", str(out), "--to", "onnx", "--quant", "fp32"]
+    result = CliRunner().invoke(main, args)
+    assert not marker.exists(), "the exporter imported the model directory's Python"
+    assert result.exit_code == 0, result.output  # it did export, with transformers' own classes
+    assert (out / "onnx" / "fp32" / "model.onnx").is_file()
+
+
+HOSTILE_TEXT = "ok \x1b]0;pwned\x07 done"  # ESC ] 0 ; ... BEL sets a terminal's window title
+
+
+def _chat_answering(monkeypatch, text):
+    """`edgetune chat` with a session whose answer is `text`, as a model's could be."""
+    from edgetune import chat as chat_module
+
+    class Session:
+        plain, cut_at, dropped_turns = False, None, 0
+
+        def reply(self, user, max_new_tokens=256, on_text=None):
+            on_text(text)
+            return text
+
+    monkeypatch.setattr(chat_module, "open_chat", lambda *args, **kwargs: Session())
+
+
+def test_a_models_answer_in_a_terminal_shows_escape_sequences_not_sends_them(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    from edgetune.cli import main
+
+    _chat_answering(monkeypatch, HOSTILE_TEXT)
+    leader, follower = os.openpty()
+    terminal = open(follower, "w", encoding="utf-8")
+    try:
+        monkeypatch.setattr(sys, "stdout", terminal)
+        with pytest.raises(SystemExit) as exited:
+            main.main(["chat", str(tmp_path), "--prompt", "hi"])
+        terminal.flush()
+        shown = os.read(leader, 65536).decode("utf-8")
+    finally:
+        terminal.close()
+        os.close(leader)
+    assert exited.value.code in (0, None)
+    assert "ok \\x1b]0;pwned\\x07 done" in shown and "\x1b" not in shown and "\x07" not in shown, shown
+
+
+def test_a_models_answer_piped_elsewhere_is_written_as_it_is(tmp_path, monkeypatch):
+    """CliRunner's output is not a terminal: the answer is data for the next program, unchanged."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    _chat_answering(monkeypatch, HOSTILE_TEXT)
+    result = CliRunner().invoke(main, ["chat", str(tmp_path), "--prompt", "hi"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == HOSTILE_TEXT + "\n"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="click.echo strips CSI sequences (ESC [ ... letter) from output that is not a terminal, "
+    "so a model's answer piped elsewhere loses them; SECURITY.md says it is written as it is",
+)
+def test_a_models_answer_piped_elsewhere_keeps_its_csi_sequences(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    answer = "red \x1b[31mtext\x1b[0m"
+    _chat_answering(monkeypatch, answer)
+    result = CliRunner().invoke(main, ["chat", str(tmp_path), "--prompt", "hi"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == answer + "\n"
+
+
+def test_escape_sequences_in_a_gguf_files_metadata_are_shown_not_sent(tmp_path, tiny_model_dir):
+    """A GGUF's chat template (tokenizer.chat_template) raising a message of its own: the message,
+    shown as chat's one-line error, has its escape sequences shown as \\x1b."""
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+    from edgetune.export.gguf_convert import convert
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    settings["chat_template"] = "{{ raise_exception('title \x1b]0;pwned\x07 set') }}"
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    gguf = convert(model, tmp_path / "hostile.gguf", "f32")
+    result = CliRunner().invoke(main, ["chat", str(gguf), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 2, result.output
+    assert "title \\x1b]0;pwned\\x07 set" in result.output, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
