@@ -219,3 +219,23 @@ def test_a_parquet_file_that_unpacks_to_too_many_rows_is_refused_from_its_footer
     monkeypatch.setattr(files, "MAX_PARQUET_ROWS", 50)
     rows = list(files.iter_raw_rows(path))  # read in batches, numbered from 1
     assert [n for n, _ in rows] == list(range(1, 51)) and rows[0][1] == {"text": "same row"}
+
+
+def test_a_parquet_file_that_unpacks_to_too_many_bytes_is_refused_from_its_footer(tmp_path, monkeypatch):
+    """The footer's unpacked size (its row groups' total_byte_size) is held to MAX_PARQUET_BYTES too,
+    whatever its number of rows, and no row is read first."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import edgetune.data.files as files
+
+    path = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"text": ["x" * 1000 + str(i) for i in range(50)]}), path)
+    size = pq.ParquetFile(path).metadata.row_group(0).total_byte_size
+    monkeypatch.setattr(files, "MAX_PARQUET_BYTES", size - 1)
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda *a, **k: pytest.fail("rows were read"))
+    with pytest.raises(DataError, match=r"wide.parquet: 50 rows, 0.0 GB unpacked; edgetune reads at most"):
+        list(files.iter_raw_rows(path))
+    monkeypatch.undo()
+    monkeypatch.setattr(files, "MAX_PARQUET_BYTES", size)
+    assert len(list(files.iter_raw_rows(path))) == 50
