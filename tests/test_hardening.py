@@ -1023,12 +1023,9 @@ def test_a_models_answer_piped_elsewhere_is_written_as_it_is(tmp_path, monkeypat
     assert result.stdout == HOSTILE_TEXT + "\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="click.echo strips CSI sequences (ESC [ ... letter) from output that is not a terminal, "
-    "so a model's answer piped elsewhere loses them; SECURITY.md says it is written as it is",
-)
 def test_a_models_answer_piped_elsewhere_keeps_its_csi_sequences(tmp_path, monkeypatch):
+    """click.echo strips CSI sequences (ESC [ ... letter) from output that is not a terminal: an
+    answer piped elsewhere lost them, where SECURITY.md says it is written as it is."""
     from click.testing import CliRunner
 
     from edgetune.cli import main

@@ -47,7 +47,8 @@ def chat(artifact, prompt, system, max_new_tokens, device, allow_pickle) -> None
     terminal = sys.stdout.isatty()
 
     def show(piece: str) -> None:  # a model can be made to write escape sequences: not into a terminal
-        click.echo(printable(piece) if terminal else piece, nl=False)
+        # piped, the text as the model wrote it (click strips "ESC [ ... m" from what is not a terminal)
+        click.echo(printable(piece) if terminal else piece, nl=False, color=True)
 
     def say_cut() -> None:  # the answer ran out of tokens before EOS: cut, not finished
         if session.cut_at is not None:
