@@ -111,6 +111,9 @@ class LazyGroup(NamingGroup):
                 _fail(str(missing_package(missing)), EXIT_BAD_INPUT)
             if isinstance(exc, PermissionError) and exc.filename:  # a file this user may not read or write
                 _fail(f"{_users_path(exc.filename)}: permission denied", EXIT_BAD_INPUT)
+            if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # an --out, a data path
+                where = _users_path(exc.filename) if exc.filename else "a path"
+                _fail(f"{_shortened(where)}: a name or path too long for this file system", EXIT_BAD_INPUT)
             if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # a run or --out on a read-only mount
                 where = _users_path(exc.filename) if exc.filename else "a file"
                 _fail(f"{where}: on a read-only file system", EXIT_BAD_INPUT)
@@ -138,6 +141,11 @@ def _refuse_a_deleted_cwd() -> None:
         raise InputError(
             "the current directory no longer exists (removed or moved); cd to one that does"
         ) from None
+
+
+def _shortened(path: str) -> str:
+    """A path of thousands of characters, as an error names it: its start and its end."""
+    return path if len(path) <= 120 else f"{path[:56]}...{path[-56:]}"
 
 
 def _users_path(filename) -> str:

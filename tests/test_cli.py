@@ -468,3 +468,13 @@ def test_onnxruntime_keeps_no_device_id_in_the_users_home(tmp_path):
             [sys.executable, "-m", "edgetune", "doctor"], env=env, capture_output=True, timeout=300
         )
         assert any((home / ".cache").rglob("deviceid")) is kept, (given, sorted(home.rglob("*")))
+
+
+def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path):
+    """An --out or a data path past the system's limits ended in "internal error: OSError: [Errno 36]
+    File name too long" with the whole path, exit 1."""
+    data = tmp_path / ("d" * 300 + ".jsonl")
+    result = CliRunner().invoke(main, ["data", "check", str(data), "--no-tokens"], prog_name="edgetune")
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert line.endswith(": a name or path too long for this file system") and len(line) < 200, line
