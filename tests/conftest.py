@@ -270,3 +270,17 @@ def callers_settings():
     torch.manual_seed(7)
     yield
     torch.set_num_threads(threads)
+
+
+def model_with_template(tmp_path: Path, tiny_model_dir: Path, template: str) -> Path:
+    """A copy of the tiny model whose one chat template is `template` (in tokenizer_config.json,
+    no chat_template.jinja beside it)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    return model

@@ -1041,16 +1041,14 @@ def test_escape_sequences_in_a_gguf_files_metadata_are_shown_not_sent(tmp_path, 
     """A GGUF's chat template (tokenizer.chat_template) raising a message of its own: the message,
     shown as chat's one-line error, has its escape sequences shown as \\x1b."""
     from click.testing import CliRunner
+    from conftest import model_with_template
 
     from edgetune.cli import main
     from edgetune.export.gguf_convert import convert
 
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
-    settings = json.loads((model / "tokenizer_config.json").read_text())
-    settings["chat_template"] = "{{ raise_exception('title \x1b]0;pwned\x07 set') }}"
-    (model / "tokenizer_config.json").write_text(json.dumps(settings))
-    (model / "chat_template.jinja").unlink(missing_ok=True)
+    model = model_with_template(
+        tmp_path, tiny_model_dir, "{{ raise_exception('title \x1b]0;pwned\x07 set') }}"
+    )
     gguf = convert(model, tmp_path / "hostile.gguf", "f32")
     result = CliRunner().invoke(main, ["chat", str(gguf), "--prompt", "hi", "--max-new-tokens", "2"])
     assert result.exit_code == 2, result.output

@@ -165,20 +165,15 @@ def test_a_row_too_long_to_render_is_said_to_be_long_not_the_template_hostile():
 
 
 def test_a_hostile_template_in_a_model_dir_stops_data_check_with_exit_2(tmp_path, tiny_model_dir):
-    import json
-    import shutil
 
     from click.testing import CliRunner
-    from conftest import chat_row, write_jsonl
+    from conftest import chat_row, model_with_template, write_jsonl
 
     from edgetune.cli import main
 
-    model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
-    config = json.loads((model / "tokenizer_config.json").read_text())
-    config["chat_template"] = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
-    (model / "tokenizer_config.json").write_text(json.dumps(config))
-    (model / "chat_template.jinja").unlink(missing_ok=True)
+    model = model_with_template(
+        tmp_path, tiny_model_dir, "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    )
     write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
     result = CliRunner().invoke(
         main, ["data", "check", str(tmp_path / "d.jsonl"), "--set", f"model.base={model}"]
