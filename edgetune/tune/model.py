@@ -45,8 +45,8 @@ def choose_setup(method: str, precision: str = "auto") -> TrainSetup:
         if under_deepspeed():
             raise InputError(
                 "train.method=qlora is not supported under DeepSpeed here (ZeRO-3 would have to partition "
-                "4-bit weights); use train.method=lora, or FSDP (examples/accelerate/fsdp_qlora.yaml in edgetune's repository) for a "
-                "sharded 4-bit base"
+                "4-bit weights); use train.method=lora, or FSDP for a sharded 4-bit base "
+                "(examples/accelerate/fsdp_qlora.yaml in edgetune's repository)"
             )
         if not has_bnb:
             raise InputError("train.method=qlora needs bitsandbytes: pip install bitsandbytes")
