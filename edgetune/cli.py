@@ -169,8 +169,13 @@ def _signals_interrupt() -> tuple[list[int], dict[int, object]]:
 
     def interrupt(signum, frame):
         received.append(signum)
-        signal.signal(signum, signal.SIG_DFL)
+        for handled in before:  # a second signal, of either kind, kills at once
+            signal.signal(handled, signal.SIG_DFL)
+        if signum == getattr(signal, "SIGHUP", None):
+            _off_the_terminal(terminals)
         raise Terminated
+
+    terminals = [fd for fd in (0, 1, 2) if _isatty(fd)]  # known now: a hung-up one no longer says so
 
     before: dict[int, object] = {}
     for name in ("SIGTERM", "SIGHUP"):
@@ -182,6 +187,26 @@ def _signals_interrupt() -> tuple[list[int], dict[int, object]]:
         except ValueError:  # not the main thread (edgetune invoked from a thread of another program)
             return received, {}
     return received, before
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _off_the_terminal(terminals: list[int]) -> None:
+    """After a hangup every write to the closed terminal fails (EIO): the first line of the cleanup,
+    or the error line itself, raised an OSError in place of the interrupt, and edgetune ended with
+    exit 1, not 129. The standard streams that were the terminal go to /dev/null instead."""
+    for fd in terminals:
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
+        except OSError:
+            pass
 
 
 def _stacks_on_sigusr1() -> None:

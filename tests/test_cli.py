@@ -478,3 +478,50 @@ def test_a_path_too_long_for_the_file_system_is_one_line(tmp_path):
     assert result.exit_code == 2, result.output
     line = result.output.strip()
     assert line.endswith(": a name or path too long for this file system") and len(line) < 200, line
+
+
+def test_a_terminal_that_closes_stops_edgetune_with_129_and_its_cleanup_done(tmp_path):
+    """A closed terminal sends SIGHUP, and every write to it fails afterwards (EIO): the first line
+    a stage printed while cleaning up raised an OSError in place of the interrupt, and edgetune
+    ended with exit 1, its cleanup cut short."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "slow_stage.py").write_text(
+        textwrap.dedent(
+            """
+            import time, click
+            @click.command()
+            def slow():
+                try:
+                    click.echo("working", err=True)
+                    time.sleep(60)
+                except BaseException:
+                    click.echo("interrupted: cleaning up", err=True)  # what a stage prints on its way out
+                    open("cleaned", "w").close()
+                    raise
+            """
+        )
+    )
+    script = textwrap.dedent(
+        f"""
+        import os, pty, sys, time
+        sys.path.insert(0, {str(tmp_path)!r})
+        pid, master = pty.fork()
+        if pid == 0:
+            import edgetune.cli as cli
+            cli.COMMANDS["slow"] = ("slow_stage", "slow", "a stage that takes a while")
+            cli.main(["slow"])
+        os.read(master, 100)  # "working": the stage has begun
+        time.sleep(0.5)
+        os.close(master)  # the terminal closes: the kernel hangs up its session
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.stdout.strip() == "129", (result.stdout, result.stderr)
+    assert (tmp_path / "cleaned").exists()

@@ -174,6 +174,25 @@ def test_a_sighup_ignored_on_purpose_stays_ignored():
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_after_one_signal_a_second_of_either_kind_kills_at_once(monkeypatch):
+    """SIGHUP, then SIGTERM during the cleanup: the second raised Terminated again inside the
+    cleanup, where the docstring says a second signal kills at once."""
+    from edgetune.cli import _signals_interrupt
+    from edgetune.errors import Terminated
+
+    monkeypatch.setattr("edgetune.cli._off_the_terminal", lambda fds: None)  # pytest's own terminal
+    _, before = _signals_interrupt()
+    try:
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
 def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir):
     recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=8)
     run = tune(str(recipe)).run_dir
