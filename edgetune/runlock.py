@@ -56,8 +56,9 @@ def run_lock(run_dir: Path | str, command: str) -> Iterator[None]:
                     # a run that failed before it held anything (its folder removed, or never
                     # made) leaves no lock file: `runs/.demo-20261207-162927.lock` piled up, one
                     # per failed tune. Removed while still locked; a process that opened it
-                    # meanwhile finds it gone once it locks it, and takes a new one (_take_lock)
-                    if not run_dir.is_dir():
+                    # meanwhile finds it gone once it locks it, and takes a new one (_take_lock).
+                    # Nothing here may raise before the close: the lock would stay held
+                    if not os.path.isdir(run_dir):
                         with contextlib.suppress(OSError):
                             os.unlink(path)
                     os.close(held.fd)

@@ -4,6 +4,7 @@ The crash-safety tests (kill -9 during training and during a checkpoint write, s
 and the same-seed test live in test_tune.py; path confinement of ONNX external data in test_onnx.py."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -1054,3 +1055,48 @@ def test_escape_sequences_in_a_gguf_files_metadata_are_shown_not_sent(tmp_path, 
     assert result.exit_code == 2, result.output
     assert "title \\x1b]0;pwned\\x07 set" in result.output, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="drops root to make a folder unsearchable"
+)
+def test_a_run_folder_that_cannot_be_searched_at_release_lets_the_lock_go(request):
+    """Checking at release whether the run folder exists raised EACCES (its parent made
+    unsearchable meanwhile) before the lock's descriptor was closed: the failure replaced the
+    stage's own, and the next stage in the process was "busy" with its own pid."""
+    import subprocess
+    import sys
+    import tempfile
+    import textwrap
+
+    base = Path(tempfile.mkdtemp(prefix="edgetune-unsearchable-"))  # pytest's tmp_path is root's alone
+    request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    (base / "runs").mkdir()
+    os.chmod(base, 0o777)
+    os.chmod(base / "runs", 0o777)
+    script = textwrap.dedent(
+        f"""
+        import os
+        from pathlib import Path
+        import fcntl  # before root goes: the interpreter's library may sit in /root
+        from edgetune.runlock import run_lock
+        os.setgid(65534); os.setuid(65534)
+        sub = Path({str(base)!r}) / "runs" / "sub"
+        sub.mkdir()
+        run = sub / "demo"
+        try:
+            with run_lock(run, "tune"):
+                os.chmod(sub, 0o666)  # no longer searchable
+                raise RuntimeError("the stage failed")
+        except BaseException as exc:
+            print(type(exc).__name__)
+        os.chmod(sub, 0o777)
+        with run_lock(run, "bench"):
+            print("taken again")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.stdout.split() == ["RuntimeError", "taken", "again"], (result.stdout, result.stderr)
