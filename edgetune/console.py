@@ -25,7 +25,7 @@ def _log_width(stream) -> int | None:
     A COLUMNS that is no width (0, empty, "abc") is not set: rich took 0 as a width, and printed
     nothing at all, not a warning nor a summary."""
     columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
         return None  # rich reads it
     if not stream.isatty():
         return LOG_WIDTH

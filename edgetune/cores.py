@@ -15,8 +15,14 @@ def default_threads() -> int:
     """The threads llama.cpp, onnxruntime and bench use where nothing says otherwise: the user's
     OMP_NUM_THREADS, which torch follows too (training took 1 thread and the same run's bench 2),
     else every usable core."""
-    given = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(given) if given.isdigit() and int(given) > 0 else usable_cores()
+    return omp_threads() or usable_cores()
+
+
+def omp_threads() -> int | None:
+    """OMP_NUM_THREADS as OpenMP reads it: a count, or a list whose first item is the outer
+    level's ("2,1"); None where it is unset or no count ("²" is a digit to str.isdigit, not to int)."""
+    given = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(given) if given.isascii() and given.isdigit() and int(given) > 0 else None
 
 
 def more_than_the_cores(setting: str, threads: int | None) -> str | None:

@@ -160,11 +160,20 @@ def _reinstall(names: list[str]) -> str:
         for line in importlib.metadata.requires("edgetune") or []:
             need = Requirement(line)
             if need.name in specs and need.marker is None:
-                specs[need.name] = str(need.specifier)
+                extras = f"[{','.join(sorted(need.extras))}]" if need.extras else ""
+                specs[need.name] = f"{extras}{need.specifier}"
     except (ImportError, importlib.metadata.PackageNotFoundError):  # versions unknown: names only
         pass
     wanted = " ".join(f"'{name}{spec}'" if spec else name for name, spec in specs.items())
-    return f"pip install {wanted}   (make install in edgetune's checkout: the versions it is tested with)"
+    # PyPI's default torch is its CUDA build: gigabytes a CPU machine cannot use
+    cpu = (
+        " --extra-index-url https://download.pytorch.org/whl/cpu (torch's CPU build)"
+        if "torch" in specs
+        else ""
+    )
+    return (
+        f"pip install {wanted}{cpu}   (make install in edgetune's checkout: the versions it is tested with)"
+    )
 
 
 def _converted(model) -> bool:

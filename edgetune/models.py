@@ -6,6 +6,7 @@ Accepted: a built-in alias (converted once into the cache), a local HF directory
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -81,8 +82,8 @@ def refuse_pickle(path: Path, allow_pickle: bool = False, can_allow: bool = True
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         allow = (
-            ", or set model.allow_pickle: true (`--set model.allow_pickle=true`; tune's --allow-pickle) "
-            "if you trust this directory"
+            ", or allow them if you trust this directory (model.allow_pickle: true in the recipe; "
+            "tune and chat: --allow-pickle; data check: --set model.allow_pickle=true)"
         )
         raise ModelError(
             f"{path}: weights only as pickle files ({', '.join(pickles[:3])}), which can run code when "
@@ -198,10 +199,13 @@ def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{model.alias}-", dir=target.parent))
-    except PermissionError as exc:  # a read-only HOME: where the cache can go instead
+    except OSError as exc:  # a read-only HOME (permissions, or a read-only mount): where it can go instead
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        why = "on a read-only file system" if exc.errno == errno.EROFS else "permission denied"
         raise ModelError(
-            f"{exc.filename or target.parent}: permission denied, so the built-in model cannot be "
-            "converted into the model cache; point EDGETUNE_CACHE (or XDG_CACHE_HOME) at a writable directory"
+            f"{exc.filename or target.parent}: {why}, so the built-in model cannot be converted into "
+            "the model cache; point EDGETUNE_CACHE (or XDG_CACHE_HOME) at a writable directory"
         ) from None
     try:
         _convert_gguf_to_hf(gguf_path, tmp)

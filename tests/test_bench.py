@@ -1260,8 +1260,9 @@ def test_a_bench_called_from_python_leaves_the_callers_process_as_it_was(benched
     assert [name for name in before if after[name] != before[name]] == []
 
 
-def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path):
-    """bench.threads past the cores made every latency row measure threads contending, unsaid."""
+def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path, monkeypatch):
+    """bench.threads past the cores made every latency row measure threads contending, unsaid;
+    an OMP_NUM_THREADS past them is named as that, not as a bench.threads the user never set."""
     import shutil
 
     from edgetune.cores import usable_cores
@@ -1276,6 +1277,12 @@ def test_more_bench_threads_than_cores_is_warned_about(benched, tmp_path):
         f"warning: bench.threads {usable_cores() + 1} is more than the {usable_cores()} cores this "
         "process may use" in " ".join(result.output.split())
     ), result.output
+    del recipe["bench"]["threads"]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(usable_cores() + 1))
+    result = CliRunner().invoke(main, ["bench", str(run), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: OMP_NUM_THREADS {usable_cores() + 1} is more than" in result.output, result.output
 
 
 def test_a_latency_child_ends_with_the_bench_that_started_it():

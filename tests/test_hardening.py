@@ -51,7 +51,13 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_model_dir):
     checked = CliRunner().invoke(
         main, ["data", "check", str(tmp_path / "d.jsonl"), "--set", f"model.base={model}"]
     )
-    assert checked.exit_code == 2 and "`--set model.allow_pickle=true`" in checked.output, checked.output
+    assert checked.exit_code == 2 and "data check: --set model.allow_pickle=true" in checked.output, (
+        checked.output
+    )
+    chatted = CliRunner().invoke(
+        main, ["chat", str(model), "--prompt", "hi"]
+    )  # chat has --allow-pickle, no --set
+    assert chatted.exit_code == 2 and "tune and chat: --allow-pickle" in chatted.output, chatted.output
     checked = CliRunner().invoke(
         main,
         [
@@ -154,14 +160,18 @@ def test_a_model_cache_it_cannot_write_names_where_the_cache_can_go(tmp_path, mo
     from edgetune import models
     from edgetune.errors import ModelError
 
-    def refused(prefix, dir):
-        raise PermissionError(13, "Permission denied", str(dir))
-
     monkeypatch.setenv("EDGETUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(tempfile, "mkdtemp", refused)
-    with pytest.raises(ModelError, match="point EDGETUNE_CACHE .* at a writable directory") as said:
-        models.builtin_model_dir(next(iter(models.BUILTINS.values())), quiet=True)
-    assert str(said.value).startswith(f"{tmp_path / 'cache' / 'models'}: permission denied")
+    for error, why in ((PermissionError(13, "Permission denied"), "permission denied"),
+                       (OSError(30, "Read-only file system"), "on a read-only file system")):  # fmt: skip
+
+        def refused(prefix, dir, error=error):
+            error.filename = str(dir)
+            raise error
+
+        monkeypatch.setattr(tempfile, "mkdtemp", refused)
+        with pytest.raises(ModelError, match="point EDGETUNE_CACHE .* at a writable directory") as said:
+            models.builtin_model_dir(next(iter(models.BUILTINS.values())), quiet=True)
+        assert str(said.value).startswith(f"{tmp_path / 'cache' / 'models'}: {why}")
 
 
 def test_remote_code_in_a_model_dir_never_runs(tmp_path, tiny_model_dir):
@@ -822,9 +832,11 @@ def test_omp_num_threads_sets_every_runtimes_threads(monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert default_threads() == 1 and session_options().intra_op_num_threads == 1
-    for unset in ("", "0", "four"):
+    for unset in ("", "0", "four", "\u00b2"):  # "²" is a digit to str.isdigit, not to int
         monkeypatch.setenv("OMP_NUM_THREADS", unset)
         assert default_threads() == usable_cores(), unset
+    monkeypatch.setenv("OMP_NUM_THREADS", "1,1")  # OpenMP's list form: the outer level's first
+    assert default_threads() == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert session_options().intra_op_num_threads == usable_cores()
 

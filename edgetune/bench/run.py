@@ -120,7 +120,8 @@ def bench(
         renderer = prepared.renderer
         eos_ids = sorted(renderer.stop_ids)  # the merged model's: the renderer uses its tokenizer
         threads = cfg.threads or default_threads()
-        if console is not None and (said := more_than_the_cores("bench.threads", threads)):
+        setting = "bench.threads" if cfg.threads else "OMP_NUM_THREADS"  # where the number came from
+        if console is not None and (said := more_than_the_cores(setting, threads)):
             console.print(f"[yellow]warning:[/] {said}, and the latency rows measure that contention")
         progress = StageProgress(console)
 

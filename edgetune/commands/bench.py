@@ -75,7 +75,7 @@ def _compare(run_dir, other, gate, other_flags) -> None:
 
     if other_flags:
         raise click.UsageError("--compare measures nothing: it takes no --device, --pick or --regate")
-    before_dir, after_dir = resolve_run_dir(other), resolve_run_dir(run_dir)
+    before_dir, after_dir = resolve_run_dir(other, "--compare"), resolve_run_dir(run_dir)
     if before_dir == after_dir:
         raise click.UsageError(f"--compare {other}: that is the run itself; compare two different runs")
     changes, kl, before, after, level = compare_runs(before_dir, after_dir)
