@@ -220,7 +220,13 @@ def _deadline(seconds: float):
     A caller's own SIGALRM timer (a job runner's timeout, pytest-timeout's signal method) stays
     theirs: the one timer is set for whichever is due first, theirs reaches their handler when it
     is due (their exception raised as it is), and at exit theirs is set again with the time it has
-    left. A SIGALRM before our time is theirs (the timer never fires early)."""
+    left. A SIGALRM before our time is theirs (the timer never fires early).
+
+    Windows has neither SIGALRM nor setitimer: there, too, only the per-chunk clock applies (every
+    render failed there, as "chat template: AttributeError")."""
+    if not (hasattr(signal, "SIGALRM") and hasattr(signal, "setitimer")):
+        yield
+        return
     previous = signal.getsignal(signal.SIGALRM)
     if threading.current_thread() is not threading.main_thread() or previous is None:
         yield  # None: a handler set outside Python, which could not be put back

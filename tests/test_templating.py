@@ -269,3 +269,20 @@ def test_the_callers_timeout_raised_in_a_render_is_theirs_not_a_template_error(c
         render_template(SPIN, messages=[])
     assert time.monotonic() - started < 3  # theirs, before the deadline's 5 s
     assert signal.getsignal(signal.SIGALRM) is job_timeout
+
+
+def test_without_sigalrm_templates_render_and_the_deadline_holds_by_the_clock(monkeypatch):
+    """Windows has no signal.SIGALRM nor signal.setitimer: every render failed with "chat template:
+    AttributeError ... skip bad rows". Now the timer is skipped there, and a slow template that
+    yields output is still stopped at its deadline by the per-chunk clock."""
+    import signal
+
+    monkeypatch.delattr(signal, "SIGALRM")
+    monkeypatch.delattr(signal, "setitimer")
+    assert render_template("{{ messages[0].content }}", messages=MESSAGES) == "be brief"
+    monkeypatch.setattr("edgetune.templating.MAX_SECONDS", 0.5)
+    slow = "{% for i in range(100000) %}{% for j in range(20000) %}{% endfor %}.{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(InputError, match="rendering took longer than 0.5 s"):
+        render_template(slow, messages=[])
+    assert time.monotonic() - started < 5
