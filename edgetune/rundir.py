@@ -143,9 +143,14 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 
 def fsync_file(path: Path) -> None:
-    """Make what was written to `path` durable (after writes that were only flushed)."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+    """Make what was written to `path` durable (after writes that were only flushed). Opened for
+    writing where it may be: Windows flushes a file only through a handle that can write it (an
+    fsync of one opened read-only fails with EBADF), where POSIX takes any descriptor."""
+    fd = os.open(path, os.O_RDWR if os.access(path, os.W_OK) else os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

@@ -22,3 +22,54 @@ def test_an_atomic_write_without_fchmod_works_and_gets_the_mode(tmp_path, monkey
     os.umask(umask)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "report.md"]
+
+
+def _fsync_refusing_read_only_descriptors(monkeypatch):
+    """os.fsync as Windows has it: FlushFileBuffers needs a handle that can write the file, so an
+    fsync of a file opened read-only fails with EBADF."""
+    import errno
+    import fcntl
+
+    fsync = os.fsync
+
+    def windows_fsync(fd):
+        fd = fd if isinstance(fd, int) else fd.fileno()
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+
+
+def test_a_checkpoint_commit_and_an_atomic_dir_fsync_as_windows_allows(tmp_path, monkeypatch):
+    """fsync_file opened the file "rb": on Windows every checkpoint commit and atomic_dir (merge,
+    export) failed with EBADF. It now fsyncs through a descriptor that can write the file."""
+    from types import SimpleNamespace
+
+    from edgetune.rundir import atomic_dir
+    from edgetune.tune.callbacks import COMPLETE, CommitCheckpoints
+
+    _fsync_refusing_read_only_descriptors(monkeypatch)
+    ckpt = tmp_path / "checkpoints" / "checkpoint-3"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 3}\n')
+    args = SimpleNamespace(output_dir=str(ckpt.parent))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3)
+    CommitCheckpoints(metrics).on_save(args, state, control=None)
+    assert (ckpt / COMPLETE).is_file()
+    with atomic_dir(tmp_path / "merged") as staging:
+        (staging / "model.safetensors").write_bytes(b"merged")
+    assert (tmp_path / "merged" / "model.safetensors").read_bytes() == b"merged"
+
+
+def test_a_gguf_convert_and_quantise_fsync_as_windows_allows(tmp_path, tiny_model_dir, monkeypatch):
+    """The GGUF converter and quantiser fsynced their output opened "rb": EBADF on Windows."""
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.gguf_quantize import quantize
+
+    _fsync_refusing_read_only_descriptors(monkeypatch)
+    source = convert(tiny_model_dir, tmp_path / "f32.gguf")
+    out = quantize(source, tmp_path / "model-q8_0.gguf", "q8_0", threads=1)
+    assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["f32.gguf", "model-q8_0.gguf"]

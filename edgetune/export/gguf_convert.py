@@ -26,6 +26,7 @@ from edgetune.export.gguf_arch import (
     rope_dims,
 )
 from edgetune.export.gguf_vocab import read_vocab
+from edgetune.rundir import fsync_file
 
 OUTTYPES = {
     "f32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
@@ -379,8 +380,7 @@ def convert(
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file()
             writer.close()
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(tmp)
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(Exception):

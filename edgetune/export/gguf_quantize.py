@@ -41,6 +41,8 @@ def quantize(
 ) -> Path:
     """Write `out` (atomically) as `quant` made from an F32/F16/BF16 GGUF file, guided by an
     importance matrix (edgetune's safetensors file, see imatrix.py) when one is given."""
+    from edgetune.rundir import fsync_file  # here: rundir's imports come back to this module
+
     key = quant.lower()
     if key not in QUANTS:
         raise InputError(f"unknown GGUF quant {quant!r}; supported: {', '.join(QUANTS)}")
@@ -72,8 +74,7 @@ def quantize(
             raise EdgetuneError(
                 f"llama.cpp failed to quantise {source} to {key} (exit {proc.returncode}: {last})"
             )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
