@@ -73,3 +73,21 @@ def test_a_gguf_convert_and_quantise_fsync_as_windows_allows(tmp_path, tiny_mode
     source = convert(tiny_model_dir, tmp_path / "f32.gguf")
     out = quantize(source, tmp_path / "model-q8_0.gguf", "q8_0", threads=1)
     assert out.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["f32.gguf", "model-q8_0.gguf"]
+
+
+def test_a_helper_process_off_linux_starts_without_its_parent_death_signal(monkeypatch):
+    """die_with_parent called ctypes.CDLL(None), which raises TypeError on Windows (where signal
+    has no SIGKILL either): the GGUF quantiser and every bench latency child failed there."""
+    import ctypes
+    import signal
+    import sys
+
+    from edgetune.child_process import die_with_parent
+
+    def windows_cdll(name, *args, **kwargs):
+        raise TypeError("argument of type 'NoneType' is not iterable")  # CPython's Windows path
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "CDLL", windows_cdll)
+    monkeypatch.delattr(signal, "SIGKILL")
+    assert die_with_parent(os.getppid()) is None
