@@ -91,3 +91,46 @@ def test_a_helper_process_off_linux_starts_without_its_parent_death_signal(monke
     monkeypatch.setattr(ctypes, "CDLL", windows_cdll)
     monkeypatch.delattr(signal, "SIGKILL")
     assert die_with_parent(os.getppid()) is None
+
+
+def test_bench_latency_without_proc_or_resource_reports_no_peak_rss(tmp_path, monkeypatch):
+    """bench/latency.py imported `resource` at its top: on Windows (no such module) bench failed
+    with "pip install 'resource'", an unrelated PyPI package. It is imported where it is used, and
+    the peak RSS is None where neither /proc nor resource tells it; the report shows "-"."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    import edgetune.bench
+    from edgetune.bench import runners
+    from edgetune.bench.report import COLUMNS, row_cells
+
+    monkeypatch.setitem(sys.modules, "resource", None)  # `import resource` raises ImportError
+    monkeypatch.delitem(sys.modules, "edgetune.bench.latency", raising=False)  # imported anew, and
+    monkeypatch.delattr(edgetune.bench, "latency", raising=False)  # the one before it put back after
+    latency = importlib.import_module("edgetune.bench.latency")
+    read_text = Path.read_text
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(str(path))
+        return read_text(path, *args, **kwargs)
+
+    class Runner:
+        def prefill(self, ids):
+            return np.zeros(8)
+
+        def step(self, token):
+            return np.zeros(8)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    monkeypatch.setattr(runners, "open_runner", lambda target, threads, **kwargs: Runner())
+    target = {"name": "gguf/q8_0", "format": "gguf", "quant": "q8_0", "runtime": "llama.cpp"}
+    target |= {"device": "cpu", "path": str(tmp_path / "model-q8_0.gguf")}
+    request = {"target": target, "prompt_ids": [1, 2, 3], "decode_tokens": 2, "repeats": 1, "threads": 1}
+    measured = latency._child(request)
+    assert measured["peak_rss_mb"] is None and measured["decode_tok_s"] > 0
+    row = {**target, "size_bytes": 1, "task_metric": {"value": 0.5}, **measured}
+    assert row_cells(row, list(COLUMNS))[COLUMNS.index("RSS")] == "-"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -67,21 +66,26 @@ def _child(request: dict) -> dict:
         "prefill_tok_s": round(statistics.median(prefill_rate), 1),
         "decode_tok_s": round(statistics.median(decode_rate), 2),
         "decode_tok_s_runs": [round(r, 2) for r in decode_rate],
-        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+        "peak_rss_mb": None if (peak := peak_rss_bytes()) is None else round(peak / 2**20, 1),
         # GPU memory held by this target (CUDA context included); None on the CPU or without NVML
         "peak_vram_mb": round(vram.peak_bytes / 2**20, 1) if vram and vram.peak_bytes is not None else None,
     }
 
 
-def peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int | None:
     """This process's peak resident memory. VmHWM belongs to the address space that execve created;
-    getrusage's ru_maxrss would include the parent's peak, which a child inherits on Linux."""
+    getrusage's ru_maxrss would include the parent's peak, which a child inherits on Linux. None
+    where neither exists (Windows has no resource module: importing it at the top failed bench)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    try:
+        import resource
+    except ImportError:
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
