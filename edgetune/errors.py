@@ -6,6 +6,7 @@ Exit codes (a contract for Makefiles): 0 ok, 1 internal failure, 2 bad input, 3 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -137,6 +138,11 @@ def missing_package(module: str, needed_for: str = "") -> InputError:
     top = top or module.split(".")[0]
     pip = PIP_NAMES.get(top, top)
     purpose = f" ({needed_for})" if needed_for else ""
+    if module.split(".")[0] in sys.stdlib_module_names:  # `pip install resource` is another project
+        return InputError(
+            f"this platform's Python lacks {module}, a module of Python's standard library{purpose}: "
+            "pip cannot install it (Windows has no resource or fcntl; see Platforms in edgetune's README)"
+        )
     if top != module and _found(top):  # installed, but not a version that has this module
         return InputError(
             f"the installed Python package {pip} has no module {module}{purpose}: not a version edgetune "

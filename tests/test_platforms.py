@@ -134,3 +134,14 @@ def test_bench_latency_without_proc_or_resource_reports_no_peak_rss(tmp_path, mo
     assert measured["peak_rss_mb"] is None and measured["decode_tok_s"] > 0
     row = {**target, "size_bytes": 1, "task_metric": {"value": 0.5}, **measured}
     assert row_cells(row, list(COLUMNS))[COLUMNS.index("RSS")] == "-"
+
+
+def test_a_standard_module_the_platform_lacks_is_not_sent_to_pip():
+    """A module of the standard library missing (resource, fcntl on Windows) was named as a package
+    to install: `pip install 'resource'` fetches an unrelated project from PyPI."""
+    from edgetune.errors import missing_package
+
+    said = str(missing_package("resource"))
+    assert "this platform's Python lacks resource, a module of Python's standard library" in said
+    assert "pip install" not in said and "pip cannot install it" in said
+    assert "pip install 'llama-cpp-python'" in str(missing_package("llama_cpp"))  # a package still is
