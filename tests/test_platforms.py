@@ -145,3 +145,24 @@ def test_a_standard_module_the_platform_lacks_is_not_sent_to_pip():
     assert "this platform's Python lacks resource, a module of Python's standard library" in said
     assert "pip install" not in said and "pip cannot install it" in said
     assert "pip install 'llama-cpp-python'" in str(missing_package("llama_cpp"))  # a package still is
+
+
+def test_the_peak_rss_from_getrusage_is_bytes_on_macos_kib_elsewhere(monkeypatch):
+    """ru_maxrss is in bytes on macOS and in KiB on Linux: bench multiplied it by 1024 everywhere,
+    so a Mac's peak RSS (macOS has no /proc) read 1024 times too large."""
+    import resource
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from edgetune.bench.latency import peak_rss_bytes
+
+    def no_proc(path, *args, **kwargs):
+        raise FileNotFoundError(str(path))
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=300 * 2**20))
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert peak_rss_bytes() == 300 * 2**20
+    monkeypatch.setattr(sys, "platform", "freebsd14")  # KiB, as on Linux
+    assert peak_rss_bytes() == 300 * 2**30
