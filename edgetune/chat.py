@@ -173,6 +173,17 @@ def _tokenizer(path: Path):
     return load_tokenizer(ResolvedModel(str(path), path, "local"))
 
 
+def _refuse_without_cuda(fmt: str) -> None:
+    """--device cuda where it cannot run on CUDA. torch must see a CUDA device whatever the format:
+    llama-cpp-python's GPU offload is Metal on a Mac, which took `--device cuda` on a GGUF file
+    (bench checks torch too). llama.cpp and onnxruntime fall back to the CPU unasked."""
+    from edgetune.bench.targets import check_devices, cuda_runtimes
+
+    check_devices(["cuda"])
+    if fmt != "torch" and (problem := cuda_runtimes()[fmt]):
+        raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")
+
+
 def open_chat(
     artifact: Path,
     system: str | None = None,
@@ -219,13 +230,8 @@ def open_chat(
         raise InputError(
             f"{artifact}: not a run directory, a .gguf file, an ONNX directory or an HF model directory"
         )
-    if (
-        device == "cuda" and target.format != "torch"
-    ):  # llama.cpp and onnxruntime fall back to the CPU unasked
-        from edgetune.bench.targets import cuda_runtimes
-
-        if problem := cuda_runtimes()[target.format]:
-            raise InputError(f"--device cuda: {problem}; chat on the CPU, or install a CUDA build")
+    if device == "cuda":
+        _refuse_without_cuda(target.format)
     eos_ids = stop_ids(tokenizer_dir, tokenizer) if tokenizer_dir else None
     if run is not None:
         plain = trained_on_plain_prompts(run, tokenizer)

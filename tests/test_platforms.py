@@ -166,3 +166,21 @@ def test_the_peak_rss_from_getrusage_is_bytes_on_macos_kib_elsewhere(monkeypatch
     assert peak_rss_bytes() == 300 * 2**20
     monkeypatch.setattr(sys, "platform", "freebsd14")  # KiB, as on Linux
     assert peak_rss_bytes() == 300 * 2**30
+
+
+def test_chat_on_cuda_needs_cuda_not_any_gpu_offload(tmp_path, tiny_model_dir, monkeypatch):
+    """llama-cpp-python's GPU offload is Metal on Apple Silicon: `edgetune chat --device cuda` on a
+    GGUF file was accepted on a Mac, which has no CUDA. torch must now see a CUDA device."""
+    import llama_cpp
+    import pytest
+    import torch
+
+    from edgetune.chat import open_chat
+    from edgetune.errors import ModelError
+    from edgetune.export.gguf_convert import convert
+
+    gguf = convert(tiny_model_dir, tmp_path / "model-f32.gguf")
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)  # Metal
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="--device: cuda, but torch sees no CUDA device"):
+        open_chat(gguf, device="cuda")
