@@ -521,6 +521,8 @@ def test_a_terminal_that_closes_stops_edgetune_with_129_and_its_cleanup_done(tmp
         sys.path.insert(0, {str(tmp_path)!r})
         pid, master = pty.fork()
         if pid == 0:
+            import signal
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as a terminal's shell gives it, not nohup's
             import edgetune.cli as cli
             cli.COMMANDS["slow"] = ("slow_stage", "slow", "a stage that takes a while")
             cli.main(["slow"])

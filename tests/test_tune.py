@@ -132,6 +132,11 @@ def test_resume_after_kill_9_continues_the_same_loss_curve(tmp_path, tiny_model_
     )
 
 
+def _signals_as_a_terminal_gives_them() -> None:
+    """A child's SIGHUP as a shell in a terminal leaves it, where the tests may run under nohup."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_stops_a_tune_as_ctrl_c_does(tmp_path, tiny_model_dir, signum):
     """`kill`, a CI job's timeout or systemd send SIGTERM, a closed terminal or dropped ssh session
@@ -146,6 +151,7 @@ def test_sigterm_stops_a_tune_as_ctrl_c_does(tmp_path, tiny_model_dir, signum):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_signals_as_a_terminal_gives_them,  # not nohup's ignored SIGHUP (CI runs that way)
     )
     marker = run_dir / "checkpoints" / "checkpoint-5" / "edgetune-complete.json"
     deadline = time.time() + 240
@@ -181,6 +187,9 @@ def test_after_one_signal_a_second_of_either_kind_kills_at_once(monkeypatch):
     from edgetune.errors import Terminated
 
     monkeypatch.setattr("edgetune.cli._off_the_terminal", lambda fds: None)  # pytest's own terminal
+    ignored = signal.signal(
+        signal.SIGHUP, signal.SIG_DFL
+    )  # as a terminal gives it (the tests may run under nohup)
     _, before = _signals_interrupt()
     try:
         with pytest.raises(Terminated):
@@ -191,6 +200,7 @@ def test_after_one_signal_a_second_of_either_kind_kills_at_once(monkeypatch):
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+        signal.signal(signal.SIGHUP, ignored)
 
 
 def test_incomplete_checkpoints_are_ignored_and_removed(tmp_path, tiny_model_dir):
