@@ -30,6 +30,7 @@ from edgetune.errors import (
     missing_package,
     printable,
 )
+from edgetune.pathnames import shortened
 
 # name -> (module, attribute, one-line help shown by `edgetune --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -113,7 +114,7 @@ class LazyGroup(NamingGroup):
                 _fail(f"{_users_path(exc.filename)}: permission denied", EXIT_BAD_INPUT)
             if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # an --out, a data path
                 where = _users_path(exc.filename) if exc.filename else "a path"
-                _fail(f"{_shortened(where)}: a name or path too long for this file system", EXIT_BAD_INPUT)
+                _fail(f"{shortened(where, 56)}: a name or path too long for this file system", EXIT_BAD_INPUT)
             if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # a run or --out on a read-only mount
                 where = _users_path(exc.filename) if exc.filename else "a file"
                 _fail(f"{where}: on a read-only file system", EXIT_BAD_INPUT)
@@ -141,11 +142,6 @@ def _refuse_a_deleted_cwd() -> None:
         raise InputError(
             "the current directory no longer exists (removed or moved); cd to one that does"
         ) from None
-
-
-def _shortened(path: str) -> str:
-    """A path of thousands of characters, as an error names it: its start and its end."""
-    return path if len(path) <= 120 else f"{path[:56]}...{path[-56:]}"
 
 
 def _users_path(filename) -> str:

@@ -71,7 +71,6 @@ class StageProgress:
 
     def __init__(self, console):
         self.console = console
-        self.progress = None
 
     @contextlib.contextmanager
     def stage(self, label: str, total: int):

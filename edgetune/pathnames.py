@@ -78,6 +78,10 @@ def refuse_unusable(path: Path | str, given_as: str) -> None:
         )
 
 
-def _shown(text: str) -> str:
+def shortened(text: str, keep: int = 28) -> str:
     """A long name or path as an error names it: its start and end, not thousands of characters."""
-    return repr(text) if len(text) <= 60 else repr(f"{text[:28]}...{text[-28:]}")
+    return text if len(text) <= 2 * keep + 4 else f"{text[:keep]}...{text[-keep:]}"
+
+
+def _shown(text: str) -> str:
+    return repr(shortened(text))

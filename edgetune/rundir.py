@@ -72,15 +72,11 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, staged[path] = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            mode = _mode_for(path)
-            if hasattr(os, "fchmod"):
-                os.fchmod(fd, mode)
             with writing(path), os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            if not hasattr(os, "fchmod"):  # Windows before Python 3.13: by its path, once closed
-                os.chmod(staged[path], mode)
+            os.chmod(staged[path], _mode_for(path))  # by path: Windows has os.fchmod from 3.13 only
         for path, tmp in staged.items():
             os.replace(tmp, path)
     except BaseException:

@@ -74,13 +74,15 @@ def _busy(run_dir: Path, holder: str) -> InputError:
 def _take_lock(path: Path, run_dir: Path, command: str) -> int | None:
     """The locked file's descriptor; None where this system or directory cannot lock (no lock, as
     before: the stage reports its own error if it cannot write there either)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
     for _ in range(100):
         try:
-            import fcntl
-
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by subprocesses
-        except (ImportError, OSError):
+        except OSError:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -68,9 +68,7 @@ def compute_imatrix(
     used = 0
     try:
         with torch.no_grad():
-            for ids in sequences:
-                if used >= max_tokens:
-                    break
+            for ids in within(sequences, max_tokens):
                 model(input_ids=torch.tensor([ids]), use_cache=False)
                 used += len(ids)
                 tick()
