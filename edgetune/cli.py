@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -77,6 +78,11 @@ class LazyGroup(NamingGroup):
     def invoke(self, ctx: click.Context):
         # bitsandbytes logs a warning about optional CPU kernels on import; nothing a user can act on
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        # peft 0.22 asks on import for transformers >= 5.6, which edgetune cannot take yet
+        # (optimum-onnx 0.1.0 pins < 4.58; pyproject keeps peft below the 1.0 that drops it)
+        warnings.filterwarnings(
+            "ignore", r"Support for Transformers < [\d.]+ is deprecated in PEFT", FutureWarning
+        )
         # onnxruntime's Linux wheels (1.32) send usage events with a device id they keep in
         # ~/.cache/Microsoft (and warn on every command where HOME is read-only); edgetune works
         # offline and says so: off unless the user set the variable (0 lets them through)

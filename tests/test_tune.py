@@ -787,6 +787,22 @@ def test_qlora_runs_on_cpu_with_a_warning(tmp_path, tiny_model_dir):
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_a_qlora_tune_prints_no_warning_of_peft_the_user_cannot_act_on(tmp_path, tiny_model_dir):
+    """peft 0.22 printed on every tune, merge and bench "Please upgrade to Transformers >= 5.6" (which
+    edgetune's pins forbid) and, for QLoRA, that edgetune's gradient_checkpointing_kwargs is deprecated."""
+    recipe = make_recipe(tmp_path, tiny_model_dir, method="qlora", max_steps=1, eval_steps=1, save_steps=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgetune", "tune", str(recipe), "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "30x slower" in proc.stderr  # edgetune's own warnings still come through
+    for noise in ("deprecated in PEFT", "upgrade to Transformers", "gradient_checkpointing_kwargs"):
+        assert noise not in proc.stderr, proc.stderr
+
+
 def test_qlora_gradients_on_cpu_survive_a_validation_pass(tiny_model_dir):
     """bitsandbytes repacks 4-bit weights for a backward-less CPU kernel on the first eval-mode forward
     (CPUs with AVX512-BF16); the validation loss before training must not change the gradients after."""

@@ -107,6 +107,15 @@ def keep_gradients_through_4bit_weights(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _checkpointing_kwargs_name(prepare) -> str:
+    """peft 0.22 renamed prepare_model_for_kbit_training's gradient_checkpointing_kwargs (a
+    FutureWarning on every QLoRA tune; gone in peft 1.2): the name the installed peft takes."""
+    import inspect
+
+    new = "activation_checkpointing_kwargs"
+    return new if new in inspect.signature(prepare).parameters else "gradient_checkpointing_kwargs"
+
+
 def load_for_training(
     model: ResolvedModel,
     setup: TrainSetup,
@@ -153,7 +162,7 @@ def load_for_training(
         base = prepare_model_for_kbit_training(
             base,
             use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs=checkpointing,
+            **{_checkpointing_kwargs_name(prepare_model_for_kbit_training): checkpointing},
         )
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
