@@ -475,7 +475,12 @@ def test_onnxruntime_keeps_no_device_id_in_the_users_home(tmp_path):
     import os
     import subprocess
     import sys
+    from importlib.metadata import version
 
+    from packaging.version import Version
+
+    if Version(version("onnxruntime")) < Version("1.29"):  # pyproject allows 1.28
+        pytest.skip("onnxruntime before 1.29 keeps no device id to test against")
     for given, kept in ((None, False), ("0", True)):
         home = tmp_path / f"home-{given}"
         home.mkdir()
