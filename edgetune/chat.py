@@ -224,7 +224,9 @@ def open_chat(
         target = Target(artifact.name, "onnx", "", "onnxruntime", device, artifact)
         tokenizer_dir, tokenizer = artifact, _tokenizer(artifact)
     elif artifact.is_dir() and (artifact / "config.json").is_file():
-        target = Target(artifact.name, "torch", "", "torch", device, artifact)
+        from edgetune.config_from_transformers5 import readable_model_dir
+
+        target = Target(artifact.name, "torch", "", "torch", device, readable_model_dir(artifact))
         tokenizer_dir, tokenizer = artifact, _tokenizer(artifact)
     else:
         raise InputError(

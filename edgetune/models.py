@@ -94,6 +94,8 @@ def refuse_pickle(path: Path, allow_pickle: bool = False, can_allow: bool = True
 def resolve_model(
     name: str, revision: str | None = None, quiet: bool = False, allow_pickle: bool = False
 ) -> ResolvedModel:
+    from edgetune.config_from_transformers5 import readable_model_dir
+
     if not name.strip():
         raise ModelError("model.base: empty; name a built-in alias, a model directory or a hub id")
     local = name in BUILTINS or Path(name).expanduser().exists()
@@ -112,11 +114,11 @@ def resolve_model(
 
         check_model_dir(path)
         refuse_stored_quantized(path, name)
-        return ResolvedModel(name, path.resolve(), "local")
+        return ResolvedModel(name, readable_model_dir(path.resolve()), "local")
     if HUB_ID.match(name) and not name.startswith((".", "/")):
         downloaded = _download(name, revision)
         refuse_stored_quantized(downloaded, name)
-        return ResolvedModel(name, downloaded, "hub")
+        return ResolvedModel(name, readable_model_dir(downloaded), "hub")
     raise ModelError(
         f"unknown base model {name!r}: not a built-in alias ({', '.join(BUILTINS)}), "
         "an existing directory, or a hub id like org/name"

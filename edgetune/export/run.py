@@ -63,7 +63,9 @@ def _source(source: Path | str | None) -> tuple[Path | None, Path]:
         refuse_pickle(source, can_allow=False)
         check_model_dir(source)
         refuse_stored_quantized(source, str(source))
-        return None, source.resolve()
+        from edgetune.config_from_transformers5 import readable_model_dir
+
+        return None, readable_model_dir(source.resolve())
     if source is not None and source.is_file():
         raise InputError(
             f"{source}: a file; export takes a run directory or an HF model directory (to check an exported "

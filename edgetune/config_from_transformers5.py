@@ -1,0 +1,114 @@
+"""A model saved by transformers 5 keeps its RoPE settings in config.json's `rope_parameters` and
+writes no `rope_theta` or `rope_scaling`. The transformers 4 edgetune runs on (optimum-onnx 0.1.0
+pins it below 4.58) reads such a file with its defaults, rope_theta 10000 and no scaling: Qwen3
+(1e6), Llama 3 (500000 with llama3 scaling) or SmolLM3 load as another model, and tune, merge,
+export and parity would all agree on the wrong one. So edgetune reads such a model through a view:
+a folder in its cache whose config.json spells the same settings the 4.x way and whose other files
+link to the model's own. The user's folder is never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from edgetune.errors import ModelError
+
+# rope_type values that transformers 4 takes in rope_scaling with the same fields
+SCALINGS_IN_ROPE_SCALING = {"linear", "dynamic", "yarn", "llama3"}
+
+
+def _reads_rope_parameters() -> bool:
+    try:
+        return int(metadata.version("transformers").split(".")[0]) >= 5
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+
+
+def _as_4x(rope: dict, where: str) -> dict:
+    """One rope_parameters entry as transformers 4's keys."""
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default" and kind not in SCALINGS_IN_ROPE_SCALING:
+        raise ModelError(
+            f"{where}: rope_parameters of type {kind!r}, written by transformers 5, which the "
+            "transformers 4 edgetune runs on cannot be told the same way; it would load the model with "
+            "other rotary embeddings"
+        )
+    keys: dict = {}
+    if "rope_theta" in rope:
+        keys["rope_theta"] = rope["rope_theta"]
+    if "partial_rotary_factor" in rope:
+        keys["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
+    keys["rope_scaling"] = None if kind == "default" else {**scaling, "rope_type": kind}
+    return keys
+
+
+def as_transformers4(config: dict, where: str) -> dict:
+    """`config` with its rope_parameters also spelled as transformers 4 reads them (nested configs,
+    e.g. a multimodal model's text_config, too); the same dict where there is nothing to spell."""
+    out = dict(config)
+    for key, value in config.items():
+        if key.endswith("_config") and isinstance(value, dict):
+            out[key] = as_transformers4(value, f"{where} ({key})")
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return out
+    if any(isinstance(v, dict) for v in rope.values()):  # per layer type (Gemma 3)
+        unknown = sorted(set(rope) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ModelError(
+                f"{where}: rope_parameters for layer types {unknown} (transformers 5) are not known"
+            )
+        out.update(_as_4x(rope.get("full_attention", {}), where))
+        sliding = rope.get("sliding_attention")
+        if sliding:
+            local = _as_4x(sliding, where)
+            if local["rope_scaling"] is not None:
+                raise ModelError(
+                    f"{where}: scaled RoPE on sliding-window layers cannot be told to transformers 4"
+                )
+            out["rope_local_base_freq"] = local["rope_theta"]
+    else:
+        out.update(_as_4x(rope, where))
+    return out
+
+
+def readable_model_dir(path: Path) -> Path:
+    """`path`, or the cached view of it whose config.json transformers 4 reads with the same RoPE."""
+    if _reads_rope_parameters() or not (path / "config.json").is_file():
+        return path
+    from edgetune.validate import check_json
+
+    config = check_json(path / "config.json")
+    spelled = as_transformers4(config, str(path / "config.json"))
+    if spelled == config:
+        return path
+    text = json.dumps(spelled, indent=2, sort_keys=True) + "\n"
+    names = "\0".join(sorted(p.name for p in path.iterdir()))  # a file added later: another view
+    digest = hashlib.sha256(f"{path.resolve()}\0{names}\0{text}".encode()).hexdigest()[:16]
+    from edgetune.models import cache_dir
+
+    view = cache_dir() / "transformers4-configs" / digest / path.resolve().name
+    if not (view / "config.json").is_file():
+        _write_view(path.resolve(), view, text)
+    return view
+
+
+def _write_view(source: Path, view: Path, config_text: str) -> None:
+    staging = view.parent.with_name(f".{view.parent.name}.{os.getpid()}.tmp")
+    folder = staging / view.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name != "config.json":
+            (folder / entry.name).symlink_to(entry)
+    (folder / "config.json").write_text(config_text)
+    try:
+        os.replace(staging, view.parent)
+    except OSError:  # another process made it first: theirs is the same
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,129 @@
+"""Models saved by transformers 5 (config.json's rope_parameters, no rope_theta or rope_scaling) load
+with the RoPE they were trained with, where edgetune runs on transformers 4."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from edgetune.errors import ModelError
+from edgetune.models import load_causal_lm, resolve_model
+
+IDS = torch.tensor([[(i * 37) % 300 for i in range(40)]])
+ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_local_base_freq", "partial_rotary_factor")
+LLAMA3 = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+# (architecture, the settings as transformers 4 takes them, rope_parameters as transformers 5.25 wrote
+# the same settings)
+CASES = [
+    ("Qwen3ForCausalLM", {"rope_theta": 1e6}, {"rope_theta": 1e6, "rope_type": "default"}),
+    (
+        "LlamaForCausalLM",
+        {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", **LLAMA3}},
+        {"rope_theta": 500000.0, "rope_type": "llama3", **LLAMA3},
+    ),
+    (
+        "Gemma3ForCausalLM",
+        {
+            "rope_theta": 1e6,
+            "rope_local_base_freq": 500.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        },
+        {
+            "full_attention": {"factor": 8.0, "rope_theta": 1e6, "rope_type": "linear"},
+            "sliding_attention": {"rope_theta": 500.0, "rope_type": "default"},
+        },
+    ),
+    (
+        "Phi3ForCausalLM",
+        {"rope_theta": 20000.0, "partial_rotary_factor": 0.5},
+        {"partial_rotary_factor": 0.5, "rope_theta": 20000.0, "rope_type": "default"},
+    ),
+]
+
+
+def _as_saved_by_transformers5(model_dir, out, rope_parameters):
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    for key in ROPE_KEYS:
+        config.pop(key, None)
+    config.update(rope_parameters=rope_parameters, transformers_version="5.25.0")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def _logits(model_dir):
+    with torch.no_grad():
+        return load_causal_lm(model_dir).eval()(IDS).logits
+
+
+@pytest.mark.parametrize("arch, settings, rope_parameters", CASES, ids=[c[0] for c in CASES])
+def test_a_model_saved_by_transformers5_loads_with_its_own_rope(
+    tmp_path, tiny_tokenizer, arch, settings, rope_parameters
+):
+    """Qwen3's rope_theta 1e6, Llama 3's scaling, Gemma 3's two bases, Phi's partial rotary: read
+    from rope_parameters by transformers 4, each fell back to its default, and the model tuned,
+    merged, exported and passed parity as another model."""
+    reference = build_tiny_model(
+        tmp_path / "v4", tiny_tokenizer, arch, max_position_embeddings=256, **settings
+    )
+    saved = _as_saved_by_transformers5(reference, tmp_path / "v5" / arch, rope_parameters)
+    written = (saved / "config.json").read_bytes()
+    want = _logits(reference)
+    assert (_logits(saved) - want).abs().max() > 1e-3  # what transformers 4 makes of the file alone
+    path = resolve_model(str(saved)).path
+    assert path != saved and path.name == saved.name
+    assert torch.allclose(_logits(path), want, atol=1e-6)
+    assert (saved / "config.json").read_bytes() == written  # the user's folder is not written
+    assert resolve_model(str(saved)).path == path  # one view, made once
+
+
+def test_a_gguf_of_a_model_saved_by_transformers5_carries_its_rope_base(tmp_path, tiny_tokenizer):
+    """`edgetune export MODEL` reads the model's settings the same way: the GGUF's rope base was
+    10000 where the model's is 1e6 (and parity, against the same misread model, agreed)."""
+    from click.testing import CliRunner
+    from gguf import GGUFReader
+
+    from edgetune.cli import main
+
+    reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM", rope_theta=1e6)
+    saved = _as_saved_by_transformers5(reference, tmp_path / "v5" / "qwen3", CASES[0][2])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["export", str(saved), "--to", "gguf", "--quant", "f32", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    (gguf,) = (out / "gguf").glob("*.gguf")
+    field = GGUFReader(gguf).fields["qwen3.rope.freq_base"]
+    assert float(field.parts[field.data[0]][0]) == 1e6
+
+
+def test_rope_types_transformers4_cannot_be_told_are_refused(tmp_path, tiny_tokenizer):
+    """Phi-3's longrope keeps fields in other places in each version: refused, not guessed."""
+    reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM")
+    saved = _as_saved_by_transformers5(
+        reference,
+        tmp_path / "v5" / "phi",
+        {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0], "long_factor": [1.0]},
+    )
+    with pytest.raises(ModelError, match="rope_parameters of type 'longrope'.*other rotary embeddings"):
+        resolve_model(str(saved))
+
+
+def test_under_transformers5_the_folder_is_read_as_it_is(tmp_path, tiny_tokenizer, monkeypatch):
+    import edgetune.config_from_transformers5 as module
+
+    reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM", rope_theta=1e6)
+    saved = _as_saved_by_transformers5(reference, tmp_path / "v5" / "qwen3", CASES[0][2])
+    monkeypatch.setattr(module.metadata, "version", lambda name: "5.25.0")
+    assert resolve_model(str(saved)).path == saved.resolve()
+    assert resolve_model(str(reference)).path == reference.resolve()
