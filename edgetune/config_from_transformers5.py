@@ -3,8 +3,9 @@ writes no `rope_theta` or `rope_scaling`. The transformers 4 edgetune runs on (o
 pins it below 4.58) reads such a file with its defaults, rope_theta 10000 and no scaling: Qwen3
 (1e6), Llama 3 (500000 with llama3 scaling) or SmolLM3 load as another model, and tune, merge,
 export and parity would all agree on the wrong one. So edgetune reads such a model through a view:
-a folder in its cache whose config.json spells the same settings the 4.x way and whose other files
-link to the model's own. The user's folder is never written.
+a folder in its cache whose config.json spells the same settings the 4.x way (tokenizer_config.json
+too, where transformers 4 could not load the tokenizer) and whose other files link to the model's
+own. The user's folder is never written.
 """
 
 from __future__ import annotations
@@ -77,35 +78,59 @@ def as_transformers4(config: dict, where: str) -> dict:
     return out
 
 
+def tokenizer_config_as_transformers4(config: dict) -> dict:
+    """transformers 5 names its tokenizer.json-backed class TokenizersBackend (transformers 4 refuses
+    to load it: PreTrainedTokenizerFast is the same) and lists extra special tokens where
+    transformers 4 expects a mapping of names (it fails on the list)."""
+    out = dict(config)
+    if out.get("tokenizer_class") == "TokenizersBackend":
+        out["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = out.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del out["extra_special_tokens"]
+        listed = list(out.get("additional_special_tokens") or [])
+        out["additional_special_tokens"] = listed + [t for t in extra if t not in listed]
+    return out
+
+
 def readable_model_dir(path: Path) -> Path:
-    """`path`, or the cached view of it whose config.json transformers 4 reads with the same RoPE."""
+    """`path`, or the cached view of it whose config files transformers 4 reads as transformers 5
+    meant them: the same RoPE, the same tokenizer."""
     if _reads_rope_parameters() or not (path / "config.json").is_file():
         return path
     from edgetune.validate import check_json
 
-    config = check_json(path / "config.json")
-    spelled = as_transformers4(config, str(path / "config.json"))
-    if spelled == config:
+    rewritten = {}
+    for name, spell in (("config.json", as_transformers4), ("tokenizer_config.json", None)):
+        if not (path / name).is_file():
+            continue
+        config = check_json(path / name)
+        spelled = spell(config, str(path / name)) if spell else tokenizer_config_as_transformers4(config)
+        if spelled != config:
+            rewritten[name] = json.dumps(spelled, indent=2, sort_keys=True) + "\n"
+    if not rewritten:
         return path
-    text = json.dumps(spelled, indent=2, sort_keys=True) + "\n"
     names = "\0".join(sorted(p.name for p in path.iterdir()))  # a file added later: another view
-    digest = hashlib.sha256(f"{path.resolve()}\0{names}\0{text}".encode()).hexdigest()[:16]
+    key = "\0".join([str(path.resolve()), names, *(f"{n}\0{t}" for n, t in sorted(rewritten.items()))])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     from edgetune.models import cache_dir
 
     view = cache_dir() / "transformers4-configs" / digest / path.resolve().name
-    if not (view / "config.json").is_file():
-        _write_view(path.resolve(), view, text)
+    if not view.is_dir():
+        _write_view(path.resolve(), view, rewritten)
     return view
 
 
-def _write_view(source: Path, view: Path, config_text: str) -> None:
+def _write_view(source: Path, view: Path, rewritten: dict[str, str]) -> None:
+    """The view appears whole or not at all: made aside, then renamed into place."""
     staging = view.parent.with_name(f".{view.parent.name}.{os.getpid()}.tmp")
     folder = staging / view.name
     folder.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
-        if entry.name != "config.json":
+        if entry.name not in rewritten:
             (folder / entry.name).symlink_to(entry)
-    (folder / "config.json").write_text(config_text)
+    for name, text in rewritten.items():
+        (folder / name).write_text(text)
     try:
         os.replace(staging, view.parent)
     except OSError:  # another process made it first: theirs is the same

@@ -127,3 +127,22 @@ def test_under_transformers5_the_folder_is_read_as_it_is(tmp_path, tiny_tokenize
     monkeypatch.setattr(module.metadata, "version", lambda name: "5.25.0")
     assert resolve_model(str(saved)).path == saved.resolve()
     assert resolve_model(str(reference)).path == reference.resolve()
+
+
+def test_a_tokenizer_saved_by_transformers5_loads_as_it_was(tmp_path, tiny_tokenizer):
+    """transformers 5 writes tokenizer_class TokenizersBackend and a list of extra special tokens;
+    transformers 4 refused the class ("does not exist"), then failed on the list."""
+    from transformers import AutoTokenizer
+
+    reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM", rope_theta=1e6)
+    saved = _as_saved_by_transformers5(reference, tmp_path / "v5" / "qwen3", CASES[0][2])
+    config = json.loads((saved / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="TokenizersBackend", extra_special_tokens=["<|endoftext|>"])
+    config.pop("additional_special_tokens", None)
+    (saved / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="TokenizersBackend does not exist"):
+        AutoTokenizer.from_pretrained(saved)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(str(saved)).path)
+    text = "Hello world<|im_end|> <|endoftext|>"
+    assert tokenizer(text).input_ids == tiny_tokenizer(text).input_ids
+    assert "<|endoftext|>" in tokenizer.additional_special_tokens
