@@ -29,9 +29,30 @@ def _reads_rope_parameters() -> bool:
         return False
 
 
-def _as_4x(rope: dict, where: str) -> dict:
+# Phi-3's own longrope form in transformers 4: exactly these three fields in rope_scaling, the
+# original context as a top-level key
+PHI3_LONGROPE = {"rope_type", "rope_theta", "partial_rotary_factor", "short_factor", "long_factor"}
+
+
+def _as_4x(rope: dict, where: str, model_type: str | None = None) -> dict:
     """One rope_parameters entry as transformers 4's keys."""
     kind = rope.get("rope_type", rope.get("type", "default"))
+    if (
+        kind == "longrope"
+        and model_type == "phi3"
+        and set(rope) - PHI3_LONGROPE <= {"original_max_position_embeddings"}
+    ):
+        keys = {
+            k: rope[k]
+            for k in ("rope_theta", "partial_rotary_factor", "original_max_position_embeddings")
+            if k in rope
+        }
+        scaling = {
+            "type": "longrope",
+            "short_factor": rope["short_factor"],
+            "long_factor": rope["long_factor"],
+        }
+        return {**keys, "rope_scaling": scaling}
     if kind != "default" and kind not in SCALINGS_IN_ROPE_SCALING:
         raise ModelError(
             f"{where}: rope_parameters of type {kind!r}, written by transformers 5, which the "
@@ -74,7 +95,7 @@ def as_transformers4(config: dict, where: str) -> dict:
                 )
             out["rope_local_base_freq"] = local["rope_theta"]
     else:
-        out.update(_as_4x(rope, where))
+        out.update(_as_4x(rope, where, config.get("model_type")))
     return out
 
 

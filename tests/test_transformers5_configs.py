@@ -15,6 +15,11 @@ from edgetune.models import load_causal_lm, resolve_model
 
 IDS = torch.tensor([[(i * 37) % 300 for i in range(40)]])
 ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_local_base_freq", "partial_rotary_factor")
+LONGROPE = {
+    "type": "longrope",
+    "short_factor": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5],
+    "long_factor": [2.0, 3, 4, 5, 6, 7],
+}
 LLAMA3 = {
     "factor": 8.0,
     "low_freq_factor": 1.0,
@@ -48,6 +53,18 @@ CASES = [
         {"rope_theta": 20000.0, "partial_rotary_factor": 0.5},
         {"partial_rotary_factor": 0.5, "rope_theta": 20000.0, "rope_type": "default"},
     ),
+    (  # Phi-4-mini's kind: IDS are longer than the original context, so the long factors apply
+        "Phi3ForCausalLM",
+        {"partial_rotary_factor": 0.75, "original_max_position_embeddings": 32, "rope_scaling": LONGROPE},
+        {
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.75,
+            "original_max_position_embeddings": 32,
+            "short_factor": LONGROPE["short_factor"],
+            "long_factor": LONGROPE["long_factor"],
+        },
+    ),
 ]
 
 
@@ -66,7 +83,9 @@ def _logits(model_dir):
         return load_causal_lm(model_dir).eval()(IDS).logits
 
 
-@pytest.mark.parametrize("arch, settings, rope_parameters", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "arch, settings, rope_parameters", CASES, ids=[f"{c[0]}-{c[2].get('rope_type')}" for c in CASES]
+)
 def test_a_model_saved_by_transformers5_loads_with_its_own_rope(
     tmp_path, tiny_tokenizer, arch, settings, rope_parameters
 ):
@@ -108,11 +127,11 @@ def test_a_gguf_of_a_model_saved_by_transformers5_carries_its_rope_base(tmp_path
 
 
 def test_rope_types_transformers4_cannot_be_told_are_refused(tmp_path, tiny_tokenizer):
-    """Phi-3's longrope keeps fields in other places in each version: refused, not guessed."""
+    """longrope outside Phi-3, whose transformers 4 form edgetune knows: refused, not guessed."""
     reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM")
     saved = _as_saved_by_transformers5(
         reference,
-        tmp_path / "v5" / "phi",
+        tmp_path / "v5" / "qwen3",
         {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": [1.0], "long_factor": [1.0]},
     )
     with pytest.raises(ModelError, match="rope_parameters of type 'longrope'.*other rotary embeddings"):
