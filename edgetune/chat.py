@@ -167,10 +167,11 @@ def trained_on_plain_prompts(run: Path, tokenizer) -> bool:
     return Renderer(tokenizer, template=template).plain_prompts(data_format)
 
 
-def _tokenizer(path: Path):
+def _tokenizer(path: Path, named: Path | None = None):
+    """The tokenizer in `path`, named in errors as `named` (the user's folder where `path` is a view)."""
     from edgetune.models import ResolvedModel, load_tokenizer
 
-    return load_tokenizer(ResolvedModel(str(path), path, "local"))
+    return load_tokenizer(ResolvedModel(str(named or path), path, "local"))
 
 
 def _refuse_without_cuda(fmt: str) -> None:
@@ -226,8 +227,9 @@ def open_chat(
     elif artifact.is_dir() and (artifact / "config.json").is_file():
         from edgetune.config_from_transformers5 import readable_model_dir
 
-        target = Target(artifact.name, "torch", "", "torch", device, readable_model_dir(artifact))
-        tokenizer_dir, tokenizer = artifact, _tokenizer(artifact)
+        readable = readable_model_dir(artifact)
+        target = Target(artifact.name, "torch", "", "torch", device, readable)
+        tokenizer_dir, tokenizer = readable, _tokenizer(readable, artifact)
     else:
         raise InputError(
             f"{artifact}: not a run directory, a .gguf file, an ONNX directory or an HF model directory"

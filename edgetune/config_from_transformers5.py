@@ -18,8 +18,20 @@ from pathlib import Path
 
 from edgetune.errors import ModelError
 
+# Model types whose transformers 4 config reads rope_theta, rope_scaling and partial_rotary_factor
+# as their transformers 5 rope_parameters mean them: checked one by one, tiny models saved by
+# transformers 5.25 against the same through the view on 4.57 (logits equal). Others are refused:
+# GPT-NeoX, say, reads its own keys (rotary_emb_base), and a view would change nothing.
+CHECKED_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2",
+    "gemma3", "gemma3_text", "phi", "phi3", "stablelm", "olmo2", "granite", "smollm3", "cohere2",
+    "starcoder2", "deepseek_v3",
+}  # fmt: skip
 # rope_type values that transformers 4 takes in rope_scaling with the same fields
 SCALINGS_IN_ROPE_SCALING = {"linear", "dynamic", "yarn", "llama3"}
+# Phi-3's own longrope form in transformers 4: exactly these three fields in rope_scaling, the
+# original context as a top-level key
+PHI3_LONGROPE = {"rope_type", "rope_theta", "partial_rotary_factor", "short_factor", "long_factor"}
 
 
 def _reads_rope_parameters() -> bool:
@@ -29,9 +41,11 @@ def _reads_rope_parameters() -> bool:
         return False
 
 
-# Phi-3's own longrope form in transformers 4: exactly these three fields in rope_scaling, the
-# original context as a top-level key
-PHI3_LONGROPE = {"rope_type", "rope_theta", "partial_rotary_factor", "short_factor", "long_factor"}
+def _cannot(where: str, what: str) -> ModelError:
+    return ModelError(
+        f"{where}: {what}, written by transformers 5, which the transformers 4 edgetune runs on "
+        "cannot be told the same way; it would load the model with other rotary embeddings"
+    )
 
 
 def _as_4x(rope: dict, where: str, model_type: str | None = None) -> dict:
@@ -54,48 +68,46 @@ def _as_4x(rope: dict, where: str, model_type: str | None = None) -> dict:
         }
         return {**keys, "rope_scaling": scaling}
     if kind != "default" and kind not in SCALINGS_IN_ROPE_SCALING:
-        raise ModelError(
-            f"{where}: rope_parameters of type {kind!r}, written by transformers 5, which the "
-            "transformers 4 edgetune runs on cannot be told the same way; it would load the model with "
-            "other rotary embeddings"
-        )
+        raise _cannot(where, f"rope_parameters of type {kind!r}")
     keys: dict = {}
     if "rope_theta" in rope:
         keys["rope_theta"] = rope["rope_theta"]
     if "partial_rotary_factor" in rope:
         keys["partial_rotary_factor"] = rope["partial_rotary_factor"]
     scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
+    if kind == "default" and set(scaling) - {"rope_type"}:  # e.g. Qwen2-VL's mrope_section
+        raise _cannot(where, f"rope_parameters with {sorted(set(scaling) - {'rope_type'})}")
     keys["rope_scaling"] = None if kind == "default" else {**scaling, "rope_type": kind}
     return keys
 
 
 def as_transformers4(config: dict, where: str) -> dict:
-    """`config` with its rope_parameters also spelled as transformers 4 reads them (nested configs,
-    e.g. a multimodal model's text_config, too); the same dict where there is nothing to spell."""
+    """`config` with its rope_parameters also spelled as transformers 4 reads them (a multimodal
+    model's text_config too); the same dict where there is nothing to spell."""
     out = dict(config)
-    for key, value in config.items():
-        if key.endswith("_config") and isinstance(value, dict):
-            out[key] = as_transformers4(value, f"{where} ({key})")
+    if isinstance(config.get("text_config"), dict):
+        out["text_config"] = as_transformers4(config["text_config"], f"{where} (text_config)")
     rope = config.get("rope_parameters")
-    if not isinstance(rope, dict):
+    # transformers 5 itself takes a rope_scaling that is set (added by hand, as Qwen's docs tell
+    # for YaRN, or kept by a transformers 4 save) over rope_parameters: so does transformers 4
+    if not isinstance(rope, dict) or config.get("rope_scaling"):
         return out
-    if any(isinstance(v, dict) for v in rope.values()):  # per layer type (Gemma 3)
+    model_type = config.get("model_type")
+    if model_type not in CHECKED_MODEL_TYPES:
+        raise _cannot(where, f"rope_parameters of a {model_type!r} model")
+    if any(isinstance(v, dict) for v in rope.values()):  # per layer type
         unknown = sorted(set(rope) - {"full_attention", "sliding_attention"})
-        if unknown:
-            raise ModelError(
-                f"{where}: rope_parameters for layer types {unknown} (transformers 5) are not known"
-            )
+        if unknown or model_type not in ("gemma3", "gemma3_text"):
+            raise _cannot(where, f"rope_parameters per layer type ({', '.join(sorted(rope))})")
         out.update(_as_4x(rope.get("full_attention", {}), where))
         sliding = rope.get("sliding_attention")
         if sliding:
             local = _as_4x(sliding, where)
             if local["rope_scaling"] is not None:
-                raise ModelError(
-                    f"{where}: scaled RoPE on sliding-window layers cannot be told to transformers 4"
-                )
+                raise _cannot(where, "scaled RoPE on sliding-window layers")
             out["rope_local_base_freq"] = local["rope_theta"]
     else:
-        out.update(_as_4x(rope, where, config.get("model_type")))
+        out.update(_as_4x(rope, where, model_type))
     return out
 
 
@@ -144,17 +156,25 @@ def readable_model_dir(path: Path) -> Path:
 
 def _write_view(source: Path, view: Path, rewritten: dict[str, str]) -> None:
     """The view appears whole or not at all: made aside, then renamed into place."""
-    staging = view.parent.with_name(f".{view.parent.name}.{os.getpid()}.tmp")
-    folder = staging / view.name
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in source.iterdir():
-        if entry.name not in rewritten:
-            (folder / entry.name).symlink_to(entry)
-    for name, text in rewritten.items():
-        (folder / name).write_text(text)
-    try:
-        os.replace(staging, view.parent)
-    except OSError:  # another process made it first: theirs is the same
-        import shutil
+    import shutil
+    import tempfile
 
+    from edgetune.rundir import give_umask_modes
+
+    view.parent.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=view.parent.parent, prefix=f".{view.parent.name}.", suffix=".tmp"))
+    try:
+        folder = staging / view.name
+        folder.mkdir()
+        for entry in source.iterdir():
+            if entry.name not in rewritten:
+                (folder / entry.name).symlink_to(entry)
+        for name, text in rewritten.items():
+            (folder / name).write_text(text)
+        give_umask_modes(staging)  # mkdtemp's 700 would keep a shared cache from other users
+        os.replace(staging, view.parent)
+    except OSError:
+        if not view.is_dir():  # not another process's view, made first: a real failure
+            raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)

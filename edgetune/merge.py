@@ -207,7 +207,7 @@ def refuse_changed_base(model_ref, manifest: dict[str, Any], warn) -> None:
     trained = manifest.get("base_model", {}).get("sha256")
     if not trained or model_ref.kind == "hub":  # a hub model's gigabytes, read again for a warning
         return
-    if sha256_tree(model_ref.path) == trained:
+    if sha256_tree(model_ref.files) == trained:
         return
     if model_ref.kind == "local":
         raise InputError(

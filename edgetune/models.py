@@ -64,8 +64,15 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str  # what the user asked for
-    path: Path  # local HF directory
+    path: Path  # local HF directory, the one to load
     kind: str  # "builtin" | "local" | "hub"
+    # the folder whose files are the model, which runs hash and name: `path` itself, or the user's
+    # folder where `path` is edgetune's view of it (config_from_transformers5)
+    origin: Path | None = None
+
+    @property
+    def files(self) -> Path:
+        return self.origin or self.path
 
 
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -114,11 +121,11 @@ def resolve_model(
 
         check_model_dir(path)
         refuse_stored_quantized(path, name)
-        return ResolvedModel(name, readable_model_dir(path.resolve()), "local")
+        return ResolvedModel(name, readable_model_dir(path.resolve()), "local", path.resolve())
     if HUB_ID.match(name) and not name.startswith((".", "/")):
         downloaded = _download(name, revision)
         refuse_stored_quantized(downloaded, name)
-        return ResolvedModel(name, readable_model_dir(downloaded), "hub")
+        return ResolvedModel(name, readable_model_dir(downloaded), "hub", downloaded)
     raise ModelError(
         f"unknown base model {name!r}: not a built-in alias ({', '.join(BUILTINS)}), "
         "an existing directory, or a hub id like org/name"

@@ -165,3 +165,85 @@ def test_a_tokenizer_saved_by_transformers5_loads_as_it_was(tmp_path, tiny_token
     text = "Hello world<|im_end|> <|endoftext|>"
     assert tokenizer(text).input_ids == tiny_tokenizer(text).input_ids
     assert "<|endoftext|>" in tokenizer.additional_special_tokens
+    # chat on the folder itself reads its tokenizer through the view too
+    from click.testing import CliRunner
+
+    from edgetune.cli import main
+
+    result = CliRunner().invoke(main, ["chat", str(saved), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_tune_on_such_a_model_names_and_hashes_the_users_folder(tmp_path, tiny_tokenizer):
+    """The tune hashed edgetune's view (its rewritten config.json), `run` the user's folder: the two
+    never matched, so `run` retrained a finished tune; and the adapter named the cache as its base."""
+    from test_tune import make_recipe
+
+    from edgetune.rundir import sha256_tree
+    from edgetune.tune.run import tune
+
+    reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM", rope_theta=1e6)
+    saved = _as_saved_by_transformers5(reference, tmp_path / "v5" / "qwen3", CASES[0][2])
+    recipe = make_recipe(tmp_path, saved, max_steps=1, eval_steps=1, save_steps=1)
+    run = tune(str(recipe)).run_dir
+    base = json.loads((run / "manifest.json").read_text())["base_model"]
+    assert base["path"] == str(saved.resolve()) and base["sha256"] == sha256_tree(saved)
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(saved.resolve())
+
+
+def test_a_rope_scaling_set_beside_rope_parameters_is_the_one_read(tmp_path):
+    """transformers 5 takes a set rope_scaling (YaRN added by hand, as Qwen's docs say) over
+    rope_parameters; the view had spelled rope_parameters over it and dropped the scaling."""
+    from edgetune.config_from_transformers5 import as_transformers4
+
+    config = {
+        "model_type": "qwen3",
+        "rope_theta": 1e6,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+    }
+    assert as_transformers4(config, "config.json") == config
+
+
+def test_model_types_not_checked_are_refused_and_other_parts_left_alone():
+    """GPT-NeoX reads its own keys (rotary_emb_base), so a view would change nothing: refused. A
+    vision tower's rope kind is not the text model's business."""
+    from edgetune.config_from_transformers5 import as_transformers4
+
+    neox = {"model_type": "gpt_neox", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    with pytest.raises(ModelError, match="rope_parameters of a 'gpt_neox' model"):
+        as_transformers4(neox, "config.json")
+    text = {"model_type": "qwen3", "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    vision = {"model_type": "some_vision", "rope_parameters": {"rope_type": "axial"}}
+    spelled = as_transformers4({"text_config": text, "vision_config": vision}, "config.json")
+    assert spelled["text_config"]["rope_theta"] == 1e6 and spelled["vision_config"] == vision
+
+
+def test_a_view_made_halfway_leaves_nothing_that_stops_the_next(tmp_path, tiny_tokenizer, monkeypatch):
+    """A view interrupted halfway left its staging folder, named by the process id, and the next
+    process with that id (PID 1 in every container) failed on it for good."""
+    from pathlib import Path
+
+    from edgetune.models import cache_dir
+
+    reference = build_tiny_model(tmp_path / "v4", tiny_tokenizer, "Qwen3ForCausalLM", rope_theta=1e6)
+    saved = _as_saved_by_transformers5(reference, tmp_path / "v5" / "qwen3", CASES[0][2])
+    real = Path.symlink_to
+    calls = []
+
+    def fail_on_the_third(self, target):
+        calls.append(target)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, target)
+
+    views = cache_dir() / "transformers4-configs"
+    before = sorted(views.iterdir()) if views.is_dir() else []  # other tests' views
+    monkeypatch.setattr(Path, "symlink_to", fail_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        resolve_model(str(saved))
+    monkeypatch.setattr(Path, "symlink_to", real)
+    assert sorted(views.iterdir()) == before  # nothing half made, nothing left behind
+    path = resolve_model(str(saved)).path
+    assert torch.allclose(_logits(path), _logits(reference), atol=1e-6)

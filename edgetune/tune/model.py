@@ -150,6 +150,7 @@ def load_for_training(
     else:
         kwargs["dtype"] = getattr(torch, setup.dtype)
     base = load_causal_lm(model.path, **kwargs)
+    base.name_or_path = str(model.files)  # what the adapter's config names: the user's folder, not a view
     base.config.use_cache = False  # the KV cache is useless in training and costs memory
     if gradient_checkpointing is None:
         gradient_checkpointing = setup.method == "qlora" and setup.device == "cuda"

@@ -236,7 +236,7 @@ def _prepare_training(
         recipe.model.base, recipe.model.revision, quiet=not main, allow_pickle=recipe.model.allow_pickle
     )
     # every rank checks a resume (one refusing alone would leave the others waiting in training)
-    base_sha256 = sha256_tree(model_ref.path) if main or resume_from is not None else ""
+    base_sha256 = sha256_tree(model_ref.files) if main or resume_from is not None else ""
     if resume_from is not None:
         refuse_changed_inputs(run_dir, recipe, model_ref, base_sha256, warn)
     tokenizer = load_tokenizer(model_ref, recipe.model.trust_remote_code)
@@ -377,7 +377,7 @@ def _write_start_manifest(
         base_model={
             "name": model_ref.name,
             "kind": model_ref.kind,
-            "path": str(model_ref.path),
+            "path": str(model_ref.files),
             "sha256": base_sha256,
         },
         # the system prompt every training chat had as rendered (its own, or data.system_prompt where
