@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.edgetune-installed
 PYTEST_ARGS ?= -m "not gpu"
 
-.PHONY: install demo test test-fast bench lint clean constraints
+.PHONY: install demo test test-fast bench lint clean upgrade constraints
 
 install: $(STAMP)
 
@@ -43,8 +43,12 @@ lint: install
 	$(VENV)/bin/ruff check edgetune tests bench scripts
 	$(VENV)/bin/ruff format --check edgetune tests bench scripts
 
-# after `make test` passed in a venv with newer packages (`$(PIP) install -U -e ".[dev]" "$(TORCH_SPEC)"`): pin
-# what it has
+# moving the pins on: `make upgrade` (the newest versions pyproject allows, constraints.txt aside),
+# `make test`, then `make constraints` writes what passed
+upgrade: install
+	$(PIP) install --quiet --upgrade -e ".[dev]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
 constraints:
 	$(PY) scripts/pin_tested_versions.py constraints.txt
 

