@@ -111,7 +111,7 @@ def as_transformers4(config: dict, where: str) -> dict:
     return out
 
 
-def tokenizer_config_as_transformers4(config: dict) -> dict:
+def tokenizer_config_as_transformers4(config: dict, where: str = "") -> dict:
     """transformers 5 names its tokenizer.json-backed class TokenizersBackend (transformers 4 refuses
     to load it: PreTrainedTokenizerFast is the same) and lists extra special tokens where
     transformers 4 expects a mapping of names (it fails on the list)."""
@@ -134,11 +134,14 @@ def readable_model_dir(path: Path) -> Path:
     from edgetune.validate import check_json
 
     rewritten = {}
-    for name, spell in (("config.json", as_transformers4), ("tokenizer_config.json", None)):
+    for name, spell in (
+        ("config.json", as_transformers4),
+        ("tokenizer_config.json", tokenizer_config_as_transformers4),
+    ):
         if not (path / name).is_file():
             continue
         config = check_json(path / name)
-        spelled = spell(config, str(path / name)) if spell else tokenizer_config_as_transformers4(config)
+        spelled = spell(config, str(path / name))
         if spelled != config:
             rewritten[name] = json.dumps(spelled, indent=2, sort_keys=True) + "\n"
     if not rewritten:
@@ -155,7 +158,9 @@ def readable_model_dir(path: Path) -> Path:
 
 
 def _write_view(source: Path, view: Path, rewritten: dict[str, str]) -> None:
-    """The view appears whole or not at all: made aside, then renamed into place."""
+    """The view appears whole or not at all: made aside, then renamed into place. Not rundir's
+    atomic_dir, which replaces what is there: two processes making the same view at once, the second
+    would remove the first's while it reads through it; here the first one made stays."""
     import shutil
     import tempfile
 

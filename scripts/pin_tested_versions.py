@@ -9,12 +9,14 @@ chooses the build); the built-in model's package, which the Makefile pins; pip's
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from packaging.utils import canonicalize_name as canonical
+
+from edgetune.rundir import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 # nvidia-ml-py is edgetune's own (bench reads GPU memory through it), not one of torch's CUDA packages
@@ -29,10 +31,6 @@ HEADER = """\
 # edgetune works with, for `pip install` outside the Makefile. torch, and what torch alone needs,
 # are TORCH_SPEC's.
 """
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def pins(installed: dict[str, str], torch_needs: set[str], python: str) -> list[str]:
@@ -65,11 +63,7 @@ def main(out: Path) -> None:
     python = ".".join(map(str, sys.version_info[:2]))
     lines = pins(installed_versions(), torch_requirements(), python)
     text = HEADER.format(python=python) + "".join(f"{line}\n" for line in lines)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
+    atomic_write_text(out, text)
     print(f"{out}: {text.count(chr(10)) - HEADER.count(chr(10))} packages pinned (Python {python})")
 
 
