@@ -76,7 +76,7 @@ def plain_call_difference(shipped_tokenizer, model_tokenizer, texts: list[str]) 
     added), first parts from the merged model's on `texts`; None where they agree. (The parity
     loop adds special tokens itself, as the renderer does, so a post-processor that adds a BOS
     the model never saw passed it.)"""
-    from edgetune.export.parity import ids_difference
+    from edgetune.export.tokenizer_probe import ids_difference
 
     for text in texts:
         shipped = shipped_tokenizer(text)["input_ids"]

@@ -23,6 +23,7 @@ from edgetune.bench.targets import refuse_another_width
 from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
 from edgetune.export.gguf_hparams import ModelHparams, hparam_mismatches, model_hparams
+from edgetune.export.tokenizer_probe import PROBE_TEXT, ids_difference, split_otherwise
 
 GOALS: dict[str, dict[str, float]] = {
     # f32: a KL bound too, as a file that keeps every token's rank can still be wrong (a norm weight
@@ -119,10 +120,11 @@ def check_artifact(
     template: str | dict | None = None,
     kl_goals: dict[str, float] | None = None,
     hparams: ModelHparams | None = None,
+    probe_ids: list[int] | None = None,
 ) -> ParityRow:
     """`template`: the chat template the file should carry (the model directory's own); `kl_goals`:
     the recipe's export.parity_kl; `hparams`: the architecture keys the file should carry (a file
-    whose keys differ fails on them, unmeasured)."""
+    whose keys differ fails on them, unmeasured); `probe_ids`: the model's ids for PROBE_TEXT."""
     from edgetune.export.llama_runtime import (
         end_of_generation_ids,
         file_chat_template,
@@ -189,6 +191,15 @@ def check_artifact(
         stopped = bool(got) and got[-1] in eos_ids
         greedy.append(got == r.greedy)
         eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
+    if probe_ids is not None and not any(differences):  # else the prompts said it
+        kind = llm.metadata.get("tokenizer.ggml.pre") and "pre" or "model"
+        problems += split_otherwise(
+            "the file's",
+            front_end_ids(llm, PROBE_TEXT),
+            probe_ids,
+            partial(llm.detokenize, special=True),
+            f"its tokenizer.ggml.{kind} is {llm.metadata.get(f'tokenizer.ggml.{kind}')!r}",
+        )
     del llm
     row = _row(path.name, quant, differences, kls, top1s, greedy, eos)
     row.file_problems = problems
@@ -201,28 +212,6 @@ def unmeasured(artifact: str, quant: str, problems: list[str]) -> ParityRow:
     nan = float("nan")
     return ParityRow(
         artifact, quant, 0, True, nan, nan, nan, nan, False, list(problems), file_problems=problems
-    )
-
-
-def ids_difference(shipped: list[int], model: list[int], decode) -> str:
-    """Where the ids a shipped file's tokenizer gives a prompt first part from the model's, in
-    words ("" when they agree): the usual causes are a BOS added or lost, and a pre-tokenizer or
-    vocabulary that splits text otherwise."""
-    if shipped == model:
-        return ""
-
-    def text(ids: list[int]) -> str:  # llama.cpp detokenizes to bytes
-        piece = decode(ids)
-        return piece.decode(errors="replace") if isinstance(piece, bytes) else piece
-
-    if shipped[1:] == model:
-        return f"the file adds {text(shipped[:1])!r} (id {shipped[0]}) before the prompt, the model does not"
-    if model[1:] == shipped:
-        return f"the file leaves out the model's {text(model[:1])!r} (id {model[0]}) before the prompt"
-    at = next((i for i, (a, b) in enumerate(zip(shipped, model)) if a != b), min(len(shipped), len(model)))
-    return (
-        f"from token {at} of {len(model)} the file reads {text(shipped[at : at + 3])!r} "
-        f"(ids {shipped[at : at + 3]}), the model {text(model[at : at + 3])!r} (ids {model[at : at + 3]})"
     )
 
 
@@ -289,11 +278,14 @@ def check_gguf(
     eos_ids = sorted(renderer.stop_ids)
     template = AutoTokenizer.from_pretrained(str(model_dir)).chat_template  # what the converter writes
     hparams = model_hparams(model_dir)
+    probe_ids = renderer.ids_for_text(PROBE_TEXT)
     rows = []
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
-        rows.append(check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams))
+        rows.append(
+            check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams, probe_ids)
+        )
     return rows
 
 
@@ -338,6 +330,14 @@ def check_onnx_variant(
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
             cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
+    if not any(differences):  # else the prompts said it
+        problems += split_otherwise(
+            "the folder's",
+            shipped.ids_for_text(PROBE_TEXT),
+            renderer.ids_for_text(PROBE_TEXT),
+            tokenizer.decode,
+            "its tokenizer.json's normalizer and pre_tokenizer",
+        )
     row = _row(directory.name, quant, differences, kls, top1s, same, eos, cached or None)
     row.file_problems = problems
     return judge(row, kl_goals)

@@ -1,0 +1,59 @@
+"""Where a shipped file's token ids part from the model's, and a text that makes them part
+where their pre-tokenizers differ.
+
+The parity prompts are the user's held-out examples: a pre-tokenizer that splits digits or
+contractions otherwise shows only where they hold such text (SmolLM2's file relabelled from
+"smollm" to "llama-bpe" changed 2 of the demo's 8 prompts, to "deepseek-v3" none). This text has
+what the split rules llama.cpp knows differ on: contractions in any case, digit runs, whitespace
+and punctuation runs, camel case, code, accents and scripts without case. Characters that an NFC
+or NFKC normaliser rewrites (combining marks, no-break spaces, full-width forms) are left out:
+llama.cpp does not normalise, so they would part a correct file from its model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PROBE_TEXT = (
+    "I'm sure you'RE right: it's HelloWorld's JSONParser. We'll see, they've said IT'S fine, don't.\n"
+    "Read 1234567 rows in 3.14159 s on 2026-12-07 (E1042, v2.0.1, 0x1F, 42%).\n"
+    "  spaced   out\t\ttabs   \n\n\n\r\nend!!! ...?! -- ``` x**2 // y\n"
+    "def f(x):\n    return x  # note\n"
+    "caf\u00e9 na\u00efve \u00c5ngstr\u00f6m \u00fcber \u00f1 \u0663\u0664\u0665 "
+    "\u65e5\u672c\u8a9e\u30c6\u30ad\u30b9\u30c8 \U0001f600"
+)
+
+
+def split_otherwise(
+    whose: str, shipped: list[int], model: list[int], decode: Callable, hint: str
+) -> list[str]:
+    """The problem, in words, where `shipped` (the file's ids for PROBE_TEXT) is not `model` (the
+    merged model's); [] where they agree. `hint`: the setting that decides the split in that file."""
+    if shipped == model:
+        return []
+    return [
+        f"{whose} tokenizer splits text otherwise than the model's: {ids_difference(shipped, model, decode)} "
+        f"(front-ends would read prompts as other tokens; {hint})"
+    ]
+
+
+def ids_difference(shipped: list[int], model: list[int], decode) -> str:
+    """Where the ids a shipped file's tokenizer gives a prompt first part from the model's, in
+    words ("" when they agree): the usual causes are a BOS added or lost, and a pre-tokenizer or
+    vocabulary that splits text otherwise."""
+    if shipped == model:
+        return ""
+
+    def text(ids: list[int]) -> str:  # llama.cpp detokenizes to bytes
+        piece = decode(ids)
+        return piece.decode(errors="replace") if isinstance(piece, bytes) else piece
+
+    if shipped[1:] == model:
+        return f"the file adds {text(shipped[:1])!r} (id {shipped[0]}) before the prompt, the model does not"
+    if model[1:] == shipped:
+        return f"the file leaves out the model's {text(model[:1])!r} (id {model[0]}) before the prompt"
+    at = next((i for i, (a, b) in enumerate(zip(shipped, model)) if a != b), min(len(shipped), len(model)))
+    return (
+        f"from token {at} of {len(model)} the file reads {text(shipped[at : at + 3])!r} "
+        f"(ids {shipped[at : at + 3]}), the model {text(model[at : at + 3])!r} (ids {model[at : at + 3]})"
+    )

@@ -1,0 +1,111 @@
+"""Parity tokenises a fixed text on which pre-tokenizers part, with the shipped file and with the
+model: a file whose split rules are not the model's fails even where the user's held-out prompts
+hold nothing that shows it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import CORPUS, build_tiny_model, build_tokenizer
+from test_gguf import TRICKY
+from test_gguf_hparams import rewrite_gguf
+
+from edgetune.data.render import Renderer
+from edgetune.data.rows import Example
+from edgetune.export.gguf_vocab import LLAMA3_REGEX, QWEN2_REGEX
+
+# digits alone split otherwise under Qwen2's rule (one by one) than under Llama 3's (up to three)
+WORDS_ONLY = Example(
+    "messages", messages=(("user", "router lost its uplink"), ("assistant", "ok")), source="t:1"
+)
+
+
+@pytest.fixture(scope="module")
+def llama3_split(tmp_path_factory):
+    tok = build_tokenizer(split_regex=LLAMA3_REGEX, corpus=CORPUS + TRICKY, vocab_size=600)
+    return build_tiny_model(tmp_path_factory.mktemp("probe"), tok, "LlamaForCausalLM"), tok
+
+
+def test_a_gguf_whose_pre_tokenizer_is_not_the_models_fails_though_the_prompts_agree(tmp_path, llama3_split):
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.parity import check_gguf
+
+    model_dir, tok = llama3_split
+    path = convert(model_dir, tmp_path / "model-f32.gguf", "f32")
+    (row,) = check_gguf(model_dir, [("f32", path)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.passed, row.failures
+
+    rewrite_gguf(path, {"tokenizer.ggml.pre": "qwen2"})
+    (row,) = check_gguf(model_dir, [("f32", path)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.ids_equal and row.kl < 1e-5  # the prompt is read alike, and computes alike
+    assert not row.passed
+    (said,) = row.failures
+    assert said.startswith("the file's tokenizer splits text otherwise than the model's: from token "), said
+    assert "its tokenizer.ggml.pre is 'qwen2'" in said, said
+
+
+def test_an_onnx_folder_whose_pre_tokenizer_is_not_the_models_fails_though_the_prompts_agree(
+    tmp_path, llama3_split
+):
+    from edgetune.export.onnx_export import OnnxExportConfig, export_onnx
+    from edgetune.export.parity import check_onnx
+
+    model_dir, tok = llama3_split
+    (folder,) = [
+        a.path for a in export_onnx(model_dir, tmp_path / "onnx", ["fp32"], OnnxExportConfig()).artifacts
+    ]
+    (row,) = check_onnx(model_dir, [("fp32", folder)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.passed, row.failures
+
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    split = spec["pre_tokenizer"]["pretokenizers"][0]
+    assert split["pattern"]["Regex"] == LLAMA3_REGEX
+    split["pattern"]["Regex"] = QWEN2_REGEX
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (row,) = check_onnx(model_dir, [("fp32", folder)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.ids_equal and not row.passed
+    (said,) = row.failures
+    assert said.startswith("the folder's tokenizer splits text otherwise than the model's: from token "), said
+    assert "normalizer and pre_tokenizer" in said, said
+
+
+def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tmp_path):
+    """No false failure: SentencePiece (Llama 2 with and without legacy spaces, Gemma) and every
+    split regex edgetune names; the real SmolLM2 runs it in the end-to-end exports."""
+    from test_gguf import train_sentencepiece
+    from transformers import GemmaTokenizerFast, LlamaTokenizerFast
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
+    from edgetune.export.llama_runtime import load_llama
+    from edgetune.export.parity import front_end_ids
+    from edgetune.export.tokenizer_probe import PROBE_TEXT
+
+    train_sentencepiece(tmp_path / "spm", pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+    names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    kinds = {
+        "llama2-legacy": (
+            LlamaTokenizerFast(vocab_file=str(tmp_path / "spm.model"), legacy=True, **names),
+            "LlamaForCausalLM",
+        ),
+        "llama2": (
+            LlamaTokenizerFast(vocab_file=str(tmp_path / "spm.model"), legacy=False, **names),
+            "LlamaForCausalLM",
+        ),
+        "gemma": (
+            GemmaTokenizerFast(vocab_file=str(tmp_path / "spm.model"), pad_token="<pad>", **names),
+            "Gemma3ForCausalLM",
+        ),
+        "gpt2": (build_tokenizer(), "LlamaForCausalLM"),
+    }
+    for regex, pre in SPLIT_REGEX_PRE.items():
+        kinds[pre] = (
+            build_tokenizer(split_regex=regex, corpus=CORPUS + TRICKY, vocab_size=600),
+            "LlamaForCausalLM",
+        )
+    for kind, (tok, arch) in kinds.items():
+        model_dir = build_tiny_model(tmp_path / kind, tok, arch, vocab_size=len(tok))
+        llm = load_llama(convert(model_dir, tmp_path / f"{kind}.gguf", "f32"), n_ctx=64)
+        assert front_end_ids(llm, PROBE_TEXT) == Renderer(tok).ids_for_text(PROBE_TEXT), kind
+        del llm
