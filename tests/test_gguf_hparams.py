@@ -28,9 +28,12 @@ def gguf_run(tiny_model_dir, tmp_path_factory):
     return run
 
 
-def rewrite_gguf(path: Path, changes: dict | None = None, drop=(), add: dict | None = None) -> None:
+def rewrite_gguf(
+    path: Path, changes: dict | None = None, drop=(), add: dict | None = None, tensors: dict | None = None
+) -> None:
     """`path` written again with the key/values in `changes` ({key: value}, each keeping its type),
-    without the keys in `drop`, with the ones in `add` ({key: (value, GGUFValueType)})."""
+    without the keys in `drop`, with the ones in `add` ({key: (value, GGUFValueType)}), and with the
+    tensors in `tensors` ({name: F32 array, or None to leave it out}) in place of or beside its own."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     changes = changes or {}
@@ -45,8 +48,14 @@ def rewrite_gguf(path: Path, changes: dict | None = None, drop=(), add: dict | N
         writer.add_key_value(field.name, changes.get(field.name, field.contents()), kind, sub_type=sub)
     for key, (value, kind) in (add or {}).items():
         writer.add_key_value(key, value, kind)
+    tensors = dict(tensors or {})
     for t in reader.tensors:
-        writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+        if t.name not in tensors:
+            writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
+        elif (replaced := tensors.pop(t.name)) is not None:
+            writer.add_tensor(t.name, np.asarray(replaced, dtype=np.float32))
+    for name, added in tensors.items():
+        writer.add_tensor(name, np.asarray(added, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -213,4 +222,82 @@ def test_a_windowed_models_file_may_say_its_whole_context_as_llama_cpps_converte
     rewrite_gguf(out, {"llama.context_length": 64})
     assert hparam_mismatches(out, expected) == [
         f"llama.context_length is 64 in the file, 128 in {model_dir}/config.json"
+    ]
+
+
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 32,
+}
+
+
+def test_rotary_settings_stored_as_tensors_or_added_keys_are_compared_with_the_model(
+    tmp_path, tiny_tokenizer
+):
+    """Llama 3's rope_freqs and longrope's factors are tensors, and a rope scaling key a file adds
+    to a model without one was never compared: a Llama 3.1 file without rope_freqs (as llama.cpp's
+    converter made them before it wrote one) or a plain model's file scaled 4x passed on KL alone."""
+    from conftest import build_tiny_model
+    from gguf import GGUFValueType
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.gguf_hparams import hparam_mismatches, model_hparams
+
+    llama3 = build_tiny_model(
+        tmp_path / "llama3", tiny_tokenizer, "LlamaForCausalLM", rope_scaling=LLAMA3_SCALING
+    )
+    out = convert(llama3, tmp_path / "llama3.gguf", "f32")
+    expected = model_hparams(llama3)
+    freqs = expected.tensors["rope_freqs.weight"]
+    assert freqs.max() == 8.0 and hparam_mismatches(out, expected) == []
+    source = f"{llama3}/config.json"
+    rewrite_gguf(out, tensors={"rope_freqs.weight": None})
+    assert hparam_mismatches(out, expected) == [
+        f"the file has no rope_freqs.weight, which {source}'s rope_scaling gives"
+    ]
+    rewrite_gguf(out, tensors={"rope_freqs.weight": freqs * 1.1})
+    assert hparam_mismatches(out, expected) == [
+        f"rope_freqs.weight differs from {source}'s rope_scaling (by up to 10.0%)"
+    ]
+    rewrite_gguf(out, tensors={"rope_freqs.weight": freqs[:4]})
+    assert hparam_mismatches(out, expected) == [
+        f"rope_freqs.weight is 4 F32 values in the file; {source}'s rope_scaling gives {freqs.size}"
+    ]
+
+    plain = build_tiny_model(tmp_path / "plain", tiny_tokenizer, "LlamaForCausalLM")
+    out = convert(plain, tmp_path / "plain.gguf", "f32")
+    expected, source = model_hparams(plain), f"{plain}/config.json"
+    rewrite_gguf(out, add={"llama.rope.scaling.factor": (1.0, GGUFValueType.FLOAT32)})
+    assert hparam_mismatches(out, expected) == []  # a factor of 1 scales nothing
+    rewrite_gguf(
+        out,
+        {"llama.rope.scaling.factor": 4.0},
+        add={"llama.rope.scaling.type": ("yarn", GGUFValueType.STRING)},
+        tensors={"rope_freqs.weight": freqs},
+    )
+    assert hparam_mismatches(out, expected) == [
+        f"llama.rope.scaling.type is 'yarn' in the file; {source} has no rope_scaling",
+        f"llama.rope.scaling.factor is 4 in the file; {source} has no rope_scaling",
+        f"the file has rope_freqs.weight, which {source}'s rope settings do not give",
+    ]
+
+
+def test_longrope_factors_swapped_in_a_file_are_named(tmp_path, tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.gguf_hparams import hparam_mismatches, model_hparams
+
+    model_dir = build_tiny_model(tmp_path, tiny_tokenizer, "Phi3ForCausalLM", **PHI3_LONGROPE)
+    out = convert(model_dir, tmp_path / "phi3.gguf", "f32")
+    expected = model_hparams(model_dir)
+    long, short = expected.tensors["rope_factors_long.weight"], expected.tensors["rope_factors_short.weight"]
+    rewrite_gguf(out, tensors={"rope_factors_long.weight": short, "rope_factors_short.weight": long})
+    source = f"{model_dir}/config.json"
+    assert hparam_mismatches(out, expected) == [
+        f"rope_factors_long.weight differs from {source}'s rope_scaling (by up to 88.9%)",
+        f"rope_factors_short.weight differs from {source}'s rope_scaling (by up to 800.0%)",
     ]

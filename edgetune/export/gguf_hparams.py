@@ -33,6 +33,30 @@ class ModelHparams:
     values: dict[str, gguf.GGUFValue]  # by key without the "{arch}." prefix
     # other values a key may hold in a file from llama.cpp's converter, as legitimate as edgetune's
     also: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # the rotary settings llama.cpp takes as tensors (Llama 3's rope_freqs, longrope's factors), by
+    # tensor name: a file must carry exactly these, with these values
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    rope_scaled: bool = False  # the config has a rope_scaling (else a file's must scale nothing)
+
+
+# tensors that are settings, not weights: a file without them, or with them where the model has
+# none, computes other rotations, which a few short prompts hardly show (Llama 3.1 files made before
+# llama.cpp wrote rope_freqs lost their long-context scaling with a KL near zero)
+SETTING_TENSORS = tuple(
+    gguf.TENSOR_NAMES[t] + ".weight"
+    for t in (
+        gguf.MODEL_TENSOR.ROPE_FREQS,
+        gguf.MODEL_TENSOR.ROPE_FACTORS_LONG,
+        gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT,
+    )
+)
+# where the model has no rope_scaling, the values of these keys that scale nothing in llama.cpp (its
+# default type is linear, and a factor of 0 reads as 1)
+_S, _F = gguf.GGUFValueType.STRING, gguf.GGUFValueType.FLOAT32
+_UNSCALED = {
+    "rope.scaling.type": (gguf.GGUFValue("none", _S), gguf.GGUFValue("linear", _S)),
+    "rope.scaling.factor": (gguf.GGUFValue(0.0, _F), gguf.GGUFValue(1.0, _F)),
+}
 
 
 def model_hparams(model_dir: Path) -> ModelHparams | None:
@@ -64,7 +88,12 @@ def model_hparams(model_dir: Path) -> ModelHparams | None:
     # (gguf_convert.context_length); llama.cpp's converter writes max_position_embeddings: Phi-3-
     # mini-4k's own file says 4096 where edgetune's says 2047, Mistral-7B-v0.1's 32768, not 4096
     also = {"context_length": (int(config.max_position_embeddings),)}
-    return ModelHparams(config_file(config), values, also)
+    written = {name: info.tensor for name, info in writer.tensors[0].items() if info.tensor is not None}
+    tensors = {
+        name: np.asarray(written[name], dtype=np.float32) for name in SETTING_TENSORS if name in written
+    }
+    scaled = bool(getattr(config, "rope_scaling", None))
+    return ModelHparams(config_file(config), values, also, tensors, scaled)
 
 
 def hparam_mismatches(path: Path, expected: ModelHparams) -> list[str]:
@@ -91,6 +120,36 @@ def hparam_mismatches(path: Path, expected: ModelHparams) -> list[str]:
                 f"{arch}.{suffix} is {_shown(got, want)} in the file, "
                 f"{_shown(want.value, want)} in {expected.source}"
             )
+    for suffix, neutral in _UNSCALED.items() if not expected.rope_scaled else ():
+        stored = reader.get_field(f"{arch}.{suffix}")
+        if stored is not None and not any(_same(stored.contents(), v) for v in neutral):
+            shown = _shown(stored.contents(), neutral[0])
+            lines.append(f"{arch}.{suffix} is {shown} in the file; {expected.source} has no rope_scaling")
+    return lines + _setting_tensor_mismatches(reader, expected)
+
+
+def _setting_tensor_mismatches(reader: gguf.GGUFReader, expected: ModelHparams) -> list[str]:
+    found = {t.name: t for t in reader.tensors if t.name in SETTING_TENSORS}
+    lines = []
+    for name in SETTING_TENSORS:
+        want, tensor = expected.tensors.get(name), found.get(name)
+        if want is None and tensor is not None:
+            lines.append(f"the file has {name}, which {expected.source}'s rope settings do not give")
+        elif want is not None and tensor is None:
+            lines.append(f"the file has no {name}, which {expected.source}'s rope_scaling gives")
+        elif want is not None and tensor is not None:
+            # llama.cpp's converters keep them F32; F16 would round them (to 1e-3)
+            tolerance = {gguf.GGMLQuantizationType.F32: 1e-5, gguf.GGMLQuantizationType.F16: 1e-3}
+            if tensor.tensor_type not in tolerance or int(tensor.n_elements) != want.size:
+                lines.append(
+                    f"{name} is {tensor.n_elements} {tensor.tensor_type.name} values in the file; "
+                    f"{expected.source}'s rope_scaling gives {want.size}"
+                )
+                continue
+            got = np.asarray(tensor.data, dtype=np.float32).reshape(want.shape)
+            if not np.allclose(got, want, rtol=tolerance[tensor.tensor_type], atol=0.0):
+                worst = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30)))
+                lines.append(f"{name} differs from {expected.source}'s rope_scaling (by up to {worst:.1%})")
     return lines
 
 
