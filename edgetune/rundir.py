@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -49,14 +50,22 @@ def _umask() -> int:
     return mask
 
 
-def give_umask_modes(root: Path) -> None:
+def give_umask_modes(root: Path, replacing: Path | None = None) -> None:
     """Files and folders under `root` as the umask would have made them: mkstemp, mkdtemp and
-    safetensors' save_file make them private (0600/0700), and a rename keeps that."""
+    safetensors' save_file make them private (0600/0700), and a rename keeps that. With
+    `replacing`, the folder `root` will replace: each one there keeps the mode it has there (a
+    shipped folder the user made private stays private)."""
     mask = _umask()
     for path in [root, *root.rglob("*")]:
         if path.is_symlink():
             continue
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+        mode = (0o777 if path.is_dir() else 0o666) & ~mask
+        if replacing is not None:
+            with contextlib.suppress(OSError):  # none there, or not the same kind: the umask's
+                there = os.lstat(replacing / path.relative_to(root))
+                if stat.S_ISDIR(there.st_mode) == path.is_dir() and not stat.S_ISLNK(there.st_mode):
+                    mode = stat.S_IMODE(there.st_mode)
+        path.chmod(mode)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,7 +85,7 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(staged[path], _mode_for(path))  # by path: Windows has os.fchmod from 3.13 only
+            os.chmod(staged[path], mode_for(path))  # by path: Windows has os.fchmod from 3.13 only
         for path, tmp in staged.items():
             os.replace(tmp, path)
     except BaseException:
@@ -86,7 +95,7 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         raise
 
 
-def _mode_for(path: Path) -> int:
+def mode_for(path: Path) -> int:
     """The mode a file written in place of `path` gets: the one `path` has (a user's chmod 600 on
     a manifest outlives the next stage, as it outlives an editor's save or `sed -i`), else the
     umask's. mkstemp makes it 0600, which a server reading the export as another user cannot read."""
@@ -116,7 +125,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         with writing(target):
             yield staging
-            give_umask_modes(staging)  # a server running as another user reads the shipped files
+            give_umask_modes(staging, target)  # a server running as another user reads the shipped files
             fsync_tree(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

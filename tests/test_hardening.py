@@ -1112,3 +1112,48 @@ def test_a_run_folder_that_cannot_be_searched_at_release_lets_the_lock_go(reques
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
     )
     assert result.stdout.split() == ["RuntimeError", "taken", "again"], (result.stdout, result.stderr)
+
+
+def test_a_folder_or_gguf_written_again_keeps_the_modes_the_user_gave_it(tmp_path, tiny_model_dir):
+    """Only single-file rewrites kept a user's chmod: a re-export gave a GGUF made private (0600),
+    and every file of a replaced folder (an ONNX variant, merged/, dist/), the umask's mode again."""
+    from conftest import mode, umask
+
+    from edgetune.export.gguf_export import export_gguf
+    from edgetune.rundir import _umask, atomic_dir
+
+    _umask.cache_clear()
+    target = tmp_path / "onnx-fp32"
+    with umask(0o022):
+        with atomic_dir(target) as staging:
+            (staging / "sub").mkdir()
+            for name in ("model.onnx", "sub/kept.json", "sub/other.json"):
+                (staging / name).write_text("1")
+        (target / "model.onnx").chmod(0o600)
+        (target / "sub").chmod(0o700)
+        target.chmod(0o750)
+        (target / "sub" / "other.json").unlink()
+        (target / "sub" / "other.json").mkdir()  # a folder where the new one has a file: not its mode
+        with atomic_dir(target) as staging:
+            (staging / "sub").mkdir()
+            for name in ("model.onnx", "sub/kept.json", "sub/other.json", "new.json"):
+                (staging / name).write_text("2")
+        assert (mode(target), mode(target / "model.onnx"), mode(target / "sub")) == (0o750, 0o600, 0o700)
+        assert mode(target / "sub" / "kept.json") == mode(target / "sub" / "other.json") == 0o644
+        assert mode(target / "new.json") == 0o644 and (target / "model.onnx").read_text() == "2"
+
+        files = [
+            a.path
+            for a in export_gguf(tiny_model_dir, tmp_path / "gguf", ["f16", "q8_0"], None, {}).artifacts
+        ]
+        assert [mode(f) for f in files] == [0o644, 0o644]
+        for f in files:
+            f.chmod(0o600)
+        inodes = [f.stat().st_ino for f in files]
+        again = [
+            a.path
+            for a in export_gguf(tiny_model_dir, tmp_path / "gguf", ["f16", "q8_0"], None, {}).artifacts
+        ]
+        assert again == files and [f.stat().st_ino for f in files] != inodes  # written again
+        assert [mode(f) for f in files] == [0o600, 0o600]
+    _umask.cache_clear()

@@ -26,7 +26,7 @@ from edgetune.export.gguf_arch import (
     rope_dims,
 )
 from edgetune.export.gguf_vocab import read_vocab
-from edgetune.rundir import fsync_file
+from edgetune.rundir import fsync_file, mode_for
 
 OUTTYPES = {
     "f32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
@@ -381,6 +381,7 @@ def convert(
             writer.write_tensors_to_file()
             writer.close()
             fsync_file(tmp)
+        os.chmod(tmp, mode_for(out))  # a file the user made private stays so
         os.replace(tmp, out)
     except BaseException:
         with contextlib.suppress(Exception):

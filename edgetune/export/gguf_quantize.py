@@ -41,7 +41,7 @@ def quantize(
 ) -> Path:
     """Write `out` (atomically) as `quant` made from an F32/F16/BF16 GGUF file, guided by an
     importance matrix (edgetune's safetensors file, see imatrix.py) when one is given."""
-    from edgetune.rundir import fsync_file  # here: rundir's imports come back to this module
+    from edgetune.rundir import fsync_file, mode_for  # here: rundir's imports come back to this module
 
     key = quant.lower()
     if key not in QUANTS:
@@ -75,6 +75,7 @@ def quantize(
                 f"llama.cpp failed to quantise {source} to {key} (exit {proc.returncode}: {last})"
             )
         fsync_file(tmp)
+        os.chmod(tmp, mode_for(out))  # a file the user made private stays so
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):
