@@ -90,7 +90,8 @@ class LazyGroup(NamingGroup):
         _stacks_on_sigusr1()
         received, before = _signals_interrupt()
         try:
-            _refuse_a_deleted_cwd()
+            if _subcommand(ctx) not in READ_NO_FOLDER:
+                _refuse_a_deleted_cwd()
             return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
             _fail(str(exc), exc.exit_code)
@@ -137,6 +138,16 @@ class LazyGroup(NamingGroup):
         finally:
             for signum, handler in before.items():  # a program calling edgetune keeps its own handlers
                 signal.signal(signum, handler)
+
+
+# commands that read nothing from the current directory (or import torch, which dies without one)
+READ_NO_FOLDER = {"recipes"}
+
+
+def _subcommand(ctx: click.Context) -> str | None:
+    """The command word parse_args left for invoke (click keeps it apart from the other arguments)."""
+    words = [*(getattr(ctx, "_protected_args", None) or ()), *ctx.args]
+    return words[0] if words else None
 
 
 def _refuse_a_deleted_cwd() -> None:

@@ -440,24 +440,30 @@ def test_a_current_directory_that_was_removed_is_one_line(tmp_path):
     import subprocess
     import sys
 
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    script = (
-        "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
-        "sys.argv = ['edgetune', 'doctor']; from edgetune.cli import main; main()"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(gone)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
+    def in_a_removed_folder(*args: str) -> subprocess.CompletedProcess:
+        gone = tmp_path / "gone"
+        gone.mkdir()
+        script = (
+            "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+            "sys.argv = ['edgetune', *sys.argv[2:]]; from edgetune.cli import main; main()"
+        )
+        return subprocess.run(
+            [sys.executable, "-c", script, str(gone), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+
+    result = in_a_removed_folder("doctor")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         "edgetune: error: the current directory no longer exists (removed or moved); cd to one that does"
     ), result.stderr
+    # the list of bundled recipes needs no folder (it had worked there before the check)
+    listed = in_a_removed_folder("recipes")
+    assert listed.returncode == 0 and listed.stdout.startswith("demo "), listed.stderr
 
 
 # onnxruntime 1.32 keeps no device id where any of these is set (it takes them for a CI service);
