@@ -49,6 +49,10 @@ class DataConfig:
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 1234
+    # position: a seeded shuffle of the rows' positions (one row removed moves most held-out rows);
+    # input: each row's place by a seeded hash of its input, so a row keeps its split while rows
+    # are added, removed or their answers corrected (rows asking the same sit side by side)
+    split_by: Literal["position", "input"] = "position"
     dedupe: bool = True
     drop_overlap: bool = True  # drop train examples that also appear in valid/test
     truncation: Literal["drop", "truncate"] = "drop"

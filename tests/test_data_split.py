@@ -458,3 +458,49 @@ def test_data_check_names_the_bad_rows_and_overlaps_it_counts(tmp_path, chat_row
         assert f"{train}:{line}: invalid JSON" in out
     assert f"{train}:31" not in out and "and 2 more" in out
     assert f"{train}:2 is {test}:1" in out and f"{train}:8 is {test}:3" in out
+
+
+def test_a_split_by_input_keeps_each_rows_split_while_the_data_is_cleaned(tmp_path):
+    """A seeded shuffle of positions moved most of the test split when one row of 1,000 was
+    removed, so `bench --compare` of the runs before and after a cleaning pass paired few examples;
+    by input, removing rows, adding rows or correcting an answer leaves the others where they were."""
+    rows = [chat_row(f"question {i}: what broke on host-{i % 37}?", f"answer {i}") for i in range(1000)]
+
+    def test_split(data: list[dict], **settings) -> set[str]:
+        splits = make_splits(cfg(write_jsonl(tmp_path / "d.jsonl", data), **settings))
+        return {ex.input_turns()[-1][1] for ex in splits.test}
+
+    def moved(before: set[str], after: set[str]) -> int:
+        return len(before - after)
+
+    shuffled, by_input = test_split(rows), test_split(rows, split_by="input")
+    assert len(shuffled) == len(by_input) == 100
+    cleaned = rows[:500] + rows[501:]  # one row of 1,000 removed
+    # measured: 35 of the 100 test rows moved by position, none by input
+    assert (
+        moved(shuffled, test_split(cleaned)) >= 20
+        and moved(by_input, test_split(cleaned, split_by="input")) <= 1
+    )
+    corrected = [dict(r) for r in rows]
+    corrected[7] = chat_row(rows[7]["messages"][0]["content"], "a corrected answer")
+    assert test_split(corrected, split_by="input") == by_input
+    grown = rows + [chat_row(f"new question {i}", "new answer") for i in range(50)]
+    # measured: 85 of 100 moved by position, 1 by input (a new row ranked into the test cut)
+    assert (
+        moved(shuffled, test_split(grown)) >= 50
+        and moved(by_input, test_split(grown, split_by="input")) <= 10
+    )
+    assert test_split(rows, split_by="input", split_seed=7) != by_input  # the seed still picks them
+
+
+def test_a_split_by_input_is_named_and_a_bad_value_refused(tmp_path, chat_rows):
+    from edgetune.config import load_recipe
+    from edgetune.errors import ConfigError
+
+    path = write_jsonl(tmp_path / "d.jsonl", chat_rows)
+    assert (
+        make_splits(cfg(path, split_by="input")).files["test"] == f"{path} (10% split, seed 1234, by input)"
+    )
+    assert make_splits(cfg(path)).files["test"] == f"{path} (10% split, seed 1234)"
+    with pytest.raises(ConfigError, match="data.split_by"):
+        load_recipe("demo", ["data.split_by=hash"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,19 @@ def _refuse_test_inside_valid(cfg: DataConfig, held: dict[str, list[Example]]) -
         )
 
 
+def _held_out_order(train: list[Example], cfg: DataConfig) -> list[int]:
+    """The training rows' positions in the order the held-out splits take them from the front:
+    a seeded shuffle, or (data.split_by: input) sorted by a seeded hash of each row's input, case
+    and whitespace folded, so that where a row goes depends on that row alone but for the cut."""
+    if cfg.split_by == "input":
+        seed = f"{cfg.split_seed}\0".encode()
+        rank = [hashlib.sha256(seed + folded_input(ex).encode()).digest() for ex in train]
+        return sorted(range(len(train)), key=rank.__getitem__)
+    order = list(range(len(train)))
+    random.Random(cfg.split_seed).shuffle(order)
+    return order
+
+
 def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
     skip = cfg.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
     loaded = load_examples(cfg.train, cfg.format, skip)
@@ -114,8 +128,7 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
             files[name] = str(Path(path))
     carve = [n for n in ("valid", "test") if n not in held]
     if carve:
-        order = list(range(len(train)))
-        random.Random(cfg.split_seed).shuffle(order)
+        order = _held_out_order(train, cfg)
         n_valid, n_test = _split_counts(
             cfg.train,
             len(train),
@@ -127,8 +140,9 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         for name in carve:
             held[name] = [train[i] for i in sorted(taken[name])]
             if held[name]:  # a fraction of 0 holds nothing out: no split to name
+                by = ", by input" if cfg.split_by == "input" else ""
                 files[name] = (
-                    f"{files['train']} ({_percent(getattr(cfg, name + '_fraction'))} split, seed {cfg.split_seed})"
+                    f"{files['train']} ({_percent(getattr(cfg, name + '_fraction'))} split, seed {cfg.split_seed}{by})"
                 )
         drop = set(taken["valid"]) | set(taken["test"])
         train = [ex for i, ex in enumerate(train) if i not in drop]
