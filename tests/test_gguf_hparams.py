@@ -33,7 +33,7 @@ def rewrite_gguf(
 ) -> None:
     """`path` written again with the key/values in `changes` ({key: value}, each keeping its type),
     without the keys in `drop`, with the ones in `add` ({key: (value, GGUFValueType)}), and with the
-    tensors in `tensors` ({name: F32 array, or None to leave it out}) in place of or beside its own."""
+    tensors in `tensors` ({name: F32 or F16 array, or None to leave it out}) in place of or beside its own."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
     changes = changes or {}
@@ -53,9 +53,9 @@ def rewrite_gguf(
         if t.name not in tensors:
             writer.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)
         elif (replaced := tensors.pop(t.name)) is not None:
-            writer.add_tensor(t.name, np.asarray(replaced, dtype=np.float32))
+            writer.add_tensor(t.name, np.asarray(replaced))
     for name, added in tensors.items():
-        writer.add_tensor(name, np.asarray(added, dtype=np.float32))
+        writer.add_tensor(name, np.asarray(added))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -264,7 +264,12 @@ def test_rotary_settings_stored_as_tensors_or_added_keys_are_compared_with_the_m
     ]
     rewrite_gguf(out, tensors={"rope_freqs.weight": freqs[:4]})
     assert hparam_mismatches(out, expected) == [
-        f"rope_freqs.weight is 4 F32 values in the file; {source}'s rope_scaling gives {freqs.size}"
+        f"rope_freqs.weight has 4 values in the file; {source}'s rope_scaling gives {freqs.size}"
+    ]
+    # the right values at F16: ggml's rope asserts F32 and aborts the process loading it
+    rewrite_gguf(out, tensors={"rope_freqs.weight": freqs.astype(np.float16)})
+    assert hparam_mismatches(out, expected) == [
+        "rope_freqs.weight is F16 in the file; llama.cpp takes it as F32 only"
     ]
 
     plain = build_tiny_model(tmp_path / "plain", tiny_tokenizer, "LlamaForCausalLM")

@@ -41,8 +41,28 @@ def test_a_gguf_whose_pre_tokenizer_is_not_the_models_fails_though_the_prompts_a
     assert row.ids_equal and row.kl < 1e-5  # the prompt is read alike, and computes alike
     assert not row.passed
     (said,) = row.failures
-    assert said.startswith("the file's tokenizer splits text otherwise than the model's: from token "), said
-    assert "its tokenizer.ggml.pre is 'qwen2'" in said, said
+    assert said.startswith(
+        "the file's tokenizer splits edgetune's test text (tokenizer_probe.PROBE_TEXT: digits, "
+        "contractions, whitespace runs, accents) otherwise than the model's: from token "
+    ), said
+    assert said.endswith("the file's tokenizer.ggml.pre is 'qwen2', where the model's is 'llama-bpe')"), said
+
+
+def test_a_gguf_that_leaves_the_bos_to_the_template_passes(tmp_path):
+    """A Llama 3-style model whose tokenizer adds <s> and whose template writes it too: a file with
+    tokenizer.ggml.add_bos_token false reads every prompt as the model does (the template gives the
+    BOS) and must not fail on the test text, which no template wraps."""
+    from conftest import CHATML
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.parity import check_gguf
+
+    tok = build_tokenizer(chat_template="{{ bos_token }}" + CHATML, add_bos=True)
+    model_dir = build_tiny_model(tmp_path, tok, "LlamaForCausalLM")
+    path = convert(model_dir, tmp_path / "model-f32.gguf", "f32")
+    rewrite_gguf(path, {"tokenizer.ggml.add_bos_token": False})
+    (row,) = check_gguf(model_dir, [("f32", path)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.ids_equal and row.passed, row.failures
 
 
 def test_an_onnx_folder_whose_pre_tokenizer_is_not_the_models_fails_though_the_prompts_agree(
@@ -66,8 +86,8 @@ def test_an_onnx_folder_whose_pre_tokenizer_is_not_the_models_fails_though_the_p
     (row,) = check_onnx(model_dir, [("fp32", folder)], Renderer(tok), [WORDS_ONLY], 8)
     assert row.ids_equal and not row.passed
     (said,) = row.failures
-    assert said.startswith("the folder's tokenizer splits text otherwise than the model's: from token "), said
-    assert "normalizer and pre_tokenizer" in said, said
+    assert said.startswith("the folder's tokenizer splits edgetune's test text "), said
+    assert said.endswith("its tokenizer.json's normalizer and pre_tokenizer)"), said
 
 
 def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tmp_path):
@@ -79,7 +99,6 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
     from edgetune.export.gguf_convert import convert
     from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
     from edgetune.export.llama_runtime import load_llama
-    from edgetune.export.parity import front_end_ids
     from edgetune.export.tokenizer_probe import PROBE_TEXT
 
     train_sentencepiece(tmp_path / "spm", pad_id=0, eos_id=1, bos_id=2, unk_id=3)
@@ -107,5 +126,6 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
     for kind, (tok, arch) in kinds.items():
         model_dir = build_tiny_model(tmp_path / kind, tok, arch, vocab_size=len(tok))
         llm = load_llama(convert(model_dir, tmp_path / f"{kind}.gguf", "f32"), n_ctx=64)
-        assert front_end_ids(llm, PROBE_TEXT) == Renderer(tok).ids_for_text(PROBE_TEXT), kind
+        shipped = llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True)
+        assert shipped == tok(PROBE_TEXT, add_special_tokens=False)["input_ids"], kind
         del llm

@@ -138,18 +138,22 @@ def _setting_tensor_mismatches(reader: gguf.GGUFReader, expected: ModelHparams) 
         elif want is not None and tensor is None:
             lines.append(f"the file has no {name}, which {expected.source}'s rope_scaling gives")
         elif want is not None and tensor is not None:
-            # llama.cpp's converters keep them F32; F16 would round them (to 1e-3)
-            tolerance = {gguf.GGMLQuantizationType.F32: 1e-5, gguf.GGMLQuantizationType.F16: 1e-3}
-            if tensor.tensor_type not in tolerance or int(tensor.n_elements) != want.size:
+            if tensor.tensor_type != gguf.GGMLQuantizationType.F32:  # ggml's rope asserts it (SIGABRT)
                 lines.append(
-                    f"{name} is {tensor.n_elements} {tensor.tensor_type.name} values in the file; "
+                    f"{name} is {tensor.tensor_type.name} in the file; llama.cpp takes it as F32 only"
+                )
+            elif int(tensor.n_elements) != want.size:
+                lines.append(
+                    f"{name} has {tensor.n_elements} values in the file; "
                     f"{expected.source}'s rope_scaling gives {want.size}"
                 )
-                continue
-            got = np.asarray(tensor.data, dtype=np.float32).reshape(want.shape)
-            if not np.allclose(got, want, rtol=tolerance[tensor.tensor_type], atol=0.0):
-                worst = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30)))
-                lines.append(f"{name} differs from {expected.source}'s rope_scaling (by up to {worst:.1%})")
+            else:
+                got = np.asarray(tensor.data).reshape(want.shape)
+                if not np.allclose(got, want, rtol=1e-5, atol=0):
+                    worst = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30)))
+                    lines.append(
+                        f"{name} differs from {expected.source}'s rope_scaling (by up to {worst:.1%})"
+                    )
     return lines
 
 

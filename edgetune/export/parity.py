@@ -23,7 +23,13 @@ from edgetune.bench.targets import refuse_another_width
 from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
 from edgetune.export.gguf_hparams import ModelHparams, hparam_mismatches, model_hparams
-from edgetune.export.tokenizer_probe import PROBE_TEXT, ids_difference, split_otherwise
+from edgetune.export.tokenizer_probe import (
+    PROBE_TEXT,
+    gguf_split_setting,
+    ids_difference,
+    model_pre,
+    split_otherwise,
+)
 
 GOALS: dict[str, dict[str, float]] = {
     # f32: a KL bound too, as a file that keeps every token's rank can still be wrong (a norm weight
@@ -121,10 +127,12 @@ def check_artifact(
     kl_goals: dict[str, float] | None = None,
     hparams: ModelHparams | None = None,
     probe_ids: list[int] | None = None,
+    pre: str | None = None,
 ) -> ParityRow:
     """`template`: the chat template the file should carry (the model directory's own); `kl_goals`:
     the recipe's export.parity_kl; `hparams`: the architecture keys the file should carry (a file
-    whose keys differ fails on them, unmeasured); `probe_ids`: the model's ids for PROBE_TEXT."""
+    whose keys differ fails on them, unmeasured); `probe_ids`: the model's ids for PROBE_TEXT, no BOS;
+    `pre`: the model's pre-tokenizer as llama.cpp names it."""
     from edgetune.export.llama_runtime import (
         end_of_generation_ids,
         file_chat_template,
@@ -191,14 +199,13 @@ def check_artifact(
         stopped = bool(got) and got[-1] in eos_ids
         greedy.append(got == r.greedy)
         eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
-    if probe_ids is not None and not any(differences):  # else the prompts said it
-        kind = llm.metadata.get("tokenizer.ggml.pre") and "pre" or "model"
+    if probe_ids is not None and not any(differences):  # else the prompts said it (and BOS is judged there)
         problems += split_otherwise(
             "the file's",
-            front_end_ids(llm, PROBE_TEXT),
+            llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True),
             probe_ids,
             partial(llm.detokenize, special=True),
-            f"its tokenizer.ggml.{kind} is {llm.metadata.get(f'tokenizer.ggml.{kind}')!r}",
+            gguf_split_setting(llm.metadata, pre),
         )
     del llm
     row = _row(path.name, quant, differences, kls, top1s, greedy, eos)
@@ -278,13 +285,16 @@ def check_gguf(
     eos_ids = sorted(renderer.stop_ids)
     template = AutoTokenizer.from_pretrained(str(model_dir)).chat_template  # what the converter writes
     hparams = model_hparams(model_dir)
-    probe_ids = renderer.ids_for_text(PROBE_TEXT)
+    probe_ids = renderer.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    pre = model_pre(Path(model_dir))
     rows = []
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
         rows.append(
-            check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams, probe_ids)
+            check_artifact(
+                path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams, probe_ids, pre
+            )
         )
     return rows
 
@@ -333,8 +343,8 @@ def check_onnx_variant(
     if not any(differences):  # else the prompts said it
         problems += split_otherwise(
             "the folder's",
-            shipped.ids_for_text(PROBE_TEXT),
-            renderer.ids_for_text(PROBE_TEXT),
+            tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
+            renderer.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
             tokenizer.decode,
             "its tokenizer.json's normalizer and pre_tokenizer",
         )

@@ -12,7 +12,9 @@ llama.cpp does not normalise, so they would part a correct file from its model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 PROBE_TEXT = (
     "I'm sure you'RE right: it's HelloWorld's JSONParser. We'll see, they've said IT'S fine, don't.\n"
@@ -27,14 +29,40 @@ PROBE_TEXT = (
 def split_otherwise(
     whose: str, shipped: list[int], model: list[int], decode: Callable, hint: str
 ) -> list[str]:
-    """The problem, in words, where `shipped` (the file's ids for PROBE_TEXT) is not `model` (the
-    merged model's); [] where they agree. `hint`: the setting that decides the split in that file."""
+    """The problem, in words, where `shipped` (the file's ids for PROBE_TEXT, no BOS) is not `model`
+    (the merged model's); [] where they agree. `hint`: the setting that decides the split there."""
     if shipped == model:
         return []
     return [
-        f"{whose} tokenizer splits text otherwise than the model's: {ids_difference(shipped, model, decode)} "
+        f"{whose} tokenizer splits edgetune's test text (tokenizer_probe.PROBE_TEXT: digits, contractions, "
+        f"whitespace runs, accents) otherwise than the model's: {ids_difference(shipped, model, decode)} "
         f"(front-ends would read prompts as other tokens; {hint})"
     ]
+
+
+def gguf_split_setting(metadata: dict[str, str], model_pre: str | None) -> str:
+    """What decides how a GGUF splits text, from llama.cpp's metadata; `model_pre`: the name
+    edgetune's converter gives the model's pre-tokenizer (None where it has none)."""
+    kind = metadata.get("tokenizer.ggml.model")
+    if kind != "gpt2":  # SentencePiece-like: no pre-tokenizer regex
+        return (
+            f"a {kind!r} vocabulary splits by tokenizer.ggml.add_space_prefix and its token scores and types"
+        )
+    pre = metadata.get("tokenizer.ggml.pre")
+    named = f", where the model's is {model_pre!r}" if model_pre and model_pre != pre else ""
+    return f"the file's tokenizer.ggml.pre is {pre!r}{named}"
+
+
+def model_pre(model_dir: Path) -> str | None:
+    """llama.cpp's name for the model's pre-tokenizer, as edgetune's converter gives it."""
+    from edgetune.errors import InputError
+    from edgetune.export.gguf_vocab import detect_pre
+
+    path = model_dir / "tokenizer.json"
+    try:
+        return detect_pre(json.loads(path.read_text()), path)
+    except (OSError, ValueError, InputError):
+        return None
 
 
 def ids_difference(shipped: list[int], model: list[int], decode) -> str:
