@@ -65,6 +65,44 @@ def test_a_gguf_that_leaves_the_bos_to_the_template_passes(tmp_path):
     assert row.ids_equal and row.passed, row.failures
 
 
+def test_a_gguf_that_writes_the_models_tokens_as_other_text_fails(tmp_path):
+    """Byte tokens typed as text: every prompt reads alike, the logits and greedy ids are the
+    model's, and llama.cpp front-ends print each newline or accented letter the model writes as
+    "<0x0A>" or "<0xC3><0xA9>". Parity had passed it."""
+    from gguf import GGUFReader, TokenType
+    from test_gguf import train_sentencepiece
+    from transformers import LlamaTokenizerFast
+
+    from edgetune.export.gguf_convert import convert
+    from edgetune.export.parity import check_gguf
+
+    train_sentencepiece(tmp_path / "spm", pad_id=0, eos_id=1, bos_id=2, unk_id=3)
+    tok = LlamaTokenizerFast(
+        vocab_file=str(tmp_path / "spm.model"),
+        legacy=False,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    tok.chat_template = "{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}"
+    model_dir = build_tiny_model(tmp_path / "m", tok, "LlamaForCausalLM", vocab_size=len(tok))
+    path = convert(model_dir, tmp_path / "model-f32.gguf", "f32")
+    (row,) = check_gguf(model_dir, [("f32", path)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.passed, row.failures
+
+    types = list(GGUFReader(str(path)).get_field("tokenizer.ggml.token_type").contents())
+    rewrite_gguf(
+        path, {"tokenizer.ggml.token_type": [TokenType.NORMAL if t == TokenType.BYTE else t for t in types]}
+    )
+    (row,) = check_gguf(model_dir, [("f32", path)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.ids_equal and row.greedy == 1.0 and not row.passed
+    (said,) = row.failures
+    assert said.startswith(
+        "the file's tokenizer writes the model's tokens as other text: where the model writes "
+    ), said
+    assert "<0x" in said and said.endswith("its tokenizer.ggml.tokens and token_type)"), said
+
+
 def test_an_onnx_folder_whose_pre_tokenizer_is_not_the_models_fails_though_the_prompts_agree(
     tmp_path, llama3_split
 ):
@@ -89,6 +127,16 @@ def test_an_onnx_folder_whose_pre_tokenizer_is_not_the_models_fails_though_the_p
     assert said.startswith("the folder's tokenizer splits edgetune's test text "), said
     assert said.endswith("its tokenizer.json's normalizer and pre_tokenizer)"), said
 
+    # its own split again, but a decoder that leaves byte-level pieces as they are ("Ġ" for a space)
+    split["pattern"]["Regex"] = LLAMA3_REGEX
+    spec["decoder"] = None
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (row,) = check_onnx(model_dir, [("fp32", folder)], Renderer(tok), [WORDS_ONLY], 8)
+    assert row.ids_equal and not row.passed
+    (said,) = row.failures
+    assert said.startswith("the folder's tokenizer writes the model's tokens as other text: "), said
+    assert "Ġ" in said and said.endswith("its tokenizer.json's decoder and added_tokens)"), said
+
 
 def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tmp_path):
     """No false failure: SentencePiece (Llama 2 with and without legacy spaces, Gemma) and every
@@ -99,7 +147,7 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
     from edgetune.export.gguf_convert import convert
     from edgetune.export.gguf_vocab import SPLIT_REGEX_PRE
     from edgetune.export.llama_runtime import load_llama
-    from edgetune.export.tokenizer_probe import PROBE_TEXT
+    from edgetune.export.tokenizer_probe import gguf_problems, model_probe
 
     train_sentencepiece(tmp_path / "spm", pad_id=0, eos_id=1, bos_id=2, unk_id=3)
     names = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -126,6 +174,5 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
     for kind, (tok, arch) in kinds.items():
         model_dir = build_tiny_model(tmp_path / kind, tok, arch, vocab_size=len(tok))
         llm = load_llama(convert(model_dir, tmp_path / f"{kind}.gguf", "f32"), n_ctx=64)
-        shipped = llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True)
-        assert shipped == tok(PROBE_TEXT, add_special_tokens=False)["input_ids"], kind
+        assert gguf_problems(llm, model_probe(tok)) == [], kind  # read and written back alike
         del llm

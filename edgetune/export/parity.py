@@ -24,11 +24,11 @@ from edgetune.data.render import stop_ids
 from edgetune.errors import GateFailed
 from edgetune.export.gguf_hparams import ModelHparams, hparam_mismatches, model_hparams
 from edgetune.export.tokenizer_probe import (
-    PROBE_TEXT,
-    gguf_split_setting,
+    ModelProbe,
+    folder_problems,
+    gguf_problems,
     ids_difference,
-    model_pre,
-    split_otherwise,
+    model_probe,
 )
 
 GOALS: dict[str, dict[str, float]] = {
@@ -126,13 +126,11 @@ def check_artifact(
     template: str | dict | None = None,
     kl_goals: dict[str, float] | None = None,
     hparams: ModelHparams | None = None,
-    probe_ids: list[int] | None = None,
-    pre: str | None = None,
+    probe: ModelProbe | None = None,
 ) -> ParityRow:
     """`template`: the chat template the file should carry (the model directory's own); `kl_goals`:
     the recipe's export.parity_kl; `hparams`: the architecture keys the file should carry (a file
-    whose keys differ fails on them, unmeasured); `probe_ids`: the model's ids for PROBE_TEXT, no BOS;
-    `pre`: the model's pre-tokenizer as llama.cpp names it."""
+    whose keys differ fails on them, unmeasured); `probe`: the model's reading of PROBE_TEXT."""
     from edgetune.export.llama_runtime import (
         end_of_generation_ids,
         file_chat_template,
@@ -199,14 +197,8 @@ def check_artifact(
         stopped = bool(got) and got[-1] in eos_ids
         greedy.append(got == r.greedy)
         eos.append(stopped == r.stopped)  # where it stops is part of the greedy comparison
-    if probe_ids is not None and not any(differences):  # else the prompts said it (and BOS is judged there)
-        problems += split_otherwise(
-            "the file's",
-            llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True),
-            probe_ids,
-            partial(llm.detokenize, special=True),
-            gguf_split_setting(llm.metadata, pre),
-        )
+    if probe is not None and not any(differences):  # else the prompts said it (and BOS is judged there)
+        problems += gguf_problems(llm, probe)
     del llm
     row = _row(path.name, quant, differences, kls, top1s, greedy, eos)
     row.file_problems = problems
@@ -285,16 +277,13 @@ def check_gguf(
     eos_ids = sorted(renderer.stop_ids)
     template = AutoTokenizer.from_pretrained(str(model_dir)).chat_template  # what the converter writes
     hparams = model_hparams(model_dir)
-    probe_ids = renderer.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
-    pre = model_pre(Path(model_dir))
+    probe = model_probe(renderer.tokenizer, Path(model_dir))
     rows = []
     for quant, path in artifacts:
         if console is not None:
             console.print(f"parity: {path.name}")
         rows.append(
-            check_artifact(
-                path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams, probe_ids, pre
-            )
+            check_artifact(path, quant, refs, eos_ids, max_new_tokens, template, kl_goals, hparams, probe)
         )
     return rows
 
@@ -341,13 +330,7 @@ def check_onnx_variant(
         if quant == "fp32":
             cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
     if not any(differences):  # else the prompts said it
-        problems += split_otherwise(
-            "the folder's",
-            tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
-            renderer.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
-            tokenizer.decode,
-            "its tokenizer.json's normalizer and pre_tokenizer",
-        )
+        problems += folder_problems(tokenizer, model_probe(renderer.tokenizer))
     row = _row(directory.name, quant, differences, kls, top1s, same, eos, cached or None)
     row.file_problems = problems
     return judge(row, kl_goals)

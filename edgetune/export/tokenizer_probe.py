@@ -1,5 +1,5 @@
 """Where a shipped file's token ids part from the model's, and a text that makes them part
-where their pre-tokenizers differ.
+where their pre-tokenizers differ, or where the file writes the model's tokens as other text.
 
 The parity prompts are the user's held-out examples: a pre-tokenizer that splits digits or
 contractions otherwise shows only where they hold such text (SmolLM2's file relabelled from
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 PROBE_TEXT = (
@@ -24,6 +25,58 @@ PROBE_TEXT = (
     "caf\u00e9 na\u00efve \u00c5ngstr\u00f6m \u00fcber \u00f1 \u0663\u0664\u0665 "
     "\u65e5\u672c\u8a9e\u30c6\u30ad\u30b9\u30c8 \U0001f600"
 )
+
+
+@dataclass(frozen=True)
+class ModelProbe:
+    """The merged model's reading of PROBE_TEXT: its ids (no BOS), the text its tokenizer writes
+    for them, and llama.cpp's name for its pre-tokenizer (None where it has none)."""
+
+    ids: list[int]
+    text: str
+    pre: str | None = None
+
+
+def model_probe(tokenizer, model_dir: Path | None = None) -> ModelProbe:
+    ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    return ModelProbe(ids, _decoded(tokenizer, ids), model_pre(model_dir) if model_dir else None)
+
+
+def gguf_problems(llm, probe: ModelProbe) -> list[str]:
+    """How a GGUF (loaded in llama.cpp) reads PROBE_TEXT, or writes the model's ids for it, otherwise
+    than the model: one problem at most, the split first."""
+    return split_otherwise(
+        "the file's",
+        llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True),
+        probe.ids,
+        lambda ids: llm.detokenize(ids, special=True),
+        gguf_split_setting(llm.metadata, probe.pre),
+    ) or written_otherwise(
+        "the file's",
+        llm.detokenize(probe.ids, special=True).decode("utf-8", "replace"),
+        probe.text,
+        "its tokenizer.ggml.tokens and token_type",
+    )
+
+
+def folder_problems(tokenizer, probe: ModelProbe) -> list[str]:
+    """The same for an ONNX folder's own tokenizer."""
+    return split_otherwise(
+        "the folder's",
+        tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
+        probe.ids,
+        tokenizer.decode,
+        "its tokenizer.json's normalizer and pre_tokenizer",
+    ) or written_otherwise(
+        "the folder's",
+        _decoded(tokenizer, probe.ids),
+        probe.text,
+        "its tokenizer.json's decoder and added_tokens",
+    )
+
+
+def _decoded(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def split_otherwise(
@@ -37,6 +90,22 @@ def split_otherwise(
         f"{whose} tokenizer splits edgetune's test text (tokenizer_probe.PROBE_TEXT: digits, contractions, "
         f"whitespace runs, accents) otherwise than the model's: {ids_difference(shipped, model, decode)} "
         f"(front-ends would read prompts as other tokens; {hint})"
+    ]
+
+
+def written_otherwise(whose: str, shipped: str, model: str, hint: str) -> list[str]:
+    """The problem, in words, where the text a shipped file's tokenizer gives the model's ids for
+    PROBE_TEXT (`shipped`) is not the model's tokenizer's (`model`); [] where they agree. Ids alike
+    are not enough: a GGUF whose byte tokens are typed as text reads every prompt alike and
+    computes alike, and front-ends print each newline or accented letter it writes as "<0x0A>"."""
+    if shipped == model:
+        return []
+    at = next((i for i, (a, b) in enumerate(zip(shipped, model)) if a != b), min(len(shipped), len(model)))
+    start = max(0, at - 8)
+    return [
+        f"{whose} tokenizer writes the model's tokens as other text: where the model writes "
+        f"{model[start : at + 12]!r}, it writes {shipped[start : at + 12]!r} "
+        f"(front-ends would show that text; {hint})"
     ]
 
 
