@@ -53,7 +53,7 @@ def gguf_problems(llm, probe: ModelProbe) -> list[str]:
         gguf_split_setting(llm.metadata, probe.pre),
     ) or written_otherwise(
         "the file's",
-        llm.detokenize(probe.ids, special=True).decode("utf-8", "replace"),
+        llm.detokenize(probe.ids, special=False).decode("utf-8", "replace"),  # as front-ends print
         probe.text,
         "its tokenizer.ggml.tokens and token_type",
     )
@@ -76,7 +76,9 @@ def folder_problems(tokenizer, probe: ModelProbe) -> list[str]:
 
 
 def _decoded(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    """As a text-generation pipeline shows a reply: without special tokens (a text token marked
+    special in a shipped tokenizer would vanish from every answer)."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 def split_otherwise(
