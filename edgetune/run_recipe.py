@@ -32,6 +32,7 @@ def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
         return relative if relative.startswith(".") else f"./{relative}"
 
     raw = recipe.to_dict()
+    _leave_out_added_later(raw)
     for key in ("train", "valid", "test"):
         if raw["data"][key]:
             raw["data"][key] = portable(raw["data"][key])
@@ -41,6 +42,21 @@ def dump_run_recipe(recipe: Recipe, run_dir: Path) -> str:
     if project is not None:
         header += "# relative paths are relative to this run's folder (../.. is its project)\n"
     return header + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _leave_out_added_later(raw: dict) -> None:
+    """Recipe fields newer than some edgetune releases, where they hold the value that does what
+    those releases did, are not written: an older edgetune refuses a recipe.yaml with a key it does
+    not know, and would then refuse every run a newer one only looked at."""
+    from edgetune.fingerprints import ADDED_LATER
+
+    for path, earlier in ADDED_LATER.items():
+        *sections, key = path.split(".")
+        where = raw
+        for section in sections:
+            where = where.get(section) if isinstance(where, dict) else None
+        if isinstance(where, dict) and key in where and where[key] == earlier:
+            del where[key]
 
 
 def load_run_recipe(run_dir: Path) -> Recipe:

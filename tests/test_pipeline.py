@@ -597,6 +597,31 @@ def test_a_field_at_its_earlier_behaviour_stays_out_of_the_fingerprint(monkeypat
     assert fp.fingerprints(linear, tmp_path)["tune"]() not in (before, neutral)
 
 
+def test_a_runs_recipe_leaves_out_fields_added_later_at_their_earlier_behaviour(monkeypatch, tmp_path):
+    """A no-op `edgetune run` by a newer edgetune wrote `data.split_by: position` into the run's
+    recipe.yaml, and the edgetune before it then refused every command on that run ("unknown key")."""
+    import yaml
+
+    from edgetune import fingerprints as fp
+    from edgetune.config import load_recipe
+    from edgetune.run_recipe import dump_run_recipe
+
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    run = tmp_path / "runs" / "demo"
+    monkeypatch.setattr(fp, "ADDED_LATER", {**fp.ADDED_LATER, "train.lora.rslora": False})
+    saved = yaml.safe_load(dump_run_recipe(load_recipe("demo"), run))
+    assert "split_by" not in saved["data"] and "parity_kl" not in saved["export"]
+    assert "rslora" not in saved["train"]["lora"] and saved["train"]["lora"]["r"] == 16
+    (run / "recipe.yaml").write_text(dump_run_recipe(load_recipe("demo"), run))
+    assert load_recipe(str(run / "recipe.yaml")).data.split_by == "position"
+    chosen = load_recipe(
+        "demo", ["data.split_by=input", "export.parity_kl.q8_0=0.01", "train.lora.rslora=true"]
+    )
+    saved = yaml.safe_load(dump_run_recipe(chosen, run))
+    assert saved["data"]["split_by"] == "input" and saved["export"]["parity_kl"] == {"q8_0": 0.01}
+    assert saved["train"]["lora"]["rslora"] is True
+
+
 def test_a_moved_project_a_no_op_setting_and_an_earlier_edgetunes_fingerprints_skip(tmp_path, tiny_model_dir):
     """The fingerprints hashed the data files' absolute paths (a project moved or checked out
     elsewhere retrained from scratch) and settings that change nothing the tune makes
