@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_gguf import LLAMA3_SCALING
 
 from edgetune.cli import main
 
@@ -152,18 +153,7 @@ PHI3_LONGROPE = dict(
     "arch, overrides",
     [
         ("LlamaForCausalLM", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
-        (
-            "LlamaForCausalLM",
-            {
-                "rope_scaling": {
-                    "rope_type": "llama3",
-                    "factor": 8.0,
-                    "low_freq_factor": 1.0,
-                    "high_freq_factor": 4.0,
-                    "original_max_position_embeddings": 32,
-                }
-            },
-        ),
+        ("LlamaForCausalLM", {"rope_scaling": LLAMA3_SCALING}),
         ("MistralForCausalLM", {"sliding_window": 128}),
         ("Qwen2ForCausalLM", {}),
         ("Qwen3ForCausalLM", {"head_dim": 32}),
@@ -223,15 +213,6 @@ def test_a_windowed_models_file_may_say_its_whole_context_as_llama_cpps_converte
     assert hparam_mismatches(out, expected) == [
         f"llama.context_length is 64 in the file, 128 in {model_dir}/config.json"
     ]
-
-
-LLAMA3_SCALING = {
-    "rope_type": "llama3",
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 32,
-}
 
 
 def test_rotary_settings_stored_as_tensors_or_added_keys_are_compared_with_the_model(
