@@ -28,7 +28,11 @@ VERSION = "2:"  # today's fingerprints start so; legacy ones are bare hex digest
 # stage's hash, so upgrading edgetune does not make `edgetune run` retrain (or re-export) a run
 # whose inputs did not change; at any other value it is hashed like the rest. A new field of a
 # hashed section belongs here (tests/test_pipeline.py lists the fields hashed before it).
-ADDED_LATER: dict[str, Any] = {"export.parity_kl": {}, "data.split_by": "position"}
+ADDED_LATER: dict[str, Any] = {
+    "export.parity_kl": {},
+    "data.split_by": "position",
+    "bench.gates.prompting_evidence": "measured",
+}
 
 # Settings out of today's fingerprints: the data files' paths (their bytes are hashed by split, so
 # a project moved or checked out elsewhere is still up to date) and settings that cannot change

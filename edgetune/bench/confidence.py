@@ -148,6 +148,9 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
         report["tuning_beats_prompting_shown"] = all(
             b["tuned_minus_baseline"]["shown"] for b in baselines.values()
         )
+        report["prompting_beats_tuning_shown"] = any(
+            b["tuned_minus_baseline"].get("loss_shown", False) for b in baselines.values()
+        )
 
 
 def _gain(tuned: Sequence[float], baseline: Sequence[float], level: float) -> dict[str, Any]:
@@ -158,6 +161,8 @@ def _gain(tuned: Sequence[float], baseline: Sequence[float], level: float) -> di
         "interval": list(interval) if interval else None,
         "confidence": level,
         "sign_test_p": sign_test_p(tuned, baseline),
-        # the gain is shown: its interval lies above 0 and the sign test agrees
+        # the gain is shown: its interval lies above 0 and the sign test agrees; the loss is
+        # shown: the same, below 0 (the prompt does better beyond this sample's noise)
         "shown": beyond_noise(tuned, baseline, interval, level) and interval[0] > 0,
+        "loss_shown": beyond_noise(tuned, baseline, interval, level) and interval[1] < 0,
     }

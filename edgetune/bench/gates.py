@@ -91,21 +91,8 @@ def model_failures(report: dict[str, Any], gates: GatesConfig) -> list[str]:
     """Why the tuned model itself fails the gates (every file exported from it fails with it): it
     loses to prompting its base, or forgot what the base knew."""
     failures = []
-    if gates.beats_prompting:
-        verdict = report.get("tuning_beats_prompting")
-        if verdict is None:
-            failures.append(
-                "fine-tuning against prompting: no verdict (no prompting baseline in the report, or "
-                "held-out rows with no answer to compare)"
-            )
-        elif not verdict:
-            best = max(
-                (report.get("baselines") or {}).items(), key=lambda kv: kv[1]["task_metric"]["value"] or 0.0
-            )
-            failures.append(
-                f"the tuned model does not beat prompting its base ({best[0].replace('_', ' ')} scores "
-                f"{best[1]['task_metric']['value'] or 0.0:.3f} against {best[1].get('tuned_on_these') or 0.0:.3f})"
-            )
+    if gates.beats_prompting and (lost := prompting_failure(report, gates.prompting_evidence)):
+        failures.append(lost)
     if gates.max_perplexity_ratio is not None:
         forgetting = report.get("forgetting") or {}
         ratio = forgetting.get("ppl_ratio")
@@ -153,6 +140,35 @@ RETAINED_NOTHING = (
     "retention unknown: the tuned model itself scores 0 on the task, so no file can keep any of it "
     "(its answers are in report.md)"
 )
+
+
+def prompting_failure(report: dict[str, Any], evidence: str) -> str | None:
+    """Why the tuned model fails gates.beats_prompting under gates.prompting_evidence; None when it
+    passes."""
+    verdict = report.get("tuning_beats_prompting")
+    if verdict is None:
+        return (
+            "fine-tuning against prompting: no verdict (no prompting baseline in the report, or "
+            "held-out rows with no answer to compare)"
+        )
+    shown, lost = report.get("tuning_beats_prompting_shown"), report.get("prompting_beats_tuning_shown")
+    best = max((report.get("baselines") or {}).items(), key=lambda kv: kv[1]["task_metric"]["value"] or 0.0)
+    scores = (
+        f"{best[0].replace('_', ' ')} scores {best[1]['task_metric']['value'] or 0.0:.3f} against "
+        f"{best[1].get('tuned_on_these') or 0.0:.3f}"
+    )
+    if evidence == "proven":
+        if shown is None:
+            return (
+                f"fine-tuning against prompting: no interval for gates.prompting_evidence proven ({scores})"
+            )
+        return None if shown else f"the tuned model is not shown to beat prompting its base ({scores})"
+    if verdict:
+        return None
+    if evidence == "significant" and lost is False:  # within noise ("None": no interval, the point)
+        return None
+    beyond = " beyond noise" if evidence == "significant" else ""
+    return f"the tuned model does not beat prompting its base{beyond} ({scores})"
 
 
 def retention_failure(

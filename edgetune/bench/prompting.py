@@ -1,20 +1,56 @@
 """ "Prompt first" baselines: would a prompt on the base model have done the job?
 
-Zero-shot: the base model on exactly the prompts the tuned model gets. Few-shot: the first k
-training examples put in front of each test prompt as earlier turns of the same conversation (or
-as plain prompt+answer blocks for models without a chat template), so the report can weigh the
+Zero-shot: the base model on exactly the prompts the tuned model gets. Few-shot: k training
+examples put in front of each test prompt as earlier turns of the same conversation (or, for
+plain prompts, as the blocks training saw, each ending in the EOS), so the report can weigh the
 tuned model's gain against what few-shot prompting costs in tokens on every request. The gain
 gets a paired interval (bench/confidence.py): on 30 examples a few points can be the sample's.
+
+The shots are the same for every test prompt: training rows in a seeded order, each with an answer
+no earlier shot has where the data has enough (the first rows of a file sorted by answer were k
+shots of one label), and only rows training used whole (a row dropped as too long, or one the chat
+template refused, is no example of the task).
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from dataclasses import replace
 from typing import Any
 
 from edgetune.bench.accuracy import Case
 from edgetune.bench.metrics import reference_answer
+from edgetune.errors import InputError
+
+# rows looked at for shots with answers not yet taken: a task with fewer answers than k takes the
+# rest from these, not from a scan of the whole training file
+SHOT_CANDIDATES = 200
+
+
+def pick_shots(renderer, train, k: int, seed: int) -> list:
+    """`k` training rows to prompt with (see the module)."""
+    order = [ex for ex in train if ex.format != "text"]
+    random.Random(seed).shuffle(order)
+    picked, spare, answers, looked = [], [], set(), 0
+    for ex in order:
+        if len(picked) == k or looked == SHOT_CANDIDATES:
+            break
+        if not _trained_whole(renderer, ex):
+            continue
+        looked += 1
+        answer = reference_answer(ex)
+        (spare if answer in answers else picked).append(ex)
+        answers.add(answer)
+    return picked + spare[: k - len(picked)]
+
+
+def _trained_whole(renderer, ex) -> bool:
+    try:
+        encoded = renderer.encode(ex)
+    except InputError:  # the chat template refuses it (DataError too)
+        return False
+    return encoded.dropped is None and not encoded.truncated
 
 
 def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:
@@ -26,22 +62,22 @@ def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:
             continue
         ex = case.example
         if renderer.uses_chat(ex):
-            messages = renderer.conversation(ex)
-            head = messages[:1] if messages[0]["role"] == "system" else []
-            body = messages[len(head) :]
-            last = max(i for i, m in enumerate(body) if m["role"] == "assistant")
+            before = renderer.prompt_messages(ex)  # up to the reply scored, which no shot may show
+            head = before[:1] if before[0]["role"] == "system" else []
             turns = [m for shot in shots for m in shot.as_messages() if m["role"] != "system"]
-            text = renderer.chat_text(head + turns + body[:last], add_generation_prompt=True)
-        else:
-            blocks = [renderer.prompt_text(s) + (reference_answer(s) or "") for s in shots]
-            text = "\n\n".join([*blocks, renderer.prompt_text(ex)])
+            text = renderer.chat_text(head + turns + before[len(head) :], add_generation_prompt=True)
+        else:  # each shot as training saw it: prompt, answer and EOS, so the base model may stop too
+            text = "\n\n".join([*(renderer.spans(s)[0] for s in shots), renderer.prompt_text(ex)])
         out.append(replace(case, prompt_ids=renderer.ids_for_text(text)))
     return out
 
 
-def prompting_baselines(base, base_runner, prepared, cases, cfg, run_accuracy, tuned) -> dict[str, Any]:
+def prompting_baselines(
+    base, base_runner, prepared, cases, cfg, run_accuracy, tuned, seed: int, warn
+) -> dict[str, Any]:
     """Zero- and few-shot prompting of the base model on the first `baseline_examples` held-out
-    examples, with the tuned model's score on exactly those examples beside them."""
+    examples, with the tuned model's score on exactly those examples beside them; `seed` orders
+    the training rows the shots are taken from."""
     n = cfg.baseline_examples or len(cases)
     cases = cases[:n]
     answered = sum(1 for c in cases if c.answered)
@@ -56,9 +92,18 @@ def prompting_baselines(base, base_runner, prepared, cases, cfg, run_accuracy, t
         "wall_s": zero.wall_s,
         "sample_outputs": zero.outputs[:3],
     }
-    shots = [ex for ex in prepared.splits.train if ex.format != "text"][: cfg.few_shot_k]
+    shots = pick_shots(prepared.renderer, prepared.splits.train, cfg.few_shot_k, seed)
+    shot_cases = few_shot_cases(prepared.renderer, shots, cases) if shots else []
+    context = getattr(base_runner, "context", None)
+    longest = max((len(c.prompt_ids) for c in shot_cases), default=0) + cfg.max_new_tokens
+    if context and longest > context:  # the base model would answer past the positions it knows
+        warn(
+            f"no few-shot baseline: {len(shots)} shots make prompts of up to {longest - cfg.max_new_tokens} "
+            f"tokens, and with bench.max_new_tokens {cfg.max_new_tokens} they pass the base model's "
+            f"{context} positions; lower bench.few_shot_k"
+        )
+        shots = []
     if shots:
-        shot_cases = few_shot_cases(prepared.renderer, shots, cases)
         few, _ = run_accuracy(base, target_cases=shot_cases, perplexity=False, runner=base_runner)
         extra = statistics.mean(
             len(s.prompt_ids) - len(c.prompt_ids)

@@ -288,18 +288,25 @@ def prompting_lines(report: dict[str, Any]) -> list[str]:
         )
     verdict = report.get("tuning_beats_prompting")
     if verdict is not None:
-        shown = report.get("tuning_beats_prompting_shown")
+        tried = " and ".join(_shots(name) for name in report.get("baselines") or {})
+        noise = report.get("tuning_beats_prompting_shown" if verdict else "prompting_beats_tuning_shown")
         lines.append(
-            f"fine-tuning {'beats' if verdict else 'does NOT beat'} prompting on this task"
+            f"fine-tuning {'beats' if verdict else 'does NOT beat'} {tried} prompting of its base on this task"
             + (
                 ""
-                if shown is None or not verdict
+                if noise is None
                 else "; beyond these examples' noise"
-                if shown
-                else "; but within these examples' noise (an interval reaches 0, or too few examples differ): a good prompt may do"
+                if noise
+                else "; but within these examples' noise (an interval reaches 0, or too few examples differ): "
+                + ("a good prompt may do" if verdict else "fine-tuning may still be worth it")
             )
         )
     return lines
+
+
+def _shots(baseline: str) -> str:
+    """zero_shot as "zero-shot", few_shot_3 as "3-shot"."""
+    return "zero-shot" if baseline == "zero_shot" else f"{baseline.rsplit('_', 1)[-1]}-shot"
 
 
 def print_findings(report: dict[str, Any], out, err) -> None:

@@ -196,12 +196,23 @@ def bench(
                 "base",
                 "torch",
                 "cpu",
-                resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path,
+                resolve_model(
+                    recipe.model.base,
+                    recipe.model.revision,
+                    quiet=True,
+                    allow_pickle=recipe.model.allow_pickle,
+                ).path,
             )
             base_runner = open_runner(base, threads)
         if cfg.baselines:
+
+            def warn(said: str) -> None:  # in the report, with what its score leaves out, and said
+                report["warnings"].append(said)
+                if console is not None:
+                    console.print(f"[yellow]warning:[/] {escape(said)}", soft_wrap=True)
+
             report["baselines"] = prompting_baselines(
-                base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc
+                base, base_runner, prepared, cases, cfg, run_accuracy, ref_acc, recipe.data.split_seed, warn
             )
             compared = [b for b in report["baselines"].values() if b["tuned_on_these"] is not None]
             report["tuning_beats_prompting"] = (  # None: no answer to compare (text rows)

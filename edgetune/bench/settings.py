@@ -30,6 +30,10 @@ class GatesConfig:
     # (bench.forgetting: catastrophic forgetting)
     min_metric: float | None = None
     beats_prompting: bool = False
+    # the three readings of beats_prompting: "measured", the tuned model's point score above each
+    # baseline's; "significant", fail only where a prompt does better beyond the sample's noise;
+    # "proven", pass only where every gain is shown (its interval above 0, the sign test agreeing)
+    prompting_evidence: Literal["measured", "significant", "proven"] = "measured"
     max_perplexity_ratio: float | None = None
 
     def validate(self) -> list[str]:

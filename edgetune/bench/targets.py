@@ -80,7 +80,9 @@ def discover_targets(
         if recipe.bench.adapter_target and (run_dir / "adapter").is_dir():
             from edgetune.models import resolve_model
 
-            base = resolve_model(recipe.model.base, quiet=True, allow_pickle=recipe.model.allow_pickle).path
+            base = resolve_model(
+                recipe.model.base, recipe.model.revision, quiet=True, allow_pickle=recipe.model.allow_pickle
+            ).path
             # what this target loads: the base weights and the adapter beside them
             loaded = sum(
                 p.stat().st_size

@@ -199,13 +199,18 @@ class Renderer:
             return ""
         if not self.uses_chat(ex):
             return ex.prompt
+        return self.chat_text(self.prompt_messages(ex), add_generation_prompt=True)
+
+    def prompt_messages(self, ex: Example) -> list[dict[str, str]]:
+        """A chat example's turns before the reply it is scored on (its last learnt one: a later
+        reply of weight 0 is context the scored one never saw)."""
         msgs = self.conversation(ex)
         last = (
             ex.answer_index() + len(msgs) - len(ex.as_messages())
             if ex.format == "messages"
             else len(msgs) - 1
         )
-        return self.chat_text(msgs[:last], add_generation_prompt=True)
+        return msgs[:last]
 
     def spans(self, ex: Example) -> tuple[str, list[tuple[int, int]]]:
         """The full text and the character spans whose tokens carry loss."""

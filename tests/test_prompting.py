@@ -1,0 +1,151 @@
+"""The few-shot baseline prompts the base model fairly: shots training used whole, of several
+answers, never showing the answer scored, in the form training saw, within the model's context."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from conftest import CHATML
+
+from edgetune.bench.accuracy import build_cases
+from edgetune.bench.prompting import few_shot_cases, pick_shots, prompting_baselines
+from edgetune.bench.settings import BenchConfig
+from edgetune.data.render import Renderer
+from edgetune.data.rows import Example
+
+
+def chat(user: str, answer: str, line: int = 1) -> Example:
+    return Example("messages", messages=(("user", user), ("assistant", answer)), source=f"t.jsonl:{line}")
+
+
+def test_a_reply_of_weight_0_after_the_scored_one_is_not_shown_to_the_base_model(tiny_tokenizer):
+    """Few-shot cut the conversation before its last reply, where zero-shot and the reference take
+    the last learnt one: a later reply of weight 0 put the answer scored into the prompt."""
+    renderer = Renderer(tiny_tokenizer, max_seq_len=256)
+    messages = (
+        ("user", "router lost uplink"),
+        ("assistant", "ANSWER"),
+        ("user", "thanks"),
+        ("assistant", "np"),
+    )
+    ex = Example("messages", messages=messages, untrained=(3,), source="t.jsonl:1")
+    (case,) = build_cases(renderer, [ex])
+    assert case.reference == "ANSWER"
+    (shot,) = few_shot_cases(renderer, [chat("shot question", "SHOT")], [case])
+    prompt = tiny_tokenizer.decode(shot.prompt_ids)
+    assert "ANSWER" not in prompt and "thanks" not in prompt and "SHOT" in prompt
+    assert prompt.endswith(tiny_tokenizer.decode(case.prompt_ids))  # the zero-shot prompt, after the shots
+
+
+def test_plain_shots_end_as_training_rows_do_so_the_base_model_may_stop(base_tokenizer):
+    """Plain prompt+answer blocks had no EOS: the base model answered, then wrote the next block
+    up to max_new_tokens, and a right answer scored 0 (SmolLM2: 3 of 3 right, scored 0.0)."""
+    renderer = Renderer(base_tokenizer, max_seq_len=256)
+    shot = Example("prompt_completion", prompt="Q: capital of France?\nA:", completion=" Paris", source="t:1")
+    test = Example("prompt_completion", prompt="Q: capital of Italy?\nA:", completion=" Rome", source="t:2")
+    assert not renderer.uses_chat(test)
+    (case,) = build_cases(renderer, [test])
+    (prompted,) = few_shot_cases(renderer, [shot], [case])
+    eos = base_tokenizer.eos_token
+    text = base_tokenizer.decode(prompted.prompt_ids)
+    assert f"Q: capital of France?\nA: Paris{eos}\n\nQ: capital of Italy?\nA:" in text, text
+
+
+def test_shots_are_seeded_of_several_answers_and_rows_training_used_whole(tiny_tokenizer):
+    """The first k rows were taken: on a file sorted by answer, k shots of one label; a row tune
+    dropped as too long, or one the chat template refused, could be a shot (and crash bench)."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = (
+        "{% for message in messages %}{% if message['content'] == 'refused' %}{{ raise_exception('no') }}"
+        "{% endif %}{% endfor %}" + CHATML
+    )
+    renderer = Renderer(tok, max_seq_len=48)
+    by_label = [chat(f"log line {i}", label, i) for label in ("alpha", "beta", "gamma") for i in range(20)]
+    unusable = [chat("router " * 60, "delta", 98), chat("refused", "epsilon", 99)]
+    assert renderer.encode(unusable[0]).dropped  # too long for training
+    shots = pick_shots(renderer, unusable + by_label, 3, seed=1234)
+    assert sorted(s.reference() for s in shots) == ["alpha", "beta", "gamma"]
+    assert pick_shots(renderer, unusable + by_label, 3, seed=1234) == shots  # the same on every bench
+    assert pick_shots(renderer, unusable + by_label, 3, seed=7) != shots
+    assert pick_shots(renderer, unusable, 3, seed=1234) == []
+    # fewer answers than k: the rest are rows of answers already taken
+    two = pick_shots(renderer, by_label[:40], 3, seed=1234)
+    assert len(two) == 3 and {s.reference() for s in two} == {"alpha", "beta"}
+
+
+def test_few_shot_prompts_past_the_base_models_positions_are_no_baseline(tiny_tokenizer):
+    renderer = Renderer(tiny_tokenizer, max_seq_len=512)
+    held_out = [chat(f"question {i}", "yes", i) for i in range(4)]
+    cases = build_cases(renderer, held_out)
+    prepared = SimpleNamespace(
+        renderer=renderer, splits=SimpleNamespace(train=[chat("shot " * 30, "no", 9)] * 3)
+    )
+    scored = SimpleNamespace(value=0.5, ppl=None, eos_rate=1.0, wall_s=0.0, outputs=[], scores=[0.5] * 4)
+
+    def baselines(context: int) -> tuple[dict, list[str]]:
+        warned: list[str] = []
+        runner = SimpleNamespace(context=context)
+        cfg = BenchConfig(max_new_tokens=32, few_shot_k=3)
+        out = prompting_baselines(
+            None, runner, prepared, cases, cfg, lambda *a, **k: (scored, None), scored, 1234, warned.append
+        )
+        return out, warned
+
+    roomy, warned = baselines(4096)
+    assert "few_shot_3" in roomy and warned == []
+    tight, warned = baselines(60)
+    assert list(tight) == ["zero_shot"]
+    (said,) = warned
+    assert said.startswith("no few-shot baseline: 3 shots make prompts of up to ") and "60 positions" in said
+
+
+def test_the_prompting_gate_reads_the_evidence_it_is_told_to():
+    """One example of 30 decided: the point verdict failed a tuned model a prompt beat by 0.033
+    (interval -0.100 to 0) and passed one that beat the prompt by as little, while the report
+    called the win within noise and the loss nothing."""
+    from edgetune.bench.confidence import attach_intervals
+    from edgetune.bench.gates import prompting_failure
+    from edgetune.bench.report import prompting_lines
+
+    def report(tuned: list[float], prompted: list[float]) -> dict:
+        n = len(tuned)
+        out = {
+            "reference": {"name": "torch/merged", "metric": "exact"},
+            "targets": [{"name": "torch/merged", "scores": tuned, "retention": 1.0}],
+            "baselines": {
+                "few_shot_3": {
+                    "task_metric": {"value": sum(prompted) / n},
+                    "tuned_on_these": sum(tuned) / n,
+                    "examples": n,
+                    "scores": prompted,
+                }
+            },
+            "tuning_beats_prompting": sum(tuned) > sum(prompted),
+        }
+        attach_intervals(out, 0.95)
+        return out
+
+    one_worse = report([1.0] * 14 + [0.0] * 16, [1.0] * 15 + [0.0] * 15)
+    assert prompting_failure(one_worse, "measured").startswith(
+        "the tuned model does not beat prompting its base"
+    )
+    assert prompting_failure(one_worse, "significant") is None  # within noise
+    assert prompting_failure(one_worse, "proven").startswith("the tuned model is not shown to beat prompting")
+    assert prompting_lines(one_worse)[-1] == (
+        "fine-tuning does NOT beat 3-shot prompting of its base on this task; but within these examples' "
+        "noise (an interval reaches 0, or too few examples differ): fine-tuning may still be worth it"
+    )
+    far_worse = report([0.0] * 30, [1.0] * 20 + [0.0] * 10)
+    assert far_worse["prompting_beats_tuning_shown"] is True
+    assert "beyond noise" in prompting_failure(far_worse, "significant")
+    assert prompting_lines(far_worse)[-1].endswith("on this task; beyond these examples' noise")
+    one_better = report([1.0] * 16 + [0.0] * 14, [1.0] * 15 + [0.0] * 15)
+    assert (
+        prompting_failure(one_better, "measured") is None
+        and prompting_failure(one_better, "significant") is None
+    )
+    assert prompting_failure(one_better, "proven") is not None
+    far_better = report([1.0] * 30, [0.0] * 30)
+    assert all(prompting_failure(far_better, e) is None for e in ("measured", "significant", "proven"))
