@@ -147,5 +147,11 @@ def test_the_prompting_gate_reads_the_evidence_it_is_told_to():
         and prompting_failure(one_better, "significant") is None
     )
     assert prompting_failure(one_better, "proven") is not None
+    few = report([0.0] * 5, [1.0] * 5)  # too few examples for an interval: the point figure decides
+    assert few["prompting_beats_tuning_shown"] is None
+    assert prompting_failure(few, "significant") == (
+        "the tuned model does not beat prompting its base (few shot 3 scores 1.000 against 0.000)"
+    )
+    assert "no confidence interval for gates.prompting_evidence" in prompting_failure(few, "proven")
     far_better = report([1.0] * 30, [0.0] * 30)
     assert all(prompting_failure(far_better, e) is None for e in ("measured", "significant", "proven"))

@@ -148,8 +148,10 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
         report["tuning_beats_prompting_shown"] = all(
             b["tuned_minus_baseline"]["shown"] for b in baselines.values()
         )
-        report["prompting_beats_tuning_shown"] = any(
-            b["tuned_minus_baseline"].get("loss_shown", False) for b in baselines.values()
+        gains = [b["tuned_minus_baseline"] for b in baselines.values()]
+        # None where a gain has no interval (too few examples): nothing says whether it is noise
+        report["prompting_beats_tuning_shown"] = (
+            any(g["loss_shown"] for g in gains) if all(g["interval"] for g in gains) else None
         )
 
 

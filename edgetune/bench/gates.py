@@ -151,24 +151,27 @@ def prompting_failure(report: dict[str, Any], evidence: str) -> str | None:
             "fine-tuning against prompting: no verdict (no prompting baseline in the report, or "
             "held-out rows with no answer to compare)"
         )
-    shown, lost = report.get("tuning_beats_prompting_shown"), report.get("prompting_beats_tuning_shown")
     best = max((report.get("baselines") or {}).items(), key=lambda kv: kv[1]["task_metric"]["value"] or 0.0)
     scores = (
         f"{best[0].replace('_', ' ')} scores {best[1]['task_metric']['value'] or 0.0:.3f} against "
         f"{best[1].get('tuned_on_these') or 0.0:.3f}"
     )
+    gains = [b.get("tuned_minus_baseline") or {} for b in (report.get("baselines") or {}).values()]
+    intervals = bool(gains) and all(g.get("interval") for g in gains)  # too few examples: none
     if evidence == "proven":
-        if shown is None:
-            return (
-                f"fine-tuning against prompting: no interval for gates.prompting_evidence proven ({scores})"
-            )
-        return None if shown else f"the tuned model is not shown to beat prompting its base ({scores})"
+        if not intervals:
+            return f"fine-tuning against prompting: no confidence interval for gates.prompting_evidence ({scores})"
+        return (
+            None
+            if all(g.get("shown") for g in gains)
+            else f"the tuned model is not shown to beat prompting its base ({scores})"
+        )
     if verdict:
         return None
-    if evidence == "significant" and lost is False:  # within noise ("None": no interval, the point)
-        return None
-    beyond = " beyond noise" if evidence == "significant" else ""
-    return f"the tuned model does not beat prompting its base{beyond} ({scores})"
+    noise = evidence == "significant" and intervals  # else the point figure decides
+    if noise and not any(g.get("loss_shown") for g in gains):
+        return None  # a prompt does better within the sample's noise
+    return f"the tuned model does not beat prompting its base{' beyond noise' * noise} ({scores})"
 
 
 def retention_failure(
