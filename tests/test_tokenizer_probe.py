@@ -156,6 +156,17 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
             LlamaTokenizerFast(vocab_file=str(tmp_path / "spm.model"), legacy=True, **names),
             "LlamaForCausalLM",
         ),
+        # the Hub's Llama 2 / Mistral tokenizers: "▁" before the text, which the decoder strips
+        "llama2-prefix": (
+            LlamaTokenizerFast(
+                vocab_file=str(tmp_path / "spm.model"),
+                legacy=True,
+                add_prefix_space=True,
+                from_slow=True,
+                **names,
+            ),
+            "LlamaForCausalLM",
+        ),
         "llama2": (
             LlamaTokenizerFast(vocab_file=str(tmp_path / "spm.model"), legacy=False, **names),
             "LlamaForCausalLM",
@@ -174,5 +185,8 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
     for kind, (tok, arch) in kinds.items():
         model_dir = build_tiny_model(tmp_path / kind, tok, arch, vocab_size=len(tok))
         llm = load_llama(convert(model_dir, tmp_path / f"{kind}.gguf", "f32"), n_ctx=64)
-        assert gguf_problems(llm, model_probe(tok)) == [], kind  # read and written back alike
+        probe = model_probe(tok)
+        assert gguf_problems(llm, probe) == [], kind  # read and written back alike
+        if kind == "llama2-prefix":
+            assert tok.convert_ids_to_tokens(probe.ids[:1])[0].startswith("▁") and probe.text.startswith("I'm")
         del llm
