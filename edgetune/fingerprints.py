@@ -27,7 +27,9 @@ VERSION = "2:"  # today's fingerprints start so; legacy ones are bare hex digest
 # that does what edgetune did before the field existed. At that value a field stays out of its
 # stage's hash, so upgrading edgetune does not make `edgetune run` retrain (or re-export) a run
 # whose inputs did not change; at any other value it is hashed like the rest. A new field of a
-# hashed section belongs here (tests/test_pipeline.py lists the fields hashed before it).
+# hashed section belongs here (tests/test_pipeline.py lists the fields hashed before it). A run's
+# recipe.yaml leaves such a field out at that value too (run_recipe.dump_run_recipe), so the
+# edgetune before it still reads the run.
 ADDED_LATER: dict[str, Any] = {
     "export.parity_kl": {},
     "data.split_by": "position",

@@ -64,7 +64,7 @@ def give_umask_modes(root: Path, replacing: Path | None = None) -> None:
             with contextlib.suppress(OSError):  # none there, or not the same kind: the umask's
                 there = os.lstat(replacing / path.relative_to(root))
                 if stat.S_ISDIR(there.st_mode) == path.is_dir() and not stat.S_ISLNK(there.st_mode):
-                    mode = stat.S_IMODE(there.st_mode)
+                    mode = there.st_mode & 0o777  # as mode_for: permissions, not setuid or sticky bits
         path.chmod(mode)
 
 

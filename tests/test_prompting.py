@@ -155,3 +155,65 @@ def test_the_prompting_gate_reads_the_evidence_it_is_told_to():
     assert "no confidence interval for gates.prompting_evidence" in prompting_failure(few, "proven")
     far_better = report([1.0] * 30, [0.0] * 30)
     assert all(prompting_failure(far_better, e) is None for e in ("measured", "significant", "proven"))
+
+
+ALTERNATING = (  # Llama 2's and Mistral's rule: user and assistant turns in turn, the user's first
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% endfor %}" + CHATML
+)
+
+
+def test_shots_keep_a_template_that_wants_turns_in_turn_rendering(tiny_tokenizer):
+    """A row ending in a user's "thanks", or opening with a greeting, trains whole; chained as shots
+    it put two user turns side by side, and a template like Mistral's refused: bench crashed."""
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = ALTERNATING
+    renderer = Renderer(tok, max_seq_len=128)
+    thanks = Example(
+        "messages", messages=(("user", "q1"), ("assistant", "a1"), ("user", "thanks")), source="t:1"
+    )
+    greeting = Example(
+        "messages", messages=(("assistant", "hello"), ("user", "q2"), ("assistant", "a2")), source="t:2"
+    )
+    chatml = Renderer(tiny_tokenizer, max_seq_len=128)  # which takes the greeting first
+    assert chatml.encode(greeting).dropped is None and renderer.encode(thanks).dropped is None
+    assert greeting not in pick_shots(chatml, [thanks, greeting, chat("q3", "a3", 3)], 3, seed=1)
+    shots = pick_shots(renderer, [thanks, greeting, chat("q3", "a3", 3)], 3, seed=1)
+    assert thanks in shots and greeting not in shots
+    cases = build_cases(renderer, [chat("test question", "yes", 4)])
+    (prompted,) = few_shot_cases(renderer, shots, cases)  # rendered: turns alternate
+    assert "thanks" not in tok.decode(prompted.prompt_ids)
+
+
+def test_a_template_that_refuses_the_chained_shots_leaves_no_few_shot_baseline_not_no_bench(tiny_tokenizer):
+    import copy
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = (
+        "{% if messages | length > 2 %}{{ raise_exception('one exchange only') }}{% endif %}" + CHATML
+    )
+    renderer = Renderer(tok, max_seq_len=128)
+    cases = build_cases(renderer, [chat(f"question {i}", "yes", i) for i in range(3)])
+    prepared = SimpleNamespace(renderer=renderer, splits=SimpleNamespace(train=[chat("shot", "no", 9)]))
+    scored = SimpleNamespace(value=0.5, ppl=None, eos_rate=1.0, wall_s=0.0, outputs=[], scores=[0.5] * 3)
+    warned: list[str] = []
+    out = prompting_baselines(
+        None,
+        SimpleNamespace(context=4096),
+        prepared,
+        cases,
+        BenchConfig(max_new_tokens=8),
+        lambda *a, **k: (scored, None),
+        scored,
+        1234,
+        warned.append,
+    )
+    assert list(out) == ["zero_shot"]
+    assert warned == [
+        "no few-shot baseline: the chat template refuses the shots put before a test prompt "
+        "(chat template: one exchange only)"
+    ]

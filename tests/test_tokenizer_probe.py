@@ -188,5 +188,7 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
         probe = model_probe(tok)
         assert gguf_problems(llm, probe) == [], kind  # read and written back alike
         if kind == "llama2-prefix":
-            assert tok.convert_ids_to_tokens(probe.ids[:1])[0].startswith("▁") and probe.text.startswith("I'm")
+            assert tok.convert_ids_to_tokens(probe.ids[:1])[0].startswith("▁") and probe.text.startswith(
+                "I'm"
+            )
         del llm

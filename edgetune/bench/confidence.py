@@ -151,7 +151,7 @@ def attach_intervals(report: dict[str, Any], level: float) -> None:
         gains = [b["tuned_minus_baseline"] for b in baselines.values()]
         # None where a gain has no interval (too few examples): nothing says whether it is noise
         report["prompting_beats_tuning_shown"] = (
-            any(g["loss_shown"] for g in gains) if all(g["interval"] for g in gains) else None
+            any(g.get("loss_shown") for g in gains) if all(g.get("interval") for g in gains) else None
         )
 
 

@@ -145,6 +145,8 @@ RETAINED_NOTHING = (
 def prompting_failure(report: dict[str, Any], evidence: str) -> str | None:
     """Why the tuned model fails gates.beats_prompting under gates.prompting_evidence; None when it
     passes."""
+    from edgetune.bench.confidence import MIN_EXAMPLES
+
     verdict = report.get("tuning_beats_prompting")
     if verdict is None:
         return (
@@ -159,8 +161,12 @@ def prompting_failure(report: dict[str, Any], evidence: str) -> str | None:
     gains = [b.get("tuned_minus_baseline") or {} for b in (report.get("baselines") or {}).values()]
     intervals = bool(gains) and all(g.get("interval") for g in gains)  # too few examples: none
     if evidence == "proven":
-        if not intervals:
-            return f"fine-tuning against prompting: no confidence interval for gates.prompting_evidence ({scores})"
+        if not intervals:  # fewer examples than an interval needs, or a report without per-example scores
+            return (
+                f"fine-tuning against prompting: no confidence interval for gates.prompting_evidence "
+                f"({scores} on {best[1].get('examples', '?')} examples; an interval needs {MIN_EXAMPLES} "
+                "with per-example scores)"
+            )
         return (
             None
             if all(g.get("shown") for g in gains)

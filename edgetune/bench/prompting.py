@@ -9,7 +9,8 @@ gets a paired interval (bench/confidence.py): on 30 examples a few points can be
 The shots are the same for every test prompt: training rows in a seeded order, each with an answer
 no earlier shot has where the data has enough (the first rows of a file sorted by answer were k
 shots of one label), and only rows training used whole (a row dropped as too long, or one the chat
-template refused, is no example of the task).
+template refused, is no example of the task) whose turns alternate from a user's, so that chained
+they still do (Llama 2's and Mistral's templates refuse anything else).
 """
 
 from __future__ import annotations
@@ -23,26 +24,41 @@ from edgetune.bench.accuracy import Case
 from edgetune.bench.metrics import reference_answer
 from edgetune.errors import InputError
 
-# rows looked at for shots with answers not yet taken: a task with fewer answers than k takes the
-# rest from these, not from a scan of the whole training file
-SHOT_CANDIDATES = 200
+# rows looked at for shots: a task with fewer answers than k takes the rest from those looked at,
+# and a file whose rows mostly cannot be shots is not encoded whole
+SHOT_CANDIDATES = 500
 
 
 def pick_shots(renderer, train, k: int, seed: int) -> list:
     """`k` training rows to prompt with (see the module)."""
     order = [ex for ex in train if ex.format != "text"]
     random.Random(seed).shuffle(order)
-    picked, spare, answers, looked = [], [], set(), 0
-    for ex in order:
-        if len(picked) == k or looked == SHOT_CANDIDATES:
+    picked, spare, answers = [], [], set()
+    for ex in order[:SHOT_CANDIDATES]:
+        if len(picked) == k:
             break
-        if not _trained_whole(renderer, ex):
+        if not _a_turn_each(renderer, ex) or not _trained_whole(renderer, ex):
             continue
-        looked += 1
         answer = reference_answer(ex)
         (spare if answer in answers else picked).append(ex)
         answers.add(answer)
     return picked + spare[: k - len(picked)]
+
+
+def shot_turns(renderer, shot) -> list[dict[str, str]]:
+    """A shot as turns of the conversation: its own up to its scored reply, then that reply
+    (its system turn is the test row's; a reply of weight 0 after it is not the example)."""
+    asked = [m for m in renderer.prompt_messages(shot) if m["role"] != "system"]
+    return [*asked, {"role": "assistant", "content": shot.reference()}]
+
+
+def _a_turn_each(renderer, ex) -> bool:
+    """User and assistant turns in turn, the user's first: chained, shots then keep the turns
+    alternating, as Llama 2's and Mistral's templates require (they refuse anything else)."""
+    if not renderer.uses_chat(ex):
+        return True
+    roles = [m["role"] for m in shot_turns(renderer, ex)]
+    return all(role == ("user", "assistant")[i % 2] for i, role in enumerate(roles))
 
 
 def _trained_whole(renderer, ex) -> bool:
@@ -64,7 +80,7 @@ def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:
         if renderer.uses_chat(ex):
             before = renderer.prompt_messages(ex)  # up to the reply scored, which no shot may show
             head = before[:1] if before[0]["role"] == "system" else []
-            turns = [m for shot in shots for m in shot.as_messages() if m["role"] != "system"]
+            turns = [m for shot in shots for m in shot_turns(renderer, shot)]
             text = renderer.chat_text(head + turns + before[len(head) :], add_generation_prompt=True)
         else:  # each shot as training saw it: prompt, answer and EOS, so the base model may stop too
             text = "\n\n".join([*(renderer.spans(s)[0] for s in shots), renderer.prompt_text(ex)])
@@ -93,7 +109,11 @@ def prompting_baselines(
         "sample_outputs": zero.outputs[:3],
     }
     shots = pick_shots(prepared.renderer, prepared.splits.train, cfg.few_shot_k, seed)
-    shot_cases = few_shot_cases(prepared.renderer, shots, cases) if shots else []
+    try:
+        shot_cases = few_shot_cases(prepared.renderer, shots, cases) if shots else []
+    except InputError as e:  # the template refuses the chained conversation: no baseline, not no bench
+        warn(f"no few-shot baseline: the chat template refuses the shots put before a test prompt ({e})")
+        shots, shot_cases = [], []
     context = getattr(base_runner, "context", None)
     longest = max((len(c.prompt_ids) for c in shot_cases), default=0) + cfg.max_new_tokens
     if context and longest > context:  # the base model would answer past the positions it knows

@@ -267,18 +267,9 @@ def prompting_lines(report: dict[str, Any]) -> list[str]:
     the report's section, and what bench and run say on the terminal."""
     lines = []
     for name, b in (report.get("baselines") or {}).items():
-        if not b.get("examples"):  # text rows: no answer to score; what the base reads of them instead
-            tuned = next(
-                (t.get("ppl") for t in report["targets"] if t["name"] == report["reference"].get("name")),
-                None,
-            )
+        if b.get("examples") == 0:  # text rows: no answer to score
             lines.append(
                 f"base model {name.replace('_', ' ')}: no answers to score (the held-out rows are text)"
-                + (
-                    f"; perplexity on them {b['ppl']:.2f} against {tuned:.2f} for the tuned model"
-                    if b.get("ppl") and tuned
-                    else ""
-                )
             )
             continue
         extra = (

@@ -296,6 +296,7 @@ def check_onnx_variant(
     refs: list[_Reference],
     max_new_tokens: int,
     kl_goals: dict[str, float] | None = None,
+    probe: ModelProbe | None = None,
 ) -> ParityRow:
     """One ONNX directory against the torch reference. The prompt ids come from the directory's own
     tokenizer and chat template (a lost template or a changed tokenizer shows here); fp32 also
@@ -329,8 +330,8 @@ def check_onnx_variant(
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
             cached.append(got == greedy(Uncached(runner), r.prompt_ids, eos_ids, max_new_tokens))
-    if not any(differences):  # else the prompts said it
-        problems += folder_problems(tokenizer, model_probe(renderer.tokenizer))
+    if probe is not None and not any(differences):  # else the prompts said it
+        problems += folder_problems(tokenizer, probe)
     row = _row(directory.name, quant, differences, kls, top1s, same, eos, cached or None)
     row.file_problems = problems
     return judge(row, kl_goals)
@@ -369,11 +370,12 @@ def check_onnx(
     from edgetune.export.onnx_sidefiles import side_file_problems
 
     refs = torch_reference(model_dir, renderer, examples, max_new_tokens)
+    probe = model_probe(renderer.tokenizer)
     rows = []
     for quant, directory in variants:
         if console is not None:
             console.print(f"parity: onnx/{directory.name}")
-        row = check_onnx_variant(directory, quant, renderer, examples, refs, max_new_tokens, kl_goals)
+        row = check_onnx_variant(directory, quant, renderer, examples, refs, max_new_tokens, kl_goals, probe)
         row.artifact = f"onnx/{directory.name}"
         # what the folder tells optimum and a plain tokenizer call, which the loop above cannot see
         texts = [r.prompt_text for r in refs] if row.ids_equal else []  # else said above, once
