@@ -63,14 +63,12 @@ def _front_end_text(llm, ids: list[int]) -> str:
     """`ids` as llama.cpp front-ends print them (no special tokens). A SentencePiece vocabulary that
     puts a space before the text (add_space_prefix, Llama 2's and Mistral's) writes it back after
     the BOS only, as transformers' decoder strips it: decoded after the BOS, which is not printed."""
-    bos = llm.token_bos()
-    spaced = llm.metadata.get("tokenizer.ggml.add_space_prefix", "true" if _spm(llm) else "false") == "true"
+    bos, meta = llm.token_bos(), llm.metadata
+    # llama.cpp's default: on for a SentencePiece ("llama") vocabulary, off for the others
+    default = "true" if meta.get("tokenizer.ggml.model") == "llama" else "false"
+    spaced = meta.get("tokenizer.ggml.add_space_prefix", default) == "true"
     lead = [bos] if spaced and bos >= 0 else []
     return llm.detokenize(lead + ids, special=False).decode("utf-8", "replace")
-
-
-def _spm(llm) -> bool:
-    return llm.metadata.get("tokenizer.ggml.model") == "llama"
 
 
 def folder_problems(tokenizer, probe: ModelProbe) -> list[str]:
