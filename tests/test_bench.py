@@ -1307,6 +1307,7 @@ def test_a_latency_child_ends_with_the_bench_that_started_it():
     pid = int(parent.stdout.readline())
     parent.kill()
     parent.wait()
+    parent.stdout.close()
 
     def alive() -> bool:
         try:
