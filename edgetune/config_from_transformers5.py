@@ -164,7 +164,7 @@ def _write_view(source: Path, view: Path, rewritten: dict[str, str]) -> None:
     import shutil
     import tempfile
 
-    from edgetune.rundir import give_umask_modes
+    from edgetune.rundir import give_modes
 
     view.parent.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=view.parent.parent, prefix=f".{view.parent.name}.", suffix=".tmp"))
@@ -176,7 +176,7 @@ def _write_view(source: Path, view: Path, rewritten: dict[str, str]) -> None:
                 (folder / entry.name).symlink_to(entry)
         for name, text in rewritten.items():
             (folder / name).write_text(text)
-        give_umask_modes(staging)  # mkdtemp's 700 would keep a shared cache from other users
+        give_modes(staging)  # mkdtemp's 700 would keep a shared cache from other users
         os.replace(staging, view.parent)
     except OSError:
         if not view.is_dir():  # not another process's view, made first: a real failure

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetune.errors import ModelError
-from edgetune.rundir import file_in_the_way, give_umask_modes, sha256_file
+from edgetune.rundir import file_in_the_way, give_modes, sha256_file
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -221,7 +221,7 @@ def builtin_model_dir(model: BuiltinModel, quiet: bool = False) -> Path:
         (tmp / "edgetune-source.sha256").write_text(f"{sha256_file(gguf_path)}  {gguf_path.name}\n")
         # mkdtemp made it 0700 and safetensors its weights 0600: a cache shared by other users
         # (EDGETUNE_CACHE on a common disk) is read with the modes the umask gives
-        give_umask_modes(tmp)
+        give_modes(tmp)
         if target.exists():  # a concurrent conversion won; keep theirs
             shutil.rmtree(tmp)
         else:

@@ -50,22 +50,15 @@ def _umask() -> int:
     return mask
 
 
-def give_umask_modes(root: Path, replacing: Path | None = None) -> None:
+def give_modes(root: Path, replacing: Path | None = None) -> None:
     """Files and folders under `root` as the umask would have made them: mkstemp, mkdtemp and
     safetensors' save_file make them private (0600/0700), and a rename keeps that. With
-    `replacing`, the folder `root` will replace: each one there keeps the mode it has there (a
-    shipped folder the user made private stays private)."""
-    mask = _umask()
+    `replacing`, the folder `root` will replace, each takes the mode of the one it replaces there
+    (mode_for: a shipped folder the user made private stays private)."""
     for path in [root, *root.rglob("*")]:
-        if path.is_symlink():
-            continue
-        mode = (0o777 if path.is_dir() else 0o666) & ~mask
-        if replacing is not None:
-            with contextlib.suppress(OSError):  # none there, or not the same kind: the umask's
-                there = os.lstat(replacing / path.relative_to(root))
-                if stat.S_ISDIR(there.st_mode) == path.is_dir() and not stat.S_ISLNK(there.st_mode):
-                    mode = there.st_mode & 0o777  # as mode_for: permissions, not setuid or sticky bits
-        path.chmod(mode)
+        if not path.is_symlink():
+            there = replacing / path.relative_to(root) if replacing is not None else None
+            path.chmod(mode_for(there, path.is_dir()))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -95,14 +88,16 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         raise
 
 
-def mode_for(path: Path) -> int:
-    """The mode a file written in place of `path` gets: the one `path` has (a user's chmod 600 on
-    a manifest outlives the next stage, as it outlives an editor's save or `sed -i`), else the
-    umask's. mkstemp makes it 0600, which a server reading the export as another user cannot read."""
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
+def mode_for(path: Path | None, directory: bool = False) -> int:
+    """The mode a file (or folder) written in place of `path` gets: the one `path` has, where it
+    is one of that kind (a user's chmod 600 on a manifest outlives the next stage, as it outlives
+    an editor's save or `sed -i`), else the umask's. mkstemp makes it 0600, which a server reading
+    the export as another user cannot read. Permissions only: no setuid or sticky bits."""
+    with contextlib.suppress(OSError):  # none there: the umask's
+        there = os.stat(path) if path is not None else None
+        if there is not None and stat.S_ISDIR(there.st_mode) == directory:
+            return there.st_mode & 0o777
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -125,7 +120,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     try:
         with writing(target):
             yield staging
-            give_umask_modes(staging, target)  # a server running as another user reads the shipped files
+            give_modes(staging, target)  # a server running as another user reads the shipped files
             fsync_tree(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

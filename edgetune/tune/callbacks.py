@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from edgetune import strict_json
 from edgetune.console import live
-from edgetune.rundir import atomic_write_json, fsync_file, fsync_tree, give_umask_modes
+from edgetune.rundir import atomic_write_json, fsync_file, fsync_tree, give_modes
 from edgetune.tune.distributed import wait_for_every_rank
 
 COMPLETE = "edgetune-complete.json"
@@ -54,7 +54,7 @@ class CommitCheckpoints(TrainerCallback):
                 fsync_file(self.metrics)
             if ckpt.is_dir():
                 # peft saves the adapter with safetensors, which makes it 0600 whatever the umask
-                give_umask_modes(ckpt)
+                give_modes(ckpt)
                 fsync_tree(ckpt)
                 atomic_write_json(ckpt / COMPLETE, {"step": state.global_step, "time": time.time()})
         return control
