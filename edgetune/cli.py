@@ -56,6 +56,12 @@ class LazyGroup(NamingGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        if name not in READ_NO_FOLDER:  # before the command imports anything (torch dies there)
+            _refuse_a_deleted_cwd()
+        return name, command, rest
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None
@@ -90,8 +96,6 @@ class LazyGroup(NamingGroup):
         _stacks_on_sigusr1()
         received, before = _signals_interrupt()
         try:
-            if _subcommand(ctx) not in READ_NO_FOLDER:
-                _refuse_a_deleted_cwd()
             return super().invoke(ctx)  # NamingGroup's: a usage error names the subcommand
         except EdgetuneError as exc:
             _fail(str(exc), exc.exit_code)
@@ -142,12 +146,6 @@ class LazyGroup(NamingGroup):
 
 # commands that read nothing from the current directory (or import torch, which dies without one)
 READ_NO_FOLDER = {"recipes"}
-
-
-def _subcommand(ctx: click.Context) -> str | None:
-    """The command word parse_args left for invoke (click keeps it apart from the other arguments)."""
-    words = [*(getattr(ctx, "_protected_args", None) or ()), *ctx.args]
-    return words[0] if words else None
 
 
 def _refuse_a_deleted_cwd() -> None:
