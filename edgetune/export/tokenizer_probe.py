@@ -45,17 +45,34 @@ def model_probe(tokenizer, model_dir: Path | None = None) -> ModelProbe:
 def gguf_problems(llm, probe: ModelProbe) -> list[str]:
     """How a GGUF (loaded in llama.cpp) reads PROBE_TEXT, or writes the model's ids for it, otherwise
     than the model: one problem at most, the split first."""
-    return split_otherwise(
+    return _problems(
         "the file's",
+        probe,
         llm.tokenize(PROBE_TEXT.encode(), add_bos=False, special=True),
-        probe.ids,
         lambda ids: llm.detokenize(ids, special=True),
         gguf_split_setting(llm.metadata, probe.pre),
-    ) or written_otherwise(
-        "the file's",
         _front_end_text(llm, probe.ids),
-        probe.text,
         "its tokenizer.ggml.tokens and token_type",
+    )
+
+
+def folder_problems(tokenizer, probe: ModelProbe) -> list[str]:
+    """The same for an ONNX folder's own tokenizer."""
+    return _problems(
+        "the folder's",
+        probe,
+        tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
+        tokenizer.decode,
+        "its tokenizer.json's normalizer and pre_tokenizer",
+        _decoded(tokenizer, probe.ids),
+        "its tokenizer.json's decoder and added_tokens",
+    )
+
+
+def _problems(whose, probe, ids, decode, split_hint: str, text: str, text_hint: str) -> list[str]:
+    """`ids`: the shipped tokenizer's for PROBE_TEXT; `text`: what it writes for the model's ids."""
+    return split_otherwise(whose, ids, probe.ids, decode, split_hint) or written_otherwise(
+        whose, text, probe.text, text_hint
     )
 
 
@@ -69,22 +86,6 @@ def _front_end_text(llm, ids: list[int]) -> str:
     spaced = meta.get("tokenizer.ggml.add_space_prefix", default) == "true"
     lead = [bos] if spaced and bos >= 0 else []
     return llm.detokenize(lead + ids, special=False).decode("utf-8", "replace")
-
-
-def folder_problems(tokenizer, probe: ModelProbe) -> list[str]:
-    """The same for an ONNX folder's own tokenizer."""
-    return split_otherwise(
-        "the folder's",
-        tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"],
-        probe.ids,
-        tokenizer.decode,
-        "its tokenizer.json's normalizer and pre_tokenizer",
-    ) or written_otherwise(
-        "the folder's",
-        _decoded(tokenizer, probe.ids),
-        probe.text,
-        "its tokenizer.json's decoder and added_tokens",
-    )
 
 
 def _decoded(tokenizer, ids: list[int]) -> str:
@@ -114,7 +115,7 @@ def written_otherwise(whose: str, shipped: str, model: str, hint: str) -> list[s
     computes alike, and front-ends print each newline or accented letter it writes as "<0x0A>"."""
     if shipped == model:
         return []
-    at = next((i for i, (a, b) in enumerate(zip(shipped, model)) if a != b), min(len(shipped), len(model)))
+    at = first_difference(shipped, model)
     start = max(0, at - 8)
     return [
         f"{whose} tokenizer writes the model's tokens as other text: where the model writes "
@@ -163,8 +164,13 @@ def ids_difference(shipped: list[int], model: list[int], decode) -> str:
         return f"the file adds {text(shipped[:1])!r} (id {shipped[0]}) before the prompt, the model does not"
     if model[1:] == shipped:
         return f"the file leaves out the model's {text(model[:1])!r} (id {model[0]}) before the prompt"
-    at = next((i for i, (a, b) in enumerate(zip(shipped, model)) if a != b), min(len(shipped), len(model)))
+    at = first_difference(shipped, model)
     return (
         f"from token {at} of {len(model)} the file reads {text(shipped[at : at + 3])!r} "
         f"(ids {shipped[at : at + 3]}), the model {text(model[at : at + 3])!r} (ids {model[at : at + 3]})"
     )
+
+
+def first_difference(a, b) -> int:
+    """The first position where two sequences (ids, or text) differ, or the shorter one's length."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
