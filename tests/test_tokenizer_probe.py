@@ -192,3 +192,17 @@ def test_the_probe_text_reads_alike_in_every_tokenizer_kind_edgetune_converts(tm
                 "I'm"
             )
         del llm
+
+
+def test_a_token_added_before_the_test_text_is_said_of_the_text_not_of_a_prompt():
+    from edgetune.export.tokenizer_probe import split_otherwise
+
+    decode = {7: "<s>", 1: "a", 2: "b"}.get
+
+    def pieces(ids):
+        return "".join(decode(i) for i in ids)
+
+    (added,) = split_otherwise("the file's", [7, 1, 2], [1, 2], pieces, "hint")
+    assert "adds '<s>' (id 7) before the text, the model does not" in added, added
+    (lost,) = split_otherwise("the file's", [1, 2], [7, 1, 2], pieces, "hint")
+    assert "leaves out the model's '<s>' (id 7) before the text" in lost, lost

@@ -103,7 +103,7 @@ def split_otherwise(
         return []
     return [
         f"{whose} tokenizer splits edgetune's test text (tokenizer_probe.PROBE_TEXT: digits, contractions, "
-        f"whitespace runs, accents) otherwise than the model's: {ids_difference(shipped, model, decode)} "
+        f"whitespace runs, accents) otherwise than the model's: {ids_difference(shipped, model, decode, 'text')} "
         f"(front-ends would read prompts as other tokens; {hint})"
     ]
 
@@ -149,10 +149,10 @@ def model_pre(model_dir: Path) -> str | None:
         return None
 
 
-def ids_difference(shipped: list[int], model: list[int], decode) -> str:
-    """Where the ids a shipped file's tokenizer gives a prompt first part from the model's, in
-    words ("" when they agree): the usual causes are a BOS added or lost, and a pre-tokenizer or
-    vocabulary that splits text otherwise."""
+def ids_difference(shipped: list[int], model: list[int], decode, what: str = "prompt") -> str:
+    """Where the ids a shipped file's tokenizer gives a prompt (or other `what`) first part from
+    the model's, in words ("" when they agree): the usual causes are a BOS added or lost, and a
+    pre-tokenizer or vocabulary that splits text otherwise."""
     if shipped == model:
         return ""
 
@@ -161,9 +161,9 @@ def ids_difference(shipped: list[int], model: list[int], decode) -> str:
         return piece.decode(errors="replace") if isinstance(piece, bytes) else piece
 
     if shipped[1:] == model:
-        return f"the file adds {text(shipped[:1])!r} (id {shipped[0]}) before the prompt, the model does not"
+        return f"the file adds {text(shipped[:1])!r} (id {shipped[0]}) before the {what}, the model does not"
     if model[1:] == shipped:
-        return f"the file leaves out the model's {text(model[:1])!r} (id {model[0]}) before the prompt"
+        return f"the file leaves out the model's {text(model[:1])!r} (id {model[0]}) before the {what}"
     at = first_difference(shipped, model)
     return (
         f"from token {at} of {len(model)} the file reads {text(shipped[at : at + 3])!r} "
