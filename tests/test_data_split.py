@@ -504,3 +504,25 @@ def test_a_split_by_input_is_named_and_a_bad_value_refused(tmp_path, chat_rows):
     assert make_splits(cfg(path)).files["test"] == f"{path} (10% split, seed 1234)"
     with pytest.raises(ConfigError, match="data.split_by"):
         load_recipe("demo", ["data.split_by=hash"])
+
+
+def test_the_held_out_rows_bench_takes_are_spread_over_the_split_and_kept_while_the_data_changes(tmp_path):
+    """bench scores the first bench.max_examples held-out rows, its baselines the first
+    bench.baseline_examples of those, parity the first export.parity_examples. In file order, a
+    file written topic by topic gave them the first topics only."""
+    topics = [f"topic-{t}" for t in range(10)]
+    rows = [chat_row(f"{t}: question {i}?", f"{t} answer {i}") for t in topics for i in range(100)]
+    test_file = write_jsonl(tmp_path / "test.jsonl", rows)
+    train = write_jsonl(tmp_path / "train.jsonl", [chat_row(f"train {i}?", "yes") for i in range(50)])
+
+    def sample(path, limit: int) -> list[str]:
+        splits = make_splits(cfg(train, test=str(path), valid_fraction=0.0))
+        return [ex.input_turns()[-1][1] for ex in splits.held_out(limit)]
+
+    first = sample(test_file, 30)
+    assert len({q.split(":")[0] for q in first}) >= 8  # in file order: 1 topic
+    assert sample(test_file, 100)[:30] == first  # the baselines' rows are among bench's, spread too
+    kept = [r for r in rows if r["messages"][0]["content"] not in first[:1]] + [chat_row("new?", "new")]
+    assert set(first[1:]) <= set(sample(write_jsonl(tmp_path / "cleaned.jsonl", kept), 30))
+    corrected = [chat_row(r["messages"][0]["content"], "corrected") for r in rows]
+    assert sample(write_jsonl(tmp_path / "corrected.jsonl", corrected), 30) == first

@@ -31,8 +31,12 @@ class Splits:
 
     def held_out(self, limit: int | None = None) -> list[Example]:
         """The rows bench scores and export checks parity on: the test split, or where there is
-        none the validation split (which chose the checkpoint); the first `limit`."""
-        return (self.test or self.valid)[:limit]
+        none the validation split (which chose the checkpoint); the first `limit`.
+
+        They come in the order of a hash of each row's input, not in file order: any first rows
+        are a sample spread over the whole split (the first lines of a file sorted by topic are its
+        first topics), and the same sample whatever rows are added, removed or corrected around them."""
+        return sorted(self.test or self.valid, key=_input_rank)[:limit]
 
 
 def dedupe(examples: list[Example]) -> tuple[list[Example], int]:
@@ -78,6 +82,11 @@ def _refuse_test_inside_valid(cfg: DataConfig, held: dict[str, list[Example]]) -
             f"{cfg.test}: every test example is also in {cfg.valid}: the test score would be on the "
             "examples that chose the checkpoint; give a separate test file, or drop data.test"
         )
+
+
+def _input_rank(ex: Example) -> bytes:
+    """A hash of the row's input, case and whitespace folded (a text row's whole text)."""
+    return hashlib.sha256(folded_input(ex).encode()).digest()
 
 
 def _held_out_order(train: list[Example], cfg: DataConfig) -> list[int]:
