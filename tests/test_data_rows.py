@@ -43,7 +43,7 @@ def test_detects_each_row_format(tmp_path):
         ),
         (
             {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
-            "messages[0].role: unknown role 'robot'",
+            'messages[0].role: unknown role "robot"',
         ),
         ({"messages": [{"role": "user", "content": "hi"}]}, "messages: has no assistant turn"),
         (
@@ -52,6 +52,89 @@ def test_detects_each_row_format(tmp_path):
         ),
         ({"prompt": "only a prompt"}, "messages: missing"),
         ([1, 2], "expected a JSON object"),
+        # what an export writes beside or instead of a turn's text is said, not dropped
+        (
+            {
+                "messages": [
+                    {"role": "user", "name": "Alice", "content": "hi"},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            "messages[0].name: a speaker's name, which edgetune does not render",
+        ),
+        (  # OpenAI's few-shot form
+            {
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "system", "name": "example_user", "content": "hi"},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            "messages[1].name: 'example_user': a few-shot example written as a named system turn",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            "messages[0].content: a list of text parts: edgetune reads content as one string; join",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            "messages[0].content: a list of content parts holding image_url: edgetune trains on text alone",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": None, "refusal": "No."},
+                ]
+            },
+            "messages[1].content: null, with the reply in refusal",
+        ),
+        (
+            {"messages": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}]},
+            "messages[0]: a ShareGPT turn ({from, value}): name the list conversations",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "system", "content": "s"},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            "messages[1]: a system message is only allowed first",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "developer", "content": "s"},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "x"},
+                ]
+            },
+            'messages[0].role: unknown role "developer"; expected one of system, user, assistant (OpenAI\'s',
+        ),
+        (
+            {"messages": [{"role": "User", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+            'unknown role "User"; expected one of system, user, assistant (in lower case)',
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}],
+                "system": 3,
+            },
+            "system: expected a string, got a number",
+        ),
     ],
 )
 def test_bad_row_names_file_line_and_field(tmp_path, bad, field):
@@ -324,7 +407,7 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         ({"conversations": "[oops"}, "conversations: expected a list, or that list as JSON text"),
         (
             {"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f()"}]},
-            "conversations[1].from: unknown speaker 'function_call'",
+            'conversations[1].from: unknown speaker "function_call"',
         ),
         ({"conversations": [{"from": "human", "value": "q"}]}, "conversations: has no assistant turn"),
         (
@@ -340,11 +423,11 @@ def test_alpaca_from_csv_and_sharegpt_from_parquet(tmp_path):
         ),
         (
             {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "bot", "content": "a"}]},
-            "completion[0].role: unknown role 'bot'",
+            'completion[0].role: unknown role "bot"',
         ),
         (
             {"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "tool", "content": "a"}]},
-            "completion[0].role: unknown role 'tool'; expected one of system, user, assistant (tool and",
+            'completion[0].role: unknown role "tool"; expected one of system, user, assistant (tool and',
         ),
         (  # OpenAI's tool-call turn has null content: said as a tool call, not as a missing string
             {
@@ -407,6 +490,49 @@ def test_a_tool_calling_layout_is_said_to_be_one(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"query": "weather?", "tools": "[]", "answers": "[]"}])
     with pytest.raises(DataError, match="fields \\(answers, query, tools\\).*; tool-calling layouts are not"):
         load_examples(path)
+
+
+def test_a_top_level_system_prompt_is_read_for_conversations_and_refused_beside_a_plain_prompt(tmp_path):
+    """Honoured for Alpaca and ShareGPT rows, a row's `system` was dropped from messages and
+    prompt/completion rows: the model trained without the persona the user gave."""
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "Arr", "weight": 1}]
+    messages = [{"system": "You are a pirate.", "messages": turns}, {"system": "", "messages": turns}]
+    trl = [{"system": "You are a pirate.", "prompt": turns[:1], "completion": turns[1:]}]
+    examples = [
+        *load_examples(write_jsonl(tmp_path / "m.jsonl", messages)).examples,
+        *load_examples(write_jsonl(tmp_path / "t.jsonl", trl)).examples,
+    ]
+    pirate = (("system", "You are a pirate."), ("user", "hello"), ("assistant", "Arr"))
+    assert [ex.messages for ex in examples] == [pirate, pirate[1:], pirate]
+    assert [learnt_reply(ex.messages, len(ex.messages) - 1, ex.untrained) for ex in examples] == [True] * 3
+    twice = {"system": "Be a pirate.", "messages": [{"role": "system", "content": "Be a poet."}, *turns]}
+    with pytest.raises(
+        DataError, match=r"d.jsonl:1: system: given twice: here and as the first turn of messages"
+    ):
+        load_examples(write_jsonl(tmp_path / "d.jsonl", [twice]))
+    plain = {"system": "Be a pirate.", "prompt": "hello", "completion": "Arr"}
+    with pytest.raises(DataError, match=r"d.jsonl:1: system: a system prompt beside a plain prompt and comp"):
+        load_examples(write_jsonl(tmp_path / "d.jsonl", [plain]))
+
+
+def test_unpaired_preference_data_is_refused_not_trained_on_as_good_answers(tmp_path):
+    """TRL's KTO rows label each reply good or bad: read as prompt/completion, every reply was
+    learnt, those labelled bad too."""
+    plain = [{"prompt": "Is the sky green?", "completion": "Yes.", "label": False}]
+    turns = [
+        {
+            "prompt": [{"role": "user", "content": "Is the sky green?"}],
+            "completion": [{"role": "assistant", "content": "Yes."}],
+            "label": True,
+        }
+    ]
+    for rows in (plain, turns):
+        with pytest.raises(DataError, match=r"d.jsonl:1: label: unpaired preference data") as info:
+            load_examples(write_jsonl(tmp_path / "d.jsonl", rows))
+        assert "skip_bad_rows" not in str(info.value)  # every row is labelled: skipping skips them all
+    # a label of another kind is a column edgetune does not read, as any other
+    classified = [{"prompt": "great film", "completion": "positive", "label": "positive"}]
+    assert load_examples(write_jsonl(tmp_path / "d.jsonl", classified)).examples[0].completion == "positive"
 
 
 def test_preference_data_is_refused_with_a_reason(tmp_path):

@@ -13,6 +13,8 @@ import string
 import unicodedata
 from collections.abc import Callable
 
+from edgetune.data.rows import in_file_order
+
 
 def exact(prediction: str, reference: str) -> float:
     return float(prediction.strip() == reference.strip())
@@ -172,7 +174,7 @@ def reference_answer(example) -> str | None:
 def unscorable_rows(metric: str, examples) -> list[str]:
     """`file:line: why ('the answer...')` for each example whose answer `metric` cannot read."""
     rows = []
-    for ex in examples:
+    for ex in in_file_order(examples):
         answer = reference_answer(ex)
         if answer is not None and (why := unscorable(metric, answer)):
             rows.append(f"{ex.source}: bench.metric {why} ({' '.join(answer.split())[:60]!r})")

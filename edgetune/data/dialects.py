@@ -20,6 +20,7 @@ from edgetune.data.fields import (
     Conversation,
     blank,
     checked_turns,
+    content_text,
     kind_of,
     nonempty_str,
     refuse_unrendered,
@@ -63,13 +64,16 @@ def _optional_str(row: dict[str, Any], key: str) -> str:
     return value
 
 
-def _with_system(row: dict[str, Any], turns: list[tuple[str, str]], field_path: str) -> list[tuple[str, str]]:
+def with_system(row: dict[str, Any], conversation: Conversation, field_path: str) -> Conversation:
+    """The turns after the row's top-level `system` prompt where it has one, and which of them are
+    untrained (weight 0)."""
+    turns, untrained = conversation
     system = _optional_str(row, "system")
     if not system.strip():
-        return turns
+        return tuple(turns), tuple(untrained)
     if turns and turns[0][0] == "system":
         raise BadRow("system", f"given twice: here and as the first turn of {field_path}")
-    return [("system", system), *turns]
+    return (("system", system), *turns), tuple(i + 1 for i in untrained)
 
 
 def alpaca_turns(row: dict[str, Any]) -> Conversation:
@@ -93,7 +97,8 @@ def alpaca_turns(row: dict[str, Any]) -> Conversation:
     if "output" not in row:
         raise BadRow("output", "missing")
     turns += [("user", user), ("assistant", nonempty_str(row["output"], "output"))]
-    return checked_turns(_with_system(row, turns, "history"), "output")
+    turns, _ = with_system(row, (tuple(turns), ()), "history")
+    return checked_turns(list(turns), "output")
 
 
 def sharegpt_turns(row: dict[str, Any]) -> Conversation:
@@ -113,15 +118,16 @@ def sharegpt_turns(row: dict[str, Any]) -> Conversation:
         if role is None:
             raise BadRow(
                 f"{where}.{who_key}",
-                f"unknown speaker {who!r}; expected one of {', '.join(SPEAKERS)} "
+                f"unknown speaker {json.dumps(who)}; expected one of {', '.join(SPEAKERS)} "
                 "(tool and function turns are not supported)",
             )
         refuse_unrendered(turn, where)
         if role == "system" and blank(turn.get(text_key)):
             continue  # an empty system turn (exports write one): no system prompt, as if absent
-        turns.append((role, nonempty_str(turn.get(text_key), f"{where}.{text_key}")))
+        if role == "system" and turns:
+            raise BadRow(where, "a system message is only allowed first")
+        turns.append((role, content_text(turn, text_key, where)))
         if not weight_allows_loss(turn, role, where):
             untrained.append(len(turns) - 1)
-    everything = _with_system(row, turns, "conversations")
-    shift = len(everything) - len(turns)  # a top-level system comes first
-    return checked_turns(everything, "conversations", tuple(i + shift for i in untrained))
+    turns, shifted = with_system(row, (tuple(turns), tuple(untrained)), "conversations")
+    return checked_turns(list(turns), "conversations", shifted)

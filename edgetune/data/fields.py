@@ -60,6 +60,36 @@ def refuse_unrendered(turn: dict[str, Any], field_path: str) -> None:
                 "a reasoning trace, which edgetune does not render (it trains on content alone): write it "
                 "into content as the model's template does (<think>...</think> for Qwen3), or drop it",
             )
+    name = turn.get("name")
+    if isinstance(name, str) and name.startswith("example_"):  # OpenAI's few-shot turns
+        raise BadRow(
+            f"{field_path}.name",
+            f"{name!r}: a few-shot example written as a named system turn, which edgetune does not "
+            "render: write it as a user turn and an assistant turn of weight 0",
+        )
+    if not blank(name):  # the speakers of a chat among several would all be one user
+        raise BadRow(
+            f"{field_path}.name",
+            "a speaker's name, which edgetune does not render (chat templates take role and content): "
+            'write it into content ("Alice: ..."), or drop it',
+        )
+
+
+def content_text(turn: dict[str, Any], key: str, field_path: str) -> str:
+    """A turn's text at `key`: a non-empty string, said plainly where an export wrote it otherwise
+    (a list of content parts, or a refusal beside null content)."""
+    value = turn.get(key)
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        kinds = sorted({str(p.get("type")) for p in value} - {"text"})
+        raise BadRow(
+            f"{field_path}.{key}",
+            f"a list of content parts holding {', '.join(kinds)}: edgetune trains on text alone"
+            if kinds
+            else "a list of text parts: edgetune reads content as one string; join the parts' text",
+        )
+    if value is None and not blank(turn.get("refusal")):
+        raise BadRow(f"{field_path}.{key}", "null, with the reply in refusal: write it as the content")
+    return nonempty_str(value, f"{field_path}.{key}")
 
 
 def refuse_tool_definitions(row: dict[str, Any]) -> None:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetune.data.dialects import alpaca_turns, json_list, sharegpt_turns
+from edgetune.data.dialects import alpaca_turns, json_list, sharegpt_turns, with_system
 from edgetune.data.fields import (
     ROLES,
     BadRow,
     Conversation,
     blank,
     checked_turns,
+    content_text,
     kind_of,
     learnt_reply,
     nonempty_str,
@@ -111,6 +112,17 @@ class Example:
         return self.completion if self.format == "prompt_completion" else self.text
 
 
+def in_file_order(examples: list[Example]) -> list[Example]:
+    """Examples by file and line, as a list of rows to fix is read (held-out rows come in a hashed
+    order)."""
+
+    def place(ex: Example) -> tuple[str, int]:
+        path, _, line = ex.source.rpartition(":")
+        return (path, int(line)) if line.isdigit() else (ex.source, 0)
+
+    return sorted(examples, key=place)
+
+
 @dataclass
 class LoadResult:
     path: Path
@@ -153,23 +165,42 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
             raise BadRow(f"{key}[{i}]", f"expected an object, got {kind_of(m)}")
         role = m.get("role")
         refuse_unrendered(m, f"{key}[{i}]")
-        if role not in ROLES:
-            unsupported = " (tool and function turns are not supported)" if role in TOOL_ROLES else ""
+        if role is None and "from" in m:
             raise BadRow(
-                f"{key}[{i}].role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}{unsupported}"
+                f"{key}[{i}]", "a ShareGPT turn ({from, value}): name the list conversations, not " + key
+            )
+        if role not in ROLES:
+            raise BadRow(
+                f"{key}[{i}].role",
+                f"unknown role {json.dumps(role)}; expected one of {', '.join(ROLES)}{_role_hint(role)}",
             )
         if role == "system" and blank(m.get("content")):
             continue  # an empty system turn (exports write one): no system prompt, as if absent
+        if role == "system" and turns:
+            raise BadRow(f"{key}[{i}]", "a system message is only allowed first")
         if "content" not in m:  # (a null one is "got null")
             raise BadRow(f"{key}[{i}].content", "missing")
-        turns.append((role, nonempty_str(m["content"], f"{key}[{i}].content")))
+        turns.append((role, content_text(m, "content", f"{key}[{i}]")))
         if not weight_allows_loss(m, role, f"{key}[{i}]"):
             untrained.append(len(turns) - 1)
     return checked_turns(turns, key, tuple(untrained)) if check else (tuple(turns), tuple(untrained))
 
 
+def _role_hint(role: Any) -> str:
+    if role in TOOL_ROLES:
+        return " (tool and function turns are not supported)"
+    if role == "developer":
+        return " (OpenAI's newer name for system: write system)"
+    return " (in lower case)" if isinstance(role, str) and role.lower() in ROLES else ""
+
+
+def _messages_turns(row: dict[str, Any]) -> Conversation:
+    turns, untrained = with_system(row, _turns(row.get("messages"), "messages", False), "messages")
+    return checked_turns(list(turns), "messages", untrained)
+
+
 CONVERSATIONS = {
-    "messages": lambda row: _turns(row.get("messages"), "messages"),
+    "messages": _messages_turns,
     "alpaca": alpaca_turns,
     "sharegpt": sharegpt_turns,
 }
@@ -200,6 +231,13 @@ def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
         raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
     refuse_tool_definitions(row)
+    if isinstance(row.get("label"), bool):  # TRL's unpaired preference layout
+        raise BadRow(
+            "label",
+            "unpaired preference data (each reply labelled good or bad, for KTO); edgetune learns every "
+            "reply it is given: keep the rows labelled true, without the label",
+            layout=True,
+        )
     if fmt in CONVERSATIONS:
         turns, untrained = CONVERSATIONS[fmt](row)
         return Example("messages", messages=turns, untrained=untrained)
@@ -212,13 +250,19 @@ def parse_row(row: Any, fmt: str) -> Example:
             # TRL's conversational form: the prompt turns, then the completion turns. Loss falls on
             # the completion only, as in TRL: a reply inside the prompt is context, like the question
             (prompt, _), (completion, after) = (
-                _turns(prompt_turns, "prompt", False),
+                with_system(row, _turns(prompt_turns, "prompt", False), "prompt"),
                 _turns(completion_turns, "completion", False),
             )
             replies = (i for i, (role, _) in enumerate(prompt) if role == "assistant")
             untrained = (*replies, *(len(prompt) + i for i in after))
             turns, untrained = checked_turns([*prompt, *completion], "completion", untrained)
             return Example("messages", messages=turns, untrained=untrained)
+        if not blank(row.get("system")):
+            raise BadRow(
+                "system",
+                "a system prompt beside a plain prompt and completion, which edgetune does not render: "
+                "write the row as messages (system, user and assistant turns), or drop the field",
+            )
         return Example(
             fmt,
             prompt=nonempty_str(row["prompt"], "prompt"),
