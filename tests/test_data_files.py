@@ -152,6 +152,26 @@ def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(
             "row",
         ),
         (b"prompt,completion\n2+2=,4\n3+3=\n", ":3: 1 cell, fewer than the header's 2", "row"),
+        (  # an unquoted comma, and the spreadsheet's trailing empty cell brought the count right
+            b"prompt,completion,source\n2+2=,4,web\n3+3=,It is 6, obviously,\n",
+            ":3: more cells than the header's columns, one opening with a space (a comma in a value",
+            "row",
+        ),
+        (  # Excel's unnamed last column took the text after the comma
+            b"prompt,completion,\n2+2=,4,\n3+3=,It is 6, obviously\n",
+            ":3: cell 3 holds text under a column the header does not name, and would be lost",
+            "row",
+        ),
+        (
+            b"prompt,completion\n2+2=,4\nprompt,completion\n",
+            ":3: the header again (two CSV files joined",
+            "row",
+        ),
+        (
+            b'"prompt";"completion"\n"2+2=";"4"\n',
+            ":1: unreadable CSV (',' expected after '\"'; this file seems to use ';'",
+            "",
+        ),
         (b"prompt,prompt,completion\na,b,c\n", ":1: the header names column 'prompt' more than once", ""),
         (b"prompt;completion\n2+2=;4\n", ":1: the header is one column, 'prompt;completion': a CSV", ""),
         (b'prompt,completion\n2+2=,4\n"3+3=,6\n4+4=,8\n', ":3: unreadable CSV", ""),  # the quote opens there
@@ -177,6 +197,24 @@ def test_csv_problems_name_their_line(tmp_path, content, where, message):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
 
 
+def test_a_csv_written_with_comma_space_reads_its_values_without_that_space(tmp_path):
+    """`prompt, completion` by hand: the space after each comma is no part of the value (the
+    completion " 4" taught the model to answer with a space), and a quote may open after it. A
+    pandas index column is still read past."""
+    path = tmp_path / "d.csv"
+    path.write_text('prompt, completion\nWhat is 2+2?, 4\nSay "hi", "hi, there"\n')
+    assert [(e.prompt, e.completion) for e in load_examples(path).examples] == [
+        ("What is 2+2?", "4"),
+        ('Say "hi"', "hi, there"),
+    ]
+    indexed = tmp_path / "i.csv"
+    indexed.write_text(",prompt,completion\n0,2+2=, 4\n1,3+3=,6\n")  # one value's space is its own
+    assert [(e.prompt, e.completion) for e in load_examples(indexed).examples] == [
+        ("2+2=", " 4"),
+        ("3+3=", "6"),
+    ]
+
+
 def test_json_quirks_get_their_own_line_and_advice(tmp_path):
     """Old Mac line ends in a .json array count as lines; one pretty-printed row is told it is one
     row, not advised to save its messages list alone; a first row that is an array says so."""
@@ -196,6 +234,15 @@ def test_json_quirks_get_their_own_line_and_advice(tmp_path):
     )
     with pytest.raises(DataError, match="one row spread over several lines"):
         load_examples(pretty)
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)]
+    for suffix, where in ((".jsonl", "JSONL has"), (".json", "a .json dataset is an array of rows or has")):
+        jq = tmp_path / f"jq{suffix}"  # jq without -c, or json.dumps(indent=2) per row
+        jq.write_text("\n".join(json.dumps(row, indent=2) for row in rows) + "\n")
+        with pytest.raises(
+            DataError,
+            match=rf"^{jq}:1: a row spread over several lines \(pretty-printed JSON\), where {where} one row per line",
+        ):
+            load_examples(jq, skip_bad_rows=True)  # each line a bad row: no skipping makes it readable
     first = tmp_path / "first.jsonl"
     first.write_text('["a", "b"]\n{"text": "x"}\n')
     with pytest.raises(DataError, match=rf"{first}:1: expected a JSON object, got a list"):

@@ -125,6 +125,17 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                     line = line.removeprefix(BOM)
                 if line.strip():
                     row = _row(line)
+                    if first and isinstance(row, BadRow) and _pretty_printed(path):
+                        where = (
+                            "a .json dataset is an array of rows or has"
+                            if path.suffix.lower() == ".json"
+                            else "JSONL has"
+                        )
+                        raise DataError(  # every line would be a bad row, and "skip them" no advice
+                            f"{path}:{line_no}: a row spread over several lines (pretty-printed JSON), where "
+                            f"{where} one row per line: write each on one line (jq -c, or json.dumps "
+                            "without indent)"
+                        )
                     if first and _array_of_rows(line, row) and path.suffix.lower() != ".json":
                         turns = isinstance(row, list) and all(
                             isinstance(v, dict) and ("role" in v or "from" in v) for v in row
@@ -139,6 +150,18 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                         )
                     first = False
                     yield line_no, row
+
+
+def _pretty_printed(path: Path) -> bool:
+    """Whether the file opens with a JSON object over several lines."""
+    with path.open("rb") as f:
+        head = f.read(1 << 24).decode("utf-8", errors="replace").removeprefix(BOM)
+    start = len(head) - len(head.lstrip())
+    try:
+        value, end = json.JSONDecoder().raw_decode(head, start)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(value, dict) and "\n" in head[start:end].replace("\r", "\n")
 
 
 def _array_of_rows(line: str, row: Any) -> bool:
@@ -221,9 +244,42 @@ def _refuse_one_object(path: Path, text: str) -> None:
         )
 
 
+def _comma_space(text: str) -> bool:
+    """Whether the header is written `prompt, completion`: a hand-written file whose values follow
+    ", " too, and whose first space belongs to no value."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        cells = next(csv.reader([line]), [])
+    except csv.Error:
+        return False
+    return len(cells) > 1 and all(c.startswith(" ") and c.strip() for c in cells[1:])
+
+
+def _row_problem(header: list[str], cells: list[str], trimmed: bool) -> str | None:
+    """Why a record with the header's count of cells is still no row: its text would be lost or
+    misplaced without a word."""
+    if [c.strip().removeprefix(BOM) for c in cells] == header:
+        return "the header again (two CSV files joined into one?): delete this line"
+    named = [i for i, name in enumerate(header) if name]
+    # (an unnamed first column is pandas' index: numbers, nothing to lose)
+    lost = [i for i in range(named[0] + 1 if named else 0, len(cells)) if not header[i] and cells[i].strip()]
+    if lost:
+        return (
+            f"cell {lost[0] + 1} holds text under a column the header does not name, and would be lost "
+            "(a comma in a value needs the value in double quotes)"
+        )
+    if trimmed and any(c.startswith(" ") for c in cells[1:]):  # "It is 4, obviously," cut at its comma
+        return (
+            "more cells than the header's columns, one opening with a space (a comma in a value "
+            "needs the value in double quotes)"
+        )
+    return None
+
+
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
     text = _utf8(path, path.read_bytes()).removeprefix(BOM)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    spaced = _comma_space(text)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, skipinitialspace=spaced)
     header: list[str] = []
     start = 1  # the line the record being read starts on: an unclosed quote fails at the file's end
     try:
@@ -247,6 +303,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             if not any(c.strip() for c in cells):
                 continue  # a blank line between records, or a spreadsheet's row of empty cells (",,")
+            trimmed = len(cells) > len(header)
             while len(cells) > len(header) and not cells[-1].strip():
                 cells.pop()  # trailing empty cells (a spreadsheet's "a,b,,"): nothing is lost
             if len(cells) != len(header):
@@ -267,11 +324,19 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                     ),
                 )
                 continue
+            if problem := _row_problem(header, cells, trimmed and not spaced):
+                yield reader.line_num, BadRow("", problem)
+                continue
             yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}
     except csv.Error as exc:
-        raise DataError(
-            f"{path}:{start}: unreadable CSV ({exc}; a quoted value must close its quote, and only a comma may follow it)"
-        ) from None
+        line = next((line for line in text.splitlines() if line.strip()), "")
+        sep = next((c for c in ";\t|" if f'"{c}"' in line), None) if not header else None
+        hint = (  # '"prompt";"completion"': quoted cells joined by another separator
+            f"this file seems to use {sep!r}: save it with commas"
+            if sep
+            else "a quoted value must close its quote, and only a comma may follow it"
+        )
+        raise DataError(f"{path}:{start}: unreadable CSV ({exc}; {hint})") from None
     if not header:
         raise DataError(f"{path}:1: empty CSV file (expected a header row)")
 
