@@ -243,6 +243,24 @@ def test_json_quirks_get_their_own_line_and_advice(tmp_path):
             match=rf"^{jq}:1: a row spread over several lines \(pretty-printed JSON\), where {where} one row per line",
         ):
             load_examples(jq, skip_bad_rows=True)  # each line a bad row: no skipping makes it readable
+    columns = tmp_path / "columns.json"  # pandas' df.to_json() default
+    columns.write_text(json.dumps({"prompt": {"0": "q", "1": "q2"}, "completion": {"0": "a", "1": "a2"}}))
+    with pytest.raises(
+        DataError, match=rf"^{columns}:1: columns, not rows .*orient='records', lines=True\)$"
+    ):
+        load_examples(columns)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text(json.dumps(json.dumps(rows[0])) + "\n")
+    with pytest.raises(
+        DataError, match=rf"^{twice}:1: expected a JSON object, got a string holding one \(a row"
+    ):
+        load_examples(twice)
+    trailing = tmp_path / "trailing.json"
+    trailing.write_text('[\n{"prompt": "q", "completion": "a"},\n]\n')
+    with pytest.raises(
+        DataError, match=rf"^{trailing}:3: a comma after the array's last row \(JSON allows none\)$"
+    ):
+        load_examples(trailing)
     first = tmp_path / "first.jsonl"
     first.write_text('["a", "b"]\n{"text": "x"}\n')
     with pytest.raises(DataError, match=rf"{first}:1: expected a JSON object, got a list"):

@@ -197,6 +197,10 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
+            if text[exc.pos : exc.pos + 1] == "]":  # "[{...}, {...},]"
+                raise DataError(
+                    f"{path}:{exc.lineno}: a comma after the array's last row (JSON allows none)"
+                ) from None
             raise DataError(
                 f"{path}:{exc.lineno}: invalid JSON in the array ({exc.msg.removesuffix(' at')} at column {exc.colno})"
             ) from None

@@ -227,9 +227,34 @@ def _turn_list(value: Any) -> list | None:
 SKIP_ADVICE = "data.skip_bad_rows: true, or data check --skip-bad-rows, skips bad rows"
 
 
+def _not_an_object(row: Any) -> str:
+    said = f"expected a JSON object, got {kind_of(row)}"
+    if isinstance(row, str) and row.lstrip().startswith("{"):
+        try:
+            json.loads(row)
+        except (json.JSONDecodeError, RecursionError):
+            return said
+        return f"{said} holding one (a row written as JSON twice): write the object itself"
+    return said
+
+
+def _columns_not_rows(row: dict[str, Any]) -> bool:
+    """pandas' DataFrame.to_json() default: each field an object of row number to value."""
+    return bool(row) and all(
+        isinstance(v, dict) and v and all(isinstance(k, str) and k.isdigit() for k in v) for v in row.values()
+    )
+
+
 def parse_row(row: Any, fmt: str) -> Example:
     if not isinstance(row, dict):
-        raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
+        raise BadRow("", _not_an_object(row))
+    if _columns_not_rows(row):
+        raise BadRow(
+            "",
+            "columns, not rows (each field maps row numbers to values, as pandas' to_json writes by "
+            "default): write it with df.to_json(path, orient='records', lines=True)",
+            layout=True,
+        )
     refuse_tool_definitions(row)
     if isinstance(row.get("label"), bool):  # TRL's unpaired preference layout
         raise BadRow(
@@ -298,7 +323,7 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
                 raise row
             if detected is None:
                 if not isinstance(row, dict):
-                    raise BadRow("", f"expected a JSON object, got {kind_of(row)}")
+                    raise BadRow("", _not_an_object(row))
                 detected = detect_format(row)
                 if detected is None:
                     keys = ", ".join(sorted(row))
