@@ -723,3 +723,18 @@ def test_assistant_turns_of_weight_zero_are_context_without_loss(tmp_path, tiny_
         path = write_jsonl(tmp_path / "bad.jsonl", [{"messages": messages}])
         with pytest.raises(DataError, match=rf"bad.jsonl:1: {re.escape(message)}"):
             load_examples(path)
+
+
+def test_data_check_names_the_fields_no_layout_reads(tmp_path):
+    """A `text,label` file trained on its text alone, the label dropped without a word."""
+    path = tmp_path / "d.csv"
+    rows = [f"film {i} was fine,{'positive' if i % 2 else 'negative'},{i if i < 20 else ''}" for i in range(30)]
+    path.write_text("text,label,id\n" + "\n".join(rows) + "\n")
+    result = CliRunner().invoke(main, ["data", "check", str(path), "--no-tokens", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["unread_fields"] == {"label": 30, "id": 20}  # empty cells fill nothing
+    result = CliRunner().invoke(main, ["data", "check", str(path), "--no-tokens"])
+    assert "fields not read (nothing is trained on them): label (30 rows), id (20 rows)\n" in result.output
+    read = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", "a") | {"system": None} for i in range(30)])
+    result = CliRunner().invoke(main, ["data", "check", str(read), "--no-tokens"])
+    assert "fields not read (nothing is trained on them): none\n" in result.output, result.output

@@ -81,6 +81,7 @@ class PreparedData:
             "files": self.splits.files,
             "counts": self.splits.counts(),
             "skipped_bad_rows": len(self.splits.skipped_rows),
+            "unread_fields": self.splits.unread_fields,
             "duplicates_removed": self.splits.duplicates_removed,
             "overlap": self.splits.overlap,
             "overlap_examples": self.splits.overlap_pairs,

@@ -50,6 +50,7 @@ def check_dataset(
             files=splits.files,
             counts=splits.counts(),
             skipped_bad_rows=len(splits.skipped_rows),
+            unread_fields=splits.unread_fields,
             duplicates_removed=splits.duplicates_removed,
             overlap=splits.overlap,
             overlap_examples=splits.overlap_pairs,
@@ -129,6 +130,9 @@ def print_report(report: dict[str, Any], out=None) -> None:
     skipped, named = report["skipped_bad_rows"], report["skipped_examples"]
     out.print(f"bad rows skipped: {skipped}")
     _print_named(named, skipped, out)
+    unread = report.get("unread_fields", {})  # (a --json report saved before there was this key)
+    listed = ", ".join(f"{escape(key)} ({rows:,} row{'s' * (rows != 1)})" for key, rows in unread.items())
+    out.print(f"fields not read (nothing is trained on them): {listed or 'none'}")
     dup = report["duplicates_removed"]
     out.print(
         "exact duplicates removed: " + ", ".join(f"{k} {v}" for k, v in dup.items())

@@ -35,6 +35,14 @@ from edgetune.errors import DataError
 # the row layouts a file may be in; alpaca and sharegpt rows are read as messages examples
 TOOL_ROLES = ("tool", "function", "ipython")
 FORMATS = ("messages", "prompt_completion", "text", "alpaca", "sharegpt")
+# the row fields each layout reads; data check counts the others a file fills (an id, a label)
+READ_FIELDS = {
+    "messages": {"messages", "system"},
+    "prompt_completion": {"prompt", "completion", "system"},
+    "text": {"text"},
+    "alpaca": {"instruction", "input", "output", "system", "history"},
+    "sharegpt": {"conversations", "system"},
+}
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ class LoadResult:
     format: str
     examples: list[Example]
     skipped: list[str] = field(default_factory=list)  # "file:line: reason" of each skipped bad row
+    unread: dict[str, int] = field(default_factory=dict)  # a field the layout does not read: rows filling it
 
 
 def detect_format(row: dict[str, Any]) -> str | None:
@@ -315,6 +324,7 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
     path = Path(path)
     examples: list[Example] = []
     skipped: list[str] = []
+    unread: dict[str, int] = {}
     detected = None if fmt == "auto" else fmt
     for line_no, row in iter_raw_rows(path):
         where = f"{path}:{line_no}"
@@ -348,10 +358,13 @@ def load_examples(path: str | Path, fmt: str = "auto", skip_bad_rows: bool = Fal
             skipped.append(f"{where}: {exc}")
             continue
         examples.append(dataclasses.replace(ex, source=where))
+        for key in row.keys() - READ_FIELDS[detected]:
+            if row[key] not in (None, "", [], {}):  # Parquet and CSV give every row every column
+                unread[key] = unread.get(key, 0) + 1
     if not examples:
         first = f"; the first, {skipped[0]}" if skipped else ""  # every row may fail alike: say why
         raise DataError(
             f"{path}: no usable examples"
             + (f" ({len(skipped)} bad row{'s' * (len(skipped) != 1)} skipped{first})" if skipped else "")
         )
-    return LoadResult(path=path, format=detected or fmt, examples=examples, skipped=skipped)
+    return LoadResult(path=path, format=detected or fmt, examples=examples, skipped=skipped, unread=unread)

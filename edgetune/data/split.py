@@ -25,6 +25,7 @@ class Splits:
     overlap: dict[str, int] = field(default_factory=dict)  # exact / same-input / near counts against train
     quality: Quality = field(default_factory=Quality)  # conflicting answers and near duplicates in train
     overlap_pairs: list[str] = field(default_factory=list)  # the first few, "train file:line is file:line"
+    unread_fields: dict[str, int] = field(default_factory=dict)  # fields no layout reads: rows filling them
 
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
@@ -107,6 +108,7 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
     loaded = load_examples(cfg.train, cfg.format, skip)
     fmt = loaded.format
     skipped = list(loaded.skipped)
+    unread = dict(loaded.unread)
     train = loaded.examples
     removed = {}
     if cfg.dedupe:
@@ -130,6 +132,8 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
                     f"{' and '.join(sorted(kinds))}: held-out rows must be the kind the model trains on"
                 )
             skipped += other.skipped
+            for key, rows_filled in other.unread.items():
+                unread[key] = unread.get(key, 0) + rows_filled
             rows = other.examples
             if cfg.dedupe:
                 rows, removed[name] = dedupe(rows)
@@ -211,6 +215,7 @@ def make_splits(cfg: DataConfig, skip_bad_rows: bool | None = None) -> Splits:
         overlap,
         assess(train),
         pairs[:SHOWN],
+        dict(sorted(unread.items(), key=lambda item: (-item[1], item[0]))),
     )
 
 
