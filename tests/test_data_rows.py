@@ -728,7 +728,9 @@ def test_assistant_turns_of_weight_zero_are_context_without_loss(tmp_path, tiny_
 def test_data_check_names_the_fields_no_layout_reads(tmp_path):
     """A `text,label` file trained on its text alone, the label dropped without a word."""
     path = tmp_path / "d.csv"
-    rows = [f"film {i} was fine,{'positive' if i % 2 else 'negative'},{i if i < 20 else ''}" for i in range(30)]
+    rows = [
+        f"film {i} was fine,{'positive' if i % 2 else 'negative'},{i if i < 20 else ''}" for i in range(30)
+    ]
     path.write_text("text,label,id\n" + "\n".join(rows) + "\n")
     result = CliRunner().invoke(main, ["data", "check", str(path), "--no-tokens", "--json"])
     assert result.exit_code == 0, result.output
