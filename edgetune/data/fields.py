@@ -79,7 +79,7 @@ def content_text(turn: dict[str, Any], key: str, field_path: str) -> str:
     """A turn's text at `key`: a non-empty string, said plainly where an export wrote it otherwise
     (a list of content parts, or a refusal beside null content)."""
     value = turn.get(key)
-    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+    if isinstance(value, list) and value and all(isinstance(p, dict) for p in value):
         kinds = sorted({str(p.get("type")) for p in value} - {"text"})
         raise BadRow(
             f"{field_path}.{key}",
