@@ -70,9 +70,12 @@ def test_variants_are_self_contained_and_smaller(exported, tiny_tokenizer):
     for a in result.artifacts:
         names = {p.name for p in a.path.iterdir()}
         assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json"} <= names
+        # transformers saves the template in chat_template.jinja; transformers.js and TGI read the
+        # tokenizer_config.json key, which transformers saves no more
         assert (
-            json.loads((a.path / "tokenizer_config.json").read_text()).get("chat_template")
-            or (a.path / "chat_template.jinja").is_file()
+            json.loads((a.path / "tokenizer_config.json").read_text())["chat_template"]
+            == (a.path / "chat_template.jinja").read_text()
+            == tiny_tokenizer.chat_template
         )
         assert len(a.sha256) == 64
         onnx.checker.check_model(str(a.path / "model.onnx"))  # fp16's casts came after their readers
@@ -335,6 +338,11 @@ def test_named_chat_templates_reach_the_onnx_directory_and_the_modelfile(tmp_pat
     assert all(row.passed for row in result["parity"]), [row.failures for row in result["parity"]]
     shipped = AutoTokenizer.from_pretrained(tmp_path / "out" / "onnx" / "fp32").chat_template
     assert shipped == {"default": tiny_tokenizer.chat_template, "tool_use": "{{ 'tools' }}"}
+    config = json.loads((tmp_path / "out" / "onnx" / "fp32" / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == [
+        {"name": "default", "template": tiny_tokenizer.chat_template},
+        {"name": "tool_use", "template": "{{ 'tools' }}"},
+    ]
     assert "<|im_start|>{{ .Role }}" in (tmp_path / "out" / "gguf" / "model-f16.Modelfile").read_text()
 
 

@@ -139,20 +139,36 @@ def trace_fp32(model_dir: Path, out: Path) -> None:
     finally:
         hf_logging.set_verbosity(verbosity)
         optimum_logging.set_verbosity(optimum_verbosity)
-    _causal_inputs(out / "tokenizer_config.json")
+    _tokenizer_config_for_every_runtime(out)
 
 
-def _causal_inputs(config: Path) -> None:
-    """The folder's tokenizer names a causal LM's inputs, as models.causal_inputs_only makes the
-    ones edgetune saves: a merged model from before that (its merge up to date) still hands out
-    token_type_ids, which generate(**inputs) refuses."""
+def _tokenizer_config_for_every_runtime(folder: Path) -> None:
+    """The folder's tokenizer_config.json as runtimes other than this transformers read it:
+    - it names a causal LM's inputs, as models.causal_inputs_only makes the ones edgetune saves (a
+      merged model from before that still hands out token_type_ids, which generate() refuses);
+    - it holds the chat template, which transformers saves in chat_template.jinja alone: the
+      folder's other readers (transformers.js, TGI, transformers before 4.43) look for it here and
+      found none. transformers reads the .jinja file first, so the two are one template."""
     from edgetune.models import CAUSAL_INPUTS
 
+    config = folder / "tokenizer_config.json"
     if not config.is_file():
         return
     settings = json.loads(config.read_text(encoding="utf-8"))
+    before = dict(settings)
     if settings.get("tokenizer_class") == "PreTrainedTokenizerFast" and "model_input_names" not in settings:
         settings["model_input_names"] = list(CAUSAL_INPUTS)
+    template = folder / "chat_template.jinja"
+    if "chat_template" not in settings and template.is_file():
+        named = sorted((folder / "additional_chat_templates").glob("*.jinja"))
+        default = template.read_text(encoding="utf-8")
+        settings["chat_template"] = (
+            [{"name": "default", "template": default}]
+            + [{"name": path.stem, "template": path.read_text(encoding="utf-8")} for path in named]
+            if named
+            else default
+        )
+    if settings != before:
         config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
