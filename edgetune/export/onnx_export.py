@@ -147,7 +147,7 @@ def _tokenizer_config_for_every_runtime(folder: Path) -> None:
     - it names a causal LM's inputs, as models.causal_inputs_only makes the ones edgetune saves (a
       merged model from before that still hands out token_type_ids, which generate() refuses);
     - it holds the chat template, which transformers saves in chat_template.jinja alone: the
-      folder's other readers (transformers.js, TGI, transformers before 4.43) look for it here and
+      folder's other readers (transformers.js, TGI, older transformers) look for it here and
       found none. transformers reads the .jinja file first, so the two are one template."""
     from edgetune.models import CAUSAL_INPUTS
 
