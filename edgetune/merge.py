@@ -247,6 +247,19 @@ def _refuse_tied(peft_model, adapter: Path) -> None:
         )
 
 
+def trained_default(tokenizer, system: str) -> str | None:
+    """The tokenizer's chat template with `system` as the default system prompt it writes when a
+    chat has none (system_default), or None where it writes none or cannot be changed safely."""
+    from edgetune.export.system_default import with_trained_default
+
+    def render(template: str, messages: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+
+    return with_trained_default(tokenizer.chat_template, system, render)
+
+
 def trained_template(adapter: Path, derived: str | None, trust_remote_code: bool = False) -> str | None:
     """The chat template tune saved with the adapter (the one its examples were rendered with), or
     where the adapter holds no tokenizer (one made elsewhere), the one the data derives today. The
@@ -376,6 +389,8 @@ def merge(run_dir: Path | str | None = None, console=None) -> MergeResult:
         target = run_dir / "merged"
         remove_stale_staging(target)  # a killed merge's copy of the model, each one its full size
         system = trained_system_prompt(run_dir, data)
+        if system and isinstance(tokenizer.chat_template, str):  # front-ends that send no system prompt
+            tokenizer.chat_template = trained_default(tokenizer, system) or tokenizer.chat_template
         with atomic_dir(target) as staging:
             merged.save_pretrained(str(staging), safe_serialization=True)
             tokenizer.save_pretrained(str(staging))  # with the chat template used in training

@@ -1,0 +1,68 @@
+"""The shipped chat template's default system prompt, made the one the model was trained under.
+
+Some chat templates write a system prompt of their own when a chat has none (SmolLM2's "You are a
+helpful AI assistant named SmolLM, trained by Hugging Face", Qwen2.5's "You are Qwen, created by
+Alibaba Cloud"). A model tuned on chats that all carried another system prompt never saw that
+default: a front-end that renders the file's template with the user's messages alone (LM Studio,
+llama-server, llama-cpp-python, transformers) prompted it under the base model's persona, and the
+demo's model then answered with made-up JSON. Where the default is a piece of text in the
+template's source, it is replaced there by the trained prompt; every other rendering is checked to
+be what it was, and where any is not (or the default is built otherwise), the template is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+PROBE = "edgetune-probe"
+MARK = "edgetune-system-probe"  # a system text no template trims or rewrites
+
+Render = Callable[[str, list[dict[str, str]]], str]
+
+
+def jinja_literal_text(text: str) -> str:
+    """`text` as it may stand inside a Jinja string literal quoted either way."""
+    escapes = {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+    return "".join(escapes.get(c, c) for c in text)
+
+
+def with_trained_default(template: str, system: str, render: Render) -> str | None:
+    """`template` whose default system prompt is `system`, or None where it writes none, already
+    writes `system`, or cannot be changed so that nothing else renders otherwise. `render(template,
+    messages)` renders messages with a generation prompt."""
+    user = [{"role": "user", "content": PROBE}]
+    try:
+        bare = render(template, user)
+        if bare == render(template, [{"role": "system", "content": system}, *user]):
+            return None  # its default is the trained prompt already (training rendered it)
+        before, found, after = render(template, [{"role": "system", "content": MARK}, *user]).partition(MARK)
+    except Exception:  # a template that refuses these chats: the shipped one stays as it is
+        return None
+    if not found or not (bare.startswith(before) and bare.endswith(after)):
+        return None  # it drops system turns, or writes none without one: no default to replace
+    default = bare[len(before) : len(bare) - len(after)]
+    if not default.strip() or template.count(default) != 1:
+        return None  # built from parts, or said more than once: not a replacement to make blind
+    # inside a string literal it is written escaped; in the template's text, as it is
+    for written in (jinja_literal_text(system), system):
+        patched = template.replace(default, written)
+        if _renders_as_trained(patched, template, system, render):
+            return patched
+    return None
+
+
+def _renders_as_trained(patched: str, template: str, system: str, render: Render) -> bool:
+    """Whether `patched` renders chats without a system turn as `template` renders them under
+    `system`, and chats with one as `template` does."""
+    user = [{"role": "user", "content": PROBE}]
+    try:
+        for chat in (user, [*user, {"role": "assistant", "content": PROBE}, *user]):
+            marked = [{"role": "system", "content": MARK}, *chat]
+            trained = [{"role": "system", "content": system}, *chat]
+            if render(patched, chat) != render(template, trained) or render(patched, marked) != render(
+                template, marked
+            ):
+                return False
+    except Exception:  # e.g. a system text that closes a literal and breaks the template
+        return False
+    return True
