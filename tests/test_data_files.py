@@ -152,11 +152,6 @@ def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(
             "row",
         ),
         (b"prompt,completion\n2+2=,4\n3+3=\n", ":3: 1 cell, fewer than the header's 2", "row"),
-        (  # an unquoted comma, and the spreadsheet's trailing empty cell brought the count right
-            b"prompt,completion,source\n2+2=,4,web\n3+3=,It is 6, obviously,\n",
-            ":3: more cells than the header's columns, one opening with a space (a comma in a value",
-            "row",
-        ),
         (  # Excel's unnamed last column took the text after the comma
             b"prompt,completion,\n2+2=,4,\n3+3=,It is 6, obviously\n",
             ":3: cell 3 holds text under a column the header does not name, and would be lost",
@@ -195,6 +190,29 @@ def test_csv_problems_name_their_line(tmp_path, content, where, message):
         assert len(load_examples(path, skip_bad_rows=True).examples) == 1
     result = CliRunner().invoke(main, ["data", "check", str(path), "--no-tokens"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_csv_rows_that_were_read_are_read_as_they_were(tmp_path):
+    """What review found refused or changed by checks meant for broken files: a trailing comma
+    after a completion that opens with a space (the old OpenAI style), an indent after ", " in a
+    file whose header is written so, and a comma missing inside a row of a JSON array."""
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("prompt,completion\nQ: capital of France?\\nA:, Paris,\n2+2=, 4,\n")
+    assert [e.completion for e in load_examples(trailing).examples] == [" Paris", " 4"]
+    indented = tmp_path / "indented.csv"
+    indented.write_text("prompt, completion\ndef f():,    return 1\ndef g():, pass\n")
+    assert [(e.prompt, e.completion) for e in load_examples(indented).examples] == [
+        ("def f():", "    return 1"),
+        ("def g():", " pass"),  # read as before: csv would take every space after a comma
+    ]
+    inside = tmp_path / "inside.json"
+    inside.write_text(
+        '[\n{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},]}\n]\n'
+    )
+    with pytest.raises(
+        DataError, match=rf"^{inside}:2: invalid JSON in the array \(Expecting value at column"
+    ):
+        load_examples(inside)
 
 
 def test_a_csv_written_with_comma_space_reads_its_values_without_that_space(tmp_path):

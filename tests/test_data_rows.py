@@ -530,9 +530,26 @@ def test_unpaired_preference_data_is_refused_not_trained_on_as_good_answers(tmp_
         with pytest.raises(DataError, match=r"d.jsonl:1: label: unpaired preference data") as info:
             load_examples(write_jsonl(tmp_path / "d.jsonl", rows))
         assert "skip_bad_rows" not in str(info.value)  # every row is labelled: skipping skips them all
-    # a label of another kind is a column edgetune does not read, as any other
+    # a label of another kind, or beside a text or a conversation, is a field edgetune does not read
     classified = [{"prompt": "great film", "completion": "positive", "label": "positive"}]
     assert load_examples(write_jsonl(tmp_path / "d.jsonl", classified)).examples[0].completion == "positive"
+    for row in ({"text": "great film", "label": True}, chat_row("great film?", "yes") | {"label": False}):
+        loaded = load_examples(write_jsonl(tmp_path / "d.jsonl", [row]))
+        assert len(loaded.examples) == 1 and loaded.unread == {"label": 1}
+
+
+def test_a_role_parquet_stores_as_bytes_is_a_bad_row_not_a_crash(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    turn = pa.struct([("role", pa.binary()), ("content", pa.string())])
+    messages = [[{"role": b"user", "content": "hi"}, {"role": b"assistant", "content": "yo"}]]
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"messages": pa.array(messages, type=pa.list_(turn))}), path)
+    with pytest.raises(
+        DataError, match=r"d.parquet:1: messages\[0\].role: unknown role b'user'; expected one of"
+    ):
+        load_examples(path)
 
 
 def test_preference_data_is_refused_with_a_reason(tmp_path):

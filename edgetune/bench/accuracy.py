@@ -14,6 +14,7 @@ import numpy as np
 from edgetune.bench.metrics import METRICS, reference_answer, unscorable_rows
 from edgetune.bench.runners import Runner, greedy
 from edgetune.data.render import IGNORE
+from edgetune.data.rows import in_file_order
 from edgetune.errors import InputError
 
 
@@ -105,7 +106,7 @@ def coverage_warnings(renderer, examples, cases: list[Case], max_new_tokens: int
     cut before their end, and bench.metric scores them low)."""
     said = []
     kept = {id(c.example) for c in cases}
-    unscored = [ex.source for ex in examples if id(ex) not in kept]
+    unscored = [ex.source for ex in in_file_order(examples) if id(ex) not in kept]
     if unscored:
         said.append(
             f"{len(unscored)} of {len(examples)} held-out examples are longer than data.max_seq_len "

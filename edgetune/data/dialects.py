@@ -24,6 +24,7 @@ from edgetune.data.fields import (
     kind_of,
     nonempty_str,
     refuse_unrendered,
+    shown,
     weight_allows_loss,
 )
 
@@ -118,7 +119,7 @@ def sharegpt_turns(row: dict[str, Any]) -> Conversation:
         if role is None:
             raise BadRow(
                 f"{where}.{who_key}",
-                f"unknown speaker {json.dumps(who)}; expected one of {', '.join(SPEAKERS)} "
+                f"unknown speaker {shown(who)}; expected one of {', '.join(SPEAKERS)} "
                 "(tool and function turns are not supported)",
             )
         refuse_unrendered(turn, where)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -21,6 +22,15 @@ class BadRow(Exception):
 
 JSON_KINDS = {type(None): "null", bool: "true/false", int: "a number", float: "a number", str: "a string"}
 JSON_KINDS |= {list: "a list", dict: "an object"}
+
+
+def shown(value: Any) -> str:
+    """A field's value as the file spells it: JSON where it is JSON (null, "user"), else Python's
+    form (a Parquet file's bytes)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def kind_of(value: Any) -> str:

@@ -197,7 +197,7 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             value, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            if text[exc.pos : exc.pos + 1] == "]":  # "[{...}, {...},]"
+            if exc.pos == pos and text[pos : pos + 1] == "]":  # "[{...}, {...},]"
                 raise DataError(
                     f"{path}:{exc.lineno}: a comma after the array's last row (JSON allows none)"
                 ) from None
@@ -256,10 +256,12 @@ def _comma_space(text: str) -> bool:
         cells = next(csv.reader([line]), [])
     except csv.Error:
         return False
-    return len(cells) > 1 and all(c.startswith(" ") and c.strip() for c in cells[1:])
+    # csv drops every space after the comma: where a value may open with more (an indent), none is
+    wider = re.search(r",(?: {2}|\t)", text)
+    return len(cells) > 1 and all(c.startswith(" ") and c.strip() for c in cells[1:]) and not wider
 
 
-def _row_problem(header: list[str], cells: list[str], trimmed: bool) -> str | None:
+def _row_problem(header: list[str], cells: list[str]) -> str | None:
     """Why a record with the header's count of cells is still no row: its text would be lost or
     misplaced without a word."""
     if [c.strip().removeprefix(BOM) for c in cells] == header:
@@ -271,11 +273,6 @@ def _row_problem(header: list[str], cells: list[str], trimmed: bool) -> str | No
         return (
             f"cell {lost[0] + 1} holds text under a column the header does not name, and would be lost "
             "(a comma in a value needs the value in double quotes)"
-        )
-    if trimmed and any(c.startswith(" ") for c in cells[1:]):  # "It is 4, obviously," cut at its comma
-        return (
-            "more cells than the header's columns, one opening with a space (a comma in a value "
-            "needs the value in double quotes)"
         )
     return None
 
@@ -307,7 +304,6 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             if not any(c.strip() for c in cells):
                 continue  # a blank line between records, or a spreadsheet's row of empty cells (",,")
-            trimmed = len(cells) > len(header)
             while len(cells) > len(header) and not cells[-1].strip():
                 cells.pop()  # trailing empty cells (a spreadsheet's "a,b,,"): nothing is lost
             if len(cells) != len(header):
@@ -328,7 +324,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                     ),
                 )
                 continue
-            if problem := _row_problem(header, cells, trimmed and not spaced):
+            if problem := _row_problem(header, cells):
                 yield reader.line_num, BadRow("", problem)
                 continue
             yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}

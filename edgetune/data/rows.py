@@ -27,6 +27,7 @@ from edgetune.data.fields import (
     nonempty_str,
     refuse_tool_definitions,
     refuse_unrendered,
+    shown,
     weight_allows_loss,
 )
 from edgetune.data.files import iter_raw_rows
@@ -181,7 +182,7 @@ def _turns(value: Any, key: str, check: bool = True) -> Conversation:
         if role not in ROLES:
             raise BadRow(
                 f"{key}[{i}].role",
-                f"unknown role {json.dumps(role)}; expected one of {', '.join(ROLES)}{_role_hint(role)}",
+                f"unknown role {shown(role)}; expected one of {', '.join(ROLES)}{_role_hint(role)}",
             )
         if role == "system" and blank(m.get("content")):
             continue  # an empty system turn (exports write one): no system prompt, as if absent
@@ -265,13 +266,6 @@ def parse_row(row: Any, fmt: str) -> Example:
             layout=True,
         )
     refuse_tool_definitions(row)
-    if isinstance(row.get("label"), bool):  # TRL's unpaired preference layout
-        raise BadRow(
-            "label",
-            "unpaired preference data (each reply labelled good or bad, for KTO); edgetune learns every "
-            "reply it is given: keep the rows labelled true, without the label",
-            layout=True,
-        )
     if fmt in CONVERSATIONS:
         turns, untrained = CONVERSATIONS[fmt](row)
         return Example("messages", messages=turns, untrained=untrained)
@@ -279,6 +273,13 @@ def parse_row(row: Any, fmt: str) -> Example:
         for key in ("prompt", "completion"):
             if key not in row:
                 raise BadRow(key, "missing")
+        if isinstance(row.get("label"), bool):  # TRL's unpaired preference layout (a text's label is a class)
+            raise BadRow(
+                "label",
+                "unpaired preference data (each completion labelled good or bad, for KTO); edgetune learns "
+                "every completion it is given: keep the rows labelled true, without the label",
+                layout=True,
+            )
         prompt_turns, completion_turns = _turn_list(row["prompt"]), _turn_list(row["completion"])
         if prompt_turns is not None and completion_turns is not None:
             # TRL's conversational form: the prompt turns, then the completion turns. Loss falls on
