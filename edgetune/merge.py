@@ -252,9 +252,9 @@ def trained_default(tokenizer, system: str) -> str | None:
     chat has none (system_default), or None where it writes none or cannot be changed safely."""
     from edgetune.export.system_default import with_trained_default
 
-    def render(template: str, messages: list[dict[str, str]]) -> str:
+    def render(template: str, messages: list[dict[str, str]], tools: list | None = None) -> str:
         return tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            messages, chat_template=template, tools=tools, tokenize=False, add_generation_prompt=True
         )
 
     return with_trained_default(tokenizer.chat_template, system, render)

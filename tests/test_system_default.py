@@ -26,14 +26,38 @@ IN_TEXT = (
 TRAINED = "Reply with JSON only: {\"port\": 'n'}\nNo prose. \\ Réponse 日本"
 
 
-def render(template: str, messages: list[dict[str, str]]) -> str:
+# the default said twice, for chats offered tools and for the others (Qwen2.5's way)
+WITH_TOOLS = (
+    "{% if tools %}{% if messages[0]['role'] == 'system' %}{{ '<|im_start|>system\\n' + messages[0]['content'] }}"
+    "{% else %}{{ '<|im_start|>system\\n"
+    + GENERIC
+    + "' }}{% endif %}{{ '\\ntools: ' + tools|length|string + "
+    "'<|im_end|>\\n' }}{% elif messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
+    + GENERIC
+    + "<|im_end|>\\n' }}"
+    "{% endif %}{% for message in messages %}{% if not (tools and message['role'] == 'system') %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# offered tools without a system prompt, it writes a text of its own in place of the default
+TOOLS_TEXT = WITH_TOOLS.replace(
+    "{% else %}{{ '<|im_start|>system\\n" + GENERIC + "' }}",
+    "{% else %}{{ '<|im_start|>system\\nUse the tools.' }}",
+)
+
+
+def render(template: str, messages: list[dict[str, str]], tools: list | None = None) -> str:
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    (text,), _ = render_jinja_template([messages], chat_template=template, add_generation_prompt=True)
+    (text,), _ = render_jinja_template(
+        [messages], chat_template=template, add_generation_prompt=True, tools=tools
+    )
     return text
 
 
-@pytest.mark.parametrize("template", [IN_LITERAL, IN_TEXT], ids=["string literal", "template text"])
+@pytest.mark.parametrize(
+    "template", [IN_LITERAL, IN_TEXT, WITH_TOOLS], ids=["string literal", "template text", "said twice"]
+)
 def test_the_default_system_prompt_becomes_the_trained_one_and_nothing_else_renders_otherwise(template):
     patched = with_trained_default(template, TRAINED, render)
     assert patched is not None and GENERIC not in patched
@@ -43,6 +67,9 @@ def test_the_default_system_prompt_becomes_the_trained_one_and_nothing_else_rend
         assert render(patched, chat) == render(template, [{"role": "system", "content": TRAINED}, *chat])
         given = [{"role": "system", "content": "Be brief."}, *chat]
         assert render(patched, given) == render(template, given)  # a system prompt given is kept
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {}}}]
+    trained = [{"role": "system", "content": TRAINED}, *user]
+    assert render(patched, user, tools) == render(template, trained, tools)
 
 
 def test_a_template_without_a_default_or_with_the_trained_one_or_without_system_turns_is_kept():
@@ -58,8 +85,7 @@ def test_a_template_without_a_default_or_with_the_trained_one_or_without_system_
         f"'<|im_start|>system\\n{GENERIC}<|im_end|>\\n'",
         "'<|im_start|>system\\nYou are ' + 'a generic assistant.<|im_end|>\\n'",
     )
-    said_twice = IN_LITERAL + "{# " + GENERIC + " #}"
-    for template in (chatml, no_default, drops_system, built, said_twice):
+    for template in (chatml, no_default, drops_system, built, TOOLS_TEXT):
         assert with_trained_default(template, TRAINED, render) is None, template
     assert with_trained_default(IN_LITERAL, GENERIC, render) is None  # trained under the default itself
     refuses = "{{ raise_exception('no') }}"

@@ -17,7 +17,18 @@ from collections.abc import Callable
 PROBE = "edgetune-probe"
 MARK = "edgetune-system-probe"  # a system text no template trims or rewrites
 
-Render = Callable[[str, list[dict[str, str]]], str]
+Render = Callable[..., str]  # (template, messages, tools=None) -> text with a generation prompt
+# one tool, for templates that write their system turn otherwise when a chat offers tools
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "probe",
+            "description": PROBE,
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+]
 
 
 def jinja_literal_text(text: str) -> str:
@@ -28,8 +39,9 @@ def jinja_literal_text(text: str) -> str:
 
 def with_trained_default(template: str, system: str, render: Render) -> str | None:
     """`template` whose default system prompt is `system`, or None where it writes none, already
-    writes `system`, or cannot be changed so that nothing else renders otherwise. `render(template,
-    messages)` renders messages with a generation prompt."""
+    writes `system`, or cannot be changed so that nothing else renders otherwise (chats of one turn
+    and of several, with a system prompt given and without, and offered a tool where the template
+    takes tools). `render(template, messages, tools=None)` renders with a generation prompt."""
     user = [{"role": "user", "content": PROBE}]
     try:
         bare = render(template, user)
@@ -41,9 +53,10 @@ def with_trained_default(template: str, system: str, render: Render) -> str | No
     if not found or not (bare.startswith(before) and bare.endswith(after)):
         return None  # it drops system turns, or writes none without one: no default to replace
     default = bare[len(before) : len(bare) - len(after)]
-    if not default.strip() or template.count(default) != 1:
-        return None  # built from parts, or said more than once: not a replacement to make blind
-    # inside a string literal it is written escaped; in the template's text, as it is
+    if not default.strip() or default not in template:
+        return None  # built from parts: no text to replace
+    # inside a string literal it is written escaped; in the template's text, as it is. Every place
+    # it is written goes: Qwen2.5's says it twice, for chats with tools and without
     for written in (jinja_literal_text(system), system):
         patched = template.replace(default, written)
         if _renders_as_trained(patched, template, system, render):
@@ -65,4 +78,11 @@ def _renders_as_trained(patched: str, template: str, system: str, render: Render
                 return False
     except Exception:  # e.g. a system text that closes a literal and breaks the template
         return False
-    return True
+    try:
+        offered = render(template, [{"role": "system", "content": system}, *user], tools=TOOLS)
+    except Exception:
+        return True  # a template that takes no tools: nothing more to render alike
+    try:
+        return render(patched, user, tools=TOOLS) == offered
+    except Exception:
+        return False
