@@ -393,7 +393,8 @@ def merge(run_dir: Path | str | None = None, console=None) -> MergeResult:
             tokenizer.chat_template = trained_default(tokenizer, system) or tokenizer.chat_template
         with atomic_dir(target) as staging:
             merged.save_pretrained(str(staging), safe_serialization=True)
-            tokenizer.save_pretrained(str(staging))  # with the chat template used in training
+            # with the training template, its default system prompt the trained one
+            tokenizer.save_pretrained(str(staging))
             if system:  # as every exported file carries it: the folder copied out of its run keeps it
                 (staging / SHIPPED_SETTINGS).write_text(json.dumps({"system_prompt": system}) + "\n")
         result = MergeResult(

@@ -248,12 +248,16 @@ def _refuse_one_object(path: Path, text: str) -> None:
         )
 
 
+def _first_line(text: str) -> str:
+    """The header's line: the first that is not blank."""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
 def _comma_space(text: str) -> bool:
     """Whether the header is written `prompt, completion`: a hand-written file whose values follow
     ", " too, and whose first space belongs to no value."""
-    line = next((line for line in text.splitlines() if line.strip()), "")
     try:
-        cells = next(csv.reader([line]), [])
+        cells = next(csv.reader([_first_line(text)]), [])
     except csv.Error:
         return False
     # csv drops every space after the comma: where a value may open with more (an indent), none is
@@ -329,8 +333,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                 continue
             yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}
     except csv.Error as exc:
-        line = next((line for line in text.splitlines() if line.strip()), "")
-        sep = next((c for c in ";\t|" if f'"{c}"' in line), None) if not header else None
+        sep = next((c for c in ";\t|" if f'"{c}"' in _first_line(text)), None) if not header else None
         hint = (  # '"prompt";"completion"': quoted cells joined by another separator
             f"this file seems to use {sep!r}: save it with commas"
             if sep

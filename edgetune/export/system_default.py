@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-PROBE = "edgetune-probe"
-MARK = "edgetune-system-probe"  # a system text no template trims or rewrites
+from edgetune.export.modelfile import PROBE
+from edgetune.export.modelfile import SYSTEM_PROBE as MARK
 
 Render = Callable[..., str]  # (template, messages, tools=None) -> text with a generation prompt
 # one tool, for templates that write their system turn otherwise when a chat offers tools
