@@ -34,6 +34,7 @@ ADDED_LATER: dict[str, Any] = {
     "export.parity_kl": {},
     "data.split_by": "position",
     "bench.gates.prompting_evidence": "measured",
+    "bench.few_shot_similar": False,
 }
 
 # Settings out of today's fingerprints: the data files' paths (their bytes are hashed by split, so

@@ -94,11 +94,14 @@ def test_few_shot_prompts_past_the_base_models_positions_are_no_baseline(tiny_to
         return out, warned
 
     roomy, warned = baselines(4096)
-    assert "few_shot_3" in roomy and warned == []
+    assert {"few_shot_3", "similar_shot_3"} <= set(roomy) and warned == []
     tight, warned = baselines(60)
     assert list(tight) == ["zero_shot"]
-    (said,) = warned
-    assert said.startswith("no few-shot baseline: 3 shots make prompts of up to ") and "60 positions" in said
+    fixed, similar = warned
+    assert (
+        fixed.startswith("no few-shot baseline: 3 shots make prompts of up to ") and "60 positions" in fixed
+    )
+    assert similar.startswith("no similar-shot baseline: 3 shots make prompts of up to ")
 
 
 def test_the_prompting_gate_reads_the_evidence_it_is_told_to():
@@ -214,6 +217,91 @@ def test_a_template_that_refuses_the_chained_shots_leaves_no_few_shot_baseline_n
     )
     assert list(out) == ["zero_shot"]
     assert warned == [
-        "no few-shot baseline: the chat template refuses the shots put before a test prompt "
+        f"no {label} baseline: the chat template refuses the shots put before a test prompt "
         "(chat template: one exchange only)"
+        for label in ("few-shot", "similar-shot")
     ]
+
+
+def test_similar_shots_are_the_usable_training_rows_most_like_each_prompt(tiny_tokenizer):
+    """The fixed shots are the same three rows for every prompt; a retrieval step would show each
+    prompt the rows asked most alike, and the base model copies their answers' form and labels."""
+    from edgetune.bench.prompting import SimilarShots
+
+    renderer = Renderer(tiny_tokenizer, max_seq_len=48)
+    topics = {"printer": "paper jam in tray", "router": "uplink lost on wan", "lock": "battery low on door"}
+    train = [
+        chat(f"{device} {i}: {what}", f"{device}-label", line=10 * n + i)
+        for n, (device, what) in enumerate(topics.items())
+        for i in range(4)
+    ]
+    too_long = chat("router uplink lost on wan " * 30, "router-label", 99)
+    assert renderer.encode(too_long).dropped  # the most alike, but no example training used whole
+    index = SimilarShots(renderer, [too_long, *train])
+    asked = chat("router 7: uplink lost on wan again", "?", 100)
+    shots = index.nearest(asked, 3)
+    assert [s.reference() for s in shots] == ["router-label"] * 3 and too_long not in shots
+    lock = index.nearest(chat("door lock battery low", "?", 101), 2)
+    assert {s.reference() for s in lock} == {"lock-label"}
+    # the most similar last, nearest the question; ties in file order: the same on every bench
+    exact = chat("printer 2: paper jam in tray", "?", 102)
+    assert index.nearest(exact, 2)[-1] == train[2] and index.nearest(exact, 2) == index.nearest(exact, 2)
+    assert index.nearest(exact, 0) == [] and SimilarShots(renderer, []).nearest(exact, 3) == []
+    punctuation_only = [chat("?!", "x", 1), chat("...", "y", 2)]  # no words: no index, no shots
+    assert SimilarShots(renderer, punctuation_only).nearest(asked, 1) == []
+
+
+def test_the_similar_shot_baseline_gives_each_prompt_its_own_shots(tiny_tokenizer):
+    renderer = Renderer(tiny_tokenizer, max_seq_len=128)
+    train = [
+        chat(f"{w} alarm {i}", w.upper(), 10 * n + i)
+        for n, w in enumerate(("fire", "flood"))
+        for i in range(3)
+    ]
+    cases = build_cases(renderer, [chat("fire alarm on floor 3", "FIRE", 1), chat("flood alarm", "FLOOD", 2)])
+    prepared = SimpleNamespace(renderer=renderer, splits=SimpleNamespace(train=train))
+    scored = SimpleNamespace(value=0.5, ppl=None, eos_rate=1.0, wall_s=0.0, outputs=[], scores=[0.5] * 2)
+    prompts: dict[str, list[str]] = {}
+
+    def run_accuracy(base, target_cases, runner, perplexity=True):
+        prompts[f"run {len(prompts)}"] = [tiny_tokenizer.decode(c.prompt_ids) for c in target_cases]
+        return scored, None
+
+    def baselines(**settings) -> dict:
+        prompts.clear()
+        cfg = BenchConfig(**{"max_new_tokens": 8, "few_shot_k": 2, **settings})
+        return prompting_baselines(
+            None, SimpleNamespace(context=4096), prepared, cases, cfg, run_accuracy, scored, 1234, print
+        )
+
+    out = baselines()
+    assert list(out) == ["zero_shot", "few_shot_2", "similar_shot_2"]
+    _, fixed, similar = prompts.values()
+    assert fixed[0].rsplit("fire alarm on floor 3", 1)[0] == fixed[1].rsplit("flood alarm", 1)[0]  # alike
+    assert similar[0].count("FIRE") == 2 and "FLOOD" not in similar[0]
+    assert similar[1].count("FLOOD") == 2 and "FIRE" not in similar[1]
+    assert out["similar_shot_2"]["extra_prompt_tokens"] > 0 and out["similar_shot_2"]["examples"] == 2
+    assert list(baselines(few_shot_similar=False)) == ["zero_shot", "few_shot_2"]
+    assert list(baselines(few_shot_k=0)) == ["zero_shot"]
+
+
+def test_the_verdict_names_every_prompt_tried():
+    from edgetune.bench.report import prompting_lines
+
+    def baseline(value: float) -> dict:
+        return {"task_metric": {"value": value}, "tuned_on_these": 0.9, "examples": 30}
+
+    report = {
+        "reference": {"metric": "exact"},
+        "baselines": {
+            "zero_shot": baseline(0.1),
+            "few_shot_3": baseline(0.2),
+            "similar_shot_3": baseline(0.5),
+        },
+        "tuning_beats_prompting": True,
+    }
+    lines = prompting_lines(report)
+    assert lines[2].startswith("base model similar shot 3: exact 0.500 against 0.900 for the tuned model")
+    assert lines[-1] == (
+        "fine-tuning beats zero-shot, 3-shot and similar-row 3-shot prompting of its base on this task"
+    )

@@ -293,7 +293,8 @@ def prompting_lines(report: dict[str, Any]) -> list[str]:
         )
     verdict = report.get("tuning_beats_prompting")
     if verdict is not None:
-        tried = " and ".join(_shots(name) for name in report.get("baselines") or {})
+        tried = [_shots(name) for name in report.get("baselines") or {}]
+        tried = " and ".join([", ".join(tried[:-1]), tried[-1]] if len(tried) > 2 else tried)
         noise = report.get("tuning_beats_prompting_shown" if verdict else "prompting_beats_tuning_shown")
         lines.append(
             f"fine-tuning {'beats' if verdict else 'does NOT beat'} {tried} prompting of its base on this task"
@@ -310,8 +311,11 @@ def prompting_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _shots(baseline: str) -> str:
-    """zero_shot as "zero-shot", few_shot_3 as "3-shot"."""
-    return "zero-shot" if baseline == "zero_shot" else f"{baseline.rsplit('_', 1)[-1]}-shot"
+    """zero_shot as "zero-shot", few_shot_3 as "3-shot", similar_shot_3 as "similar-row 3-shot"."""
+    if baseline == "zero_shot":
+        return "zero-shot"
+    kind, k = baseline.rsplit("_", 1)
+    return f"similar-row {k}-shot" if kind == "similar_shot" else f"{k}-shot"
 
 
 def print_findings(report: dict[str, Any], out, err) -> None:

@@ -78,6 +78,9 @@ class BenchConfig:
     max_examples: int = 100
     max_new_tokens: int = 128
     few_shot_k: int = 3  # 0: no few-shot baseline
+    # a second few-shot baseline: before each test prompt the k training rows most like it (BM25),
+    # the prompt a retrieval step would build; often far stronger than the same k shots for all
+    few_shot_similar: bool = True
     baseline_examples: int | None = None  # held-out examples for the prompting baselines (None: all)
     kl_examples: int = 16  # held-out examples whose full distributions are compared with the reference
     baselines: bool = True  # zero-shot and few-shot prompting of the base model
