@@ -107,8 +107,9 @@ def test_report_follows_the_contract(benched):
     assert by["onnx/fp32"]["ppl"] == pytest.approx(by["torch/merged"]["ppl"], rel=1e-4)
     assert by["gguf/q8_0"]["ppl"] == pytest.approx(by["torch/merged"]["ppl"], rel=0.05)
     assert by["onnx/fp32"]["task_metric"]["value"] == by["torch/merged"]["task_metric"]["value"]
-    assert {"zero_shot", "few_shot_1"} == set(report["baselines"])
+    assert {"zero_shot", "few_shot_1", "similar_shot_1"} == set(report["baselines"])
     assert report["baselines"]["few_shot_1"]["extra_prompt_tokens"] > 0
+    assert report["baselines"]["similar_shot_1"]["extra_prompt_tokens"] > 0
     zero = report["baselines"]["zero_shot"]
     assert zero["examples"] == 2 and zero["tuned_on_these"] is not None
     assert isinstance(report["tuning_beats_prompting"], bool)
@@ -120,7 +121,7 @@ def test_report_follows_the_contract(benched):
     assert report["forgetting"]["ppl_base"] > 0 and report["forgetting"]["kl_base_tuned"] >= 0
     assert report["machine"]["bandwidth_gb_s"] > 0
     md = (run / "bench" / "report.md").read_text()
-    assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md and "VRAM" not in md
+    assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md and "similar shot 1" in md and "VRAM" not in md
     assert "No interval where a figure rests on fewer than 10 examples (here 2)" in md
     assert f"(difference {difference['mean']:+.3f}, no interval)" in md
     assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
