@@ -74,6 +74,13 @@ def run_checks() -> list[Check]:
     checks.append(_package("bitsandbytes", "pip install bitsandbytes   (needed for QLoRA)", needed=False))
     checks.append(_package("optimum-onnx", 'pip install "optimum-onnx[onnxruntime]==0.1.0"   (ONNX export)'))
     checks.append(_package("onnx-ir", "pip install onnx-ir   (onnxruntime's int4/int8 quantiser)"))
+    checks.append(
+        _package(
+            "onnxruntime-genai",
+            "pip install onnxruntime-genai   (the ONNX parity check runs each folder in it too)",
+            needed=False,
+        )
+    )
     checks.append(_package("matplotlib", "pip install matplotlib   (bench/report.png)"))
     checks.append(_dependencies())
     try:

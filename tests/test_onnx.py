@@ -148,6 +148,32 @@ def test_optimum_loads_every_variant_and_generates_the_same_tokens(exported, tin
         assert got == ours, a.quant
 
 
+def test_onnxruntime_genai_runs_every_variant_as_onnxruntime_does(exported, tiny_tokenizer):
+    """optimum writes no genai_config.json: onnxruntime-genai, the runtime devices run ONNX LLMs
+    in, refused the folders ("genai_config.json not found")."""
+    import onnxruntime_genai as og
+
+    _, out, result = exported
+    ids = tiny_tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    for a in result.artifacts:
+        config = json.loads((a.path / "genai_config.json").read_text())
+        assert config["model"]["type"] == "decoder" and config["model"]["decoder"]["num_hidden_layers"] == 2
+        assert "genai_config.json" in a.files
+        model = og.Model(str(a.path))
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + 12)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids)
+        while not generator.is_done():
+            generator.generate_next_token()
+        got = [int(t) for t in generator.get_sequence(0)][len(ids) :]
+        eos = config["model"]["eos_token_id"]
+        ours = greedy(
+            OnnxRunner(Target(a.quant, "onnx", a.quant, "onnxruntime", "cpu", a.path)), ids, eos, 12
+        )
+        assert got == ours and got, a.quant
+
+
 def test_external_data_is_written_loaded_and_confined(tiny_model_dir, tmp_path, tiny_tokenizer):
     import onnx
 
@@ -219,7 +245,8 @@ def test_export_after_tune_writes_variants_and_parity(tmp_path, tiny_model_dir):
     assert stage["onnx_parity_passed"] and rows["fp32"]["kl"] <= 1e-5
     assert rows["fp32"]["kv_cache"] == 1.0 and rows["fp32"]["greedy"] == 1.0 and rows["fp32"]["ids_equal"]
     assert rows["int8"]["kv_cache"] is None
-    assert "onnx/fp32" in result.output and "KV cache" in result.output
+    assert rows["fp32"]["genai"] == rows["int8"]["genai"] == 1.0 and rows["fp32"]["notes"] == []
+    assert "onnx/fp32" in result.output and "KV cache" in result.output and "genai" in result.output
 
     # a tokenizer that splits text otherwise: said where, not guessed at ("BOS or pre-tokenizer")
     tokenizer_json = run / "export" / "onnx" / "fp32" / "tokenizer.json"
@@ -338,11 +365,10 @@ def test_named_chat_templates_reach_the_onnx_directory_and_the_modelfile(tmp_pat
     assert all(row.passed for row in result["parity"]), [row.failures for row in result["parity"]]
     shipped = AutoTokenizer.from_pretrained(tmp_path / "out" / "onnx" / "fp32").chat_template
     assert shipped == {"default": tiny_tokenizer.chat_template, "tool_use": "{{ 'tools' }}"}
+    # the default as a string for other readers: onnxruntime-genai's tokenizer refused the list form
     config = json.loads((tmp_path / "out" / "onnx" / "fp32" / "tokenizer_config.json").read_text())
-    assert config["chat_template"] == [
-        {"name": "default", "template": tiny_tokenizer.chat_template},
-        {"name": "tool_use", "template": "{{ 'tools' }}"},
-    ]
+    assert config["chat_template"] == tiny_tokenizer.chat_template
+    assert all(row.genai == 1.0 and row.notes == [] for row in result["parity"] if row.genai is not None)
     assert "<|im_start|>{{ .Role }}" in (tmp_path / "out" / "gguf" / "model-f16.Modelfile").read_text()
 
 
@@ -568,12 +594,25 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
     ]
     ex = Example("messages", messages=(("user", "router lost uplink"), ("assistant", "ok")), source="t:1")
 
+    notes = []
+
     def failures() -> str:
         (row,) = check_onnx(model_dir, [("fp32", folder)], Renderer(tiny_tokenizer), [ex], 8)
+        notes.append(row.notes)
         return "; ".join(row.failures)
 
     assert failures() == ""
+    genai = json.loads((folder / "genai_config.json").read_text())  # the model's own settings and stops
+    assert {k: genai["search"][k] for k in ("do_sample", "temperature", "top_p")} == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
+    assert genai["model"]["eos_token_id"] == sorted({eos, 1}) and genai["model"]["pad_token_id"] == eos
     sabotage = {
+        "genai_config.json": lambda d: d["model"]["decoder"]["inputs"].update(
+            past_key_names="past_key_values.%d.value", past_value_names="past_key_values.%d.key"
+        ),
         "generation_config.json": lambda d: d.update(eos_token_id=0, temperature=1.5),
         "config.json": lambda d: d.update(eos_token_id=0),
         "tokenizer_config.json": lambda d: d.update(eos_token="<|endoftext|>"),
@@ -601,7 +640,22 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
         f"generation_config.json: eos_token_id 0 where the merged model's is [{eos}, 1], temperature 1.5 "
         "where the merged model's is 0.7 (optimum's generate would stop or sample otherwise)"
     )
+    assert said["genai_config.json"] == (
+        "onnxruntime-genai answers as onnxruntime does on only 0% of the prompts (its genai_config.json "
+        "misreads the graph?)"
+    )
     assert said["config.json"] == f"config.json: eos_token_id 0 where the merged model's is {eos}"
+    assert notes == [[]] * len(notes)
+    # named templates as a list, as transformers wrote them before chat_template.jinja: onnxruntime-genai
+    # cannot load that tokenizer, which is said, not failed (an app can feed it token ids)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "default", "template": config["chat_template"]}]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert failures() == ""
+    assert notes[-1] == [
+        "onnxruntime-genai cannot load the folder's tokenizer ([json.exception.type_error.302] type must be "
+        "string, but is array): feed it ids"
+    ]
     assert said["tokenizer_config.json"] == (
         "the folder's tokenizer: eos_token '<|endoftext|>' where the merged model's is '<|im_end|>'"
     )

@@ -2,8 +2,9 @@
 
 optimum-onnx traces the KV-cache decoder (task text-generation-with-past) once, in fp32; the other
 variants are rewritten from that graph. Each variant directory holds model.onnx (+ model.onnx_data
-when large), config.json, generation_config.json and the tokenizer with its chat template, so that
-`ORTModelForCausalLM.from_pretrained(dir)` and `edgetune chat dir` both work on it alone.
+when large), config.json, generation_config.json, genai_config.json and the tokenizer with its chat
+template, so that `ORTModelForCausalLM.from_pretrained(dir)`, onnxruntime-genai's `og.Model(dir)`
+and `edgetune chat dir` all work on it alone.
 """
 
 from __future__ import annotations
@@ -147,8 +148,11 @@ def _tokenizer_config_for_every_runtime(folder: Path) -> None:
     - it names a causal LM's inputs, as models.causal_inputs_only makes the ones edgetune saves (a
       merged model from before that still hands out token_type_ids, which generate() refuses);
     - it holds the chat template, which transformers saves in chat_template.jinja alone: the
-      folder's other readers (transformers.js, TGI, older transformers) look for it here and
-      found none. transformers reads the .jinja file first, so the two are one template."""
+      folder's other readers (transformers.js, TGI, onnxruntime-genai, older transformers) look for
+      it here and found none. transformers reads the .jinja file first, so the two are one
+      template. The default one only, as a string: onnxruntime-genai's tokenizer refuses the
+      list form named templates take ("type must be string"), and transformers finds the named
+      ones in additional_chat_templates/."""
     from edgetune.models import CAUSAL_INPUTS
 
     config = folder / "tokenizer_config.json"
@@ -159,20 +163,16 @@ def _tokenizer_config_for_every_runtime(folder: Path) -> None:
     if settings.get("tokenizer_class") == "PreTrainedTokenizerFast" and "model_input_names" not in settings:
         settings["model_input_names"] = list(CAUSAL_INPUTS)
     template = folder / "chat_template.jinja"
-    if "chat_template" not in settings and template.is_file():
-        named = sorted((folder / "additional_chat_templates").glob("*.jinja"))
-        default = template.read_text(encoding="utf-8")
-        settings["chat_template"] = (
-            [{"name": "default", "template": default}]
-            + [{"name": path.stem, "template": path.read_text(encoding="utf-8")} for path in named]
-            if named
-            else default
-        )
+    if not isinstance(settings.get("chat_template"), str) and template.is_file():
+        settings["chat_template"] = template.read_text(encoding="utf-8")
     if settings != before:
         config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, force_external: bool) -> None:
+def _variant(
+    fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, force_external: bool, stop: list[int]
+) -> None:
+    from edgetune.export.onnx_genai import write_genai_config
     from edgetune.export.onnx_quantize import int4_plan, int8_plan, quantize_nbits, to_fp16
 
     for item in fp32.iterdir():  # the tokenizer and configs, named chat templates' folder included
@@ -197,6 +197,7 @@ def _variant(fp32: Path, quant: str, config: OnnxExportConfig, staging: Path, fo
     if quant == "fp16":
         model = to_fp16(model)
     save_model(model, staging / MODEL_FILE, force_external=force_external)
+    write_genai_config(staging, stop, model.graph)
     (staging / INFO_FILE).write_text(
         json.dumps({"quant": quant, "config": asdict(config), "task": TASK}, indent=2) + "\n"
     )
@@ -238,15 +239,24 @@ def export_onnx(
         with writing(out_dir):
             with status("onnx: tracing the fp32 decoder with optimum (text-generation-with-past)"):
                 trace_fp32(model_dir, trace_dir)
+            stop = _stop_ids(trace_dir)
             for quant in wanted:
                 with status(f"onnx: writing {quant}"), atomic_dir(out_dir / quant) as staging:
-                    _variant(trace_dir, quant, config, staging, force_external)
+                    _variant(trace_dir, quant, config, staging, force_external, stop)
                 artifacts.append(_artifact(quant, out_dir / quant))
                 if console is not None:
                     console.print(f"onnx: {quant} written")
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     return OnnxExport(artifacts, round(time.time() - started, 1))
+
+
+def _stop_ids(folder: Path) -> list[int]:
+    """Where a reply ends, as the parity check stops (its EOS ids and the template's turn end)."""
+    from edgetune.data.render import stop_ids
+    from edgetune.models import ResolvedModel, load_tokenizer
+
+    return stop_ids(folder, load_tokenizer(ResolvedModel(str(folder), folder, "local")))
 
 
 def _artifact(quant: str, directory: Path) -> OnnxArtifact:

@@ -79,6 +79,10 @@ class ParityRow:
     # which chat template to apply
     file_problems: list[str] = field(default_factory=list)
     ids_difference: str = ""  # where the file's prompt ids first part from the model's, when they do
+    # ONNX: share of greedy answers onnxruntime-genai gives as onnxruntime does (None: no genai_config),
+    # and what its own tokenizer and chat template make otherwise (said, not failed: ids can be fed)
+    genai: float | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -256,6 +260,11 @@ def judge(row: ParityRow, kl_goals: dict[str, float] | None = None) -> ParityRow
         row.failures.append(
             f"ends with EOS where the merged model does on {row.eos:.0%} < {EOS_GOAL:.0%} (EOS or chat template lost?)"
         )
+    if row.genai is not None and row.genai < 1.0:  # the same graph in the same onnxruntime
+        row.failures.append(
+            f"onnxruntime-genai answers as onnxruntime does on only {row.genai:.0%} of the prompts "
+            "(its genai_config.json misreads the graph?)"
+        )
     if "kv_cache" in goal and row.kv_cache is not None and row.kv_cache < goal["kv_cache"]:
         row.failures.append(f"greedy with the KV cache equals greedy without it on only {row.kv_cache:.0%}")
     row.passed = not row.failures
@@ -303,6 +312,7 @@ def check_onnx_variant(
     decodes without the KV cache, which must give the same tokens as with it."""
     from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
     from edgetune.data.render import Renderer
+    from edgetune.export.onnx_genai import genai_agreement
     from edgetune.export.onnx_runtime import check_onnx_dir
     from edgetune.models import ResolvedModel, load_tokenizer
 
@@ -318,14 +328,19 @@ def check_onnx_variant(
     if refs:
         width = runner.logits(refs[0].full_ids[:1]).shape[-1]
         refuse_another_width(directory, width, refs[0].logprobs.shape[-1])
-    kls, top1s, same, eos, cached, differences = [], [], [], [], [], []
+    kls, top1s, same, eos, cached, differences, asked, answers = [], [], [], [], [], [], [], []
     for ex, r in zip(examples, refs):
-        shipped_ids = shipped.ids_for_text(shipped.prompt_text(ex) or r.prompt_text)
+        shipped_text = shipped.prompt_text(ex) or r.prompt_text
+        shipped_ids = shipped.ids_for_text(shipped_text)
         differences.append(ids_difference(shipped_ids, r.prompt_ids, tokenizer.decode))
         kl, top1 = kl_top1(r.logprobs, log_softmax(runner.logits(r.full_ids).astype(np.float64)))
         kls.append(kl)
         top1s.append(top1)
         got = greedy(runner, r.prompt_ids, eos_ids, max_new_tokens)
+        asked.append(
+            (shipped.prompt_messages(ex) if shipped.uses_chat(ex) else None, shipped_text, r.prompt_ids)
+        )
+        answers.append(got)
         same.append(got == r.greedy)
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
@@ -334,6 +349,7 @@ def check_onnx_variant(
         problems += folder_problems(tokenizer, probe)
     row = _row(directory.name, quant, differences, kls, top1s, same, eos, cached or None)
     row.file_problems = problems
+    row.genai, row.notes = genai_agreement(directory, runner, asked, answers, max_new_tokens)
     return judge(row, kl_goals)
 
 
@@ -401,7 +417,7 @@ def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
 def print_table(rows: list[ParityRow], console) -> None:
     from edgetune.console import print_rows
 
-    headers = ("artifact", "ids", "KL", "top-1", "greedy", "EOS", "KV cache", "")
+    headers = ("artifact", "ids", "KL", "top-1", "greedy", "EOS", "KV cache", "genai", "")
     cells = [
         [
             r.artifact,
@@ -413,11 +429,13 @@ def print_table(rows: list[ParityRow], console) -> None:
                     f"{r.greedy:.0%}",
                     f"{r.eos:.0%}",
                     "-" if r.kv_cache is None else f"{r.kv_cache:.0%} same",
+                    "-" if r.genai is None else f"{r.genai:.0%} same",
                 )
                 if r.examples
-                else ("-",) * 6  # not measured (unmeasured(): its failures say why)
+                else ("-",) * 7  # not measured (unmeasured(): its failures say why)
             ),
-            "[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}",
+            ("[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}")
+            + "".join(f"; [yellow]note:[/] {note}" for note in r.notes),
         ]
         for r in rows
     ]

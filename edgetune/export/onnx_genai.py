@@ -1,0 +1,168 @@
+"""onnxruntime-genai, the ONNX runtime for on-device generation (C, C++, C#, Java and Python APIs),
+reads a model folder's genai_config.json: which graph inputs carry the tokens, the mask, the
+positions and the key/value cache, the attention shape, where to stop and how to search. optimum
+writes none, so an ONNX folder ran in onnxruntime, optimum and transformers.js, but not there.
+
+Every ONNX folder edgetune writes gets one, of type `decoder` (the runtime's generic decoder-only
+model: optimum's graph holds all that is particular to an architecture), the stop ids the parity
+check stops at, and the merged model's generation settings. The parity check then runs the folder
+in onnxruntime-genai itself (`genai_agreement`): its tokenizer and chat template must give the
+prompt ids the model was trained on, and its greedy answers must be onnxruntime's, token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+GENAI_CONFIG = "genai_config.json"
+PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+# the same graph in the same onnxruntime computes the same logits (measured: bitwise, fp32 to int4);
+# a config that swaps the cache's keys and values measured a KL of 7e-3 on the test model
+GENAI_KL = 1e-5
+
+
+def genai_config(folder: Path, stop: list[int], graph) -> dict:
+    """The folder's genai_config.json: `graph` its model.onnx's (ONNX GraphProto), config.json
+    and generation_config.json read from the folder."""
+    from edgetune.export.onnx_runtime import MODEL_FILE, OnnxDecoder
+    from edgetune.export.onnx_sidefiles import generation_settings
+
+    inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    kv_heads, head_dim = OnnxDecoder._kv_dims(config)
+    layers = len({m[1] for name in inputs if (m := PAST.fullmatch(name))})
+    context = OnnxDecoder.context_of(config) or 2048
+    settings = generation_settings(folder)
+    return {
+        "model": {
+            "type": "decoder",
+            # the runtime reads a null as an error: a model without a BOS leaves the key out
+            **({"bos_token_id": config["bos_token_id"]} if config.get("bos_token_id") is not None else {}),
+            "eos_token_id": sorted(stop),
+            "pad_token_id": config.get("pad_token_id")
+            if config.get("pad_token_id") is not None
+            else min(stop),
+            "vocab_size": config.get("vocab_size"),
+            "context_length": context,
+            "decoder": {
+                "filename": MODEL_FILE,
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "hidden_size": config.get("hidden_size"),
+                "head_size": head_dim,
+                "num_attention_heads": config.get("num_attention_heads"),
+                "num_key_value_heads": kv_heads,
+                "num_hidden_layers": layers,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    **{name: name for name in ("attention_mask", "position_ids") if name in inputs},
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    **(
+                        {"present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
+                        if "present.0.key" in outputs
+                        else {}
+                    ),
+                },
+            },
+        },
+        "search": {
+            "do_sample": bool(settings.get("do_sample")),
+            "temperature": settings.get("temperature") or 1.0,
+            "top_k": settings.get("top_k") or 50,
+            "top_p": settings.get("top_p") or 1.0,
+            "repetition_penalty": settings.get("repetition_penalty") or 1.0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "min_length": 0,
+            "max_length": context,
+            # optimum's graph concatenates the cache it is given: a buffer shared between past and
+            # present would need a graph that writes in place
+            "past_present_share_buffer": False,
+        },
+    }
+
+
+def write_genai_config(folder: Path, stop: list[int], graph) -> None:
+    text = json.dumps(genai_config(folder, stop, graph), indent=2) + "\n"
+    (folder / GENAI_CONFIG).write_text(text, encoding="utf-8")
+
+
+def genai_agreement(directory: Path, runner, prompts, answers: list[list[int]], max_new_tokens: int):
+    """Run the folder in onnxruntime-genai: (share of `prompts` whose greedy answer is onnxruntime's
+    `answers` with every step's logits onnxruntime's too, `runner` giving those; problems with what
+    its tokenizer and chat template make of the prompts). `prompts`: (messages or None, prompt
+    text, prompt ids) of each example. (None, []) where the folder has no genai_config.json
+    (exported before edgetune wrote one)."""
+    if not (directory / GENAI_CONFIG).is_file():
+        return None, []
+    try:
+        import onnxruntime_genai as og
+    except ImportError:  # no wheel for this machine (Intel Macs)
+        return None, ["onnxruntime-genai is not installed here: the folder's run in it is not checked"]
+    try:
+        model = og.Model(str(directory))
+        same = [
+            _same_run(og, model, runner, ids, answer, max_new_tokens)
+            for (_, _, ids), answer in zip(prompts, answers)
+        ]
+    except RuntimeError as e:  # what it says of a config it cannot run
+        return 0.0, [f"onnxruntime-genai cannot run the folder: {str(e).strip().splitlines()[0]}"]
+    try:
+        tokenizer = og.Tokenizer(model)
+    except RuntimeError as e:
+        said = str(e).strip().splitlines()[0]
+        return _share(same), [f"onnxruntime-genai cannot load the folder's tokenizer ({said}): feed it ids"]
+    templated = [(messages, text) for messages, text, _ in prompts if messages is not None]
+    template_differs = sum(_rendered(og, tokenizer, messages) != text for messages, text in templated)
+    ids_differ = sum([int(i) for i in tokenizer.encode(text)] != list(ids) for _, text, ids in prompts)
+    problems = []
+    if template_differs:
+        problems.append(
+            f"onnxruntime-genai's chat template renders {template_differs} of {len(templated)} prompts "
+            "otherwise than transformers"
+        )
+    if ids_differ:
+        problems.append(
+            f"onnxruntime-genai's tokenizer gives other ids for {ids_differ} of {len(prompts)} prompts"
+        )
+    return _share(same), problems
+
+
+def _share(same: list[bool]) -> float | None:
+    return sum(same) / len(same) if same else None
+
+
+def _same_run(og, model, runner, ids: list[int], answer: list[int], max_new_tokens: int) -> bool:
+    """Greedy in onnxruntime-genai from `ids`: the tokens `answer`, and at every step the logits
+    `runner` (onnxruntime on the same folder) computes, up to GENAI_KL."""
+    import numpy as np
+
+    from edgetune.bench.accuracy import kl_top1, log_softmax
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
+    generator = og.Generator(model, params)
+    generator.append_tokens(list(ids))
+    theirs, got = [], []
+    while not generator.is_done():
+        theirs.append(np.asarray(generator.get_logits(), np.float64).reshape(-1))
+        generator.generate_next_token()
+        got.append(int(generator.get_next_tokens()[0]))
+    if got != list(answer):
+        return False
+    ours = [runner.prefill(list(ids)), *(runner.step(token) for token in got[:-1])]
+    kl, _ = kl_top1(log_softmax(np.asarray(ours, np.float64)), log_softmax(np.stack(theirs)))
+    return kl <= GENAI_KL
+
+
+def _rendered(og, tokenizer, messages) -> str | None:
+    try:
+        return tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    except RuntimeError:  # "Empty chat template": the folder's is lost (the parity row says so)
+        return None
