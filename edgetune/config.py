@@ -195,7 +195,7 @@ class Recipe:
         (its recipe still loads, for bench, export --check and chat)."""
         # (`edgetune data check DATA --recipe R` takes R's settings for DATA: R needs no data of its own)
         problems = (
-            [] if self.data.train else ["data.train: required (a .jsonl, .json, .csv or .parquet file)"]
+            [] if self.data.train else ["data.train: required (a .jsonl, .json, .csv, .tsv or .parquet file)"]
         )
         problems += self.data.held_out_too_much() + self.bench.unmeasured_gates()
         # runs/ also holds the latest-run link, plain-model exports and runs set aside by `edgetune run`

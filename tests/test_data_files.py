@@ -159,7 +159,7 @@ def test_spreadsheet_csv_blank_lines_long_cells_and_trailing_empty_columns_read(
         ),
         (
             b"prompt,completion\n2+2=,4\nprompt,completion\n",
-            ":3: the header again (two CSV files joined",
+            ":3: the header again (two files joined",
             "row",
         ),
         (
@@ -231,6 +231,38 @@ def test_a_csv_written_with_comma_space_reads_its_values_without_that_space(tmp_
         ("2+2=", " 4"),
         ("3+3=", "6"),
     ]
+
+
+def test_a_tab_separated_file_reads_as_excel_and_pandas_write_it(tmp_path):
+    """Excel's "Text (Tab delimited)" and pandas' to_csv(sep="\t") were "unknown dataset file
+    type '.tsv'": a TSV is a CSV separated by tabs, its cells with a tab, a newline or a quote in
+    double quotes, and commas in values need none."""
+    import csv
+
+    rows = [
+        ("Summarise: disk full, then reboot", 'Disk full; "reboot" fixed it'),
+        ("Multi-line\nlog\twith a tab", "One, two, three"),
+    ]
+    path = tmp_path / "d.tsv"
+    with path.open("w", newline="") as f:  # as pandas and Excel quote: minimal, the quotes doubled
+        csv.writer(f, delimiter="\t").writerows([("prompt", "completion"), *rows])
+    assert '"Disk full; ""reboot"" fixed it"' in path.read_text()
+    assert [(e.prompt, e.completion) for e in load_examples(path).examples] == rows
+    tab = tmp_path / "d.tab"
+    tab.write_text("prompt\tcompletion\n2+2=\t4\n3+3=\t6\tsix\n")
+    with pytest.raises(DataError, match=r":3: 3 cells, more than the header's 2 columns \(a tab in a value"):
+        load_examples(tab)
+    commas = tmp_path / "c.tsv"
+    commas.write_text("prompt,completion\n2+2=,4\n")
+    with pytest.raises(
+        DataError,
+        match=r":1: the header is one column, 'prompt,completion': a TSV dataset is tab-separated.*or name it \.csv",
+    ):
+        load_examples(commas)
+    unicode_text = tmp_path / "u.tsv"  # Excel's "Unicode Text" is UTF-16
+    unicode_text.write_bytes("prompt\tcompletion\n2+2=\t4\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r":1: not valid UTF-8 text \(byte 0xff\): a UTF-16 file"):
+        load_examples(unicode_text)
 
 
 def test_json_quirks_get_their_own_line_and_advice(tmp_path):

@@ -24,9 +24,12 @@ SUFFIXES = {
     ".json": "json",
     ".ndjson": "jsonl",
     ".csv": "csv",
+    ".tsv": "tsv",  # Excel's "Text (Tab delimited)", pandas' to_csv(sep="\t"): quoted as CSV is
+    ".tab": "tsv",
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+KINDS = ".jsonl, .json, .csv, .tsv or .parquet"
 BOM = "\ufeff"
 JSON_SPACE = re.compile(r"[ \t\n\r]*")
 # csv's default cell limit is 128 KiB; a long document in one cell is a valid row
@@ -34,16 +37,14 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
 def dataset_kind(path: Path) -> str:
-    """The type (jsonl, json, csv or parquet) of a dataset file that is there, or a DataError."""
+    """The type (jsonl, json, csv, tsv or parquet) of a dataset file that is there, or a DataError."""
     kind = SUFFIXES.get(path.suffix.lower())
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if kind is None and path.is_dir():
-        raise DataError(f"{path}: a directory; name the dataset file in it (.jsonl, .json, .csv or .parquet)")
+        raise DataError(f"{path}: a directory; name the dataset file in it ({KINDS})")
     if kind is None:
-        raise DataError(
-            f"{path}: unknown dataset file type {path.suffix!r}; use .jsonl, .json, .csv or .parquet"
-        )
+        raise DataError(f"{path}: unknown dataset file type {path.suffix!r}; use {KINDS}")
     if not path.is_file():
         # fingerprints hash it and preparation reads it again: a pipe would be empty the second time
         raise DataError(f"{path}: not a regular file (a directory, pipe or device); a dataset must be a file")
@@ -58,7 +59,13 @@ def check_data_files(cfg) -> None:
 
 
 def iter_raw_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    readers = {"jsonl": _iter_jsonl, "json": _iter_json, "csv": _iter_csv, "parquet": _iter_parquet}
+    readers = {
+        "jsonl": _iter_jsonl,
+        "json": _iter_json,
+        "csv": _iter_csv,
+        "tsv": _iter_tsv,
+        "parquet": _iter_parquet,
+    }
     return readers[dataset_kind(path)](path)
 
 
@@ -265,26 +272,34 @@ def _comma_space(text: str) -> bool:
     return len(cells) > 1 and all(c.startswith(" ") and c.strip() for c in cells[1:]) and not wider
 
 
-def _row_problem(header: list[str], cells: list[str]) -> str | None:
+def _row_problem(header: list[str], cells: list[str], mark: str = "comma") -> str | None:
     """Why a record with the header's count of cells is still no row: its text would be lost or
     misplaced without a word."""
     if [c.strip().removeprefix(BOM) for c in cells] == header:
-        return "the header again (two CSV files joined into one?): delete this line"
+        return "the header again (two files joined into one?): delete this line"
     named = [i for i, name in enumerate(header) if name]
     # (an unnamed first column is pandas' index: numbers, nothing to lose)
     lost = [i for i in range(named[0] + 1 if named else 0, len(cells)) if not header[i] and cells[i].strip()]
     if lost:
         return (
             f"cell {lost[0] + 1} holds text under a column the header does not name, and would be lost "
-            "(a comma in a value needs the value in double quotes)"
+            f"(a {mark} in a value needs the value in double quotes)"
         )
     return None
 
 
-def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
+def _iter_tsv(path: Path) -> Iterator[tuple[int, Any]]:
+    return _iter_csv(path, "\t")
+
+
+def _iter_csv(path: Path, sep: str = ",") -> Iterator[tuple[int, Any]]:
+    """Rows of a CSV file, or of a TSV one (`sep` a tab: quoted as CSV is, as Excel and pandas
+    write it)."""
+    kind, mark = ("CSV", "comma") if sep == "," else ("TSV", "tab")
+    others = [c for c in ",;\t|" if c != sep and (c != "," or sep == "\t")]
     text = _utf8(path, path.read_bytes()).removeprefix(BOM)
-    spaced = _comma_space(text)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True, skipinitialspace=spaced)
+    spaced = sep == "," and _comma_space(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True, skipinitialspace=spaced)
     header: list[str] = []
     start = 1  # the line the record being read starts on: an unclosed quote fails at the file's end
     try:
@@ -294,10 +309,11 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                 if not any(c.strip() for c in cells):
                     continue  # blank lines before the header
                 header = [c.strip() for c in cells]
-                if len(header) == 1 and (sep := next((c for c in ";\t|" if c in header[0]), None)):
+                if len(header) == 1 and (used := next((c for c in others if c in header[0]), None)):
                     raise DataError(
-                        f"{path}:{reader.line_num}: the header is one column, {header[0][:60]!r}: a CSV "
-                        f"dataset is comma-separated, and this file seems to use {sep!r}; save it with commas"
+                        f"{path}:{reader.line_num}: the header is one column, {header[0][:60]!r}: a {kind} "
+                        f"dataset is {mark}-separated, and this file seems to use {used!r}; save it with "
+                        f"{mark}s" + (", or name it .csv" if used == "," else "")
                     )
                 repeated = sorted({c for c in header if c and header.count(c) > 1})
                 if repeated:
@@ -315,9 +331,9 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                 what = "more" if len(cells) > len(header) else "fewer"
                 spaced = any(c != c.lstrip() and c.lstrip().startswith('"') for c in cells)
                 hint = (
-                    "a quote opens a quoted value only right after the comma: remove the space before it"
+                    f"a quote opens a quoted value only right after the {mark}: remove the space before it"
                     if spaced
-                    else "a comma in a value needs the value in double quotes"
+                    else f"a {mark} in a value needs the value in double quotes"
                 )
                 yield (
                     reader.line_num,
@@ -328,20 +344,20 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
                     ),
                 )
                 continue
-            if problem := _row_problem(header, cells):
+            if problem := _row_problem(header, cells, mark):
                 yield reader.line_num, BadRow("", problem)
                 continue
             yield reader.line_num, {name: cell for name, cell in zip(header, cells) if name}
     except csv.Error as exc:
-        sep = next((c for c in ";\t|" if f'"{c}"' in _first_line(text)), None) if not header else None
+        used = next((c for c in others if f'"{c}"' in _first_line(text)), None) if not header else None
         hint = (  # '"prompt";"completion"': quoted cells joined by another separator
-            f"this file seems to use {sep!r}: save it with commas"
-            if sep
-            else "a quoted value must close its quote, and only a comma may follow it"
+            f"this file seems to use {used!r}: save it with {mark}s"
+            if used
+            else f"a quoted value must close its quote, and only a {mark} may follow it"
         )
-        raise DataError(f"{path}:{start}: unreadable CSV ({exc}; {hint})") from None
+        raise DataError(f"{path}:{start}: unreadable {kind} ({exc}; {hint})") from None
     if not header:
-        raise DataError(f"{path}:1: empty CSV file (expected a header row)")
+        raise DataError(f"{path}:1: empty {kind} file (expected a header row)")
 
 
 MAX_PARQUET_ROWS = 10_000_000
