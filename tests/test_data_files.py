@@ -29,6 +29,21 @@ def test_a_stray_byte_far_into_a_jsonl_file_names_its_own_line(tmp_path):
         load_examples(path)
 
 
+def test_a_file_saved_as_windows_1252_says_what_its_byte_reads_as_there(tmp_path):
+    """Excel's "CSV" on Windows saves Windows-1252: "byte 0xe9" alone did not say it was an é."""
+    path = tmp_path / "d.csv"
+    path.write_bytes("prompt,completion\nCafé au lait?,“Oui”\n".encode("cp1252"))
+    with pytest.raises(DataError) as info:
+        load_examples(path)
+    assert str(info.value) == (
+        f"{path}:2: not valid UTF-8 text (byte 0xe9): text saved in another encoding (in Windows-1252, "
+        "Excel's CSV on Windows, it reads 'é'); save it as UTF-8"
+    )
+    path.write_bytes(b"prompt,completion\nq,\x81\n")  # no character in Windows-1252 either: no guess
+    with pytest.raises(DataError, match=r":2: not valid UTF-8 text \(byte 0x81\)$"):
+        load_examples(path)
+
+
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "json"])
 def test_a_utf16_file_is_named_as_one(tmp_path, suffix):
     """Windows tools save UTF-16: "not valid UTF-8 (byte 0xff)" did not say what the file was."""

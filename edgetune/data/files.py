@@ -75,8 +75,23 @@ def _utf8(path: Path, data: bytes, first_line: int = 1) -> str:
     except UnicodeDecodeError as exc:
         line = first_line + data.count(b"\n", 0, exc.start)
         utf16 = first_line == 1 and data[:2] in (b"\xff\xfe", b"\xfe\xff")  # its byte order mark
-        hint = ": a UTF-16 file (its byte order mark); save it as UTF-8" if utf16 else ""
+        hint = (
+            ": a UTF-16 file (its byte order mark); save it as UTF-8" if utf16 else _legacy(data, exc.start)
+        )
         raise DataError(f"{path}:{line}: not valid UTF-8 text (byte {data[exc.start]:#04x}){hint}") from None
+
+
+def _legacy(data: bytes, at: int) -> str:
+    """The byte read as Windows-1252, the encoding Excel's "CSV" and Notepad's "ANSI" save in on
+    Western Windows, where the whole chunk reads in it (é was "byte 0xe9" and no more)."""
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return ""
+    return (
+        f": text saved in another encoding (in Windows-1252, Excel's CSV on Windows, it reads "
+        f"{data[at : at + 1].decode('cp1252')!r}); save it as UTF-8"
+    )
 
 
 def _has_lone_surrogate(value: Any) -> bool:
