@@ -9,7 +9,9 @@ SmolLM2-135M-Instruct (fp32, int8, int4) to a temporary directory first.
 Every variant decodes the same prompt greedily with its KV cache; rounds alternate between the
 variants so machine noise hits them alike. Prints median decode tokens/s and the ratio to fp32,
 then the time to first token with the LM head over every prompt position (optimum's graph) and
-over the last one only (edgetune's `logits_from` input), and their ratio.
+over the last one only (edgetune's `logits_from` input), and their ratio; then each folder's decode
+in onnxruntime-genai (its genai_config.json), the runtime apps on devices use, against onnxruntime
+driven by edgetune's own loop, in alternating rounds too (no goal: what a device app will see).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def main() -> int:
                 rates[name].append(decode_rate(decoder, prompt))
                 for last_only in (False, True, False, True):
                     prefill[name][last_only].append(prefill_ms(decoder, prompt, last_only))
+        del decoders
+        genai = genai_lines(variants, [int(t) for t in prompt], args.threads)  # before tmp goes
     base = statistics.median(rates["fp32"])
     print(f"onnxruntime CPU decode, {PROMPT_TOKENS}-token prompt, {DECODE_TOKENS} tokens, {ROUNDS} rounds")
     print(f"{'variant':<14}{'tok/s':>8}{'vs fp32':>9}")
@@ -120,7 +124,47 @@ def main() -> int:
         every, last = statistics.median(runs[False]), statistics.median(runs[True])
         met = goals.at_least(f"{name} first token, every / last position", every / last, 1, strictly=True)
         print(f"{name:<14}{every:7.1f}ms{last:7.1f}ms{every / last:8.2f}x {met}")
+    print("\n".join(genai))
     return goals.exit_code()
+
+
+def step_rate(runner, prompt: list[int]) -> float:
+    token = int(np.argmax(runner.prefill(prompt)))
+    times = []
+    for _ in range(DECODE_TOKENS):
+        started = time.perf_counter()
+        token = int(np.argmax(runner.step(token)))
+        times.append(time.perf_counter() - started)
+    return 1.0 / statistics.median(times)
+
+
+def genai_lines(variants: dict[str, Path], prompt: list[int], threads: int | None) -> list[str]:
+    from edgetune.bench.runners import GenaiRunner, OnnxRunner, Target
+
+    timed = {n: p for n, p in variants.items() if (p / "genai_config.json").is_file()}
+    timed.pop("int8-dynamic", None)  # its config is fp32's, copied beside another graph
+    if not timed:
+        return ["\nonnxruntime-genai: no folder has a genai_config.json (exported before edgetune wrote one)"]
+    runners = {
+        (name, runtime): cls(Target(name, "onnx", name, runtime, "cpu", path), threads)
+        for name, path in timed.items()
+        for runtime, cls in (("onnxruntime", OnnxRunner), (GenaiRunner.GENAI, GenaiRunner))
+    }
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+    for runner in runners.values():  # warm-up
+        step_rate(runner, prompt[:16])
+    for _ in range(ROUNDS):
+        for key, runner in runners.items():
+            rates[key].append(step_rate(runner, prompt))
+    lines = [
+        f"\ndecode in onnxruntime-genai against onnxruntime ({DECODE_TOKENS} tokens, median of {ROUNDS})",
+        f"{'variant':<14}{'ort tok/s':>10}{'genai tok/s':>12}{'genai/ort':>10}",
+    ]
+    for name in timed:
+        ort = statistics.median(rates[(name, "onnxruntime")])
+        genai = statistics.median(rates[(name, GenaiRunner.GENAI)])
+        lines.append(f"{name:<14}{ort:10.1f}{genai:12.1f}{genai / ort:9.2f}x")
+    return lines
 
 
 if __name__ == "__main__":

@@ -79,6 +79,10 @@ def test_report_follows_the_contract(benched):
         assert t["task_metric"]["name"] == "json_fields"
         assert t["peak_vram_mb"] is None  # CPU targets hold no GPU memory
     by = {t["name"]: t for t in report["targets"]}
+    # each ONNX folder timed in onnxruntime-genai too, in a process of its own; the others are not
+    assert [t["name"] for t in report["targets"] if "genai" in t] == ["onnx/fp32", "onnx/int8"]
+    for t in (by["onnx/fp32"], by["onnx/int8"]):
+        assert t["genai"]["decode_tok_s"] > 0 and t["genai"]["ttft_ms"] > 0 and t["genai"]["peak_rss_mb"] > 0
     answered = len(by["torch/merged"]["scores"])
     assert answered > 0 and all(len(t["scores"]) == answered for t in report["targets"])
     ids = report["reference"]["example_ids"]  # which example each score is, for --compare
@@ -121,7 +125,13 @@ def test_report_follows_the_contract(benched):
     assert report["forgetting"]["ppl_base"] > 0 and report["forgetting"]["kl_base_tuned"] >= 0
     assert report["machine"]["bandwidth_gb_s"] > 0
     md = (run / "bench" / "report.md").read_text()
-    assert "| gguf/q8_0 | cpu |" in md and "few shot 1" in md and "similar shot 1" in md and "VRAM" not in md
+    assert (
+        "| genai TTFT | genai decode |" in md
+        and "| gguf/q8_0 | cpu |" in md
+        and "few shot 1" in md
+        and "similar shot 1" in md
+        and "VRAM" not in md
+    )
     assert "No interval where a figure rests on fewer than 10 examples (here 2)" in md
     assert f"(difference {difference['mean']:+.3f}, no interval)" in md
     assert (run / "bench" / "report.png").read_bytes()[:4] == b"\x89PNG"
@@ -1489,3 +1499,42 @@ def test_an_exported_file_of_another_vocabulary_is_named_before_anything_is_meas
         checked = CliRunner().invoke(main, ["export", str(run), "--check", "--to", fmt])
         assert checked.exit_code == 2, checked.output
         assert f"computes logits over {rows} tokens, the merged model over {rows - 64}" in checked.output
+
+
+def test_onnx_folders_are_timed_in_onnxruntime_genai_where_it_can_run_them(tmp_path, benched):
+    """Only a CPU ONNX folder with its genai_config.json; a failure there is said in the report, and
+    the folder's own onnxruntime row stands."""
+    from edgetune.bench.report import markdown
+    from edgetune.bench.run import _genai_latency
+    from edgetune.bench.runners import Target
+    from edgetune.errors import ModelError
+
+    folder = tmp_path / "int4"
+    folder.mkdir()
+    target = Target("onnx/int4", "onnx", "int4", "onnxruntime", "cpu", folder)
+    timed = []
+
+    def measure(t):
+        timed.append(t.runtime)
+        raise ModelError("latency of onnx/int4 failed in its subprocess: RuntimeError: no session")
+
+    assert _genai_latency(target, measure) == {} and timed == []  # exported before: no genai_config.json
+    (folder / "genai_config.json").write_text("{}")
+    for other in (
+        Target("gguf/q8_0", "gguf", "q8_0", "llama.cpp", "cpu", folder),
+        Target(**{**vars(target), "device": "cuda"}),
+    ):
+        assert _genai_latency(other, measure) == {} and timed == []
+    said = _genai_latency(target, measure)
+    assert timed == ["onnxruntime-genai"]
+    assert said == {"genai_error": "latency of onnx/int4 failed in its subprocess: RuntimeError: no session"}
+    report = json.loads((benched[0] / "bench" / "report.json").read_text())
+    for t in report["targets"]:
+        t.pop("genai", None)
+    report["targets"][2].update(said)
+    md = markdown(report)
+    assert (
+        f"- onnxruntime-genai could not time {report['targets'][2]['name']}: latency of onnx/int4 failed"
+        in md
+    )
+    assert "genai decode" not in md  # no column where nothing was timed in it

@@ -19,12 +19,14 @@ def _fmt(value, spec: str, suffix: str = "") -> str:
 
 def columns(report: dict[str, Any]) -> list[str]:
     """The table's columns; the retention interval where one was measured, GPU memory only where a
-    target ran on CUDA."""
+    target ran on CUDA, onnxruntime-genai's timings where an ONNX folder was timed in it."""
     cols = list(COLUMNS)
     if any(t.get("retention_interval") for t in report["targets"]):
         cols.insert(cols.index("retention") + 1, "interval")
     if any(t["device"] == "cuda" for t in report["targets"]):
         cols.insert(cols.index("RSS") + 1, "VRAM")
+    if any(t.get("genai") for t in report["targets"]):  # ONNX folders timed in onnxruntime-genai too
+        cols[cols.index("decode") + 1 : cols.index("decode") + 1] = ["genai TTFT", "genai decode"]
     return cols
 
 
@@ -48,6 +50,8 @@ def row_cells(t: dict[str, Any], cols: list[str]) -> list[str]:
         "top-1": _fmt(t.get("top1_agreement"), ".1%"),
         "TTFT": _fmt(t.get("ttft_ms"), ".0f", " ms"),
         "decode": _fmt(t.get("decode_tok_s"), ".1f", " tok/s"),
+        "genai TTFT": _fmt((t.get("genai") or {}).get("ttft_ms"), ".0f", " ms"),
+        "genai decode": _fmt((t.get("genai") or {}).get("decode_tok_s"), ".1f", " tok/s"),
         "RSS": _fmt(t.get("peak_rss_mb"), ".0f", " MB"),
         "VRAM": _fmt(t.get("peak_vram_mb"), ".0f", " MB"),
         "gate": gate,
@@ -92,6 +96,11 @@ def markdown(report: dict[str, Any]) -> str:
     cols = columns(report)
     lines += ["| " + " | ".join(row_cells(t, cols)) + " |" for t in report["targets"]]
     lines += _interval_lines(report)
+    lines += [
+        f"- onnxruntime-genai could not time {t['name']}: {t['genai_error']}"
+        for t in report["targets"]
+        if t.get("genai_error")
+    ]
     if report["baselines"]:  # bench.baselines: false leaves no section
         lines += ["", "## Fine-tuning against prompting the base model", ""]
     lines += [f"- {line}" for line in prompting_lines(report)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from edgetune.bench.targets import check_devices, discover_targets, refuse_anoth
 from edgetune.console import StageProgress
 from edgetune.cores import default_threads, more_than_the_cores
 from edgetune.data.render import reply_text
-from edgetune.errors import InputError, require
+from edgetune.errors import InputError, ModelError, require
 from edgetune.export.parity_record import checked_digest
 from edgetune.merged_record import rendered
 from edgetune.process_state import kept_process_state
@@ -362,13 +363,14 @@ def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str,
     if not cfg.latency:  # nothing decodes: no bandwidth to hold it against either
         return {"threads": threads, "bandwidth_gb_s": None}, settings
     bandwidth = memory_bandwidth(threads)
+    timing = (cfg.latency_decode_tokens, cfg.latency_repeats)
     machine = {"threads": threads, "bandwidth_gb_s": round(bandwidth, 2)}
     with progress.stage("latency (one process each)", len(targets)) as tick:
         for target, entry in zip(targets, entries):
             failed: list[dict] = []
             latency = measure_each(
                 [target],
-                lambda t: measure(t, prompt, cfg.latency_decode_tokens, cfg.latency_repeats, threads),
+                lambda t: measure(t, prompt, *timing, threads),
                 failed,
             )
             if failed:  # a CUDA target whose timing process failed: its accuracy row stays
@@ -384,5 +386,28 @@ def _latency(targets, entries, cases, cfg, threads, progress) -> tuple[dict[str,
             entry["bandwidth_share"] = (
                 round(entry["bandwidth_gb_s"] / bandwidth, 3) if target.device == "cpu" else None
             )
+            entry.update(_genai_latency(target, lambda t: measure(t, prompt, *timing, threads)))
             tick()
     return machine, settings
+
+
+def _genai_latency(target: Target, measure) -> dict[str, Any]:
+    """An ONNX folder on the CPU timed in onnxruntime-genai too, the runtime apps on devices run it
+    in (its logits are onnxruntime's: parity checks that), in a process of its own: `genai` in
+    the target's entry, or `genai_error` where it fails. Nothing where the folder has no
+    genai_config.json or the runtime is not installed (its CUDA build is another package)."""
+    import importlib.util
+
+    from edgetune.bench.runners import GenaiRunner
+    from edgetune.export.onnx_genai import GENAI_CONFIG
+
+    wanted = target.format == "onnx" and target.device == "cpu" and (target.path / GENAI_CONFIG).is_file()
+    if not wanted or importlib.util.find_spec("onnxruntime_genai") is None:
+        return {}
+    try:
+        got = measure(replace(target, runtime=GenaiRunner.GENAI))
+    except ModelError as e:
+        return {"genai_error": str(e)}
+    return {
+        "genai": {k: got[k] for k in ("load_s", "ttft_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb")}
+    }

@@ -201,6 +201,45 @@ class LlamaRunner(Runner):
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
 
+class GenaiRunner(Runner):
+    """An ONNX folder in onnxruntime-genai, the runtime apps on devices use (its genai_config.json):
+    bench times it beside onnxruntime. Its logits are onnxruntime's (the parity check holds it to
+    that), so only prefill and step are here."""
+
+    GENAI = "onnxruntime-genai"
+
+    def __init__(self, target: Target, threads: int | None = None):
+        import json
+
+        import onnxruntime_genai as og
+
+        config = og.Config(str(target.path))
+        if threads:  # the same threads as the onnxruntime session it is compared with
+            options = {"session_options": {"intra_op_num_threads": threads}}
+            config.overlay(json.dumps({"model": {"decoder": options}}))
+        if target.device == "cuda":
+            config.clear_providers()
+            config.append_provider("cuda")
+        self.og, self.model = og, og.Model(config)
+        settings = json.loads((target.path / "genai_config.json").read_text(encoding="utf-8"))
+        self.context = settings["model"]["context_length"]
+        self.generator = None
+
+    def _logits(self) -> np.ndarray:
+        return np.asarray(self.generator.get_logits(), dtype=np.float32).reshape(-1)
+
+    def prefill(self, ids):
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=self.context)
+        self.generator = self.og.Generator(self.model, params)
+        self.generator.append_tokens([int(i) for i in ids])
+        return self._logits()
+
+    def step(self, token):
+        self.generator.append_tokens([int(token)])
+        return self._logits()
+
+
 RUNNERS = {"torch": TorchRunner, "onnx": OnnxRunner, "gguf": LlamaRunner}
 
 
@@ -210,4 +249,6 @@ def open_runner(target: Target, threads: int | None = None, **kwargs) -> Runner:
 
         if not torch.cuda.is_available():
             raise ModelError("torch here has no CUDA device")
+    if target.runtime == GenaiRunner.GENAI:
+        return GenaiRunner(target, threads)
     return RUNNERS[target.format](target, threads, **kwargs)
