@@ -78,7 +78,7 @@ def run_checks() -> list[Check]:
         _package(
             "onnxruntime-genai",
             "pip install onnxruntime-genai   (the ONNX parity check runs each folder in it too)",
-            needed=False,
+            needed=not (sys.platform == "darwin" and platform.machine() == "x86_64"),  # no wheel there
         )
     )
     checks.append(_package("matplotlib", "pip install matplotlib   (bench/report.png)"))

@@ -174,6 +174,36 @@ def test_onnxruntime_genai_runs_every_variant_as_onnxruntime_does(exported, tiny
         assert got == ours and got, a.quant
 
 
+def test_prompts_near_or_past_the_context_are_run_in_genai_as_far_as_they_fit(tmp_path, tiny_tokenizer):
+    """genai refuses a max_length past the context, and that had failed every prompt of the folder
+    ("misreads the graph?") where onnxruntime had answered them all."""
+    from conftest import build_tiny_model
+
+    from edgetune.data.render import Renderer
+    from edgetune.data.rows import Example
+    from edgetune.export.parity import check_onnx
+
+    model = build_tiny_model(tmp_path, tiny_tokenizer, "LlamaForCausalLM", max_position_embeddings=64)
+    (folder,) = [
+        a.path for a in export_onnx(model, tmp_path / "onnx", ["fp32"], OnnxExportConfig()).artifacts
+    ]
+    renderer = Renderer(tiny_tokenizer)
+    asked = [
+        "router lost uplink",
+        "battery low on inverter pv-inv-roof-02 " * 2,
+        "disk full on gateway " * 12,
+    ]
+    examples = [
+        Example("messages", messages=(("user", a), ("assistant", "ok")), source=f"t:{i}")
+        for i, a in enumerate(asked)
+    ]
+    lengths = [len(renderer.ids_for_text(renderer.prompt_text(ex))) for ex in examples]
+    assert lengths[0] + 32 < 64 < lengths[1] + 32 and lengths[1] < 64 <= lengths[2], lengths
+    (row,) = check_onnx(model, [("fp32", folder)], renderer, examples, 32)
+    assert row.genai == 1.0 and row.passed, row.failures
+    assert row.notes == ["1 prompt fills the model's 64 positions: not run in onnxruntime-genai"]
+
+
 def test_external_data_is_written_loaded_and_confined(tiny_model_dir, tmp_path, tiny_tokenizer):
     import onnx
 
@@ -368,7 +398,9 @@ def test_named_chat_templates_reach_the_onnx_directory_and_the_modelfile(tmp_pat
     # the default as a string for other readers: onnxruntime-genai's tokenizer refused the list form
     config = json.loads((tmp_path / "out" / "onnx" / "fp32" / "tokenizer_config.json").read_text())
     assert config["chat_template"] == tiny_tokenizer.chat_template
-    assert all(row.genai == 1.0 and row.notes == [] for row in result["parity"] if row.genai is not None)
+    assert [
+        (row.artifact, row.genai, row.notes) for row in result["parity"] if row.artifact.startswith("onnx")
+    ] == [("onnx/fp32", 1.0, [])]
     assert "<|im_start|>{{ .Role }}" in (tmp_path / "out" / "gguf" / "model-f16.Modelfile").read_text()
 
 
@@ -587,7 +619,14 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
 
     model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
     eos = tiny_tokenizer.eos_token_id
-    own = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "eos_token_id": [eos, 1], "pad_token_id": eos}
+    own = {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "repetition_penalty": 10.0,  # genai applies it without sampling too: parity's run must not
+        "eos_token_id": [eos, 1],
+        "pad_token_id": eos,
+    }
     (model_dir / "generation_config.json").write_text(json.dumps(own))
     (folder,) = [
         a.path for a in export_onnx(model_dir, tmp_path / "onnx", ["fp32"], OnnxExportConfig()).artifacts
@@ -603,10 +642,11 @@ def test_an_onnx_folder_whose_generation_settings_or_plain_tokenizer_differ_from
 
     assert failures() == ""
     genai = json.loads((folder / "genai_config.json").read_text())  # the model's own settings and stops
-    assert {k: genai["search"][k] for k in ("do_sample", "temperature", "top_p")} == {
+    assert {k: genai["search"][k] for k in ("do_sample", "temperature", "top_p", "repetition_penalty")} == {
         "do_sample": True,
         "temperature": 0.7,
         "top_p": 0.9,
+        "repetition_penalty": 10.0,
     }
     assert genai["model"]["eos_token_id"] == sorted({eos, 1}) and genai["model"]["pad_token_id"] == eos
     sabotage = {

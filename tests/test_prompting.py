@@ -244,11 +244,25 @@ def test_similar_shots_are_the_usable_training_rows_most_like_each_prompt(tiny_t
     lock = index.nearest(chat("door lock battery low", "?", 101), 2)
     assert {s.reference() for s in lock} == {"lock-label"}
     # the most similar last, nearest the question; ties in file order: the same on every bench
-    exact = chat("printer 2: paper jam in tray", "?", 102)
+    exact = chat("printer 2: paper jam in tray, again", "?", 102)
     assert index.nearest(exact, 2)[-1] == train[2] and index.nearest(exact, 2) == index.nearest(exact, 2)
     assert index.nearest(exact, 0) == [] and SimilarShots(renderer, []).nearest(exact, 3) == []
     punctuation_only = [chat("?!", "x", 1), chat("...", "y", 2)]  # no words: no index, no shots
     assert SimilarShots(renderer, punctuation_only).nearest(asked, 1) == []
+    # no word in common with any row: BM25 would rank the rows in file order (the caller takes the
+    # fixed shots instead)
+    assert index.nearest(chat("zzz qqq", "?", 103), 3) == []
+    # a training row asking exactly what the test row asks (drop_overlap off) would give its answer away
+    twin = chat("Router 7: uplink lost on wan again", "router-label", 104)
+    assert twin not in SimilarShots(renderer, [twin, *train]).nearest(asked, 3)
+    # Chinese has no spaces: each character is a word, or a whole clause would match nothing
+    chinese = [
+        chat("打印机卡纸了", "printer", 1),
+        chat("路由器断线", "router", 2),
+        chat("门锁电池低", "lock", 3),
+    ]
+    (shot,) = SimilarShots(renderer, chinese).nearest(chat("路由器又断线了", "?", 4), 1)
+    assert shot.reference() == "router"
 
 
 def test_the_similar_shot_baseline_gives_each_prompt_its_own_shots(tiny_tokenizer):
@@ -281,6 +295,22 @@ def test_the_similar_shot_baseline_gives_each_prompt_its_own_shots(tiny_tokenize
     assert similar[0].count("FIRE") == 2 and "FLOOD" not in similar[0]
     assert similar[1].count("FLOOD") == 2 and "FIRE" not in similar[1]
     assert out["similar_shot_2"]["extra_prompt_tokens"] > 0 and out["similar_shot_2"]["examples"] == 2
+    # a prompt no training row shares a word with gets the fixed shots, not the file's first rows
+    lone = build_cases(renderer, [chat("quake", "QUAKE", 3)])
+    prompts.clear()
+    prompting_baselines(
+        None,
+        SimpleNamespace(context=4096),
+        prepared,
+        lone,
+        BenchConfig(max_new_tokens=8, few_shot_k=2),
+        run_accuracy,
+        scored,
+        1234,
+        print,
+    )
+    _, fixed, similar = prompts.values()
+    assert similar == fixed
     assert list(baselines(few_shot_similar=False)) == ["zero_shot", "few_shot_2"]
     assert list(baselines(few_shot_k=0)) == ["zero_shot"]
 
@@ -304,4 +334,10 @@ def test_the_verdict_names_every_prompt_tried():
     assert lines[2].startswith("base model similar shot 3: exact 0.500 against 0.900 for the tuned model")
     assert lines[-1] == (
         "fine-tuning beats zero-shot, 3-shot and similar-row 3-shot prompting of its base on this task"
+    )
+    report["baselines"]["similar_shot_3"] = baseline(0.95)  # lost to one prompt: that one is named
+    report["tuning_beats_prompting"] = False
+    assert prompting_lines(report)[-1] == (
+        "fine-tuning does NOT beat similar-row 3-shot prompting of its base on this task (it beats "
+        "zero-shot and 3-shot)"
     )

@@ -83,19 +83,27 @@ class SimilarShots:
 
         self.renderer = renderer
         self.rows = [ex for ex in train if ex.format != "text"]
-        words = [_words(_asked(renderer, ex)) for ex in self.rows]
+        self.asked = [_asked(renderer, ex) for ex in self.rows]
+        words = [_words(text) for text in self.asked]
         self.index = BM25Plus(words) if any(words) else None  # BM25 divides by the mean length
         self.usable: dict[int, bool] = {}
 
     def nearest(self, ex, k: int) -> list:
-        """Up to `k` rows, the most similar last (nearest the question); ties in file order."""
+        """Up to `k` rows, the most similar last (nearest the question); ties in file order. None
+        (an empty list) where no row is more like it than another (no word in common: BM25 would give the first
+        rows of the file), and never a row asking exactly what `ex` asks (its own answer)."""
         import numpy as np
 
         if self.index is None or k == 0:
             return []
-        scores = self.index.get_scores(_words(_asked(self.renderer, ex)))
+        asked = _asked(self.renderer, ex)
+        scores = self.index.get_scores(_words(asked))
+        if np.ptp(scores) == 0:
+            return []
         picked = []
         for i in np.argsort(-scores, kind="stable")[:SHOT_CANDIDATES].tolist():
+            if self.asked[i].strip().casefold() == asked.strip().casefold():
+                continue
             if i not in self.usable:
                 row = self.rows[i]
                 self.usable[i] = _a_turn_each(self.renderer, row) and _trained_whole(self.renderer, row)
@@ -114,8 +122,14 @@ def _asked(renderer, ex) -> str:
     return "\n".join(m["content"] for m in shot_turns(renderer, ex)[:-1])
 
 
+# scripts written without spaces between words (Thai, Chinese, Japanese kana and kanji): each
+# character is a word, or a whole clause would be one and match nothing
+UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+WORD = re.compile(rf"[{UNSPACED}]|[^\W{UNSPACED}]+")
+
+
 def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
+    return WORD.findall(text.lower())
 
 
 def few_shot_cases(renderer, shots, cases: list[Case]) -> list[Case]:
@@ -166,7 +180,7 @@ def prompting_baselines(
     variants = [(f"few_shot_{len(fixed)}", "few-shot", fixed)] if fixed else []
     if fixed and cfg.few_shot_similar:
         index = SimilarShots(renderer, train)
-        own = {id(c): index.nearest(c.example, cfg.few_shot_k) for c in cases if c.answered}
+        own = {id(c): index.nearest(c.example, cfg.few_shot_k) or fixed for c in cases if c.answered}
         if k := max(map(len, own.values()), default=0):  # else the zero-shot prompts again
             variants.append((f"similar_shot_{k}", "similar-shot", lambda case: own[id(case)]))
     for name, label, shots in variants:

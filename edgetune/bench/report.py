@@ -302,11 +302,19 @@ def prompting_lines(report: dict[str, Any]) -> list[str]:
         )
     verdict = report.get("tuning_beats_prompting")
     if verdict is not None:
-        tried = [_shots(name) for name in report.get("baselines") or {}]
-        tried = " and ".join([", ".join(tried[:-1]), tried[-1]] if len(tried) > 2 else tried)
+        baselines = report.get("baselines") or {}
+        # as run.py decides the verdict: the tuned model's score above each baseline's
+        lost = [
+            n
+            for n, b in baselines.items()
+            if not (b.get("tuned_on_these") or 0.0) > (b["task_metric"]["value"] or 0.0)
+        ]
+        beaten = [n for n in baselines if n not in lost]
         noise = report.get("tuning_beats_prompting_shown" if verdict else "prompting_beats_tuning_shown")
         lines.append(
-            f"fine-tuning {'beats' if verdict else 'does NOT beat'} {tried} prompting of its base on this task"
+            f"fine-tuning {'beats' if verdict else 'does NOT beat'} {_listed(beaten if verdict else lost)} "
+            "prompting of its base on this task"
+            + (f" (it beats {_listed(beaten)})" if not verdict and beaten else "")
             + (
                 ""
                 if noise is None
@@ -317,6 +325,12 @@ def prompting_lines(report: dict[str, Any]) -> list[str]:
             )
         )
     return lines
+
+
+def _listed(names: list[str]) -> str:
+    """["zero_shot", "few_shot_3", "similar_shot_3"] as "zero-shot, 3-shot and similar-row 3-shot"."""
+    shown = [_shots(name) for name in names]
+    return " and ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 2 else shown)
 
 
 def _shots(baseline: str) -> str:

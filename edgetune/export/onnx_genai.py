@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 GENAI_CONFIG = "genai_config.json"
@@ -93,12 +94,39 @@ def write_genai_config(folder: Path, stop: list[int], graph) -> None:
     (folder / GENAI_CONFIG).write_text(text, encoding="utf-8")
 
 
-def genai_agreement(directory: Path, runner, prompts, answers: list[list[int]], max_new_tokens: int):
-    """Run the folder in onnxruntime-genai: (share of `prompts` whose greedy answer is onnxruntime's
-    `answers` with every step's logits onnxruntime's too, `runner` giving those; problems with what
-    its tokenizer and chat template make of the prompts). `prompts`: (messages or None, prompt
-    text, prompt ids) of each example. (None, []) where the folder has no genai_config.json
-    (exported before edgetune wrote one)."""
+@dataclass
+class GenaiPrompt:
+    """One parity example as onnxruntime ran it, for onnxruntime-genai to run again."""
+
+    messages: list[dict[str, str]] | None  # the chat, for its template (None: a plain prompt)
+    text: str  # the prompt as transformers renders it with the folder's tokenizer
+    ids: list[int]  # the model's prompt ids, where both runtimes start
+    shipped_ids: list[int]  # what the folder's transformers tokenizer makes of `text`
+    answer: list[int]  # onnxruntime's greedy answer
+    logits: list  # onnxruntime's logits before each token of `answer`
+
+
+class Recorded:
+    """A runner whose prefill and step logits are kept: what onnxruntime-genai's must equal (so
+    the onnxruntime session can be closed before the folder loads a second time)."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.kept = runner, []
+
+    def prefill(self, ids):
+        self.kept = [self.runner.prefill(ids)]
+        return self.kept[-1]
+
+    def step(self, token):
+        self.kept.append(self.runner.step(token))
+        return self.kept[-1]
+
+
+def genai_agreement(directory: Path, prompts: list[GenaiPrompt], max_new_tokens: int):
+    """Run the folder in onnxruntime-genai: (share of `prompts` whose greedy answer is onnxruntime's,
+    every step's logits within GENAI_KL of onnxruntime's; notes on what its tokenizer and chat
+    template make of the prompts, and on prompts it could not run). (None, []) where the folder
+    has no genai_config.json (exported before edgetune wrote one)."""
     if not (directory / GENAI_CONFIG).is_file():
         return None, []
     try:
@@ -107,62 +135,89 @@ def genai_agreement(directory: Path, runner, prompts, answers: list[list[int]], 
         return None, ["onnxruntime-genai is not installed here: the folder's run in it is not checked"]
     try:
         model = og.Model(str(directory))
-        same = [
-            _same_run(og, model, runner, ids, answer, max_new_tokens)
-            for (_, _, ids), answer in zip(prompts, answers)
-        ]
-    except RuntimeError as e:  # what it says of a config it cannot run
-        return 0.0, [f"onnxruntime-genai cannot run the folder: {str(e).strip().splitlines()[0]}"]
+    except Exception as e:  # noqa: BLE001 - whatever it says of a config it cannot load is the finding
+        return 0.0, [f"onnxruntime-genai cannot load the folder: {_first(e)}"]
+    context = json.loads((directory / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["context_length"]
+    same, notes, errors = [], [], []
+    fitting = [p for p in prompts if len(p.ids) < context]
+    for prompt in fitting:
+        try:
+            same.append(_same_run(og, model, prompt, min(max_new_tokens, context - len(prompt.ids))))
+        except Exception as e:  # noqa: BLE001 - one prompt it cannot run fails that prompt, not parity
+            same.append(False)
+            errors.append(_first(e))
+    if len(fitting) < len(prompts):
+        n = len(prompts) - len(fitting)
+        notes.append(
+            f"{n} prompt{'s' * (n != 1)} fill{'s' * (n == 1)} the model's {context} positions: not run in "
+            "onnxruntime-genai"
+        )
+    if errors:
+        notes.append(f"onnxruntime-genai failed on {len(errors)} prompts: {errors[0]}")
+    return _share(same), notes + _tokenizer_notes(og, model, prompts)
+
+
+def _tokenizer_notes(og, model, prompts: list[GenaiPrompt]) -> list[str]:
+    """What onnxruntime-genai's own tokenizer and chat template make otherwise than the folder's
+    transformers tokenizer: said, not failed (an app can feed it token ids)."""
     try:
         tokenizer = og.Tokenizer(model)
-    except RuntimeError as e:
-        said = str(e).strip().splitlines()[0]
-        return _share(same), [f"onnxruntime-genai cannot load the folder's tokenizer ({said}): feed it ids"]
-    templated = [(messages, text) for messages, text, _ in prompts if messages is not None]
-    template_differs = sum(_rendered(og, tokenizer, messages) != text for messages, text in templated)
-    ids_differ = sum([int(i) for i in tokenizer.encode(text)] != list(ids) for _, text, ids in prompts)
-    problems = []
+    except Exception as e:  # noqa: BLE001
+        return [f"onnxruntime-genai cannot load the folder's tokenizer ({_first(e)}): feed it ids"]
+    templated = [p for p in prompts if p.messages is not None]
+    template_differs = sum(_rendered(tokenizer, p.messages) != p.text for p in templated)
+    ids_differ = sum([int(i) for i in tokenizer.encode(p.text)] != list(p.shipped_ids) for p in prompts)
+    notes = []
     if template_differs:
-        problems.append(
+        notes.append(
             f"onnxruntime-genai's chat template renders {template_differs} of {len(templated)} prompts "
             "otherwise than transformers"
         )
     if ids_differ:
-        problems.append(
-            f"onnxruntime-genai's tokenizer gives other ids for {ids_differ} of {len(prompts)} prompts"
+        notes.append(
+            f"onnxruntime-genai's tokenizer gives other ids than transformers for {ids_differ} of "
+            f"{len(prompts)} prompts"
         )
-    return _share(same), problems
+    return notes
+
+
+def _first(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _share(same: list[bool]) -> float | None:
     return sum(same) / len(same) if same else None
 
 
-def _same_run(og, model, runner, ids: list[int], answer: list[int], max_new_tokens: int) -> bool:
-    """Greedy in onnxruntime-genai from `ids`: the tokens `answer`, and at every step the logits
-    `runner` (onnxruntime on the same folder) computes, up to GENAI_KL."""
+def _same_run(og, model, prompt: GenaiPrompt, budget: int) -> bool:
+    """Greedy in onnxruntime-genai for up to `budget` tokens: onnxruntime's answer (as far as the
+    budget goes), with logits within GENAI_KL of onnxruntime's at every step. The search is plain
+    argmax whatever the folder's settings: a repetition penalty or a minimum length from the
+    model's generation_config would change which token wins."""
     import numpy as np
 
     from edgetune.bench.accuracy import kl_top1, log_softmax
 
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
+    params.set_search_options(
+        do_sample=False, max_length=len(prompt.ids) + budget, repetition_penalty=1.0, min_length=0
+    )
     generator = og.Generator(model, params)
-    generator.append_tokens(list(ids))
+    generator.append_tokens([int(i) for i in prompt.ids])
     theirs, got = [], []
     while not generator.is_done():
         theirs.append(np.asarray(generator.get_logits(), np.float64).reshape(-1))
         generator.generate_next_token()
         got.append(int(generator.get_next_tokens()[0]))
-    if got != list(answer):
+    if got != list(prompt.answer[:budget]):
         return False
-    ours = [runner.prefill(list(ids)), *(runner.step(token) for token in got[:-1])]
-    kl, _ = kl_top1(log_softmax(np.asarray(ours, np.float64)), log_softmax(np.stack(theirs)))
+    ours = np.asarray(prompt.logits[: len(got)], np.float64)
+    kl, _ = kl_top1(log_softmax(ours), log_softmax(np.stack(theirs)))
     return kl <= GENAI_KL
 
 
-def _rendered(og, tokenizer, messages) -> str | None:
+def _rendered(tokenizer, messages) -> str | None:
     try:
         return tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
-    except RuntimeError:  # "Empty chat template": the folder's is lost (the parity row says so)
+    except Exception:  # noqa: BLE001 - "Empty chat template": the folder's is lost (parity says so)
         return None

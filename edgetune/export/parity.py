@@ -312,7 +312,7 @@ def check_onnx_variant(
     decodes without the KV cache, which must give the same tokens as with it."""
     from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
     from edgetune.data.render import Renderer
-    from edgetune.export.onnx_genai import genai_agreement
+    from edgetune.export.onnx_genai import GenaiPrompt, Recorded, genai_agreement
     from edgetune.export.onnx_runtime import check_onnx_dir
     from edgetune.models import ResolvedModel, load_tokenizer
 
@@ -328,7 +328,8 @@ def check_onnx_variant(
     if refs:
         width = runner.logits(refs[0].full_ids[:1]).shape[-1]
         refuse_another_width(directory, width, refs[0].logprobs.shape[-1])
-    kls, top1s, same, eos, cached, differences, asked, answers = [], [], [], [], [], [], [], []
+    kls, top1s, same, eos, cached, differences, asked = [], [], [], [], [], [], []
+    recorded = None
     for ex, r in zip(examples, refs):
         shipped_text = shipped.prompt_text(ex) or r.prompt_text
         shipped_ids = shipped.ids_for_text(shipped_text)
@@ -336,11 +337,9 @@ def check_onnx_variant(
         kl, top1 = kl_top1(r.logprobs, log_softmax(runner.logits(r.full_ids).astype(np.float64)))
         kls.append(kl)
         top1s.append(top1)
-        got = greedy(runner, r.prompt_ids, eos_ids, max_new_tokens)
-        asked.append(
-            (shipped.prompt_messages(ex) if shipped.uses_chat(ex) else None, shipped_text, r.prompt_ids)
-        )
-        answers.append(got)
+        got = greedy(recorded := Recorded(runner), r.prompt_ids, eos_ids, max_new_tokens)
+        messages = shipped.prompt_messages(ex) if shipped.uses_chat(ex) else None
+        asked.append(GenaiPrompt(messages, shipped_text, r.prompt_ids, shipped_ids, got, recorded.kept))
         same.append(got == r.greedy)
         eos.append((bool(got) and got[-1] in eos_ids) == r.stopped)
         if quant == "fp32":
@@ -349,7 +348,8 @@ def check_onnx_variant(
         problems += folder_problems(tokenizer, probe)
     row = _row(directory.name, quant, differences, kls, top1s, same, eos, cached or None)
     row.file_problems = problems
-    row.genai, row.notes = genai_agreement(directory, runner, asked, answers, max_new_tokens)
+    del runner, recorded  # the folder loads again in onnxruntime-genai: not two copies at once
+    row.genai, row.notes = genai_agreement(directory, asked, max_new_tokens)
     return judge(row, kl_goals)
 
 
@@ -415,6 +415,8 @@ def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[ParityRow], console) -> None:
+    from rich.markup import escape  # the runtimes' own words: "[json.exception...]" is no markup
+
     from edgetune.console import print_rows
 
     headers = ("artifact", "ids", "KL", "top-1", "greedy", "EOS", "KV cache", "genai", "")
@@ -434,8 +436,8 @@ def print_table(rows: list[ParityRow], console) -> None:
                 if r.examples
                 else ("-",) * 7  # not measured (unmeasured(): its failures say why)
             ),
-            ("[green]ok[/]" if r.passed else f"[red]FAIL[/] {'; '.join(r.failures)}")
-            + "".join(f"; [yellow]note:[/] {note}" for note in r.notes),
+            ("[green]ok[/]" if r.passed else f"[red]FAIL[/] {escape('; '.join(r.failures))}")
+            + "".join(f"; [yellow]note:[/] {escape(note)}" for note in r.notes),
         ]
         for r in rows
     ]
