@@ -180,9 +180,10 @@ def prompting_baselines(
     variants = [(f"few_shot_{len(fixed)}", "few-shot", fixed)] if fixed else []
     if fixed and cfg.few_shot_similar:
         index = SimilarShots(renderer, train)
+        # a prompt no row is more like than another takes the fixed shots
         own = {id(c): index.nearest(c.example, cfg.few_shot_k) or fixed for c in cases if c.answered}
-        if k := max(map(len, own.values()), default=0):  # else the zero-shot prompts again
-            variants.append((f"similar_shot_{k}", "similar-shot", lambda case: own[id(case)]))
+        k = max(map(len, own.values()), default=len(fixed))
+        variants.append((f"similar_shot_{k}", "similar-shot", lambda case: own[id(case)]))
     for name, label, shots in variants:
         shot_cases = _shot_cases(renderer, shots, cases, base_runner, cfg, label, warn)
         if not shot_cases:
