@@ -1538,3 +1538,10 @@ def test_onnx_folders_are_timed_in_onnxruntime_genai_where_it_can_run_them(tmp_p
         in md
     )
     assert "genai decode" not in md  # no column where nothing was timed in it
+    from rich.console import Console
+
+    from edgetune.bench.report import print_table
+
+    console = Console(record=True, width=300)
+    print_table(report, console)  # and on the terminal, where the column went without a word
+    assert "warning: onnxruntime-genai could not time" in console.export_text()

@@ -80,7 +80,8 @@ def test_few_shot_prompts_past_the_base_models_positions_are_no_baseline(tiny_to
     held_out = [chat(f"question {i}", "yes", i) for i in range(4)]
     cases = build_cases(renderer, held_out)
     prepared = SimpleNamespace(
-        renderer=renderer, splits=SimpleNamespace(train=[chat("shot " * 30, "no", 9)] * 3)
+        renderer=renderer,
+        splits=SimpleNamespace(train=[chat(f"question {j} " + "shot " * 30, "no", 9 + j) for j in range(3)]),
     )
     scored = SimpleNamespace(value=0.5, ppl=None, eos_rate=1.0, wall_s=0.0, outputs=[], scores=[0.5] * 4)
 
@@ -201,7 +202,10 @@ def test_a_template_that_refuses_the_chained_shots_leaves_no_few_shot_baseline_n
     )
     renderer = Renderer(tok, max_seq_len=128)
     cases = build_cases(renderer, [chat(f"question {i}", "yes", i) for i in range(3)])
-    prepared = SimpleNamespace(renderer=renderer, splits=SimpleNamespace(train=[chat("shot", "no", 9)]))
+    prepared = SimpleNamespace(
+        renderer=renderer,
+        splits=SimpleNamespace(train=[chat("question shot", "no", 9), chat("other", "no", 10)]),
+    )
     scored = SimpleNamespace(value=0.5, ppl=None, eos_rate=1.0, wall_s=0.0, outputs=[], scores=[0.5] * 3)
     warned: list[str] = []
     out = prompting_baselines(
@@ -253,8 +257,17 @@ def test_similar_shots_are_the_usable_training_rows_most_like_each_prompt(tiny_t
     # fixed shots instead)
     assert index.nearest(chat("zzz qqq", "?", 103), 3) == []
     # a training row asking exactly what the test row asks (drop_overlap off) would give its answer away
-    twin = chat("Router 7: uplink lost on wan again", "router-label", 104)
+    twin = chat("Router 7: uplink lost on WAN, again!", "router-label", 104)  # case and punctuation aside
     assert twin not in SimilarShots(renderer, [twin, *train]).nearest(asked, 3)
+    # only the twin, or only a row no shot may be, shares its words: nothing similar is left, and
+    # the rows sharing none would come in file order (the caller takes the fixed shots)
+    assert SimilarShots(renderer, [*train, twin]).nearest(
+        chat("router 7 uplink lost on wan again", "?", 5), 2
+    )
+    lone_twin = chat("quokka wombat?", "zoo", 105)
+    assert SimilarShots(renderer, [*train, lone_twin]).nearest(chat("Quokka wombat", "?", 6), 2) == []
+    lone_long = chat("quokka " * 60, "zoo", 106)
+    assert SimilarShots(renderer, [*train, lone_long]).nearest(chat("quokka", "?", 7), 2) == []
     # Chinese has no spaces: each character is a word, or a whole clause would match nothing
     chinese = [
         chat("打印机卡纸了", "printer", 1),
@@ -296,21 +309,24 @@ def test_the_similar_shot_baseline_gives_each_prompt_its_own_shots(tiny_tokenize
     assert similar[1].count("FLOOD") == 2 and "FIRE" not in similar[1]
     assert out["similar_shot_2"]["extra_prompt_tokens"] > 0 and out["similar_shot_2"]["examples"] == 2
     # a prompt no training row shares a word with gets the fixed shots, not the file's first rows
-    lone = build_cases(renderer, [chat("quake", "QUAKE", 3)])
-    prompts.clear()
-    prompting_baselines(
-        None,
-        SimpleNamespace(context=4096),
-        prepared,
-        lone,
-        BenchConfig(max_new_tokens=8, few_shot_k=2),
-        run_accuracy,
-        scored,
-        1234,
-        print,
-    )
+    mixed = build_cases(renderer, [chat("quake", "QUAKE", 3), chat("fire alarm", "FIRE", 4)])
+    said: list[str] = []
+
+    def mixed_baselines(held_out) -> dict:
+        prompts.clear()
+        cfg = BenchConfig(max_new_tokens=8, few_shot_k=2)
+        runner = SimpleNamespace(context=4096)
+        return prompting_baselines(
+            None, runner, prepared, held_out, cfg, run_accuracy, scored, 1234, said.append
+        )
+
+    assert "similar_shot_2" in mixed_baselines(mixed)
     _, fixed, similar = prompts.values()
-    assert similar == fixed
+    assert similar[0] == fixed[0] and similar[1] != fixed[1]
+    # where every prompt would take the fixed shots, the same baseline is not run twice: said
+    assert list(mixed_baselines(mixed[:1])) == ["zero_shot", "few_shot_2"] and said == [
+        "no similar-shot baseline: no test prompt shares a word with a training row that may be a shot"
+    ]
     assert list(baselines(few_shot_similar=False)) == ["zero_shot", "few_shot_2"]
     assert list(baselines(few_shot_k=0)) == ["zero_shot"]
 

@@ -90,24 +90,25 @@ class SimilarShots:
 
     def nearest(self, ex, k: int) -> list:
         """Up to `k` rows, the most similar last (nearest the question); ties in file order. None
-        (an empty list) where no row is more like it than another (no word in common: BM25 would give the first
-        rows of the file), and never a row asking exactly what `ex` asks (its own answer)."""
+        (an empty list) where no row that may be its shot is more like it than the rest (no word
+        in common: BM25 would give the first rows of the file), and never a row asking what `ex`
+        asks, up to case, spacing and punctuation (its own answer)."""
         import numpy as np
 
         if self.index is None or k == 0:
             return []
-        asked = _asked(self.renderer, ex)
-        scores = self.index.get_scores(_words(asked))
-        if np.ptp(scores) == 0:
-            return []
-        picked = []
+        words = _words(_asked(self.renderer, ex))
+        scores = self.index.get_scores(words)
+        floor, picked = scores.min(), []
         for i in np.argsort(-scores, kind="stable")[:SHOT_CANDIDATES].tolist():
-            if self.asked[i].strip().casefold() == asked.strip().casefold():
+            if _words(self.asked[i]) == words:
                 continue
             if i not in self.usable:
                 row = self.rows[i]
                 self.usable[i] = _a_turn_each(self.renderer, row) and _trained_whole(self.renderer, row)
             if self.usable[i]:
+                if not picked and scores[i] == floor:  # the best that may be a shot shares no word
+                    return []
                 picked.append(self.rows[i])
                 if len(picked) == k:
                     break
@@ -181,9 +182,15 @@ def prompting_baselines(
     if fixed and cfg.few_shot_similar:
         index = SimilarShots(renderer, train)
         # a prompt no row is more like than another takes the fixed shots
-        own = {id(c): index.nearest(c.example, cfg.few_shot_k) or fixed for c in cases if c.answered}
+        found = {id(c): index.nearest(c.example, cfg.few_shot_k) for c in cases if c.answered}
+        own = {key: shots or fixed for key, shots in found.items()}
         k = max(map(len, own.values()), default=len(fixed))
-        variants.append((f"similar_shot_{k}", "similar-shot", lambda case: own[id(case)]))
+        if any(found.values()):
+            variants.append((f"similar_shot_{k}", "similar-shot", lambda case: own[id(case)]))
+        else:  # every prompt would take the fixed shots: the same baseline run twice
+            warn(
+                "no similar-shot baseline: no test prompt shares a word with a training row that may be a shot"
+            )
     for name, label, shots in variants:
         shot_cases = _shot_cases(renderer, shots, cases, base_runner, cfg, label, warn)
         if not shot_cases:

@@ -357,6 +357,8 @@ def print_findings(report: dict[str, Any], out, err) -> None:
 
 
 def print_table(report: dict[str, Any], console) -> None:
+    from rich.markup import escape
+
     from edgetune.console import print_rows
 
     ref = report["reference"]
@@ -371,6 +373,11 @@ def print_table(report: dict[str, Any], console) -> None:
     title = f"edgetune bench ({ref['metric']} on {ref['examples']} held-out examples)"
     print_rows(console, title, cols, rows, left=("device", "gate"))
     for t in report["targets"]:
+        if t.get("genai_error"):  # in report.md too; the column is gone where nothing was timed
+            console.print(
+                f"[yellow]warning:[/] onnxruntime-genai could not time {t['name']}: {escape(t['genai_error'])}",
+                soft_wrap=True,
+            )
         for note in t.get("gate_notes", []):
             console.print(
                 f"[yellow]gate within noise:[/] {t['name']} ({t['device']}): {note}", soft_wrap=True

@@ -213,14 +213,10 @@ class GenaiRunner(Runner):
 
         import onnxruntime_genai as og
 
-        config = og.Config(str(target.path))
-        if threads:  # the same threads as the onnxruntime session it is compared with
-            options = {"session_options": {"intra_op_num_threads": threads}}
-            config.overlay(json.dumps({"model": {"decoder": options}}))
-        if target.device == "cuda":
-            config.clear_providers()
-            config.append_provider("cuda")
-        self.og, self.model = og, og.Model(config)
+        from edgetune.export.onnx_genai import load_genai
+
+        # the same threads as the onnxruntime session it is compared with
+        self.og, self.model = og, load_genai(og, target.path, threads, target.device)
         settings = json.loads((target.path / "genai_config.json").read_text(encoding="utf-8"))
         self.context = settings["model"]["context_length"]
         self.generator = None

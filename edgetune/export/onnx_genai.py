@@ -110,16 +110,34 @@ class Recorded:
     """A runner whose prefill and step logits are kept: what onnxruntime-genai's must equal (so
     the onnxruntime session can be closed before the folder loads a second time)."""
 
-    def __init__(self, runner) -> None:
-        self.runner, self.kept = runner, []
+    def __init__(self, runner, keep: bool = True) -> None:
+        self.runner, self.keep, self.kept = runner, keep, []  # keep: false where nothing will compare
 
     def prefill(self, ids):
-        self.kept = [self.runner.prefill(ids)]
-        return self.kept[-1]
+        self.kept = []
+        return self._kept(self.runner.prefill(ids))
 
     def step(self, token):
-        self.kept.append(self.runner.step(token))
-        return self.kept[-1]
+        return self._kept(self.runner.step(token))
+
+    def _kept(self, logits):
+        if self.keep:
+            self.kept.append(logits.copy())  # a row, not a view holding the whole prefill's logits
+        return logits
+
+
+def load_genai(og, folder: Path, threads: int | None = None, device: str = "cpu"):
+    """The folder as an onnxruntime-genai model on `threads` (default: as onnxruntime sessions
+    here; left alone, the runtime takes every physical core, cpusets and OMP_NUM_THREADS aside)."""
+    from edgetune.cores import default_threads
+
+    config = og.Config(str(folder))
+    options = {"session_options": {"intra_op_num_threads": threads or default_threads()}}
+    config.overlay(json.dumps({"model": {"decoder": options}}))
+    if device == "cuda":
+        config.clear_providers()
+        config.append_provider("cuda")
+    return og.Model(config)
 
 
 def genai_agreement(directory: Path, prompts: list[GenaiPrompt], max_new_tokens: int):
@@ -134,7 +152,7 @@ def genai_agreement(directory: Path, prompts: list[GenaiPrompt], max_new_tokens:
     except ImportError:  # no wheel for this machine (Intel Macs)
         return None, ["onnxruntime-genai is not installed here: the folder's run in it is not checked"]
     try:
-        model = og.Model(str(directory))
+        model = load_genai(og, directory)
     except Exception as e:  # noqa: BLE001 - whatever it says of a config it cannot load is the finding
         return 0.0, [f"onnxruntime-genai cannot load the folder: {_first(e)}"]
     context = json.loads((directory / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]["context_length"]
@@ -153,7 +171,7 @@ def genai_agreement(directory: Path, prompts: list[GenaiPrompt], max_new_tokens:
             "onnxruntime-genai"
         )
     if errors:
-        notes.append(f"onnxruntime-genai failed on {len(errors)} prompts: {errors[0]}")
+        notes.append(f"onnxruntime-genai failed on {len(errors)} of {len(fitting)} prompts: {errors[0]}")
     return _share(same), notes + _tokenizer_notes(og, model, prompts)
 
 

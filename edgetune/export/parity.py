@@ -312,7 +312,7 @@ def check_onnx_variant(
     decodes without the KV cache, which must give the same tokens as with it."""
     from edgetune.bench.runners import OnnxRunner, Target, Uncached, greedy
     from edgetune.data.render import Renderer
-    from edgetune.export.onnx_genai import GenaiPrompt, Recorded, genai_agreement
+    from edgetune.export.onnx_genai import GENAI_CONFIG, GenaiPrompt, Recorded, genai_agreement
     from edgetune.export.onnx_runtime import check_onnx_dir
     from edgetune.models import ResolvedModel, load_tokenizer
 
@@ -329,7 +329,7 @@ def check_onnx_variant(
         width = runner.logits(refs[0].full_ids[:1]).shape[-1]
         refuse_another_width(directory, width, refs[0].logprobs.shape[-1])
     kls, top1s, same, eos, cached, differences, asked = [], [], [], [], [], [], []
-    recorded = None
+    recorded, genai = None, (directory / GENAI_CONFIG).is_file()  # else no run in genai to compare
     for ex, r in zip(examples, refs):
         shipped_text = shipped.prompt_text(ex) or r.prompt_text
         shipped_ids = shipped.ids_for_text(shipped_text)
@@ -337,7 +337,7 @@ def check_onnx_variant(
         kl, top1 = kl_top1(r.logprobs, log_softmax(runner.logits(r.full_ids).astype(np.float64)))
         kls.append(kl)
         top1s.append(top1)
-        got = greedy(recorded := Recorded(runner), r.prompt_ids, eos_ids, max_new_tokens)
+        got = greedy(recorded := Recorded(runner, keep=genai), r.prompt_ids, eos_ids, max_new_tokens)
         messages = shipped.prompt_messages(ex) if shipped.uses_chat(ex) else None
         asked.append(GenaiPrompt(messages, shipped_text, r.prompt_ids, shipped_ids, got, recorded.kept))
         same.append(got == r.greedy)
