@@ -213,11 +213,11 @@ class GenaiRunner(Runner):
 
         import onnxruntime_genai as og
 
-        from edgetune.export.onnx_genai import load_genai
+        from edgetune.export.onnx_genai import GENAI_CONFIG, load_genai
 
         # the same threads as the onnxruntime session it is compared with
         self.og, self.model = og, load_genai(og, target.path, threads, target.device)
-        settings = json.loads((target.path / "genai_config.json").read_text(encoding="utf-8"))
+        settings = json.loads((target.path / GENAI_CONFIG).read_text(encoding="utf-8"))
         self.context = settings["model"]["context_length"]
         self.generator = None
 
