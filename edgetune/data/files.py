@@ -311,7 +311,7 @@ def _iter_csv(path: Path, sep: str = ",") -> Iterator[tuple[int, Any]]:
     """Rows of a CSV file, or of a TSV one (`sep` a tab: quoted as CSV is, as Excel and pandas
     write it)."""
     kind, mark = ("CSV", "comma") if sep == "," else ("TSV", "tab")
-    others = [c for c in ",;\t|" if c != sep and (c != "," or sep == "\t")]
+    others = [c for c in ",;\t|" if c != sep]  # the separators a file written otherwise uses
     text = _utf8(path, path.read_bytes()).removeprefix(BOM)
     spaced = sep == "," and _comma_space(text)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True, skipinitialspace=spaced)
